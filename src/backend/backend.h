@@ -1,0 +1,102 @@
+/* The backend interface: every op a model is composed of, as a table of function pointers
+ * (one table per backend, as ggml-backend does). The CPU table in cpu/ is the reference; fast
+ * kernels and the CUDA backend are checked against it op by op.
+ *
+ * Conventions, stated once:
+ *   T   rows (tokens) in this call          C   hidden size (channels)
+ *   H   query heads, KVH key/value heads    D   head dim (rotary part: R <= D)
+ *   N,K output and input features of a matmul; weights are [N, K] (= HF Linear [out, in])
+ *   S   KV cache capacity (positions)       V   vocabulary
+ * Activations are f32, row-major, contiguous. Weights stay in their stored dtype (F32, BF16,
+ * F16) and are widened inside the kernels. Pointers are backend memory (host memory on the
+ * CPU, device memory on CUDA). Ops write their outputs (=) unless named *_add / accumulate,
+ * never allocate, and keep no state, so a training forward can keep any input it needs for
+ * the backward pass (issue "fine-tuning" adds the *_backward entries to this table).
+ */
+#ifndef HC_BACKEND_H
+#define HC_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hubcap.h"
+
+/* A matrix view [rows=N, cols=K] in its stored dtype. Element (n, k) is at
+ * data[n*ld + k], or data[k*ld + n] when `transposed` (GPT-2 Conv1D stores [K, N]).
+ * Views into fused tensors (qkv_proj, gate_up_proj, c_attn) are offsets with the parent's ld. */
+typedef struct {
+    const void *data;
+    hc_dtype dtype;
+    int64_t rows, cols, ld;
+    bool transposed;
+} hc_mat;
+
+/* A vector [n] in its stored dtype; data == NULL means absent (no bias). */
+typedef struct {
+    const void *data;
+    hc_dtype dtype;
+    int64_t n;
+} hc_vec;
+
+typedef enum { HC_NORM_RMS, HC_NORM_RMS_PLUS1 /* Gemma: x * (1 + w) */, HC_NORM_LAYER } hc_norm_kind;
+
+typedef struct hc_backend hc_backend;
+
+struct hc_backend {
+    const char *name;
+
+    /* memory */
+    void *(*alloc)(hc_backend *be, size_t bytes); /* zeroed; NULL when out of memory */
+    void (*free)(hc_backend *be, void *p);
+
+    /* out[T,C] (=, or += when accumulate) = table[ids[t], :] * scale */
+    void (*embedding)(hc_backend *be, float *out, const hc_mat *table, const int32_t *ids, int64_t T, float scale,
+                      bool accumulate);
+
+    /* out[T,N] = x[T,K] @ W[N,K]^T + bias[N] */
+    void (*matmul)(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T);
+
+    /* out[T,C] = norm(x[T,C]) * w (+ b for LayerNorm). Used per head with T=rows*heads, C=D. */
+    void (*norm)(hc_backend *be, float *out, const float *x, const hc_vec *w, const hc_vec *b, hc_norm_kind kind,
+                 float eps, int64_t T, int64_t C);
+
+    /* In place on x[T, nh, D]: rotate-half rope on the first R dims of each head with angles
+     * pos[t] * inv_freq[i] (i < R/2); cos and sin are multiplied by attn_factor. */
+    void (*rope)(hc_backend *be, float *x, const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T,
+                 int64_t nh, int64_t D, int64_t R);
+
+    /* out[T,H,D] = softmax(mask(softcap(q . k * scale))) @ v over the cache rows of this
+     * sequence: query t sees positions j with pos[t]-window < j <= pos[t] (window 0 = all).
+     * k_cache, v_cache: [S, KVH, D]; query head h reads kv head h / (H / KVH).
+     * scratch: [S] floats. softcap 0 = none. */
+    void (*attention)(hc_backend *be, float *out, const float *q, const float *k_cache, const float *v_cache,
+                      const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale, int64_t window,
+                      float softcap, float *scratch);
+
+    /* dst[pos[t], :] = src[t, :] for rows of `width` floats (KV cache stores). */
+    void (*set_rows)(hc_backend *be, float *dst, const float *src, const int32_t *pos, int64_t T, int64_t width);
+
+    /* out[n] = act(gate[n]) * up[n]  (gated MLPs) */
+    void (*glu)(hc_backend *be, float *out, const float *gate, const float *up, hc_activation act, int64_t n);
+    /* x[n] = act(x[n]) */
+    void (*activate)(hc_backend *be, float *x, hc_activation act, int64_t n);
+    /* out[n] = a[n] + b[n] */
+    void (*add)(hc_backend *be, float *out, const float *a, const float *b, int64_t n);
+    /* out[n] += alpha * x[n] */
+    void (*add_scaled)(hc_backend *be, float *out, const float *x, float alpha, int64_t n);
+    /* x[n] = cap * tanh(x[n] / cap) */
+    void (*softcap)(hc_backend *be, float *x, float cap, int64_t n);
+
+    /* MoE routing: for each row of logits[T,E], the k largest softmax probabilities
+     * (renormalised to sum 1 when renorm) -> weights[T,k], experts[T,k] (descending). */
+    void (*topk_route)(hc_backend *be, float *weights, int32_t *experts, const float *logits, int64_t T, int64_t E,
+                       int64_t k, bool renorm);
+
+    void *ctx; /* backend-private state */
+};
+
+/* The reference CPU backend (a static table; needs no free). */
+hc_backend *hc_backend_cpu(void);
+
+#endif

@@ -1,0 +1,51 @@
+/* The reference CPU backend: plain C, one file per op family. */
+#ifndef HC_BACKEND_CPU_H
+#define HC_BACKEND_CPU_H
+
+#include "backend/backend.h"
+#include <string.h>
+
+#include "base/half.h"
+
+/* Element i of a weight buffer in any float dtype, widened to f32. */
+static inline float hc_load_f32(const void *data, hc_dtype dt, int64_t i) {
+    switch (dt) {
+    case HC_DTYPE_F32: {
+        float f;
+        memcpy(&f, (const char *)data + 4 * i, 4);
+        return f;
+    }
+    case HC_DTYPE_BF16: {
+        uint16_t h;
+        memcpy(&h, (const char *)data + 2 * i, 2);
+        return hc_bf16_to_f32(h);
+    }
+    case HC_DTYPE_F16: {
+        uint16_t h;
+        memcpy(&h, (const char *)data + 2 * i, 2);
+        return hc_f16_to_f32(h);
+    }
+    default: return 0.0f; /* the loader admits only the three float dtypes */
+    }
+}
+
+void hc_cpu_embedding(hc_backend *be, float *out, const hc_mat *table, const int32_t *ids, int64_t T, float scale,
+                      bool accumulate);
+void hc_cpu_matmul(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T);
+void hc_cpu_norm(hc_backend *be, float *out, const float *x, const hc_vec *w, const hc_vec *b, hc_norm_kind kind,
+                 float eps, int64_t T, int64_t C);
+void hc_cpu_rope(hc_backend *be, float *x, const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T,
+                 int64_t nh, int64_t D, int64_t R);
+void hc_cpu_attention(hc_backend *be, float *out, const float *q, const float *k_cache, const float *v_cache,
+                      const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale, int64_t window,
+                      float softcap, float *scratch);
+void hc_cpu_set_rows(hc_backend *be, float *dst, const float *src, const int32_t *pos, int64_t T, int64_t width);
+void hc_cpu_glu(hc_backend *be, float *out, const float *gate, const float *up, hc_activation act, int64_t n);
+void hc_cpu_activate(hc_backend *be, float *x, hc_activation act, int64_t n);
+void hc_cpu_add(hc_backend *be, float *out, const float *a, const float *b, int64_t n);
+void hc_cpu_add_scaled(hc_backend *be, float *out, const float *x, float alpha, int64_t n);
+void hc_cpu_softcap(hc_backend *be, float *x, float cap, int64_t n);
+void hc_cpu_topk_route(hc_backend *be, float *weights, int32_t *experts, const float *logits, int64_t T, int64_t E,
+                       int64_t k, bool renorm);
+
+#endif

@@ -1,0 +1,39 @@
+/* The CPU op table and its memory functions. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cpu/cpu.h"
+
+static void *cpu_alloc(hc_backend *be, size_t bytes) {
+    (void)be;
+    /* 64-byte alignment keeps rows on cache lines for the SIMD kernels to come. */
+    size_t n = (bytes + 63) & ~(size_t)63;
+    void *p = aligned_alloc(64, n ? n : 64);
+    if (p) memset(p, 0, n ? n : 64);
+    return p;
+}
+
+static void cpu_free(hc_backend *be, void *p) {
+    (void)be;
+    free(p);
+}
+
+static hc_backend cpu_backend = {
+    .name = "cpu",
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .embedding = hc_cpu_embedding,
+    .matmul = hc_cpu_matmul,
+    .norm = hc_cpu_norm,
+    .rope = hc_cpu_rope,
+    .attention = hc_cpu_attention,
+    .set_rows = hc_cpu_set_rows,
+    .glu = hc_cpu_glu,
+    .activate = hc_cpu_activate,
+    .add = hc_cpu_add,
+    .add_scaled = hc_cpu_add_scaled,
+    .softcap = hc_cpu_softcap,
+    .topk_route = hc_cpu_topk_route,
+};
+
+hc_backend *hc_backend_cpu(void) { return &cpu_backend; }

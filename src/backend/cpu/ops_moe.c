@@ -1,0 +1,35 @@
+/* Mixture-of-experts routing: softmax over experts, top-k, optional renormalisation. */
+#include <math.h>
+
+#include "backend/cpu/cpu.h"
+
+void hc_cpu_topk_route(hc_backend *be, float *weights, int32_t *experts, const float *logits, int64_t T, int64_t E,
+                       int64_t k, bool renorm) {
+    (void)be;
+    for (int64_t t = 0; t < T; t++) {
+        const float *l = logits + t * E; /* [E] */
+        float *w = weights + t * k;      /* [k] */
+        int32_t *e = experts + t * k;    /* [k] */
+        float mx = -INFINITY;
+        for (int64_t i = 0; i < E; i++)
+            if (l[i] > mx) mx = l[i];
+        double sum = 0;
+        for (int64_t i = 0; i < E; i++) sum += exp((double)(l[i] - mx));
+        /* Selection by repeated max keeps ties in index order, as torch.topk does on CPU. */
+        for (int64_t j = 0; j < k; j++) {
+            int64_t best = -1;
+            for (int64_t i = 0; i < E; i++) {
+                bool taken = false;
+                for (int64_t m = 0; m < j; m++) taken |= e[m] == i;
+                if (!taken && (best < 0 || l[i] > l[best])) best = i;
+            }
+            e[j] = (int32_t)best;
+            w[j] = (float)(exp((double)(l[best] - mx)) / sum);
+        }
+        if (renorm) {
+            float s = 0;
+            for (int64_t j = 0; j < k; j++) s += w[j];
+            for (int64_t j = 0; j < k; j++) w[j] /= s;
+        }
+    }
+}

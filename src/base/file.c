@@ -1,0 +1,126 @@
+#include "base/file.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base/status.h"
+
+hc_status hc_file_map_open(hc_file_map *out, const char *path, bool use_mmap) {
+    memset(out, 0, sizeof *out);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return hc_fail(HC_ERR_IO, "%s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return hc_fail(HC_ERR_IO, "%s: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return hc_fail(HC_ERR_IO, "%s: not a regular file", path);
+    }
+    size_t size = (size_t)st.st_size;
+    if (size == 0) {
+        close(fd);
+        out->data = (const uint8_t *)"";
+        return HC_OK;
+    }
+    if (use_mmap) {
+        void *p = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+        close(fd);
+        if (p == MAP_FAILED) return hc_fail(HC_ERR_IO, "%s: mmap: %s", path, strerror(errno));
+        out->data = p;
+        out->size = size;
+        out->mapped = true;
+        return HC_OK;
+    }
+    uint8_t *buf = malloc(size);
+    if (!buf) {
+        close(fd);
+        return hc_fail(HC_ERR_NOMEM, "%s: cannot allocate %zu bytes", path, size);
+    }
+    size_t done = 0;
+    while (done < size) {
+        ssize_t r = read(fd, buf + done, size - done);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            int e = errno;
+            free(buf);
+            close(fd);
+            return hc_fail(HC_ERR_IO, "%s: read failed: %s", path, r == 0 ? "file shrank" : strerror(e));
+        }
+        done += (size_t)r;
+    }
+    close(fd);
+    out->data = buf;
+    out->size = size;
+    return HC_OK;
+}
+
+void hc_file_map_close(hc_file_map *m) {
+    if (!m || !m->data) return;
+    if (m->mapped) munmap((void *)m->data, m->size);
+    else if (m->size) free((void *)m->data);
+    memset(m, 0, sizeof *m);
+}
+
+hc_status hc_file_read_all(const char *path, char **out, size_t *out_size) {
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) return hc_fail(HC_ERR_IO, "%s: %s", path, strerror(errno));
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    if (!buf) {
+        fclose(f);
+        return hc_fail(HC_ERR_NOMEM, "%s: out of memory", path);
+    }
+    for (;;) {
+        if (n + 1 >= cap) {
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                return hc_fail(HC_ERR_NOMEM, "%s: out of memory", path);
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        size_t r = fread(buf + n, 1, cap - n - 1, f);
+        n += r;
+        if (r == 0) break;
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (err) {
+        free(buf);
+        return hc_fail(HC_ERR_IO, "%s: read error", path);
+    }
+    buf[n] = 0;
+    *out = buf;
+    if (out_size) *out_size = n;
+    return HC_OK;
+}
+
+bool hc_path_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+bool hc_path_is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+hc_status hc_path_join(char *out, size_t cap, const char *dir, const char *name) {
+    size_t dl = strlen(dir);
+    const char *sep = (dl > 0 && dir[dl - 1] == '/') ? "" : "/";
+    int n = snprintf(out, cap, "%s%s%s", dir, sep, name);
+    if (n < 0 || (size_t)n >= cap) return hc_fail(HC_ERR_INVALID_ARG, "path too long: %s/%s", dir, name);
+    return HC_OK;
+}

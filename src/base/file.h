@@ -1,0 +1,30 @@
+/* Files: whole-file reads, mappings that are either mmap'd or read into RAM. */
+#ifndef HC_BASE_FILE_H
+#define HC_BASE_FILE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hubcap.h"
+
+typedef struct {
+    const uint8_t *data; /* the file's bytes */
+    size_t size;
+    bool mapped;         /* true: munmap on release; false: free */
+} hc_file_map;
+
+/* Maps `path` read-only (use_mmap) or reads it whole into RAM. An empty file gives size 0. */
+hc_status hc_file_map_open(hc_file_map *out, const char *path, bool use_mmap);
+void hc_file_map_close(hc_file_map *m);
+
+/* Reads a whole file into a malloc'd, NUL-terminated buffer. */
+hc_status hc_file_read_all(const char *path, char **out, size_t *out_size);
+
+bool hc_path_exists(const char *path);
+bool hc_path_is_dir(const char *path);
+
+/* Joins dir and name into out (cap bytes); fails with HC_ERR_INVALID_ARG if too long. */
+hc_status hc_path_join(char *out, size_t cap, const char *dir, const char *name);
+
+#endif

@@ -1,0 +1,43 @@
+/* The Llama family: Llama 2/3.x, Mistral, Qwen2/2.5 (q/k/v bias comes from config), Qwen3
+ * (per-head q/k norms) and Mixtral (experts). */
+#include "model/arch.h"
+
+#define LLAMA_ATTENTION                                                                                                \
+    [W_TOK_EMBED] = "model.embed_tokens.weight", [W_FINAL_NORM] = "model.norm.weight",                                 \
+    [W_LM_HEAD] = "lm_head.weight", [W_ATTN_NORM] = "model.layers.%d.input_layernorm.weight",                          \
+    [W_Q] = "model.layers.%d.self_attn.q_proj.weight", [W_K] = "model.layers.%d.self_attn.k_proj.weight",             \
+    [W_V] = "model.layers.%d.self_attn.v_proj.weight", [W_O] = "model.layers.%d.self_attn.o_proj.weight",             \
+    [W_Q_B] = "model.layers.%d.self_attn.q_proj.bias", [W_K_B] = "model.layers.%d.self_attn.k_proj.bias",             \
+    [W_V_B] = "model.layers.%d.self_attn.v_proj.bias", [W_O_B] = "model.layers.%d.self_attn.o_proj.bias",             \
+    [W_FFN_NORM] = "model.layers.%d.post_attention_layernorm.weight"
+
+#define LLAMA_MLP                                                                                                      \
+    [W_GATE] = "model.layers.%d.mlp.gate_proj.weight", [W_UP] = "model.layers.%d.mlp.up_proj.weight",                 \
+    [W_DOWN] = "model.layers.%d.mlp.down_proj.weight", [W_GATE_B] = "model.layers.%d.mlp.gate_proj.bias",             \
+    [W_UP_B] = "model.layers.%d.mlp.up_proj.bias", [W_DOWN_B] = "model.layers.%d.mlp.down_proj.bias"
+
+const hc_arch hc_arch_llama = {
+    .model_type = "llama mistral qwen2",
+    .names = {LLAMA_ATTENTION, LLAMA_MLP},
+    .norm = HC_NORM_RMS,
+    .gated_mlp = true,
+};
+
+const hc_arch hc_arch_qwen3 = {
+    .model_type = "qwen3",
+    .names = {LLAMA_ATTENTION, LLAMA_MLP, [W_Q_NORM] = "model.layers.%d.self_attn.q_norm.weight",
+              [W_K_NORM] = "model.layers.%d.self_attn.k_norm.weight"},
+    .norm = HC_NORM_RMS,
+    .qk_norm = true,
+    .gated_mlp = true,
+};
+
+const hc_arch hc_arch_mixtral = {
+    .model_type = "mixtral",
+    .names = {LLAMA_ATTENTION, [W_ROUTER] = "model.layers.%d.block_sparse_moe.gate.weight",
+              [W_EXP_GATE] = "model.layers.%d.block_sparse_moe.experts.%d.w1.weight",
+              [W_EXP_DOWN] = "model.layers.%d.block_sparse_moe.experts.%d.w2.weight",
+              [W_EXP_UP] = "model.layers.%d.block_sparse_moe.experts.%d.w3.weight"},
+    .norm = HC_NORM_RMS,
+    .gated_mlp = true,
+};

@@ -1,0 +1,300 @@
+/* Loading: open the checkpoint, find the architecture, bind every weight to its role and
+ * check its dtype and shape against the config. Nothing is converted or copied. */
+#include "model/model.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/status.h"
+#include "model/config.h"
+
+hc_model_params hc_model_default_params(void) {
+    hc_model_params p = {.device = HC_DEVICE_CPU, .n_threads = 0, .use_mmap = true};
+    return p;
+}
+
+typedef struct {
+    hc_model *m;
+    const char *prefix_from; /* rewrite of the "model." prefix (Gemma 3 multimodal) or NULL */
+    const char *prefix_to;
+} binder;
+
+static const hc_tensor_info *lookup(binder *b, const char *name) {
+    const hc_tensor_info *t = hc_checkpoint_find(b->m->ck, name);
+    if (t || !b->prefix_from) return t;
+    size_t n = strlen(b->prefix_from);
+    if (strncmp(name, b->prefix_from, n) != 0) return NULL;
+    char alt[512];
+    snprintf(alt, sizeof alt, "%s%s", b->prefix_to, name + n);
+    return hc_checkpoint_find(b->m->ck, alt);
+}
+
+static hc_status keep_aligned(hc_model *m, const hc_tensor_info *t, const void **data) {
+    size_t es = hc_dtype_size(t->dtype);
+    *data = t->data;
+    if (((uintptr_t)t->data % es) == 0) return HC_OK;
+    void **owned = realloc(m->owned, (size_t)(m->n_owned + 1) * sizeof *owned);
+    if (!owned) return hc_fail(HC_ERR_NOMEM, "out of memory");
+    m->owned = owned;
+    void *copy = malloc(t->n_bytes ? t->n_bytes : 1);
+    if (!copy) return hc_fail(HC_ERR_NOMEM, "out of memory copying misaligned tensor '%s'", t->name);
+    memcpy(copy, t->data, t->n_bytes);
+    m->owned[m->n_owned++] = copy;
+    *data = copy;
+    return HC_OK;
+}
+
+static void shape_str(char *buf, size_t cap, const int64_t *shape, int n) {
+    size_t off = (size_t)snprintf(buf, cap, "[");
+    for (int i = 0; i < n && off < cap; i++) off += (size_t)snprintf(buf + off, cap - off, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (off < cap) snprintf(buf + off, cap - off, "]");
+}
+
+/* Finds the tensor for `role` and checks dtype and shape (d0[, d1]). A missing required
+ * tensor is an error naming it; a missing optional one leaves *out NULL. */
+static hc_status bind(binder *b, hc_weight_role role, int layer, int expert, int n_dims, int64_t d0, int64_t d1,
+                      bool required, const hc_tensor_info **out, const void **data) {
+    *out = NULL;
+    const char *pattern = b->m->arch->names[role];
+    if (!pattern) {
+        if (required) return hc_fail(HC_ERR_UNSUPPORTED, "%s: this architecture has no tensor for a required role", b->m->cfg.model_type);
+        return HC_OK;
+    }
+    char name[512];
+    snprintf(name, sizeof name, pattern, layer, expert);
+    const hc_tensor_info *t = lookup(b, name);
+    if (!t) {
+        if (required) return hc_fail(HC_ERR_NOT_FOUND, "%s: missing tensor '%s'", hc_checkpoint_path(b->m->ck), name);
+        return HC_OK;
+    }
+    if (t->dtype != HC_DTYPE_F32 && t->dtype != HC_DTYPE_BF16 && t->dtype != HC_DTYPE_F16)
+        return hc_fail(HC_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s (hubcap computes with F32, BF16 or F16 weights)",
+                       hc_checkpoint_path(b->m->ck), t->name, hc_dtype_name(t->dtype));
+    int64_t want[2] = {d0, d1};
+    bool ok = t->n_dims == n_dims;
+    for (int i = 0; ok && i < n_dims; i++) ok = t->shape[i] == want[i];
+    if (!ok) {
+        char got[128], exp[128];
+        shape_str(got, sizeof got, t->shape, t->n_dims);
+        shape_str(exp, sizeof exp, want, n_dims);
+        return hc_fail(HC_ERR_FORMAT, "%s: tensor '%s' has shape %s, but config.json implies %s",
+                       hc_checkpoint_path(b->m->ck), t->name, got, exp);
+    }
+    *out = t;
+    return keep_aligned(b->m, t, data);
+}
+
+/* A matrix of logical shape [N, K]; stored [K, N] when `tr` (GPT-2 Conv1D). */
+static hc_status bind_mat_as(binder *b, hc_weight_role role, int layer, int expert, int64_t N, int64_t K,
+                             bool required, bool tr, hc_mat *out) {
+    const hc_tensor_info *t;
+    const void *data;
+    hc_status s = bind(b, role, layer, expert, 2, tr ? K : N, tr ? N : K, required, &t, &data);
+    memset(out, 0, sizeof *out);
+    if (s || !t) return s;
+    *out = (hc_mat){.data = data, .dtype = t->dtype, .rows = N, .cols = K, .ld = tr ? N : K, .transposed = tr};
+    return HC_OK;
+}
+
+static hc_status bind_mat(binder *b, hc_weight_role role, int layer, int expert, int64_t N, int64_t K, bool required,
+                          hc_mat *out) {
+    return bind_mat_as(b, role, layer, expert, N, K, required, b->m->arch->transposed_weights, out);
+}
+
+static hc_status bind_vec(binder *b, hc_weight_role role, int layer, int64_t n, bool required, hc_vec *out) {
+    const hc_tensor_info *t;
+    const void *data;
+    hc_status s = bind(b, role, layer, 0, 1, n, 0, required, &t, &data);
+    memset(out, 0, sizeof *out);
+    if (s || !t) return s;
+    *out = (hc_vec){.data = data, .dtype = t->dtype, .n = n};
+    return HC_OK;
+}
+
+/* Rows [r0, r0+n) of a fused [N_total, K] matrix (columns when stored transposed). */
+static hc_mat mat_slice(const hc_mat *fused, int64_t r0, int64_t n) {
+    hc_mat v = *fused;
+    size_t es = hc_dtype_size(fused->dtype);
+    v.data = (const char *)fused->data + (size_t)(fused->transposed ? r0 : r0 * fused->ld) * es;
+    v.rows = n;
+    return v;
+}
+
+static hc_vec vec_slice(const hc_vec *fused, int64_t off, int64_t n) {
+    hc_vec v = *fused;
+    if (v.data) v.data = (const char *)fused->data + (size_t)off * hc_dtype_size(fused->dtype);
+    v.n = n;
+    return v;
+}
+
+#define TRY(expr)                                                                                                      \
+    do {                                                                                                               \
+        hc_status s_ = (expr);                                                                                         \
+        if (s_) return s_;                                                                                             \
+    } while (0)
+
+static hc_status bind_layer(binder *b, int l) {
+    hc_model *m = b->m;
+    const hc_model_config *c = &m->cfg;
+    const hc_arch *a = m->arch;
+    hc_layer *L = &m->layers[l];
+    const int64_t C = c->hidden_size, H = c->n_heads, KVH = c->n_kv_heads, D = c->head_dim, I = c->intermediate_size;
+    const bool layer_norm = a->norm == HC_NORM_LAYER;
+
+    TRY(bind_vec(b, W_ATTN_NORM, l, C, true, &L->attn_norm));
+    TRY(bind_vec(b, W_ATTN_NORM_B, l, C, layer_norm, &L->attn_norm_b));
+    if (a->names[W_QKV]) {
+        hc_mat qkv;
+        hc_vec bqkv;
+        TRY(bind_mat(b, W_QKV, l, 0, (H + 2 * KVH) * D, C, true, &qkv));
+        TRY(bind_vec(b, W_QKV_B, l, (H + 2 * KVH) * D, c->qkv_bias, &bqkv));
+        L->wq = mat_slice(&qkv, 0, H * D);
+        L->wk = mat_slice(&qkv, H * D, KVH * D);
+        L->wv = mat_slice(&qkv, (H + KVH) * D, KVH * D);
+        L->bq = vec_slice(&bqkv, 0, H * D);
+        L->bk = vec_slice(&bqkv, H * D, KVH * D);
+        L->bv = vec_slice(&bqkv, (H + KVH) * D, KVH * D);
+    } else {
+        TRY(bind_mat(b, W_Q, l, 0, H * D, C, true, &L->wq));
+        TRY(bind_mat(b, W_K, l, 0, KVH * D, C, true, &L->wk));
+        TRY(bind_mat(b, W_V, l, 0, KVH * D, C, true, &L->wv));
+        if (c->qkv_bias) {
+            TRY(bind_vec(b, W_Q_B, l, H * D, true, &L->bq));
+            TRY(bind_vec(b, W_K_B, l, KVH * D, true, &L->bk));
+            TRY(bind_vec(b, W_V_B, l, KVH * D, true, &L->bv));
+        }
+    }
+    TRY(bind_mat(b, W_O, l, 0, C, H * D, true, &L->wo));
+    if (c->o_bias) TRY(bind_vec(b, W_O_B, l, C, true, &L->bo));
+    if (a->qk_norm) {
+        TRY(bind_vec(b, W_Q_NORM, l, D, true, &L->q_norm));
+        TRY(bind_vec(b, W_K_NORM, l, D, true, &L->k_norm));
+    }
+    if (a->sandwich_norms) {
+        TRY(bind_vec(b, W_ATTN_POST_NORM, l, C, true, &L->attn_post_norm));
+        TRY(bind_vec(b, W_FFN_POST_NORM, l, C, true, &L->ffn_post_norm));
+    }
+    TRY(bind_vec(b, W_FFN_NORM, l, C, true, &L->ffn_norm));
+    TRY(bind_vec(b, W_FFN_NORM_B, l, C, layer_norm, &L->ffn_norm_b));
+
+    if (c->n_experts > 0) {
+        const int64_t E = c->n_experts;
+        TRY(bind_mat(b, W_ROUTER, l, 0, E, C, true, &L->router));
+        L->exp_gate = calloc((size_t)E * 3, sizeof(hc_mat));
+        if (!L->exp_gate) return hc_fail(HC_ERR_NOMEM, "out of memory");
+        L->exp_up = L->exp_gate + E;
+        L->exp_down = L->exp_gate + 2 * E;
+        for (int e = 0; e < E; e++) {
+            TRY(bind_mat(b, W_EXP_GATE, l, e, I, C, true, &L->exp_gate[e]));
+            TRY(bind_mat(b, W_EXP_UP, l, e, I, C, true, &L->exp_up[e]));
+            TRY(bind_mat(b, W_EXP_DOWN, l, e, C, I, true, &L->exp_down[e]));
+        }
+    } else {
+        if (a->names[W_GATE_UP]) {
+            hc_mat gu;
+            TRY(bind_mat(b, W_GATE_UP, l, 0, 2 * I, C, true, &gu));
+            L->gate = mat_slice(&gu, 0, I);
+            L->up = mat_slice(&gu, I, I);
+        } else {
+            if (a->gated_mlp) TRY(bind_mat(b, W_GATE, l, 0, I, C, true, &L->gate));
+            TRY(bind_mat(b, W_UP, l, 0, I, C, true, &L->up));
+        }
+        TRY(bind_mat(b, W_DOWN, l, 0, C, I, true, &L->down));
+        if (c->mlp_bias) {
+            if (a->gated_mlp) TRY(bind_vec(b, W_GATE_B, l, I, true, &L->b_gate));
+            TRY(bind_vec(b, W_UP_B, l, I, true, &L->b_up));
+            TRY(bind_vec(b, W_DOWN_B, l, C, true, &L->b_down));
+        }
+    }
+
+    L->sliding = c->layer_sliding[l] && c->sliding_window > 0;
+    L->rope = (L->sliding && c->has_rope_local) ? 1 : 0;
+    if (c->query_pre_attn_scalar > 0) L->attn_scale = (float)(1.0 / sqrt(c->query_pre_attn_scalar));
+    else if (!c->scale_attn_weights) L->attn_scale = 1.0f;
+    else L->attn_scale = (float)(1.0 / sqrt((double)D));
+    if (c->scale_attn_by_inverse_layer_idx) L->attn_scale /= (float)(l + 1);
+    return HC_OK;
+}
+
+static hc_status bind_all(hc_model *m) {
+    const hc_model_config *c = &m->cfg;
+    binder b = {.m = m};
+    /* Gemma 3 multimodal checkpoints nest the language model under another prefix. */
+    if (!hc_checkpoint_find(m->ck, m->arch->names[W_TOK_EMBED])) {
+        static const char *alts[] = {"model.language_model.", "language_model.model."};
+        for (int i = 0; i < 2; i++) {
+            char alt[256];
+            snprintf(alt, sizeof alt, "%s%s", alts[i], m->arch->names[W_TOK_EMBED] + strlen("model."));
+            if (!strncmp(m->arch->names[W_TOK_EMBED], "model.", 6) && hc_checkpoint_find(m->ck, alt)) {
+                b.prefix_from = "model.";
+                b.prefix_to = alts[i];
+            }
+        }
+    }
+    const int64_t C = c->hidden_size, V = c->vocab_size;
+    /* Embedding tables and the LM head are [V, C] in every architecture. */
+    TRY(bind_mat_as(&b, W_TOK_EMBED, 0, 0, V, C, true, false, &m->tok_embed));
+    if (m->arch->names[W_POS_EMBED])
+        TRY(bind_mat_as(&b, W_POS_EMBED, 0, 0, c->max_position_embeddings, C, true, false, &m->pos_embed));
+    TRY(bind_vec(&b, W_FINAL_NORM, 0, C, true, &m->final_norm));
+    TRY(bind_vec(&b, W_FINAL_NORM_B, 0, C, m->arch->norm == HC_NORM_LAYER, &m->final_norm_b));
+    if (c->tie_word_embeddings) m->lm_head = m->tok_embed;
+    else TRY(bind_mat_as(&b, W_LM_HEAD, 0, 0, V, C, true, false, &m->lm_head));
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    if (!m->layers) return hc_fail(HC_ERR_NOMEM, "out of memory");
+    for (int l = 0; l < c->n_layers; l++) TRY(bind_layer(&b, l));
+    return HC_OK;
+}
+
+hc_status hc_model_load(const char *path, const hc_model_params *params, hc_model **out) {
+    *out = NULL;
+    hc_model_params p = params ? *params : hc_model_default_params();
+    if (p.device == HC_DEVICE_CUDA)
+        return hc_fail(HC_ERR_UNSUPPORTED, "--device cuda: this build of hubcap has no CUDA backend");
+    hc_model *m = calloc(1, sizeof *m);
+    if (!m) return hc_fail(HC_ERR_NOMEM, "out of memory");
+    hc_checkpoint_params cp = hc_checkpoint_default_params();
+    cp.use_mmap = p.use_mmap;
+    hc_status s = hc_checkpoint_open(path, &cp, &m->ck);
+    if (s) goto fail;
+    const hc_model_config *c = hc_checkpoint_config(m->ck);
+    if (!c) {
+        s = hc_fail(HC_ERR_INVALID_ARG, "%s: a model needs a folder with config.json, not a bare .safetensors file", path);
+        goto fail;
+    }
+    m->cfg = *c;
+    m->arch = hc_arch_find(c->model_type);
+    if (!m->arch) {
+        s = hc_fail(HC_ERR_UNSUPPORTED, "unsupported architecture '%s' (supported: %s)", c->model_type,
+                    hc_supported_model_types());
+        goto fail;
+    }
+    m->be = hc_backend_cpu();
+    m->embed_scale = m->arch->embed_scale_sqrt ? (float)sqrt((double)c->hidden_size) : 1.0f;
+    m->rope[0] = c->rope;
+    m->rope[1] = c->has_rope_local ? c->rope_local : c->rope;
+    if ((s = bind_all(m))) goto fail;
+    *out = m;
+    return HC_OK;
+fail:
+    hc_model_free(m);
+    return s;
+}
+
+void hc_model_free(hc_model *m) {
+    if (!m) return;
+    if (m->layers)
+        for (int64_t l = 0; l < m->cfg.n_layers; l++) free(m->layers[l].exp_gate);
+    free(m->layers);
+    for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    free(m->owned);
+    hc_checkpoint_free(m->ck);
+    free(m);
+}
+
+const hc_model_config *hc_model_get_config(const hc_model *m) { return &m->cfg; }
+const hc_checkpoint *hc_model_checkpoint(const hc_model *m) { return m->ck; }
+int64_t hc_model_vocab_size(const hc_model *m) { return m->cfg.vocab_size; }

@@ -1,0 +1,41 @@
+/* The loaded model: weights bound to their roles, in their stored dtype, on a backend. */
+#ifndef HC_MODEL_MODEL_H
+#define HC_MODEL_MODEL_H
+
+#include "backend/backend.h"
+#include "hubcap.h"
+#include "model/arch.h"
+
+typedef struct {
+    hc_vec attn_norm, attn_norm_b;     /* [C] */
+    hc_mat wq, wk, wv, wo;             /* [H*D, C], [KVH*D, C], [KVH*D, C], [C, H*D] */
+    hc_vec bq, bk, bv, bo;
+    hc_vec q_norm, k_norm;             /* [D] */
+    hc_vec attn_post_norm;             /* [C] */
+    hc_vec ffn_norm, ffn_norm_b, ffn_post_norm; /* [C] */
+    hc_mat gate, up, down;             /* [I, C], [I, C], [C, I] */
+    hc_vec b_gate, b_up, b_down;
+    hc_mat router;                     /* [E, C] */
+    hc_mat *exp_gate, *exp_up, *exp_down; /* [E] of [I, C], [I, C], [C, I] */
+    bool sliding;
+    int rope;                          /* 0: global table, 1: local (sliding) table */
+    float attn_scale;
+} hc_layer;
+
+struct hc_model {
+    hc_checkpoint *ck;
+    hc_model_config cfg;
+    const hc_arch *arch;
+    hc_backend *be;
+    hc_mat tok_embed;   /* [V, C] */
+    hc_mat pos_embed;   /* [max_pos, C] (GPT-2) */
+    hc_mat lm_head;     /* [V, C] (the embedding when tied) */
+    hc_vec final_norm, final_norm_b;
+    hc_layer *layers;
+    float embed_scale;
+    hc_rope_config rope[2]; /* global, local */
+    void **owned;           /* aligned copies of misaligned tensors */
+    int n_owned;
+};
+
+#endif

@@ -1,0 +1,130 @@
+/* Every fixture model against transformers: logits of every prompt within the fixture's
+ * tolerance, and greedy tokens equal (up to a near-tie, where margins say a flip is allowed). */
+#include <dirent.h>
+
+#include "format/json.h"
+#include "format/safetensors.h"
+#include "hubcap.h"
+#include "test_util.h"
+
+static const hc_tensor_info *ref_tensor(hc_safetensors *ref, const char *fmt, int i) {
+    char name[64];
+    snprintf(name, sizeof name, fmt, i);
+    return hc_safetensors_find(ref, name);
+}
+
+static int32_t argmax(const float *x, int64_t n) {
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return (int32_t)best;
+}
+
+/* Greedy decoding from `prompt`; compares with ref until the first allowed divergence. */
+static void check_greedy(hc_model *m, const int64_t *prompt, int64_t T, const int64_t *ref, const float *margins,
+                         int64_t n_new, const char *label) {
+    const int64_t V = hc_model_vocab_size(m);
+    hc_session *s;
+    CHECK_OK(hc_session_new(m, T + n_new, &s));
+    if (!s) return;
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)T);
+    float *logits = malloc(sizeof(float) * (size_t)V);
+    for (int64_t i = 0; i < T; i++) ids[i] = (int32_t)prompt[i];
+    CHECK_OK(hc_session_forward(s, ids, T, logits, false));
+    for (int64_t i = 0; i < n_new; i++) {
+        int32_t next = argmax(logits, V);
+        if (next != ref[i]) {
+            bool tie = margins && i > 0 && margins[i - 1] < 0.01f;
+            bool tie_here = margins && margins[i] < 0.01f;
+            CHECK(tie || tie_here, "%s: greedy token %lld is %d, HF gave %lld", label, (long long)i, next,
+                  (long long)ref[i]);
+            break;
+        }
+        if (i + 1 < n_new) CHECK_OK(hc_session_forward(s, &next, 1, logits, false));
+    }
+    free(ids);
+    free(logits);
+    hc_session_free(s);
+}
+
+static void check_model(const char *dir, const char *name) {
+    char path[4096];
+    hc_model *m;
+    hc_model_params mp = hc_model_default_params();
+    hc_status st = hc_model_load(dir, &mp, &m);
+    CHECK(st == HC_OK, "%s: load: %s", name, hc_last_error());
+    if (st) return;
+    const int64_t V = hc_model_vocab_size(m);
+
+    snprintf(path, sizeof path, "%s/reference.json", dir);
+    hc_json_doc rj;
+    CHECK_OK(hc_json_parse_file(&rj, path));
+    const hc_json *tol = hc_json_get(hc_json_get(rj.root, "tolerance"), "f32_compute_max_abs");
+    const double tolerance = tol ? tol->u.num.d : 1e-3;
+
+    snprintf(path, sizeof path, "%s/reference.safetensors", dir);
+    hc_safetensors ref;
+    CHECK_OK(hc_safetensors_open(&ref, path, true));
+    for (int i = 0; i < 16; i++) {
+        const hc_tensor_info *tp = ref_tensor(&ref, "prompt%d", i);
+        if (!tp) break;
+        const hc_tensor_info *tl = ref_tensor(&ref, "logits%d", i);
+        const hc_tensor_info *tg = ref_tensor(&ref, "greedy%d", i);
+        const hc_tensor_info *tm = ref_tensor(&ref, "margins%d", i);
+        const int64_t T = tp->shape[1];
+        const int64_t *prompt = tp->data;
+        int32_t *ids = malloc(sizeof(int32_t) * (size_t)T);
+        for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)prompt[t];
+        float *logits = malloc(sizeof(float) * (size_t)(T * V));
+        hc_session *s;
+        CHECK_OK(hc_session_new(m, T, &s));
+        CHECK_OK(hc_session_forward(s, ids, T, logits, true));
+        const float *want = tl->data;
+        double max_err = 0;
+        for (int64_t j = 0; j < T * V; j++) {
+            double e = fabs((double)logits[j] - (double)want[j]);
+            if (!(e <= max_err)) max_err = e; /* NaN propagates into a failure */
+        }
+        CHECK(max_err <= tolerance, "%s prompt%d: max |logit - HF| = %g > %g", name, i, max_err, tolerance);
+        printf("  %-14s prompt%d T=%-3lld max|err| %.2e (tol %.2e)\n", name, i, (long long)T, max_err, tolerance);
+        char label[128];
+        snprintf(label, sizeof label, "%s prompt%d", name, i);
+        check_greedy(m, prompt, T, tg->data, tm ? tm->data : NULL, tg->shape[1], label);
+        hc_session_free(s);
+        free(logits);
+        free(ids);
+    }
+    /* stories260K also carries 200 tokens of greedy text from BOS alone. */
+    const hc_tensor_info *gb = hc_safetensors_find(&ref, "greedy_from_bos");
+    if (gb) {
+        const int64_t bos = 1;
+        check_greedy(m, &bos, 1, gb->data, NULL, gb->shape[1], "greedy_from_bos");
+    }
+    hc_safetensors_close(&ref);
+    hc_json_free(&rj);
+    hc_model_free(m);
+}
+
+int main(void) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/models", test_source_dir());
+    DIR *d = opendir(dir);
+    CHECK(d != NULL, "cannot open %s", dir);
+    int n = 0;
+    struct dirent *e;
+    char names[64][256];
+    while (d && (e = readdir(d)) && n < 64) {
+        if (e->d_name[0] == '.' || !strcmp(e->d_name, "index.json")) continue;
+        snprintf(names[n++], sizeof names[0], "%s", e->d_name);
+    }
+    if (d) closedir(d);
+    CHECK(n >= 13, "expected the 13 fixture models, found %d", n);
+    for (int i = 0; i < n; i++) {
+        char path[4400];
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        check_model(path, names[i]);
+    }
+    snprintf(dir, sizeof dir, "%s/models/stories260K", test_source_dir());
+    check_model(dir, "stories260K");
+    return test_finish("conformance");
+}

@@ -1,0 +1,45 @@
+/* A small test harness: CHECK records a failure and goes on; the closing line counts. */
+#ifndef HC_TEST_UTIL_H
+#define HC_TEST_UTIL_H
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int test_failures, test_checks;
+
+#define CHECK(cond, ...)                                                                                               \
+    do {                                                                                                               \
+        test_checks++;                                                                                                 \
+        if (!(cond)) {                                                                                                 \
+            test_failures++;                                                                                           \
+            fprintf(stderr, "%s:%d: FAIL: %s: ", __FILE__, __LINE__, #cond);                                           \
+            fprintf(stderr, __VA_ARGS__);                                                                              \
+            fprintf(stderr, "\n");                                                                                     \
+        }                                                                                                              \
+    } while (0)
+
+#define CHECK_OK(expr)                                                                                                 \
+    do {                                                                                                               \
+        hc_status st_ = (expr);                                                                                        \
+        CHECK(st_ == HC_OK, "%s -> %s: %s", #expr, hc_status_name(st_), hc_last_error());                             \
+    } while (0)
+
+static inline int test_finish(const char *name) {
+    printf("%s: %d checks, %d passed, %d failed\n", name, test_checks, test_checks - test_failures, test_failures);
+    return test_failures ? 1 : 0;
+}
+
+/* The source tree (for bundled fixtures) and the shared fixtures folder. */
+static inline const char *test_source_dir(void) {
+    const char *s = getenv("HUBCAP_SOURCE_DIR");
+    return s ? s : HUBCAP_SOURCE_DIR_DEFAULT;
+}
+
+static inline const char *test_shared_fixtures(void) {
+    const char *s = getenv("HUBCAP_FIXTURES");
+    return s ? s : HUBCAP_SOURCE_DIR_DEFAULT "/../shared/fixtures";
+}
+
+#endif

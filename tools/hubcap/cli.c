@@ -1,0 +1,102 @@
+#include "cli.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef HUBCAP_DEFAULT_MODEL
+#define HUBCAP_DEFAULT_MODEL "models/stories260K"
+#endif
+
+const char *cli_default_model(void) {
+    const char *env = getenv("HUBCAP_MODEL");
+    return (env && *env) ? env : HUBCAP_DEFAULT_MODEL;
+}
+
+int cli_fail(const char *cmd, hc_status st) {
+    const char *msg = hc_last_error();
+    fprintf(stderr, "hubcap %s: %s\n", cmd, *msg ? msg : hc_status_describe(st));
+    return EXIT_ERROR;
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "hubcap %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, " (see 'hubcap %s --help')\n", cmd);
+    va_end(ap);
+    return EXIT_USAGE;
+}
+
+const char *cli_value(int argc, char **argv, int *i, const char *cmd) {
+    if (*i + 1 >= argc) {
+        cli_usage_error(cmd, "option %s needs a value", argv[*i]);
+        return NULL;
+    }
+    return argv[++*i];
+}
+
+bool cli_parse_int(const char *text, int64_t lo, int64_t hi, int64_t *out) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (errno || end == text || *end || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+bool cli_parse_float(const char *text, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (errno || end == text || *end) return false;
+    *out = v;
+    return true;
+}
+
+bool cli_parse_device(const char *text, hc_device *out) {
+    if (!strcmp(text, "cpu")) *out = HC_DEVICE_CPU;
+    else if (!strcmp(text, "cuda")) *out = HC_DEVICE_CUDA;
+    else if (!strcmp(text, "auto")) *out = HC_DEVICE_AUTO;
+    else return false;
+    return true;
+}
+
+bool cli_parse_ids(const char *text, int32_t **ids, int64_t *n, const char *cmd) {
+    size_t cap = 16;
+    int64_t count = 0;
+    int32_t *out = malloc(cap * sizeof *out);
+    if (!out) return false;
+    const char *p = text;
+    for (;;) {
+        while (*p == ' ' || *p == ',' || *p == '\t' || *p == '\n') p++;
+        if (!*p) break;
+        char *end;
+        errno = 0;
+        long long v = strtoll(p, &end, 10);
+        if (end == p || errno || v < INT32_MIN || v > INT32_MAX ||
+            (*end && *end != ' ' && *end != ',' && *end != '\t' && *end != '\n')) {
+            free(out);
+            cli_usage_error(cmd, "--ids: '%s' is not a list of integers", text);
+            return false;
+        }
+        if ((size_t)count == cap) {
+            int32_t *nb = realloc(out, cap * 2 * sizeof *out);
+            if (!nb) {
+                free(out);
+                return false;
+            }
+            out = nb;
+            cap *= 2;
+        }
+        out[count++] = (int32_t)v;
+        p = end;
+    }
+    *ids = out;
+    *n = count;
+    return true;
+}

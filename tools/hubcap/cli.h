@@ -1,0 +1,35 @@
+/* Shared pieces of the hubcap subcommands: argument helpers, model defaults, errors. */
+#ifndef HUBCAP_CLI_H
+#define HUBCAP_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "hubcap.h"
+
+/* Exit codes: 0 ok, 1 runtime error (bad file, bad model), 2 usage error (bad flag). */
+enum { EXIT_OK = 0, EXIT_ERROR = 1, EXIT_USAGE = 2 };
+
+/* The bundled model, used when -m is not given (HUBCAP_MODEL overrides). */
+const char *cli_default_model(void);
+
+/* Prints "hubcap <cmd>: <message>" for a failed library call and returns EXIT_ERROR. */
+int cli_fail(const char *cmd, hc_status st);
+/* Prints a usage error and returns EXIT_USAGE. */
+int cli_usage_error(const char *cmd, const char *fmt, ...);
+
+/* Takes the value of option argv[*i] (e.g. "-m DIR"), advancing *i; NULL (and a message) when
+ * it is missing. */
+const char *cli_value(int argc, char **argv, int *i, const char *cmd);
+
+/* Parses "1 2 3" or "1,2,3" into a malloc'd array. Returns false with a message on bad input. */
+bool cli_parse_ids(const char *text, int32_t **ids, int64_t *n, const char *cmd);
+bool cli_parse_int(const char *text, int64_t lo, int64_t hi, int64_t *out);
+bool cli_parse_float(const char *text, double *out);
+bool cli_parse_device(const char *text, hc_device *out);
+
+int cmd_info(int argc, char **argv);
+int cmd_logits(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+
+#endif

@@ -1,0 +1,39 @@
+/* hubcap: the command-line tool. One file per subcommand; this one dispatches. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} commands[] = {
+    {"info", cmd_info, "show what a checkpoint holds (architecture, sizes, tensors)"},
+    {"logits", cmd_logits, "write the logits of every position to a .safetensors file"},
+    {"generate", cmd_generate, "continue a prompt (greedy decoding)"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: hubcap <command> [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\n'hubcap <command> --help' shows a command's options. Without -m, the bundled\n"
+               "model %s is used.\n",
+            cli_default_model());
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return EXIT_OK;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "hubcap: unknown command '%s' (see 'hubcap --help')\n", argv[1]);
+    return EXIT_USAGE;
+}
