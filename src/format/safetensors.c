@@ -102,10 +102,7 @@ static hc_status parse_entry(const hc_json_member *m, hc_tensor_info *t, const u
 }
 
 hc_status hc_safetensors_parse(hc_safetensors *st, const uint8_t *bytes, size_t size, const char *src) {
-    st->tensors = NULL;
-    st->n_tensors = 0;
-    st->metadata = NULL;
-    st->header.root = NULL;
+    memset(st, 0, sizeof *st);
     hc_arena_init(&st->header.arena, 4096);
     if (size < 8) return hc_fail(HC_ERR_FORMAT, "%s: file of %zu bytes is too small for a safetensors header", src, size);
     uint64_t hlen = 0;
@@ -202,13 +199,15 @@ fail:
 
 hc_status hc_safetensors_open(hc_safetensors *st, const char *path, bool use_mmap) {
     memset(st, 0, sizeof *st);
-    hc_status s = hc_file_map_open(&st->map, path, use_mmap);
+    hc_file_map map;
+    hc_status s = hc_file_map_open(&map, path, use_mmap);
     if (s) return s;
-    s = hc_safetensors_parse(st, st->map.data, st->map.size, path);
+    s = hc_safetensors_parse(st, map.data, map.size, path);
     if (s) {
-        hc_file_map_close(&st->map);
+        hc_file_map_close(&map);
         return s;
     }
+    st->map = map;
     st->path = strdup(path);
     if (!st->path) {
         hc_safetensors_close(st);
@@ -303,8 +302,9 @@ hc_status hc_safetensors_write(const char *path, const hc_tensor_write *tensors,
     qsort(order, (size_t)n, sizeof *order, cmp_write_name);
     for (int64_t i = 1; i < n; i++) {
         if (strcmp(order[i - 1]->name, order[i]->name) == 0) {
+            hc_status s = hc_fail(HC_ERR_INVALID_ARG, "%s: tensor '%s' given twice", path, order[i]->name);
             free(order);
-            return hc_fail(HC_ERR_INVALID_ARG, "%s: tensor '%s' given twice", path, order[i]->name);
+            return s;
         }
     }
     strbuf h = {0};

@@ -91,6 +91,12 @@ int cmd_generate(int argc, char **argv) {
     }
     const hc_model_config *c = hc_model_get_config(m);
     if (!ctx) ctx = c->max_position_embeddings;
+    if (c->rope.type == HC_ROPE_NONE && ctx > c->max_position_embeddings) {
+        fprintf(stderr, "hubcap generate: --ctx %lld exceeds the model's %lld learned positions\n", (long long)ctx,
+                (long long)c->max_position_embeddings);
+        rc = EXIT_ERROR;
+        goto out;
+    }
     if (n + max_new > ctx) {
         fprintf(stderr, "hubcap generate: prompt (%lld tokens) plus --max-new-tokens %lld exceeds the context of %lld\n",
                 (long long)n, (long long)max_new, (long long)ctx);

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The CLI's behaviour on good and bad input: exit codes (0 ok, 1 error, 2 usage), one-line
+# errors that name the file and the problem, and outputs equal to the HF references.
+set -u
+HUBCAP=$1
+SRC=$2
+FIX=$SRC/tests/fixtures/models
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+pass=0
+fail=0
+
+# expect CODE PATTERN -- command...: exit code CODE, and (for errors) one stderr line matching PATTERN
+expect() {
+    local want=$1 pattern=$2
+    shift 3
+    "$@" >"$TMP/out" 2>"$TMP/err"
+    local rc=$?
+    local lines
+    lines=$(wc -l <"$TMP/err")
+    if [ "$rc" != "$want" ]; then
+        echo "FAIL: exit $rc, wanted $want: $*"; sed 's/^/  stderr: /' "$TMP/err"; fail=$((fail + 1)); return
+    fi
+    if [ -n "$pattern" ] && ! grep -qE -- "$pattern" "$TMP/err"; then
+        echo "FAIL: stderr lacks /$pattern/: $*"; sed 's/^/  stderr: /' "$TMP/err"; fail=$((fail + 1)); return
+    fi
+    if [ "$want" = 1 ] && [ "$lines" != 1 ]; then
+        echo "FAIL: $lines stderr lines, wanted 1: $*"; fail=$((fail + 1)); return
+    fi
+    pass=$((pass + 1))
+}
+
+# Usage errors exit 2.
+expect 2 "unknown command" -- "$HUBCAP" frobnicate
+expect 2 "usage: hubcap <command>" -- "$HUBCAP"
+expect 2 "unknown option '--bogus'" -- "$HUBCAP" info --bogus
+expect 2 "needs a value" -- "$HUBCAP" info -m
+expect 2 "--ids" -- "$HUBCAP" logits --out "$TMP/x.safetensors"
+expect 2 "not a list of integers" -- "$HUBCAP" generate --ids "1 two 3"
+expect 2 "empty" -- "$HUBCAP" generate --ids " , "
+expect 2 "--max-new-tokens" -- "$HUBCAP" generate --ids 1 --max-new-tokens -3
+expect 2 "--device" -- "$HUBCAP" generate --ids 1 --device tpu
+expect 0 "" -- "$HUBCAP" info --help
+expect 0 "" -- "$HUBCAP" generate --help
+
+# Good runs.
+expect 0 "" -- "$HUBCAP" info
+grep -q "LlamaForCausalLM" "$TMP/out" && pass=$((pass + 1)) || { echo "FAIL: info names the architecture"; fail=$((fail + 1)); }
+expect 0 "" -- "$HUBCAP" info -m "$FIX/llama_sharded" --no-mmap
+grep -q "shards        8" "$TMP/out" && pass=$((pass + 1)) || { echo "FAIL: info counts 8 shards"; fail=$((fail + 1)); }
+# stories260K from BOS: HF's greedy tokens (reference.safetensors greedy_from_bos, first 20).
+expect 0 "" -- "$HUBCAP" generate --ids 1 --max-new-tokens 20 --temperature 0 --output-ids --ignore-eos
+want="403 407 261 378 432 383 286 261 376 298 315 421 395 317 426 338 401 396 267 337"
+[ "$(cat "$TMP/out")" = "$want" ] && pass=$((pass + 1)) || { echo "FAIL: greedy ids: $(cat "$TMP/out")"; fail=$((fail + 1)); }
+expect 0 "" -- "$HUBCAP" generate --ids "1,403" --max-new-tokens 3 --output-ids --ignore-eos
+[ "$(cat "$TMP/out")" = "407 261 378" ] && pass=$((pass + 1)) || { echo "FAIL: comma ids: $(cat "$TMP/out")"; fail=$((fail + 1)); }
+expect 0 "" -- "$HUBCAP" logits -m "$FIX/gpt2" --ids "1 2 3 4" --out "$TMP/l.safetensors"
+"$HUBCAP" info -m "$TMP/l.safetensors" --tensors | grep -q "^logits F32 \[4, 320\]" && pass=$((pass + 1)) ||
+    { echo "FAIL: logits file shape"; fail=$((fail + 1)); }
+
+# Bad model input exits 1 with one line naming the file.
+expect 1 "no-such-dir: no such file" -- "$HUBCAP" info -m "$TMP/no-such-dir"
+mkdir -p "$TMP/bert"
+echo '{"model_type": "bert", "hidden_size": 8}' >"$TMP/bert/config.json"
+expect 1 "unsupported architecture 'bert' \(supported: llama" -- "$HUBCAP" info -m "$TMP/bert"
+mkdir -p "$TMP/badjson"
+printf '{"model_type": "llama",\n "hidden_size": 64,,\n}' >"$TMP/badjson/config.json"
+expect 1 "config.json:2:20:" -- "$HUBCAP" info -m "$TMP/badjson"
+mkdir -p "$TMP/trunc"
+cp "$FIX/llama2/config.json" "$TMP/trunc/"
+head -c 5000 "$FIX/llama2/model.safetensors" >"$TMP/trunc/model.safetensors"
+expect 1 "trunc/model.safetensors: .*(past|truncated)" -- "$HUBCAP" info -m "$TMP/trunc"
+printf '\xff\xff\xff\xff\xff\x00\x00\x00{}' >"$TMP/trunc/model.safetensors"
+expect 1 "model.safetensors: header length" -- "$HUBCAP" info -m "$TMP/trunc"
+# A missing tensor is named.
+mkdir -p "$TMP/missing"
+cp "$FIX/llama2/config.json" "$TMP/missing/"
+sed 's/"num_hidden_layers": 2/"num_hidden_layers": 3/' "$FIX/llama2/config.json" >"$TMP/missing/config.json"
+cp "$FIX/llama2/model.safetensors" "$TMP/missing/"
+expect 1 "missing tensor 'model.layers.2.input_layernorm.weight'" -- "$HUBCAP" logits -m "$TMP/missing" --ids 1 --out "$TMP/y.safetensors"
+[ ! -e "$TMP/y.safetensors" ] && pass=$((pass + 1)) || { echo "FAIL: a failed run wrote its output"; fail=$((fail + 1)); }
+# A shape that disagrees with config.json.
+sed 's/"intermediate_size": 160/"intermediate_size": 128/' "$FIX/llama2/config.json" >"$TMP/missing/config.json"
+expect 1 "has shape \[160, 64\], but config.json implies \[128, 64\]" -- "$HUBCAP" generate -m "$TMP/missing" --ids 1
+# Unsupported features are refused at load, by name.
+sed 's/"rope_scaling": null/"rope_scaling": {"rope_type": "longrope", "factor": 2}/' "$FIX/llama2/config.json" >"$TMP/missing/config.json"
+expect 1 "rope_type='longrope'" -- "$HUBCAP" generate -m "$TMP/missing" --ids 1
+sed 's/"hidden_act": "silu"/"hidden_act": "mish"/' "$FIX/llama2/config.json" >"$TMP/missing/config.json"
+expect 1 "hidden_act='mish'" -- "$HUBCAP" generate -m "$TMP/missing" --ids 1
+# Bad ids and contexts.
+expect 1 "token id 320 .* outside the vocabulary" -- "$HUBCAP" logits -m "$FIX/llama2" --ids "1 320" --out "$TMP/z.safetensors"
+expect 1 "token id -1" -- "$HUBCAP" generate -m "$FIX/llama2" --ids "-1"
+expect 1 "exceeds the context of 512" -- "$HUBCAP" generate --ids 1 --max-new-tokens 600
+expect 1 "exceeds the model's 128 learned positions" -- "$HUBCAP" generate -m "$FIX/gpt2" --ids 1 --max-new-tokens 10 --ctx 200
+expect 1 "no CUDA backend" -- "$HUBCAP" generate --ids 1 --device cuda
+
+echo "$pass passed, $fail failed"
+[ "$fail" = 0 ]

@@ -1,0 +1,155 @@
+/* config.json -> hc_model_config: every fixture, transformers' defaults, both rope styles,
+ * and the refusals. */
+#include "format/json.h"
+#include "hubcap.h"
+#include "model/config.h"
+#include "test_util.h"
+
+static hc_status parse_cfg(hc_model_config *c, const char *text) {
+    hc_json_doc d;
+    hc_status s = hc_json_parse(&d, text, strlen(text), "config.json");
+    if (s) return s;
+    s = hc_config_parse(c, d.root, "config.json");
+    hc_json_free(&d);
+    return s;
+}
+
+static int64_t json_int(const hc_json *o, const char *k, int64_t dflt) {
+    const hc_json *v = hc_json_get(o, k);
+    return (v && v->type == HC_JSON_NUMBER) ? v->u.num.i : dflt;
+}
+
+/* The typed config agrees with config.json on every key the fixture states. */
+static void test_fixtures(void) {
+    static const char *names[] = {"llama2", "llama3_2", "llama3_v5", "llama_sharded", "mistral", "qwen2", "qwen3",
+                                  "gemma", "gemma2", "gemma3", "phi3", "mixtral", "gpt2"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/tests/fixtures/models/%s", test_source_dir(), names[i]);
+        hc_checkpoint *ck;
+        CHECK_OK(hc_checkpoint_open(path, NULL, &ck));
+        if (!ck) continue;
+        const hc_model_config *c = hc_checkpoint_config(ck);
+        snprintf(path, sizeof path, "%s/tests/fixtures/models/%s/config.json", test_source_dir(), names[i]);
+        hc_json_doc d;
+        CHECK_OK(hc_json_parse_file(&d, path));
+        const hc_json *j = d.root;
+        const bool gpt2 = !strcmp(names[i], "gpt2");
+        CHECK(c->hidden_size == json_int(j, gpt2 ? "n_embd" : "hidden_size", -1), "%s hidden", names[i]);
+        CHECK(c->n_layers == json_int(j, gpt2 ? "n_layer" : "num_hidden_layers", -1), "%s layers", names[i]);
+        CHECK(c->n_heads == json_int(j, gpt2 ? "n_head" : "num_attention_heads", -1), "%s heads", names[i]);
+        CHECK(c->vocab_size == json_int(j, "vocab_size", -1), "%s vocab", names[i]);
+        CHECK(c->max_position_embeddings == json_int(j, gpt2 ? "n_positions" : "max_position_embeddings", -1),
+              "%s context", names[i]);
+        if (!gpt2) {
+            CHECK(c->n_kv_heads == json_int(j, "num_key_value_heads", -1), "%s kv heads", names[i]);
+            CHECK(c->intermediate_size == json_int(j, "intermediate_size", -1), "%s intermediate", names[i]);
+            int64_t hd = json_int(j, "head_dim", c->hidden_size / c->n_heads);
+            CHECK(c->head_dim == hd, "%s head_dim %lld vs %lld", names[i], (long long)c->head_dim, (long long)hd);
+        } else {
+            CHECK(c->intermediate_size == 4 * c->hidden_size, "gpt2 n_inner null -> 4 * n_embd");
+            CHECK(c->rope.type == HC_ROPE_NONE, "gpt2 learned positions");
+        }
+        const hc_json *tie = hc_json_get(j, "tie_word_embeddings");
+        if (tie) CHECK(c->tie_word_embeddings == tie->u.b, "%s tie", names[i]);
+        CHECK(c->n_eos == 1 && c->eos_token_ids[0] == 2 && c->bos_token_id == 1, "%s generation ids", names[i]);
+        hc_json_free(&d);
+        hc_checkpoint_free(ck);
+    }
+}
+
+static void test_rope_styles(void) {
+    hc_model_config a, b;
+    char p1[512], p2[512];
+    snprintf(p1, sizeof p1, "%s/tests/fixtures/models/llama3_2", test_source_dir());
+    snprintf(p2, sizeof p2, "%s/tests/fixtures/models/llama3_v5", test_source_dir());
+    hc_checkpoint *c1, *c2;
+    CHECK_OK(hc_checkpoint_open(p1, NULL, &c1));
+    CHECK_OK(hc_checkpoint_open(p2, NULL, &c2));
+    if (!c1 || !c2) return;
+    a = *hc_checkpoint_config(c1);
+    b = *hc_checkpoint_config(c2);
+    CHECK(a.rope.type == HC_ROPE_LLAMA3 && b.rope.type == HC_ROPE_LLAMA3, "both llama3");
+    CHECK(a.rope.theta == 500000.0 && b.rope.theta == 500000.0, "theta from rope_theta and rope_parameters");
+    CHECK(a.rope.factor == 8 && b.rope.factor == 8 && a.rope.original_max_position_embeddings == 64 &&
+              b.rope.original_max_position_embeddings == 64 && a.rope.high_freq_factor == 4 &&
+              b.rope.low_freq_factor == 1,
+          "same llama3 parameters");
+    hc_checkpoint_free(c1);
+    hc_checkpoint_free(c2);
+
+    hc_model_config c;
+    /* Gemma 3 multimodal config with the v5 per-layer-type rope_parameters. */
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"gemma3\",\"text_config\":{\"hidden_size\":64,\"num_hidden_layers\":6,"
+                           "\"num_attention_heads\":4,\"num_key_value_heads\":2,\"head_dim\":16,\"vocab_size\":100,"
+                           "\"rope_parameters\":{\"full_attention\":{\"rope_type\":\"linear\",\"factor\":8.0,"
+                           "\"rope_theta\":1000000.0},\"sliding_attention\":{\"rope_type\":\"default\","
+                           "\"rope_theta\":10000.0}}}}"));
+    CHECK(c.rope.type == HC_ROPE_LINEAR && c.rope.theta == 1e6 && c.rope.factor == 8, "global rope");
+    CHECK(c.has_rope_local && c.rope_local.type == HC_ROPE_DEFAULT && c.rope_local.theta == 10000, "local rope");
+    CHECK(c.layer_sliding[0] && c.layer_sliding[4] && !c.layer_sliding[5], "pattern 6: every 6th layer is global");
+    CHECK(c.sliding_window == 4096 && c.query_pre_attn_scalar == 256, "gemma3 defaults");
+    /* Legacy "type" key, yarn. */
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"qwen2\",\"rope_scaling\":{\"type\":\"yarn\",\"factor\":4.0,"
+                           "\"original_max_position_embeddings\":32768}}"));
+    CHECK(c.rope.type == HC_ROPE_YARN && c.rope.factor == 4 && c.rope.original_max_position_embeddings == 32768,
+          "yarn via legacy 'type'");
+    CHECK(c.qkv_bias && !c.o_bias, "qwen2: q/k/v bias only");
+}
+
+static void test_defaults(void) {
+    hc_model_config c;
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"llama\"}"));
+    CHECK(c.hidden_size == 4096 && c.n_layers == 32 && c.n_kv_heads == 32 && c.head_dim == 128 &&
+              c.vocab_size == 32000 && c.norm_eps == 1e-6 && c.rope.theta == 10000 && !c.tie_word_embeddings &&
+              c.act == HC_ACT_SILU && c.max_position_embeddings == 2048,
+          "llama defaults");
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"mistral\",\"num_key_value_heads\":null}"));
+    CHECK(c.n_kv_heads == 8 && c.sliding_window == 4096 && c.layer_sliding[0], "mistral defaults");
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"gemma\",\"hidden_act\":\"gelu\"}"));
+    CHECK(c.act == HC_ACT_GELU_TANH && c.head_dim == 256 && c.tie_word_embeddings, "gemma ignores hidden_act");
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"gemma2\",\"num_hidden_layers\":4}"));
+    CHECK(c.layer_sliding[0] && !c.layer_sliding[1] && c.attn_softcap == 50 && c.final_softcap == 30,
+          "gemma2 alternates, soft-caps");
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"phi3\",\"partial_rotary_factor\":0.5,\"hidden_size\":256,"
+                           "\"num_attention_heads\":4}"));
+    CHECK(c.head_dim == 64 && c.rotary_dim == 32, "phi3 partial rotary");
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"qwen3\",\"use_sliding_window\":true,\"sliding_window\":16,"
+                           "\"max_window_layers\":1,\"num_hidden_layers\":3}"));
+    CHECK(!c.layer_sliding[0] && c.layer_sliding[1] && c.layer_sliding[2], "qwen sliding from max_window_layers");
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"mixtral\"}"));
+    CHECK(c.n_experts == 8 && c.n_experts_per_tok == 2 && c.rope.theta == 1e6, "mixtral defaults");
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"llama\",\"eos_token_id\":[7,9],\"bos_token_id\":3}"));
+    CHECK(c.n_eos == 2 && c.eos_token_ids[1] == 9 && c.bos_token_id == 3, "eos as a list");
+}
+
+static void expect_refused(const char *json, hc_status want, const char *needle) {
+    hc_model_config c;
+    hc_status s = parse_cfg(&c, json);
+    CHECK(s == want, "%s -> %s", json, hc_status_name(s));
+    CHECK(strstr(hc_last_error(), needle) != NULL, "message has '%s': %s", needle, hc_last_error());
+}
+
+static void test_refusals(void) {
+    expect_refused("{\"model_type\":\"bert\"}", HC_ERR_UNSUPPORTED, "unsupported architecture 'bert' (supported: llama");
+    expect_refused("{\"hidden_size\":3}", HC_ERR_FORMAT, "model_type");
+    expect_refused("{\"model_type\":\"llama\",\"rope_scaling\":{\"rope_type\":\"longrope\"}}", HC_ERR_UNSUPPORTED,
+                   "rope_type='longrope'");
+    expect_refused("{\"model_type\":\"llama\",\"hidden_act\":\"mish\"}", HC_ERR_UNSUPPORTED, "hidden_act='mish'");
+    expect_refused("{\"model_type\":\"llama\",\"hidden_size\":\"big\"}", HC_ERR_FORMAT, "'hidden_size' must be");
+    expect_refused("{\"model_type\":\"llama\",\"num_attention_heads\":6,\"num_key_value_heads\":4}", HC_ERR_FORMAT,
+                   "must divide");
+    expect_refused("{\"model_type\":\"llama\",\"num_hidden_layers\":0}", HC_ERR_FORMAT, "positive");
+    expect_refused("{\"model_type\":\"mistral\",\"layer_types\":[\"chunked_attention\"],\"num_hidden_layers\":1}",
+                   HC_ERR_UNSUPPORTED, "chunked_attention");
+    expect_refused("{\"model_type\":\"llama\",\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8}}",
+                   HC_ERR_FORMAT, "original_max_position_embeddings");
+}
+
+int main(void) {
+    test_fixtures();
+    test_rope_styles();
+    test_defaults();
+    test_refusals();
+    return test_finish("config");
+}

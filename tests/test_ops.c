@@ -1,0 +1,314 @@
+/* Every CPU op against a naive formula computed in double, including the edge cases:
+ * windows longer than the sequence, one kv head, T = 1, partial rotary, transposed weights. */
+#include "backend/backend.h"
+#include "base/half.h"
+#include "hubcap.h"
+#include "model/rope.h"
+#include "test_util.h"
+
+#ifndef M_PI
+#define M_PI 3.14159265358979323846
+#endif
+
+static uint64_t rs = 88172645463325252ull;
+static float frand(void) {
+    rs ^= rs << 13;
+    rs ^= rs >> 7;
+    rs ^= rs << 17;
+    return (float)((double)(rs >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+static void fill(float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] = frand();
+}
+
+static double max_diff(const float *a, const double *b, int64_t n) {
+    double m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (!(d <= m)) m = d;
+    }
+    return m;
+}
+
+static void test_half(void) {
+    int bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = hc_f16_to_f32((uint16_t)h);
+        if (f != f) continue;
+        if (hc_f32_to_f16(f) != h) bad++;
+    }
+    CHECK(bad == 0, "f16 -> f32 -> f16 round trips exactly (%d bad)", bad);
+    CHECK(hc_f16_to_f32(0x3c00) == 1.0f && hc_f16_to_f32(0xc000) == -2.0f && hc_f16_to_f32(0x0001) == 5.9604645e-8f,
+          "f16 values");
+    CHECK(hc_f32_to_f16(65520.0f) == 0x7c00 && hc_f32_to_f16(1e-9f) == 0, "f16 overflow and underflow");
+    for (uint32_t h = 0; h < 65536; h += 7) {
+        float f = hc_bf16_to_f32((uint16_t)h);
+        if (f == f && hc_f32_to_bf16(f) != h) bad++;
+    }
+    CHECK(bad == 0, "bf16 round trip");
+    CHECK(hc_f32_to_bf16(1.00390625f) == 0x3f80, "bf16 rounds half to even");
+}
+
+static void test_matmul(hc_backend *be) {
+    const int64_t T = 3, K = 37, N = 11;
+    float x[3 * 37], wf[11 * 37], bias[11], out[3 * 11];
+    uint16_t wb[11 * 37], wh[11 * 37], wt[37 * 11];
+    double want[3 * 11];
+    fill(x, T * K);
+    fill(wf, N * K);
+    fill(bias, N);
+    for (int64_t i = 0; i < N * K; i++) {
+        wb[i] = hc_f32_to_bf16(wf[i]);
+        wh[i] = hc_f32_to_f16(wf[i]);
+    }
+    for (int dt = 0; dt < 3; dt++) {
+        hc_mat w = {.dtype = dt == 0 ? HC_DTYPE_F32 : dt == 1 ? HC_DTYPE_BF16 : HC_DTYPE_F16, .rows = N, .cols = K, .ld = K};
+        w.data = dt == 0 ? (const void *)wf : dt == 1 ? (const void *)wb : (const void *)wh;
+        hc_vec b = {.data = bias, .dtype = HC_DTYPE_F32, .n = N};
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t n = 0; n < N; n++) {
+                double s = bias[n];
+                for (int64_t k = 0; k < K; k++) {
+                    float wv = dt == 0 ? wf[n * K + k] : dt == 1 ? hc_bf16_to_f32(wb[n * K + k]) : hc_f16_to_f32(wh[n * K + k]);
+                    s += (double)x[t * K + k] * wv;
+                }
+                want[t * N + n] = s;
+            }
+        be->matmul(be, out, x, &w, &b, T);
+        CHECK(max_diff(out, want, T * N) < 1e-5, "matmul dtype %d: %g", dt, max_diff(out, want, T * N));
+    }
+    /* Stored transposed [K, N] (GPT-2 Conv1D), and a column slice of it. */
+    for (int64_t k = 0; k < K; k++)
+        for (int64_t n = 0; n < N; n++) wt[k * N + n] = wb[n * K + k];
+    hc_mat w = {.data = wt, .dtype = HC_DTYPE_BF16, .rows = N, .cols = K, .ld = N, .transposed = true};
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t n = 0; n < N; n++) {
+            double s = 0;
+            for (int64_t k = 0; k < K; k++) s += (double)x[t * K + k] * hc_bf16_to_f32(wb[n * K + k]);
+            want[t * N + n] = s;
+        }
+    be->matmul(be, out, x, &w, NULL, T);
+    CHECK(max_diff(out, want, T * N) < 1e-5, "transposed matmul");
+    hc_mat slice = w;
+    slice.data = wt + 4;
+    slice.rows = 5;
+    be->matmul(be, out, x, &slice, NULL, 1);
+    double want5[5];
+    for (int n = 0; n < 5; n++) want5[n] = want[4 + n];
+    CHECK(max_diff(out, want5, 5) < 1e-5, "column slice of a transposed matrix");
+    /* Row slice of a [N, K] matrix (a fused qkv view). */
+    hc_mat rows = {.data = wf + 3 * K, .dtype = HC_DTYPE_F32, .rows = 4, .cols = K, .ld = K};
+    be->matmul(be, out, x, &rows, NULL, 1);
+    double want4[4];
+    for (int n = 0; n < 4; n++) {
+        want4[n] = 0;
+        for (int64_t k = 0; k < K; k++) want4[n] += (double)x[k] * wf[(3 + n) * K + k];
+    }
+    CHECK(max_diff(out, want4, 4) < 1e-5, "row slice");
+    /* Embedding gather with scale and accumulate. */
+    int32_t ids[2] = {10, 0};
+    hc_mat table = {.data = wf, .dtype = HC_DTYPE_F32, .rows = N, .cols = K, .ld = K};
+    float emb[2 * 37];
+    be->embedding(be, emb, &table, ids, 2, 2.0f, false);
+    be->embedding(be, emb, &table, ids, 2, 1.0f, true);
+    double wemb[2 * 37];
+    for (int t = 0; t < 2; t++)
+        for (int k = 0; k < K; k++) wemb[t * K + k] = 3.0 * wf[ids[t] * K + k];
+    CHECK(max_diff(emb, wemb, 2 * K) < 1e-6, "embedding");
+}
+
+static void test_norms(hc_backend *be) {
+    const int64_t T = 4, C = 19;
+    float x[4 * 19], w[19], b[19], out[4 * 19];
+    double want[4 * 19];
+    fill(x, T * C);
+    fill(w, C);
+    fill(b, C);
+    hc_vec wv = {.data = w, .dtype = HC_DTYPE_F32, .n = C}, bv = {.data = b, .dtype = HC_DTYPE_F32, .n = C};
+    for (int kind = 0; kind < 3; kind++) {
+        for (int64_t t = 0; t < T; t++) {
+            double mean = 0, var = 0, ss = 0;
+            for (int64_t c = 0; c < C; c++) mean += x[t * C + c] / (double)C;
+            for (int64_t c = 0; c < C; c++) {
+                var += (x[t * C + c] - mean) * (x[t * C + c] - mean) / (double)C;
+                ss += (double)x[t * C + c] * x[t * C + c] / (double)C;
+            }
+            for (int64_t c = 0; c < C; c++) {
+                if (kind == HC_NORM_LAYER) want[t * C + c] = (x[t * C + c] - mean) / sqrt(var + 1e-5) * w[c] + b[c];
+                else want[t * C + c] = x[t * C + c] / sqrt(ss + 1e-5) * (kind == HC_NORM_RMS_PLUS1 ? 1.0 + w[c] : w[c]);
+            }
+        }
+        be->norm(be, out, x, &wv, kind == HC_NORM_LAYER ? &bv : NULL, (hc_norm_kind)kind, 1e-5f, T, C);
+        CHECK(max_diff(out, want, T * C) < 1e-5, "norm kind %d: %g", kind, max_diff(out, want, T * C));
+    }
+    /* In place, as the per-head q/k norms use it. */
+    memcpy(out, x, sizeof x);
+    be->norm(be, out, out, &wv, NULL, HC_NORM_RMS, 1e-5f, T, C);
+    float ref[4 * 19];
+    be->norm(be, ref, x, &wv, NULL, HC_NORM_RMS, 1e-5f, T, C);
+    CHECK(!memcmp(out, ref, sizeof ref), "norm in place");
+}
+
+static void test_rope(hc_backend *be) {
+    const int64_t T = 3, NH = 2, D = 10;
+    for (int64_t R = 4; R <= D; R += 6) { /* partial (4 of 10) and full */
+        float x[3 * 2 * 10], inv[5];
+        double want[3 * 2 * 10];
+        fill(x, T * NH * D);
+        for (int64_t i = 0; i < R / 2; i++) inv[i] = powf(10000.0f, -(float)(2 * i) / (float)R);
+        int32_t pos[3] = {0, 5, 17};
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t h = 0; h < NH; h++) {
+                const float *v = x + (t * NH + h) * D;
+                double *o = want + (t * NH + h) * D;
+                for (int64_t d = 0; d < D; d++) o[d] = v[d];
+                for (int64_t i = 0; i < R / 2; i++) { /* rotate (v[i], v[i+R/2]) by angle pos*inv */
+                    double a = (double)((float)pos[t] * inv[i]);
+                    o[i] = 0.5 * (v[i] * cos(a) - v[i + R / 2] * sin(a)) * 2;
+                    o[i + R / 2] = v[i + R / 2] * cos(a) + v[i] * sin(a);
+                }
+            }
+        be->rope(be, x, pos, inv, 1.0f, T, NH, D, R);
+        CHECK(max_diff(x, want, T * NH * D) < 1e-5, "rope R=%lld: %g", (long long)R, max_diff(x, want, T * NH * D));
+    }
+}
+
+/* Naive attention: full score matrix, explicit causal + window mask, double softmax. */
+static void naive_attention(double *out, const float *q, const float *kc, const float *vc, const int32_t *pos,
+                            int64_t T, int64_t H, int64_t KVH, int64_t D, float scale, int64_t window, float cap) {
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t h = 0; h < H; h++) {
+            int64_t kvh = h * KVH / H;
+            double s[64], mx = -1e300, sum = 0;
+            for (int64_t j = 0; j <= pos[t]; j++) {
+                bool visible = window == 0 || pos[t] - j < window;
+                double v = 0;
+                for (int64_t d = 0; d < D; d++) v += (double)q[(t * H + h) * D + d] * kc[(j * KVH + kvh) * D + d];
+                v *= scale;
+                if (cap > 0) v = cap * tanh(v / cap);
+                s[j] = visible ? v : -INFINITY;
+                if (s[j] > mx) mx = s[j];
+            }
+            for (int64_t j = 0; j <= pos[t]; j++) sum += (s[j] = exp(s[j] - mx));
+            for (int64_t d = 0; d < D; d++) {
+                double o = 0;
+                for (int64_t j = 0; j <= pos[t]; j++) o += s[j] / sum * vc[(j * KVH + kvh) * D + d];
+                out[(t * H + h) * D + d] = o;
+            }
+        }
+}
+
+static void test_attention(hc_backend *be) {
+    const int64_t S = 20, D = 6;
+    struct {
+        int64_t T, H, KVH, window;
+        float cap;
+        int32_t first;
+    } cases[] = {
+        {5, 4, 2, 0, 0, 0},    /* GQA, causal prompt */
+        {5, 4, 1, 0, 0, 3},    /* one kv head (MQA), prompt after a cached prefix */
+        {1, 4, 4, 0, 0, 12},   /* T = 1 decode */
+        {8, 2, 2, 3, 0, 0},    /* window shorter than the sequence */
+        {6, 2, 1, 50, 0, 4},   /* window longer than the sequence */
+        {4, 4, 2, 4, 5.0f, 9}, /* window + soft-capping */
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int64_t T = cases[c].T, H = cases[c].H, KVH = cases[c].KVH;
+        float q[8 * 4 * 6], kc[20 * 4 * 6], vc[20 * 4 * 6], out[8 * 4 * 6], scratch[20];
+        double want[8 * 4 * 6];
+        fill(q, T * H * D);
+        fill(kc, S * KVH * D);
+        fill(vc, S * KVH * D);
+        for (int64_t i = 0; i < T * H * D; i++) q[i] *= 3;
+        int32_t pos[8];
+        for (int64_t t = 0; t < T; t++) pos[t] = cases[c].first + (int32_t)t;
+        be->attention(be, out, q, kc, vc, pos, T, H, KVH, D, 0.4f, cases[c].window, cases[c].cap, scratch);
+        naive_attention(want, q, kc, vc, pos, T, H, KVH, D, 0.4f, cases[c].window, cases[c].cap);
+        CHECK(max_diff(out, want, T * H * D) < 1e-5, "attention case %zu: %g", c, max_diff(out, want, T * H * D));
+    }
+}
+
+static void test_elementwise_and_routing(hc_backend *be) {
+    float g[8] = {-3, -1, -0.5f, 0, 0.5f, 1, 2, 4}, u[8], out[8];
+    double want[8];
+    fill(u, 8);
+    for (int act = 0; act < 4; act++) {
+        for (int i = 0; i < 8; i++) {
+            double x = g[i], a;
+            switch (act) {
+            case HC_ACT_SILU: a = x / (1 + exp(-x)); break;
+            case HC_ACT_GELU_TANH: a = 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x))); break;
+            case HC_ACT_GELU: a = 0.5 * x * (1 + erf(x / sqrt(2.0))); break;
+            default: a = x > 0 ? x : 0;
+            }
+            want[i] = a * u[i];
+        }
+        be->glu(be, out, g, u, (hc_activation)act, 8);
+        CHECK(max_diff(out, want, 8) < 1e-6, "glu act %d", act);
+    }
+    memcpy(out, g, sizeof g);
+    be->softcap(be, out, 2.0f, 8);
+    for (int i = 0; i < 8; i++) want[i] = 2 * tanh(g[i] / 2);
+    CHECK(max_diff(out, want, 8) < 1e-6, "softcap");
+    float logits[2 * 5] = {0.1f, 2.0f, -1.0f, 1.5f, 0.3f, 5, 5, 1, 0, 5};
+    float w[4];
+    int32_t e[4];
+    be->topk_route(be, w, e, logits, 2, 5, 2, true);
+    CHECK(e[0] == 1 && e[1] == 3, "top-2 experts %d %d", e[0], e[1]);
+    double z = exp(2.0) + exp(1.5);
+    CHECK(fabs(w[0] - exp(2.0) / z) < 1e-6 && fabs(w[1] - exp(1.5) / z) < 1e-6, "renormalised weights");
+    CHECK(e[2] == 0 && e[3] == 1 && fabs(w[2] - 0.5) < 1e-6, "ties keep index order");
+    be->topk_route(be, w, e, logits, 1, 5, 1, false);
+    double zall = exp(0.1) + exp(2.0) + exp(-1.0) + exp(1.5) + exp(0.3);
+    CHECK(fabs(w[0] - exp(2.0) / zall) < 1e-6, "softmax weight without renorm");
+}
+
+static void test_rope_tables(void) {
+    float a[16], b[16], af;
+    hc_rope_config def = {.type = HC_ROPE_DEFAULT, .theta = 10000, .factor = 1};
+    hc_rope_inv_freq(a, &af, &def, 32, 4096, 4096);
+    CHECK(fabsf(a[1] - powf(10000, -2.0f / 32)) < 1e-9f && af == 1, "default table");
+    hc_rope_config lin = def;
+    lin.type = HC_ROPE_LINEAR;
+    lin.factor = 4;
+    hc_rope_inv_freq(b, &af, &lin, 32, 4096, 4096);
+    CHECK(fabsf(b[3] - a[3] / 4) < 1e-9f, "linear divides by the factor");
+    hc_rope_config l3 = def;
+    l3.type = HC_ROPE_LLAMA3;
+    l3.factor = 8;
+    l3.low_freq_factor = 1;
+    l3.high_freq_factor = 4;
+    l3.original_max_position_embeddings = 8192;
+    hc_rope_inv_freq(b, &af, &l3, 32, 131072, 131072);
+    CHECK(b[0] == a[0], "llama3 keeps high frequencies");
+    CHECK(fabsf(b[15] - a[15] / 8) < 1e-12f, "llama3 divides low frequencies by the factor");
+    hc_rope_config dyn = def;
+    dyn.type = HC_ROPE_DYNAMIC;
+    dyn.factor = 2;
+    dyn.original_max_position_embeddings = 4096;
+    hc_rope_inv_freq(b, &af, &dyn, 32, 4096, 100);
+    CHECK(!memcmp(a, b, sizeof(float) * 16), "dynamic within the trained length = default");
+    hc_rope_inv_freq(b, &af, &dyn, 32, 4096, 8192);
+    double base = 10000 * pow(2.0 * 8192 / 4096 - 1, 32.0 / 30);
+    CHECK(fabs(b[5] - 1 / pow(base, 10.0 / 32)) < 1e-6 * b[5], "dynamic NTK base");
+    hc_rope_config yarn = def;
+    yarn.type = HC_ROPE_YARN;
+    yarn.factor = 4;
+    yarn.truncate = true;
+    yarn.original_max_position_embeddings = 4096;
+    hc_rope_inv_freq(b, &af, &yarn, 32, 16384, 16384);
+    CHECK(fabsf(af - (float)(0.1 * log(4.0) + 1)) < 1e-6f, "yarn attention factor");
+    CHECK(b[0] == a[0] && fabsf(b[15] - a[15] / 4) < 1e-6f * a[15], "yarn extrapolates high, interpolates low");
+}
+
+int main(void) {
+    hc_backend *be = hc_backend_cpu();
+    test_half();
+    test_matmul(be);
+    test_norms(be);
+    test_rope(be);
+    test_attention(be);
+    test_elementwise_and_routing(be);
+    test_rope_tables();
+    return test_finish("ops");
+}
