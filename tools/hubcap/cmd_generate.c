@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli.h"
 
@@ -16,9 +17,16 @@ static const char help[] =
     "  --temperature T        0 = greedy (the only mode until sampling lands)\n"
     "  --ignore-eos           do not stop at the model's EOS ids\n"
     "  --output-ids           print only the new ids, space separated, on one line\n"
+    "  --timings              print load, prompt and decode times to stderr\n"
     "  --ctx N                context length (default: the model's max_position_embeddings)\n"
     "  --device D             cpu (default), cuda or auto\n"
     "  --no-mmap              read weights into memory instead of mapping them\n";
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 static int32_t argmax(const float *x, int64_t n) {
     int64_t best = 0;
@@ -31,7 +39,7 @@ int cmd_generate(int argc, char **argv) {
     const char *model = NULL, *ids_text = NULL;
     int64_t max_new = 32, ctx = 0;
     double temperature = 0;
-    bool ignore_eos = false, output_ids = false;
+    bool ignore_eos = false, output_ids = false, timings = false;
     hc_model_params mp = hc_model_default_params();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -59,6 +67,8 @@ int cmd_generate(int argc, char **argv) {
             if (!cli_parse_device(v, &mp.device)) return cli_usage_error("generate", "--device must be cpu, cuda or auto");
         } else if (!strcmp(a, "--ignore-eos")) {
             ignore_eos = true;
+        } else if (!strcmp(a, "--timings")) {
+            timings = true;
         } else if (!strcmp(a, "--output-ids")) {
             output_ids = true;
         } else if (!strcmp(a, "--no-mmap")) {
@@ -84,6 +94,7 @@ int cmd_generate(int argc, char **argv) {
     hc_session *s = NULL;
     float *logits = NULL;
     int rc = EXIT_OK;
+    const double t0 = now_s();
     hc_status st = hc_model_load(model, &mp, &m);
     if (st) {
         free(ids);
@@ -106,7 +117,10 @@ int cmd_generate(int argc, char **argv) {
     const int64_t V = c->vocab_size;
     logits = malloc((size_t)V * sizeof *logits);
     st = logits ? hc_session_new(m, n + max_new, &s) : HC_ERR_NOMEM;
+    const double t1 = now_s();
     if (!st) st = hc_session_forward(s, ids, n, logits, false);
+    const double t2 = now_s();
+    int64_t n_decoded = 0;
     for (int64_t i = 0; !st && i < max_new; i++) {
         int32_t next = argmax(logits, V);
         printf(i ? " %d" : "%d", next);
@@ -114,10 +128,21 @@ int cmd_generate(int argc, char **argv) {
         bool eos = false;
         for (int e = 0; e < c->n_eos; e++) eos |= next == c->eos_token_ids[e];
         if (eos && !ignore_eos) break;
-        if (i + 1 < max_new) st = hc_session_forward(s, &next, 1, logits, false);
+        if (i + 1 < max_new) {
+            st = hc_session_forward(s, &next, 1, logits, false);
+            n_decoded++;
+        }
     }
+    const double t3 = now_s();
     if (st) rc = cli_fail("generate", st);
     else printf("\n");
+    fflush(stdout);
+    if (!st && timings)
+        fprintf(stderr,
+                "timings: load %.3f s, first token after %.3f s, prompt %lld tokens in %.3f s (%.2f tok/s), "
+                "decode %lld tokens in %.3f s (%.2f tok/s)\n",
+                t1 - t0, t2 - t0, (long long)n, t2 - t1, (double)n / (t2 - t1), (long long)n_decoded, t3 - t2,
+                n_decoded ? (double)n_decoded / (t3 - t2) : 0.0);
     (void)output_ids; /* until the tokenizer lands, ids are the only output */
 out:
     free(logits);

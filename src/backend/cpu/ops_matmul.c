@@ -49,17 +49,17 @@ void hc_cpu_matmul(hc_backend *be, float *out, const float *x, const hc_mat *w, 
     (void)be;
     const int64_t N = w->rows, K = w->cols;
     if (!w->transposed) {
-        for (int64_t t = 0; t < T; t++) {
-            const float *xt = x + t * K; /* [K] */
-            float *ot = out + t * N;     /* [N] */
-            for (int64_t n = 0; n < N; n++) {
+        /* Weight rows outermost: each row is read from memory once for all T tokens. */
+        for (int64_t n = 0; n < N; n++) {
+            for (int64_t t = 0; t < T; t++) {
+                const float *xt = x + t * K; /* [K] */
                 float s;
                 switch (w->dtype) {
                 case HC_DTYPE_F32: s = dot_f32(xt, (const float *)w->data + n * w->ld, K); break;
                 case HC_DTYPE_BF16: s = dot_bf16(xt, (const uint16_t *)w->data + n * w->ld, K); break;
                 default: s = dot_f16(xt, (const uint16_t *)w->data + n * w->ld, K); break;
                 }
-                ot[n] = s;
+                out[t * N + n] = s;
             }
         }
     } else {
