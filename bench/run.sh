@@ -11,7 +11,7 @@ OUT=bench/out
 CK=$OUT/llama1b
 FIXTURES=${HUBCAP_FIXTURES:-../shared/fixtures}
 mkdir -p "$OUT"
-which=${*:-info json generate}
+which=${*:-info json tokenizer generate}
 
 ensure_checkpoint() {
     [ -f "$CK/model.safetensors" ] || "$BUILD/bench_make_checkpoint" "$CK" >/dev/null
@@ -43,6 +43,19 @@ for b in $which; do
             echo "json: skipped ($src not found)"
         fi
         ;;
+    tokenizer)
+        # Load time and encode throughput (1 MB of mixed text, one core) of each tokenizer.
+        src=$FIXTURES/tokenizers/gemma3/tokenizer.json.xz
+        if [ -f "$src" ]; then
+            mkdir -p "$OUT/gemma3-tok"
+            [ -f "$OUT/gemma3-tok/tokenizer.json" ] || xz -dc "$src" >"$OUT/gemma3-tok/tokenizer.json"
+            cp "$FIXTURES/tokenizers/gemma3/tokenizer_config.json" "$OUT/gemma3-tok/"
+            "$BUILD/bench_tokenizer" "$OUT/gemma3-tok"
+        fi
+        [ -d "$FIXTURES/tokenizers/llama3" ] && "$BUILD/bench_tokenizer" "$FIXTURES/tokenizers/llama3"
+        "$BUILD/bench_tokenizer" tests/fixtures/tokenizers/qwen3
+        "$BUILD/bench_tokenizer" tests/fixtures/tokenizers/mistral7b
+        ;;
     generate)
         # Peak RSS, load-to-first-token, prompt and decode speed: 1B-shaped bf16 model,
         # a 64-token prompt, 256 new tokens, greedy.
@@ -51,6 +64,6 @@ for b in $which; do
         /usr/bin/time -f "generate: peak RSS %M KB, wall %e s" "$BUILD/hubcap" generate -m "$CK" --ids "$ids" \
             --max-new-tokens "${NEW_TOKENS:-256}" --ignore-eos --timings >/dev/null
         ;;
-    *) echo "unknown benchmark '$b' (info, json, generate)" >&2; exit 2 ;;
+    *) echo "unknown benchmark '$b' (info, json, tokenizer, generate)" >&2; exit 2 ;;
     esac
 done

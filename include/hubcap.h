@@ -218,6 +218,63 @@ int64_t hc_session_n_ctx(const hc_session *s);
 hc_status hc_session_forward(hc_session *s, const int32_t *ids, int64_t n, float *logits,
                              bool all_logits);
 
+/* ---- tokenizers: tokenizer.json (or tokenizer.model) + tokenizer_config.json ------------- */
+
+typedef struct hc_tokenizer hc_tokenizer;
+
+/* A growable list of token ids. Zero-initialise it; the library grows it; release it with
+ * hc_tokens_free. */
+typedef struct {
+    int32_t *ids;
+    int64_t n, cap;
+} hc_tokens;
+
+void hc_tokens_free(hc_tokens *t);
+/* Frees memory the library returned (decoded text). */
+void hc_free(void *p);
+
+typedef struct {
+    /* false (default): behave as transformers' AutoTokenizer, which for some tokenizer classes
+     * (LlamaTokenizer) builds its own pipeline and BOS/EOS rules from tokenizer_config.json.
+     * true: run tokenizer.json exactly as written, as the `tokenizers` library does. */
+    bool raw_tokenizer_json;
+} hc_tokenizer_params;
+
+hc_tokenizer_params hc_tokenizer_default_params(void);
+
+/* Loads the tokenizer of a model folder, or of a folder holding only tokenizer files:
+ * tokenizer.json (preferred) or tokenizer.model, with tokenizer_config.json and
+ * chat_template.jinja when present. params may be NULL (defaults). */
+hc_status hc_tokenizer_load(const char *dir, const hc_tokenizer_params *params, hc_tokenizer **out);
+void hc_tokenizer_free(hc_tokenizer *t);
+
+/* text (len bytes; invalid UTF-8 becomes U+FFFD) -> ids, replacing out's contents.
+ * add_special: add BOS/EOS as the tokenizer's rules say (HF encode(text)); false matches
+ * add_special_tokens=False. Special tokens written in the text are recognised either way. */
+hc_status hc_tokenizer_encode(const hc_tokenizer *t, const char *text, size_t len, bool add_special, hc_tokens *out);
+
+/* ids -> text, malloc'd and NUL-terminated (free with hc_free); *len may be NULL. */
+hc_status hc_tokenizer_decode(const hc_tokenizer *t, const int32_t *ids, int64_t n, bool skip_special, char **text,
+                              size_t *len);
+
+int64_t hc_tokenizer_vocab_size(const hc_tokenizer *t);
+const char *hc_tokenizer_token(const hc_tokenizer *t, int32_t id); /* the token's string, or NULL */
+bool hc_tokenizer_is_special(const hc_tokenizer *t, int32_t id);
+int32_t hc_tokenizer_bos(const hc_tokenizer *t); /* -1 when there is none */
+int32_t hc_tokenizer_eos(const hc_tokenizer *t);
+const char *hc_tokenizer_chat_template(const hc_tokenizer *t); /* NULL when there is none */
+const char *hc_tokenizer_bos_token(const hc_tokenizer *t);     /* "" when none */
+const char *hc_tokenizer_eos_token(const hc_tokenizer *t);
+
+/* Streaming decode: text as ids arrive, never splitting a UTF-8 character. */
+typedef struct hc_detokenizer hc_detokenizer;
+hc_status hc_detokenizer_new(const hc_tokenizer *t, bool skip_special, hc_detokenizer **out);
+/* Adds one id; text and len receive the new text (possibly empty), valid until the next call. */
+hc_status hc_detokenizer_push(hc_detokenizer *d, int32_t id, const char **text, size_t *len);
+/* The text still held back at the end of a stream (an incomplete character). */
+hc_status hc_detokenizer_flush(hc_detokenizer *d, const char **text, size_t *len);
+void hc_detokenizer_free(hc_detokenizer *d);
+
 /* ---- safetensors writer ------------------------------------------------------------------- */
 
 typedef struct {

@@ -94,5 +94,38 @@ expect 1 "exceeds the context of 512" -- "$HUBCAP" generate --ids 1 --max-new-to
 expect 1 "exceeds the model's 128 learned positions" -- "$HUBCAP" generate -m "$FIX/gpt2" --ids 1 --max-new-tokens 10 --ctx 200
 expect 1 "no CUDA backend" -- "$HUBCAP" generate --ids 1 --device cuda
 
+
+# Tokenizers: a model folder or a folder of tokenizer files only.
+TOK=$SRC/tests/fixtures/tokenizers
+check_out() { # check_out WANT LABEL: stdout equals WANT
+    [ "$(cat "$TMP/out")" = "$1" ] && pass=$((pass + 1)) || { echo "FAIL: $2: got '$(cat "$TMP/out")'"; fail=$((fail + 1)); }
+}
+expect 0 "" -- "$HUBCAP" tokenize -m "$TOK/mistral7b" --text "Hello world"
+check_out "1 22557 1526" "tokenize with specials"
+expect 0 "" -- "$HUBCAP" tokenize -m "$TOK/mistral7b" --text "Hello world" --no-special
+check_out "22557 1526" "tokenize --no-special"
+printf 'café naïve résumé' >"$TMP/text.txt"
+expect 0 "" -- "$HUBCAP" tokenize -m "$TOK/qwen3" --file "$TMP/text.txt"
+check_out "924 58858 94880 586 9333 1242 963" "tokenize --file"
+"$HUBCAP" tokenize -m "$TOK/qwen3" <"$TMP/text.txt" >"$TMP/out" 2>&1
+check_out "924 58858 94880 586 9333 1242 963" "tokenize from stdin"
+expect 0 "" -- "$HUBCAP" tokenize -m "$TOK/qwen3" --text "Hello world" --json
+check_out '{"ids":[9707,1879],"tokens":["Hello","Ġworld"]}' "tokenize --json"
+expect 0 "" -- "$HUBCAP" detokenize -m "$TOK/mistral7b" --ids "1 22557 1526"
+check_out "<s> Hello world" "detokenize"
+expect 0 "" -- "$HUBCAP" detokenize -m "$TOK/mistral7b" --ids "1,22557,1526" --skip-special
+check_out "Hello world" "detokenize --skip-special"
+expect 0 "" -- "$HUBCAP" tokenize --text "Once upon a time"
+check_out "1 403 407 261 378" "tokenize with the bundled model"
+expect 1 "not in the vocabulary" -- "$HUBCAP" detokenize -m "$TOK/qwen3" --ids "1 99999999"
+expect 1 "no tokenizer.json or tokenizer.model" -- "$HUBCAP" tokenize -m "$FIX/llama2" --text hi
+expect 2 "cannot read" -- "$HUBCAP" tokenize --file "$TMP/none.txt"
+expect 2 "--ids is required" -- "$HUBCAP" detokenize
+mkdir -p "$TMP/badtok"
+printf '{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "normalizer": {"type": "Nope"}}' >"$TMP/badtok/tokenizer.json"
+expect 1 "tokenizer.json: unsupported normalizer 'Nope'" -- "$HUBCAP" tokenize -m "$TMP/badtok" --text hi
+printf '\xff\xfe bad' >"$TMP/bad.txt"
+expect 0 "" -- "$HUBCAP" tokenize -m "$TOK/qwen3" --file "$TMP/bad.txt"
+
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -16,7 +16,8 @@ static const char help[] =
     "  --max-new-tokens N     how many tokens to generate (default 32)\n"
     "  --temperature T        0 = greedy (the only mode until sampling lands)\n"
     "  --ignore-eos           do not stop at the model's EOS ids\n"
-    "  --output-ids           print only the new ids, space separated, on one line\n"
+    "  --output-ids           print the new ids, space separated, on one line (default: the\n"
+    "                         new text, when the folder has a tokenizer)\n"
     "  --timings              print load, prompt and decode times to stderr\n"
     "  --ctx N                context length (default: the model's max_position_embeddings)\n"
     "  --device D             cpu (default), cuda or auto\n"
@@ -101,6 +102,13 @@ int cmd_generate(int argc, char **argv) {
         return cli_fail("generate", st);
     }
     const hc_model_config *c = hc_model_get_config(m);
+    /* Text output when the folder has a tokenizer; ids otherwise. */
+    hc_tokenizer *tok = NULL;
+    hc_detokenizer *detok = NULL;
+    if (!output_ids && hc_tokenizer_load(model, NULL, &tok) == HC_OK && hc_detokenizer_new(tok, true, &detok) != HC_OK) {
+        hc_tokenizer_free(tok);
+        tok = NULL;
+    }
     if (!ctx) ctx = c->max_position_embeddings;
     if (c->rope.type == HC_ROPE_NONE && ctx > c->max_position_embeddings) {
         fprintf(stderr, "hubcap generate: --ctx %lld exceeds the model's %lld learned positions\n", (long long)ctx,
@@ -123,7 +131,15 @@ int cmd_generate(int argc, char **argv) {
     int64_t n_decoded = 0;
     for (int64_t i = 0; !st && i < max_new; i++) {
         int32_t next = argmax(logits, V);
-        printf(i ? " %d" : "%d", next);
+        if (detok) {
+            const char *piece;
+            size_t plen;
+            st = hc_detokenizer_push(detok, next, &piece, &plen);
+            if (st) break;
+            fwrite(piece, 1, plen, stdout);
+        } else {
+            printf(i ? " %d" : "%d", next);
+        }
         fflush(stdout);
         bool eos = false;
         for (int e = 0; e < c->n_eos; e++) eos |= next == c->eos_token_ids[e];
@@ -134,6 +150,12 @@ int cmd_generate(int argc, char **argv) {
         }
     }
     const double t3 = now_s();
+    if (!st && detok) {
+        const char *piece;
+        size_t plen;
+        st = hc_detokenizer_flush(detok, &piece, &plen);
+        if (!st) fwrite(piece, 1, plen, stdout);
+    }
     if (st) rc = cli_fail("generate", st);
     else printf("\n");
     fflush(stdout);
@@ -143,8 +165,9 @@ int cmd_generate(int argc, char **argv) {
                 "decode %lld tokens in %.3f s (%.2f tok/s)\n",
                 t1 - t0, t2 - t0, (long long)n, t2 - t1, (double)n / (t2 - t1), (long long)n_decoded, t3 - t2,
                 n_decoded ? (double)n_decoded / (t3 - t2) : 0.0);
-    (void)output_ids; /* until the tokenizer lands, ids are the only output */
 out:
+    hc_detokenizer_free(detok);
+    hc_tokenizer_free(tok);
     free(logits);
     free(ids);
     hc_session_free(s);

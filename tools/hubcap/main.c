@@ -12,6 +12,8 @@ static const struct {
     {"info", cmd_info, "show what a checkpoint holds (architecture, sizes, tensors)"},
     {"logits", cmd_logits, "write the logits of every position to a .safetensors file"},
     {"generate", cmd_generate, "continue a prompt (greedy decoding)"},
+    {"tokenize", cmd_tokenize, "text -> token ids with the model's tokenizer"},
+    {"detokenize", cmd_detokenize, "token ids -> text"},
 };
 
 static void usage(FILE *f) {
