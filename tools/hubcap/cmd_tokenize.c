@@ -149,7 +149,7 @@ int cmd_detokenize(int argc, char **argv) {
     int64_t n;
     if (!cli_parse_ids(ids_text, &ids, &n, "detokenize")) return EXIT_USAGE;
     if (!model) model = cli_default_model();
-    hc_tokenizer *t;
+    hc_tokenizer *t = NULL;
     hc_status st = hc_tokenizer_load(model, NULL, &t);
     char *text = NULL;
     size_t len = 0;
@@ -158,6 +158,6 @@ int cmd_detokenize(int argc, char **argv) {
     if (!st) fwrite(text, 1, len, stdout);
     hc_free(text);
     free(ids);
-    if (!st) hc_tokenizer_free(t);
+    hc_tokenizer_free(t);
     return rc;
 }
