@@ -11,7 +11,7 @@ OUT=bench/out
 CK=$OUT/llama1b
 FIXTURES=${HUBCAP_FIXTURES:-../shared/fixtures}
 mkdir -p "$OUT"
-which=${*:-info json tokenizer generate}
+which=${*:-info json tokenizer sampler generate}
 
 ensure_checkpoint() {
     [ -f "$CK/model.safetensors" ] || "$BUILD/bench_make_checkpoint" "$CK" >/dev/null
@@ -56,6 +56,10 @@ for b in $which; do
         "$BUILD/bench_tokenizer" tests/fixtures/tokenizers/qwen3
         "$BUILD/bench_tokenizer" tests/fixtures/tokenizers/mistral7b
         ;;
+    sampler)
+        # Per-token sampler cost on a 262k vocabulary (includes copying the logits).
+        "$BUILD/bench_sampler"
+        ;;
     generate)
         # Peak RSS, load-to-first-token, prompt and decode speed: 1B-shaped bf16 model,
         # a 64-token prompt, 256 new tokens, greedy.
@@ -64,6 +68,6 @@ for b in $which; do
         /usr/bin/time -f "generate: peak RSS %M KB, wall %e s" "$BUILD/hubcap" generate -m "$CK" --ids "$ids" \
             --max-new-tokens "${NEW_TOKENS:-256}" --ignore-eos --timings >/dev/null
         ;;
-    *) echo "unknown benchmark '$b' (info, json, tokenizer, generate)" >&2; exit 2 ;;
+    *) echo "unknown benchmark '$b' (info, json, tokenizer, sampler, generate)" >&2; exit 2 ;;
     esac
 done

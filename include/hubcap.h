@@ -6,20 +6,23 @@
  *
  * Usage:
  *
- *     hc_model_params mp = hc_model_default_params();
  *     hc_model *model;
- *     if (hc_model_load("models/stories260K", &mp, &model) != HC_OK) {
- *         fprintf(stderr, "%s\n", hc_last_error());
+ *     if (hc_model_load("models/stories260K", NULL, &model) != HC_OK) {   // weights, tokenizer,
+ *         fprintf(stderr, "%s\n", hc_last_error());                       // generation config
  *         return 1;
  *     }
- *     hc_session *s;
- *     hc_session_new(model, 256, &s);                  // one sequence, KV cache for 256 tokens
- *     int32_t ids[] = {1, 403, 407};
- *     float *logits = malloc(sizeof(float) * hc_model_vocab_size(model));
- *     hc_session_forward(s, ids, 3, logits, 0);        // logits of the last position, [V]
- *     ...
- *     hc_session_free(s);
+ *     hc_generate_params gp = hc_generate_default_params(model);  // sampling from the model
+ *     gp.max_new_tokens = 40;
+ *     const char *prompt = "Once upon a time";
+ *     hc_generation out;
+ *     if (hc_generate(model, &prompt, 1, &gp, &out, NULL) == HC_OK) {
+ *         printf("%s%s\n", prompt, out.text);       // ", there was a little girl named Lily..."
+ *         hc_generation_free(&out);
+ *     }
  *     hc_model_free(model);
+ *
+ * Lower down: hc_model_tokenizer() encodes and decodes, an hc_session holds one sequence's
+ * KV cache and runs forward passes to logits or hidden states, hc_sampler picks tokens.
  *
  * Ownership: a pointer returned by an hc_* getter belongs to the object it came from and lives
  * as long as that object. An object created by hc_*_new / _open / _load belongs to the caller,
@@ -192,7 +195,9 @@ typedef struct hc_session hc_session;
 
 typedef struct {
     hc_device device;
-    int n_threads; /* 0 = all available cores */
+    hc_dtype compute_dtype; /* activations; HC_DTYPE_F32 on the CPU (weights stay as stored) */
+    int n_threads;          /* 0 = all available cores */
+    int64_t n_ctx;          /* the longest sequence generate() accepts; 0 = max_position_embeddings */
     bool use_mmap;
 } hc_model_params;
 
@@ -217,6 +222,10 @@ int64_t hc_session_n_ctx(const hc_session *s);
  * else [V] for the last token only. `logits` may be NULL. */
 hc_status hc_session_forward(hc_session *s, const int32_t *ids, int64_t n, float *logits,
                              bool all_logits);
+/* The same, but writes the last hidden states (after the final norm, as transformers'
+ * last_hidden_state) of every position: hidden [n, C]. */
+hc_status hc_session_forward_hidden(hc_session *s, const int32_t *ids, int64_t n, float *hidden);
+int64_t hc_model_hidden_size(const hc_model *m);
 
 /* ---- tokenizers: tokenizer.json (or tokenizer.model) + tokenizer_config.json ------------- */
 
@@ -257,6 +266,21 @@ hc_status hc_tokenizer_encode(const hc_tokenizer *t, const char *text, size_t le
 hc_status hc_tokenizer_decode(const hc_tokenizer *t, const int32_t *ids, int64_t n, bool skip_special, char **text,
                               size_t *len);
 
+/* A padded batch for a model: ids [n, T] and attention mask [n, T] (1 = token, 0 = padding),
+ * T the longest sequence. Release with hc_batch_free. */
+typedef struct {
+    int32_t *ids;
+    uint8_t *mask;
+    int64_t n, T;
+    int64_t *lens; /* [n] real lengths */
+} hc_batch;
+
+/* Encodes n texts (BOS/EOS as the tokenizer says when add_special) and pads them with pad_id
+ * (-1: the tokenizer's pad token, else its EOS, else 0) on the left (padding_left) or right. */
+hc_status hc_tokenizer_encode_batch(const hc_tokenizer *t, const char *const *texts, int64_t n, bool add_special,
+                                    int32_t pad_id, bool padding_left, hc_batch *out);
+void hc_batch_free(hc_batch *b);
+
 int64_t hc_tokenizer_vocab_size(const hc_tokenizer *t);
 const char *hc_tokenizer_token(const hc_tokenizer *t, int32_t id); /* the token's string, or NULL */
 bool hc_tokenizer_is_special(const hc_tokenizer *t, int32_t id);
@@ -274,6 +298,87 @@ hc_status hc_detokenizer_push(hc_detokenizer *d, int32_t id, const char **text, 
 /* The text still held back at the end of a stream (an incomplete character). */
 hc_status hc_detokenizer_flush(hc_detokenizer *d, const char **text, size_t *len);
 void hc_detokenizer_free(hc_detokenizer *d);
+
+/* ---- sampling -------------------------------------------------------------------------- */
+
+/* A sampler is a chain, applied in transformers' order: repetition / frequency / presence
+ * penalties, temperature, top-k, top-p, min-p, then a draw from the remaining distribution.
+ * temperature 0 means greedy (argmax after the penalties). */
+typedef struct {
+    float temperature;        /* 0 = greedy */
+    int32_t top_k;            /* 0 = off */
+    float top_p;              /* 1 = off; in (0, 1] */
+    float min_p;              /* 0 = off; in [0, 1) */
+    float repetition_penalty; /* 1 = off; HF's: logits of seen tokens divided (or multiplied if < 0) */
+    float frequency_penalty;  /* 0 = off; minus count * f */
+    float presence_penalty;   /* 0 = off; minus p if seen */
+    int32_t penalty_last_n;   /* how many recent tokens the penalties look at; -1 = all */
+    uint64_t seed;
+} hc_sampler_params;
+
+/* Greedy, no penalties, seed 0. */
+hc_sampler_params hc_sampler_default_params(void);
+/* The defaults of a model's generation_config.json (greedy unless it says do_sample). */
+hc_sampler_params hc_model_sampler_params(const hc_model *m);
+/* Checks ranges; HC_ERR_INVALID_ARG with a message naming the parameter. */
+hc_status hc_sampler_params_check(const hc_sampler_params *p);
+
+typedef struct hc_sampler hc_sampler;
+hc_status hc_sampler_new(const hc_sampler_params *p, int64_t vocab_size, hc_sampler **out);
+void hc_sampler_free(hc_sampler *s);
+/* Picks the next token from logits [V] (modified in place), given the sequence so far
+ * (prompt and generated ids) for the penalties. */
+int32_t hc_sampler_sample(hc_sampler *s, float *logits, const int32_t *history, int64_t n_history);
+
+/* ---- generation ------------------------------------------------------------------------ */
+
+typedef enum { HC_FINISH_LENGTH, HC_FINISH_EOS, HC_FINISH_STOP, HC_FINISH_CANCELLED } hc_finish_reason;
+const char *hc_finish_reason_name(hc_finish_reason r); /* "length", "eos", "stop", "cancelled" */
+
+/* Called with each new piece of text of sequence `seq` (its index in the batch); return false
+ * to stop that sequence (finish reason "cancelled"). */
+typedef bool (*hc_text_callback)(void *user, int64_t seq, const char *text, size_t len);
+
+typedef struct {
+    int64_t max_new_tokens;
+    hc_sampler_params sampling;
+    const char *const *stop; /* stop strings (n_stop of them); the text ends before the match */
+    int n_stop;
+    bool ignore_eos;         /* do not stop at the model's EOS ids */
+    bool add_special;        /* text prompts: add BOS/EOS as the tokenizer says (default true) */
+    hc_text_callback on_text;
+    void *user;
+} hc_generate_params;
+
+/* max_new_tokens 128, the model's sampling defaults, add_special true. */
+hc_generate_params hc_generate_default_params(const hc_model *m);
+
+typedef struct {
+    char *text;             /* the new text (NUL-terminated; "" when the model has no tokenizer) */
+    size_t text_len;
+    int32_t *ids;           /* the new ids */
+    int64_t n_ids;
+    int64_t n_prompt;       /* prompt tokens */
+    hc_finish_reason finish;
+} hc_generation;
+
+typedef struct {
+    int64_t prompt_tokens, new_tokens;
+    double prompt_s, decode_s; /* wall time of prompt processing and of decoding */
+} hc_timings;
+
+/* Generates from n prompts together, as one batch: prompts[i] is text, encoded with the
+ * model's tokenizer. out: [n], filled; release each with hc_generation_free. timings may be
+ * NULL. Each prompt's greedy output is the same as it would be alone. */
+hc_status hc_generate(hc_model *m, const char *const *prompts, int64_t n, const hc_generate_params *p,
+                      hc_generation *out, hc_timings *timings);
+/* The same from token ids: ids[i] holds lens[i] ids. */
+hc_status hc_generate_ids(hc_model *m, const int32_t *const *ids, const int64_t *lens, int64_t n,
+                          const hc_generate_params *p, hc_generation *out, hc_timings *timings);
+void hc_generation_free(hc_generation *g);
+
+/* The tokenizer in the model's folder, loaded with the model; NULL when it has none. */
+const hc_tokenizer *hc_model_tokenizer(const hc_model *m);
 
 /* ---- safetensors writer ------------------------------------------------------------------- */
 

@@ -127,5 +127,38 @@ expect 1 "tokenizer.json: unsupported normalizer 'Nope'" -- "$HUBCAP" tokenize -
 printf '\xff\xfe bad' >"$TMP/bad.txt"
 expect 0 "" -- "$HUBCAP" tokenize -m "$TOK/qwen3" --file "$TMP/bad.txt"
 
+# generate: text in, text out (the README's first command), batches, flags.
+expect 0 "" -- "$HUBCAP" generate "Once upon a time" --max-new-tokens 40
+check_out "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball." "generate text"
+grep -qE "prompt 5 tokens .*new 40 tokens" "$TMP/err" && pass=$((pass + 1)) || { echo "FAIL: generate summary line"; fail=$((fail + 1)); }
+printf 'Once upon a time\nLily and Tom went to the park. They saw a big\nThe little dog was sad because\n' >"$TMP/batch.txt"
+expect 0 "" -- "$HUBCAP" generate --batch-file "$TMP/batch.txt" --max-new-tokens 12 --output-ids --temperature 0
+cp "$TMP/out" "$TMP/batch_ids"
+ok=1
+i=0
+while IFS= read -r line; do
+    i=$((i + 1))
+    "$HUBCAP" generate "$line" --max-new-tokens 12 --output-ids --temperature 0 >"$TMP/one" 2>/dev/null
+    [ "$(cat "$TMP/one")" = "$(sed -n "${i}p" "$TMP/batch_ids")" ] || ok=0
+done <"$TMP/batch.txt"
+[ "$(wc -l <"$TMP/batch_ids")" = 3 ] && [ $ok = 1 ] && pass=$((pass + 1)) || { echo "FAIL: batch ids equal single runs"; fail=$((fail + 1)); }
+expect 0 "" -- "$HUBCAP" generate "Once upon a time" --max-new-tokens 30 --stop "girl"
+check_out "Once upon a time, there was a little " "generate --stop"
+expect 0 "" -- "$HUBCAP" generate "Once upon a time" --max-new-tokens 20 --temperature 0.8 --top-k 40 --top-p 0.9 --min-p 0.05 --repeat-penalty 1.1 --seed 7
+cp "$TMP/out" "$TMP/s1"
+expect 0 "" -- "$HUBCAP" generate "Once upon a time" --max-new-tokens 20 --temperature 0.8 --top-k 40 --top-p 0.9 --min-p 0.05 --repeat-penalty 1.1 --seed 7
+cmp -s "$TMP/out" "$TMP/s1" && pass=$((pass + 1)) || { echo "FAIL: same seed, same text"; fail=$((fail + 1)); }
+expect 2 "--temperature" -- "$HUBCAP" generate "hi" --temperature -1
+expect 2 "--top-p" -- "$HUBCAP" generate "hi" --top-p 0
+expect 2 "--top-p" -- "$HUBCAP" generate "hi" --top-p 1.5
+expect 2 "--min-p" -- "$HUBCAP" generate "hi" --min-p 1
+expect 2 "--top-k" -- "$HUBCAP" generate "hi" --top-k -2
+expect 2 "--seed" -- "$HUBCAP" generate "hi" --seed abc
+expect 2 "empty" -- "$HUBCAP" generate ""
+expect 2 "cannot read" -- "$HUBCAP" generate --batch-file "$TMP/nothing.txt"
+expect 2 "cannot read" -- "$HUBCAP" generate --file "$TMP/nothing.txt"
+expect 2 "only one of" -- "$HUBCAP" generate "hi" --ids 1
+expect 1 "text prompts need a tokenizer" -- "$HUBCAP" generate -m "$FIX/llama2" "hi"
+
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]

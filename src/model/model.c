@@ -12,7 +12,8 @@
 #include "model/config.h"
 
 hc_model_params hc_model_default_params(void) {
-    hc_model_params p = {.device = HC_DEVICE_CPU, .n_threads = 0, .use_mmap = true};
+    hc_model_params p = {.device = HC_DEVICE_CPU, .compute_dtype = HC_DTYPE_F32, .n_threads = 0, .n_ctx = 0,
+                         .use_mmap = true};
     return p;
 }
 
@@ -254,6 +255,10 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
     hc_model_params p = params ? *params : hc_model_default_params();
     if (p.device == HC_DEVICE_CUDA)
         return hc_fail(HC_ERR_UNSUPPORTED, "--device cuda: this build of hubcap has no CUDA backend");
+    if (p.compute_dtype != HC_DTYPE_F32)
+        return hc_fail(HC_ERR_UNSUPPORTED, "compute dtype %s: the CPU backend computes in F32",
+                       hc_dtype_name(p.compute_dtype));
+    if (p.n_ctx < 0) return hc_fail(HC_ERR_INVALID_ARG, "context length %lld is negative", (long long)p.n_ctx);
     hc_model *m = calloc(1, sizeof *m);
     if (!m) return hc_fail(HC_ERR_NOMEM, "out of memory");
     hc_checkpoint_params cp = hc_checkpoint_default_params();
@@ -266,6 +271,12 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
         goto fail;
     }
     m->cfg = *c;
+    m->n_ctx = p.n_ctx ? p.n_ctx : c->max_position_embeddings;
+    if (c->rope.type == HC_ROPE_NONE && m->n_ctx > c->max_position_embeddings) {
+        s = hc_fail(HC_ERR_RANGE, "context length %lld exceeds the model's %lld learned positions", (long long)m->n_ctx,
+                    (long long)c->max_position_embeddings);
+        goto fail;
+    }
     m->arch = hc_arch_find(c->model_type);
     if (!m->arch) {
         s = hc_fail(HC_ERR_UNSUPPORTED, "unsupported architecture '%s' (supported: %s)", c->model_type,
@@ -277,6 +288,10 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
     m->rope[0] = c->rope;
     m->rope[1] = c->has_rope_local ? c->rope_local : c->rope;
     if ((s = bind_all(m))) goto fail;
+    /* The tokenizer comes along when the folder has one; its absence only matters for text. */
+    if (hc_tokenizer_load(path, NULL, &m->tokenizer) != HC_OK)
+        snprintf(m->tokenizer_error, sizeof m->tokenizer_error, "%s", hc_last_error());
+    hc_error_clear();
     *out = m;
     return HC_OK;
 fail:
@@ -292,9 +307,13 @@ void hc_model_free(hc_model *m) {
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     hc_checkpoint_free(m->ck);
+    hc_tokenizer_free(m->tokenizer);
     free(m);
 }
+
+const hc_tokenizer *hc_model_tokenizer(const hc_model *m) { return m->tokenizer; }
 
 const hc_model_config *hc_model_get_config(const hc_model *m) { return &m->cfg; }
 const hc_checkpoint *hc_model_checkpoint(const hc_model *m) { return m->ck; }
 int64_t hc_model_vocab_size(const hc_model *m) { return m->cfg.vocab_size; }
+int64_t hc_model_hidden_size(const hc_model *m) { return m->cfg.hidden_size; }

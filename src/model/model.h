@@ -33,7 +33,10 @@ struct hc_model {
     hc_vec final_norm, final_norm_b;
     hc_layer *layers;
     float embed_scale;
+    int64_t n_ctx;          /* the longest sequence generate() accepts */
     hc_rope_config rope[2]; /* global, local */
+    hc_tokenizer *tokenizer;  /* the folder's tokenizer, or NULL */
+    char tokenizer_error[256];/* why there is none */
     void **owned;           /* aligned copies of misaligned tensors */
     int n_owned;
 };

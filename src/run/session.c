@@ -6,11 +6,58 @@
 #include "base/status.h"
 #include "model/rope.h"
 
-static void *session_alloc(hc_session *s, int64_t count, size_t elem, bool *oom) {
+static void *ws_alloc(hc_backend *be, int64_t count, size_t elem, bool *oom) {
     if (count <= 0) return NULL;
-    void *p = s->m->be->alloc(s->m->be, (size_t)count * elem);
+    void *p = be->alloc(be, (size_t)count * elem);
     if (!p) *oom = true;
     return p;
+}
+
+hc_status hc_workspace_init(hc_workspace *ws, hc_model *m, int64_t rows, int64_t ctx) {
+    memset(ws, 0, sizeof *ws);
+    const hc_model_config *c = &m->cfg;
+    hc_backend *be = m->be;
+    const int64_t B = rows, C = c->hidden_size, H = c->n_heads, KVH = c->n_kv_heads, D = c->head_dim;
+    const int64_t I = c->intermediate_size, E = c->n_experts, K = c->n_experts_per_tok;
+    bool oom = false;
+    ws->m = m;
+    ws->rows = rows;
+    ws->ctx = ctx;
+    ws->x = ws_alloc(be, B * C, sizeof(float), &oom);
+    ws->h = ws_alloc(be, B * C, sizeof(float), &oom);
+    ws->o = ws_alloc(be, B * C, sizeof(float), &oom);
+    ws->q = ws_alloc(be, B * H * D, sizeof(float), &oom);
+    ws->att = ws_alloc(be, B * H * D, sizeof(float), &oom);
+    ws->k = ws_alloc(be, B * KVH * D, sizeof(float), &oom);
+    ws->v = ws_alloc(be, B * KVH * D, sizeof(float), &oom);
+    ws->scores = ws_alloc(be, ctx, sizeof(float), &oom);
+    ws->pos = ws_alloc(be, B, sizeof(int32_t), &oom);
+    if (E > 0) {
+        ws->router = ws_alloc(be, B * E, sizeof(float), &oom);
+        ws->route_w = ws_alloc(be, B * K, sizeof(float), &oom);
+        ws->route_e = ws_alloc(be, B * K, sizeof(int32_t), &oom);
+        ws->e_a = ws_alloc(be, I, sizeof(float), &oom);
+        ws->e_b = ws_alloc(be, I, sizeof(float), &oom);
+        ws->e_o = ws_alloc(be, C, sizeof(float), &oom);
+    } else {
+        ws->ff_a = ws_alloc(be, B * I, sizeof(float), &oom);
+        ws->ff_b = ws_alloc(be, B * I, sizeof(float), &oom);
+    }
+    if (oom) {
+        hc_workspace_free(ws);
+        return hc_fail(HC_ERR_NOMEM, "cannot allocate forward buffers for %lld rows", (long long)rows);
+    }
+    return HC_OK;
+}
+
+void hc_workspace_free(hc_workspace *ws) {
+    if (!ws || !ws->m) return;
+    hc_backend *be = ws->m->be;
+    void *bufs[] = {ws->x, ws->h, ws->o, ws->q, ws->att, ws->k, ws->v, ws->scores, ws->pos, ws->router,
+                    ws->route_w, ws->route_e, ws->e_a, ws->e_b, ws->e_o, ws->ff_a, ws->ff_b};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i]) be->free(be, bufs[i]);
+    memset(ws, 0, sizeof *ws);
 }
 
 hc_status hc_session_new(hc_model *m, int64_t n_ctx, hc_session **out) {
@@ -26,41 +73,25 @@ hc_status hc_session_new(hc_model *m, int64_t n_ctx, hc_session **out) {
     if (!s) return hc_fail(HC_ERR_NOMEM, "out of memory");
     s->m = m;
     s->n_ctx = n_ctx;
-    s->n_batch = n_ctx < HC_MAX_BATCH ? n_ctx : HC_MAX_BATCH;
-    const int64_t B = s->n_batch, C = c->hidden_size, H = c->n_heads, KVH = c->n_kv_heads, D = c->head_dim;
-    const int64_t I = c->intermediate_size, L = c->n_layers, E = c->n_experts, K = c->n_experts_per_tok;
+    hc_backend *be = m->be;
+    const int64_t kv = c->n_layers * n_ctx * c->n_kv_heads * c->head_dim;
     bool oom = false;
-    s->k_cache = session_alloc(s, L * n_ctx * KVH * D, sizeof(float), &oom);
-    s->v_cache = session_alloc(s, L * n_ctx * KVH * D, sizeof(float), &oom);
-    s->x = session_alloc(s, B * C, sizeof(float), &oom);
-    s->h = session_alloc(s, B * C, sizeof(float), &oom);
-    s->o = session_alloc(s, B * C, sizeof(float), &oom);
-    s->q = session_alloc(s, B * H * D, sizeof(float), &oom);
-    s->att = session_alloc(s, B * H * D, sizeof(float), &oom);
-    s->k = session_alloc(s, B * KVH * D, sizeof(float), &oom);
-    s->v = session_alloc(s, B * KVH * D, sizeof(float), &oom);
-    s->scores = session_alloc(s, n_ctx, sizeof(float), &oom);
-    s->pos_buf = session_alloc(s, B, sizeof(int32_t), &oom);
-    if (E > 0) {
-        s->router = session_alloc(s, B * E, sizeof(float), &oom);
-        s->route_w = session_alloc(s, B * K, sizeof(float), &oom);
-        s->route_e = session_alloc(s, B * K, sizeof(int32_t), &oom);
-        s->e_a = session_alloc(s, I, sizeof(float), &oom);
-        s->e_b = session_alloc(s, I, sizeof(float), &oom);
-        s->e_o = session_alloc(s, C, sizeof(float), &oom);
-    } else {
-        s->ff_a = session_alloc(s, B * I, sizeof(float), &oom);
-        s->ff_b = session_alloc(s, B * I, sizeof(float), &oom);
-    }
+    s->k_cache = ws_alloc(be, kv, sizeof(float), &oom);
+    s->v_cache = ws_alloc(be, kv, sizeof(float), &oom);
     if (c->rope.type != HC_ROPE_NONE) {
-        s->inv_freq[0] = session_alloc(s, c->rotary_dim / 2, sizeof(float), &oom);
-        s->inv_freq[1] = session_alloc(s, c->rotary_dim / 2, sizeof(float), &oom);
+        s->inv_freq[0] = ws_alloc(be, c->rotary_dim / 2, sizeof(float), &oom);
+        s->inv_freq[1] = ws_alloc(be, c->rotary_dim / 2, sizeof(float), &oom);
     }
+    hc_status st = HC_OK;
     if (oom) {
-        double mib = (double)(2 * L * n_ctx * KVH * D * 4) / (1 << 20);
+        st = hc_fail(HC_ERR_NOMEM, "cannot allocate a session for %lld positions (KV cache %.0f MiB)", (long long)n_ctx,
+                     (double)(2 * kv * 4) / (1 << 20));
+    } else {
+        st = hc_workspace_init(&s->ws, m, n_ctx < HC_MAX_BATCH ? n_ctx : HC_MAX_BATCH, n_ctx);
+    }
+    if (st) {
         hc_session_free(s);
-        return hc_fail(HC_ERR_NOMEM, "cannot allocate a session for %lld positions (KV cache %.0f MiB)",
-                       (long long)n_ctx, mib);
+        return st;
     }
     hc_session_reset(s);
     *out = s;
@@ -80,18 +111,17 @@ void hc_session_reset(hc_session *s) {
 void hc_session_free(hc_session *s) {
     if (!s) return;
     hc_backend *be = s->m->be;
-    void *bufs[] = {s->k_cache, s->v_cache, s->x, s->h, s->o, s->q, s->att, s->k, s->v, s->scores,
-                    s->pos_buf, s->router, s->route_w, s->route_e, s->e_a, s->e_b, s->e_o, s->ff_a,
-                    s->ff_b, s->inv_freq[0], s->inv_freq[1]};
+    void *bufs[] = {s->k_cache, s->v_cache, s->inv_freq[0], s->inv_freq[1]};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) be->free(be, bufs[i]);
+    hc_workspace_free(&s->ws);
     free(s);
 }
 
 int64_t hc_session_pos(const hc_session *s) { return s->pos; }
 int64_t hc_session_n_ctx(const hc_session *s) { return s->n_ctx; }
 
-hc_status hc_session_forward(hc_session *s, const int32_t *ids, int64_t n, float *logits, bool all_logits) {
+hc_status hc_session_check(const hc_session *s, const int32_t *ids, int64_t n) {
     const int64_t V = s->m->cfg.vocab_size;
     if (n <= 0 || !ids) return hc_fail(HC_ERR_INVALID_ARG, "empty prompt: give at least one token id");
     for (int64_t i = 0; i < n; i++)
@@ -101,5 +131,31 @@ hc_status hc_session_forward(hc_session *s, const int32_t *ids, int64_t n, float
     if (s->pos + n > s->n_ctx)
         return hc_fail(HC_ERR_RANGE, "%lld positions needed but the context holds %lld (%lld used)",
                        (long long)(s->pos + n), (long long)s->n_ctx, (long long)s->pos);
-    return hc_decoder_forward(s, ids, n, logits, all_logits);
+    return HC_OK;
+}
+
+hc_status hc_session_forward(hc_session *s, const int32_t *ids, int64_t n, float *logits, bool all_logits) {
+    hc_status st = hc_session_check(s, ids, n);
+    if (st) return st;
+    const int64_t V = s->m->cfg.vocab_size;
+    for (int64_t done = 0; done < n; done += s->ws.rows) {
+        const int64_t k = n - done < s->ws.rows ? n - done : s->ws.rows;
+        const bool last = done + k == n;
+        hc_group g = {s, k};
+        float *out = !logits ? NULL : all_logits ? logits + done * V : (last ? logits : NULL);
+        hc_decoder_forward_groups(&s->ws, &g, 1, ids + done, out, all_logits, NULL);
+    }
+    return HC_OK;
+}
+
+hc_status hc_session_forward_hidden(hc_session *s, const int32_t *ids, int64_t n, float *hidden) {
+    hc_status st = hc_session_check(s, ids, n);
+    if (st) return st;
+    const int64_t C = s->m->cfg.hidden_size;
+    for (int64_t done = 0; done < n; done += s->ws.rows) {
+        const int64_t k = n - done < s->ws.rows ? n - done : s->ws.rows;
+        hc_group g = {s, k};
+        hc_decoder_forward_groups(&s->ws, &g, 1, ids + done, NULL, false, hidden ? hidden + done * C : NULL);
+    }
+    return HC_OK;
 }

@@ -1,19 +1,21 @@
-/* A session: one sequence, its KV cache and the scratch buffers of a forward pass, all
- * allocated once when the session is made, so decoding a token allocates nothing. */
+/* Sessions and workspaces.
+ *
+ * A session is one sequence: its KV cache and rope state, allocated once. A workspace holds
+ * the scratch buffers of a forward pass for up to `rows` tokens, also allocated once; each
+ * session owns one for its own forward calls, and batched generation uses a shared one to run
+ * rows of several sessions through the model together. Decoding a token allocates nothing. */
 #ifndef HC_RUN_SESSION_H
 #define HC_RUN_SESSION_H
 
 #include "model/model.h"
 
-/* Rows processed per forward chunk; longer prompts go through in chunks of this size. */
+/* Rows a session's own workspace holds; longer prompts go through in chunks of this size. */
 #define HC_MAX_BATCH 512
 
-struct hc_session {
+typedef struct {
     hc_model *m;
-    int64_t n_ctx;   /* S: KV capacity */
-    int64_t pos;     /* positions filled */
-    int64_t n_batch; /* B: rows per chunk */
-    float *k_cache, *v_cache; /* [L, S, KVH*D] */
+    int64_t rows;    /* B: rows it holds */
+    int64_t ctx;     /* S: the longest KV cache it can attend over */
     float *x;        /* [B, C] residual stream */
     float *h;        /* [B, C] normed input of a block */
     float *q;        /* [B, H*D] */
@@ -28,13 +30,36 @@ struct hc_session {
     int32_t *route_e;/* [B, k] */
     float *e_a, *e_b;/* [I] one expert's gate and up */
     float *e_o;      /* [C] one expert's output */
-    int32_t *pos_buf;/* [B] */
+    int32_t *pos;    /* [B] positions of the rows */
+} hc_workspace;
+
+hc_status hc_workspace_init(hc_workspace *ws, hc_model *m, int64_t rows, int64_t ctx);
+void hc_workspace_free(hc_workspace *ws);
+
+struct hc_session {
+    hc_model *m;
+    int64_t n_ctx;   /* S: KV capacity */
+    int64_t pos;     /* positions filled */
+    float *k_cache, *v_cache; /* [L, S, KVH*D] */
     float *inv_freq[2];   /* [R/2] global and local rope tables */
     float attn_factor[2];
     int64_t rope_cached_len; /* dynamic rope: the length its table was made for */
+    hc_workspace ws;
 };
 
-/* The decoder: runs T tokens (any T; chunked internally) through the model. */
-hc_status hc_decoder_forward(hc_session *s, const int32_t *ids, int64_t T, float *logits, bool all_logits);
+/* A run of consecutive rows belonging to one session (its next n positions). */
+typedef struct {
+    hc_session *s;
+    int64_t n;
+} hc_group;
+
+/* Runs the rows of every group through the model in one pass (at most ws->rows rows in all).
+ * ids: [sum n] concatenated by group. logits: [sum n, V] when all_logits, else [n_groups, V]
+ * for the last row of each group; NULL for none. */
+/* Validates ids and room in the context before a forward pass. */
+hc_status hc_session_check(const hc_session *s, const int32_t *ids, int64_t n);
+
+void hc_decoder_forward_groups(hc_workspace *ws, const hc_group *groups, int n_groups, const int32_t *ids,
+                               float *logits, bool all_logits, float *hidden);
 
 #endif

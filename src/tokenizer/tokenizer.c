@@ -484,6 +484,47 @@ hc_status hc_tokenizer_encode(const hc_tokenizer *t, const char *text, size_t le
     return ok ? HC_OK : hc_fail(HC_ERR_NOMEM, "out of memory while encoding");
 }
 
+hc_status hc_tokenizer_encode_batch(const hc_tokenizer *t, const char *const *texts, int64_t n, bool add_special,
+                                    int32_t pad_id, bool padding_left, hc_batch *out) {
+    memset(out, 0, sizeof *out);
+    if (n <= 0) return hc_fail(HC_ERR_INVALID_ARG, "an empty batch");
+    if (pad_id < 0) pad_id = t->pad_id >= 0 ? t->pad_id : t->eos_id >= 0 ? t->eos_id : 0;
+    hc_tokens *enc = calloc((size_t)n, sizeof *enc);
+    out->lens = malloc(sizeof *out->lens * (size_t)n);
+    hc_status st = (enc && out->lens) ? HC_OK : hc_fail(HC_ERR_NOMEM, "out of memory");
+    int64_t T = 0;
+    for (int64_t i = 0; i < n && !st; i++) {
+        st = hc_tokenizer_encode(t, texts[i], strlen(texts[i]), add_special, &enc[i]);
+        out->lens[i] = enc[i].n;
+        if (enc[i].n > T) T = enc[i].n;
+    }
+    if (!st) {
+        out->ids = malloc(sizeof *out->ids * (size_t)(n * (T ? T : 1)));
+        out->mask = calloc((size_t)(n * (T ? T : 1)), 1);
+        if (!out->ids || !out->mask) st = hc_fail(HC_ERR_NOMEM, "out of memory");
+    }
+    for (int64_t i = 0; i < n && !st; i++) {
+        const int64_t off = padding_left ? T - enc[i].n : 0;
+        for (int64_t k = 0; k < T; k++) out->ids[i * T + k] = pad_id;
+        memcpy(out->ids + i * T + off, enc[i].ids, sizeof(int32_t) * (size_t)enc[i].n);
+        memset(out->mask + i * T + off, 1, (size_t)enc[i].n);
+    }
+    for (int64_t i = 0; enc && i < n; i++) hc_tokens_free(&enc[i]);
+    free(enc);
+    out->n = n;
+    out->T = T;
+    if (st) hc_batch_free(out);
+    return st;
+}
+
+void hc_batch_free(hc_batch *b) {
+    if (!b) return;
+    free(b->ids);
+    free(b->mask);
+    free(b->lens);
+    memset(b, 0, sizeof *b);
+}
+
 /* ---- decoding --------------------------------------------------------------------------- */
 
 const char *hc_tokenizer_token(const hc_tokenizer *t, int32_t id) {

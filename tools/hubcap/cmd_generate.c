@@ -1,4 +1,4 @@
-/* hubcap generate: continue a prompt with the KV cache, one token at a time. */
+/* hubcap generate: continue one prompt, or a batch of prompts decoded together. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,21 +7,35 @@
 #include "cli.h"
 
 static const char help[] =
-    "usage: hubcap generate [-m DIR] --ids \"1 2 3\" [options]\n"
+    "usage: hubcap generate [-m MODEL] [PROMPT | --file F | --ids LIST | --batch-file F] [options]\n"
     "\n"
-    "Runs the prompt, then decodes one token at a time with the KV cache (greedy).\n"
+    "Continues the prompt with the model, streaming the new text to stdout. A summary goes to\n"
+    "stderr. Sampling defaults come from the model's generation_config.json (greedy unless it\n"
+    "says do_sample).\n"
     "\n"
-    "  -m, --model DIR        the snapshot folder (default: the bundled stories260K)\n"
-    "  --ids LIST             prompt token ids, separated by spaces or commas\n"
-    "  --max-new-tokens N     how many tokens to generate (default 32)\n"
-    "  --temperature T        0 = greedy (the only mode until sampling lands)\n"
-    "  --ignore-eos           do not stop at the model's EOS ids\n"
-    "  --output-ids           print the new ids, space separated, on one line (default: the\n"
-    "                         new text, when the folder has a tokenizer)\n"
-    "  --timings              print load, prompt and decode times to stderr\n"
-    "  --ctx N                context length (default: the model's max_position_embeddings)\n"
-    "  --device D             cpu (default), cuda or auto\n"
-    "  --no-mmap              read weights into memory instead of mapping them\n";
+    "  -m, --model DIR          the model folder (default: the bundled stories260K)\n"
+    "  PROMPT                   the prompt text\n"
+    "  --file F                 read the prompt text from a file\n"
+    "  --ids LIST               the prompt as token ids, separated by spaces or commas\n"
+    "  --batch-file F           one prompt a line; all decode together as one batch\n"
+    "  --max-new-tokens N       tokens to generate at most (default 128)\n"
+    "  --temperature T          0 = greedy; > 0 samples\n"
+    "  --top-k K                keep the K most likely tokens (0 = off)\n"
+    "  --top-p P                keep the smallest set with probability >= P, in (0, 1]\n"
+    "  --min-p P                keep tokens at least P times as likely as the best, in [0, 1)\n"
+    "  --repeat-penalty R       divide seen tokens' logits by R (1 = off)\n"
+    "  --frequency-penalty F    subtract F times each seen token's count\n"
+    "  --presence-penalty F     subtract F from each seen token\n"
+    "  --seed S                 random seed (default: random)\n"
+    "  --stop S                 stop before the text S (repeatable)\n"
+    "  --ignore-eos             do not stop at the model's EOS ids\n"
+    "  --no-special             do not add BOS/EOS to text prompts\n"
+    "  --output-ids             print the new ids instead of text: one line per prompt\n"
+    "  --ctx N                  context length limit (default: the model's max_position_embeddings)\n"
+    "  --device D               cpu (default), cuda or auto\n"
+    "  --no-mmap                read weights into memory instead of mapping them\n";
+
+#define MAX_STOPS 16
 
 static double now_s(void) {
     struct timespec ts;
@@ -29,86 +43,207 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static int32_t argmax(const float *x, int64_t n) {
-    int64_t best = 0;
-    for (int64_t i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i; /* the first maximum wins, as torch.argmax */
-    return (int32_t)best;
+static bool stream_text(void *user, int64_t seq, const char *text, size_t len) {
+    (void)user;
+    (void)seq;
+    fwrite(text, 1, len, stdout);
+    fflush(stdout);
+    return true;
+}
+
+static char *read_file(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 4096, len = 0, r;
+    char *buf = malloc(cap + 1);
+    while (buf && (r = fread(buf + len, 1, cap - len, f)) > 0) {
+        len += r;
+        if (len == cap) {
+            char *nb = realloc(buf, (cap *= 2) + 1);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+            } else {
+                buf = nb;
+            }
+        }
+    }
+    bool err = ferror(f);
+    fclose(f);
+    if (!buf || err) {
+        free(buf);
+        return NULL;
+    }
+    buf[len] = 0;
+    *n = len;
+    return buf;
 }
 
 int cmd_generate(int argc, char **argv) {
-    const char *model = NULL, *ids_text = NULL;
-    int64_t max_new = 32, ctx = 0;
-    double temperature = 0;
-    bool ignore_eos = false, output_ids = false, timings = false;
+    const char *model = NULL, *ids_text = NULL, *prompt = NULL, *prompt_file = NULL, *batch_file = NULL;
+    const char *stops[MAX_STOPS];
+    int n_stops = 0;
+    int64_t max_new = 128, ctx = 0, seed = -1;
+    double temperature = -1, top_p = -1, min_p = -1, rep = -1, freq = 0, pres = 0;
+    int64_t top_k = -1;
+    bool ignore_eos = false, output_ids = false, no_special = false;
     hc_model_params mp = hc_model_default_params();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v;
+#define VALUE()                                                                                                        \
+    if (!(v = cli_value(argc, argv, &i, "generate"))) return EXIT_USAGE
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fputs(help, stdout);
             return EXIT_OK;
         } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
-            if (!(model = cli_value(argc, argv, &i, "generate"))) return EXIT_USAGE;
+            VALUE();
+            model = v;
         } else if (!strcmp(a, "--ids")) {
-            if (!(ids_text = cli_value(argc, argv, &i, "generate"))) return EXIT_USAGE;
+            VALUE();
+            ids_text = v;
+        } else if (!strcmp(a, "--file")) {
+            VALUE();
+            prompt_file = v;
+        } else if (!strcmp(a, "--batch-file")) {
+            VALUE();
+            batch_file = v;
         } else if (!strcmp(a, "--max-new-tokens")) {
-            if (!(v = cli_value(argc, argv, &i, "generate"))) return EXIT_USAGE;
+            VALUE();
             if (!cli_parse_int(v, 0, INT32_MAX, &max_new))
                 return cli_usage_error("generate", "--max-new-tokens must be a non-negative integer");
         } else if (!strcmp(a, "--ctx")) {
-            if (!(v = cli_value(argc, argv, &i, "generate"))) return EXIT_USAGE;
+            VALUE();
             if (!cli_parse_int(v, 1, INT32_MAX, &ctx)) return cli_usage_error("generate", "--ctx must be a positive integer");
         } else if (!strcmp(a, "--temperature")) {
-            if (!(v = cli_value(argc, argv, &i, "generate"))) return EXIT_USAGE;
-            if (!cli_parse_float(v, &temperature) || temperature < 0)
+            VALUE();
+            if (!cli_parse_float(v, &temperature) || !(temperature >= 0))
                 return cli_usage_error("generate", "--temperature must be a number >= 0");
+        } else if (!strcmp(a, "--top-k")) {
+            VALUE();
+            if (!cli_parse_int(v, 0, INT32_MAX, &top_k)) return cli_usage_error("generate", "--top-k must be an integer >= 0");
+        } else if (!strcmp(a, "--top-p")) {
+            VALUE();
+            if (!cli_parse_float(v, &top_p) || !(top_p > 0 && top_p <= 1))
+                return cli_usage_error("generate", "--top-p must be in (0, 1]");
+        } else if (!strcmp(a, "--min-p")) {
+            VALUE();
+            if (!cli_parse_float(v, &min_p) || !(min_p >= 0 && min_p < 1))
+                return cli_usage_error("generate", "--min-p must be in [0, 1)");
+        } else if (!strcmp(a, "--repeat-penalty")) {
+            VALUE();
+            if (!cli_parse_float(v, &rep) || !(rep > 0)) return cli_usage_error("generate", "--repeat-penalty must be > 0");
+        } else if (!strcmp(a, "--frequency-penalty")) {
+            VALUE();
+            if (!cli_parse_float(v, &freq)) return cli_usage_error("generate", "--frequency-penalty must be a number");
+        } else if (!strcmp(a, "--presence-penalty")) {
+            VALUE();
+            if (!cli_parse_float(v, &pres)) return cli_usage_error("generate", "--presence-penalty must be a number");
+        } else if (!strcmp(a, "--seed")) {
+            VALUE();
+            if (!cli_parse_int(v, 0, INT64_MAX, &seed)) return cli_usage_error("generate", "--seed must be an integer >= 0");
+        } else if (!strcmp(a, "--stop")) {
+            VALUE();
+            if (!*v) return cli_usage_error("generate", "--stop needs a non-empty string");
+            if (n_stops == MAX_STOPS) return cli_usage_error("generate", "at most %d --stop strings", MAX_STOPS);
+            stops[n_stops++] = v;
         } else if (!strcmp(a, "--device")) {
-            if (!(v = cli_value(argc, argv, &i, "generate"))) return EXIT_USAGE;
+            VALUE();
             if (!cli_parse_device(v, &mp.device)) return cli_usage_error("generate", "--device must be cpu, cuda or auto");
         } else if (!strcmp(a, "--ignore-eos")) {
             ignore_eos = true;
-        } else if (!strcmp(a, "--timings")) {
-            timings = true;
         } else if (!strcmp(a, "--output-ids")) {
             output_ids = true;
+        } else if (!strcmp(a, "--no-special")) {
+            no_special = true;
+        } else if (!strcmp(a, "--timings")) {
+            /* the summary line is always printed; kept for compatibility */
         } else if (!strcmp(a, "--no-mmap")) {
             mp.use_mmap = false;
-        } else if (a[0] == '-') {
+        } else if (a[0] == '-' && a[1]) {
             return cli_usage_error("generate", "unknown option '%s'", a);
         } else {
-            return cli_usage_error("generate", "text prompts need the tokenizer, which is not built yet: use --ids");
+            if (prompt) return cli_usage_error("generate", "give one prompt (quote it), or use --batch-file");
+            prompt = a;
+        }
+#undef VALUE
+    }
+    int sources = (prompt != NULL) + (prompt_file != NULL) + (ids_text != NULL) + (batch_file != NULL);
+    if (sources == 0) return cli_usage_error("generate", "give a PROMPT, --file, --ids or --batch-file");
+    if (sources > 1) return cli_usage_error("generate", "give only one of PROMPT, --file, --ids and --batch-file");
+
+    /* The prompts, as text or ids. */
+    char *file_text = NULL;
+    const char **texts = NULL;
+    int64_t n_prompts = 1;
+    int32_t *ids = NULL;
+    int64_t n_ids = 0;
+    if (ids_text) {
+        if (!cli_parse_ids(ids_text, &ids, &n_ids, "generate")) return EXIT_USAGE;
+        if (n_ids == 0) {
+            free(ids);
+            return cli_usage_error("generate", "--ids is empty: give at least one token id");
+        }
+    } else {
+        const char *path = prompt_file ? prompt_file : batch_file;
+        size_t len = 0;
+        if (path && !(file_text = read_file(path, &len))) return cli_usage_error("generate", "cannot read '%s'", path);
+        texts = malloc(sizeof *texts * (len / 1 + 2));
+        if (!texts) return EXIT_ERROR;
+        if (batch_file) {
+            n_prompts = 0;
+            for (char *line = file_text; line && *line;) {
+                char *nl = strchr(line, '\n');
+                if (nl) *nl = 0;
+                if (nl && nl > line && nl[-1] == '\r') nl[-1] = 0;
+                if (*line) texts[n_prompts++] = line;
+                line = nl ? nl + 1 : NULL;
+            }
+            if (!n_prompts) {
+                free(texts);
+                free(file_text);
+                return cli_usage_error("generate", "%s holds no prompts", batch_file);
+            }
+        } else {
+            texts[0] = prompt ? prompt : file_text;
+            if (!*texts[0]) {
+                free(texts);
+                free(file_text);
+                return cli_usage_error("generate", "the prompt is empty");
+            }
         }
     }
-    if (temperature != 0)
-        return cli_usage_error("generate", "only greedy decoding (--temperature 0) exists so far");
-    if (!ids_text) return cli_usage_error("generate", "--ids is required");
-    int32_t *ids;
-    int64_t n;
-    if (!cli_parse_ids(ids_text, &ids, &n, "generate")) return EXIT_USAGE;
-    if (n == 0) {
-        free(ids);
-        return cli_usage_error("generate", "--ids is empty: give at least one token id");
-    }
+
     if (!model) model = cli_default_model();
-    hc_model *m = NULL;
-    hc_session *s = NULL;
-    float *logits = NULL;
     int rc = EXIT_OK;
+    hc_model *m = NULL;
+    hc_generation *gens = NULL;
     const double t0 = now_s();
     hc_status st = hc_model_load(model, &mp, &m);
     if (st) {
-        free(ids);
-        return cli_fail("generate", st);
+        rc = cli_fail("generate", st);
+        goto out;
     }
+    const double load_s = now_s() - t0;
     const hc_model_config *c = hc_model_get_config(m);
-    /* Text output when the folder has a tokenizer; ids otherwise. */
-    hc_tokenizer *tok = NULL;
-    hc_detokenizer *detok = NULL;
-    if (!output_ids && hc_tokenizer_load(model, NULL, &tok) == HC_OK && hc_detokenizer_new(tok, true, &detok) != HC_OK) {
-        hc_tokenizer_free(tok);
-        tok = NULL;
-    }
+    hc_generate_params gp = hc_generate_default_params(m);
+    gp.max_new_tokens = max_new;
+    gp.ignore_eos = ignore_eos;
+    gp.add_special = !no_special;
+    gp.stop = stops;
+    gp.n_stop = n_stops;
+    if (temperature >= 0) gp.sampling.temperature = (float)temperature;
+    if (top_k >= 0) gp.sampling.top_k = (int32_t)top_k;
+    if (top_p > 0) gp.sampling.top_p = (float)top_p;
+    if (min_p >= 0) gp.sampling.min_p = (float)min_p;
+    if (rep > 0) gp.sampling.repetition_penalty = (float)rep;
+    gp.sampling.frequency_penalty = (float)freq;
+    gp.sampling.presence_penalty = (float)pres;
+    gp.sampling.seed = seed >= 0 ? (uint64_t)seed : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 20);
+    const bool streaming = !output_ids && !batch_file;
+    if (streaming) gp.on_text = stream_text;
+
+    /* Text prompts are tokenized here so that length errors can name the context. */
     if (!ctx) ctx = c->max_position_embeddings;
     if (c->rope.type == HC_ROPE_NONE && ctx > c->max_position_embeddings) {
         fprintf(stderr, "hubcap generate: --ctx %lld exceeds the model's %lld learned positions\n", (long long)ctx,
@@ -116,61 +251,71 @@ int cmd_generate(int argc, char **argv) {
         rc = EXIT_ERROR;
         goto out;
     }
-    if (n + max_new > ctx) {
-        fprintf(stderr, "hubcap generate: prompt (%lld tokens) plus --max-new-tokens %lld exceeds the context of %lld\n",
-                (long long)n, (long long)max_new, (long long)ctx);
-        rc = EXIT_ERROR;
-        goto out;
+    hc_tokens *enc = calloc((size_t)n_prompts, sizeof *enc);
+    const int32_t **pid = malloc(sizeof *pid * (size_t)n_prompts);
+    int64_t *plen = malloc(sizeof *plen * (size_t)n_prompts);
+    gens = calloc((size_t)n_prompts, sizeof *gens);
+    if (!enc || !pid || !plen || !gens) {
+        st = HC_ERR_NOMEM;
+    } else if (ids) {
+        pid[0] = ids;
+        plen[0] = n_ids;
+    } else if (!hc_model_tokenizer(m)) {
+        st = hc_generate(m, texts, n_prompts, &gp, gens, NULL); /* reports the missing tokenizer */
+    } else {
+        for (int64_t i = 0; i < n_prompts && !st; i++) {
+            st = hc_tokenizer_encode(hc_model_tokenizer(m), texts[i], strlen(texts[i]), gp.add_special, &enc[i]);
+            pid[i] = enc[i].ids;
+            plen[i] = enc[i].n;
+            if (!st && plen[i] == 0) {
+                fprintf(stderr, "hubcap generate: prompt %lld is empty after tokenization\n", (long long)i + 1);
+                rc = EXIT_USAGE;
+            }
+        }
     }
-    const int64_t V = c->vocab_size;
-    logits = malloc((size_t)V * sizeof *logits);
-    st = logits ? hc_session_new(m, n + max_new, &s) : HC_ERR_NOMEM;
-    const double t1 = now_s();
-    if (!st) st = hc_session_forward(s, ids, n, logits, false);
-    const double t2 = now_s();
-    int64_t n_decoded = 0;
-    for (int64_t i = 0; !st && i < max_new; i++) {
-        int32_t next = argmax(logits, V);
-        if (detok) {
-            const char *piece;
-            size_t plen;
-            st = hc_detokenizer_push(detok, next, &piece, &plen);
-            if (st) break;
-            fwrite(piece, 1, plen, stdout);
+    for (int64_t i = 0; !st && !rc && i < n_prompts; i++) {
+        if (plen[i] + max_new > ctx) {
+            fprintf(stderr, "hubcap generate: prompt (%lld tokens) plus --max-new-tokens %lld exceeds the context of %lld\n",
+                    (long long)plen[i], (long long)max_new, (long long)ctx);
+            rc = EXIT_ERROR;
+        }
+    }
+    hc_timings tm = {0};
+    if (!st && !rc) {
+        if (streaming && texts) fputs(texts[0], stdout); /* the story reads on from its prompt */
+        st = hc_generate_ids(m, pid, plen, n_prompts, &gp, gens, &tm);
+    }
+    if (!st && !rc) {
+        if (output_ids) {
+            for (int64_t i = 0; i < n_prompts; i++) {
+                for (int64_t k = 0; k < gens[i].n_ids; k++) printf(k ? " %d" : "%d", gens[i].ids[k]);
+                printf("\n");
+            }
+        } else if (batch_file) {
+            for (int64_t i = 0; i < n_prompts; i++) printf("%s%s%s", i ? "\n" : "", texts[i], gens[i].text);
+            printf("\n");
         } else {
-            printf(i ? " %d" : "%d", next);
+            printf("\n");
         }
         fflush(stdout);
-        bool eos = false;
-        for (int e = 0; e < c->n_eos; e++) eos |= next == c->eos_token_ids[e];
-        if (eos && !ignore_eos) break;
-        if (i + 1 < max_new) {
-            st = hc_session_forward(s, &next, 1, logits, false);
-            n_decoded++;
-        }
-    }
-    const double t3 = now_s();
-    if (!st && detok) {
-        const char *piece;
-        size_t plen;
-        st = hc_detokenizer_flush(detok, &piece, &plen);
-        if (!st) fwrite(piece, 1, plen, stdout);
+        fprintf(stderr,
+                "hubcap generate: load %.2f s, prompt %lld tokens (%.1f tok/s), new %lld tokens (%.1f tok/s), "
+                "finish %s\n",
+                load_s, (long long)tm.prompt_tokens, tm.prompt_s > 0 ? (double)tm.prompt_tokens / tm.prompt_s : 0.0,
+                (long long)tm.new_tokens, tm.decode_s > 0 ? (double)tm.new_tokens / tm.decode_s : 0.0,
+                hc_finish_reason_name(gens[0].finish));
     }
     if (st) rc = cli_fail("generate", st);
-    else printf("\n");
-    fflush(stdout);
-    if (!st && timings)
-        fprintf(stderr,
-                "timings: load %.3f s, first token after %.3f s, prompt %lld tokens in %.3f s (%.2f tok/s), "
-                "decode %lld tokens in %.3f s (%.2f tok/s)\n",
-                t1 - t0, t2 - t0, (long long)n, t2 - t1, (double)n / (t2 - t1), (long long)n_decoded, t3 - t2,
-                n_decoded ? (double)n_decoded / (t3 - t2) : 0.0);
+    for (int64_t i = 0; gens && i < n_prompts; i++) hc_generation_free(&gens[i]);
+    for (int64_t i = 0; enc && i < n_prompts; i++) hc_tokens_free(&enc[i]);
+    free(enc);
+    free(pid);
+    free(plen);
 out:
-    hc_detokenizer_free(detok);
-    hc_tokenizer_free(tok);
-    free(logits);
+    free(gens);
+    free(texts);
+    free(file_text);
     free(ids);
-    hc_session_free(s);
     hc_model_free(m);
     return rc;
 }

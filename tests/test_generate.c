@@ -1,0 +1,341 @@
+/* Generation: batches equal single runs (and HF's greedy tokens), the sampler chain, stop
+ * strings, EOS from generation_config.json, streaming and cancelling. */
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base/file.h"
+#include "format/safetensors.h"
+#include "hubcap.h"
+#include "test_util.h"
+
+static int32_t *ref_ids(hc_safetensors *ref, const char *name, int64_t *n) {
+    const hc_tensor_info *t = hc_safetensors_find(ref, name);
+    if (!t) return NULL;
+    *n = t->n_elements;
+    int32_t *out = malloc(sizeof(int32_t) * (size_t)*n);
+    for (int64_t i = 0; i < *n; i++) out[i] = (int32_t)((const int64_t *)t->data)[i];
+    return out;
+}
+
+/* Prompts of different lengths for batch sizes 1..8; each run alone, then all together. */
+static void test_batches(const char *dir, const char *name) {
+    hc_model *m;
+    CHECK_OK(hc_model_load(dir, NULL, &m));
+    if (!m) return;
+    char path[1200];
+    snprintf(path, sizeof path, "%s/reference.safetensors", dir);
+    hc_safetensors ref;
+    CHECK_OK(hc_safetensors_open(&ref, path, true));
+    int32_t *prompt[8];
+    int64_t len[8];
+    int64_t n0 = 1;
+    int32_t *base = ref_ids(&ref, "prompt0", &n0);
+    /* Eight prompts: the three references, then prefixes of prompt0 of other lengths. */
+    for (int i = 0; i < 8; i++) {
+        char nm[16];
+        snprintf(nm, sizeof nm, "prompt%d", i);
+        prompt[i] = i < 3 ? ref_ids(&ref, nm, &len[i]) : NULL;
+        if (!prompt[i]) {
+            len[i] = 1 + (i * 5) % n0;
+            prompt[i] = malloc(sizeof(int32_t) * (size_t)len[i]);
+            memcpy(prompt[i], base, sizeof(int32_t) * (size_t)len[i]);
+        }
+    }
+    hc_generate_params p = hc_generate_default_params(m);
+    p.max_new_tokens = 20;
+    p.ignore_eos = true;
+    p.sampling = hc_sampler_default_params();
+    hc_generation alone[8];
+    for (int i = 0; i < 8; i++) CHECK_OK(hc_generate_ids(m, (const int32_t *const *)&prompt[i], &len[i], 1, &p, &alone[i], NULL));
+    /* HF's greedy tokens for the reference prompts (their margins are all >= 0.01). */
+    for (int i = 0; i < 3; i++) {
+        char nm[16];
+        snprintf(nm, sizeof nm, "greedy%d", i);
+        int64_t ng;
+        int32_t *g = ref_ids(&ref, nm, &ng);
+        bool same = g && alone[i].n_ids >= 20 && !memcmp(g, alone[i].ids, sizeof(int32_t) * 20);
+        CHECK(same, "%s prompt%d: generate() differs from HF's greedy tokens", name, i);
+        free(g);
+    }
+    for (int b = 1; b <= 8; b++) {
+        hc_generation out[8];
+        /* Start at a different prompt for each size so lengths mix differently. */
+        const int32_t *ids[8];
+        int64_t lens[8];
+        int idx[8];
+        for (int i = 0; i < b; i++) {
+            idx[i] = (i + b) % 8;
+            ids[i] = prompt[idx[i]];
+            lens[i] = len[idx[i]];
+        }
+        CHECK_OK(hc_generate_ids(m, ids, lens, b, &p, out, NULL));
+        for (int i = 0; i < b; i++) {
+            bool same = out[i].n_ids == alone[idx[i]].n_ids &&
+                        !memcmp(out[i].ids, alone[idx[i]].ids, sizeof(int32_t) * (size_t)out[i].n_ids);
+            CHECK(same, "%s batch of %d, sequence %d: differs from its run alone", name, b, i);
+            hc_generation_free(&out[i]);
+        }
+    }
+    for (int i = 0; i < 8; i++) {
+        hc_generation_free(&alone[i]);
+        free(prompt[i]);
+    }
+    free(base);
+    hc_safetensors_close(&ref);
+    hc_model_free(m);
+}
+
+static void test_sampler(void) {
+    enum { V = 6 };
+    const float base[V] = {2.0f, 1.0f, 0.5f, 0.0f, -1.0f, -3.0f};
+    float l[V];
+    hc_sampler_params p = hc_sampler_default_params();
+    hc_sampler *s;
+    /* Greedy, and penalties as transformers applies them. */
+    CHECK_OK(hc_sampler_new(&p, V, &s));
+    memcpy(l, base, sizeof l);
+    CHECK(hc_sampler_sample(s, l, NULL, 0) == 0, "greedy picks the max");
+    hc_sampler_free(s);
+    p.repetition_penalty = 4.0f;
+    CHECK_OK(hc_sampler_new(&p, V, &s));
+    int32_t hist[3] = {0, 0, 4};
+    memcpy(l, base, sizeof l);
+    CHECK(hc_sampler_sample(s, l, hist, 3) == 1, "repetition penalty moves greedy off token 0");
+    CHECK(l[0] == 0.5f && l[4] == -4.0f, "HF repetition penalty: divide positive, multiply negative (%g %g)", l[0], l[4]);
+    hc_sampler_free(s);
+    p = hc_sampler_default_params();
+    p.frequency_penalty = 0.5f;
+    p.presence_penalty = 0.25f;
+    CHECK_OK(hc_sampler_new(&p, V, &s));
+    memcpy(l, base, sizeof l);
+    hc_sampler_sample(s, l, hist, 3);
+    CHECK(l[0] == 2.0f - 1.0f - 0.25f && l[4] == -1.0f - 0.5f - 0.25f, "frequency and presence penalties");
+    hc_sampler_free(s);
+
+    /* Sampling follows the softmax; top-k, top-p and min-p cut the tail. */
+    p = hc_sampler_default_params();
+    p.temperature = 1.0f;
+    p.seed = 42;
+    CHECK_OK(hc_sampler_new(&p, V, &s));
+    int counts[V] = {0};
+    const int N = 60000;
+    for (int i = 0; i < N; i++) {
+        memcpy(l, base, sizeof l);
+        counts[hc_sampler_sample(s, l, NULL, 0)]++;
+    }
+    double z = 0;
+    for (int i = 0; i < V; i++) z += exp(base[i]);
+    for (int i = 0; i < V; i++) {
+        double want = exp(base[i]) / z, got = (double)counts[i] / N;
+        CHECK(fabs(got - want) < 0.01, "token %d sampled %.4f, softmax %.4f", i, got, want);
+    }
+    hc_sampler_free(s);
+    struct {
+        int32_t top_k;
+        float top_p, min_p, temp;
+        int allowed; /* tokens 0..allowed-1 may appear */
+    } cases[] = {{2, 1, 0, 1, 2}, {1, 1, 0, 5, 1}, {0, 0.5f, 0, 1, 1}, {0, 0.8f, 0, 1, 3}, {0, 0.95f, 0, 1, 4},
+                 {0, 1, 0.3f, 1, 2}, {0, 1, 0.9f, 1, 1}, {3, 0.99f, 0, 1, 3}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        p = hc_sampler_default_params();
+        p.temperature = cases[c].temp;
+        p.top_k = cases[c].top_k;
+        p.top_p = cases[c].top_p;
+        p.min_p = cases[c].min_p;
+        p.seed = 7;
+        CHECK_OK(hc_sampler_new(&p, V, &s));
+        int seen[V] = {0};
+        for (int i = 0; i < 5000; i++) {
+            memcpy(l, base, sizeof l);
+            seen[hc_sampler_sample(s, l, NULL, 0)]++;
+        }
+        bool ok = true;
+        for (int i = 0; i < V; i++) ok &= (i < cases[c].allowed) ? seen[i] > 0 : seen[i] == 0;
+        CHECK(ok, "case %zu: tokens %d %d %d %d %d %d", c, seen[0], seen[1], seen[2], seen[3], seen[4], seen[5]);
+        hc_sampler_free(s);
+    }
+    /* Bad parameters are refused by name. */
+    p = hc_sampler_default_params();
+    p.top_p = 0;
+    CHECK(hc_sampler_new(&p, V, &s) == HC_ERR_INVALID_ARG && strstr(hc_last_error(), "top-p"), "top-p 0 refused");
+    p = hc_sampler_default_params();
+    p.temperature = -1;
+    CHECK(hc_sampler_new(&p, V, &s) == HC_ERR_INVALID_ARG && strstr(hc_last_error(), "temperature"), "negative temperature");
+}
+
+typedef struct {
+    char buf[4096];
+    size_t n;
+    int calls, cancel_after;
+} sink;
+
+static bool collect(void *user, int64_t seq, const char *text, size_t len) {
+    sink *k = user;
+    (void)seq;
+    if (k->n + len < sizeof k->buf) memcpy(k->buf + k->n, text, len), k->n += len;
+    k->buf[k->n] = 0;
+    return ++k->calls != k->cancel_after;
+}
+
+static void test_text_generation(const char *stories) {
+    hc_model *m;
+    CHECK_OK(hc_model_load(stories, NULL, &m));
+    if (!m) return;
+    /* The README's first command: greedy text equals transformers' continuation. */
+    const char *prompt = "Once upon a time";
+    const char *want = ", there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball.";
+    hc_generate_params p = hc_generate_default_params(m);
+    p.max_new_tokens = 40;
+    sink k = {.cancel_after = -1};
+    p.on_text = collect;
+    p.user = &k;
+    hc_generation g;
+    CHECK_OK(hc_generate(m, &prompt, 1, &p, &g, NULL));
+    CHECK(g.text && !strcmp(g.text, want), "continuation: '%s'", g.text ? g.text : "");
+    CHECK(!strcmp(k.buf, want), "streamed pieces add up to the text: '%s'", k.buf);
+    CHECK(g.finish == HC_FINISH_LENGTH && g.n_ids == 40 && g.n_prompt == 5, "finish length after 40");
+    hc_generation_free(&g);
+
+    /* A stop string ends the text before it, in the stream too. */
+    const char *stops[] = {"girl", "zzz"};
+    p.stop = stops;
+    p.n_stop = 2;
+    k = (sink){.cancel_after = -1};
+    CHECK_OK(hc_generate(m, &prompt, 1, &p, &g, NULL));
+    CHECK(g.finish == HC_FINISH_STOP && !strcmp(g.text, ", there was a little "), "stop: '%s'", g.text);
+    CHECK(!strcmp(k.buf, g.text), "stream stops at the stop string: '%s'", k.buf);
+    hc_generation_free(&g);
+    p.n_stop = 0;
+
+    /* The callback can stop a sequence. */
+    k = (sink){.cancel_after = 3};
+    CHECK_OK(hc_generate(m, &prompt, 1, &p, &g, NULL));
+    CHECK(g.finish == HC_FINISH_CANCELLED && g.n_ids == 3, "cancelled after 3 pieces (%lld ids)", (long long)g.n_ids);
+    hc_generation_free(&g);
+
+    /* Same seed, same text; sampling differs from greedy. */
+    p.on_text = NULL;
+    p.sampling.temperature = 1.0f;
+    p.sampling.seed = 1234;
+    hc_generation a, b, c;
+    CHECK_OK(hc_generate(m, &prompt, 1, &p, &a, NULL));
+    CHECK_OK(hc_generate(m, &prompt, 1, &p, &b, NULL));
+    p.sampling.seed = 99;
+    CHECK_OK(hc_generate(m, &prompt, 1, &p, &c, NULL));
+    CHECK(!strcmp(a.text, b.text), "same seed, same text");
+    CHECK(strcmp(a.text, c.text) != 0, "another seed, another text");
+    hc_generation_free(&a);
+    hc_generation_free(&b);
+    hc_generation_free(&c);
+    hc_model_free(m);
+}
+
+static void copy(const char *from, const char *to) {
+    char *b;
+    size_t n;
+    if (hc_file_read_all(from, &b, &n)) return;
+    FILE *f = fopen(to, "wb");
+    if (f) {
+        fwrite(b, 1, n, f);
+        fclose(f);
+    }
+    free(b);
+}
+
+/* generation_config.json's eos_token_id (a list) stops generation, with the EOS id kept. */
+static void test_eos(const char *stories) {
+    char dir[256], a[1200], b[600];
+    snprintf(dir, sizeof dir, "/tmp/hubcap-test-eos-%ld", (long)getpid());
+    mkdir(dir, 0755);
+    const char *files[] = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(a, sizeof a, "%s/%s", stories, files[i]);
+        snprintf(b, sizeof b, "%s/%s", dir, files[i]);
+        copy(a, b);
+    }
+    snprintf(b, sizeof b, "%s/generation_config.json", dir);
+    FILE *f = fopen(b, "w");
+    if (f) {
+        fputs("{\"bos_token_id\": 1, \"eos_token_id\": [2, 261]}", f); /* 261 is "▁a", the 3rd greedy token */
+        fclose(f);
+    }
+    hc_model *m;
+    CHECK_OK(hc_model_load(dir, NULL, &m));
+    if (m) {
+        hc_generate_params p = hc_generate_default_params(m);
+        p.max_new_tokens = 40;
+        int32_t bos = 1;
+        const int32_t *ids = &bos;
+        int64_t len = 1;
+        hc_generation g;
+        CHECK_OK(hc_generate_ids(m, &ids, &len, 1, &p, &g, NULL));
+        CHECK(g.finish == HC_FINISH_EOS && g.n_ids == 3 && g.ids[2] == 261, "EOS after 3 tokens (%lld, %s)",
+              (long long)g.n_ids, hc_finish_reason_name(g.finish));
+        CHECK(!strcmp(g.text, "Once upon a"), "the EOS token's text is kept: '%s'", g.text);
+        hc_generation_free(&g);
+        p.ignore_eos = true;
+        CHECK_OK(hc_generate_ids(m, &ids, &len, 1, &p, &g, NULL));
+        CHECK(g.finish == HC_FINISH_LENGTH && g.n_ids == 40, "ignore_eos runs to the length");
+        hc_generation_free(&g);
+        hc_model_free(m);
+    }
+    snprintf(a, sizeof a, "rm -rf '%s'", dir);
+    if (system(a) != 0) fprintf(stderr, "could not remove %s\n", dir);
+}
+
+/* The backbone's last hidden states give the logits through the (tied) embedding; the
+ * preprocessor pads batches as asked. */
+static void test_hidden_and_batch(const char *stories) {
+    hc_model *m;
+    CHECK_OK(hc_model_load(stories, NULL, &m));
+    if (!m) return;
+    const int64_t C = hc_model_hidden_size(m), V = hc_model_vocab_size(m);
+    int32_t ids[5] = {1, 403, 407, 261, 378};
+    float *hidden = malloc(sizeof(float) * 5 * (size_t)C), *logits = malloc(sizeof(float) * 5 * (size_t)V);
+    hc_session *a, *b;
+    CHECK_OK(hc_session_new(m, 8, &a));
+    CHECK_OK(hc_session_new(m, 8, &b));
+    CHECK_OK(hc_session_forward_hidden(a, ids, 5, hidden));
+    CHECK_OK(hc_session_forward(b, ids, 5, logits, true));
+    const hc_tensor_info *emb = hc_checkpoint_find(hc_model_checkpoint(m), "model.embed_tokens.weight");
+    double err = 0;
+    for (int t = 0; emb && t < 5; t++)
+        for (int64_t v = 0; v < V; v++) {
+            double d = 0;
+            for (int64_t c = 0; c < C; c++) d += (double)hidden[t * C + c] * ((const float *)emb->data)[v * C + c];
+            if (fabs(d - logits[t * V + v]) > err) err = fabs(d - logits[t * V + v]);
+        }
+    CHECK(emb && err < 1e-4, "hidden states x embedding = logits (err %g)", err);
+    hc_session_free(a);
+    hc_session_free(b);
+    free(hidden);
+    free(logits);
+
+    const char *texts[2] = {"Once upon a time", "Hi"};
+    hc_batch batch;
+    CHECK_OK(hc_tokenizer_encode_batch(hc_model_tokenizer(m), texts, 2, true, -1, true, &batch));
+    CHECK(batch.n == 2 && batch.T == 5 && batch.lens[1] < 5, "batch shape %lld x %lld", (long long)batch.n, (long long)batch.T);
+    CHECK(batch.ids[5 + 4 - (batch.lens[1] - 1)] == 1 && batch.mask[5] == 0 && batch.mask[9] == 1 && batch.ids[0] == 1,
+          "left padding: BOS after the pads, mask 0 on pads");
+    hc_batch_free(&batch);
+    CHECK_OK(hc_tokenizer_encode_batch(hc_model_tokenizer(m), texts, 2, false, 0, false, &batch));
+    CHECK(batch.T == 4 && batch.mask[4] == 1 && batch.mask[7] == 0 && batch.ids[7] == 0, "right padding, no BOS");
+    hc_batch_free(&batch);
+    hc_model_free(m);
+}
+
+int main(void) {
+    char dir[1024];
+    static const char *models[] = {"llama2", "llama3_2", "mistral", "qwen3", "gemma2", "gemma3", "phi3", "mixtral", "gpt2"};
+    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
+        snprintf(dir, sizeof dir, "%s/tests/fixtures/models/%s", test_source_dir(), models[i]);
+        test_batches(dir, models[i]);
+    }
+    snprintf(dir, sizeof dir, "%s/models/stories260K", test_source_dir());
+    test_batches(dir, "stories260K");
+    test_sampler();
+    test_text_generation(dir);
+    test_eos(dir);
+    test_hidden_and_batch(dir);
+    return test_finish("generate");
+}
