@@ -380,6 +380,43 @@ void hc_generation_free(hc_generation *g);
 /* The tokenizer in the model's folder, loaded with the model; NULL when it has none. */
 const hc_tokenizer *hc_model_tokenizer(const hc_model *m);
 
+/* ---- chat templates and chat sessions ------------------------------------------------- */
+
+typedef struct {
+    bool add_generation_prompt;
+    const char *bos_token;          /* NULL: the tokenizer's */
+    const char *eos_token;          /* NULL: the tokenizer's */
+    const char *extra_context_json; /* more template variables (tools, date_string, ...): a JSON
+                                       object, or NULL */
+    const char *template_name;      /* names the template in errors (default "chat_template") */
+} hc_chat_params;
+
+hc_chat_params hc_chat_default_params(void); /* add_generation_prompt true */
+
+/* Renders a chat template (Jinja, as transformers renders it) over messages_json, a JSON array
+ * of {"role", "content", ...}. *out is malloc'd (hc_free). A template error - a syntax error with
+ * its line and column, or raise_exception's message - fails with HC_ERR_FORMAT. */
+hc_status hc_chat_template_render(const char *tmpl, const char *messages_json, const hc_chat_params *p, char **out,
+                                  size_t *len);
+/* The same with the tokenizer's own template (HC_ERR_NOT_FOUND when it has none) and tokens. */
+hc_status hc_tokenizer_apply_chat_template(const hc_tokenizer *t, const char *messages_json, const hc_chat_params *p,
+                                           char **out, size_t *len);
+
+/* A conversation with a model: each turn renders the whole conversation with the chat
+ * template, and only the tokens not already in the KV cache are run, so the history costs
+ * nothing to re-send. */
+typedef struct hc_chat hc_chat;
+
+/* tmpl: the template to use, or NULL for the tokenizer's. system: a system message, or NULL.
+ * n_ctx: the conversation's context (0: the model's, at most 4096). */
+hc_status hc_chat_new(hc_model *m, const char *tmpl, const char *system, int64_t n_ctx, hc_chat **out);
+void hc_chat_free(hc_chat *c);
+/* Adds a user message, generates the assistant's answer (streamed through p->on_text) and adds
+ * it to the conversation. out receives the answer; release it with hc_generation_free. */
+hc_status hc_chat_send(hc_chat *c, const char *user_text, const hc_generate_params *p, hc_generation *out);
+void hc_chat_reset(hc_chat *c); /* forget the conversation (the system message stays) */
+int64_t hc_chat_cached_tokens(const hc_chat *c); /* tokens held in the KV cache */
+
 /* ---- safetensors writer ------------------------------------------------------------------- */
 
 typedef struct {

@@ -4,7 +4,7 @@
 # the exact command to run instead, and exits 1.
 set -eu
 
-packages="gcc make cmake libc6-dev pkg-config libpcre2-dev libutf8proc-dev xz-utils"
+packages="gcc make cmake libc6-dev pkg-config libpcre2-dev libutf8proc-dev libedit-dev xz-utils"
 if [ "${1:-}" = "--ci" ]; then
     packages="$packages clang libclang-rt-dev"
 fi

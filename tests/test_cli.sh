@@ -160,5 +160,36 @@ expect 2 "cannot read" -- "$HUBCAP" generate --file "$TMP/nothing.txt"
 expect 2 "only one of" -- "$HUBCAP" generate "hi" --ids 1
 expect 1 "text prompts need a tokenizer" -- "$HUBCAP" generate -m "$FIX/llama2" "hi"
 
+# template and chat
+CT=${HUBCAP_FIXTURES:-$SRC/../shared/fixtures}/chat_templates
+printf '[{"role": "user", "content": "Hello!"}]' >"$TMP/msgs.json"
+expect 0 "" -- "$HUBCAP" template -m "$TOK/qwen3" --messages "$TMP/msgs.json" --add-generation-prompt
+printf '<|im_start|>user\nHello!<|im_end|>\n<|im_start|>assistant\n' >"$TMP/want"
+cmp -s "$TMP/out" "$TMP/want" && pass=$((pass + 1)) || { echo "FAIL: template render: $(cat "$TMP/out")"; fail=$((fail + 1)); }
+expect 0 "" -- "$HUBCAP" template --template "$SRC/tests/fixtures/chat/story.jinja" --messages "$TMP/msgs.json" --bos-token "<s>"
+check_out "<s>Hello!" "template --template with --bos-token"
+cat "$TMP/msgs.json" | "$HUBCAP" template --template "$SRC/tests/fixtures/chat/story.jinja" --messages - >"$TMP/out" 2>&1
+check_out "Hello!" "template --messages -"
+printf '[{"role": "system", "content": "x"}, {"role": "user", "content": "hi"}]' >"$TMP/sys.json"
+if [ -f "$CT/google-gemma-2-2b-it.jinja" ]; then
+    expect 1 "System role not supported" -- "$HUBCAP" template --template "$CT/google-gemma-2-2b-it.jinja" --messages "$TMP/sys.json"
+else
+    echo "skipped: $CT not found"
+fi
+printf '{%% for m in messages %%}\n{{ m.content }\n{%% endfor %%}' >"$TMP/bad.jinja"
+expect 1 "bad.jinja:2:" -- "$HUBCAP" template --template "$TMP/bad.jinja" --messages "$TMP/msgs.json"
+printf '{{ x | nosuch }}' >"$TMP/bad2.jinja"
+expect 1 "no filter named 'nosuch'" -- "$HUBCAP" template --template "$TMP/bad2.jinja" --messages "$TMP/msgs.json"
+printf '{"role": "user"}' >"$TMP/notarray.json"
+expect 1 "JSON array" -- "$HUBCAP" template --template "$TMP/bad2.jinja" --messages "$TMP/notarray.json"
+printf '[{"content": "hi"}]' >"$TMP/norole.json"
+expect 1 "message 1 has no \"role\"" -- "$HUBCAP" template --template "$SRC/tests/fixtures/chat/story.jinja" --messages "$TMP/norole.json"
+expect 1 "has no chat template; pass one with --template" -- "$HUBCAP" template --messages "$TMP/msgs.json"
+expect 2 "--messages is required" -- "$HUBCAP" template -m "$TOK/qwen3"
+printf 'Once upon a time\n/reset\nOnce upon a time\n' | "$HUBCAP" chat --template "$SRC/tests/fixtures/chat/story.jinja" --max-new-tokens 12 --temperature 0 >"$TMP/out" 2>"$TMP/err"
+[ "$(sed -n 1p "$TMP/out")" = ", there was a little girl named Lily. She" ] && [ "$(sed -n 1p "$TMP/out")" = "$(sed -n 2p "$TMP/out")" ] &&
+    pass=$((pass + 1)) || { echo "FAIL: scripted chat: $(cat "$TMP/out")"; fail=$((fail + 1)); }
+expect 1 "has no chat template; pass one with --template" -- "$HUBCAP" chat
+
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]

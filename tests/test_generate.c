@@ -324,6 +324,59 @@ static void test_hidden_and_batch(const char *stories) {
     hc_model_free(m);
 }
 
+/* A chat turn reuses the KV cache, and answers exactly as a fresh run over the same rendering. */
+static void test_chat(const char *stories) {
+    char path[1200], *tmpl;
+    snprintf(path, sizeof path, "%s/tests/fixtures/chat/story.jinja", test_source_dir());
+    CHECK_OK(hc_file_read_all(path, &tmpl, NULL));
+    hc_model *m;
+    CHECK_OK(hc_model_load(stories, NULL, &m));
+    if (!m || !tmpl) return;
+    hc_chat *chat;
+    CHECK(hc_chat_new(m, NULL, NULL, 0, &chat) == HC_ERR_NOT_FOUND && strstr(hc_last_error(), "--template"),
+          "no template: says how to pass one");
+    CHECK_OK(hc_chat_new(m, tmpl, NULL, 256, &chat));
+    hc_generate_params p = hc_generate_default_params(m);
+    p.max_new_tokens = 12;
+    hc_generation a, b;
+    CHECK_OK(hc_chat_send(chat, "Once upon a time", &p, &a));
+    const int64_t cached = hc_chat_cached_tokens(chat);
+    CHECK(cached == 5 + 12 - 1, "the cache holds the prompt and the answer (%lld)", (long long)cached);
+    CHECK_OK(hc_chat_send(chat, "Lily went", &p, &b));
+    /* The same conversation from scratch. */
+    char msgs[1024];
+    snprintf(msgs, sizeof msgs,
+             "[{\"role\":\"user\",\"content\":\"Once upon a time\"},{\"role\":\"assistant\",\"content\":\"%s\"},"
+             "{\"role\":\"user\",\"content\":\"Lily went\"}]",
+             a.text);
+    hc_chat_params cp = hc_chat_default_params();
+    cp.bos_token = "<s>";
+    char *prompt = NULL;
+    CHECK_OK(hc_chat_template_render(tmpl, msgs, &cp, &prompt, NULL));
+    hc_tokens ids = {0};
+    CHECK_OK(hc_tokenizer_encode(hc_model_tokenizer(m), prompt, strlen(prompt), false, &ids));
+    hc_generation fresh;
+    const int32_t *pid = ids.ids;
+    CHECK_OK(hc_generate_ids(m, &pid, &ids.n, 1, &p, &fresh, NULL));
+    CHECK(fresh.n_ids == b.n_ids && !memcmp(fresh.ids, b.ids, sizeof(int32_t) * (size_t)b.n_ids),
+          "second turn equals a fresh run: '%s' vs '%s'", b.text, fresh.text);
+    CHECK(hc_chat_cached_tokens(chat) > cached, "the cache grew");
+    hc_chat_reset(chat);
+    CHECK(hc_chat_cached_tokens(chat) == 0, "reset empties the cache");
+    hc_generation again;
+    CHECK_OK(hc_chat_send(chat, "Once upon a time", &p, &again));
+    CHECK(!strcmp(again.text, a.text), "after reset the first answer repeats");
+    hc_generation_free(&a);
+    hc_generation_free(&b);
+    hc_generation_free(&fresh);
+    hc_generation_free(&again);
+    hc_tokens_free(&ids);
+    hc_free(prompt);
+    hc_chat_free(chat);
+    hc_model_free(m);
+    free(tmpl);
+}
+
 int main(void) {
     char dir[1024];
     static const char *models[] = {"llama2", "llama3_2", "mistral", "qwen3", "gemma2", "gemma3", "phi3", "mixtral", "gpt2"};
@@ -337,5 +390,6 @@ int main(void) {
     test_text_generation(dir);
     test_eos(dir);
     test_hidden_and_batch(dir);
+    test_chat(dir);
     return test_finish("generate");
 }

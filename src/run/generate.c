@@ -97,8 +97,8 @@ static hc_status add_text(seq_state *q, const hc_generate_params *p, int64_t idx
     return HC_OK;
 }
 
-hc_status hc_generate_ids(hc_model *m, const int32_t *const *ids, const int64_t *lens, int64_t n,
-                          const hc_generate_params *params, hc_generation *out, hc_timings *timings) {
+hc_status hc_generate_core(hc_model *m, hc_session **given, const int32_t *const *ids, const int64_t *lens, int64_t n,
+                           const hc_generate_params *params, hc_generation *out, hc_timings *timings) {
     if (n <= 0) return hc_fail(HC_ERR_INVALID_ARG, "no prompts given");
     const hc_generate_params p = params ? *params : hc_generate_default_params(m);
     if (p.max_new_tokens < 0) return hc_fail(HC_ERR_INVALID_ARG, "max_new_tokens must be >= 0");
@@ -129,15 +129,21 @@ hc_status hc_generate_ids(hc_model *m, const int32_t *const *ids, const int64_t 
             st = hc_fail(HC_ERR_INVALID_ARG, "prompt %lld is empty", (long long)i);
             break;
         }
-        const int64_t ctx = lens[i] + p.max_new_tokens;
-        if (ctx > m->n_ctx) {
+        const int64_t ctx = given ? given[i]->n_ctx : lens[i] + p.max_new_tokens;
+        if (lens[i] + p.max_new_tokens > (given ? ctx : m->n_ctx)) {
             st = hc_fail(HC_ERR_RANGE, "prompt %lld (%lld tokens) plus %lld new tokens exceeds the context of %lld",
-                         (long long)i, (long long)lens[i], (long long)p.max_new_tokens, (long long)m->n_ctx);
+                         (long long)i, (long long)lens[i], (long long)p.max_new_tokens, (long long)(given ? ctx : m->n_ctx));
             break;
         }
         if (!(q[i].hist = malloc(sizeof(int32_t) * (size_t)ctx))) st = hc_fail(HC_ERR_NOMEM, "out of memory");
-        if (!st) st = hc_session_new(m, ctx, &q[i].s);
-        if (!st) st = hc_session_check(q[i].s, ids[i], lens[i]);
+        if (!st && given) {
+            /* A session that already holds a prefix of this prompt (a chat turn): feed the rest. */
+            q[i].s = given[i];
+            q[i].fed = given[i]->pos;
+            if (q[i].fed >= lens[i]) st = hc_fail(HC_ERR_INVALID_ARG, "the session already holds the whole prompt");
+        }
+        if (!st && !given) st = hc_session_new(m, ctx, &q[i].s);
+        if (!st) st = hc_session_check(q[i].s, ids[i] + q[i].fed, lens[i] - q[i].fed);
         if (!st) st = hc_sampler_new(&p.sampling, V, &q[i].sampler);
         if (!st && tok) st = hc_detokenizer_new(tok, true, &q[i].detok);
         if (st) break;
@@ -150,7 +156,7 @@ hc_status hc_generate_ids(hc_model *m, const int32_t *const *ids, const int64_t 
             size_t pl;
             st = hc_detokenizer_push(q[i].detok, ids[i][k], &piece, &pl);
         }
-        total_prompt += lens[i];
+        total_prompt += lens[i] - q[i].fed;
         if (ctx > max_ctx) max_ctx = ctx;
     }
     if (st) goto out;
@@ -270,7 +276,7 @@ hc_status hc_generate_ids(hc_model *m, const int32_t *const *ids, const int64_t 
     }
 out:
     for (int64_t i = 0; q && i < n; i++) {
-        hc_session_free(q[i].s);
+        if (!given) hc_session_free(q[i].s);
         hc_sampler_free(q[i].sampler);
         hc_detokenizer_free(q[i].detok);
         free(q[i].hist);
@@ -285,6 +291,11 @@ out:
     free(order);
     free(batch_ids);
     return st;
+}
+
+hc_status hc_generate_ids(hc_model *m, const int32_t *const *ids, const int64_t *lens, int64_t n,
+                          const hc_generate_params *params, hc_generation *out, hc_timings *timings) {
+    return hc_generate_core(m, NULL, ids, lens, n, params, out, timings);
 }
 
 hc_status hc_generate(hc_model *m, const char *const *prompts, int64_t n, const hc_generate_params *params,

@@ -62,4 +62,9 @@ hc_status hc_session_check(const hc_session *s, const int32_t *ids, int64_t n);
 void hc_decoder_forward_groups(hc_workspace *ws, const hc_group *groups, int n_groups, const int32_t *ids,
                                float *logits, bool all_logits, float *hidden);
 
+/* Generation over given sessions (NULL: one new session per prompt). A given session may hold
+ * a prefix of its prompt already (session->pos ids); only the rest is run. */
+hc_status hc_generate_core(hc_model *m, hc_session **given, const int32_t *const *ids, const int64_t *lens, int64_t n,
+                           const hc_generate_params *params, hc_generation *out, hc_timings *timings);
+
 #endif

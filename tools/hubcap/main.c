@@ -11,9 +11,11 @@ static const struct {
 } commands[] = {
     {"info", cmd_info, "show what a checkpoint holds (architecture, sizes, tensors)"},
     {"logits", cmd_logits, "write the logits of every position to a .safetensors file"},
-    {"generate", cmd_generate, "continue a prompt (greedy decoding)"},
+    {"generate", cmd_generate, "continue a prompt (or a batch of prompts)"},
     {"tokenize", cmd_tokenize, "text -> token ids with the model's tokenizer"},
     {"detokenize", cmd_detokenize, "token ids -> text"},
+    {"template", cmd_template, "render a chat template over messages, as transformers does"},
+    {"chat", cmd_chat, "talk with a model, turn by turn"},
 };
 
 static void usage(FILE *f) {
