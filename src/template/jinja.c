@@ -1970,7 +1970,8 @@ static jv binary(jctx *c, node *n, jv a, jv b) {
                 type_name(&b));
     }
     const bool ints = a.t != V_FLOAT && b.t != V_FLOAT;
-    const int64_t x = a.t == V_INT ? a.u.i : a.u.b, y = b.t == V_INT ? b.u.i : b.u.b;
+    const int64_t x = a.t == V_INT ? a.u.i : a.t == V_BOOL ? a.u.b : 0;
+    const int64_t y = b.t == V_INT ? b.u.i : b.t == V_BOOL ? b.u.b : 0;
     const double fx = num(&a), fy = num(&b);
     if (!strcmp(op, "+")) return ints ? v_int(x + y) : v_float(fx + fy);
     if (!strcmp(op, "-")) return ints ? v_int(x - y) : v_float(fx - fy);
