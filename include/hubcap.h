@@ -417,6 +417,29 @@ hc_status hc_chat_send(hc_chat *c, const char *user_text, const hc_generate_para
 void hc_chat_reset(hc_chat *c); /* forget the conversation (the system message stays) */
 int64_t hc_chat_cached_tokens(const hc_chat *c); /* tokens held in the KV cache */
 
+/* ---- the Hugging Face Hub ------------------------------------------------------------------ */
+
+/* Everywhere a model folder is accepted, "hf://org/name[@revision]" is too: the files a model
+ * needs are fetched into the cache huggingface_hub uses ($HF_HUB_CACHE, else $HF_HOME/hub,
+ * else ~/.cache/huggingface/hub), and the snapshot folder is used. HF_ENDPOINT, HF_TOKEN (or
+ * the token file under HF_HOME) and HF_HUB_OFFLINE are honoured. A revision that has a
+ * complete snapshot in the cache costs no request. */
+typedef struct {
+    const char *include; /* a glob of repo files to fetch; NULL: what a model needs */
+    bool refresh;        /* ask the Hub even when the cache holds a complete snapshot */
+} hc_hub_params;
+
+hc_hub_params hc_hub_default_params(void);
+/* Resolves a handle to its local snapshot folder (*snapshot malloc'd; hc_free). */
+hc_status hc_hub_resolve(const char *handle, const hc_hub_params *p, char **snapshot);
+/* The cache folder (malloc'd). */
+char *hc_hub_cache_dir(void);
+
+/* Download progress: called as bytes arrive (done may be == total at the end, with finished). */
+typedef void (*hc_progress_fn)(void *user, const char *file, int64_t done, int64_t total, double seconds,
+                               bool finished);
+void hc_set_progress_callback(hc_progress_fn fn, void *user);
+
 /* ---- safetensors writer ------------------------------------------------------------------- */
 
 typedef struct {

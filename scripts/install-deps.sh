@@ -4,9 +4,9 @@
 # the exact command to run instead, and exits 1.
 set -eu
 
-packages="gcc make cmake libc6-dev pkg-config libpcre2-dev libutf8proc-dev libedit-dev xz-utils"
+packages="gcc make cmake libc6-dev pkg-config libpcre2-dev libutf8proc-dev libedit-dev libcurl4-openssl-dev xz-utils"
 if [ "${1:-}" = "--ci" ]; then
-    packages="$packages clang libclang-rt-dev"
+    packages="$packages clang libclang-rt-dev python3"
 fi
 
 missing=""

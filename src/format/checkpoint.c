@@ -7,6 +7,7 @@
 
 #include "base/file.h"
 #include "base/status.h"
+#include "format/hub.h"
 #include "format/json.h"
 #include "format/safetensors.h"
 #include "model/config.h"
@@ -155,6 +156,14 @@ static hc_status load_configs(hc_checkpoint *ck, const char *dir) {
 hc_status hc_checkpoint_open(const char *path, const hc_checkpoint_params *params, hc_checkpoint **out) {
     *out = NULL;
     if (!path || !*path) return hc_fail(HC_ERR_INVALID_ARG, "no model path given");
+    if (hc_is_hub_handle(path)) {
+        char *local;
+        hc_status s = hc_hub_resolve(path, NULL, &local);
+        if (s) return s;
+        s = hc_checkpoint_open(local, params, out);
+        free(local);
+        return s;
+    }
     hc_checkpoint_params p = params ? *params : hc_checkpoint_default_params();
     hc_checkpoint *ck = calloc(1, sizeof *ck);
     if (!ck || !(ck->path = strdup(path))) {

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "base/status.h"
+#include "format/hub.h"
 #include "model/config.h"
 
 hc_model_params hc_model_default_params(void) {
@@ -263,7 +264,11 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
     if (!m) return hc_fail(HC_ERR_NOMEM, "out of memory");
     hc_checkpoint_params cp = hc_checkpoint_default_params();
     cp.use_mmap = p.use_mmap;
-    hc_status s = hc_checkpoint_open(path, &cp, &m->ck);
+    char *local = NULL;
+    hc_status s = hc_resolve_model_path(path, &local); /* hf:// handles become snapshot folders */
+    if (s) goto fail;
+    path = local;
+    s = hc_checkpoint_open(path, &cp, &m->ck);
     if (s) goto fail;
     const hc_model_config *c = hc_checkpoint_config(m->ck);
     if (!c) {
@@ -292,9 +297,11 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
     if (hc_tokenizer_load(path, NULL, &m->tokenizer) != HC_OK)
         snprintf(m->tokenizer_error, sizeof m->tokenizer_error, "%s", hc_last_error());
     hc_error_clear();
+    free(local);
     *out = m;
     return HC_OK;
 fail:
+    free(local);
     hc_model_free(m);
     return s;
 }

@@ -7,6 +7,7 @@
 
 #include "base/file.h"
 #include "base/status.h"
+#include "format/hub.h"
 #include "tokenizer/tokenizer_internal.h"
 
 void hc_free(void *p) { free(p); }
@@ -289,6 +290,14 @@ hc_tokenizer_params hc_tokenizer_default_params(void) {
 hc_status hc_tokenizer_load(const char *dir, const hc_tokenizer_params *params, hc_tokenizer **out) {
     *out = NULL;
     const hc_tokenizer_params p = params ? *params : hc_tokenizer_default_params();
+    if (hc_is_hub_handle(dir)) {
+        char *local;
+        hc_status s = hc_hub_resolve(dir, NULL, &local);
+        if (s) return s;
+        s = hc_tokenizer_load(local, params, out);
+        free(local);
+        return s;
+    }
     hc_tokenizer *t = calloc(1, sizeof *t);
     if (!t) return hc_fail(HC_ERR_NOMEM, "out of memory");
     t->bos_id = t->eos_id = t->pad_id = t->unk_id = -1;

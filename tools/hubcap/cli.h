@@ -35,5 +35,10 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 int cmd_template(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
+int cmd_download(int argc, char **argv);
+int cmd_cache(int argc, char **argv);
+
+/* Shows download progress on stderr when it is a terminal (and not quiet). */
+void cli_setup_progress(bool quiet);
 
 #endif

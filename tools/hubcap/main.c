@@ -16,6 +16,8 @@ static const struct {
     {"detokenize", cmd_detokenize, "token ids -> text"},
     {"template", cmd_template, "render a chat template over messages, as transformers does"},
     {"chat", cmd_chat, "talk with a model, turn by turn"},
+    {"download", cmd_download, "fetch hf://org/name into the Hugging Face cache"},
+    {"cache", cmd_cache, "list the models in the Hugging Face cache (cache ls)"},
 };
 
 static void usage(FILE *f) {
@@ -23,7 +25,7 @@ static void usage(FILE *f) {
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
     fprintf(f, "\n'hubcap <command> --help' shows a command's options. Without -m, the bundled\n"
-               "model %s is used.\n",
+               "model %s is used. -m also takes hf://org/name[@revision].\n",
             cli_default_model());
 }
 
@@ -36,6 +38,7 @@ int main(int argc, char **argv) {
         usage(stdout);
         return EXIT_OK;
     }
+    cli_setup_progress(false); /* hf:// models show their download on a terminal */
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
     fprintf(stderr, "hubcap: unknown command '%s' (see 'hubcap --help')\n", argv[1]);
