@@ -1,6 +1,7 @@
 /* Every CPU op against a naive formula computed in double, including the edge cases:
  * windows longer than the sequence, one kv head, T = 1, partial rotary, transposed weights. */
 #include "backend/backend.h"
+#include "backend/cpu/quant.h"
 #include "base/half.h"
 #include "hubcap.h"
 #include "model/rope.h"
@@ -301,6 +302,67 @@ static void test_rope_tables(void) {
     CHECK(b[0] == a[0] && fabsf(b[15] - a[15] / 4) < 1e-6f * a[15], "yarn extrapolates high, interpolates low");
 }
 
+/* The fast kernels against the reference: odd sizes, every weight format, T = 1 and blocks,
+ * and the same bits with 1 and 2 threads. */
+static void test_fast_matmul(hc_backend *ref) {
+    hc_backend *fast1, *fast2;
+    CHECK_OK(hc_backend_cpu_fast_new(1, &fast1));
+    CHECK_OK(hc_backend_cpu_fast_new(2, &fast2));
+    if (!fast1 || !fast2) return;
+    printf("  fast kernels: %s\n", hc_cpu_kernels());
+    const int64_t shapes[][3] = {{1, 37, 13}, {3, 64, 29}, {5, 100, 17}, {9, 71, 33}, {1, 160, 64}, {67, 96, 40}, {4, 2048, 300}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int64_t T = shapes[si][0], K = shapes[si][1], N = shapes[si][2];
+        float *x = malloc(sizeof(float) * (size_t)(T * K)), *wf = malloc(sizeof(float) * (size_t)(N * K));
+        uint16_t *wb = malloc(2 * (size_t)(N * K)), *wh = malloc(2 * (size_t)(N * K));
+        float *a = malloc(sizeof(float) * (size_t)(T * N)), *b = malloc(sizeof(float) * (size_t)(T * N)),
+              *c = malloc(sizeof(float) * (size_t)(T * N)), bias[300];
+        fill(x, T * K);
+        fill(wf, N * K);
+        fill(bias, N);
+        for (int64_t i = 0; i < N * K; i++) wb[i] = hc_f32_to_bf16(wf[i]), wh[i] = hc_f32_to_f16(wf[i]);
+        hc_vec bv = {.data = bias, .dtype = HC_DTYPE_F32, .n = N};
+        for (int fmt = 0; fmt < 5; fmt++) {
+            hc_mat w = {.rows = N, .cols = K, .ld = K};
+            void *qbuf = NULL;
+            if (fmt < 3) {
+                w.dtype = fmt == 0 ? HC_DTYPE_F32 : fmt == 1 ? HC_DTYPE_BF16 : HC_DTYPE_F16;
+                w.data = fmt == 0 ? (void *)wf : fmt == 1 ? (void *)wb : (void *)wh;
+            } else {
+                if (K % 32) continue;
+                w.quant = fmt == 3 ? HC_QUANT_Q8_0 : HC_QUANT_Q4_0;
+                const size_t rb = hc_quant_row_bytes(w.quant, K);
+                qbuf = malloc(rb * (size_t)N);
+                for (int64_t n = 0; n < N; n++) hc_quantize_row(w.quant, (char *)qbuf + rb * (size_t)n, wf + n * K, K);
+                w.data = qbuf;
+            }
+            ref->matmul(ref, a, x, &w, &bv, T);
+            fast1->matmul(fast1, b, x, &w, &bv, T);
+            fast2->matmul(fast2, c, x, &w, &bv, T);
+            double err = 0;
+            for (int64_t i = 0; i < T * N; i++) err = fmax(err, fabs((double)a[i] - b[i]));
+            CHECK(err < 1e-4, "fast matmul T=%lld K=%lld N=%lld fmt %d: %g", (long long)T, (long long)K, (long long)N, fmt, err);
+            CHECK(!memcmp(b, c, sizeof(float) * (size_t)(T * N)), "1 and 2 threads give the same bits (fmt %d)", fmt);
+            free(qbuf);
+        }
+        free(x), free(wf), free(wb), free(wh), free(a), free(b), free(c);
+    }
+    /* Quantization error is what the formats promise. */
+    float row[64], back[64];
+    fill(row, 64);
+    uint8_t q[200];
+    hc_quantize_row(HC_QUANT_Q8_0, q, row, 64);
+    hc_dequantize_row(HC_QUANT_Q8_0, back, q, 64);
+    double e8 = 0, e4 = 0;
+    for (int i = 0; i < 64; i++) e8 = fmax(e8, fabs(row[i] - back[i]));
+    hc_quantize_row(HC_QUANT_Q4_0, q, row, 64);
+    hc_dequantize_row(HC_QUANT_Q4_0, back, q, 64);
+    for (int i = 0; i < 64; i++) e4 = fmax(e4, fabs(row[i] - back[i]));
+    CHECK(e8 < 1.0 / 127 && e4 < 1.0 / 7, "quantization error q8_0 %g, q4_0 %g", e8, e4);
+    fast1->destroy(fast1);
+    fast2->destroy(fast2);
+}
+
 int main(void) {
     hc_backend *be = hc_backend_cpu();
     test_half();
@@ -310,5 +372,6 @@ int main(void) {
     test_attention(be);
     test_elementwise_and_routing(be);
     test_rope_tables();
+    test_fast_matmul(be);
     return test_finish("ops");
 }

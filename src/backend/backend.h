@@ -30,6 +30,8 @@ typedef struct {
     hc_dtype dtype;
     int64_t rows, cols, ld;
     bool transposed;
+    int quant; /* 0: dtype as stored; else HC_QUANT_* blocks (backend/cpu/quant.h), rows of
+                  cols/32 blocks back to back, quantized on load */
 } hc_mat;
 
 /* A vector [n] in its stored dtype; data == NULL means absent (no bias). */
@@ -94,9 +96,16 @@ struct hc_backend {
                        int64_t k, bool renorm);
 
     void *ctx; /* backend-private state */
+    void (*destroy)(hc_backend *be); /* NULL for static tables */
 };
 
-/* The reference CPU backend (a static table; needs no free). */
+/* The reference CPU backend: plain scalar ops, one thread (a static table; needs no free). */
 hc_backend *hc_backend_cpu(void);
+
+/* The fast CPU backend: SIMD kernels chosen at run time (AVX-512, AVX2+FMA+F16C, else the
+ * reference) and a pool of n_threads (0: all cores). Free with be->destroy(be). */
+hc_status hc_backend_cpu_fast_new(int n_threads, hc_backend **out);
+/* Which kernels the fast backend uses here: "avx512", "avx2" or "scalar". */
+const char *hc_cpu_kernels(void);
 
 #endif

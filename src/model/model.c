@@ -288,7 +288,7 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
                     hc_supported_model_types());
         goto fail;
     }
-    m->be = hc_backend_cpu();
+    if ((s = hc_backend_cpu_fast_new(p.n_threads, &m->be))) goto fail;
     m->embed_scale = m->arch->embed_scale_sqrt ? (float)sqrt((double)c->hidden_size) : 1.0f;
     m->rope[0] = c->rope;
     m->rope[1] = c->has_rope_local ? c->rope_local : c->rope;
@@ -315,6 +315,7 @@ void hc_model_free(hc_model *m) {
     free(m->owned);
     hc_checkpoint_free(m->ck);
     hc_tokenizer_free(m->tokenizer);
+    if (m->be && m->be->destroy) m->be->destroy(m->be);
     free(m);
 }
 

@@ -3,6 +3,8 @@
 #include <string.h>
 
 #include "backend/cpu/cpu.h"
+#include "base/status.h"
+#include "base/threadpool.h"
 
 static void *cpu_alloc(hc_backend *be, size_t bytes) {
     (void)be;
@@ -37,3 +39,26 @@ static hc_backend cpu_backend = {
 };
 
 hc_backend *hc_backend_cpu(void) { return &cpu_backend; }
+
+static void fast_destroy(hc_backend *be) {
+    hc_pool_free(be->ctx);
+    free(be);
+}
+
+hc_status hc_backend_cpu_fast_new(int n_threads, hc_backend **out) {
+    hc_backend *be = malloc(sizeof *be);
+    if (!be) return hc_fail(HC_ERR_NOMEM, "out of memory");
+    *be = cpu_backend;
+    be->name = "cpu-fast";
+    be->matmul = hc_cpu_matmul_fast;
+    be->destroy = fast_destroy;
+    hc_pool *pool = NULL;
+    hc_status st = hc_pool_new(n_threads, &pool);
+    if (st) {
+        free(be);
+        return st;
+    }
+    be->ctx = pool;
+    *out = be;
+    return HC_OK;
+}

@@ -1,5 +1,6 @@
 /* Embedding gather and matmul with weights in their stored dtype. */
 #include "backend/cpu/cpu.h"
+#include "backend/cpu/quant.h"
 
 void hc_cpu_embedding(hc_backend *be, float *out, const hc_mat *table, const int32_t *ids, int64_t T, float scale,
                       bool accumulate) {
@@ -45,10 +46,26 @@ static float dot_f16(const float *x, const uint16_t *w, int64_t K) {
 #undef LOAD_F16
 }
 
+/* Quantized rows: widened a block at a time, then the same dot. */
+static float dot_quant(const float *x, const void *row, int quant, int64_t K) {
+    float s = 0, tmp[HC_QK];
+    const size_t bb = quant == HC_QUANT_Q8_0 ? sizeof(hc_block_q8_0) : sizeof(hc_block_q4_0);
+    for (int64_t b = 0; b < K / HC_QK; b++) {
+        hc_dequantize_row(quant, tmp, (const char *)row + (size_t)b * bb, HC_QK);
+        for (int i = 0; i < HC_QK; i++) s += x[b * HC_QK + i] * tmp[i];
+    }
+    return s;
+}
+
 void hc_cpu_matmul(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T) {
     (void)be;
     const int64_t N = w->rows, K = w->cols;
-    if (!w->transposed) {
+    if (w->quant) {
+        const size_t rb = hc_quant_row_bytes(w->quant, K);
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t t = 0; t < T; t++)
+                out[t * N + n] = dot_quant(x + t * K, (const char *)w->data + (size_t)n * rb, w->quant, K);
+    } else if (!w->transposed) {
         /* Weight rows outermost: each row is read from memory once for all T tokens. */
         for (int64_t n = 0; n < N; n++) {
             for (int64_t t = 0; t < T; t++) {

@@ -1,0 +1,116 @@
+#define _GNU_SOURCE
+#include "base/threadpool.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "base/status.h"
+
+struct hc_pool {
+    int n;
+    pthread_t *threads;
+    pthread_mutex_t mu;
+    pthread_cond_t wake;
+    atomic_uint generation;   /* bumped for each job */
+    atomic_int pending;       /* workers still running the job */
+    atomic_bool quit;
+    void (*fn)(void *, int, int);
+    void *ctx;
+};
+
+int hc_cpu_count(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0) return n;
+    }
+    return 1;
+}
+
+typedef struct {
+    hc_pool *p;
+    int ith;
+} worker_arg;
+
+static void *worker(void *arg) {
+    worker_arg *wa = arg;
+    hc_pool *p = wa->p;
+    const int ith = wa->ith;
+    free(wa);
+    unsigned seen = 0;
+    for (;;) {
+        /* Spin a little for the next job, then sleep until woken. */
+        unsigned g;
+        int spins = 0;
+        while ((g = atomic_load_explicit(&p->generation, memory_order_acquire)) == seen && !atomic_load(&p->quit)) {
+            if (++spins < 20000) continue;
+            pthread_mutex_lock(&p->mu);
+            while ((g = atomic_load(&p->generation)) == seen && !atomic_load(&p->quit)) pthread_cond_wait(&p->wake, &p->mu);
+            pthread_mutex_unlock(&p->mu);
+            break;
+        }
+        if (atomic_load(&p->quit)) return NULL;
+        seen = g;
+        p->fn(p->ctx, ith, p->n);
+        atomic_fetch_sub_explicit(&p->pending, 1, memory_order_release);
+    }
+}
+
+hc_status hc_pool_new(int n, hc_pool **out) {
+    *out = NULL;
+    if (n <= 0) n = hc_cpu_count();
+    hc_pool *p = calloc(1, sizeof *p);
+    if (!p) return hc_fail(HC_ERR_NOMEM, "out of memory");
+    p->n = n;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->wake, NULL);
+    p->threads = calloc((size_t)n, sizeof *p->threads);
+    if (!p->threads) {
+        free(p);
+        return hc_fail(HC_ERR_NOMEM, "out of memory");
+    }
+    for (int i = 1; i < n; i++) {
+        worker_arg *wa = malloc(sizeof *wa);
+        if (!wa || pthread_create(&p->threads[i], NULL, worker, (wa->p = p, wa->ith = i, wa)) != 0) {
+            free(wa);
+            p->n = i;
+            hc_pool_free(p);
+            return hc_fail(HC_ERR_NOMEM, "cannot start thread %d", i);
+        }
+    }
+    *out = p;
+    return HC_OK;
+}
+
+void hc_pool_free(hc_pool *p) {
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    atomic_store(&p->quit, true);
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 1; i < p->n; i++) pthread_join(p->threads[i], NULL);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->wake);
+    free(p->threads);
+    free(p);
+}
+
+int hc_pool_size(const hc_pool *p) { return p ? p->n : 1; }
+
+void hc_pool_run(hc_pool *p, void (*fn)(void *ctx, int ith, int nth), void *ctx) {
+    if (!p || p->n == 1) {
+        fn(ctx, 0, 1);
+        return;
+    }
+    p->fn = fn;
+    p->ctx = ctx;
+    atomic_store(&p->pending, p->n - 1);
+    pthread_mutex_lock(&p->mu);
+    atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->mu);
+    fn(ctx, 0, p->n);
+    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) sched_yield();
+}
