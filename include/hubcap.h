@@ -193,8 +193,14 @@ typedef enum { HC_DEVICE_CPU, HC_DEVICE_CUDA, HC_DEVICE_AUTO } hc_device;
 typedef struct hc_model hc_model;
 typedef struct hc_session hc_session;
 
+/* Weight formats: as stored, or block-quantized when the model loads (embeddings, norms and the
+ * LM head keep their stored precision). */
+typedef enum { HC_WEIGHTS_AS_STORED = 0, HC_WEIGHTS_Q8_0 = 1, HC_WEIGHTS_Q4_0 = 2 } hc_weight_format;
+
 typedef struct {
     hc_device device;
+    hc_weight_format weights; /* quantize on load (--quantize) */
+    bool mlock;               /* lock the weights in RAM (--mlock) */
     hc_dtype compute_dtype; /* activations; HC_DTYPE_F32 on the CPU (weights stay as stored) */
     int n_threads;          /* 0 = all available cores */
     int64_t n_ctx;          /* the longest sequence generate() accepts; 0 = max_position_embeddings */
@@ -226,6 +232,10 @@ hc_status hc_session_forward(hc_session *s, const int32_t *ids, int64_t n, float
  * last_hidden_state) of every position: hidden [n, C]. */
 hc_status hc_session_forward_hidden(hc_session *s, const int32_t *ids, int64_t n, float *hidden);
 int64_t hc_model_hidden_size(const hc_model *m);
+/* Weight bytes one decoded token reads (every matrix once, the selected experts only). */
+int64_t hc_model_weight_bytes_per_token(const hc_model *m);
+/* The CPU kernels in use: "avx512", "avx2" or "scalar". */
+const char *hc_cpu_kernels(void);
 
 /* ---- tokenizers: tokenizer.json (or tokenizer.model) + tokenizer_config.json ------------- */
 

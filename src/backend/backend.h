@@ -105,7 +105,6 @@ hc_backend *hc_backend_cpu(void);
 /* The fast CPU backend: SIMD kernels chosen at run time (AVX-512, AVX2+FMA+F16C, else the
  * reference) and a pool of n_threads (0: all cores). Free with be->destroy(be). */
 hc_status hc_backend_cpu_fast_new(int n_threads, hc_backend **out);
-/* Which kernels the fast backend uses here: "avx512", "avx2" or "scalar". */
-const char *hc_cpu_kernels(void);
+
 
 #endif

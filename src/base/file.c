@@ -1,3 +1,4 @@
+#define _GNU_SOURCE
 #include "base/file.h"
 
 #include <errno.h>
@@ -40,7 +41,11 @@ hc_status hc_file_map_open(hc_file_map *out, const char *path, bool use_mmap) {
         out->mapped = true;
         return HC_OK;
     }
-    uint8_t *buf = malloc(size);
+    /* Anonymous memory, 2 MiB aligned and asking for huge pages: fewer faults and TLB misses, and
+     * nothing the page-cache reclaimer can take away mid-run. */
+    const size_t huge = 2u << 20, cap = (size + huge - 1) / huge * huge;
+    uint8_t *buf = aligned_alloc(huge, cap);
+    if (buf) madvise(buf, cap, MADV_HUGEPAGE);
     if (!buf) {
         close(fd);
         return hc_fail(HC_ERR_NOMEM, "%s: cannot allocate %zu bytes", path, size);

@@ -2,13 +2,18 @@
  * check its dtype and shape against the config. Nothing is converted or copied. */
 #include "model/model.h"
 
+#include <errno.h>
 #include <math.h>
+#include <sys/mman.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "base/status.h"
+#include "backend/cpu/cpu.h"
+#include "backend/cpu/quant.h"
+#include "base/half.h"
 #include "format/hub.h"
 #include "model/config.h"
 
@@ -251,6 +256,46 @@ static hc_status bind_all(hc_model *m) {
     return HC_OK;
 }
 
+/* Replaces a weight matrix by its block-quantized copy (rows of K/32 blocks). */
+static hc_status quantize_mat(hc_model *m, hc_mat *w, int quant) {
+    if (!w->data || w->quant || w->transposed || w->cols % HC_QK) return HC_OK;
+    const int64_t N = w->rows, K = w->cols;
+    const size_t rb = hc_quant_row_bytes(quant, K);
+    void **owned = realloc(m->owned, (size_t)(m->n_owned + 1) * sizeof *owned);
+    if (!owned) return hc_fail(HC_ERR_NOMEM, "out of memory");
+    m->owned = owned;
+    uint8_t *q = malloc(rb * (size_t)N);
+    float *row = malloc(sizeof(float) * (size_t)K);
+    if (!q || !row) {
+        free(q);
+        free(row);
+        return hc_fail(HC_ERR_NOMEM, "out of memory quantizing a %lld x %lld matrix", (long long)N, (long long)K);
+    }
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t k = 0; k < K; k++) row[k] = hc_load_f32(w->data, w->dtype, n * w->ld + k);
+        hc_quantize_row(quant, q + rb * (size_t)n, row, K);
+    }
+    free(row);
+    m->owned[m->n_owned++] = q;
+    w->data = q;
+    w->quant = quant;
+    return HC_OK;
+}
+
+static hc_status quantize_model(hc_model *m, int quant) {
+    for (int64_t l = 0; l < m->cfg.n_layers; l++) {
+        hc_layer *L = &m->layers[l];
+        hc_mat *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
+        for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) TRY(quantize_mat(m, mats[i], quant));
+        for (int64_t e = 0; e < m->cfg.n_experts; e++) {
+            TRY(quantize_mat(m, &L->exp_gate[e], quant));
+            TRY(quantize_mat(m, &L->exp_up[e], quant));
+            TRY(quantize_mat(m, &L->exp_down[e], quant));
+        }
+    }
+    return HC_OK;
+}
+
 hc_status hc_model_load(const char *path, const hc_model_params *params, hc_model **out) {
     *out = NULL;
     hc_model_params p = params ? *params : hc_model_default_params();
@@ -293,6 +338,14 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
     m->rope[0] = c->rope;
     m->rope[1] = c->has_rope_local ? c->rope_local : c->rope;
     if ((s = bind_all(m))) goto fail;
+    if (p.weights != HC_WEIGHTS_AS_STORED &&
+        (s = quantize_model(m, p.weights == HC_WEIGHTS_Q8_0 ? HC_QUANT_Q8_0 : HC_QUANT_Q4_0)))
+        goto fail;
+    /* --mlock: every weight byte (mapped or read, and what quantizing made) stays resident. */
+    if (p.mlock && mlockall(MCL_CURRENT) != 0) {
+        s = hc_fail(HC_ERR_NOMEM, "--mlock: cannot lock the weights in RAM (%s; raise `ulimit -l`)", strerror(errno));
+        goto fail;
+    }
     /* The tokenizer comes along when the folder has one; its absence only matters for text. */
     if (hc_tokenizer_load(path, NULL, &m->tokenizer) != HC_OK)
         snprintf(m->tokenizer_error, sizeof m->tokenizer_error, "%s", hc_last_error());
@@ -320,6 +373,25 @@ void hc_model_free(hc_model *m) {
 }
 
 const hc_tokenizer *hc_model_tokenizer(const hc_model *m) { return m->tokenizer; }
+
+static int64_t mat_bytes(const hc_mat *w) {
+    if (!w->data) return 0;
+    if (w->quant) return (int64_t)hc_quant_row_bytes(w->quant, w->cols) * w->rows;
+    return w->rows * w->cols * (int64_t)hc_dtype_size(w->dtype);
+}
+
+int64_t hc_model_weight_bytes_per_token(const hc_model *m) {
+    int64_t b = mat_bytes(&m->lm_head);
+    for (int64_t l = 0; l < m->cfg.n_layers; l++) {
+        const hc_layer *L = &m->layers[l];
+        const hc_mat *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down, &L->router};
+        for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) b += mat_bytes(mats[i]);
+        /* a token reads only its experts */
+        if (m->cfg.n_experts > 0)
+            b += m->cfg.n_experts_per_tok * (mat_bytes(&L->exp_gate[0]) + mat_bytes(&L->exp_up[0]) + mat_bytes(&L->exp_down[0]));
+    }
+    return b;
+}
 
 const hc_model_config *hc_model_get_config(const hc_model *m) { return &m->cfg; }
 const hc_checkpoint *hc_model_checkpoint(const hc_model *m) { return m->ck; }

@@ -100,3 +100,35 @@ bool cli_parse_ids(const char *text, int32_t **ids, int64_t *n, const char *cmd)
     *n = count;
     return true;
 }
+
+int cli_model_flag(int argc, char **argv, int *i, const char *cmd, hc_model_params *mp) {
+    const char *a = argv[*i];
+    if (!strcmp(a, "--no-mmap")) {
+        mp->use_mmap = false;
+        return 1;
+    }
+    if (!strcmp(a, "--mmap")) {
+        mp->use_mmap = true;
+        return 1;
+    }
+    if (!strcmp(a, "--mlock")) {
+        mp->mlock = true;
+        return 1;
+    }
+    if (strcmp(a, "--threads") && strcmp(a, "--quantize") && strcmp(a, "--device")) return 0;
+    const char *v = cli_value(argc, argv, i, cmd);
+    if (!v) return -1;
+    if (!strcmp(a, "--threads")) {
+        int64_t n;
+        if (!cli_parse_int(v, 1, 1024, &n)) return cli_usage_error(cmd, "--threads must be a positive integer"), -1;
+        mp->n_threads = (int)n;
+    } else if (!strcmp(a, "--quantize")) {
+        if (!strcmp(v, "q8_0")) mp->weights = HC_WEIGHTS_Q8_0;
+        else if (!strcmp(v, "q4_0")) mp->weights = HC_WEIGHTS_Q4_0;
+        else if (!strcmp(v, "none")) mp->weights = HC_WEIGHTS_AS_STORED;
+        else return cli_usage_error(cmd, "--quantize must be q8_0, q4_0 or none"), -1;
+    } else {
+        if (!cli_parse_device(v, &mp->device)) return cli_usage_error(cmd, "--device must be cpu, cuda or auto"), -1;
+    }
+    return 1;
+}

@@ -28,6 +28,16 @@ bool cli_parse_int(const char *text, int64_t lo, int64_t hi, int64_t *out);
 bool cli_parse_float(const char *text, double *out);
 bool cli_parse_device(const char *text, hc_device *out);
 
+/* The model flags every model command takes: --device, --threads, --quantize, --no-mmap,
+ * --mlock. Returns 1 if argv[*i] was one (advancing *i), 0 if not, -1 after a usage error. */
+int cli_model_flag(int argc, char **argv, int *i, const char *cmd, hc_model_params *mp);
+#define CLI_MODEL_FLAGS_HELP                                                                                          \
+    "  --threads N              CPU threads (default: all cores)\n"                                                  \
+    "  --quantize F             quantize weights on load: q8_0 or q4_0\n"                                            \
+    "  --device D               cpu (default), cuda or auto\n"                                                       \
+    "  --no-mmap                read weights into RAM (huge pages) instead of mapping them\n"                       \
+    "  --mlock                  lock the weights in RAM\n"
+
 int cmd_info(int argc, char **argv);
 int cmd_logits(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
@@ -37,6 +47,7 @@ int cmd_template(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 int cmd_download(int argc, char **argv);
 int cmd_cache(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 
 /* Shows download progress on stderr when it is a terminal (and not quiet). */
 void cli_setup_progress(bool quiet);

@@ -25,7 +25,8 @@ static const char help[] =
     "  --template FILE          a Jinja chat template to use instead of the model's\n"
     "  --max-new-tokens N       answer length limit (default 256)\n"
     "  --temperature T, --top-k K, --top-p P, --min-p P, --repeat-penalty R, --seed S\n"
-    "  --ctx N                  the conversation's context length (default: the model's, at most 4096)\n";
+    "  --ctx N                  the conversation's context length (default: the model's, at most 4096)\n"
+    CLI_MODEL_FLAGS_HELP;
 
 static volatile sig_atomic_t interrupted;
 
@@ -45,9 +46,11 @@ static bool stream(void *user, int64_t seq, const char *text, size_t len) {
 int cmd_chat(int argc, char **argv) {
     const char *model = NULL, *system = NULL, *tmpl_path = NULL;
     int64_t max_new = 256, ctx = 0, top_k = -1, seed = -1;
+    hc_model_params mp = hc_model_default_params();
     double temperature = -1, top_p = -1, min_p = -1, rep = -1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
+        int mf;
 #define VALUE()                                                                                                        \
     if (!(v = cli_value(argc, argv, &i, "chat"))) return EXIT_USAGE
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -86,6 +89,8 @@ int cmd_chat(int argc, char **argv) {
         } else if (!strcmp(a, "--seed")) {
             VALUE();
             if (!cli_parse_int(v, 0, INT64_MAX, &seed)) return cli_usage_error("chat", "--seed must be an integer >= 0");
+        } else if ((mf = cli_model_flag(argc, argv, &i, "chat", &mp)) != 0) {
+            if (mf < 0) return EXIT_USAGE;
         } else {
             return cli_usage_error("chat", "unknown option '%s'", a);
         }
@@ -97,7 +102,7 @@ int cmd_chat(int argc, char **argv) {
     hc_model *m = NULL;
     hc_chat *chat = NULL;
     int rc = EXIT_OK;
-    hc_status st = hc_model_load(model, NULL, &m);
+    hc_status st = hc_model_load(model, &mp, &m);
     if (!st) st = hc_chat_new(m, tmpl, system, ctx, &chat);
     if (st) {
         rc = cli_fail("chat", st);

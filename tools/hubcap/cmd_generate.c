@@ -32,8 +32,7 @@ static const char help[] =
     "  --no-special             do not add BOS/EOS to text prompts\n"
     "  --output-ids             print the new ids instead of text: one line per prompt\n"
     "  --ctx N                  context length limit (default: the model's max_position_embeddings)\n"
-    "  --device D               cpu (default), cuda or auto\n"
-    "  --no-mmap                read weights into memory instead of mapping them\n";
+    CLI_MODEL_FLAGS_HELP;
 
 #define MAX_STOPS 16
 
@@ -91,6 +90,7 @@ int cmd_generate(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v;
+        int mf;
 #define VALUE()                                                                                                        \
     if (!(v = cli_value(argc, argv, &i, "generate"))) return EXIT_USAGE
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -147,9 +147,8 @@ int cmd_generate(int argc, char **argv) {
             if (!*v) return cli_usage_error("generate", "--stop needs a non-empty string");
             if (n_stops == MAX_STOPS) return cli_usage_error("generate", "at most %d --stop strings", MAX_STOPS);
             stops[n_stops++] = v;
-        } else if (!strcmp(a, "--device")) {
-            VALUE();
-            if (!cli_parse_device(v, &mp.device)) return cli_usage_error("generate", "--device must be cpu, cuda or auto");
+        } else if ((mf = cli_model_flag(argc, argv, &i, "generate", &mp)) != 0) {
+            if (mf < 0) return EXIT_USAGE;
         } else if (!strcmp(a, "--ignore-eos")) {
             ignore_eos = true;
         } else if (!strcmp(a, "--output-ids")) {
@@ -158,8 +157,6 @@ int cmd_generate(int argc, char **argv) {
             no_special = true;
         } else if (!strcmp(a, "--timings")) {
             /* the summary line is always printed; kept for compatibility */
-        } else if (!strcmp(a, "--no-mmap")) {
-            mp.use_mmap = false;
         } else if (a[0] == '-' && a[1]) {
             return cli_usage_error("generate", "unknown option '%s'", a);
         } else {

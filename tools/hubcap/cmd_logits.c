@@ -13,13 +13,13 @@ static const char help[] =
     "  -m, --model DIR   the snapshot folder (default: the bundled stories260K)\n"
     "  --ids LIST        token ids, separated by spaces or commas\n"
     "  --out FILE        the .safetensors file to write (written whole or not at all)\n"
-    "  --device D        cpu (default), cuda or auto\n"
-    "  --no-mmap         read weights into memory instead of mapping them\n";
+    CLI_MODEL_FLAGS_HELP;
 
 int cmd_logits(int argc, char **argv) {
     const char *model = NULL, *ids_text = NULL, *out_path = NULL;
     hc_model_params mp = hc_model_default_params();
     for (int i = 1; i < argc; i++) {
+        int mf;
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             fputs(help, stdout);
             return EXIT_OK;
@@ -29,12 +29,8 @@ int cmd_logits(int argc, char **argv) {
             if (!(ids_text = cli_value(argc, argv, &i, "logits"))) return EXIT_USAGE;
         } else if (!strcmp(argv[i], "--out")) {
             if (!(out_path = cli_value(argc, argv, &i, "logits"))) return EXIT_USAGE;
-        } else if (!strcmp(argv[i], "--device")) {
-            const char *v = cli_value(argc, argv, &i, "logits");
-            if (!v) return EXIT_USAGE;
-            if (!cli_parse_device(v, &mp.device)) return cli_usage_error("logits", "--device must be cpu, cuda or auto");
-        } else if (!strcmp(argv[i], "--no-mmap")) {
-            mp.use_mmap = false;
+        } else if ((mf = cli_model_flag(argc, argv, &i, "logits", &mp)) != 0) {
+            if (mf < 0) return EXIT_USAGE;
         } else {
             return cli_usage_error("logits", "unknown option '%s'", argv[i]);
         }

@@ -16,6 +16,7 @@ static const struct {
     {"detokenize", cmd_detokenize, "token ids -> text"},
     {"template", cmd_template, "render a chat template over messages, as transformers does"},
     {"chat", cmd_chat, "talk with a model, turn by turn"},
+    {"bench", cmd_bench, "measure prompt and decode speed, memory and bytes per token"},
     {"download", cmd_download, "fetch hf://org/name into the Hugging Face cache"},
     {"cache", cmd_cache, "list the models in the Hugging Face cache (cache ls)"},
 };
