@@ -377,6 +377,63 @@ static void test_chat(const char *stories) {
     free(tmpl);
 }
 
+/* Quantized on load, stories260K keeps its story: q8_0 greedy text equals the unquantized
+ * model's, q4_0 stays close in distribution. */
+static void test_quantized(const char *stories) {
+    hc_model_params mp = hc_model_default_params();
+    hc_model *base, *q8, *q4;
+    CHECK_OK(hc_model_load(stories, &mp, &base));
+    mp.weights = HC_WEIGHTS_Q8_0;
+    CHECK_OK(hc_model_load(stories, &mp, &q8));
+    mp.weights = HC_WEIGHTS_Q4_0;
+    CHECK_OK(hc_model_load(stories, &mp, &q4));
+    if (!base || !q8 || !q4) return;
+    CHECK(hc_model_weight_bytes_per_token(q8) < hc_model_weight_bytes_per_token(base) * 0.6,
+          "q8_0 reads fewer bytes per token");
+    hc_generate_params p = hc_generate_default_params(base);
+    p.max_new_tokens = 40;
+    p.ignore_eos = true;
+    int32_t bos = 1;
+    const int32_t *ids = &bos;
+    int64_t len = 1;
+    hc_generation a, b;
+    CHECK_OK(hc_generate_ids(base, &ids, &len, 1, &p, &a, NULL));
+    CHECK_OK(hc_generate_ids(q8, &ids, &len, 1, &p, &b, NULL));
+    CHECK(!strcmp(a.text, b.text), "q8_0 writes the same story: '%s'", b.text);
+    hc_generation_free(&b);
+    /* q4_0: next-token distributions stay close (mean KL over the story's positions). */
+    const int64_t V = hc_model_vocab_size(base);
+    hc_session *s1, *s2;
+    CHECK_OK(hc_session_new(base, 41, &s1));
+    CHECK_OK(hc_session_new(q4, 41, &s2));
+    int32_t seq[41];
+    seq[0] = 1;
+    memcpy(seq + 1, a.ids, sizeof(int32_t) * 40);
+    float *la = malloc(sizeof(float) * (size_t)(41 * V)), *lb = malloc(sizeof(float) * (size_t)(41 * V));
+    CHECK_OK(hc_session_forward(s1, seq, 41, la, true));
+    CHECK_OK(hc_session_forward(s2, seq, 41, lb, true));
+    double kl = 0;
+    for (int t = 0; t < 41; t++) {
+        double ma = -1e30, mb = -1e30, za = 0, zb = 0;
+        for (int64_t v = 0; v < V; v++) ma = fmax(ma, la[t * V + v]), mb = fmax(mb, lb[t * V + v]);
+        for (int64_t v = 0; v < V; v++) za += exp(la[t * V + v] - ma), zb += exp(lb[t * V + v] - mb);
+        for (int64_t v = 0; v < V; v++) {
+            double pa = exp(la[t * V + v] - ma) / za, pb = exp(lb[t * V + v] - mb) / zb;
+            kl += pa * log(pa / pb);
+        }
+    }
+    kl /= 41;
+    CHECK(kl < 0.1, "q4_0 mean KL %g", kl);
+    free(la);
+    free(lb);
+    hc_session_free(s1);
+    hc_session_free(s2);
+    hc_generation_free(&a);
+    hc_model_free(base);
+    hc_model_free(q8);
+    hc_model_free(q4);
+}
+
 int main(void) {
     char dir[1024];
     static const char *models[] = {"llama2", "llama3_2", "mistral", "qwen3", "gemma2", "gemma3", "phi3", "mixtral", "gpt2"};
@@ -391,5 +448,6 @@ int main(void) {
     test_eos(dir);
     test_hidden_and_batch(dir);
     test_chat(dir);
+    test_quantized(dir);
     return test_finish("generate");
 }
