@@ -217,7 +217,7 @@ static void test_attention(hc_backend *be) {
         const int64_t T = cases[c].T, H = cases[c].H, KVH = cases[c].KVH;
         float q[8 * 4 * 6], kc[20 * 4 * 6], vc[20 * 4 * 6], out[8 * 4 * 6], scratch[20];
         double want[8 * 4 * 6];
-        fill(q, T * H * D);
+        fill(qv, T * H * D);
         fill(kc, S * KVH * D);
         fill(vc, S * KVH * D);
         for (int64_t i = 0; i < T * H * D; i++) q[i] *= 3;
@@ -359,6 +359,28 @@ static void test_fast_matmul(hc_backend *ref) {
     hc_dequantize_row(HC_QUANT_Q4_0, back, q, 64);
     for (int i = 0; i < 64; i++) e4 = fmax(e4, fabs(row[i] - back[i]));
     CHECK(e8 < 1.0 / 127 && e4 < 1.0 / 7, "quantization error q8_0 %g, q4_0 %g", e8, e4);
+    /* Attention: the fast path against the reference, and 1 vs 2 threads bit for bit. */
+    {
+        const int64_t T = 7, H = 8, KVH = 2, D = 67, S = 300;
+        float *qv = malloc(sizeof(float) * T * H * D), *kc = malloc(sizeof(float) * S * KVH * D),
+              *vc = malloc(sizeof(float) * S * KVH * D), *o1 = malloc(sizeof(float) * T * H * D),
+              *o2 = malloc(sizeof(float) * T * H * D), *o3 = malloc(sizeof(float) * T * H * D), scratch[300];
+        fill(qv, T * H * D);
+        fill(kc, S * KVH * D);
+        fill(vc, S * KVH * D);
+        int32_t pos[7];
+        for (int w = 0; w < 2; w++) {
+            for (int t = 0; t < T; t++) pos[t] = 250 + t;
+            ref->attention(ref, o1, qv, kc, vc, pos, T, H, KVH, D, 0.2f, w ? 40 : 0, w ? 30.0f : 0, scratch);
+            fast1->attention(fast1, o2, qv, kc, vc, pos, T, H, KVH, D, 0.2f, w ? 40 : 0, w ? 30.0f : 0, scratch);
+            fast2->attention(fast2, o3, qv, kc, vc, pos, T, H, KVH, D, 0.2f, w ? 40 : 0, w ? 30.0f : 0, scratch);
+            double err = 0;
+            for (int64_t i = 0; i < T * H * D; i++) err = fmax(err, fabs((double)o1[i] - o2[i]));
+            CHECK(err < 1e-5, "fast attention (window %d): %g", w, err);
+            CHECK(!memcmp(o2, o3, sizeof(float) * T * H * D), "fast attention: same bits with 1 and 2 threads");
+        }
+        free(qv), free(kc), free(vc), free(o1), free(o2), free(o3);
+    }
     fast1->destroy(fast1);
     fast2->destroy(fast2);
 }

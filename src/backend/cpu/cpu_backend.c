@@ -4,6 +4,7 @@
 
 #include "backend/cpu/cpu.h"
 #include "base/status.h"
+#include "backend/cpu/fast.h"
 #include "base/threadpool.h"
 
 static void *cpu_alloc(hc_backend *be, size_t bytes) {
@@ -40,8 +41,23 @@ static hc_backend cpu_backend = {
 
 hc_backend *hc_backend_cpu(void) { return &cpu_backend; }
 
+bool hc_fast_scratch(hc_fast_ctx *fx, size_t n) {
+    if (n <= fx->cap) return true;
+    const int nth = hc_pool_size(fx->pool);
+    for (int i = 0; i < nth; i++) {
+        float *p = realloc(fx->scratch[i], n * sizeof(float));
+        if (!p) return false;
+        fx->scratch[i] = p;
+    }
+    fx->cap = n;
+    return true;
+}
+
 static void fast_destroy(hc_backend *be) {
-    hc_pool_free(be->ctx);
+    hc_fast_ctx *fx = be->ctx;
+    for (int i = 0; i < HC_MAX_THREADS; i++) free(fx->scratch[i]);
+    hc_pool_free(fx->pool);
+    free(fx);
     free(be);
 }
 
@@ -51,14 +67,22 @@ hc_status hc_backend_cpu_fast_new(int n_threads, hc_backend **out) {
     *be = cpu_backend;
     be->name = "cpu-fast";
     be->matmul = hc_cpu_matmul_fast;
+    be->attention = hc_cpu_attention_fast;
     be->destroy = fast_destroy;
-    hc_pool *pool = NULL;
-    hc_status st = hc_pool_new(n_threads, &pool);
+    hc_fast_ctx *fx = calloc(1, sizeof *fx);
+    if (!fx) {
+        free(be);
+        return hc_fail(HC_ERR_NOMEM, "out of memory");
+    }
+    if (n_threads > HC_MAX_THREADS) n_threads = HC_MAX_THREADS;
+    if (n_threads <= 0 && hc_cpu_count() > HC_MAX_THREADS) n_threads = HC_MAX_THREADS;
+    hc_status st = hc_pool_new(n_threads, &fx->pool);
     if (st) {
+        free(fx);
         free(be);
         return st;
     }
-    be->ctx = pool;
+    be->ctx = fx;
     *out = be;
     return HC_OK;
 }

@@ -8,6 +8,7 @@
 
 #include "backend/cpu/cpu.h"
 #include "backend/cpu/quant.h"
+#include "backend/cpu/fast.h"
 #include "base/threadpool.h"
 
 /* ---- AVX2 + FMA + F16C: 8 floats, blocks of 4 tokens x 2 rows -------------------------------- */
@@ -115,7 +116,7 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
         return;
     }
     mm_job j = {out, x, w, bias, T, fn};
-    hc_pool *pool = be->ctx;
+    hc_pool *pool = ((hc_fast_ctx *)be->ctx)->pool;
     /* Small products are not worth waking threads for. */
     if (!pool || w->rows * w->cols * T < 32768) mm_part(&j, 0, 1);
     else hc_pool_run(pool, mm_part, &j);

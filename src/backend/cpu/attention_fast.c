@@ -1,0 +1,113 @@
+/* Fast attention over the KV cache: (token, head) pairs split over the thread pool, dots and
+ * weighted sums in AVX-512 or AVX2. Each pair is computed by one thread in a fixed order, so
+ * results do not depend on the thread count. Masks, windows and soft-capping as the reference. */
+#include <immintrin.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cpu/cpu.h"
+#include "backend/cpu/fast.h"
+#include "base/threadpool.h"
+
+__attribute__((target("avx512f"))) static float dot512(const float *a, const float *b, int64_t n) {
+    __m512 acc = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+    float s = _mm512_reduce_add_ps(acc);
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+__attribute__((target("avx512f"))) static void axpy512(float *y, const float *x, float a, int64_t n) {
+    const __m512 av = _mm512_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+__attribute__((target("avx2,fma"))) static float dot256(const float *a, const float *b, int64_t n) {
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+    float s = _mm_cvtss_f32(s4);
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+__attribute__((target("avx2,fma"))) static void axpy256(float *y, const float *x, float a, int64_t n) {
+    const __m256 av = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+static float dot_plain(const float *a, const float *b, int64_t n) {
+    float s = 0;
+    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void axpy_plain(float *y, const float *x, float a, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+typedef struct {
+    float *out;
+    const float *q, *kc, *vc;
+    const int32_t *pos;
+    int64_t T, H, KVH, D, window;
+    float scale, softcap;
+    hc_fast_ctx *fx;
+    float (*dot)(const float *, const float *, int64_t);
+    void (*axpy)(float *, const float *, float, int64_t);
+} att_job;
+
+static void att_part(void *ctx, int ith, int nth) {
+    const att_job *j = ctx;
+    const int64_t pairs = j->T * j->H, group = j->H / j->KVH;
+    const int64_t per = (pairs + nth - 1) / nth, a = per * ith, b = a + per < pairs ? a + per : pairs;
+    float *att = j->fx->scratch[ith]; /* [S] */
+    for (int64_t i = a; i < b; i++) {
+        const int64_t t = i / j->H, h = i % j->H, p = j->pos[t];
+        const int64_t lo = (j->window > 0 && p - j->window + 1 > 0) ? p - j->window + 1 : 0;
+        const float *qh = j->q + (t * j->H + h) * j->D;
+        const int64_t kvh = h / group;
+        float mx = -INFINITY;
+        for (int64_t s = lo; s <= p; s++) {
+            float v = j->dot(qh, j->kc + (s * j->KVH + kvh) * j->D, j->D) * j->scale;
+            if (j->softcap > 0) v = j->softcap * tanhf(v / j->softcap);
+            att[s - lo] = v;
+            if (v > mx) mx = v;
+        }
+        double sum = 0;
+        for (int64_t s = lo; s <= p; s++) sum += (att[s - lo] = expf(att[s - lo] - mx));
+        const float inv = (float)(1.0 / sum);
+        float *oh = j->out + (t * j->H + h) * j->D;
+        for (int64_t d = 0; d < j->D; d++) oh[d] = 0;
+        for (int64_t s = lo; s <= p; s++) j->axpy(oh, j->vc + (s * j->KVH + kvh) * j->D, att[s - lo] * inv, j->D);
+    }
+}
+
+void hc_cpu_attention_fast(hc_backend *be, float *out, const float *q, const float *k_cache, const float *v_cache,
+                           const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale, int64_t window,
+                           float softcap, float *scratch) {
+    hc_fast_ctx *fx = be->ctx;
+    int64_t need = 1;
+    for (int64_t t = 0; t < T; t++)
+        if (pos[t] + 1 > need) need = pos[t] + 1;
+    const int nth = hc_pool_size(fx->pool);
+    if (!hc_fast_scratch(fx, (size_t)need)) { /* no memory for per-thread scratch: the reference */
+        hc_cpu_attention(be, out, q, k_cache, v_cache, pos, T, H, KVH, D, scale, window, softcap, scratch);
+        return;
+    }
+    const char *k = hc_cpu_kernels();
+    const bool w512 = !strcmp(k, "avx512"), w256 = !strcmp(k, "avx2");
+    att_job j = {out, q, k_cache, v_cache, pos, T, H, KVH, D, window, scale, softcap, fx,
+                 w512 ? dot512 : w256 ? dot256 : dot_plain, w512 ? axpy512 : w256 ? axpy256 : axpy_plain};
+    if (T * H * (pos[T - 1] + 1) * D < 65536 || nth == 1) att_part(&j, 0, 1);
+    else hc_pool_run(fx->pool, att_part, &j);
+}

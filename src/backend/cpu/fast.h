@@ -1,0 +1,27 @@
+/* State of the fast CPU backend: its thread pool and per-thread scratch. */
+#ifndef HC_BACKEND_CPU_FAST_H
+#define HC_BACKEND_CPU_FAST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "backend/backend.h"
+#include "base/threadpool.h"
+
+#define HC_MAX_THREADS 256
+
+typedef struct {
+    hc_pool *pool;
+    float *scratch[HC_MAX_THREADS]; /* per thread, grown to the longest sequence seen */
+    size_t cap;
+} hc_fast_ctx;
+
+/* Makes every thread's scratch hold n floats; false when out of memory. Grows rarely (the
+ * first time a sequence gets this long), never per token. */
+bool hc_fast_scratch(hc_fast_ctx *fx, size_t n);
+
+void hc_cpu_attention_fast(hc_backend *be, float *out, const float *q, const float *k_cache, const float *v_cache,
+                           const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale, int64_t window,
+                           float softcap, float *scratch);
+
+#endif
