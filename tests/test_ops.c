@@ -217,7 +217,7 @@ static void test_attention(hc_backend *be) {
         const int64_t T = cases[c].T, H = cases[c].H, KVH = cases[c].KVH;
         float q[8 * 4 * 6], kc[20 * 4 * 6], vc[20 * 4 * 6], out[8 * 4 * 6], scratch[20];
         double want[8 * 4 * 6];
-        fill(qv, T * H * D);
+        fill(q, T * H * D);
         fill(kc, S * KVH * D);
         fill(vc, S * KVH * D);
         for (int64_t i = 0; i < T * H * D; i++) q[i] *= 3;
