@@ -401,6 +401,19 @@ static void test_quantized(const char *stories) {
     CHECK_OK(hc_generate_ids(q8, &ids, &len, 1, &p, &b, NULL));
     CHECK(!strcmp(a.text, b.text), "q8_0 writes the same story: '%s'", b.text);
     hc_generation_free(&b);
+    /* A 16-bit KV cache writes the same story too. */
+    for (int kv = 0; kv < 2; kv++) {
+        hc_model_params kp = hc_model_default_params();
+        kp.kv_dtype = kv ? HC_DTYPE_BF16 : HC_DTYPE_F16;
+        hc_model *mk;
+        CHECK_OK(hc_model_load(stories, &kp, &mk));
+        if (!mk) continue;
+        hc_generation g;
+        CHECK_OK(hc_generate_ids(mk, &ids, &len, 1, &p, &g, NULL));
+        CHECK(!strcmp(a.text, g.text), "%s KV cache writes the same story: '%s'", kv ? "bf16" : "f16", g.text);
+        hc_generation_free(&g);
+        hc_model_free(mk);
+    }
     /* q4_0: next-token distributions stay close (mean KL over the story's positions). */
     const int64_t V = hc_model_vocab_size(base);
     hc_session *s1, *s2;

@@ -70,14 +70,16 @@ struct hc_backend {
 
     /* out[T,H,D] = softmax(mask(softcap(q . k * scale))) @ v over the cache rows of this
      * sequence: query t sees positions j with pos[t]-window < j <= pos[t] (window 0 = all).
-     * k_cache, v_cache: [S, KVH, D]; query head h reads kv head h / (H / KVH).
-     * scratch: [S] floats. softcap 0 = none. */
-    void (*attention)(hc_backend *be, float *out, const float *q, const float *k_cache, const float *v_cache,
-                      const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale, int64_t window,
-                      float softcap, float *scratch);
+     * k_cache, v_cache: [S, KVH, D] of kv_dtype (F32, F16 or BF16); query head h reads kv head
+     * h / (H / KVH). scratch: [S] floats. softcap 0 = none. */
+    void (*attention)(hc_backend *be, float *out, const float *q, const void *k_cache, const void *v_cache,
+                      hc_dtype kv_dtype, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale,
+                      int64_t window, float softcap, float *scratch);
 
-    /* dst[pos[t], :] = src[t, :] for rows of `width` floats (KV cache stores). */
-    void (*set_rows)(hc_backend *be, float *dst, const float *src, const int32_t *pos, int64_t T, int64_t width);
+    /* dst[pos[t], :] = src[t, :] for rows of `width` values, stored as dst_dtype (F32, F16 or
+     * BF16): the KV cache stores. */
+    void (*set_rows)(hc_backend *be, void *dst, hc_dtype dst_dtype, const float *src, const int32_t *pos, int64_t T,
+                     int64_t width);
 
     /* out[n] = act(gate[n]) * up[n]  (gated MLPs) */
     void (*glu)(hc_backend *be, float *out, const float *gate, const float *up, hc_activation act, int64_t n);

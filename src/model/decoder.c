@@ -89,15 +89,16 @@ void hc_decoder_forward_groups(hc_workspace *ws, const hc_group *groups, int n_g
             hc_session *s = groups[g].s;
             const int64_t n = groups[g].n, S = s->n_ctx;
             float *q = ws->q + r0 * H * D, *k = ws->k + r0 * KVH * D, *v = ws->v + r0 * KVH * D;
-            float *kc = s->k_cache + l * S * KVH * D; /* [S, KVH*D] */
-            float *vc = s->v_cache + l * S * KVH * D;
+            const size_t es = hc_dtype_size(s->kv_dtype);
+            void *kc = (char *)s->k_cache + (size_t)(l * S * KVH * D) * es; /* [S, KVH*D] */
+            void *vc = (char *)s->v_cache + (size_t)(l * S * KVH * D) * es;
             if (c->rope.type != HC_ROPE_NONE) {
                 be->rope(be, q, pos + r0, s->inv_freq[L->rope], s->attn_factor[L->rope], n, H, D, c->rotary_dim);
                 be->rope(be, k, pos + r0, s->inv_freq[L->rope], s->attn_factor[L->rope], n, KVH, D, c->rotary_dim);
             }
-            be->set_rows(be, kc, k, pos + r0, n, KVH * D);
-            be->set_rows(be, vc, v, pos + r0, n, KVH * D);
-            be->attention(be, ws->att + r0 * H * D, q, kc, vc, pos + r0, n, H, KVH, D, L->attn_scale,
+            be->set_rows(be, kc, s->kv_dtype, k, pos + r0, n, KVH * D);
+            be->set_rows(be, vc, s->kv_dtype, v, pos + r0, n, KVH * D);
+            be->attention(be, ws->att + r0 * H * D, q, kc, vc, s->kv_dtype, pos + r0, n, H, KVH, D, L->attn_scale,
                           L->sliding ? c->sliding_window : 0, (float)c->attn_softcap, ws->scores);
             r0 += n;
         }

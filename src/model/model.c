@@ -18,7 +18,7 @@
 #include "model/config.h"
 
 hc_model_params hc_model_default_params(void) {
-    hc_model_params p = {.device = HC_DEVICE_CPU, .compute_dtype = HC_DTYPE_F32, .n_threads = 0, .n_ctx = 0,
+    hc_model_params p = {.device = HC_DEVICE_CPU, .compute_dtype = HC_DTYPE_F32, .kv_dtype = HC_DTYPE_F32, .n_threads = 0, .n_ctx = 0,
                          .use_mmap = true};
     return p;
 }
@@ -304,6 +304,8 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
     if (p.compute_dtype != HC_DTYPE_F32)
         return hc_fail(HC_ERR_UNSUPPORTED, "compute dtype %s: the CPU backend computes in F32",
                        hc_dtype_name(p.compute_dtype));
+    if (p.kv_dtype != HC_DTYPE_F32 && p.kv_dtype != HC_DTYPE_F16 && p.kv_dtype != HC_DTYPE_BF16)
+        return hc_fail(HC_ERR_UNSUPPORTED, "KV cache dtype %s: use F32, F16 or BF16", hc_dtype_name(p.kv_dtype));
     if (p.n_ctx < 0) return hc_fail(HC_ERR_INVALID_ARG, "context length %lld is negative", (long long)p.n_ctx);
     hc_model *m = calloc(1, sizeof *m);
     if (!m) return hc_fail(HC_ERR_NOMEM, "out of memory");
@@ -322,6 +324,7 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
     }
     m->cfg = *c;
     m->n_ctx = p.n_ctx ? p.n_ctx : c->max_position_embeddings;
+    m->kv_dtype = p.kv_dtype;
     if (c->rope.type == HC_ROPE_NONE && m->n_ctx > c->max_position_embeddings) {
         s = hc_fail(HC_ERR_RANGE, "context length %lld exceeds the model's %lld learned positions", (long long)m->n_ctx,
                     (long long)c->max_position_embeddings);

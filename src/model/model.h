@@ -34,6 +34,7 @@ struct hc_model {
     hc_layer *layers;
     float embed_scale;
     int64_t n_ctx;          /* the longest sequence generate() accepts */
+    hc_dtype kv_dtype;      /* the KV caches of this model's sessions */
     hc_rope_config rope[2]; /* global, local */
     hc_tokenizer *tokenizer;  /* the folder's tokenizer, or NULL */
     char tokenizer_error[256];/* why there is none */

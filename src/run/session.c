@@ -76,8 +76,9 @@ hc_status hc_session_new(hc_model *m, int64_t n_ctx, hc_session **out) {
     hc_backend *be = m->be;
     const int64_t kv = c->n_layers * n_ctx * c->n_kv_heads * c->head_dim;
     bool oom = false;
-    s->k_cache = ws_alloc(be, kv, sizeof(float), &oom);
-    s->v_cache = ws_alloc(be, kv, sizeof(float), &oom);
+    s->kv_dtype = m->kv_dtype;
+    s->k_cache = ws_alloc(be, kv, hc_dtype_size(s->kv_dtype), &oom);
+    s->v_cache = ws_alloc(be, kv, hc_dtype_size(s->kv_dtype), &oom);
     if (c->rope.type != HC_ROPE_NONE) {
         s->inv_freq[0] = ws_alloc(be, c->rotary_dim / 2, sizeof(float), &oom);
         s->inv_freq[1] = ws_alloc(be, c->rotary_dim / 2, sizeof(float), &oom);
@@ -85,7 +86,7 @@ hc_status hc_session_new(hc_model *m, int64_t n_ctx, hc_session **out) {
     hc_status st = HC_OK;
     if (oom) {
         st = hc_fail(HC_ERR_NOMEM, "cannot allocate a session for %lld positions (KV cache %.0f MiB)", (long long)n_ctx,
-                     (double)(2 * kv * 4) / (1 << 20));
+                     (double)(2 * kv * (int64_t)hc_dtype_size(s->kv_dtype)) / (1 << 20));
     } else {
         st = hc_workspace_init(&s->ws, m, n_ctx < HC_MAX_BATCH ? n_ctx : HC_MAX_BATCH, n_ctx);
     }

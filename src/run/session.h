@@ -40,7 +40,8 @@ struct hc_session {
     hc_model *m;
     int64_t n_ctx;   /* S: KV capacity */
     int64_t pos;     /* positions filled */
-    float *k_cache, *v_cache; /* [L, S, KVH*D] */
+    void *k_cache, *v_cache;  /* [L, S, KVH*D] of kv_dtype */
+    hc_dtype kv_dtype;        /* F32, F16 or BF16 */
     float *inv_freq[2];   /* [R/2] global and local rope tables */
     float attn_factor[2];
     int64_t rope_cached_len; /* dynamic rope: the length its table was made for */

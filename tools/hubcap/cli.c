@@ -115,7 +115,7 @@ int cli_model_flag(int argc, char **argv, int *i, const char *cmd, hc_model_para
         mp->mlock = true;
         return 1;
     }
-    if (strcmp(a, "--threads") && strcmp(a, "--quantize") && strcmp(a, "--device")) return 0;
+    if (strcmp(a, "--threads") && strcmp(a, "--quantize") && strcmp(a, "--device") && strcmp(a, "--kv-dtype")) return 0;
     const char *v = cli_value(argc, argv, i, cmd);
     if (!v) return -1;
     if (!strcmp(a, "--threads")) {
@@ -127,6 +127,11 @@ int cli_model_flag(int argc, char **argv, int *i, const char *cmd, hc_model_para
         else if (!strcmp(v, "q4_0")) mp->weights = HC_WEIGHTS_Q4_0;
         else if (!strcmp(v, "none")) mp->weights = HC_WEIGHTS_AS_STORED;
         else return cli_usage_error(cmd, "--quantize must be q8_0, q4_0 or none"), -1;
+    } else if (!strcmp(a, "--kv-dtype")) {
+        if (!strcmp(v, "f32")) mp->kv_dtype = HC_DTYPE_F32;
+        else if (!strcmp(v, "f16")) mp->kv_dtype = HC_DTYPE_F16;
+        else if (!strcmp(v, "bf16")) mp->kv_dtype = HC_DTYPE_BF16;
+        else return cli_usage_error(cmd, "--kv-dtype must be f32, f16 or bf16"), -1;
     } else {
         if (!cli_parse_device(v, &mp->device)) return cli_usage_error(cmd, "--device must be cpu, cuda or auto"), -1;
     }

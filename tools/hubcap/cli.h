@@ -34,6 +34,7 @@ int cli_model_flag(int argc, char **argv, int *i, const char *cmd, hc_model_para
 #define CLI_MODEL_FLAGS_HELP                                                                                          \
     "  --threads N              CPU threads (default: all cores)\n"                                                  \
     "  --quantize F             quantize weights on load: q8_0 or q4_0\n"                                            \
+    "  --kv-dtype T             KV cache dtype: f32 (default), f16 or bf16\n"                                        \
     "  --device D               cpu (default), cuda or auto\n"                                                       \
     "  --no-mmap                read weights into RAM (huge pages) instead of mapping them\n"                       \
     "  --mlock                  lock the weights in RAM\n"

@@ -57,7 +57,9 @@ static void axpy_plain(float *y, const float *x, float a, int64_t n) {
 
 typedef struct {
     float *out;
-    const float *q, *kc, *vc;
+    const float *q;
+    const void *kc, *vc;
+    hc_dtype kv;
     const int32_t *pos;
     int64_t T, H, KVH, D, window;
     float scale, softcap;
@@ -65,6 +67,20 @@ typedef struct {
     float (*dot)(const float *, const float *, int64_t);
     void (*axpy)(float *, const float *, float, int64_t);
 } att_job;
+
+#define HC_MAX_HEAD_DIM 1024
+
+/* Row s, head kvh of a cache: in place for f32, widened into `tmp` for f16/bf16. */
+static const float *kv_row(const att_job *j, const void *cache, int64_t s, int64_t kvh, float *tmp) {
+    const int64_t off = (s * j->KVH + kvh) * j->D;
+    if (j->kv == HC_DTYPE_F32) return (const float *)cache + off;
+    const uint16_t *h = (const uint16_t *)cache + off;
+    if (j->kv == HC_DTYPE_F16)
+        for (int64_t d = 0; d < j->D; d++) tmp[d] = hc_f16_to_f32(h[d]);
+    else
+        for (int64_t d = 0; d < j->D; d++) tmp[d] = hc_bf16_to_f32(h[d]);
+    return tmp;
+}
 
 static void att_part(void *ctx, int ith, int nth) {
     const att_job *j = ctx;
@@ -76,9 +92,10 @@ static void att_part(void *ctx, int ith, int nth) {
         const int64_t lo = (j->window > 0 && p - j->window + 1 > 0) ? p - j->window + 1 : 0;
         const float *qh = j->q + (t * j->H + h) * j->D;
         const int64_t kvh = h / group;
+        float row[HC_MAX_HEAD_DIM]; /* a 16-bit cache row widened to f32 */
         float mx = -INFINITY;
         for (int64_t s = lo; s <= p; s++) {
-            float v = j->dot(qh, j->kc + (s * j->KVH + kvh) * j->D, j->D) * j->scale;
+            float v = j->dot(qh, kv_row(j, j->kc, s, kvh, row), j->D) * j->scale;
             if (j->softcap > 0) v = j->softcap * tanhf(v / j->softcap);
             att[s - lo] = v;
             if (v > mx) mx = v;
@@ -88,25 +105,25 @@ static void att_part(void *ctx, int ith, int nth) {
         const float inv = (float)(1.0 / sum);
         float *oh = j->out + (t * j->H + h) * j->D;
         for (int64_t d = 0; d < j->D; d++) oh[d] = 0;
-        for (int64_t s = lo; s <= p; s++) j->axpy(oh, j->vc + (s * j->KVH + kvh) * j->D, att[s - lo] * inv, j->D);
+        for (int64_t s = lo; s <= p; s++) j->axpy(oh, kv_row(j, j->vc, s, kvh, row), att[s - lo] * inv, j->D);
     }
 }
 
-void hc_cpu_attention_fast(hc_backend *be, float *out, const float *q, const float *k_cache, const float *v_cache,
-                           const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale, int64_t window,
-                           float softcap, float *scratch) {
+void hc_cpu_attention_fast(hc_backend *be, float *out, const float *q, const void *k_cache, const void *v_cache,
+                           hc_dtype kv_dtype, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D,
+                           float scale, int64_t window, float softcap, float *scratch) {
     hc_fast_ctx *fx = be->ctx;
     int64_t need = 1;
     for (int64_t t = 0; t < T; t++)
         if (pos[t] + 1 > need) need = pos[t] + 1;
     const int nth = hc_pool_size(fx->pool);
-    if (!hc_fast_scratch(fx, (size_t)need)) { /* no memory for per-thread scratch: the reference */
-        hc_cpu_attention(be, out, q, k_cache, v_cache, pos, T, H, KVH, D, scale, window, softcap, scratch);
+    if (D > HC_MAX_HEAD_DIM || !hc_fast_scratch(fx, (size_t)need)) { /* the reference handles the rest */
+        hc_cpu_attention(be, out, q, k_cache, v_cache, kv_dtype, pos, T, H, KVH, D, scale, window, softcap, scratch);
         return;
     }
     const char *k = hc_cpu_kernels();
     const bool w512 = !strcmp(k, "avx512"), w256 = !strcmp(k, "avx2");
-    att_job j = {out, q, k_cache, v_cache, pos, T, H, KVH, D, window, scale, softcap, fx,
+    att_job j = {out, q, k_cache, v_cache, kv_dtype, pos, T, H, KVH, D, window, scale, softcap, fx,
                  w512 ? dot512 : w256 ? dot256 : dot_plain, w512 ? axpy512 : w256 ? axpy256 : axpy_plain};
     if (T * H * (pos[T - 1] + 1) * D < 65536 || nth == 1) att_part(&j, 0, 1);
     else hc_pool_run(fx->pool, att_part, &j);

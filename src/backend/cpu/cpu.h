@@ -37,10 +37,11 @@ void hc_cpu_norm(hc_backend *be, float *out, const float *x, const hc_vec *w, co
                  float eps, int64_t T, int64_t C);
 void hc_cpu_rope(hc_backend *be, float *x, const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T,
                  int64_t nh, int64_t D, int64_t R);
-void hc_cpu_attention(hc_backend *be, float *out, const float *q, const float *k_cache, const float *v_cache,
-                      const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale, int64_t window,
-                      float softcap, float *scratch);
-void hc_cpu_set_rows(hc_backend *be, float *dst, const float *src, const int32_t *pos, int64_t T, int64_t width);
+void hc_cpu_attention(hc_backend *be, float *out, const float *q, const void *k_cache, const void *v_cache,
+                      hc_dtype kv_dtype, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale,
+                      int64_t window, float softcap, float *scratch);
+void hc_cpu_set_rows(hc_backend *be, void *dst, hc_dtype dst_dtype, const float *src, const int32_t *pos, int64_t T,
+                     int64_t width);
 void hc_cpu_glu(hc_backend *be, float *out, const float *gate, const float *up, hc_activation act, int64_t n);
 void hc_cpu_activate(hc_backend *be, float *x, hc_activation act, int64_t n);
 void hc_cpu_add(hc_backend *be, float *out, const float *a, const float *b, int64_t n);
