@@ -339,9 +339,12 @@ static void test_fast_matmul(hc_backend *ref) {
             ref->matmul(ref, a, x, &w, &bv, T);
             fast1->matmul(fast1, b, x, &w, &bv, T);
             fast2->matmul(fast2, c, x, &w, &bv, T);
-            double err = 0;
-            for (int64_t i = 0; i < T * N; i++) err = fmax(err, fabs((double)a[i] - b[i]));
-            CHECK(err < 1e-4, "fast matmul T=%lld K=%lld N=%lld fmt %d: %g", (long long)T, (long long)K, (long long)N, fmt, err);
+            double err = 0, scale = 0;
+            for (int64_t i = 0; i < T * N; i++) err = fmax(err, fabs((double)a[i] - b[i])), scale = fmax(scale, fabs(a[i]));
+            /* Quantized weights meet activations quantized to 8 bits, as in llama.cpp: a relative bound. */
+            const double tol = fmt < 3 ? 1e-4 : 0.02 * scale;
+            CHECK(err < tol, "fast matmul T=%lld K=%lld N=%lld fmt %d: %g (tol %g)", (long long)T, (long long)K,
+                  (long long)N, fmt, err, tol);
             CHECK(!memcmp(b, c, sizeof(float) * (size_t)(T * N)), "1 and 2 threads give the same bits (fmt %d)", fmt);
             free(qbuf);
         }

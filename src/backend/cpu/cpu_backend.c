@@ -53,8 +53,22 @@ bool hc_fast_scratch(hc_fast_ctx *fx, size_t n) {
     return true;
 }
 
+bool hc_fast_acts(hc_fast_ctx *fx, size_t n) {
+    if (n <= fx->qx_cap) return true;
+    int8_t *q = realloc(fx->qx, n);
+    if (!q) return false;
+    fx->qx = q;
+    float *d = realloc(fx->dx, (n / 32 + 1) * sizeof(float));
+    if (!d) return false;
+    fx->dx = d;
+    fx->qx_cap = n;
+    return true;
+}
+
 static void fast_destroy(hc_backend *be) {
     hc_fast_ctx *fx = be->ctx;
+    free(fx->qx);
+    free(fx->dx);
     for (int i = 0; i < HC_MAX_THREADS; i++) free(fx->scratch[i]);
     hc_pool_free(fx->pool);
     free(fx);

@@ -14,7 +14,13 @@ typedef struct {
     hc_pool *pool;
     float *scratch[HC_MAX_THREADS]; /* per thread, grown to the longest sequence seen */
     size_t cap;
+    int8_t *qx;     /* activations quantized for quantized weights */
+    float *dx;      /* their block scales */
+    size_t qx_cap;
 } hc_fast_ctx;
+
+/* Makes the quantized-activation buffers hold n values; false when out of memory. */
+bool hc_fast_acts(hc_fast_ctx *fx, size_t n);
 
 /* Makes every thread's scratch hold n floats; false when out of memory. Grows rarely (the
  * first time a sequence gets this long), never per token. */

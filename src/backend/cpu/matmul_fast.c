@@ -62,6 +62,80 @@ __attribute__((target(TARGET))) static inline float hsum_avx2(__m256 v) {
 #define VHSUM(v) _mm512_reduce_add_ps(v)
 #include "backend/cpu/matmul_kernels.inc"
 
+/* ---- quantized weights: int8 dot products with activations quantized to q8 (per block of 32,
+ * as llama.cpp does), so a block costs a few integer instructions instead of widening 32
+ * weights to float. Both ISAs use these AVX2 kernels. ------------------------------------------ */
+
+/* x[T, K] -> int8 blocks and their scales: qx[T, K], dx[T, K/32]. */
+__attribute__((target("avx2,fma,f16c"))) static void quantize_acts(int8_t *qx, float *dx, const float *x, int64_t T,
+                                                                   int64_t K) {
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t b = 0; b < K / HC_QK; b++) {
+            const float *xb = x + t * K + b * HC_QK;
+            __m256 mx = _mm256_setzero_ps();
+            const __m256 sign = _mm256_set1_ps(-0.0f);
+            for (int j = 0; j < HC_QK; j += 8) mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, _mm256_loadu_ps(xb + j)));
+            __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+            const float amax = _mm_cvtss_f32(m4), d = amax / 127.0f, id = d ? 1.0f / d : 0;
+            dx[t * (K / HC_QK) + b] = d;
+            const __m256 idv = _mm256_set1_ps(id);
+            int8_t *q = qx + t * K + b * HC_QK;
+            for (int j = 0; j < HC_QK; j += 8) {
+                __m256i v = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xb + j), idv),
+                                                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+                int32_t tmp[8];
+                _mm256_storeu_si256((__m256i *)tmp, v);
+                for (int i = 0; i < 8; i++) q[j + i] = (int8_t)tmp[i];
+            }
+        }
+}
+
+/* 32 signed weights of block b of a row, as int8. */
+__attribute__((target("avx2,fma,f16c"))) static inline __m256i weights_i8(const void *row, int quant, int64_t b,
+                                                                          float *d) {
+    if (quant == HC_QUANT_Q8_0) {
+        const hc_block_q8_0 *blk = (const hc_block_q8_0 *)row + b;
+        *d = _cvtsh_ss(blk->d);
+        return _mm256_loadu_si256((const __m256i *)blk->q);
+    }
+    const hc_block_q4_0 *blk = (const hc_block_q4_0 *)row + b;
+    *d = _cvtsh_ss(blk->d);
+    const __m128i bytes = _mm_loadu_si128((const __m128i *)blk->q), m4 = _mm_set1_epi8(0x0F);
+    const __m256i v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), m4), _mm_and_si128(bytes, m4));
+    return _mm256_sub_epi8(v, _mm256_set1_epi8(8));
+}
+
+/* sum(w * x) of 32 int8 pairs as 8 int32 lanes, in float */
+__attribute__((target("avx2,fma,f16c"))) static inline __m256 dot_i8(__m256i w, __m256i x) {
+    const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+}
+
+__attribute__((target("avx2,fma,f16c"))) static void qmatmul_rows_avx2(float *out, const int8_t *qx, const float *dx,
+                                                                       const hc_mat *w, int64_t T, int64_t n0,
+                                                                       int64_t n1) {
+    const int64_t N = w->rows, K = w->cols, nb = K / HC_QK;
+    const size_t row_bytes = hc_quant_row_bytes(w->quant, K);
+    for (int64_t n = n0; n < n1; n++) {
+        const void *row = (const char *)w->data + (size_t)n * row_bytes;
+        for (int64_t t0 = 0; t0 < T; t0 += 4) {
+            const int tb = T - t0 < 4 ? (int)(T - t0) : 4;
+            __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+            for (int64_t b = 0; b < nb; b++) {
+                float dw;
+                const __m256i wv = weights_i8(row, w->quant, b, &dw);
+                for (int t = 0; t < tb; t++) {
+                    const __m256i xv = _mm256_loadu_si256((const __m256i *)(qx + (t0 + t) * K + b * HC_QK));
+                    acc[t] = _mm256_fmadd_ps(dot_i8(wv, xv), _mm256_set1_ps(dw * dx[(t0 + t) * nb + b]), acc[t]);
+                }
+            }
+            for (int t = 0; t < tb; t++) out[(t0 + t) * N + n] = hsum_avx2(acc[t]);
+        }
+    }
+}
+
 /* ---- dispatch --------------------------------------------------------------------------------- */
 
 typedef void (*rows_fn)(float *out, const float *x, const hc_mat *w, int64_t T, int64_t n0, int64_t n1);
@@ -92,6 +166,8 @@ typedef struct {
     const hc_vec *bias;
     int64_t T;
     rows_fn fn;
+    const int8_t *qx; /* quantized activations for quantized weights */
+    const float *dx;
 } mm_job;
 
 static void mm_part(void *ctx, int ith, int nth) {
@@ -102,7 +178,8 @@ static void mm_part(void *ctx, int ith, int nth) {
     per = (per + 15) / 16 * 16;
     const int64_t n0 = (int64_t)ith * per, n1 = n0 + per < N ? n0 + per : N;
     if (n0 >= n1) return;
-    j->fn(j->out, j->x, j->w, j->T, n0, n1);
+    if (j->qx) qmatmul_rows_avx2(j->out, j->qx, j->dx, j->w, j->T, n0, n1);
+    else j->fn(j->out, j->x, j->w, j->T, n0, n1);
     if (j->bias && j->bias->data)
         for (int64_t t = 0; t < j->T; t++)
             for (int64_t n = n0; n < n1; n++) j->out[t * N + n] += hc_load_f32(j->bias->data, j->bias->dtype, n);
@@ -115,8 +192,14 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
         hc_cpu_matmul(be, out, x, w, bias, T);
         return;
     }
-    mm_job j = {out, x, w, bias, T, fn};
-    hc_pool *pool = ((hc_fast_ctx *)be->ctx)->pool;
+    mm_job j = {out, x, w, bias, T, fn, NULL, NULL};
+    hc_fast_ctx *fx = be->ctx;
+    hc_pool *pool = fx->pool;
+    if (w->quant && hc_fast_acts(fx, (size_t)(T * w->cols))) {
+        quantize_acts(fx->qx, fx->dx, x, T, w->cols);
+        j.qx = fx->qx;
+        j.dx = fx->dx;
+    }
     /* Small products are not worth waking threads for. */
     if (!pool || w->rows * w->cols * T < 32768) mm_part(&j, 0, 1);
     else hc_pool_run(pool, mm_part, &j);
