@@ -34,7 +34,7 @@ int main(int argc, char **argv) {
             continue;
         }
         const int64_t V = hc_model_vocab_size(base);
-        for (int q = 1; q <= 2; q++) {
+        for (int q = 1; q <= 3; q++) {
             mp.weights = (hc_weight_format)q;
             hc_model *m;
             if (hc_model_load(argv[a], &mp, &m)) continue;
@@ -80,7 +80,7 @@ int main(int argc, char **argv) {
                 hc_session_free(sb);
                 free(ids), free(la), free(lb), free(pa), free(pb);
             }
-            printf("%-14s %-6s %10.5f %6lld/%lld\n", name, q == 1 ? "q8_0" : "q4_0", kl / (double)positions,
+            printf("%-14s %-6s %10.5f %6lld/%lld\n", name, q == 1 ? "q8_0" : q == 2 ? "q4_0" : "q4_k", kl / (double)positions,
                    (long long)agree, (long long)total);
             hc_model_free(m);
         }

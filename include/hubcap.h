@@ -195,7 +195,7 @@ typedef struct hc_session hc_session;
 
 /* Weight formats: as stored, or block-quantized when the model loads (embeddings, norms and the
  * LM head keep their stored precision). */
-typedef enum { HC_WEIGHTS_AS_STORED = 0, HC_WEIGHTS_Q8_0 = 1, HC_WEIGHTS_Q4_0 = 2 } hc_weight_format;
+typedef enum { HC_WEIGHTS_AS_STORED = 0, HC_WEIGHTS_Q8_0 = 1, HC_WEIGHTS_Q4_0 = 2, HC_WEIGHTS_Q4_K = 3 } hc_weight_format;
 
 typedef struct {
     hc_device device;

@@ -322,15 +322,15 @@ static void test_fast_matmul(hc_backend *ref) {
         fill(bias, N);
         for (int64_t i = 0; i < N * K; i++) wb[i] = hc_f32_to_bf16(wf[i]), wh[i] = hc_f32_to_f16(wf[i]);
         hc_vec bv = {.data = bias, .dtype = HC_DTYPE_F32, .n = N};
-        for (int fmt = 0; fmt < 5; fmt++) {
+        for (int fmt = 0; fmt < 6; fmt++) {
             hc_mat w = {.rows = N, .cols = K, .ld = K};
             void *qbuf = NULL;
             if (fmt < 3) {
                 w.dtype = fmt == 0 ? HC_DTYPE_F32 : fmt == 1 ? HC_DTYPE_BF16 : HC_DTYPE_F16;
                 w.data = fmt == 0 ? (void *)wf : fmt == 1 ? (void *)wb : (void *)wh;
             } else {
-                if (K % 32) continue;
-                w.quant = fmt == 3 ? HC_QUANT_Q8_0 : HC_QUANT_Q4_0;
+                w.quant = fmt == 3 ? HC_QUANT_Q8_0 : fmt == 4 ? HC_QUANT_Q4_0 : HC_QUANT_Q4_K;
+                if (K % hc_quant_block_elems(w.quant)) continue;
                 const size_t rb = hc_quant_row_bytes(w.quant, K);
                 qbuf = malloc(rb * (size_t)N);
                 for (int64_t n = 0; n < N; n++) hc_quantize_row(w.quant, (char *)qbuf + rb * (size_t)n, wf + n * K, K);
@@ -362,6 +362,13 @@ static void test_fast_matmul(hc_backend *ref) {
     hc_dequantize_row(HC_QUANT_Q4_0, back, q, 64);
     for (int i = 0; i < 64; i++) e4 = fmax(e4, fabs(row[i] - back[i]));
     CHECK(e8 < 1.0 / 127 && e4 < 1.0 / 7, "quantization error q8_0 %g, q4_0 %g", e8, e4);
+    float row256[256], back256[256];
+    fill(row256, 256);
+    hc_quantize_row(HC_QUANT_Q4_K, q, row256, 256);
+    hc_dequantize_row(HC_QUANT_Q4_K, back256, q, 256);
+    double ek = 0;
+    for (int i = 0; i < 256; i++) ek = fmax(ek, fabs(row256[i] - back256[i]));
+    CHECK(ek < 2.0 / 15 && hc_quant_row_bytes(HC_QUANT_Q4_K, 256) == 144, "q4_k error %g", ek);
     /* Attention: the fast path against the reference, and 1 vs 2 threads bit for bit. */
     {
         const int64_t T = 7, H = 8, KVH = 2, D = 67, S = 300;

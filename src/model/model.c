@@ -258,7 +258,9 @@ static hc_status bind_all(hc_model *m) {
 
 /* Replaces a weight matrix by its block-quantized copy (rows of K/32 blocks). */
 static hc_status quantize_mat(hc_model *m, hc_mat *w, int quant) {
-    if (!w->data || w->quant || w->transposed || w->cols % HC_QK) return HC_OK;
+    /* Rows too short for q4_k's 256-wide super-blocks fall back to q4_0, as llama.cpp falls back. */
+    if (quant == HC_QUANT_Q4_K && w->cols % HC_QKK) quant = HC_QUANT_Q4_0;
+    if (!w->data || w->quant || w->transposed || w->cols % hc_quant_block_elems(quant)) return HC_OK;
     const int64_t N = w->rows, K = w->cols;
     const size_t rb = hc_quant_row_bytes(quant, K);
     void **owned = realloc(m->owned, (size_t)(m->n_owned + 1) * sizeof *owned);
@@ -342,7 +344,9 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
     m->rope[1] = c->has_rope_local ? c->rope_local : c->rope;
     if ((s = bind_all(m))) goto fail;
     if (p.weights != HC_WEIGHTS_AS_STORED &&
-        (s = quantize_model(m, p.weights == HC_WEIGHTS_Q8_0 ? HC_QUANT_Q8_0 : HC_QUANT_Q4_0)))
+        (s = quantize_model(m, p.weights == HC_WEIGHTS_Q8_0   ? HC_QUANT_Q8_0
+                               : p.weights == HC_WEIGHTS_Q4_0 ? HC_QUANT_Q4_0
+                                                              : HC_QUANT_Q4_K)))
         goto fail;
     /* --mlock: every weight byte (mapped or read, and what quantizing made) stays resident. */
     if (p.mlock && mlockall(MCL_CURRENT) != 0) {

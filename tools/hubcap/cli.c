@@ -125,8 +125,9 @@ int cli_model_flag(int argc, char **argv, int *i, const char *cmd, hc_model_para
     } else if (!strcmp(a, "--quantize")) {
         if (!strcmp(v, "q8_0")) mp->weights = HC_WEIGHTS_Q8_0;
         else if (!strcmp(v, "q4_0")) mp->weights = HC_WEIGHTS_Q4_0;
+        else if (!strcmp(v, "q4_k")) mp->weights = HC_WEIGHTS_Q4_K;
         else if (!strcmp(v, "none")) mp->weights = HC_WEIGHTS_AS_STORED;
-        else return cli_usage_error(cmd, "--quantize must be q8_0, q4_0 or none"), -1;
+        else return cli_usage_error(cmd, "--quantize must be q8_0, q4_0, q4_k or none"), -1;
     } else if (!strcmp(a, "--kv-dtype")) {
         if (!strcmp(v, "f32")) mp->kv_dtype = HC_DTYPE_F32;
         else if (!strcmp(v, "f16")) mp->kv_dtype = HC_DTYPE_F16;

@@ -33,7 +33,7 @@ bool cli_parse_device(const char *text, hc_device *out);
 int cli_model_flag(int argc, char **argv, int *i, const char *cmd, hc_model_params *mp);
 #define CLI_MODEL_FLAGS_HELP                                                                                          \
     "  --threads N              CPU threads (default: all cores)\n"                                                  \
-    "  --quantize F             quantize weights on load: q8_0 or q4_0\n"                                            \
+    "  --quantize F             quantize weights on load: q8_0, q4_0 or q4_k\n"                                            \
     "  --kv-dtype T             KV cache dtype: f32 (default), f16 or bf16\n"                                        \
     "  --device D               cpu (default), cuda or auto\n"                                                       \
     "  --no-mmap                read weights into RAM (huge pages) instead of mapping them\n"                       \

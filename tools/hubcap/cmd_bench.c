@@ -8,7 +8,7 @@
 #include "cli.h"
 
 static const char help[] =
-    "usage: hubcap bench [-m MODEL] [--prompt N] [--gen N] [--threads N] [--quantize q8_0|q4_0] [--mmap] [--json]\n"
+    "usage: hubcap bench [-m MODEL] [--prompt N] [--gen N] [--threads N] [--quantize q8_0|q4_0|q4_k] [--mmap] [--json]\n"
     "\n"
     "Runs a prompt of N random tokens, then decodes --gen tokens greedily, and prints prompt\n"
     "tok/s, decode tok/s, peak RSS and the weight bytes read per decoded token. The weights are\n"
@@ -101,7 +101,10 @@ int cmd_bench(int argc, char **argv) {
     const long long rss = (long long)ru.ru_maxrss * 1024;
     const long long bpt = (long long)hc_model_weight_bytes_per_token(m);
     const double ptps = (double)n_prompt / prompt_s, dtps = n_gen ? (double)n_gen / gen_s : 0;
-    const char *fmt = mp.weights == HC_WEIGHTS_Q8_0 ? "q8_0" : mp.weights == HC_WEIGHTS_Q4_0 ? "q4_0" : "as stored";
+    const char *fmt = mp.weights == HC_WEIGHTS_Q8_0   ? "q8_0"
+                      : mp.weights == HC_WEIGHTS_Q4_0 ? "q4_0"
+                      : mp.weights == HC_WEIGHTS_Q4_K ? "q4_k"
+                                                      : "as stored";
     if (json)
         printf("{\"model\":\"%s\",\"weights\":\"%s\",\"kernels\":\"%s\",\"mmap\":%s,\"load_s\":%.3f,\"prompt_tokens\":%lld,"
                "\"gen_tokens\":%lld,\"prompt_tok_s\":%.2f,\"decode_tok_s\":%.2f,\"peak_rss_bytes\":%lld,"

@@ -113,6 +113,47 @@ __attribute__((target("avx2,fma,f16c"))) static inline __m256 dot_i8(__m256i w, 
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
 }
 
+/* q4_k super-blocks: per sub-block, d*sc*sum(q*qx) - dmin*m*sum(qx), both in int8 dot products
+ * (the weights are unsigned nibbles, so no sign trick is needed). */
+__attribute__((target("avx2,fma,f16c"))) static void q4k_rows_avx2(float *out, const int8_t *qx, const float *dx,
+                                                                   const hc_mat *w, int64_t T, int64_t n0, int64_t n1) {
+    const int64_t N = w->rows, K = w->cols, nsb = K / HC_QKK, nb = K / HC_QK;
+    const size_t row_bytes = hc_quant_row_bytes(HC_QUANT_Q4_K, K);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    for (int64_t n = n0; n < n1; n++) {
+        const hc_block_q4_k *row = (const hc_block_q4_k *)((const char *)w->data + (size_t)n * row_bytes);
+        for (int64_t t0 = 0; t0 < T; t0 += 4) {
+            const int tb = T - t0 < 4 ? (int)(T - t0) : 4;
+            __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+            for (int64_t sb = 0; sb < nsb; sb++) {
+                const hc_block_q4_k *blk = row + sb;
+                const float d = _cvtsh_ss(blk->d), dmin = _cvtsh_ss(blk->dmin);
+                float ds[8], ms[8];
+                for (int j = 0; j < 8; j++) {
+                    int sc, m;
+                    hc_q4_k_scale_min(blk->scales, j, &sc, &m);
+                    ds[j] = d * (float)sc;
+                    ms[j] = -dmin * (float)m;
+                }
+                for (int j = 0; j < 8; j++) {
+                    const __m256i bytes = _mm256_loadu_si256((const __m256i *)(blk->qs + j / 2 * 32));
+                    const __m256i q = (j & 1) ? _mm256_and_si256(_mm256_srli_epi16(bytes, 4), m4) : _mm256_and_si256(bytes, m4);
+                    const int64_t b = sb * 8 + j;
+                    for (int t = 0; t < tb; t++) {
+                        const __m256i xv = _mm256_loadu_si256((const __m256i *)(qx + (t0 + t) * K + b * HC_QK));
+                        const __m256 qd = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(q, xv), ones16));
+                        const __m256 xs = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(ones8, xv), ones16));
+                        const float dxb = dx[(t0 + t) * nb + b];
+                        acc[t] = _mm256_fmadd_ps(qd, _mm256_set1_ps(dxb * ds[j]), acc[t]);
+                        acc[t] = _mm256_fmadd_ps(xs, _mm256_set1_ps(dxb * ms[j]), acc[t]);
+                    }
+                }
+            }
+            for (int t = 0; t < tb; t++) out[(t0 + t) * N + n] = hsum_avx2(acc[t]);
+        }
+    }
+}
+
 __attribute__((target("avx2,fma,f16c"))) static void qmatmul_rows_avx2(float *out, const int8_t *qx, const float *dx,
                                                                        const hc_mat *w, int64_t T, int64_t n0,
                                                                        int64_t n1) {
@@ -178,7 +219,8 @@ static void mm_part(void *ctx, int ith, int nth) {
     per = (per + 15) / 16 * 16;
     const int64_t n0 = (int64_t)ith * per, n1 = n0 + per < N ? n0 + per : N;
     if (n0 >= n1) return;
-    if (j->qx) qmatmul_rows_avx2(j->out, j->qx, j->dx, j->w, j->T, n0, n1);
+    if (j->qx && j->w->quant == HC_QUANT_Q4_K) q4k_rows_avx2(j->out, j->qx, j->dx, j->w, j->T, n0, n1);
+    else if (j->qx) qmatmul_rows_avx2(j->out, j->qx, j->dx, j->w, j->T, n0, n1);
     else j->fn(j->out, j->x, j->w, j->T, n0, n1);
     if (j->bias && j->bias->data)
         for (int64_t t = 0; t < j->T; t++)
@@ -187,7 +229,7 @@ static void mm_part(void *ctx, int ith, int nth) {
 
 void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T) {
     rows_fn fn = pick();
-    /* Transposed (GPT-2 Conv1D) and misaligned-width weights take the reference path. */
+    /* Transposed (GPT-2 Conv1D) weights, and q4_k without the int8 path, take the reference. */
     if (!fn || w->transposed) {
         hc_cpu_matmul(be, out, x, w, bias, T);
         return;
@@ -199,6 +241,9 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
         quantize_acts(fx->qx, fx->dx, x, T, w->cols);
         j.qx = fx->qx;
         j.dx = fx->dx;
+    } else if (w->quant == HC_QUANT_Q4_K) {
+        hc_cpu_matmul(be, out, x, w, bias, T);
+        return;
     }
     /* Small products are not worth waking threads for. */
     if (!pool || w->rows * w->cols * T < 32768) mm_part(&j, 0, 1);

@@ -48,11 +48,12 @@ static float dot_f16(const float *x, const uint16_t *w, int64_t K) {
 
 /* Quantized rows: widened a block at a time, then the same dot. */
 static float dot_quant(const float *x, const void *row, int quant, int64_t K) {
-    float s = 0, tmp[HC_QK];
-    const size_t bb = quant == HC_QUANT_Q8_0 ? sizeof(hc_block_q8_0) : sizeof(hc_block_q4_0);
-    for (int64_t b = 0; b < K / HC_QK; b++) {
-        hc_dequantize_row(quant, tmp, (const char *)row + (size_t)b * bb, HC_QK);
-        for (int i = 0; i < HC_QK; i++) s += x[b * HC_QK + i] * tmp[i];
+    float s = 0, tmp[HC_QKK];
+    const int64_t be = hc_quant_block_elems(quant);
+    const size_t bb = hc_quant_block_bytes(quant);
+    for (int64_t b = 0; b < K / be; b++) {
+        hc_dequantize_row(quant, tmp, (const char *)row + (size_t)b * bb, be);
+        for (int64_t i = 0; i < be; i++) s += x[b * be + i] * tmp[i];
     }
     return s;
 }

@@ -4,12 +4,71 @@
 
 #include "base/half.h"
 
+int64_t hc_quant_block_elems(int quant) { return quant == HC_QUANT_Q4_K ? HC_QKK : HC_QK; }
+
+size_t hc_quant_block_bytes(int quant) {
+    return quant == HC_QUANT_Q8_0 ? sizeof(hc_block_q8_0) : quant == HC_QUANT_Q4_0 ? sizeof(hc_block_q4_0)
+                                                                                     : sizeof(hc_block_q4_k);
+}
+
 size_t hc_quant_row_bytes(int quant, int64_t K) {
-    const int64_t nb = K / HC_QK;
-    return (size_t)nb * (quant == HC_QUANT_Q8_0 ? sizeof(hc_block_q8_0) : sizeof(hc_block_q4_0));
+    return (size_t)(K / hc_quant_block_elems(quant)) * hc_quant_block_bytes(quant);
+}
+
+void hc_q4_k_scale_min(const uint8_t *q, int j, int *sc, int *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+/* q4_k: each sub-block's range [min(0, lo), hi] over 16 levels; scales and mins to 6 bits
+ * against the super-block's largest. */
+static void quantize_q4_k(hc_block_q4_k *o, const float *x) {
+    float scale[8], minv[8], maxs = 0, maxm = 0;
+    for (int j = 0; j < 8; j++) {
+        float lo = 0, hi = x[j * 32];
+        for (int i = 0; i < 32; i++) lo = fminf(lo, x[j * 32 + i]), hi = fmaxf(hi, x[j * 32 + i]);
+        scale[j] = (hi - lo) / 15.0f;
+        minv[j] = -lo;
+        maxs = fmaxf(maxs, scale[j]);
+        maxm = fmaxf(maxm, minv[j]);
+    }
+    const float d = maxs / 63.0f, dmin = maxm / 63.0f;
+    o->d = hc_f32_to_f16(d);
+    o->dmin = hc_f32_to_f16(dmin);
+    const float dq = hc_f16_to_f32(o->d), dmq = hc_f16_to_f32(o->dmin);
+    int sc[8], m[8];
+    for (int j = 0; j < 8; j++) {
+        sc[j] = dq > 0 ? (int)fminf(63.0f, roundf(scale[j] / dq)) : 0;
+        m[j] = dmq > 0 ? (int)fminf(63.0f, roundf(minv[j] / dmq)) : 0;
+    }
+    for (int j = 0; j < 4; j++) {
+        o->scales[j] = (uint8_t)(sc[j] | ((sc[j + 4] >> 4) << 6));
+        o->scales[j + 4] = (uint8_t)(m[j] | ((m[j + 4] >> 4) << 6));
+        o->scales[j + 8] = (uint8_t)((sc[j + 4] & 0xF) | ((m[j + 4] & 0xF) << 4));
+    }
+    for (int j = 0; j < 8; j += 2) {
+        for (int h = 0; h < 2; h++) {
+            const float dd = dq * (float)sc[j + h], mm = dmq * (float)m[j + h];
+            for (int i = 0; i < 32; i++) {
+                int q = dd > 0 ? (int)roundf((x[(j + h) * 32 + i] + mm) / dd) : 0;
+                q = q < 0 ? 0 : q > 15 ? 15 : q;
+                uint8_t *b = &o->qs[j / 2 * 32 + i];
+                *b = h ? (uint8_t)(*b | q << 4) : (uint8_t)q;
+            }
+        }
+    }
 }
 
 void hc_quantize_row(int quant, void *dst, const float *src, int64_t K) {
+    if (quant == HC_QUANT_Q4_K) {
+        for (int64_t b = 0; b < K / HC_QKK; b++) quantize_q4_k((hc_block_q4_k *)dst + b, src + b * HC_QKK);
+        return;
+    }
     for (int64_t b = 0; b < K / HC_QK; b++) {
         const float *x = src + b * HC_QK;
         if (quant == HC_QUANT_Q8_0) {
@@ -38,6 +97,20 @@ void hc_quantize_row(int quant, void *dst, const float *src, int64_t K) {
 }
 
 void hc_dequantize_row(int quant, float *dst, const void *src, int64_t K) {
+    if (quant == HC_QUANT_Q4_K) {
+        for (int64_t b = 0; b < K / HC_QKK; b++) {
+            const hc_block_q4_k *blk = (const hc_block_q4_k *)src + b;
+            const float d = hc_f16_to_f32(blk->d), dmin = hc_f16_to_f32(blk->dmin);
+            for (int j = 0; j < 8; j++) {
+                int sc, m;
+                hc_q4_k_scale_min(blk->scales, j, &sc, &m);
+                const uint8_t *q = blk->qs + j / 2 * 32;
+                for (int i = 0; i < 32; i++)
+                    dst[b * HC_QKK + j * 32 + i] = d * (float)sc * (float)((j & 1) ? q[i] >> 4 : q[i] & 0xF) - dmin * (float)m;
+            }
+        }
+        return;
+    }
     for (int64_t b = 0; b < K / HC_QK; b++) {
         float *y = dst + b * HC_QK;
         if (quant == HC_QUANT_Q8_0) {

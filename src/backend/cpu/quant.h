@@ -1,7 +1,10 @@
 /* Block-quantized weight formats (quantize on load), as llama.cpp defines them:
  *   q8_0: blocks of 32 weights, an f16 scale d and 32 int8: w = d * q
  *   q4_0: blocks of 32 weights, an f16 scale d and 16 bytes of nibbles (elements 0-15 in the
- *         low nibbles, 16-31 in the high): w = d * (q - 8) */
+ *         low nibbles, 16-31 in the high): w = d * (q - 8)
+ *   q4_k: super-blocks of 256 weights in 8 sub-blocks of 32, f16 d and dmin, 6-bit scales sc[j]
+ *         and mins m[j] packed in 12 bytes, and nibbles (for each 64 values, 32 bytes: the low
+ *         nibbles are the first sub-block, the high the second): w = d*sc[j]*q - dmin*m[j] */
 #ifndef HC_BACKEND_CPU_QUANT_H
 #define HC_BACKEND_CPU_QUANT_H
 
@@ -20,10 +23,23 @@ typedef struct {
     uint8_t q[HC_QK / 2];
 } hc_block_q4_0;
 
-enum { HC_QUANT_NONE = 0, HC_QUANT_Q8_0 = 1, HC_QUANT_Q4_0 = 2 };
+#define HC_QKK 256
 
+typedef struct {
+    uint16_t d, dmin; /* f16 */
+    uint8_t scales[12];
+    uint8_t qs[HC_QKK / 2];
+} hc_block_q4_k;
+
+enum { HC_QUANT_NONE = 0, HC_QUANT_Q8_0 = 1, HC_QUANT_Q4_0 = 2, HC_QUANT_Q4_K = 3 };
+
+/* Weights a block holds (32, or 256 for q4_k), and its bytes. */
+int64_t hc_quant_block_elems(int quant);
+size_t hc_quant_block_bytes(int quant);
 size_t hc_quant_row_bytes(int quant, int64_t K);
-/* Quantizes one row of K floats (K a multiple of 32). */
+/* The 6-bit scale and min of sub-block j (0..7) of a q4_k block. */
+void hc_q4_k_scale_min(const uint8_t *scales, int j, int *sc, int *m);
+/* Quantizes one row of K floats (K a multiple of the block). */
 void hc_quantize_row(int quant, void *dst, const float *src, int64_t K);
 /* Widens one quantized row back to floats. */
 void hc_dequantize_row(int quant, float *dst, const void *src, int64_t K);
