@@ -230,17 +230,6 @@ static void test_text_generation(const char *stories) {
     hc_model_free(m);
 }
 
-static void copy(const char *from, const char *to) {
-    char *b;
-    size_t n;
-    if (hc_file_read_all(from, &b, &n)) return;
-    FILE *f = fopen(to, "wb");
-    if (f) {
-        fwrite(b, 1, n, f);
-        fclose(f);
-    }
-    free(b);
-}
 
 /* generation_config.json's eos_token_id (a list) stops generation, with the EOS id kept. */
 static void test_eos(const char *stories) {
@@ -251,7 +240,7 @@ static void test_eos(const char *stories) {
     for (int i = 0; i < 4; i++) {
         snprintf(a, sizeof a, "%s/%s", stories, files[i]);
         snprintf(b, sizeof b, "%s/%s", dir, files[i]);
-        copy(a, b);
+        test_copy_file(a, b);
     }
     snprintf(b, sizeof b, "%s/generation_config.json", dir);
     FILE *f = fopen(b, "w");

@@ -185,13 +185,6 @@ static void test_corpus(void) {
     free(good);
 }
 
-static void copy_file(const char *from, const char *to) {
-    char *bytes;
-    size_t n;
-    if (hc_file_read_all(from, &bytes, &n)) return;
-    write_bytes(to, bytes, n);
-    free(bytes);
-}
 
 static void test_checkpoints(void) {
     char path[1024];
@@ -218,7 +211,7 @@ static void test_checkpoints(void) {
     mkdir(dir, 0755);
     snprintf(file, sizeof file, "%s/config.json", dir);
     snprintf(src, sizeof src, "%s/tests/fixtures/models/llama2/config.json", test_source_dir());
-    copy_file(src, file);
+    test_copy_file(src, file);
     CHECK(hc_checkpoint_open(dir, NULL, &ck) == HC_ERR_NOT_FOUND, "no weights");
     CHECK(strstr(hc_last_error(), "model.safetensors") != NULL, "says what is missing: %s", hc_last_error());
     snprintf(file, sizeof file, "%s/model.safetensors.index.json", dir);
@@ -227,7 +220,7 @@ static void test_checkpoints(void) {
     snprintf(src, sizeof src, "%s/tests/fixtures/models/llama2/model.safetensors", test_source_dir());
     char shard[700];
     snprintf(shard, sizeof shard, "%s/s1.safetensors", dir);
-    copy_file(src, shard);
+    test_copy_file(src, shard);
     write_bytes(file, "{\"weight_map\":{\"nope\":\"s1.safetensors\"}}", 40);
     CHECK(hc_checkpoint_open(dir, NULL, &ck) == HC_ERR_FORMAT, "index names a tensor its shard lacks");
     CHECK(strstr(hc_last_error(), "'nope'") != NULL, "names the tensor: %s", hc_last_error());

@@ -159,17 +159,6 @@ static void check_llamacpp(const char *name, const char *dir, const char *base, 
     free(out_text);
 }
 
-static void copy_file(const char *from, const char *to) {
-    char *b;
-    size_t n;
-    if (hc_file_read_all(from, &b, &n)) return;
-    FILE *f = fopen(to, "wb");
-    if (f) {
-        fwrite(b, 1, n, f);
-        fclose(f);
-    }
-    free(b);
-}
 
 static void write_text(const char *path, const char *text) {
     FILE *f = fopen(path, "wb");
@@ -286,10 +275,10 @@ int main(void) {
         mkdir(spdir, 0755);
         snprintf(f, sizeof f, "%s/tokenizer.model", dir);
         snprintf(t, sizeof t, "%s/tokenizer.model", spdir);
-        copy_file(f, t);
+        test_copy_file(f, t);
         snprintf(f, sizeof f, "%s/tokenizer_config.json", dir);
         snprintf(t, sizeof t, "%s/tokenizer_config.json", spdir);
-        copy_file(f, t);
+        test_copy_file(f, t);
         check_vectors("llama2.model", spdir, hc_json_get(all.root, "llama2"));
         /* Gemma 3's tokenizer.json is stored xz-compressed. */
         char gdir[512], cmd[1600];

@@ -42,4 +42,14 @@ static inline const char *test_shared_fixtures(void) {
     return s ? s : HUBCAP_SOURCE_DIR_DEFAULT "/../shared/fixtures";
 }
 
+/* Copies a file (tests build broken or partial model folders from fixtures). */
+static inline void test_copy_file(const char *from, const char *to) {
+    FILE *in = fopen(from, "rb"), *out = in ? fopen(to, "wb") : NULL;
+    char buf[65536];
+    size_t n;
+    while (in && out && (n = fread(buf, 1, sizeof buf, in)) > 0) fwrite(buf, 1, n, out);
+    if (in) fclose(in);
+    if (out) fclose(out);
+}
+
 #endif

@@ -29,7 +29,7 @@
 #include "base/status.h"
 #include "format/json.h"
 #include "format/sha256.h"
-#include "tokenizer/strlist.h"
+#include "base/strbuf.h"
 
 #define HUBCAP_USER_AGENT "hubcap/0.1 (+https://github.com/hubcap; C; libcurl)"
 

@@ -438,3 +438,21 @@ void hc_json_write_string(void *file, const char *s) {
     }
     fputc('"', f);
 }
+
+bool hc_json_put_string(hc_str *o, const char *s) {
+    bool ok = hc_str_putc(o, '"');
+    for (const unsigned char *p = (const unsigned char *)s; ok && *p; p++) {
+        char buf[8];
+        if (*p == '"' || *p == '\\') {
+            buf[0] = '\\';
+            buf[1] = (char)*p;
+            ok = hc_str_put(o, buf, 2);
+        } else if (*p < 0x20) {
+            snprintf(buf, sizeof buf, "\\u%04x", *p);
+            ok = hc_str_put(o, buf, 6);
+        } else {
+            ok = hc_str_putc(o, (char)*p);
+        }
+    }
+    return ok && hc_str_putc(o, '"');
+}

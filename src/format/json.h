@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "base/arena.h"
+#include "base/strbuf.h"
 #include "hubcap.h"
 
 typedef enum { HC_JSON_NULL, HC_JSON_BOOL, HC_JSON_NUMBER, HC_JSON_STRING, HC_JSON_ARRAY, HC_JSON_OBJECT } hc_json_type;
@@ -62,5 +63,7 @@ const char *hc_json_str(const hc_json *obj, const char *key, const char *dflt);
 
 /* Text of a JSON string with escapes for the output of `hubcap ... --json`. */
 void hc_json_write_string(void *file /* FILE* */, const char *s);
+/* Appends s as a quoted JSON string; false when out of memory. */
+bool hc_json_put_string(hc_str *o, const char *s);
 
 #endif

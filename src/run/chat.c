@@ -7,7 +7,8 @@
 
 #include "base/status.h"
 #include "run/session.h"
-#include "tokenizer/strlist.h"
+#include "base/strbuf.h"
+#include "format/json.h"
 
 struct hc_chat {
     hc_model *m;
@@ -19,27 +20,10 @@ struct hc_chat {
     int64_t n_cached, cap;
 };
 
-static bool put_json_string(hc_str *o, const char *s) {
-    bool ok = hc_str_putc(o, '"');
-    for (const unsigned char *p = (const unsigned char *)s; ok && *p; p++) {
-        char buf[8];
-        if (*p == '"' || *p == '\\') {
-            buf[0] = '\\';
-            buf[1] = (char)*p;
-            ok = hc_str_put(o, buf, 2);
-        } else if (*p < 0x20) {
-            snprintf(buf, sizeof buf, "\\u%04x", *p);
-            ok = hc_str_put(o, buf, 6);
-        } else {
-            ok = hc_str_putc(o, (char)*p);
-        }
-    }
-    return ok && hc_str_putc(o, '"');
-}
 
 static bool add_message(hc_str *msgs, const char *role, const char *content) {
     return (msgs->len > 1 ? hc_str_putc(msgs, ',') : true) && hc_str_put(msgs, "{\"role\":", 8) &&
-           put_json_string(msgs, role) && hc_str_put(msgs, ",\"content\":", 11) && put_json_string(msgs, content) &&
+           hc_json_put_string(msgs, role) && hc_str_put(msgs, ",\"content\":", 11) && hc_json_put_string(msgs, content) &&
            hc_str_putc(msgs, '}');
 }
 

@@ -6,7 +6,7 @@
 
 #include "base/status.h"
 #include "run/session.h"
-#include "tokenizer/strlist.h"
+#include "base/strbuf.h"
 
 const char *hc_finish_reason_name(hc_finish_reason r) {
     switch (r) {

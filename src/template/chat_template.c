@@ -6,7 +6,7 @@
 
 #include "base/status.h"
 #include "template/jinja.h"
-#include "tokenizer/strlist.h"
+#include "base/strbuf.h"
 
 hc_chat_params hc_chat_default_params(void) {
     hc_chat_params p = {.add_generation_prompt = true};
@@ -30,23 +30,6 @@ static hc_status check_messages(const hc_json *m) {
     return HC_OK;
 }
 
-static bool put_json_string(hc_str *o, const char *s) {
-    bool ok = hc_str_putc(o, '"');
-    for (const unsigned char *p = (const unsigned char *)s; ok && *p; p++) {
-        char buf[8];
-        if (*p == '"' || *p == '\\') {
-            buf[0] = '\\';
-            buf[1] = (char)*p;
-            ok = hc_str_put(o, buf, 2);
-        } else if (*p < 0x20) {
-            snprintf(buf, sizeof buf, "\\u%04x", *p);
-            ok = hc_str_put(o, buf, 6);
-        } else {
-            ok = hc_str_putc(o, (char)*p);
-        }
-    }
-    return ok && hc_str_putc(o, '"');
-}
 
 static hc_status render_with(const char *tmpl, const char *source, const char *messages_json, const hc_chat_params *p,
                              const char *bos, const char *eos, char **out, size_t *len) {
@@ -57,8 +40,8 @@ static hc_status render_with(const char *tmpl, const char *source, const char *m
     bool ok = hc_str_put(&ctx, "{\"messages\":", 12) && hc_str_put(&ctx, messages_json, strlen(messages_json));
     ok = ok && hc_str_put(&ctx, ",\"add_generation_prompt\":", 25) &&
          hc_str_put(&ctx, pp.add_generation_prompt ? "true" : "false", pp.add_generation_prompt ? 4 : 5);
-    ok = ok && hc_str_put(&ctx, ",\"bos_token\":", 13) && put_json_string(&ctx, pp.bos_token ? pp.bos_token : bos);
-    ok = ok && hc_str_put(&ctx, ",\"eos_token\":", 13) && put_json_string(&ctx, pp.eos_token ? pp.eos_token : eos);
+    ok = ok && hc_str_put(&ctx, ",\"bos_token\":", 13) && hc_json_put_string(&ctx, pp.bos_token ? pp.bos_token : bos);
+    ok = ok && hc_str_put(&ctx, ",\"eos_token\":", 13) && hc_json_put_string(&ctx, pp.eos_token ? pp.eos_token : eos);
     ok = ok && hc_str_putc(&ctx, '}');
     if (!ok) {
         hc_str_free(&ctx);

@@ -18,7 +18,7 @@
 
 #include "base/arena.h"
 #include "base/status.h"
-#include "tokenizer/strlist.h"
+#include "base/strbuf.h"
 
 /* ======================================================================================== */
 /* values                                                                                    */
@@ -1190,59 +1190,34 @@ static node *parse_unary(tokens *ts, bool with_filter) {
     return with_filter ? parse_filters(ts, n) : n;
 }
 
-static node *parse_pow(tokens *ts) {
-    node *n = parse_unary(ts, true);
-    while (is_op(peek(ts), "**")) {
-        tok *t = next(ts);
-        node *b = mk(ts->c, N_BIN, t->pos);
-        b->name = "**";
+/* One left-associative level of binary operators: symbols (N_BIN, the operator kept as the
+ * node's name) or words (and/or, with their own node types). */
+typedef node *(*parse_fn)(tokens *ts);
+
+static node *left_assoc(tokens *ts, parse_fn operand, const char *const *ops, ntype type) {
+    node *n = operand(ts);
+    for (;;) {
+        tok *t = peek(ts);
+        const char *op = NULL;
+        for (int i = 0; ops[i] && !op; i++)
+            if (type == N_BIN ? is_op(t, ops[i]) : is_name(t, ops[i])) op = ops[i];
+        if (!op) return n;
+        next(ts);
+        node *b = mk(ts->c, type, t->pos);
+        b->name = op;
         b->a = n;
-        b->b = parse_unary(ts, true);
+        b->b = operand(ts);
         n = b;
     }
-    return n;
 }
 
+static node *parse_filtered_unary(tokens *ts) { return parse_unary(ts, true); }
+static node *parse_pow(tokens *ts) { return left_assoc(ts, parse_filtered_unary, (const char *const[]){"**", NULL}, N_BIN); }
 static node *parse_math2(tokens *ts) {
-    node *n = parse_pow(ts);
-    for (;;) {
-        tok *t = peek(ts);
-        if (!is_op(t, "*") && !is_op(t, "/") && !is_op(t, "//") && !is_op(t, "%")) return n;
-        next(ts);
-        node *b = mk(ts->c, N_BIN, t->pos);
-        b->name = tok_name(ts->c, t);
-        b->a = n;
-        b->b = parse_pow(ts);
-        n = b;
-    }
+    return left_assoc(ts, parse_pow, (const char *const[]){"*", "/", "//", "%", NULL}, N_BIN);
 }
-
-static node *parse_concat(tokens *ts) {
-    node *n = parse_math2(ts);
-    while (is_op(peek(ts), "~")) {
-        tok *t = next(ts);
-        node *b = mk(ts->c, N_BIN, t->pos);
-        b->name = "~";
-        b->a = n;
-        b->b = parse_math2(ts);
-        n = b;
-    }
-    return n;
-}
-
-static node *parse_math1(tokens *ts) {
-    node *n = parse_concat(ts);
-    for (;;) {
-        tok *t = peek(ts);
-        if (!is_op(t, "+") && !is_op(t, "-")) return n;
-        next(ts);
-        node *b = mk(ts->c, N_BIN, t->pos);
-        b->name = tok_name(ts->c, t);
-        b->a = n;
-        b->b = parse_concat(ts);
-        n = b;
-    }
-}
+static node *parse_concat(tokens *ts) { return left_assoc(ts, parse_math2, (const char *const[]){"~", NULL}, N_BIN); }
+static node *parse_math1(tokens *ts) { return left_assoc(ts, parse_concat, (const char *const[]){"+", "-", NULL}, N_BIN); }
 
 static node *parse_compare(tokens *ts) {
     node *n = parse_math1(ts);
@@ -1281,29 +1256,8 @@ static node *parse_not(tokens *ts) {
     return parse_compare(ts);
 }
 
-static node *parse_and(tokens *ts) {
-    node *n = parse_not(ts);
-    while (is_name(peek(ts), "and")) {
-        tok *t = next(ts);
-        node *b = mk(ts->c, N_AND, t->pos);
-        b->a = n;
-        b->b = parse_not(ts);
-        n = b;
-    }
-    return n;
-}
-
-static node *parse_or(tokens *ts) {
-    node *n = parse_and(ts);
-    while (is_name(peek(ts), "or")) {
-        tok *t = next(ts);
-        node *b = mk(ts->c, N_OR, t->pos);
-        b->a = n;
-        b->b = parse_and(ts);
-        n = b;
-    }
-    return n;
-}
+static node *parse_and(tokens *ts) { return left_assoc(ts, parse_not, (const char *const[]){"and", NULL}, N_AND); }
+static node *parse_or(tokens *ts) { return left_assoc(ts, parse_and, (const char *const[]){"or", NULL}, N_OR); }
 
 static node *parse_expr(tokens *ts) {
     node *n = parse_or(ts);

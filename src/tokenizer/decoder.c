@@ -65,6 +65,32 @@ hc_status hc_decoder_parse(hc_decoder *d, const hc_json *j, const char *src) {
     return HC_OK;
 }
 
+hc_status hc_decoder_llama(hc_decoder **out, bool strip_space) {
+    hc_decoder *d = calloc(1, sizeof *d);
+    if (!d || !(d->children = calloc(4, sizeof(hc_decoder)))) {
+        free(d);
+        return hc_fail(HC_ERR_NOMEM, "out of memory");
+    }
+    *out = d;
+    d->type = DEC_SEQUENCE;
+    hc_decoder *c = d->children;
+    c[0].type = DEC_REPLACE;
+    c[0].text = dup_str(" ");
+    hc_status s = hc_regex_compile(&c[0].pattern, "\xe2\x96\x81", true, "decoder");
+    c[1].type = DEC_BYTEFALLBACK;
+    c[2].type = DEC_FUSE;
+    d->n_children = 3;
+    if (strip_space) {
+        c[3].type = DEC_STRIP;
+        c[3].text = dup_str(" ");
+        c[3].start = 1;
+        d->n_children = 4;
+        if (!c[3].text) return hc_fail(HC_ERR_NOMEM, "out of memory");
+    }
+    if (!c[0].text) return hc_fail(HC_ERR_NOMEM, "out of memory");
+    return s;
+}
+
 void hc_decoder_free(hc_decoder *d) {
     if (!d) return;
     for (int i = 0; i < d->n_children; i++) hc_decoder_free(&d->children[i]);

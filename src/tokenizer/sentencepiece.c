@@ -114,28 +114,6 @@ static hc_status add_normalizers(hc_tokenizer *t, bool dummy_prefix, bool remove
     return s;
 }
 
-static hc_status add_decoders(hc_tokenizer *t, bool dummy_prefix) {
-    t->decoder = calloc(1, sizeof *t->decoder);
-    if (!t->decoder || !(t->decoder->children = calloc(4, sizeof(hc_decoder)))) return hc_fail(HC_ERR_NOMEM, "out of memory");
-    t->decoder->type = DEC_SEQUENCE;
-    hc_decoder *c = t->decoder->children;
-    c[0].type = DEC_REPLACE;
-    c[0].text = strdup(" ");
-    hc_status s = hc_regex_compile(&c[0].pattern, "\xe2\x96\x81", true, "tokenizer.model");
-    c[1].type = DEC_BYTEFALLBACK;
-    c[2].type = DEC_FUSE;
-    t->decoder->n_children = 3;
-    if (dummy_prefix) {
-        c[3].type = DEC_STRIP;
-        c[3].text = strdup(" ");
-        c[3].start = 1;
-        t->decoder->n_children = 4;
-        if (!c[3].text) return hc_fail(HC_ERR_NOMEM, "out of memory");
-    }
-    if (!c[0].text) return hc_fail(HC_ERR_NOMEM, "out of memory");
-    return s;
-}
-
 hc_status hc_sentencepiece_load(hc_tokenizer *t, const char *path) {
     hc_file_map map;
     hc_status s = hc_file_map_open(&map, path, false);
@@ -300,7 +278,7 @@ hc_status hc_sentencepiece_load(hc_tokenizer *t, const char *path) {
         if (s) goto out;
     }
     if ((s = add_normalizers(t, dummy_prefix, remove_extra))) goto out;
-    if ((s = add_decoders(t, dummy_prefix))) goto out;
+    if ((s = hc_decoder_llama(&t->decoder, dummy_prefix))) goto out;
     /* BOS by default, as LlamaTokenizer; tokenizer_config.json may say otherwise. */
     for (int i = 0; i < t->n_added; i++) {
         if (!strcmp(t->added[i].content, "<s>")) {

@@ -1,4 +1,4 @@
-/* Growable byte strings and lists of string pieces, the currency of the tokenizer pipeline. */
+/* Lists of string pieces, the currency of the tokenizer pipeline. */
 #ifndef HC_TOKENIZER_STRLIST_H
 #define HC_TOKENIZER_STRLIST_H
 
@@ -6,14 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef struct {
-    char *data;
-    size_t len, cap;
-} hc_str;
-
-bool hc_str_put(hc_str *s, const char *p, size_t n); /* false when out of memory */
-bool hc_str_putc(hc_str *s, char c);
-void hc_str_free(hc_str *s);
+#include "base/strbuf.h"
 
 /* Pieces of text; each piece also carries a flag (an added token id, or -1). */
 typedef struct {

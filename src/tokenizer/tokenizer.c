@@ -174,24 +174,8 @@ static hc_status apply_llama_pipeline(hc_tokenizer *t, bool add_prefix_space, bo
     t->pretok->split = false;
     if (t->decoder) hc_decoder_free(t->decoder);
     free(t->decoder);
-    t->decoder = calloc(1, sizeof *t->decoder);
-    if (!t->decoder || !(t->decoder->children = calloc(4, sizeof(hc_decoder)))) return hc_fail(HC_ERR_NOMEM, "out of memory");
-    hc_decoder *c = t->decoder->children;
-    t->decoder->type = DEC_SEQUENCE;
-    c[0].type = DEC_REPLACE;
-    c[0].text = dup_n(" ", 1);
-    hc_status s = hc_regex_compile(&c[0].pattern, "\xe2\x96\x81", true, "LlamaTokenizer");
-    c[1].type = DEC_BYTEFALLBACK;
-    c[2].type = DEC_FUSE;
-    t->decoder->n_children = 3;
-    if (add_prefix_space) {
-        c[3].type = DEC_STRIP;
-        c[3].text = dup_n(" ", 1);
-        c[3].start = 1;
-        t->decoder->n_children = 4;
-        if (!c[3].text) return hc_fail(HC_ERR_NOMEM, "out of memory");
-    }
-    if (!c[0].text) return hc_fail(HC_ERR_NOMEM, "out of memory");
+    t->decoder = NULL;
+    hc_status s = hc_decoder_llama(&t->decoder, add_prefix_space);
     if (t->model.kind == MODEL_BPE) {
         t->model.fuse_unk = true;
         t->model.byte_fallback = true;

@@ -156,6 +156,9 @@ hc_status hc_decoder_parse(hc_decoder *d, const hc_json *j, const char *src);
 /* Runs the decoder over the token strings in `tokens`, in place. */
 bool hc_decode_tokens(const hc_decoder *d, hc_pieces *tokens);
 void hc_decoder_free(hc_decoder *d);
+/* The Llama/SentencePiece decoder: Replace("▁", " "), ByteFallback, Fuse, and Strip(" ", 1)
+ * when the encoder prepends a space. *out is malloc'd (free with hc_decoder_free + free). */
+hc_status hc_decoder_llama(hc_decoder **out, bool strip_space);
 /* Appends s with invalid UTF-8 replaced by U+FFFD (maximal subparts, as Rust and Python). */
 bool hc_utf8_lossy(hc_str *out, const char *s, size_t n);
 /* transformers' clean_up_tokenization: no space before . ? ! , and contractions. In place. */

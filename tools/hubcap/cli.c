@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #ifndef HUBCAP_DEFAULT_MODEL
 #define HUBCAP_DEFAULT_MODEL "models/stories260K"
@@ -137,4 +138,64 @@ int cli_model_flag(int argc, char **argv, int *i, const char *cmd, hc_model_para
         if (!cli_parse_device(v, &mp->device)) return cli_usage_error(cmd, "--device must be cpu, cuda or auto"), -1;
     }
     return 1;
+}
+
+void cli_sampling_init(cli_sampling *cs) {
+    memset(cs, 0, sizeof *cs);
+    cs->temperature = cs->top_p = cs->min_p = cs->repeat_penalty = -1;
+    cs->top_k = cs->seed = -1;
+}
+
+int cli_sampling_flag(int argc, char **argv, int *i, const char *cmd, cli_sampling *cs) {
+    static const char *const names[] = {"--temperature", "--top-k", "--top-p", "--min-p", "--repeat-penalty",
+                                        "--frequency-penalty", "--presence-penalty", "--seed", NULL};
+    const char *a = argv[*i];
+    int which = -1;
+    for (int k = 0; names[k]; k++)
+        if (!strcmp(a, names[k])) which = k;
+    if (which < 0) return 0;
+    const char *v = cli_value(argc, argv, i, cmd);
+    if (!v) return -1;
+    double f;
+    switch (which) {
+    case 0:
+        if (!cli_parse_float(v, &cs->temperature) || !(cs->temperature >= 0))
+            return cli_usage_error(cmd, "--temperature must be a number >= 0"), -1;
+        break;
+    case 1:
+        if (!cli_parse_int(v, 0, INT32_MAX, &cs->top_k)) return cli_usage_error(cmd, "--top-k must be an integer >= 0"), -1;
+        break;
+    case 2:
+        if (!cli_parse_float(v, &cs->top_p) || !(cs->top_p > 0 && cs->top_p <= 1))
+            return cli_usage_error(cmd, "--top-p must be in (0, 1]"), -1;
+        break;
+    case 3:
+        if (!cli_parse_float(v, &cs->min_p) || !(cs->min_p >= 0 && cs->min_p < 1))
+            return cli_usage_error(cmd, "--min-p must be in [0, 1)"), -1;
+        break;
+    case 4:
+        if (!cli_parse_float(v, &cs->repeat_penalty) || !(cs->repeat_penalty > 0))
+            return cli_usage_error(cmd, "--repeat-penalty must be > 0"), -1;
+        break;
+    case 5:
+    case 6:
+        if (!cli_parse_float(v, &f)) return cli_usage_error(cmd, "%s must be a number", a), -1;
+        if (which == 5) cs->frequency_penalty = f, cs->has_frequency = true;
+        else cs->presence_penalty = f, cs->has_presence = true;
+        break;
+    default:
+        if (!cli_parse_int(v, 0, INT64_MAX, &cs->seed)) return cli_usage_error(cmd, "--seed must be an integer >= 0"), -1;
+    }
+    return 1;
+}
+
+void cli_sampling_apply(const cli_sampling *cs, hc_sampler_params *p) {
+    if (cs->temperature >= 0) p->temperature = (float)cs->temperature;
+    if (cs->top_k >= 0) p->top_k = (int32_t)cs->top_k;
+    if (cs->top_p > 0) p->top_p = (float)cs->top_p;
+    if (cs->min_p >= 0) p->min_p = (float)cs->min_p;
+    if (cs->repeat_penalty > 0) p->repetition_penalty = (float)cs->repeat_penalty;
+    if (cs->has_frequency) p->frequency_penalty = (float)cs->frequency_penalty;
+    if (cs->has_presence) p->presence_penalty = (float)cs->presence_penalty;
+    p->seed = cs->seed >= 0 ? (uint64_t)cs->seed : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 20);
 }

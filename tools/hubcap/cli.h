@@ -31,6 +31,20 @@ bool cli_parse_device(const char *text, hc_device *out);
 /* The model flags every model command takes: --device, --threads, --quantize, --no-mmap,
  * --mlock. Returns 1 if argv[*i] was one (advancing *i), 0 if not, -1 after a usage error. */
 int cli_model_flag(int argc, char **argv, int *i, const char *cmd, hc_model_params *mp);
+/* Sampling flags given on the command line; unset ones keep the model's defaults. */
+typedef struct {
+    double temperature, top_p, min_p, repeat_penalty, frequency_penalty, presence_penalty; /* < 0 / NAN: unset */
+    int64_t top_k, seed;                                                                    /* -1: unset */
+    bool has_frequency, has_presence;
+} cli_sampling;
+
+void cli_sampling_init(cli_sampling *cs);
+/* --temperature --top-k --top-p --min-p --repeat-penalty --frequency-penalty --presence-penalty
+ * --seed: 1 if argv[*i] was one (advancing *i), 0 if not, -1 after a usage error. */
+int cli_sampling_flag(int argc, char **argv, int *i, const char *cmd, cli_sampling *cs);
+/* Overrides p with the flags given; an unset seed becomes a random one. */
+void cli_sampling_apply(const cli_sampling *cs, hc_sampler_params *p);
+
 #define CLI_MODEL_FLAGS_HELP                                                                                          \
     "  --threads N              CPU threads (default: all cores)\n"                                                  \
     "  --quantize F             quantize weights on load: q8_0, q4_0 or q4_k\n"                                            \

@@ -24,7 +24,8 @@ static const char help[] =
     "  --system S               a system message\n"
     "  --template FILE          a Jinja chat template to use instead of the model's\n"
     "  --max-new-tokens N       answer length limit (default 256)\n"
-    "  --temperature T, --top-k K, --top-p P, --min-p P, --repeat-penalty R, --seed S\n"
+    "  --temperature T, --top-k K, --top-p P, --min-p P, --repeat-penalty R,\n"
+    "  --frequency-penalty F, --presence-penalty F, --seed S   sampling, as for generate\n"
     "  --ctx N                  the conversation's context length (default: the model's, at most 4096)\n"
     CLI_MODEL_FLAGS_HELP;
 
@@ -45,9 +46,10 @@ static bool stream(void *user, int64_t seq, const char *text, size_t len) {
 
 int cmd_chat(int argc, char **argv) {
     const char *model = NULL, *system = NULL, *tmpl_path = NULL;
-    int64_t max_new = 256, ctx = 0, top_k = -1, seed = -1;
+    int64_t max_new = 256, ctx = 0;
     hc_model_params mp = hc_model_default_params();
-    double temperature = -1, top_p = -1, min_p = -1, rep = -1;
+    cli_sampling cs;
+    cli_sampling_init(&cs);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         int mf;
@@ -71,24 +73,8 @@ int cmd_chat(int argc, char **argv) {
         } else if (!strcmp(a, "--ctx")) {
             VALUE();
             if (!cli_parse_int(v, 1, INT32_MAX, &ctx)) return cli_usage_error("chat", "--ctx must be a positive integer");
-        } else if (!strcmp(a, "--temperature")) {
-            VALUE();
-            if (!cli_parse_float(v, &temperature) || !(temperature >= 0)) return cli_usage_error("chat", "--temperature must be >= 0");
-        } else if (!strcmp(a, "--top-k")) {
-            VALUE();
-            if (!cli_parse_int(v, 0, INT32_MAX, &top_k)) return cli_usage_error("chat", "--top-k must be an integer >= 0");
-        } else if (!strcmp(a, "--top-p")) {
-            VALUE();
-            if (!cli_parse_float(v, &top_p) || !(top_p > 0 && top_p <= 1)) return cli_usage_error("chat", "--top-p must be in (0, 1]");
-        } else if (!strcmp(a, "--min-p")) {
-            VALUE();
-            if (!cli_parse_float(v, &min_p) || !(min_p >= 0 && min_p < 1)) return cli_usage_error("chat", "--min-p must be in [0, 1)");
-        } else if (!strcmp(a, "--repeat-penalty")) {
-            VALUE();
-            if (!cli_parse_float(v, &rep) || !(rep > 0)) return cli_usage_error("chat", "--repeat-penalty must be > 0");
-        } else if (!strcmp(a, "--seed")) {
-            VALUE();
-            if (!cli_parse_int(v, 0, INT64_MAX, &seed)) return cli_usage_error("chat", "--seed must be an integer >= 0");
+        } else if ((mf = cli_sampling_flag(argc, argv, &i, "chat", &cs)) != 0) {
+            if (mf < 0) return EXIT_USAGE;
         } else if ((mf = cli_model_flag(argc, argv, &i, "chat", &mp)) != 0) {
             if (mf < 0) return EXIT_USAGE;
         } else {
@@ -111,12 +97,7 @@ int cmd_chat(int argc, char **argv) {
     hc_generate_params gp = hc_generate_default_params(m);
     gp.max_new_tokens = max_new;
     gp.on_text = stream;
-    if (temperature >= 0) gp.sampling.temperature = (float)temperature;
-    if (top_k >= 0) gp.sampling.top_k = (int32_t)top_k;
-    if (top_p > 0) gp.sampling.top_p = (float)top_p;
-    if (min_p >= 0) gp.sampling.min_p = (float)min_p;
-    if (rep > 0) gp.sampling.repetition_penalty = (float)rep;
-    gp.sampling.seed = seed >= 0 ? (uint64_t)seed : (uint64_t)time(NULL);
+    cli_sampling_apply(&cs, &gp.sampling);
 
     const bool tty = isatty(STDIN_FILENO);
     struct sigaction sa = {0};

@@ -82,9 +82,9 @@ int cmd_generate(int argc, char **argv) {
     const char *model = NULL, *ids_text = NULL, *prompt = NULL, *prompt_file = NULL, *batch_file = NULL;
     const char *stops[MAX_STOPS];
     int n_stops = 0;
-    int64_t max_new = 128, ctx = 0, seed = -1;
-    double temperature = -1, top_p = -1, min_p = -1, rep = -1, freq = 0, pres = 0;
-    int64_t top_k = -1;
+    int64_t max_new = 128, ctx = 0;
+    cli_sampling cs;
+    cli_sampling_init(&cs);
     bool ignore_eos = false, output_ids = false, no_special = false;
     hc_model_params mp = hc_model_default_params();
     for (int i = 1; i < argc; i++) {
@@ -115,33 +115,8 @@ int cmd_generate(int argc, char **argv) {
         } else if (!strcmp(a, "--ctx")) {
             VALUE();
             if (!cli_parse_int(v, 1, INT32_MAX, &ctx)) return cli_usage_error("generate", "--ctx must be a positive integer");
-        } else if (!strcmp(a, "--temperature")) {
-            VALUE();
-            if (!cli_parse_float(v, &temperature) || !(temperature >= 0))
-                return cli_usage_error("generate", "--temperature must be a number >= 0");
-        } else if (!strcmp(a, "--top-k")) {
-            VALUE();
-            if (!cli_parse_int(v, 0, INT32_MAX, &top_k)) return cli_usage_error("generate", "--top-k must be an integer >= 0");
-        } else if (!strcmp(a, "--top-p")) {
-            VALUE();
-            if (!cli_parse_float(v, &top_p) || !(top_p > 0 && top_p <= 1))
-                return cli_usage_error("generate", "--top-p must be in (0, 1]");
-        } else if (!strcmp(a, "--min-p")) {
-            VALUE();
-            if (!cli_parse_float(v, &min_p) || !(min_p >= 0 && min_p < 1))
-                return cli_usage_error("generate", "--min-p must be in [0, 1)");
-        } else if (!strcmp(a, "--repeat-penalty")) {
-            VALUE();
-            if (!cli_parse_float(v, &rep) || !(rep > 0)) return cli_usage_error("generate", "--repeat-penalty must be > 0");
-        } else if (!strcmp(a, "--frequency-penalty")) {
-            VALUE();
-            if (!cli_parse_float(v, &freq)) return cli_usage_error("generate", "--frequency-penalty must be a number");
-        } else if (!strcmp(a, "--presence-penalty")) {
-            VALUE();
-            if (!cli_parse_float(v, &pres)) return cli_usage_error("generate", "--presence-penalty must be a number");
-        } else if (!strcmp(a, "--seed")) {
-            VALUE();
-            if (!cli_parse_int(v, 0, INT64_MAX, &seed)) return cli_usage_error("generate", "--seed must be an integer >= 0");
+        } else if ((mf = cli_sampling_flag(argc, argv, &i, "generate", &cs)) != 0) {
+            if (mf < 0) return EXIT_USAGE;
         } else if (!strcmp(a, "--stop")) {
             VALUE();
             if (!*v) return cli_usage_error("generate", "--stop needs a non-empty string");
@@ -229,14 +204,7 @@ int cmd_generate(int argc, char **argv) {
     gp.add_special = !no_special;
     gp.stop = stops;
     gp.n_stop = n_stops;
-    if (temperature >= 0) gp.sampling.temperature = (float)temperature;
-    if (top_k >= 0) gp.sampling.top_k = (int32_t)top_k;
-    if (top_p > 0) gp.sampling.top_p = (float)top_p;
-    if (min_p >= 0) gp.sampling.min_p = (float)min_p;
-    if (rep > 0) gp.sampling.repetition_penalty = (float)rep;
-    gp.sampling.frequency_penalty = (float)freq;
-    gp.sampling.presence_penalty = (float)pres;
-    gp.sampling.seed = seed >= 0 ? (uint64_t)seed : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 20);
+    cli_sampling_apply(&cs, &gp.sampling);
     const bool streaming = !output_ids && !batch_file;
     if (streaming) gp.on_text = stream_text;
 
