@@ -47,10 +47,15 @@ typedef struct hc_backend hc_backend;
 
 struct hc_backend {
     const char *name;
+    bool device; /* its memory is not the host's: ids and positions go up, logits come down */
 
     /* memory */
     void *(*alloc)(hc_backend *be, size_t bytes); /* zeroed; NULL when out of memory */
     void (*free)(hc_backend *be, void *p);
+    void (*upload)(hc_backend *be, void *dst, const void *src, size_t bytes);   /* host -> backend */
+    void (*download)(hc_backend *be, void *dst, const void *src, size_t bytes); /* backend -> host, synchronous */
+    /* x[n] = v */
+    void (*fill)(hc_backend *be, float *x, float v, int64_t n);
 
     /* out[T,C] (=, or += when accumulate) = table[ids[t], :] * scale */
     void (*embedding)(hc_backend *be, float *out, const hc_mat *table, const int32_t *ids, int64_t T, float scale,
@@ -107,6 +112,7 @@ hc_backend *hc_backend_cpu(void);
 /* The fast CPU backend: SIMD kernels chosen at run time (AVX-512, AVX2+FMA+F16C, else the
  * reference) and a pool of n_threads (0: all cores). Free with be->destroy(be). */
 hc_status hc_backend_cpu_fast_new(int n_threads, hc_backend **out);
+
 
 
 #endif

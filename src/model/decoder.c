@@ -18,9 +18,7 @@ static void update_dynamic_rope(hc_session *s, int64_t seq_len) {
     else if (seq_len < orig && s->rope_cached_len > orig) want = orig;
     if (want == s->rope_cached_len) return;
     s->rope_cached_len = want;
-    for (int r = 0; r < 2; r++)
-        hc_rope_inv_freq(s->inv_freq[r], &s->attn_factor[r], &s->m->rope[r], c->rotary_dim,
-                         c->max_position_embeddings, want);
+    hc_session_set_rope(s, want);
 }
 
 static void feed_forward(hc_workspace *ws, const hc_layer *L, int64_t T) {
@@ -32,15 +30,18 @@ static void feed_forward(hc_workspace *ws, const hc_layer *L, int64_t T) {
         const int64_t E = c->n_experts, K = c->n_experts_per_tok;
         be->matmul(be, ws->router, ws->h, &L->router, NULL, T);
         be->topk_route(be, ws->route_w, ws->route_e, ws->router, T, E, K, c->norm_topk_prob);
-        memset(ws->o, 0, sizeof(float) * (size_t)(T * C));
+        be->fill(be, ws->o, 0.0f, T * C);
+        /* The routing is decided on the host: which expert weights each token uses. */
+        be->download(be, ws->route_e_host, ws->route_e, sizeof(int32_t) * (size_t)(T * K));
+        be->download(be, ws->route_w_host, ws->route_w, sizeof(float) * (size_t)(T * K));
         for (int64_t t = 0; t < T; t++) {
             for (int64_t j = 0; j < K; j++) {
-                const int32_t e = ws->route_e[t * K + j];
+                const int32_t e = ws->route_e_host[t * K + j];
                 be->matmul(be, ws->e_a, ws->h + t * C, &L->exp_gate[e], NULL, 1);
                 be->matmul(be, ws->e_b, ws->h + t * C, &L->exp_up[e], NULL, 1);
                 be->glu(be, ws->e_a, ws->e_a, ws->e_b, c->act, I);
                 be->matmul(be, ws->e_o, ws->e_a, &L->exp_down[e], NULL, 1);
-                be->add_scaled(be, ws->o + t * C, ws->e_o, ws->route_w[t * K + j], C);
+                be->add_scaled(be, ws->o + t * C, ws->e_o, ws->route_w_host[t * K + j], C);
             }
         }
     } else if (m->arch->gated_mlp) {
@@ -63,13 +64,18 @@ void hc_decoder_forward_groups(hc_workspace *ws, const hc_group *groups, int n_g
     const hc_norm_kind nk = m->arch->norm;
     const float eps = (float)c->norm_eps;
     const int64_t C = c->hidden_size, H = c->n_heads, KVH = c->n_kv_heads, D = c->head_dim, V = c->vocab_size;
-    int32_t *pos = ws->pos; /* [T] */
+    int32_t *pos = ws->pos; /* [T] backend memory, filled from the host copy */
     int64_t T = 0;
     for (int g = 0; g < n_groups; g++) {
         hc_session *s = groups[g].s;
-        for (int64_t t = 0; t < groups[g].n; t++) pos[T + t] = (int32_t)(s->pos + t);
+        for (int64_t t = 0; t < groups[g].n; t++) ws->pos_host[T + t] = (int32_t)(s->pos + t);
         update_dynamic_rope(s, s->pos + groups[g].n);
         T += groups[g].n;
+    }
+    be->upload(be, pos, ws->pos_host, sizeof(int32_t) * (size_t)T);
+    if (be->device) {
+        be->upload(be, ws->ids, ids, sizeof(int32_t) * (size_t)T);
+        ids = ws->ids;
     }
 
     be->embedding(be, ws->x, &m->tok_embed, ids, T, m->embed_scale, false);
@@ -112,8 +118,14 @@ void hc_decoder_forward_groups(hc_workspace *ws, const hc_group *groups, int n_g
         be->add(be, ws->x, ws->x, ws->o, T * C);
     }
     for (int g = 0; g < n_groups; g++) groups[g].s->pos += groups[g].n;
-    if (hidden) be->norm(be, hidden, ws->x, &m->final_norm, &m->final_norm_b, nk, eps, T, C);
+    if (hidden) {
+        float *dst = be->device ? ws->h : hidden;
+        be->norm(be, dst, ws->x, &m->final_norm, &m->final_norm_b, nk, eps, T, C);
+        if (be->device) be->download(be, hidden, dst, sizeof(float) * (size_t)(T * C));
+    }
     if (!logits) return;
+    float *const out_host = logits;
+    if (be->device) logits = ws->logits; /* computed there, then brought back */
 
     /* Only the rows whose logits are wanted go through the final norm and the LM head. */
     int64_t n_rows;
@@ -130,4 +142,5 @@ void hc_decoder_forward_groups(hc_workspace *ws, const hc_group *groups, int n_g
     }
     be->matmul(be, logits, ws->h, &m->lm_head, NULL, n_rows);
     if (c->final_softcap > 0) be->softcap(be, logits, (float)c->final_softcap, n_rows * V);
+    if (be->device) be->download(be, out_host, logits, sizeof(float) * (size_t)(n_rows * V));
 }

@@ -32,6 +32,12 @@ hc_status hc_workspace_init(hc_workspace *ws, hc_model *m, int64_t rows, int64_t
     ws->v = ws_alloc(be, B * KVH * D, sizeof(float), &oom);
     ws->scores = ws_alloc(be, ctx, sizeof(float), &oom);
     ws->pos = ws_alloc(be, B, sizeof(int32_t), &oom);
+    ws->pos_host = calloc((size_t)B, sizeof(int32_t));
+    if (!ws->pos_host) oom = true;
+    if (be->device) {
+        ws->ids = ws_alloc(be, B, sizeof(int32_t), &oom);
+        ws->logits = ws_alloc(be, B * c->vocab_size, sizeof(float), &oom);
+    }
     if (E > 0) {
         ws->router = ws_alloc(be, B * E, sizeof(float), &oom);
         ws->route_w = ws_alloc(be, B * K, sizeof(float), &oom);
@@ -39,6 +45,9 @@ hc_status hc_workspace_init(hc_workspace *ws, hc_model *m, int64_t rows, int64_t
         ws->e_a = ws_alloc(be, I, sizeof(float), &oom);
         ws->e_b = ws_alloc(be, I, sizeof(float), &oom);
         ws->e_o = ws_alloc(be, C, sizeof(float), &oom);
+        ws->route_e_host = calloc((size_t)(B * K), sizeof(int32_t));
+        ws->route_w_host = calloc((size_t)(B * K), sizeof(float));
+        if (!ws->route_e_host || !ws->route_w_host) oom = true;
     } else {
         ws->ff_a = ws_alloc(be, B * I, sizeof(float), &oom);
         ws->ff_b = ws_alloc(be, B * I, sizeof(float), &oom);
@@ -54,9 +63,12 @@ void hc_workspace_free(hc_workspace *ws) {
     if (!ws || !ws->m) return;
     hc_backend *be = ws->m->be;
     void *bufs[] = {ws->x, ws->h, ws->o, ws->q, ws->att, ws->k, ws->v, ws->scores, ws->pos, ws->router,
-                    ws->route_w, ws->route_e, ws->e_a, ws->e_b, ws->e_o, ws->ff_a, ws->ff_b};
+                    ws->route_w, ws->route_e, ws->e_a, ws->e_b, ws->e_o, ws->ff_a, ws->ff_b, ws->ids, ws->logits};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) be->free(be, bufs[i]);
+    free(ws->pos_host);
+    free(ws->route_e_host);
+    free(ws->route_w_host);
     memset(ws, 0, sizeof *ws);
 }
 
@@ -82,6 +94,9 @@ hc_status hc_session_new(hc_model *m, int64_t n_ctx, hc_session **out) {
     if (c->rope.type != HC_ROPE_NONE) {
         s->inv_freq[0] = ws_alloc(be, c->rotary_dim / 2, sizeof(float), &oom);
         s->inv_freq[1] = ws_alloc(be, c->rotary_dim / 2, sizeof(float), &oom);
+        s->inv_freq_host[0] = calloc((size_t)c->rotary_dim / 2, sizeof(float));
+        s->inv_freq_host[1] = calloc((size_t)c->rotary_dim / 2, sizeof(float));
+        if (!s->inv_freq_host[0] || !s->inv_freq_host[1]) oom = true;
     }
     hc_status st = HC_OK;
     if (oom) {
@@ -104,9 +119,16 @@ void hc_session_reset(hc_session *s) {
     s->pos = 0;
     s->rope_cached_len = c->max_position_embeddings;
     if (c->rope.type == HC_ROPE_NONE) return;
-    for (int r = 0; r < 2; r++)
-        hc_rope_inv_freq(s->inv_freq[r], &s->attn_factor[r], &s->m->rope[r], c->rotary_dim,
-                         c->max_position_embeddings, c->max_position_embeddings);
+    hc_session_set_rope(s, c->max_position_embeddings);
+}
+
+void hc_session_set_rope(hc_session *s, int64_t seq_len) {
+    const hc_model_config *c = &s->m->cfg;
+    for (int r = 0; r < 2; r++) {
+        hc_rope_inv_freq(s->inv_freq_host[r], &s->attn_factor[r], &s->m->rope[r], c->rotary_dim,
+                         c->max_position_embeddings, seq_len);
+        s->m->be->upload(s->m->be, s->inv_freq[r], s->inv_freq_host[r], sizeof(float) * (size_t)(c->rotary_dim / 2));
+    }
 }
 
 void hc_session_free(hc_session *s) {
@@ -115,6 +137,8 @@ void hc_session_free(hc_session *s) {
     void *bufs[] = {s->k_cache, s->v_cache, s->inv_freq[0], s->inv_freq[1]};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) be->free(be, bufs[i]);
+    free(s->inv_freq_host[0]);
+    free(s->inv_freq_host[1]);
     hc_workspace_free(&s->ws);
     free(s);
 }

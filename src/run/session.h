@@ -31,6 +31,12 @@ typedef struct {
     float *e_a, *e_b;/* [I] one expert's gate and up */
     float *e_o;      /* [C] one expert's output */
     int32_t *pos;    /* [B] positions of the rows */
+    /* Host-side copies where the backend's memory is not the host's (CUDA): */
+    int32_t *pos_host;      /* [B] */
+    int32_t *ids;           /* [B] backend memory for the token ids (device backends) */
+    int32_t *route_e_host;  /* [B, k] */
+    float *route_w_host;    /* [B, k] */
+    float *logits;          /* [B, V] backend memory for logits (device backends) */
 } hc_workspace;
 
 hc_status hc_workspace_init(hc_workspace *ws, hc_model *m, int64_t rows, int64_t ctx);
@@ -42,7 +48,8 @@ struct hc_session {
     int64_t pos;     /* positions filled */
     void *k_cache, *v_cache;  /* [L, S, KVH*D] of kv_dtype */
     hc_dtype kv_dtype;        /* F32, F16 or BF16 */
-    float *inv_freq[2];   /* [R/2] global and local rope tables */
+    float *inv_freq[2];   /* [R/2] global and local rope tables (backend memory) */
+    float *inv_freq_host[2];
     float attn_factor[2];
     int64_t rope_cached_len; /* dynamic rope: the length its table was made for */
     hc_workspace ws;
@@ -57,6 +64,9 @@ typedef struct {
 /* Runs the rows of every group through the model in one pass (at most ws->rows rows in all).
  * ids: [sum n] concatenated by group. logits: [sum n, V] when all_logits, else [n_groups, V]
  * for the last row of each group; NULL for none. */
+/* Computes the rope tables for a sequence of seq_len (dynamic rope) and uploads them. */
+void hc_session_set_rope(hc_session *s, int64_t seq_len);
+
 /* Validates ids and room in the context before a forward pass. */
 hc_status hc_session_check(const hc_session *s, const int32_t *ids, int64_t n);
 

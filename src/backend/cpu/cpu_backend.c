@@ -21,10 +21,23 @@ static void cpu_free(hc_backend *be, void *p) {
     free(p);
 }
 
+static void cpu_copy(hc_backend *be, void *dst, const void *src, size_t n) {
+    (void)be;
+    if (n) memcpy(dst, src, n);
+}
+
+static void cpu_fill(hc_backend *be, float *x, float v, int64_t n) {
+    (void)be;
+    for (int64_t i = 0; i < n; i++) x[i] = v;
+}
+
 static hc_backend cpu_backend = {
     .name = "cpu",
     .alloc = cpu_alloc,
     .free = cpu_free,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .fill = cpu_fill,
     .embedding = hc_cpu_embedding,
     .matmul = hc_cpu_matmul,
     .norm = hc_cpu_norm,
