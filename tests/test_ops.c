@@ -416,6 +416,41 @@ static void test_fast_matmul(hc_backend *ref) {
     fast2->destroy(fast2);
 }
 
+/* The fast backend's norm and glu split rows and ranges over threads: the result must be
+ * bit-identical to the reference, for shapes above and below the parallel threshold. */
+static void test_fast_elementwise(hc_backend *ref) {
+    hc_backend *fast;
+    CHECK_OK(hc_backend_cpu_fast_new(2, &fast));
+    if (!fast) return;
+    const int64_t shapes[][2] = {{1, 64}, {3, 50}, {64, 1024}, {37, 2049}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int64_t T = shapes[si][0], C = shapes[si][1], n = T * C;
+        float *x = malloc(sizeof(float) * (size_t)n), *y = malloc(sizeof(float) * (size_t)n); /* [T, C] */
+        float *a = malloc(sizeof(float) * (size_t)n), *b = malloc(sizeof(float) * (size_t)n); /* [T, C] */
+        float *wt = malloc(sizeof(float) * (size_t)C), *bias = malloc(sizeof(float) * (size_t)C); /* [C] */
+        fill(x, n);
+        fill(y, n);
+        fill(wt, C);
+        fill(bias, C);
+        hc_vec w = {.data = wt, .dtype = HC_DTYPE_F32, .n = C}, bv = {.data = bias, .dtype = HC_DTYPE_F32, .n = C};
+        for (int kind = 0; kind < 3; kind++) {
+            hc_norm_kind k = kind == 0 ? HC_NORM_RMS : kind == 1 ? HC_NORM_RMS_PLUS1 : HC_NORM_LAYER;
+            ref->norm(ref, a, x, &w, kind == 2 ? &bv : NULL, k, 1e-5f, T, C);
+            fast->norm(fast, b, x, &w, kind == 2 ? &bv : NULL, k, 1e-5f, T, C);
+            CHECK(memcmp(a, b, sizeof(float) * (size_t)n) == 0, "fast norm %d differs at T=%lld C=%lld", kind,
+                  (long long)T, (long long)C);
+        }
+        const hc_activation acts[] = {HC_ACT_SILU, HC_ACT_GELU_TANH, HC_ACT_GELU};
+        for (size_t ai = 0; ai < 3; ai++) {
+            ref->glu(ref, a, x, y, acts[ai], n);
+            fast->glu(fast, b, x, y, acts[ai], n);
+            CHECK(memcmp(a, b, sizeof(float) * (size_t)n) == 0, "fast glu %zu differs at n=%lld", ai, (long long)n);
+        }
+        free(x), free(y), free(a), free(b), free(wt), free(bias);
+    }
+    fast->destroy(fast);
+}
+
 int main(void) {
     hc_backend *be = hc_backend_cpu();
     test_half();
@@ -426,5 +461,6 @@ int main(void) {
     test_elementwise_and_routing(be);
     test_rope_tables();
     test_fast_matmul(be);
+    test_fast_elementwise(be);
     return test_finish("ops");
 }

@@ -32,6 +32,10 @@ static inline float hc_load_f32(const void *data, hc_dtype dt, int64_t i) {
 void hc_cpu_embedding(hc_backend *be, float *out, const hc_mat *table, const int32_t *ids, int64_t T, float scale,
                       bool accumulate);
 void hc_cpu_matmul(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T);
+/* Fast-backend versions of norm and glu: the same per-element code, split over the pool. */
+void hc_cpu_norm_fast(hc_backend *be, float *out, const float *x, const hc_vec *w, const hc_vec *b, hc_norm_kind kind,
+                      float eps, int64_t T, int64_t C);
+void hc_cpu_glu_fast(hc_backend *be, float *out, const float *gate, const float *up, hc_activation act, int64_t n);
 void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T);
 void hc_cpu_norm(hc_backend *be, float *out, const float *x, const hc_vec *w, const hc_vec *b, hc_norm_kind kind,
                  float eps, int64_t T, int64_t C);

@@ -95,6 +95,8 @@ hc_status hc_backend_cpu_fast_new(int n_threads, hc_backend **out) {
     be->name = "cpu-fast";
     be->matmul = hc_cpu_matmul_fast;
     be->attention = hc_cpu_attention_fast;
+    be->norm = hc_cpu_norm_fast;
+    be->glu = hc_cpu_glu_fast;
     be->destroy = fast_destroy;
     hc_fast_ctx *fx = calloc(1, sizeof *fx);
     if (!fx) {
