@@ -310,7 +310,7 @@ static void test_fast_matmul(hc_backend *ref) {
     CHECK_OK(hc_backend_cpu_fast_new(2, &fast2));
     if (!fast1 || !fast2) return;
     printf("  fast kernels: %s\n", hc_cpu_kernels());
-    const int64_t shapes[][3] = {{1, 37, 13}, {3, 64, 29}, {5, 100, 17}, {9, 71, 33}, {1, 160, 64}, {67, 96, 40}, {4, 2048, 300}};
+    const int64_t shapes[][3] = {{1, 37, 13}, {3, 64, 29}, {5, 100, 17}, {9, 71, 33}, {1, 160, 64}, {1, 96, 7}, {1, 64, 22}, {67, 96, 40}, {4, 2048, 300}};
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const int64_t T = shapes[si][0], K = shapes[si][1], N = shapes[si][2];
         float *x = malloc(sizeof(float) * (size_t)(T * K)), *wf = malloc(sizeof(float) * (size_t)(N * K));
