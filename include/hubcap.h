@@ -201,7 +201,9 @@ typedef struct {
     hc_device device;
     hc_weight_format weights; /* quantize on load (--quantize) */
     bool mlock;               /* lock the weights in RAM (--mlock) */
-    hc_dtype compute_dtype; /* activations; HC_DTYPE_F32 on the CPU (weights stay as stored) */
+    hc_dtype compute_dtype; /* F32 (default; transformers' f32 numerics) or BF16: prompt matmuls on
+                               bf16 weights round activations to bf16 and use AVX512_BF16 where
+                               the CPU has it (llama.cpp's numerics, faster; --compute-dtype) */
     hc_dtype kv_dtype;      /* KV cache: F32 (default), F16 or BF16 (half the memory) */
     int n_threads;          /* 0 = all available cores */
     int64_t n_ctx;          /* the longest sequence generate() accepts; 0 = max_position_embeddings */

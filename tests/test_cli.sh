@@ -40,6 +40,8 @@ expect 2 "not a list of integers" -- "$HUBCAP" generate --ids "1 two 3"
 expect 2 "empty" -- "$HUBCAP" generate --ids " , "
 expect 2 "--max-new-tokens" -- "$HUBCAP" generate --ids 1 --max-new-tokens -3
 expect 2 "--device" -- "$HUBCAP" generate --ids 1 --device tpu
+expect 2 "--compute-dtype must be f32 or bf16" -- "$HUBCAP" generate --ids 1 --compute-dtype f16
+expect 0 "" -- "$HUBCAP" generate --ids 1 --max-new-tokens 4 --compute-dtype bf16
 expect 0 "" -- "$HUBCAP" info --help
 expect 0 "" -- "$HUBCAP" generate --help
 

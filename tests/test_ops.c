@@ -308,9 +308,12 @@ static void test_fast_matmul(hc_backend *ref) {
     hc_backend *fast1, *fast2;
     CHECK_OK(hc_backend_cpu_fast_new(1, &fast1));
     CHECK_OK(hc_backend_cpu_fast_new(2, &fast2));
-    if (!fast1 || !fast2) return;
+    hc_backend *fastbf;
+    CHECK_OK(hc_backend_cpu_fast_new(2, &fastbf));
+    if (!fast1 || !fast2 || !fastbf) return;
+    hc_backend_cpu_fast_bf16_prompts(fastbf, true);
     printf("  fast kernels: %s\n", hc_cpu_kernels());
-    const int64_t shapes[][3] = {{1, 37, 13}, {3, 64, 29}, {5, 100, 17}, {9, 71, 33}, {1, 160, 64}, {1, 96, 7}, {1, 64, 22}, {67, 96, 40}, {4, 2048, 300}};
+    const int64_t shapes[][3] = {{1, 37, 13}, {3, 64, 29}, {5, 100, 17}, {9, 71, 33}, {1, 160, 64}, {1, 96, 7}, {1, 64, 22}, {67, 96, 40}, {19, 200, 23}, {4, 2048, 300}};
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const int64_t T = shapes[si][0], K = shapes[si][1], N = shapes[si][2];
         float *x = malloc(sizeof(float) * (size_t)(T * K)), *wf = malloc(sizeof(float) * (size_t)(N * K));
@@ -346,6 +349,22 @@ static void test_fast_matmul(hc_backend *ref) {
             CHECK(err < tol, "fast matmul T=%lld K=%lld N=%lld fmt %d: %g (tol %g)", (long long)T, (long long)K,
                   (long long)N, fmt, err, tol);
             CHECK(!memcmp(b, c, sizeof(float) * (size_t)(T * N)), "1 and 2 threads give the same bits (fmt %d)", fmt);
+            if (fmt == 1) {
+                /* With bf16 prompts on, 16+ tokens on bf16 weights take the vdpbf16ps path where
+                 * the CPU has it: then the result is the reference on bf16-rounded activations. */
+                fastbf->matmul(fastbf, c, x, &w, &bv, T);
+                double eb = 0;
+                for (int64_t i = 0; i < T * N; i++) eb = fmax(eb, fabs((double)a[i] - c[i]));
+                if (eb >= 1e-4 && T >= 16) {
+                    float *xr = malloc(sizeof(float) * (size_t)(T * K)); /* [T, K] */
+                    for (int64_t i = 0; i < T * K; i++) xr[i] = hc_bf16_to_f32(hc_f32_to_bf16(x[i]));
+                    ref->matmul(ref, a, xr, &w, &bv, T);
+                    eb = 0;
+                    for (int64_t i = 0; i < T * N; i++) eb = fmax(eb, fabs((double)a[i] - c[i]));
+                    free(xr);
+                }
+                CHECK(eb < 1e-4, "bf16 prompts T=%lld K=%lld N=%lld: %g", (long long)T, (long long)K, (long long)N, eb);
+            }
             free(qbuf);
         }
         free(x), free(wf), free(wb), free(wh), free(a), free(b), free(c);
@@ -414,6 +433,7 @@ static void test_fast_matmul(hc_backend *ref) {
     }
     fast1->destroy(fast1);
     fast2->destroy(fast2);
+    fastbf->destroy(fastbf);
 }
 
 /* The fast backend's norm and glu split rows and ranges over threads: the result must be

@@ -303,8 +303,8 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
     hc_model_params p = params ? *params : hc_model_default_params();
     if (p.device == HC_DEVICE_CUDA)
         return hc_fail(HC_ERR_UNSUPPORTED, "--device cuda: this build of hubcap has no CUDA backend");
-    if (p.compute_dtype != HC_DTYPE_F32)
-        return hc_fail(HC_ERR_UNSUPPORTED, "compute dtype %s: the CPU backend computes in F32",
+    if (p.compute_dtype != HC_DTYPE_F32 && p.compute_dtype != HC_DTYPE_BF16)
+        return hc_fail(HC_ERR_UNSUPPORTED, "compute dtype %s: use F32 or BF16",
                        hc_dtype_name(p.compute_dtype));
     if (p.kv_dtype != HC_DTYPE_F32 && p.kv_dtype != HC_DTYPE_F16 && p.kv_dtype != HC_DTYPE_BF16)
         return hc_fail(HC_ERR_UNSUPPORTED, "KV cache dtype %s: use F32, F16 or BF16", hc_dtype_name(p.kv_dtype));
@@ -339,6 +339,7 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
         goto fail;
     }
     if ((s = hc_backend_cpu_fast_new(p.n_threads, &m->be))) goto fail;
+    hc_backend_cpu_fast_bf16_prompts(m->be, p.compute_dtype == HC_DTYPE_BF16);
     m->embed_scale = m->arch->embed_scale_sqrt ? (float)sqrt((double)c->hidden_size) : 1.0f;
     m->rope[0] = c->rope;
     m->rope[1] = c->has_rope_local ? c->rope_local : c->rope;

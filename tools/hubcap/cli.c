@@ -116,7 +116,9 @@ int cli_model_flag(int argc, char **argv, int *i, const char *cmd, hc_model_para
         mp->mlock = true;
         return 1;
     }
-    if (strcmp(a, "--threads") && strcmp(a, "--quantize") && strcmp(a, "--device") && strcmp(a, "--kv-dtype")) return 0;
+    if (strcmp(a, "--threads") && strcmp(a, "--quantize") && strcmp(a, "--device") && strcmp(a, "--kv-dtype") &&
+        strcmp(a, "--compute-dtype"))
+        return 0;
     const char *v = cli_value(argc, argv, i, cmd);
     if (!v) return -1;
     if (!strcmp(a, "--threads")) {
@@ -129,6 +131,10 @@ int cli_model_flag(int argc, char **argv, int *i, const char *cmd, hc_model_para
         else if (!strcmp(v, "q4_k")) mp->weights = HC_WEIGHTS_Q4_K;
         else if (!strcmp(v, "none")) mp->weights = HC_WEIGHTS_AS_STORED;
         else return cli_usage_error(cmd, "--quantize must be q8_0, q4_0, q4_k or none"), -1;
+    } else if (!strcmp(a, "--compute-dtype")) {
+        if (!strcmp(v, "f32")) mp->compute_dtype = HC_DTYPE_F32;
+        else if (!strcmp(v, "bf16")) mp->compute_dtype = HC_DTYPE_BF16;
+        else return cli_usage_error(cmd, "--compute-dtype must be f32 or bf16"), -1;
     } else if (!strcmp(a, "--kv-dtype")) {
         if (!strcmp(v, "f32")) mp->kv_dtype = HC_DTYPE_F32;
         else if (!strcmp(v, "f16")) mp->kv_dtype = HC_DTYPE_F16;

@@ -49,6 +49,7 @@ void cli_sampling_apply(const cli_sampling *cs, hc_sampler_params *p);
     "  --threads N              CPU threads (default: all cores)\n"                                                  \
     "  --quantize F             quantize weights on load: q8_0, q4_0 or q4_k\n"                                            \
     "  --kv-dtype T             KV cache dtype: f32 (default), f16 or bf16\n"                                        \
+    "  --compute-dtype T        f32 (default) or bf16: prompts on bf16 weights use AVX512_BF16\n"                 \
     "  --device D               cpu (default), cuda or auto\n"                                                       \
     "  --no-mmap                read weights into RAM (huge pages) instead of mapping them\n"                       \
     "  --mlock                  lock the weights in RAM\n"

@@ -78,6 +78,11 @@ bool hc_fast_acts(hc_fast_ctx *fx, size_t n) {
     return true;
 }
 
+void hc_backend_cpu_fast_bf16_prompts(hc_backend *be, bool on) {
+    hc_fast_ctx *fx = be->ctx;
+    fx->bf16_prompts = on;
+}
+
 static void fast_destroy(hc_backend *be) {
     hc_fast_ctx *fx = be->ctx;
     free(fx->qx);

@@ -17,6 +17,7 @@ typedef struct {
     int8_t *qx;     /* activations quantized for quantized weights */
     float *dx;      /* their block scales */
     size_t qx_cap;
+    bool bf16_prompts; /* hc_backend_cpu_fast_bf16_prompts */
 } hc_fast_ctx;
 
 /* Makes the quantized-activation buffers hold n values; false when out of memory. */

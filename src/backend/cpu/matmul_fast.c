@@ -62,6 +62,86 @@ __attribute__((target(TARGET))) static inline float hsum_avx2(__m256 v) {
 #define VHSUM(v) _mm512_reduce_add_ps(v)
 #include "backend/cpu/matmul_kernels.inc"
 
+/* ---- AVX512_BF16 for prompts on bf16 weights: vdpbf16ps does 32 multiply-adds per instruction
+ * (twice the f32 FMA rate) on bf16 pairs, so the prompt's activations are rounded to bf16
+ * first, as llama.cpp does and as transformers computes a bf16 model. Decode (few tokens) keeps
+ * f32 activations: it is bound by reading the weights, not by arithmetic. ------------------ */
+
+/* Prompts at least this long take the bf16-activation path. */
+#define BF16_DOT_MIN_T 16
+
+__attribute__((target("avx512f,avx512bf16,avx512bw"))) static void acts_to_bf16(uint16_t *xb, const float *x,
+                                                                               int64_t n) {
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i));
+        _mm512_storeu_si512((void *)(xb + i), (__m512i)v);
+    }
+    for (; i < n; i++) xb[i] = hc_f32_to_bf16(x[i]);
+}
+
+/* out[t][r] for 4 tokens x 4 rows; x and rows are bf16 [K]. */
+__attribute__((target("avx512f,avx512bf16,avx512bw"))) static void kbf16_4x4(float *const *out,
+                                                                            const uint16_t *const *x,
+                                                                            const uint16_t *const *rows, int64_t K) {
+    __m512 acc[4][4];
+    for (int t = 0; t < 4; t++)
+        for (int r = 0; r < 4; r++) acc[t][r] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m512bh wv[4];
+        for (int r = 0; r < 4; r++) wv[r] = (__m512bh)_mm512_loadu_si512((const void *)(rows[r] + k));
+        for (int t = 0; t < 4; t++) {
+            const __m512bh xv = (__m512bh)_mm512_loadu_si512((const void *)(x[t] + k));
+            for (int r = 0; r < 4; r++) acc[t][r] = _mm512_dpbf16_ps(acc[t][r], xv, wv[r]);
+        }
+    }
+    for (int t = 0; t < 4; t++)
+        for (int r = 0; r < 4; r++) {
+            float s = _mm512_reduce_add_ps(acc[t][r]);
+            for (int64_t kk = k; kk < K; kk++) s += hc_bf16_to_f32(x[t][kk]) * hc_bf16_to_f32(rows[r][kk]);
+            *out[t * 4 + r] = s;
+        }
+}
+
+/* Rows [n0, n1) of out[T, N] = xb[T, K] @ W^T for bf16 W (not transposed). Leftover tokens and
+ * rows (T or n1 - n0 not a multiple of 4) run the same kernel on repeated pointers and write
+ * their extra results to a dummy slot, so every output is computed the same way. */
+__attribute__((target("avx512f,avx512bf16,avx512bw"))) static void matmul_rows_bf16dot(float *out, const uint16_t *xb,
+                                                                                      const hc_mat *w, int64_t T,
+                                                                                      int64_t n0, int64_t n1) {
+    const int64_t N = w->rows, K = w->cols;
+    const uint16_t *base = w->data;
+    float dummy;
+    for (int64_t tc = 0; tc < T; tc += 64) {
+        const int64_t te = tc + 64 < T ? tc + 64 : T;
+        for (int64_t n = n0; n < n1; n += 4) {
+            const uint16_t *rows[4];
+            for (int r = 0; r < 4; r++) rows[r] = base + (size_t)(n + r < n1 ? n + r : n) * (size_t)w->ld;
+            for (int64_t t = tc; t < te; t += 4) {
+                const uint16_t *xs[4];
+                float *os[16];
+                for (int tt = 0; tt < 4; tt++) {
+                    xs[tt] = xb + (t + tt < te ? t + tt : t) * K;
+                    for (int r = 0; r < 4; r++)
+                        os[tt * 4 + r] = (t + tt < te && n + r < n1) ? out + (t + tt) * N + n + r : &dummy;
+                }
+                kbf16_4x4(os, xs, rows, K);
+            }
+        }
+    }
+}
+
+static bool has_bf16_dot(void) {
+    static int v = -1;
+    if (v < 0) {
+        __builtin_cpu_init();
+        const char *force = getenv("HUBCAP_KERNELS");
+        v = !force && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
+    }
+    return v;
+}
+
 /* ---- quantized weights: int8 dot products with activations quantized to q8 (per block of 32,
  * as llama.cpp does), so a block costs a few integer instructions instead of widening 32
  * weights to float. Both ISAs use these AVX2 kernels. ------------------------------------------ */
@@ -209,6 +289,7 @@ typedef struct {
     rows_fn fn;
     const int8_t *qx; /* quantized activations for quantized weights */
     const float *dx;
+    const uint16_t *xb; /* bf16 activations for the vdpbf16ps path */
 } mm_job;
 
 static void mm_part(void *ctx, int ith, int nth) {
@@ -219,7 +300,8 @@ static void mm_part(void *ctx, int ith, int nth) {
     per = (per + 15) / 16 * 16;
     const int64_t n0 = (int64_t)ith * per, n1 = n0 + per < N ? n0 + per : N;
     if (n0 >= n1) return;
-    if (j->qx && j->w->quant == HC_QUANT_Q4_K) q4k_rows_avx2(j->out, j->qx, j->dx, j->w, j->T, n0, n1);
+    if (j->xb) matmul_rows_bf16dot(j->out, j->xb, j->w, j->T, n0, n1);
+    else if (j->qx && j->w->quant == HC_QUANT_Q4_K) q4k_rows_avx2(j->out, j->qx, j->dx, j->w, j->T, n0, n1);
     else if (j->qx) qmatmul_rows_avx2(j->out, j->qx, j->dx, j->w, j->T, n0, n1);
     else j->fn(j->out, j->x, j->w, j->T, n0, n1);
     if (j->bias && j->bias->data)
@@ -234,14 +316,20 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
         hc_cpu_matmul(be, out, x, w, bias, T);
         return;
     }
-    mm_job j = {out, x, w, bias, T, fn, NULL, NULL};
+    mm_job j = {out, x, w, bias, T, fn, NULL, NULL, NULL};
     hc_fast_ctx *fx = be->ctx;
     hc_pool *pool = fx->pool;
     if (w->quant && hc_fast_acts(fx, (size_t)(T * w->cols))) {
         quantize_acts(fx->qx, fx->dx, x, T, w->cols);
         j.qx = fx->qx;
         j.dx = fx->dx;
-    } else if (w->quant == HC_QUANT_Q4_K) {
+    } else if (fx->bf16_prompts && !w->quant && w->dtype == HC_DTYPE_BF16 && T >= BF16_DOT_MIN_T && has_bf16_dot() &&
+               hc_fast_acts(fx, (size_t)(T * w->cols) * sizeof(uint16_t))) {
+        /* the int8 activation buffer doubles as the bf16 one (malloc'd, so suitably aligned) */
+        acts_to_bf16((uint16_t *)(void *)fx->qx, x, T * w->cols);
+        j.xb = (const uint16_t *)(void *)fx->qx;
+    }
+    if (!j.qx && !j.xb && w->quant == HC_QUANT_Q4_K) {
         hc_cpu_matmul(be, out, x, w, bias, T);
         return;
     }
