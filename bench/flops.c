@@ -1,5 +1,7 @@
 /* Peak f32 FMA rate of this machine, all cores, with the widest vectors it has (AVX-512 or
- * AVX2): independent FMA chains, no memory traffic.  usage: bench_flops [THREADS] */
+ * AVX2): independent FMA chains, no memory traffic. Where the CPU has AVX512_BF16, also the
+ * peak of vdpbf16ps (32 bf16 multiply-adds per instruction), the ceiling of --compute-dtype
+ * bf16 prompts.  usage: bench_flops [THREADS] */
 #include <immintrin.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +19,19 @@ __attribute__((target("avx512f"))) static void fma512(void *ctx, int ith, int nt
     for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
     for (long it = 0; it < ITERS; it++)
         for (int i = 0; i < 12; i++) a[i] = _mm512_fmadd_ps(a[i], x, y);
+    float s = 0;
+    for (int i = 0; i < 12; i++) s += _mm512_reduce_add_ps(a[i]);
+    out[ith] = s;
+}
+
+__attribute__((target("avx512f,avx512bf16,avx512bw"))) static void dpbf16(void *ctx, int ith, int nth) {
+    (void)ctx;
+    (void)nth;
+    __m512 a[12];
+    const __m512bh x = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1.0f), _mm512_set1_ps(0.5f));
+    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
+    for (long it = 0; it < ITERS; it++)
+        for (int i = 0; i < 12; i++) a[i] = _mm512_dpbf16_ps(a[i], x, x);
     float s = 0;
     for (int i = 0; i < 12; i++) s += _mm512_reduce_add_ps(a[i]);
     out[ith] = s;
@@ -54,6 +69,13 @@ int main(int argc, char **argv) {
     double flops = 2.0 * w * 12 * (double)ITERS * hc_pool_size(pool);
     printf("flops: %.1f GFLOP/s f32 FMA peak (%s, %d threads)\n", flops / dt / 1e9, w == 16 ? "avx512" : "avx2",
            hc_pool_size(pool));
+    if (__builtin_cpu_supports("avx512bf16")) {
+        t0 = now();
+        hc_pool_run(pool, dpbf16, NULL);
+        dt = now() - t0;
+        flops = 2.0 * 32 * 12 * (double)ITERS * hc_pool_size(pool);
+        printf("flops: %.1f GFLOP/s bf16 dot peak (vdpbf16ps, %d threads)\n", flops / dt / 1e9, hc_pool_size(pool));
+    }
     hc_pool_free(pool);
     return out[0] == 12345.0f;
 }

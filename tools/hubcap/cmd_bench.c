@@ -106,10 +106,10 @@ int cmd_bench(int argc, char **argv) {
                       : mp.weights == HC_WEIGHTS_Q4_K ? "q4_k"
                                                       : "as stored";
     if (json)
-        printf("{\"model\":\"%s\",\"weights\":\"%s\",\"kernels\":\"%s\",\"mmap\":%s,\"load_s\":%.3f,\"prompt_tokens\":%lld,"
+        printf("{\"model\":\"%s\",\"weights\":\"%s\",\"kernels\":\"%s\",\"compute_dtype\":\"%s\",\"mmap\":%s,\"load_s\":%.3f,\"prompt_tokens\":%lld,"
                "\"gen_tokens\":%lld,\"prompt_tok_s\":%.2f,\"decode_tok_s\":%.2f,\"peak_rss_bytes\":%lld,"
                "\"bytes_per_token\":%lld,\"decode_read_gb_s\":%.2f}\n",
-               model, fmt, hc_cpu_kernels(), mp.use_mmap ? "true" : "false", load_s, (long long)n_prompt,
+               model, fmt, hc_cpu_kernels(), mp.compute_dtype == HC_DTYPE_BF16 ? "bf16" : "f32", mp.use_mmap ? "true" : "false", load_s, (long long)n_prompt,
                (long long)n_gen, ptps, dtps, rss, bpt, dtps * (double)bpt / 1e9);
     else
         printf("load %.2f s | prompt %lld tokens: %.1f tok/s | decode %lld tokens: %.2f tok/s | peak RSS %.2f GB | "
