@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "format/json.h"
 
 static const char help[] =
     "usage: hubcap bench [-m MODEL] [--prompt N] [--gen N] [--threads N] [--quantize q8_0|q4_0|q4_k] [--mmap] [--json]\n"
@@ -105,17 +106,26 @@ int cmd_bench(int argc, char **argv) {
                       : mp.weights == HC_WEIGHTS_Q4_0 ? "q4_0"
                       : mp.weights == HC_WEIGHTS_Q4_K ? "q4_k"
                                                       : "as stored";
+    hc_str model_json = {0}; /* the path as a JSON string, quotes included */
+    if (json && !hc_json_put_string(&model_json, model)) {
+        hc_str_free(&model_json);
+        hc_session_free(s);
+        hc_model_free(m);
+        fprintf(stderr, "hubcap bench: out of memory\n");
+        return EXIT_ERROR;
+    }
     if (json)
-        printf("{\"model\":\"%s\",\"weights\":\"%s\",\"kernels\":\"%s\",\"compute_dtype\":\"%s\",\"mmap\":%s,\"load_s\":%.3f,\"prompt_tokens\":%lld,"
+        printf("{\"model\":%s,\"weights\":\"%s\",\"kernels\":\"%s\",\"compute_dtype\":\"%s\",\"mmap\":%s,\"load_s\":%.3f,\"prompt_tokens\":%lld,"
                "\"gen_tokens\":%lld,\"prompt_tok_s\":%.2f,\"decode_tok_s\":%.2f,\"peak_rss_bytes\":%lld,"
                "\"bytes_per_token\":%lld,\"decode_read_gb_s\":%.2f}\n",
-               model, fmt, hc_cpu_kernels(), mp.compute_dtype == HC_DTYPE_BF16 ? "bf16" : "f32", mp.use_mmap ? "true" : "false", load_s, (long long)n_prompt,
+               model_json.data, fmt, hc_cpu_kernels(), mp.compute_dtype == HC_DTYPE_BF16 ? "bf16" : "f32", mp.use_mmap ? "true" : "false", load_s, (long long)n_prompt,
                (long long)n_gen, ptps, dtps, rss, bpt, dtps * (double)bpt / 1e9);
     else
         printf("load %.2f s | prompt %lld tokens: %.1f tok/s | decode %lld tokens: %.2f tok/s | peak RSS %.2f GB | "
                "%.1f MB read per token (%.1f GB/s) | weights %s\n",
                load_s, (long long)n_prompt, ptps, (long long)n_gen, dtps, (double)rss / 1e9, (double)bpt / 1e6,
                dtps * (double)bpt / 1e9, fmt);
+    hc_str_free(&model_json);
     hc_session_free(s);
     hc_model_free(m);
     return EXIT_OK;
