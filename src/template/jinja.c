@@ -1336,6 +1336,33 @@ static bool in_list(const char *word, size_t len, const char *list) {
     return false;
 }
 
+/* A parameter list after its "(": names into n->targets / n->n_targets and, with defaults, the
+ * `= expr` of each (NULL where absent) into n->vals. Consumes the ")". */
+static void parse_params(tokens *ts, node *n, bool defaults) {
+    jctx *c = ts->c;
+    nodelist vals = {0};
+    const char **params = NULL;
+    size_t cap = 0;
+    while (!accept_op(ts, ")")) {
+        tok *pn = next(ts);
+        if (pn->t != T_NAME) unexpected(ts, "a parameter name");
+        if (n->n_targets == cap) {
+            cap = cap ? cap * 2 : 4;
+            const char **nv = alloc(c, sizeof(char *) * cap);
+            if (n->n_targets) memcpy(nv, params, sizeof(char *) * n->n_targets);
+            params = nv;
+        }
+        params[n->n_targets++] = tok_name(c, pn);
+        if (defaults) nl_push(c, &vals, accept_op(ts, "=") ? parse_expr(ts) : NULL);
+        if (!accept_op(ts, ",")) {
+            expect_op(ts, ")");
+            break;
+        }
+    }
+    n->targets = params;
+    if (defaults) n->vals = vals.v;
+}
+
 static node *parse_stmt(parser *p, tokens *ts) {
     jctx *c = p->c;
     tok *t = next(ts);
@@ -1429,53 +1456,14 @@ static node *parse_stmt(parser *p, tokens *ts) {
         if (name->t != T_NAME) unexpected(ts, "a macro name");
         n->name = tok_name(c, name);
         expect_op(ts, "(");
-        nodelist defaults = {0};
-        const char **params = NULL;
-        size_t cap = 0;
-        while (!accept_op(ts, ")")) {
-            tok *pn = next(ts);
-            if (pn->t != T_NAME) unexpected(ts, "a parameter name");
-            if (n->n_targets == cap) {
-                cap = cap ? cap * 2 : 4;
-                const char **nv = alloc(c, sizeof(char *) * cap);
-                if (n->n_targets) memcpy(nv, params, sizeof(char *) * n->n_targets);
-                params = nv;
-            }
-            params[n->n_targets++] = tok_name(c, pn);
-            nl_push(c, &defaults, accept_op(ts, "=") ? parse_expr(ts) : NULL);
-            if (!accept_op(ts, ",")) {
-                expect_op(ts, ")");
-                break;
-            }
-        }
-        n->targets = params;
-        n->vals = defaults.v;
+        parse_params(ts, n, true);
         expect_end(ts);
         n->body = parse_body(p, "endmacro", &which, &et);
         return n;
     }
     if (is_name(t, "call")) {
         n = mk(c, N_CALLBLOCK, t->pos);
-        if (accept_op(ts, "(")) { /* caller parameters */
-            const char **params = NULL;
-            size_t cap = 0;
-            while (!accept_op(ts, ")")) {
-                tok *pn = next(ts);
-                if (pn->t != T_NAME) unexpected(ts, "a parameter name");
-                if (n->n_targets == cap) {
-                    cap = cap ? cap * 2 : 4;
-                    const char **nv = alloc(c, sizeof(char *) * cap);
-                    if (n->n_targets) memcpy(nv, params, sizeof(char *) * n->n_targets);
-                    params = nv;
-                }
-                params[n->n_targets++] = tok_name(c, pn);
-                if (!accept_op(ts, ",")) {
-                    expect_op(ts, ")");
-                    break;
-                }
-            }
-            n->targets = params;
-        }
+        if (accept_op(ts, "(")) parse_params(ts, n, false); /* caller parameters */
         n->a = parse_expr(ts);
         if (n->a->t != N_CALL) fail_at(c, t->pos, HC_ERR_FORMAT, "{%% call %%} needs a macro call");
         expect_end(ts);
