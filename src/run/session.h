@@ -49,7 +49,7 @@ struct hc_session {
     void *k_cache, *v_cache;  /* [L, S, KVH*D] of kv_dtype */
     hc_dtype kv_dtype;        /* F32, F16 or BF16 */
     float *inv_freq[2];   /* [R/2] global and local rope tables (backend memory) */
-    float *inv_freq_host[2];
+    float *inv_freq_host[2]; /* [R/2] the same tables on the host, where they are computed */
     float attn_factor[2];
     int64_t rope_cached_len; /* dynamic rope: the length its table was made for */
     hc_workspace ws;
@@ -61,15 +61,15 @@ typedef struct {
     int64_t n;
 } hc_group;
 
-/* Runs the rows of every group through the model in one pass (at most ws->rows rows in all).
- * ids: [sum n] concatenated by group. logits: [sum n, V] when all_logits, else [n_groups, V]
- * for the last row of each group; NULL for none. */
 /* Computes the rope tables for a sequence of seq_len (dynamic rope) and uploads them. */
 void hc_session_set_rope(hc_session *s, int64_t seq_len);
 
 /* Validates ids and room in the context before a forward pass. */
 hc_status hc_session_check(const hc_session *s, const int32_t *ids, int64_t n);
 
+/* Runs the rows of every group through the model in one pass (at most ws->rows rows in all).
+ * ids: [sum n] concatenated by group. logits: [sum n, V] when all_logits, else [n_groups, V]
+ * for the last row of each group; NULL for none. */
 void hc_decoder_forward_groups(hc_workspace *ws, const hc_group *groups, int n_groups, const int32_t *ids,
                                float *logits, bool all_logits, float *hidden);
 

@@ -132,15 +132,6 @@ __attribute__((target("avx512f,avx512bf16,avx512bw"))) static void matmul_rows_b
     }
 }
 
-static bool has_bf16_dot(void) {
-    static int v = -1;
-    if (v < 0) {
-        __builtin_cpu_init();
-        const char *force = getenv("HUBCAP_KERNELS");
-        v = !force && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
-    }
-    return v;
-}
 
 /* ---- quantized weights: int8 dot products with activations quantized to q8 (per block of 32,
  * as llama.cpp does), so a block costs a few integer instructions instead of widening 32
@@ -273,6 +264,14 @@ static rows_fn pick(void) {
         decided = 1;
     }
     return fn;
+}
+
+/* vdpbf16ps where the AVX-512 kernels were picked (so HUBCAP_KERNELS=avx2|scalar turns it off too). */
+static bool has_bf16_dot(void) {
+    static int v = -1;
+    if (v < 0)
+        v = pick() == matmul_rows__avx512 && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
+    return v;
 }
 
 const char *hc_cpu_kernels(void) {
