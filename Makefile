@@ -3,7 +3,7 @@ BUILD ?= build
 CMAKE_FLAGS ?=
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all test test-all asan fuzz clean
+.PHONY: all test test-all test-cuda asan fuzz clean
 
 all: $(BUILD)/Makefile
 	@cmake --build $(BUILD) -j $(JOBS)
@@ -16,6 +16,10 @@ test: all
 
 test-all: all
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -LE cuda
+
+# On a machine with an NVIDIA GPU: the CUDA op, conformance and generation tests.
+test-cuda: all
+	@cd $(BUILD) && ctest --output-on-failure -L cuda
 
 asan:
 	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DHUBCAP_SANITIZE=ON $(CMAKE_FLAGS)

@@ -1,6 +1,9 @@
-/* Writes a Llama-3.2-1B-shaped checkpoint with random bf16 weights for the benchmarks:
- * hidden 2048, 16 layers, 32 heads, 8 kv heads, intermediate 8192, vocab 128256, tied.
- * usage: bench_make_checkpoint OUTDIR   (about 2.5 GB) */
+/* Writes a Llama-shaped checkpoint with random bf16 weights for the benchmarks:
+ *   1b (default): Llama-3.2-1B: hidden 2048, 16 layers, 32 heads, 8 kv heads of 64,
+ *                 intermediate 8192, vocab 128256, tied embeddings (about 2.5 GB);
+ *   8b:           Llama-3.1-8B: hidden 4096, 32 layers, 32 heads, 8 kv heads of 128,
+ *                 intermediate 14336, vocab 128256, separate LM head (about 16 GB).
+ * usage: bench_make_checkpoint OUTDIR [1b|8b] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,7 +12,8 @@
 #include "base/half.h"
 #include "hubcap.h"
 
-enum { HIDDEN = 2048, LAYERS = 16, HEADS = 32, KV_HEADS = 8, HEAD_DIM = 64, INTER = 8192, VOCAB = 128256 };
+static int HIDDEN = 2048, LAYERS = 16, HEADS = 32, KV_HEADS = 8, HEAD_DIM = 64, INTER = 8192, VOCAB = 128256;
+static int TIED = 1;
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 
@@ -31,9 +35,13 @@ static uint16_t *random_bf16(int64_t n, float scale, float offset) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s OUTDIR\n", argv[0]);
+    if (argc < 2 || argc > 3 || (argc == 3 && strcmp(argv[2], "1b") && strcmp(argv[2], "8b"))) {
+        fprintf(stderr, "usage: %s OUTDIR [1b|8b]\n", argv[0]);
         return 2;
+    }
+    if (argc == 3 && !strcmp(argv[2], "8b")) {
+        HIDDEN = 4096, LAYERS = 32, HEAD_DIM = 128, INTER = 14336;
+        TIED = 0;
     }
     const char *dir = argv[1];
     mkdir(dir, 0755);
@@ -50,12 +58,12 @@ int main(int argc, char **argv) {
             "\"num_key_value_heads\":%d,\"head_dim\":%d,\"vocab_size\":%d,\"max_position_embeddings\":131072,"
             "\"rms_norm_eps\":1e-05,\"rope_theta\":500000.0,\"rope_scaling\":{\"factor\":32.0,"
             "\"high_freq_factor\":4.0,\"low_freq_factor\":1.0,\"original_max_position_embeddings\":8192,"
-            "\"rope_type\":\"llama3\"},\"tie_word_embeddings\":true,\"hidden_act\":\"silu\","
+            "\"rope_type\":\"llama3\"},\"tie_word_embeddings\":%s,\"hidden_act\":\"silu\","
             "\"bos_token_id\":128000,\"eos_token_id\":128001,\"torch_dtype\":\"bfloat16\"}\n",
-            HIDDEN, INTER, LAYERS, HEADS, KV_HEADS, HEAD_DIM, VOCAB);
+            HIDDEN, INTER, LAYERS, HEADS, KV_HEADS, HEAD_DIM, VOCAB, TIED ? "true" : "false");
     fclose(f);
 
-    int64_t cap = 3 + LAYERS * 9, n = 0;
+    int64_t cap = 4 + LAYERS * 9, n = 0;
     hc_tensor_write *t = calloc((size_t)cap, sizeof *t);
     char (*names)[96] = calloc((size_t)cap, sizeof *names);
     const float w = 0.02f;
@@ -64,14 +72,16 @@ int main(int argc, char **argv) {
         snprintf(names[n], sizeof names[n], "%s", NAME);                                                               \
         t[n].name = names[n];                                                                                          \
         t[n].dtype = HC_DTYPE_BF16;                                                                                    \
-        t[n].n_dims = (D1) ? 2 : 1;                                                                                    \
-        t[n].shape[0] = D0;                                                                                            \
-        t[n].shape[1] = D1;                                                                                            \
-        t[n].data = random_bf16((int64_t)(D0) * ((D1) ? (D1) : 1), SCALE, OFFSET);                                     \
+        const int64_t d0_ = (D0), d1_ = (D1);                                                                          \
+        t[n].n_dims = d1_ ? 2 : 1;                                                                                     \
+        t[n].shape[0] = d0_;                                                                                           \
+        t[n].shape[1] = d1_;                                                                                           \
+        t[n].data = random_bf16(d0_ * (d1_ ? d1_ : 1), SCALE, OFFSET);                                                 \
         n++;                                                                                                           \
     } while (0)
     ADD("model.embed_tokens.weight", VOCAB, HIDDEN, w, 0);
     ADD("model.norm.weight", HIDDEN, 0, 0.1f, 1.0f);
+    if (!TIED) ADD("lm_head.weight", VOCAB, HIDDEN, w, 0);
     char name[96];
     for (int l = 0; l < LAYERS; l++) {
 #define LAYER(SUFFIX, D0, D1, SCALE, OFFSET)                                                                           \

@@ -50,7 +50,8 @@ extern "C" {
     X(ERR_INVALID_ARG, 4, "invalid argument")                                                 \
     X(ERR_NOT_FOUND, 5, "not found")                                                          \
     X(ERR_NOMEM, 6, "out of memory")                                                          \
-    X(ERR_RANGE, 7, "value out of range")
+    X(ERR_RANGE, 7, "value out of range")                                                     \
+    X(ERR_DEVICE, 8, "GPU or driver error")
 
 typedef enum {
 #define HC_STATUS_ENUM_(name, code, desc) HC_##name = code,
@@ -193,6 +194,9 @@ typedef enum { HC_DEVICE_CPU, HC_DEVICE_CUDA, HC_DEVICE_AUTO } hc_device;
 typedef struct hc_model hc_model;
 typedef struct hc_session hc_session;
 
+/* compute_dtype: the device's own default. */
+#define HC_DTYPE_AUTO HC_DTYPE_COUNT
+
 /* Weight formats: as stored, or block-quantized when the model loads (embeddings, norms and the
  * LM head keep their stored precision). */
 typedef enum { HC_WEIGHTS_AS_STORED = 0, HC_WEIGHTS_Q8_0 = 1, HC_WEIGHTS_Q4_0 = 2, HC_WEIGHTS_Q4_K = 3 } hc_weight_format;
@@ -201,10 +205,14 @@ typedef struct {
     hc_device device;
     hc_weight_format weights; /* quantize on load (--quantize) */
     bool mlock;               /* lock the weights in RAM (--mlock) */
-    hc_dtype compute_dtype; /* F32 (default; transformers' f32 numerics) or BF16: prompt matmuls on
+    hc_dtype compute_dtype; /* HC_DTYPE_AUTO (default): F32 on the CPU, BF16 on CUDA.
+                               CPU: F32 (transformers' f32 numerics) or BF16: prompt matmuls on
                                bf16 weights round activations to bf16 and use AVX512_BF16 where
-                               the CPU has it (llama.cpp's numerics, faster; --compute-dtype) */
-    hc_dtype kv_dtype;      /* KV cache: F32 (default), F16 or BF16 (half the memory) */
+                               the CPU has it (llama.cpp's numerics, faster).
+                               CUDA: the operand type of prompt matmuls (BF16, F16 or F32; f32
+                               accumulation always). --dtype / --compute-dtype */
+    hc_dtype kv_dtype;      /* KV cache: F32, F16 or BF16 (half the memory); HC_DTYPE_AUTO (default):
+                               F32 on the CPU, the compute dtype on CUDA */
     int n_threads;          /* 0 = all available cores */
     int64_t n_ctx;          /* the longest sequence generate() accepts; 0 = max_position_embeddings */
     bool use_mmap;
@@ -235,6 +243,11 @@ hc_status hc_session_forward(hc_session *s, const int32_t *ids, int64_t n, float
  * last_hidden_state) of every position: hidden [n, C]. */
 hc_status hc_session_forward_hidden(hc_session *s, const int32_t *ids, int64_t n, float *hidden);
 int64_t hc_model_hidden_size(const hc_model *m);
+/* "cpu-fast" or "cuda"; the resolved compute dtype; bytes of weights copied to the GPU (0 on
+ * the CPU). */
+const char *hc_model_device_name(const hc_model *m);
+hc_dtype hc_model_compute_dtype(const hc_model *m);
+int64_t hc_model_device_weight_bytes(const hc_model *m);
 /* Weight bytes one decoded token reads (every matrix once, the selected experts only). */
 int64_t hc_model_weight_bytes_per_token(const hc_model *m);
 /* The CPU kernels in use: "avx512", "avx2" or "scalar". */

@@ -40,7 +40,10 @@ expect 2 "not a list of integers" -- "$HUBCAP" generate --ids "1 two 3"
 expect 2 "empty" -- "$HUBCAP" generate --ids " , "
 expect 2 "--max-new-tokens" -- "$HUBCAP" generate --ids 1 --max-new-tokens -3
 expect 2 "--device" -- "$HUBCAP" generate --ids 1 --device tpu
-expect 2 "--compute-dtype must be f32 or bf16" -- "$HUBCAP" generate --ids 1 --compute-dtype f16
+expect 2 "--compute-dtype must be f32, bf16 or f16" -- "$HUBCAP" generate --ids 1 --compute-dtype f64
+expect 2 "--dtype must be f32, bf16 or f16" -- "$HUBCAP" generate --ids 1 --dtype half
+expect 1 "F16 on the CPU: use F32 or BF16" -- "$HUBCAP" generate --ids 1 --dtype f16 --device cpu
+expect 2 "HUBCAP_DEVICE='tpu'" -- env HUBCAP_DEVICE=tpu "$HUBCAP" generate --ids 1
 expect 0 "" -- "$HUBCAP" generate --ids 1 --max-new-tokens 4 --compute-dtype bf16
 expect 0 "" -- "$HUBCAP" info --help
 expect 0 "" -- "$HUBCAP" generate --help
@@ -94,7 +97,15 @@ expect 1 "token id 320 .* outside the vocabulary" -- "$HUBCAP" logits -m "$FIX/l
 expect 1 "token id -1" -- "$HUBCAP" generate -m "$FIX/llama2" --ids "-1"
 expect 1 "exceeds the context of 512" -- "$HUBCAP" generate --ids 1 --max-new-tokens 600
 expect 1 "exceeds the model's 128 learned positions" -- "$HUBCAP" generate -m "$FIX/gpt2" --ids 1 --max-new-tokens 10 --ctx 200
-expect 1 "no CUDA backend" -- "$HUBCAP" generate --ids 1 --device cuda
+# Without a usable GPU (or without the CUDA backend in this build) --device cuda is one clear
+# line and exit 1; --device auto falls back to the CPU.
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+    echo "skipped: --device cuda failure checks (this machine has a GPU)"
+else
+    expect 1 "device cuda: .*(no CUDA backend|no usable CUDA GPU|no CUDA GPU found)" -- "$HUBCAP" generate --ids 1 --device cuda
+    expect 1 "device cuda" -- env HUBCAP_DEVICE=cuda "$HUBCAP" generate --ids 1
+fi
+expect 0 "" -- "$HUBCAP" generate --ids 1 --max-new-tokens 2 --device auto
 
 
 # Tokenizers: a model folder or a folder of tokenizer files only.

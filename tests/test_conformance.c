@@ -1,5 +1,11 @@
 /* Every fixture model against transformers: logits of every prompt within the fixture's
- * tolerance, and greedy tokens equal (up to a near-tie, where margins say a flip is allowed). */
+ * tolerance, and greedy tokens equal (up to a near-tie, where margins say a flip is allowed).
+ *
+ * With HUBCAP_TEST_DEVICE=cuda the same runs on the GPU. With HUBCAP_TEST_DTYPE=bf16 (or f16)
+ * the logits are compared statistically instead: the mean KL divergence from HF's next-token
+ * distributions is reported and must stay small, and greedy tokens must agree until the first
+ * step whose HF margin is below the noise the compute dtype adds (4x the largest logit error
+ * seen on the prompts, at least 0.02). */
 #include <dirent.h>
 
 #include "format/json.h"
@@ -22,7 +28,7 @@ static int32_t argmax(const float *x, int64_t n) {
 
 /* Greedy decoding from `prompt`; compares with ref until the first allowed divergence. */
 static void check_greedy(hc_model *m, const int64_t *prompt, int64_t T, const int64_t *ref, const float *margins,
-                         int64_t n_new, const char *label) {
+                         int64_t n_new, const char *label, float noise) {
     const int64_t V = hc_model_vocab_size(m);
     hc_session *s;
     CHECK_OK(hc_session_new(m, T + n_new, &s));
@@ -34,8 +40,8 @@ static void check_greedy(hc_model *m, const int64_t *prompt, int64_t T, const in
     for (int64_t i = 0; i < n_new; i++) {
         int32_t next = argmax(logits, V);
         if (next != ref[i]) {
-            bool tie = margins && i > 0 && margins[i - 1] < 0.01f;
-            bool tie_here = margins && margins[i] < 0.01f;
+            bool tie = margins && i > 0 && margins[i - 1] < noise;
+            bool tie_here = margins && margins[i] < noise;
             CHECK(tie || tie_here, "%s: greedy token %lld is %d, HF gave %lld", label, (long long)i, next,
                   (long long)ref[i]);
             break;
@@ -47,10 +53,28 @@ static void check_greedy(hc_model *m, const int64_t *prompt, int64_t T, const in
     hc_session_free(s);
 }
 
+/* Mean over rows of KL(p_ref || p) between softmaxes of [T, V] logits. */
+static double mean_kl(const float *ref, const float *got, int64_t T, int64_t V) {
+    double total = 0;
+    for (int64_t t = 0; t < T; t++) {
+        const float *a = ref + t * V, *b = got + t * V;
+        double ma = -INFINITY, mb = -INFINITY, za = 0, zb = 0, kl = 0;
+        for (int64_t v = 0; v < V; v++) ma = fmax(ma, a[v]), mb = fmax(mb, b[v]);
+        for (int64_t v = 0; v < V; v++) za += exp(a[v] - ma), zb += exp(b[v] - mb);
+        for (int64_t v = 0; v < V; v++) {
+            const double pa = exp(a[v] - ma) / za;
+            kl += pa * ((a[v] - ma - log(za)) - (b[v] - mb - log(zb)));
+        }
+        total += kl;
+    }
+    return total / (double)T;
+}
+
 static void check_model(const char *dir, const char *name) {
     char path[4096];
     hc_model *m;
-    hc_model_params mp = hc_model_default_params();
+    hc_model_params mp = test_model_params();
+    const bool low = test_low_precision();
     hc_status st = hc_model_load(dir, &mp, &m);
     CHECK(st == HC_OK, "%s: load: %s", name, hc_last_error());
     if (st) return;
@@ -85,10 +109,18 @@ static void check_model(const char *dir, const char *name) {
             double e = fabs((double)logits[j] - (double)want[j]);
             if (!(e <= max_err)) max_err = e; /* NaN propagates into a failure */
         }
-        CHECK(max_err <= tolerance, "%s prompt%d: max |logit - HF| = %g > %g", name, i, max_err, tolerance);
-        printf("  %-14s prompt%d T=%-3lld max|err| %.2e (tol %.2e)\n", name, i, (long long)T, max_err, tolerance);
-        /* The same prompt in three pieces through the KV cache gives the same logits. */
-        if (T >= 3) {
+        if (!low) {
+            CHECK(max_err <= tolerance, "%s prompt%d: max |logit - HF| = %g > %g", name, i, max_err, tolerance);
+            printf("  %-14s prompt%d T=%-3lld max|err| %.2e (tol %.2e)\n", name, i, (long long)T, max_err, tolerance);
+        } else {
+            const double kl = mean_kl(want, logits, T, V);
+            CHECK(kl < 1e-2, "%s prompt%d: mean KL from HF %g", name, i, kl);
+            printf("  %-14s prompt%d T=%-3lld max|err| %.2e mean KL %.2e\n", name, i, (long long)T, max_err, kl);
+        }
+        const float noise = low ? (float)fmax(0.02, 4 * max_err) : 0.01f;
+        /* The same prompt in three pieces through the KV cache gives the same logits (in f32:
+         * with 16-bit compute, pieces of other lengths take other kernels and roundings). */
+        if (T >= 3 && !low) {
             hc_session *s2;
             CHECK_OK(hc_session_new(m, T, &s2));
             const int64_t a = T / 2, b = T - a - 1;
@@ -108,7 +140,7 @@ static void check_model(const char *dir, const char *name) {
         }
         char label[128];
         snprintf(label, sizeof label, "%s prompt%d", name, i);
-        check_greedy(m, prompt, T, tg->data, tm ? tm->data : NULL, tg->shape[1], label);
+        check_greedy(m, prompt, T, tg->data, tm ? tm->data : NULL, tg->shape[1], label, noise);
         hc_session_free(s);
         free(logits);
         free(ids);
@@ -117,7 +149,7 @@ static void check_model(const char *dir, const char *name) {
     const hc_tensor_info *gb = hc_safetensors_find(&ref, "greedy_from_bos");
     if (gb) {
         const int64_t bos = 1;
-        check_greedy(m, &bos, 1, gb->data, NULL, gb->shape[1], "greedy_from_bos");
+        check_greedy(m, &bos, 1, gb->data, NULL, gb->shape[1], "greedy_from_bos", 0.01f);
     }
     hc_safetensors_close(&ref);
     hc_json_free(&rj);

@@ -20,7 +20,7 @@ static int32_t *ref_ids(hc_safetensors *ref, const char *name, int64_t *n) {
 /* Prompts of different lengths for batch sizes 1..8; each run alone, then all together. */
 static void test_batches(const char *dir, const char *name) {
     hc_model *m;
-    CHECK_OK(hc_model_load(dir, NULL, &m));
+    CHECK_OK(test_load_model(dir, &m));
     if (!m) return;
     char path[1200];
     snprintf(path, sizeof path, "%s/reference.safetensors", dir);
@@ -179,7 +179,7 @@ static bool collect(void *user, int64_t seq, const char *text, size_t len) {
 
 static void test_text_generation(const char *stories) {
     hc_model *m;
-    CHECK_OK(hc_model_load(stories, NULL, &m));
+    CHECK_OK(test_load_model(stories, &m));
     if (!m) return;
     /* The README's first command: greedy text equals transformers' continuation. */
     const char *prompt = "Once upon a time";
@@ -249,7 +249,7 @@ static void test_eos(const char *stories) {
         fclose(f);
     }
     hc_model *m;
-    CHECK_OK(hc_model_load(dir, NULL, &m));
+    CHECK_OK(test_load_model(dir, &m));
     if (m) {
         hc_generate_params p = hc_generate_default_params(m);
         p.max_new_tokens = 40;
@@ -276,7 +276,7 @@ static void test_eos(const char *stories) {
  * preprocessor pads batches as asked. */
 static void test_hidden_and_batch(const char *stories) {
     hc_model *m;
-    CHECK_OK(hc_model_load(stories, NULL, &m));
+    CHECK_OK(test_load_model(stories, &m));
     if (!m) return;
     const int64_t C = hc_model_hidden_size(m), V = hc_model_vocab_size(m);
     int32_t ids[5] = {1, 403, 407, 261, 378};
@@ -319,7 +319,7 @@ static void test_chat(const char *stories) {
     snprintf(path, sizeof path, "%s/tests/fixtures/chat/story.jinja", test_source_dir());
     CHECK_OK(hc_file_read_all(path, &tmpl, NULL));
     hc_model *m;
-    CHECK_OK(hc_model_load(stories, NULL, &m));
+    CHECK_OK(test_load_model(stories, &m));
     if (!m || !tmpl) return;
     hc_chat *chat;
     CHECK(hc_chat_new(m, NULL, NULL, 0, &chat) == HC_ERR_NOT_FOUND && strstr(hc_last_error(), "--template"),
@@ -369,7 +369,7 @@ static void test_chat(const char *stories) {
 /* Quantized on load, stories260K keeps its story: q8_0 greedy text equals the unquantized
  * model's, q4_0 stays close in distribution. */
 static void test_quantized(const char *stories) {
-    hc_model_params mp = hc_model_default_params();
+    hc_model_params mp = test_model_params();
     hc_model *base, *q8, *q4;
     CHECK_OK(hc_model_load(stories, &mp, &base));
     mp.weights = HC_WEIGHTS_Q8_0;
@@ -392,7 +392,7 @@ static void test_quantized(const char *stories) {
     hc_generation_free(&b);
     /* A 16-bit KV cache writes the same story too. */
     for (int kv = 0; kv < 2; kv++) {
-        hc_model_params kp = hc_model_default_params();
+        hc_model_params kp = test_model_params();
         kp.kv_dtype = kv ? HC_DTYPE_BF16 : HC_DTYPE_F16;
         hc_model *mk;
         CHECK_OK(hc_model_load(stories, &kp, &mk));

@@ -223,7 +223,7 @@ static void test_attention(hc_backend *be) {
         for (int64_t i = 0; i < T * H * D; i++) q[i] *= 3;
         int32_t pos[8];
         for (int64_t t = 0; t < T; t++) pos[t] = cases[c].first + (int32_t)t;
-        be->attention(be, out, q, kc, vc, HC_DTYPE_F32, pos, T, H, KVH, D, 0.4f, cases[c].window, cases[c].cap, scratch);
+        be->attention(be, out, q, kc, vc, HC_DTYPE_F32, pos, T, H, KVH, D, 0.4f, cases[c].window, cases[c].cap, 0, scratch);
         naive_attention(want, q, kc, vc, pos, T, H, KVH, D, 0.4f, cases[c].window, cases[c].cap);
         CHECK(max_diff(out, want, T * H * D) < 1e-5, "attention case %zu: %g", c, max_diff(out, want, T * H * D));
     }
@@ -400,9 +400,9 @@ static void test_fast_matmul(hc_backend *ref) {
         int32_t pos[7];
         for (int w = 0; w < 2; w++) {
             for (int t = 0; t < T; t++) pos[t] = 250 + t;
-            ref->attention(ref, o1, qv, kc, vc, HC_DTYPE_F32, pos, T, H, KVH, D, 0.2f, w ? 40 : 0, w ? 30.0f : 0, scratch);
-            fast1->attention(fast1, o2, qv, kc, vc, HC_DTYPE_F32, pos, T, H, KVH, D, 0.2f, w ? 40 : 0, w ? 30.0f : 0, scratch);
-            fast2->attention(fast2, o3, qv, kc, vc, HC_DTYPE_F32, pos, T, H, KVH, D, 0.2f, w ? 40 : 0, w ? 30.0f : 0, scratch);
+            ref->attention(ref, o1, qv, kc, vc, HC_DTYPE_F32, pos, T, H, KVH, D, 0.2f, w ? 40 : 0, w ? 30.0f : 0, 0, scratch);
+            fast1->attention(fast1, o2, qv, kc, vc, HC_DTYPE_F32, pos, T, H, KVH, D, 0.2f, w ? 40 : 0, w ? 30.0f : 0, 0, scratch);
+            fast2->attention(fast2, o3, qv, kc, vc, HC_DTYPE_F32, pos, T, H, KVH, D, 0.2f, w ? 40 : 0, w ? 30.0f : 0, 0, scratch);
             double err = 0;
             for (int64_t i = 0; i < T * H * D; i++) err = fmax(err, fabs((double)o1[i] - o2[i]));
             CHECK(err < 1e-5, "fast attention (window %d): %g", w, err);
@@ -417,9 +417,9 @@ static void test_fast_matmul(hc_backend *ref) {
             ref->set_rows(ref, k16, kd, kc, all, S, KVH * D);
             ref->set_rows(ref, v16, kd, vc, all, S, KVH * D);
             for (int t = 0; t < T; t++) pos[t] = 250 + t;
-            ref->attention(ref, o1, qv, kc, vc, HC_DTYPE_F32, pos, T, H, KVH, D, 0.2f, 0, 0, scratch);
-            ref->attention(ref, o2, qv, k16, v16, kd, pos, T, H, KVH, D, 0.2f, 0, 0, scratch);
-            fast2->attention(fast2, o3, qv, k16, v16, kd, pos, T, H, KVH, D, 0.2f, 0, 0, scratch);
+            ref->attention(ref, o1, qv, kc, vc, HC_DTYPE_F32, pos, T, H, KVH, D, 0.2f, 0, 0, 0, scratch);
+            ref->attention(ref, o2, qv, k16, v16, kd, pos, T, H, KVH, D, 0.2f, 0, 0, 0, scratch);
+            fast2->attention(fast2, o3, qv, k16, v16, kd, pos, T, H, KVH, D, 0.2f, 0, 0, 0, scratch);
             double e16 = 0, ef = 0;
             for (int64_t i = 0; i < T * H * D; i++) {
                 e16 = fmax(e16, fabs((double)o1[i] - o2[i]));

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hubcap.h"
+
 static int test_failures, test_checks;
 
 #define CHECK(cond, ...)                                                                                               \
@@ -40,6 +42,30 @@ static inline const char *test_source_dir(void) {
 static inline const char *test_shared_fixtures(void) {
     const char *s = getenv("HUBCAP_FIXTURES");
     return s ? s : HUBCAP_SOURCE_DIR_DEFAULT "/../shared/fixtures";
+}
+
+/* Model parameters for tests: the device and compute dtype come from HUBCAP_TEST_DEVICE (cpu,
+ * cuda) and HUBCAP_TEST_DTYPE (f32, bf16, f16), so the same tests also run on a GPU (ctest label
+ * cuda). Unset: the CPU in f32. */
+static inline hc_model_params test_model_params(void) {
+    hc_model_params mp = hc_model_default_params();
+    const char *dev = getenv("HUBCAP_TEST_DEVICE"), *dt = getenv("HUBCAP_TEST_DTYPE");
+    if (dev && !strcmp(dev, "cuda")) mp.device = HC_DEVICE_CUDA;
+    mp.compute_dtype = HC_DTYPE_F32;
+    if (dt && !strcmp(dt, "bf16")) mp.compute_dtype = HC_DTYPE_BF16;
+    if (dt && !strcmp(dt, "f16")) mp.compute_dtype = HC_DTYPE_F16;
+    return mp;
+}
+
+static inline hc_status test_load_model(const char *dir, hc_model **m) {
+    hc_model_params mp = test_model_params();
+    return hc_model_load(dir, &mp, m);
+}
+
+/* True when tests run with a 16-bit compute dtype (tolerances become statistical). */
+static inline bool test_low_precision(void) {
+    const char *dt = getenv("HUBCAP_TEST_DTYPE");
+    return dt && (!strcmp(dt, "bf16") || !strcmp(dt, "f16"));
 }
 
 /* Copies a file (tests build broken or partial model folders from fixtures). */

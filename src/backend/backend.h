@@ -76,10 +76,11 @@ struct hc_backend {
     /* out[T,H,D] = softmax(mask(softcap(q . k * scale))) @ v over the cache rows of this
      * sequence: query t sees positions j with pos[t]-window < j <= pos[t] (window 0 = all).
      * k_cache, v_cache: [S, KVH, D] of kv_dtype (F32, F16 or BF16); query head h reads kv head
-     * h / (H / KVH). scratch: [S] floats. softcap 0 = none. */
+     * h / (H / KVH). S: the cache's capacity (every pos[t] < S); scratch: [S] floats.
+     * softcap 0 = none. */
     void (*attention)(hc_backend *be, float *out, const float *q, const void *k_cache, const void *v_cache,
                       hc_dtype kv_dtype, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale,
-                      int64_t window, float softcap, float *scratch);
+                      int64_t window, float softcap, int64_t S, float *scratch);
 
     /* dst[pos[t], :] = src[t, :] for rows of `width` values, stored as dst_dtype (F32, F16 or
      * BF16): the KV cache stores. */
@@ -101,6 +102,15 @@ struct hc_backend {
      * (renormalised to sum 1 when renorm) -> weights[T,k], experts[T,k] (descending). */
     void (*topk_route)(hc_backend *be, float *weights, int32_t *experts, const float *logits, int64_t T, int64_t E,
                        int64_t k, bool renorm);
+
+    /* Optional (NULL on the CPU). check: waits for queued work and reports the first failure of
+     * any op since the backend was made (ops return nothing; a device can fail later).
+     * mem_info: free and total device memory. graph_run: runs fn(arg), the ops of one decode
+     * step; a backend may record them the first times and replay the recording for the same
+     * key (the buffers and flags the step was made with). */
+    hc_status (*check)(hc_backend *be);
+    void (*mem_info)(hc_backend *be, size_t *free_bytes, size_t *total_bytes);
+    void (*graph_run)(hc_backend *be, const void *key, size_t key_len, void (*fn)(void *arg), void *arg);
 
     void *ctx; /* backend-private state */
     void (*destroy)(hc_backend *be); /* NULL for static tables */

@@ -56,29 +56,34 @@ static void feed_forward(hc_workspace *ws, const hc_layer *L, int64_t T) {
     }
 }
 
-void hc_decoder_forward_groups(hc_workspace *ws, const hc_group *groups, int n_groups, const int32_t *ids,
-                               float *logits, bool all_logits, float *hidden) {
+/* One forward pass over rows already staged in backend memory (ids, positions). */
+typedef struct {
+    hc_workspace *ws;
+    const hc_group *groups;
+    int n_groups;
+    const int32_t *ids; /* [T] backend memory */
+    int64_t T;
+    float *logits;      /* backend memory, or NULL */
+    bool all_logits;
+    float *hidden;      /* host memory, or NULL */
+    int64_t n_rows;     /* out: rows of logits written */
+} forward_step;
+
+static void run_forward(void *arg) {
+    forward_step *f = arg;
+    hc_workspace *ws = f->ws;
+    const hc_group *groups = f->groups;
+    const int n_groups = f->n_groups;
+    const int64_t T = f->T;
     const hc_model *m = ws->m;
     hc_backend *be = m->be;
     const hc_model_config *c = &m->cfg;
     const hc_norm_kind nk = m->arch->norm;
     const float eps = (float)c->norm_eps;
     const int64_t C = c->hidden_size, H = c->n_heads, KVH = c->n_kv_heads, D = c->head_dim, V = c->vocab_size;
-    int32_t *pos = ws->pos; /* [T] backend memory, filled from the host copy */
-    int64_t T = 0;
-    for (int g = 0; g < n_groups; g++) {
-        hc_session *s = groups[g].s;
-        for (int64_t t = 0; t < groups[g].n; t++) ws->pos_host[T + t] = (int32_t)(s->pos + t);
-        update_dynamic_rope(s, s->pos + groups[g].n);
-        T += groups[g].n;
-    }
-    be->upload(be, pos, ws->pos_host, sizeof(int32_t) * (size_t)T);
-    if (be->device) {
-        be->upload(be, ws->ids, ids, sizeof(int32_t) * (size_t)T);
-        ids = ws->ids;
-    }
+    const int32_t *pos = ws->pos; /* [T] backend memory */
 
-    be->embedding(be, ws->x, &m->tok_embed, ids, T, m->embed_scale, false);
+    be->embedding(be, ws->x, &m->tok_embed, f->ids, T, m->embed_scale, false);
     if (m->pos_embed.data) be->embedding(be, ws->x, &m->pos_embed, pos, T, 1.0f, true);
 
     for (int64_t l = 0; l < c->n_layers; l++) {
@@ -105,7 +110,7 @@ void hc_decoder_forward_groups(hc_workspace *ws, const hc_group *groups, int n_g
             be->set_rows(be, kc, s->kv_dtype, k, pos + r0, n, KVH * D);
             be->set_rows(be, vc, s->kv_dtype, v, pos + r0, n, KVH * D);
             be->attention(be, ws->att + r0 * H * D, q, kc, vc, s->kv_dtype, pos + r0, n, H, KVH, D, L->attn_scale,
-                          L->sliding ? c->sliding_window : 0, (float)c->attn_softcap, ws->scores);
+                          L->sliding ? c->sliding_window : 0, (float)c->attn_softcap, S, ws->scores);
             r0 += n;
         }
         be->matmul(be, ws->o, ws->att, &L->wo, &L->bo, T);
@@ -117,30 +122,71 @@ void hc_decoder_forward_groups(hc_workspace *ws, const hc_group *groups, int n_g
         if (L->ffn_post_norm.data) be->norm(be, ws->o, ws->o, &L->ffn_post_norm, NULL, nk, eps, T, C);
         be->add(be, ws->x, ws->x, ws->o, T * C);
     }
-    for (int g = 0; g < n_groups; g++) groups[g].s->pos += groups[g].n;
-    if (hidden) {
-        float *dst = be->device ? ws->h : hidden;
+    if (f->hidden) {
+        float *dst = be->device ? ws->h : f->hidden;
         be->norm(be, dst, ws->x, &m->final_norm, &m->final_norm_b, nk, eps, T, C);
-        if (be->device) be->download(be, hidden, dst, sizeof(float) * (size_t)(T * C));
+        if (be->device) be->download(be, f->hidden, dst, sizeof(float) * (size_t)(T * C));
     }
-    if (!logits) return;
-    float *const out_host = logits;
-    if (be->device) logits = ws->logits; /* computed there, then brought back */
+    if (!f->logits) return;
 
     /* Only the rows whose logits are wanted go through the final norm and the LM head. */
-    int64_t n_rows;
-    if (all_logits) {
-        n_rows = T;
+    if (f->all_logits) {
+        f->n_rows = T;
         be->norm(be, ws->h, ws->x, &m->final_norm, &m->final_norm_b, nk, eps, T, C);
     } else {
-        n_rows = n_groups;
+        f->n_rows = n_groups;
         int64_t r = 0;
         for (int g = 0; g < n_groups; g++) {
             r += groups[g].n;
             be->norm(be, ws->h + g * C, ws->x + (r - 1) * C, &m->final_norm, &m->final_norm_b, nk, eps, 1, C);
         }
     }
-    be->matmul(be, logits, ws->h, &m->lm_head, NULL, n_rows);
-    if (c->final_softcap > 0) be->softcap(be, logits, (float)c->final_softcap, n_rows * V);
-    if (be->device) be->download(be, out_host, logits, sizeof(float) * (size_t)(n_rows * V));
+    be->matmul(be, f->logits, ws->h, &m->lm_head, NULL, f->n_rows);
+    if (c->final_softcap > 0) be->softcap(be, f->logits, (float)c->final_softcap, f->n_rows * V);
+}
+
+void hc_decoder_forward_groups(hc_workspace *ws, const hc_group *groups, int n_groups, const int32_t *ids,
+                               float *logits, bool all_logits, float *hidden) {
+    const hc_model *m = ws->m;
+    hc_backend *be = m->be;
+    const hc_model_config *c = &m->cfg;
+    int64_t T = 0;
+    for (int g = 0; g < n_groups; g++) {
+        hc_session *s = groups[g].s;
+        for (int64_t t = 0; t < groups[g].n; t++) ws->pos_host[T + t] = (int32_t)(s->pos + t);
+        update_dynamic_rope(s, s->pos + groups[g].n);
+        T += groups[g].n;
+    }
+    be->upload(be, ws->pos, ws->pos_host, sizeof(int32_t) * (size_t)T);
+    if (be->device) {
+        be->upload(be, ws->ids, ids, sizeof(int32_t) * (size_t)T);
+        ids = ws->ids;
+    }
+    forward_step f = {.ws = ws, .groups = groups, .n_groups = n_groups, .ids = ids, .T = T,
+                      .logits = logits && be->device ? ws->logits : logits, .all_logits = all_logits, .hidden = hidden};
+    /* A single-token step of one sequence is the same launches every token: a device backend
+     * may record it once and replay it. Everything it depends on that can change between
+     * tokens is either read on the device (ids, positions, rope tables) or part of the key. */
+    if (be->graph_run && n_groups == 1 && T == 1 && c->n_experts == 0 && !hidden) {
+        const hc_session *s = groups[0].s;
+        struct {
+            const void *ws, *s, *logits;
+            float attn_factor[2];
+            int32_t all_logits;
+        } key;
+        memset(&key, 0, sizeof key);
+        key.ws = ws;
+        key.s = s;
+        key.logits = f.logits;
+        key.attn_factor[0] = s->attn_factor[0];
+        key.attn_factor[1] = s->attn_factor[1];
+        key.all_logits = all_logits;
+        f.n_rows = 1;
+        be->graph_run(be, &key, sizeof key, run_forward, &f);
+    } else {
+        run_forward(&f);
+    }
+    for (int g = 0; g < n_groups; g++) groups[g].s->pos += groups[g].n;
+    if (logits && be->device)
+        be->download(be, logits, ws->logits, sizeof(float) * (size_t)(f.n_rows * c->vocab_size));
 }

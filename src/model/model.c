@@ -16,9 +16,12 @@
 #include "base/half.h"
 #include "format/hub.h"
 #include "model/config.h"
+#ifdef HUBCAP_HAVE_CUDA
+#include "backend/cuda/cuda.h"
+#endif
 
 hc_model_params hc_model_default_params(void) {
-    hc_model_params p = {.device = HC_DEVICE_CPU, .compute_dtype = HC_DTYPE_F32, .kv_dtype = HC_DTYPE_F32, .n_threads = 0, .n_ctx = 0,
+    hc_model_params p = {.device = HC_DEVICE_CPU, .compute_dtype = HC_DTYPE_AUTO, .kv_dtype = HC_DTYPE_AUTO, .n_threads = 0, .n_ctx = 0,
                          .use_mmap = true};
     return p;
 }
@@ -298,15 +301,174 @@ static hc_status quantize_model(hc_model *m, int quant) {
     return HC_OK;
 }
 
+/* ---- weights on a device backend ---------------------------------------------------------- */
+
+/* Calls fn on every weight matrix and vector the model uses. */
+static void each_weight(hc_model *m, void (*fn_mat)(hc_mat *, void *), void (*fn_vec)(hc_vec *, void *), void *arg) {
+    hc_mat *mats[] = {&m->tok_embed, &m->pos_embed, &m->lm_head};
+    for (size_t i = 0; i < 3; i++) fn_mat(mats[i], arg);
+    fn_vec(&m->final_norm, arg);
+    fn_vec(&m->final_norm_b, arg);
+    for (int64_t l = 0; l < m->cfg.n_layers; l++) {
+        hc_layer *L = &m->layers[l];
+        hc_mat *lm[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down, &L->router};
+        for (size_t i = 0; i < sizeof lm / sizeof lm[0]; i++) fn_mat(lm[i], arg);
+        for (int64_t e = 0; e < m->cfg.n_experts; e++) {
+            fn_mat(&L->exp_gate[e], arg);
+            fn_mat(&L->exp_up[e], arg);
+            fn_mat(&L->exp_down[e], arg);
+        }
+        hc_vec *lv[] = {&L->attn_norm, &L->attn_norm_b, &L->bq, &L->bk, &L->bv, &L->bo, &L->q_norm, &L->k_norm,
+                        &L->attn_post_norm, &L->ffn_norm, &L->ffn_norm_b, &L->ffn_post_norm, &L->b_gate, &L->b_up, &L->b_down};
+        for (size_t i = 0; i < sizeof lv / sizeof lv[0]; i++) fn_vec(lv[i], arg);
+    }
+}
+
+typedef struct {
+    uintptr_t lo, hi; /* host bytes [lo, hi) */
+    size_t dev_off;   /* where lo lands in the device block */
+} host_range;
+
+typedef struct {
+    host_range *r;
+    int n, cap;
+    bool oom;
+    char *dev_base;
+} range_set;
+
+static void add_range(range_set *rs, const void *data, size_t bytes) {
+    if (!data || rs->oom) return;
+    if (rs->n == rs->cap) {
+        int cap = rs->cap ? rs->cap * 2 : 256;
+        host_range *r = realloc(rs->r, sizeof *r * (size_t)cap);
+        if (!r) {
+            rs->oom = true;
+            return;
+        }
+        rs->r = r;
+        rs->cap = cap;
+    }
+    rs->r[rs->n++] = (host_range){(uintptr_t)data, (uintptr_t)data + bytes, 0};
+}
+
+/* The bytes a view spans, from its first element to its last (slices of fused tensors too). */
+static size_t mat_span(const hc_mat *w) {
+    if (w->quant) return hc_quant_row_bytes(w->quant, w->cols) * (size_t)w->rows;
+    const int64_t outer = w->transposed ? w->cols : w->rows, inner = w->transposed ? w->rows : w->cols;
+    return (size_t)((outer - 1) * w->ld + inner) * hc_dtype_size(w->dtype);
+}
+
+static void collect_mat(hc_mat *w, void *arg) { add_range(arg, w->data, w->data ? mat_span(w) : 0); }
+static void collect_vec(hc_vec *v, void *arg) { add_range(arg, v->data, (size_t)v->n * hc_dtype_size(v->dtype)); }
+
+static const void *translate(range_set *rs, const void *p) {
+    if (!p) return NULL;
+    int lo = 0, hi = rs->n - 1;
+    while (lo < hi) { /* the last range starting at or before p */
+        int mid = (lo + hi + 1) / 2;
+        if (rs->r[mid].lo <= (uintptr_t)p) lo = mid;
+        else hi = mid - 1;
+    }
+    return rs->dev_base + rs->r[lo].dev_off + ((uintptr_t)p - rs->r[lo].lo);
+}
+
+static void move_mat(hc_mat *w, void *arg) { w->data = translate(arg, w->data); }
+static void move_vec(hc_vec *v, void *arg) { v->data = translate(arg, v->data); }
+
+static int cmp_range(const void *a, const void *b) {
+    const host_range *x = a, *y = b;
+    return x->lo < y->lo ? -1 : x->lo > y->lo;
+}
+
+/* Copies every weight the model uses to the device once, in its stored (or quantized) form,
+ * and points the views there. Views that overlap (slices of one fused tensor, a tied LM head)
+ * share one copy. Each copy starts 256-byte aligned (a safetensors file aligns its tensors to
+ * 8 bytes at best), so rows whose length is a multiple of 16 bytes suit 16-byte loads. */
+static hc_status upload_weights(hc_model *m) {
+    hc_backend *be = m->be;
+    range_set rs = {0};
+    each_weight(m, collect_mat, collect_vec, &rs);
+    if (rs.oom) {
+        free(rs.r);
+        return hc_fail(HC_ERR_NOMEM, "out of memory");
+    }
+    qsort(rs.r, (size_t)rs.n, sizeof *rs.r, cmp_range);
+    int n = 0;
+    for (int i = 0; i < rs.n; i++) {
+        if (n && rs.r[i].lo < rs.r[n - 1].hi) {
+            if (rs.r[i].hi > rs.r[n - 1].hi) rs.r[n - 1].hi = rs.r[i].hi;
+        } else {
+            rs.r[n++] = rs.r[i];
+        }
+    }
+    rs.n = n;
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        total = (total + 255) & ~(size_t)255;
+        rs.r[i].dev_off = total;
+        total = rs.r[i].dev_off + (rs.r[i].hi - rs.r[i].lo);
+    }
+    m->device_bytes = (int64_t)total;
+    size_t free_b = 0, total_b = 0;
+    if (be->mem_info) be->mem_info(be, &free_b, &total_b);
+    if (be->mem_info && total > free_b) {
+        free(rs.r);
+        return hc_fail(HC_ERR_NOMEM, "%s: the weights need %.0f MiB of GPU memory but only %.0f MiB of %.0f MiB are free",
+                       be->name, (double)total / (1 << 20), (double)free_b / (1 << 20), (double)total_b / (1 << 20));
+    }
+    rs.dev_base = be->alloc(be, total);
+    if (!rs.dev_base) {
+        free(rs.r);
+        return hc_fail(HC_ERR_NOMEM, "%s: cannot allocate %.0f MiB for the weights (%.0f MiB free)", be->name,
+                       (double)total / (1 << 20), (double)free_b / (1 << 20));
+    }
+    m->device_weights = rs.dev_base;
+    for (int i = 0; i < n; i++)
+        be->upload(be, rs.dev_base + rs.r[i].dev_off, (const void *)rs.r[i].lo, rs.r[i].hi - rs.r[i].lo);
+    each_weight(m, move_mat, move_vec, &rs);
+    free(rs.r);
+    hc_status st = be->check ? be->check(be) : HC_OK;
+    if (st) return st;
+    /* Quantized and realigned host copies have served their purpose. */
+    for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    m->n_owned = 0;
+    return HC_OK;
+}
+
+static hc_status open_backend(hc_model *m, hc_model_params *p) {
+    if (p->device == HC_DEVICE_AUTO) {
+        p->device = HC_DEVICE_CPU;
+#ifdef HUBCAP_HAVE_CUDA
+        char why[200];
+        if (hc_cuda_available(why, sizeof why)) p->device = HC_DEVICE_CUDA;
+#endif
+    }
+    if (p->device == HC_DEVICE_CUDA) {
+#ifdef HUBCAP_HAVE_CUDA
+        if (p->compute_dtype == HC_DTYPE_AUTO) p->compute_dtype = HC_DTYPE_BF16;
+        return hc_backend_cuda_new(0, p->compute_dtype, &m->be);
+#else
+        return hc_fail(HC_ERR_UNSUPPORTED, "--device cuda: this build of hubcap has no CUDA backend (nvcc was not found "
+                                           "when it was built; rebuild with -DHUBCAP_CUDA=ON)");
+#endif
+    }
+    if (p->compute_dtype == HC_DTYPE_AUTO) p->compute_dtype = HC_DTYPE_F32;
+    if (p->compute_dtype != HC_DTYPE_F32 && p->compute_dtype != HC_DTYPE_BF16)
+        return hc_fail(HC_ERR_UNSUPPORTED, "compute dtype %s on the CPU: use F32 or BF16", hc_dtype_name(p->compute_dtype));
+    hc_status s = hc_backend_cpu_fast_new(p->n_threads, &m->be);
+    if (s) return s;
+    hc_backend_cpu_fast_bf16_prompts(m->be, p->compute_dtype == HC_DTYPE_BF16);
+    return HC_OK;
+}
+
 hc_status hc_model_load(const char *path, const hc_model_params *params, hc_model **out) {
     *out = NULL;
     hc_model_params p = params ? *params : hc_model_default_params();
-    if (p.device == HC_DEVICE_CUDA)
-        return hc_fail(HC_ERR_UNSUPPORTED, "--device cuda: this build of hubcap has no CUDA backend");
-    if (p.compute_dtype != HC_DTYPE_F32 && p.compute_dtype != HC_DTYPE_BF16)
-        return hc_fail(HC_ERR_UNSUPPORTED, "compute dtype %s: use F32 or BF16",
-                       hc_dtype_name(p.compute_dtype));
-    if (p.kv_dtype != HC_DTYPE_F32 && p.kv_dtype != HC_DTYPE_F16 && p.kv_dtype != HC_DTYPE_BF16)
+    if (p.compute_dtype != HC_DTYPE_AUTO && p.compute_dtype != HC_DTYPE_F32 && p.compute_dtype != HC_DTYPE_BF16 &&
+        p.compute_dtype != HC_DTYPE_F16)
+        return hc_fail(HC_ERR_UNSUPPORTED, "compute dtype %s: use F32, BF16 or F16", hc_dtype_name(p.compute_dtype));
+    if (p.kv_dtype != HC_DTYPE_AUTO && p.kv_dtype != HC_DTYPE_F32 && p.kv_dtype != HC_DTYPE_F16 &&
+        p.kv_dtype != HC_DTYPE_BF16)
         return hc_fail(HC_ERR_UNSUPPORTED, "KV cache dtype %s: use F32, F16 or BF16", hc_dtype_name(p.kv_dtype));
     if (p.n_ctx < 0) return hc_fail(HC_ERR_INVALID_ARG, "context length %lld is negative", (long long)p.n_ctx);
     hc_model *m = calloc(1, sizeof *m);
@@ -326,7 +488,6 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
     }
     m->cfg = *c;
     m->n_ctx = p.n_ctx ? p.n_ctx : c->max_position_embeddings;
-    m->kv_dtype = p.kv_dtype;
     if (c->rope.type == HC_ROPE_NONE && m->n_ctx > c->max_position_embeddings) {
         s = hc_fail(HC_ERR_RANGE, "context length %lld exceeds the model's %lld learned positions", (long long)m->n_ctx,
                     (long long)c->max_position_embeddings);
@@ -338,8 +499,11 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
                     hc_supported_model_types());
         goto fail;
     }
-    if ((s = hc_backend_cpu_fast_new(p.n_threads, &m->be))) goto fail;
-    hc_backend_cpu_fast_bf16_prompts(m->be, p.compute_dtype == HC_DTYPE_BF16);
+    if ((s = open_backend(m, &p))) goto fail;
+    m->compute_dtype = p.compute_dtype;
+    /* The KV cache follows the compute dtype unless asked: f32 on the CPU, 16-bit on a GPU
+     * computing in 16 bits (as transformers' cache is in a bf16 model). */
+    m->kv_dtype = p.kv_dtype != HC_DTYPE_AUTO ? p.kv_dtype : m->be->device ? p.compute_dtype : HC_DTYPE_F32;
     m->embed_scale = m->arch->embed_scale_sqrt ? (float)sqrt((double)c->hidden_size) : 1.0f;
     m->rope[0] = c->rope;
     m->rope[1] = c->has_rope_local ? c->rope_local : c->rope;
@@ -349,6 +513,7 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
                                : p.weights == HC_WEIGHTS_Q4_0 ? HC_QUANT_Q4_0
                                                               : HC_QUANT_Q4_K)))
         goto fail;
+    if (m->be->device && (s = upload_weights(m))) goto fail;
     /* --mlock: every weight byte (mapped or read, and what quantizing made) stays resident. */
     if (p.mlock && mlockall(MCL_CURRENT) != 0) {
         s = hc_fail(HC_ERR_NOMEM, "--mlock: cannot lock the weights in RAM (%s; raise `ulimit -l`)", strerror(errno));
@@ -374,6 +539,7 @@ void hc_model_free(hc_model *m) {
     free(m->layers);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
+    if (m->device_weights) m->be->free(m->be, m->device_weights);
     hc_checkpoint_free(m->ck);
     hc_tokenizer_free(m->tokenizer);
     if (m->be && m->be->destroy) m->be->destroy(m->be);
@@ -402,6 +568,9 @@ int64_t hc_model_weight_bytes_per_token(const hc_model *m) {
 }
 
 const hc_model_config *hc_model_get_config(const hc_model *m) { return &m->cfg; }
+const char *hc_model_device_name(const hc_model *m) { return m->be->name; }
+hc_dtype hc_model_compute_dtype(const hc_model *m) { return m->compute_dtype; }
+int64_t hc_model_device_weight_bytes(const hc_model *m) { return m->device_bytes; }
 const hc_checkpoint *hc_model_checkpoint(const hc_model *m) { return m->ck; }
 int64_t hc_model_vocab_size(const hc_model *m) { return m->cfg.vocab_size; }
 int64_t hc_model_hidden_size(const hc_model *m) { return m->cfg.hidden_size; }

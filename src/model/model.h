@@ -38,6 +38,9 @@ struct hc_model {
     hc_rope_config rope[2]; /* global, local */
     hc_tokenizer *tokenizer;  /* the folder's tokenizer, or NULL */
     char tokenizer_error[256];/* why there is none */
+    hc_dtype compute_dtype; /* resolved: F32, BF16 or F16 */
+    void *device_weights;   /* the one device block every view points into (device backends) */
+    int64_t device_bytes;   /* its size */
     void **owned;           /* aligned copies of misaligned tensors */
     int n_owned;
 };

@@ -161,7 +161,7 @@ hc_status hc_generate_core(hc_model *m, hc_session **given, const int32_t *const
     }
     if (st) goto out;
     /* Rows per pass: the prompts (up to HC_MAX_BATCH at a time), and at least one per sequence. */
-    const int64_t prompt_rows = total_prompt < HC_MAX_BATCH ? total_prompt : HC_MAX_BATCH;
+    const int64_t prompt_rows = total_prompt < hc_max_batch(m) ? total_prompt : hc_max_batch(m);
     const int64_t rows = n > prompt_rows ? n : prompt_rows;
     if ((st = hc_workspace_init(&ws, m, rows, max_ctx))) goto out;
     if (!(batch_ids = malloc(sizeof(int32_t) * (size_t)rows))) {
@@ -191,6 +191,10 @@ hc_status hc_generate_core(hc_model *m, hc_session **given, const int32_t *const
             goto out;
         }
         hc_decoder_forward_groups(&ws, groups, ng, batch_ids, tmp, false, NULL);
+        if (m->be->check && (st = m->be->check(m->be))) {
+            free(tmp);
+            goto out;
+        }
         for (int g = 0; g < ng; g++)
             if (q[order[g]].fed == q[order[g]].n_prompt)
                 memcpy(logits + order[g] * V, tmp + (int64_t)g * V, sizeof(float) * (size_t)V);
@@ -239,6 +243,7 @@ hc_status hc_generate_core(hc_model *m, hc_session **given, const int32_t *const
         if (!ng) break;
         /* Rows come back in group order; every row was sampled from already, so they may be reused. */
         hc_decoder_forward_groups(&ws, groups, ng, batch_ids, logits, false, NULL);
+        if (m->be->check && (st = m->be->check(m->be))) goto out;
         /* Move row g to its sequence's row, from the last so nothing is overwritten first. */
         for (int g = ng - 1; g >= 0; g--)
             if (order[g] != g) memmove(logits + order[g] * V, logits + (int64_t)g * V, sizeof(float) * (size_t)V);

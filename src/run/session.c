@@ -1,5 +1,6 @@
 #include "run/session.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -100,10 +101,14 @@ hc_status hc_session_new(hc_model *m, int64_t n_ctx, hc_session **out) {
     }
     hc_status st = HC_OK;
     if (oom) {
-        st = hc_fail(HC_ERR_NOMEM, "cannot allocate a session for %lld positions (KV cache %.0f MiB)", (long long)n_ctx,
-                     (double)(2 * kv * (int64_t)hc_dtype_size(s->kv_dtype)) / (1 << 20));
+        size_t free_b = 0, total_b = 0;
+        if (be->mem_info) be->mem_info(be, &free_b, &total_b);
+        char dev[96] = "";
+        if (be->mem_info) snprintf(dev, sizeof dev, "; the %s device has %.0f MiB free", be->name, (double)free_b / (1 << 20));
+        st = hc_fail(HC_ERR_NOMEM, "cannot allocate a session for %lld positions (KV cache %.0f MiB%s)", (long long)n_ctx,
+                     (double)(2 * kv * (int64_t)hc_dtype_size(s->kv_dtype)) / (1 << 20), dev);
     } else {
-        st = hc_workspace_init(&s->ws, m, n_ctx < HC_MAX_BATCH ? n_ctx : HC_MAX_BATCH, n_ctx);
+        st = hc_workspace_init(&s->ws, m, n_ctx < hc_max_batch(m) ? n_ctx : hc_max_batch(m), n_ctx);
     }
     if (st) {
         hc_session_free(s);
@@ -170,7 +175,7 @@ hc_status hc_session_forward(hc_session *s, const int32_t *ids, int64_t n, float
         float *out = !logits ? NULL : all_logits ? logits + done * V : (last ? logits : NULL);
         hc_decoder_forward_groups(&s->ws, &g, 1, ids + done, out, all_logits, NULL);
     }
-    return HC_OK;
+    return s->m->be->check ? s->m->be->check(s->m->be) : HC_OK;
 }
 
 hc_status hc_session_forward_hidden(hc_session *s, const int32_t *ids, int64_t n, float *hidden) {
@@ -182,5 +187,5 @@ hc_status hc_session_forward_hidden(hc_session *s, const int32_t *ids, int64_t n
         hc_group g = {s, k};
         hc_decoder_forward_groups(&s->ws, &g, 1, ids + done, NULL, false, hidden ? hidden + done * C : NULL);
     }
-    return HC_OK;
+    return s->m->be->check ? s->m->be->check(s->m->be) : HC_OK;
 }

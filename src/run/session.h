@@ -9,8 +9,11 @@
 
 #include "model/model.h"
 
-/* Rows a session's own workspace holds; longer prompts go through in chunks of this size. */
+/* Rows a session's own workspace holds; longer prompts go through in chunks of this size. A GPU
+ * takes bigger chunks: its matmuls need more rows to reach their speed. */
 #define HC_MAX_BATCH 512
+#define HC_MAX_BATCH_DEVICE 2048
+static inline int64_t hc_max_batch(const hc_model *m) { return m->be->device ? HC_MAX_BATCH_DEVICE : HC_MAX_BATCH; }
 
 typedef struct {
     hc_model *m;

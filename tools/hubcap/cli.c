@@ -102,6 +102,16 @@ bool cli_parse_ids(const char *text, int32_t **ids, int64_t *n, const char *cmd)
     return true;
 }
 
+bool cli_model_defaults(hc_model_params *mp, const char *cmd) {
+    *mp = hc_model_default_params();
+    const char *env = getenv("HUBCAP_DEVICE");
+    if (env && *env && !cli_parse_device(env, &mp->device)) {
+        cli_usage_error(cmd, "HUBCAP_DEVICE='%s': use cpu, cuda or auto", env);
+        return false;
+    }
+    return true;
+}
+
 int cli_model_flag(int argc, char **argv, int *i, const char *cmd, hc_model_params *mp) {
     const char *a = argv[*i];
     if (!strcmp(a, "--no-mmap")) {
@@ -117,7 +127,7 @@ int cli_model_flag(int argc, char **argv, int *i, const char *cmd, hc_model_para
         return 1;
     }
     if (strcmp(a, "--threads") && strcmp(a, "--quantize") && strcmp(a, "--device") && strcmp(a, "--kv-dtype") &&
-        strcmp(a, "--compute-dtype"))
+        strcmp(a, "--compute-dtype") && strcmp(a, "--dtype"))
         return 0;
     const char *v = cli_value(argc, argv, i, cmd);
     if (!v) return -1;
@@ -131,10 +141,11 @@ int cli_model_flag(int argc, char **argv, int *i, const char *cmd, hc_model_para
         else if (!strcmp(v, "q4_k")) mp->weights = HC_WEIGHTS_Q4_K;
         else if (!strcmp(v, "none")) mp->weights = HC_WEIGHTS_AS_STORED;
         else return cli_usage_error(cmd, "--quantize must be q8_0, q4_0, q4_k or none"), -1;
-    } else if (!strcmp(a, "--compute-dtype")) {
+    } else if (!strcmp(a, "--compute-dtype") || !strcmp(a, "--dtype")) {
         if (!strcmp(v, "f32")) mp->compute_dtype = HC_DTYPE_F32;
         else if (!strcmp(v, "bf16")) mp->compute_dtype = HC_DTYPE_BF16;
-        else return cli_usage_error(cmd, "--compute-dtype must be f32 or bf16"), -1;
+        else if (!strcmp(v, "f16")) mp->compute_dtype = HC_DTYPE_F16;
+        else return cli_usage_error(cmd, "%s must be f32, bf16 or f16", a), -1;
     } else if (!strcmp(a, "--kv-dtype")) {
         if (!strcmp(v, "f32")) mp->kv_dtype = HC_DTYPE_F32;
         else if (!strcmp(v, "f16")) mp->kv_dtype = HC_DTYPE_F16;

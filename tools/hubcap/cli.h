@@ -31,6 +31,9 @@ bool cli_parse_device(const char *text, hc_device *out);
 /* The model flags every model command takes: --device, --threads, --quantize, --no-mmap,
  * --mlock. Returns 1 if argv[*i] was one (advancing *i), 0 if not, -1 after a usage error. */
 int cli_model_flag(int argc, char **argv, int *i, const char *cmd, hc_model_params *mp);
+/* hc_model_default_params() with the device from $HUBCAP_DEVICE; false (after saying why)
+ * when that variable holds no device. */
+bool cli_model_defaults(hc_model_params *mp, const char *cmd);
 /* Sampling flags given on the command line; unset ones keep the model's defaults. */
 typedef struct {
     double temperature, top_p, min_p, repeat_penalty, frequency_penalty, presence_penalty; /* < 0 / NAN: unset */
@@ -48,9 +51,11 @@ void cli_sampling_apply(const cli_sampling *cs, hc_sampler_params *p);
 #define CLI_MODEL_FLAGS_HELP                                                                                          \
     "  --threads N              CPU threads (default: all cores)\n"                                                  \
     "  --quantize F             quantize weights on load: q8_0, q4_0 or q4_k\n"                                            \
-    "  --kv-dtype T             KV cache dtype: f32 (default), f16 or bf16\n"                                        \
-    "  --compute-dtype T        f32 (default) or bf16: prompts on bf16 weights use AVX512_BF16\n"                 \
-    "  --device D               cpu (default), cuda or auto\n"                                                       \
+    "  --kv-dtype T             KV cache dtype: f32, f16 or bf16 (default: f32 on the CPU, the\n"                    \
+    "                           compute dtype on CUDA)\n"                                                           \
+    "  --dtype T                matmul compute dtype: f32 (CPU default), bf16 (CUDA default) or f16\n"             \
+    "                           (CUDA); on the CPU bf16 prompts use AVX512_BF16. Alias --compute-dtype\n"          \
+    "  --device D               cpu (default, or $HUBCAP_DEVICE), cuda or auto\n"                                    \
     "  --no-mmap                read weights into RAM (huge pages) instead of mapping them\n"                       \
     "  --mlock                  lock the weights in RAM\n"
 

@@ -6,10 +6,12 @@
 #include <time.h>
 
 #include "cli.h"
+#include "base/status.h"
 #include "format/json.h"
 
 static const char help[] =
-    "usage: hubcap bench [-m MODEL] [--prompt N] [--gen N] [--threads N] [--quantize q8_0|q4_0|q4_k] [--mmap] [--json]\n"
+    "usage: hubcap bench [-m MODEL] [--prompt N] [--gen N] [--batch N] [--device cpu|cuda] [--threads N]\n"
+    "                    [--quantize q8_0|q4_0|q4_k] [--mmap] [--json]\n"
     "\n"
     "Runs a prompt of N random tokens, then decodes --gen tokens greedily, and prints prompt\n"
     "tok/s, decode tok/s, peak RSS and the weight bytes read per decoded token. The weights are\n"
@@ -19,6 +21,8 @@ static const char help[] =
     "  -m, --model DIR    the model (default: the bundled stories260K)\n"
     "  --prompt N         prompt length (default 512)\n"
     "  --gen N            tokens to decode (default 128)\n"
+    "  --batch N          decode N sequences together (each with its own N-token prompt) and\n"
+    "                     report their total decode tok/s (default 1)\n"
     "  --json             print one JSON object\n" CLI_MODEL_FLAGS_HELP
     "  --mmap             map the weights instead of reading them\n";
 
@@ -28,11 +32,61 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+static const char *dtype_lower(hc_dtype dt) {
+    return dt == HC_DTYPE_BF16 ? "bf16" : dt == HC_DTYPE_F16 ? "f16" : "f32";
+}
+
+/* --batch N: N sequences through hc_generate_ids, greedy, none stopping early. */
+static hc_status bench_batch(hc_model *m, const char *model, int64_t n_prompt, int64_t n_gen, int64_t n_batch,
+                             double load_s, bool json) {
+    const int64_t V = hc_model_vocab_size(m);
+    int32_t *all = malloc(sizeof(int32_t) * (size_t)(n_prompt * n_batch));
+    const int32_t **ids = malloc(sizeof *ids * (size_t)n_batch);
+    int64_t *lens = malloc(sizeof *lens * (size_t)n_batch);
+    hc_generation *out = calloc((size_t)n_batch, sizeof *out);
+    if (!all || !ids || !lens || !out) {
+        free(all), free(ids), free(lens), free(out);
+        return hc_fail(HC_ERR_NOMEM, "out of memory");
+    }
+    uint64_t x = 42;
+    for (int64_t i = 0; i < n_prompt * n_batch; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        all[i] = (int32_t)((x >> 33) % (uint64_t)V);
+    }
+    for (int64_t b = 0; b < n_batch; b++) ids[b] = all + b * n_prompt, lens[b] = n_prompt;
+    hc_generate_params p = hc_generate_default_params(m);
+    p.sampling = hc_sampler_default_params();
+    p.max_new_tokens = n_gen;
+    p.ignore_eos = true;
+    hc_timings tm = {0};
+    hc_status st = hc_generate_ids(m, ids, lens, n_batch, &p, out, &tm);
+    for (int64_t b = 0; !st && b < n_batch; b++) hc_generation_free(&out[b]);
+    free(all), free(ids), free(lens), free(out);
+    if (st) return st;
+    const double ptps = (double)tm.prompt_tokens / tm.prompt_s, dtps = (double)tm.new_tokens / tm.decode_s;
+    if (json) {
+        hc_str mj = {0};
+        if (!hc_json_put_string(&mj, model)) return hc_fail(HC_ERR_NOMEM, "out of memory");
+        printf("{\"model\":%s,\"device\":\"%s\",\"compute_dtype\":\"%s\",\"batch\":%lld,\"load_s\":%.3f,"
+               "\"prompt_tokens\":%lld,\"gen_tokens\":%lld,\"prompt_tok_s\":%.2f,\"decode_tok_s\":%.2f,"
+               "\"decode_tok_s_per_seq\":%.2f}\n",
+               mj.data, hc_model_device_name(m), dtype_lower(hc_model_compute_dtype(m)), (long long)n_batch, load_s,
+               (long long)tm.prompt_tokens, (long long)tm.new_tokens, ptps, dtps, dtps / (double)n_batch);
+        hc_str_free(&mj);
+    } else {
+        printf("batch %lld | prompt %lld tokens: %.1f tok/s | decode %lld tokens: %.1f tok/s (%.1f per sequence) | %s %s\n",
+               (long long)n_batch, (long long)tm.prompt_tokens, ptps, (long long)tm.new_tokens, dtps,
+               dtps / (double)n_batch, hc_model_device_name(m), dtype_lower(hc_model_compute_dtype(m)));
+    }
+    return HC_OK;
+}
+
 int cmd_bench(int argc, char **argv) {
     const char *model = NULL;
-    int64_t n_prompt = 512, n_gen = 128;
+    int64_t n_prompt = 512, n_gen = 128, n_batch = 1;
     bool json = false;
-    hc_model_params mp = hc_model_default_params();
+    hc_model_params mp;
+    if (!cli_model_defaults(&mp, "bench")) return EXIT_USAGE;
     mp.use_mmap = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
@@ -48,6 +102,9 @@ int cmd_bench(int argc, char **argv) {
         } else if (!strcmp(a, "--gen")) {
             if (!(v = cli_value(argc, argv, &i, "bench"))) return EXIT_USAGE;
             if (!cli_parse_int(v, 0, 1 << 20, &n_gen)) return cli_usage_error("bench", "--gen must be an integer >= 0");
+        } else if (!strcmp(a, "--batch")) {
+            if (!(v = cli_value(argc, argv, &i, "bench"))) return EXIT_USAGE;
+            if (!cli_parse_int(v, 1, 4096, &n_batch)) return cli_usage_error("bench", "--batch must be an integer from 1 to 4096");
         } else if (!strcmp(a, "--json")) {
             json = true;
         } else if ((mf = cli_model_flag(argc, argv, &i, "bench", &mp)) != 0) {
@@ -63,6 +120,11 @@ int cmd_bench(int argc, char **argv) {
     if (st) return cli_fail("bench", st);
     const double load_s = now_s() - t0;
     const int64_t V = hc_model_vocab_size(m);
+    if (n_batch > 1) {
+        st = bench_batch(m, model, n_prompt, n_gen, n_batch, load_s, json);
+        hc_model_free(m);
+        return st ? cli_fail("bench", st) : EXIT_OK;
+    }
     hc_session *s;
     st = hc_session_new(m, n_prompt + n_gen, &s);
     if (st) {
@@ -76,7 +138,12 @@ int cmd_bench(int argc, char **argv) {
         x = x * 6364136223846793005ull + 1442695040888963407ull;
         ids[i] = (int32_t)((x >> 33) % (uint64_t)V);
     }
-    if (!json)
+    const bool on_gpu = hc_model_device_weight_bytes(m) > 0;
+    if (!json && on_gpu)
+        fprintf(stderr, "hubcap bench: %s on %s, %.2f GB of weights on the GPU, %s compute\n", model,
+                hc_model_device_name(m), (double)hc_model_device_weight_bytes(m) / 1e9,
+                dtype_lower(hc_model_compute_dtype(m)));
+    else if (!json)
         fprintf(stderr, "hubcap bench: %s, weights %s, %s kernels\n", model, mp.use_mmap ? "mapped" : "read into RAM",
                 hc_cpu_kernels());
     t0 = now_s();
@@ -115,10 +182,11 @@ int cmd_bench(int argc, char **argv) {
         return EXIT_ERROR;
     }
     if (json)
-        printf("{\"model\":%s,\"weights\":\"%s\",\"kernels\":\"%s\",\"compute_dtype\":\"%s\",\"mmap\":%s,\"load_s\":%.3f,\"prompt_tokens\":%lld,"
+        printf("{\"model\":%s,\"device\":\"%s\",\"weights\":\"%s\",\"kernels\":\"%s\",\"compute_dtype\":\"%s\",\"mmap\":%s,\"load_s\":%.3f,\"prompt_tokens\":%lld,"
                "\"gen_tokens\":%lld,\"prompt_tok_s\":%.2f,\"decode_tok_s\":%.2f,\"peak_rss_bytes\":%lld,"
                "\"bytes_per_token\":%lld,\"decode_read_gb_s\":%.2f}\n",
-               model_json.data, fmt, hc_cpu_kernels(), mp.compute_dtype == HC_DTYPE_BF16 ? "bf16" : "f32", mp.use_mmap ? "true" : "false", load_s, (long long)n_prompt,
+               model_json.data, hc_model_device_name(m), fmt, on_gpu ? "cuda" : hc_cpu_kernels(),
+               dtype_lower(hc_model_compute_dtype(m)), mp.use_mmap ? "true" : "false", load_s, (long long)n_prompt,
                (long long)n_gen, ptps, dtps, rss, bpt, dtps * (double)bpt / 1e9);
     else
         printf("load %.2f s | prompt %lld tokens: %.1f tok/s | decode %lld tokens: %.2f tok/s | peak RSS %.2f GB | "

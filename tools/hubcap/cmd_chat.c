@@ -47,7 +47,8 @@ static bool stream(void *user, int64_t seq, const char *text, size_t len) {
 int cmd_chat(int argc, char **argv) {
     const char *model = NULL, *system = NULL, *tmpl_path = NULL;
     int64_t max_new = 256, ctx = 0;
-    hc_model_params mp = hc_model_default_params();
+    hc_model_params mp;
+    if (!cli_model_defaults(&mp, "chat")) return EXIT_USAGE;
     cli_sampling cs;
     cli_sampling_init(&cs);
     for (int i = 1; i < argc; i++) {

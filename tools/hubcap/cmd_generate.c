@@ -86,7 +86,8 @@ int cmd_generate(int argc, char **argv) {
     cli_sampling cs;
     cli_sampling_init(&cs);
     bool ignore_eos = false, output_ids = false, no_special = false;
-    hc_model_params mp = hc_model_default_params();
+    hc_model_params mp;
+    if (!cli_model_defaults(&mp, "generate")) return EXIT_USAGE;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v;

@@ -17,7 +17,8 @@ static const char help[] =
 
 int cmd_logits(int argc, char **argv) {
     const char *model = NULL, *ids_text = NULL, *out_path = NULL;
-    hc_model_params mp = hc_model_default_params();
+    hc_model_params mp;
+    if (!cli_model_defaults(&mp, "logits")) return EXIT_USAGE;
     for (int i = 1; i < argc; i++) {
         int mf;
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {

@@ -111,14 +111,14 @@ static void att_part(void *ctx, int ith, int nth) {
 
 void hc_cpu_attention_fast(hc_backend *be, float *out, const float *q, const void *k_cache, const void *v_cache,
                            hc_dtype kv_dtype, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D,
-                           float scale, int64_t window, float softcap, float *scratch) {
+                           float scale, int64_t window, float softcap, int64_t S, float *scratch) {
     hc_fast_ctx *fx = be->ctx;
     int64_t need = 1;
     for (int64_t t = 0; t < T; t++)
         if (pos[t] + 1 > need) need = pos[t] + 1;
     const int nth = hc_pool_size(fx->pool);
     if (D > HC_MAX_HEAD_DIM || !hc_fast_scratch(fx, (size_t)need)) { /* the reference handles the rest */
-        hc_cpu_attention(be, out, q, k_cache, v_cache, kv_dtype, pos, T, H, KVH, D, scale, window, softcap, scratch);
+        hc_cpu_attention(be, out, q, k_cache, v_cache, kv_dtype, pos, T, H, KVH, D, scale, window, softcap, S, scratch);
         return;
     }
     const char *k = hc_cpu_kernels();

@@ -43,7 +43,7 @@ void hc_cpu_rope(hc_backend *be, float *x, const int32_t *pos, const float *inv_
                  int64_t nh, int64_t D, int64_t R);
 void hc_cpu_attention(hc_backend *be, float *out, const float *q, const void *k_cache, const void *v_cache,
                       hc_dtype kv_dtype, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale,
-                      int64_t window, float softcap, float *scratch);
+                      int64_t window, float softcap, int64_t S, float *scratch);
 void hc_cpu_set_rows(hc_backend *be, void *dst, hc_dtype dst_dtype, const float *src, const int32_t *pos, int64_t T,
                      int64_t width);
 void hc_cpu_glu(hc_backend *be, float *out, const float *gate, const float *up, hc_activation act, int64_t n);

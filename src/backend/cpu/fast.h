@@ -29,6 +29,6 @@ bool hc_fast_scratch(hc_fast_ctx *fx, size_t n);
 
 void hc_cpu_attention_fast(hc_backend *be, float *out, const float *q, const void *k_cache, const void *v_cache,
                            hc_dtype kv_dtype, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D,
-                           float scale, int64_t window, float softcap, float *scratch);
+                           float scale, int64_t window, float softcap, int64_t S, float *scratch);
 
 #endif

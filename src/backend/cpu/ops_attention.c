@@ -5,8 +5,9 @@
 
 void hc_cpu_attention(hc_backend *be, float *out, const float *q, const void *k_cache, const void *v_cache,
                       hc_dtype kv_dtype, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale,
-                      int64_t window, float softcap, float *scratch) {
+                      int64_t window, float softcap, int64_t S, float *scratch) {
     (void)be;
+    (void)S;
     const int64_t group = H / KVH;
     for (int64_t t = 0; t < T; t++) {
         const int64_t p = pos[t];

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The CUDA checks and benchmarks, on a machine with an NVIDIA GPU, from the repository root:
+#   bash bench/cuda_run.sh [tests] [bench] [hf]
+# BUILD names the folder holding the binaries (default build). Results go to $OUT (default
+# bench/out/cuda): the op test's table, the conformance logs, bench JSON lines.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${BUILD:-build}
+OUT=${OUT:-bench/out/cuda}
+CK=${CK_DIR:-bench/out}
+mkdir -p "$OUT" "$CK"
+export HUBCAP_SOURCE_DIR=$PWD
+which=${*:-tests bench}
+find_bin() { [ -x "$BUILD/$1" ] && echo "$BUILD/$1" || echo "$BUILD/tests/$1"; }
+rc=0
+
+for w in $which; do
+    case $w in
+    tests)
+        nvidia-smi -L
+        HUBCAP_TEST_VERBOSE=1 "$(find_bin test_cuda_ops)" >"$OUT/cuda_ops.txt" 2>&1 || rc=1
+        tail -n 3 "$OUT/cuda_ops.txt"; grep FAIL "$OUT/cuda_ops.txt" | head -20
+        for dt in f32 bf16; do
+            HUBCAP_TEST_DEVICE=cuda HUBCAP_TEST_DTYPE=$dt "$(find_bin test_conformance)" >"$OUT/conformance_$dt.txt" 2>&1 || rc=1
+            tail -n 1 "$OUT/conformance_$dt.txt"; grep FAIL "$OUT/conformance_$dt.txt" | head -10
+        done
+        HUBCAP_TEST_DEVICE=cuda HUBCAP_TEST_DTYPE=f32 "$(find_bin test_generate)" >"$OUT/generate.txt" 2>&1 || rc=1
+        tail -n 1 "$OUT/generate.txt"; grep FAIL "$OUT/generate.txt" | head -10
+        HUBCAP_DEVICE=cuda bash tests/test_cli.sh "$BUILD/hubcap" "$PWD" >"$OUT/cli.txt" 2>&1 || rc=1
+        tail -n 1 "$OUT/cli.txt"; grep -A1 FAIL "$OUT/cli.txt" | head -10
+        ;;
+    bench)
+        "$BUILD/bench_cuda_peak" | tee -a "$OUT/bench.jsonl"
+        for size in 1b ${BENCH_8B:+8b}; do
+            [ -f "$CK/llama$size/model.safetensors" ] || "$BUILD/bench_make_checkpoint" "$CK/llama$size" $size >/dev/null
+            "$BUILD/hubcap" bench -m "$CK/llama$size" --device cuda --prompt 2048 --gen 256 --json | tee -a "$OUT/bench.jsonl"
+            "$BUILD/hubcap" bench -m "$CK/llama$size" --device cuda --dtype f32 --prompt 512 --gen 64 --json | tee -a "$OUT/bench.jsonl"
+            for q in q8_0 q4_0; do
+                "$BUILD/hubcap" bench -m "$CK/llama$size" --device cuda --quantize $q --prompt 512 --gen 128 --json | tee -a "$OUT/bench.jsonl"
+            done
+            for b in 8 32 64; do
+                "$BUILD/hubcap" bench -m "$CK/llama$size" --device cuda --batch $b --prompt 128 --gen 128 --json | tee -a "$OUT/bench.jsonl"
+            done
+        done
+        ;;
+    hf)
+        for size in 1b ${BENCH_8B:+8b}; do
+            python3 bench/hf_bench.py "$CK/llama$size" | tee -a "$OUT/bench.jsonl"
+        done
+        ;;
+    esac
+done
+exit $rc

@@ -1,0 +1,323 @@
+/* Attention over the KV cache, flash-decoding style: each block takes one query row t, one
+ * head h and one split of that query's keys, runs an online softmax over them in four warps,
+ * and either writes the normalised output (one split) or a partial (max, sum, acc[D]) that a
+ * second kernel combines. Causal and sliding-window masks come from pos[t] (read on the
+ * device, so a captured decode step stays valid); GQA reads kv head h / (H / KVH) in place. */
+#include <mma.h>
+
+#include "backend/cuda/common.cuh"
+
+#define ATT_WARPS 4
+
+/* NPL: head dims per lane (D <= 32 * NPL). */
+template <int NPL>
+__global__ void attention_kernel(float *out, float *partials, const float *q, const void *kc, const void *vc, hc_dtype kv_dt,
+                                 const int32_t *pos, int64_t H, int64_t KVH, int64_t D, float scale, int64_t window,
+                                 float softcap, int n_split) {
+    __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
+    __shared__ float sm_acc[ATT_WARPS][32 * NPL];
+    const int split = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int64_t h = blockIdx.y, t = blockIdx.z, kvh = h / (H / KVH);
+    const int64_t p = pos[t];
+    const int64_t lo = (window > 0 && p - window + 1 > 0) ? p - window + 1 : 0;
+    const int64_t nk = p - lo + 1, chunk = (nk + n_split - 1) / n_split;
+    const int64_t j0 = lo + split * chunk, j1 = min(j0 + chunk, p + 1);
+
+    float qr[NPL], acc[NPL];
+    const float *qh = q + (t * H + h) * D; /* [D] */
+#pragma unroll
+    for (int i = 0; i < NPL; i++) {
+        const int64_t d = lane + 32 * i;
+        qr[i] = d < D ? qh[d] : 0.0f;
+        acc[i] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    for (int64_t j = j0 + warp; j < j1; j += ATT_WARPS) {
+        const int64_t row = (j * KVH + kvh) * D; /* element offset of k[j, kvh, :] */
+        float s = 0;
+#pragma unroll
+        for (int i = 0; i < NPL; i++) {
+            const int64_t d = lane + 32 * i;
+            if (d < D) s += qr[i] * hc_ld(kc, kv_dt, row + d);
+        }
+        s = hc_warp_sum(s) * scale;
+        if (softcap > 0) s = softcap * tanhf(s / softcap);
+        const float m_new = fmaxf(m, s), corr = expf(m - m_new), e = expf(s - m_new);
+        l = l * corr + e;
+#pragma unroll
+        for (int i = 0; i < NPL; i++) {
+            const int64_t d = lane + 32 * i;
+            acc[i] = acc[i] * corr + (d < D ? e * hc_ld(vc, kv_dt, row + d) : 0.0f);
+        }
+        m = m_new;
+    }
+    /* Merge the four warps' running states. */
+    if (lane == 0) sm_m[warp] = m, sm_l[warp] = l;
+#pragma unroll
+    for (int i = 0; i < NPL; i++) sm_acc[warp][lane + 32 * i] = acc[i];
+    __syncthreads();
+    if (warp != 0) return;
+    float M = -INFINITY;
+    for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, sm_m[w]);
+    float L = 0, o[NPL];
+#pragma unroll
+    for (int i = 0; i < NPL; i++) o[i] = 0;
+    for (int w = 0; w < ATT_WARPS; w++) {
+        const float f = sm_m[w] == -INFINITY ? 0.0f : expf(sm_m[w] - M);
+        L += sm_l[w] * f;
+#pragma unroll
+        for (int i = 0; i < NPL; i++) o[i] += sm_acc[w][lane + 32 * i] * f;
+    }
+    if (n_split == 1) {
+        float *oh = out + (t * H + h) * D; /* [D] */
+#pragma unroll
+        for (int i = 0; i < NPL; i++)
+            if (lane + 32 * i < D) oh[lane + 32 * i] = o[i] / L;
+        return;
+    }
+    float *pp = partials + ((t * H + h) * n_split + split) * (D + 2); /* [max, sum, acc[D]] */
+    if (lane == 0) pp[0] = M, pp[1] = L;
+#pragma unroll
+    for (int i = 0; i < NPL; i++)
+        if (lane + 32 * i < D) pp[2 + lane + 32 * i] = o[i];
+}
+
+/* out[t, h, :] from the n_split partials of (t, h). */
+__global__ void attention_combine_kernel(float *out, const float *partials, int64_t H, int64_t D, int n_split) {
+    const int64_t h = blockIdx.x, t = blockIdx.y;
+    const float *pp = partials + (t * H + h) * n_split * (D + 2);
+    float M = -INFINITY;
+    for (int s = 0; s < n_split; s++) M = fmaxf(M, pp[s * (D + 2)]);
+    float L = 0;
+    for (int s = 0; s < n_split; s++) {
+        const float ms = pp[s * (D + 2)];
+        if (ms != -INFINITY) L += pp[s * (D + 2) + 1] * expf(ms - M);
+    }
+    float *oh = out + (t * H + h) * D;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+        float o = 0;
+        for (int s = 0; s < n_split; s++) {
+            const float ms = pp[s * (D + 2)];
+            if (ms != -INFINITY) o += pp[s * (D + 2) + 2 + d] * expf(ms - M);
+        }
+        oh[d] = o / L;
+    }
+}
+
+
+/* ---- prompts: tensor-core flash attention ---------------------------------------------------
+ * With a 16-bit compute dtype, rows of a prompt go through a flash-attention kernel: a block
+ * takes 64 query rows of one head and walks the keys 64 at a time; S = Q K^T and O += P V run
+ * on the tensor cores (WMMA, 16-bit operands, f32 accumulation), the online softmax in f32.
+ * Each of the 4 warps owns 16 query rows, so only the K/V tile loads are shared. */
+
+#define FA_BQ 64
+#define FA_BK 64
+
+template <typename HT> __device__ __forceinline__ HT to_half(float v);
+template <> __device__ __forceinline__ __nv_bfloat16 to_half<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ __half to_half<__half>(float v) {
+    return __float2half_rn(fminf(fmaxf(v, -65504.0f), 65504.0f));
+}
+
+/* Shared-memory strides (elements), padded against bank conflicts; WMMA needs multiples of 8
+ * (16-bit) or 4 (f32). */
+static __host__ __device__ inline int fa_ldh(int D) { return D + 8; }
+static __host__ __device__ inline int fa_ldo(int D) { return D + 4; }
+
+static size_t fa_smem_bytes(int D) {
+    return 3 * (size_t)FA_BQ * fa_ldh(D) * 2          /* Q, K, V tiles */
+           + (size_t)FA_BQ * (FA_BK + 4) * 4           /* S */
+           + (size_t)FA_BQ * (FA_BK + 8) * 2           /* P */
+           + (size_t)FA_BQ * fa_ldo(D) * 4             /* O */
+           + (size_t)ATT_WARPS * 256 * 4               /* one 16x16 product tile per warp */
+           + 3 * (size_t)FA_BQ * 4;                    /* running max, sum, correction */
+}
+
+template <typename HT>
+__global__ void __launch_bounds__(32 * ATT_WARPS)
+flash_prefill_kernel(float *out, const float *q, const void *kc, const void *vc, hc_dtype kv_dt, const int32_t *pos,
+                     int64_t T, int64_t H, int64_t KVH, int D, float scale, int64_t window, float softcap) {
+    using namespace nvcuda;
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int ldh = fa_ldh(D), ldo = fa_ldo(D), lds = FA_BK + 4, ldp = FA_BK + 8;
+    HT *sQ = (HT *)smem;                          /* [BQ][ldh] */
+    HT *sK = sQ + FA_BQ * ldh;                    /* [BK][ldh] */
+    HT *sV = sK + FA_BK * ldh;                    /* [BK][ldh] */
+    float *sS = (float *)(sV + FA_BK * ldh);      /* [BQ][lds] */
+    HT *sP = (HT *)(sS + FA_BQ * lds);            /* [BQ][ldp] */
+    float *sO = (float *)(sP + FA_BQ * ldp);      /* [BQ][ldo] */
+    float *sTile = sO + FA_BQ * ldo;              /* [warps][16*16] */
+    float *sM = sTile + ATT_WARPS * 256, *sL = sM + FA_BQ, *sC = sL + FA_BQ; /* [BQ] each */
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int64_t h = blockIdx.y, kvh = h / (H / KVH), t0 = (int64_t)blockIdx.x * FA_BQ;
+    const int64_t t_end = min(t0 + FA_BQ, T);
+    /* Positions rise with t within a call's rows of one sequence. */
+    const int64_t p_first = pos[t0], p_last = pos[t_end - 1];
+    const int64_t lo = window > 0 && p_first - window + 1 > 0 ? p_first - window + 1 : 0;
+
+    for (int i = tid; i < FA_BQ * D; i += blockDim.x) {
+        const int r = i / D, d = i % D;
+        const int64_t t = t0 + r;
+        sQ[r * ldh + d] = to_half<HT>(t < T ? q[(t * H + h) * D + d] : 0.0f);
+        sO[r * ldo + d] = 0.0f;
+    }
+    for (int r = tid; r < FA_BQ; r += blockDim.x) sM[r] = -INFINITY, sL[r] = 0.0f;
+
+    const int r0 = warp * 16; /* this warp's query rows */
+    for (int64_t kb = lo / FA_BK * FA_BK; kb <= p_last; kb += FA_BK) {
+        __syncthreads(); /* the previous tile is no longer read */
+        for (int i = tid; i < FA_BK * D; i += blockDim.x) {
+            const int r = i / D, d = i % D;
+            const int64_t j = kb + r;
+            const bool ok = j <= p_last;
+            const int64_t e = (j * KVH + kvh) * D + d;
+            sK[r * ldh + d] = to_half<HT>(ok ? hc_ld(kc, kv_dt, e) : 0.0f);
+            sV[r * ldh + d] = to_half<HT>(ok ? hc_ld(vc, kv_dt, e) : 0.0f); /* never stale NaNs */
+        }
+        __syncthreads();
+
+        /* S[16 rows, 64 keys] = Q K^T. */
+        for (int c = 0; c < FA_BK / 16; c++) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+            wmma::fill_fragment(acc, 0.0f);
+            for (int d = 0; d < D; d += 16) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, HT, wmma::row_major> a;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, HT, wmma::col_major> b;
+                wmma::load_matrix_sync(a, sQ + r0 * ldh + d, ldh);
+                wmma::load_matrix_sync(b, sK + c * 16 * ldh + d, ldh);
+                wmma::mma_sync(acc, a, b, acc);
+            }
+            wmma::store_matrix_sync(sS + r0 * lds + c * 16, acc, lds, wmma::mem_row_major);
+        }
+        __syncwarp();
+
+        /* Online softmax over this tile, row by row; a lane takes keys lane and lane + 32. */
+        for (int r = r0; r < r0 + 16; r++) {
+            const int64_t t = t0 + r;
+            const int64_t pt = t < T ? pos[t] : -1;
+            const int64_t lo_t = window > 0 && pt - window + 1 > 0 ? pt - window + 1 : 0;
+            float sv[2];
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                const int col = lane + 32 * u;
+                const int64_t j = kb + col;
+                float x = sS[r * lds + col] * scale;
+                if (softcap > 0) x = softcap * tanhf(x / softcap);
+                sv[u] = (j <= pt && j >= lo_t) ? x : -INFINITY;
+            }
+            const float m_old = sM[r];
+            const float m_new = fmaxf(m_old, hc_warp_max(fmaxf(sv[0], sv[1])));
+            float p0 = 0.0f, p1 = 0.0f, corr = 1.0f;
+            if (m_new != -INFINITY) {
+                p0 = __expf(sv[0] - m_new);
+                p1 = __expf(sv[1] - m_new);
+                corr = __expf(m_old - m_new);
+            }
+            sP[r * ldp + lane] = to_half<HT>(p0);
+            sP[r * ldp + lane + 32] = to_half<HT>(p1);
+            const float rs = hc_warp_sum(p0 + p1);
+            __syncwarp();
+            if (lane == 0) {
+                sL[r] = sL[r] * corr + rs;
+                sM[r] = m_new;
+                sC[r] = corr;
+            }
+        }
+        __syncwarp();
+
+        /* O[16 rows, D] = O * corr + P V, a 16x16 output tile at a time. */
+        float *tile = sTile + warp * 256;
+        for (int dt = 0; dt < D; dt += 16) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+            wmma::fill_fragment(acc, 0.0f);
+            for (int k = 0; k < FA_BK; k += 16) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, HT, wmma::row_major> a;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, HT, wmma::row_major> b;
+                wmma::load_matrix_sync(a, sP + r0 * ldp + k, ldp);
+                wmma::load_matrix_sync(b, sV + k * ldh + dt, ldh);
+                wmma::mma_sync(acc, a, b, acc);
+            }
+            wmma::store_matrix_sync(tile, acc, 16, wmma::mem_row_major);
+            __syncwarp();
+            for (int e = lane; e < 256; e += 32) {
+                const int r = r0 + e / 16, c = dt + e % 16;
+                sO[r * ldo + c] = sO[r * ldo + c] * sC[r] + tile[e];
+            }
+            __syncwarp();
+        }
+    }
+    __syncwarp();
+    for (int e = lane; e < 16 * D; e += 32) {
+        const int r = r0 + e / D, d = e % D;
+        const int64_t t = t0 + r;
+        if (t < T) out[(t * H + h) * D + d] = sO[r * ldo + d] / sL[r];
+    }
+}
+
+template <typename HT>
+static bool launch_flash(hc_cuda_ctx *cx, float *out, const float *q, const void *k_cache, const void *v_cache,
+                         hc_dtype kv_dtype, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale,
+                         int64_t window, float softcap) {
+    /* Over 48 KB of shared memory needs the limit raised (a host-side call; prompts only). */
+    const size_t smem = fa_smem_bytes((int)D);
+    if (cudaFuncSetAttribute(flash_prefill_kernel<HT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    dim3 grid((unsigned)((T + FA_BQ - 1) / FA_BQ), (unsigned)H);
+    flash_prefill_kernel<HT><<<grid, 32 * ATT_WARPS, smem, cx->stream>>>(out, q, k_cache, v_cache, kv_dtype, pos, T, H, KVH,
+                                                                         (int)D, scale, window, softcap);
+    return true;
+}
+
+void hc_cuda_attention(hc_backend *be, float *out, const float *q, const void *k_cache, const void *v_cache,
+                       hc_dtype kv_dtype, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale,
+                       int64_t window, float softcap, int64_t S, float *scratch) {
+    (void)scratch;
+    hc_cuda_ctx *cx = hc_cuda(be);
+    if (T <= 0 || cx->failed) return;
+    if (D > 256) {
+        hc_cuda_fail(be, cudaErrorInvalidValue, "attention (head_dim above 256)");
+        return;
+    }
+    /* Prompts with a 16-bit compute dtype: the tensor-core kernel. */
+    if (T >= 16 && D % 16 == 0 && D <= 256 && cx->compute != HC_DTYPE_F32) {
+        const bool ok = cx->compute == HC_DTYPE_BF16
+                            ? launch_flash<__nv_bfloat16>(cx, out, q, k_cache, v_cache, kv_dtype, pos, T, H, KVH, D, scale,
+                                                          window, softcap)
+                            : launch_flash<__half>(cx, out, q, k_cache, v_cache, kv_dtype, pos, T, H, KVH, D, scale, window,
+                                                   softcap);
+        if (ok) {
+            HC_CUDA_LAUNCHED(be, "flash attention");
+            return;
+        }
+    }
+    /* Enough blocks to fill the GPU: split each query's keys when rows x heads are few. The
+     * count depends only on T, H and S, so a captured decode step keeps its grid. */
+    const int64_t max_keys = window > 0 && window < S ? window : S;
+    int64_t n_split = (4 * (int64_t)cx->n_sm + T * H - 1) / (T * H);
+    const int64_t by_len = (max_keys + 127) / 128;
+    if (n_split > by_len) n_split = by_len;
+    if (n_split < 1) n_split = 1;
+    float *partials = NULL;
+    if (n_split > 1) {
+        partials = (float *)hc_cuda_scratch(be, (void **)&cx->partials, &cx->partials_bytes,
+                                            sizeof(float) * (size_t)(T * H * n_split * (D + 2)));
+        if (!partials) return;
+    }
+    dim3 grid((unsigned)n_split, (unsigned)H, (unsigned)T);
+    const int ns = (int)n_split;
+#define ATT(NPL)                                                                                                       \
+    attention_kernel<NPL><<<grid, 32 * ATT_WARPS, 0, cx->stream>>>(out, partials, q, k_cache, v_cache, kv_dtype, pos, H, \
+                                                                   KVH, D, scale, window, softcap, ns)
+    if (D <= 32) ATT(1);
+    else if (D <= 64) ATT(2);
+    else if (D <= 128) ATT(4);
+    else ATT(8);
+#undef ATT
+    if (n_split > 1)
+        attention_combine_kernel<<<dim3((unsigned)H, (unsigned)T), 128, 0, cx->stream>>>(out, partials, H, D, ns);
+    HC_CUDA_LAUNCHED(be, "attention");
+}

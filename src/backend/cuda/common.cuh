@@ -1,0 +1,102 @@
+/* Shared by the CUDA op files: the backend context, error capture and dtype loads.
+ * Conventions are backend.h's (T rows, C channels, H/KVH heads, D head dim, N/K features).
+ * Every op is queued on the context's one stream; only download() waits for it. */
+#ifndef HC_BACKEND_CUDA_COMMON_CUH
+#define HC_BACKEND_CUDA_COMMON_CUH
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+extern "C" {
+#include "backend/cuda/cuda.h"
+#include "backend/cpu/quant.h"
+}
+
+/* A captured decode step, keyed by the pointers and flags it was recorded with. */
+typedef struct {
+    unsigned char key[64];
+    size_t key_len;
+    int seen;               /* runs so far: the first runs eagerly (lazy buffers settle), the second is captured */
+    cudaGraphExec_t exec;
+} hc_cuda_graph;
+
+#define HC_CUDA_MAX_GRAPHS 16
+
+typedef struct {
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    hc_dtype compute;   /* F32, BF16 or F16: the matmul input type of prompt GEMMs */
+    int n_sm;
+    /* Grown on demand and kept: GEMM operand conversions and attention partials. */
+    void *scratch_a;
+    size_t scratch_a_bytes;
+    void *scratch_b;
+    size_t scratch_b_bytes;
+    float *partials;
+    size_t partials_bytes;
+    /* The first error; ops after it are skipped and check() reports it. */
+    char error[256];
+    int failed;
+    bool capturing;
+    hc_cuda_graph graphs[HC_CUDA_MAX_GRAPHS];
+    int n_graphs;
+} hc_cuda_ctx;
+
+static inline hc_cuda_ctx *hc_cuda(hc_backend *be) { return (hc_cuda_ctx *)be->ctx; }
+
+/* Records the first failure (with where it happened) and returns true when there is one. */
+bool hc_cuda_fail(hc_backend *be, cudaError_t e, const char *what);
+#define HC_CUDA_LAUNCHED(be, what) hc_cuda_fail((be), cudaGetLastError(), (what))
+
+/* Scratch of at least `bytes`, grown (never during graph capture) and kept. NULL on failure. */
+void *hc_cuda_scratch(hc_backend *be, void **buf, size_t *cap, size_t bytes);
+
+static inline unsigned hc_blocks(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }
+
+/* Element i of a float buffer of dtype dt, widened to f32. */
+__device__ __forceinline__ float hc_ld(const void *p, hc_dtype dt, int64_t i) {
+    if (dt == HC_DTYPE_F32) return ((const float *)p)[i];
+    if (dt == HC_DTYPE_BF16) return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    return __half2float(((const __half *)p)[i]);
+}
+
+__device__ __forceinline__ float hc_f16_bits(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+
+/* x reduced over the 32 lanes of a warp; every lane gets the sum. */
+__device__ __forceinline__ float hc_warp_sum(float x) {
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+__device__ __forceinline__ float hc_warp_max(float x) {
+    for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+
+/* The op entry points, one family per file. */
+void hc_cuda_embedding(hc_backend *be, float *out, const hc_mat *table, const int32_t *ids, int64_t T, float scale,
+                       bool accumulate);
+void hc_cuda_matmul(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T);
+void hc_cuda_norm(hc_backend *be, float *out, const float *x, const hc_vec *w, const hc_vec *b, hc_norm_kind kind,
+                  float eps, int64_t T, int64_t C);
+void hc_cuda_rope(hc_backend *be, float *x, const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T,
+                  int64_t nh, int64_t D, int64_t R);
+void hc_cuda_attention(hc_backend *be, float *out, const float *q, const void *k_cache, const void *v_cache,
+                       hc_dtype kv_dtype, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale,
+                       int64_t window, float softcap, int64_t S, float *scratch);
+void hc_cuda_set_rows(hc_backend *be, void *dst, hc_dtype dst_dtype, const float *src, const int32_t *pos, int64_t T,
+                      int64_t width);
+void hc_cuda_fill(hc_backend *be, float *x, float v, int64_t n);
+void hc_cuda_glu(hc_backend *be, float *out, const float *gate, const float *up, hc_activation act, int64_t n);
+void hc_cuda_activate(hc_backend *be, float *x, hc_activation act, int64_t n);
+void hc_cuda_add(hc_backend *be, float *out, const float *a, const float *b, int64_t n);
+void hc_cuda_add_scaled(hc_backend *be, float *out, const float *x, float alpha, int64_t n);
+void hc_cuda_softcap(hc_backend *be, float *x, float cap, int64_t n);
+void hc_cuda_topk_route(hc_backend *be, float *weights, int32_t *experts, const float *logits, int64_t T, int64_t E,
+                        int64_t k, bool renorm);
+
+#endif

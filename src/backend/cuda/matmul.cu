@@ -1,0 +1,365 @@
+/* Matmul: out[T, N] = x[T, K] @ W[N, K]^T + bias[N], weights in their stored dtype.
+ *
+ * Few rows (T <= GEMV_MAX_T, batch-1 and small-batch decode) are bandwidth-bound: our own GEMV
+ * reads each weight once, 16 bytes a lane, widens it and accumulates in f32 against f32
+ * activations, so decode numerics do not depend on the compute dtype. Quantized weights
+ * (q8_0, q4_0, q4_k) are dequantized inside the GEMV.
+ *
+ * More rows go to cuBLAS with the compute dtype as the operand type (bf16 or f16 tensor cores,
+ * or f32) and f32 accumulation and output. Weights of another dtype are converted a chunk of
+ * rows at a time into scratch; activations are converted once per call. */
+#include "backend/cuda/common.cuh"
+
+#define GEMV_MAX_T 8
+#define GEMV_WARPS 4
+#define CONVERT_CHUNK_ELEMS (32ll << 20) /* weights converted per cuBLAS call: 128 MiB in f32 */
+
+/* ---- GEMV ------------------------------------------------------------------------------- */
+
+template <typename WT> __device__ __forceinline__ float widen(WT v);
+template <> __device__ __forceinline__ float widen<float>(float v) { return v; }
+template <> __device__ __forceinline__ float widen<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <> __device__ __forceinline__ float widen<__half>(__half v) { return __half2float(v); }
+
+/* One warp per output row n; lanes stride over K 16 bytes at a time. TT: rows of x (1..8).
+ * Needs rows 16-byte aligned and K a multiple of the vector (checked by the launcher). */
+template <typename WT, int TT>
+__global__ void gemv_vec_kernel(float *out, const float *x, const WT *w, int64_t ld, const void *bias, hc_dtype bias_dt,
+                                int64_t N, int64_t K) {
+    constexpr int VEC = 16 / sizeof(WT);
+    const int lane = threadIdx.x & 31;
+    const int64_t n = blockIdx.x * (int64_t)GEMV_WARPS + (threadIdx.x >> 5);
+    if (n >= N) return;
+    const WT *row = w + n * ld; /* [K] */
+    float acc[TT];
+#pragma unroll
+    for (int t = 0; t < TT; t++) acc[t] = 0.0f;
+#pragma unroll 2
+    for (int64_t k = (int64_t)lane * VEC; k < K; k += 32 * VEC) {
+        const uint4 raw = __ldg((const uint4 *)(row + k));
+        const WT *wv = (const WT *)&raw;
+        float wf[VEC];
+#pragma unroll
+        for (int i = 0; i < VEC; i++) wf[i] = widen<WT>(wv[i]);
+#pragma unroll
+        for (int t = 0; t < TT; t++) {
+            const float4 *xv = (const float4 *)(x + t * K + k);
+#pragma unroll
+            for (int i = 0; i < VEC / 4; i++) {
+                const float4 a = xv[i];
+                acc[t] += a.x * wf[4 * i] + a.y * wf[4 * i + 1] + a.z * wf[4 * i + 2] + a.w * wf[4 * i + 3];
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < TT; t++) {
+        const float s = hc_warp_sum(acc[t]);
+        if (lane == 0) out[t * N + n] = s + (bias ? hc_ld(bias, bias_dt, n) : 0.0f);
+    }
+}
+
+/* Rows of any alignment or length: one warp per output row, lanes reading neighbouring
+ * elements (still coalesced, but 2 or 4 bytes a lane). */
+template <int TT>
+__global__ void gemv_rows_kernel(float *out, const float *x, const void *w, hc_dtype dt, int64_t ld, const void *bias,
+                                 hc_dtype bias_dt, int64_t N, int64_t K) {
+    const int lane = threadIdx.x & 31;
+    const int64_t n = blockIdx.x * (int64_t)GEMV_WARPS + (threadIdx.x >> 5);
+    if (n >= N) return;
+    float acc[TT];
+#pragma unroll
+    for (int t = 0; t < TT; t++) acc[t] = 0.0f;
+    for (int64_t k = lane; k < K; k += 32) {
+        const float wv = hc_ld(w, dt, n * ld + k);
+#pragma unroll
+        for (int t = 0; t < TT; t++) acc[t] += x[t * K + k] * wv;
+    }
+#pragma unroll
+    for (int t = 0; t < TT; t++) {
+        const float s = hc_warp_sum(acc[t]);
+        if (lane == 0) out[t * N + n] = s + (bias ? hc_ld(bias, bias_dt, n) : 0.0f);
+    }
+}
+
+/* GPT-2's transposed [K, N] weights: one thread per (t, n), k in order, threads of a warp
+ * reading neighbouring columns. */
+__global__ void gemv_any_kernel(float *out, const float *x, const void *w, hc_dtype dt, int64_t ld, bool transposed,
+                                const void *bias, hc_dtype bias_dt, int64_t N, int64_t K, int64_t T) {
+    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i >= T * N) return;
+    const int64_t t = i / N, n = i % N;
+    const float *xt = x + t * K;
+    float s = 0;
+    for (int64_t k = 0; k < K; k++) s += xt[k] * hc_ld(w, dt, transposed ? k * ld + n : n * ld + k);
+    out[i] = s + (bias ? hc_ld(bias, bias_dt, n) : 0.0f);
+}
+
+/* Quantized blocks widened to f32: 32 weights (q8_0, q4_0) or 256 (q4_k) from a block that is
+ * only 2-byte aligned, so it is read 16 bits at a time. */
+__device__ __forceinline__ void dequant_q8_0(float *o, const uint16_t *b) {
+    const float d = hc_f16_bits(b[0]);
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        const uint16_t v = b[1 + i];
+        o[2 * i] = d * (float)(int8_t)(v & 0xff);
+        o[2 * i + 1] = d * (float)(int8_t)(v >> 8);
+    }
+}
+
+__device__ __forceinline__ void dequant_q4_0(float *o, const uint16_t *b) {
+    const float d = hc_f16_bits(b[0]);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const uint16_t v = b[1 + i];
+        o[2 * i] = d * (float)((v & 0xf) - 8);
+        o[2 * i + 16] = d * (float)(((v >> 4) & 0xf) - 8);
+        o[2 * i + 1] = d * (float)(((v >> 8) & 0xf) - 8);
+        o[2 * i + 17] = d * (float)((v >> 12) - 8);
+    }
+}
+
+__device__ __forceinline__ void q4_k_scale_min(const uint8_t *q, int j, int *sc, int *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+/* Sub-block j (32 weights) of a q4_k super-block. */
+__device__ __forceinline__ void dequant_q4_k_sub(float *o, const hc_block_q4_k *b, int j) {
+    int sc, m;
+    q4_k_scale_min(b->scales, j, &sc, &m);
+    const float d = hc_f16_bits(b->d) * (float)sc, mn = hc_f16_bits(b->dmin) * (float)m;
+    const uint8_t *qs = b->qs + (j / 2) * 32;
+#pragma unroll
+    for (int i = 0; i < 32; i++) o[i] = d * (float)((j & 1) ? (qs[i] >> 4) : (qs[i] & 0xf)) - mn;
+}
+
+/* One warp per output row; a lane takes 32 weights (one q8_0/q4_0 block or a q4_k sub-block)
+ * at a time. */
+template <int TT>
+__global__ void gemv_quant_kernel(float *out, const float *x, const uint8_t *w, int quant, size_t row_bytes,
+                                  const void *bias, hc_dtype bias_dt, int64_t N, int64_t K) {
+    const int lane = threadIdx.x & 31;
+    const int64_t n = blockIdx.x * (int64_t)GEMV_WARPS + (threadIdx.x >> 5);
+    if (n >= N) return;
+    const uint8_t *row = w + n * row_bytes;
+    float acc[TT];
+#pragma unroll
+    for (int t = 0; t < TT; t++) acc[t] = 0.0f;
+    for (int64_t g = lane; g < K / 32; g += 32) {
+        float wf[32];
+        if (quant == HC_QUANT_Q8_0) dequant_q8_0(wf, (const uint16_t *)(row + g * sizeof(hc_block_q8_0)));
+        else if (quant == HC_QUANT_Q4_0) dequant_q4_0(wf, (const uint16_t *)(row + g * sizeof(hc_block_q4_0)));
+        else dequant_q4_k_sub(wf, (const hc_block_q4_k *)(row + (g / 8) * sizeof(hc_block_q4_k)), (int)(g % 8));
+#pragma unroll
+        for (int t = 0; t < TT; t++) {
+            const float *xt = x + t * K + g * 32;
+            float s = 0;
+#pragma unroll
+            for (int i = 0; i < 32; i++) s += xt[i] * wf[i];
+            acc[t] += s;
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < TT; t++) {
+        const float s = hc_warp_sum(acc[t]);
+        if (lane == 0) out[t * N + n] = s + (bias ? hc_ld(bias, bias_dt, n) : 0.0f);
+    }
+}
+
+template <typename WT>
+static void launch_gemv_vec(hc_cuda_ctx *cx, float *out, const float *x, const hc_mat *w, const void *bias, hc_dtype bdt,
+                            int64_t T) {
+    const unsigned blocks = hc_blocks(w->rows, GEMV_WARPS);
+    const WT *wd = (const WT *)w->data;
+#define GV(TT)                                                                                                         \
+    case TT: gemv_vec_kernel<WT, TT><<<blocks, 32 * GEMV_WARPS, 0, cx->stream>>>(out, x, wd, w->ld, bias, bdt, w->rows, w->cols); break
+    switch (T) { GV(1); GV(2); GV(3); GV(4); GV(5); GV(6); GV(7); GV(8); }
+#undef GV
+}
+
+static void launch_gemv_quant(hc_cuda_ctx *cx, float *out, const float *x, const hc_mat *w, const void *bias, hc_dtype bdt,
+                              int64_t T) {
+    const unsigned blocks = hc_blocks(w->rows, GEMV_WARPS);
+    const size_t rb = hc_quant_row_bytes(w->quant, w->cols);
+    const uint8_t *wd = (const uint8_t *)w->data;
+#define GQ(TT)                                                                                                         \
+    case TT: gemv_quant_kernel<TT><<<blocks, 32 * GEMV_WARPS, 0, cx->stream>>>(out, x, wd, w->quant, rb, bias, bdt, w->rows, w->cols); break
+    switch (T) { GQ(1); GQ(2); GQ(3); GQ(4); GQ(5); GQ(6); GQ(7); GQ(8); }
+#undef GQ
+}
+
+static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+static void gemv(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    const void *bd = bias && bias->data ? bias->data : NULL;
+    const hc_dtype bdt = bd ? bias->dtype : HC_DTYPE_F32;
+    if (w->quant) {
+        launch_gemv_quant(cx, out, x, w, bd, bdt, T);
+        return;
+    }
+    const size_t es = hc_dtype_size(w->dtype);
+    const int64_t vec = 16 / (int64_t)es;
+    const bool vec_ok = !w->transposed && aligned16(w->data) && (w->ld * (int64_t)es) % 16 == 0 && w->cols % vec == 0 &&
+                        aligned16(x) && w->cols % 4 == 0;
+    if (!vec_ok && !w->transposed) {
+        const unsigned blocks = hc_blocks(w->rows, GEMV_WARPS);
+#define GR(TT)                                                                                                         \
+    case TT: gemv_rows_kernel<TT><<<blocks, 32 * GEMV_WARPS, 0, cx->stream>>>(out, x, w->data, w->dtype, w->ld, bd, bdt, w->rows, w->cols); break
+        switch (T) { GR(1); GR(2); GR(3); GR(4); GR(5); GR(6); GR(7); GR(8); }
+#undef GR
+        return;
+    }
+    if (!vec_ok) {
+        gemv_any_kernel<<<hc_blocks(T * w->rows, 128), 128, 0, cx->stream>>>(out, x, w->data, w->dtype, w->ld, w->transposed,
+                                                                            bd, bdt, w->rows, w->cols, T);
+        return;
+    }
+    if (w->dtype == HC_DTYPE_F32) launch_gemv_vec<float>(cx, out, x, w, bd, bdt, T);
+    else if (w->dtype == HC_DTYPE_BF16) launch_gemv_vec<__nv_bfloat16>(cx, out, x, w, bd, bdt, T);
+    else launch_gemv_vec<__half>(cx, out, x, w, bd, bdt, T);
+}
+
+/* ---- GEMM through cuBLAS ------------------------------------------------------------------ */
+
+template <typename OT> __device__ __forceinline__ OT narrow(float v);
+template <> __device__ __forceinline__ float narrow<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 narrow<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+/* f16 saturates at +-65504 instead of overflowing to inf; NaN stays NaN. */
+template <> __device__ __forceinline__ __half narrow<__half>(float v) {
+    return __float2half_rn(v != v ? v : fminf(fmaxf(v, -65504.0f), 65504.0f));
+}
+
+/* dst[n] = narrow(src[n]) for activations. */
+template <typename OT> __global__ void convert_acts_kernel(OT *dst, const float *src, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        dst[i] = narrow<OT>(src[i]);
+}
+
+/* dst[r, c] (contiguous [rows, cols]) = stored rows r0.. of a weight matrix, widened or
+ * narrowed to OT; quantized rows are dequantized. */
+template <typename OT>
+__global__ void convert_rows_kernel(OT *dst, const void *src, hc_dtype dt, int quant, size_t row_bytes, int64_t ld,
+                                    int64_t r0, int64_t rows, int64_t cols) {
+    const int64_t n = rows * cols;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = r0 + i / cols, c = i % cols;
+        float v;
+        if (!quant) {
+            v = hc_ld(src, dt, r * ld + c);
+        } else {
+            const uint8_t *row = (const uint8_t *)src + r * row_bytes;
+            const int64_t g = c / 32;
+            float wf[32];
+            if (quant == HC_QUANT_Q8_0) dequant_q8_0(wf, (const uint16_t *)(row + g * sizeof(hc_block_q8_0)));
+            else if (quant == HC_QUANT_Q4_0) dequant_q4_0(wf, (const uint16_t *)(row + g * sizeof(hc_block_q4_0)));
+            else dequant_q4_k_sub(wf, (const hc_block_q4_k *)(row + (g / 8) * sizeof(hc_block_q4_k)), (int)(g % 8));
+            v = wf[c % 32];
+        }
+        dst[i] = narrow<OT>(v);
+    }
+}
+
+/* out[t, n] = bias[n]: the starting value cuBLAS accumulates onto (beta = 1). */
+__global__ void broadcast_bias_kernel(float *out, const void *bias, hc_dtype dt, int64_t N, int64_t T) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < T * N; i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = hc_ld(bias, dt, i % N);
+}
+
+static unsigned grid_for(int64_t n) {
+    unsigned b = hc_blocks(n, 256);
+    return b < 65535u ? (b ? b : 1) : 65535u;
+}
+
+static cudaDataType_t cuda_type(hc_dtype dt) {
+    return dt == HC_DTYPE_F32 ? CUDA_R_32F : dt == HC_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+}
+
+static void convert_rows(hc_cuda_ctx *cx, void *dst, hc_dtype to, const hc_mat *w, int64_t r0, int64_t rows, int64_t cols) {
+    const size_t rb = w->quant ? hc_quant_row_bytes(w->quant, w->cols) : 0;
+    const unsigned g = grid_for(rows * cols);
+    if (to == HC_DTYPE_F32)
+        convert_rows_kernel<float><<<g, 256, 0, cx->stream>>>((float *)dst, w->data, w->dtype, w->quant, rb, w->ld, r0, rows, cols);
+    else if (to == HC_DTYPE_BF16)
+        convert_rows_kernel<__nv_bfloat16><<<g, 256, 0, cx->stream>>>((__nv_bfloat16 *)dst, w->data, w->dtype, w->quant, rb,
+                                                                      w->ld, r0, rows, cols);
+    else
+        convert_rows_kernel<__half><<<g, 256, 0, cx->stream>>>((__half *)dst, w->data, w->dtype, w->quant, rb, w->ld, r0, rows,
+                                                               cols);
+}
+
+static void gemm(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    const int64_t N = w->rows, K = w->cols;
+    const bool f32_weights = !w->quant && w->dtype == HC_DTYPE_F32;
+    /* f32 weights stay as they are; cuBLAS rounds them itself when the compute dtype is lower. */
+    const hc_dtype op = f32_weights ? HC_DTYPE_F32 : cx->compute;
+    cublasComputeType_t ctype = CUBLAS_COMPUTE_32F;
+    if (f32_weights && cx->compute == HC_DTYPE_BF16) ctype = CUBLAS_COMPUTE_32F_FAST_16BF;
+    if (f32_weights && cx->compute == HC_DTYPE_F16) ctype = CUBLAS_COMPUTE_32F_FAST_16F;
+    const void *xb = x;
+    if (op != HC_DTYPE_F32) {
+        void *xs = hc_cuda_scratch(be, &cx->scratch_b, &cx->scratch_b_bytes, hc_dtype_size(op) * (size_t)(T * K));
+        if (!xs) return;
+        if (op == HC_DTYPE_BF16) convert_acts_kernel<__nv_bfloat16><<<grid_for(T * K), 256, 0, cx->stream>>>((__nv_bfloat16 *)xs, x, T * K);
+        else convert_acts_kernel<__half><<<grid_for(T * K), 256, 0, cx->stream>>>((__half *)xs, x, T * K);
+        xb = xs;
+    }
+    float beta = 0.0f;
+    if (bias && bias->data) {
+        broadcast_bias_kernel<<<grid_for(T * N), 256, 0, cx->stream>>>(out, bias->data, bias->dtype, N, T);
+        beta = 1.0f;
+    }
+    const float alpha = 1.0f;
+    const size_t ops = hc_dtype_size(op);
+    /* Stored rows: N (out features) for [N, K]; K for GPT-2's [K, N]. */
+    const int64_t stored_rows = w->transposed ? K : N, stored_cols = w->transposed ? N : K;
+    const bool direct = !w->quant && w->dtype == op;
+    int64_t chunk = direct ? stored_rows : CONVERT_CHUNK_ELEMS / stored_cols;
+    if (chunk < 1) chunk = 1;
+    if (chunk > stored_rows) chunk = stored_rows;
+    void *ws = NULL;
+    if (!direct && !(ws = hc_cuda_scratch(be, &cx->scratch_a, &cx->scratch_a_bytes, ops * (size_t)(chunk * stored_cols))))
+        return;
+    for (int64_t r0 = 0; r0 < stored_rows; r0 += chunk) {
+        const int64_t rows = stored_rows - r0 < chunk ? stored_rows - r0 : chunk;
+        const void *a;
+        int64_t lda;
+        if (direct) {
+            a = (const char *)w->data + (size_t)(r0 * w->ld) * ops;
+            lda = w->ld;
+        } else {
+            convert_rows(cx, ws, op, w, r0, rows, stored_cols);
+            a = ws;
+            lda = stored_cols;
+        }
+        cublasStatus_t st;
+        if (!w->transposed) {
+            /* Column-major: out^T[N, T] (ldc N) = (W rows r0..)[rows, K] . x^T[K, T]. */
+            st = cublasGemmEx(cx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, (int)T, (int)K, &alpha, a, cuda_type(op), (int)lda,
+                              xb, cuda_type(op), (int)K, &beta, out + r0, CUDA_R_32F, (int)N, ctype, CUBLAS_GEMM_DEFAULT);
+        } else {
+            /* Stored [K, N]: the chunk is k in [r0, r0 + rows); partial sums accumulate. */
+            const float b = r0 == 0 ? beta : 1.0f;
+            st = cublasGemmEx(cx->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)N, (int)T, (int)rows, &alpha, a, cuda_type(op), (int)lda,
+                              (const char *)xb + (size_t)r0 * ops, cuda_type(op), (int)K, &b, out, CUDA_R_32F, (int)N, ctype,
+                              CUBLAS_GEMM_DEFAULT);
+        }
+        if (st != CUBLAS_STATUS_SUCCESS) {
+            hc_cuda_fail(be, cudaErrorUnknown, "cublasGemmEx");
+            return;
+        }
+    }
+}
+
+void hc_cuda_matmul(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T) {
+    if (T <= 0 || hc_cuda(be)->failed) return;
+    if (T <= GEMV_MAX_T) gemv(be, out, x, w, bias, T);
+    else gemm(be, out, x, w, bias, T);
+    HC_CUDA_LAUNCHED(be, "matmul");
+}

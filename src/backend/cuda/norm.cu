@@ -1,0 +1,59 @@
+/* RMSNorm (plain and Gemma's 1 + w) and LayerNorm: one block per row, f32 sums. */
+#include "backend/cuda/common.cuh"
+
+#define NORM_THREADS 256
+
+/* The sum of v over the block; every thread gets it. red: [32] shared floats. */
+__device__ float block_sum(float v, float *red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = (blockDim.x + 31) >> 5;
+    v = hc_warp_sum(v);
+    __syncthreads(); /* red may still be read from a previous call */
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float s = lane < n_warps ? red[lane] : 0.0f;
+    return hc_warp_sum(s);
+}
+
+/* out[T, C] = norm(x[T, C]) * w (+ b). */
+__global__ void norm_kernel(float *out, const float *x, const void *w, hc_dtype w_dt, const void *b, hc_dtype b_dt,
+                            hc_norm_kind kind, float eps, int64_t C) {
+    __shared__ float red[32];
+    const float *xt = x + blockIdx.x * C; /* [C] */
+    float *ot = out + blockIdx.x * C;     /* [C] */
+    float inv, mean = 0.0f;
+    if (kind == HC_NORM_LAYER) {
+        float s = 0;
+        for (int64_t c = threadIdx.x; c < C; c += blockDim.x) s += xt[c];
+        mean = block_sum(s, red) / (float)C;
+        float v = 0;
+        for (int64_t c = threadIdx.x; c < C; c += blockDim.x) v += (xt[c] - mean) * (xt[c] - mean);
+        inv = rsqrtf(block_sum(v, red) / (float)C + eps);
+    } else {
+        float ss = 0;
+        for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += xt[c] * xt[c];
+        inv = 1.0f / sqrtf(block_sum(ss, red) / (float)C + eps);
+    }
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+        float v = (xt[c] - mean) * inv;
+        if (w) {
+            float g = hc_ld(w, w_dt, c);
+            if (kind == HC_NORM_RMS_PLUS1) g += 1.0f;
+            v *= g;
+        }
+        if (b) v += hc_ld(b, b_dt, c);
+        ot[c] = v;
+    }
+}
+
+void hc_cuda_norm(hc_backend *be, float *out, const float *x, const hc_vec *w, const hc_vec *b, hc_norm_kind kind,
+                  float eps, int64_t T, int64_t C) {
+    if (T <= 0 || hc_cuda(be)->failed) return;
+    const int threads = C >= NORM_THREADS ? NORM_THREADS : (int)((C + 31) / 32 * 32);
+    const void *wd = w ? w->data : NULL, *bd = b ? b->data : NULL;
+    for (int64_t t0 = 0; t0 < T; t0 += 65535 * 32) { /* grids hold 2^31-1 blocks in x; stay far below */
+        const int64_t n = T - t0 < 65535 * 32 ? T - t0 : 65535 * 32;
+        norm_kernel<<<(unsigned)n, threads, 0, hc_cuda(be)->stream>>>(out + t0 * C, x + t0 * C, wd, w ? w->dtype : HC_DTYPE_F32,
+                                                                      bd, b ? b->dtype : HC_DTYPE_F32, kind, eps, C);
+    }
+    HC_CUDA_LAUNCHED(be, "norm");
+}

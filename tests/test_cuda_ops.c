@@ -1,0 +1,376 @@
+/* Every CUDA op against the CPU reference on random inputs of odd sizes (label cuda: it needs
+ * a GPU). The measure is NMSE = sum (got - want)^2 / sum want^2, as llama.cpp's
+ * test-backend-ops uses: at most 1e-7 where the GPU computes in f32, and at most 1e-4 for
+ * prompt matmuls with bf16 operands (f16: 1e-5), which round activations to 8 (11) bits. */
+#include "backend/cpu/cpu.h"
+#include "backend/cpu/quant.h"
+#include "backend/cuda/cuda.h"
+#include "base/half.h"
+#include "test_util.h"
+
+static uint64_t rng = 12345;
+static float frand(void) { /* uniform in [-1, 1) */
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((rng >> 40) & 0xffffff) / (float)(1 << 23) - 1.0f;
+}
+
+static void fill_rand(float *x, int64_t n, float scale) {
+    for (int64_t i = 0; i < n; i++) x[i] = frand() * scale;
+}
+
+/* A host buffer of `n` elements of dtype dt with random values (returned as f32 too). */
+static void *rand_typed(hc_dtype dt, int64_t n, float scale) {
+    void *p = malloc((size_t)n * hc_dtype_size(dt));
+    for (int64_t i = 0; i < n; i++) {
+        const float v = frand() * scale;
+        if (dt == HC_DTYPE_F32) ((float *)p)[i] = v;
+        else if (dt == HC_DTYPE_BF16) ((uint16_t *)p)[i] = hc_f32_to_bf16(v);
+        else ((uint16_t *)p)[i] = hc_f32_to_f16(v);
+    }
+    return p;
+}
+
+/* The f32 backend, and the one whose stream the helpers use (each backend has its own stream,
+ * so a case keeps its copies and ops on one). */
+static hc_backend *gpu, *cur;
+
+static void *up(const void *host, size_t bytes) {
+    void *d = cur->alloc(cur, bytes);
+    cur->upload(cur, d, host, bytes);
+    return d;
+}
+
+/* Downloads `n` floats from the GPU and returns them (caller frees). */
+static float *down(const void *dev, int64_t n) {
+    float *h = malloc(sizeof(float) * (size_t)n);
+    cur->download(cur, h, dev, sizeof(float) * (size_t)n);
+    return h;
+}
+
+static double nmse(const float *got, const float *want, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const double d = (double)got[i] - want[i];
+        num += d * d;
+        den += (double)want[i] * want[i];
+    }
+    if (num != num) return INFINITY;
+    return den > 0 ? num / den : num;
+}
+
+static void report(const char *what, double e, double tol) {
+    CHECK(e <= tol, "%s: NMSE %.3g > %.3g", what, e, tol);
+    if (getenv("HUBCAP_TEST_VERBOSE")) printf("  %-60s NMSE %.2e\n", what, e);
+}
+
+static const char *dt_name(hc_dtype dt) { return hc_dtype_name(dt); }
+
+/* out = x @ W^T + b for one weight layout, on the GPU (backend be) and the CPU reference. */
+static void matmul_case(hc_backend *be, const char *tag, hc_dtype dt, int quant, bool transposed, bool bias, int64_t T,
+                        int64_t N, int64_t K, double tol) {
+    hc_backend *cpu = hc_backend_cpu();
+    cur = be;
+    float *x = malloc(sizeof(float) * (size_t)(T * K));
+    fill_rand(x, T * K, 1.0f);
+    void *w = rand_typed(dt, N * K, 0.5f);
+    size_t wbytes = (size_t)(N * K) * hc_dtype_size(dt);
+    hc_mat hw = {.data = w, .dtype = dt, .rows = N, .cols = K, .ld = transposed ? N : K, .transposed = transposed};
+    if (quant) {
+        const size_t rb = hc_quant_row_bytes(quant, K);
+        uint8_t *q = malloc(rb * (size_t)N);
+        float *row = malloc(sizeof(float) * (size_t)K);
+        for (int64_t n = 0; n < N; n++) {
+            for (int64_t k = 0; k < K; k++) row[k] = hc_load_f32(w, dt, n * K + k);
+            hc_quantize_row(quant, q + rb * (size_t)n, row, K);
+        }
+        free(row);
+        free(w);
+        w = q;
+        wbytes = rb * (size_t)N;
+        hw.data = w;
+        hw.quant = quant;
+    }
+    void *b = bias ? rand_typed(dt, N, 0.3f) : NULL;
+    hc_vec hb = {.data = b, .dtype = dt, .n = N};
+    float *want = malloc(sizeof(float) * (size_t)(T * N));
+    cpu->matmul(cpu, want, x, &hw, &hb, T);
+
+    hc_mat dw = hw;
+    dw.data = up(w, wbytes);
+    hc_vec db = hb;
+    if (b) db.data = up(b, (size_t)N * hc_dtype_size(dt));
+    float *dx = up(x, sizeof(float) * (size_t)(T * K));
+    float *dout = be->alloc(be, sizeof(float) * (size_t)(T * N));
+    be->matmul(be, dout, dx, &dw, &db, T);
+    float *got = down(dout, T * N);
+    char what[160];
+    snprintf(what, sizeof what, "matmul %s %s%s%s T=%lld N=%lld K=%lld", tag, quant ? "quant" : dt_name(dt),
+             transposed ? " transposed" : "", bias ? " +bias" : "", (long long)T, (long long)N, (long long)K);
+    if (quant) snprintf(what + strlen(what), sizeof what - strlen(what), " q%d", quant);
+    report(what, nmse(got, want, T * N), tol);
+    be->free(be, (void *)dw.data);
+    if (b) be->free(be, (void *)db.data);
+    be->free(be, dx);
+    be->free(be, dout);
+    cur = gpu;
+    free(got);
+    free(want);
+    free(x);
+    free(w);
+    free(b);
+}
+
+static void test_matmul(hc_backend *bf16, hc_backend *f16) {
+    const hc_dtype dts[] = {HC_DTYPE_F32, HC_DTYPE_BF16, HC_DTYPE_F16};
+    const int64_t Ts[] = {1, 3, 8, 9, 37};
+    const int64_t shapes[][2] = {{67, 45}, {130, 256}, {33, 1000}, {5, 8}};
+    for (int d = 0; d < 3; d++)
+        for (int t = 0; t < 5; t++)
+            for (int s = 0; s < 4; s++) {
+                matmul_case(gpu, "f32", dts[d], 0, false, s == 1, Ts[t], shapes[s][0], shapes[s][1], 1e-7);
+                /* 16-bit operands apply from GEMV_MAX_T + 1 rows on; fewer rows stay in f32. */
+                matmul_case(bf16, "bf16", dts[d], 0, false, s == 1, Ts[t], shapes[s][0], shapes[s][1], Ts[t] > 8 ? 1e-4 : 1e-7);
+                matmul_case(f16, "f16", dts[d], 0, false, false, Ts[t], shapes[s][0], shapes[s][1], Ts[t] > 8 ? 1e-5 : 1e-7);
+            }
+    for (int t = 0; t < 5; t++) {
+        matmul_case(gpu, "f32", HC_DTYPE_F32, 0, true, true, Ts[t], 67, 45, 1e-7);
+        matmul_case(gpu, "f32", HC_DTYPE_BF16, 0, true, false, Ts[t], 130, 33, 1e-7);
+        const int quants[] = {HC_QUANT_Q8_0, HC_QUANT_Q4_0, HC_QUANT_Q4_K};
+        for (int q = 0; q < 3; q++) {
+            matmul_case(gpu, "f32", HC_DTYPE_BF16, quants[q], false, false, Ts[t], 67, 512, 1e-7);
+            matmul_case(bf16, "bf16", HC_DTYPE_BF16, quants[q], false, true, Ts[t], 130, 256, Ts[t] > 8 ? 1e-4 : 1e-7);
+        }
+    }
+}
+
+static void test_norm_rope_embed(void) {
+    hc_backend *cpu = hc_backend_cpu();
+    const int64_t Cs[] = {37, 1000, 3000};
+    const hc_norm_kind kinds[] = {HC_NORM_RMS, HC_NORM_RMS_PLUS1, HC_NORM_LAYER};
+    for (int c = 0; c < 3; c++)
+        for (int k = 0; k < 3; k++) {
+            const int64_t T = 5, C = Cs[c];
+            float *x = malloc(sizeof(float) * (size_t)(T * C)), *want = malloc(sizeof(float) * (size_t)(T * C));
+            fill_rand(x, T * C, 3.0f);
+            void *w = rand_typed(HC_DTYPE_BF16, C, 1.0f), *b = rand_typed(HC_DTYPE_BF16, C, 1.0f);
+            hc_vec hw = {w, HC_DTYPE_BF16, C}, hb = {b, HC_DTYPE_BF16, C};
+            cpu->norm(cpu, want, x, &hw, kinds[k] == HC_NORM_LAYER ? &hb : NULL, kinds[k], 1e-6f, T, C);
+            hc_vec dw = {up(w, 2 * (size_t)C), HC_DTYPE_BF16, C}, db = {up(b, 2 * (size_t)C), HC_DTYPE_BF16, C};
+            float *dx = up(x, sizeof(float) * (size_t)(T * C));
+            gpu->norm(gpu, dx, dx, &dw, kinds[k] == HC_NORM_LAYER ? &db : NULL, kinds[k], 1e-6f, T, C); /* in place */
+            float *got = down(dx, T * C);
+            char what[96];
+            snprintf(what, sizeof what, "norm kind %d C=%lld", (int)kinds[k], (long long)C);
+            report(what, nmse(got, want, T * C), 1e-7);
+            gpu->free(gpu, (void *)dw.data);
+            gpu->free(gpu, (void *)db.data);
+            gpu->free(gpu, dx);
+            free(x), free(want), free(w), free(b), free(got);
+        }
+    for (int r = 0; r < 2; r++) {
+        const int64_t T = 5, nh = 3, D = 16, R = r ? 8 : 16;
+        int32_t pos[5] = {0, 1, 7, 100, 4000};
+        float inv[8], *x = malloc(sizeof(float) * (size_t)(T * nh * D));
+        for (int i = 0; i < R / 2; i++) inv[i] = powf(10000.0f, -2.0f * (float)i / (float)R);
+        fill_rand(x, T * nh * D, 1.0f);
+        float *dx = up(x, sizeof(float) * (size_t)(T * nh * D));
+        int32_t *dpos = up(pos, sizeof pos);
+        float *dinv = up(inv, sizeof inv);
+        cpu->rope(cpu, x, pos, inv, 1.1f, T, nh, D, R);
+        gpu->rope(gpu, dx, dpos, dinv, 1.1f, T, nh, D, R);
+        float *got = down(dx, T * nh * D);
+        report(r ? "rope partial R=8 of D=16" : "rope R=D=16", nmse(got, x, T * nh * D), 1e-7);
+        gpu->free(gpu, dx), gpu->free(gpu, dpos), gpu->free(gpu, dinv);
+        free(x), free(got);
+    }
+    for (int tr = 0; tr < 2; tr++) {
+        const int64_t V = 50, C = 37, T = 7;
+        void *tab = rand_typed(HC_DTYPE_BF16, V * C, 1.0f);
+        hc_mat ht = {.data = tab, .dtype = HC_DTYPE_BF16, .rows = V, .cols = C, .ld = tr ? V : C, .transposed = tr};
+        int32_t ids[7] = {0, 49, 3, 3, 17, 1, 48};
+        float *want = malloc(sizeof(float) * (size_t)(T * C));
+        fill_rand(want, T * C, 1.0f);
+        float *dout = up(want, sizeof(float) * (size_t)(T * C));
+        cpu->embedding(cpu, want, &ht, ids, T, 1.5f, true);
+        hc_mat dt = ht;
+        dt.data = up(tab, 2 * (size_t)(V * C));
+        int32_t *dids = up(ids, sizeof ids);
+        gpu->embedding(gpu, dout, &dt, dids, T, 1.5f, true);
+        float *got = down(dout, T * C);
+        report(tr ? "embedding transposed, accumulate" : "embedding, accumulate", nmse(got, want, T * C), 1e-7);
+        gpu->free(gpu, (void *)dt.data), gpu->free(gpu, dids), gpu->free(gpu, dout);
+        free(tab), free(want), free(got);
+    }
+}
+
+static void attention_case_on(hc_backend *be, double tol, int64_t T, int64_t H, int64_t KVH, int64_t D, int64_t S, int64_t p0, int64_t window, float cap,
+                           hc_dtype kv) {
+    hc_backend *cpu = hc_backend_cpu();
+    cur = be;
+    void *kc = rand_typed(kv, S * KVH * D, 1.0f), *vc = rand_typed(kv, S * KVH * D, 1.0f);
+    float *q = malloc(sizeof(float) * (size_t)(T * H * D)), *want = malloc(sizeof(float) * (size_t)(T * H * D));
+    float *scratch = malloc(sizeof(float) * (size_t)S);
+    int32_t *pos = malloc(sizeof(int32_t) * (size_t)T);
+    for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)(p0 + t);
+    fill_rand(q, T * H * D, 1.0f);
+    const float scale = 1.0f / sqrtf((float)D);
+    cpu->attention(cpu, want, q, kc, vc, kv, pos, T, H, KVH, D, scale, window, cap, S, scratch);
+    const size_t cb = (size_t)(S * KVH * D) * hc_dtype_size(kv);
+    void *dk = up(kc, cb), *dv = up(vc, cb);
+    float *dq = up(q, sizeof(float) * (size_t)(T * H * D)), *dout = be->alloc(be, sizeof(float) * (size_t)(T * H * D));
+    int32_t *dpos = up(pos, sizeof(int32_t) * (size_t)T);
+    float *dscr = be->alloc(be, sizeof(float) * (size_t)S);
+    be->attention(be, dout, dq, dk, dv, kv, dpos, T, H, KVH, D, scale, window, cap, S, dscr);
+    float *got = down(dout, T * H * D);
+    char what[160];
+    snprintf(what, sizeof what, "attention %s T=%lld H=%lld KVH=%lld D=%lld S=%lld pos0=%lld window=%lld cap=%g kv %s",
+             tol > 1e-7 ? "bf16" : "f32", (long long)T, (long long)H, (long long)KVH, (long long)D, (long long)S, (long long)p0,
+             (long long)window, cap, dt_name(kv));
+    report(what, nmse(got, want, T * H * D), tol);
+    be->free(be, dk), be->free(be, dv), be->free(be, dq), be->free(be, dout), be->free(be, dpos), be->free(be, dscr);
+    cur = gpu;
+    free(kc), free(vc), free(q), free(want), free(scratch), free(pos), free(got);
+}
+
+static void attention_case(int64_t T, int64_t H, int64_t KVH, int64_t D, int64_t S, int64_t p0, int64_t window, float cap,
+                           hc_dtype kv) {
+    attention_case_on(gpu, 1e-7, T, H, KVH, D, S, p0, window, cap, kv);
+}
+
+/* Prompts with 16-bit compute go through the tensor-core kernel: Q, K, V and the softmax
+ * weights are rounded to bf16 (8 bits), hence the looser bound. */
+static void test_flash_attention(hc_backend *bf16) {
+    const int64_t Ds[] = {16, 64, 128, 256};
+    for (int d = 0; d < 4; d++) {
+        attention_case_on(bf16, 1e-4, 16, 4, 2, Ds[d], 300, 0, 0, 0, HC_DTYPE_BF16);
+        attention_case_on(bf16, 1e-4, 100, 4, 1, Ds[d], 300, 37, 0, 0, HC_DTYPE_F32);
+    }
+    attention_case_on(bf16, 1e-4, 200, 8, 2, 64, 400, 150, 64, 0, HC_DTYPE_BF16);   /* sliding window */
+    attention_case_on(bf16, 1e-4, 77, 4, 4, 128, 100, 0, 0, 30.0f, HC_DTYPE_F16);   /* soft-capping */
+    attention_case_on(bf16, 1e-4, 2048, 32, 8, 64, 2048, 0, 0, 0, HC_DTYPE_BF16);   /* a 2048-token prompt */
+}
+
+static void test_attention(void) {
+    const int64_t Ds[] = {8, 16, 64, 80, 128, 256};
+    for (int d = 0; d < 6; d++) {
+        attention_case(1, 4, 2, Ds[d], 300, 0, 0, 0, HC_DTYPE_F32);
+        attention_case(7, 4, 2, Ds[d], 300, 20, 0, 0, HC_DTYPE_F32);
+        attention_case(1, 4, 4, Ds[d], 300, 299, 0, 0, HC_DTYPE_BF16);
+    }
+    attention_case(5, 6, 1, 64, 200, 100, 16, 0, HC_DTYPE_F32);  /* MQA, sliding window */
+    attention_case(5, 4, 2, 32, 200, 100, 0, 50.0f, HC_DTYPE_F16); /* soft-capping */
+    attention_case(1, 32, 8, 128, 4096, 3000, 0, 0, HC_DTYPE_BF16); /* long decode: split keys */
+    attention_case(1, 8, 8, 64, 4096, 4095, 1024, 0, HC_DTYPE_F32);
+    attention_case(300, 8, 2, 64, 512, 0, 0, 0, HC_DTYPE_F32);    /* a prompt from position 0 */
+}
+
+static void test_elementwise(void) {
+    hc_backend *cpu = hc_backend_cpu();
+    const int64_t n = 1237;
+    float *a = malloc(sizeof(float) * n), *b = malloc(sizeof(float) * n), *want = malloc(sizeof(float) * n);
+    fill_rand(a, n, 4.0f);
+    fill_rand(b, n, 4.0f);
+    float *da = up(a, sizeof(float) * n), *db = up(b, sizeof(float) * n), *dout = gpu->alloc(gpu, sizeof(float) * n);
+    const hc_activation acts[] = {HC_ACT_SILU, HC_ACT_GELU_TANH, HC_ACT_GELU, HC_ACT_RELU};
+    char what[64];
+    for (int k = 0; k < 4; k++) {
+        cpu->glu(cpu, want, a, b, acts[k], n);
+        gpu->glu(gpu, dout, da, db, acts[k], n);
+        float *got = down(dout, n);
+        snprintf(what, sizeof what, "glu act %d", (int)acts[k]);
+        report(what, nmse(got, want, n), 1e-7);
+        free(got);
+        memcpy(want, a, sizeof(float) * n);
+        cpu->activate(cpu, want, acts[k], n);
+        gpu->upload(gpu, dout, a, sizeof(float) * n);
+        gpu->activate(gpu, dout, acts[k], n);
+        got = down(dout, n);
+        snprintf(what, sizeof what, "activate act %d", (int)acts[k]);
+        report(what, nmse(got, want, n), 1e-7);
+        free(got);
+    }
+    cpu->add(cpu, want, a, b, n);
+    gpu->add(gpu, dout, da, db, n);
+    float *got = down(dout, n);
+    report("add", nmse(got, want, n), 0);
+    free(got);
+    memcpy(want, a, sizeof(float) * n);
+    cpu->add_scaled(cpu, want, b, 0.3f, n);
+    gpu->upload(gpu, dout, a, sizeof(float) * n);
+    gpu->add_scaled(gpu, dout, db, 0.3f, n);
+    got = down(dout, n);
+    report("add_scaled", nmse(got, want, n), 1e-12);
+    free(got);
+    memcpy(want, a, sizeof(float) * n);
+    cpu->softcap(cpu, want, 3.0f, n);
+    gpu->softcap(gpu, da, 3.0f, n);
+    got = down(da, n);
+    report("softcap", nmse(got, want, n), 1e-7);
+    free(got);
+    gpu->fill(gpu, dout, 2.5f, n);
+    got = down(dout, n);
+    for (int64_t i = 0; i < n; i++) want[i] = 2.5f;
+    report("fill", nmse(got, want, n), 0);
+    free(got);
+    /* set_rows into each cache dtype: compare the stored bits widened back. */
+    const hc_dtype kvs[] = {HC_DTYPE_F32, HC_DTYPE_F16, HC_DTYPE_BF16};
+    for (int k = 0; k < 3; k++) {
+        const int64_t T = 3, W = 37, S = 10;
+        int32_t pos[3] = {9, 0, 4};
+        const size_t es = hc_dtype_size(kvs[k]);
+        void *hc = calloc((size_t)(S * W), es), *gc = malloc((size_t)(S * W) * es);
+        cpu->set_rows(cpu, hc, kvs[k], b, pos, T, W);
+        void *dc = gpu->alloc(gpu, (size_t)(S * W) * es);
+        int32_t *dpos = up(pos, sizeof pos);
+        gpu->set_rows(gpu, dc, kvs[k], db, dpos, T, W);
+        gpu->download(gpu, gc, dc, (size_t)(S * W) * es);
+        CHECK(!memcmp(gc, hc, (size_t)(S * W) * es), "set_rows %s stores the same bits", dt_name(kvs[k]));
+        gpu->free(gpu, dc), gpu->free(gpu, dpos);
+        free(hc), free(gc);
+    }
+    gpu->free(gpu, da), gpu->free(gpu, db), gpu->free(gpu, dout);
+    free(a), free(b), free(want);
+
+    /* MoE routing: the same experts in the same order, and the same weights. */
+    for (int renorm = 0; renorm < 2; renorm++) {
+        const int64_t T = 9, E = 8, k = 2;
+        float l[72], w1[18], *w2;
+        int32_t e1[18], e2[18];
+        fill_rand(l, T * E, 3.0f);
+        cpu->topk_route(cpu, w1, e1, l, T, E, k, renorm);
+        float *dl = up(l, sizeof l), *dw = gpu->alloc(gpu, sizeof w1);
+        int32_t *de = gpu->alloc(gpu, sizeof e1);
+        gpu->topk_route(gpu, dw, de, dl, T, E, k, renorm);
+        gpu->download(gpu, e2, de, sizeof e2);
+        w2 = down(dw, T * k);
+        CHECK(!memcmp(e1, e2, sizeof e1), "topk_route picks the same experts (renorm %d)", renorm);
+        report(renorm ? "topk_route weights, renormalised" : "topk_route weights", nmse(w2, w1, T * k), 1e-10);
+        gpu->free(gpu, dl), gpu->free(gpu, dw), gpu->free(gpu, de);
+        free(w2);
+    }
+}
+
+int main(void) {
+    char why[200];
+    if (!hc_cuda_available(why, sizeof why)) {
+        printf("skipped: test_cuda_ops needs a GPU (%s)\n", why);
+        return 77; /* CTest's skip code (SKIP_RETURN_CODE) */
+    }
+    hc_backend *bf16 = NULL, *f16 = NULL;
+    CHECK_OK(hc_backend_cuda_new(0, HC_DTYPE_F32, &gpu));
+    CHECK_OK(hc_backend_cuda_new(0, HC_DTYPE_BF16, &bf16));
+    CHECK_OK(hc_backend_cuda_new(0, HC_DTYPE_F16, &f16));
+    if (!gpu || !bf16 || !f16) return test_finish("cuda ops");
+    cur = gpu;
+    test_matmul(bf16, f16);
+    test_norm_rope_embed();
+    test_attention();
+    test_flash_attention(bf16);
+    test_elementwise();
+    CHECK_OK(gpu->check(gpu));
+    CHECK_OK(bf16->check(bf16));
+    gpu->destroy(gpu);
+    bf16->destroy(bf16);
+    f16->destroy(f16);
+    return test_finish("cuda ops");
+}
