@@ -43,6 +43,17 @@ for w in $which; do
             done
         done
         ;;
+    profile)
+        # Kernel times of a 2048-token prompt and of decoding (no graphs, so ncu sees each kernel).
+        size=${PROFILE_SIZE:-1b}
+        [ -f "$CK/llama$size/model.safetensors" ] || "$BUILD/bench_make_checkpoint" "$CK/llama$size" $size >/dev/null
+        HUBCAP_CUDA_NO_GRAPHS=1 ncu --csv --metrics gpu__time_duration.sum "$BUILD/hubcap" bench -m "$CK/llama$size" \
+            --device cuda --prompt 2048 --gen 0 >"$OUT/ncu_prompt.csv" 2>/dev/null
+        python3 bench/ncu_summary.py "$OUT/ncu_prompt.csv" | head -12
+        HUBCAP_CUDA_NO_GRAPHS=1 ncu --csv --metrics gpu__time_duration.sum "$BUILD/hubcap" bench -m "$CK/llama$size" \
+            --device cuda --prompt 1 --gen 1 >"$OUT/ncu_decode.csv" 2>/dev/null
+        python3 bench/ncu_summary.py "$OUT/ncu_decode.csv" | head -14
+        ;;
     hf)
         for size in 1b ${BENCH_8B:+8b}; do
             python3 bench/hf_bench.py "$CK/llama$size" | tee -a "$OUT/bench.jsonl"

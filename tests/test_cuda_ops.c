@@ -139,7 +139,13 @@ static void test_matmul(hc_backend *bf16, hc_backend *f16) {
         for (int q = 0; q < 3; q++) {
             matmul_case(gpu, "f32", HC_DTYPE_BF16, quants[q], false, false, Ts[t], 67, 512, 1e-7);
             matmul_case(bf16, "bf16", HC_DTYPE_BF16, quants[q], false, true, Ts[t], 130, 256, Ts[t] > 8 ? 1e-4 : 1e-7);
+            /* Rows of 3 blocks are not 16-byte multiples: the unstaged kernel. */
+            if (q < 2) matmul_case(gpu, "f32", HC_DTYPE_F32, quants[q], false, true, Ts[t], 45, 96, 1e-7);
+            matmul_case(gpu, "f32", HC_DTYPE_F16, quants[q], false, false, Ts[t], 5000, 1024, 1e-7);
         }
+        /* Many rows: one or two warps a row. */
+        matmul_case(gpu, "f32", HC_DTYPE_BF16, 0, false, false, Ts[t], 7000, 64, 1e-7);
+        matmul_case(gpu, "f32", HC_DTYPE_BF16, 0, false, true, Ts[t], 3000, 1024, 1e-7);
     }
 }
 
@@ -350,6 +356,126 @@ static void test_elementwise(void) {
     }
 }
 
+/* The fused ops against their op sequences on the CPU reference. */
+static void test_fused(hc_backend *bf16) {
+    hc_backend *cpu = hc_backend_cpu();
+    const int64_t Ts[] = {1, 5, 8, 20};
+    for (int ti = 0; ti < 4; ti++) {
+        for (int gated = 0; gated < 2; gated++) {
+            hc_backend *be = gated && ti == 3 ? bf16 : gpu;
+            cur = be;
+            const int64_t T = Ts[ti], K = 256, N[3] = {67, gated ? 67 : 33, 33}; /* gate and up: the same rows */
+            const int n = gated ? 2 : 3;
+            const hc_dtype dt = ti == 1 ? HC_DTYPE_F32 : HC_DTYPE_BF16;
+            float *x = malloc(sizeof(float) * (size_t)(T * K));
+            fill_rand(x, T * K, 1.0f);
+            void *w[3], *b[3];
+            hc_mat hw[3], dw[3];
+            hc_vec hb[3], db[3];
+            const hc_mat *hwp[3], *dwp[3];
+            const hc_vec *hbp[3], *dbp[3];
+            float *want[3], *dout[3];
+            for (int i = 0; i < n; i++) {
+                w[i] = rand_typed(dt, N[i] * K, 0.3f);
+                b[i] = rand_typed(dt, N[i], 0.3f);
+                hw[i] = (hc_mat){.data = w[i], .dtype = dt, .rows = N[i], .cols = K, .ld = K};
+                hb[i] = (hc_vec){b[i], dt, i == 1 ? 0 : N[i]};
+                if (i == 1) hb[i].data = NULL; /* one without a bias */
+                dw[i] = hw[i];
+                dw[i].data = up(w[i], (size_t)(N[i] * K) * hc_dtype_size(dt));
+                db[i] = hb[i];
+                if (hb[i].data) db[i].data = up(b[i], (size_t)N[i] * hc_dtype_size(dt));
+                hwp[i] = &hw[i], dwp[i] = &dw[i], hbp[i] = &hb[i], dbp[i] = &db[i];
+                want[i] = malloc(sizeof(float) * (size_t)(T * N[i]));
+                dout[i] = be->alloc(be, sizeof(float) * (size_t)(T * N[i]));
+            }
+            float *dx = up(x, sizeof(float) * (size_t)(T * K));
+            char what[96];
+            if (!gated) {
+                cpu->matmul_n(cpu, want, x, hwp, hbp, 3, T);
+                be->matmul_n(be, dout, dx, dwp, dbp, 3, T);
+                for (int i = 0; i < 3; i++) {
+                    float *got = down(dout[i], T * N[i]);
+                    snprintf(what, sizeof what, "matmul_n %s T=%lld matrix %d", dt_name(dt), (long long)T, i);
+                    report(what, nmse(got, want[i], T * N[i]), 1e-7);
+                    free(got);
+                }
+            } else {
+                const hc_activation act = ti & 1 ? HC_ACT_GELU_TANH : HC_ACT_SILU;
+                cpu->gated_matmul(cpu, want[0], want[1], x, hwp[0], hbp[0], hwp[1], hbp[1], act, T);
+                be->gated_matmul(be, dout[0], dout[1], dx, dwp[0], dbp[0], dwp[1], dbp[1], act, T);
+                float *got = down(dout[0], T * N[0]);
+                snprintf(what, sizeof what, "gated_matmul %s %s T=%lld act %d", be == bf16 ? "bf16" : "f32", dt_name(dt),
+                         (long long)T, (int)act);
+                report(what, nmse(got, want[0], T * N[0]), be == bf16 ? 1e-4 : 1e-7);
+                free(got);
+            }
+            for (int i = 0; i < n; i++) {
+                be->free(be, (void *)dw[i].data);
+                if (db[i].data) be->free(be, (void *)db[i].data);
+                be->free(be, dout[i]);
+                free(w[i]), free(b[i]), free(want[i]);
+            }
+            be->free(be, dx);
+            free(x);
+            cur = gpu;
+        }
+    }
+    /* add_norm: both the updated residual and the norm. */
+    {
+        const int64_t T = 3, C = 1000;
+        float *x = malloc(sizeof(float) * T * C), *o = malloc(sizeof(float) * T * C), *h = malloc(sizeof(float) * T * C);
+        fill_rand(x, T * C, 2.0f);
+        fill_rand(o, T * C, 2.0f);
+        void *w = rand_typed(HC_DTYPE_BF16, C, 1.0f);
+        hc_vec hw = {w, HC_DTYPE_BF16, C}, dw = {up(w, 2 * C), HC_DTYPE_BF16, C};
+        float *dx = up(x, sizeof(float) * T * C), *dout = up(o, sizeof(float) * T * C), *dh = gpu->alloc(gpu, sizeof(float) * T * C);
+        cpu->add_norm(cpu, h, x, o, &hw, NULL, HC_NORM_RMS_PLUS1, 1e-6f, T, C);
+        gpu->add_norm(gpu, dh, dx, dout, &dw, NULL, HC_NORM_RMS_PLUS1, 1e-6f, T, C);
+        float *gx = down(dx, T * C), *gh = down(dh, T * C);
+        report("add_norm residual", nmse(gx, x, T * C), 0);
+        report("add_norm norm", nmse(gh, h, T * C), 1e-7);
+        gpu->free(gpu, (void *)dw.data), gpu->free(gpu, dx), gpu->free(gpu, dout), gpu->free(gpu, dh);
+        free(x), free(o), free(h), free(w), free(gx), free(gh);
+    }
+    /* rope_store: full and partial rotary, none, each cache dtype. */
+    for (int c = 0; c < 3; c++) {
+        const int64_t T = 4, H = 4, KVH = 2, D = 16, S = 12, R = c == 0 ? 16 : c == 1 ? 8 : 0;
+        const hc_dtype kv = c == 0 ? HC_DTYPE_F32 : c == 1 ? HC_DTYPE_BF16 : HC_DTYPE_F16;
+        int32_t pos[4] = {3, 4, 5, 11};
+        float inv[8];
+        for (int i = 0; i < 8; i++) inv[i] = powf(10000.0f, -2.0f * (float)i / (float)(R ? R : 16));
+        float *q = malloc(sizeof(float) * T * H * D), *k = malloc(sizeof(float) * T * KVH * D), *v = malloc(sizeof(float) * T * KVH * D);
+        fill_rand(q, T * H * D, 1.0f), fill_rand(k, T * KVH * D, 1.0f), fill_rand(v, T * KVH * D, 1.0f);
+        const size_t cb = (size_t)(S * KVH * D) * hc_dtype_size(kv);
+        void *kc = calloc(1, cb), *vc = calloc(1, cb), *gkc = malloc(cb), *gvc = malloc(cb);
+        float *dq = up(q, sizeof(float) * T * H * D), *dk = up(k, sizeof(float) * T * KVH * D), *dv = up(v, sizeof(float) * T * KVH * D);
+        void *dkc = gpu->alloc(gpu, cb), *dvc = gpu->alloc(gpu, cb);
+        int32_t *dpos = up(pos, sizeof pos);
+        float *dinv = up(inv, sizeof inv);
+        cpu->rope_store(cpu, q, k, v, kc, vc, kv, pos, R ? inv : NULL, 1.1f, T, H, KVH, D, R);
+        gpu->rope_store(gpu, dq, dk, dv, dkc, dvc, kv, dpos, R ? dinv : NULL, 1.1f, T, H, KVH, D, R);
+        float *gq = down(dq, T * H * D), *gk = down(dk, T * KVH * D);
+        gpu->download(gpu, gkc, dkc, cb);
+        gpu->download(gpu, gvc, dvc, cb);
+        char what[64];
+        snprintf(what, sizeof what, "rope_store R=%lld q", (long long)R);
+        report(what, nmse(gq, q, T * H * D), 1e-7);
+        snprintf(what, sizeof what, "rope_store R=%lld k", (long long)R);
+        report(what, nmse(gk, k, T * KVH * D), 1e-7);
+        /* The caches: the same bits, except that rounding a value that sin/cos made differ in
+         * its last f32 bit may move a 16-bit value by one step. */
+        float *wk = malloc(sizeof(float) * S * KVH * D), *gk2 = malloc(sizeof(float) * S * KVH * D);
+        for (int64_t i = 0; i < S * KVH * D; i++) wk[i] = hc_load_f32(kc, kv, i), gk2[i] = hc_load_f32(gkc, kv, i);
+        snprintf(what, sizeof what, "rope_store R=%lld k cache %s", (long long)R, dt_name(kv));
+        report(what, nmse(gk2, wk, S * KVH * D), 1e-5);
+        CHECK(!memcmp(gvc, vc, cb), "rope_store stores v exactly (%s)", dt_name(kv));
+        gpu->free(gpu, dq), gpu->free(gpu, dk), gpu->free(gpu, dv), gpu->free(gpu, dkc), gpu->free(gpu, dvc),
+            gpu->free(gpu, dpos), gpu->free(gpu, dinv);
+        free(q), free(k), free(v), free(kc), free(vc), free(gkc), free(gvc), free(gq), free(gk), free(wk), free(gk2);
+    }
+}
+
 int main(void) {
     char why[200];
     if (!hc_cuda_available(why, sizeof why)) {
@@ -367,6 +493,7 @@ int main(void) {
     test_attention();
     test_flash_attention(bf16);
     test_elementwise();
+    test_fused(bf16);
     CHECK_OK(gpu->check(gpu));
     CHECK_OK(bf16->check(bf16));
     gpu->destroy(gpu);

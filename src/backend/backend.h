@@ -103,6 +103,26 @@ struct hc_backend {
     void (*topk_route)(hc_backend *be, float *weights, int32_t *experts, const float *logits, int64_t T, int64_t E,
                        int64_t k, bool renorm);
 
+    /* Fused ops. Each computes exactly what the sequence of ops it names computes; the CPU runs
+     * that sequence (backend/fused.c), a GPU saves launches and passes over memory.
+     *
+     * matmul_n: out_i = matmul(x, w_i, b_i) for i < n (n <= 3): several matmuls of one input
+     * (q, k and v). */
+    void (*matmul_n)(hc_backend *be, float *const *outs, const float *x, const hc_mat *const *ws,
+                     const hc_vec *const *bs, int n, int64_t T);
+    /* out[T, I] = act(matmul(x, gate, bg)) * matmul(x, up, bu), as matmul, matmul, glu.
+     * tmp: [T, I] scratch. */
+    void (*gated_matmul)(hc_backend *be, float *out, float *tmp, const float *x, const hc_mat *gate,
+                         const hc_vec *bg, const hc_mat *up, const hc_vec *bu, hc_activation act, int64_t T);
+    /* x[T, C] += o, then h = norm(x): the residual add and the next block's norm. */
+    void (*add_norm)(hc_backend *be, float *h, float *x, const float *o, const hc_vec *w, const hc_vec *b,
+                     hc_norm_kind kind, float eps, int64_t T, int64_t C);
+    /* rope on q[T, H, D] and k[T, KVH, D] (none when inv_freq is NULL), then the KV store of k
+     * and v ([T, KVH*D] each) at pos: rope, rope, set_rows, set_rows. */
+    void (*rope_store)(hc_backend *be, float *q, float *k, const float *v, void *k_cache, void *v_cache,
+                       hc_dtype kv_dtype, const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T,
+                       int64_t H, int64_t KVH, int64_t D, int64_t R);
+
     /* Optional (NULL on the CPU). check: waits for queued work and reports the first failure of
      * any op since the backend was made (ops return nothing; a device can fail later).
      * mem_info: free and total device memory. graph_run: runs fn(arg), the ops of one decode
@@ -115,6 +135,17 @@ struct hc_backend {
     void *ctx; /* backend-private state */
     void (*destroy)(hc_backend *be); /* NULL for static tables */
 };
+
+/* The fused ops as their op sequences, for any backend's table. */
+void hc_fused_matmul_n(hc_backend *be, float *const *outs, const float *x, const hc_mat *const *ws,
+                       const hc_vec *const *bs, int n, int64_t T);
+void hc_fused_gated_matmul(hc_backend *be, float *out, float *tmp, const float *x, const hc_mat *gate, const hc_vec *bg,
+                           const hc_mat *up, const hc_vec *bu, hc_activation act, int64_t T);
+void hc_fused_add_norm(hc_backend *be, float *h, float *x, const float *o, const hc_vec *w, const hc_vec *b,
+                       hc_norm_kind kind, float eps, int64_t T, int64_t C);
+void hc_fused_rope_store(hc_backend *be, float *q, float *k, const float *v, void *k_cache, void *v_cache,
+                         hc_dtype kv_dtype, const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T,
+                         int64_t H, int64_t KVH, int64_t D, int64_t R);
 
 /* The reference CPU backend: plain scalar ops, one thread (a static table; needs no free). */
 hc_backend *hc_backend_cpu(void);

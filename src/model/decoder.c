@@ -45,9 +45,7 @@ static void feed_forward(hc_workspace *ws, const hc_layer *L, int64_t T) {
             }
         }
     } else if (m->arch->gated_mlp) {
-        be->matmul(be, ws->ff_a, ws->h, &L->gate, &L->b_gate, T);
-        be->matmul(be, ws->ff_b, ws->h, &L->up, &L->b_up, T);
-        be->glu(be, ws->ff_a, ws->ff_a, ws->ff_b, c->act, T * I);
+        be->gated_matmul(be, ws->ff_a, ws->ff_b, ws->h, &L->gate, &L->b_gate, &L->up, &L->b_up, c->act, T);
         be->matmul(be, ws->o, ws->ff_a, &L->down, &L->b_down, T);
     } else {
         be->matmul(be, ws->ff_a, ws->h, &L->up, &L->b_up, T);
@@ -86,12 +84,14 @@ static void run_forward(void *arg) {
     be->embedding(be, ws->x, &m->tok_embed, f->ids, T, m->embed_scale, false);
     if (m->pos_embed.data) be->embedding(be, ws->x, &m->pos_embed, pos, T, 1.0f, true);
 
+    /* Each block's input norm comes fused with the residual add that ends the block before. */
+    be->norm(be, ws->h, ws->x, &m->layers[0].attn_norm, &m->layers[0].attn_norm_b, nk, eps, T, C);
     for (int64_t l = 0; l < c->n_layers; l++) {
         const hc_layer *L = &m->layers[l];
-        be->norm(be, ws->h, ws->x, &L->attn_norm, &L->attn_norm_b, nk, eps, T, C);
-        be->matmul(be, ws->q, ws->h, &L->wq, &L->bq, T);
-        be->matmul(be, ws->k, ws->h, &L->wk, &L->bk, T);
-        be->matmul(be, ws->v, ws->h, &L->wv, &L->bv, T);
+        float *const qkv_out[3] = {ws->q, ws->k, ws->v};
+        const hc_mat *const qkv_w[3] = {&L->wq, &L->wk, &L->wv};
+        const hc_vec *const qkv_b[3] = {&L->bq, &L->bk, &L->bv};
+        be->matmul_n(be, qkv_out, ws->h, qkv_w, qkv_b, 3, T);
         if (L->q_norm.data) be->norm(be, ws->q, ws->q, &L->q_norm, NULL, nk, eps, T * H, D);
         if (L->k_norm.data) be->norm(be, ws->k, ws->k, &L->k_norm, NULL, nk, eps, T * KVH, D);
         /* Rope, KV store and attention are per sequence: each has its cache and rope state. */
@@ -103,24 +103,22 @@ static void run_forward(void *arg) {
             const size_t es = hc_dtype_size(s->kv_dtype);
             void *kc = (char *)s->k_cache + (size_t)(l * S * KVH * D) * es; /* [S, KVH*D] */
             void *vc = (char *)s->v_cache + (size_t)(l * S * KVH * D) * es;
-            if (c->rope.type != HC_ROPE_NONE) {
-                be->rope(be, q, pos + r0, s->inv_freq[L->rope], s->attn_factor[L->rope], n, H, D, c->rotary_dim);
-                be->rope(be, k, pos + r0, s->inv_freq[L->rope], s->attn_factor[L->rope], n, KVH, D, c->rotary_dim);
-            }
-            be->set_rows(be, kc, s->kv_dtype, k, pos + r0, n, KVH * D);
-            be->set_rows(be, vc, s->kv_dtype, v, pos + r0, n, KVH * D);
+            const bool roped = c->rope.type != HC_ROPE_NONE;
+            be->rope_store(be, q, k, v, kc, vc, s->kv_dtype, pos + r0, roped ? s->inv_freq[L->rope] : NULL,
+                           s->attn_factor[L->rope], n, H, KVH, D, c->rotary_dim);
             be->attention(be, ws->att + r0 * H * D, q, kc, vc, s->kv_dtype, pos + r0, n, H, KVH, D, L->attn_scale,
                           L->sliding ? c->sliding_window : 0, (float)c->attn_softcap, S, ws->scores);
             r0 += n;
         }
         be->matmul(be, ws->o, ws->att, &L->wo, &L->bo, T);
         if (L->attn_post_norm.data) be->norm(be, ws->o, ws->o, &L->attn_post_norm, NULL, nk, eps, T, C);
-        be->add(be, ws->x, ws->x, ws->o, T * C);
-
-        be->norm(be, ws->h, ws->x, &L->ffn_norm, &L->ffn_norm_b, nk, eps, T, C);
+        be->add_norm(be, ws->h, ws->x, ws->o, &L->ffn_norm, &L->ffn_norm_b, nk, eps, T, C);
         feed_forward(ws, L, T);
         if (L->ffn_post_norm.data) be->norm(be, ws->o, ws->o, &L->ffn_post_norm, NULL, nk, eps, T, C);
-        be->add(be, ws->x, ws->x, ws->o, T * C);
+        if (l + 1 < c->n_layers)
+            be->add_norm(be, ws->h, ws->x, ws->o, &L[1].attn_norm, &L[1].attn_norm_b, nk, eps, T, C);
+        else
+            be->add(be, ws->x, ws->x, ws->o, T * C);
     }
     if (f->hidden) {
         float *dst = be->device ? ws->h : f->hidden;

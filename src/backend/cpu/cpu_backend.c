@@ -50,6 +50,10 @@ static hc_backend cpu_backend = {
     .add_scaled = hc_cpu_add_scaled,
     .softcap = hc_cpu_softcap,
     .topk_route = hc_cpu_topk_route,
+    .matmul_n = hc_fused_matmul_n,
+    .gated_matmul = hc_fused_gated_matmul,
+    .add_norm = hc_fused_add_norm,
+    .rope_store = hc_fused_rope_store,
 };
 
 hc_backend *hc_backend_cpu(void) { return &cpu_backend; }

@@ -120,13 +120,26 @@ template <> __device__ __forceinline__ __half to_half<__half>(float v) {
     return __float2half_rn(fminf(fmaxf(v, -65504.0f), 65504.0f));
 }
 
+template <typename HT> __device__ __forceinline__ hc_dtype half_dtype();
+template <> __device__ __forceinline__ hc_dtype half_dtype<__nv_bfloat16>() { return HC_DTYPE_BF16; }
+template <> __device__ __forceinline__ hc_dtype half_dtype<__half>() { return HC_DTYPE_F16; }
+
+/* 16-byte global-to-shared copies that do not hold up the thread (sm_80 and later). */
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
 /* Shared-memory strides (elements), padded against bank conflicts; WMMA needs multiples of 8
  * (16-bit) or 4 (f32). */
 static __host__ __device__ inline int fa_ldh(int D) { return D + 8; }
 static __host__ __device__ inline int fa_ldo(int D) { return D + 4; }
 
-static size_t fa_smem_bytes(int D) {
-    return 3 * (size_t)FA_BQ * fa_ldh(D) * 2          /* Q, K, V tiles */
+/* nbuf: K/V tile buffers (2 overlaps the next tile's copy with this tile's math). */
+static size_t fa_smem_bytes(int D, int nbuf) {
+    return (1 + 2 * (size_t)nbuf) * FA_BQ * fa_ldh(D) * 2 /* Q, and K, V tiles */
            + (size_t)FA_BQ * (FA_BK + 4) * 4           /* S */
            + (size_t)FA_BQ * (FA_BK + 8) * 2           /* P */
            + (size_t)FA_BQ * fa_ldo(D) * 4             /* O */
@@ -137,14 +150,13 @@ static size_t fa_smem_bytes(int D) {
 template <typename HT>
 __global__ void __launch_bounds__(32 * ATT_WARPS)
 flash_prefill_kernel(float *out, const float *q, const void *kc, const void *vc, hc_dtype kv_dt, const int32_t *pos,
-                     int64_t T, int64_t H, int64_t KVH, int D, float scale, int64_t window, float softcap) {
+                     int64_t T, int64_t H, int64_t KVH, int D, float scale, int64_t window, float softcap, int nbuf) {
     using namespace nvcuda;
     extern __shared__ __align__(128) unsigned char smem[];
     const int ldh = fa_ldh(D), ldo = fa_ldo(D), lds = FA_BK + 4, ldp = FA_BK + 8;
     HT *sQ = (HT *)smem;                          /* [BQ][ldh] */
-    HT *sK = sQ + FA_BQ * ldh;                    /* [BK][ldh] */
-    HT *sV = sK + FA_BK * ldh;                    /* [BK][ldh] */
-    float *sS = (float *)(sV + FA_BK * ldh);      /* [BQ][lds] */
+    HT *sKV = sQ + FA_BQ * ldh;                   /* nbuf x ([BK][ldh] K, then [BK][ldh] V) */
+    float *sS = (float *)(sKV + 2 * nbuf * FA_BK * ldh); /* [BQ][lds] */
     HT *sP = (HT *)(sS + FA_BQ * lds);            /* [BQ][ldp] */
     float *sO = (float *)(sP + FA_BQ * ldp);      /* [BQ][ldo] */
     float *sTile = sO + FA_BQ * ldo;              /* [warps][16*16] */
@@ -166,18 +178,53 @@ flash_prefill_kernel(float *out, const float *q, const void *kc, const void *vc,
     for (int r = tid; r < FA_BQ; r += blockDim.x) sM[r] = -INFINITY, sL[r] = 0.0f;
 
     const int r0 = warp * 16; /* this warp's query rows */
-    for (int64_t kb = lo / FA_BK * FA_BK; kb <= p_last; kb += FA_BK) {
-        __syncthreads(); /* the previous tile is no longer read */
-        for (int i = tid; i < FA_BK * D; i += blockDim.x) {
-            const int r = i / D, d = i % D;
-            const int64_t j = kb + r;
-            const bool ok = j <= p_last;
-            const int64_t e = (j * KVH + kvh) * D + d;
-            sK[r * ldh + d] = to_half<HT>(ok ? hc_ld(kc, kv_dt, e) : 0.0f);
-            sV[r * ldh + d] = to_half<HT>(ok ? hc_ld(vc, kv_dt, e) : 0.0f); /* never stale NaNs */
+    const bool same_type = D % 8 == 0 && kv_dt == half_dtype<HT>();
+    /* Tile kb into buffer b: 16-byte asynchronous copies when the cache holds HT already, else
+     * widened element by element. Rows past p_last are zeros (never stale NaNs). */
+    auto load_tile = [&](int b, int64_t kb) {
+        HT *sK = sKV + 2 * b * FA_BK * ldh, *sV = sK + FA_BK * ldh;
+        if (same_type) {
+            const int per_row = D / 8;
+            for (int i = tid; i < FA_BK * per_row; i += blockDim.x) {
+                const int r = i / per_row, d = (i % per_row) * 8;
+                const int64_t j = kb + r;
+                if (j <= p_last) {
+                    const int64_t e = (j * KVH + kvh) * D + d;
+                    cp_async16(sK + r * ldh + d, (const HT *)kc + e);
+                    cp_async16(sV + r * ldh + d, (const HT *)vc + e);
+                } else {
+                    *(uint4 *)(sK + r * ldh + d) = make_uint4(0, 0, 0, 0);
+                    *(uint4 *)(sV + r * ldh + d) = make_uint4(0, 0, 0, 0);
+                }
+            }
+        } else {
+            for (int i = tid; i < FA_BK * D; i += blockDim.x) {
+                const int r = i / D, d = i % D;
+                const int64_t j = kb + r;
+                const bool ok = j <= p_last;
+                const int64_t e = (j * KVH + kvh) * D + d;
+                sK[r * ldh + d] = to_half<HT>(ok ? hc_ld(kc, kv_dt, e) : 0.0f);
+                sV[r * ldh + d] = to_half<HT>(ok ? hc_ld(vc, kv_dt, e) : 0.0f);
+            }
+        }
+        cp_async_commit();
+    };
+    const int64_t kb0 = lo / FA_BK * FA_BK;
+    if (nbuf == 2) load_tile(0, kb0);
+    int it = 0;
+    for (int64_t kb = kb0; kb <= p_last; kb += FA_BK, it++) {
+        const int b = nbuf == 2 ? it & 1 : 0;
+        if (nbuf == 2) { /* start the next tile's copy, then wait for this one */
+            if (kb + FA_BK <= p_last) load_tile(b ^ 1, kb + FA_BK);
+            else cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            __syncthreads(); /* the previous tile is no longer read */
+            load_tile(0, kb);
+            cp_async_wait<0>();
         }
         __syncthreads();
-
+        const HT *sK = sKV + 2 * b * FA_BK * ldh, *sV = sK + FA_BK * ldh;
         /* S[16 rows, 64 keys] = Q K^T. */
         for (int c = 0; c < FA_BK / 16; c++) {
             wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
@@ -193,34 +240,40 @@ flash_prefill_kernel(float *out, const float *q, const void *kc, const void *vc,
         }
         __syncwarp();
 
-        /* Online softmax over this tile, row by row; a lane takes keys lane and lane + 32. */
-        for (int r = r0; r < r0 + 16; r++) {
+        /* Online softmax over this tile: two lanes a row, 32 keys each. */
+        {
+            const int r = r0 + (lane >> 1), c0 = (lane & 1) * 32;
             const int64_t t = t0 + r;
             const int64_t pt = t < T ? pos[t] : -1;
             const int64_t lo_t = window > 0 && pt - window + 1 > 0 ? pt - window + 1 : 0;
-            float sv[2];
-#pragma unroll
-            for (int u = 0; u < 2; u++) {
-                const int col = lane + 32 * u;
-                const int64_t j = kb + col;
-                float x = sS[r * lds + col] * scale;
+            float *srow = sS + r * lds + c0;
+            float mx = -INFINITY;
+            for (int c = 0; c < 32; c++) {
+                const int64_t j = kb + c0 + c;
+                float x = srow[c] * scale;
                 if (softcap > 0) x = softcap * tanhf(x / softcap);
-                sv[u] = (j <= pt && j >= lo_t) ? x : -INFINITY;
+                x = (j <= pt && j >= lo_t) ? x : -INFINITY;
+                srow[c] = x;
+                mx = fmaxf(mx, x);
             }
-            const float m_old = sM[r];
-            const float m_new = fmaxf(m_old, hc_warp_max(fmaxf(sv[0], sv[1])));
-            float p0 = 0.0f, p1 = 0.0f, corr = 1.0f;
-            if (m_new != -INFINITY) {
-                p0 = __expf(sv[0] - m_new);
-                p1 = __expf(sv[1] - m_new);
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            const float m_old = sM[r], m_new = fmaxf(m_old, mx);
+            float sum = 0.0f, corr = 1.0f;
+            HT *prow = sP + r * ldp + c0;
+            if (m_new == -INFINITY) { /* no key of this row so far */
+                for (int c = 0; c < 32; c++) prow[c] = to_half<HT>(0.0f);
+            } else {
+                for (int c = 0; c < 32; c++) {
+                    const float p = __expf(srow[c] - m_new);
+                    prow[c] = to_half<HT>(p);
+                    sum += p;
+                }
                 corr = __expf(m_old - m_new);
             }
-            sP[r * ldp + lane] = to_half<HT>(p0);
-            sP[r * ldp + lane + 32] = to_half<HT>(p1);
-            const float rs = hc_warp_sum(p0 + p1);
-            __syncwarp();
-            if (lane == 0) {
-                sL[r] = sL[r] * corr + rs;
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            __syncwarp(); /* both lanes of the row have read sM[r] */
+            if (!(lane & 1)) {
+                sL[r] = sL[r] * corr + sum;
                 sM[r] = m_new;
                 sC[r] = corr;
             }
@@ -247,6 +300,7 @@ flash_prefill_kernel(float *out, const float *q, const void *kc, const void *vc,
             }
             __syncwarp();
         }
+        if (nbuf == 2) __syncthreads(); /* buffer b is refilled two tiles on */
     }
     __syncwarp();
     for (int e = lane; e < 16 * D; e += 32) {
@@ -261,14 +315,16 @@ static bool launch_flash(hc_cuda_ctx *cx, float *out, const float *q, const void
                          hc_dtype kv_dtype, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale,
                          int64_t window, float softcap) {
     /* Over 48 KB of shared memory needs the limit raised (a host-side call; prompts only). */
-    const size_t smem = fa_smem_bytes((int)D);
+    const bool same_type = D % 8 == 0 && kv_dtype == cx->compute; /* HT is the compute dtype */
+    const int nbuf = same_type && D <= 128 ? 2 : 1;
+    const size_t smem = fa_smem_bytes((int)D, nbuf);
     if (cudaFuncSetAttribute(flash_prefill_kernel<HT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) {
         cudaGetLastError();
         return false;
     }
     dim3 grid((unsigned)((T + FA_BQ - 1) / FA_BQ), (unsigned)H);
     flash_prefill_kernel<HT><<<grid, 32 * ATT_WARPS, smem, cx->stream>>>(out, q, k_cache, v_cache, kv_dtype, pos, T, H, KVH,
-                                                                         (int)D, scale, window, softcap);
+                                                                         (int)D, scale, window, softcap, nbuf);
     return true;
 }
 

@@ -68,16 +68,26 @@ static void cuda_upload(hc_backend *be, void *dst, const void *src, size_t bytes
     hc_cuda_fail(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, hc_cuda(be)->stream), "upload");
 }
 
-/* Synchronous. After a failure the destination is filled with NaN, so no caller reads stale
- * numbers as results; check() says what went wrong. */
+/* Synchronous, through a page-locked staging buffer (kept and grown as needed). After a failure
+ * the destination is filled with NaN, so no caller reads stale numbers as results; check() says
+ * what went wrong. */
 static void cuda_download(hc_backend *be, void *dst, const void *src, size_t bytes) {
     hc_cuda_ctx *cx = hc_cuda(be);
     if (!bytes) return;
+    if (!cx->failed && bytes > cx->pinned_bytes) {
+        if (cx->pinned) cudaFreeHost(cx->pinned);
+        cx->pinned = NULL;
+        cx->pinned_bytes = 0;
+        if (cudaMallocHost(&cx->pinned, bytes) == cudaSuccess) cx->pinned_bytes = bytes;
+        else cudaGetLastError(); /* no page-locked memory: copy straight into dst */
+    }
+    void *stage = bytes <= cx->pinned_bytes ? cx->pinned : dst;
     if (!cx->failed) {
-        hc_cuda_fail(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cx->stream), "download");
+        hc_cuda_fail(be, cudaMemcpyAsync(stage, src, bytes, cudaMemcpyDeviceToHost, cx->stream), "download");
         hc_cuda_fail(be, cudaStreamSynchronize(cx->stream), "a queued kernel");
     }
     if (cx->failed) memset(dst, 0xff, bytes);
+    else if (stage != dst) memcpy(dst, stage, bytes);
 }
 
 static hc_status cuda_check(hc_backend *be) {
@@ -140,6 +150,7 @@ static void cuda_destroy(hc_backend *be) {
     if (cx->scratch_a) cudaFree(cx->scratch_a);
     if (cx->scratch_b) cudaFree(cx->scratch_b);
     if (cx->partials) cudaFree(cx->partials);
+    if (cx->pinned) cudaFreeHost(cx->pinned);
     if (cx->blas) cublasDestroy(cx->blas);
     if (cx->stream) cudaStreamDestroy(cx->stream);
     free(cx);
@@ -219,6 +230,10 @@ extern "C" hc_status hc_backend_cuda_new(int device_index, hc_dtype compute, hc_
     be->add_scaled = hc_cuda_add_scaled;
     be->softcap = hc_cuda_softcap;
     be->topk_route = hc_cuda_topk_route;
+    be->matmul_n = hc_cuda_matmul_n;
+    be->gated_matmul = hc_cuda_gated_matmul;
+    be->add_norm = hc_cuda_add_norm;
+    be->rope_store = hc_cuda_rope_store;
     be->check = cuda_check;
     be->mem_info = cuda_mem_info;
     be->graph_run = cuda_graph_run;

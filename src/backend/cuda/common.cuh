@@ -38,6 +38,8 @@ typedef struct {
     size_t scratch_b_bytes;
     float *partials;
     size_t partials_bytes;
+    void *pinned;       /* page-locked staging for downloads: pageable copies are several times slower */
+    size_t pinned_bytes;
     /* The first error; ops after it are skipped and check() reports it. */
     char error[256];
     int failed;
@@ -77,6 +79,20 @@ __device__ __forceinline__ float hc_warp_max(float x) {
     return x;
 }
 
+/* The activations, as the CPU reference computes them. */
+__device__ __forceinline__ float act_apply(float x, hc_activation act) {
+    switch (act) {
+    case HC_ACT_SILU: return x / (1.0f + expf(-x));
+    case HC_ACT_GELU_TANH: {
+        const float k = 0.7978845608028654f; /* sqrt(2/pi) */
+        return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+    }
+    case HC_ACT_GELU: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    case HC_ACT_RELU: return x > 0 ? x : 0;
+    }
+    return x;
+}
+
 /* The op entry points, one family per file. */
 void hc_cuda_embedding(hc_backend *be, float *out, const hc_mat *table, const int32_t *ids, int64_t T, float scale,
                        bool accumulate);
@@ -96,6 +112,15 @@ void hc_cuda_activate(hc_backend *be, float *x, hc_activation act, int64_t n);
 void hc_cuda_add(hc_backend *be, float *out, const float *a, const float *b, int64_t n);
 void hc_cuda_add_scaled(hc_backend *be, float *out, const float *x, float alpha, int64_t n);
 void hc_cuda_softcap(hc_backend *be, float *x, float cap, int64_t n);
+void hc_cuda_matmul_n(hc_backend *be, float *const *outs, const float *x, const hc_mat *const *ws, const hc_vec *const *bs,
+                      int n, int64_t T);
+void hc_cuda_gated_matmul(hc_backend *be, float *out, float *tmp, const float *x, const hc_mat *gate, const hc_vec *bg,
+                          const hc_mat *up, const hc_vec *bu, hc_activation act, int64_t T);
+void hc_cuda_add_norm(hc_backend *be, float *h, float *x, const float *o, const hc_vec *w, const hc_vec *b,
+                      hc_norm_kind kind, float eps, int64_t T, int64_t C);
+void hc_cuda_rope_store(hc_backend *be, float *q, float *k, const float *v, void *k_cache, void *v_cache, hc_dtype kv_dtype,
+                        const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T, int64_t H, int64_t KVH,
+                        int64_t D, int64_t R);
 void hc_cuda_topk_route(hc_backend *be, float *weights, int32_t *experts, const float *logits, int64_t T, int64_t E,
                         int64_t k, bool renorm);
 

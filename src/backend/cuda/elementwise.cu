@@ -2,19 +2,6 @@
  * cache store and the embedding gather. One thread per element; these are memory-bound. */
 #include "backend/cuda/common.cuh"
 
-__device__ __forceinline__ float act_apply(float x, hc_activation act) {
-    switch (act) {
-    case HC_ACT_SILU: return x / (1.0f + expf(-x));
-    case HC_ACT_GELU_TANH: {
-        const float k = 0.7978845608028654f; /* sqrt(2/pi) */
-        return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
-    }
-    case HC_ACT_GELU: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-    case HC_ACT_RELU: return x > 0 ? x : 0;
-    }
-    return x;
-}
-
 #define GRID_STRIDE(i, n) for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
 
 static unsigned grid_for(int64_t n) {

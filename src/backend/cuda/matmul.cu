@@ -11,7 +11,8 @@
 #include "backend/cuda/common.cuh"
 
 #define GEMV_MAX_T 8
-#define GEMV_WARPS 4
+#define GEMV_WARPS 4       /* warps a block in the simple kernels */
+#define GEMV_BLOCK_WARPS 8 /* warps a block in the 16-byte kernel */
 #define CONVERT_CHUNK_ELEMS (32ll << 20) /* weights converted per cuBLAS call: 128 MiB in f32 */
 
 /* ---- GEMV ------------------------------------------------------------------------------- */
@@ -21,41 +22,81 @@ template <> __device__ __forceinline__ float widen<float>(float v) { return v; }
 template <> __device__ __forceinline__ float widen<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
 template <> __device__ __forceinline__ float widen<__half>(__half v) { return __half2float(v); }
 
-/* One warp per output row n; lanes stride over K 16 bytes at a time. TT: rows of x (1..8).
- * Needs rows 16-byte aligned and K a multiple of the vector (checked by the launcher). */
-template <typename WT, int TT>
-__global__ void gemv_vec_kernel(float *out, const float *x, const WT *w, int64_t ld, const void *bias, hc_dtype bias_dt,
-                                int64_t N, int64_t K) {
-    constexpr int VEC = 16 / sizeof(WT);
-    const int lane = threadIdx.x & 31;
-    const int64_t n = blockIdx.x * (int64_t)GEMV_WARPS + (threadIdx.x >> 5);
-    if (n >= N) return;
-    const WT *row = w + n * ld; /* [K] */
-    float acc[TT];
+/* Up to three weight matrices of one input, as one launch: rows [0, end[0]) are matrix 0's,
+ * [end[0], end[1]) matrix 1's, and so on. Gated: matrices 0 and 1 are gate and up of the same
+ * rows, and out[0] = act(gate . x + bg) * (up . x + bu). */
+typedef struct {
+    const void *w[3];
+    const void *bias[3];
+    hc_dtype bias_dt[3];
+    float *out[3];
+    int64_t ld[3];
+    int64_t end[3];
+    int n;
+    hc_activation act;
+} gemv_set;
+
+/* WPR warps per output row n (split over K, summed through shared memory) and 8 warps a block;
+ * lanes stride over K 16 bytes at a time. Small N takes more warps a row so that enough loads
+ * are in flight to keep HBM busy. TT: rows of x (1..8). Needs rows 16-byte aligned and K a
+ * multiple of the vector (checked by the launcher). */
+template <typename WT, int TT, int WPR, bool GATED>
+__global__ void __launch_bounds__(32 * GEMV_BLOCK_WARPS)
+gemv_vec_kernel(const gemv_set s, const float *x, int64_t K) {
+    constexpr int VEC = 16 / sizeof(WT), RPB = GEMV_BLOCK_WARPS / WPR, NM = GATED ? 2 : 1;
+    __shared__ float part[NM][GEMV_BLOCK_WARPS][TT];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, slice = warp % WPR;
+    const int64_t n = blockIdx.x * (int64_t)RPB + warp / WPR;
+    const int64_t total = s.end[GATED ? 0 : s.n - 1];
+    /* which matrix, and the row within it */
+    const int mi = GATED ? 0 : (n < s.end[0] ? 0 : n < s.end[1] ? 1 : 2);
+    const int64_t r = n - (mi ? s.end[mi - 1] : 0), N = s.end[mi] - (mi ? s.end[mi - 1] : 0);
+    float acc[NM][TT];
 #pragma unroll
-    for (int t = 0; t < TT; t++) acc[t] = 0.0f;
-#pragma unroll 2
-    for (int64_t k = (int64_t)lane * VEC; k < K; k += 32 * VEC) {
-        const uint4 raw = __ldg((const uint4 *)(row + k));
-        const WT *wv = (const WT *)&raw;
-        float wf[VEC];
+    for (int m = 0; m < NM; m++)
 #pragma unroll
-        for (int i = 0; i < VEC; i++) wf[i] = widen<WT>(wv[i]);
+        for (int t = 0; t < TT; t++) acc[m][t] = 0.0f;
+    if (n < total) {
 #pragma unroll
-        for (int t = 0; t < TT; t++) {
-            const float4 *xv = (const float4 *)(x + t * K + k);
+        for (int m = 0; m < NM; m++) {
+            const WT *row = (const WT *)s.w[mi + m] + r * s.ld[mi + m]; /* [K] */
+#pragma unroll 4
+            for (int64_t k = (int64_t)(slice * 32 + lane) * VEC; k < K; k += 32 * VEC * WPR) {
+                const uint4 raw = __ldg((const uint4 *)(row + k));
+                const WT *wv = (const WT *)&raw;
+                float wf[VEC];
 #pragma unroll
-            for (int i = 0; i < VEC / 4; i++) {
-                const float4 a = xv[i];
-                acc[t] += a.x * wf[4 * i] + a.y * wf[4 * i + 1] + a.z * wf[4 * i + 2] + a.w * wf[4 * i + 3];
+                for (int i = 0; i < VEC; i++) wf[i] = widen<WT>(wv[i]);
+#pragma unroll
+                for (int t = 0; t < TT; t++) {
+                    const float4 *xv = (const float4 *)(x + t * K + k);
+#pragma unroll
+                    for (int i = 0; i < VEC / 4; i++) {
+                        const float4 a = xv[i];
+                        acc[m][t] += a.x * wf[4 * i] + a.y * wf[4 * i + 1] + a.z * wf[4 * i + 2] + a.w * wf[4 * i + 3];
+                    }
+                }
             }
         }
     }
 #pragma unroll
-    for (int t = 0; t < TT; t++) {
-        const float s = hc_warp_sum(acc[t]);
-        if (lane == 0) out[t * N + n] = s + (bias ? hc_ld(bias, bias_dt, n) : 0.0f);
+    for (int m = 0; m < NM; m++)
+#pragma unroll
+        for (int t = 0; t < TT; t++) {
+            const float v = hc_warp_sum(acc[m][t]);
+            if (lane == 0) part[m][warp][t] = v;
+        }
+    __syncthreads();
+    if (slice != 0 || lane >= TT || n >= total) return;
+    float v[NM];
+#pragma unroll
+    for (int m = 0; m < NM; m++) {
+        v[m] = 0;
+#pragma unroll
+        for (int j = 0; j < WPR; j++) v[m] += part[m][warp + j][lane];
+        if (s.bias[mi + m]) v[m] += hc_ld(s.bias[mi + m], s.bias_dt[mi + m], r);
     }
+    s.out[mi][lane * N + r] = GATED ? act_apply(v[0], s.act) * v[NM - 1] : v[0];
 }
 
 /* Rows of any alignment or length: one warp per output row, lanes reading neighbouring
@@ -138,8 +179,68 @@ __device__ __forceinline__ void dequant_q4_k_sub(float *o, const hc_block_q4_k *
     for (int i = 0; i < 32; i++) o[i] = d * (float)((j & 1) ? (qs[i] >> 4) : (qs[i] & 0xf)) - mn;
 }
 
-/* One warp per output row; a lane takes 32 weights (one q8_0/q4_0 block or a q4_k sub-block)
- * at a time. */
+/* q8_0 and q4_0 rows whose length is a multiple of 16 bytes: WPR warps a row; each warp takes
+ * 32 consecutive blocks at a time, copies them to shared memory with 16-byte loads (the blocks
+ * themselves are 34 or 18 bytes, only 2-byte aligned), and each lane widens one block. */
+template <int TT, int WPR, int QUANT>
+__global__ void __launch_bounds__(32 * GEMV_BLOCK_WARPS)
+gemv_q_staged_kernel(float *out, const float *x, const uint8_t *w, size_t row_bytes, const void *bias, hc_dtype bias_dt,
+                     int64_t N, int64_t K) {
+    constexpr int BB = QUANT == HC_QUANT_Q8_0 ? sizeof(hc_block_q8_0) : sizeof(hc_block_q4_0);
+    constexpr int RPB = GEMV_BLOCK_WARPS / WPR;
+    __shared__ __align__(16) uint8_t stage[GEMV_BLOCK_WARPS][32 * BB];
+    __shared__ float part[GEMV_BLOCK_WARPS][TT];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, slice = warp % WPR;
+    const int64_t n = blockIdx.x * (int64_t)RPB + warp / WPR;
+    const int64_t nb = K / 32;
+    float acc[TT];
+#pragma unroll
+    for (int t = 0; t < TT; t++) acc[t] = 0.0f;
+    if (n < N) {
+        const uint8_t *row = w + n * row_bytes;
+        for (int64_t g = (int64_t)slice * 32; g < nb; g += 32 * WPR) {
+            const int cnt = nb - g < 32 ? (int)(nb - g) : 32;
+            const uint4 *src = (const uint4 *)(row + g * BB); /* 32 * BB is a multiple of 16 */
+            const int n16 = cnt * BB / 16;
+            __syncwarp();
+            for (int i = lane; i < n16; i += 32) ((uint4 *)stage[warp])[i] = __ldg(src + i);
+            for (int i = n16 * 8 + lane; i < cnt * BB / 2; i += 32) /* the tail of a short group */
+                ((uint16_t *)stage[warp])[i] = ((const uint16_t *)src)[i];
+            __syncwarp();
+            if (lane < cnt) {
+                float wf[32];
+                if (QUANT == HC_QUANT_Q8_0) dequant_q8_0(wf, (const uint16_t *)(stage[warp] + lane * BB));
+                else dequant_q4_0(wf, (const uint16_t *)(stage[warp] + lane * BB));
+#pragma unroll
+                for (int t = 0; t < TT; t++) {
+                    const float4 *xv = (const float4 *)(x + t * K + (g + lane) * 32);
+                    float s = 0;
+#pragma unroll
+                    for (int i = 0; i < 8; i++) {
+                        const float4 a = xv[i];
+                        s += a.x * wf[4 * i] + a.y * wf[4 * i + 1] + a.z * wf[4 * i + 2] + a.w * wf[4 * i + 3];
+                    }
+                    acc[t] += s;
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < TT; t++) {
+        const float s = hc_warp_sum(acc[t]);
+        if (lane == 0) part[warp][t] = s;
+    }
+    __syncthreads();
+    if (slice == 0 && lane < TT && n < N) {
+        float s = 0;
+#pragma unroll
+        for (int j = 0; j < WPR; j++) s += part[warp + j][lane];
+        out[lane * N + n] = s + (bias ? hc_ld(bias, bias_dt, n) : 0.0f);
+    }
+}
+
+/* Any quantized row: one warp per output row; a lane takes 32 weights (one q8_0/q4_0 block or
+ * a q4_k sub-block) at a time, read 16 bits at a time. */
 template <int TT>
 __global__ void gemv_quant_kernel(float *out, const float *x, const uint8_t *w, int quant, size_t row_bytes,
                                   const void *bias, hc_dtype bias_dt, int64_t N, int64_t K) {
@@ -171,29 +272,114 @@ __global__ void gemv_quant_kernel(float *out, const float *x, const uint8_t *w, 
     }
 }
 
-template <typename WT>
-static void launch_gemv_vec(hc_cuda_ctx *cx, float *out, const float *x, const hc_mat *w, const void *bias, hc_dtype bdt,
-                            int64_t T) {
-    const unsigned blocks = hc_blocks(w->rows, GEMV_WARPS);
-    const WT *wd = (const WT *)w->data;
+/* Warps a row: enough for about 48 warps per multiprocessor, at most 8, and not more slices
+ * than K has 16-byte steps for. */
+static int warps_per_row(const hc_cuda_ctx *cx, int64_t N, int64_t steps) {
+    int wpr = 1;
+    while (wpr < 8 && N * wpr < (int64_t)cx->n_sm * 48 && steps >= 2 * wpr) wpr *= 2;
+    return wpr;
+}
+
+#define TT_SWITCH(T, CASE)                                                                                             \
+    switch (T) { CASE(1); CASE(2); CASE(3); CASE(4); CASE(5); CASE(6); CASE(7); CASE(8); }
+
+template <typename WT, int WPR, bool GATED>
+static void launch_gemv_vec_wpr(hc_cuda_ctx *cx, const gemv_set &s, const float *x, int64_t K, int64_t T) {
+    const unsigned blocks = hc_blocks(s.end[GATED ? 0 : s.n - 1], GEMV_BLOCK_WARPS / WPR);
 #define GV(TT)                                                                                                         \
-    case TT: gemv_vec_kernel<WT, TT><<<blocks, 32 * GEMV_WARPS, 0, cx->stream>>>(out, x, wd, w->ld, bias, bdt, w->rows, w->cols); break
-    switch (T) { GV(1); GV(2); GV(3); GV(4); GV(5); GV(6); GV(7); GV(8); }
+    case TT: gemv_vec_kernel<WT, TT, WPR, GATED><<<blocks, 32 * GEMV_BLOCK_WARPS, 0, cx->stream>>>(s, x, K); break
+    TT_SWITCH(T, GV)
 #undef GV
+}
+
+template <typename WT, bool GATED>
+static void launch_gemv_vec(hc_cuda_ctx *cx, const gemv_set &s, const float *x, int64_t K, int64_t T) {
+    switch (warps_per_row(cx, s.end[GATED ? 0 : s.n - 1], K / (32 * (16 / (int64_t)sizeof(WT))))) {
+    case 1: launch_gemv_vec_wpr<WT, 1, GATED>(cx, s, x, K, T); break;
+    case 2: launch_gemv_vec_wpr<WT, 2, GATED>(cx, s, x, K, T); break;
+    case 4: launch_gemv_vec_wpr<WT, 4, GATED>(cx, s, x, K, T); break;
+    default: launch_gemv_vec_wpr<WT, 8, GATED>(cx, s, x, K, T); break;
+    }
+}
+
+/* The 16-byte kernel's conditions on one weight matrix. */
+static bool vec_ok(const hc_mat *w, const float *x) {
+    const size_t es = hc_dtype_size(w->dtype);
+    const int64_t vec = 16 / (int64_t)es;
+    return !w->quant && !w->transposed && ((uintptr_t)w->data & 15) == 0 && (w->ld * (int64_t)es) % 16 == 0 &&
+           w->cols % vec == 0 && ((uintptr_t)x & 15) == 0 && w->cols % 4 == 0;
+}
+
+/* One launch for n matrices of one input when they share a dtype and K and suit the 16-byte
+ * kernel; false otherwise. */
+static bool gemv_fused(hc_cuda_ctx *cx, float *const *outs, const float *x, const hc_mat *const *ws, const hc_vec *const *bs,
+                       int n, int64_t T, bool gated, hc_activation act) {
+    gemv_set s;
+    memset(&s, 0, sizeof s);
+    int64_t end = 0;
+    for (int i = 0; i < n; i++) {
+        const hc_mat *w = ws[i];
+        if (!vec_ok(w, x) || w->dtype != ws[0]->dtype || w->cols != ws[0]->cols) return false;
+        s.w[i] = w->data;
+        s.ld[i] = w->ld;
+        s.bias[i] = bs[i] && bs[i]->data ? bs[i]->data : NULL;
+        s.bias_dt[i] = s.bias[i] ? bs[i]->dtype : HC_DTYPE_F32;
+        s.out[i] = outs[i];
+        end = gated ? w->rows : end + w->rows;
+        s.end[i] = end;
+    }
+    s.n = n;
+    s.act = act;
+    const int64_t K = ws[0]->cols;
+    switch (ws[0]->dtype) {
+    case HC_DTYPE_F32: gated ? launch_gemv_vec<float, true>(cx, s, x, K, T) : launch_gemv_vec<float, false>(cx, s, x, K, T); break;
+    case HC_DTYPE_BF16:
+        gated ? launch_gemv_vec<__nv_bfloat16, true>(cx, s, x, K, T) : launch_gemv_vec<__nv_bfloat16, false>(cx, s, x, K, T);
+        break;
+    default: gated ? launch_gemv_vec<__half, true>(cx, s, x, K, T) : launch_gemv_vec<__half, false>(cx, s, x, K, T); break;
+    }
+    return true;
+}
+
+template <int WPR, int QUANT>
+static void launch_gemv_q_wpr(hc_cuda_ctx *cx, float *out, const float *x, const hc_mat *w, const void *bias, hc_dtype bdt,
+                              int64_t T) {
+    const unsigned blocks = hc_blocks(w->rows, GEMV_BLOCK_WARPS / WPR);
+    const size_t rb = hc_quant_row_bytes(w->quant, w->cols);
+    const uint8_t *wd = (const uint8_t *)w->data;
+#define GQ(TT)                                                                                                         \
+    case TT: gemv_q_staged_kernel<TT, WPR, QUANT><<<blocks, 32 * GEMV_BLOCK_WARPS, 0, cx->stream>>>(out, x, wd, rb, bias, bdt, w->rows, w->cols); break
+    TT_SWITCH(T, GQ)
+#undef GQ
+}
+
+template <int QUANT>
+static void launch_gemv_q(hc_cuda_ctx *cx, float *out, const float *x, const hc_mat *w, const void *bias, hc_dtype bdt,
+                          int64_t T) {
+    switch (warps_per_row(cx, w->rows, w->cols / 1024)) {
+    case 1: launch_gemv_q_wpr<1, QUANT>(cx, out, x, w, bias, bdt, T); break;
+    case 2: launch_gemv_q_wpr<2, QUANT>(cx, out, x, w, bias, bdt, T); break;
+    case 4: launch_gemv_q_wpr<4, QUANT>(cx, out, x, w, bias, bdt, T); break;
+    default: launch_gemv_q_wpr<8, QUANT>(cx, out, x, w, bias, bdt, T); break;
+    }
 }
 
 static void launch_gemv_quant(hc_cuda_ctx *cx, float *out, const float *x, const hc_mat *w, const void *bias, hc_dtype bdt,
                               int64_t T) {
-    const unsigned blocks = hc_blocks(w->rows, GEMV_WARPS);
     const size_t rb = hc_quant_row_bytes(w->quant, w->cols);
+    if ((w->quant == HC_QUANT_Q8_0 || w->quant == HC_QUANT_Q4_0) && rb % 16 == 0 && ((uintptr_t)w->data & 15) == 0 &&
+        ((uintptr_t)x & 15) == 0) {
+        if (w->quant == HC_QUANT_Q8_0) launch_gemv_q<HC_QUANT_Q8_0>(cx, out, x, w, bias, bdt, T);
+        else launch_gemv_q<HC_QUANT_Q4_0>(cx, out, x, w, bias, bdt, T);
+        return;
+    }
+    const unsigned blocks = hc_blocks(w->rows, GEMV_WARPS);
     const uint8_t *wd = (const uint8_t *)w->data;
 #define GQ(TT)                                                                                                         \
     case TT: gemv_quant_kernel<TT><<<blocks, 32 * GEMV_WARPS, 0, cx->stream>>>(out, x, wd, w->quant, rb, bias, bdt, w->rows, w->cols); break
-    switch (T) { GQ(1); GQ(2); GQ(3); GQ(4); GQ(5); GQ(6); GQ(7); GQ(8); }
+    TT_SWITCH(T, GQ)
 #undef GQ
 }
-
-static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 static void gemv(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T) {
     hc_cuda_ctx *cx = hc_cuda(be);
@@ -203,11 +389,10 @@ static void gemv(hc_backend *be, float *out, const float *x, const hc_mat *w, co
         launch_gemv_quant(cx, out, x, w, bd, bdt, T);
         return;
     }
-    const size_t es = hc_dtype_size(w->dtype);
-    const int64_t vec = 16 / (int64_t)es;
-    const bool vec_ok = !w->transposed && aligned16(w->data) && (w->ld * (int64_t)es) % 16 == 0 && w->cols % vec == 0 &&
-                        aligned16(x) && w->cols % 4 == 0;
-    if (!vec_ok && !w->transposed) {
+    const hc_vec *const bl[1] = {bias};
+    float *const ol[1] = {out};
+    if (gemv_fused(cx, ol, x, &w, bl, 1, T, false, HC_ACT_SILU)) return;
+    if (!w->transposed) { /* misaligned or odd rows */
         const unsigned blocks = hc_blocks(w->rows, GEMV_WARPS);
 #define GR(TT)                                                                                                         \
     case TT: gemv_rows_kernel<TT><<<blocks, 32 * GEMV_WARPS, 0, cx->stream>>>(out, x, w->data, w->dtype, w->ld, bd, bdt, w->rows, w->cols); break
@@ -215,14 +400,8 @@ static void gemv(hc_backend *be, float *out, const float *x, const hc_mat *w, co
 #undef GR
         return;
     }
-    if (!vec_ok) {
-        gemv_any_kernel<<<hc_blocks(T * w->rows, 128), 128, 0, cx->stream>>>(out, x, w->data, w->dtype, w->ld, w->transposed,
-                                                                            bd, bdt, w->rows, w->cols, T);
-        return;
-    }
-    if (w->dtype == HC_DTYPE_F32) launch_gemv_vec<float>(cx, out, x, w, bd, bdt, T);
-    else if (w->dtype == HC_DTYPE_BF16) launch_gemv_vec<__nv_bfloat16>(cx, out, x, w, bd, bdt, T);
-    else launch_gemv_vec<__half>(cx, out, x, w, bd, bdt, T);
+    gemv_any_kernel<<<hc_blocks(T * w->rows, 128), 128, 0, cx->stream>>>(out, x, w->data, w->dtype, w->ld, w->transposed, bd,
+                                                                        bdt, w->rows, w->cols, T);
 }
 
 /* ---- GEMM through cuBLAS ------------------------------------------------------------------ */
@@ -362,4 +541,29 @@ void hc_cuda_matmul(hc_backend *be, float *out, const float *x, const hc_mat *w,
     if (T <= GEMV_MAX_T) gemv(be, out, x, w, bias, T);
     else gemm(be, out, x, w, bias, T);
     HC_CUDA_LAUNCHED(be, "matmul");
+}
+
+void hc_cuda_matmul_n(hc_backend *be, float *const *outs, const float *x, const hc_mat *const *ws, const hc_vec *const *bs,
+                      int n, int64_t T) {
+    if (T <= 0 || hc_cuda(be)->failed) return;
+    if (T <= GEMV_MAX_T && gemv_fused(hc_cuda(be), outs, x, ws, bs, n, T, false, HC_ACT_SILU)) {
+        HC_CUDA_LAUNCHED(be, "matmul_n");
+        return;
+    }
+    for (int i = 0; i < n; i++) hc_cuda_matmul(be, outs[i], x, ws[i], bs[i], T);
+}
+
+void hc_cuda_gated_matmul(hc_backend *be, float *out, float *tmp, const float *x, const hc_mat *gate, const hc_vec *bg,
+                          const hc_mat *up, const hc_vec *bu, hc_activation act, int64_t T) {
+    if (T <= 0 || hc_cuda(be)->failed) return;
+    const hc_mat *const ws[2] = {gate, up};
+    const hc_vec *const bs[2] = {bg, bu};
+    float *const outs[2] = {out, NULL};
+    if (T <= GEMV_MAX_T && gate->rows == up->rows && gemv_fused(hc_cuda(be), outs, x, ws, bs, 2, T, true, act)) {
+        HC_CUDA_LAUNCHED(be, "gated_matmul");
+        return;
+    }
+    hc_cuda_matmul(be, out, x, gate, bg, T);
+    hc_cuda_matmul(be, tmp, x, up, bu, T);
+    hc_cuda_glu(be, out, out, tmp, act, T * gate->rows);
 }

@@ -1,8 +1,6 @@
 /* RMSNorm (plain and Gemma's 1 + w) and LayerNorm: one block per row, f32 sums. */
 #include "backend/cuda/common.cuh"
 
-#define NORM_THREADS 256
-
 /* The sum of v over the block; every thread gets it. red: [32] shared floats. */
 __device__ float block_sum(float v, float *red) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = (blockDim.x + 31) >> 5;
@@ -14,12 +12,17 @@ __device__ float block_sum(float v, float *red) {
     return hc_warp_sum(s);
 }
 
-/* out[T, C] = norm(x[T, C]) * w (+ b). */
-__global__ void norm_kernel(float *out, const float *x, const void *w, hc_dtype w_dt, const void *b, hc_dtype b_dt,
-                            hc_norm_kind kind, float eps, int64_t C) {
+/* out[T, C] = norm(x[T, C]) * w (+ b); with `add`, first x += add (written back). */
+__global__ void norm_kernel(float *out, float *x, const float *add, const void *w, hc_dtype w_dt, const void *b,
+                            hc_dtype b_dt, hc_norm_kind kind, float eps, int64_t C) {
     __shared__ float red[32];
-    const float *xt = x + blockIdx.x * C; /* [C] */
-    float *ot = out + blockIdx.x * C;     /* [C] */
+    float *xt = x + blockIdx.x * C;   /* [C] */
+    float *ot = out + blockIdx.x * C; /* [C] */
+    if (add) {
+        const float *at = add + blockIdx.x * C;
+        for (int64_t c = threadIdx.x; c < C; c += blockDim.x) xt[c] += at[c];
+        /* each thread reads back only what it wrote until the first block_sum's barrier */
+    }
     float inv, mean = 0.0f;
     if (kind == HC_NORM_LAYER) {
         float s = 0;
@@ -45,15 +48,29 @@ __global__ void norm_kernel(float *out, const float *x, const void *w, hc_dtype 
     }
 }
 
-void hc_cuda_norm(hc_backend *be, float *out, const float *x, const hc_vec *w, const hc_vec *b, hc_norm_kind kind,
-                  float eps, int64_t T, int64_t C) {
+static void launch_norm(hc_backend *be, float *out, float *x, const float *add, const hc_vec *w, const hc_vec *b,
+                        hc_norm_kind kind, float eps, int64_t T, int64_t C) {
     if (T <= 0 || hc_cuda(be)->failed) return;
-    const int threads = C >= NORM_THREADS ? NORM_THREADS : (int)((C + 31) / 32 * 32);
+    /* About two values a thread: a single decode row is latency-bound, so spread it wide. */
+    int threads = (int)((C / 2 + 31) / 32 * 32);
+    if (threads > 1024) threads = 1024;
+    if (threads < 32) threads = 32;
     const void *wd = w ? w->data : NULL, *bd = b ? b->data : NULL;
     for (int64_t t0 = 0; t0 < T; t0 += 65535 * 32) { /* grids hold 2^31-1 blocks in x; stay far below */
         const int64_t n = T - t0 < 65535 * 32 ? T - t0 : 65535 * 32;
-        norm_kernel<<<(unsigned)n, threads, 0, hc_cuda(be)->stream>>>(out + t0 * C, x + t0 * C, wd, w ? w->dtype : HC_DTYPE_F32,
-                                                                      bd, b ? b->dtype : HC_DTYPE_F32, kind, eps, C);
+        norm_kernel<<<(unsigned)n, threads, 0, hc_cuda(be)->stream>>>(out + t0 * C, x + t0 * C, add ? add + t0 * C : NULL, wd,
+                                                                      w ? w->dtype : HC_DTYPE_F32, bd,
+                                                                      b ? b->dtype : HC_DTYPE_F32, kind, eps, C);
     }
     HC_CUDA_LAUNCHED(be, "norm");
+}
+
+void hc_cuda_norm(hc_backend *be, float *out, const float *x, const hc_vec *w, const hc_vec *b, hc_norm_kind kind,
+                  float eps, int64_t T, int64_t C) {
+    launch_norm(be, out, (float *)x, NULL, w, b, kind, eps, T, C); /* x is only read without `add` */
+}
+
+void hc_cuda_add_norm(hc_backend *be, float *h, float *x, const float *o, const hc_vec *w, const hc_vec *b,
+                      hc_norm_kind kind, float eps, int64_t T, int64_t C) {
+    launch_norm(be, h, x, o, w, b, kind, eps, T, C);
 }

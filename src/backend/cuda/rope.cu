@@ -28,3 +28,67 @@ void hc_cuda_rope(hc_backend *be, float *x, const int32_t *pos, const float *inv
     rope_kernel<<<blocks, 256, 0, hc_cuda(be)->stream>>>(x, pos, inv_freq, attn_factor, T, nh, D, R / 2);
     HC_CUDA_LAUNCHED(be, "rope");
 }
+
+/* rope on q and k, then k and v into the cache, in one pass. One thread per (t, head, j < D)
+ * over the q, k and v heads: j < R/2 rotates the pair (j, j + R/2) (and stores both for k);
+ * j >= R stores an unrotated k element; v heads store element j. */
+__global__ void rope_store_kernel(float *q, float *k, const float *v, void *kc, void *vc, hc_dtype dt, const int32_t *pos,
+                                  const float *inv_freq, float attn_factor, int64_t T, int64_t H, int64_t KVH, int64_t D,
+                                  int64_t half) {
+    const int64_t heads = H + 2 * KVH, n = T * heads * D;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t j = i % D, hh = (i / D) % heads, t = i / (D * heads);
+        const int64_t p = pos[t];
+        if (hh < H + KVH) {
+            const bool is_k = hh >= H;
+            float *x = is_k ? k + (t * KVH + (hh - H)) * D : q + (t * H + hh) * D; /* [D] */
+            float a, b;
+            if (j < half) {
+                const float angle = (float)p * inv_freq[j];
+                double sd, cd;
+                sincos((double)angle, &sd, &cd);
+                const float c = (float)cd * attn_factor, s = (float)sd * attn_factor;
+                const float x0 = x[j], x1 = x[j + half];
+                a = x0 * c - x1 * s;
+                b = x1 * c + x0 * s;
+                x[j] = a;
+                x[j + half] = b;
+            } else if (j < 2 * half || !is_k) {
+                continue; /* the second of a rotated pair, or a q element that stays */
+            } else {
+                a = x[j];
+            }
+            if (is_k) {
+                const int64_t o = p * KVH * D + (hh - H) * D;
+                if (dt == HC_DTYPE_F32) {
+                    ((float *)kc)[o + j] = a;
+                    if (j < half) ((float *)kc)[o + j + half] = b;
+                } else if (dt == HC_DTYPE_BF16) {
+                    ((__nv_bfloat16 *)kc)[o + j] = __float2bfloat16_rn(a);
+                    if (j < half) ((__nv_bfloat16 *)kc)[o + j + half] = __float2bfloat16_rn(b);
+                } else {
+                    ((__half *)kc)[o + j] = __float2half_rn(a);
+                    if (j < half) ((__half *)kc)[o + j + half] = __float2half_rn(b);
+                }
+            }
+        } else {
+            const int64_t kvh = hh - H - KVH, o = p * KVH * D + kvh * D + j;
+            const float a = v[(t * KVH + kvh) * D + j];
+            if (dt == HC_DTYPE_F32) ((float *)vc)[o] = a;
+            else if (dt == HC_DTYPE_BF16) ((__nv_bfloat16 *)vc)[o] = __float2bfloat16_rn(a);
+            else ((__half *)vc)[o] = __float2half_rn(a);
+        }
+    }
+}
+
+void hc_cuda_rope_store(hc_backend *be, float *q, float *k, const float *v, void *k_cache, void *v_cache, hc_dtype kv_dtype,
+                        const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T, int64_t H, int64_t KVH,
+                        int64_t D, int64_t R) {
+    const int64_t n = T * (H + 2 * KVH) * D;
+    if (n <= 0 || hc_cuda(be)->failed) return;
+    unsigned blocks = hc_blocks(n, 256);
+    if (blocks > 65535u) blocks = 65535u;
+    rope_store_kernel<<<blocks, 256, 0, hc_cuda(be)->stream>>>(q, k, v, k_cache, v_cache, kv_dtype, pos, inv_freq, attn_factor, T,
+                                                               H, KVH, D, inv_freq ? R / 2 : 0);
+    HC_CUDA_LAUNCHED(be, "rope_store");
+}

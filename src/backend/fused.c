@@ -1,0 +1,32 @@
+/* The fused ops of backend.h as the op sequences they stand for: the CPU backends' entries,
+ * and the specification GPU kernels are tested against. */
+#include "backend/backend.h"
+
+void hc_fused_matmul_n(hc_backend *be, float *const *outs, const float *x, const hc_mat *const *ws,
+                       const hc_vec *const *bs, int n, int64_t T) {
+    for (int i = 0; i < n; i++) be->matmul(be, outs[i], x, ws[i], bs[i], T);
+}
+
+void hc_fused_gated_matmul(hc_backend *be, float *out, float *tmp, const float *x, const hc_mat *gate, const hc_vec *bg,
+                           const hc_mat *up, const hc_vec *bu, hc_activation act, int64_t T) {
+    be->matmul(be, out, x, gate, bg, T);
+    be->matmul(be, tmp, x, up, bu, T);
+    be->glu(be, out, out, tmp, act, T * gate->rows);
+}
+
+void hc_fused_add_norm(hc_backend *be, float *h, float *x, const float *o, const hc_vec *w, const hc_vec *b,
+                       hc_norm_kind kind, float eps, int64_t T, int64_t C) {
+    be->add(be, x, x, o, T * C);
+    be->norm(be, h, x, w, b, kind, eps, T, C);
+}
+
+void hc_fused_rope_store(hc_backend *be, float *q, float *k, const float *v, void *k_cache, void *v_cache,
+                         hc_dtype kv_dtype, const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T,
+                         int64_t H, int64_t KVH, int64_t D, int64_t R) {
+    if (inv_freq) {
+        be->rope(be, q, pos, inv_freq, attn_factor, T, H, D, R);
+        be->rope(be, k, pos, inv_freq, attn_factor, T, KVH, D, R);
+    }
+    be->set_rows(be, k_cache, kv_dtype, k, pos, T, KVH * D);
+    be->set_rows(be, v_cache, kv_dtype, v, pos, T, KVH * D);
+}
