@@ -33,11 +33,13 @@ for w in $which; do
         "$BUILD/bench_cuda_peak" | tee -a "$OUT/bench.jsonl"
         for size in 1b ${BENCH_8B:+8b}; do
             [ -f "$CK/llama$size/model.safetensors" ] || "$BUILD/bench_make_checkpoint" "$CK/llama$size" $size >/dev/null
-            "$BUILD/hubcap" bench -m "$CK/llama$size" --device cuda --prompt 2048 --gen 256 --json | tee -a "$OUT/bench.jsonl"
-            "$BUILD/hubcap" bench -m "$CK/llama$size" --device cuda --dtype f32 --prompt 512 --gen 64 --json | tee -a "$OUT/bench.jsonl"
-            for q in q8_0 q4_0; do
-                "$BUILD/hubcap" bench -m "$CK/llama$size" --device cuda --quantize $q --prompt 512 --gen 128 --json | tee -a "$OUT/bench.jsonl"
-            done
+            HUBCAP_CUDA_TIMING=1 "$BUILD/hubcap" bench -m "$CK/llama$size" --device cuda --prompt 2048 --gen 256 --json | tee -a "$OUT/bench.jsonl"
+            if [ $size = 1b ]; then
+                "$BUILD/hubcap" bench -m "$CK/llama$size" --device cuda --dtype f32 --prompt 512 --gen 64 --json | tee -a "$OUT/bench.jsonl"
+                for q in q8_0 q4_0; do
+                    "$BUILD/hubcap" bench -m "$CK/llama$size" --device cuda --quantize $q --prompt 512 --gen 128 --json | tee -a "$OUT/bench.jsonl"
+                done
+            fi
             for b in 8 32 64; do
                 "$BUILD/hubcap" bench -m "$CK/llama$size" --device cuda --batch $b --prompt 128 --gen 128 --json | tee -a "$OUT/bench.jsonl"
             done

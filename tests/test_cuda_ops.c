@@ -254,6 +254,9 @@ static void test_flash_attention(hc_backend *bf16) {
     attention_case_on(bf16, 1e-4, 200, 8, 2, 64, 400, 150, 64, 0, HC_DTYPE_BF16);   /* sliding window */
     attention_case_on(bf16, 1e-4, 77, 4, 4, 128, 100, 0, 0, 30.0f, HC_DTYPE_F16);   /* soft-capping */
     attention_case_on(bf16, 1e-4, 2048, 32, 8, 64, 2048, 0, 0, 0, HC_DTYPE_BF16);   /* a 2048-token prompt */
+    attention_case_on(bf16, 1e-4, 100, 4, 1, 128, 300, 37, 0, 0, HC_DTYPE_BF16);   /* from position 37 */
+    attention_case_on(bf16, 1e-4, 130, 8, 2, 128, 400, 5, 40, 0, HC_DTYPE_BF16);   /* window, D 128 */
+    attention_case_on(bf16, 1e-4, 65, 4, 2, 64, 100, 0, 0, 20.0f, HC_DTYPE_BF16);  /* soft-capping, D 64 */
 }
 
 static void test_attention(void) {

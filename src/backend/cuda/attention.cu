@@ -4,6 +4,7 @@
  * second kernel combines. Causal and sliding-window masks come from pos[t] (read on the
  * device, so a captured decode step stays valid); GQA reads kv head h / (H / KVH) in place. */
 #include <mma.h>
+#include <stdlib.h>
 
 #include "backend/cuda/common.cuh"
 
@@ -328,6 +329,183 @@ static bool launch_flash(hc_cuda_ctx *cx, float *out, const float *q, const void
     return true;
 }
 
+/* ---- prompts, head dims 64 and 128 with a bf16 cache: register-resident flash attention ----
+ * The FlashAttention-2 layout on mma.sync m16n8k16: each warp keeps its 16 query rows' Q
+ * fragments, scores, softmax state and output in registers; only the K/V tiles go through
+ * shared memory (cp.async, double-buffered), V read transposed by ldmatrix. Fragment layouts
+ * (PTX ISA, "mma.m16n8k16"): g = lane / 4, q = lane % 4; A holds (g | g+8, 2q..2q+1 | +8);
+ * B holds (k = 2q..2q+1 | +8, n = g); C holds (g | g+8, 2q..2q+1). */
+
+__device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t *)&v;
+}
+
+template <int D>
+__global__ void __launch_bounds__(32 * ATT_WARPS)
+flash2_kernel(float *out, const float *q, const __nv_bfloat16 *kc, const __nv_bfloat16 *vc, const int32_t *pos, int T, int H,
+              int KVH, float scale, int window, float softcap) {
+    constexpr int LDH = D + 8, KS = D / 16, NO = D / 8, NS = FA_BK / 8;
+    extern __shared__ __align__(128) unsigned char smem[];
+    __nv_bfloat16 *sQ = (__nv_bfloat16 *)smem;  /* [BQ][LDH] */
+    __nv_bfloat16 *sKV = sQ + FA_BQ * LDH;      /* 2 x ([BK][LDH] K, [BK][LDH] V) */
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tq = lane & 3;
+    const int h = blockIdx.y, kvh = h / (H / KVH), t0 = blockIdx.x * FA_BQ, r0 = warp * 16;
+    const int t_end = min(t0 + FA_BQ, T);
+    const int p_first = pos[t0], p_last = pos[t_end - 1];
+    const int lo = window > 0 && p_first - window + 1 > 0 ? p_first - window + 1 : 0;
+
+    auto load_tile = [&](int b, int kb) {
+        __nv_bfloat16 *sK = sKV + 2 * b * FA_BK * LDH, *sV = sK + FA_BK * LDH;
+        for (int i = tid; i < FA_BK * (D / 8); i += 32 * ATT_WARPS) {
+            const int r = i / (D / 8), d = (i % (D / 8)) * 8, j = kb + r;
+            if (j <= p_last) {
+                const size_t e = ((size_t)j * KVH + kvh) * D + d;
+                cp_async16(sK + r * LDH + d, kc + e);
+                cp_async16(sV + r * LDH + d, vc + e);
+            } else { /* never stale NaNs */
+                *(uint4 *)(sK + r * LDH + d) = make_uint4(0, 0, 0, 0);
+                *(uint4 *)(sV + r * LDH + d) = make_uint4(0, 0, 0, 0);
+            }
+        }
+        cp_async_commit();
+    };
+
+    for (int i = tid; i < FA_BQ * D; i += 32 * ATT_WARPS) {
+        const int r = i / D, d = i % D, t = t0 + r;
+        sQ[r * LDH + d] = __float2bfloat16_rn(t < T ? q[((size_t)t * H + h) * D + d] : 0.0f);
+    }
+    const int kb0 = lo / FA_BK * FA_BK;
+    load_tile(0, kb0);
+    __syncthreads();
+    uint32_t qf[KS][4];
+#pragma unroll
+    for (int k = 0; k < KS; k++) {
+        const __nv_bfloat16 *base = sQ + (r0 + g) * LDH + k * 16 + 2 * tq;
+        qf[k][0] = *(const uint32_t *)base;
+        qf[k][1] = *(const uint32_t *)(base + 8 * LDH);
+        qf[k][2] = *(const uint32_t *)(base + 8);
+        qf[k][3] = *(const uint32_t *)(base + 8 * LDH + 8);
+    }
+    /* This thread's two rows: g and g + 8 of the warp's 16. */
+    const int ta = t0 + r0 + g, tb = ta + 8;
+    const int pa = ta < T ? pos[ta] : -1, pb = tb < T ? pos[tb] : -1;
+    const int loa = window > 0 && pa - window + 1 > 0 ? pa - window + 1 : 0;
+    const int lob = window > 0 && pb - window + 1 > 0 ? pb - window + 1 : 0;
+    float o[NO][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int n = 0; n < NO; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+
+    int it = 0;
+    for (int kb = kb0; kb <= p_last; kb += FA_BK, it++) {
+        const int b = it & 1;
+        if (kb + FA_BK <= p_last) load_tile(b ^ 1, kb + FA_BK);
+        else cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        const __nv_bfloat16 *sK = sKV + 2 * b * FA_BK * LDH, *sV = sK + FA_BK * LDH;
+
+        float sc[NS][4];
+#pragma unroll
+        for (int j = 0; j < NS; j++) {
+            sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+#pragma unroll
+            for (int k = 0; k < KS; k++) {
+                const __nv_bfloat16 *kr = sK + (8 * j + g) * LDH + k * 16 + 2 * tq;
+                mma_bf16(sc[j], qf[k], *(const uint32_t *)kr, *(const uint32_t *)(kr + 8));
+            }
+        }
+        /* scale, soft-cap, mask; the row maxima over the quad that shares a row */
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int j = 0; j < NS; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int key = kb + 8 * j + 2 * tq + (e & 1);
+                float x = sc[j][e] * scale;
+                if (softcap > 0) x = softcap * tanhf(x / softcap);
+                const bool ok = e < 2 ? (key <= pa && key >= loa) : (key <= pb && key >= lob);
+                sc[j][e] = ok ? x : -INFINITY;
+                mx[e >> 1] = fmaxf(mx[e >> 1], sc[j][e]);
+            }
+        float corr[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            const float mn = fmaxf(m[r], mx[r]);
+            corr[r] = mn == -INFINITY ? 1.0f : __expf(m[r] - mn);
+            m[r] = mn;
+        }
+        float rs[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int j = 0; j < NS; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float mm = m[e >> 1];
+                const float p = mm == -INFINITY ? 0.0f : __expf(sc[j][e] - mm);
+                sc[j][e] = p;
+                rs[e >> 1] += p;
+            }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 1);
+            rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 2);
+            l[r] = l[r] * corr[r] + rs[r];
+        }
+#pragma unroll
+        for (int n = 0; n < NO; n++) {
+            o[n][0] *= corr[0], o[n][1] *= corr[0];
+            o[n][2] *= corr[1], o[n][3] *= corr[1];
+        }
+        /* O += P V: P's score fragments are already A fragments of the next product. */
+#pragma unroll
+        for (int k = 0; k < FA_BK / 16; k++) {
+            const uint32_t a[4] = {pack_bf16(sc[2 * k][0], sc[2 * k][1]), pack_bf16(sc[2 * k][2], sc[2 * k][3]),
+                                   pack_bf16(sc[2 * k + 1][0], sc[2 * k + 1][1]), pack_bf16(sc[2 * k + 1][2], sc[2 * k + 1][3])};
+#pragma unroll
+            for (int n = 0; n < NO; n++) {
+                uint32_t b0, b1;
+                const unsigned addr = (unsigned)__cvta_generic_to_shared(sV + (k * 16 + (lane & 15)) * LDH + n * 8);
+                asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                             : "=r"(b0), "=r"(b1)
+                             : "r"(addr));
+                mma_bf16(o[n], a, b0, b1);
+            }
+        }
+        __syncthreads(); /* buffer b is refilled two tiles on */
+    }
+    const float ia = l[0] > 0 ? 1.0f / l[0] : 0.0f, ib = l[1] > 0 ? 1.0f / l[1] : 0.0f;
+#pragma unroll
+    for (int n = 0; n < NO; n++) {
+        const int d = 8 * n + 2 * tq;
+        if (ta < T) *(float2 *)(out + ((size_t)ta * H + h) * D + d) = make_float2(o[n][0] * ia, o[n][1] * ia);
+        if (tb < T) *(float2 *)(out + ((size_t)tb * H + h) * D + d) = make_float2(o[n][2] * ib, o[n][3] * ib);
+    }
+}
+
+template <int D>
+static bool launch_flash2(hc_cuda_ctx *cx, float *out, const float *q, const void *k_cache, const void *v_cache,
+                          const int32_t *pos, int64_t T, int64_t H, int64_t KVH, float scale, int64_t window, float softcap) {
+    const size_t smem = (size_t)5 * FA_BQ * (D + 8) * 2; /* Q and two K/V buffers */
+    if (cudaFuncSetAttribute(flash2_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    dim3 grid((unsigned)((T + FA_BQ - 1) / FA_BQ), (unsigned)H);
+    flash2_kernel<D><<<grid, 32 * ATT_WARPS, smem, cx->stream>>>(out, q, (const __nv_bfloat16 *)k_cache,
+                                                                 (const __nv_bfloat16 *)v_cache, pos, (int)T, (int)H, (int)KVH,
+                                                                 scale, (int)window, softcap);
+    return true;
+}
+
 void hc_cuda_attention(hc_backend *be, float *out, const float *q, const void *k_cache, const void *v_cache,
                        hc_dtype kv_dtype, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale,
                        int64_t window, float softcap, int64_t S, float *scratch) {
@@ -338,7 +516,16 @@ void hc_cuda_attention(hc_backend *be, float *out, const float *q, const void *k
         hc_cuda_fail(be, cudaErrorInvalidValue, "attention (head_dim above 256)");
         return;
     }
-    /* Prompts with a 16-bit compute dtype: the tensor-core kernel. */
+    /* Prompts with a 16-bit compute dtype: the tensor-core kernels. */
+    if (T >= 16 && cx->compute == HC_DTYPE_BF16 && kv_dtype == HC_DTYPE_BF16 && (D == 64 || D == 128) && S < INT32_MAX / 2 &&
+        !getenv("HUBCAP_CUDA_WMMA_ATTENTION")) {
+        const bool ok = D == 64 ? launch_flash2<64>(cx, out, q, k_cache, v_cache, pos, T, H, KVH, scale, window, softcap)
+                                : launch_flash2<128>(cx, out, q, k_cache, v_cache, pos, T, H, KVH, scale, window, softcap);
+        if (ok) {
+            HC_CUDA_LAUNCHED(be, "flash attention");
+            return;
+        }
+    }
     if (T >= 16 && D % 16 == 0 && D <= 256 && cx->compute != HC_DTYPE_F32) {
         const bool ok = cx->compute == HC_DTYPE_BF16
                             ? launch_flash<__nv_bfloat16>(cx, out, q, k_cache, v_cache, kv_dtype, pos, T, H, KVH, D, scale,

@@ -45,6 +45,10 @@ typedef struct {
     int failed;
     bool capturing;
     hc_cuda_graph graphs[HC_CUDA_MAX_GRAPHS];
+    bool timing;        /* HUBCAP_CUDA_TIMING: time graph replays */
+    cudaEvent_t ev[2];
+    double replay_ms;
+    long long replays;
     int n_graphs;
 } hc_cuda_ctx;
 

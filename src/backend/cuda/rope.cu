@@ -45,9 +45,9 @@ __global__ void rope_store_kernel(float *q, float *k, const float *v, void *kc, 
             float a, b;
             if (j < half) {
                 const float angle = (float)p * inv_freq[j];
-                double sd, cd;
-                sincos((double)angle, &sd, &cd);
-                const float c = (float)cd * attn_factor, s = (float)sd * attn_factor;
+                float sf, cf;
+                sincosf(angle, &sf, &cf); /* full range reduction: within an ulp of the CPU's double */
+                const float c = cf * attn_factor, s = sf * attn_factor;
                 const float x0 = x[j], x1 = x[j + half];
                 a = x0 * c - x1 * s;
                 b = x1 * c + x0 * s;
