@@ -123,6 +123,17 @@ struct hc_backend {
                        hc_dtype kv_dtype, const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T,
                        int64_t H, int64_t KVH, int64_t D, int64_t R);
 
+    /* Rows of several sequences in one call, each row with its own caches: k_rows[t] and
+     * v_rows[t] (backend memory, [T] pointers) are row t's layer caches. rope_store_rows is
+     * rope_store row by row; attention_rows is attention row by row (T = 1 each), so a row sees
+     * its own sequence's keys up to pos[t]. S: the largest capacity among the caches. */
+    void (*rope_store_rows)(hc_backend *be, float *q, float *k, const float *v, void *const *k_rows,
+                            void *const *v_rows, hc_dtype kv_dtype, const int32_t *pos, const float *inv_freq,
+                            float attn_factor, int64_t T, int64_t H, int64_t KVH, int64_t D, int64_t R);
+    void (*attention_rows)(hc_backend *be, float *out, const float *q, void *const *k_rows, void *const *v_rows,
+                           hc_dtype kv_dtype, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D,
+                           float scale, int64_t window, float softcap, int64_t S, float *scratch);
+
     /* Optional (NULL on the CPU). check: waits for queued work and reports the first failure of
      * any op since the backend was made (ops return nothing; a device can fail later).
      * mem_info: free and total device memory. graph_run: runs fn(arg), the ops of one decode
@@ -146,6 +157,13 @@ void hc_fused_add_norm(hc_backend *be, float *h, float *x, const float *o, const
 void hc_fused_rope_store(hc_backend *be, float *q, float *k, const float *v, void *k_cache, void *v_cache,
                          hc_dtype kv_dtype, const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T,
                          int64_t H, int64_t KVH, int64_t D, int64_t R);
+
+void hc_fused_rope_store_rows(hc_backend *be, float *q, float *k, const float *v, void *const *k_rows, void *const *v_rows,
+                              hc_dtype kv_dtype, const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T,
+                              int64_t H, int64_t KVH, int64_t D, int64_t R);
+void hc_fused_attention_rows(hc_backend *be, float *out, const float *q, void *const *k_rows, void *const *v_rows,
+                             hc_dtype kv_dtype, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D,
+                             float scale, int64_t window, float softcap, int64_t S, float *scratch);
 
 /* The reference CPU backend: plain scalar ops, one thread (a static table; needs no free). */
 hc_backend *hc_backend_cpu(void);

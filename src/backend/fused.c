@@ -30,3 +30,20 @@ void hc_fused_rope_store(hc_backend *be, float *q, float *k, const float *v, voi
     be->set_rows(be, k_cache, kv_dtype, k, pos, T, KVH * D);
     be->set_rows(be, v_cache, kv_dtype, v, pos, T, KVH * D);
 }
+
+/* Host memory only: the row pointers are read here (the CPU's backend memory is the host's). */
+void hc_fused_rope_store_rows(hc_backend *be, float *q, float *k, const float *v, void *const *k_rows, void *const *v_rows,
+                              hc_dtype kv_dtype, const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T,
+                              int64_t H, int64_t KVH, int64_t D, int64_t R) {
+    for (int64_t t = 0; t < T; t++)
+        be->rope_store(be, q + t * H * D, k + t * KVH * D, v + t * KVH * D, k_rows[t], v_rows[t], kv_dtype, pos + t,
+                       inv_freq, attn_factor, 1, H, KVH, D, R);
+}
+
+void hc_fused_attention_rows(hc_backend *be, float *out, const float *q, void *const *k_rows, void *const *v_rows,
+                             hc_dtype kv_dtype, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D,
+                             float scale, int64_t window, float softcap, int64_t S, float *scratch) {
+    for (int64_t t = 0; t < T; t++)
+        be->attention(be, out + t * H * D, q + t * H * D, k_rows[t], v_rows[t], kv_dtype, pos + t, 1, H, KVH, D, scale,
+                      window, softcap, S, scratch);
+}

@@ -65,6 +65,8 @@ typedef struct {
     bool all_logits;
     float *hidden;      /* host memory, or NULL */
     int64_t n_rows;     /* out: rows of logits written */
+    bool rows;          /* attention row by row over ws->kv_rows (several sequences) */
+    int64_t S_max;      /* the largest cache among them */
 } forward_step;
 
 static void run_forward(void *arg) {
@@ -94,21 +96,33 @@ static void run_forward(void *arg) {
         be->matmul_n(be, qkv_out, ws->h, qkv_w, qkv_b, 3, T);
         if (L->q_norm.data) be->norm(be, ws->q, ws->q, &L->q_norm, NULL, nk, eps, T * H, D);
         if (L->k_norm.data) be->norm(be, ws->k, ws->k, &L->k_norm, NULL, nk, eps, T * KVH, D);
-        /* Rope, KV store and attention are per sequence: each has its cache and rope state. */
-        int64_t r0 = 0;
-        for (int g = 0; g < n_groups; g++) {
-            hc_session *s = groups[g].s;
-            const int64_t n = groups[g].n, S = s->n_ctx;
-            float *q = ws->q + r0 * H * D, *k = ws->k + r0 * KVH * D, *v = ws->v + r0 * KVH * D;
-            const size_t es = hc_dtype_size(s->kv_dtype);
-            void *kc = (char *)s->k_cache + (size_t)(l * S * KVH * D) * es; /* [S, KVH*D] */
-            void *vc = (char *)s->v_cache + (size_t)(l * S * KVH * D) * es;
+        /* Rope, KV store and attention are per sequence: each has its cache and rope state.
+         * Several sequences go through together, row by row, when they share rope tables. */
+        if (f->rows) {
+            const hc_session *s0 = groups[0].s;
+            void *const *k_rows = ws->kv_rows + l * T, *const *v_rows = ws->kv_rows + (c->n_layers + l) * T;
             const bool roped = c->rope.type != HC_ROPE_NONE;
-            be->rope_store(be, q, k, v, kc, vc, s->kv_dtype, pos + r0, roped ? s->inv_freq[L->rope] : NULL,
-                           s->attn_factor[L->rope], n, H, KVH, D, c->rotary_dim);
-            be->attention(be, ws->att + r0 * H * D, q, kc, vc, s->kv_dtype, pos + r0, n, H, KVH, D, L->attn_scale,
-                          L->sliding ? c->sliding_window : 0, (float)c->attn_softcap, S, ws->scores);
-            r0 += n;
+            be->rope_store_rows(be, ws->q, ws->k, ws->v, k_rows, v_rows, s0->kv_dtype, pos,
+                                roped ? s0->inv_freq[L->rope] : NULL, s0->attn_factor[L->rope], T, H, KVH, D,
+                                c->rotary_dim);
+            be->attention_rows(be, ws->att, ws->q, k_rows, v_rows, s0->kv_dtype, pos, T, H, KVH, D, L->attn_scale,
+                               L->sliding ? c->sliding_window : 0, (float)c->attn_softcap, f->S_max, ws->scores);
+        } else {
+            int64_t r0 = 0;
+            for (int g = 0; g < n_groups; g++) {
+                hc_session *s = groups[g].s;
+                const int64_t n = groups[g].n, S = s->n_ctx;
+                float *q = ws->q + r0 * H * D, *k = ws->k + r0 * KVH * D, *v = ws->v + r0 * KVH * D;
+                const size_t es = hc_dtype_size(s->kv_dtype);
+                void *kc = (char *)s->k_cache + (size_t)(l * S * KVH * D) * es; /* [S, KVH*D] */
+                void *vc = (char *)s->v_cache + (size_t)(l * S * KVH * D) * es;
+                const bool roped = c->rope.type != HC_ROPE_NONE;
+                be->rope_store(be, q, k, v, kc, vc, s->kv_dtype, pos + r0, roped ? s->inv_freq[L->rope] : NULL,
+                               s->attn_factor[L->rope], n, H, KVH, D, c->rotary_dim);
+                be->attention(be, ws->att + r0 * H * D, q, kc, vc, s->kv_dtype, pos + r0, n, H, KVH, D, L->attn_scale,
+                              L->sliding ? c->sliding_window : 0, (float)c->attn_softcap, S, ws->scores);
+                r0 += n;
+            }
         }
         be->matmul(be, ws->o, ws->att, &L->wo, &L->bo, T);
         if (L->attn_post_norm.data) be->norm(be, ws->o, ws->o, &L->attn_post_norm, NULL, nk, eps, T, C);
@@ -162,6 +176,26 @@ void hc_decoder_forward_groups(hc_workspace *ws, const hc_group *groups, int n_g
     }
     forward_step f = {.ws = ws, .groups = groups, .n_groups = n_groups, .ids = ids, .T = T,
                       .logits = logits && be->device ? ws->logits : logits, .all_logits = all_logits, .hidden = hidden};
+    /* Several sequences: one attention launch for all rows instead of one per sequence, when
+     * they share rope tables (dynamic rope makes them differ) and a cache dtype. */
+    bool same = n_groups > 1 && c->rope.type != HC_ROPE_DYNAMIC;
+    for (int g = 1; same && g < n_groups; g++) same = groups[g].s->kv_dtype == groups[0].s->kv_dtype;
+    if (same) {
+        const int64_t L = c->n_layers, KVH = c->n_kv_heads, D = c->head_dim;
+        int64_t r = 0;
+        f.rows = true;
+        for (int g = 0; g < n_groups; g++) {
+            const hc_session *s = groups[g].s;
+            const size_t layer = (size_t)(s->n_ctx * KVH * D) * hc_dtype_size(s->kv_dtype);
+            if (s->n_ctx > f.S_max) f.S_max = s->n_ctx;
+            for (int64_t n = 0; n < groups[g].n; n++, r++)
+                for (int64_t l = 0; l < L; l++) {
+                    ws->kv_rows_host[l * T + r] = (char *)s->k_cache + l * layer;
+                    ws->kv_rows_host[(L + l) * T + r] = (char *)s->v_cache + l * layer;
+                }
+        }
+        be->upload(be, ws->kv_rows, ws->kv_rows_host, sizeof(void *) * (size_t)(2 * L * T));
+    }
     /* A single-token step of one sequence is the same launches every token: a device backend
      * may record it once and replay it. Everything it depends on that can change between
      * tokens is either read on the device (ids, positions, rope tables) or part of the key. */

@@ -35,6 +35,9 @@ hc_status hc_workspace_init(hc_workspace *ws, hc_model *m, int64_t rows, int64_t
     ws->pos = ws_alloc(be, B, sizeof(int32_t), &oom);
     ws->pos_host = calloc((size_t)B, sizeof(int32_t));
     if (!ws->pos_host) oom = true;
+    ws->kv_rows = ws_alloc(be, 2 * c->n_layers * B, sizeof(void *), &oom);
+    ws->kv_rows_host = calloc((size_t)(2 * c->n_layers * B), sizeof(void *));
+    if (!ws->kv_rows_host) oom = true;
     if (be->device) {
         ws->ids = ws_alloc(be, B, sizeof(int32_t), &oom);
         ws->logits = ws_alloc(be, B * c->vocab_size, sizeof(float), &oom);
@@ -64,10 +67,11 @@ void hc_workspace_free(hc_workspace *ws) {
     if (!ws || !ws->m) return;
     hc_backend *be = ws->m->be;
     void *bufs[] = {ws->x, ws->h, ws->o, ws->q, ws->att, ws->k, ws->v, ws->scores, ws->pos, ws->router,
-                    ws->route_w, ws->route_e, ws->e_a, ws->e_b, ws->e_o, ws->ff_a, ws->ff_b, ws->ids, ws->logits};
+                    ws->route_w, ws->route_e, ws->e_a, ws->e_b, ws->e_o, ws->ff_a, ws->ff_b, ws->ids, ws->logits, ws->kv_rows};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) be->free(be, bufs[i]);
     free(ws->pos_host);
+    free(ws->kv_rows_host);
     free(ws->route_e_host);
     free(ws->route_w_host);
     memset(ws, 0, sizeof *ws);

@@ -40,6 +40,9 @@ typedef struct {
     int32_t *route_e_host;  /* [B, k] */
     float *route_w_host;    /* [B, k] */
     float *logits;          /* [B, V] backend memory for logits (device backends) */
+    /* Rows of several sequences: each row's layer caches, [2][L][B] pointers (k, then v). */
+    void **kv_rows_host;
+    void **kv_rows;         /* the same in backend memory */
 } hc_workspace;
 
 hc_status hc_workspace_init(hc_workspace *ws, hc_model *m, int64_t rows, int64_t ctx);

@@ -54,6 +54,8 @@ static hc_backend cpu_backend = {
     .gated_matmul = hc_fused_gated_matmul,
     .add_norm = hc_fused_add_norm,
     .rope_store = hc_fused_rope_store,
+    .rope_store_rows = hc_fused_rope_store_rows,
+    .attention_rows = hc_fused_attention_rows,
 };
 
 hc_backend *hc_backend_cpu(void) { return &cpu_backend; }

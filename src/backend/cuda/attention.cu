@@ -12,13 +12,14 @@
 
 /* NPL: head dims per lane (D <= 32 * NPL). */
 template <int NPL>
-__global__ void attention_kernel(float *out, float *partials, const float *q, const void *kc, const void *vc, hc_dtype kv_dt,
-                                 const int32_t *pos, int64_t H, int64_t KVH, int64_t D, float scale, int64_t window,
-                                 float softcap, int n_split) {
+__global__ void attention_kernel(float *out, float *partials, const float *q, const void *kc0, const void *vc0,
+                                 void *const *k_rows, void *const *v_rows, hc_dtype kv_dt, const int32_t *pos, int64_t H,
+                                 int64_t KVH, int64_t D, float scale, int64_t window, float softcap, int n_split) {
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
     __shared__ float sm_acc[ATT_WARPS][32 * NPL];
     const int split = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t h = blockIdx.y, t = blockIdx.z, kvh = h / (H / KVH);
+    const void *kc = k_rows ? k_rows[t] : kc0, *vc = v_rows ? v_rows[t] : vc0; /* this row's caches */
     const int64_t p = pos[t];
     const int64_t lo = (window > 0 && p - window + 1 > 0) ? p - window + 1 : 0;
     const int64_t nk = p - lo + 1, chunk = (nk + n_split - 1) / n_split;
@@ -506,18 +507,17 @@ static bool launch_flash2(hc_cuda_ctx *cx, float *out, const float *q, const voi
     return true;
 }
 
-void hc_cuda_attention(hc_backend *be, float *out, const float *q, const void *k_cache, const void *v_cache,
-                       hc_dtype kv_dtype, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale,
-                       int64_t window, float softcap, int64_t S, float *scratch) {
-    (void)scratch;
+static void launch_attention(hc_backend *be, float *out, const float *q, const void *k_cache, const void *v_cache,
+                             void *const *k_rows, void *const *v_rows, hc_dtype kv_dtype, const int32_t *pos, int64_t T,
+                             int64_t H, int64_t KVH, int64_t D, float scale, int64_t window, float softcap, int64_t S) {
     hc_cuda_ctx *cx = hc_cuda(be);
     if (T <= 0 || cx->failed) return;
     if (D > 256) {
         hc_cuda_fail(be, cudaErrorInvalidValue, "attention (head_dim above 256)");
         return;
     }
-    /* Prompts with a 16-bit compute dtype: the tensor-core kernels. */
-    if (T >= 16 && cx->compute == HC_DTYPE_BF16 && kv_dtype == HC_DTYPE_BF16 && (D == 64 || D == 128) && S < INT32_MAX / 2 &&
+    /* Prompts of one sequence with a 16-bit compute dtype: the tensor-core kernels. */
+    if (!k_rows && T >= 16 && cx->compute == HC_DTYPE_BF16 && kv_dtype == HC_DTYPE_BF16 && (D == 64 || D == 128) && S < INT32_MAX / 2 &&
         !getenv("HUBCAP_CUDA_WMMA_ATTENTION")) {
         const bool ok = D == 64 ? launch_flash2<64>(cx, out, q, k_cache, v_cache, pos, T, H, KVH, scale, window, softcap)
                                 : launch_flash2<128>(cx, out, q, k_cache, v_cache, pos, T, H, KVH, scale, window, softcap);
@@ -526,7 +526,7 @@ void hc_cuda_attention(hc_backend *be, float *out, const float *q, const void *k
             return;
         }
     }
-    if (T >= 16 && D % 16 == 0 && D <= 256 && cx->compute != HC_DTYPE_F32) {
+    if (!k_rows && T >= 16 && D % 16 == 0 && D <= 256 && cx->compute != HC_DTYPE_F32) {
         const bool ok = cx->compute == HC_DTYPE_BF16
                             ? launch_flash<__nv_bfloat16>(cx, out, q, k_cache, v_cache, kv_dtype, pos, T, H, KVH, D, scale,
                                                           window, softcap)
@@ -553,8 +553,8 @@ void hc_cuda_attention(hc_backend *be, float *out, const float *q, const void *k
     dim3 grid((unsigned)n_split, (unsigned)H, (unsigned)T);
     const int ns = (int)n_split;
 #define ATT(NPL)                                                                                                       \
-    attention_kernel<NPL><<<grid, 32 * ATT_WARPS, 0, cx->stream>>>(out, partials, q, k_cache, v_cache, kv_dtype, pos, H, \
-                                                                   KVH, D, scale, window, softcap, ns)
+    attention_kernel<NPL><<<grid, 32 * ATT_WARPS, 0, cx->stream>>>(out, partials, q, k_cache, v_cache, k_rows, v_rows,   \
+                                                                   kv_dtype, pos, H, KVH, D, scale, window, softcap, ns)
     if (D <= 32) ATT(1);
     else if (D <= 64) ATT(2);
     else if (D <= 128) ATT(4);
@@ -563,4 +563,18 @@ void hc_cuda_attention(hc_backend *be, float *out, const float *q, const void *k
     if (n_split > 1)
         attention_combine_kernel<<<dim3((unsigned)H, (unsigned)T), 128, 0, cx->stream>>>(out, partials, H, D, ns);
     HC_CUDA_LAUNCHED(be, "attention");
+}
+
+void hc_cuda_attention(hc_backend *be, float *out, const float *q, const void *k_cache, const void *v_cache,
+                       hc_dtype kv_dtype, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale,
+                       int64_t window, float softcap, int64_t S, float *scratch) {
+    (void)scratch;
+    launch_attention(be, out, q, k_cache, v_cache, NULL, NULL, kv_dtype, pos, T, H, KVH, D, scale, window, softcap, S);
+}
+
+void hc_cuda_attention_rows(hc_backend *be, float *out, const float *q, void *const *k_rows, void *const *v_rows,
+                            hc_dtype kv_dtype, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale,
+                            int64_t window, float softcap, int64_t S, float *scratch) {
+    (void)scratch;
+    launch_attention(be, out, q, NULL, NULL, k_rows, v_rows, kv_dtype, pos, T, H, KVH, D, scale, window, softcap, S);
 }

@@ -255,6 +255,8 @@ extern "C" hc_status hc_backend_cuda_new(int device_index, hc_dtype compute, hc_
     be->gated_matmul = hc_cuda_gated_matmul;
     be->add_norm = hc_cuda_add_norm;
     be->rope_store = hc_cuda_rope_store;
+    be->rope_store_rows = hc_cuda_rope_store_rows;
+    be->attention_rows = hc_cuda_attention_rows;
     be->check = cuda_check;
     be->mem_info = cuda_mem_info;
     be->graph_run = cuda_graph_run;

@@ -125,6 +125,12 @@ void hc_cuda_add_norm(hc_backend *be, float *h, float *x, const float *o, const 
 void hc_cuda_rope_store(hc_backend *be, float *q, float *k, const float *v, void *k_cache, void *v_cache, hc_dtype kv_dtype,
                         const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T, int64_t H, int64_t KVH,
                         int64_t D, int64_t R);
+void hc_cuda_rope_store_rows(hc_backend *be, float *q, float *k, const float *v, void *const *k_rows, void *const *v_rows,
+                             hc_dtype kv_dtype, const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T,
+                             int64_t H, int64_t KVH, int64_t D, int64_t R);
+void hc_cuda_attention_rows(hc_backend *be, float *out, const float *q, void *const *k_rows, void *const *v_rows,
+                            hc_dtype kv_dtype, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale,
+                            int64_t window, float softcap, int64_t S, float *scratch);
 void hc_cuda_topk_route(hc_backend *be, float *weights, int32_t *experts, const float *logits, int64_t T, int64_t E,
                         int64_t k, bool renorm);
 

@@ -32,13 +32,14 @@ void hc_cuda_rope(hc_backend *be, float *x, const int32_t *pos, const float *inv
 /* rope on q and k, then k and v into the cache, in one pass. One thread per (t, head, j < D)
  * over the q, k and v heads: j < R/2 rotates the pair (j, j + R/2) (and stores both for k);
  * j >= R stores an unrotated k element; v heads store element j. */
-__global__ void rope_store_kernel(float *q, float *k, const float *v, void *kc, void *vc, hc_dtype dt, const int32_t *pos,
-                                  const float *inv_freq, float attn_factor, int64_t T, int64_t H, int64_t KVH, int64_t D,
-                                  int64_t half) {
+__global__ void rope_store_kernel(float *q, float *k, const float *v, void *kc0, void *vc0, void *const *k_rows,
+                                  void *const *v_rows, hc_dtype dt, const int32_t *pos, const float *inv_freq,
+                                  float attn_factor, int64_t T, int64_t H, int64_t KVH, int64_t D, int64_t half) {
     const int64_t heads = H + 2 * KVH, n = T * heads * D;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t j = i % D, hh = (i / D) % heads, t = i / (D * heads);
         const int64_t p = pos[t];
+        void *kc = k_rows ? k_rows[t] : kc0, *vc = v_rows ? v_rows[t] : vc0; /* this row's caches */
         if (hh < H + KVH) {
             const bool is_k = hh >= H;
             float *x = is_k ? k + (t * KVH + (hh - H)) * D : q + (t * H + hh) * D; /* [D] */
@@ -81,14 +82,27 @@ __global__ void rope_store_kernel(float *q, float *k, const float *v, void *kc, 
     }
 }
 
-void hc_cuda_rope_store(hc_backend *be, float *q, float *k, const float *v, void *k_cache, void *v_cache, hc_dtype kv_dtype,
-                        const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T, int64_t H, int64_t KVH,
-                        int64_t D, int64_t R) {
+static void launch_rope_store(hc_backend *be, float *q, float *k, const float *v, void *k_cache, void *v_cache,
+                              void *const *k_rows, void *const *v_rows, hc_dtype kv_dtype, const int32_t *pos,
+                              const float *inv_freq, float attn_factor, int64_t T, int64_t H, int64_t KVH, int64_t D,
+                              int64_t R) {
     const int64_t n = T * (H + 2 * KVH) * D;
     if (n <= 0 || hc_cuda(be)->failed) return;
     unsigned blocks = hc_blocks(n, 256);
     if (blocks > 65535u) blocks = 65535u;
-    rope_store_kernel<<<blocks, 256, 0, hc_cuda(be)->stream>>>(q, k, v, k_cache, v_cache, kv_dtype, pos, inv_freq, attn_factor, T,
-                                                               H, KVH, D, inv_freq ? R / 2 : 0);
+    rope_store_kernel<<<blocks, 256, 0, hc_cuda(be)->stream>>>(q, k, v, k_cache, v_cache, k_rows, v_rows, kv_dtype, pos, inv_freq,
+                                                               attn_factor, T, H, KVH, D, inv_freq ? R / 2 : 0);
     HC_CUDA_LAUNCHED(be, "rope_store");
+}
+
+void hc_cuda_rope_store(hc_backend *be, float *q, float *k, const float *v, void *k_cache, void *v_cache, hc_dtype kv_dtype,
+                        const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T, int64_t H, int64_t KVH,
+                        int64_t D, int64_t R) {
+    launch_rope_store(be, q, k, v, k_cache, v_cache, NULL, NULL, kv_dtype, pos, inv_freq, attn_factor, T, H, KVH, D, R);
+}
+
+void hc_cuda_rope_store_rows(hc_backend *be, float *q, float *k, const float *v, void *const *k_rows, void *const *v_rows,
+                             hc_dtype kv_dtype, const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T,
+                             int64_t H, int64_t KVH, int64_t D, int64_t R) {
+    launch_rope_store(be, q, k, v, NULL, NULL, k_rows, v_rows, kv_dtype, pos, inv_freq, attn_factor, T, H, KVH, D, R);
 }
