@@ -481,6 +481,20 @@ typedef struct {
 hc_status hc_safetensors_write(const char *path, const hc_tensor_write *tensors, int64_t n,
                                const char *const *metadata, int n_metadata);
 
+/* ---- saving ------------------------------------------------------------------------------ */
+
+typedef struct {
+    hc_dtype dtype;          /* float tensors written as F32, BF16 or F16; HC_DTYPE_AUTO: as stored */
+    int64_t max_shard_bytes; /* 0: 5 GB (transformers' default); larger weights go to shards */
+} hc_save_params;
+
+hc_save_params hc_save_default_params(void);
+/* Writes the checkpoint folder to out_dir as transformers' save_pretrained would: weights
+ * (sharded with an index past max_shard_bytes, a tied LM head once), config.json with
+ * torch_dtype set, generation config and tokenizer files copied. out_dir must not exist or be
+ * empty; it appears whole or not at all. */
+hc_status hc_checkpoint_save(const hc_checkpoint *ck, const char *out_dir, const hc_save_params *params);
+
 #ifdef __cplusplus
 }
 #endif

@@ -210,5 +210,18 @@ cp -r "$SRC/models/stories260K" "$TMP/a \"quoted\" model"
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["model"].endswith("a \"quoted\" model"); assert all(d[k] > 0 for k in ("prompt_tok_s","decode_tok_s","peak_rss_bytes","bytes_per_token"))' "$TMP/out" &&
     pass=$((pass + 1)) || { echo "FAIL: bench --json: $(cat "$TMP/out")"; fail=$((fail + 1)); }
 
+# save: usage errors, then a bf16 copy of stories260K that generates the same greedy story.
+expect 2 "give the output folder" -- "$HUBCAP" save
+expect 2 "--dtype must be bf16, f16 or f32" -- "$HUBCAP" save "$TMP/s1" --dtype int8
+expect 2 "one output folder" -- "$HUBCAP" save "$TMP/s1" "$TMP/s2"
+expect 0 "" -- "$HUBCAP" save "$TMP/saved/stories"
+expect 1 "not an empty folder" -- "$HUBCAP" save "$TMP/saved/stories"
+if cmp -s <("$HUBCAP" generate --ids 1 --max-new-tokens 20 --device cpu) \
+          <("$HUBCAP" generate -m "$TMP/saved/stories" --ids 1 --max-new-tokens 20 --device cpu); then
+    pass=$((pass + 1))
+else
+    echo "FAIL: the saved copy generates another story"; fail=$((fail + 1))
+fi
+
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]
