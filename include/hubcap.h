@@ -481,6 +481,29 @@ typedef struct {
 hc_status hc_safetensors_write(const char *path, const hc_tensor_write *tensors, int64_t n,
                                const char *const *metadata, int n_metadata);
 
+/* ---- training ---------------------------------------------------------------------------- */
+
+/* Gradients: one f32 buffer per checkpoint tensor the model uses (as many values as the tensor
+ * has elements), zeroed when made. CPU only so far. */
+typedef struct hc_grads hc_grads;
+hc_status hc_grads_new(hc_model *m, hc_grads **out);
+void hc_grads_free(hc_grads *g);
+void hc_grads_zero(hc_grads *g);
+int64_t hc_grads_count(const hc_grads *g);                      /* the checkpoint's tensors */
+const hc_tensor_info *hc_grads_tensor(const hc_grads *g, int64_t i);
+const float *hc_grads_data(const hc_grads *g, int64_t i);       /* NULL: the model does not use it */
+
+/* The mean next-token cross entropy of B sequences of T ids (labels are the ids shifted, as
+ * transformers' causal LM loss), and its gradients added (+=) into g. */
+hc_status hc_model_loss_grad(hc_model *m, const int32_t *ids, int64_t B, int64_t T, hc_grads *g, double *loss);
+
+typedef struct {
+    double lr, beta1, beta2, eps, weight_decay;
+} hc_adamw_params;
+/* One AdamW step (torch.optim.AdamW: decoupled decay, bias correction) on n weights w with
+ * moments m1, m2 (zero at step 1); step counts from 1. */
+void hc_adamw_update(float *w, float *m1, float *m2, const float *g, int64_t n, const hc_adamw_params *p, int64_t step);
+
 /* ---- saving ------------------------------------------------------------------------------ */
 
 typedef struct {

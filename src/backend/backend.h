@@ -134,6 +134,33 @@ struct hc_backend {
                            hc_dtype kv_dtype, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D,
                            float scale, int64_t window, float softcap, int64_t S, float *scratch);
 
+    /* Backward, for training (NULL where a backend has none yet). Activation gradients are
+     * written (=); parameter gradients accumulate (+=) in f32, laid out as the weights they
+     * belong to (a matrix's gradient has the matrix's ld and orientation). Any gradient
+     * pointer may be NULL when it is not wanted. */
+    /* dtable[ids[t], :] += dout[t, :] * scale */
+    void (*embedding_backward)(hc_backend *be, float *dtable, const hc_mat *table, const float *dout, const int32_t *ids,
+                               int64_t T, float scale);
+    /* out = x @ W^T + b: dx[T,K] = dout @ W; dW += dout^T x; db += sum_t dout */
+    void (*matmul_backward)(hc_backend *be, float *dx, float *dw, float *db, const float *dout, const float *x,
+                            const hc_mat *w, int64_t T);
+    /* out = norm(x) * w (+ b): dx, and dw, db accumulated */
+    void (*norm_backward)(hc_backend *be, float *dx, float *dw, float *db, const float *dout, const float *x,
+                          const hc_vec *w, const hc_vec *b, hc_norm_kind kind, float eps, int64_t T, int64_t C);
+    /* In place on dx[T, nh, D]: the gradient through rope (the inverse rotation). */
+    void (*rope_backward)(hc_backend *be, float *dx, const int32_t *pos, const float *inv_freq, float attn_factor,
+                          int64_t T, int64_t nh, int64_t D, int64_t R);
+    /* Attention of T rows over keys k, v [T, KVH, D] (f32, row j at position pos[j]; the rows are
+     * one sequence's whole context): dq (=), dk and dv (=). scratch: [2T] floats. */
+    void (*attention_backward)(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                               const float *k, const float *v, const int32_t *pos, int64_t T, int64_t H, int64_t KVH,
+                               int64_t D, float scale, int64_t window, float softcap, float *scratch);
+    /* out = act(gate) * up: dgate, dup (=) */
+    void (*glu_backward)(hc_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                         hc_activation act, int64_t n);
+    /* y = cap * tanh(x / cap), given y: dx = dy * (1 - (y / cap)^2) */
+    void (*softcap_backward)(hc_backend *be, float *dx, const float *dy, const float *y, float cap, int64_t n);
+
     /* Optional (NULL on the CPU). check: waits for queued work and reports the first failure of
      * any op since the backend was made (ops return nothing; a device can fail later).
      * mem_info: free and total device memory. graph_run: runs fn(arg), the ops of one decode

@@ -304,7 +304,7 @@ static hc_status quantize_model(hc_model *m, int quant) {
 /* ---- weights on a device backend ---------------------------------------------------------- */
 
 /* Calls fn on every weight matrix and vector the model uses. */
-static void each_weight(hc_model *m, void (*fn_mat)(hc_mat *, void *), void (*fn_vec)(hc_vec *, void *), void *arg) {
+void hc_model_each_weight(hc_model *m, void (*fn_mat)(hc_mat *, void *), void (*fn_vec)(hc_vec *, void *), void *arg) {
     hc_mat *mats[] = {&m->tok_embed, &m->pos_embed, &m->lm_head};
     for (size_t i = 0; i < 3; i++) fn_mat(mats[i], arg);
     fn_vec(&m->final_norm, arg);
@@ -387,7 +387,7 @@ static int cmp_range(const void *a, const void *b) {
 static hc_status upload_weights(hc_model *m) {
     hc_backend *be = m->be;
     range_set rs = {0};
-    each_weight(m, collect_mat, collect_vec, &rs);
+    hc_model_each_weight(m, collect_mat, collect_vec, &rs);
     if (rs.oom) {
         free(rs.r);
         return hc_fail(HC_ERR_NOMEM, "out of memory");
@@ -425,7 +425,7 @@ static hc_status upload_weights(hc_model *m) {
     m->device_weights = rs.dev_base;
     for (int i = 0; i < n; i++)
         be->upload(be, rs.dev_base + rs.r[i].dev_off, (const void *)rs.r[i].lo, rs.r[i].hi - rs.r[i].lo);
-    each_weight(m, move_mat, move_vec, &rs);
+    hc_model_each_weight(m, move_mat, move_vec, &rs);
     free(rs.r);
     hc_status st = be->check ? be->check(be) : HC_OK;
     if (st) return st;

@@ -45,4 +45,7 @@ struct hc_model {
     int n_owned;
 };
 
+/* Calls fn_mat / fn_vec on every weight view the model uses (absent ones too: data NULL). */
+void hc_model_each_weight(hc_model *m, void (*fn_mat)(hc_mat *, void *), void (*fn_vec)(hc_vec *, void *), void *arg);
+
 #endif

@@ -47,6 +47,20 @@ void hc_cpu_attention(hc_backend *be, float *out, const float *q, const void *k_
 void hc_cpu_set_rows(hc_backend *be, void *dst, hc_dtype dst_dtype, const float *src, const int32_t *pos, int64_t T,
                      int64_t width);
 void hc_cpu_glu(hc_backend *be, float *out, const float *gate, const float *up, hc_activation act, int64_t n);
+void hc_cpu_embedding_backward(hc_backend *be, float *dtable, const hc_mat *table, const float *dout, const int32_t *ids,
+                               int64_t T, float scale);
+void hc_cpu_matmul_backward(hc_backend *be, float *dx, float *dw, float *db, const float *dout, const float *x,
+                            const hc_mat *w, int64_t T);
+void hc_cpu_norm_backward(hc_backend *be, float *dx, float *dw, float *db, const float *dout, const float *x,
+                          const hc_vec *w, const hc_vec *b, hc_norm_kind kind, float eps, int64_t T, int64_t C);
+void hc_cpu_rope_backward(hc_backend *be, float *dx, const int32_t *pos, const float *inv_freq, float attn_factor,
+                          int64_t T, int64_t nh, int64_t D, int64_t R);
+void hc_cpu_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                               const float *k, const float *v, const int32_t *pos, int64_t T, int64_t H, int64_t KVH,
+                               int64_t D, float scale, int64_t window, float softcap, float *scratch);
+void hc_cpu_glu_backward(hc_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                         hc_activation act, int64_t n);
+void hc_cpu_softcap_backward(hc_backend *be, float *dx, const float *dy, const float *y, float cap, int64_t n);
 void hc_cpu_activate(hc_backend *be, float *x, hc_activation act, int64_t n);
 void hc_cpu_add(hc_backend *be, float *out, const float *a, const float *b, int64_t n);
 void hc_cpu_add_scaled(hc_backend *be, float *out, const float *x, float alpha, int64_t n);

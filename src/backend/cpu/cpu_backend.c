@@ -56,6 +56,13 @@ static hc_backend cpu_backend = {
     .rope_store = hc_fused_rope_store,
     .rope_store_rows = hc_fused_rope_store_rows,
     .attention_rows = hc_fused_attention_rows,
+    .embedding_backward = hc_cpu_embedding_backward,
+    .matmul_backward = hc_cpu_matmul_backward,
+    .norm_backward = hc_cpu_norm_backward,
+    .rope_backward = hc_cpu_rope_backward,
+    .attention_backward = hc_cpu_attention_backward,
+    .glu_backward = hc_cpu_glu_backward,
+    .softcap_backward = hc_cpu_softcap_backward,
 };
 
 hc_backend *hc_backend_cpu(void) { return &cpu_backend; }

@@ -1,0 +1,336 @@
+/* Loss and gradients of a causal LM over a batch, on the CPU reference ops: a training forward
+ * that keeps every activation the backward needs, then the backward through the same ops in
+ * reverse. One gradient buffer (f32) per checkpoint tensor the model uses; a view's gradient
+ * sits at the view's offset in it, so slices of fused tensors and a tied LM head accumulate
+ * into their tensor's gradient, as autograd does.
+ *
+ * Shapes: B sequences of T tokens; per sequence T rows, C channels, H/KVH heads of D, I the
+ * MLP width, V the vocabulary. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cpu/cpu.h"
+#include "base/status.h"
+#include "model/rope.h"
+#include "run/session.h"
+
+struct hc_grads {
+    hc_model *m;
+    int64_t n;
+    const hc_tensor_info **tensors; /* sorted by data address */
+    float **g;                      /* [n] gradient of each, as many f32 as it has elements */
+};
+
+static int cmp_data(const void *a, const void *b) {
+    const hc_tensor_info *x = *(const hc_tensor_info *const *)a, *y = *(const hc_tensor_info *const *)b;
+    return (uintptr_t)x->data < (uintptr_t)y->data ? -1 : (uintptr_t)x->data > (uintptr_t)y->data;
+}
+
+/* The tensor holding p, or -1. */
+static int64_t find_tensor(const hc_grads *gr, const void *p) {
+    int64_t lo = 0, hi = gr->n - 1;
+    while (lo <= hi) {
+        const int64_t mid = (lo + hi) / 2;
+        const hc_tensor_info *t = gr->tensors[mid];
+        if ((uintptr_t)p < (uintptr_t)t->data) hi = mid - 1;
+        else if ((uintptr_t)p >= (uintptr_t)t->data + t->n_bytes) lo = mid + 1;
+        else return mid;
+    }
+    return -1;
+}
+
+/* The gradient of a view: same offset, same ld, in f32. */
+static float *grad_at(const hc_grads *gr, const void *data, hc_dtype dt) {
+    if (!data) return NULL;
+    const int64_t i = find_tensor(gr, data);
+    if (i < 0) return NULL;
+    const hc_tensor_info *t = gr->tensors[i];
+    return gr->g[i] + ((const char *)data - (const char *)t->data) / (ptrdiff_t)hc_dtype_size(dt);
+}
+#define GM(w) grad_at(gr, (w)->data, (w)->dtype)
+
+/* Which tensors the model's views use (those get gradient buffers). */
+typedef struct {
+    hc_grads *gr;
+    bool *used;
+    bool used_missing; /* a view outside every tensor: quantized or copied */
+} mark_ctx;
+
+static void mark_mat(hc_mat *w, void *arg) {
+    mark_ctx *c = arg;
+    if (!w->data) return;
+    const int64_t i = find_tensor(c->gr, w->data);
+    if (i < 0 || w->quant) c->used_missing = true;
+    else c->used[i] = true;
+}
+static void mark_vec(hc_vec *v, void *arg) {
+    mark_ctx *c = arg;
+    if (!v->data) return;
+    const int64_t i = find_tensor(c->gr, v->data);
+    if (i < 0) c->used_missing = true;
+    else c->used[i] = true;
+}
+
+hc_status hc_grads_new(hc_model *m, hc_grads **out) {
+    *out = NULL;
+    if (m->be->device)
+        return hc_fail(HC_ERR_UNSUPPORTED, "gradients: only on the CPU so far (load the model with --device cpu)");
+    if (m->cfg.n_experts > 0) return hc_fail(HC_ERR_UNSUPPORTED, "gradients: mixture-of-experts models are not supported yet");
+    hc_grads *gr = calloc(1, sizeof *gr);
+    const int64_t n = hc_checkpoint_n_tensors(m->ck);
+    if (!gr || !(gr->tensors = calloc((size_t)n, sizeof *gr->tensors)) || !(gr->g = calloc((size_t)n, sizeof *gr->g))) {
+        hc_grads_free(gr);
+        return hc_fail(HC_ERR_NOMEM, "out of memory");
+    }
+    gr->m = m;
+    gr->n = n;
+    for (int64_t i = 0; i < n; i++) gr->tensors[i] = hc_checkpoint_tensor(m->ck, i);
+    qsort(gr->tensors, (size_t)n, sizeof *gr->tensors, cmp_data);
+    bool *used_flags = calloc((size_t)n, sizeof *used_flags);
+    mark_ctx mc = {gr, used_flags, false};
+    if (used_flags) hc_model_each_weight(m, mark_mat, mark_vec, &mc);
+    hc_status st = HC_OK;
+    if (!used_flags) st = hc_fail(HC_ERR_NOMEM, "out of memory");
+    else if (mc.used_missing)
+        st = hc_fail(HC_ERR_UNSUPPORTED, "gradients: some weights are quantized or copied (train on weights as stored)");
+    for (int64_t i = 0; !st && i < n; i++)
+        if (used_flags[i] && !(gr->g[i] = calloc((size_t)gr->tensors[i]->n_elements, sizeof(float))))
+            st = hc_fail(HC_ERR_NOMEM, "out of memory for the gradient of '%s'", gr->tensors[i]->name);
+    free(used_flags);
+    if (st) {
+        hc_grads_free(gr);
+        return st;
+    }
+    *out = gr;
+    return HC_OK;
+}
+
+void hc_grads_free(hc_grads *gr) {
+    if (!gr) return;
+    for (int64_t i = 0; gr->g && i < gr->n; i++) free(gr->g[i]);
+    free(gr->g);
+    free(gr->tensors);
+    free(gr);
+}
+
+void hc_grads_zero(hc_grads *gr) {
+    for (int64_t i = 0; i < gr->n; i++)
+        if (gr->g[i]) memset(gr->g[i], 0, sizeof(float) * (size_t)gr->tensors[i]->n_elements);
+}
+
+int64_t hc_grads_count(const hc_grads *gr) { return gr->n; }
+const hc_tensor_info *hc_grads_tensor(const hc_grads *gr, int64_t i) { return gr->tensors[i]; }
+const float *hc_grads_data(const hc_grads *gr, int64_t i) { return gr->g[i]; }
+
+/* One layer's saved activations, [T, ...] each. */
+typedef struct {
+    float *x_in, *h1, *q_pre, *k_pre, *q, *k, *v, *att, *o_pre, *x_mid, *h2, *gate, *up, *act, *ff_pre;
+} layer_acts;
+
+static float *fzalloc(int64_t n, bool *oom) {
+    float *p = calloc((size_t)(n > 0 ? n : 1), sizeof(float));
+    if (!p) *oom = true;
+    return p;
+}
+
+/* Loss (summed over the sequence's T-1 predicted tokens) and gradients of one sequence, the
+ * loss scaled by 1/n_total as transformers' mean over the batch. */
+static hc_status sequence_grad(hc_grads *gr, const int32_t *ids, int64_t T, double n_total, double *loss_sum) {
+    hc_model *m = gr->m;
+    hc_backend *be = hc_backend_cpu();
+    const hc_model_config *c = &m->cfg;
+    const hc_norm_kind nk = m->arch->norm;
+    const float eps = (float)c->norm_eps;
+    const int64_t C = c->hidden_size, H = c->n_heads, KVH = c->n_kv_heads, D = c->head_dim, V = c->vocab_size;
+    const int64_t I = c->intermediate_size, L = c->n_layers, R = c->rotary_dim;
+    const bool gated = m->arch->gated_mlp;
+    bool oom = false;
+    layer_acts *A = calloc((size_t)L, sizeof *A);
+    int32_t *pos = malloc(sizeof(int32_t) * (size_t)T);
+    float *inv[2] = {fzalloc(R / 2 + 1, &oom), fzalloc(R / 2 + 1, &oom)}, attn_factor[2] = {1, 1};
+    float *x0 = fzalloc(T * C, &oom), *xL = fzalloc(T * C, &oom), *hf = fzalloc(T * C, &oom);
+    float *logits = fzalloc(T * V, &oom), *dlogits = fzalloc(T * V, &oom);
+    float *dx = fzalloc(T * C, &oom), *dh = fzalloc(T * C, &oom), *tmp = fzalloc(T * (C > I ? C : I) * 2 + T * H * D, &oom);
+    float *dq = fzalloc(T * H * D, &oom), *dk = fzalloc(T * KVH * D, &oom), *dv = fzalloc(T * KVH * D, &oom);
+    float *dact = fzalloc(T * I, &oom), *dgate = fzalloc(T * I, &oom), *dup = fzalloc(T * I, &oom);
+    float *scratch = fzalloc(2 * T + 2, &oom);
+    if (!A || !pos) oom = true;
+    for (int64_t l = 0; !oom && l < L; l++) {
+        layer_acts *a = &A[l];
+        float **bufs[] = {&a->x_in, &a->h1, &a->o_pre, &a->x_mid, &a->h2, &a->ff_pre};
+        for (size_t i = 0; i < 6; i++) *bufs[i] = fzalloc(T * C, &oom);
+        a->q_pre = fzalloc(T * H * D, &oom), a->q = fzalloc(T * H * D, &oom), a->att = fzalloc(T * H * D, &oom);
+        a->k_pre = fzalloc(T * KVH * D, &oom), a->k = fzalloc(T * KVH * D, &oom), a->v = fzalloc(T * KVH * D, &oom);
+        a->gate = fzalloc(T * I, &oom), a->up = fzalloc(T * I, &oom), a->act = fzalloc(T * I, &oom);
+    }
+    hc_status st = HC_OK;
+    if (oom) {
+        st = hc_fail(HC_ERR_NOMEM, "out of memory for the activations of %lld tokens", (long long)T);
+        goto out;
+    }
+    for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)t;
+    for (int r = 0; r < 2 && c->rope.type != HC_ROPE_NONE; r++)
+        hc_rope_inv_freq(inv[r], &attn_factor[r], &m->rope[r], R, c->max_position_embeddings, T);
+
+    /* ---- forward, keeping activations ---- */
+    be->embedding(be, x0, &m->tok_embed, ids, T, m->embed_scale, false);
+    if (m->pos_embed.data) be->embedding(be, x0, &m->pos_embed, pos, T, 1.0f, true);
+    const float *x = x0;
+    for (int64_t l = 0; l < L; l++) {
+        const hc_layer *Ly = &m->layers[l];
+        layer_acts *a = &A[l];
+        memcpy(a->x_in, x, sizeof(float) * (size_t)(T * C));
+        be->norm(be, a->h1, a->x_in, &Ly->attn_norm, &Ly->attn_norm_b, nk, eps, T, C);
+        be->matmul(be, a->q_pre, a->h1, &Ly->wq, &Ly->bq, T);
+        be->matmul(be, a->k_pre, a->h1, &Ly->wk, &Ly->bk, T);
+        be->matmul(be, a->v, a->h1, &Ly->wv, &Ly->bv, T);
+        if (Ly->q_norm.data) be->norm(be, a->q, a->q_pre, &Ly->q_norm, NULL, nk, eps, T * H, D);
+        else memcpy(a->q, a->q_pre, sizeof(float) * (size_t)(T * H * D));
+        if (Ly->k_norm.data) be->norm(be, a->k, a->k_pre, &Ly->k_norm, NULL, nk, eps, T * KVH, D);
+        else memcpy(a->k, a->k_pre, sizeof(float) * (size_t)(T * KVH * D));
+        if (c->rope.type != HC_ROPE_NONE) {
+            be->rope(be, a->q, pos, inv[Ly->rope], attn_factor[Ly->rope], T, H, D, R);
+            be->rope(be, a->k, pos, inv[Ly->rope], attn_factor[Ly->rope], T, KVH, D, R);
+        }
+        /* the sequence's keys are its own rows: the "cache" is k and v themselves */
+        be->attention(be, a->att, a->q, a->k, a->v, HC_DTYPE_F32, pos, T, H, KVH, D, Ly->attn_scale,
+                      Ly->sliding ? c->sliding_window : 0, (float)c->attn_softcap, T, scratch);
+        be->matmul(be, a->o_pre, a->att, &Ly->wo, &Ly->bo, T);
+        if (Ly->attn_post_norm.data) be->norm(be, tmp, a->o_pre, &Ly->attn_post_norm, NULL, nk, eps, T, C);
+        be->add(be, a->x_mid, a->x_in, Ly->attn_post_norm.data ? tmp : a->o_pre, T * C);
+        be->norm(be, a->h2, a->x_mid, &Ly->ffn_norm, &Ly->ffn_norm_b, nk, eps, T, C);
+        if (gated) {
+            be->matmul(be, a->gate, a->h2, &Ly->gate, &Ly->b_gate, T);
+            be->matmul(be, a->up, a->h2, &Ly->up, &Ly->b_up, T);
+            be->glu(be, a->act, a->gate, a->up, c->act, T * I);
+        } else {
+            be->matmul(be, a->gate, a->h2, &Ly->up, &Ly->b_up, T);
+            memcpy(a->act, a->gate, sizeof(float) * (size_t)(T * I));
+            be->activate(be, a->act, c->act, T * I);
+        }
+        be->matmul(be, a->ff_pre, a->act, &Ly->down, &Ly->b_down, T);
+        float *xo = l + 1 < L ? A[l + 1].x_in : xL;
+        if (Ly->ffn_post_norm.data) be->norm(be, tmp, a->ff_pre, &Ly->ffn_post_norm, NULL, nk, eps, T, C);
+        be->add(be, xo, a->x_mid, Ly->ffn_post_norm.data ? tmp : a->ff_pre, T * C);
+        x = xo;
+    }
+    be->norm(be, hf, xL, &m->final_norm, &m->final_norm_b, nk, eps, T, C);
+    be->matmul(be, logits, hf, &m->lm_head, NULL, T);
+    if (c->final_softcap > 0) be->softcap(be, logits, (float)c->final_softcap, T * V);
+
+    /* ---- loss: next-token cross entropy, mean over the batch's predicted tokens ---- */
+    for (int64_t t = 0; t + 1 < T; t++) {
+        const float *lt = logits + t * V;
+        float *dl = dlogits + t * V;
+        double mx = -INFINITY, z = 0;
+        for (int64_t v = 0; v < V; v++) mx = fmax(mx, lt[v]);
+        for (int64_t v = 0; v < V; v++) z += exp(lt[v] - mx);
+        const int32_t y = ids[t + 1];
+        *loss_sum += (log(z) + mx - lt[y]);
+        for (int64_t v = 0; v < V; v++) dl[v] = (float)(exp(lt[v] - mx) / z / n_total);
+        dl[y] -= (float)(1.0 / n_total);
+    }
+
+    /* ---- backward ---- */
+    if (c->final_softcap > 0) be->softcap_backward(be, dlogits, dlogits, logits, (float)c->final_softcap, T * V);
+    be->matmul_backward(be, dh, GM(&m->lm_head), NULL, dlogits, hf, &m->lm_head, T);
+    be->norm_backward(be, dx, GM(&m->final_norm), m->final_norm_b.data ? GM(&m->final_norm_b) : NULL, dh, xL,
+                      &m->final_norm, &m->final_norm_b, nk, eps, T, C);
+    for (int64_t l = L - 1; l >= 0; l--) {
+        const hc_layer *Ly = &m->layers[l];
+        layer_acts *a = &A[l];
+        /* the MLP block: x_out = x_mid + post(ff_pre) */
+        float *dff = dx;
+        if (Ly->ffn_post_norm.data) {
+            be->norm_backward(be, tmp, GM(&Ly->ffn_post_norm), NULL, dx, a->ff_pre, &Ly->ffn_post_norm, NULL, nk, eps, T, C);
+            dff = tmp;
+        }
+        be->matmul_backward(be, dact, GM(&Ly->down), Ly->b_down.data ? GM(&Ly->b_down) : NULL, dff, a->act, &Ly->down, T);
+        if (gated) {
+            be->glu_backward(be, dgate, dup, dact, a->gate, a->up, c->act, T * I);
+            be->matmul_backward(be, dh, GM(&Ly->gate), Ly->b_gate.data ? GM(&Ly->b_gate) : NULL, dgate, a->h2, &Ly->gate, T);
+            be->matmul_backward(be, tmp, GM(&Ly->up), Ly->b_up.data ? GM(&Ly->b_up) : NULL, dup, a->h2, &Ly->up, T);
+            be->add(be, dh, dh, tmp, T * C);
+        } else {
+            be->glu_backward(be, dgate, NULL, dact, a->gate, NULL, c->act, T * I);
+            be->matmul_backward(be, dh, GM(&Ly->up), Ly->b_up.data ? GM(&Ly->b_up) : NULL, dgate, a->h2, &Ly->up, T);
+        }
+        be->norm_backward(be, tmp, GM(&Ly->ffn_norm), Ly->ffn_norm_b.data ? GM(&Ly->ffn_norm_b) : NULL, dh, a->x_mid,
+                          &Ly->ffn_norm, &Ly->ffn_norm_b, nk, eps, T, C);
+        be->add(be, dx, dx, tmp, T * C); /* d x_mid */
+        /* the attention block: x_mid = x_in + post(o_pre) */
+        float *dop = dx;
+        if (Ly->attn_post_norm.data) {
+            be->norm_backward(be, tmp, GM(&Ly->attn_post_norm), NULL, dx, a->o_pre, &Ly->attn_post_norm, NULL, nk, eps, T, C);
+            dop = tmp;
+        }
+        float *datt = tmp + T * (C > I ? C : I) * 2; /* [T, H*D], the tail of tmp */
+        be->matmul_backward(be, datt, GM(&Ly->wo), Ly->bo.data ? GM(&Ly->bo) : NULL, dop, a->att, &Ly->wo, T);
+        be->attention_backward(be, dq, dk, dv, datt, a->q, a->k, a->v, pos, T, H, KVH, D, Ly->attn_scale,
+                               Ly->sliding ? c->sliding_window : 0, (float)c->attn_softcap, scratch);
+        if (c->rope.type != HC_ROPE_NONE) {
+            be->rope_backward(be, dq, pos, inv[Ly->rope], attn_factor[Ly->rope], T, H, D, R);
+            be->rope_backward(be, dk, pos, inv[Ly->rope], attn_factor[Ly->rope], T, KVH, D, R);
+        }
+        if (Ly->q_norm.data) {
+            be->norm_backward(be, datt, GM(&Ly->q_norm), NULL, dq, a->q_pre, &Ly->q_norm, NULL, nk, eps, T * H, D);
+            memcpy(dq, datt, sizeof(float) * (size_t)(T * H * D));
+        }
+        if (Ly->k_norm.data) {
+            be->norm_backward(be, datt, GM(&Ly->k_norm), NULL, dk, a->k_pre, &Ly->k_norm, NULL, nk, eps, T * KVH, D);
+            memcpy(dk, datt, sizeof(float) * (size_t)(T * KVH * D));
+        }
+        be->matmul_backward(be, dh, GM(&Ly->wq), Ly->bq.data ? GM(&Ly->bq) : NULL, dq, a->h1, &Ly->wq, T);
+        be->matmul_backward(be, tmp, GM(&Ly->wk), Ly->bk.data ? GM(&Ly->bk) : NULL, dk, a->h1, &Ly->wk, T);
+        be->add(be, dh, dh, tmp, T * C);
+        be->matmul_backward(be, tmp, GM(&Ly->wv), Ly->bv.data ? GM(&Ly->bv) : NULL, dv, a->h1, &Ly->wv, T);
+        be->add(be, dh, dh, tmp, T * C);
+        be->norm_backward(be, tmp, GM(&Ly->attn_norm), Ly->attn_norm_b.data ? GM(&Ly->attn_norm_b) : NULL, dh, a->x_in,
+                          &Ly->attn_norm, &Ly->attn_norm_b, nk, eps, T, C);
+        be->add(be, dx, dx, tmp, T * C); /* d x_in */
+    }
+    be->embedding_backward(be, GM(&m->tok_embed), &m->tok_embed, dx, ids, T, m->embed_scale);
+    if (m->pos_embed.data) be->embedding_backward(be, GM(&m->pos_embed), &m->pos_embed, dx, pos, T, 1.0f);
+out:
+    for (int64_t l = 0; A && l < L; l++) {
+        layer_acts *a = &A[l];
+        float *bufs[] = {a->x_in, a->h1, a->q_pre, a->k_pre, a->q, a->k, a->v, a->att, a->o_pre, a->x_mid, a->h2, a->gate, a->up,
+                         a->act, a->ff_pre};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    }
+    free(A), free(pos), free(inv[0]), free(inv[1]), free(x0), free(xL), free(hf), free(logits), free(dlogits), free(dx);
+    free(dh), free(tmp), free(dq), free(dk), free(dv), free(dact), free(dgate), free(dup), free(scratch);
+    return st;
+}
+
+hc_status hc_model_loss_grad(hc_model *m, const int32_t *ids, int64_t B, int64_t T, hc_grads *gr, double *loss) {
+    if (gr->m != m) return hc_fail(HC_ERR_INVALID_ARG, "gradients: the buffers belong to another model");
+    if (B <= 0 || T < 2) return hc_fail(HC_ERR_INVALID_ARG, "gradients: need at least one sequence of two tokens");
+    for (int64_t i = 0; i < B * T; i++)
+        if (ids[i] < 0 || ids[i] >= m->cfg.vocab_size)
+            return hc_fail(HC_ERR_RANGE, "token id %d at index %lld is outside the vocabulary [0, %lld)", ids[i],
+                           (long long)i, (long long)m->cfg.vocab_size);
+    const double n_total = (double)(B * (T - 1));
+    double sum = 0;
+    for (int64_t b = 0; b < B; b++) {
+        hc_status st = sequence_grad(gr, ids + b * T, T, n_total, &sum);
+        if (st) return st;
+    }
+    *loss = sum / n_total;
+    return HC_OK;
+}
+
+void hc_adamw_update(float *w, float *m1, float *m2, const float *g, int64_t n, const hc_adamw_params *p, int64_t step) {
+    /* torch.optim.AdamW (single tensor, f32): decay first, then the bias-corrected step. */
+    const float lr = (float)p->lr, b1 = (float)p->beta1, b2 = (float)p->beta2;
+    const float bc1 = 1.0f - powf(b1, (float)step), bc2_sqrt = sqrtf(1.0f - powf(b2, (float)step));
+    const float step_size = lr / bc1;
+    for (int64_t i = 0; i < n; i++) {
+        w[i] *= 1.0f - lr * (float)p->weight_decay;
+        m1[i] += (g[i] - m1[i]) * (1.0f - b1);
+        m2[i] = m2[i] * b2 + (1.0f - b2) * g[i] * g[i];
+        const float denom = sqrtf(m2[i]) / bc2_sqrt + (float)p->eps;
+        w[i] -= step_size * m1[i] / denom;
+    }
+}

