@@ -223,5 +223,12 @@ else
     echo "FAIL: the saved copy generates another story"; fail=$((fail + 1))
 fi
 
+# grad: the reference batch of gemma2 gives transformers' loss; bad input is one line.
+G=$FIX/gemma2
+expect 0 "" -- "$HUBCAP" grad -m "$G" --batch "$G/train_reference.safetensors" --out "$TMP/g.safetensors"
+expect 0 "loss 11.6155" -- sh -c "'$HUBCAP' grad -m '$G' --batch '$G/train_reference.safetensors' --out '$TMP/g2.safetensors' 1>&2"
+expect 2 "--batch is required" -- "$HUBCAP" grad --out "$TMP/x"
+expect 1 "needs a tensor 'input_ids'" -- "$HUBCAP" grad -m "$G" --batch "$TMP/g.safetensors" --out "$TMP/x"
+
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]

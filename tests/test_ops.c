@@ -471,8 +471,173 @@ static void test_fast_elementwise(hc_backend *ref) {
     fast->destroy(fast);
 }
 
+/* ---- backward: finite differences ------------------------------------------------------------
+ * Each op's backward against central differences of L = sum(r * op(inputs)) for a random r, on
+ * tiny random shapes, for every input element. */
+
+typedef struct {
+    hc_backend *be;
+    int op;
+    float *x, *w, *b, *k, *v, *r, *out, *scratch;
+    int32_t *pos, *ids;
+    int64_t T, N, K, H, KVH, D, R, n;
+    hc_dtype wdt;
+    int kind, act;
+    int64_t window;
+    float cap;
+} fd_ctx;
+
+enum { FD_MATMUL, FD_NORM, FD_ROPE, FD_ATTN, FD_GLU, FD_SOFTCAP, FD_EMBED };
+
+static double fd_loss(fd_ctx *c) {
+    hc_backend *be = c->be;
+    int64_t n = 0;
+    switch (c->op) {
+    case FD_MATMUL: {
+        hc_mat w = {.data = c->w, .dtype = HC_DTYPE_F32, .rows = c->N, .cols = c->K, .ld = c->K};
+        hc_vec b = {c->b, HC_DTYPE_F32, c->N};
+        be->matmul(be, c->out, c->x, &w, &b, c->T);
+        n = c->T * c->N;
+        break;
+    }
+    case FD_NORM: {
+        hc_vec w = {c->w, HC_DTYPE_F32, c->K}, b = {c->b, HC_DTYPE_F32, c->K};
+        be->norm(be, c->out, c->x, &w, c->kind == HC_NORM_LAYER ? &b : NULL, (hc_norm_kind)c->kind, 1e-5f, c->T, c->K);
+        n = c->T * c->K;
+        break;
+    }
+    case FD_ROPE:
+        memcpy(c->out, c->x, sizeof(float) * (size_t)(c->T * c->H * c->D));
+        be->rope(be, c->out, c->pos, c->w, 1.1f, c->T, c->H, c->D, c->R);
+        n = c->T * c->H * c->D;
+        break;
+    case FD_ATTN:
+        be->attention(be, c->out, c->x, c->k, c->v, HC_DTYPE_F32, c->pos, c->T, c->H, c->KVH, c->D, 0.35f, c->window,
+                      c->cap, c->T, c->scratch);
+        n = c->T * c->H * c->D;
+        break;
+    case FD_GLU:
+        be->glu(be, c->out, c->x, c->w, (hc_activation)c->act, c->n);
+        n = c->n;
+        break;
+    case FD_SOFTCAP:
+        memcpy(c->out, c->x, sizeof(float) * (size_t)c->n);
+        be->softcap(be, c->out, 2.0f, c->n);
+        n = c->n;
+        break;
+    case FD_EMBED: {
+        hc_mat t = {.data = c->w, .dtype = HC_DTYPE_F32, .rows = c->N, .cols = c->K, .ld = c->K};
+        be->embedding(be, c->out, &t, c->ids, c->T, 1.7f, false);
+        n = c->T * c->K;
+        break;
+    }
+    }
+    double l = 0;
+    for (int64_t i = 0; i < n; i++) l += (double)c->r[i] * c->out[i];
+    return l;
+}
+
+/* Compares ana[i] with the central difference over p[i] for all i < n. */
+static void fd_compare(fd_ctx *c, const char *what, float *p, const float *ana, int64_t n) {
+    double worst = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const float keep = p[i], h = 1e-2f * fmaxf(1.0f, fabsf(keep));
+        p[i] = keep + h;
+        const double lp = fd_loss(c);
+        p[i] = keep - h;
+        const double lm = fd_loss(c);
+        p[i] = keep;
+        const double num = (lp - lm) / (2.0 * h), err = fabs(num - ana[i]) / fmax(1.0, fabs(num));
+        worst = fmax(worst, err);
+    }
+    CHECK(worst < 5e-3, "%s: backward differs from finite differences by %g", what, worst);
+}
+
+static void test_backward(hc_backend *be) {
+    fd_ctx c = {.be = be};
+    float *buf[12];
+    for (int i = 0; i < 12; i++) buf[i] = calloc(4096, sizeof(float));
+    float *dx = buf[8], *dw = buf[9], *db = buf[10], *d3 = buf[11];
+    c.x = buf[0], c.w = buf[1], c.b = buf[2], c.k = buf[3], c.v = buf[4], c.r = buf[5], c.out = buf[6], c.scratch = buf[7];
+    int32_t pos[8] = {0, 1, 2, 3, 4, 5, 6, 7}, ids[5] = {3, 0, 3, 6, 1};
+    c.pos = pos, c.ids = ids;
+    char what[64];
+
+    /* matmul */
+    c.op = FD_MATMUL, c.T = 3, c.N = 5, c.K = 7;
+    fill(c.x, 21), fill(c.w, 35), fill(c.b, 5), fill(c.r, 15);
+    memset(dw, 0, 4096 * 4), memset(db, 0, 4096 * 4);
+    hc_mat w = {.data = c.w, .dtype = HC_DTYPE_F32, .rows = 5, .cols = 7, .ld = 7};
+    be->matmul_backward(be, dx, dw, db, c.r, c.x, &w, 3);
+    fd_compare(&c, "matmul dx", c.x, dx, 21);
+    fd_compare(&c, "matmul dw", c.w, dw, 35);
+    fd_compare(&c, "matmul db", c.b, db, 5);
+
+    /* norms */
+    for (int kind = 0; kind < 3; kind++) {
+        c.op = FD_NORM, c.kind = kind, c.T = 3, c.K = 9;
+        fill(c.x, 27), fill(c.w, 9), fill(c.b, 9), fill(c.r, 27);
+        memset(dw, 0, 4096 * 4), memset(db, 0, 4096 * 4);
+        hc_vec nw = {c.w, HC_DTYPE_F32, 9}, nb = {c.b, HC_DTYPE_F32, 9};
+        be->norm_backward(be, dx, dw, db, c.r, c.x, &nw, kind == HC_NORM_LAYER ? &nb : NULL, (hc_norm_kind)kind, 1e-5f, 3, 9);
+        snprintf(what, sizeof what, "norm %d dx", kind);
+        fd_compare(&c, what, c.x, dx, 27);
+        snprintf(what, sizeof what, "norm %d dw", kind);
+        fd_compare(&c, what, c.w, dw, 9);
+        if (kind == HC_NORM_LAYER) fd_compare(&c, "layernorm db", c.b, db, 9);
+    }
+
+    /* rope, partial rotary */
+    c.op = FD_ROPE, c.T = 3, c.H = 2, c.D = 8, c.R = 6;
+    fill(c.x, 48), fill(c.r, 48);
+    for (int i = 0; i < 3; i++) c.w[i] = powf(100.0f, -(float)i / 3.0f);
+    memcpy(dx, c.r, 48 * 4);
+    be->rope_backward(be, dx, pos, c.w, 1.1f, 3, 2, 8, 6);
+    fd_compare(&c, "rope dx", c.x, dx, 48);
+
+    /* attention: GQA, with and without window and soft-capping */
+    for (int variant = 0; variant < 2; variant++) {
+        c.op = FD_ATTN, c.T = 5, c.H = 4, c.KVH = 2, c.D = 3, c.window = variant ? 3 : 0, c.cap = variant ? 1.5f : 0;
+        fill(c.x, 60), fill(c.k, 30), fill(c.v, 30), fill(c.r, 60);
+        be->attention_backward(be, dx, dw, d3, c.r, c.x, c.k, c.v, pos, 5, 4, 2, 3, 0.35f, c.window, c.cap, c.scratch);
+        snprintf(what, sizeof what, "attention %d dq", variant);
+        fd_compare(&c, what, c.x, dx, 60);
+        snprintf(what, sizeof what, "attention %d dk", variant);
+        fd_compare(&c, what, c.k, dw, 30);
+        snprintf(what, sizeof what, "attention %d dv", variant);
+        fd_compare(&c, what, c.v, d3, 30);
+    }
+
+    /* glu, every activation; softcap; embedding */
+    for (int act = 0; act < 4; act++) {
+        c.op = FD_GLU, c.act = act, c.n = 40;
+        fill(c.x, 40), fill(c.w, 40), fill(c.r, 40);
+        for (int i = 0; i < 40; i++) c.x[i] = c.x[i] * 3.0f + (fabsf(c.x[i]) < 0.05f ? 0.2f : 0.0f); /* off relu's kink */
+        be->glu_backward(be, dx, dw, c.r, c.x, c.w, (hc_activation)act, 40);
+        snprintf(what, sizeof what, "glu %d dgate", act);
+        fd_compare(&c, what, c.x, dx, 40);
+        snprintf(what, sizeof what, "glu %d dup", act);
+        fd_compare(&c, what, c.w, dw, 40);
+    }
+    c.op = FD_SOFTCAP, c.n = 30;
+    fill(c.x, 30), fill(c.r, 30);
+    for (int i = 0; i < 30; i++) c.x[i] *= 4.0f;
+    memcpy(c.out, c.x, 30 * 4);
+    be->softcap(be, c.out, 2.0f, 30);
+    be->softcap_backward(be, dx, c.r, c.out, 2.0f, 30);
+    fd_compare(&c, "softcap dx", c.x, dx, 30);
+    c.op = FD_EMBED, c.T = 5, c.N = 7, c.K = 4;
+    fill(c.w, 28), fill(c.r, 20);
+    memset(dw, 0, 4096 * 4);
+    hc_mat tab = {.data = c.w, .dtype = HC_DTYPE_F32, .rows = 7, .cols = 4, .ld = 4};
+    be->embedding_backward(be, dw, &tab, c.r, ids, 5, 1.7f);
+    fd_compare(&c, "embedding dtable", c.w, dw, 28);
+    for (int i = 0; i < 12; i++) free(buf[i]);
+}
+
 int main(void) {
     hc_backend *be = hc_backend_cpu();
+    test_backward(be);
     test_half();
     test_matmul(be);
     test_norms(be);

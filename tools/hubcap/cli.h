@@ -62,6 +62,7 @@ void cli_sampling_apply(const cli_sampling *cs, hc_sampler_params *p);
 int cmd_info(int argc, char **argv);
 int cmd_logits(int argc, char **argv);
 int cmd_save(int argc, char **argv);
+int cmd_grad(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
