@@ -494,8 +494,11 @@ const hc_tensor_info *hc_grads_tensor(const hc_grads *g, int64_t i);
 const float *hc_grads_data(const hc_grads *g, int64_t i);       /* NULL: the model does not use it */
 
 /* The mean next-token cross entropy of B sequences of T ids (labels are the ids shifted, as
- * transformers' causal LM loss), and its gradients added (+=) into g. */
-hc_status hc_model_loss_grad(hc_model *m, const int32_t *ids, int64_t B, int64_t T, hc_grads *g, double *loss);
+ * transformers' causal LM loss) and its gradients added (+=) into g (NULL: the loss alone).
+ * mask [B, T] (NULL: all): 1 where the token is a target (padding and prompt tokens are 0);
+ * the mean is over targets. accuracy (may be NULL): the share of targets that are the argmax. */
+hc_status hc_model_loss_grad(hc_model *m, const int32_t *ids, const uint8_t *mask, int64_t B, int64_t T, hc_grads *g,
+                             double *loss, double *accuracy);
 
 typedef struct {
     double lr, beta1, beta2, eps, weight_decay;
@@ -503,6 +506,42 @@ typedef struct {
 /* One AdamW step (torch.optim.AdamW: decoupled decay, bias correction) on n weights w with
  * moments m1, m2 (zero at step 1); step counts from 1. */
 void hc_adamw_update(float *w, float *m1, float *m2, const float *g, int64_t n, const hc_adamw_params *p, int64_t step);
+
+/* Full fine-tuning (CPU, f32 master weights): AdamW with linear warmup and cosine decay,
+ * clipping by global norm, gradient accumulation. The model must be loaded with use_mmap false
+ * (its weights are updated in place, in their stored dtype; hc_checkpoint_save of
+ * hc_model_checkpoint(m) then writes the trained weights). */
+typedef struct {
+    int64_t epoch, epochs;                  /* from 1 */
+    int64_t step_in_epoch, steps_per_epoch; /* from 1 */
+    int64_t step, total_steps;
+    double loss, accuracy;                  /* the epoch's running means */
+    double lr, elapsed_s;                   /* elapsed within the epoch */
+    bool epoch_end;
+    double val_loss, val_accuracy;          /* at epoch ends, on the held-out rows (-1: none) */
+} hc_train_progress;
+
+typedef struct {
+    int64_t epochs;         /* 1 */
+    int64_t steps;          /* 0: as the epochs say; else the total optimizer steps */
+    int64_t batch_size;     /* 8 rows a micro-batch */
+    int64_t grad_accum;     /* 1 micro-batch a step */
+    int64_t seq_len;        /* 128 tokens a row */
+    double lr;              /* 1e-3, after warmup_steps of linear warmup, cosine to 0 */
+    int64_t warmup_steps;   /* 0 */
+    double weight_decay;    /* 0.01 */
+    double clip_norm;       /* 1.0 (0: none) */
+    double eval_fraction;   /* 0.1 of the rows held out */
+    bool lines;             /* text files: one example a line instead of the file chunked */
+    uint64_t seed;          /* shuffling */
+    void (*on_progress)(void *user, const hc_train_progress *p);
+    void *user;
+} hc_finetune_params;
+
+hc_finetune_params hc_finetune_default_params(void);
+/* Trains on data_path: text (chunked to seq_len, or a line an example), or JSONL of
+ * {"text": ...}. Rows shorter than seq_len are padded and masked. last: the final progress. */
+hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_params *p, hc_train_progress *last);
 
 /* ---- saving ------------------------------------------------------------------------------ */
 

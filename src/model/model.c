@@ -501,6 +501,7 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
     }
     if ((s = open_backend(m, &p))) goto fail;
     m->compute_dtype = p.compute_dtype;
+    m->use_mmap = p.use_mmap;
     /* The KV cache follows the compute dtype unless asked: f32 on the CPU, 16-bit on a GPU
      * computing in 16 bits (as transformers' cache is in a bf16 model). */
     m->kv_dtype = p.kv_dtype != HC_DTYPE_AUTO ? p.kv_dtype : m->be->device ? p.compute_dtype : HC_DTYPE_F32;

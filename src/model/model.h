@@ -39,6 +39,7 @@ struct hc_model {
     hc_tokenizer *tokenizer;  /* the folder's tokenizer, or NULL */
     char tokenizer_error[256];/* why there is none */
     hc_dtype compute_dtype; /* resolved: F32, BF16 or F16 */
+    bool use_mmap;          /* weights mapped read-only (else read into writable RAM) */
     void *device_weights;   /* the one device block every view points into (device backends) */
     int64_t device_bytes;   /* its size */
     void **owned;           /* aligned copies of misaligned tensors */

@@ -14,13 +14,8 @@
 #include "base/status.h"
 #include "model/rope.h"
 #include "run/session.h"
+#include "train/train.h"
 
-struct hc_grads {
-    hc_model *m;
-    int64_t n;
-    const hc_tensor_info **tensors; /* sorted by data address */
-    float **g;                      /* [n] gradient of each, as many f32 as it has elements */
-};
 
 static int cmp_data(const void *a, const void *b) {
     const hc_tensor_info *x = *(const hc_tensor_info *const *)a, *y = *(const hc_tensor_info *const *)b;
@@ -134,10 +129,11 @@ static float *fzalloc(int64_t n, bool *oom) {
     return p;
 }
 
-/* Loss (summed over the sequence's T-1 predicted tokens) and gradients of one sequence, the
- * loss scaled by 1/n_total as transformers' mean over the batch. */
-static hc_status sequence_grad(hc_grads *gr, const int32_t *ids, int64_t T, double n_total, double *loss_sum) {
-    hc_model *m = gr->m;
+/* Loss (summed over the sequence's predicted tokens: t + 1 where mask says so, or all) and
+ * gradients of one sequence (none when gr is NULL), the loss scaled by 1/n_total as
+ * transformers' mean over the batch; correct counts argmax hits. */
+static hc_status sequence_grad(hc_model *m, hc_grads *gr, const int32_t *ids, const uint8_t *mask, int64_t T,
+                               double n_total, double *loss_sum, int64_t *correct) {
     hc_backend *be = hc_backend_cpu();
     const hc_model_config *c = &m->cfg;
     const hc_norm_kind nk = m->arch->norm;
@@ -221,18 +217,25 @@ static hc_status sequence_grad(hc_grads *gr, const int32_t *ids, int64_t T, doub
 
     /* ---- loss: next-token cross entropy, mean over the batch's predicted tokens ---- */
     for (int64_t t = 0; t + 1 < T; t++) {
+        if (mask && !mask[t + 1]) continue;
         const float *lt = logits + t * V;
         float *dl = dlogits + t * V;
         double mx = -INFINITY, z = 0;
-        for (int64_t v = 0; v < V; v++) mx = fmax(mx, lt[v]);
+        int64_t best = 0;
+        for (int64_t v = 0; v < V; v++) {
+            mx = fmax(mx, lt[v]);
+            if (lt[v] > lt[best]) best = v;
+        }
         for (int64_t v = 0; v < V; v++) z += exp(lt[v] - mx);
         const int32_t y = ids[t + 1];
+        *correct += best == y;
         *loss_sum += (log(z) + mx - lt[y]);
         for (int64_t v = 0; v < V; v++) dl[v] = (float)(exp(lt[v] - mx) / z / n_total);
         dl[y] -= (float)(1.0 / n_total);
     }
 
     /* ---- backward ---- */
+    if (!gr) goto out;
     if (c->final_softcap > 0) be->softcap_backward(be, dlogits, dlogits, logits, (float)c->final_softcap, T * V);
     be->matmul_backward(be, dh, GM(&m->lm_head), NULL, dlogits, hf, &m->lm_head, T);
     be->norm_backward(be, dx, GM(&m->final_norm), m->final_norm_b.data ? GM(&m->final_norm_b) : NULL, dh, xL,
@@ -304,20 +307,28 @@ out:
     return st;
 }
 
-hc_status hc_model_loss_grad(hc_model *m, const int32_t *ids, int64_t B, int64_t T, hc_grads *gr, double *loss) {
-    if (gr->m != m) return hc_fail(HC_ERR_INVALID_ARG, "gradients: the buffers belong to another model");
+hc_status hc_model_loss_grad(hc_model *m, const int32_t *ids, const uint8_t *mask, int64_t B, int64_t T, hc_grads *gr,
+                             double *loss, double *accuracy) {
+    if (gr && gr->m != m) return hc_fail(HC_ERR_INVALID_ARG, "gradients: the buffers belong to another model");
+    if (!gr && (m->be->device || m->cfg.n_experts > 0))
+        return hc_fail(HC_ERR_UNSUPPORTED, "training loss: only dense models on the CPU so far");
     if (B <= 0 || T < 2) return hc_fail(HC_ERR_INVALID_ARG, "gradients: need at least one sequence of two tokens");
-    for (int64_t i = 0; i < B * T; i++)
+    int64_t targets = 0;
+    for (int64_t i = 0; i < B * T; i++) {
         if (ids[i] < 0 || ids[i] >= m->cfg.vocab_size)
             return hc_fail(HC_ERR_RANGE, "token id %d at index %lld is outside the vocabulary [0, %lld)", ids[i],
                            (long long)i, (long long)m->cfg.vocab_size);
-    const double n_total = (double)(B * (T - 1));
+        targets += i % T != 0 && (!mask || mask[i]);
+    }
+    if (!targets) return hc_fail(HC_ERR_INVALID_ARG, "gradients: the mask leaves no token to predict");
     double sum = 0;
+    int64_t correct = 0;
     for (int64_t b = 0; b < B; b++) {
-        hc_status st = sequence_grad(gr, ids + b * T, T, n_total, &sum);
+        hc_status st = sequence_grad(m, gr, ids + b * T, mask ? mask + b * T : NULL, T, (double)targets, &sum, &correct);
         if (st) return st;
     }
-    *loss = sum / n_total;
+    *loss = sum / (double)targets;
+    if (accuracy) *accuracy = (double)correct / (double)targets;
     return HC_OK;
 }
 

@@ -68,7 +68,7 @@ int cmd_grad(int argc, char **argv) {
     st = ids ? HC_OK : hc_fail(HC_ERR_NOMEM, "out of memory");
     if (!st) st = hc_model_load(model, &mp, &m);
     if (!st) st = hc_grads_new(m, &g);
-    if (!st) st = hc_model_loss_grad(m, ids, B, T, g, &loss);
+    if (!st) st = hc_model_loss_grad(m, ids, NULL, B, T, g, &loss, NULL);
     if (!st) {
         const int64_t n = hc_grads_count(g);
         hc_tensor_write *w = calloc((size_t)n + 1, sizeof *w);

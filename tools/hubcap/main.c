@@ -17,6 +17,7 @@ static const struct {
     {"template", cmd_template, "render a chat template over messages, as transformers does"},
     {"chat", cmd_chat, "talk with a model, turn by turn"},
     {"bench", cmd_bench, "measure prompt and decode speed, memory and bytes per token"},
+    {"finetune", cmd_finetune, "fine-tune every weight on a text or JSONL file, then save the checkpoint"},
     {"grad", cmd_grad, "the loss of a batch and every parameter's gradient, to a .safetensors file"},
     {"save", cmd_save, "write a checkpoint folder out again (another dtype, shards), as transformers does"},
     {"download", cmd_download, "fetch hf://org/name into the Hugging Face cache"},

@@ -1,0 +1,292 @@
+/* The fine-tuning loop: data into rows, shuffled and split, then AdamW steps over f32 master
+ * weights written back into the model's (writable, read-into-RAM) weights after each step. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "base/half.h"
+#include "base/status.h"
+#include "format/json.h"
+#include "train/train.h"
+
+hc_finetune_params hc_finetune_default_params(void) {
+    hc_finetune_params p = {.epochs = 1, .batch_size = 8, .grad_accum = 1, .seq_len = 128, .lr = 1e-3,
+                            .weight_decay = 0.01, .clip_norm = 1.0, .eval_fraction = 0.1, .seed = 42};
+    return p;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Rows of seq_len ids with their target masks. */
+typedef struct {
+    int32_t *ids;  /* [n, L] */
+    uint8_t *mask; /* [n, L]: 1 where the token is real (a target when it is not the first) */
+    int64_t n, cap, L;
+} rows;
+
+static bool rows_add(rows *r, const int32_t *ids, int64_t n) {
+    if (r->n == r->cap) {
+        int64_t cap = r->cap ? r->cap * 2 : 64;
+        int32_t *a = realloc(r->ids, sizeof(int32_t) * (size_t)(cap * r->L));
+        if (a) r->ids = a;
+        uint8_t *b = realloc(r->mask, (size_t)(cap * r->L));
+        if (b) r->mask = b;
+        if (!a || !b) return false;
+        r->cap = cap;
+    }
+    int32_t *dst = r->ids + r->n * r->L;
+    uint8_t *mk = r->mask + r->n * r->L;
+    for (int64_t i = 0; i < r->L; i++) {
+        dst[i] = i < n ? ids[i] : 0;
+        mk[i] = i < n;
+    }
+    r->n++;
+    return true;
+}
+
+/* One example: rows of at most L tokens (a longer one is cut into several). */
+static bool add_example(rows *r, const int32_t *ids, int64_t n) {
+    for (int64_t at = 0; at < n; at += r->L)
+        if (n - at >= 2 && !rows_add(r, ids + at, n - at < r->L ? n - at : r->L)) return false;
+    return true;
+}
+
+static hc_status load_rows(const hc_tokenizer *tok, const char *path, const hc_finetune_params *p, rows *r) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return hc_fail(HC_ERR_IO, "%s: cannot open the training data", path);
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *text = malloc((size_t)size + 1);
+    if (!text || fread(text, 1, (size_t)size, f) != (size_t)size) {
+        fclose(f);
+        free(text);
+        return hc_fail(HC_ERR_IO, "%s: cannot read the training data", path);
+    }
+    fclose(f);
+    text[size] = 0;
+    const size_t plen = strlen(path);
+    const bool jsonl = plen > 6 && !strcmp(path + plen - 6, ".jsonl");
+    hc_status st = HC_OK;
+    hc_tokens t = {0};
+    if (!jsonl && !p->lines) { /* the whole file, chunked */
+        st = hc_tokenizer_encode(tok, text, (size_t)size, true, &t);
+        if (!st && !add_example(r, t.ids, t.n)) st = hc_fail(HC_ERR_NOMEM, "out of memory");
+    } else {
+        int64_t line_no = 0;
+        for (char *line = text, *next; !st && line && *line; line = next) {
+            next = strchr(line, '\n');
+            if (next) *next++ = 0;
+            line_no++;
+            size_t len = strlen(line);
+            if (len && line[len - 1] == '\r') line[--len] = 0;
+            if (!len) continue;
+            const char *body = line;
+            hc_json_doc doc = {0};
+            if (jsonl) {
+                char src[4200];
+                snprintf(src, sizeof src, "%s:%lld", path, (long long)line_no);
+                if ((st = hc_json_parse(&doc, line, len, src))) break;
+                const hc_json *tv = hc_json_get(doc.root, "text");
+                if (!tv || tv->type != HC_JSON_STRING) {
+                    hc_json_free(&doc);
+                    st = hc_fail(HC_ERR_FORMAT, "%s:%lld: each line needs a \"text\" string (\"messages\" is not supported yet)",
+                                 path, (long long)line_no);
+                    break;
+                }
+                body = tv->u.str;
+                len = tv->len;
+            }
+            t.n = 0;
+            st = hc_tokenizer_encode(tok, body, len, true, &t);
+            if (!st && !add_example(r, t.ids, t.n)) st = hc_fail(HC_ERR_NOMEM, "out of memory");
+            hc_json_free(&doc);
+        }
+    }
+    hc_tokens_free(&t);
+    free(text);
+    if (!st && r->n < 1) st = hc_fail(HC_ERR_INVALID_ARG, "%s: no example of two or more tokens", path);
+    return st;
+}
+
+static uint64_t next_rand(uint64_t *s) {
+    *s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17;
+    return *s;
+}
+
+/* Shuffles row order in place (Fisher-Yates). */
+static void shuffle(int64_t *order, int64_t n, uint64_t *seed) {
+    for (int64_t i = n - 1; i > 0; i--) {
+        const int64_t j = (int64_t)(next_rand(seed) % (uint64_t)(i + 1));
+        const int64_t t = order[i];
+        order[i] = order[j], order[j] = t;
+    }
+}
+
+/* Mean loss and accuracy over rows order[0..n), in batches. */
+static hc_status evaluate(hc_model *m, const rows *r, const int64_t *order, int64_t n, int64_t B, int32_t *ids,
+                          uint8_t *mask, double *loss, double *acc) {
+    double ls = 0, as = 0, w = 0;
+    for (int64_t i = 0; i < n; i += B) {
+        const int64_t b = n - i < B ? n - i : B;
+        int64_t targets = 0;
+        for (int64_t k = 0; k < b; k++) {
+            memcpy(ids + k * r->L, r->ids + order[i + k] * r->L, sizeof(int32_t) * (size_t)r->L);
+            memcpy(mask + k * r->L, r->mask + order[i + k] * r->L, (size_t)r->L);
+            for (int64_t t = 1; t < r->L; t++) targets += mask[k * r->L + t];
+        }
+        double l, a;
+        hc_status st = hc_model_loss_grad(m, ids, mask, b, r->L, NULL, &l, &a);
+        if (st) return st;
+        ls += l * (double)targets, as += a * (double)targets, w += (double)targets;
+    }
+    *loss = ls / w;
+    *acc = as / w;
+    return HC_OK;
+}
+
+hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_params *params, hc_train_progress *last) {
+    hc_finetune_params p = params ? *params : hc_finetune_default_params();
+    if (m->use_mmap)
+        return hc_fail(HC_ERR_INVALID_ARG, "fine-tuning updates the weights in place: load the model with --no-mmap");
+    if (!m->tokenizer) return hc_fail(HC_ERR_INVALID_ARG, "fine-tuning needs the model's tokenizer: %s", m->tokenizer_error);
+    if (p.batch_size < 1 || p.grad_accum < 1 || p.seq_len < 2 || p.epochs < 1 || p.steps < 0 || !(p.lr > 0) ||
+        p.eval_fraction < 0 || p.eval_fraction >= 1)
+        return hc_fail(HC_ERR_INVALID_ARG, "fine-tuning: batch size, accumulation, epochs >= 1, seq len >= 2, lr > 0, eval "
+                                           "fraction in [0, 1)");
+    rows r = {.L = p.seq_len};
+    hc_grads *g = NULL;
+    int64_t *order = NULL;
+    float **master = NULL, **m1 = NULL, **m2 = NULL;
+    int32_t *ids = NULL;
+    uint8_t *mask = NULL;
+    hc_status st = load_rows(m->tokenizer, data_path, &p, &r);
+    if (!st) st = hc_grads_new(m, &g);
+    if (st) goto out;
+    order = malloc(sizeof(int64_t) * (size_t)r.n);
+    ids = malloc(sizeof(int32_t) * (size_t)(p.batch_size * r.L));
+    mask = malloc((size_t)(p.batch_size * r.L));
+    master = calloc((size_t)g->n, sizeof *master), m1 = calloc((size_t)g->n, sizeof *m1), m2 = calloc((size_t)g->n, sizeof *m2);
+    if (!order || !ids || !mask || !master || !m1 || !m2) {
+        st = hc_fail(HC_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    /* f32 master weights and moments for every tensor that has a gradient */
+    for (int64_t i = 0; i < g->n; i++) {
+        if (!g->g[i]) continue;
+        const hc_tensor_info *t = g->tensors[i];
+        master[i] = malloc(sizeof(float) * (size_t)t->n_elements);
+        m1[i] = calloc((size_t)t->n_elements, sizeof(float));
+        m2[i] = calloc((size_t)t->n_elements, sizeof(float));
+        if (!master[i] || !m1[i] || !m2[i]) {
+            st = hc_fail(HC_ERR_NOMEM, "out of memory for the optimizer state of '%s'", t->name);
+            goto out;
+        }
+        for (int64_t k = 0; k < t->n_elements; k++) {
+            uint16_t h;
+            if (t->dtype == HC_DTYPE_F32) memcpy(&master[i][k], (const char *)t->data + 4 * k, 4);
+            else {
+                memcpy(&h, (const char *)t->data + 2 * k, 2);
+                master[i][k] = t->dtype == HC_DTYPE_BF16 ? hc_bf16_to_f32(h) : hc_f16_to_f32(h);
+            }
+        }
+    }
+    uint64_t seed = p.seed ? p.seed : 0x9E3779B97F4A7C15ull;
+    for (int64_t i = 0; i < r.n; i++) order[i] = i;
+    shuffle(order, r.n, &seed);
+    int64_t n_eval = (int64_t)floor((double)r.n * p.eval_fraction);
+    if (p.eval_fraction > 0 && n_eval == 0 && r.n >= 2) n_eval = 1;
+    const int64_t n_train = r.n - n_eval, per_step = p.batch_size * p.grad_accum;
+    const int64_t steps_per_epoch = (n_train + per_step - 1) / per_step;
+    const int64_t total = p.steps > 0 ? p.steps : steps_per_epoch * p.epochs;
+    const int64_t epochs = (total + steps_per_epoch - 1) / steps_per_epoch;
+    const hc_adamw_params ap = {.lr = p.lr, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = p.weight_decay};
+    hc_train_progress pr = {.epochs = epochs, .steps_per_epoch = steps_per_epoch, .total_steps = total, .val_loss = -1,
+                            .val_accuracy = -1};
+    int64_t step = 0;
+    for (int64_t e = 1; e <= epochs && step < total; e++) {
+        int64_t *train = order + n_eval;
+        shuffle(train, n_train, &seed);
+        const double t0 = now_s();
+        double loss_sum = 0, acc_sum = 0;
+        int64_t at = 0;
+        pr.epoch = e;
+        pr.epoch_end = false;
+        pr.val_loss = pr.val_accuracy = -1;
+        for (int64_t s = 1; s <= steps_per_epoch && step < total; s++) {
+            step++;
+            hc_grads_zero(g);
+            double step_loss = 0, step_acc = 0;
+            for (int64_t a = 0; a < p.grad_accum; a++) {
+                const int64_t b = n_train - at < p.batch_size ? n_train - at : p.batch_size;
+                if (b <= 0) break;
+                for (int64_t k = 0; k < b; k++) {
+                    memcpy(ids + k * r.L, r.ids + train[at + k] * r.L, sizeof(int32_t) * (size_t)r.L);
+                    memcpy(mask + k * r.L, r.mask + train[at + k] * r.L, (size_t)r.L);
+                }
+                at += b;
+                double l, acc;
+                if ((st = hc_model_loss_grad(m, ids, mask, b, r.L, g, &l, &acc))) goto out;
+                step_loss += l / (double)p.grad_accum, step_acc += acc / (double)p.grad_accum;
+            }
+            /* the mean over micro-batches, clipped by global norm */
+            double norm = 0;
+            for (int64_t i = 0; i < g->n; i++)
+                for (int64_t k = 0; g->g[i] && k < g->tensors[i]->n_elements; k++) {
+                    g->g[i][k] /= (float)p.grad_accum;
+                    norm += (double)g->g[i][k] * g->g[i][k];
+                }
+            norm = sqrt(norm);
+            const float clip = p.clip_norm > 0 && norm > p.clip_norm ? (float)(p.clip_norm / (norm + 1e-6)) : 1.0f;
+            /* linear warmup, then cosine decay to 0 */
+            double lr = p.lr;
+            if (step <= p.warmup_steps) lr = p.lr * (double)step / (double)p.warmup_steps;
+            else if (total > p.warmup_steps)
+                lr = p.lr * 0.5 * (1.0 + cos(3.14159265358979323846 * (double)(step - p.warmup_steps) / (double)(total - p.warmup_steps + 1)));
+            hc_adamw_params sp = ap;
+            sp.lr = lr;
+            for (int64_t i = 0; i < g->n; i++) {
+                if (!g->g[i]) continue;
+                const hc_tensor_info *t = g->tensors[i];
+                if (clip != 1.0f)
+                    for (int64_t k = 0; k < t->n_elements; k++) g->g[i][k] *= clip;
+                hc_adamw_update(master[i], m1[i], m2[i], g->g[i], t->n_elements, &sp, step);
+                /* back into the weights the forward reads, in their stored dtype */
+                void *w = (void *)t->data;
+                for (int64_t k = 0; k < t->n_elements; k++) {
+                    if (t->dtype == HC_DTYPE_F32) ((float *)w)[k] = master[i][k];
+                    else if (t->dtype == HC_DTYPE_BF16) ((uint16_t *)w)[k] = hc_f32_to_bf16(master[i][k]);
+                    else ((uint16_t *)w)[k] = hc_f32_to_f16(master[i][k]);
+                }
+            }
+            loss_sum += step_loss, acc_sum += step_acc;
+            pr.step_in_epoch = s;
+            pr.step = step;
+            pr.loss = loss_sum / (double)s;
+            pr.accuracy = acc_sum / (double)s;
+            pr.lr = lr;
+            pr.elapsed_s = now_s() - t0;
+            pr.epoch_end = s == steps_per_epoch || step == total;
+            if (pr.epoch_end && n_eval > 0 &&
+                (st = evaluate(m, &r, order, n_eval, p.batch_size, ids, mask, &pr.val_loss, &pr.val_accuracy)))
+                goto out;
+            if (p.on_progress) p.on_progress(p.user, &pr);
+        }
+    }
+    if (last) *last = pr;
+out:
+    for (int64_t i = 0; g && i < g->n; i++) {
+        if (master) free(master[i]);
+        if (m1) free(m1[i]);
+        if (m2) free(m2[i]);
+    }
+    free(master), free(m1), free(m2), free(order), free(ids), free(mask), free(r.ids), free(r.mask);
+    hc_grads_free(g);
+    return st;
+}

@@ -1,0 +1,14 @@
+/* Training internals shared by the gradient code and the fine-tuning loop. */
+#ifndef HC_TRAIN_TRAIN_H
+#define HC_TRAIN_TRAIN_H
+
+#include "model/model.h"
+
+struct hc_grads {
+    hc_model *m;
+    int64_t n;
+    const hc_tensor_info **tensors; /* the checkpoint's, sorted by data address */
+    float **g;                      /* [n] each tensor's gradient (n_elements f32), NULL if unused */
+};
+
+#endif
