@@ -1,6 +1,7 @@
 /* Training works: fine-tuning stories260K on a few kB of stories makes its loss on them fall
  * clearly, the saved checkpoint loads and generates, and bad settings are refused. */
 #include <dirent.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "hubcap.h"
@@ -88,6 +89,56 @@ int main(void) {
         hc_generation_free(&g);
         hc_model_free(m2);
     }
+    /* JSONL conversations: only the assistant's turns are targets. A copy of stories260K with a
+     * small chat template. */
+    char chat_dir[4200], f1[8400], f2[8400];
+    snprintf(chat_dir, sizeof chat_dir, "%s/chat", out);
+    mkdir(chat_dir, 0755);
+    const char *files[] = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                           "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"};
+    for (int i = 0; i < 7; i++) {
+        snprintf(f1, sizeof f1, "%s/%s", stories, files[i]);
+        snprintf(f2, sizeof f2, "%s/%s", chat_dir, files[i]);
+        test_copy_file(f1, f2);
+    }
+    snprintf(f2, sizeof f2, "%s/chat_template.jinja", chat_dir);
+    FILE *tf = fopen(f2, "w");
+    if (tf) {
+        fputs("{% for m in messages %}{% if loop.first %}{{ bos_token }}{% endif %}{{ m['role'] }}: {{ m['content'] }}\n"
+              "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}", tf);
+        fclose(tf);
+    }
+    char jsonl[4300];
+    snprintf(jsonl, sizeof jsonl, "%s/chats.jsonl", out);
+    FILE *jf = fopen(jsonl, "w");
+    const char *animals[] = {"cat", "dog", "bird", "fish", "frog", "bear", "duck", "pig"};
+    for (int i = 0; jf && i < 24; i++)
+        fprintf(jf, "{\"messages\": [{\"role\": \"user\", \"content\": \"Tell me about the %s.\"}, "
+                    "{\"role\": \"assistant\", \"content\": \"The %s was very happy and played all day.\"}]}\n",
+                animals[i % 8], animals[i % 8]);
+    if (jf) fclose(jf);
+    hc_model *mc = NULL;
+    CHECK_OK(hc_model_load(chat_dir, &mp, &mc));
+    if (mc) {
+        hc_finetune_params cp = hc_finetune_default_params();
+        seen cs = {0};
+        cp.seq_len = 48, cp.batch_size = 4, cp.steps = 24, cp.lr = 3e-3, cp.on_progress = on_progress, cp.user = &cs;
+        hc_train_progress cl;
+        CHECK_OK(hc_finetune(mc, jsonl, &cp, &cl));
+        printf("  conversations: running loss on assistant tokens %.4f -> %.4f\n", cs.first, cs.last);
+        CHECK(cs.last < 0.5 * cs.first, "the assistants' loss falls: %.4f -> %.4f", cs.first, cs.last);
+        /* a line that is neither text nor messages names itself */
+        jf = fopen(jsonl, "w");
+        if (jf) fputs("{\"text\": \"fine\"}\n{\"prompt\": 1}\n", jf), fclose(jf);
+        CHECK(hc_finetune(mc, jsonl, &cp, NULL) == HC_ERR_FORMAT && strstr(hc_last_error(), "chats.jsonl:2"),
+              "a bad line is named: %s", hc_last_error());
+        hc_model_free(mc);
+    }
+    unlink(jsonl);
+    for (int i = 0; i < 7; i++) snprintf(f2, sizeof f2, "%s/%s", chat_dir, files[i]), unlink(f2);
+    snprintf(f2, sizeof f2, "%s/chat_template.jinja", chat_dir), unlink(f2);
+    rmdir(chat_dir);
+
     /* clean up */
     DIR *d = opendir(saved);
     struct dirent *e;

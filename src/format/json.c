@@ -456,3 +456,56 @@ bool hc_json_put_string(hc_str *o, const char *s) {
     }
     return ok && hc_str_putc(o, '"');
 }
+
+/* JSON out again, two-space indented as transformers writes it; the top-level keys named in
+ * `set` (pairs of key and already-encoded value) are replaced. */
+static void write_json(FILE *f, const hc_json *v, int depth, const char *const *set, int n_set) {
+    switch (v->type) {
+    case HC_JSON_NULL: fputs("null", f); break;
+    case HC_JSON_BOOL: fputs(v->u.b ? "true" : "false", f); break;
+    case HC_JSON_NUMBER:
+        if (v->is_int) {
+            fprintf(f, "%lld", (long long)v->u.num.i);
+        } else { /* the shortest text that reads back the same, still a float (as Python writes it) */
+            char num[40];
+            for (int prec = 15; prec <= 17; prec++) {
+                snprintf(num, sizeof num, "%.*g", prec, v->u.num.d);
+                if (strtod(num, NULL) == v->u.num.d) break;
+            }
+            fputs(num, f);
+            if (!strpbrk(num, ".eEn")) fputs(".0", f);
+        }
+        break;
+    case HC_JSON_STRING: hc_json_write_string(f, v->u.str); break;
+    case HC_JSON_ARRAY:
+        fputc('[', f);
+        for (size_t i = 0; i < v->len; i++) {
+            fprintf(f, "%s\n%*s", i ? "," : "", 2 * (depth + 1), "");
+            write_json(f, &v->u.items[i], depth + 1, NULL, 0);
+        }
+        if (v->len) fprintf(f, "\n%*s", 2 * depth, "");
+        fputc(']', f);
+        break;
+    case HC_JSON_OBJECT:
+        fputc('{', f);
+        for (size_t i = 0; i < v->len; i++) {
+            const hc_json_member *m = &v->u.members[i];
+            fprintf(f, "%s\n%*s", i ? "," : "", 2 * (depth + 1), "");
+            hc_json_write_string(f, m->key);
+            fputs(": ", f);
+            const char *replaced = NULL;
+            for (int k = 0; k < n_set; k++)
+                if (!strcmp(m->key, set[2 * k])) replaced = set[2 * k + 1];
+            if (replaced) fputs(replaced, f);
+            else write_json(f, &m->value, depth + 1, NULL, 0);
+        }
+        if (v->len) fprintf(f, "\n%*s", 2 * depth, "");
+        fputc('}', f);
+        break;
+    }
+}
+
+void hc_json_write(void *file, const hc_json *v, const char *const *set, int n_set) {
+    write_json(file, v, 0, set, n_set);
+}
+

@@ -65,5 +65,9 @@ const char *hc_json_str(const hc_json *obj, const char *key, const char *dflt);
 void hc_json_write_string(void *file /* FILE* */, const char *s);
 /* Appends s as a quoted JSON string; false when out of memory. */
 bool hc_json_put_string(hc_str *o, const char *s);
+/* Writes v as JSON to a FILE*, two-space indented as Python's json.dumps(indent=2); the
+ * top-level object keys named in `set` (n_set pairs of key and already-encoded JSON value) get
+ * those values instead. Floats print as the shortest text that reads back the same. */
+void hc_json_write(void *file, const hc_json *v, const char *const *set, int n_set);
 
 #endif

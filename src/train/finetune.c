@@ -30,7 +30,8 @@ typedef struct {
     int64_t n, cap, L;
 } rows;
 
-static bool rows_add(rows *r, const int32_t *ids, int64_t n) {
+/* A row of n tokens (padded to L); tmask: which are targets (NULL: all real tokens). */
+static bool rows_add(rows *r, const int32_t *ids, const uint8_t *tmask, int64_t n) {
     if (r->n == r->cap) {
         int64_t cap = r->cap ? r->cap * 2 : 64;
         int32_t *a = realloc(r->ids, sizeof(int32_t) * (size_t)(cap * r->L));
@@ -44,17 +45,112 @@ static bool rows_add(rows *r, const int32_t *ids, int64_t n) {
     uint8_t *mk = r->mask + r->n * r->L;
     for (int64_t i = 0; i < r->L; i++) {
         dst[i] = i < n ? ids[i] : 0;
-        mk[i] = i < n;
+        mk[i] = i < n && (!tmask || tmask[i]);
     }
     r->n++;
     return true;
 }
 
 /* One example: rows of at most L tokens (a longer one is cut into several). */
-static bool add_example(rows *r, const int32_t *ids, int64_t n) {
+static bool add_example(rows *r, const int32_t *ids, const uint8_t *tmask, int64_t n) {
     for (int64_t at = 0; at < n; at += r->L)
-        if (n - at >= 2 && !rows_add(r, ids + at, n - at < r->L ? n - at : r->L)) return false;
+        if (n - at >= 2 && !rows_add(r, ids + at, tmask ? tmask + at : NULL, n - at < r->L ? n - at : r->L)) return false;
     return true;
+}
+
+/* Appends the tokens of text[0..len) to t and their target flag to *mask. */
+static hc_status append_piece(const hc_tokenizer *tok, const char *text, size_t len, uint8_t flag, hc_tokens *t,
+                              uint8_t **mask, int64_t *mask_cap) {
+    hc_tokens piece = {0};
+    hc_status st = hc_tokenizer_encode(tok, text, len, false, &piece);
+    for (int64_t i = 0; !st && i < piece.n; i++) {
+        if (t->n == t->cap) {
+            int64_t cap = t->cap ? t->cap * 2 : 256;
+            int32_t *ids = realloc(t->ids, sizeof(int32_t) * (size_t)cap);
+            if (!ids) {
+                st = hc_fail(HC_ERR_NOMEM, "out of memory");
+                break;
+            }
+            t->ids = ids;
+            t->cap = cap;
+        }
+        if (t->n >= *mask_cap) {
+            int64_t cap = *mask_cap ? *mask_cap * 2 : 256;
+            uint8_t *m = realloc(*mask, (size_t)cap);
+            if (!m) {
+                st = hc_fail(HC_ERR_NOMEM, "out of memory");
+                break;
+            }
+            *mask = m;
+            *mask_cap = cap;
+        }
+        (*mask)[t->n] = flag;
+        t->ids[t->n++] = piece.ids[i];
+    }
+    hc_tokens_free(&piece);
+    return st;
+}
+
+/* The first k messages as a JSON array, rendered with the tokenizer's chat template. */
+static hc_status render_prefix(const hc_tokenizer *tok, const hc_json *msgs, size_t k, bool gen_prompt, char **out,
+                               size_t *len) {
+    char *json = NULL;
+    size_t jlen = 0;
+    FILE *f = open_memstream(&json, &jlen);
+    if (!f) return hc_fail(HC_ERR_NOMEM, "out of memory");
+    fputc('[', f);
+    for (size_t i = 0; i < k; i++) {
+        if (i) fputc(',', f);
+        hc_json_write(f, &msgs->u.items[i], NULL, 0);
+    }
+    fputc(']', f);
+    fclose(f);
+    hc_chat_params cp = hc_chat_default_params();
+    cp.add_generation_prompt = gen_prompt;
+    hc_status st = hc_tokenizer_apply_chat_template(tok, json, &cp, out, len);
+    free(json);
+    return st;
+}
+
+/* A conversation: rendered with the chat template; only the assistants' turns are targets.
+ * Each assistant turn is the text its rendering adds to the rendering of the conversation
+ * before it with the generation prompt (as TRL's assistant-only loss finds it). */
+static hc_status add_conversation(rows *r, const hc_tokenizer *tok, const hc_json *msgs, const char *where) {
+    hc_tokens t = {0};
+    uint8_t *mask = NULL;
+    int64_t mask_cap = 0;
+    hc_status st = HC_OK;
+    size_t done = 0; /* characters of the full rendering already tokenized */
+    char *prev = NULL;
+    size_t prev_len = 0;
+    for (size_t i = 0; !st && i < msgs->len; i++) {
+        const hc_json *role = hc_json_get(&msgs->u.items[i], "role");
+        if (!role || role->type != HC_JSON_STRING) {
+            st = hc_fail(HC_ERR_FORMAT, "%s: message %zu has no \"role\"", where, i);
+            break;
+        }
+        if (strcmp(role->u.str, "assistant")) continue;
+        char *before = NULL, *with = NULL;
+        size_t blen = 0, wlen = 0;
+        st = render_prefix(tok, msgs, i, true, &before, &blen);
+        if (!st) st = render_prefix(tok, msgs, i + 1, false, &with, &wlen);
+        if (!st && (blen < done || wlen < blen || memcmp(with, before, blen) || (prev && memcmp(before, prev, done))))
+            st = hc_fail(HC_ERR_FORMAT, "%s: the chat template does not render message %zu as an extension of the "
+                                        "conversation before it; cannot find the assistant's tokens", where, i);
+        if (!st) st = append_piece(tok, before + done, blen - done, 0, &t, &mask, &mask_cap);
+        if (!st) st = append_piece(tok, with + blen, wlen - blen, 1, &t, &mask, &mask_cap);
+        done = wlen;
+        free(prev);
+        prev = with;
+        prev_len = wlen;
+        free(before);
+    }
+    (void)prev_len;
+    free(prev);
+    if (!st && t.n && !add_example(r, t.ids, mask, t.n)) st = hc_fail(HC_ERR_NOMEM, "out of memory");
+    hc_tokens_free(&t);
+    free(mask);
+    return st;
 }
 
 static hc_status load_rows(const hc_tokenizer *tok, const char *path, const hc_finetune_params *p, rows *r) {
@@ -77,7 +173,7 @@ static hc_status load_rows(const hc_tokenizer *tok, const char *path, const hc_f
     hc_tokens t = {0};
     if (!jsonl && !p->lines) { /* the whole file, chunked */
         st = hc_tokenizer_encode(tok, text, (size_t)size, true, &t);
-        if (!st && !add_example(r, t.ids, t.n)) st = hc_fail(HC_ERR_NOMEM, "out of memory");
+        if (!st && !add_example(r, t.ids, NULL, t.n)) st = hc_fail(HC_ERR_NOMEM, "out of memory");
     } else {
         int64_t line_no = 0;
         for (char *line = text, *next; !st && line && *line; line = next) {
@@ -93,10 +189,15 @@ static hc_status load_rows(const hc_tokenizer *tok, const char *path, const hc_f
                 char src[4200];
                 snprintf(src, sizeof src, "%s:%lld", path, (long long)line_no);
                 if ((st = hc_json_parse(&doc, line, len, src))) break;
-                const hc_json *tv = hc_json_get(doc.root, "text");
+                const hc_json *tv = hc_json_get(doc.root, "text"), *mv = hc_json_get(doc.root, "messages");
+                if (mv && mv->type == HC_JSON_ARRAY) {
+                    st = add_conversation(r, tok, mv, src);
+                    hc_json_free(&doc);
+                    continue;
+                }
                 if (!tv || tv->type != HC_JSON_STRING) {
                     hc_json_free(&doc);
-                    st = hc_fail(HC_ERR_FORMAT, "%s:%lld: each line needs a \"text\" string (\"messages\" is not supported yet)",
+                    st = hc_fail(HC_ERR_FORMAT, "%s:%lld: each line needs a \"text\" string or a \"messages\" array",
                                  path, (long long)line_no);
                     break;
                 }
@@ -105,7 +206,7 @@ static hc_status load_rows(const hc_tokenizer *tok, const char *path, const hc_f
             }
             t.n = 0;
             st = hc_tokenizer_encode(tok, body, len, true, &t);
-            if (!st && !add_example(r, t.ids, t.n)) st = hc_fail(HC_ERR_NOMEM, "out of memory");
+            if (!st && !add_example(r, t.ids, NULL, t.n)) st = hc_fail(HC_ERR_NOMEM, "out of memory");
             hc_json_free(&doc);
         }
     }

@@ -13,7 +13,7 @@ static const char help[] =
     "\n"
     "Fine-tunes every weight of MODEL (default: the bundled stories260K) on FILE: plain text\n"
     "(the whole file chunked to --seq-len, or --lines: one example a line) or JSONL with a\n"
-    "\"text\" field. AdamW with linear warmup and cosine decay, clipping by global norm. Each\n"
+    "\"text\" field or \"messages\" (chat template; the loss only on assistant turns). AdamW with linear warmup and cosine decay, clipping by global norm. Each\n"
     "epoch prints a progress line; held-out rows are evaluated at each epoch's end. The result\n"
     "is written to DIR as a standard Hugging Face checkpoint (CPU, f32 master weights).\n"
     "\n"
