@@ -519,6 +519,7 @@ typedef struct {
     double lr, elapsed_s;                   /* elapsed within the epoch */
     bool epoch_end;
     double val_loss, val_accuracy;          /* at epoch ends, on the held-out rows (-1: none) */
+    bool stopped;                           /* ended early because *stop was set */
 } hc_train_progress;
 
 typedef struct {
@@ -536,6 +537,9 @@ typedef struct {
     uint64_t seed;          /* shuffling */
     void (*on_progress)(void *user, const hc_train_progress *p);
     void *user;
+    volatile const int *stop;  /* when it becomes non-zero (Ctrl-C), training ends after the step */
+    const char *save_state;    /* write the optimizer state here at the end (NULL: none) */
+    const char *resume_state;  /* continue from this state; the model must hold that run's weights */
 } hc_finetune_params;
 
 hc_finetune_params hc_finetune_default_params(void);

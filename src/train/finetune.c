@@ -9,6 +9,7 @@
 #include "base/half.h"
 #include "base/status.h"
 #include "format/json.h"
+#include "format/safetensors.h"
 #include "train/train.h"
 
 hc_finetune_params hc_finetune_default_params(void) {
@@ -252,6 +253,79 @@ static hc_status evaluate(hc_model *m, const rows *r, const int64_t *order, int6
     return HC_OK;
 }
 
+/* The optimizer's state beside a saved checkpoint: step, shuffling state, and per tensor its
+ * f32 master weights and moments. */
+static hc_status save_state(const char *path, const hc_grads *g, float **master, float **m1, float **m2, int64_t step,
+                            uint64_t epoch_seed, uint64_t seed) {
+    int64_t n = 0;
+    for (int64_t i = 0; i < g->n; i++) n += g->g[i] != NULL;
+    hc_tensor_write *w = calloc((size_t)(3 * n + 1), sizeof *w);
+    char **names = calloc((size_t)(3 * n + 1), sizeof *names);
+    int64_t header[3] = {step, (int64_t)epoch_seed, (int64_t)seed};
+    hc_status st = w && names ? HC_OK : hc_fail(HC_ERR_NOMEM, "out of memory");
+    int64_t k = 0;
+    if (!st) {
+        w[k].name = "state";
+        w[k].dtype = HC_DTYPE_I64;
+        w[k].n_dims = 1;
+        w[k].shape[0] = 3;
+        w[k++].data = header;
+    }
+    for (int64_t i = 0; !st && i < g->n; i++) {
+        if (!g->g[i]) continue;
+        const hc_tensor_info *t = g->tensors[i];
+        float *const src[3] = {master[i], m1[i], m2[i]};
+        static const char *const kind[3] = {"master", "exp_avg", "exp_avg_sq"};
+        for (int j = 0; j < 3 && !st; j++) {
+            const size_t len = strlen(t->name) + 16;
+            if (!(names[k] = malloc(len))) {
+                st = hc_fail(HC_ERR_NOMEM, "out of memory");
+                break;
+            }
+            snprintf(names[k], len, "%s.%s", kind[j], t->name);
+            w[k].name = names[k];
+            w[k].dtype = HC_DTYPE_F32;
+            w[k].n_dims = t->n_dims;
+            memcpy(w[k].shape, t->shape, sizeof t->shape);
+            w[k++].data = src[j];
+        }
+    }
+    if (!st) st = hc_safetensors_write(path, w, k, NULL, 0);
+    for (int64_t i = 0; names && i < 3 * n + 1; i++) free(names[i]);
+    free(names);
+    free(w);
+    return st;
+}
+
+static hc_status load_state(const char *path, const hc_grads *g, float **master, float **m1, float **m2, int64_t *step,
+                            uint64_t *epoch_seed, uint64_t *seed) {
+    hc_safetensors f;
+    hc_status st = hc_safetensors_open(&f, path, true);
+    if (st) return st;
+    const hc_tensor_info *h = hc_safetensors_find(&f, "state");
+    if (!h || h->dtype != HC_DTYPE_I64 || h->n_elements != 3) st = hc_fail(HC_ERR_FORMAT, "%s: no trainer state", path);
+    if (!st) {
+        const int64_t *v = h->data;
+        *step = v[0], *epoch_seed = (uint64_t)v[1], *seed = (uint64_t)v[2];
+    }
+    for (int64_t i = 0; !st && i < g->n; i++) {
+        if (!g->g[i]) continue;
+        const hc_tensor_info *t = g->tensors[i];
+        float *const dst[3] = {master[i], m1[i], m2[i]};
+        static const char *const kind[3] = {"master", "exp_avg", "exp_avg_sq"};
+        for (int j = 0; j < 3 && !st; j++) {
+            char name[600];
+            snprintf(name, sizeof name, "%s.%s", kind[j], t->name);
+            const hc_tensor_info *s = hc_safetensors_find(&f, name);
+            if (!s || s->dtype != HC_DTYPE_F32 || s->n_elements != t->n_elements)
+                st = hc_fail(HC_ERR_FORMAT, "%s: '%s' is missing or has the wrong size for this model", path, name);
+            else memcpy(dst[j], s->data, sizeof(float) * (size_t)t->n_elements);
+        }
+    }
+    hc_safetensors_close(&f);
+    return st;
+}
+
 hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_params *params, hc_train_progress *last) {
     hc_finetune_params p = params ? *params : hc_finetune_default_params();
     if (m->use_mmap)
@@ -310,17 +384,32 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
     const hc_adamw_params ap = {.lr = p.lr, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = p.weight_decay};
     hc_train_progress pr = {.epochs = epochs, .steps_per_epoch = steps_per_epoch, .total_steps = total, .val_loss = -1,
                             .val_accuracy = -1};
-    int64_t step = 0;
-    for (int64_t e = 1; e <= epochs && step < total; e++) {
+    int64_t step = 0, first_epoch = 1, first_s = 1;
+    uint64_t epoch_seed = seed;
+    if (p.resume_state) { /* where a stopped run left off: its step, moments and shuffling */
+        if ((st = load_state(p.resume_state, g, master, m1, m2, &step, &epoch_seed, &seed))) goto out;
+        first_epoch = step / steps_per_epoch + 1;
+        first_s = step % steps_per_epoch + 1;
+        if (first_s == 1) epoch_seed = seed; /* stopped at an epoch's end: the next epoch's shuffle follows */
+        else seed = epoch_seed;              /* inside an epoch: the same shuffle again, its done rows skipped */
+    }
+    bool stopped = false;
+    for (int64_t e = first_epoch; e <= epochs && step < total && !stopped; e++) {
         int64_t *train = order + n_eval;
+        epoch_seed = seed;
         shuffle(train, n_train, &seed);
         const double t0 = now_s();
         double loss_sum = 0, acc_sum = 0;
-        int64_t at = 0;
+        const int64_t s0 = e == first_epoch ? first_s : 1;
+        int64_t at = (s0 - 1) * per_step;
         pr.epoch = e;
         pr.epoch_end = false;
         pr.val_loss = pr.val_accuracy = -1;
-        for (int64_t s = 1; s <= steps_per_epoch && step < total; s++) {
+        for (int64_t s = s0; s <= steps_per_epoch && step < total; s++) {
+            if (p.stop && *p.stop) {
+                stopped = true;
+                break;
+            }
             step++;
             hc_grads_zero(g);
             double step_loss = 0, step_acc = 0;
@@ -369,8 +458,8 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
             loss_sum += step_loss, acc_sum += step_acc;
             pr.step_in_epoch = s;
             pr.step = step;
-            pr.loss = loss_sum / (double)s;
-            pr.accuracy = acc_sum / (double)s;
+            pr.loss = loss_sum / (double)(s - s0 + 1);
+            pr.accuracy = acc_sum / (double)(s - s0 + 1);
             pr.lr = lr;
             pr.elapsed_s = now_s() - t0;
             pr.epoch_end = s == steps_per_epoch || step == total;
@@ -380,6 +469,8 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
             if (p.on_progress) p.on_progress(p.user, &pr);
         }
     }
+    pr.stopped = stopped;
+    if (p.save_state && (st = save_state(p.save_state, g, master, m1, m2, step, epoch_seed, seed))) goto out;
     if (last) *last = pr;
 out:
     for (int64_t i = 0; g && i < g->n; i++) {

@@ -1,11 +1,13 @@
 /* hubcap finetune: full fine-tuning on a text or JSONL file, with a Keras-style progress line,
  * then the trained checkpoint written as a standard HF folder. */
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "base/status.h"
 #include "cli.h"
 
 static const char help[] =
@@ -29,7 +31,18 @@ static const char help[] =
     "  --eval-fraction X   rows held out for evaluation (default 0.1)\n"
     "  --lines             one example a line (text files)\n"
     "  --seed N            shuffling (default 42)\n"
+    "  --resume DIR        continue a run that Ctrl-C stopped: DIR is what it saved (its weights\n"
+    "                      and trainer_state.safetensors); give the same data and options\n"
+    "\n"
+    "Ctrl-C stops after the current step and saves DIR with trainer_state.safetensors, which\n"
+    "--resume DIR continues from.\n"
     "  --device cpu        (training runs on the CPU so far)\n";
+
+static volatile int stop_requested;
+static void on_sigint(int sig) {
+    (void)sig;
+    stop_requested = 1;
+}
 
 static void bar(int64_t done, int64_t total, char *out, size_t cap) {
     const int width = 20, full = total ? (int)(width * done / total) : width;
@@ -59,7 +72,7 @@ static void progress(void *user, const hc_train_progress *p) {
 }
 
 int cmd_finetune(int argc, char **argv) {
-    const char *model = NULL, *data = NULL, *out = NULL;
+    const char *model = NULL, *data = NULL, *out = NULL, *resume = NULL;
     hc_finetune_params fp = hc_finetune_default_params();
     hc_model_params mp;
     if (!cli_model_defaults(&mp, "finetune")) return EXIT_USAGE;
@@ -77,6 +90,8 @@ int cmd_finetune(int argc, char **argv) {
             if (!(data = cli_value(argc, argv, &i, "finetune"))) return EXIT_USAGE;
         } else if (!strcmp(a, "--out")) {
             if (!(out = cli_value(argc, argv, &i, "finetune"))) return EXIT_USAGE;
+        } else if (!strcmp(a, "--resume")) {
+            if (!(resume = cli_value(argc, argv, &i, "finetune"))) return EXIT_USAGE;
         } else if (!strcmp(a, "--lines")) {
             fp.lines = true;
         } else if (!strcmp(a, "--device")) {
@@ -114,18 +129,36 @@ int cmd_finetune(int argc, char **argv) {
     }
     if (!data) return cli_usage_error("finetune", "--data is required");
     if (!out) return cli_usage_error("finetune", "--out is required");
+    char resume_state[4200], state_tmp[4200], state_final[4300];
+    if (resume) {
+        if (model) return cli_usage_error("finetune", "--resume DIR loads the model from DIR: leave out -m");
+        model = resume;
+        snprintf(resume_state, sizeof resume_state, "%s/trainer_state.safetensors", resume);
+        fp.resume_state = resume_state;
+    }
     if (!model) model = cli_default_model();
     mp.use_mmap = false; /* the weights are trained in place */
     mp.compute_dtype = HC_DTYPE_F32;
     fp.on_progress = progress;
+    fp.stop = &stop_requested;
+    snprintf(state_tmp, sizeof state_tmp, "%s.trainer_state.tmp", out);
+    snprintf(state_final, sizeof state_final, "%s/trainer_state.safetensors", out);
+    fp.save_state = state_tmp;
+    signal(SIGINT, on_sigint);
     hc_model *m = NULL;
     hc_train_progress last = {0};
     hc_status st = hc_model_load(model, &mp, &m);
     if (!st) st = hc_finetune(m, data, &fp, &last);
-    if (!st && last.val_loss >= 0)
+    signal(SIGINT, SIG_DFL);
+    if (!st && last.stopped) printf("\nstopped at step %lld of %lld\n", (long long)last.step, (long long)last.total_steps);
+    else if (!st && last.val_loss >= 0)
         printf("eval loss %.4f, perplexity %.2f, accuracy %.4f\n", last.val_loss, exp(last.val_loss), last.val_accuracy);
     if (!st) st = hc_checkpoint_save(hc_model_checkpoint(m), out, NULL);
-    if (!st) printf("saved %s\n", out);
+    /* A stopped run keeps its optimizer state beside its weights, for --resume. */
+    if (!st && last.stopped && rename(state_tmp, state_final) != 0)
+        st = hc_fail(HC_ERR_IO, "%s: cannot move the trainer state into place", state_final);
+    remove(state_tmp);
+    if (!st) printf("saved %s%s\n", out, last.stopped ? " (resume with --resume)" : "");
     hc_model_free(m);
     return st ? cli_fail("finetune", st) : EXIT_OK;
 }
