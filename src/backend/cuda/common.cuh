@@ -83,19 +83,7 @@ __device__ __forceinline__ float hc_warp_max(float x) {
     return x;
 }
 
-/* The activations, as the CPU reference computes them. */
-__device__ __forceinline__ float act_apply(float x, hc_activation act) {
-    switch (act) {
-    case HC_ACT_SILU: return x / (1.0f + expf(-x));
-    case HC_ACT_GELU_TANH: {
-        const float k = 0.7978845608028654f; /* sqrt(2/pi) */
-        return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
-    }
-    case HC_ACT_GELU: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-    case HC_ACT_RELU: return x > 0 ? x : 0;
-    }
-    return x;
-}
+#include "backend/activation.h"
 
 /* The op entry points, one family per file. */
 void hc_cuda_embedding(hc_backend *be, float *out, const hc_mat *table, const int32_t *ids, int64_t T, float scale,

@@ -14,11 +14,11 @@ __global__ void fill_kernel(float *x, float v, int64_t n) {
 }
 
 __global__ void glu_kernel(float *out, const float *gate, const float *up, hc_activation act, int64_t n) {
-    GRID_STRIDE(i, n) out[i] = act_apply(gate[i], act) * up[i];
+    GRID_STRIDE(i, n) out[i] = hc_act_apply(gate[i], act) * up[i];
 }
 
 __global__ void activate_kernel(float *x, hc_activation act, int64_t n) {
-    GRID_STRIDE(i, n) x[i] = act_apply(x[i], act);
+    GRID_STRIDE(i, n) x[i] = hc_act_apply(x[i], act);
 }
 
 __global__ void add_kernel(float *out, const float *a, const float *b, int64_t n) {

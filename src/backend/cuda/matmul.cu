@@ -96,7 +96,7 @@ gemv_vec_kernel(const gemv_set s, const float *x, int64_t K) {
         for (int j = 0; j < WPR; j++) v[m] += part[m][warp + j][lane];
         if (s.bias[mi + m]) v[m] += hc_ld(s.bias[mi + m], s.bias_dt[mi + m], r);
     }
-    s.out[mi][lane * N + r] = GATED ? act_apply(v[0], s.act) * v[NM - 1] : v[0];
+    s.out[mi][lane * N + r] = GATED ? hc_act_apply(v[0], s.act) * v[NM - 1] : v[0];
 }
 
 /* Rows of any alignment or length: one warp per output row, lanes reading neighbouring
