@@ -216,6 +216,7 @@ typedef struct {
     int n_threads;          /* 0 = all available cores */
     int64_t n_ctx;          /* the longest sequence generate() accepts; 0 = max_position_embeddings */
     bool use_mmap;
+    const char *lora_path;  /* a LoRA adapter folder (PEFT) to apply, or NULL (--lora) */
 } hc_model_params;
 
 hc_model_params hc_model_default_params(void);
@@ -546,6 +547,14 @@ hc_finetune_params hc_finetune_default_params(void);
 /* Trains on data_path: text (chunked to seq_len, or a line an example), or JSONL of
  * {"text": ...}. Rows shorter than seq_len are padded and masked. last: the final progress. */
 hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_params *p, hc_train_progress *last);
+
+/* LoRA (PEFT's format). init: a new adapter of rank r on the named projections ("q_proj,v_proj",
+ * or "all-linear"), A random, B zero; fine-tuning then trains only the adapter. load: an
+ * adapter folder (adapter_config.json + adapter_model.safetensors) applied at inference. save:
+ * the adapter to a folder that PEFT loads. */
+hc_status hc_model_lora_init(hc_model *m, int64_t r, double alpha, const char *targets, uint64_t seed);
+hc_status hc_model_lora_load(hc_model *m, const char *dir);
+hc_status hc_model_lora_save(const hc_model *m, const char *dir);
 
 /* ---- saving ------------------------------------------------------------------------------ */
 

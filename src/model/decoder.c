@@ -6,6 +6,7 @@
 
 #include "model/rope.h"
 #include "run/session.h"
+#include "train/lora.h"
 
 /* Dynamic NTK rope recomputes its table as the sequence grows past the trained length, and
  * returns to the original table for short sequences, as transformers' dynamic_rope_update. */
@@ -21,7 +22,17 @@ static void update_dynamic_rope(hc_session *s, int64_t seq_len) {
     hc_session_set_rope(s, want);
 }
 
-static void feed_forward(hc_workspace *ws, const hc_layer *L, int64_t T) {
+/* y[T, N] += scale * (x A^T) B^T: layer l's adapter on projection t, if it has one. */
+static void lora_add(hc_workspace *ws, int64_t l, int t, float *y, const float *x, int64_t T) {
+    const hc_lora_pair *p = hc_lora_at(ws->m->lora, l, t);
+    if (!p) return;
+    hc_backend *be = ws->m->be;
+    be->matmul(be, ws->lora_r, x, &p->A, NULL, T);
+    be->matmul(be, ws->lora_n, ws->lora_r, &p->B, NULL, T);
+    be->add_scaled(be, y, ws->lora_n, ws->m->lora->scale, T * p->n);
+}
+
+static void feed_forward(hc_workspace *ws, const hc_layer *L, int64_t l, int64_t T) {
     const hc_model *m = ws->m;
     hc_backend *be = m->be;
     const hc_model_config *c = &m->cfg;
@@ -45,12 +56,23 @@ static void feed_forward(hc_workspace *ws, const hc_layer *L, int64_t T) {
             }
         }
     } else if (m->arch->gated_mlp) {
-        be->gated_matmul(be, ws->ff_a, ws->ff_b, ws->h, &L->gate, &L->b_gate, &L->up, &L->b_up, c->act, T);
+        if (hc_lora_at(m->lora, l, HC_LORA_GATE) || hc_lora_at(m->lora, l, HC_LORA_UP)) {
+            be->matmul(be, ws->ff_a, ws->h, &L->gate, &L->b_gate, T);
+            lora_add(ws, l, HC_LORA_GATE, ws->ff_a, ws->h, T);
+            be->matmul(be, ws->ff_b, ws->h, &L->up, &L->b_up, T);
+            lora_add(ws, l, HC_LORA_UP, ws->ff_b, ws->h, T);
+            be->glu(be, ws->ff_a, ws->ff_a, ws->ff_b, c->act, T * I);
+        } else {
+            be->gated_matmul(be, ws->ff_a, ws->ff_b, ws->h, &L->gate, &L->b_gate, &L->up, &L->b_up, c->act, T);
+        }
         be->matmul(be, ws->o, ws->ff_a, &L->down, &L->b_down, T);
+        lora_add(ws, l, HC_LORA_DOWN, ws->o, ws->ff_a, T);
     } else {
         be->matmul(be, ws->ff_a, ws->h, &L->up, &L->b_up, T);
+        lora_add(ws, l, HC_LORA_UP, ws->ff_a, ws->h, T);
         be->activate(be, ws->ff_a, c->act, T * I);
         be->matmul(be, ws->o, ws->ff_a, &L->down, &L->b_down, T);
+        lora_add(ws, l, HC_LORA_DOWN, ws->o, ws->ff_a, T);
     }
 }
 
@@ -94,6 +116,9 @@ static void run_forward(void *arg) {
         const hc_mat *const qkv_w[3] = {&L->wq, &L->wk, &L->wv};
         const hc_vec *const qkv_b[3] = {&L->bq, &L->bk, &L->bv};
         be->matmul_n(be, qkv_out, ws->h, qkv_w, qkv_b, 3, T);
+        lora_add(ws, l, HC_LORA_Q, ws->q, ws->h, T);
+        lora_add(ws, l, HC_LORA_K, ws->k, ws->h, T);
+        lora_add(ws, l, HC_LORA_V, ws->v, ws->h, T);
         if (L->q_norm.data) be->norm(be, ws->q, ws->q, &L->q_norm, NULL, nk, eps, T * H, D);
         if (L->k_norm.data) be->norm(be, ws->k, ws->k, &L->k_norm, NULL, nk, eps, T * KVH, D);
         /* Rope, KV store and attention are per sequence: each has its cache and rope state.
@@ -125,9 +150,10 @@ static void run_forward(void *arg) {
             }
         }
         be->matmul(be, ws->o, ws->att, &L->wo, &L->bo, T);
+        lora_add(ws, l, HC_LORA_O, ws->o, ws->att, T);
         if (L->attn_post_norm.data) be->norm(be, ws->o, ws->o, &L->attn_post_norm, NULL, nk, eps, T, C);
         be->add_norm(be, ws->h, ws->x, ws->o, &L->ffn_norm, &L->ffn_norm_b, nk, eps, T, C);
-        feed_forward(ws, L, T);
+        feed_forward(ws, L, l, T);
         if (L->ffn_post_norm.data) be->norm(be, ws->o, ws->o, &L->ffn_post_norm, NULL, nk, eps, T, C);
         if (l + 1 < c->n_layers)
             be->add_norm(be, ws->h, ws->x, ws->o, &L[1].attn_norm, &L[1].attn_norm_b, nk, eps, T, C);

@@ -16,6 +16,7 @@
 #include "base/half.h"
 #include "format/hub.h"
 #include "model/config.h"
+#include "train/train.h"
 #ifdef HUBCAP_HAVE_CUDA
 #include "backend/cuda/cuda.h"
 #endif
@@ -515,6 +516,7 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
                                                               : HC_QUANT_Q4_K)))
         goto fail;
     if (m->be->device && (s = upload_weights(m))) goto fail;
+    if (p.lora_path && (s = hc_model_lora_load(m, p.lora_path))) goto fail;
     /* --mlock: every weight byte (mapped or read, and what quantizing made) stays resident. */
     if (p.mlock && mlockall(MCL_CURRENT) != 0) {
         s = hc_fail(HC_ERR_NOMEM, "--mlock: cannot lock the weights in RAM (%s; raise `ulimit -l`)", strerror(errno));
@@ -535,6 +537,7 @@ fail:
 
 void hc_model_free(hc_model *m) {
     if (!m) return;
+    hc_lora_free(m);
     if (m->layers)
         for (int64_t l = 0; l < m->cfg.n_layers; l++) free(m->layers[l].exp_gate);
     free(m->layers);

@@ -42,6 +42,7 @@ struct hc_model {
     bool use_mmap;          /* weights mapped read-only (else read into writable RAM) */
     void *device_weights;   /* the one device block every view points into (device backends) */
     int64_t device_bytes;   /* its size */
+    struct hc_lora *lora;   /* a LoRA adapter (train/lora.h), or NULL */
     void **owned;           /* aligned copies of misaligned tensors */
     int n_owned;
 };

@@ -6,6 +6,7 @@
 
 #include "base/status.h"
 #include "model/rope.h"
+#include "train/lora.h"
 
 static void *ws_alloc(hc_backend *be, int64_t count, size_t elem, bool *oom) {
     if (count <= 0) return NULL;
@@ -36,6 +37,11 @@ hc_status hc_workspace_init(hc_workspace *ws, hc_model *m, int64_t rows, int64_t
     ws->pos_host = calloc((size_t)B, sizeof(int32_t));
     if (!ws->pos_host) oom = true;
     ws->kv_rows = ws_alloc(be, 2 * c->n_layers * B, sizeof(void *), &oom);
+    if (m->lora) {
+        const int64_t widest = I > C ? (I > H * D ? I : H * D) : (C > H * D ? C : H * D);
+        ws->lora_r = ws_alloc(be, B * m->lora->r, sizeof(float), &oom);
+        ws->lora_n = ws_alloc(be, B * widest, sizeof(float), &oom);
+    }
     ws->kv_rows_host = calloc((size_t)(2 * c->n_layers * B), sizeof(void *));
     if (!ws->kv_rows_host) oom = true;
     if (be->device) {
@@ -67,7 +73,7 @@ void hc_workspace_free(hc_workspace *ws) {
     if (!ws || !ws->m) return;
     hc_backend *be = ws->m->be;
     void *bufs[] = {ws->x, ws->h, ws->o, ws->q, ws->att, ws->k, ws->v, ws->scores, ws->pos, ws->router,
-                    ws->route_w, ws->route_e, ws->e_a, ws->e_b, ws->e_o, ws->ff_a, ws->ff_b, ws->ids, ws->logits, ws->kv_rows};
+                    ws->route_w, ws->route_e, ws->e_a, ws->e_b, ws->e_o, ws->ff_a, ws->ff_b, ws->ids, ws->logits, ws->kv_rows, ws->lora_r, ws->lora_n};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) be->free(be, bufs[i]);
     free(ws->pos_host);

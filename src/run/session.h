@@ -43,6 +43,8 @@ typedef struct {
     /* Rows of several sequences: each row's layer caches, [2][L][B] pointers (k, then v). */
     void **kv_rows_host;
     void **kv_rows;         /* the same in backend memory */
+    float *lora_r;          /* [B, r] and [B, max N]: a LoRA adapter's intermediate and delta */
+    float *lora_n;
 } hc_workspace;
 
 hc_status hc_workspace_init(hc_workspace *ws, hc_model *m, int64_t rows, int64_t ctx);

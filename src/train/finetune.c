@@ -10,6 +10,7 @@
 #include "base/status.h"
 #include "format/json.h"
 #include "format/safetensors.h"
+#include "train/lora.h"
 #include "train/train.h"
 
 hc_finetune_params hc_finetune_default_params(void) {
@@ -253,14 +254,88 @@ static hc_status evaluate(hc_model *m, const rows *r, const int64_t *order, int6
     return HC_OK;
 }
 
-/* The optimizer's state beside a saved checkpoint: step, shuffling state, and per tensor its
- * f32 master weights and moments. */
-static hc_status save_state(const char *path, const hc_grads *g, float **master, float **m1, float **m2, int64_t step,
-                            uint64_t epoch_seed, uint64_t seed) {
+/* What the optimizer updates: a checkpoint tensor (f32 master copy, written back into the
+ * model's weights in their dtype after each step) or one matrix of a LoRA adapter (trained in
+ * place). */
+typedef struct {
+    char name[600];
+    float *w, *g, *m1, *m2; /* [n] each */
+    int64_t n;
+    const hc_tensor_info *t; /* write-back target, or NULL */
+    bool owns_w;
+} param;
+
+static void free_params(param *ps, int64_t n) {
+    for (int64_t i = 0; ps && i < n; i++) {
+        if (ps[i].owns_w) free(ps[i].w);
+        free(ps[i].m1), free(ps[i].m2);
+    }
+    free(ps);
+}
+
+static hc_status make_params(hc_model *m, const hc_grads *g, param **out, int64_t *n_out) {
+    const hc_lora *lo = m->lora;
     int64_t n = 0;
-    for (int64_t i = 0; i < g->n; i++) n += g->g[i] != NULL;
+    if (lo)
+        for (int64_t i = 0; i < m->cfg.n_layers * HC_LORA_N; i++) n += lo->pairs[i].a ? 2 : 0;
+    else
+        for (int64_t i = 0; i < g->n; i++) n += g->g[i] != NULL;
+    param *ps = calloc((size_t)n + 1, sizeof *ps);
+    if (!ps) return hc_fail(HC_ERR_NOMEM, "out of memory");
+    int64_t k = 0;
+    if (lo) {
+        for (int64_t i = 0; i < m->cfg.n_layers * HC_LORA_N; i++) {
+            hc_lora_pair *pr = &lo->pairs[i];
+            if (!pr->a) continue;
+            for (int ab = 0; ab < 2; ab++, k++) {
+                param *q = &ps[k];
+                snprintf(q->name, sizeof q->name, "lora.%lld.%d.%c", (long long)(i / HC_LORA_N), (int)(i % HC_LORA_N),
+                         ab ? 'B' : 'A');
+                q->w = ab ? pr->b : pr->a;
+                q->g = ab ? pr->db : pr->da;
+                q->n = ab ? pr->n * lo->r : lo->r * pr->k;
+            }
+        }
+    } else {
+        for (int64_t i = 0; i < g->n; i++) {
+            if (!g->g[i]) continue;
+            const hc_tensor_info *t = g->tensors[i];
+            param *q = &ps[k++];
+            snprintf(q->name, sizeof q->name, "%s", t->name);
+            q->g = g->g[i];
+            q->n = t->n_elements;
+            q->t = t;
+            q->owns_w = true;
+            if (!(q->w = malloc(sizeof(float) * (size_t)t->n_elements))) break;
+            for (int64_t j = 0; j < t->n_elements; j++) {
+                uint16_t h;
+                if (t->dtype == HC_DTYPE_F32) memcpy(&q->w[j], (const char *)t->data + 4 * j, 4);
+                else {
+                    memcpy(&h, (const char *)t->data + 2 * j, 2);
+                    q->w[j] = t->dtype == HC_DTYPE_BF16 ? hc_bf16_to_f32(h) : hc_f16_to_f32(h);
+                }
+            }
+        }
+    }
+    hc_status st = HC_OK;
+    for (int64_t i = 0; i < n; i++)
+        if (!ps[i].w || !(ps[i].m1 = calloc((size_t)ps[i].n, sizeof(float))) || !(ps[i].m2 = calloc((size_t)ps[i].n, sizeof(float))))
+            st = hc_fail(HC_ERR_NOMEM, "out of memory for the optimizer state");
+    if (st) {
+        free_params(ps, n);
+        return st;
+    }
+    *out = ps;
+    *n_out = n;
+    return HC_OK;
+}
+
+/* The optimizer's state beside a saved checkpoint: step, shuffling state, and per parameter its
+ * f32 weights and moments. */
+static hc_status save_state(const char *path, const param *ps, int64_t n, int64_t step, uint64_t epoch_seed,
+                            uint64_t seed) {
     hc_tensor_write *w = calloc((size_t)(3 * n + 1), sizeof *w);
-    char **names = calloc((size_t)(3 * n + 1), sizeof *names);
+    char (*names)[640] = calloc((size_t)(3 * n + 1), sizeof *names);
     int64_t header[3] = {step, (int64_t)epoch_seed, (int64_t)seed};
     hc_status st = w && names ? HC_OK : hc_fail(HC_ERR_NOMEM, "out of memory");
     int64_t k = 0;
@@ -271,34 +346,23 @@ static hc_status save_state(const char *path, const hc_grads *g, float **master,
         w[k].shape[0] = 3;
         w[k++].data = header;
     }
-    for (int64_t i = 0; !st && i < g->n; i++) {
-        if (!g->g[i]) continue;
-        const hc_tensor_info *t = g->tensors[i];
-        float *const src[3] = {master[i], m1[i], m2[i]};
-        static const char *const kind[3] = {"master", "exp_avg", "exp_avg_sq"};
-        for (int j = 0; j < 3 && !st; j++) {
-            const size_t len = strlen(t->name) + 16;
-            if (!(names[k] = malloc(len))) {
-                st = hc_fail(HC_ERR_NOMEM, "out of memory");
-                break;
-            }
-            snprintf(names[k], len, "%s.%s", kind[j], t->name);
+    static const char *const kind[3] = {"master", "exp_avg", "exp_avg_sq"};
+    for (int64_t i = 0; !st && i < n; i++)
+        for (int j = 0; j < 3; j++, k++) {
+            snprintf(names[k], sizeof names[k], "%s.%s", kind[j], ps[i].name);
             w[k].name = names[k];
             w[k].dtype = HC_DTYPE_F32;
-            w[k].n_dims = t->n_dims;
-            memcpy(w[k].shape, t->shape, sizeof t->shape);
-            w[k++].data = src[j];
+            w[k].n_dims = 1;
+            w[k].shape[0] = ps[i].n;
+            w[k].data = j == 0 ? ps[i].w : j == 1 ? ps[i].m1 : ps[i].m2;
         }
-    }
     if (!st) st = hc_safetensors_write(path, w, k, NULL, 0);
-    for (int64_t i = 0; names && i < 3 * n + 1; i++) free(names[i]);
     free(names);
     free(w);
     return st;
 }
 
-static hc_status load_state(const char *path, const hc_grads *g, float **master, float **m1, float **m2, int64_t *step,
-                            uint64_t *epoch_seed, uint64_t *seed) {
+static hc_status load_state(const char *path, param *ps, int64_t n, int64_t *step, uint64_t *epoch_seed, uint64_t *seed) {
     hc_safetensors f;
     hc_status st = hc_safetensors_open(&f, path, true);
     if (st) return st;
@@ -308,27 +372,23 @@ static hc_status load_state(const char *path, const hc_grads *g, float **master,
         const int64_t *v = h->data;
         *step = v[0], *epoch_seed = (uint64_t)v[1], *seed = (uint64_t)v[2];
     }
-    for (int64_t i = 0; !st && i < g->n; i++) {
-        if (!g->g[i]) continue;
-        const hc_tensor_info *t = g->tensors[i];
-        float *const dst[3] = {master[i], m1[i], m2[i]};
-        static const char *const kind[3] = {"master", "exp_avg", "exp_avg_sq"};
+    static const char *const kind[3] = {"master", "exp_avg", "exp_avg_sq"};
+    for (int64_t i = 0; !st && i < n; i++)
         for (int j = 0; j < 3 && !st; j++) {
-            char name[600];
-            snprintf(name, sizeof name, "%s.%s", kind[j], t->name);
+            char name[700];
+            snprintf(name, sizeof name, "%s.%s", kind[j], ps[i].name);
             const hc_tensor_info *s = hc_safetensors_find(&f, name);
-            if (!s || s->dtype != HC_DTYPE_F32 || s->n_elements != t->n_elements)
+            if (!s || s->dtype != HC_DTYPE_F32 || s->n_elements != ps[i].n)
                 st = hc_fail(HC_ERR_FORMAT, "%s: '%s' is missing or has the wrong size for this model", path, name);
-            else memcpy(dst[j], s->data, sizeof(float) * (size_t)t->n_elements);
+            else memcpy(j == 0 ? ps[i].w : j == 1 ? ps[i].m1 : ps[i].m2, s->data, sizeof(float) * (size_t)ps[i].n);
         }
-    }
     hc_safetensors_close(&f);
     return st;
 }
 
 hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_params *params, hc_train_progress *last) {
     hc_finetune_params p = params ? *params : hc_finetune_default_params();
-    if (m->use_mmap)
+    if (m->use_mmap && !m->lora)
         return hc_fail(HC_ERR_INVALID_ARG, "fine-tuning updates the weights in place: load the model with --no-mmap");
     if (!m->tokenizer) return hc_fail(HC_ERR_INVALID_ARG, "fine-tuning needs the model's tokenizer: %s", m->tokenizer_error);
     if (p.batch_size < 1 || p.grad_accum < 1 || p.seq_len < 2 || p.epochs < 1 || p.steps < 0 || !(p.lr > 0) ||
@@ -338,7 +398,8 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
     rows r = {.L = p.seq_len};
     hc_grads *g = NULL;
     int64_t *order = NULL;
-    float **master = NULL, **m1 = NULL, **m2 = NULL;
+    param *ps = NULL;
+    int64_t n_ps = 0;
     int32_t *ids = NULL;
     uint8_t *mask = NULL;
     hc_status st = load_rows(m->tokenizer, data_path, &p, &r);
@@ -347,31 +408,11 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
     order = malloc(sizeof(int64_t) * (size_t)r.n);
     ids = malloc(sizeof(int32_t) * (size_t)(p.batch_size * r.L));
     mask = malloc((size_t)(p.batch_size * r.L));
-    master = calloc((size_t)g->n, sizeof *master), m1 = calloc((size_t)g->n, sizeof *m1), m2 = calloc((size_t)g->n, sizeof *m2);
-    if (!order || !ids || !mask || !master || !m1 || !m2) {
+    if (!order || !ids || !mask) {
         st = hc_fail(HC_ERR_NOMEM, "out of memory");
         goto out;
     }
-    /* f32 master weights and moments for every tensor that has a gradient */
-    for (int64_t i = 0; i < g->n; i++) {
-        if (!g->g[i]) continue;
-        const hc_tensor_info *t = g->tensors[i];
-        master[i] = malloc(sizeof(float) * (size_t)t->n_elements);
-        m1[i] = calloc((size_t)t->n_elements, sizeof(float));
-        m2[i] = calloc((size_t)t->n_elements, sizeof(float));
-        if (!master[i] || !m1[i] || !m2[i]) {
-            st = hc_fail(HC_ERR_NOMEM, "out of memory for the optimizer state of '%s'", t->name);
-            goto out;
-        }
-        for (int64_t k = 0; k < t->n_elements; k++) {
-            uint16_t h;
-            if (t->dtype == HC_DTYPE_F32) memcpy(&master[i][k], (const char *)t->data + 4 * k, 4);
-            else {
-                memcpy(&h, (const char *)t->data + 2 * k, 2);
-                master[i][k] = t->dtype == HC_DTYPE_BF16 ? hc_bf16_to_f32(h) : hc_f16_to_f32(h);
-            }
-        }
-    }
+    if ((st = make_params(m, g, &ps, &n_ps))) goto out;
     uint64_t seed = p.seed ? p.seed : 0x9E3779B97F4A7C15ull;
     for (int64_t i = 0; i < r.n; i++) order[i] = i;
     shuffle(order, r.n, &seed);
@@ -387,7 +428,8 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
     int64_t step = 0, first_epoch = 1, first_s = 1;
     uint64_t epoch_seed = seed;
     if (p.resume_state) { /* where a stopped run left off: its step, moments and shuffling */
-        if ((st = load_state(p.resume_state, g, master, m1, m2, &step, &epoch_seed, &seed))) goto out;
+        if ((st = load_state(p.resume_state, ps, n_ps, &step, &epoch_seed, &seed))) goto out;
+        if (m->lora && (st = hc_lora_sync(m))) goto out;
         first_epoch = step / steps_per_epoch + 1;
         first_s = step % steps_per_epoch + 1;
         if (first_s == 1) epoch_seed = seed; /* stopped at an epoch's end: the next epoch's shuffle follows */
@@ -427,10 +469,10 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
             }
             /* the mean over micro-batches, clipped by global norm */
             double norm = 0;
-            for (int64_t i = 0; i < g->n; i++)
-                for (int64_t k = 0; g->g[i] && k < g->tensors[i]->n_elements; k++) {
-                    g->g[i][k] /= (float)p.grad_accum;
-                    norm += (double)g->g[i][k] * g->g[i][k];
+            for (int64_t i = 0; i < n_ps; i++)
+                for (int64_t k = 0; k < ps[i].n; k++) {
+                    ps[i].g[k] /= (float)p.grad_accum;
+                    norm += (double)ps[i].g[k] * ps[i].g[k];
                 }
             norm = sqrt(norm);
             const float clip = p.clip_norm > 0 && norm > p.clip_norm ? (float)(p.clip_norm / (norm + 1e-6)) : 1.0f;
@@ -441,20 +483,21 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
                 lr = p.lr * 0.5 * (1.0 + cos(3.14159265358979323846 * (double)(step - p.warmup_steps) / (double)(total - p.warmup_steps + 1)));
             hc_adamw_params sp = ap;
             sp.lr = lr;
-            for (int64_t i = 0; i < g->n; i++) {
-                if (!g->g[i]) continue;
-                const hc_tensor_info *t = g->tensors[i];
+            for (int64_t i = 0; i < n_ps; i++) {
+                param *q = &ps[i];
                 if (clip != 1.0f)
-                    for (int64_t k = 0; k < t->n_elements; k++) g->g[i][k] *= clip;
-                hc_adamw_update(master[i], m1[i], m2[i], g->g[i], t->n_elements, &sp, step);
+                    for (int64_t k = 0; k < q->n; k++) q->g[k] *= clip;
+                hc_adamw_update(q->w, q->m1, q->m2, q->g, q->n, &sp, step);
+                if (!q->t) continue;
                 /* back into the weights the forward reads, in their stored dtype */
-                void *w = (void *)t->data;
-                for (int64_t k = 0; k < t->n_elements; k++) {
-                    if (t->dtype == HC_DTYPE_F32) ((float *)w)[k] = master[i][k];
-                    else if (t->dtype == HC_DTYPE_BF16) ((uint16_t *)w)[k] = hc_f32_to_bf16(master[i][k]);
-                    else ((uint16_t *)w)[k] = hc_f32_to_f16(master[i][k]);
+                void *w = (void *)q->t->data;
+                for (int64_t k = 0; k < q->n; k++) {
+                    if (q->t->dtype == HC_DTYPE_F32) ((float *)w)[k] = q->w[k];
+                    else if (q->t->dtype == HC_DTYPE_BF16) ((uint16_t *)w)[k] = hc_f32_to_bf16(q->w[k]);
+                    else ((uint16_t *)w)[k] = hc_f32_to_f16(q->w[k]);
                 }
             }
+            if (m->lora && (st = hc_lora_sync(m))) goto out;
             loss_sum += step_loss, acc_sum += step_acc;
             pr.step_in_epoch = s;
             pr.step = step;
@@ -470,15 +513,11 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
         }
     }
     pr.stopped = stopped;
-    if (p.save_state && (st = save_state(p.save_state, g, master, m1, m2, step, epoch_seed, seed))) goto out;
+    if (p.save_state && (st = save_state(p.save_state, ps, n_ps, step, epoch_seed, seed))) goto out;
     if (last) *last = pr;
 out:
-    for (int64_t i = 0; g && i < g->n; i++) {
-        if (master) free(master[i]);
-        if (m1) free(m1[i]);
-        if (m2) free(m2[i]);
-    }
-    free(master), free(m1), free(m2), free(order), free(ids), free(mask), free(r.ids), free(r.mask);
+    free_params(ps, n_ps);
+    free(order), free(ids), free(mask), free(r.ids), free(r.mask);
     hc_grads_free(g);
     return st;
 }

@@ -14,6 +14,7 @@
 #include "base/status.h"
 #include "model/rope.h"
 #include "run/session.h"
+#include "train/lora.h"
 #include "train/train.h"
 
 
@@ -84,7 +85,8 @@ hc_status hc_grads_new(hc_model *m, hc_grads **out) {
     qsort(gr->tensors, (size_t)n, sizeof *gr->tensors, cmp_data);
     bool *used_flags = calloc((size_t)n, sizeof *used_flags);
     mark_ctx mc = {gr, used_flags, false};
-    if (used_flags) hc_model_each_weight(m, mark_mat, mark_vec, &mc);
+    /* With a LoRA adapter only the adapter trains: the base has no gradient buffers. */
+    if (used_flags && !m->lora) hc_model_each_weight(m, mark_mat, mark_vec, &mc);
     hc_status st = HC_OK;
     if (!used_flags) st = hc_fail(HC_ERR_NOMEM, "out of memory");
     else if (mc.used_missing)
@@ -93,6 +95,14 @@ hc_status hc_grads_new(hc_model *m, hc_grads **out) {
         if (used_flags[i] && !(gr->g[i] = calloc((size_t)gr->tensors[i]->n_elements, sizeof(float))))
             st = hc_fail(HC_ERR_NOMEM, "out of memory for the gradient of '%s'", gr->tensors[i]->name);
     free(used_flags);
+    for (int64_t i = 0; !st && m->lora && i < m->cfg.n_layers * HC_LORA_N; i++) {
+        hc_lora_pair *p = &m->lora->pairs[i];
+        if (!p->a) continue;
+        free(p->da), free(p->db);
+        p->da = calloc((size_t)(m->lora->r * p->k), sizeof(float));
+        p->db = calloc((size_t)(p->n * m->lora->r), sizeof(float));
+        if (!p->da || !p->db) st = hc_fail(HC_ERR_NOMEM, "out of memory for the adapter's gradients");
+    }
     if (st) {
         hc_grads_free(gr);
         return st;
@@ -112,6 +122,12 @@ void hc_grads_free(hc_grads *gr) {
 void hc_grads_zero(hc_grads *gr) {
     for (int64_t i = 0; i < gr->n; i++)
         if (gr->g[i]) memset(gr->g[i], 0, sizeof(float) * (size_t)gr->tensors[i]->n_elements);
+    const hc_lora *lo = gr->m->lora;
+    for (int64_t i = 0; lo && i < gr->m->cfg.n_layers * HC_LORA_N; i++) {
+        const hc_lora_pair *p = &lo->pairs[i];
+        if (p->da) memset(p->da, 0, sizeof(float) * (size_t)(lo->r * p->k));
+        if (p->db) memset(p->db, 0, sizeof(float) * (size_t)(p->n * lo->r));
+    }
 }
 
 int64_t hc_grads_count(const hc_grads *gr) { return gr->n; }
@@ -127,6 +143,38 @@ static float *fzalloc(int64_t n, bool *oom) {
     float *p = calloc((size_t)(n > 0 ? n : 1), sizeof(float));
     if (!p) *oom = true;
     return p;
+}
+
+/* Scratch for the adapters: u = x A^T and its gradient [T, r], a scaled output gradient and
+ * an input gradient [T, widest]. */
+typedef struct {
+    float *u, *du, *dys, *dxl;
+} lora_scratch;
+
+/* y = x W^T + b, plus layer l's adapter on projection t. */
+static void mm_fwd(hc_backend *be, const hc_model *m, int64_t l, int t, float *y, const float *x, const hc_mat *w,
+                   const hc_vec *b, int64_t T, const lora_scratch *ls) {
+    be->matmul(be, y, x, w, b, T);
+    const hc_lora_pair *p = hc_lora_at(m->lora, l, t);
+    if (!p) return;
+    be->matmul(be, ls->u, x, &p->A, NULL, T);
+    be->matmul(be, ls->dys, ls->u, &p->B, NULL, T);
+    be->add_scaled(be, y, ls->dys, m->lora->scale, T * p->n);
+}
+
+/* The backward of mm_fwd: dx (=), the base's dW and db (+=, when they have buffers), and the
+ * adapter's dA, dB (+=). */
+static void mm_bwd(hc_backend *be, const hc_model *m, int64_t l, int t, float *dx, float *dw, float *db, const float *dy,
+                   const float *x, const hc_mat *w, int64_t T, const lora_scratch *ls) {
+    be->matmul_backward(be, dx, dw, db, dy, x, w, T);
+    const hc_lora_pair *p = hc_lora_at(m->lora, l, t);
+    if (!p) return;
+    const int64_t N = p->n, K = p->k;
+    be->matmul(be, ls->u, x, &p->A, NULL, T);
+    for (int64_t i = 0; i < T * N; i++) ls->dys[i] = dy[i] * m->lora->scale;
+    be->matmul_backward(be, ls->du, p->db, NULL, ls->dys, ls->u, &p->B, T);
+    be->matmul_backward(be, ls->dxl, p->da, NULL, ls->du, x, &p->A, T);
+    if (dx) be->add(be, dx, dx, ls->dxl, T * K);
 }
 
 /* Loss (summed over the sequence's predicted tokens: t + 1 where mask says so, or all) and
@@ -151,6 +199,8 @@ static hc_status sequence_grad(hc_model *m, hc_grads *gr, const int32_t *ids, co
     float *dq = fzalloc(T * H * D, &oom), *dk = fzalloc(T * KVH * D, &oom), *dv = fzalloc(T * KVH * D, &oom);
     float *dact = fzalloc(T * I, &oom), *dgate = fzalloc(T * I, &oom), *dup = fzalloc(T * I, &oom);
     float *scratch = fzalloc(2 * T + 2, &oom);
+    const int64_t widest = (I > C ? I : C) > H * D ? (I > C ? I : C) : H * D, lr = m->lora ? m->lora->r : 1;
+    lora_scratch ls = {fzalloc(T * lr, &oom), fzalloc(T * lr, &oom), fzalloc(T * widest, &oom), fzalloc(T * widest, &oom)};
     if (!A || !pos) oom = true;
     for (int64_t l = 0; !oom && l < L; l++) {
         layer_acts *a = &A[l];
@@ -178,9 +228,9 @@ static hc_status sequence_grad(hc_model *m, hc_grads *gr, const int32_t *ids, co
         layer_acts *a = &A[l];
         memcpy(a->x_in, x, sizeof(float) * (size_t)(T * C));
         be->norm(be, a->h1, a->x_in, &Ly->attn_norm, &Ly->attn_norm_b, nk, eps, T, C);
-        be->matmul(be, a->q_pre, a->h1, &Ly->wq, &Ly->bq, T);
-        be->matmul(be, a->k_pre, a->h1, &Ly->wk, &Ly->bk, T);
-        be->matmul(be, a->v, a->h1, &Ly->wv, &Ly->bv, T);
+        mm_fwd(be, m, l, HC_LORA_Q, a->q_pre, a->h1, &Ly->wq, &Ly->bq, T, &ls);
+        mm_fwd(be, m, l, HC_LORA_K, a->k_pre, a->h1, &Ly->wk, &Ly->bk, T, &ls);
+        mm_fwd(be, m, l, HC_LORA_V, a->v, a->h1, &Ly->wv, &Ly->bv, T, &ls);
         if (Ly->q_norm.data) be->norm(be, a->q, a->q_pre, &Ly->q_norm, NULL, nk, eps, T * H, D);
         else memcpy(a->q, a->q_pre, sizeof(float) * (size_t)(T * H * D));
         if (Ly->k_norm.data) be->norm(be, a->k, a->k_pre, &Ly->k_norm, NULL, nk, eps, T * KVH, D);
@@ -192,20 +242,20 @@ static hc_status sequence_grad(hc_model *m, hc_grads *gr, const int32_t *ids, co
         /* the sequence's keys are its own rows: the "cache" is k and v themselves */
         be->attention(be, a->att, a->q, a->k, a->v, HC_DTYPE_F32, pos, T, H, KVH, D, Ly->attn_scale,
                       Ly->sliding ? c->sliding_window : 0, (float)c->attn_softcap, T, scratch);
-        be->matmul(be, a->o_pre, a->att, &Ly->wo, &Ly->bo, T);
+        mm_fwd(be, m, l, HC_LORA_O, a->o_pre, a->att, &Ly->wo, &Ly->bo, T, &ls);
         if (Ly->attn_post_norm.data) be->norm(be, tmp, a->o_pre, &Ly->attn_post_norm, NULL, nk, eps, T, C);
         be->add(be, a->x_mid, a->x_in, Ly->attn_post_norm.data ? tmp : a->o_pre, T * C);
         be->norm(be, a->h2, a->x_mid, &Ly->ffn_norm, &Ly->ffn_norm_b, nk, eps, T, C);
         if (gated) {
-            be->matmul(be, a->gate, a->h2, &Ly->gate, &Ly->b_gate, T);
-            be->matmul(be, a->up, a->h2, &Ly->up, &Ly->b_up, T);
+            mm_fwd(be, m, l, HC_LORA_GATE, a->gate, a->h2, &Ly->gate, &Ly->b_gate, T, &ls);
+            mm_fwd(be, m, l, HC_LORA_UP, a->up, a->h2, &Ly->up, &Ly->b_up, T, &ls);
             be->glu(be, a->act, a->gate, a->up, c->act, T * I);
         } else {
-            be->matmul(be, a->gate, a->h2, &Ly->up, &Ly->b_up, T);
+            mm_fwd(be, m, l, HC_LORA_UP, a->gate, a->h2, &Ly->up, &Ly->b_up, T, &ls);
             memcpy(a->act, a->gate, sizeof(float) * (size_t)(T * I));
             be->activate(be, a->act, c->act, T * I);
         }
-        be->matmul(be, a->ff_pre, a->act, &Ly->down, &Ly->b_down, T);
+        mm_fwd(be, m, l, HC_LORA_DOWN, a->ff_pre, a->act, &Ly->down, &Ly->b_down, T, &ls);
         float *xo = l + 1 < L ? A[l + 1].x_in : xL;
         if (Ly->ffn_post_norm.data) be->norm(be, tmp, a->ff_pre, &Ly->ffn_post_norm, NULL, nk, eps, T, C);
         be->add(be, xo, a->x_mid, Ly->ffn_post_norm.data ? tmp : a->ff_pre, T * C);
@@ -249,15 +299,17 @@ static hc_status sequence_grad(hc_model *m, hc_grads *gr, const int32_t *ids, co
             be->norm_backward(be, tmp, GM(&Ly->ffn_post_norm), NULL, dx, a->ff_pre, &Ly->ffn_post_norm, NULL, nk, eps, T, C);
             dff = tmp;
         }
-        be->matmul_backward(be, dact, GM(&Ly->down), Ly->b_down.data ? GM(&Ly->b_down) : NULL, dff, a->act, &Ly->down, T);
+        mm_bwd(be, m, l, HC_LORA_DOWN, dact, GM(&Ly->down), Ly->b_down.data ? GM(&Ly->b_down) : NULL, dff, a->act, &Ly->down,
+               T, &ls);
         if (gated) {
             be->glu_backward(be, dgate, dup, dact, a->gate, a->up, c->act, T * I);
-            be->matmul_backward(be, dh, GM(&Ly->gate), Ly->b_gate.data ? GM(&Ly->b_gate) : NULL, dgate, a->h2, &Ly->gate, T);
-            be->matmul_backward(be, tmp, GM(&Ly->up), Ly->b_up.data ? GM(&Ly->b_up) : NULL, dup, a->h2, &Ly->up, T);
+            mm_bwd(be, m, l, HC_LORA_GATE, dh, GM(&Ly->gate), Ly->b_gate.data ? GM(&Ly->b_gate) : NULL, dgate, a->h2,
+                   &Ly->gate, T, &ls);
+            mm_bwd(be, m, l, HC_LORA_UP, tmp, GM(&Ly->up), Ly->b_up.data ? GM(&Ly->b_up) : NULL, dup, a->h2, &Ly->up, T, &ls);
             be->add(be, dh, dh, tmp, T * C);
         } else {
             be->glu_backward(be, dgate, NULL, dact, a->gate, NULL, c->act, T * I);
-            be->matmul_backward(be, dh, GM(&Ly->up), Ly->b_up.data ? GM(&Ly->b_up) : NULL, dgate, a->h2, &Ly->up, T);
+            mm_bwd(be, m, l, HC_LORA_UP, dh, GM(&Ly->up), Ly->b_up.data ? GM(&Ly->b_up) : NULL, dgate, a->h2, &Ly->up, T, &ls);
         }
         be->norm_backward(be, tmp, GM(&Ly->ffn_norm), Ly->ffn_norm_b.data ? GM(&Ly->ffn_norm_b) : NULL, dh, a->x_mid,
                           &Ly->ffn_norm, &Ly->ffn_norm_b, nk, eps, T, C);
@@ -269,7 +321,7 @@ static hc_status sequence_grad(hc_model *m, hc_grads *gr, const int32_t *ids, co
             dop = tmp;
         }
         float *datt = tmp + T * (C > I ? C : I) * 2; /* [T, H*D], the tail of tmp */
-        be->matmul_backward(be, datt, GM(&Ly->wo), Ly->bo.data ? GM(&Ly->bo) : NULL, dop, a->att, &Ly->wo, T);
+        mm_bwd(be, m, l, HC_LORA_O, datt, GM(&Ly->wo), Ly->bo.data ? GM(&Ly->bo) : NULL, dop, a->att, &Ly->wo, T, &ls);
         be->attention_backward(be, dq, dk, dv, datt, a->q, a->k, a->v, pos, T, H, KVH, D, Ly->attn_scale,
                                Ly->sliding ? c->sliding_window : 0, (float)c->attn_softcap, scratch);
         if (c->rope.type != HC_ROPE_NONE) {
@@ -284,17 +336,18 @@ static hc_status sequence_grad(hc_model *m, hc_grads *gr, const int32_t *ids, co
             be->norm_backward(be, datt, GM(&Ly->k_norm), NULL, dk, a->k_pre, &Ly->k_norm, NULL, nk, eps, T * KVH, D);
             memcpy(dk, datt, sizeof(float) * (size_t)(T * KVH * D));
         }
-        be->matmul_backward(be, dh, GM(&Ly->wq), Ly->bq.data ? GM(&Ly->bq) : NULL, dq, a->h1, &Ly->wq, T);
-        be->matmul_backward(be, tmp, GM(&Ly->wk), Ly->bk.data ? GM(&Ly->bk) : NULL, dk, a->h1, &Ly->wk, T);
+        mm_bwd(be, m, l, HC_LORA_Q, dh, GM(&Ly->wq), Ly->bq.data ? GM(&Ly->bq) : NULL, dq, a->h1, &Ly->wq, T, &ls);
+        mm_bwd(be, m, l, HC_LORA_K, tmp, GM(&Ly->wk), Ly->bk.data ? GM(&Ly->bk) : NULL, dk, a->h1, &Ly->wk, T, &ls);
         be->add(be, dh, dh, tmp, T * C);
-        be->matmul_backward(be, tmp, GM(&Ly->wv), Ly->bv.data ? GM(&Ly->bv) : NULL, dv, a->h1, &Ly->wv, T);
+        mm_bwd(be, m, l, HC_LORA_V, tmp, GM(&Ly->wv), Ly->bv.data ? GM(&Ly->bv) : NULL, dv, a->h1, &Ly->wv, T, &ls);
         be->add(be, dh, dh, tmp, T * C);
         be->norm_backward(be, tmp, GM(&Ly->attn_norm), Ly->attn_norm_b.data ? GM(&Ly->attn_norm_b) : NULL, dh, a->x_in,
                           &Ly->attn_norm, &Ly->attn_norm_b, nk, eps, T, C);
         be->add(be, dx, dx, tmp, T * C); /* d x_in */
     }
-    be->embedding_backward(be, GM(&m->tok_embed), &m->tok_embed, dx, ids, T, m->embed_scale);
-    if (m->pos_embed.data) be->embedding_backward(be, GM(&m->pos_embed), &m->pos_embed, dx, pos, T, 1.0f);
+    if (GM(&m->tok_embed)) be->embedding_backward(be, GM(&m->tok_embed), &m->tok_embed, dx, ids, T, m->embed_scale);
+    if (m->pos_embed.data && GM(&m->pos_embed))
+        be->embedding_backward(be, GM(&m->pos_embed), &m->pos_embed, dx, pos, T, 1.0f);
 out:
     for (int64_t l = 0; A && l < L; l++) {
         layer_acts *a = &A[l];
@@ -304,6 +357,7 @@ out:
     }
     free(A), free(pos), free(inv[0]), free(inv[1]), free(x0), free(xL), free(hf), free(logits), free(dlogits), free(dx);
     free(dh), free(tmp), free(dq), free(dk), free(dv), free(dact), free(dgate), free(dup), free(scratch);
+    free(ls.u), free(ls.du), free(ls.dys), free(ls.dxl);
     return st;
 }
 

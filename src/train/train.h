@@ -11,4 +11,7 @@ struct hc_grads {
     float **g;                      /* [n] each tensor's gradient (n_elements f32), NULL if unused */
 };
 
+void hc_lora_free(hc_model *m);
+hc_status hc_lora_sync(hc_model *m); /* backend copies and views of the adapter */
+
 #endif

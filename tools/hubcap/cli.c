@@ -127,7 +127,7 @@ int cli_model_flag(int argc, char **argv, int *i, const char *cmd, hc_model_para
         return 1;
     }
     if (strcmp(a, "--threads") && strcmp(a, "--quantize") && strcmp(a, "--device") && strcmp(a, "--kv-dtype") &&
-        strcmp(a, "--compute-dtype") && strcmp(a, "--dtype"))
+        strcmp(a, "--compute-dtype") && strcmp(a, "--dtype") && strcmp(a, "--lora"))
         return 0;
     const char *v = cli_value(argc, argv, i, cmd);
     if (!v) return -1;
@@ -135,6 +135,8 @@ int cli_model_flag(int argc, char **argv, int *i, const char *cmd, hc_model_para
         int64_t n;
         if (!cli_parse_int(v, 1, 1024, &n)) return cli_usage_error(cmd, "--threads must be a positive integer"), -1;
         mp->n_threads = (int)n;
+    } else if (!strcmp(a, "--lora")) {
+        mp->lora_path = v;
     } else if (!strcmp(a, "--quantize")) {
         if (!strcmp(v, "q8_0")) mp->weights = HC_WEIGHTS_Q8_0;
         else if (!strcmp(v, "q4_0")) mp->weights = HC_WEIGHTS_Q4_0;

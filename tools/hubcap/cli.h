@@ -57,7 +57,8 @@ void cli_sampling_apply(const cli_sampling *cs, hc_sampler_params *p);
     "                           (CUDA); on the CPU bf16 prompts use AVX512_BF16. Alias --compute-dtype\n"          \
     "  --device D               cpu (default, or $HUBCAP_DEVICE), cuda or auto\n"                                    \
     "  --no-mmap                read weights into RAM (huge pages) instead of mapping them\n"                       \
-    "  --mlock                  lock the weights in RAM\n"
+    "  --mlock                  lock the weights in RAM\n"                                                          \
+    "  --lora DIR               apply a LoRA adapter (PEFT's adapter_config.json + adapter_model.safetensors)\n"
 
 int cmd_info(int argc, char **argv);
 int cmd_logits(int argc, char **argv);

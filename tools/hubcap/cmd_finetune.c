@@ -31,6 +31,11 @@ static const char help[] =
     "  --eval-fraction X   rows held out for evaluation (default 0.1)\n"
     "  --lines             one example a line (text files)\n"
     "  --seed N            shuffling (default 42)\n"
+    "  --lora-rank R       train a LoRA adapter of rank R instead of every weight (the base stays\n"
+    "                      mapped and frozen); DIR then receives the adapter in PEFT's format\n"
+    "  --lora-alpha A      LoRA scale numerator (default 2 x rank)\n"
+    "  --lora-targets L    q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj or all-linear\n"
+    "                      (default q_proj,k_proj,v_proj,o_proj)\n"
     "  --resume DIR        continue a run that Ctrl-C stopped: DIR is what it saved (its weights\n"
     "                      and trainer_state.safetensors); give the same data and options\n"
     "\n"
@@ -72,7 +77,9 @@ static void progress(void *user, const hc_train_progress *p) {
 }
 
 int cmd_finetune(int argc, char **argv) {
-    const char *model = NULL, *data = NULL, *out = NULL, *resume = NULL;
+    const char *model = NULL, *data = NULL, *out = NULL, *resume = NULL, *lora_targets = "q_proj,k_proj,v_proj,o_proj";
+    int64_t lora_rank = 0;
+    double lora_alpha = -1;
     hc_finetune_params fp = hc_finetune_default_params();
     hc_model_params mp;
     if (!cli_model_defaults(&mp, "finetune")) return EXIT_USAGE;
@@ -90,6 +97,14 @@ int cmd_finetune(int argc, char **argv) {
             if (!(data = cli_value(argc, argv, &i, "finetune"))) return EXIT_USAGE;
         } else if (!strcmp(a, "--out")) {
             if (!(out = cli_value(argc, argv, &i, "finetune"))) return EXIT_USAGE;
+        } else if (!strcmp(a, "--lora-rank")) {
+            if (!(v = cli_value(argc, argv, &i, "finetune"))) return EXIT_USAGE;
+            if (!cli_parse_int(v, 1, 4096, &lora_rank)) return cli_usage_error("finetune", "--lora-rank must be an integer from 1 to 4096");
+        } else if (!strcmp(a, "--lora-alpha")) {
+            if (!(v = cli_value(argc, argv, &i, "finetune"))) return EXIT_USAGE;
+            if (!cli_parse_float(v, &lora_alpha) || !(lora_alpha > 0)) return cli_usage_error("finetune", "--lora-alpha must be > 0");
+        } else if (!strcmp(a, "--lora-targets")) {
+            if (!(lora_targets = cli_value(argc, argv, &i, "finetune"))) return EXIT_USAGE;
         } else if (!strcmp(a, "--resume")) {
             if (!(resume = cli_value(argc, argv, &i, "finetune"))) return EXIT_USAGE;
         } else if (!strcmp(a, "--lines")) {
@@ -131,13 +146,14 @@ int cmd_finetune(int argc, char **argv) {
     if (!out) return cli_usage_error("finetune", "--out is required");
     char resume_state[4200], state_tmp[4200], state_final[4300];
     if (resume) {
-        if (model) return cli_usage_error("finetune", "--resume DIR loads the model from DIR: leave out -m");
-        model = resume;
+        /* full fine-tuning resumes from the saved weights; LoRA from the saved adapter on -m */
+        if (model && !lora_rank) return cli_usage_error("finetune", "--resume DIR loads the model from DIR: leave out -m");
+        if (!lora_rank) model = resume;
         snprintf(resume_state, sizeof resume_state, "%s/trainer_state.safetensors", resume);
         fp.resume_state = resume_state;
     }
     if (!model) model = cli_default_model();
-    mp.use_mmap = false; /* the weights are trained in place */
+    mp.use_mmap = lora_rank > 0; /* full fine-tuning updates the weights in place */
     mp.compute_dtype = HC_DTYPE_F32;
     fp.on_progress = progress;
     fp.stop = &stop_requested;
@@ -148,12 +164,15 @@ int cmd_finetune(int argc, char **argv) {
     hc_model *m = NULL;
     hc_train_progress last = {0};
     hc_status st = hc_model_load(model, &mp, &m);
+    if (!st && lora_rank && resume) st = hc_model_lora_load(m, resume);
+    else if (!st && lora_rank) st = hc_model_lora_init(m, lora_rank, lora_alpha > 0 ? lora_alpha : 2.0 * (double)lora_rank,
+                                                       lora_targets, fp.seed);
     if (!st) st = hc_finetune(m, data, &fp, &last);
     signal(SIGINT, SIG_DFL);
     if (!st && last.stopped) printf("\nstopped at step %lld of %lld\n", (long long)last.step, (long long)last.total_steps);
     else if (!st && last.val_loss >= 0)
         printf("eval loss %.4f, perplexity %.2f, accuracy %.4f\n", last.val_loss, exp(last.val_loss), last.val_accuracy);
-    if (!st) st = hc_checkpoint_save(hc_model_checkpoint(m), out, NULL);
+    if (!st) st = lora_rank ? hc_model_lora_save(m, out) : hc_checkpoint_save(hc_model_checkpoint(m), out, NULL);
     /* A stopped run keeps its optimizer state beside its weights, for --resume. */
     if (!st && last.stopped && rename(state_tmp, state_final) != 0)
         st = hc_fail(HC_ERR_IO, "%s: cannot move the trainer state into place", state_final);

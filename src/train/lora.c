@@ -1,0 +1,268 @@
+/* LoRA adapters: made for training, loaded from and saved to PEFT's format
+ * (adapter_config.json + adapter_model.safetensors with PEFT's tensor names). */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base/half.h"
+#include "base/status.h"
+#include "format/json.h"
+#include "format/safetensors.h"
+#include "train/lora.h"
+#include "train/train.h"
+
+static const char *const target_names[HC_LORA_N] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+static const hc_weight_role target_roles[HC_LORA_N] = {W_Q, W_K, W_V, W_O, W_GATE, W_UP, W_DOWN};
+
+static hc_mat *layer_mat(hc_layer *L, int t) {
+    hc_mat *m[HC_LORA_N] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
+    return m[t];
+}
+
+/* "q_proj,v_proj" (or "all-linear") -> bits. */
+static hc_status parse_targets(const char *list, unsigned *out) {
+    *out = 0;
+    if (!strcmp(list, "all-linear")) {
+        *out = (1u << HC_LORA_N) - 1;
+        return HC_OK;
+    }
+    const char *p = list;
+    while (*p) {
+        const char *e = strchr(p, ',');
+        const size_t n = e ? (size_t)(e - p) : strlen(p);
+        int found = -1;
+        for (int t = 0; t < HC_LORA_N; t++)
+            if (strlen(target_names[t]) == n && !strncmp(p, target_names[t], n)) found = t;
+        if (found < 0)
+            return hc_fail(HC_ERR_INVALID_ARG, "LoRA target '%.*s': use q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
+                                               "down_proj or all-linear", (int)n, p);
+        *out |= 1u << found;
+        p += n + (e != NULL);
+    }
+    return *out ? HC_OK : hc_fail(HC_ERR_INVALID_ARG, "no LoRA targets given");
+}
+
+/* PEFT's name of layer l's projection t: "base_model.model.<module>.lora_A.weight". */
+static void peft_name(const hc_model *m, int64_t l, int t, char ab, char *out, size_t cap) {
+    char module[256];
+    snprintf(module, sizeof module, m->arch->names[target_roles[t]], (int)l);
+    char *w = strstr(module, ".weight");
+    if (w) *w = 0;
+    snprintf(out, cap, "base_model.model.%s.lora_%c.weight", module, ab);
+}
+
+void hc_lora_free(hc_model *m) {
+    hc_lora *lo = m->lora;
+    if (!lo) return;
+    for (int64_t i = 0; lo->pairs && i < m->cfg.n_layers * HC_LORA_N; i++) {
+        hc_lora_pair *p = &lo->pairs[i];
+        if (m->be->device) {
+            if (p->a_dev) m->be->free(m->be, p->a_dev);
+            if (p->b_dev) m->be->free(m->be, p->b_dev);
+        }
+        free(p->a), free(p->b), free(p->da), free(p->db);
+    }
+    free(lo->pairs);
+    free(lo);
+    m->lora = NULL;
+}
+
+/* Allocates every pair of the targets (A and B zero) and their backend copies. */
+static hc_status lora_alloc(hc_model *m, int64_t r, double alpha, unsigned targets) {
+    if (m->cfg.n_experts > 0) return hc_fail(HC_ERR_UNSUPPORTED, "LoRA: mixture-of-experts models are not supported yet");
+    if (m->arch->names[W_QKV] || m->arch->names[W_GATE_UP] || m->arch->transposed_weights)
+        return hc_fail(HC_ERR_UNSUPPORTED, "LoRA: %s fuses or transposes its projections; not supported yet", m->cfg.model_type);
+    if (r < 1) return hc_fail(HC_ERR_INVALID_ARG, "LoRA rank must be at least 1");
+    hc_lora *lo = calloc(1, sizeof *lo);
+    if (!lo || !(lo->pairs = calloc((size_t)(m->cfg.n_layers * HC_LORA_N), sizeof *lo->pairs))) {
+        free(lo);
+        return hc_fail(HC_ERR_NOMEM, "out of memory");
+    }
+    lo->r = r;
+    lo->alpha = alpha;
+    lo->scale = (float)(alpha / (double)r);
+    lo->targets = targets;
+    m->lora = lo;
+    for (int64_t l = 0; l < m->cfg.n_layers; l++)
+        for (int t = 0; t < HC_LORA_N; t++) {
+            const hc_mat *w = layer_mat(&m->layers[l], t);
+            if (!(targets & (1u << t)) || !w->data) continue;
+            hc_lora_pair *p = &lo->pairs[l * HC_LORA_N + t];
+            p->n = w->rows, p->k = w->cols;
+            p->a = calloc((size_t)(r * p->k), sizeof(float));
+            p->b = calloc((size_t)(p->n * r), sizeof(float));
+            if (!p->a || !p->b) return hc_fail(HC_ERR_NOMEM, "out of memory for LoRA adapters");
+        }
+    return HC_OK;
+}
+
+/* Points the views at backend memory (uploading on a device). */
+hc_status hc_lora_sync(hc_model *m) {
+    hc_lora *lo = m->lora;
+    hc_backend *be = m->be;
+    for (int64_t i = 0; lo && i < m->cfg.n_layers * HC_LORA_N; i++) {
+        hc_lora_pair *p = &lo->pairs[i];
+        if (!p->a) continue;
+        const size_t ab = sizeof(float) * (size_t)(lo->r * p->k), bb = sizeof(float) * (size_t)(p->n * lo->r);
+        if (be->device) {
+            if (!p->a_dev && !(p->a_dev = be->alloc(be, ab))) return hc_fail(HC_ERR_NOMEM, "LoRA: out of GPU memory");
+            if (!p->b_dev && !(p->b_dev = be->alloc(be, bb))) return hc_fail(HC_ERR_NOMEM, "LoRA: out of GPU memory");
+            be->upload(be, p->a_dev, p->a, ab);
+            be->upload(be, p->b_dev, p->b, bb);
+        } else {
+            p->a_dev = p->a, p->b_dev = p->b;
+        }
+        p->A = (hc_mat){.data = p->a_dev, .dtype = HC_DTYPE_F32, .rows = lo->r, .cols = p->k, .ld = p->k};
+        p->B = (hc_mat){.data = p->b_dev, .dtype = HC_DTYPE_F32, .rows = p->n, .cols = lo->r, .ld = lo->r};
+    }
+    return HC_OK;
+}
+
+hc_status hc_model_lora_init(hc_model *m, int64_t r, double alpha, const char *targets, uint64_t seed) {
+    if (m->lora) return hc_fail(HC_ERR_INVALID_ARG, "the model already has a LoRA adapter");
+    unsigned bits;
+    hc_status st = parse_targets(targets, &bits);
+    if (!st) st = lora_alloc(m, r, alpha, bits);
+    /* A as PEFT initialises it (kaiming-uniform with a = sqrt(5): bound 1/sqrt(K)), B zero, so
+     * training starts from the base model exactly. */
+    uint64_t s = seed ? seed : 0x2545F4914F6CDD1Dull;
+    for (int64_t i = 0; !st && i < m->cfg.n_layers * HC_LORA_N; i++) {
+        hc_lora_pair *p = &m->lora->pairs[i];
+        const float bound = p->a ? 1.0f / sqrtf((float)p->k) : 0;
+        for (int64_t j = 0; p->a && j < r * p->k; j++) {
+            s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+            p->a[j] = bound * (float)((double)(s >> 11) / 4503599627370496.0 - 1.0);
+        }
+    }
+    if (!st) st = hc_lora_sync(m);
+    if (st) hc_lora_free(m);
+    return st;
+}
+
+hc_status hc_model_lora_load(hc_model *m, const char *dir) {
+    char path[4200];
+    hc_json_doc cfg = {0};
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    hc_status st = hc_json_parse_file(&cfg, path);
+    if (st) return st;
+    const hc_json *r = hc_json_get(cfg.root, "r"), *alpha = hc_json_get(cfg.root, "lora_alpha");
+    const hc_json *tm = hc_json_get(cfg.root, "target_modules"), *pt = hc_json_get(cfg.root, "peft_type");
+    unsigned bits = 0;
+    if (!r || r->type != HC_JSON_NUMBER || !alpha || alpha->type != HC_JSON_NUMBER || !tm)
+        st = hc_fail(HC_ERR_FORMAT, "%s: needs r, lora_alpha and target_modules", path);
+    else if (pt && pt->type == HC_JSON_STRING && strcmp(pt->u.str, "LORA"))
+        st = hc_fail(HC_ERR_UNSUPPORTED, "%s: peft_type %s (only LORA)", path, pt->u.str);
+    for (size_t i = 0; !st && tm->type == HC_JSON_ARRAY && i < tm->len; i++) {
+        unsigned b;
+        if (tm->u.items[i].type != HC_JSON_STRING || (st = parse_targets(tm->u.items[i].u.str, &b))) break;
+        bits |= b;
+    }
+    if (!st && tm->type == HC_JSON_STRING) st = parse_targets(tm->u.str, &bits);
+    if (!st) st = lora_alloc(m, (int64_t)r->u.num.d, alpha->u.num.d, bits);
+    hc_json_free(&cfg);
+    hc_safetensors f;
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    bool open = false;
+    if (!st && !(st = hc_safetensors_open(&f, path, true))) open = true;
+    for (int64_t l = 0; !st && l < m->cfg.n_layers; l++)
+        for (int t = 0; !st && t < HC_LORA_N; t++) {
+            hc_lora_pair *p = &m->lora->pairs[l * HC_LORA_N + t];
+            if (!p->a) continue;
+            for (int ab = 0; !st && ab < 2; ab++) {
+                char name[512];
+                peft_name(m, l, t, ab ? 'B' : 'A', name, sizeof name);
+                const hc_tensor_info *ti = hc_safetensors_find(&f, name);
+                const int64_t d0 = ab ? p->n : m->lora->r, d1 = ab ? m->lora->r : p->k;
+                if (!ti) st = hc_fail(HC_ERR_NOT_FOUND, "%s: missing tensor '%s'", path, name);
+                else if (ti->n_dims != 2 || ti->shape[0] != d0 || ti->shape[1] != d1 ||
+                         (ti->dtype != HC_DTYPE_F32 && ti->dtype != HC_DTYPE_BF16 && ti->dtype != HC_DTYPE_F16))
+                    st = hc_fail(HC_ERR_FORMAT, "%s: tensor '%s' should be a float [%lld, %lld]", path, name, (long long)d0,
+                                 (long long)d1);
+                for (int64_t j = 0; !st && j < d0 * d1; j++) {
+                    float v;
+                    uint16_t h;
+                    if (ti->dtype == HC_DTYPE_F32) memcpy(&v, (const char *)ti->data + 4 * j, 4);
+                    else {
+                        memcpy(&h, (const char *)ti->data + 2 * j, 2);
+                        v = ti->dtype == HC_DTYPE_BF16 ? hc_bf16_to_f32(h) : hc_f16_to_f32(h);
+                    }
+                    (ab ? p->b : p->a)[j] = v;
+                }
+            }
+        }
+    if (open) hc_safetensors_close(&f);
+    if (!st) st = hc_lora_sync(m);
+    if (st && m->lora) hc_lora_free(m);
+    return st;
+}
+
+hc_status hc_model_lora_save(const hc_model *m, const char *dir) {
+    const hc_lora *lo = m->lora;
+    if (!lo) return hc_fail(HC_ERR_INVALID_ARG, "the model has no LoRA adapter to save");
+    struct stat sb;
+    if (stat(dir, &sb) == 0 && !S_ISDIR(sb.st_mode)) return hc_fail(HC_ERR_INVALID_ARG, "%s is not a folder", dir);
+    char tmp[4200], path[4300];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", dir, (long)getpid());
+    for (char *q = tmp + 1; *q; q++)
+        if (*q == '/') *q = 0, mkdir(tmp, 0755), *q = '/';
+    mkdir(tmp, 0755);
+    int64_t n = 0;
+    for (int64_t i = 0; i < m->cfg.n_layers * HC_LORA_N; i++) n += lo->pairs[i].a != NULL;
+    hc_tensor_write *w = calloc((size_t)(2 * n + 1), sizeof *w);
+    char (*names)[512] = calloc((size_t)(2 * n + 1), sizeof *names);
+    hc_status st = w && names ? HC_OK : hc_fail(HC_ERR_NOMEM, "out of memory");
+    int64_t k = 0;
+    for (int64_t l = 0; !st && l < m->cfg.n_layers; l++)
+        for (int t = 0; t < HC_LORA_N; t++) {
+            const hc_lora_pair *p = &lo->pairs[l * HC_LORA_N + t];
+            if (!p->a) continue;
+            for (int ab = 0; ab < 2; ab++, k++) {
+                peft_name(m, l, t, ab ? 'B' : 'A', names[k], sizeof names[k]);
+                w[k].name = names[k];
+                w[k].dtype = HC_DTYPE_F32;
+                w[k].n_dims = 2;
+                w[k].shape[0] = ab ? p->n : lo->r;
+                w[k].shape[1] = ab ? lo->r : p->k;
+                w[k].data = ab ? p->b : p->a;
+            }
+        }
+    const char *meta[] = {"format", "pt"};
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", tmp);
+    if (!st) st = hc_safetensors_write(path, w, k, meta, 1);
+    free(w);
+    free(names);
+    if (!st) {
+        snprintf(path, sizeof path, "%s/adapter_config.json", tmp);
+        FILE *f = fopen(path, "w");
+        if (!f) st = hc_fail(HC_ERR_IO, "%s: %s", path, strerror(errno));
+        else {
+            fprintf(f, "{\n  \"peft_type\": \"LORA\",\n  \"task_type\": \"CAUSAL_LM\",\n  \"base_model_name_or_path\": ");
+            hc_json_write_string(f, hc_checkpoint_path(m->ck));
+            fprintf(f, ",\n  \"r\": %lld,\n  \"lora_alpha\": %.17g,\n  \"lora_dropout\": 0.0,\n  \"bias\": \"none\",\n"
+                       "  \"fan_in_fan_out\": false,\n  \"inference_mode\": true,\n  \"target_modules\": [",
+                    (long long)lo->r, lo->alpha);
+            bool first = true;
+            for (int t = 0; t < HC_LORA_N; t++)
+                if (lo->targets & (1u << t)) fprintf(f, "%s\"%s\"", first ? "" : ", ", target_names[t]), first = false;
+            fprintf(f, "]\n}\n");
+            if (fclose(f) != 0) st = hc_fail(HC_ERR_IO, "%s: write failed", path);
+        }
+    }
+    if (!st && stat(dir, &sb) == 0) {
+        /* replace an adapter saved there before: its two files, then the folder */
+        snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir), unlink(path);
+        snprintf(path, sizeof path, "%s/adapter_config.json", dir), unlink(path);
+        if (rmdir(dir) != 0) st = hc_fail(HC_ERR_INVALID_ARG, "%s holds other files; choose an empty folder", dir);
+    }
+    if (!st && rename(tmp, dir) != 0) st = hc_fail(HC_ERR_IO, "cannot rename %s to %s: %s", tmp, dir, strerror(errno));
+    if (st) {
+        snprintf(path, sizeof path, "%s/adapter_model.safetensors", tmp), unlink(path);
+        snprintf(path, sizeof path, "%s/adapter_config.json", tmp), unlink(path);
+        rmdir(tmp);
+    }
+    return st;
+}
