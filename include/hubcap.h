@@ -555,6 +555,9 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
 hc_status hc_model_lora_init(hc_model *m, int64_t r, double alpha, const char *targets, uint64_t seed);
 hc_status hc_model_lora_load(hc_model *m, const char *dir);
 hc_status hc_model_lora_save(const hc_model *m, const char *dir);
+/* Adds the adapter into the weights (W += scale B A, in their dtype) and drops it; the model
+ * must be on the CPU and read into RAM (use_mmap false). */
+hc_status hc_model_lora_merge(hc_model *m);
 
 /* ---- saving ------------------------------------------------------------------------------ */
 

@@ -230,5 +230,18 @@ expect 0 "loss 11.6155" -- sh -c "'$HUBCAP' grad -m '$G' --batch '$G/train_refer
 expect 2 "--batch is required" -- "$HUBCAP" grad --out "$TMP/x"
 expect 1 "needs a tensor 'input_ids'" -- "$HUBCAP" grad -m "$G" --batch "$TMP/g.safetensors" --out "$TMP/x"
 
+# LoRA: a short adapter run, applied at inference and merged by save.
+expect 0 "" -- "$HUBCAP" finetune --data "$SRC/tests/data/stories.txt" --out "$TMP/adapter" --seq-len 64 --steps 3 --lora-rank 4 --device cpu
+expect 0 "" -- "$HUBCAP" generate --lora "$TMP/adapter" --ids 1 --max-new-tokens 5
+expect 0 "" -- "$HUBCAP" save "$TMP/merged" --merge-lora "$TMP/adapter"
+if cmp -s <("$HUBCAP" generate --lora "$TMP/adapter" --ids 1 --max-new-tokens 12 --output-ids --device cpu) \
+          <("$HUBCAP" generate -m "$TMP/merged" --ids 1 --max-new-tokens 12 --output-ids --device cpu); then
+    pass=$((pass + 1))
+else
+    echo "FAIL: the merged checkpoint generates other ids than the adapter"; fail=$((fail + 1))
+fi
+expect 1 "adapter_config.json" -- "$HUBCAP" generate --lora "$TMP/nothing-here" --ids 1
+expect 2 "--lora-rank must be" -- "$HUBCAP" finetune --data x --out y --lora-rank 0
+
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -181,6 +181,15 @@ int main(void) {
             CHECK_OK(hc_model_load(stories, &ap, &ma2));
             if (ma2) CHECK(fabs(data_loss(ma2, data) - trained) < 1e-4, "the saved adapter gives the trained loss");
             hc_model_free(ma2);
+            /* merged into the weights: the same model without an adapter */
+            ap.use_mmap = false;
+            ma2 = NULL;
+            CHECK_OK(hc_model_load(stories, &ap, &ma2));
+            if (ma2) {
+                CHECK_OK(hc_model_lora_merge(ma2));
+                CHECK(fabs(data_loss(ma2, data) - trained) < 1e-3, "the merged model gives the trained loss");
+            }
+            hc_model_free(ma2);
             unlink(afile);
             snprintf(afile, sizeof afile, "%s/adapter_config.json", adir);
             unlink(afile);

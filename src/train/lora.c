@@ -266,3 +266,39 @@ hc_status hc_model_lora_save(const hc_model *m, const char *dir) {
     }
     return st;
 }
+
+hc_status hc_model_lora_merge(hc_model *m) {
+    hc_lora *lo = m->lora;
+    if (!lo) return hc_fail(HC_ERR_INVALID_ARG, "the model has no LoRA adapter to merge");
+    if (m->use_mmap || m->be->device)
+        return hc_fail(HC_ERR_INVALID_ARG, "merging a LoRA adapter writes the weights: load the model on the CPU with --no-mmap");
+    for (int64_t l = 0; l < m->cfg.n_layers; l++)
+        for (int t = 0; t < HC_LORA_N; t++) {
+            const hc_lora_pair *p = hc_lora_at(lo, l, t);
+            const hc_mat *w = layer_mat(&m->layers[l], t);
+            if (!p) continue;
+            if (w->quant) return hc_fail(HC_ERR_UNSUPPORTED, "cannot merge a LoRA adapter into quantized weights");
+            /* W[n, k] += scale * sum_j B[n, j] A[j, k], rounded to the stored dtype */
+            for (int64_t n = 0; n < p->n; n++)
+                for (int64_t k = 0; k < p->k; k++) {
+                    double d = 0;
+                    for (int64_t j = 0; j < lo->r; j++) d += (double)p->b[n * lo->r + j] * p->a[j * p->k + k];
+                    void *at = (char *)w->data + (size_t)(n * w->ld + k) * hc_dtype_size(w->dtype);
+                    float v;
+                    uint16_t h;
+                    if (w->dtype == HC_DTYPE_F32) memcpy(&v, at, 4);
+                    else {
+                        memcpy(&h, at, 2);
+                        v = w->dtype == HC_DTYPE_BF16 ? hc_bf16_to_f32(h) : hc_f16_to_f32(h);
+                    }
+                    v += (float)(lo->scale * d);
+                    if (w->dtype == HC_DTYPE_F32) memcpy(at, &v, 4);
+                    else {
+                        h = w->dtype == HC_DTYPE_BF16 ? hc_f32_to_bf16(v) : hc_f32_to_f16(v);
+                        memcpy(at, &h, 2);
+                    }
+                }
+        }
+    hc_lora_free(m); /* the weights now hold it */
+    return HC_OK;
+}
