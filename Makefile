@@ -22,7 +22,7 @@ test-cuda: all
 	@cd $(BUILD) && ctest --output-on-failure -L cuda
 
 asan:
-	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DHUBCAP_SANITIZE=ON $(CMAKE_FLAGS)
+	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHUBCAP_SANITIZE=ON $(CMAKE_FLAGS)
 	@cmake --build build-asan -j $(JOBS)
 	@cd build-asan && ctest --output-on-failure -j $(JOBS) -LE 'cuda|slow'
 

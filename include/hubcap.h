@@ -493,6 +493,9 @@ void hc_grads_zero(hc_grads *g);
 int64_t hc_grads_count(const hc_grads *g);                      /* the checkpoint's tensors */
 const hc_tensor_info *hc_grads_tensor(const hc_grads *g, int64_t i);
 const float *hc_grads_data(const hc_grads *g, int64_t i);       /* NULL: the model does not use it */
+/* Activation checkpointing: keep each layer's input only and recompute the layer in the
+ * backward (the same gradients, bit for bit, for about a third more compute). */
+void hc_grads_set_checkpointing(hc_grads *g, bool on);
 
 /* The mean next-token cross entropy of B sequences of T ids (labels are the ids shifted, as
  * transformers' causal LM loss) and its gradients added (+=) into g (NULL: the loss alone).
@@ -535,6 +538,7 @@ typedef struct {
     double clip_norm;       /* 1.0 (0: none) */
     double eval_fraction;   /* 0.1 of the rows held out */
     bool lines;             /* text files: one example a line instead of the file chunked */
+    bool checkpointing;     /* recompute activations per layer (less memory, more compute) */
     uint64_t seed;          /* shuffling */
     void (*on_progress)(void *user, const hc_train_progress *p);
     void *user;

@@ -93,6 +93,21 @@ static void check_model(const char *dir, const char *name) {
         n_adam++;
         free(w), free(m1), free(m2);
     }
+    /* With activation checkpointing: the same loss and gradients, bit for bit. */
+    hc_grads *g2 = NULL;
+    CHECK_OK(hc_grads_new(m, &g2));
+    if (g2) {
+        hc_grads_set_checkpointing(g2, true);
+        double loss2 = 0;
+        CHECK_OK(hc_model_loss_grad(m, ids, NULL, B, T, g2, &loss2, NULL));
+        bool same = loss2 == loss;
+        for (int64_t i = 0; same && i < hc_grads_count(g); i++) {
+            const float *x = hc_grads_data(g, i), *y = hc_grads_data(g2, i);
+            same = (!x && !y) || (x && y && !memcmp(x, y, sizeof(float) * (size_t)hc_grads_tensor(g, i)->n_elements));
+        }
+        CHECK(same, "%s: checkpointing gives the same gradients", name);
+        hc_grads_free(g2);
+    }
     printf("  %-8s loss %.6f (HF %.6f), %d gradients (worst %.2e of norm), %d AdamW steps\n", name, loss, want, n_grads,
            worst, n_adam);
     CHECK(n_grads >= 10, "%s: %d gradients compared", name, n_grads);

@@ -413,6 +413,7 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
         goto out;
     }
     if ((st = make_params(m, g, &ps, &n_ps))) goto out;
+    hc_grads_set_checkpointing(g, p.checkpointing);
     uint64_t seed = p.seed ? p.seed : 0x9E3779B97F4A7C15ull;
     for (int64_t i = 0; i < r.n; i++) order[i] = i;
     shuffle(order, r.n, &seed);

@@ -177,6 +177,63 @@ static void mm_bwd(hc_backend *be, const hc_model *m, int64_t l, int t, float *d
     if (dx) be->add(be, dx, dx, ls->dxl, T * K);
 }
 
+/* What a layer's training forward needs besides its activations. */
+typedef struct {
+    hc_backend *be;
+    const hc_model *m;
+    const int32_t *pos;
+    float *inv[2], attn_factor[2];
+    int64_t T;
+    float *scratch, *tmp;
+    const lora_scratch *ls;
+} train_ctx;
+
+/* Layer l from a->x_in, keeping every activation in a; its output goes to xo. */
+static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *xo) {
+    hc_backend *be = tc->be;
+    const hc_model *m = tc->m;
+    const hc_model_config *c = &m->cfg;
+    const hc_layer *Ly = &m->layers[l];
+    const hc_norm_kind nk = m->arch->norm;
+    const float eps = (float)c->norm_eps;
+    const int64_t C = c->hidden_size, H = c->n_heads, KVH = c->n_kv_heads, D = c->head_dim, I = c->intermediate_size;
+    const int64_t R = c->rotary_dim, T = tc->T;
+    const int32_t *pos = tc->pos;
+    float *tmp = tc->tmp, *scratch = tc->scratch;
+    const lora_scratch *ls = tc->ls;
+    be->norm(be, a->h1, a->x_in, &Ly->attn_norm, &Ly->attn_norm_b, nk, eps, T, C);
+    mm_fwd(be, m, l, HC_LORA_Q, a->q_pre, a->h1, &Ly->wq, &Ly->bq, T, ls);
+    mm_fwd(be, m, l, HC_LORA_K, a->k_pre, a->h1, &Ly->wk, &Ly->bk, T, ls);
+    mm_fwd(be, m, l, HC_LORA_V, a->v, a->h1, &Ly->wv, &Ly->bv, T, ls);
+    if (Ly->q_norm.data) be->norm(be, a->q, a->q_pre, &Ly->q_norm, NULL, nk, eps, T * H, D);
+    else memcpy(a->q, a->q_pre, sizeof(float) * (size_t)(T * H * D));
+    if (Ly->k_norm.data) be->norm(be, a->k, a->k_pre, &Ly->k_norm, NULL, nk, eps, T * KVH, D);
+    else memcpy(a->k, a->k_pre, sizeof(float) * (size_t)(T * KVH * D));
+    if (c->rope.type != HC_ROPE_NONE) {
+        be->rope(be, a->q, pos, tc->inv[Ly->rope], tc->attn_factor[Ly->rope], T, H, D, R);
+        be->rope(be, a->k, pos, tc->inv[Ly->rope], tc->attn_factor[Ly->rope], T, KVH, D, R);
+    }
+    /* the sequence's keys are its own rows: the "cache" is k and v themselves */
+    be->attention(be, a->att, a->q, a->k, a->v, HC_DTYPE_F32, pos, T, H, KVH, D, Ly->attn_scale,
+                  Ly->sliding ? c->sliding_window : 0, (float)c->attn_softcap, T, scratch);
+    mm_fwd(be, m, l, HC_LORA_O, a->o_pre, a->att, &Ly->wo, &Ly->bo, T, ls);
+    if (Ly->attn_post_norm.data) be->norm(be, tmp, a->o_pre, &Ly->attn_post_norm, NULL, nk, eps, T, C);
+    be->add(be, a->x_mid, a->x_in, Ly->attn_post_norm.data ? tmp : a->o_pre, T * C);
+    be->norm(be, a->h2, a->x_mid, &Ly->ffn_norm, &Ly->ffn_norm_b, nk, eps, T, C);
+    if (m->arch->gated_mlp) {
+        mm_fwd(be, m, l, HC_LORA_GATE, a->gate, a->h2, &Ly->gate, &Ly->b_gate, T, ls);
+        mm_fwd(be, m, l, HC_LORA_UP, a->up, a->h2, &Ly->up, &Ly->b_up, T, ls);
+        be->glu(be, a->act, a->gate, a->up, c->act, T * I);
+    } else {
+        mm_fwd(be, m, l, HC_LORA_UP, a->gate, a->h2, &Ly->up, &Ly->b_up, T, ls);
+        memcpy(a->act, a->gate, sizeof(float) * (size_t)(T * I));
+        be->activate(be, a->act, c->act, T * I);
+    }
+    mm_fwd(be, m, l, HC_LORA_DOWN, a->ff_pre, a->act, &Ly->down, &Ly->b_down, T, ls);
+    if (Ly->ffn_post_norm.data) be->norm(be, tmp, a->ff_pre, &Ly->ffn_post_norm, NULL, nk, eps, T, C);
+    be->add(be, xo, a->x_mid, Ly->ffn_post_norm.data ? tmp : a->ff_pre, T * C);
+}
+
 /* Loss (summed over the sequence's predicted tokens: t + 1 where mask says so, or all) and
  * gradients of one sequence (none when gr is NULL), the loss scaled by 1/n_total as
  * transformers' mean over the batch; correct counts argmax hits. */
@@ -202,10 +259,21 @@ static hc_status sequence_grad(hc_model *m, hc_grads *gr, const int32_t *ids, co
     const int64_t widest = (I > C ? I : C) > H * D ? (I > C ? I : C) : H * D, lr = m->lora ? m->lora->r : 1;
     lora_scratch ls = {fzalloc(T * lr, &oom), fzalloc(T * lr, &oom), fzalloc(T * widest, &oom), fzalloc(T * widest, &oom)};
     if (!A || !pos) oom = true;
+    /* Every layer's activations; with checkpointing only each layer's input, and one set of
+     * buffers that the backward refills by running the layer again. */
+    const bool ckpt = gr && gr->checkpointing;
+    float *x_ckpt_out = ckpt ? fzalloc(T * C, &oom) : NULL;
     for (int64_t l = 0; !oom && l < L; l++) {
         layer_acts *a = &A[l];
-        float **bufs[] = {&a->x_in, &a->h1, &a->o_pre, &a->x_mid, &a->h2, &a->ff_pre};
-        for (size_t i = 0; i < 6; i++) *bufs[i] = fzalloc(T * C, &oom);
+        a->x_in = fzalloc(T * C, &oom);
+        if (ckpt && l > 0) {
+            const float *x_in = a->x_in;
+            *a = A[0];
+            a->x_in = (float *)x_in;
+            continue;
+        }
+        float **bufs[] = {&a->h1, &a->o_pre, &a->x_mid, &a->h2, &a->ff_pre};
+        for (size_t i = 0; i < 5; i++) *bufs[i] = fzalloc(T * C, &oom);
         a->q_pre = fzalloc(T * H * D, &oom), a->q = fzalloc(T * H * D, &oom), a->att = fzalloc(T * H * D, &oom);
         a->k_pre = fzalloc(T * KVH * D, &oom), a->k = fzalloc(T * KVH * D, &oom), a->v = fzalloc(T * KVH * D, &oom);
         a->gate = fzalloc(T * I, &oom), a->up = fzalloc(T * I, &oom), a->act = fzalloc(T * I, &oom);
@@ -219,47 +287,15 @@ static hc_status sequence_grad(hc_model *m, hc_grads *gr, const int32_t *ids, co
     for (int r = 0; r < 2 && c->rope.type != HC_ROPE_NONE; r++)
         hc_rope_inv_freq(inv[r], &attn_factor[r], &m->rope[r], R, c->max_position_embeddings, T);
 
+    train_ctx tc = {be, m, pos, {inv[0], inv[1]}, {attn_factor[0], attn_factor[1]}, T, scratch, tmp, &ls};
+
     /* ---- forward, keeping activations ---- */
     be->embedding(be, x0, &m->tok_embed, ids, T, m->embed_scale, false);
     if (m->pos_embed.data) be->embedding(be, x0, &m->pos_embed, pos, T, 1.0f, true);
-    const float *x = x0;
     for (int64_t l = 0; l < L; l++) {
-        const hc_layer *Ly = &m->layers[l];
-        layer_acts *a = &A[l];
-        memcpy(a->x_in, x, sizeof(float) * (size_t)(T * C));
-        be->norm(be, a->h1, a->x_in, &Ly->attn_norm, &Ly->attn_norm_b, nk, eps, T, C);
-        mm_fwd(be, m, l, HC_LORA_Q, a->q_pre, a->h1, &Ly->wq, &Ly->bq, T, &ls);
-        mm_fwd(be, m, l, HC_LORA_K, a->k_pre, a->h1, &Ly->wk, &Ly->bk, T, &ls);
-        mm_fwd(be, m, l, HC_LORA_V, a->v, a->h1, &Ly->wv, &Ly->bv, T, &ls);
-        if (Ly->q_norm.data) be->norm(be, a->q, a->q_pre, &Ly->q_norm, NULL, nk, eps, T * H, D);
-        else memcpy(a->q, a->q_pre, sizeof(float) * (size_t)(T * H * D));
-        if (Ly->k_norm.data) be->norm(be, a->k, a->k_pre, &Ly->k_norm, NULL, nk, eps, T * KVH, D);
-        else memcpy(a->k, a->k_pre, sizeof(float) * (size_t)(T * KVH * D));
-        if (c->rope.type != HC_ROPE_NONE) {
-            be->rope(be, a->q, pos, inv[Ly->rope], attn_factor[Ly->rope], T, H, D, R);
-            be->rope(be, a->k, pos, inv[Ly->rope], attn_factor[Ly->rope], T, KVH, D, R);
-        }
-        /* the sequence's keys are its own rows: the "cache" is k and v themselves */
-        be->attention(be, a->att, a->q, a->k, a->v, HC_DTYPE_F32, pos, T, H, KVH, D, Ly->attn_scale,
-                      Ly->sliding ? c->sliding_window : 0, (float)c->attn_softcap, T, scratch);
-        mm_fwd(be, m, l, HC_LORA_O, a->o_pre, a->att, &Ly->wo, &Ly->bo, T, &ls);
-        if (Ly->attn_post_norm.data) be->norm(be, tmp, a->o_pre, &Ly->attn_post_norm, NULL, nk, eps, T, C);
-        be->add(be, a->x_mid, a->x_in, Ly->attn_post_norm.data ? tmp : a->o_pre, T * C);
-        be->norm(be, a->h2, a->x_mid, &Ly->ffn_norm, &Ly->ffn_norm_b, nk, eps, T, C);
-        if (gated) {
-            mm_fwd(be, m, l, HC_LORA_GATE, a->gate, a->h2, &Ly->gate, &Ly->b_gate, T, &ls);
-            mm_fwd(be, m, l, HC_LORA_UP, a->up, a->h2, &Ly->up, &Ly->b_up, T, &ls);
-            be->glu(be, a->act, a->gate, a->up, c->act, T * I);
-        } else {
-            mm_fwd(be, m, l, HC_LORA_UP, a->gate, a->h2, &Ly->up, &Ly->b_up, T, &ls);
-            memcpy(a->act, a->gate, sizeof(float) * (size_t)(T * I));
-            be->activate(be, a->act, c->act, T * I);
-        }
-        mm_fwd(be, m, l, HC_LORA_DOWN, a->ff_pre, a->act, &Ly->down, &Ly->b_down, T, &ls);
         float *xo = l + 1 < L ? A[l + 1].x_in : xL;
-        if (Ly->ffn_post_norm.data) be->norm(be, tmp, a->ff_pre, &Ly->ffn_post_norm, NULL, nk, eps, T, C);
-        be->add(be, xo, a->x_mid, Ly->ffn_post_norm.data ? tmp : a->ff_pre, T * C);
-        x = xo;
+        if (l == 0) memcpy(A[0].x_in, x0, sizeof(float) * (size_t)(T * C));
+        layer_forward(&tc, l, &A[l], xo);
     }
     be->norm(be, hf, xL, &m->final_norm, &m->final_norm_b, nk, eps, T, C);
     be->matmul(be, logits, hf, &m->lm_head, NULL, T);
@@ -293,6 +329,7 @@ static hc_status sequence_grad(hc_model *m, hc_grads *gr, const int32_t *ids, co
     for (int64_t l = L - 1; l >= 0; l--) {
         const hc_layer *Ly = &m->layers[l];
         layer_acts *a = &A[l];
+        if (ckpt) layer_forward(&tc, l, a, x_ckpt_out); /* the same numbers again */
         /* the MLP block: x_out = x_mid + post(ff_pre) */
         float *dff = dx;
         if (Ly->ffn_post_norm.data) {
@@ -351,15 +388,20 @@ static hc_status sequence_grad(hc_model *m, hc_grads *gr, const int32_t *ids, co
 out:
     for (int64_t l = 0; A && l < L; l++) {
         layer_acts *a = &A[l];
-        float *bufs[] = {a->x_in, a->h1, a->q_pre, a->k_pre, a->q, a->k, a->v, a->att, a->o_pre, a->x_mid, a->h2, a->gate, a->up,
+        free(a->x_in);
+        if (ckpt && l > 0) continue; /* shares layer 0's buffers */
+        float *bufs[] = {a->h1, a->q_pre, a->k_pre, a->q, a->k, a->v, a->att, a->o_pre, a->x_mid, a->h2, a->gate, a->up,
                          a->act, a->ff_pre};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     }
+    free(x_ckpt_out);
     free(A), free(pos), free(inv[0]), free(inv[1]), free(x0), free(xL), free(hf), free(logits), free(dlogits), free(dx);
     free(dh), free(tmp), free(dq), free(dk), free(dv), free(dact), free(dgate), free(dup), free(scratch);
     free(ls.u), free(ls.du), free(ls.dys), free(ls.dxl);
     return st;
 }
+
+void hc_grads_set_checkpointing(hc_grads *g, bool on) { g->checkpointing = on; }
 
 hc_status hc_model_loss_grad(hc_model *m, const int32_t *ids, const uint8_t *mask, int64_t B, int64_t T, hc_grads *gr,
                              double *loss, double *accuracy) {

@@ -9,6 +9,7 @@ struct hc_grads {
     int64_t n;
     const hc_tensor_info **tensors; /* the checkpoint's, sorted by data address */
     float **g;                      /* [n] each tensor's gradient (n_elements f32), NULL if unused */
+    bool checkpointing;             /* keep layer inputs only; recompute the rest in the backward */
 };
 
 void hc_lora_free(hc_model *m);

@@ -30,6 +30,7 @@ static const char help[] =
     "  --clip X            clip gradients to this global norm (default 1, 0: off)\n"
     "  --eval-fraction X   rows held out for evaluation (default 0.1)\n"
     "  --lines             one example a line (text files)\n"
+    "  --checkpointing     keep only each layer's input and recompute the rest in the backward\n"
     "  --seed N            shuffling (default 42)\n"
     "  --lora-rank R       train a LoRA adapter of rank R instead of every weight (the base stays\n"
     "                      mapped and frozen); DIR then receives the adapter in PEFT's format\n"
@@ -109,6 +110,8 @@ int cmd_finetune(int argc, char **argv) {
             if (!(resume = cli_value(argc, argv, &i, "finetune"))) return EXIT_USAGE;
         } else if (!strcmp(a, "--lines")) {
             fp.lines = true;
+        } else if (!strcmp(a, "--checkpointing")) {
+            fp.checkpointing = true;
         } else if (!strcmp(a, "--device")) {
             if (!(v = cli_value(argc, argv, &i, "finetune"))) return EXIT_USAGE;
             if (strcmp(v, "cpu")) return cli_usage_error("finetune", "--device: training runs on the CPU so far (got '%s')", v);
