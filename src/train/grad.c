@@ -86,11 +86,12 @@ hc_status hc_grads_new(hc_model *m, hc_grads **out) {
     bool *used_flags = calloc((size_t)n, sizeof *used_flags);
     mark_ctx mc = {gr, used_flags, false};
     /* With a LoRA adapter only the adapter trains: the base has no gradient buffers. */
-    if (used_flags && !m->lora) hc_model_each_weight(m, mark_mat, mark_vec, &mc);
+    if (used_flags) hc_model_each_weight(m, mark_mat, mark_vec, &mc);
+    if (used_flags && m->lora) memset(used_flags, 0, (size_t)n * sizeof *used_flags);
     hc_status st = HC_OK;
     if (!used_flags) st = hc_fail(HC_ERR_NOMEM, "out of memory");
     else if (mc.used_missing)
-        st = hc_fail(HC_ERR_UNSUPPORTED, "gradients: some weights are quantized or copied (train on weights as stored)");
+        st = hc_fail(HC_ERR_UNSUPPORTED, "training: some weights are quantized or copied (train on weights as stored)");
     for (int64_t i = 0; !st && i < n; i++)
         if (used_flags[i] && !(gr->g[i] = calloc((size_t)gr->tensors[i]->n_elements, sizeof(float))))
             st = hc_fail(HC_ERR_NOMEM, "out of memory for the gradient of '%s'", gr->tensors[i]->name);
@@ -162,11 +163,23 @@ static void mm_fwd(hc_backend *be, const hc_model *m, int64_t l, int t, float *y
     be->add_scaled(be, y, ls->dys, m->lora->scale, T * p->n);
 }
 
+/* The backward of a matmul: dx = dy W runs as a forward matmul over W's transposed view (the
+ * fast kernels, f32 sums); dW and db through the op's backward, when they have buffers. */
+static void matmul_bwd(hc_backend *be, float *dx, float *dw, float *db, const float *dy, const float *x, const hc_mat *w,
+                       int64_t T) {
+    if (dx) {
+        hc_mat wt = *w;
+        wt.rows = w->cols, wt.cols = w->rows, wt.transposed = !w->transposed;
+        be->matmul(be, dx, dy, &wt, NULL, T);
+    }
+    if (dw || db) be->matmul_backward(be, NULL, dw, db, dy, x, w, T);
+}
+
 /* The backward of mm_fwd: dx (=), the base's dW and db (+=, when they have buffers), and the
  * adapter's dA, dB (+=). */
 static void mm_bwd(hc_backend *be, const hc_model *m, int64_t l, int t, float *dx, float *dw, float *db, const float *dy,
                    const float *x, const hc_mat *w, int64_t T, const lora_scratch *ls) {
-    be->matmul_backward(be, dx, dw, db, dy, x, w, T);
+    matmul_bwd(be, dx, dw, db, dy, x, w, T);
     const hc_lora_pair *p = hc_lora_at(m->lora, l, t);
     if (!p) return;
     const int64_t N = p->n, K = p->k;
@@ -239,7 +252,7 @@ static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *
  * transformers' mean over the batch; correct counts argmax hits. */
 static hc_status sequence_grad(hc_model *m, hc_grads *gr, const int32_t *ids, const uint8_t *mask, int64_t T,
                                double n_total, double *loss_sum, int64_t *correct) {
-    hc_backend *be = hc_backend_cpu();
+    hc_backend *be = m->be; /* the fast CPU kernels forward; backward entries are the reference's */
     const hc_model_config *c = &m->cfg;
     const hc_norm_kind nk = m->arch->norm;
     const float eps = (float)c->norm_eps;
@@ -323,7 +336,7 @@ static hc_status sequence_grad(hc_model *m, hc_grads *gr, const int32_t *ids, co
     /* ---- backward ---- */
     if (!gr) goto out;
     if (c->final_softcap > 0) be->softcap_backward(be, dlogits, dlogits, logits, (float)c->final_softcap, T * V);
-    be->matmul_backward(be, dh, GM(&m->lm_head), NULL, dlogits, hf, &m->lm_head, T);
+    matmul_bwd(be, dh, GM(&m->lm_head), NULL, dlogits, hf, &m->lm_head, T);
     be->norm_backward(be, dx, GM(&m->final_norm), m->final_norm_b.data ? GM(&m->final_norm_b) : NULL, dh, xL,
                       &m->final_norm, &m->final_norm_b, nk, eps, T, C);
     for (int64_t l = L - 1; l >= 0; l--) {
