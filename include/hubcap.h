@@ -555,7 +555,7 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
 /* LoRA (PEFT's format). init: a new adapter of rank r on the named projections ("q_proj,v_proj",
  * or "all-linear"), A random, B zero; fine-tuning then trains only the adapter. load: an
  * adapter folder (adapter_config.json + adapter_model.safetensors) applied at inference. save:
- * the adapter to a folder that PEFT loads. */
+ * the adapter to a folder that PEFT loads (it must not exist or be empty; it appears whole). */
 hc_status hc_model_lora_init(hc_model *m, int64_t r, double alpha, const char *targets, uint64_t seed);
 hc_status hc_model_lora_load(hc_model *m, const char *dir);
 hc_status hc_model_lora_save(const hc_model *m, const char *dir);

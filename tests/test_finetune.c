@@ -13,7 +13,7 @@ typedef struct {
 } seen;
 
 /* The adapter file holds PEFT's tensor names. */
-static void hc_safetensors_t_check(const char *path) {
+static void check_peft_names(const char *path) {
     hc_checkpoint *ck = NULL;
     CHECK_OK(hc_checkpoint_open(path, NULL, &ck));
     if (!ck) return;
@@ -174,7 +174,7 @@ int main(void) {
             CHECK_OK(hc_model_lora_save(ml, adir));
             hc_model_free(ml);
             snprintf(afile, sizeof afile, "%s/adapter_model.safetensors", adir);
-            hc_safetensors_t_check(afile);
+            check_peft_names(afile);
             hc_model_params ap = hc_model_default_params();
             ap.lora_path = adir;
             hc_model *ma2 = NULL;

@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "base/file.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -128,4 +129,61 @@ hc_status hc_path_join(char *out, size_t cap, const char *dir, const char *name)
     int n = snprintf(out, cap, "%s%s%s", dir, sep, name);
     if (n < 0 || (size_t)n >= cap) return hc_fail(HC_ERR_INVALID_ARG, "path too long: %s/%s", dir, name);
     return HC_OK;
+}
+
+bool hc_mkdirs(const char *path) {
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) {
+        errno = ENAMETOOLONG;
+        return false;
+    }
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST) return false;
+        *p = '/';
+    }
+    return mkdir(buf, 0755) == 0 || errno == EEXIST;
+}
+
+static bool dir_is_empty(const char *path) {
+    DIR *d = opendir(path);
+    if (!d) return false;
+    struct dirent *e;
+    bool empty = true;
+    while (empty && (e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) empty = false;
+    closedir(d);
+    return empty;
+}
+
+/* Removes the files of a staging folder (it holds no subfolders), then the folder. */
+static void remove_flat(const char *path) {
+    DIR *d = opendir(path);
+    if (!d) return;
+    struct dirent *e;
+    char p[4096];
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && hc_path_join(p, sizeof p, path, e->d_name) == HC_OK)
+            unlink(p);
+    closedir(d);
+    rmdir(path);
+}
+
+hc_status hc_dir_stage(const char *out_dir, char *tmp, size_t cap) {
+    if (hc_path_exists(out_dir) && !(hc_path_is_dir(out_dir) && dir_is_empty(out_dir)))
+        return hc_fail(HC_ERR_INVALID_ARG, "%s already exists and is not an empty folder (nothing was written)", out_dir);
+    const int n = snprintf(tmp, cap, "%s.tmp.%ld", out_dir, (long)getpid());
+    if (n < 0 || (size_t)n >= cap) return hc_fail(HC_ERR_INVALID_ARG, "path too long: %s", out_dir);
+    remove_flat(tmp); /* a leftover of an earlier crash under the same pid */
+    if (!hc_mkdirs(tmp)) return hc_fail(HC_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+    return HC_OK;
+}
+
+hc_status hc_dir_publish(const char *tmp, const char *out_dir, hc_status st) {
+    if (!st && hc_path_exists(out_dir)) rmdir(out_dir); /* the empty folder it replaces */
+    if (!st && rename(tmp, out_dir) != 0)
+        st = hc_fail(HC_ERR_IO, "cannot rename %s to %s: %s", tmp, out_dir, strerror(errno));
+    if (st) remove_flat(tmp);
+    return st;
 }

@@ -27,4 +27,14 @@ bool hc_path_is_dir(const char *path);
 /* Joins dir and name into out (cap bytes); fails with HC_ERR_INVALID_ARG if too long. */
 hc_status hc_path_join(char *out, size_t cap, const char *dir, const char *name);
 
+/* Creates path and its missing parents (mkdir -p); false with errno set on failure. */
+bool hc_mkdirs(const char *path);
+
+/* Writing a folder whole or not at all: hc_dir_stage checks that out_dir does not exist or is
+ * empty, and creates a fresh temporary folder beside it (its name in tmp); the files go there;
+ * hc_dir_publish(tmp, out_dir, st) renames it into place when st is HC_OK, else removes it,
+ * and returns the outcome. */
+hc_status hc_dir_stage(const char *out_dir, char *tmp, size_t cap);
+hc_status hc_dir_publish(const char *tmp, const char *out_dir, hc_status st);
+
 #endif

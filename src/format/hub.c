@@ -116,18 +116,6 @@ static char *hub_token(void) {
     return text;
 }
 
-static bool mkdirs(const char *path) {
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST) return false;
-        *p = '/';
-    }
-    return mkdir(buf, 0755) == 0 || errno == EEXIST;
-}
-
 static bool is_commit_hash(const char *s) {
     if (strlen(s) != 40) return false;
     for (const char *p = s; *p; p++)
@@ -487,7 +475,7 @@ static hc_status link_snapshot(const hub *h, const char *commit, const char *fil
     char *slash = strrchr(dir, '/');
     *slash = 0;
     free(snap);
-    if (!mkdirs(dir)) return hc_fail(HC_ERR_IO, "%s: %s", dir, strerror(errno));
+    if (!hc_mkdirs(dir)) return hc_fail(HC_ERR_IO, "%s: %s", dir, strerror(errno));
     size_t off = 0;
     target[0] = 0;
     off += (size_t)snprintf(target, sizeof target, "../../");
@@ -540,7 +528,7 @@ static hc_status fetch_file(const hub *h, const char *handle, const char *commit
     const char *folder = strrchr(h->repo_dir, '/');
     snprintf(lockdir, sizeof lockdir, "%s/.locks/%s", h->cache, folder ? folder + 1 : h->repo_dir);
     snprintf(lock, sizeof lock, "%s/%s.lock", lockdir, etag);
-    if (!mkdirs(blobs) || !mkdirs(lockdir)) return hc_fail(HC_ERR_IO, "%s: cannot create the cache: %s", h->repo_dir, strerror(errno));
+    if (!hc_mkdirs(blobs) || !hc_mkdirs(lockdir)) return hc_fail(HC_ERR_IO, "%s: cannot create the cache: %s", h->repo_dir, strerror(errno));
     int lfd = open(lock, O_CREAT | O_RDWR | O_CLOEXEC, 0644);
     if (lfd < 0) return hc_fail(HC_ERR_IO, "%s: %s", lock, strerror(errno));
     flock(lfd, LOCK_EX); /* another hubcap may be fetching this blob: wait for it */
@@ -717,7 +705,7 @@ static hc_status resolve_online(hub *h, const char *handle, const hc_hub_params 
         char refdir[4400];
         snprintf(refdir, sizeof refdir, "%s", ref);
         *strrchr(refdir, '/') = 0; /* refs/pr/1 lives in refs/pr */
-        if (!mkdirs(refdir)) return hc_fail(HC_ERR_IO, "%s: %s", refdir, strerror(errno));
+        if (!hc_mkdirs(refdir)) return hc_fail(HC_ERR_IO, "%s: %s", refdir, strerror(errno));
         if ((st = write_atomic(ref, commit_s))) return st;
     }
     *snapshot = snapshot_dir(h, commit_s);

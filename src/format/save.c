@@ -4,14 +4,13 @@
  * model.safetensors.index.json when they pass the shard size. A tied LM head is written once
  * (as the embedding). Everything is written into a temporary folder beside the target, which is
  * renamed into place at the end: the folder appears whole or not at all. */
-#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/file.h"
 #include "base/half.h"
 #include "base/status.h"
 #include "format/json.h"
@@ -23,13 +22,6 @@ hc_save_params hc_save_default_params(void) {
 
 static const char *torch_dtype_name(hc_dtype dt) {
     return dt == HC_DTYPE_F32 ? "float32" : dt == HC_DTYPE_BF16 ? "bfloat16" : dt == HC_DTYPE_F16 ? "float16" : NULL;
-}
-
-/* buf = dir/name, or an error when it does not fit. */
-static hc_status join(char *buf, size_t cap, const char *dir, const char *name) {
-    const int n = snprintf(buf, cap, "%s/%s", dir, name);
-    if (n < 0 || (size_t)n >= cap) return hc_fail(HC_ERR_INVALID_ARG, "path too long: %s/%s", dir, name);
-    return HC_OK;
 }
 
 static bool is_float(hc_dtype dt) { return dt == HC_DTYPE_F32 || dt == HC_DTYPE_BF16 || dt == HC_DTYPE_F16; }
@@ -88,28 +80,6 @@ static hc_status convert(out_tensor *o, const hc_tensor_info *t, hc_dtype to) {
     return HC_OK;
 }
 
-static bool dir_is_empty(const char *path) {
-    DIR *d = opendir(path);
-    if (!d) return false;
-    struct dirent *e;
-    bool empty = true;
-    while (empty && (e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) empty = false;
-    closedir(d);
-    return empty;
-}
-
-static void remove_tree(const char *path) {
-    DIR *d = opendir(path);
-    if (!d) return;
-    struct dirent *e;
-    char p[4096];
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && !join(p, sizeof p, path, e->d_name)) unlink(p);
-    closedir(d);
-    rmdir(path);
-}
-
 /* The weights, in name order, split into shards of at most max_bytes (a bigger tensor gets a
  * shard of its own). */
 static hc_status write_weights(const hc_checkpoint *ck, const char *dir, const hc_save_params *p, bool skip_head) {
@@ -148,13 +118,13 @@ static hc_status write_weights(const hc_checkpoint *ck, const char *dir, const h
         if (!st && !ws) st = hc_fail(HC_ERR_NOMEM, "out of memory");
         for (int64_t j = 0; !st && j < k; j++) ws[j] = outs[j].w;
         const char *meta[] = {"format", "pt"};
-        if (!st) st = join(path, sizeof path, dir, name);
+        if (!st) st = hc_path_join(path, sizeof path, dir, name);
         if (!st) st = hc_safetensors_write(path, ws, k, meta, 1);
         for (int64_t j = 0; j < k; j++) free(outs[j].owned), outs[j].owned = NULL;
         free(ws);
     }
     if (!st && n_shards > 1) {
-        st = join(path, sizeof path, dir, "model.safetensors.index.json");
+        st = hc_path_join(path, sizeof path, dir, "model.safetensors.index.json");
         FILE *f = st ? NULL : fopen(path, "w");
         if (!st && !f) st = hc_fail(HC_ERR_IO, "%s: %s", path, strerror(errno));
         if (f) {
@@ -183,34 +153,18 @@ hc_status hc_checkpoint_save(const hc_checkpoint *ck, const char *out_dir, const
     if (p.dtype != HC_DTYPE_AUTO && !torch_dtype_name(p.dtype))
         return hc_fail(HC_ERR_UNSUPPORTED, "saving as %s: use F32, BF16 or F16", hc_dtype_name(p.dtype));
     const char *src = hc_checkpoint_path(ck);
-    struct stat sb;
-    if (stat(src, &sb) != 0 || !S_ISDIR(sb.st_mode))
-        return hc_fail(HC_ERR_INVALID_ARG, "%s: not a checkpoint folder", src);
-    if (stat(out_dir, &sb) == 0 && !(S_ISDIR(sb.st_mode) && dir_is_empty(out_dir)))
-        return hc_fail(HC_ERR_INVALID_ARG, "%s already exists and is not an empty folder (nothing was written)",
-                       out_dir);
-    char tmp[4096], path[4096], from[4096], suffix[32];
-    snprintf(suffix, sizeof suffix, ".tmp.%ld", (long)getpid());
-    if (strlen(out_dir) + strlen(suffix) >= sizeof tmp) return hc_fail(HC_ERR_INVALID_ARG, "path too long: %s", out_dir);
-    memcpy(tmp, out_dir, strlen(out_dir));
-    memcpy(tmp + strlen(out_dir), suffix, strlen(suffix) + 1);
-    remove_tree(tmp);
-    /* The parent folders, as os.makedirs would make them. */
-    for (char *q = tmp + 1; *q; q++)
-        if (*q == '/') {
-            *q = 0;
-            mkdir(tmp, 0755);
-            *q = '/';
-        }
-    if (mkdir(tmp, 0755) != 0) return hc_fail(HC_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+    if (!hc_path_is_dir(src)) return hc_fail(HC_ERR_INVALID_ARG, "%s: not a checkpoint folder", src);
+    char tmp[4096], path[4096], from[4096];
+    hc_status st = hc_dir_stage(out_dir, tmp, sizeof tmp);
+    if (st) return st;
     const hc_model_config *c = hc_checkpoint_config(ck);
-    hc_status st = write_weights(ck, tmp, &p, c && c->tie_word_embeddings);
+    st = write_weights(ck, tmp, &p, c && c->tie_word_embeddings);
 
     /* config.json, with the dtype written */
     hc_json_doc cfg = {0};
-    if (!st) st = join(from, sizeof from, src, "config.json");
+    if (!st) st = hc_path_join(from, sizeof from, src, "config.json");
     if (!st) st = hc_json_parse_file(&cfg, from);
-    if (!st) st = join(path, sizeof path, tmp, "config.json");
+    if (!st) st = hc_path_join(path, sizeof path, tmp, "config.json");
     if (!st) {
         FILE *f = fopen(path, "w");
         if (!f) {
@@ -230,12 +184,9 @@ hc_status hc_checkpoint_save(const hc_checkpoint *ck, const char *out_dir, const
                                          "special_tokens_map.json", "tokenizer.model", "chat_template.jinja",
                                          "chat_template.json", "vocab.json", "merges.txt", "added_tokens.json"};
     for (size_t i = 0; !st && i < sizeof copied / sizeof copied[0]; i++) {
-        if ((st = join(from, sizeof from, src, copied[i]))) break;
+        if ((st = hc_path_join(from, sizeof from, src, copied[i]))) break;
         if (access(from, R_OK) != 0) continue;
-        if (!(st = join(path, sizeof path, tmp, copied[i]))) st = copy_file(from, path);
+        if (!(st = hc_path_join(path, sizeof path, tmp, copied[i]))) st = copy_file(from, path);
     }
-    if (!st && stat(out_dir, &sb) == 0) rmdir(out_dir); /* the empty folder it replaces */
-    if (!st && rename(tmp, out_dir) != 0) st = hc_fail(HC_ERR_IO, "cannot rename %s to %s: %s", tmp, out_dir, strerror(errno));
-    if (st) remove_tree(tmp);
-    return st;
+    return hc_dir_publish(tmp, out_dir, st);
 }

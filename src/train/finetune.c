@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/file.h"
 #include "base/half.h"
 #include "base/status.h"
 #include "format/json.h"
@@ -156,25 +157,15 @@ static hc_status add_conversation(rows *r, const hc_tokenizer *tok, const hc_jso
 }
 
 static hc_status load_rows(const hc_tokenizer *tok, const char *path, const hc_finetune_params *p, rows *r) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return hc_fail(HC_ERR_IO, "%s: cannot open the training data", path);
-    fseek(f, 0, SEEK_END);
-    long size = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *text = malloc((size_t)size + 1);
-    if (!text || fread(text, 1, (size_t)size, f) != (size_t)size) {
-        fclose(f);
-        free(text);
-        return hc_fail(HC_ERR_IO, "%s: cannot read the training data", path);
-    }
-    fclose(f);
-    text[size] = 0;
+    char *text;
+    size_t size;
+    hc_status st = hc_file_read_all(path, &text, &size);
+    if (st) return st;
     const size_t plen = strlen(path);
     const bool jsonl = plen > 6 && !strcmp(path + plen - 6, ".jsonl");
-    hc_status st = HC_OK;
     hc_tokens t = {0};
     if (!jsonl && !p->lines) { /* the whole file, chunked */
-        st = hc_tokenizer_encode(tok, text, (size_t)size, true, &t);
+        st = hc_tokenizer_encode(tok, text, size, true, &t);
         if (!st && !add_example(r, t.ids, NULL, t.n)) st = hc_fail(HC_ERR_NOMEM, "out of memory");
     } else {
         int64_t line_no = 0;

@@ -5,9 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
+#include "base/file.h"
 #include "base/half.h"
 #include "base/status.h"
 #include "format/json.h"
@@ -146,8 +145,8 @@ hc_status hc_model_lora_init(hc_model *m, int64_t r, double alpha, const char *t
 hc_status hc_model_lora_load(hc_model *m, const char *dir) {
     char path[4200];
     hc_json_doc cfg = {0};
-    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    hc_status st = hc_json_parse_file(&cfg, path);
+    hc_status st = hc_path_join(path, sizeof path, dir, "adapter_config.json");
+    if (!st) st = hc_json_parse_file(&cfg, path);
     if (st) return st;
     const hc_json *r = hc_json_get(cfg.root, "r"), *alpha = hc_json_get(cfg.root, "lora_alpha");
     const hc_json *tm = hc_json_get(cfg.root, "target_modules"), *pt = hc_json_get(cfg.root, "peft_type");
@@ -165,8 +164,8 @@ hc_status hc_model_lora_load(hc_model *m, const char *dir) {
     if (!st) st = lora_alloc(m, (int64_t)r->u.num.d, alpha->u.num.d, bits);
     hc_json_free(&cfg);
     hc_safetensors f;
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
     bool open = false;
+    if (!st) st = hc_path_join(path, sizeof path, dir, "adapter_model.safetensors");
     if (!st && !(st = hc_safetensors_open(&f, path, true))) open = true;
     for (int64_t l = 0; !st && l < m->cfg.n_layers; l++)
         for (int t = 0; !st && t < HC_LORA_N; t++) {
@@ -203,18 +202,14 @@ hc_status hc_model_lora_load(hc_model *m, const char *dir) {
 hc_status hc_model_lora_save(const hc_model *m, const char *dir) {
     const hc_lora *lo = m->lora;
     if (!lo) return hc_fail(HC_ERR_INVALID_ARG, "the model has no LoRA adapter to save");
-    struct stat sb;
-    if (stat(dir, &sb) == 0 && !S_ISDIR(sb.st_mode)) return hc_fail(HC_ERR_INVALID_ARG, "%s is not a folder", dir);
-    char tmp[4200], path[4300];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", dir, (long)getpid());
-    for (char *q = tmp + 1; *q; q++)
-        if (*q == '/') *q = 0, mkdir(tmp, 0755), *q = '/';
-    mkdir(tmp, 0755);
+    char tmp[4096], path[4300];
+    hc_status st = hc_dir_stage(dir, tmp, sizeof tmp);
+    if (st) return st;
     int64_t n = 0;
     for (int64_t i = 0; i < m->cfg.n_layers * HC_LORA_N; i++) n += lo->pairs[i].a != NULL;
     hc_tensor_write *w = calloc((size_t)(2 * n + 1), sizeof *w);
     char (*names)[512] = calloc((size_t)(2 * n + 1), sizeof *names);
-    hc_status st = w && names ? HC_OK : hc_fail(HC_ERR_NOMEM, "out of memory");
+    if (!w || !names) st = hc_fail(HC_ERR_NOMEM, "out of memory");
     int64_t k = 0;
     for (int64_t l = 0; !st && l < m->cfg.n_layers; l++)
         for (int t = 0; t < HC_LORA_N; t++) {
@@ -231,12 +226,12 @@ hc_status hc_model_lora_save(const hc_model *m, const char *dir) {
             }
         }
     const char *meta[] = {"format", "pt"};
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", tmp);
+    if (!st) st = hc_path_join(path, sizeof path, tmp, "adapter_model.safetensors");
     if (!st) st = hc_safetensors_write(path, w, k, meta, 1);
     free(w);
     free(names);
+    if (!st) st = hc_path_join(path, sizeof path, tmp, "adapter_config.json");
     if (!st) {
-        snprintf(path, sizeof path, "%s/adapter_config.json", tmp);
         FILE *f = fopen(path, "w");
         if (!f) st = hc_fail(HC_ERR_IO, "%s: %s", path, strerror(errno));
         else {
@@ -252,19 +247,7 @@ hc_status hc_model_lora_save(const hc_model *m, const char *dir) {
             if (fclose(f) != 0) st = hc_fail(HC_ERR_IO, "%s: write failed", path);
         }
     }
-    if (!st && stat(dir, &sb) == 0) {
-        /* replace an adapter saved there before: its two files, then the folder */
-        snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir), unlink(path);
-        snprintf(path, sizeof path, "%s/adapter_config.json", dir), unlink(path);
-        if (rmdir(dir) != 0) st = hc_fail(HC_ERR_INVALID_ARG, "%s holds other files; choose an empty folder", dir);
-    }
-    if (!st && rename(tmp, dir) != 0) st = hc_fail(HC_ERR_IO, "cannot rename %s to %s: %s", tmp, dir, strerror(errno));
-    if (st) {
-        snprintf(path, sizeof path, "%s/adapter_model.safetensors", tmp), unlink(path);
-        snprintf(path, sizeof path, "%s/adapter_config.json", tmp), unlink(path);
-        rmdir(tmp);
-    }
-    return st;
+    return hc_dir_publish(tmp, dir, st);
 }
 
 hc_status hc_model_lora_merge(hc_model *m) {

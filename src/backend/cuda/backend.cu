@@ -108,7 +108,7 @@ static void cuda_mem_info(hc_backend *be, size_t *free_bytes, size_t *total_byte
  * so a small model is not bound by a few hundred kernel launches per token. */
 static void cuda_graph_run(hc_backend *be, const void *key, size_t key_len, void (*fn)(void *), void *arg) {
     hc_cuda_ctx *cx = hc_cuda(be);
-    if (cx->failed || key_len > sizeof cx->graphs[0].key || getenv("HUBCAP_CUDA_NO_GRAPHS")) {
+    if (cx->failed || key_len > sizeof cx->graphs[0].key || cx->no_graphs) {
         fn(arg);
         return;
     }
@@ -225,6 +225,7 @@ extern "C" hc_status hc_backend_cuda_new(int device_index, hc_dtype compute, hc_
         return hc_fail(HC_ERR_DEVICE, "--device cuda: cannot initialise cuBLAS");
     }
     cublasSetStream(cx->blas, cx->stream);
+    cx->no_graphs = getenv("HUBCAP_CUDA_NO_GRAPHS") != NULL; /* read once, not per token */
     if (getenv("HUBCAP_CUDA_TIMING")) {
         cx->timing = true;
         cudaEventCreate(&cx->ev[0]);

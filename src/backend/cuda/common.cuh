@@ -45,6 +45,7 @@ typedef struct {
     int failed;
     bool capturing;
     hc_cuda_graph graphs[HC_CUDA_MAX_GRAPHS];
+    bool no_graphs;     /* HUBCAP_CUDA_NO_GRAPHS: run every step eagerly (for profilers) */
     bool timing;        /* HUBCAP_CUDA_TIMING: time graph replays */
     cudaEvent_t ev[2];
     double replay_ms;
