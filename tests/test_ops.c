@@ -1,6 +1,7 @@
 /* Every CPU op against a naive formula computed in double, including the edge cases:
  * windows longer than the sequence, one kv head, T = 1, partial rotary, transposed weights. */
 #include "backend/backend.h"
+#include "backend/cpu/fast.h"
 #include "backend/cpu/quant.h"
 #include "base/half.h"
 #include "hubcap.h"
@@ -313,7 +314,7 @@ static void test_fast_matmul(hc_backend *ref) {
     if (!fast1 || !fast2 || !fastbf) return;
     hc_backend_cpu_fast_bf16_prompts(fastbf, true);
     printf("  fast kernels: %s\n", hc_cpu_kernels());
-    const int64_t shapes[][3] = {{1, 37, 13}, {3, 64, 29}, {5, 100, 17}, {9, 71, 33}, {1, 160, 64}, {1, 96, 7}, {1, 64, 22}, {67, 96, 40}, {19, 200, 23}, {4, 2048, 300}};
+    const int64_t shapes[][3] = {{1, 37, 13}, {3, 64, 29}, {5, 100, 17}, {9, 71, 33}, {1, 160, 64}, {1, 96, 7}, {1, 64, 22}, {67, 96, 40}, {19, 200, 23}, {4, 2048, 300}, {1, 768, 19}, {6, 512, 21}};
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const int64_t T = shapes[si][0], K = shapes[si][1], N = shapes[si][2];
         float *x = malloc(sizeof(float) * (size_t)(T * K)), *wf = malloc(sizeof(float) * (size_t)(N * K));
@@ -349,6 +350,23 @@ static void test_fast_matmul(hc_backend *ref) {
             CHECK(err < tol, "fast matmul T=%lld K=%lld N=%lld fmt %d: %g (tol %g)", (long long)T, (long long)K,
                   (long long)N, fmt, err, tol);
             CHECK(!memcmp(b, c, sizeof(float) * (size_t)(T * N)), "1 and 2 threads give the same bits (fmt %d)", fmt);
+            if (fmt >= 3) {
+                /* Tighter: the fast kernels compute exactly the reference's product with activations
+                 * rounded as they quantize them (per block of 32, d = max|x|/127, q = rint(x/d)). */
+                float *xq = malloc(sizeof(float) * (size_t)(T * K)); /* [T, K] */
+                for (int64_t i = 0; i < T * K; i += 32) {
+                    float amax = 0;
+                    for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[i + j]));
+                    const float d = amax / 127.0f, id = d ? 1.0f / d : 0;
+                    for (int j = 0; j < 32; j++) xq[i + j] = d * rintf(x[i + j] * id);
+                }
+                ref->matmul(ref, a, xq, &w, &bv, T);
+                double eq = 0, sq = 0;
+                for (int64_t i = 0; i < T * N; i++) eq = fmax(eq, fabs((double)a[i] - b[i])), sq = fmax(sq, fabs(a[i]));
+                CHECK(eq < 1e-5 * sq, "fast quantized matmul T=%lld K=%lld N=%lld fmt %d (%s) = reference on q8 acts: %g",
+                      (long long)T, (long long)K, (long long)N, fmt, hc_cpu_has_vnni() ? "vnni" : "avx2", eq / sq);
+                free(xq);
+            }
             if (fmt == 1) {
                 /* With bf16 prompts on, 16+ tokens on bf16 weights take the vdpbf16ps path where
                  * the CPU has it: then the result is the reference on bf16-rounded activations. */

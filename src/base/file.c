@@ -13,6 +13,13 @@
 
 #include "base/status.h"
 
+void *hc_alloc_huge(size_t size) {
+    const size_t huge = 2u << 20, cap = (size + huge - 1) / huge * huge;
+    void *buf = aligned_alloc(huge, cap ? cap : huge);
+    if (buf) madvise(buf, cap ? cap : huge, MADV_HUGEPAGE);
+    return buf;
+}
+
 hc_status hc_file_map_open(hc_file_map *out, const char *path, bool use_mmap) {
     memset(out, 0, sizeof *out);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -44,9 +51,7 @@ hc_status hc_file_map_open(hc_file_map *out, const char *path, bool use_mmap) {
     }
     /* Anonymous memory, 2 MiB aligned and asking for huge pages: fewer faults and TLB misses, and
      * nothing the page-cache reclaimer can take away mid-run. */
-    const size_t huge = 2u << 20, cap = (size + huge - 1) / huge * huge;
-    uint8_t *buf = aligned_alloc(huge, cap);
-    if (buf) madvise(buf, cap, MADV_HUGEPAGE);
+    uint8_t *buf = hc_alloc_huge(size);
     if (!buf) {
         close(fd);
         return hc_fail(HC_ERR_NOMEM, "%s: cannot allocate %zu bytes", path, size);

@@ -15,6 +15,10 @@ typedef struct {
 } hc_file_map;
 
 /* Maps `path` read-only (use_mmap) or reads it whole into RAM. An empty file gives size 0. */
+/* size bytes, 2 MiB aligned, asking the kernel for transparent huge pages; release with free().
+ * For large read-mostly buffers streamed every token. */
+void *hc_alloc_huge(size_t size);
+
 hc_status hc_file_map_open(hc_file_map *out, const char *path, bool use_mmap);
 void hc_file_map_close(hc_file_map *m);
 

@@ -13,7 +13,9 @@
 #include "base/status.h"
 #include "backend/cpu/cpu.h"
 #include "backend/cpu/quant.h"
+#include "base/file.h"
 #include "base/half.h"
+#include "base/threadpool.h"
 #include "format/hub.h"
 #include "model/config.h"
 #include "train/train.h"
@@ -260,46 +262,105 @@ static hc_status bind_all(hc_model *m) {
     return HC_OK;
 }
 
-/* Replaces a weight matrix by its block-quantized copy (rows of K/32 blocks). */
-static hc_status quantize_mat(hc_model *m, hc_mat *w, int quant) {
-    /* Rows too short for q4_k's 256-wide super-blocks fall back to q4_0, as llama.cpp falls back. */
-    if (quant == HC_QUANT_Q4_K && w->cols % HC_QKK) quant = HC_QUANT_Q4_0;
-    if (!w->data || w->quant || w->transposed || w->cols % hc_quant_block_elems(quant)) return HC_OK;
-    const int64_t N = w->rows, K = w->cols;
-    const size_t rb = hc_quant_row_bytes(quant, K);
-    void **owned = realloc(m->owned, (size_t)(m->n_owned + 1) * sizeof *owned);
-    if (!owned) return hc_fail(HC_ERR_NOMEM, "out of memory");
-    m->owned = owned;
-    uint8_t *q = malloc(rb * (size_t)N);
-    float *row = malloc(sizeof(float) * (size_t)K);
-    if (!q || !row) {
-        free(q);
-        free(row);
-        return hc_fail(HC_ERR_NOMEM, "out of memory quantizing a %lld x %lld matrix", (long long)N, (long long)K);
+/* ---- quantize on load ----------------------------------------------------------------------
+ * Every matrix quantized goes into one arena, 2 MiB aligned with huge pages asked for (as
+ * weights read into RAM are): decode streams through all of it each token, and 4 KiB pages
+ * would cost a TLB miss every 4 KiB. Rows are quantized on all cores; each row is independent,
+ * so the bits do not depend on the thread count. */
+
+typedef struct {
+    hc_mat *w;
+    int quant;
+    size_t off; /* in the arena */
+} quant_item;
+
+typedef struct {
+    quant_item *items;
+    int n;
+    uint8_t *arena;
+    int64_t max_k;
+    bool nomem;
+} quant_job;
+
+#define QUANT_ROWS_PER_TASK 64
+
+static void quantize_part(void *ctx, int ith, int nth) {
+    quant_job *j = ctx;
+    float *row = malloc(sizeof(float) * (size_t)j->max_k); /* [K] */
+    if (!row) {
+        j->nomem = true;
+        return;
     }
-    for (int64_t n = 0; n < N; n++) {
-        for (int64_t k = 0; k < K; k++) row[k] = hc_load_f32(w->data, w->dtype, n * w->ld + k);
-        hc_quantize_row(quant, q + rb * (size_t)n, row, K);
+    int64_t task = 0;
+    for (int i = 0; i < j->n; i++) {
+        const hc_mat *w = j->items[i].w;
+        const int quant = j->items[i].quant;
+        const size_t rb = hc_quant_row_bytes(quant, w->cols);
+        for (int64_t n0 = 0; n0 < w->rows; n0 += QUANT_ROWS_PER_TASK, task++) {
+            if (task % nth != ith) continue;
+            const int64_t n1 = n0 + QUANT_ROWS_PER_TASK < w->rows ? n0 + QUANT_ROWS_PER_TASK : w->rows;
+            for (int64_t n = n0; n < n1; n++) {
+                for (int64_t k = 0; k < w->cols; k++) row[k] = hc_load_f32(w->data, w->dtype, n * w->ld + k);
+                hc_quantize_row(quant, j->arena + j->items[i].off + rb * (size_t)n, row, w->cols);
+            }
+        }
     }
     free(row);
-    m->owned[m->n_owned++] = q;
-    w->data = q;
-    w->quant = quant;
+}
+
+/* Adds w to the list when it can be quantized. Rows too short for q4_k's 256-wide super-blocks
+ * fall back to q4_0, as llama.cpp falls back. */
+static hc_status plan_quant(quant_job *j, int *cap, size_t *total, hc_mat *w, int quant) {
+    if (quant == HC_QUANT_Q4_K && w->cols % HC_QKK) quant = HC_QUANT_Q4_0;
+    if (!w->data || w->quant || w->transposed || w->cols % hc_quant_block_elems(quant)) return HC_OK;
+    if (j->n == *cap) {
+        *cap = *cap ? 2 * *cap : 64;
+        quant_item *items = realloc(j->items, (size_t)*cap * sizeof *items);
+        if (!items) return hc_fail(HC_ERR_NOMEM, "out of memory");
+        j->items = items;
+    }
+    j->items[j->n++] = (quant_item){w, quant, *total};
+    *total += (hc_quant_row_bytes(quant, w->cols) * (size_t)w->rows + 63) / 64 * 64;
+    if (w->cols > j->max_k) j->max_k = w->cols;
     return HC_OK;
 }
 
 static hc_status quantize_model(hc_model *m, int quant) {
-    for (int64_t l = 0; l < m->cfg.n_layers; l++) {
+    quant_job j = {0};
+    int cap = 0;
+    size_t total = 0;
+    hc_status s = HC_OK;
+    for (int64_t l = 0; l < m->cfg.n_layers && !s; l++) {
         hc_layer *L = &m->layers[l];
         hc_mat *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
-        for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) TRY(quantize_mat(m, mats[i], quant));
-        for (int64_t e = 0; e < m->cfg.n_experts; e++) {
-            TRY(quantize_mat(m, &L->exp_gate[e], quant));
-            TRY(quantize_mat(m, &L->exp_up[e], quant));
-            TRY(quantize_mat(m, &L->exp_down[e], quant));
+        for (size_t i = 0; i < sizeof mats / sizeof mats[0] && !s; i++) s = plan_quant(&j, &cap, &total, mats[i], quant);
+        for (int64_t e = 0; e < m->cfg.n_experts && !s; e++) {
+            s = plan_quant(&j, &cap, &total, &L->exp_gate[e], quant);
+            if (!s) s = plan_quant(&j, &cap, &total, &L->exp_up[e], quant);
+            if (!s) s = plan_quant(&j, &cap, &total, &L->exp_down[e], quant);
         }
     }
-    return HC_OK;
+    void **owned = s || !j.n ? NULL : realloc(m->owned, (size_t)(m->n_owned + 1) * sizeof *owned);
+    if (!s && j.n && !owned) s = hc_fail(HC_ERR_NOMEM, "out of memory");
+    if (!s && j.n) {
+        m->owned = owned;
+        j.arena = hc_alloc_huge(total);
+        if (!j.arena) s = hc_fail(HC_ERR_NOMEM, "out of memory: quantized weights need %zu bytes", total);
+    }
+    if (!s && j.n) {
+        m->owned[m->n_owned++] = j.arena;
+        hc_pool *pool = NULL;
+        if (hc_pool_new(0, &pool) == HC_OK) hc_pool_run(pool, quantize_part, &j);
+        else quantize_part(&j, 0, 1);
+        hc_pool_free(pool);
+        if (j.nomem) s = hc_fail(HC_ERR_NOMEM, "out of memory quantizing the weights");
+        for (int i = 0; i < j.n && !s; i++) {
+            j.items[i].w->data = j.arena + j.items[i].off;
+            j.items[i].w->quant = j.items[i].quant;
+        }
+    }
+    free(j.items);
+    return s;
 }
 
 /* ---- weights on a device backend ---------------------------------------------------------- */

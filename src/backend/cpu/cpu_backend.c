@@ -87,6 +87,9 @@ bool hc_fast_acts(hc_fast_ctx *fx, size_t n) {
     float *d = realloc(fx->dx, (n / 32 + 1) * sizeof(float));
     if (!d) return false;
     fx->dx = d;
+    float *sx = realloc(fx->sx, (n / 32 + 1) * sizeof(float));
+    if (!sx) return false;
+    fx->sx = sx;
     fx->qx_cap = n;
     return true;
 }
@@ -100,6 +103,7 @@ static void fast_destroy(hc_backend *be) {
     hc_fast_ctx *fx = be->ctx;
     free(fx->qx);
     free(fx->dx);
+    free(fx->sx);
     for (int i = 0; i < HC_MAX_THREADS; i++) free(fx->scratch[i]);
     hc_pool_free(fx->pool);
     free(fx);

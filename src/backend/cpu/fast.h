@@ -16,12 +16,24 @@ typedef struct {
     size_t cap;
     int8_t *qx;     /* activations quantized for quantized weights */
     float *dx;      /* their block scales */
+    float *sx;      /* scale x sum of each block (q4_k's mins) */
     size_t qx_cap;
     bool bf16_prompts; /* hc_backend_cpu_fast_bf16_prompts */
 } hc_fast_ctx;
 
 /* Makes the quantized-activation buffers hold n values; false when out of memory. */
 bool hc_fast_acts(hc_fast_ctx *fx, size_t n);
+
+/* AVX512-VNNI kernels for nibble-quantized weights (matmul_vnni.c): rows [n0, n1) of
+ * out[T, N] from activations quantized per block of 32 (qx [T, K], dx and sx [T, K/32]). */
+bool hc_cpu_has_vnni(void);
+void hc_q4_0_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx, const hc_mat *w, int64_t T,
+                       int64_t n0, int64_t n1);
+/* q8_0 for prompts (T > 1); decode keeps the AVX2 kernel, already bound by memory. */
+void hc_q8_0_rows_vnni(float *out, const int8_t *qx, const float *dx, const hc_mat *w, int64_t T, int64_t n0,
+                       int64_t n1);
+void hc_q4_k_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx, const hc_mat *w, int64_t T,
+                       int64_t n0, int64_t n1);
 
 /* Makes every thread's scratch hold n floats; false when out of memory. Grows rarely (the
  * first time a sequence gets this long), never per token. */

@@ -137,9 +137,9 @@ __attribute__((target("avx512f,avx512bf16,avx512bw"))) static void matmul_rows_b
  * as llama.cpp does), so a block costs a few integer instructions instead of widening 32
  * weights to float. Both ISAs use these AVX2 kernels. ------------------------------------------ */
 
-/* x[T, K] -> int8 blocks and their scales: qx[T, K], dx[T, K/32]. */
-__attribute__((target("avx2,fma,f16c"))) static void quantize_acts(int8_t *qx, float *dx, const float *x, int64_t T,
-                                                                   int64_t K) {
+/* x[T, K] -> int8 blocks, their scales and scale x sum: qx[T, K], dx[T, K/32], sx[T, K/32]. */
+__attribute__((target("avx2,fma,f16c"))) static void quantize_acts(int8_t *qx, float *dx, float *sx, const float *x,
+                                                                   int64_t T, int64_t K) {
     for (int64_t t = 0; t < T; t++)
         for (int64_t b = 0; b < K / HC_QK; b++) {
             const float *xb = x + t * K + b * HC_QK;
@@ -152,14 +152,16 @@ __attribute__((target("avx2,fma,f16c"))) static void quantize_acts(int8_t *qx, f
             const float amax = _mm_cvtss_f32(m4), d = amax / 127.0f, id = d ? 1.0f / d : 0;
             dx[t * (K / HC_QK) + b] = d;
             const __m256 idv = _mm256_set1_ps(id);
+            int sum = 0;
             int8_t *q = qx + t * K + b * HC_QK;
             for (int j = 0; j < HC_QK; j += 8) {
                 __m256i v = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xb + j), idv),
                                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
                 int32_t tmp[8];
                 _mm256_storeu_si256((__m256i *)tmp, v);
-                for (int i = 0; i < 8; i++) q[j + i] = (int8_t)tmp[i];
+                for (int i = 0; i < 8; i++) q[j + i] = (int8_t)tmp[i], sum += tmp[i];
             }
+            sx[t * (K / HC_QK) + b] = d * (float)sum;
         }
 }
 
@@ -274,6 +276,13 @@ static bool has_bf16_dot(void) {
     return v;
 }
 
+/* VNNI where the AVX-512 kernels were picked (HUBCAP_KERNELS=avx2 turns it off). */
+static bool has_vnni(void) {
+    static int v = -1;
+    if (v < 0) v = pick() == matmul_rows__avx512 && hc_cpu_has_vnni();
+    return v;
+}
+
 const char *hc_cpu_kernels(void) {
     rows_fn f = pick();
     return f == matmul_rows__avx512 ? "avx512" : f == matmul_rows__avx2 ? "avx2" : "scalar";
@@ -287,7 +296,8 @@ typedef struct {
     int64_t T;
     rows_fn fn;
     const int8_t *qx; /* quantized activations for quantized weights */
-    const float *dx;
+    const float *dx, *sx;
+    bool vnni;          /* q4_0 and q4_k through matmul_vnni.c */
     const uint16_t *xb; /* bf16 activations for the vdpbf16ps path */
 } mm_job;
 
@@ -300,6 +310,10 @@ static void mm_part(void *ctx, int ith, int nth) {
     const int64_t n0 = (int64_t)ith * per, n1 = n0 + per < N ? n0 + per : N;
     if (n0 >= n1) return;
     if (j->xb) matmul_rows_bf16dot(j->out, j->xb, j->w, j->T, n0, n1);
+    else if (j->vnni && j->w->quant == HC_QUANT_Q8_0) hc_q8_0_rows_vnni(j->out, j->qx, j->dx, j->w, j->T, n0, n1);
+    else if (j->vnni && j->w->quant == HC_QUANT_Q4_0) hc_q4_0_rows_vnni(j->out, j->qx, j->dx, j->sx, j->w, j->T, n0, n1);
+    else if (j->vnni && j->w->quant == HC_QUANT_Q4_K)
+        hc_q4_k_rows_vnni(j->out, j->qx, j->dx, j->sx, j->w, j->T, n0, n1);
     else if (j->qx && j->w->quant == HC_QUANT_Q4_K) q4k_rows_avx2(j->out, j->qx, j->dx, j->w, j->T, n0, n1);
     else if (j->qx) qmatmul_rows_avx2(j->out, j->qx, j->dx, j->w, j->T, n0, n1);
     else j->fn(j->out, j->x, j->w, j->T, n0, n1);
@@ -315,13 +329,15 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
         hc_cpu_matmul(be, out, x, w, bias, T);
         return;
     }
-    mm_job j = {out, x, w, bias, T, fn, NULL, NULL, NULL};
+    mm_job j = {out, x, w, bias, T, fn, NULL, NULL, NULL, false, NULL};
     hc_fast_ctx *fx = be->ctx;
     hc_pool *pool = fx->pool;
     if (w->quant && hc_fast_acts(fx, (size_t)(T * w->cols))) {
-        quantize_acts(fx->qx, fx->dx, x, T, w->cols);
+        quantize_acts(fx->qx, fx->dx, fx->sx, x, T, w->cols);
         j.qx = fx->qx;
         j.dx = fx->dx;
+        j.sx = fx->sx;
+        j.vnni = has_vnni() && (w->quant != HC_QUANT_Q8_0 || T > 1);
     } else if (fx->bf16_prompts && !w->quant && w->dtype == HC_DTYPE_BF16 && T >= BF16_DOT_MIN_T && has_bf16_dot() &&
                hc_fast_acts(fx, (size_t)(T * w->cols) * sizeof(uint16_t))) {
         /* the int8 activation buffer doubles as the bf16 one (malloc'd, so suitably aligned) */

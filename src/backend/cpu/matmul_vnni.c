@@ -1,0 +1,375 @@
+/* Nibble-quantized weights (q4_0, q4_k) on AVX512-VNNI. vpdpbusd multiplies 64 unsigned bytes
+ * by 64 signed bytes and adds them in fours into 16 int32 lanes: one instruction where the
+ * AVX2 kernels (matmul_fast.c) need four, and no sign trick, because nibbles are unsigned.
+ *
+ * Both compute what the AVX2 kernels compute, against activations quantized to int8 per block
+ * of 32 (quantize_acts in matmul_fast.c):
+ *   q4_0: out = sum_b dw[b] * dx[b] * sum_i (q[i] - 8) * qx[i]
+ *   q4_k: out = sum_j d*sc[j] * dx[j] * sum_i q[i]*qx[i]  -  sum_j dmin*m[j] * sx[j]
+ * where sx[j] = dx[j] * sum_i qx[i] is precomputed per activation block.
+ *
+ * Work comes in tiles of TB tokens x RB rows, so a weight is read once per TB tokens and an
+ * activation once per RB rows; each output keeps its own accumulator, so the tiling (and so
+ * the thread count) never changes a result's bits.
+ *
+ * Shapes: out [T, N]; qx [T, K] int8; dx, sx [T, K/32]; weights N rows of K/32 (or K/256)
+ * blocks. */
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "backend/cpu/fast.h"
+#include "backend/cpu/quant.h"
+
+#define VNNI "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
+#ifndef PREFETCH_BYTES
+#define PREFETCH_BYTES 512
+#endif
+#define TILE_FN static inline __attribute__((always_inline, target(VNNI)))
+
+bool hc_cpu_has_vnni(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+}
+
+/* ---- q4_0: two blocks (64 weights) per vpdpbusd ------------------------------------------------
+ * A block's 16 bytes hold elements 0-15 in the low nibbles and 16-31 in the high. Two blocks
+ * loaded side by side and split into nibbles give the 128-bit lanes [b0 0-15, b1 0-15, b0
+ * 16-31, b1 16-31]; the activations are shuffled into the same order, and each block's scale
+ * is spread over the int32 lanes it owns (lanes 0-3 and 8-11: block 0; 4-7 and 12-15: block 1).
+ * The "- 8" is folded in as -8 x the activations' sums in fours, the accumulator's start. */
+
+TILE_FN void q4_0_tile(float *const *out, const int8_t *const *x, const float *const *dx,
+                       const hc_block_q4_0 *const *rows, int64_t nb, const int TB, const int RB) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8), zero = _mm512_setzero_si512();
+    const __m512i pair_lanes = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
+    __m512 acc[4][4];
+    for (int t = 0; t < TB; t++)
+        for (int r = 0; r < RB; r++) acc[t][r] = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        __m512i wv[4]; /* 64 nibbles of row r, lanes as above */
+        __m512 dw[4];  /* the two blocks' scales, spread */
+        for (int r = 0; r < RB; r++) {
+            const hc_block_q4_0 *b0 = rows[r] + b, *b1 = b0 + 1;
+            _mm_prefetch((const char *)b0 + PREFETCH_BYTES, _MM_HINT_T0);
+            const __m256i v = _mm256_loadu2_m128i((const __m128i *)b1->q, (const __m128i *)b0->q);
+            wv[r] = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1), m4);
+            const __m128i d = _mm_cvtsi32_si128((int)(b0->d | (uint32_t)b1->d << 16));
+            dw[r] = _mm512_permutexvar_ps(pair_lanes, _mm512_castps128_ps512(_mm_cvtph_ps(d)));
+        }
+        for (int t = 0; t < TB; t++) {
+            const __m512i xn = _mm512_loadu_si512((const void *)(x[t] + b * HC_QK));
+            const __m512i xv = _mm512_shuffle_i64x2(xn, xn, _MM_SHUFFLE(3, 1, 2, 0));
+            const __m512i minus8x = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, eight, xv));
+            const __m128 dx2 = _mm_castpd_ps(_mm_load_sd((const double *)(dx[t] + b)));
+            const __m512 dxv = _mm512_permutexvar_ps(pair_lanes, _mm512_castps128_ps512(dx2));
+            for (int r = 0; r < RB; r++) {
+                const __m512i s = _mm512_dpbusd_epi32(minus8x, wv[r], xv);
+                acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[r], dxv), acc[t][r]);
+            }
+        }
+    }
+    float tail[4][4] = {{0}};
+    if (b < nb) { /* an odd last block, in 256 bits: lanes [0-15, 16-31] are already in order */
+        const __m256i m4h = _mm256_set1_epi8(0x0F), eighth = _mm256_set1_epi8(8), zeroh = _mm256_setzero_si256();
+        for (int r = 0; r < RB; r++) {
+            const hc_block_q4_0 *b0 = rows[r] + b;
+            const __m128i v = _mm_loadu_si128((const __m128i *)b0->q);
+            const __m256i w = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1), m4h);
+            const float dw0 = _cvtsh_ss(b0->d);
+            for (int t = 0; t < TB; t++) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(x[t] + b * HC_QK));
+                const __m256i minus8x = _mm256_sub_epi32(zeroh, _mm256_dpbusd_epi32(zeroh, eighth, xv));
+                const __m256i s = _mm256_dpbusd_epi32(minus8x, w, xv);
+                const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+                const __m128i s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+                const int si = _mm_cvtsi128_si32(s2) + _mm_extract_epi32(s2, 1);
+                tail[t][r] = dw0 * dx[t][b] * (float)si;
+            }
+        }
+    }
+    for (int t = 0; t < TB; t++)
+        for (int r = 0; r < RB; r++) *out[t * RB + r] = _mm512_reduce_add_ps(acc[t][r]) + tail[t][r];
+}
+
+/* Decode (one token) on q4_0: a row at a time, four blocks per step. Here the weights, not the
+ * activations, are rearranged (vpermt2q) into the activations' order, so one int32 lane block
+ * [0-7] is block 0 and [8-15] block 1; the four blocks' scales are converted together; and the
+ * "- 8" is applied once per block as 8 * dw * sx (sx = dx * sum of the block's activations). */
+TILE_FN float q4_0_decode_row(const int8_t *x, const float *dx, const float *sx, const hc_block_q4_0 *row,
+                              int64_t nb) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i to_order = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0); /* [b0 lo, b0 hi, b1 lo, b1 hi] */
+    const __m512i first = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i second = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    __m128 corr = _mm_setzero_ps(); /* sum of dw * sx, per block lane */
+    int64_t b = 0;
+    for (; b + 4 <= nb; b += 4) {
+        const hc_block_q4_0 *blk = row + b;
+        __m512i w[2];
+        for (int p = 0; p < 2; p++) {
+            const __m512i v = _mm512_castsi256_si512(
+                _mm256_loadu2_m128i((const __m128i *)blk[2 * p + 1].q, (const __m128i *)blk[2 * p].q));
+            w[p] = _mm512_and_si512(_mm512_permutex2var_epi64(v, to_order, _mm512_srli_epi16(v, 4)), m4);
+        }
+        __m128i d16 = _mm_cvtsi32_si128((int)(blk[0].d | (uint32_t)blk[1].d << 16));
+        d16 = _mm_insert_epi32(d16, (int)(blk[2].d | (uint32_t)blk[3].d << 16), 1);
+        const __m128 dw = _mm_cvtph_ps(d16);
+        corr = _mm_fmadd_ps(dw, _mm_loadu_ps(sx + b), corr);
+        const __m512 sc = _mm512_castps128_ps512(_mm_mul_ps(dw, _mm_loadu_ps(dx + b)));
+        const __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], _mm512_loadu_si512((const void *)(x + b * HC_QK)));
+        const __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], _mm512_loadu_si512((const void *)(x + b * HC_QK + 64)));
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_permutexvar_ps(first, sc), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_permutexvar_ps(second, sc), acc1);
+    }
+    float tail = 0;
+    for (; b < nb; b++) { /* the last 1-3 blocks, in 256 bits */
+        const __m128i v = _mm_loadu_si128((const __m128i *)row[b].q);
+        const __m256i w = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1),
+                                           _mm256_set1_epi8(0x0F));
+        const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, _mm256_loadu_si256((const __m256i *)(x + b * HC_QK)));
+        const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        const __m128i s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+        const float dw = _cvtsh_ss(row[b].d);
+        tail += dw * (dx[b] * (float)(_mm_cvtsi128_si32(s2) + _mm_extract_epi32(s2, 1)) - 8.0f * sx[b]);
+    }
+    const __m128 c2 = _mm_add_ps(corr, _mm_movehl_ps(corr, corr));
+    const float c = _mm_cvtss_f32(_mm_add_ss(c2, _mm_movehdup_ps(c2)));
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) - 8.0f * c + tail;
+}
+
+/* ---- q8_0 prompts: weights are signed, so the activations are made unsigned instead (x + 128,
+ * a flip of the top bit) and 128 * sum(w), per row, is taken back off: the accumulator starts
+ * at -128 x the weights' sums in fours. Two blocks per vpdpbusd, in their natural order. */
+TILE_FN void q8_0_tile(float *const *out, const int8_t *const *x, const float *const *dx,
+                       const hc_block_q8_0 *const *rows, int64_t nb, const int TB, const int RB) {
+    const __m512i top = _mm512_set1_epi8((char)0x80), zero = _mm512_setzero_si512();
+    const __m512i pair_lanes = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    __m512 acc[4][4];
+    for (int t = 0; t < TB; t++)
+        for (int r = 0; r < RB; r++) acc[t][r] = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        __m512i wv[4], minus128w[4];
+        __m512 dw[4];
+        for (int r = 0; r < RB; r++) {
+            const hc_block_q8_0 *b0 = rows[r] + b, *b1 = b0 + 1;
+            wv[r] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)b0->q)),
+                                       _mm256_loadu_si256((const __m256i *)b1->q), 1);
+            minus128w[r] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, top, wv[r]));
+            const __m128i d = _mm_cvtsi32_si128((int)(b0->d | (uint32_t)b1->d << 16));
+            dw[r] = _mm512_permutexvar_ps(pair_lanes, _mm512_castps128_ps512(_mm_cvtph_ps(d)));
+        }
+        for (int t = 0; t < TB; t++) {
+            const __m512i xu = _mm512_xor_si512(_mm512_loadu_si512((const void *)(x[t] + b * HC_QK)), top);
+            const __m128 dx2 = _mm_castpd_ps(_mm_load_sd((const double *)(dx[t] + b)));
+            const __m512 dxv = _mm512_permutexvar_ps(pair_lanes, _mm512_castps128_ps512(dx2));
+            for (int r = 0; r < RB; r++) {
+                const __m512i s = _mm512_dpbusd_epi32(minus128w[r], xu, wv[r]);
+                acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[r], dxv), acc[t][r]);
+            }
+        }
+    }
+    float tail[4][4] = {{0}};
+    for (; b < nb; b++) /* an odd last block */
+        for (int r = 0; r < RB; r++) {
+            const hc_block_q8_0 *b0 = rows[r] + b;
+            const float dw0 = _cvtsh_ss(b0->d);
+            for (int t = 0; t < TB; t++) {
+                int si = 0;
+                for (int i = 0; i < HC_QK; i++) si += b0->q[i] * x[t][b * HC_QK + i];
+                tail[t][r] = dw0 * dx[t][b] * (float)si;
+            }
+        }
+    for (int t = 0; t < TB; t++)
+        for (int r = 0; r < RB; r++) *out[t * RB + r] = _mm512_reduce_add_ps(acc[t][r]) + tail[t][r];
+}
+
+/* ---- q4_k: a super-block is 8 sub-blocks of 32; 64 bytes of nibbles hold four of them --------
+ * Bytes 64h..64h+63 of qs split into low nibbles = sub-blocks [4h, 4h+2] and high nibbles =
+ * [4h+1, 4h+3], 32 elements each, so each vpdpbusd covers two sub-blocks: int32 lanes 0-7 the
+ * first, 8-15 the second. */
+
+/* The 6-bit scales (bytes 0-7 of sc) and mins (bytes 0-7 of m) of a q4_k block, unpacked four
+ * at a time with 32-bit masks (the layout hc_q4_k_scale_min reads one by one). */
+static inline void q4_k_unpack_scales(const uint8_t *packed, uint32_t sc[2], uint32_t m[2]) {
+    uint32_t u[3];
+    memcpy(u, packed, 12);
+    const uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, top2 = 0x03030303;
+    sc[0] = u[0] & low6;
+    sc[1] = (u[2] & low4) | (((u[0] >> 6) & top2) << 4);
+    m[0] = u[1] & low6;
+    m[1] = ((u[2] >> 4) & low4) | (((u[1] >> 6) & top2) << 4);
+}
+
+TILE_FN __m256 bytes8_to_ps(const uint32_t v[2]) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, (int)v[1], (int)v[0])));
+}
+
+TILE_FN void q4_k_tile(float *const *out, const int8_t *const *x, const float *const *dx, const float *const *sx,
+                       const hc_block_q4_k *const *rows, int64_t nsb, const int TB, const int RB) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
+    /* which of the 8 sub-block scales each int32 lane takes: [first x8, second x8] */
+    const __m512i lanes[4] = {
+        _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0),
+        _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),
+        _mm512_set_epi32(6, 6, 6, 6, 6, 6, 6, 6, 4, 4, 4, 4, 4, 4, 4, 4),
+        _mm512_set_epi32(7, 7, 7, 7, 7, 7, 7, 7, 5, 5, 5, 5, 5, 5, 5, 5),
+    };
+    __m512 acc[4][4];
+    for (int t = 0; t < TB; t++)
+        for (int r = 0; r < RB; r++) acc[t][r] = _mm512_setzero_ps();
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        __m256 dsc[4], dmn[4]; /* d*sc[j] and dmin*m[j] of row r */
+        for (int r = 0; r < RB; r++) {
+            const hc_block_q4_k *blk = rows[r] + sb;
+            uint32_t sc[2], m[2];
+            q4_k_unpack_scales(blk->scales, sc, m);
+            dsc[r] = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(blk->d)), bytes8_to_ps(sc));
+            dmn[r] = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(blk->dmin)), bytes8_to_ps(m));
+        }
+        for (int t = 0; t < TB; t++)
+            for (int r = 0; r < RB; r++)
+                acc[t][r] = _mm512_fnmadd_ps(_mm512_zextps256_ps512(dmn[r]),
+                                             _mm512_zextps256_ps512(_mm256_loadu_ps(sx[t] + sb * 8)), acc[t][r]);
+        for (int h = 0; h < 2; h++) {
+            __m512i lo[4], hi[4];
+            for (int r = 0; r < RB; r++) {
+                const __m512i v = _mm512_loadu_si512((const void *)(rows[r][sb].qs + 64 * h));
+                lo[r] = _mm512_and_si512(v, m4);
+                hi[r] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            }
+            for (int t = 0; t < TB; t++) {
+                const int8_t *xs = x[t] + sb * HC_QKK + 128 * h;
+                const __m512i xlo = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)xs)),
+                                                       _mm256_loadu_si256((const __m256i *)(xs + 64)), 1);
+                const __m512i xhi = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(xs + 32))),
+                                                       _mm256_loadu_si256((const __m256i *)(xs + 96)), 1);
+                const __m256 dx8 = _mm256_loadu_ps(dx[t] + sb * 8);
+                for (int r = 0; r < RB; r++) {
+                    const __m512 s8 = _mm512_zextps256_ps512(_mm256_mul_ps(dsc[r], dx8));
+                    acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, lo[r], xlo)),
+                                                _mm512_permutexvar_ps(lanes[2 * h], s8), acc[t][r]);
+                    acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, hi[r], xhi)),
+                                                _mm512_permutexvar_ps(lanes[2 * h + 1], s8), acc[t][r]);
+                }
+            }
+        }
+    }
+    for (int t = 0; t < TB; t++)
+        for (int r = 0; r < RB; r++) *out[t * RB + r] = _mm512_reduce_add_ps(acc[t][r]);
+}
+
+/* ---- drivers: rows [n0, n1) of out, all T tokens ------------------------------------------------
+ * Tiles of 4 rows; tokens one at a time for decode, 4 at a time for prompts, in chunks of 64
+ * tokens so the chunk's activations stay in cache while the rows stream past. Leftover rows
+ * and tokens repeat the last pointer and write to a dummy. */
+
+#define TOKEN_CHUNK 64
+
+typedef struct {
+    float *out;
+    const int8_t *qx;
+    const float *dx, *sx;
+    int64_t T, N, K;
+} tile_args;
+
+static void tile_pointers(const tile_args *a, int64_t t, int64_t te, int tb, int rb, int64_t n, int64_t n1, float **os,
+                          const int8_t **xs, const float **dxs, const float **sxs, float *dummy) {
+    for (int tt = 0; tt < tb; tt++) {
+        const int64_t ti = t + tt < te ? t + tt : t;
+        xs[tt] = a->qx + ti * a->K;
+        dxs[tt] = a->dx + ti * (a->K / HC_QK);
+        sxs[tt] = a->sx + ti * (a->K / HC_QK);
+        for (int r = 0; r < 4; r++) os[tt * 4 + r] = (t + tt < te && n + r < n1 && r < rb) ? a->out + (t + tt) * a->N + n + r : dummy;
+    }
+}
+
+__attribute__((target(VNNI))) void hc_q4_0_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx,
+                                                       const hc_mat *w, int64_t T, int64_t n0, int64_t n1) {
+    const tile_args a = {out, qx, dx, sx, T, w->rows, w->cols};
+    const size_t row_bytes = hc_quant_row_bytes(HC_QUANT_Q4_0, a.K);
+    const int64_t nb = a.K / HC_QK;
+    if (T == 1) { /* decode: one row at a time, nothing else per row */
+        for (int64_t n = n0; n < n1; n++) {
+            const hc_block_q4_0 *row = (const hc_block_q4_0 *)((const char *)w->data + (size_t)n * row_bytes);
+            out[n] = q4_0_decode_row(qx, dx, sx, row, nb);
+        }
+        return;
+    }
+    const int tb = 4, rb = 4;
+    float dummy;
+    for (int64_t tc = 0; tc < T; tc += TOKEN_CHUNK) {
+        const int64_t te = tc + TOKEN_CHUNK < T ? tc + TOKEN_CHUNK : T;
+        for (int64_t n = n0; n < n1; n += rb) {
+            const hc_block_q4_0 *rows[4];
+            for (int r = 0; r < 4; r++)
+                rows[r] = (const hc_block_q4_0 *)((const char *)w->data + (size_t)(n + r < n1 ? n + r : n) * row_bytes);
+            for (int64_t t = tc; t < te; t += tb) {
+                float *os[16];
+                const int8_t *xs[4];
+                const float *dxs[4], *sxs[4];
+                tile_pointers(&a, t, te, tb, rb, n, n1, os, xs, dxs, sxs, &dummy);
+                q4_0_tile(os, xs, dxs, rows, nb, 4, 4);
+            }
+        }
+    }
+}
+
+__attribute__((target(VNNI))) void hc_q4_k_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx,
+                                                       const hc_mat *w, int64_t T, int64_t n0, int64_t n1) {
+    const tile_args a = {out, qx, dx, sx, T, w->rows, w->cols};
+    const size_t row_bytes = hc_quant_row_bytes(HC_QUANT_Q4_K, a.K);
+    const int64_t nsb = a.K / HC_QKK;
+    if (T == 1) { /* decode: one row at a time, nothing else per row */
+        for (int64_t n = n0; n < n1; n++) {
+            const hc_block_q4_k *row = (const hc_block_q4_k *)((const char *)w->data + (size_t)n * row_bytes);
+            float *o = out + n;
+            q4_k_tile(&o, &qx, &dx, &sx, &row, nsb, 1, 1);
+        }
+        return;
+    }
+    const int tb = 4, rb = 4;
+    float dummy;
+    for (int64_t tc = 0; tc < T; tc += TOKEN_CHUNK) {
+        const int64_t te = tc + TOKEN_CHUNK < T ? tc + TOKEN_CHUNK : T;
+        for (int64_t n = n0; n < n1; n += rb) {
+            const hc_block_q4_k *rows[4];
+            for (int r = 0; r < 4; r++)
+                rows[r] = (const hc_block_q4_k *)((const char *)w->data + (size_t)(n + r < n1 ? n + r : n) * row_bytes);
+            for (int64_t t = tc; t < te; t += tb) {
+                float *os[16];
+                const int8_t *xs[4];
+                const float *dxs[4], *sxs[4];
+                tile_pointers(&a, t, te, tb, rb, n, n1, os, xs, dxs, sxs, &dummy);
+                q4_k_tile(os, xs, dxs, sxs, rows, nsb, 4, 4);
+            }
+        }
+    }
+}
+
+__attribute__((target(VNNI))) void hc_q8_0_rows_vnni(float *out, const int8_t *qx, const float *dx, const hc_mat *w,
+                                                       int64_t T, int64_t n0, int64_t n1) {
+    const tile_args a = {out, qx, dx, dx, T, w->rows, w->cols};
+    const size_t row_bytes = hc_quant_row_bytes(HC_QUANT_Q8_0, a.K);
+    const int64_t nb = a.K / HC_QK;
+    float dummy;
+    for (int64_t tc = 0; tc < T; tc += TOKEN_CHUNK) {
+        const int64_t te = tc + TOKEN_CHUNK < T ? tc + TOKEN_CHUNK : T;
+        for (int64_t n = n0; n < n1; n += 4) {
+            const hc_block_q8_0 *rows[4];
+            for (int r = 0; r < 4; r++)
+                rows[r] = (const hc_block_q8_0 *)((const char *)w->data + (size_t)(n + r < n1 ? n + r : n) * row_bytes);
+            for (int64_t t = tc; t < te; t += 4) {
+                float *os[16];
+                const int8_t *xs[4];
+                const float *dxs[4], *sxs[4];
+                tile_pointers(&a, t, te, 4, 4, n, n1, os, xs, dxs, sxs, &dummy);
+                q8_0_tile(os, xs, dxs, rows, nb, 4, 4);
+            }
+        }
+    }
+}
