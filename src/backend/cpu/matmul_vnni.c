@@ -263,6 +263,46 @@ TILE_FN void q4_k_tile(float *const *out, const int8_t *const *x, const float *c
         for (int r = 0; r < RB; r++) *out[t * RB + r] = _mm512_reduce_add_ps(acc[t][r]);
 }
 
+/* Decode (one token) on q4_k: the activations are first put in the nibbles' order (each 128
+ * values as [0-31, 64-95 | 32-63, 96-127]), once per call instead of once per row, so a half
+ * super-block's two activation vectors are two plain loads. xp: [K] in that order. */
+TILE_FN float q4_k_decode_row(const int8_t *xp, const float *dx, const float *sx, const hc_block_q4_k *row,
+                              int64_t nsb) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
+    const __m512i lanes[4] = {
+        _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0),
+        _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),
+        _mm512_set_epi32(6, 6, 6, 6, 6, 6, 6, 6, 4, 4, 4, 4, 4, 4, 4, 4),
+        _mm512_set_epi32(7, 7, 7, 7, 7, 7, 7, 7, 5, 5, 5, 5, 5, 5, 5, 5),
+    };
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    __m256 mins = _mm256_setzero_ps();
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const hc_block_q4_k *blk = row + sb;
+        uint32_t sc[2], m[2];
+        q4_k_unpack_scales(blk->scales, sc, m);
+        const __m512 s8 = _mm512_zextps256_ps512(
+            _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(blk->d)), bytes8_to_ps(sc)), _mm256_loadu_ps(dx + sb * 8)));
+        mins = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(blk->dmin)), bytes8_to_ps(m)),
+                               _mm256_loadu_ps(sx + sb * 8), mins);
+        const int8_t *xs = xp + sb * HC_QKK;
+        for (int h = 0; h < 2; h++) {
+            const __m512i v = _mm512_loadu_si512((const void *)(blk->qs + 64 * h));
+            const __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            const __m512i ilo = _mm512_dpbusd_epi32(zero, lo, _mm512_loadu_si512((const void *)(xs + 128 * h)));
+            const __m512i ihi = _mm512_dpbusd_epi32(zero, hi, _mm512_loadu_si512((const void *)(xs + 128 * h + 64)));
+            acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ilo), _mm512_permutexvar_ps(lanes[2 * h], s8), acc0);
+            acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ihi), _mm512_permutexvar_ps(lanes[2 * h + 1], s8), acc1);
+        }
+    }
+    const __m128 m4s = _mm_add_ps(_mm256_castps256_ps128(mins), _mm256_extractf128_ps(mins, 1));
+    const __m128 m2s = _mm_add_ps(m4s, _mm_movehl_ps(m4s, m4s));
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) - _mm_cvtss_f32(_mm_add_ss(m2s, _mm_movehdup_ps(m2s)));
+}
+
+/* The largest K whose reordered activations the q4_k decode keeps on the stack. */
+#define Q4K_DECODE_MAX_K 32768
+
 /* ---- drivers: rows [n0, n1) of out, all T tokens ------------------------------------------------
  * Tiles of 4 rows; tokens one at a time for decode, 4 at a time for prompts, in chunks of 64
  * tokens so the chunk's activations stay in cache while the rows stream past. Leftover rows
@@ -324,15 +364,19 @@ __attribute__((target(VNNI))) void hc_q4_k_rows_vnni(float *out, const int8_t *q
     const tile_args a = {out, qx, dx, sx, T, w->rows, w->cols};
     const size_t row_bytes = hc_quant_row_bytes(HC_QUANT_Q4_K, a.K);
     const int64_t nsb = a.K / HC_QKK;
-    if (T == 1) { /* decode: one row at a time, nothing else per row */
-        for (int64_t n = n0; n < n1; n++) {
-            const hc_block_q4_k *row = (const hc_block_q4_k *)((const char *)w->data + (size_t)n * row_bytes);
-            float *o = out + n;
-            q4_k_tile(&o, &qx, &dx, &sx, &row, nsb, 1, 1);
+    if (T == 1 && a.K <= Q4K_DECODE_MAX_K) { /* decode: one row at a time, nothing else per row */
+        int8_t xp[Q4K_DECODE_MAX_K]; /* [K], the nibbles' order */
+        for (int64_t c = 0; c < a.K; c += 128) {
+            memcpy(xp + c, qx + c, 32);
+            memcpy(xp + c + 32, qx + c + 64, 32);
+            memcpy(xp + c + 64, qx + c + 32, 32);
+            memcpy(xp + c + 96, qx + c + 96, 32);
         }
+        for (int64_t n = n0; n < n1; n++)
+            out[n] = q4_k_decode_row(xp, dx, sx, (const hc_block_q4_k *)((const char *)w->data + (size_t)n * row_bytes), nsb);
         return;
     }
-    const int tb = 4, rb = 4;
+    const int tb = T == 1 ? 1 : 4, rb = 4;
     float dummy;
     for (int64_t tc = 0; tc < T; tc += TOKEN_CHUNK) {
         const int64_t te = tc + TOKEN_CHUNK < T ? tc + TOKEN_CHUNK : T;
@@ -345,7 +389,8 @@ __attribute__((target(VNNI))) void hc_q4_k_rows_vnni(float *out, const int8_t *q
                 const int8_t *xs[4];
                 const float *dxs[4], *sxs[4];
                 tile_pointers(&a, t, te, tb, rb, n, n1, os, xs, dxs, sxs, &dummy);
-                q4_k_tile(os, xs, dxs, sxs, rows, nsb, 4, 4);
+                if (tb == 1) q4_k_tile(os, xs, dxs, sxs, rows, nsb, 1, 4);
+                else q4_k_tile(os, xs, dxs, sxs, rows, nsb, 4, 4);
             }
         }
     }
