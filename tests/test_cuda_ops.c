@@ -528,6 +528,179 @@ static void test_rows(void) {
     free(q), free(k), free(v), free(scratch), free(want), free(got), free(gq);
 }
 
+/* ---- backward: every op's gradients against the CPU reference (f32, NMSE <= 1e-7). Parameter
+ * gradients start from random values, so += is checked along with the sums. ---------------- */
+
+/* Compares n floats of a device buffer with the reference's host buffer. */
+static void cmp_dev(const char *what, const void *dev, const float *want, int64_t n) {
+    float *got = down(dev, n);
+    report(what, nmse(got, want, n), 1e-7);
+    free(got);
+}
+
+static void matmul_backward_case(hc_dtype dt, bool transposed, bool bias, int64_t T, int64_t N, int64_t K) {
+    hc_backend *cpu = hc_backend_cpu();
+    const int64_t ld = transposed ? N + 3 : K + 5, rows = transposed ? K : N;
+    void *wh = rand_typed(dt, rows * ld, 0.5f);
+    float *x = malloc(sizeof(float) * (size_t)(T * K)), *dout = malloc(sizeof(float) * (size_t)(T * N));
+    float *dw = malloc(sizeof(float) * (size_t)(rows * ld)), *db = malloc(sizeof(float) * (size_t)N);
+    float *dx = malloc(sizeof(float) * (size_t)(T * K));
+    fill_rand(x, T * K, 1), fill_rand(dout, T * N, 1), fill_rand(dw, rows * ld, 1), fill_rand(db, N, 1);
+    void *wd = up(wh, (size_t)(rows * ld) * hc_dtype_size(dt));
+    float *xd = up(x, sizeof(float) * (size_t)(T * K)), *gd = up(dout, sizeof(float) * (size_t)(T * N));
+    float *dwd = up(dw, sizeof(float) * (size_t)(rows * ld)), *dbd = up(db, sizeof(float) * (size_t)N);
+    float *dxd = cur->alloc(cur, sizeof(float) * (size_t)(T * K));
+    hc_mat w = {.data = wh, .dtype = dt, .rows = N, .cols = K, .ld = ld, .transposed = transposed};
+    hc_mat wdv = w;
+    wdv.data = wd;
+    cpu->matmul_backward(cpu, dx, dw, bias ? db : NULL, dout, x, &w, T);
+    cur->matmul_backward(cur, dxd, dwd, bias ? dbd : NULL, gd, xd, &wdv, T);
+    char what[160];
+    snprintf(what, sizeof what, "matmul_backward %s%s T=%lld N=%lld K=%lld dx", dt_name(dt), transposed ? " transposed" : "",
+             (long long)T, (long long)N, (long long)K);
+    cmp_dev(what, dxd, dx, T * K);
+    what[strlen(what) - 2] = 0;
+    strcat(what, "dW");
+    cmp_dev(what, dwd, dw, rows * ld);
+    if (bias) {
+        what[strlen(what) - 2] = 0;
+        strcat(what, "db");
+        cmp_dev(what, dbd, db, N);
+    }
+    cur->free(cur, wd), cur->free(cur, xd), cur->free(cur, gd), cur->free(cur, dwd), cur->free(cur, dbd), cur->free(cur, dxd);
+    free(wh), free(x), free(dout), free(dw), free(db), free(dx);
+}
+
+static void norm_backward_case(hc_norm_kind kind, hc_dtype dt, bool with_b, int64_t T, int64_t C) {
+    hc_backend *cpu = hc_backend_cpu();
+    void *wh = rand_typed(dt, C, 1), *bh = rand_typed(dt, C, 1);
+    float *x = malloc(sizeof(float) * (size_t)(T * C)), *dout = malloc(sizeof(float) * (size_t)(T * C));
+    float *dx = malloc(sizeof(float) * (size_t)(T * C)), *dw = malloc(sizeof(float) * (size_t)C), *db = malloc(sizeof(float) * (size_t)C);
+    fill_rand(x, T * C, 2), fill_rand(dout, T * C, 1), fill_rand(dw, C, 1), fill_rand(db, C, 1);
+    for (int64_t i = 0; i < T * C; i++) x[i] += 0.3f; /* a mean for LayerNorm to remove */
+    void *wd = up(wh, (size_t)C * hc_dtype_size(dt)), *bd = up(bh, (size_t)C * hc_dtype_size(dt));
+    float *xd = up(x, sizeof(float) * (size_t)(T * C)), *gd = up(dout, sizeof(float) * (size_t)(T * C));
+    float *dwd = up(dw, sizeof(float) * (size_t)C), *dbd = up(db, sizeof(float) * (size_t)C);
+    float *dxd = cur->alloc(cur, sizeof(float) * (size_t)(T * C));
+    hc_vec w = {wh, dt, C}, b = {with_b ? bh : NULL, dt, C}, wdv = {wd, dt, C}, bdv = {with_b ? bd : NULL, dt, C};
+    cpu->norm_backward(cpu, dx, dw, with_b ? db : NULL, dout, x, &w, &b, kind, 1e-5f, T, C);
+    cur->norm_backward(cur, dxd, dwd, with_b ? dbd : NULL, gd, xd, &wdv, &bdv, kind, 1e-5f, T, C);
+    char what[160];
+    snprintf(what, sizeof what, "norm_backward kind %d %s T=%lld C=%lld", (int)kind, dt_name(dt), (long long)T, (long long)C);
+    char w2[200];
+    snprintf(w2, sizeof w2, "%s dx", what), cmp_dev(w2, dxd, dx, T * C);
+    snprintf(w2, sizeof w2, "%s dw", what), cmp_dev(w2, dwd, dw, C);
+    if (with_b) snprintf(w2, sizeof w2, "%s db", what), cmp_dev(w2, dbd, db, C);
+    cur->free(cur, wd), cur->free(cur, bd), cur->free(cur, xd), cur->free(cur, gd), cur->free(cur, dwd), cur->free(cur, dbd);
+    cur->free(cur, dxd);
+    free(wh), free(bh), free(x), free(dout), free(dx), free(dw), free(db);
+}
+
+static void attention_backward_case(int64_t T, int64_t H, int64_t KVH, int64_t D, int64_t window, float cap) {
+    hc_backend *cpu = hc_backend_cpu();
+    const int64_t nq = T * H * D, nk = T * KVH * D;
+    float *q = malloc(sizeof(float) * (size_t)nq), *k = malloc(sizeof(float) * (size_t)nk), *v = malloc(sizeof(float) * (size_t)nk);
+    float *dout = malloc(sizeof(float) * (size_t)nq), *dq = malloc(sizeof(float) * (size_t)nq);
+    float *dk = malloc(sizeof(float) * (size_t)nk), *dv = malloc(sizeof(float) * (size_t)nk), *scratch = malloc(sizeof(float) * (size_t)(2 * T + 2));
+    int32_t *pos = malloc(sizeof(int32_t) * (size_t)T);
+    fill_rand(q, nq, 1), fill_rand(k, nk, 1), fill_rand(v, nk, 1), fill_rand(dout, nq, 1);
+    for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)t;
+    const float scale = 1.0f / sqrtf((float)D) * 2.0f; /* sharper than usual, so the softmax is not flat */
+    cpu->attention_backward(cpu, dq, dk, dv, dout, q, k, v, pos, T, H, KVH, D, scale, window, cap, scratch);
+    float *qd = up(q, sizeof(float) * (size_t)nq), *kd = up(k, sizeof(float) * (size_t)nk), *vd = up(v, sizeof(float) * (size_t)nk);
+    float *gd = up(dout, sizeof(float) * (size_t)nq);
+    int32_t *pd = up(pos, sizeof(int32_t) * (size_t)T);
+    float *dqd = cur->alloc(cur, sizeof(float) * (size_t)nq), *dkd = cur->alloc(cur, sizeof(float) * (size_t)nk);
+    float *dvd = cur->alloc(cur, sizeof(float) * (size_t)nk);
+    cur->attention_backward(cur, dqd, dkd, dvd, gd, qd, kd, vd, pd, T, H, KVH, D, scale, window, cap, NULL);
+    char what[160], w2[200];
+    snprintf(what, sizeof what, "attention_backward T=%lld H=%lld KVH=%lld D=%lld window=%lld cap=%g", (long long)T,
+             (long long)H, (long long)KVH, (long long)D, (long long)window, (double)cap);
+    snprintf(w2, sizeof w2, "%s dq", what), cmp_dev(w2, dqd, dq, nq);
+    snprintf(w2, sizeof w2, "%s dk", what), cmp_dev(w2, dkd, dk, nk);
+    snprintf(w2, sizeof w2, "%s dv", what), cmp_dev(w2, dvd, dv, nk);
+    cur->free(cur, qd), cur->free(cur, kd), cur->free(cur, vd), cur->free(cur, gd), cur->free(cur, pd);
+    cur->free(cur, dqd), cur->free(cur, dkd), cur->free(cur, dvd);
+    free(q), free(k), free(v), free(dout), free(dq), free(dk), free(dv), free(scratch), free(pos);
+}
+
+static void test_backward(void) {
+    hc_backend *cpu = hc_backend_cpu();
+    const hc_dtype dts[] = {HC_DTYPE_F32, HC_DTYPE_BF16, HC_DTYPE_F16};
+    for (int i = 0; i < 3; i++) {
+        matmul_backward_case(dts[i], false, true, 7, 45, 33);
+        matmul_backward_case(dts[i], true, true, 3, 29, 70);
+    }
+    matmul_backward_case(HC_DTYPE_BF16, false, false, 100, 130, 67); /* T above the GEMV path */
+    matmul_backward_case(HC_DTYPE_F32, true, false, 70, 33, 90);
+    for (int kind = 0; kind < 3; kind++) {
+        norm_backward_case((hc_norm_kind)kind, HC_DTYPE_F32, kind == HC_NORM_LAYER, 9, 77);
+        norm_backward_case((hc_norm_kind)kind, HC_DTYPE_BF16, kind == HC_NORM_LAYER, 5, 300);
+    }
+    norm_backward_case(HC_NORM_RMS, HC_DTYPE_F32, false, 33, 8); /* per head: many short rows */
+    attention_backward_case(13, 4, 2, 16, 0, 0);
+    attention_backward_case(37, 6, 1, 24, 0, 0);
+    attention_backward_case(29, 4, 4, 8, 7, 0);
+    attention_backward_case(21, 8, 2, 32, 0, 30.0f);
+    attention_backward_case(150, 2, 1, 64, 40, 50.0f);
+    /* embedding: two rows share an id, and a transposed table */
+    for (int tr = 0; tr < 2; tr++) {
+        const int64_t V = 11, C = 37, T = 9, ld = tr ? V + 2 : C + 3, rows = tr ? C : V;
+        float *dt = malloc(sizeof(float) * (size_t)(rows * ld)), *dout = malloc(sizeof(float) * (size_t)(T * C));
+        int32_t ids[9] = {3, 0, 10, 3, 5, 5, 5, 1, 9};
+        fill_rand(dt, rows * ld, 1), fill_rand(dout, T * C, 1);
+        float *dtd = up(dt, sizeof(float) * (size_t)(rows * ld)), *gd = up(dout, sizeof(float) * (size_t)(T * C));
+        int32_t *idd = up(ids, sizeof ids);
+        hc_mat table = {.data = NULL, .dtype = HC_DTYPE_F32, .rows = V, .cols = C, .ld = ld, .transposed = tr};
+        cpu->embedding_backward(cpu, dt, &table, dout, ids, T, 0.7f);
+        cur->embedding_backward(cur, dtd, &table, gd, idd, T, 0.7f);
+        cmp_dev(tr ? "embedding_backward transposed" : "embedding_backward", dtd, dt, rows * ld);
+        cur->free(cur, dtd), cur->free(cur, gd), cur->free(cur, idd);
+        free(dt), free(dout);
+    }
+    /* rope: partial rotary dims, positions not from 0 */
+    {
+        const int64_t T = 5, nh = 3, D = 20, R = 12;
+        float *x = malloc(sizeof(float) * (size_t)(T * nh * D)), inv[6];
+        int32_t pos[5] = {7, 8, 9, 100, 2047};
+        fill_rand(x, T * nh * D, 1);
+        for (int i = 0; i < 6; i++) inv[i] = powf(10000.0f, -2.0f * (float)i / (float)R);
+        float *xd = up(x, sizeof(float) * (size_t)(T * nh * D)), *invd = up(inv, sizeof inv);
+        int32_t *pd = up(pos, sizeof pos);
+        cpu->rope_backward(cpu, x, pos, inv, 1.1f, T, nh, D, R);
+        cur->rope_backward(cur, xd, pd, invd, 1.1f, T, nh, D, R);
+        cmp_dev("rope_backward", xd, x, T * nh * D);
+        cur->free(cur, xd), cur->free(cur, invd), cur->free(cur, pd);
+        free(x);
+    }
+    /* glu for each activation, gated and not; softcap */
+    {
+        const int64_t n = 1000;
+        float *g = malloc(sizeof(float) * n), *u = malloc(sizeof(float) * n), *d = malloc(sizeof(float) * n);
+        float *dg = malloc(sizeof(float) * n), *du = malloc(sizeof(float) * n);
+        fill_rand(g, n, 4), fill_rand(u, n, 1), fill_rand(d, n, 1);
+        float *gd = up(g, sizeof(float) * n), *ud = up(u, sizeof(float) * n), *dd = up(d, sizeof(float) * n);
+        float *dgd = cur->alloc(cur, sizeof(float) * n), *dud = cur->alloc(cur, sizeof(float) * n);
+        const hc_activation acts[] = {HC_ACT_SILU, HC_ACT_GELU_TANH, HC_ACT_GELU, HC_ACT_RELU};
+        for (int a = 0; a < 4; a++)
+            for (int gated = 0; gated < 2; gated++) {
+                cpu->glu_backward(cpu, dg, gated ? du : NULL, d, g, gated ? u : NULL, acts[a], n);
+                cur->glu_backward(cur, dgd, gated ? dud : NULL, dd, gd, gated ? ud : NULL, acts[a], n);
+                char what[80];
+                snprintf(what, sizeof what, "glu_backward act %d%s dgate", a, gated ? " gated" : "");
+                cmp_dev(what, dgd, dg, n);
+                if (gated) snprintf(what, sizeof what, "glu_backward act %d dup", a), cmp_dev(what, dud, du, n);
+            }
+        for (int64_t i = 0; i < n; i++) u[i] = 30.0f * tanhf(g[i] * 5 / 30.0f); /* y of a cap of 30 */
+        cur->upload(cur, ud, u, sizeof(float) * n);
+        cpu->softcap_backward(cpu, dg, d, u, 30.0f, n);
+        cur->softcap_backward(cur, dgd, dd, ud, 30.0f, n);
+        cmp_dev("softcap_backward", dgd, dg, n);
+        cur->free(cur, gd), cur->free(cur, ud), cur->free(cur, dd), cur->free(cur, dgd), cur->free(cur, dud);
+        free(g), free(u), free(d), free(dg), free(du);
+    }
+}
+
 int main(void) {
     char why[200];
     if (!hc_cuda_available(why, sizeof why)) {
@@ -547,6 +720,7 @@ int main(void) {
     test_elementwise();
     test_fused(bf16);
     test_rows();
+    test_backward();
     CHECK_OK(gpu->check(gpu));
     CHECK_OK(bf16->check(bf16));
     gpu->destroy(gpu);

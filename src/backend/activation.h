@@ -26,4 +26,32 @@ HC_HOST_DEVICE float hc_act_apply(float x, hc_activation act) {
     return x;
 }
 
+/* act(x) and its derivative, as hc_act_apply defines act: the backward's one definition. */
+HC_HOST_DEVICE void hc_act_grad(float x, hc_activation act, float *a, float *da) {
+    switch (act) {
+    case HC_ACT_SILU: {
+        const float sg = 1.0f / (1.0f + expf(-x));
+        *a = x * sg;
+        *da = sg * (1.0f + x * (1.0f - sg));
+        return;
+    }
+    case HC_ACT_GELU_TANH: {
+        const float k = 0.7978845608028654f, u = k * (x + 0.044715f * x * x * x), th = tanhf(u);
+        *a = 0.5f * x * (1.0f + th);
+        *da = 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * k * (1.0f + 3.0f * 0.044715f * x * x);
+        return;
+    }
+    case HC_ACT_GELU:
+        *a = 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+        *da = 0.5f * (1.0f + erff(x * 0.70710678118654752f)) + x * 0.3989422804014327f * expf(-0.5f * x * x);
+        return;
+    case HC_ACT_RELU:
+        *a = x > 0 ? x : 0;
+        *da = x > 0 ? 1.0f : 0.0f;
+        return;
+    }
+    *a = x;
+    *da = 1;
+}
+
 #endif

@@ -2,6 +2,7 @@
  * reduction is long. Conventions as backend.h states them. */
 #include <math.h>
 
+#include "backend/activation.h"
 #include "backend/cpu/cpu.h"
 
 void hc_cpu_embedding_backward(hc_backend *be, float *dtable, const hc_mat *table, const float *dout, const int32_t *ids,
@@ -154,40 +155,12 @@ void hc_cpu_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, 
         }
 }
 
-/* act(x) and its derivative, as the forward defines act. */
-static void act_grad(float x, hc_activation act, float *a, float *da) {
-    switch (act) {
-    case HC_ACT_SILU: {
-        const float sg = 1.0f / (1.0f + expf(-x));
-        *a = x * sg;
-        *da = sg * (1.0f + x * (1.0f - sg));
-        return;
-    }
-    case HC_ACT_GELU_TANH: {
-        const float k = 0.7978845608028654f, u = k * (x + 0.044715f * x * x * x), th = tanhf(u);
-        *a = 0.5f * x * (1.0f + th);
-        *da = 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * k * (1.0f + 3.0f * 0.044715f * x * x);
-        return;
-    }
-    case HC_ACT_GELU:
-        *a = 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-        *da = 0.5f * (1.0f + erff(x * 0.70710678118654752f)) + x * 0.3989422804014327f * expf(-0.5f * x * x);
-        return;
-    case HC_ACT_RELU:
-        *a = x > 0 ? x : 0;
-        *da = x > 0 ? 1.0f : 0.0f;
-        return;
-    }
-    *a = x;
-    *da = 1;
-}
-
 void hc_cpu_glu_backward(hc_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                          hc_activation act, int64_t n) {
     (void)be;
     for (int64_t i = 0; i < n; i++) {
         float a, da;
-        act_grad(gate[i], act, &a, &da);
+        hc_act_grad(gate[i], act, &a, &da);
         const float g = dout[i];
         if (dup) dup[i] = g * a;
         if (dgate) dgate[i] = g * (up ? up[i] : 1.0f) * da;

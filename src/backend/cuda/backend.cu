@@ -166,6 +166,7 @@ static void cuda_destroy(hc_backend *be) {
     if (cx->scratch_a) cudaFree(cx->scratch_a);
     if (cx->scratch_b) cudaFree(cx->scratch_b);
     if (cx->partials) cudaFree(cx->partials);
+    if (cx->train_scratch) cudaFree(cx->train_scratch);
     if (cx->pinned) cudaFreeHost(cx->pinned);
     if (cx->blas) cublasDestroy(cx->blas);
     if (cx->stream) cudaStreamDestroy(cx->stream);
@@ -258,6 +259,13 @@ extern "C" hc_status hc_backend_cuda_new(int device_index, hc_dtype compute, hc_
     be->rope_store = hc_cuda_rope_store;
     be->rope_store_rows = hc_cuda_rope_store_rows;
     be->attention_rows = hc_cuda_attention_rows;
+    be->embedding_backward = hc_cuda_embedding_backward;
+    be->matmul_backward = hc_cuda_matmul_backward;
+    be->norm_backward = hc_cuda_norm_backward;
+    be->rope_backward = hc_cuda_rope_backward;
+    be->attention_backward = hc_cuda_attention_backward;
+    be->glu_backward = hc_cuda_glu_backward;
+    be->softcap_backward = hc_cuda_softcap_backward;
     be->check = cuda_check;
     be->mem_info = cuda_mem_info;
     be->graph_run = cuda_graph_run;

@@ -38,6 +38,8 @@ typedef struct {
     size_t scratch_b_bytes;
     float *partials;
     size_t partials_bytes;
+    void *train_scratch; /* attention backward's P and dS */
+    size_t train_scratch_bytes;
     void *pinned;       /* page-locked staging for downloads: pageable copies are several times slower */
     size_t pinned_bytes;
     /* The first error; ops after it are skipped and check() reports it. */
@@ -120,6 +122,21 @@ void hc_cuda_rope_store_rows(hc_backend *be, float *q, float *k, const float *v,
 void hc_cuda_attention_rows(hc_backend *be, float *out, const float *q, void *const *k_rows, void *const *v_rows,
                             hc_dtype kv_dtype, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale,
                             int64_t window, float softcap, int64_t S, float *scratch);
+/* Backward (backward.cu) */
+void hc_cuda_embedding_backward(hc_backend *be, float *dtable, const hc_mat *table, const float *dout, const int32_t *ids,
+                                int64_t T, float scale);
+void hc_cuda_matmul_backward(hc_backend *be, float *dx, float *dw, float *db, const float *dout, const float *x,
+                             const hc_mat *w, int64_t T);
+void hc_cuda_norm_backward(hc_backend *be, float *dx, float *dw, float *db, const float *dout, const float *x,
+                           const hc_vec *w, const hc_vec *b, hc_norm_kind kind, float eps, int64_t T, int64_t C);
+void hc_cuda_rope_backward(hc_backend *be, float *dx, const int32_t *pos, const float *inv_freq, float attn_factor,
+                           int64_t T, int64_t nh, int64_t D, int64_t R);
+void hc_cuda_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                const float *k, const float *v, const int32_t *pos, int64_t T, int64_t H, int64_t KVH,
+                                int64_t D, float scale, int64_t window, float softcap, float *scratch);
+void hc_cuda_glu_backward(hc_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                          hc_activation act, int64_t n);
+void hc_cuda_softcap_backward(hc_backend *be, float *dx, const float *dy, const float *y, float cap, int64_t n);
 void hc_cuda_topk_route(hc_backend *be, float *weights, int32_t *experts, const float *logits, int64_t T, int64_t E,
                         int64_t k, bool renorm);
 
