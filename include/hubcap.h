@@ -492,7 +492,7 @@ void hc_grads_free(hc_grads *g);
 void hc_grads_zero(hc_grads *g);
 int64_t hc_grads_count(const hc_grads *g);                      /* the checkpoint's tensors */
 const hc_tensor_info *hc_grads_tensor(const hc_grads *g, int64_t i);
-const float *hc_grads_data(const hc_grads *g, int64_t i);       /* NULL: the model does not use it */
+const float *hc_grads_data(hc_grads *g, int64_t i);       /* NULL: the model does not use it */
 /* Activation checkpointing: keep each layer's input only and recompute the layer in the
  * backward (the same gradients, bit for bit, for about a third more compute). */
 void hc_grads_set_checkpointing(hc_grads *g, bool on);

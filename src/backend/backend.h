@@ -56,6 +56,8 @@ struct hc_backend {
     void (*download)(hc_backend *be, void *dst, const void *src, size_t bytes); /* backend -> host, synchronous */
     /* x[n] = v */
     void (*fill)(hc_backend *be, float *x, float v, int64_t n);
+    /* out[n] = x[n], both backend memory */
+    void (*copy)(hc_backend *be, float *out, const float *x, int64_t n);
 
     /* out[T,C] (=, or += when accumulate) = table[ids[t], :] * scale */
     void (*embedding)(hc_backend *be, float *out, const hc_mat *table, const int32_t *ids, int64_t T, float scale,
@@ -160,6 +162,12 @@ struct hc_backend {
                          hc_activation act, int64_t n);
     /* y = cap * tanh(x / cap), given y: dx = dy * (1 - (y / cap)^2) */
     void (*softcap_backward)(hc_backend *be, float *dx, const float *dy, const float *y, float cap, int64_t n);
+    /* The training loss, forward and backward together: for each row of logits[T, V] with a
+     * target (targets[t] >= 0; -1: none), loss[t] = logsumexp(logits[t]) - logits[t, y], hit[t] =
+     * 1 when y is the first argmax, and dlogits[t] = (softmax(logits[t]) - onehot(y)) * scale;
+     * rows without a target get 0 in all three. dlogits may be NULL (evaluation). */
+    void (*cross_entropy)(hc_backend *be, float *dlogits, float *loss, float *hit, const float *logits,
+                          const int32_t *targets, int64_t T, int64_t V, double scale);
 
     /* Optional (NULL on the CPU). check: waits for queued work and reports the first failure of
      * any op since the backend was made (ops return nothing; a device can fail later).

@@ -386,10 +386,7 @@ void hc_model_each_weight(hc_model *m, void (*fn_mat)(hc_mat *, void *), void (*
     }
 }
 
-typedef struct {
-    uintptr_t lo, hi; /* host bytes [lo, hi) */
-    size_t dev_off;   /* where lo lands in the device block */
-} host_range;
+typedef hc_device_range host_range;
 
 typedef struct {
     host_range *r;
@@ -488,13 +485,40 @@ static hc_status upload_weights(hc_model *m) {
     for (int i = 0; i < n; i++)
         be->upload(be, rs.dev_base + rs.r[i].dev_off, (const void *)rs.r[i].lo, rs.r[i].hi - rs.r[i].lo);
     hc_model_each_weight(m, move_mat, move_vec, &rs);
-    free(rs.r);
+    m->device_ranges = rs.r; /* kept: training maps device views back to their tensors */
+    m->n_device_ranges = n;
     hc_status st = be->check ? be->check(be) : HC_OK;
     if (st) return st;
     /* Quantized and realigned host copies have served their purpose. */
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     m->n_owned = 0;
     return HC_OK;
+}
+
+const void *hc_model_host_address(const hc_model *m, const void *p) {
+    const char *base = m->device_weights;
+    if (!p || !base || (const char *)p < base || (const char *)p >= base + m->device_bytes) return p;
+    const size_t off = (size_t)((const char *)p - base);
+    int lo = 0, hi = m->n_device_ranges - 1;
+    while (lo < hi) { /* the last range whose copy starts at or before p (copies are in host order) */
+        const int mid = (lo + hi + 1) / 2;
+        if (m->device_ranges[mid].dev_off <= off) lo = mid;
+        else hi = mid - 1;
+    }
+    return (const void *)(m->device_ranges[lo].lo + (off - m->device_ranges[lo].dev_off));
+}
+
+void hc_model_update_device(hc_model *m, const void *host, size_t bytes) {
+    if (!m->device_weights || !bytes) return;
+    int lo = 0, hi = m->n_device_ranges - 1;
+    while (lo < hi) { /* the last range starting at or before host */
+        const int mid = (lo + hi + 1) / 2;
+        if (m->device_ranges[mid].lo <= (uintptr_t)host) lo = mid;
+        else hi = mid - 1;
+    }
+    const hc_device_range *r = &m->device_ranges[lo];
+    if ((uintptr_t)host < r->lo || (uintptr_t)host + bytes > r->hi) return; /* not a weight the device holds */
+    m->be->upload(m->be, (char *)m->device_weights + r->dev_off + ((uintptr_t)host - r->lo), host, bytes);
 }
 
 static hc_status open_backend(hc_model *m, hc_model_params *p) {
@@ -605,6 +629,7 @@ void hc_model_free(hc_model *m) {
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     if (m->device_weights) m->be->free(m->be, m->device_weights);
+    free(m->device_ranges);
     hc_checkpoint_free(m->ck);
     hc_tokenizer_free(m->tokenizer);
     if (m->be && m->be->destroy) m->be->destroy(m->be);

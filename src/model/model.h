@@ -42,10 +42,23 @@ struct hc_model {
     bool use_mmap;          /* weights mapped read-only (else read into writable RAM) */
     void *device_weights;   /* the one device block every view points into (device backends) */
     int64_t device_bytes;   /* its size */
+    struct hc_device_range *device_ranges; /* which host bytes went where in it, by host address */
+    int n_device_ranges;
     struct hc_lora *lora;   /* a LoRA adapter (train/lora.h), or NULL */
     void **owned;           /* aligned copies of misaligned tensors */
     int n_owned;
 };
+
+/* Host weight bytes [lo, hi) copied to device_weights + dev_off. */
+typedef struct hc_device_range {
+    uintptr_t lo, hi;
+    size_t dev_off;
+} hc_device_range;
+
+/* The host address of weight bytes: p itself unless p points into the device copy. */
+const void *hc_model_host_address(const hc_model *m, const void *p);
+/* Copies host weight bytes (changed by training) to their device copy; no-op without one. */
+void hc_model_update_device(hc_model *m, const void *host, size_t bytes);
 
 /* Calls fn_mat / fn_vec on every weight view the model uses (absent ones too: data NULL). */
 void hc_model_each_weight(hc_model *m, void (*fn_mat)(hc_mat *, void *), void (*fn_vec)(hc_vec *, void *), void *arg);

@@ -283,7 +283,7 @@ static hc_status make_params(hc_model *m, const hc_grads *g, param **out, int64_
                 snprintf(q->name, sizeof q->name, "lora.%lld.%d.%c", (long long)(i / HC_LORA_N), (int)(i % HC_LORA_N),
                          ab ? 'B' : 'A');
                 q->w = ab ? pr->b : pr->a;
-                q->g = ab ? pr->db : pr->da;
+                q->g = ab ? pr->db_h : pr->da_h;
                 q->n = ab ? pr->n * lo->r : lo->r * pr->k;
             }
         }
@@ -293,7 +293,7 @@ static hc_status make_params(hc_model *m, const hc_grads *g, param **out, int64_
             const hc_tensor_info *t = g->tensors[i];
             param *q = &ps[k++];
             snprintf(q->name, sizeof q->name, "%s", t->name);
-            q->g = g->g[i];
+            q->g = g->gh[i];
             q->n = t->n_elements;
             q->t = t;
             q->owns_w = true;
@@ -459,6 +459,7 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
                 if ((st = hc_model_loss_grad(m, ids, mask, b, r.L, g, &l, &acc))) goto out;
                 step_loss += l / (double)p.grad_accum, step_acc += acc / (double)p.grad_accum;
             }
+            hc_grads_download(g); /* the optimizer runs on the host, over the f32 master weights */
             /* the mean over micro-batches, clipped by global norm */
             double norm = 0;
             for (int64_t i = 0; i < n_ps; i++)
@@ -488,6 +489,7 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
                     else if (q->t->dtype == HC_DTYPE_BF16) ((uint16_t *)w)[k] = hc_f32_to_bf16(q->w[k]);
                     else ((uint16_t *)w)[k] = hc_f32_to_f16(q->w[k]);
                 }
+                hc_model_update_device(m, w, (size_t)q->t->n_bytes); /* and into the GPU's copy */
             }
             if (m->lora && (st = hc_lora_sync(m))) goto out;
             loss_sum += step_loss, acc_sum += step_acc;

@@ -1,6 +1,6 @@
-/* Loss and gradients of a causal LM over a batch, on the CPU reference ops: a training forward
- * that keeps every activation the backward needs, then the backward through the same ops in
- * reverse. One gradient buffer (f32) per checkpoint tensor the model uses; a view's gradient
+/* Loss and gradients of a causal LM over a batch, through the backend's ops (CPU or GPU): a
+ * training forward that keeps every activation the backward needs, then the backward through
+ * the same ops in reverse. Every buffer is backend memory; only the per-row losses come back. One gradient buffer (f32) per checkpoint tensor the model uses; a view's gradient
  * sits at the view's offset in it, so slices of fused tensors and a tied LM head accumulate
  * into their tensor's gradient, as autograd does.
  *
@@ -23,8 +23,9 @@ static int cmp_data(const void *a, const void *b) {
     return (uintptr_t)x->data < (uintptr_t)y->data ? -1 : (uintptr_t)x->data > (uintptr_t)y->data;
 }
 
-/* The tensor holding p, or -1. */
+/* The tensor holding p (a host address, or one in the device copy of the weights), or -1. */
 static int64_t find_tensor(const hc_grads *gr, const void *p) {
+    p = hc_model_host_address(gr->m, p);
     int64_t lo = 0, hi = gr->n - 1;
     while (lo <= hi) {
         const int64_t mid = (lo + hi) / 2;
@@ -42,7 +43,8 @@ static float *grad_at(const hc_grads *gr, const void *data, hc_dtype dt) {
     const int64_t i = find_tensor(gr, data);
     if (i < 0) return NULL;
     const hc_tensor_info *t = gr->tensors[i];
-    return gr->g[i] + ((const char *)data - (const char *)t->data) / (ptrdiff_t)hc_dtype_size(dt);
+    const char *host = hc_model_host_address(gr->m, data);
+    return gr->g[i] + (host - (const char *)t->data) / (ptrdiff_t)hc_dtype_size(dt);
 }
 #define GM(w) grad_at(gr, (w)->data, (w)->dtype)
 
@@ -70,17 +72,18 @@ static void mark_vec(hc_vec *v, void *arg) {
 
 hc_status hc_grads_new(hc_model *m, hc_grads **out) {
     *out = NULL;
-    if (m->be->device)
-        return hc_fail(HC_ERR_UNSUPPORTED, "gradients: only on the CPU so far (load the model with --device cpu)");
     if (m->cfg.n_experts > 0) return hc_fail(HC_ERR_UNSUPPORTED, "gradients: mixture-of-experts models are not supported yet");
     hc_grads *gr = calloc(1, sizeof *gr);
     const int64_t n = hc_checkpoint_n_tensors(m->ck);
-    if (!gr || !(gr->tensors = calloc((size_t)n, sizeof *gr->tensors)) || !(gr->g = calloc((size_t)n, sizeof *gr->g))) {
+    if (!gr || !(gr->tensors = calloc((size_t)n, sizeof *gr->tensors)) || !(gr->g = calloc((size_t)n, sizeof *gr->g)) ||
+        !(gr->gh = calloc((size_t)n, sizeof *gr->gh))) {
         hc_grads_free(gr);
         return hc_fail(HC_ERR_NOMEM, "out of memory");
     }
     gr->m = m;
     gr->n = n;
+    gr->on_device = m->be->device;
+    hc_backend *be = m->be;
     for (int64_t i = 0; i < n; i++) gr->tensors[i] = hc_checkpoint_tensor(m->ck, i);
     qsort(gr->tensors, (size_t)n, sizeof *gr->tensors, cmp_data);
     bool *used_flags = calloc((size_t)n, sizeof *used_flags);
@@ -92,17 +95,31 @@ hc_status hc_grads_new(hc_model *m, hc_grads **out) {
     if (!used_flags) st = hc_fail(HC_ERR_NOMEM, "out of memory");
     else if (mc.used_missing)
         st = hc_fail(HC_ERR_UNSUPPORTED, "training: some weights are quantized or copied (train on weights as stored)");
-    for (int64_t i = 0; !st && i < n; i++)
-        if (used_flags[i] && !(gr->g[i] = calloc((size_t)gr->tensors[i]->n_elements, sizeof(float))))
-            st = hc_fail(HC_ERR_NOMEM, "out of memory for the gradient of '%s'", gr->tensors[i]->name);
+    for (int64_t i = 0; !st && i < n; i++) {
+        if (!used_flags[i]) continue;
+        const size_t bytes = sizeof(float) * (size_t)gr->tensors[i]->n_elements;
+        gr->g[i] = be->alloc(be, bytes); /* zeroed */
+        gr->gh[i] = gr->on_device ? calloc(1, bytes) : gr->g[i];
+        if (!gr->g[i] || !gr->gh[i])
+            st = hc_fail(HC_ERR_NOMEM, "out of %s memory for the gradient of '%s'", gr->on_device ? "GPU" : "",
+                         gr->tensors[i]->name);
+    }
     free(used_flags);
     for (int64_t i = 0; !st && m->lora && i < m->cfg.n_layers * HC_LORA_N; i++) {
         hc_lora_pair *p = &m->lora->pairs[i];
         if (!p->a) continue;
-        free(p->da), free(p->db);
-        p->da = calloc((size_t)(m->lora->r * p->k), sizeof(float));
-        p->db = calloc((size_t)(p->n * m->lora->r), sizeof(float));
-        if (!p->da || !p->db) st = hc_fail(HC_ERR_NOMEM, "out of memory for the adapter's gradients");
+        const size_t ab = sizeof(float) * (size_t)(m->lora->r * p->k), bb = sizeof(float) * (size_t)(p->n * m->lora->r);
+        if (gr->on_device) {
+            if (p->da) be->free(be, p->da);
+            if (p->db) be->free(be, p->db);
+            free(p->da_h), free(p->db_h);
+            p->da_h = calloc(1, ab), p->db_h = calloc(1, bb);
+        } else {
+            free(p->da), free(p->db);
+        }
+        p->da = be->alloc(be, ab), p->db = be->alloc(be, bb);
+        if (!gr->on_device) p->da_h = p->da, p->db_h = p->db;
+        if (!p->da || !p->db || !p->da_h || !p->db_h) st = hc_fail(HC_ERR_NOMEM, "out of memory for the adapter's gradients");
     }
     if (st) {
         hc_grads_free(gr);
@@ -114,36 +131,103 @@ hc_status hc_grads_new(hc_model *m, hc_grads **out) {
 
 void hc_grads_free(hc_grads *gr) {
     if (!gr) return;
-    for (int64_t i = 0; gr->g && i < gr->n; i++) free(gr->g[i]);
+    hc_backend *be = gr->m ? gr->m->be : NULL;
+    for (int64_t i = 0; gr->g && i < gr->n; i++) {
+        if (gr->g[i]) be->free(be, gr->g[i]);
+        if (gr->on_device && gr->gh) free(gr->gh[i]);
+    }
     free(gr->g);
+    free(gr->gh);
+    for (int i = 0; i < gr->ws.n; i++)
+        if (gr->ws.p[i]) be->free(be, gr->ws.p[i]);
     free(gr->tensors);
     free(gr);
 }
 
 void hc_grads_zero(hc_grads *gr) {
+    hc_backend *be = gr->m->be;
     for (int64_t i = 0; i < gr->n; i++)
-        if (gr->g[i]) memset(gr->g[i], 0, sizeof(float) * (size_t)gr->tensors[i]->n_elements);
+        if (gr->g[i]) {
+            be->fill(be, gr->g[i], 0, gr->tensors[i]->n_elements);
+            if (gr->on_device) memset(gr->gh[i], 0, sizeof(float) * (size_t)gr->tensors[i]->n_elements);
+        }
     const hc_lora *lo = gr->m->lora;
     for (int64_t i = 0; lo && i < gr->m->cfg.n_layers * HC_LORA_N; i++) {
         const hc_lora_pair *p = &lo->pairs[i];
-        if (p->da) memset(p->da, 0, sizeof(float) * (size_t)(lo->r * p->k));
-        if (p->db) memset(p->db, 0, sizeof(float) * (size_t)(p->n * lo->r));
+        if (p->da) be->fill(be, p->da, 0, lo->r * p->k);
+        if (p->db) be->fill(be, p->db, 0, p->n * lo->r);
+        if (gr->on_device && p->da_h) memset(p->da_h, 0, sizeof(float) * (size_t)(lo->r * p->k));
+        if (gr->on_device && p->db_h) memset(p->db_h, 0, sizeof(float) * (size_t)(p->n * lo->r));
     }
+    gr->stale = false;
+}
+
+void hc_grads_download(hc_grads *gr) {
+    if (!gr->on_device || !gr->stale) return;
+    hc_backend *be = gr->m->be;
+    for (int64_t i = 0; i < gr->n; i++)
+        if (gr->g[i]) be->download(be, gr->gh[i], gr->g[i], sizeof(float) * (size_t)gr->tensors[i]->n_elements);
+    const hc_lora *lo = gr->m->lora;
+    for (int64_t i = 0; lo && i < gr->m->cfg.n_layers * HC_LORA_N; i++) {
+        const hc_lora_pair *p = &lo->pairs[i];
+        if (p->da) be->download(be, p->da_h, p->da, sizeof(float) * (size_t)(lo->r * p->k));
+        if (p->db) be->download(be, p->db_h, p->db, sizeof(float) * (size_t)(p->n * lo->r));
+    }
+    gr->stale = false;
 }
 
 int64_t hc_grads_count(const hc_grads *gr) { return gr->n; }
 const hc_tensor_info *hc_grads_tensor(const hc_grads *gr, int64_t i) { return gr->tensors[i]; }
-const float *hc_grads_data(const hc_grads *gr, int64_t i) { return gr->g[i]; }
+const float *hc_grads_data(hc_grads *gr, int64_t i) {
+    hc_grads_download(gr);
+    return gr->gh[i];
+}
 
 /* One layer's saved activations, [T, ...] each. */
 typedef struct {
     float *x_in, *h1, *q_pre, *k_pre, *q, *k, *v, *att, *o_pre, *x_mid, *h2, *gate, *up, *act, *ff_pre;
 } layer_acts;
 
-static float *fzalloc(int64_t n, bool *oom) {
-    float *p = calloc((size_t)(n > 0 ? n : 1), sizeof(float));
+/* n floats of backend memory, zeroed. */
+/* sequence_grad's buffers. With gradients they come from the hc_grads' workspace, which keeps
+ * them between calls (every call asks for the same list, so a GPU step allocates nothing);
+ * without, they are allocated and freed each call. */
+typedef struct {
+    hc_backend *be;
+    hc_train_workspace *ws; /* or NULL */
+    int at;                 /* the next buffer of the list */
+} buf_pool;
+
+/* n floats of backend memory, zeroed. */
+static float *take(buf_pool *b, int64_t n, bool *oom) {
+    const size_t bytes = sizeof(float) * (size_t)(n > 0 ? n : 1);
+    hc_train_workspace *ws = b->ws;
+    if (ws && b->at < HC_WORKSPACE_MAX && b->at < ws->n && ws->bytes[b->at] >= bytes) {
+        float *p = ws->p[b->at++];
+        b->be->fill(b->be, p, 0, (int64_t)(bytes / sizeof(float)));
+        return p;
+    }
+    float *p = b->be->alloc(b->be, bytes);
     if (!p) *oom = true;
+    if (p && ws && b->at < HC_WORKSPACE_MAX) { /* replaces what this slot held */
+        if (b->at < ws->n && ws->p[b->at]) b->be->free(b->be, ws->p[b->at]);
+        ws->p[b->at] = p;
+        ws->bytes[b->at] = bytes;
+        if (b->at == ws->n) ws->n++;
+        b->at++;
+        return p;
+    }
+    if (ws) b->at++; /* past the workspace's capacity: a plain buffer, freed by give() */
     return p;
+}
+
+/* Releases p unless the workspace keeps it. */
+static void give(buf_pool *b, void *p) {
+    if (!p) return;
+    if (b->ws)
+        for (int i = 0; i < b->ws->n; i++)
+            if (b->ws->p[i] == p) return;
+    b->be->free(b->be, p);
 }
 
 /* Scratch for the adapters: u = x A^T and its gradient [T, r], a scaled output gradient and
@@ -184,7 +268,8 @@ static void mm_bwd(hc_backend *be, const hc_model *m, int64_t l, int t, float *d
     if (!p) return;
     const int64_t N = p->n, K = p->k;
     be->matmul(be, ls->u, x, &p->A, NULL, T);
-    for (int64_t i = 0; i < T * N; i++) ls->dys[i] = dy[i] * m->lora->scale;
+    be->fill(be, ls->dys, 0, T * N);
+    be->add_scaled(be, ls->dys, dy, m->lora->scale, T * N);
     be->matmul_backward(be, ls->du, p->db, NULL, ls->dys, ls->u, &p->B, T);
     be->matmul_backward(be, ls->dxl, p->da, NULL, ls->du, x, &p->A, T);
     if (dx) be->add(be, dx, dx, ls->dxl, T * K);
@@ -219,9 +304,9 @@ static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *
     mm_fwd(be, m, l, HC_LORA_K, a->k_pre, a->h1, &Ly->wk, &Ly->bk, T, ls);
     mm_fwd(be, m, l, HC_LORA_V, a->v, a->h1, &Ly->wv, &Ly->bv, T, ls);
     if (Ly->q_norm.data) be->norm(be, a->q, a->q_pre, &Ly->q_norm, NULL, nk, eps, T * H, D);
-    else memcpy(a->q, a->q_pre, sizeof(float) * (size_t)(T * H * D));
+    else be->copy(be, a->q, a->q_pre, T * H * D);
     if (Ly->k_norm.data) be->norm(be, a->k, a->k_pre, &Ly->k_norm, NULL, nk, eps, T * KVH, D);
-    else memcpy(a->k, a->k_pre, sizeof(float) * (size_t)(T * KVH * D));
+    else be->copy(be, a->k, a->k_pre, T * KVH * D);
     if (c->rope.type != HC_ROPE_NONE) {
         be->rope(be, a->q, pos, tc->inv[Ly->rope], tc->attn_factor[Ly->rope], T, H, D, R);
         be->rope(be, a->k, pos, tc->inv[Ly->rope], tc->attn_factor[Ly->rope], T, KVH, D, R);
@@ -239,7 +324,7 @@ static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *
         be->glu(be, a->act, a->gate, a->up, c->act, T * I);
     } else {
         mm_fwd(be, m, l, HC_LORA_UP, a->gate, a->h2, &Ly->up, &Ly->b_up, T, ls);
-        memcpy(a->act, a->gate, sizeof(float) * (size_t)(T * I));
+        be->copy(be, a->act, a->gate, T * I);
         be->activate(be, a->act, c->act, T * I);
     }
     mm_fwd(be, m, l, HC_LORA_DOWN, a->ff_pre, a->act, &Ly->down, &Ly->b_down, T, ls);
@@ -250,9 +335,10 @@ static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *
 /* Loss (summed over the sequence's predicted tokens: t + 1 where mask says so, or all) and
  * gradients of one sequence (none when gr is NULL), the loss scaled by 1/n_total as
  * transformers' mean over the batch; correct counts argmax hits. */
-static hc_status sequence_grad(hc_model *m, hc_grads *gr, const int32_t *ids, const uint8_t *mask, int64_t T,
+static hc_status sequence_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, const uint8_t *mask, int64_t T,
                                double n_total, double *loss_sum, int64_t *correct) {
-    hc_backend *be = m->be; /* the fast CPU kernels forward; backward entries are the reference's */
+    hc_backend *be = m->be; /* on the CPU: the fast kernels forward, the reference's backward */
+    buf_pool wsb = {be, gr ? &gr->ws : NULL, 0};
     const hc_model_config *c = &m->cfg;
     const hc_norm_kind nk = m->arch->norm;
     const float eps = (float)c->norm_eps;
@@ -261,24 +347,30 @@ static hc_status sequence_grad(hc_model *m, hc_grads *gr, const int32_t *ids, co
     const bool gated = m->arch->gated_mlp;
     bool oom = false;
     layer_acts *A = calloc((size_t)L, sizeof *A);
-    int32_t *pos = malloc(sizeof(int32_t) * (size_t)T);
-    float *inv[2] = {fzalloc(R / 2 + 1, &oom), fzalloc(R / 2 + 1, &oom)}, attn_factor[2] = {1, 1};
-    float *x0 = fzalloc(T * C, &oom), *xL = fzalloc(T * C, &oom), *hf = fzalloc(T * C, &oom);
-    float *logits = fzalloc(T * V, &oom), *dlogits = fzalloc(T * V, &oom);
-    float *dx = fzalloc(T * C, &oom), *dh = fzalloc(T * C, &oom), *tmp = fzalloc(T * (C > I ? C : I) * 2 + T * H * D, &oom);
-    float *dq = fzalloc(T * H * D, &oom), *dk = fzalloc(T * KVH * D, &oom), *dv = fzalloc(T * KVH * D, &oom);
-    float *dact = fzalloc(T * I, &oom), *dgate = fzalloc(T * I, &oom), *dup = fzalloc(T * I, &oom);
-    float *scratch = fzalloc(2 * T + 2, &oom);
+    /* host: positions, rope frequencies, targets, and the per-row results */
+    int32_t *pos_h = malloc(sizeof(int32_t) * (size_t)T), *tgt_h = malloc(sizeof(int32_t) * (size_t)T);
+    float *inv_h = malloc(sizeof(float) * (size_t)(R + 2)), *loss_h = malloc(sizeof(float) * (size_t)T);
+    float *hit_h = malloc(sizeof(float) * (size_t)T);
+    /* backend memory */
+    int32_t *ids = (int32_t *)take(&wsb, T, &oom), *pos = (int32_t *)take(&wsb, T, &oom), *tgt = (int32_t *)take(&wsb, T, &oom);
+    float *loss_rows = take(&wsb, T, &oom), *hit_rows = take(&wsb, T, &oom);
+    float *inv[2] = {take(&wsb, R / 2 + 1, &oom), take(&wsb, R / 2 + 1, &oom)}, attn_factor[2] = {1, 1};
+    float *x0 = take(&wsb, T * C, &oom), *xL = take(&wsb, T * C, &oom), *hf = take(&wsb, T * C, &oom);
+    float *logits = take(&wsb, T * V, &oom), *dlogits = take(&wsb, T * V, &oom);
+    float *dx = take(&wsb, T * C, &oom), *dh = take(&wsb, T * C, &oom), *tmp = take(&wsb, T * (C > I ? C : I) * 2 + T * H * D, &oom);
+    float *dq = take(&wsb, T * H * D, &oom), *dk = take(&wsb, T * KVH * D, &oom), *dv = take(&wsb, T * KVH * D, &oom);
+    float *dact = take(&wsb, T * I, &oom), *dgate = take(&wsb, T * I, &oom), *dup = take(&wsb, T * I, &oom);
+    float *scratch = take(&wsb, 2 * T + 2, &oom);
     const int64_t widest = (I > C ? I : C) > H * D ? (I > C ? I : C) : H * D, lr = m->lora ? m->lora->r : 1;
-    lora_scratch ls = {fzalloc(T * lr, &oom), fzalloc(T * lr, &oom), fzalloc(T * widest, &oom), fzalloc(T * widest, &oom)};
-    if (!A || !pos) oom = true;
+    lora_scratch ls = {take(&wsb, T * lr, &oom), take(&wsb, T * lr, &oom), take(&wsb, T * widest, &oom), take(&wsb, T * widest, &oom)};
+    if (!A || !pos_h || !tgt_h || !inv_h || !loss_h || !hit_h) oom = true;
     /* Every layer's activations; with checkpointing only each layer's input, and one set of
      * buffers that the backward refills by running the layer again. */
     const bool ckpt = gr && gr->checkpointing;
-    float *x_ckpt_out = ckpt ? fzalloc(T * C, &oom) : NULL;
+    float *x_ckpt_out = ckpt ? take(&wsb, T * C, &oom) : NULL;
     for (int64_t l = 0; !oom && l < L; l++) {
         layer_acts *a = &A[l];
-        a->x_in = fzalloc(T * C, &oom);
+        a->x_in = take(&wsb, T * C, &oom);
         if (ckpt && l > 0) {
             const float *x_in = a->x_in;
             *a = A[0];
@@ -286,19 +378,27 @@ static hc_status sequence_grad(hc_model *m, hc_grads *gr, const int32_t *ids, co
             continue;
         }
         float **bufs[] = {&a->h1, &a->o_pre, &a->x_mid, &a->h2, &a->ff_pre};
-        for (size_t i = 0; i < 5; i++) *bufs[i] = fzalloc(T * C, &oom);
-        a->q_pre = fzalloc(T * H * D, &oom), a->q = fzalloc(T * H * D, &oom), a->att = fzalloc(T * H * D, &oom);
-        a->k_pre = fzalloc(T * KVH * D, &oom), a->k = fzalloc(T * KVH * D, &oom), a->v = fzalloc(T * KVH * D, &oom);
-        a->gate = fzalloc(T * I, &oom), a->up = fzalloc(T * I, &oom), a->act = fzalloc(T * I, &oom);
+        for (size_t i = 0; i < 5; i++) *bufs[i] = take(&wsb, T * C, &oom);
+        a->q_pre = take(&wsb, T * H * D, &oom), a->q = take(&wsb, T * H * D, &oom), a->att = take(&wsb, T * H * D, &oom);
+        a->k_pre = take(&wsb, T * KVH * D, &oom), a->k = take(&wsb, T * KVH * D, &oom), a->v = take(&wsb, T * KVH * D, &oom);
+        a->gate = take(&wsb, T * I, &oom), a->up = take(&wsb, T * I, &oom), a->act = take(&wsb, T * I, &oom);
     }
     hc_status st = HC_OK;
     if (oom) {
         st = hc_fail(HC_ERR_NOMEM, "out of memory for the activations of %lld tokens", (long long)T);
         goto out;
     }
-    for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)t;
-    for (int r = 0; r < 2 && c->rope.type != HC_ROPE_NONE; r++)
-        hc_rope_inv_freq(inv[r], &attn_factor[r], &m->rope[r], R, c->max_position_embeddings, T);
+    for (int64_t t = 0; t < T; t++) {
+        pos_h[t] = (int32_t)t;
+        tgt_h[t] = t + 1 < T && (!mask || mask[t + 1]) ? ids_host[t + 1] : -1; /* what row t predicts */
+    }
+    be->upload(be, ids, ids_host, sizeof(int32_t) * (size_t)T);
+    be->upload(be, pos, pos_h, sizeof(int32_t) * (size_t)T);
+    be->upload(be, tgt, tgt_h, sizeof(int32_t) * (size_t)T);
+    for (int r = 0; r < 2 && c->rope.type != HC_ROPE_NONE; r++) {
+        hc_rope_inv_freq(inv_h, &attn_factor[r], &m->rope[r], R, c->max_position_embeddings, T);
+        be->upload(be, inv[r], inv_h, sizeof(float) * (size_t)(R / 2));
+    }
 
     train_ctx tc = {be, m, pos, {inv[0], inv[1]}, {attn_factor[0], attn_factor[1]}, T, scratch, tmp, &ls};
 
@@ -307,7 +407,7 @@ static hc_status sequence_grad(hc_model *m, hc_grads *gr, const int32_t *ids, co
     if (m->pos_embed.data) be->embedding(be, x0, &m->pos_embed, pos, T, 1.0f, true);
     for (int64_t l = 0; l < L; l++) {
         float *xo = l + 1 < L ? A[l + 1].x_in : xL;
-        if (l == 0) memcpy(A[0].x_in, x0, sizeof(float) * (size_t)(T * C));
+        if (l == 0) be->copy(be, A[0].x_in, x0, T * C);
         layer_forward(&tc, l, &A[l], xo);
     }
     be->norm(be, hf, xL, &m->final_norm, &m->final_norm_b, nk, eps, T, C);
@@ -315,22 +415,13 @@ static hc_status sequence_grad(hc_model *m, hc_grads *gr, const int32_t *ids, co
     if (c->final_softcap > 0) be->softcap(be, logits, (float)c->final_softcap, T * V);
 
     /* ---- loss: next-token cross entropy, mean over the batch's predicted tokens ---- */
-    for (int64_t t = 0; t + 1 < T; t++) {
-        if (mask && !mask[t + 1]) continue;
-        const float *lt = logits + t * V;
-        float *dl = dlogits + t * V;
-        double mx = -INFINITY, z = 0;
-        int64_t best = 0;
-        for (int64_t v = 0; v < V; v++) {
-            mx = fmax(mx, lt[v]);
-            if (lt[v] > lt[best]) best = v;
-        }
-        for (int64_t v = 0; v < V; v++) z += exp(lt[v] - mx);
-        const int32_t y = ids[t + 1];
-        *correct += best == y;
-        *loss_sum += (log(z) + mx - lt[y]);
-        for (int64_t v = 0; v < V; v++) dl[v] = (float)(exp(lt[v] - mx) / z / n_total);
-        dl[y] -= (float)(1.0 / n_total);
+    be->cross_entropy(be, gr ? dlogits : NULL, loss_rows, hit_rows, logits, tgt, T, V, 1.0 / n_total);
+    be->download(be, loss_h, loss_rows, sizeof(float) * (size_t)T);
+    be->download(be, hit_h, hit_rows, sizeof(float) * (size_t)T);
+    for (int64_t t = 0; t < T; t++) {
+        if (tgt_h[t] < 0) continue;
+        *loss_sum += loss_h[t];
+        *correct += hit_h[t] != 0;
     }
 
     /* ---- backward ---- */
@@ -380,11 +471,11 @@ static hc_status sequence_grad(hc_model *m, hc_grads *gr, const int32_t *ids, co
         }
         if (Ly->q_norm.data) {
             be->norm_backward(be, datt, GM(&Ly->q_norm), NULL, dq, a->q_pre, &Ly->q_norm, NULL, nk, eps, T * H, D);
-            memcpy(dq, datt, sizeof(float) * (size_t)(T * H * D));
+            be->copy(be, dq, datt, T * H * D);
         }
         if (Ly->k_norm.data) {
             be->norm_backward(be, datt, GM(&Ly->k_norm), NULL, dk, a->k_pre, &Ly->k_norm, NULL, nk, eps, T * KVH, D);
-            memcpy(dk, datt, sizeof(float) * (size_t)(T * KVH * D));
+            be->copy(be, dk, datt, T * KVH * D);
         }
         mm_bwd(be, m, l, HC_LORA_Q, dh, GM(&Ly->wq), Ly->bq.data ? GM(&Ly->bq) : NULL, dq, a->h1, &Ly->wq, T, &ls);
         mm_bwd(be, m, l, HC_LORA_K, tmp, GM(&Ly->wk), Ly->bk.data ? GM(&Ly->bk) : NULL, dk, a->h1, &Ly->wk, T, &ls);
@@ -398,19 +489,23 @@ static hc_status sequence_grad(hc_model *m, hc_grads *gr, const int32_t *ids, co
     if (GM(&m->tok_embed)) be->embedding_backward(be, GM(&m->tok_embed), &m->tok_embed, dx, ids, T, m->embed_scale);
     if (m->pos_embed.data && GM(&m->pos_embed))
         be->embedding_backward(be, GM(&m->pos_embed), &m->pos_embed, dx, pos, T, 1.0f);
+    if (gr) gr->stale = true;
+    if (be->check && !st) st = be->check(be);
 out:
     for (int64_t l = 0; A && l < L; l++) {
         layer_acts *a = &A[l];
-        free(a->x_in);
+        give(&wsb, a->x_in);
         if (ckpt && l > 0) continue; /* shares layer 0's buffers */
         float *bufs[] = {a->h1, a->q_pre, a->k_pre, a->q, a->k, a->v, a->att, a->o_pre, a->x_mid, a->h2, a->gate, a->up,
                          a->act, a->ff_pre};
-        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) give(&wsb, bufs[i]);
     }
-    free(x_ckpt_out);
-    free(A), free(pos), free(inv[0]), free(inv[1]), free(x0), free(xL), free(hf), free(logits), free(dlogits), free(dx);
-    free(dh), free(tmp), free(dq), free(dk), free(dv), free(dact), free(dgate), free(dup), free(scratch);
-    free(ls.u), free(ls.du), free(ls.dys), free(ls.dxl);
+    give(&wsb, x_ckpt_out);
+    free(A), free(pos_h), free(tgt_h), free(inv_h), free(loss_h), free(hit_h);
+    give(&wsb, ids), give(&wsb, pos), give(&wsb, tgt), give(&wsb, loss_rows), give(&wsb, hit_rows);
+    give(&wsb, inv[0]), give(&wsb, inv[1]), give(&wsb, x0), give(&wsb, xL), give(&wsb, hf), give(&wsb, logits), give(&wsb, dlogits), give(&wsb, dx);
+    give(&wsb, dh), give(&wsb, tmp), give(&wsb, dq), give(&wsb, dk), give(&wsb, dv), give(&wsb, dact), give(&wsb, dgate), give(&wsb, dup), give(&wsb, scratch);
+    give(&wsb, ls.u), give(&wsb, ls.du), give(&wsb, ls.dys), give(&wsb, ls.dxl);
     return st;
 }
 
@@ -419,8 +514,8 @@ void hc_grads_set_checkpointing(hc_grads *g, bool on) { g->checkpointing = on; }
 hc_status hc_model_loss_grad(hc_model *m, const int32_t *ids, const uint8_t *mask, int64_t B, int64_t T, hc_grads *gr,
                              double *loss, double *accuracy) {
     if (gr && gr->m != m) return hc_fail(HC_ERR_INVALID_ARG, "gradients: the buffers belong to another model");
-    if (!gr && (m->be->device || m->cfg.n_experts > 0))
-        return hc_fail(HC_ERR_UNSUPPORTED, "training loss: only dense models on the CPU so far");
+    if (!gr && m->cfg.n_experts > 0)
+        return hc_fail(HC_ERR_UNSUPPORTED, "training loss: mixture-of-experts models are not supported yet");
     if (B <= 0 || T < 2) return hc_fail(HC_ERR_INVALID_ARG, "gradients: need at least one sequence of two tokens");
     int64_t targets = 0;
     for (int64_t i = 0; i < B * T; i++) {

@@ -62,8 +62,13 @@ void hc_lora_free(hc_model *m) {
         if (m->be->device) {
             if (p->a_dev) m->be->free(m->be, p->a_dev);
             if (p->b_dev) m->be->free(m->be, p->b_dev);
+            if (p->da) m->be->free(m->be, p->da);
+            if (p->db) m->be->free(m->be, p->db);
+            free(p->da_h), free(p->db_h);
+        } else {
+            free(p->da), free(p->db);
         }
-        free(p->a), free(p->b), free(p->da), free(p->db);
+        free(p->a), free(p->b);
     }
     free(lo->pairs);
     free(lo);

@@ -12,7 +12,8 @@ enum { HC_LORA_Q, HC_LORA_K, HC_LORA_V, HC_LORA_O, HC_LORA_GATE, HC_LORA_UP, HC_
 typedef struct {
     float *a, *b;          /* host: [r, K], [N, r] */
     float *a_dev, *b_dev;  /* backend memory (device backends; else the host arrays) */
-    float *da, *db;        /* gradients while training, else NULL */
+    float *da, *db;        /* gradients while training (backend memory), else NULL */
+    float *da_h, *db_h;    /* their host copies for the optimizer (the same arrays on the CPU) */
     hc_mat A, B;           /* views of a_dev / b_dev for the backend's matmul */
     int64_t n, k;
 } hc_lora_pair;

@@ -4,15 +4,30 @@
 
 #include "model/model.h"
 
+/* Buffers kept between gradient calls, in the order they are asked for. */
+#define HC_WORKSPACE_MAX 128
+typedef struct {
+    void *p[HC_WORKSPACE_MAX];
+    size_t bytes[HC_WORKSPACE_MAX];
+    int n;
+} hc_train_workspace;
+
 struct hc_grads {
     hc_model *m;
     int64_t n;
     const hc_tensor_info **tensors; /* the checkpoint's, sorted by data address */
-    float **g;                      /* [n] each tensor's gradient (n_elements f32), NULL if unused */
+    float **g;                      /* [n] each tensor's gradient (n_elements f32) in backend memory, NULL if unused */
+    float **gh;                     /* [n] their host copies (the same arrays on the CPU) */
+    bool on_device;                 /* g lives on a device: gh is refreshed by hc_grads_download */
+    bool stale;                     /* gh is behind g */
     bool checkpointing;             /* keep layer inputs only; recompute the rest in the backward */
+    hc_train_workspace ws;                /* the training step's activations and scratch */
 };
 
 void hc_lora_free(hc_model *m);
+/* Brings the host copies of the gradients (tensors and adapter) up to date: one download each
+ * on a device backend, nothing on the CPU. */
+void hc_grads_download(hc_grads *g);
 hc_status hc_lora_sync(hc_model *m); /* backend copies and views of the adapter */
 
 #endif

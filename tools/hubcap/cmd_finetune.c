@@ -42,7 +42,10 @@ static const char help[] =
     "\n"
     "Ctrl-C stops after the current step and saves DIR with trainer_state.safetensors, which\n"
     "--resume DIR continues from.\n"
-    "  --device cpu        (training runs on the CPU so far)\n";
+    "  --device D          cpu (default), cuda or auto: on a GPU the forward and backward run\n"
+    "                      there (matmul operands in --dtype, bf16 by default) and AdamW on the\n"
+    "                      host over f32 master weights\n"
+    "  --dtype T           f32, bf16 or f16 (GPU matmul operands)\n";
 
 static volatile int stop_requested;
 static void on_sigint(int sig) {
@@ -84,7 +87,8 @@ int cmd_finetune(int argc, char **argv) {
     hc_finetune_params fp = hc_finetune_default_params();
     hc_model_params mp;
     if (!cli_model_defaults(&mp, "finetune")) return EXIT_USAGE;
-    mp.device = HC_DEVICE_CPU;
+    if (!getenv("HUBCAP_DEVICE")) mp.device = HC_DEVICE_CPU;
+    hc_dtype compute = HC_DTYPE_AUTO;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         int64_t n;
@@ -114,7 +118,13 @@ int cmd_finetune(int argc, char **argv) {
             fp.checkpointing = true;
         } else if (!strcmp(a, "--device")) {
             if (!(v = cli_value(argc, argv, &i, "finetune"))) return EXIT_USAGE;
-            if (strcmp(v, "cpu")) return cli_usage_error("finetune", "--device: training runs on the CPU so far (got '%s')", v);
+            if (!cli_parse_device(v, &mp.device)) return cli_usage_error("finetune", "--device must be cpu, cuda or auto");
+        } else if (!strcmp(a, "--dtype") || !strcmp(a, "--compute-dtype")) {
+            if (!(v = cli_value(argc, argv, &i, "finetune"))) return EXIT_USAGE;
+            if (!strcmp(v, "f32")) compute = HC_DTYPE_F32;
+            else if (!strcmp(v, "bf16")) compute = HC_DTYPE_BF16;
+            else if (!strcmp(v, "f16")) compute = HC_DTYPE_F16;
+            else return cli_usage_error("finetune", "%s must be f32, bf16 or f16", a);
         } else if (!strcmp(a, "--epochs") || !strcmp(a, "--steps") || !strcmp(a, "--batch-size") ||
                    !strcmp(a, "--grad-accum") || !strcmp(a, "--seq-len") || !strcmp(a, "--warmup") ||
                    !strcmp(a, "--seed")) {
@@ -157,7 +167,7 @@ int cmd_finetune(int argc, char **argv) {
     }
     if (!model) model = cli_default_model();
     mp.use_mmap = lora_rank > 0; /* full fine-tuning updates the weights in place */
-    mp.compute_dtype = HC_DTYPE_F32;
+    mp.compute_dtype = compute != HC_DTYPE_AUTO ? compute : mp.device == HC_DEVICE_CPU ? HC_DTYPE_F32 : HC_DTYPE_AUTO;
     fp.on_progress = progress;
     fp.stop = &stop_requested;
     snprintf(state_tmp, sizeof state_tmp, "%s.trainer_state.tmp", out);

@@ -14,15 +14,24 @@ static const char help[] =
     "Reads input_ids (int64 [B, T]) from the batch file, computes the mean next-token cross\n"
     "entropy (labels are the ids shifted, as transformers' causal LM loss) and writes 'loss'\n"
     "(f32 [1]) and 'grad.<HF tensor name>' (f32, the tensor's shape) for every parameter the\n"
-    "model uses; a tied LM head's gradient is in the embedding's. CPU, f32.\n"
+    "model uses; a tied LM head's gradient is in the embedding's. f32 unless --dtype says.\n"
     "\n"
     "  -m, --model DIR   the model (default: the bundled stories260K)\n"
     "  --batch FILE      the ids\n"
-    "  --out FILE        written whole or not at all\n";
+    "  --out FILE        written whole or not at all\n"
+    "  --device D        cpu (default), cuda or auto\n"
+    "  --dtype T         f32 (default), bf16 or f16: the matmul operands on a GPU\n";
 
 int cmd_grad(int argc, char **argv) {
     const char *model = NULL, *batch = NULL, *out = NULL;
+    hc_model_params mp;
+    if (!cli_model_defaults(&mp, "grad")) return EXIT_USAGE;
+    if (!getenv("HUBCAP_DEVICE")) mp.device = HC_DEVICE_CPU;
+    mp.compute_dtype = HC_DTYPE_F32;
     for (int i = 1; i < argc; i++) {
+        const int mf = cli_model_flag(argc, argv, &i, "grad", &mp);
+        if (mf < 0) return EXIT_USAGE;
+        if (mf > 0) continue;
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             fputs(help, stdout);
             return EXIT_OK;
@@ -55,13 +64,6 @@ int cmd_grad(int argc, char **argv) {
         ids[i] = v < INT32_MIN || v > INT32_MAX ? -1 : (int32_t)v;
     }
     hc_safetensors_close(&bf);
-    hc_model_params mp;
-    if (!cli_model_defaults(&mp, "grad")) {
-        free(ids);
-        return EXIT_USAGE;
-    }
-    mp.device = HC_DEVICE_CPU;
-    mp.compute_dtype = HC_DTYPE_F32;
     hc_model *m = NULL;
     hc_grads *g = NULL;
     double loss = 0;

@@ -61,6 +61,8 @@ void hc_cpu_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, 
 void hc_cpu_glu_backward(hc_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                          hc_activation act, int64_t n);
 void hc_cpu_softcap_backward(hc_backend *be, float *dx, const float *dy, const float *y, float cap, int64_t n);
+void hc_cpu_cross_entropy(hc_backend *be, float *dlogits, float *loss, float *hit, const float *logits,
+                          const int32_t *targets, int64_t T, int64_t V, double scale);
 void hc_cpu_activate(hc_backend *be, float *x, hc_activation act, int64_t n);
 void hc_cpu_add(hc_backend *be, float *out, const float *a, const float *b, int64_t n);
 void hc_cpu_add_scaled(hc_backend *be, float *out, const float *x, float alpha, int64_t n);

@@ -31,6 +31,11 @@ static void cpu_fill(hc_backend *be, float *x, float v, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] = v;
 }
 
+static void cpu_copy_floats(hc_backend *be, float *out, const float *x, int64_t n) {
+    (void)be;
+    if (n > 0) memcpy(out, x, sizeof(float) * (size_t)n);
+}
+
 static hc_backend cpu_backend = {
     .name = "cpu",
     .alloc = cpu_alloc,
@@ -38,6 +43,7 @@ static hc_backend cpu_backend = {
     .upload = cpu_copy,
     .download = cpu_copy,
     .fill = cpu_fill,
+    .copy = cpu_copy_floats,
     .embedding = hc_cpu_embedding,
     .matmul = hc_cpu_matmul,
     .norm = hc_cpu_norm,
@@ -63,6 +69,7 @@ static hc_backend cpu_backend = {
     .attention_backward = hc_cpu_attention_backward,
     .glu_backward = hc_cpu_glu_backward,
     .softcap_backward = hc_cpu_softcap_backward,
+    .cross_entropy = hc_cpu_cross_entropy,
 };
 
 hc_backend *hc_backend_cpu(void) { return &cpu_backend; }

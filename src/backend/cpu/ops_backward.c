@@ -174,3 +174,29 @@ void hc_cpu_softcap_backward(hc_backend *be, float *dx, const float *dy, const f
         dx[i] = dy[i] * (1.0f - t * t);
     }
 }
+
+void hc_cpu_cross_entropy(hc_backend *be, float *dlogits, float *loss, float *hit, const float *logits,
+                          const int32_t *targets, int64_t T, int64_t V, double scale) {
+    (void)be;
+    for (int64_t t = 0; t < T; t++) {
+        const float *lt = logits + t * V;
+        float *dl = dlogits ? dlogits + t * V : NULL;
+        const int32_t y = targets[t];
+        if (y < 0) {
+            loss[t] = hit[t] = 0;
+            for (int64_t v = 0; dl && v < V; v++) dl[v] = 0;
+            continue;
+        }
+        double mx = -INFINITY, z = 0;
+        int64_t best = 0;
+        for (int64_t v = 0; v < V; v++) {
+            mx = fmax(mx, lt[v]);
+            if (lt[v] > lt[best]) best = v;
+        }
+        for (int64_t v = 0; v < V; v++) z += exp(lt[v] - mx);
+        hit[t] = best == y;
+        loss[t] = (float)(log(z) + mx - lt[y]);
+        for (int64_t v = 0; dl && v < V; v++) dl[v] = (float)(exp(lt[v] - mx) / z * scale);
+        if (dl) dl[y] -= (float)scale;
+    }
+}

@@ -1,12 +1,12 @@
-/* Backward of the ops on the GPU, for training: what cpu/ops_backward.c computes, in f32.
- * Activation gradients are written (=); parameter gradients accumulate (+=), as backend.h
- * states. Weight gradients are f32 GEMMs in cuBLAS (no TF32: the default math mode), so they
- * match the CPU reference to f32 rounding; reductions over rows that many blocks share go
- * through atomicAdd (their order, and so the last bits, may vary between runs).
+/* Backward of the ops on the GPU, for training: what cpu/ops_backward.c computes. Activation
+ * gradients are written (=); parameter gradients accumulate (+=), as backend.h states. The
+ * GEMMs of the backward (weight gradients, attention) are cuBLAS on f32 operands: exact f32
+ * when the backend computes in f32, TF32 tensor cores when it computes in 16 bits. Sums over
+ * rows that many blocks share go through atomicAdd (their order, so the last bits, may vary
+ * between runs).
  *
- * Attention's backward materialises the probabilities P and their gradient dS, [H, T, T]
- * each, then takes dq = dS K, dk = dS^T Q and dv = P^T dO as per-head GEMMs: simple and exact,
- * with memory quadratic in T (a fused flash-attention backward is the faster next step). */
+ * Attention's backward materialises the scores and their gradients, [H, T, T] each (memory
+ * quadratic in T; a fused flash-attention backward is the faster next step). */
 #include "backend/cuda/common.cuh"
 
 #define GRID_STRIDE(i, n) for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
@@ -56,6 +56,26 @@ void hc_cuda_embedding_backward(hc_backend *be, float *dtable, const hc_mat *tab
     HC_CUDA_LAUNCHED(be, "embedding_backward");
 }
 
+/* The f32 GEMMs of the backward: exact f32 when the backend computes in f32, TF32 tensor cores
+ * (10-bit mantissas, f32 sums) when it computes in 16 bits. Column-major, as cuBLAS. */
+static bool sgemm(hc_backend *be, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, float alpha,
+                  const float *A, int64_t lda, long long sa, const float *B, int64_t ldb, long long sb, float beta, float *C,
+                  int64_t ldc, long long sc, int64_t batch) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    const cublasComputeType_t ct = cx->compute == HC_DTYPE_F32 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32;
+    cublasStatus_t st =
+        batch == 1 ? cublasGemmEx(cx->blas, ta, tb, (int)m, (int)n, (int)k, &alpha, A, CUDA_R_32F, (int)lda, B, CUDA_R_32F,
+                                  (int)ldb, &beta, C, CUDA_R_32F, (int)ldc, ct, CUBLAS_GEMM_DEFAULT)
+                   : cublasGemmStridedBatchedEx(cx->blas, ta, tb, (int)m, (int)n, (int)k, &alpha, A, CUDA_R_32F, (int)lda, sa,
+                                                B, CUDA_R_32F, (int)ldb, sb, &beta, C, CUDA_R_32F, (int)ldc, sc, (int)batch,
+                                                ct, CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        hc_cuda_fail(be, cudaErrorUnknown, "cublasGemmEx (backward)");
+        return false;
+    }
+    return true;
+}
+
 /* ---- matmul: dx = dout W; dW += dout^T x; db += column sums of dout --------------------------- */
 
 /* db[n] += sum_t dout[t, n]: a thread per column, rows in order. */
@@ -77,19 +97,14 @@ void hc_cuda_matmul_backward(hc_backend *be, float *dx, float *dw, float *db, co
         wt.rows = K, wt.cols = N, wt.transposed = !w->transposed;
         hc_cuda_matmul(be, dx, dout, &wt, NULL, T);
     }
-    const float one = 1.0f;
     if (dw) {
         /* Column-major view of the row-major gradient: [N, K] with ld is K x N (ld); GPT-2's
          * stored [K, N] is N x K (ld). x is K x T (ld K), dout N x T (ld N). */
-        cublasStatus_t st = w->transposed
-                                ? cublasSgemm(cx->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)N, (int)K, (int)T, &one, dout, (int)N,
-                                              x, (int)K, &one, dw, (int)w->ld)
-                                : cublasSgemm(cx->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)K, (int)N, (int)T, &one, x, (int)K,
-                                              dout, (int)N, &one, dw, (int)w->ld);
-        if (st != CUBLAS_STATUS_SUCCESS) {
-            hc_cuda_fail(be, cudaErrorUnknown, "cublasSgemm (matmul_backward dW)");
-            return;
-        }
+        const bool ok = w->transposed ? sgemm(be, CUBLAS_OP_N, CUBLAS_OP_T, N, K, T, 1.0f, dout, N, 0, x, K, 0, 1.0f, dw,
+                                              w->ld, 0, 1)
+                                      : sgemm(be, CUBLAS_OP_N, CUBLAS_OP_T, K, N, T, 1.0f, x, K, 0, dout, N, 0, 1.0f, dw,
+                                              w->ld, 0, 1);
+        if (!ok) return;
     }
     if (db) bias_backward_kernel<<<grid_for(N), 256, 0, cx->stream>>>(db, dout, T, N);
     HC_CUDA_LAUNCHED(be, "matmul_backward");
@@ -170,35 +185,35 @@ void hc_cuda_rope_backward(hc_backend *be, float *dx, const int32_t *pos, const 
 }
 
 /* ---- attention ----------------------------------------------------------------------------------
- * One block per (query t, head h): the row's probabilities P[h, t, :] and score gradients
- * dS[h, t, :] (already through the soft-cap and the scale), zero where the mask hides a key. */
+ * S = scale Q K^T and dP = dO V^T come from GEMMs (per kv head, batched over its query heads),
+ * into P and dS [H, T, T]; a row kernel then turns them into the probabilities P and the score
+ * gradients dS (through the mask, the soft-cap and the scale); dq = dS K, dk = dS^T Q and
+ * dv = P^T dO are GEMMs again. Q and dO are first copied head-major ([H, T, D]), so a kv head's
+ * query heads are one block of rows and dk, dv are one GEMM each. */
 
 __device__ __forceinline__ bool key_seen(const int32_t *pos, int64_t t, int64_t j, int64_t window) {
     return pos[j] <= pos[t] && !(window > 0 && pos[j] <= pos[t] - window);
 }
 
-__device__ __forceinline__ float row_dot(const float *a, const float *b, int64_t D) {
-    float s = 0;
-    for (int64_t d = 0; d < D; d++) s += a[d] * b[d];
-    return s;
+/* dst[h, t, :] = src[t, h, :] */
+__global__ void head_major_kernel(float *dst, const float *src, int64_t T, int64_t H, int64_t D) {
+    GRID_STRIDE(i, T * H * D) {
+        const int64_t d = i % D, h = (i / D) % H, t = i / (D * H);
+        dst[(h * T + t) * D + d] = src[i];
+    }
 }
 
-__global__ void attention_probs_kernel(float *P, float *dS, const float *dout, const float *q, const float *k, const float *v,
-                                       const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale,
-                                       int64_t window, float softcap) {
+/* Row (t, h): P holds the scaled scores, dS holds dP; both become what their names say. */
+__global__ void attention_rows_backward_kernel(float *P, float *dS, const int32_t *pos, int64_t T, int64_t window,
+                                               float softcap, float scale) {
     __shared__ float red[32];
-    extern __shared__ float qg[]; /* [2D]: this row's query and output gradient */
-    const int64_t t = blockIdx.x, h = blockIdx.y, kvh = h / (H / KVH);
-    const float *qh = q + (t * H + h) * D, *go = dout + (t * H + h) * D;
-    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) qg[d] = qh[d], qg[D + d] = go[d];
-    __syncthreads();
+    const int64_t t = blockIdx.x, h = blockIdx.y;
     float *prow = P + (h * T + t) * T, *srow = dS + (h * T + t) * T;
-    /* the capped, scaled scores, and their max */
     float mx = -INFINITY;
     for (int64_t j = threadIdx.x; j < T; j += blockDim.x) {
         float z = -INFINITY;
         if (key_seen(pos, t, j, window)) {
-            z = row_dot(qg, k + (j * KVH + kvh) * D, D) * scale;
+            z = prow[j];
             if (softcap > 0) z = softcap * tanhf(z / softcap);
         }
         prow[j] = z;
@@ -208,70 +223,67 @@ __global__ void attention_probs_kernel(float *P, float *dS, const float *dout, c
     float sum = 0;
     for (int64_t j = threadIdx.x; j < T; j += blockDim.x) sum += prow[j] == -INFINITY ? 0.0f : expf(prow[j] - mx);
     sum = block_sum(sum, red);
-    /* P, dP = dO . v_j, and sum_j P_j dP_j */
-    float dot = 0;
+    float dot = 0; /* sum_j P_j dP_j */
     for (int64_t j = threadIdx.x; j < T; j += blockDim.x) {
-        const float z = prow[j];
-        const float p = z == -INFINITY ? 0.0f : expf(z - mx) / sum;
-        const float dp = p == 0.0f ? 0.0f : row_dot(qg + D, v + (j * KVH + kvh) * D, D);
-        /* keep the cap's derivative with dP: 1 - (z / cap)^2 */
-        const float fac = softcap > 0 && p != 0.0f ? 1.0f - (z / softcap) * (z / softcap) : 1.0f;
-        prow[j] = p;
-        srow[j] = dp * fac;
-        dot += p * dp;
+        const float z = prow[j], p = z == -INFINITY ? 0.0f : expf(z - mx) / sum;
+        dot += p * srow[j];
     }
     dot = block_sum(dot, red);
     for (int64_t j = threadIdx.x; j < T; j += blockDim.x) {
-        const float p = prow[j];
-        if (p == 0.0f) {
-            srow[j] = 0.0f;
-            continue;
+        const float z = prow[j], p = z == -INFINITY ? 0.0f : expf(z - mx) / sum;
+        float ds = 0.0f;
+        if (p != 0.0f) {
+            ds = p * (srow[j] - dot);
+            if (softcap > 0) ds *= 1.0f - (z / softcap) * (z / softcap);
+            ds *= scale;
         }
-        /* srow holds dP * fac; dS = P * (dP - dot) * fac * scale */
-        const float fac_dp = srow[j];
-        float fac = 1.0f;
-        if (softcap > 0) { /* the factor again, from the score recomputed */
-            const float z = softcap * tanhf(row_dot(qg, k + (j * KVH + kvh) * D, D) * scale / softcap);
-            fac = 1.0f - (z / softcap) * (z / softcap);
-        }
-        srow[j] = p * (fac_dp - dot * fac) * scale;
+        prow[j] = p;
+        srow[j] = ds;
     }
 }
 
 void hc_cuda_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *q,
                                 const float *k, const float *v, const int32_t *pos, int64_t T, int64_t H, int64_t KVH,
                                 int64_t D, float scale, int64_t window, float softcap, float *scratch) {
-    (void)scratch; /* the GPU keeps its own [2, H, T, T] */
+    (void)scratch; /* the GPU keeps its own: P, dS [H, T, T], Q and dO head-major [H, T, D] */
     hc_cuda_ctx *cx = hc_cuda(be);
     if (T <= 0 || cx->failed) return;
+    const int64_t TT = T * T, G = H / KVH, HD = H * D, KD = KVH * D;
     float *P = (float *)hc_cuda_scratch(be, &cx->train_scratch, &cx->train_scratch_bytes,
-                                        2 * sizeof(float) * (size_t)(H * T * T));
+                                        sizeof(float) * (size_t)(2 * H * TT + 2 * T * HD));
     if (!P) return;
-    float *dS = P + H * T * T;
-    const dim3 grid((unsigned)T, (unsigned)H);
-    attention_probs_kernel<<<grid, 128, 2 * sizeof(float) * (size_t)D, cx->stream>>>(P, dS, dout, q, k, v, pos, T, H, KVH, D,
-                                                                                      scale, window, softcap);
+    float *dS = P + H * TT, *qh = dS + H * TT, *gh = qh + T * HD;
+    head_major_kernel<<<grid_for(T * HD), 256, 0, cx->stream>>>(qh, q, T, H, D);
+    head_major_kernel<<<grid_for(T * HD), 256, 0, cx->stream>>>(gh, dout, T, H, D);
     if (HC_CUDA_LAUNCHED(be, "attention_backward")) return;
-    /* Per head, column-major: a row-major [T, D] slice with row stride s is D x T with ld s;
-     * P and dS rows [T, T] are T x T with ld T, element (j, t) = row t, key j. */
-    const int64_t group = H / KVH;
-    const float one = 1.0f, zero = 0.0f;
-    for (int64_t h = 0; h < H; h++) {
-        const int64_t g = h / group;
-        const float *Ph = P + h * T * T, *dSh = dS + h * T * T;
-        const float beta = h % group == 0 ? zero : one; /* the group's first head writes, the rest add */
-        cublasStatus_t st = cublasSgemm(cx->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)D, (int)T, (int)T, &one, k + g * D,
-                                        (int)(KVH * D), dSh, (int)T, &zero, dq + h * D, (int)(H * D));
-        if (st == CUBLAS_STATUS_SUCCESS)
-            st = cublasSgemm(cx->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)D, (int)T, (int)T, &one, q + h * D, (int)(H * D), dSh,
-                             (int)T, &beta, dk + g * D, (int)(KVH * D));
-        if (st == CUBLAS_STATUS_SUCCESS)
-            st = cublasSgemm(cx->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)D, (int)T, (int)T, &one, dout + h * D, (int)(H * D), Ph,
-                             (int)T, &beta, dv + g * D, (int)(KVH * D));
-        if (st != CUBLAS_STATUS_SUCCESS) {
-            hc_cuda_fail(be, cudaErrorUnknown, "cublasSgemm (attention_backward)");
+    /* Column-major: a row-major [T, D] block with row stride s is D x T (ld s); a head's P or dS
+     * rows [T, T] are T x T (ld T), element (j, t) = query t, key j. */
+    for (int64_t g = 0; g < KVH; g++) {
+        const int64_t h0 = g * G;
+        /* S(j, t) = scale sum_d K(d, j) Q(d, t) and dP(j, t) = sum_d V(d, j) dO(d, t), each query head of the group */
+        if (!sgemm(be, CUBLAS_OP_T, CUBLAS_OP_N, T, T, D, scale, k + g * D, KD, 0, qh + h0 * T * D, D, T * D, 0.0f,
+                   P + h0 * TT, T, TT, G) ||
+            !sgemm(be, CUBLAS_OP_T, CUBLAS_OP_N, T, T, D, 1.0f, v + g * D, KD, 0, gh + h0 * T * D, D, T * D, 0.0f,
+                   dS + h0 * TT, T, TT, G))
             return;
-        }
+    }
+    attention_rows_backward_kernel<<<dim3((unsigned)T, (unsigned)H), 256, 0, cx->stream>>>(P, dS, pos, T, window, softcap,
+                                                                                         scale);
+    if (HC_CUDA_LAUNCHED(be, "attention_backward")) return;
+    for (int64_t g = 0; g < KVH; g++) {
+        const int64_t h0 = g * G;
+        /* dq(d, t) = sum_j K(d, j) dS(j, t), into the [T, H, D] layout; the group's heads batched */
+        if (!sgemm(be, CUBLAS_OP_N, CUBLAS_OP_N, D, T, T, 1.0f, k + g * D, KD, 0, dS + h0 * TT, T, TT, 0.0f, dq + h0 * D, HD,
+                   D, G))
+            return;
+        /* dk(d, j) = sum_(i,t) Q_i(d, t) dS_i(j, t): the group's heads are one run of G*T rows */
+        if (!sgemm(be, CUBLAS_OP_N, CUBLAS_OP_T, D, T, G * T, 1.0f, qh + h0 * T * D, D, 0, dS + h0 * TT, T, 0, 0.0f,
+                   dk + g * D, KD, 0, 1))
+            return;
+        /* dv(d, j) = sum_(i,t) dO_i(d, t) P_i(j, t) */
+        if (!sgemm(be, CUBLAS_OP_N, CUBLAS_OP_T, D, T, G * T, 1.0f, gh + h0 * T * D, D, 0, P + h0 * TT, T, 0, 0.0f,
+                   dv + g * D, KD, 0, 1))
+            return;
     }
 }
 
@@ -306,4 +318,68 @@ void hc_cuda_softcap_backward(hc_backend *be, float *dx, const float *dy, const 
     if (n <= 0 || hc_cuda(be)->failed) return;
     softcap_backward_kernel<<<grid_for(n), 256, 0, hc_cuda(be)->stream>>>(dx, dy, y, cap, n);
     HC_CUDA_LAUNCHED(be, "softcap_backward");
+}
+
+/* ---- the loss: a block per row ------------------------------------------------------------------ */
+
+__global__ void cross_entropy_kernel(float *dlogits, float *loss, float *hit, const float *logits, const int32_t *targets,
+                                     int64_t V, double scale) {
+    __shared__ float red[32];
+    __shared__ double redd[32];
+    __shared__ int64_t redi[32];
+    const int64_t t = blockIdx.x;
+    const float *lt = logits + t * V;
+    float *dl = dlogits ? dlogits + t * V : NULL;
+    const int32_t y = targets[t];
+    if (y < 0) {
+        for (int64_t v = threadIdx.x; dl && v < V; v += blockDim.x) dl[v] = 0;
+        if (threadIdx.x == 0) loss[t] = hit[t] = 0;
+        return;
+    }
+    /* the max and its first index */
+    float mx = -INFINITY;
+    int64_t best = V;
+    for (int64_t v = threadIdx.x; v < V; v += blockDim.x)
+        if (lt[v] > mx) mx = lt[v], best = v;
+    for (int o = 16; o > 0; o >>= 1) {
+        const float om = __shfl_xor_sync(0xffffffffu, mx, o);
+        const int64_t ob = __shfl_xor_sync(0xffffffffu, best, o);
+        if (om > mx || (om == mx && ob < best)) mx = om, best = ob;
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (lane == 0) red[warp] = mx, redi[warp] = best;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int i = 1; i < nw; i++)
+            if (red[i] > red[0] || (red[i] == red[0] && redi[i] < redi[0])) red[0] = red[i], redi[0] = redi[i];
+    }
+    __syncthreads();
+    mx = red[0];
+    best = redi[0];
+    double z = 0;
+    for (int64_t v = threadIdx.x; v < V; v += blockDim.x) z += exp((double)lt[v] - mx);
+    for (int o = 16; o > 0; o >>= 1) z += __shfl_xor_sync(0xffffffffu, z, o);
+    if (lane == 0) redd[warp] = z;
+    __syncthreads();
+    z = 0;
+    for (int i = 0; i < nw; i++) z += redd[i];
+    if (threadIdx.x == 0) {
+        hit[t] = best == y;
+        loss[t] = (float)(log(z) + mx - lt[y]);
+    }
+    for (int64_t v = threadIdx.x; dl && v < V; v += blockDim.x)
+        dl[v] = (float)(exp((double)lt[v] - mx) / z * scale) - (v == y ? (float)scale : 0.0f);
+}
+
+void hc_cuda_cross_entropy(hc_backend *be, float *dlogits, float *loss, float *hit, const float *logits,
+                           const int32_t *targets, int64_t T, int64_t V, double scale) {
+    if (T <= 0 || hc_cuda(be)->failed) return;
+    cross_entropy_kernel<<<(unsigned)T, 256, 0, hc_cuda(be)->stream>>>(dlogits, loss, hit, logits, targets, V, scale);
+    HC_CUDA_LAUNCHED(be, "cross_entropy");
+}
+
+void hc_cuda_copy(hc_backend *be, float *out, const float *x, int64_t n) {
+    if (n <= 0 || hc_cuda(be)->failed) return;
+    hc_cuda_fail(be, cudaMemcpyAsync(out, x, sizeof(float) * (size_t)n, cudaMemcpyDeviceToDevice, hc_cuda(be)->stream),
+                 "copy");
 }
