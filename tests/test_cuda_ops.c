@@ -673,6 +673,55 @@ static void test_backward(void) {
         cur->free(cur, xd), cur->free(cur, invd), cur->free(cur, pd);
         free(x);
     }
+    /* the loss, forward and backward, with rows that have no target and a tie for the argmax */
+    {
+        const int64_t T = 6, V = 1001;
+        float *lg = malloc(sizeof(float) * (size_t)(T * V)), *dl = malloc(sizeof(float) * (size_t)(T * V));
+        float loss[6], hit[6];
+        int32_t tg[6] = {5, -1, 1000, 0, 77, 3};
+        fill_rand(lg, T * V, 8);
+        lg[3 * V + 0] = lg[3 * V + 9] = 20; /* row 3: a tie, the first (its target) wins */
+        cpu->cross_entropy(cpu, dl, loss, hit, lg, tg, T, V, 1.0 / 5);
+        float *lgd = up(lg, sizeof(float) * (size_t)(T * V)), *dld = cur->alloc(cur, sizeof(float) * (size_t)(T * V));
+        float *lsd = cur->alloc(cur, sizeof loss), *htd = cur->alloc(cur, sizeof hit);
+        int32_t *tgd = up(tg, sizeof tg);
+        cur->cross_entropy(cur, dld, lsd, htd, lgd, tgd, T, V, 1.0 / 5);
+        cmp_dev("cross_entropy dlogits", dld, dl, T * V);
+        cmp_dev("cross_entropy loss", lsd, loss, T);
+        float hh[6];
+        cur->download(cur, hh, htd, sizeof hh);
+        CHECK(!memcmp(hh, hit, sizeof hh) && hit[3] == 1, "cross_entropy: the same argmax hits");
+        /* copy, sum_squares */
+        cur->copy(cur, dld, lgd, T * V);
+        cmp_dev("copy", dld, lg, T * V);
+        const double ss = cpu->sum_squares(cpu, lg, T * V), ssd = cur->sum_squares(cur, lgd, T * V);
+        CHECK(fabs(ss - ssd) <= 1e-12 * ss, "sum_squares %.17g vs %.17g", ssd, ss);
+        cur->free(cur, lgd), cur->free(cur, dld), cur->free(cur, lsd), cur->free(cur, htd), cur->free(cur, tgd);
+        free(lg), free(dl);
+    }
+    /* AdamW: two steps from the same state, writing bf16 weights */
+    {
+        const int64_t n = 777;
+        float *w = malloc(sizeof(float) * n), *m1 = calloc(n, 4), *m2 = calloc(n, 4), *g = malloc(sizeof(float) * n);
+        uint16_t *o = malloc(2 * n), *od = malloc(2 * n);
+        fill_rand(w, n, 1), fill_rand(g, n, 0.1f);
+        float *wd = up(w, sizeof(float) * n), *m1d = up(m1, sizeof(float) * n), *m2d = up(m2, sizeof(float) * n);
+        float *gd = up(g, sizeof(float) * n);
+        void *outd = cur->alloc(cur, 2 * n);
+        const hc_adamw_params ap = {.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.1};
+        for (int step = 1; step <= 2; step++) {
+            cpu->adamw(cpu, w, m1, m2, g, 0.5f, n, &ap, step, o, HC_DTYPE_BF16);
+            cur->adamw(cur, wd, m1d, m2d, gd, 0.5f, n, &ap, step, outd, HC_DTYPE_BF16);
+        }
+        cmp_dev("adamw w", wd, w, n);
+        cmp_dev("adamw m2", m2d, m2, n);
+        cur->download(cur, od, outd, 2 * n);
+        int same = 0;
+        for (int64_t i = 0; i < n; i++) same += od[i] == o[i];
+        CHECK(same >= n - 2, "adamw: bf16 weights written (%d of %lld equal)", same, (long long)n);
+        cur->free(cur, wd), cur->free(cur, m1d), cur->free(cur, m2d), cur->free(cur, gd), cur->free(cur, outd);
+        free(w), free(m1), free(m2), free(g), free(o), free(od);
+    }
     /* glu for each activation, gated and not; softcap */
     {
         const int64_t n = 1000;

@@ -168,6 +168,14 @@ struct hc_backend {
      * rows without a target get 0 in all three. dlogits may be NULL (evaluation). */
     void (*cross_entropy)(hc_backend *be, float *dlogits, float *loss, float *hit, const float *logits,
                           const int32_t *targets, int64_t T, int64_t V, double scale);
+    /* The optimizer, for weights kept in backend memory. sum_squares: sum of x[i]^2 (for the
+     * global gradient norm), brought back to the host. adamw: one step of torch.optim.AdamW (the
+     * order of operations of hc_adamw_update) on f32 master weights w[n] with moments m1, m2 and
+     * the gradient g * g_scale (clipping and accumulation folded in); the new weights are also
+     * written to out in out_dtype (F32, BF16 or F16; out NULL: not), the copy the model reads. */
+    double (*sum_squares)(hc_backend *be, const float *x, int64_t n);
+    void (*adamw)(hc_backend *be, float *w, float *m1, float *m2, const float *g, float g_scale, int64_t n,
+                  const hc_adamw_params *p, int64_t step, void *out, hc_dtype out_dtype);
 
     /* Optional (NULL on the CPU). check: waits for queued work and reports the first failure of
      * any op since the backend was made (ops return nothing; a device can fail later).

@@ -508,8 +508,8 @@ const void *hc_model_host_address(const hc_model *m, const void *p) {
     return (const void *)(m->device_ranges[lo].lo + (off - m->device_ranges[lo].dev_off));
 }
 
-void hc_model_update_device(hc_model *m, const void *host, size_t bytes) {
-    if (!m->device_weights || !bytes) return;
+void *hc_model_device_address(hc_model *m, const void *host, size_t bytes) {
+    if (!m->device_weights || !m->n_device_ranges) return NULL;
     int lo = 0, hi = m->n_device_ranges - 1;
     while (lo < hi) { /* the last range starting at or before host */
         const int mid = (lo + hi + 1) / 2;
@@ -517,8 +517,13 @@ void hc_model_update_device(hc_model *m, const void *host, size_t bytes) {
         else hi = mid - 1;
     }
     const hc_device_range *r = &m->device_ranges[lo];
-    if ((uintptr_t)host < r->lo || (uintptr_t)host + bytes > r->hi) return; /* not a weight the device holds */
-    m->be->upload(m->be, (char *)m->device_weights + r->dev_off + ((uintptr_t)host - r->lo), host, bytes);
+    if ((uintptr_t)host < r->lo || (uintptr_t)host + bytes > r->hi) return NULL; /* not a weight the device holds */
+    return (char *)m->device_weights + r->dev_off + ((uintptr_t)host - r->lo);
+}
+
+void hc_model_update_device(hc_model *m, const void *host, size_t bytes) {
+    void *dev = bytes ? hc_model_device_address(m, host, bytes) : NULL;
+    if (dev) m->be->upload(m->be, dev, host, bytes);
 }
 
 static hc_status open_backend(hc_model *m, hc_model_params *p) {

@@ -57,6 +57,8 @@ typedef struct hc_device_range {
 
 /* The host address of weight bytes: p itself unless p points into the device copy. */
 const void *hc_model_host_address(const hc_model *m, const void *p);
+/* Where host weight bytes [host, host + bytes) sit in the device copy, or NULL. */
+void *hc_model_device_address(hc_model *m, const void *host, size_t bytes);
 /* Copies host weight bytes (changed by training) to their device copy; no-op without one. */
 void hc_model_update_device(hc_model *m, const void *host, size_t bytes);
 

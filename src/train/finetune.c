@@ -250,18 +250,56 @@ static hc_status evaluate(hc_model *m, const rows *r, const int64_t *order, int6
  * place). */
 typedef struct {
     char name[600];
-    float *w, *g, *m1, *m2; /* [n] each */
+    float *w, *g, *m1, *m2; /* [n] each, host */
     int64_t n;
     const hc_tensor_info *t; /* write-back target, or NULL */
     bool owns_w;
+    /* Full fine-tuning on a GPU keeps the optimizer there: master weights and moments in
+     * device memory, the gradient the backward wrote, and the model's device copy of the
+     * tensor that each step rewrites (the host arrays above are synced for saving). */
+    float *w_dev, *m1_dev, *m2_dev, *g_dev;
+    void *out_dev;
 } param;
 
-static void free_params(param *ps, int64_t n) {
+static void free_params(hc_backend *be, param *ps, int64_t n) {
     for (int64_t i = 0; ps && i < n; i++) {
         if (ps[i].owns_w) free(ps[i].w);
         free(ps[i].m1), free(ps[i].m2);
+        if (ps[i].w_dev) be->free(be, ps[i].w_dev);
+        if (ps[i].m1_dev) be->free(be, ps[i].m1_dev);
+        if (ps[i].m2_dev) be->free(be, ps[i].m2_dev);
     }
     free(ps);
+}
+
+/* Host weights in their stored dtype from the f32 masters, and the device copy with them. */
+static void write_back(hc_model *m, const param *q) {
+    void *w = (void *)q->t->data;
+    for (int64_t k = 0; k < q->n; k++) {
+        if (q->t->dtype == HC_DTYPE_F32) ((float *)w)[k] = q->w[k];
+        else if (q->t->dtype == HC_DTYPE_BF16) ((uint16_t *)w)[k] = hc_f32_to_bf16(q->w[k]);
+        else ((uint16_t *)w)[k] = hc_f32_to_f16(q->w[k]);
+    }
+    hc_model_update_device(m, w, (size_t)q->t->n_bytes);
+}
+
+/* The device optimizer state to the host (to save it, or the weights), or back. */
+static void params_sync(hc_model *m, param *ps, int64_t n, bool to_host) {
+    hc_backend *be = m->be;
+    for (int64_t i = 0; i < n; i++) {
+        param *q = &ps[i];
+        if (!q->w_dev) continue;
+        const size_t bytes = sizeof(float) * (size_t)q->n;
+        if (to_host) {
+            be->download(be, q->w, q->w_dev, bytes), be->download(be, q->m1, q->m1_dev, bytes);
+            be->download(be, q->m2, q->m2_dev, bytes);
+            write_back(m, q);
+        } else {
+            be->upload(be, q->w_dev, q->w, bytes), be->upload(be, q->m1_dev, q->m1, bytes);
+            be->upload(be, q->m2_dev, q->m2, bytes);
+            write_back(m, q);
+        }
+    }
 }
 
 static hc_status make_params(hc_model *m, const hc_grads *g, param **out, int64_t *n_out) {
@@ -294,6 +332,7 @@ static hc_status make_params(hc_model *m, const hc_grads *g, param **out, int64_
             param *q = &ps[k++];
             snprintf(q->name, sizeof q->name, "%s", t->name);
             q->g = g->gh[i];
+            q->g_dev = g->g[i];
             q->n = t->n_elements;
             q->t = t;
             q->owns_w = true;
@@ -312,8 +351,19 @@ static hc_status make_params(hc_model *m, const hc_grads *g, param **out, int64_
     for (int64_t i = 0; i < n; i++)
         if (!ps[i].w || !(ps[i].m1 = calloc((size_t)ps[i].n, sizeof(float))) || !(ps[i].m2 = calloc((size_t)ps[i].n, sizeof(float))))
             st = hc_fail(HC_ERR_NOMEM, "out of memory for the optimizer state");
+    hc_backend *be = m->be;
+    for (int64_t i = 0; !st && be->device && i < n; i++) {
+        param *q = &ps[i];
+        if (!q->t) continue; /* LoRA matrices stay on the host: they are small */
+        const size_t bytes = sizeof(float) * (size_t)q->n;
+        q->out_dev = hc_model_device_address(m, q->t->data, (size_t)q->t->n_bytes);
+        if (!q->out_dev || !q->g_dev || !(q->w_dev = be->alloc(be, bytes)) || !(q->m1_dev = be->alloc(be, bytes)) ||
+            !(q->m2_dev = be->alloc(be, bytes)))
+            st = hc_fail(HC_ERR_NOMEM, "out of GPU memory for the optimizer state of '%s'", q->name);
+        else be->upload(be, q->w_dev, q->w, bytes);
+    }
     if (st) {
-        free_params(ps, n);
+        free_params(be, ps, n);
         return st;
     }
     *out = ps;
@@ -422,6 +472,7 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
     if (p.resume_state) { /* where a stopped run left off: its step, moments and shuffling */
         if ((st = load_state(p.resume_state, ps, n_ps, &step, &epoch_seed, &seed))) goto out;
         if (m->lora && (st = hc_lora_sync(m))) goto out;
+        params_sync(m, ps, n_ps, false);
         first_epoch = step / steps_per_epoch + 1;
         first_s = step % steps_per_epoch + 1;
         if (first_s == 1) epoch_seed = seed; /* stopped at an epoch's end: the next epoch's shuffle follows */
@@ -459,14 +510,21 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
                 if ((st = hc_model_loss_grad(m, ids, mask, b, r.L, g, &l, &acc))) goto out;
                 step_loss += l / (double)p.grad_accum, step_acc += acc / (double)p.grad_accum;
             }
-            hc_grads_download(g); /* the optimizer runs on the host, over the f32 master weights */
-            /* the mean over micro-batches, clipped by global norm */
+            /* the mean over micro-batches, clipped by global norm; the optimizer runs where the
+             * gradients are (the GPU for full fine-tuning there; else the host, over f32 masters) */
+            const bool on_device = n_ps > 0 && ps[0].w_dev;
+            if (!on_device) hc_grads_download(g);
             double norm = 0;
-            for (int64_t i = 0; i < n_ps; i++)
+            for (int64_t i = 0; i < n_ps; i++) {
+                if (on_device) {
+                    norm += m->be->sum_squares(m->be, ps[i].g_dev, ps[i].n) / ((double)p.grad_accum * p.grad_accum);
+                    continue;
+                }
                 for (int64_t k = 0; k < ps[i].n; k++) {
                     ps[i].g[k] /= (float)p.grad_accum;
                     norm += (double)ps[i].g[k] * ps[i].g[k];
                 }
+            }
             norm = sqrt(norm);
             const float clip = p.clip_norm > 0 && norm > p.clip_norm ? (float)(p.clip_norm / (norm + 1e-6)) : 1.0f;
             /* linear warmup, then cosine decay to 0 */
@@ -478,18 +536,15 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
             sp.lr = lr;
             for (int64_t i = 0; i < n_ps; i++) {
                 param *q = &ps[i];
+                if (q->w_dev) {
+                    m->be->adamw(m->be, q->w_dev, q->m1_dev, q->m2_dev, q->g_dev, clip / (float)p.grad_accum, q->n, &sp,
+                                 step, q->out_dev, q->t->dtype);
+                    continue;
+                }
                 if (clip != 1.0f)
                     for (int64_t k = 0; k < q->n; k++) q->g[k] *= clip;
                 hc_adamw_update(q->w, q->m1, q->m2, q->g, q->n, &sp, step);
-                if (!q->t) continue;
-                /* back into the weights the forward reads, in their stored dtype */
-                void *w = (void *)q->t->data;
-                for (int64_t k = 0; k < q->n; k++) {
-                    if (q->t->dtype == HC_DTYPE_F32) ((float *)w)[k] = q->w[k];
-                    else if (q->t->dtype == HC_DTYPE_BF16) ((uint16_t *)w)[k] = hc_f32_to_bf16(q->w[k]);
-                    else ((uint16_t *)w)[k] = hc_f32_to_f16(q->w[k]);
-                }
-                hc_model_update_device(m, w, (size_t)q->t->n_bytes); /* and into the GPU's copy */
+                if (q->t) write_back(m, q); /* back into the weights the forward reads, in their stored dtype */
             }
             if (m->lora && (st = hc_lora_sync(m))) goto out;
             loss_sum += step_loss, acc_sum += step_acc;
@@ -507,10 +562,12 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
         }
     }
     pr.stopped = stopped;
-    if (p.save_state && (st = save_state(p.save_state, ps, n_ps, step, epoch_seed, seed))) goto out;
+    params_sync(m, ps, n_ps, true); /* the weights (and the state) from the GPU, for saving */
+    if (m->be->check && !st) st = m->be->check(m->be);
+    if (!st && p.save_state && (st = save_state(p.save_state, ps, n_ps, step, epoch_seed, seed))) goto out;
     if (last) *last = pr;
 out:
-    free_params(ps, n_ps);
+    free_params(m->be, ps, n_ps);
     free(order), free(ids), free(mask), free(r.ids), free(r.mask);
     hc_grads_free(g);
     return st;

@@ -147,19 +147,14 @@ void hc_grads_free(hc_grads *gr) {
 void hc_grads_zero(hc_grads *gr) {
     hc_backend *be = gr->m->be;
     for (int64_t i = 0; i < gr->n; i++)
-        if (gr->g[i]) {
-            be->fill(be, gr->g[i], 0, gr->tensors[i]->n_elements);
-            if (gr->on_device) memset(gr->gh[i], 0, sizeof(float) * (size_t)gr->tensors[i]->n_elements);
-        }
+        if (gr->g[i]) be->fill(be, gr->g[i], 0, gr->tensors[i]->n_elements);
     const hc_lora *lo = gr->m->lora;
     for (int64_t i = 0; lo && i < gr->m->cfg.n_layers * HC_LORA_N; i++) {
         const hc_lora_pair *p = &lo->pairs[i];
         if (p->da) be->fill(be, p->da, 0, lo->r * p->k);
         if (p->db) be->fill(be, p->db, 0, p->n * lo->r);
-        if (gr->on_device && p->da_h) memset(p->da_h, 0, sizeof(float) * (size_t)(lo->r * p->k));
-        if (gr->on_device && p->db_h) memset(p->db_h, 0, sizeof(float) * (size_t)(p->n * lo->r));
     }
-    gr->stale = false;
+    gr->stale = gr->on_device; /* the host copies catch up when asked for */
 }
 
 void hc_grads_download(hc_grads *gr) {
@@ -189,7 +184,7 @@ typedef struct {
 } layer_acts;
 
 /* n floats of backend memory, zeroed. */
-/* sequence_grad's buffers. With gradients they come from the hc_grads' workspace, which keeps
+/* batch_grad's buffers. With gradients they come from the hc_grads' workspace, which keeps
  * them between calls (every call asks for the same list, so a GPU step allocates nothing);
  * without, they are allocated and freed each call. */
 typedef struct {
@@ -279,9 +274,9 @@ static void mm_bwd(hc_backend *be, const hc_model *m, int64_t l, int t, float *d
 typedef struct {
     hc_backend *be;
     const hc_model *m;
-    const int32_t *pos;
+    const int32_t *pos;      /* [T]: each row's position in its sequence */
     float *inv[2], attn_factor[2];
-    int64_t T;
+    int64_t T, B, S;         /* T = B sequences of S rows */
     float *scratch, *tmp;
     const lora_scratch *ls;
 } train_ctx;
@@ -311,9 +306,11 @@ static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *
         be->rope(be, a->q, pos, tc->inv[Ly->rope], tc->attn_factor[Ly->rope], T, H, D, R);
         be->rope(be, a->k, pos, tc->inv[Ly->rope], tc->attn_factor[Ly->rope], T, KVH, D, R);
     }
-    /* the sequence's keys are its own rows: the "cache" is k and v themselves */
-    be->attention(be, a->att, a->q, a->k, a->v, HC_DTYPE_F32, pos, T, H, KVH, D, Ly->attn_scale,
-                  Ly->sliding ? c->sliding_window : 0, (float)c->attn_softcap, T, scratch);
+    /* each sequence's keys are its own rows: the "cache" is its k and v themselves */
+    for (int64_t b = 0, S = tc->S; b < tc->B; b++)
+        be->attention(be, a->att + b * S * H * D, a->q + b * S * H * D, a->k + b * S * KVH * D, a->v + b * S * KVH * D,
+                      HC_DTYPE_F32, pos, S, H, KVH, D, Ly->attn_scale, Ly->sliding ? c->sliding_window : 0,
+                      (float)c->attn_softcap, S, scratch);
     mm_fwd(be, m, l, HC_LORA_O, a->o_pre, a->att, &Ly->wo, &Ly->bo, T, ls);
     if (Ly->attn_post_norm.data) be->norm(be, tmp, a->o_pre, &Ly->attn_post_norm, NULL, nk, eps, T, C);
     be->add(be, a->x_mid, a->x_in, Ly->attn_post_norm.data ? tmp : a->o_pre, T * C);
@@ -332,11 +329,13 @@ static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *
     be->add(be, xo, a->x_mid, Ly->ffn_post_norm.data ? tmp : a->ff_pre, T * C);
 }
 
-/* Loss (summed over the sequence's predicted tokens: t + 1 where mask says so, or all) and
- * gradients of one sequence (none when gr is NULL), the loss scaled by 1/n_total as
- * transformers' mean over the batch; correct counts argmax hits. */
-static hc_status sequence_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, const uint8_t *mask, int64_t T,
-                               double n_total, double *loss_sum, int64_t *correct) {
+/* Loss (summed over the batch's predicted tokens: t + 1 where mask says so, or all) and
+ * gradients (none when gr is NULL) of B sequences of S tokens, run together as T = B*S rows
+ * (attention per sequence), the loss scaled by 1/n_total as transformers' mean over the
+ * batch; correct counts argmax hits. */
+static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, const uint8_t *mask, int64_t B, int64_t S,
+                            double n_total, double *loss_sum, int64_t *correct) {
+    const int64_t T = B * S;
     hc_backend *be = m->be; /* on the CPU: the fast kernels forward, the reference's backward */
     buf_pool wsb = {be, gr ? &gr->ws : NULL, 0};
     const hc_model_config *c = &m->cfg;
@@ -389,18 +388,19 @@ static hc_status sequence_grad(hc_model *m, hc_grads *gr, const int32_t *ids_hos
         goto out;
     }
     for (int64_t t = 0; t < T; t++) {
-        pos_h[t] = (int32_t)t;
-        tgt_h[t] = t + 1 < T && (!mask || mask[t + 1]) ? ids_host[t + 1] : -1; /* what row t predicts */
+        pos_h[t] = (int32_t)(t % S);
+        /* what row t predicts: the next token of its sequence */
+        tgt_h[t] = t % S + 1 < S && (!mask || mask[t + 1]) ? ids_host[t + 1] : -1;
     }
     be->upload(be, ids, ids_host, sizeof(int32_t) * (size_t)T);
     be->upload(be, pos, pos_h, sizeof(int32_t) * (size_t)T);
     be->upload(be, tgt, tgt_h, sizeof(int32_t) * (size_t)T);
     for (int r = 0; r < 2 && c->rope.type != HC_ROPE_NONE; r++) {
-        hc_rope_inv_freq(inv_h, &attn_factor[r], &m->rope[r], R, c->max_position_embeddings, T);
+        hc_rope_inv_freq(inv_h, &attn_factor[r], &m->rope[r], R, c->max_position_embeddings, S);
         be->upload(be, inv[r], inv_h, sizeof(float) * (size_t)(R / 2));
     }
 
-    train_ctx tc = {be, m, pos, {inv[0], inv[1]}, {attn_factor[0], attn_factor[1]}, T, scratch, tmp, &ls};
+    train_ctx tc = {be, m, pos, {inv[0], inv[1]}, {attn_factor[0], attn_factor[1]}, T, B, S, scratch, tmp, &ls};
 
     /* ---- forward, keeping activations ---- */
     be->embedding(be, x0, &m->tok_embed, ids, T, m->embed_scale, false);
@@ -463,8 +463,11 @@ static hc_status sequence_grad(hc_model *m, hc_grads *gr, const int32_t *ids_hos
         }
         float *datt = tmp + T * (C > I ? C : I) * 2; /* [T, H*D], the tail of tmp */
         mm_bwd(be, m, l, HC_LORA_O, datt, GM(&Ly->wo), Ly->bo.data ? GM(&Ly->bo) : NULL, dop, a->att, &Ly->wo, T, &ls);
-        be->attention_backward(be, dq, dk, dv, datt, a->q, a->k, a->v, pos, T, H, KVH, D, Ly->attn_scale,
-                               Ly->sliding ? c->sliding_window : 0, (float)c->attn_softcap, scratch);
+        for (int64_t b = 0; b < B; b++) {
+            const int64_t oq = b * S * H * D, ok = b * S * KVH * D;
+            be->attention_backward(be, dq + oq, dk + ok, dv + ok, datt + oq, a->q + oq, a->k + ok, a->v + ok, pos, S, H, KVH,
+                                   D, Ly->attn_scale, Ly->sliding ? c->sliding_window : 0, (float)c->attn_softcap, scratch);
+        }
         if (c->rope.type != HC_ROPE_NONE) {
             be->rope_backward(be, dq, pos, inv[Ly->rope], attn_factor[Ly->rope], T, H, D, R);
             be->rope_backward(be, dk, pos, inv[Ly->rope], attn_factor[Ly->rope], T, KVH, D, R);
@@ -527,10 +530,8 @@ hc_status hc_model_loss_grad(hc_model *m, const int32_t *ids, const uint8_t *mas
     if (!targets) return hc_fail(HC_ERR_INVALID_ARG, "gradients: the mask leaves no token to predict");
     double sum = 0;
     int64_t correct = 0;
-    for (int64_t b = 0; b < B; b++) {
-        hc_status st = sequence_grad(m, gr, ids + b * T, mask ? mask + b * T : NULL, T, (double)targets, &sum, &correct);
-        if (st) return st;
-    }
+    hc_status st = batch_grad(m, gr, ids, mask, B, T, (double)targets, &sum, &correct);
+    if (st) return st;
     *loss = sum / (double)targets;
     if (accuracy) *accuracy = (double)correct / (double)targets;
     return HC_OK;

@@ -70,6 +70,8 @@ static hc_backend cpu_backend = {
     .glu_backward = hc_cpu_glu_backward,
     .softcap_backward = hc_cpu_softcap_backward,
     .cross_entropy = hc_cpu_cross_entropy,
+    .sum_squares = hc_cpu_sum_squares,
+    .adamw = hc_cpu_adamw,
 };
 
 hc_backend *hc_backend_cpu(void) { return &cpu_backend; }

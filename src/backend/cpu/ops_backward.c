@@ -4,6 +4,7 @@
 
 #include "backend/activation.h"
 #include "backend/cpu/cpu.h"
+#include "base/half.h"
 
 void hc_cpu_embedding_backward(hc_backend *be, float *dtable, const hc_mat *table, const float *dout, const int32_t *ids,
                                int64_t T, float scale) {
@@ -198,5 +199,31 @@ void hc_cpu_cross_entropy(hc_backend *be, float *dlogits, float *loss, float *hi
         loss[t] = (float)(log(z) + mx - lt[y]);
         for (int64_t v = 0; dl && v < V; v++) dl[v] = (float)(exp(lt[v] - mx) / z * scale);
         if (dl) dl[y] -= (float)scale;
+    }
+}
+
+double hc_cpu_sum_squares(hc_backend *be, const float *x, int64_t n) {
+    (void)be;
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+    return s;
+}
+
+void hc_cpu_adamw(hc_backend *be, float *w, float *m1, float *m2, const float *g, float g_scale, int64_t n,
+                  const hc_adamw_params *p, int64_t step, void *out, hc_dtype out_dtype) {
+    (void)be;
+    const float lr = (float)p->lr, b1 = (float)p->beta1, b2 = (float)p->beta2;
+    const float bc1 = 1.0f - powf(b1, (float)step), bc2_sqrt = sqrtf(1.0f - powf(b2, (float)step));
+    const float step_size = lr / bc1, decay = 1.0f - lr * (float)p->weight_decay, eps = (float)p->eps;
+    for (int64_t i = 0; i < n; i++) {
+        const float gi = g[i] * g_scale;
+        w[i] *= decay;
+        m1[i] += (gi - m1[i]) * (1.0f - b1);
+        m2[i] = m2[i] * b2 + (1.0f - b2) * gi * gi;
+        w[i] -= step_size * m1[i] / (sqrtf(m2[i]) / bc2_sqrt + eps);
+        if (!out) continue;
+        if (out_dtype == HC_DTYPE_F32) ((float *)out)[i] = w[i];
+        else if (out_dtype == HC_DTYPE_BF16) ((uint16_t *)out)[i] = hc_f32_to_bf16(w[i]);
+        else ((uint16_t *)out)[i] = hc_f32_to_f16(w[i]);
     }
 }

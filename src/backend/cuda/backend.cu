@@ -167,6 +167,7 @@ static void cuda_destroy(hc_backend *be) {
     if (cx->scratch_b) cudaFree(cx->scratch_b);
     if (cx->partials) cudaFree(cx->partials);
     if (cx->train_scratch) cudaFree(cx->train_scratch);
+    if (cx->opt_scratch) cudaFree(cx->opt_scratch);
     if (cx->pinned) cudaFreeHost(cx->pinned);
     if (cx->blas) cublasDestroy(cx->blas);
     if (cx->stream) cudaStreamDestroy(cx->stream);
@@ -268,6 +269,8 @@ extern "C" hc_status hc_backend_cuda_new(int device_index, hc_dtype compute, hc_
     be->softcap_backward = hc_cuda_softcap_backward;
     be->cross_entropy = hc_cuda_cross_entropy;
     be->copy = hc_cuda_copy;
+    be->sum_squares = hc_cuda_sum_squares;
+    be->adamw = hc_cuda_adamw;
     be->check = cuda_check;
     be->mem_info = cuda_mem_info;
     be->graph_run = cuda_graph_run;

@@ -383,3 +383,61 @@ void hc_cuda_copy(hc_backend *be, float *out, const float *x, int64_t n) {
     hc_cuda_fail(be, cudaMemcpyAsync(out, x, sizeof(float) * (size_t)n, cudaMemcpyDeviceToDevice, hc_cuda(be)->stream),
                  "copy");
 }
+
+/* ---- the optimizer ---------------------------------------------------------------------------- */
+
+__global__ void sum_squares_kernel(double *out, const float *x, int64_t n) {
+    __shared__ double red[32];
+    double s = 0;
+    GRID_STRIDE(i, n) s += (double)x[i] * x[i];
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0;
+        for (int i = 0; i < (int)(blockDim.x >> 5); i++) t += red[i];
+        atomicAdd(out, t);
+    }
+}
+
+double hc_cuda_sum_squares(hc_backend *be, const float *x, int64_t n) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    if (n <= 0 || cx->failed) return 0;
+    double *acc = (double *)hc_cuda_scratch(be, &cx->opt_scratch, &cx->opt_scratch_bytes, sizeof(double));
+    if (!acc) return 0;
+    cudaMemsetAsync(acc, 0, sizeof(double), cx->stream);
+    const unsigned blocks = grid_for(n) < 1024u ? grid_for(n) : 1024u;
+    sum_squares_kernel<<<blocks, 256, 0, cx->stream>>>(acc, x, n);
+    if (HC_CUDA_LAUNCHED(be, "sum_squares")) return 0;
+    double v = 0;
+    be->download(be, &v, acc, sizeof v);
+    return v;
+}
+
+__global__ void adamw_kernel(float *w, float *m1, float *m2, const float *g, float g_scale, int64_t n, float b1, float b2,
+                             float step_size, float bc2_sqrt, float decay, float eps, void *out, hc_dtype out_dtype) {
+    GRID_STRIDE(i, n) {
+        const float gi = g[i] * g_scale;
+        float wi = w[i] * decay, a = m1[i], b = m2[i];
+        a += (gi - a) * (1.0f - b1);
+        b = b * b2 + (1.0f - b2) * gi * gi;
+        wi -= step_size * a / (sqrtf(b) / bc2_sqrt + eps);
+        w[i] = wi, m1[i] = a, m2[i] = b;
+        if (!out) continue;
+        if (out_dtype == HC_DTYPE_F32) ((float *)out)[i] = wi;
+        else if (out_dtype == HC_DTYPE_BF16) ((__nv_bfloat16 *)out)[i] = __float2bfloat16_rn(wi);
+        else ((__half *)out)[i] = __float2half_rn(wi);
+    }
+}
+
+void hc_cuda_adamw(hc_backend *be, float *w, float *m1, float *m2, const float *g, float g_scale, int64_t n,
+                   const hc_adamw_params *p, int64_t step, void *out, hc_dtype out_dtype) {
+    if (n <= 0 || hc_cuda(be)->failed) return;
+    /* the step's constants as the CPU computes them (powf in f32 on the host) */
+    const float lr = (float)p->lr, b1 = (float)p->beta1, b2 = (float)p->beta2;
+    const float bc1 = 1.0f - powf(b1, (float)step), bc2_sqrt = sqrtf(1.0f - powf(b2, (float)step));
+    adamw_kernel<<<grid_for(n), 256, 0, hc_cuda(be)->stream>>>(w, m1, m2, g, g_scale, n, b1, b2, lr / bc1, bc2_sqrt,
+                                                               1.0f - lr * (float)p->weight_decay, (float)p->eps, out,
+                                                               out_dtype);
+    HC_CUDA_LAUNCHED(be, "adamw");
+}

@@ -40,6 +40,8 @@ typedef struct {
     size_t partials_bytes;
     void *train_scratch; /* attention backward's P and dS */
     size_t train_scratch_bytes;
+    void *opt_scratch;   /* the optimizer's reduction */
+    size_t opt_scratch_bytes;
     void *pinned;       /* page-locked staging for downloads: pageable copies are several times slower */
     size_t pinned_bytes;
     /* The first error; ops after it are skipped and check() reports it. */
@@ -139,6 +141,9 @@ void hc_cuda_glu_backward(hc_backend *be, float *dgate, float *dup, const float 
 void hc_cuda_softcap_backward(hc_backend *be, float *dx, const float *dy, const float *y, float cap, int64_t n);
 void hc_cuda_cross_entropy(hc_backend *be, float *dlogits, float *loss, float *hit, const float *logits,
                            const int32_t *targets, int64_t T, int64_t V, double scale);
+double hc_cuda_sum_squares(hc_backend *be, const float *x, int64_t n);
+void hc_cuda_adamw(hc_backend *be, float *w, float *m1, float *m2, const float *g, float g_scale, int64_t n,
+                   const hc_adamw_params *p, int64_t step, void *out, hc_dtype out_dtype);
 void hc_cuda_copy(hc_backend *be, float *out, const float *x, int64_t n);
 void hc_cuda_topk_route(hc_backend *be, float *weights, int32_t *experts, const float *logits, int64_t T, int64_t E,
                         int64_t k, bool renorm);
