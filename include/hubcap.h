@@ -511,7 +511,7 @@ typedef struct {
  * moments m1, m2 (zero at step 1); step counts from 1. */
 void hc_adamw_update(float *w, float *m1, float *m2, const float *g, int64_t n, const hc_adamw_params *p, int64_t step);
 
-/* Full fine-tuning (CPU, f32 master weights): AdamW with linear warmup and cosine decay,
+/* Full fine-tuning (CPU or GPU, f32 master weights): AdamW with linear warmup and cosine decay,
  * clipping by global norm, gradient accumulation. The model must be loaded with use_mmap false
  * (its weights are updated in place, in their stored dtype; hc_checkpoint_save of
  * hc_model_checkpoint(m) then writes the trained weights). */

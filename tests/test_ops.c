@@ -406,6 +406,33 @@ static void test_fast_matmul(hc_backend *ref) {
     double ek = 0;
     for (int i = 0; i < 256; i++) ek = fmax(ek, fabs(row256[i] - back256[i]));
     CHECK(ek < 2.0 / 15 && hc_quant_row_bytes(HC_QUANT_Q4_K, 256) == 144, "q4_k error %g", ek);
+    /* Attention's backward: the fast path against the reference, and 1 vs 2 threads bit for bit. */
+    for (int cfg = 0; cfg < 3; cfg++) {
+        const int64_t T = 37, H = 6, KVH = cfg == 2 ? 1 : 3, D = cfg == 1 ? 20 : 64;
+        const int64_t nq = T * H * D, nk = T * KVH * D, window = cfg == 1 ? 9 : 0;
+        const float cap = cfg == 1 ? 20.0f : 0;
+        float *qa = malloc(sizeof(float) * nq), *k = malloc(sizeof(float) * nk), *v = malloc(sizeof(float) * nk);
+        float *go = malloc(sizeof(float) * nq), *scratch = malloc(sizeof(float) * (2 * T + 2));
+        float *r[3], *f1[3], *f2[3];
+        const int64_t sz[3] = {nq, nk, nk};
+        for (int i = 0; i < 3; i++)
+            r[i] = malloc(sizeof(float) * sz[i]), f1[i] = malloc(sizeof(float) * sz[i]), f2[i] = malloc(sizeof(float) * sz[i]);
+        int32_t pos[37];
+        for (int t = 0; t < T; t++) pos[t] = t;
+        fill(qa, nq), fill(k, nk), fill(v, nk), fill(go, nq);
+        ref->attention_backward(ref, r[0], r[1], r[2], go, qa, k, v, pos, T, H, KVH, D, 0.3f, window, cap, scratch);
+        fast1->attention_backward(fast1, f1[0], f1[1], f1[2], go, qa, k, v, pos, T, H, KVH, D, 0.3f, window, cap, scratch);
+        fast2->attention_backward(fast2, f2[0], f2[1], f2[2], go, qa, k, v, pos, T, H, KVH, D, 0.3f, window, cap, scratch);
+        for (int i = 0; i < 3; i++) {
+            double err = 0, scale = 0;
+            for (int64_t x = 0; x < sz[i]; x++) err = fmax(err, fabs((double)r[i][x] - f1[i][x])), scale = fmax(scale, fabs(r[i][x]));
+            CHECK(err <= 1e-5 * scale, "fast attention backward (case %d, %s): %g of %g", cfg, i == 0 ? "dq" : i == 1 ? "dk" : "dv",
+                  err, scale);
+            CHECK(!memcmp(f1[i], f2[i], sizeof(float) * sz[i]), "fast attention backward: same bits with 1 and 2 threads");
+            free(r[i]), free(f1[i]), free(f2[i]);
+        }
+        free(qa), free(k), free(v), free(go), free(scratch);
+    }
     /* Attention: the fast path against the reference, and 1 vs 2 threads bit for bit. */
     {
         const int64_t T = 7, H = 8, KVH = 2, D = 67, S = 300;

@@ -128,3 +128,81 @@ void hc_cpu_attention_fast(hc_backend *be, float *out, const float *q, const voi
     if (T * H * (pos[T - 1] + 1) * D < 65536 || nth == 1) att_part(&j, 0, 1);
     else hc_pool_run(fx->pool, att_part, &j);
 }
+
+/* ---- backward: kv heads split over the thread pool. A thread owns kv head g: dq of its query
+ * heads and dk, dv of g, summed in a fixed order (t, then its heads), so the result does not
+ * depend on the thread count. The reference's math in f32 (it sums in double). ------------- */
+
+typedef struct {
+    float *dq, *dk, *dv;
+    const float *dout, *q, *k, *v;
+    const int32_t *pos;
+    int64_t T, H, KVH, D, window;
+    float scale, softcap;
+    hc_fast_ctx *fx;
+    float (*dot)(const float *, const float *, int64_t);
+    void (*axpy)(float *, const float *, float, int64_t);
+} att_bwd_job;
+
+static void att_bwd_part(void *ctx, int ith, int nth) {
+    const att_bwd_job *j = ctx;
+    const int64_t T = j->T, H = j->H, KVH = j->KVH, D = j->D, group = H / KVH;
+    float *p = j->fx->scratch[ith], *dp = p + T, *fac = p + 2 * T; /* [T] each: P, dP, the cap's derivative */
+    for (int64_t g = ith; g < KVH; g += nth) {
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t d = 0; d < D; d++) j->dk[(t * KVH + g) * D + d] = j->dv[(t * KVH + g) * D + d] = 0;
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t h = g * group; h < (g + 1) * group; h++) {
+                const float *qh = j->q + (t * H + h) * D, *go = j->dout + (t * H + h) * D;
+                float *dqh = j->dq + (t * H + h) * D;
+                for (int64_t d = 0; d < D; d++) dqh[d] = 0;
+                float mx = -INFINITY;
+                for (int64_t s = 0; s < T; s++) {
+                    const bool seen = j->pos[s] <= j->pos[t] && !(j->window > 0 && j->pos[s] <= j->pos[t] - j->window);
+                    float z = -INFINITY;
+                    if (seen) {
+                        z = j->dot(qh, j->k + (s * KVH + g) * D, D) * j->scale;
+                        if (j->softcap > 0) z = j->softcap * tanhf(z / j->softcap);
+                    }
+                    p[s] = z;
+                    if (z > mx) mx = z;
+                }
+                double sum = 0;
+                for (int64_t s = 0; s < T; s++) sum += p[s] == -INFINITY ? 0 : exp((double)(p[s] - mx));
+                double dot = 0; /* sum_s P_s dP_s */
+                for (int64_t s = 0; s < T; s++) {
+                    const float z = p[s];
+                    p[s] = z == -INFINITY ? 0 : (float)(exp((double)(z - mx)) / sum);
+                    dp[s] = p[s] == 0 ? 0 : j->dot(go, j->v + (s * KVH + g) * D, D);
+                    dot += (double)p[s] * dp[s];
+                    /* the soft-cap's derivative at this score: 1 - (z / cap)^2 */
+                    if (j->softcap > 0) fac[s] = z == -INFINITY ? 0 : 1.0f - (z / j->softcap) * (z / j->softcap);
+                }
+                for (int64_t s = 0; s < T; s++) {
+                    if (p[s] == 0) continue;
+                    float ds = p[s] * (dp[s] - (float)dot);
+                    if (j->softcap > 0) ds *= fac[s];
+                    ds *= j->scale;
+                    j->axpy(dqh, j->k + (s * KVH + g) * D, ds, D);
+                    j->axpy(j->dk + (s * KVH + g) * D, qh, ds, D);
+                    j->axpy(j->dv + (s * KVH + g) * D, go, p[s], D);
+                }
+            }
+    }
+}
+
+void hc_cpu_attention_backward_fast(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                    const float *k, const float *v, const int32_t *pos, int64_t T, int64_t H, int64_t KVH,
+                                    int64_t D, float scale, int64_t window, float softcap, float *scratch) {
+    hc_fast_ctx *fx = be->ctx;
+    if (!hc_fast_scratch(fx, (size_t)(3 * T + 1))) { /* the reference handles it */
+        hc_cpu_attention_backward(be, dq, dk, dv, dout, q, k, v, pos, T, H, KVH, D, scale, window, softcap, scratch);
+        return;
+    }
+    const char *kk = hc_cpu_kernels();
+    const bool w512 = !strcmp(kk, "avx512"), w256 = !strcmp(kk, "avx2");
+    att_bwd_job j = {dq, dk, dv, dout, q, k, v, pos, T, H, KVH, D, window, scale, softcap, fx,
+                     w512 ? dot512 : w256 ? dot256 : dot_plain, w512 ? axpy512 : w256 ? axpy256 : axpy_plain};
+    if (hc_pool_size(fx->pool) == 1 || KVH == 1 || T * T * H * D < 65536) att_bwd_part(&j, 0, 1);
+    else hc_pool_run(fx->pool, att_bwd_part, &j);
+}
