@@ -406,6 +406,34 @@ static void test_fast_matmul(hc_backend *ref) {
     double ek = 0;
     for (int i = 0; i < 256; i++) ek = fmax(ek, fabs(row256[i] - back256[i]));
     CHECK(ek < 2.0 / 15 && hc_quant_row_bytes(HC_QUANT_Q4_K, 256) == 144, "q4_k error %g", ek);
+    /* The matmul's backward: fast (threaded dW) against the reference, and 1 vs 2 threads. */
+    for (int cfg = 0; cfg < 4; cfg++) {
+        const int64_t T = cfg == 3 ? 1 : 19, N = cfg == 2 ? 300 : 45, K = 70, ld = cfg == 1 ? N + 3 : K + 2;
+        const bool tr = cfg == 1;
+        const int64_t rows = tr ? K : N;
+        float *wf = malloc(sizeof(float) * rows * ld), *xx = malloc(sizeof(float) * T * K), *go = malloc(sizeof(float) * T * N);
+        float *r[3], *f1[3], *f2[3];
+        const int64_t sz[3] = {T * K, rows * ld, N};
+        fill(wf, rows * ld), fill(xx, T * K), fill(go, T * N);
+        for (int i = 0; i < 3; i++) {
+            r[i] = malloc(sizeof(float) * sz[i]), f1[i] = malloc(sizeof(float) * sz[i]), f2[i] = malloc(sizeof(float) * sz[i]);
+            fill(r[i], sz[i]);
+            memcpy(f1[i], r[i], sizeof(float) * sz[i]), memcpy(f2[i], r[i], sizeof(float) * sz[i]);
+        }
+        hc_mat w = {.data = wf, .dtype = HC_DTYPE_F32, .rows = N, .cols = K, .ld = ld, .transposed = tr};
+        ref->matmul_backward(ref, r[0], r[1], r[2], go, xx, &w, T);
+        fast1->matmul_backward(fast1, f1[0], f1[1], f1[2], go, xx, &w, T);
+        fast2->matmul_backward(fast2, f2[0], f2[1], f2[2], go, xx, &w, T);
+        for (int i = 0; i < 3; i++) {
+            double err = 0, scale = 0;
+            for (int64_t e = 0; e < sz[i]; e++) err = fmax(err, fabs((double)r[i][e] - f1[i][e])), scale = fmax(scale, fabs(r[i][e]));
+            CHECK(err <= 1e-5 * scale, "fast matmul backward (case %d, %s): %g of %g", cfg, i == 0 ? "dx" : i == 1 ? "dW" : "db",
+                  err, scale);
+            CHECK(!memcmp(f1[i], f2[i], sizeof(float) * sz[i]), "fast matmul backward: same bits with 1 and 2 threads");
+            free(r[i]), free(f1[i]), free(f2[i]);
+        }
+        free(wf), free(xx), free(go);
+    }
     /* Attention's backward: the fast path against the reference, and 1 vs 2 threads bit for bit. */
     for (int cfg = 0; cfg < 3; cfg++) {
         const int64_t T = 37, H = 6, KVH = cfg == 2 ? 1 : 3, D = cfg == 1 ? 20 : 64;

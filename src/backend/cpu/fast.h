@@ -43,6 +43,8 @@ void hc_cpu_attention_fast(hc_backend *be, float *out, const float *q, const voi
                            hc_dtype kv_dtype, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D,
                            float scale, int64_t window, float softcap, int64_t S, float *scratch);
 
+void hc_cpu_matmul_backward_fast(hc_backend *be, float *dx, float *dw, float *db, const float *dout, const float *x,
+                                 const hc_mat *w, int64_t T);
 void hc_cpu_attention_backward_fast(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *q,
                                     const float *k, const float *v, const int32_t *pos, int64_t T, int64_t H, int64_t KVH,
                                     int64_t D, float scale, int64_t window, float softcap, float *scratch);

@@ -352,3 +352,69 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
     if (!pool || w->rows * w->cols * T < 32768) mm_part(&j, 0, 1);
     else hc_pool_run(pool, mm_part, &j);
 }
+
+/* ---- backward: dW += dout^T x on the pool, split by rows of dW, each row summed over t in
+ * order by one thread (the same bits whatever the thread count); dx as a forward matmul over
+ * W's transposed view; db as column sums. ---------------------------------------------------- */
+
+__attribute__((target("avx512f"))) static void axpy_512(float *y, const float *x, float a, int64_t n) {
+    const __m512 av = _mm512_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+__attribute__((target("avx2,fma"))) static void axpy_256(float *y, const float *x, float a, int64_t n) {
+    const __m256 av = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+typedef struct {
+    float *dw;
+    const float *dout, *x;
+    const hc_mat *w;
+    int64_t T;
+    void (*axpy)(float *, const float *, float, int64_t);
+} dw_job;
+
+static void dw_part(void *ctx, int ith, int nth) {
+    const dw_job *j = ctx;
+    const int64_t N = j->w->rows, K = j->w->cols;
+    /* stored rows: n for [N, K] (row += dout[t][n] * x[t]); k for GPT-2's [K, N] (row += x[t][k] * dout[t]) */
+    const int64_t rows = j->w->transposed ? K : N, len = j->w->transposed ? N : K;
+    int64_t per = (rows + nth - 1) / nth;
+    per = (per + 15) / 16 * 16;
+    const int64_t r0 = (int64_t)ith * per, r1 = r0 + per < rows ? r0 + per : rows;
+    for (int64_t r = r0; r < r1; r++) {
+        float *row = j->dw + r * j->w->ld;
+        for (int64_t t = 0; t < j->T; t++) {
+            if (j->w->transposed) j->axpy(row, j->dout + t * N, j->x[t * K + r], len);
+            else j->axpy(row, j->x + t * K, j->dout[t * N + r], len);
+        }
+    }
+}
+
+void hc_cpu_matmul_backward_fast(hc_backend *be, float *dx, float *dw, float *db, const float *dout, const float *x,
+                                 const hc_mat *w, int64_t T) {
+    rows_fn fn = pick();
+    if (!fn || w->quant) {
+        hc_cpu_matmul_backward(be, dx, dw, db, dout, x, w, T);
+        return;
+    }
+    if (dx) {
+        hc_mat wt = *w;
+        wt.rows = w->cols, wt.cols = w->rows, wt.transposed = !w->transposed;
+        hc_cpu_matmul_fast(be, dx, dout, &wt, NULL, T);
+    }
+    if (dw) {
+        dw_job j = {dw, dout, x, w, T, fn == matmul_rows__avx512 ? axpy_512 : axpy_256};
+        hc_fast_ctx *fx = be->ctx;
+        if (!fx->pool || w->rows * w->cols * T < 65536) dw_part(&j, 0, 1);
+        else hc_pool_run(fx->pool, dw_part, &j);
+    }
+    if (db)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t n = 0; n < w->rows; n++) db[n] += dout[t * w->rows + n];
+}
