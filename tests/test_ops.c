@@ -367,6 +367,20 @@ static void test_fast_matmul(hc_backend *ref) {
                       (long long)T, (long long)K, (long long)N, fmt, hc_cpu_has_vnni() ? "vnni" : "avx2", eq / sq);
                 free(xq);
             }
+            if (fmt < 3) { /* the same weights stored transposed ([K, N], GPT-2's layout, and dx = dy W) */
+                const size_t es = hc_dtype_size(w.dtype);
+                char *wt = malloc(es * (size_t)(N * K));
+                for (int64_t n = 0; n < N; n++)
+                    for (int64_t kk = 0; kk < K; kk++) memcpy(wt + es * (size_t)(kk * N + n), (const char *)w.data + es * (size_t)(n * K + kk), es);
+                hc_mat wtv = {.data = wt, .dtype = w.dtype, .rows = N, .cols = K, .ld = N, .transposed = true};
+                fast1->matmul(fast1, b, x, &wtv, &bv, T);
+                fast2->matmul(fast2, c, x, &wtv, &bv, T);
+                double et = 0;
+                for (int64_t i = 0; i < T * N; i++) et = fmax(et, fabs((double)a[i] - b[i]));
+                CHECK(et < 1e-4, "fast transposed matmul T=%lld K=%lld N=%lld fmt %d: %g", (long long)T, (long long)K, (long long)N, fmt, et);
+                CHECK(!memcmp(b, c, sizeof(float) * (size_t)(T * N)), "transposed: 1 and 2 threads give the same bits");
+                free(wt);
+            }
             if (fmt == 1) {
                 /* With bf16 prompts on, 16+ tokens on bf16 weights take the vdpbf16ps path where
                  * the CPU has it: then the result is the reference on bf16-rounded activations. */

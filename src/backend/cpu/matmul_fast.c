@@ -322,9 +322,80 @@ static void mm_part(void *ctx, int ith, int nth) {
             for (int64_t n = n0; n < n1; n++) j->out[t * N + n] += hc_load_f32(j->bias->data, j->bias->dtype, n);
 }
 
+/* ---- transposed weights ([K, N] stored: GPT-2's Conv1D, and every dx = dy W of training) ----
+ * out[t, n] = sum_k x[t, k] * row_k[n]: register tiles of 4 tokens x 64 outputs, k in order, so
+ * each output is one lane summed the same way whatever the tiling or the thread count. Threads
+ * split the outputs n in blocks of 64. AVX-512 (others take the reference). */
+
+#define TR_TB 4
+#define TR_NB 64
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static inline __m512 tr_load(const void *row, hc_dtype dt, int64_t n,
+                                                                         __mmask16 m) {
+    if (dt == HC_DTYPE_F32) return _mm512_maskz_loadu_ps(m, (const float *)row + n);
+    const __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)row + n);
+    if (dt == HC_DTYPE_BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    return _mm512_cvtph_ps(h);
+}
+
+typedef struct {
+    float *out;
+    const float *x;
+    const hc_mat *w;
+    const hc_vec *bias;
+    int64_t T;
+} tr_job;
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void tr_part(void *ctx, int ith, int nth) {
+    const tr_job *j = ctx;
+    const int64_t N = j->w->rows, K = j->w->cols, blocks = (N + TR_NB - 1) / TR_NB;
+    const int64_t per = (blocks + nth - 1) / nth, b0 = per * ith, b1 = b0 + per < blocks ? b0 + per : blocks;
+    const size_t esz = hc_dtype_size(j->w->dtype);
+    for (int64_t b = b0; b < b1; b++) {
+        const int64_t n0 = b * TR_NB, nn = N - n0 < TR_NB ? N - n0 : TR_NB;
+        __mmask16 mask[4];
+        for (int v = 0; v < 4; v++) {
+            const int64_t rem = nn - 16 * v;
+            mask[v] = rem >= 16 ? (__mmask16)0xFFFF : rem > 0 ? (__mmask16)((1u << rem) - 1) : 0;
+        }
+        for (int64_t t0 = 0; t0 < j->T; t0 += TR_TB) {
+            const int tb = j->T - t0 < TR_TB ? (int)(j->T - t0) : TR_TB;
+            __m512 acc[TR_TB][4];
+            for (int t = 0; t < TR_TB; t++)
+                for (int v = 0; v < 4; v++) acc[t][v] = _mm512_setzero_ps();
+            for (int64_t k = 0; k < K; k++) {
+                const char *row = (const char *)j->w->data + (size_t)(k * j->w->ld) * esz;
+                __m512 wv[4];
+                for (int v = 0; v < 4; v++) wv[v] = tr_load(row, j->w->dtype, n0 + 16 * v, mask[v]);
+                for (int t = 0; t < tb; t++) {
+                    const __m512 xs = _mm512_set1_ps(j->x[(t0 + t) * K + k]);
+                    for (int v = 0; v < 4; v++) acc[t][v] = _mm512_fmadd_ps(xs, wv[v], acc[t][v]);
+                }
+            }
+            for (int t = 0; t < tb; t++)
+                for (int v = 0; v < 4; v++) {
+                    __m512 r = acc[t][v];
+                    if (j->bias && j->bias->data)
+                        for (int e = 0; e < 16; e++) {
+                            const int64_t n = n0 + 16 * v + e;
+                            if (n < N) ((float *)&r)[e] += hc_load_f32(j->bias->data, j->bias->dtype, n);
+                        }
+                    _mm512_mask_storeu_ps(j->out + (t0 + t) * N + n0 + 16 * v, mask[v], r);
+                }
+        }
+    }
+}
+
 void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T) {
     rows_fn fn = pick();
-    /* Transposed (GPT-2 Conv1D) weights, and q4_k without the int8 path, take the reference. */
+    if (w->transposed && !w->quant && fn == matmul_rows__avx512 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")) {
+        tr_job tj = {out, x, w, bias, T};
+        hc_fast_ctx *tfx = be->ctx;
+        if (!tfx->pool || w->rows * w->cols * T < 32768) tr_part(&tj, 0, 1);
+        else hc_pool_run(tfx->pool, tr_part, &tj);
+        return;
+    }
+    /* Other transposed weights take the reference. */
     if (!fn || w->transposed) {
         hc_cpu_matmul(be, out, x, w, bias, T);
         return;
