@@ -113,6 +113,7 @@ static void fast_destroy(hc_backend *be) {
     free(fx->qx);
     free(fx->dx);
     free(fx->sx);
+    free(fx->wt);
     for (int i = 0; i < HC_MAX_THREADS; i++) free(fx->scratch[i]);
     hc_pool_free(fx->pool);
     free(fx);

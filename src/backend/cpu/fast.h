@@ -18,6 +18,8 @@ typedef struct {
     float *dx;      /* their block scales */
     float *sx;      /* scale x sum of each block (q4_k's mins) */
     size_t qx_cap;
+    void *wt;          /* a transposed weight matrix copied into [N, K] (matmul_fast.c) */
+    size_t wt_cap;
     bool bf16_prompts; /* hc_backend_cpu_fast_bf16_prompts */
 } hc_fast_ctx;
 

@@ -386,8 +386,48 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static void tr_part(void *c
     }
 }
 
+/* For many tokens a transposed matrix is cheaper to copy into the usual [N, K] layout (once per
+ * call: one pass over the weights) and multiply with the blocked kernels than to stream with
+ * tr_part, whose every token tile walks all K strided rows. */
+#define TRANSPOSE_MIN_T 16
+
+typedef struct {
+    void *dst;       /* [N, K] */
+    const hc_mat *w; /* stored [K, N] with ld */
+} transpose_job;
+
+static void transpose_part(void *ctx, int ith, int nth) {
+    const transpose_job *j = ctx;
+    const int64_t N = j->w->rows, K = j->w->cols, ld = j->w->ld;
+    const int64_t per = (N + nth - 1) / nth, n0 = per * ith, n1 = n0 + per < N ? n0 + per : N;
+    const size_t es = hc_dtype_size(j->w->dtype);
+    for (int64_t nb = n0; nb < n1; nb += 32) /* 32 x 32 tiles: both sides stay in cache */
+        for (int64_t kb = 0; kb < K; kb += 32)
+            for (int64_t n = nb; n < nb + 32 && n < n1; n++)
+                for (int64_t k = kb; k < kb + 32 && k < K; k++) {
+                    if (es == 4) ((float *)j->dst)[n * K + k] = ((const float *)j->w->data)[k * ld + n];
+                    else ((uint16_t *)j->dst)[n * K + k] = ((const uint16_t *)j->w->data)[k * ld + n];
+                }
+}
+
 void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T) {
     rows_fn fn = pick();
+    hc_mat wn;
+    if (w->transposed && !w->quant && T >= TRANSPOSE_MIN_T) {
+        hc_fast_ctx *tfx = be->ctx;
+        const size_t bytes = hc_dtype_size(w->dtype) * (size_t)(w->rows * w->cols);
+        if (bytes > tfx->wt_cap) { /* grows to the largest transposed matrix seen, then stays */
+            void *p = realloc(tfx->wt, bytes);
+            if (p) tfx->wt = p, tfx->wt_cap = bytes;
+        }
+        if (bytes <= tfx->wt_cap) {
+            transpose_job xj = {tfx->wt, w};
+            if (!tfx->pool) transpose_part(&xj, 0, 1);
+            else hc_pool_run(tfx->pool, transpose_part, &xj);
+            wn = (hc_mat){.data = tfx->wt, .dtype = w->dtype, .rows = w->rows, .cols = w->cols, .ld = w->cols};
+            w = &wn;
+        }
+    }
     if (w->transposed && !w->quant && fn == matmul_rows__avx512 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")) {
         tr_job tj = {out, x, w, bias, T};
         hc_fast_ctx *tfx = be->ctx;
