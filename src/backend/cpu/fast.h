@@ -31,7 +31,7 @@ bool hc_fast_acts(hc_fast_ctx *fx, size_t n);
 bool hc_cpu_has_vnni(void);
 void hc_q4_0_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx, const hc_mat *w, int64_t T,
                        int64_t n0, int64_t n1);
-/* q8_0 for prompts (T > 1); decode keeps the AVX2 kernel, already bound by memory. */
+/* q8_0, prompts and decode. */
 void hc_q8_0_rows_vnni(float *out, const int8_t *qx, const float *dx, const hc_mat *w, int64_t T, int64_t n0,
                        int64_t n1);
 void hc_q4_k_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx, const hc_mat *w, int64_t T,

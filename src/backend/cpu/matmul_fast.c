@@ -448,7 +448,7 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
         j.qx = fx->qx;
         j.dx = fx->dx;
         j.sx = fx->sx;
-        j.vnni = has_vnni() && (w->quant != HC_QUANT_Q8_0 || T > 1);
+        j.vnni = has_vnni();
     } else if (fx->bf16_prompts && !w->quant && w->dtype == HC_DTYPE_BF16 && T >= BF16_DOT_MIN_T && has_bf16_dot() &&
                hc_fast_acts(fx, (size_t)(T * w->cols) * sizeof(uint16_t))) {
         /* the int8 activation buffer doubles as the bf16 one (malloc'd, so suitably aligned) */

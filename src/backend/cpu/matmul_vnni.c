@@ -188,6 +188,42 @@ TILE_FN void q8_0_tile(float *const *out, const int8_t *const *x, const float *c
         for (int r = 0; r < RB; r++) *out[t * RB + r] = _mm512_reduce_add_ps(acc[t][r]) + tail[t][r];
 }
 
+/* Decode (one token) on q8_0, four blocks per step: the activations made unsigned once per call
+ * (xu = x + 128, a flip of the top bit), so each pair of blocks is vpdpbusd(xu, w) from an
+ * accumulator starting at -128 x the weights' sums. xu: [K]. */
+TILE_FN float q8_0_decode_row(const uint8_t *xu, const float *dx, const hc_block_q8_0 *row, int64_t nb) {
+    const __m512i top = _mm512_set1_epi8((char)0x80), zero = _mm512_setzero_si512();
+    const __m512i first = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i second = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 4 <= nb; b += 4) {
+        const hc_block_q8_0 *blk = row + b;
+        __m512i s[2];
+        for (int p = 0; p < 2; p++) {
+            const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)blk[2 * p].q)),
+                                                 _mm256_loadu_si256((const __m256i *)blk[2 * p + 1].q), 1);
+            const __m512i minus128w = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, top, w));
+            s[p] = _mm512_dpbusd_epi32(minus128w, _mm512_loadu_si512((const void *)(xu + (b + 2 * p) * HC_QK)), w);
+        }
+        __m128i d16 = _mm_cvtsi32_si128((int)(blk[0].d | (uint32_t)blk[1].d << 16));
+        d16 = _mm_insert_epi32(d16, (int)(blk[2].d | (uint32_t)blk[3].d << 16), 1);
+        const __m512 sc = _mm512_castps128_ps512(_mm_mul_ps(_mm_cvtph_ps(d16), _mm_loadu_ps(dx + b)));
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[0]), _mm512_permutexvar_ps(first, sc), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[1]), _mm512_permutexvar_ps(second, sc), acc1);
+    }
+    float tail = 0;
+    for (; b < nb; b++) { /* the last 1-3 blocks, in 256 bits */
+        const __m256i w = _mm256_loadu_si256((const __m256i *)row[b].q), z = _mm256_setzero_si256();
+        const __m256i minus128w = _mm256_sub_epi32(z, _mm256_dpbusd_epi32(z, _mm256_set1_epi8((char)0x80), w));
+        const __m256i sv = _mm256_dpbusd_epi32(minus128w, _mm256_loadu_si256((const __m256i *)(xu + b * HC_QK)), w);
+        const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sv), _mm256_extracti128_si256(sv, 1));
+        const __m128i s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+        tail += _cvtsh_ss(row[b].d) * dx[b] * (float)(_mm_cvtsi128_si32(s2) + _mm_extract_epi32(s2, 1));
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + tail;
+}
+
 /* ---- q4_k: a super-block is 8 sub-blocks of 32; 64 bytes of nibbles hold four of them --------
  * Bytes 64h..64h+63 of qs split into low nibbles = sub-blocks [4h, 4h+2] and high nibbles =
  * [4h+1, 4h+3], 32 elements each, so each vpdpbusd covers two sub-blocks: int32 lanes 0-7 the
@@ -300,8 +336,8 @@ TILE_FN float q4_k_decode_row(const int8_t *xp, const float *dx, const float *sx
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) - _mm_cvtss_f32(_mm_add_ss(m2s, _mm_movehdup_ps(m2s)));
 }
 
-/* The largest K whose reordered activations the q4_k decode keeps on the stack. */
-#define Q4K_DECODE_MAX_K 32768
+/* The largest K whose prepared activations the decode kernels keep on the stack. */
+#define DECODE_MAX_K 32768
 
 /* ---- drivers: rows [n0, n1) of out, all T tokens ------------------------------------------------
  * Tiles of 4 rows; tokens one at a time for decode, 4 at a time for prompts, in chunks of 64
@@ -364,8 +400,8 @@ __attribute__((target(VNNI))) void hc_q4_k_rows_vnni(float *out, const int8_t *q
     const tile_args a = {out, qx, dx, sx, T, w->rows, w->cols};
     const size_t row_bytes = hc_quant_row_bytes(HC_QUANT_Q4_K, a.K);
     const int64_t nsb = a.K / HC_QKK;
-    if (T == 1 && a.K <= Q4K_DECODE_MAX_K) { /* decode: one row at a time, nothing else per row */
-        int8_t xp[Q4K_DECODE_MAX_K]; /* [K], the nibbles' order */
+    if (T == 1 && a.K <= DECODE_MAX_K) { /* decode: one row at a time, nothing else per row */
+        int8_t xp[DECODE_MAX_K]; /* [K], the nibbles' order */
         for (int64_t c = 0; c < a.K; c += 128) {
             memcpy(xp + c, qx + c, 32);
             memcpy(xp + c + 32, qx + c + 64, 32);
@@ -401,6 +437,13 @@ __attribute__((target(VNNI))) void hc_q8_0_rows_vnni(float *out, const int8_t *q
     const tile_args a = {out, qx, dx, dx, T, w->rows, w->cols};
     const size_t row_bytes = hc_quant_row_bytes(HC_QUANT_Q8_0, a.K);
     const int64_t nb = a.K / HC_QK;
+    if (T == 1 && a.K <= DECODE_MAX_K) { /* decode: one row at a time */
+        uint8_t xu[DECODE_MAX_K]; /* [K], x + 128 */
+        for (int64_t i = 0; i < a.K; i++) xu[i] = (uint8_t)(qx[i] ^ (int8_t)0x80);
+        for (int64_t n = n0; n < n1; n++)
+            out[n] = q8_0_decode_row(xu, dx, (const hc_block_q8_0 *)((const char *)w->data + (size_t)n * row_bytes), nb);
+        return;
+    }
     float dummy;
     for (int64_t tc = 0; tc < T; tc += TOKEN_CHUNK) {
         const int64_t te = tc + TOKEN_CHUNK < T ? tc + TOKEN_CHUNK : T;
