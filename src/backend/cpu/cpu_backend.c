@@ -130,6 +130,7 @@ hc_status hc_backend_cpu_fast_new(int n_threads, hc_backend **out) {
     be->norm = hc_cpu_norm_fast;
     be->glu = hc_cpu_glu_fast;
     be->attention_backward = hc_cpu_attention_backward_fast;
+    be->rope = hc_cpu_rope_fast;
     be->matmul_backward = hc_cpu_matmul_backward_fast;
     be->destroy = fast_destroy;
     hc_fast_ctx *fx = calloc(1, sizeof *fx);

@@ -60,3 +60,29 @@ void hc_cpu_glu_fast(hc_backend *be, float *out, const float *gate, const float 
     glu_job j = {out, gate, up, act, n};
     hc_pool_run(fx->pool, glu_part, &j);
 }
+
+/* rope on the pool: tokens split into contiguous ranges, each rotated exactly as the reference
+ * rotates it (the same bits whatever the thread count). */
+typedef struct {
+    float *x;
+    const int32_t *pos;
+    const float *inv_freq;
+    float attn_factor;
+    int64_t T, nh, D, R;
+} rope_job;
+
+static void rope_part(void *ctx, int ith, int nth) {
+    const rope_job *j = ctx;
+    const int64_t per = (j->T + nth - 1) / nth, t0 = per * ith, t1 = t0 + per < j->T ? t0 + per : j->T;
+    if (t0 < t1)
+        hc_cpu_rope(NULL, j->x + t0 * j->nh * j->D, j->pos + t0, j->inv_freq, j->attn_factor, t1 - t0, j->nh, j->D, j->R);
+}
+
+void hc_cpu_rope_fast(hc_backend *be, float *x, const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T,
+                      int64_t nh, int64_t D, int64_t R) {
+    hc_fast_ctx *fx = be->ctx;
+    rope_job j = {x, pos, inv_freq, attn_factor, T, nh, D, R};
+    /* a few tokens (decode) are not worth waking threads for */
+    if (!fx->pool || T * nh * R < 16384) rope_part(&j, 0, 1);
+    else hc_pool_run(fx->pool, rope_part, &j);
+}

@@ -45,6 +45,8 @@ void hc_cpu_attention_fast(hc_backend *be, float *out, const float *q, const voi
                            hc_dtype kv_dtype, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D,
                            float scale, int64_t window, float softcap, int64_t S, float *scratch);
 
+void hc_cpu_rope_fast(hc_backend *be, float *x, const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T,
+                      int64_t nh, int64_t D, int64_t R);
 void hc_cpu_matmul_backward_fast(hc_backend *be, float *dx, float *dw, float *db, const float *dout, const float *x,
                                  const hc_mat *w, int64_t T);
 void hc_cpu_attention_backward_fast(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *q,

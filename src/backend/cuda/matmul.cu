@@ -414,9 +414,15 @@ template <> __device__ __forceinline__ __half narrow<__half>(float v) {
     return __float2half_rn(v != v ? v : fminf(fmaxf(v, -65504.0f), 65504.0f));
 }
 
-/* dst[n] = narrow(src[n]) for activations. */
-template <typename OT> __global__ void convert_acts_kernel(OT *dst, const float *src, int64_t n) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+/* dst[n] = narrow(src[n]) for activations, four at a time (16-byte loads, 8-byte stores). */
+template <typename OT> __global__ void convert_acts_kernel(OT *dst, const float *src, int64_t n, bool vec) {
+    const int64_t n4 = vec ? n / 4 : 0;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n4; i += (int64_t)gridDim.x * blockDim.x) {
+        const float4 v = ((const float4 *)src)[i];
+        OT o[4] = {narrow<OT>(v.x), narrow<OT>(v.y), narrow<OT>(v.z), narrow<OT>(v.w)};
+        *(uint2 *)(dst + 4 * i) = *(const uint2 *)o;
+    }
+    for (int64_t i = 4 * n4 + blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
         dst[i] = narrow<OT>(src[i]);
 }
 
@@ -472,23 +478,34 @@ static void convert_rows(hc_cuda_ctx *cx, void *dst, hc_dtype to, const hc_mat *
                                                                cols);
 }
 
-static void gemm(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T) {
+/* The operand type of a prompt GEMM: f32 weights stay as they are (cuBLAS rounds them itself
+ * when the compute dtype is lower); the others meet the compute dtype. */
+static hc_dtype gemm_operand(const hc_cuda_ctx *cx, const hc_mat *w) {
+    return !w->quant && w->dtype == HC_DTYPE_F32 ? HC_DTYPE_F32 : cx->compute;
+}
+
+/* x[T, K] as the operand type op: x itself for f32, else a conversion in scratch_b. */
+static const void *gemm_acts(hc_backend *be, const float *x, int64_t T, int64_t K, hc_dtype op) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    if (op == HC_DTYPE_F32) return x;
+    void *xs = hc_cuda_scratch(be, &cx->scratch_b, &cx->scratch_b_bytes, hc_dtype_size(op) * (size_t)(T * K));
+    if (!xs) return NULL;
+    const bool vec = (uintptr_t)x % 16 == 0 && (uintptr_t)xs % 8 == 0; /* float4 loads, 8-byte stores */
+    const unsigned g = grid_for(vec ? (T * K + 3) / 4 : T * K);
+    if (op == HC_DTYPE_BF16) convert_acts_kernel<__nv_bfloat16><<<g, 256, 0, cx->stream>>>((__nv_bfloat16 *)xs, x, T * K, vec);
+    else convert_acts_kernel<__half><<<g, 256, 0, cx->stream>>>((__half *)xs, x, T * K, vec);
+    return xs;
+}
+
+/* out = x @ W^T + b with x already as gemm_operand(w) (xb). */
+static void gemm_core(hc_backend *be, float *out, const void *xb, const hc_mat *w, const hc_vec *bias, int64_t T) {
     hc_cuda_ctx *cx = hc_cuda(be);
     const int64_t N = w->rows, K = w->cols;
     const bool f32_weights = !w->quant && w->dtype == HC_DTYPE_F32;
-    /* f32 weights stay as they are; cuBLAS rounds them itself when the compute dtype is lower. */
-    const hc_dtype op = f32_weights ? HC_DTYPE_F32 : cx->compute;
+    const hc_dtype op = gemm_operand(cx, w);
     cublasComputeType_t ctype = CUBLAS_COMPUTE_32F;
     if (f32_weights && cx->compute == HC_DTYPE_BF16) ctype = CUBLAS_COMPUTE_32F_FAST_16BF;
     if (f32_weights && cx->compute == HC_DTYPE_F16) ctype = CUBLAS_COMPUTE_32F_FAST_16F;
-    const void *xb = x;
-    if (op != HC_DTYPE_F32) {
-        void *xs = hc_cuda_scratch(be, &cx->scratch_b, &cx->scratch_b_bytes, hc_dtype_size(op) * (size_t)(T * K));
-        if (!xs) return;
-        if (op == HC_DTYPE_BF16) convert_acts_kernel<__nv_bfloat16><<<grid_for(T * K), 256, 0, cx->stream>>>((__nv_bfloat16 *)xs, x, T * K);
-        else convert_acts_kernel<__half><<<grid_for(T * K), 256, 0, cx->stream>>>((__half *)xs, x, T * K);
-        xb = xs;
-    }
     float beta = 0.0f;
     if (bias && bias->data) {
         broadcast_bias_kernel<<<grid_for(T * N), 256, 0, cx->stream>>>(out, bias->data, bias->dtype, N, T);
@@ -536,6 +553,24 @@ static void gemm(hc_backend *be, float *out, const float *x, const hc_mat *w, co
     }
 }
 
+static void gemm(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T) {
+    const void *xb = gemm_acts(be, x, T, w->cols, gemm_operand(hc_cuda(be), w));
+    if (xb) gemm_core(be, out, xb, w, bias, T);
+}
+
+/* Prompt GEMMs of one input (q, k, v; gate, up): the input is converted once when every weight
+ * takes the same operand type. False when they do not (the caller runs them one by one). */
+static bool gemm_shared_input(hc_backend *be, float *const *outs, const float *x, const hc_mat *const *ws,
+                              const hc_vec *const *bs, int n, int64_t T) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    const hc_dtype op = gemm_operand(cx, ws[0]);
+    for (int i = 1; i < n; i++)
+        if (gemm_operand(cx, ws[i]) != op || ws[i]->cols != ws[0]->cols) return false;
+    const void *xb = gemm_acts(be, x, T, ws[0]->cols, op);
+    for (int i = 0; xb && i < n; i++) gemm_core(be, outs[i], xb, ws[i], bs[i], T);
+    return true;
+}
+
 void hc_cuda_matmul(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T) {
     if (T <= 0 || hc_cuda(be)->failed) return;
     if (T <= GEMV_MAX_T) gemv(be, out, x, w, bias, T);
@@ -547,6 +582,10 @@ void hc_cuda_matmul_n(hc_backend *be, float *const *outs, const float *x, const 
                       int n, int64_t T) {
     if (T <= 0 || hc_cuda(be)->failed) return;
     if (T <= GEMV_MAX_T && gemv_fused(hc_cuda(be), outs, x, ws, bs, n, T, false, HC_ACT_SILU)) {
+        HC_CUDA_LAUNCHED(be, "matmul_n");
+        return;
+    }
+    if (T > GEMV_MAX_T && gemm_shared_input(be, outs, x, ws, bs, n, T)) {
         HC_CUDA_LAUNCHED(be, "matmul_n");
         return;
     }
@@ -563,7 +602,10 @@ void hc_cuda_gated_matmul(hc_backend *be, float *out, float *tmp, const float *x
         HC_CUDA_LAUNCHED(be, "gated_matmul");
         return;
     }
-    hc_cuda_matmul(be, out, x, gate, bg, T);
-    hc_cuda_matmul(be, tmp, x, up, bu, T);
+    float *const gu[2] = {out, tmp};
+    if (!(T > GEMV_MAX_T && gemm_shared_input(be, gu, x, ws, bs, 2, T))) {
+        hc_cuda_matmul(be, out, x, gate, bg, T);
+        hc_cuda_matmul(be, tmp, x, up, bu, T);
+    }
     hc_cuda_glu(be, out, out, tmp, act, T * gate->rows);
 }
