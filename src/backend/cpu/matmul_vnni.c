@@ -63,7 +63,7 @@ TILE_FN void q4_0_tile(float *const *out, const int8_t *const *x, const float *c
             const __m512i xn = _mm512_loadu_si512((const void *)(x[t] + b * HC_QK));
             const __m512i xv = _mm512_shuffle_i64x2(xn, xn, _MM_SHUFFLE(3, 1, 2, 0));
             const __m512i minus8x = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, eight, xv));
-            const __m128 dx2 = _mm_castpd_ps(_mm_load_sd((const double *)(dx[t] + b)));
+            const __m128 dx2 = _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(dx[t] + b))); /* movq: any alignment */
             const __m512 dxv = _mm512_permutexvar_ps(pair_lanes, _mm512_castps128_ps512(dx2));
             for (int r = 0; r < RB; r++) {
                 const __m512i s = _mm512_dpbusd_epi32(minus8x, wv[r], xv);
@@ -165,7 +165,7 @@ TILE_FN void q8_0_tile(float *const *out, const int8_t *const *x, const float *c
         }
         for (int t = 0; t < TB; t++) {
             const __m512i xu = _mm512_xor_si512(_mm512_loadu_si512((const void *)(x[t] + b * HC_QK)), top);
-            const __m128 dx2 = _mm_castpd_ps(_mm_load_sd((const double *)(dx[t] + b)));
+            const __m128 dx2 = _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(dx[t] + b))); /* movq: any alignment */
             const __m512 dxv = _mm512_permutexvar_ps(pair_lanes, _mm512_castps128_ps512(dx2));
             for (int r = 0; r < RB; r++) {
                 const __m512i s = _mm512_dpbusd_epi32(minus128w[r], xu, wv[r]);
