@@ -22,9 +22,6 @@
 #include "backend/cpu/quant.h"
 
 #define VNNI "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
-#ifndef PREFETCH_BYTES
-#define PREFETCH_BYTES 512
-#endif
 #define TILE_FN static inline __attribute__((always_inline, target(VNNI)))
 
 bool hc_cpu_has_vnni(void) {
@@ -53,7 +50,6 @@ TILE_FN void q4_0_tile(float *const *out, const int8_t *const *x, const float *c
         __m512 dw[4];  /* the two blocks' scales, spread */
         for (int r = 0; r < RB; r++) {
             const hc_block_q4_0 *b0 = rows[r] + b, *b1 = b0 + 1;
-            _mm_prefetch((const char *)b0 + PREFETCH_BYTES, _MM_HINT_T0);
             const __m256i v = _mm256_loadu2_m128i((const __m128i *)b1->q, (const __m128i *)b0->q);
             wv[r] = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1), m4);
             const __m128i d = _mm_cvtsi32_si128((int)(b0->d | (uint32_t)b1->d << 16));
@@ -353,14 +349,56 @@ typedef struct {
     int64_t T, N, K;
 } tile_args;
 
-static void tile_pointers(const tile_args *a, int64_t t, int64_t te, int tb, int rb, int64_t n, int64_t n1, float **os,
+static void tile_pointers(const tile_args *a, int64_t t, int64_t te, int64_t n, int64_t n1, float **os,
                           const int8_t **xs, const float **dxs, const float **sxs, float *dummy) {
-    for (int tt = 0; tt < tb; tt++) {
+    for (int tt = 0; tt < 4; tt++) {
         const int64_t ti = t + tt < te ? t + tt : t;
         xs[tt] = a->qx + ti * a->K;
         dxs[tt] = a->dx + ti * (a->K / HC_QK);
         sxs[tt] = a->sx + ti * (a->K / HC_QK);
-        for (int r = 0; r < 4; r++) os[tt * 4 + r] = (t + tt < te && n + r < n1 && r < rb) ? a->out + (t + tt) * a->N + n + r : dummy;
+        for (int r = 0; r < 4; r++) os[tt * 4 + r] = (t + tt < te && n + r < n1) ? a->out + (t + tt) * a->N + n + r : dummy;
+    }
+}
+
+/* A format's 4 x 4 tile, as the shared driver calls it. */
+typedef void (*tile4_fn)(float *const *os, const int8_t *const *xs, const float *const *dxs, const float *const *sxs,
+                         const void *const *rows, int64_t nblocks);
+
+__attribute__((target(VNNI))) static void q4_0_tile4(float *const *os, const int8_t *const *xs, const float *const *dxs,
+                                                     const float *const *sxs, const void *const *rows, int64_t nb) {
+    (void)sxs;
+    q4_0_tile(os, xs, dxs, (const hc_block_q4_0 *const *)rows, nb, 4, 4);
+}
+
+__attribute__((target(VNNI))) static void q4_k_tile4(float *const *os, const int8_t *const *xs, const float *const *dxs,
+                                                     const float *const *sxs, const void *const *rows, int64_t nsb) {
+    q4_k_tile(os, xs, dxs, sxs, (const hc_block_q4_k *const *)rows, nsb, 4, 4);
+}
+
+__attribute__((target(VNNI))) static void q8_0_tile4(float *const *os, const int8_t *const *xs, const float *const *dxs,
+                                                     const float *const *sxs, const void *const *rows, int64_t nb) {
+    (void)sxs;
+    q8_0_tile(os, xs, dxs, (const hc_block_q8_0 *const *)rows, nb, 4, 4);
+}
+
+/* Rows [n0, n1) for all tokens in tiles of 4 tokens x 4 rows (leftovers repeat pointers and
+ * write to a dummy). */
+static void run_tiles(const tile_args *a, const hc_mat *w, size_t row_bytes, int64_t nblocks, int64_t n0, int64_t n1,
+                      tile4_fn tile) {
+    float dummy;
+    for (int64_t tc = 0; tc < a->T; tc += TOKEN_CHUNK) {
+        const int64_t te = tc + TOKEN_CHUNK < a->T ? tc + TOKEN_CHUNK : a->T;
+        for (int64_t n = n0; n < n1; n += 4) {
+            const void *rows[4];
+            for (int r = 0; r < 4; r++) rows[r] = (const char *)w->data + (size_t)(n + r < n1 ? n + r : n) * row_bytes;
+            for (int64_t t = tc; t < te; t += 4) {
+                float *os[16];
+                const int8_t *xs[4];
+                const float *dxs[4], *sxs[4];
+                tile_pointers(a, t, te, n, n1, os, xs, dxs, sxs, &dummy);
+                tile(os, xs, dxs, sxs, rows, nblocks);
+            }
+        }
     }
 }
 
@@ -370,29 +408,11 @@ __attribute__((target(VNNI))) void hc_q4_0_rows_vnni(float *out, const int8_t *q
     const size_t row_bytes = hc_quant_row_bytes(HC_QUANT_Q4_0, a.K);
     const int64_t nb = a.K / HC_QK;
     if (T == 1) { /* decode: one row at a time, nothing else per row */
-        for (int64_t n = n0; n < n1; n++) {
-            const hc_block_q4_0 *row = (const hc_block_q4_0 *)((const char *)w->data + (size_t)n * row_bytes);
-            out[n] = q4_0_decode_row(qx, dx, sx, row, nb);
-        }
+        for (int64_t n = n0; n < n1; n++)
+            out[n] = q4_0_decode_row(qx, dx, sx, (const hc_block_q4_0 *)((const char *)w->data + (size_t)n * row_bytes), nb);
         return;
     }
-    const int tb = 4, rb = 4;
-    float dummy;
-    for (int64_t tc = 0; tc < T; tc += TOKEN_CHUNK) {
-        const int64_t te = tc + TOKEN_CHUNK < T ? tc + TOKEN_CHUNK : T;
-        for (int64_t n = n0; n < n1; n += rb) {
-            const hc_block_q4_0 *rows[4];
-            for (int r = 0; r < 4; r++)
-                rows[r] = (const hc_block_q4_0 *)((const char *)w->data + (size_t)(n + r < n1 ? n + r : n) * row_bytes);
-            for (int64_t t = tc; t < te; t += tb) {
-                float *os[16];
-                const int8_t *xs[4];
-                const float *dxs[4], *sxs[4];
-                tile_pointers(&a, t, te, tb, rb, n, n1, os, xs, dxs, sxs, &dummy);
-                q4_0_tile(os, xs, dxs, rows, nb, 4, 4);
-            }
-        }
-    }
+    run_tiles(&a, w, row_bytes, nb, n0, n1, q4_0_tile4);
 }
 
 __attribute__((target(VNNI))) void hc_q4_k_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx,
@@ -412,24 +432,7 @@ __attribute__((target(VNNI))) void hc_q4_k_rows_vnni(float *out, const int8_t *q
             out[n] = q4_k_decode_row(xp, dx, sx, (const hc_block_q4_k *)((const char *)w->data + (size_t)n * row_bytes), nsb);
         return;
     }
-    const int tb = T == 1 ? 1 : 4, rb = 4;
-    float dummy;
-    for (int64_t tc = 0; tc < T; tc += TOKEN_CHUNK) {
-        const int64_t te = tc + TOKEN_CHUNK < T ? tc + TOKEN_CHUNK : T;
-        for (int64_t n = n0; n < n1; n += rb) {
-            const hc_block_q4_k *rows[4];
-            for (int r = 0; r < 4; r++)
-                rows[r] = (const hc_block_q4_k *)((const char *)w->data + (size_t)(n + r < n1 ? n + r : n) * row_bytes);
-            for (int64_t t = tc; t < te; t += tb) {
-                float *os[16];
-                const int8_t *xs[4];
-                const float *dxs[4], *sxs[4];
-                tile_pointers(&a, t, te, tb, rb, n, n1, os, xs, dxs, sxs, &dummy);
-                if (tb == 1) q4_k_tile(os, xs, dxs, sxs, rows, nsb, 1, 4);
-                else q4_k_tile(os, xs, dxs, sxs, rows, nsb, 4, 4);
-            }
-        }
-    }
+    run_tiles(&a, w, row_bytes, nsb, n0, n1, q4_k_tile4);
 }
 
 __attribute__((target(VNNI))) void hc_q8_0_rows_vnni(float *out, const int8_t *qx, const float *dx, const hc_mat *w,
@@ -444,20 +447,5 @@ __attribute__((target(VNNI))) void hc_q8_0_rows_vnni(float *out, const int8_t *q
             out[n] = q8_0_decode_row(xu, dx, (const hc_block_q8_0 *)((const char *)w->data + (size_t)n * row_bytes), nb);
         return;
     }
-    float dummy;
-    for (int64_t tc = 0; tc < T; tc += TOKEN_CHUNK) {
-        const int64_t te = tc + TOKEN_CHUNK < T ? tc + TOKEN_CHUNK : T;
-        for (int64_t n = n0; n < n1; n += 4) {
-            const hc_block_q8_0 *rows[4];
-            for (int r = 0; r < 4; r++)
-                rows[r] = (const hc_block_q8_0 *)((const char *)w->data + (size_t)(n + r < n1 ? n + r : n) * row_bytes);
-            for (int64_t t = tc; t < te; t += 4) {
-                float *os[16];
-                const int8_t *xs[4];
-                const float *dxs[4], *sxs[4];
-                tile_pointers(&a, t, te, 4, 4, n, n1, os, xs, dxs, sxs, &dummy);
-                q8_0_tile(os, xs, dxs, rows, nb, 4, 4);
-            }
-        }
-    }
+    run_tiles(&a, w, row_bytes, nb, n0, n1, q8_0_tile4);
 }
