@@ -691,6 +691,14 @@ static void test_backward(void) {
         float hh[6];
         cur->download(cur, hh, htd, sizeof hh);
         CHECK(!memcmp(hh, hit, sizeof hh) && hit[3] == 1, "cross_entropy: the same argmax hits");
+        /* greedy ids on the device: the first maximum, as the CPU */
+        int32_t am[6], amd_h[6];
+        int32_t *amd = cur->alloc(cur, sizeof am);
+        cpu->argmax_rows(cpu, am, lg, T, V);
+        cur->argmax_rows(cur, amd, lgd, T, V);
+        cur->download(cur, amd_h, amd, sizeof amd_h);
+        CHECK(!memcmp(am, amd_h, sizeof am) && am[3] == 0, "argmax_rows: the CPU's ids (tie: the first)");
+        cur->free(cur, amd);
         /* copy, sum_squares */
         cur->copy(cur, dld, lgd, T * V);
         cmp_dev("copy", dld, lg, T * V);

@@ -168,6 +168,9 @@ struct hc_backend {
      * rows without a target get 0 in all three. dlogits may be NULL (evaluation). */
     void (*cross_entropy)(hc_backend *be, float *dlogits, float *loss, float *hit, const float *logits,
                           const int32_t *targets, int64_t T, int64_t V, double scale);
+    /* out[t] = the first index of the largest of x[t, :] ([T, V]): greedy decoding without
+     * bringing the logits back. */
+    void (*argmax_rows)(hc_backend *be, int32_t *out, const float *x, int64_t T, int64_t V);
     /* The optimizer, for weights kept in backend memory. sum_squares: sum of x[i]^2 (for the
      * global gradient norm), brought back to the host. adamw: one step of torch.optim.AdamW (the
      * order of operations of hc_adamw_update) on f32 master weights w[n] with moments m1, m2 and

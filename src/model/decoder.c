@@ -184,7 +184,7 @@ static void run_forward(void *arg) {
 }
 
 void hc_decoder_forward_groups(hc_workspace *ws, const hc_group *groups, int n_groups, const int32_t *ids,
-                               float *logits, bool all_logits, float *hidden) {
+                               float *logits, bool all_logits, float *hidden, int32_t *argmax) {
     const hc_model *m = ws->m;
     hc_backend *be = m->be;
     const hc_model_config *c = &m->cfg;
@@ -201,7 +201,8 @@ void hc_decoder_forward_groups(hc_workspace *ws, const hc_group *groups, int n_g
         ids = ws->ids;
     }
     forward_step f = {.ws = ws, .groups = groups, .n_groups = n_groups, .ids = ids, .T = T,
-                      .logits = logits && be->device ? ws->logits : logits, .all_logits = all_logits, .hidden = hidden};
+                      .logits = (logits || argmax) && be->device ? ws->logits : logits, .all_logits = all_logits,
+                      .hidden = hidden};
     /* Several sequences: one attention launch for all rows instead of one per sequence, when
      * they share rope tables (dynamic rope makes them differ) and a cache dtype. */
     bool same = n_groups > 1 && c->rope.type != HC_ROPE_DYNAMIC;
@@ -247,4 +248,8 @@ void hc_decoder_forward_groups(hc_workspace *ws, const hc_group *groups, int n_g
     for (int g = 0; g < n_groups; g++) groups[g].s->pos += groups[g].n;
     if (logits && be->device)
         be->download(be, logits, ws->logits, sizeof(float) * (size_t)(f.n_rows * c->vocab_size));
+    if (argmax && be->device) { /* greedy: only the chosen ids come back */
+        be->argmax_rows(be, ws->argmax, ws->logits, f.n_rows, c->vocab_size);
+        be->download(be, argmax, ws->argmax, sizeof(int32_t) * (size_t)f.n_rows);
+    }
 }

@@ -118,6 +118,7 @@ hc_status hc_generate_core(hc_model *m, hc_session **given, const int32_t *const
     hc_group *groups = malloc(sizeof *groups * (size_t)n);
     int64_t *order = malloc(sizeof *order * (size_t)n); /* seq of each group */
     int32_t *batch_ids = NULL;
+    int32_t *picked = NULL; /* [2n] greedy ids taken on the device: per sequence, then per group */
     hc_workspace ws = {0};
     if (!q || !logits || !groups || !order) {
         st = hc_fail(HC_ERR_NOMEM, "out of memory");
@@ -190,7 +191,7 @@ hc_status hc_generate_core(hc_model *m, hc_session **given, const int32_t *const
             st = hc_fail(HC_ERR_NOMEM, "out of memory");
             goto out;
         }
-        hc_decoder_forward_groups(&ws, groups, ng, batch_ids, tmp, false, NULL);
+        hc_decoder_forward_groups(&ws, groups, ng, batch_ids, tmp, false, NULL, NULL);
         if (m->be->check && (st = m->be->check(m->be))) {
             free(tmp);
             goto out;
@@ -202,7 +203,16 @@ hc_status hc_generate_core(hc_model *m, hc_session **given, const int32_t *const
     }
     const double t1 = now_s();
 
-    /* Decode: sample for every live sequence, then run their new tokens together. */
+    /* Decode: sample for every live sequence, then run their new tokens together. On a GPU, when
+     * every sequence decodes greedily (and so several sequences share a step), the argmax is
+     * taken there and only the ids come back instead of [n, V] logits. */
+    bool device_greedy = m->be->device && m->be->argmax_rows && n > 1;
+    for (int64_t i = 0; i < n; i++) device_greedy &= hc_sampler_is_greedy(q[i].sampler);
+    if (device_greedy && !(picked = malloc(sizeof(int32_t) * (size_t)(2 * n)))) {
+        st = hc_fail(HC_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    bool have_picked = false;
     int64_t new_tokens = 0;
     for (int64_t step = 0;; step++) {
         int ng = 0;
@@ -214,7 +224,7 @@ hc_status hc_generate_core(hc_model *m, hc_session **given, const int32_t *const
                 s->finish = HC_FINISH_LENGTH;
                 continue;
             }
-            int32_t next = hc_sampler_sample(s->sampler, logits + i * V, s->hist, s->n_hist);
+            int32_t next = have_picked ? picked[i] : hc_sampler_sample(s->sampler, logits + i * V, s->hist, s->n_hist);
             s->hist[s->n_hist++] = next;
             new_tokens++;
             bool is_eos = false;
@@ -241,8 +251,16 @@ hc_status hc_generate_core(hc_model *m, hc_session **given, const int32_t *const
             order[ng++] = i;
         }
         if (!ng) break;
+        if (device_greedy) {
+            int32_t *ids_back = picked + n; /* [ng] in group order */
+            hc_decoder_forward_groups(&ws, groups, ng, batch_ids, NULL, false, NULL, ids_back);
+            if (m->be->check && (st = m->be->check(m->be))) goto out;
+            for (int g = 0; g < ng; g++) picked[order[g]] = ids_back[g];
+            have_picked = true;
+            continue;
+        }
         /* Rows come back in group order; every row was sampled from already, so they may be reused. */
-        hc_decoder_forward_groups(&ws, groups, ng, batch_ids, logits, false, NULL);
+        hc_decoder_forward_groups(&ws, groups, ng, batch_ids, logits, false, NULL, NULL);
         if (m->be->check && (st = m->be->check(m->be))) goto out;
         /* Move row g to its sequence's row, from the last so nothing is overwritten first. */
         for (int g = ng - 1; g >= 0; g--)
@@ -295,6 +313,7 @@ out:
     free(groups);
     free(order);
     free(batch_ids);
+    free(picked);
     return st;
 }
 

@@ -6,6 +6,7 @@
 
 #include "base/status.h"
 #include "model/model.h"
+#include "run/session.h"
 
 typedef struct {
     float logit;
@@ -235,6 +236,11 @@ static int64_t nucleus(cand *c, int64_t n, float mx, double sum, float top_p) {
         if (cum >= target) break;
     }
     return keep > 0 ? keep : 1;
+}
+
+bool hc_sampler_is_greedy(const hc_sampler *s) {
+    const hc_sampler_params *p = &s->p;
+    return p->temperature <= 0 && p->repetition_penalty == 1 && p->frequency_penalty == 0 && p->presence_penalty == 0;
 }
 
 int32_t hc_sampler_sample(hc_sampler *s, float *logits, const int32_t *history, int64_t n_history) {

@@ -47,6 +47,7 @@ hc_status hc_workspace_init(hc_workspace *ws, hc_model *m, int64_t rows, int64_t
     if (be->device) {
         ws->ids = ws_alloc(be, B, sizeof(int32_t), &oom);
         ws->logits = ws_alloc(be, B * c->vocab_size, sizeof(float), &oom);
+        ws->argmax = ws_alloc(be, B, sizeof(int32_t), &oom);
     }
     if (E > 0) {
         ws->router = ws_alloc(be, B * E, sizeof(float), &oom);
@@ -73,7 +74,7 @@ void hc_workspace_free(hc_workspace *ws) {
     if (!ws || !ws->m) return;
     hc_backend *be = ws->m->be;
     void *bufs[] = {ws->x, ws->h, ws->o, ws->q, ws->att, ws->k, ws->v, ws->scores, ws->pos, ws->router,
-                    ws->route_w, ws->route_e, ws->e_a, ws->e_b, ws->e_o, ws->ff_a, ws->ff_b, ws->ids, ws->logits, ws->kv_rows, ws->lora_r, ws->lora_n};
+                    ws->route_w, ws->route_e, ws->e_a, ws->e_b, ws->e_o, ws->ff_a, ws->ff_b, ws->ids, ws->logits, ws->argmax, ws->kv_rows, ws->lora_r, ws->lora_n};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) be->free(be, bufs[i]);
     free(ws->pos_host);
@@ -183,7 +184,7 @@ hc_status hc_session_forward(hc_session *s, const int32_t *ids, int64_t n, float
         const bool last = done + k == n;
         hc_group g = {s, k};
         float *out = !logits ? NULL : all_logits ? logits + done * V : (last ? logits : NULL);
-        hc_decoder_forward_groups(&s->ws, &g, 1, ids + done, out, all_logits, NULL);
+        hc_decoder_forward_groups(&s->ws, &g, 1, ids + done, out, all_logits, NULL, NULL);
     }
     return s->m->be->check ? s->m->be->check(s->m->be) : HC_OK;
 }
@@ -195,7 +196,7 @@ hc_status hc_session_forward_hidden(hc_session *s, const int32_t *ids, int64_t n
     for (int64_t done = 0; done < n; done += s->ws.rows) {
         const int64_t k = n - done < s->ws.rows ? n - done : s->ws.rows;
         hc_group g = {s, k};
-        hc_decoder_forward_groups(&s->ws, &g, 1, ids + done, NULL, false, hidden ? hidden + done * C : NULL);
+        hc_decoder_forward_groups(&s->ws, &g, 1, ids + done, NULL, false, hidden ? hidden + done * C : NULL, NULL);
     }
     return s->m->be->check ? s->m->be->check(s->m->be) : HC_OK;
 }

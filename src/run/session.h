@@ -40,6 +40,7 @@ typedef struct {
     int32_t *route_e_host;  /* [B, k] */
     float *route_w_host;    /* [B, k] */
     float *logits;          /* [B, V] backend memory for logits (device backends) */
+    int32_t *argmax;        /* [B] backend memory for greedy tokens (device backends) */
     /* Rows of several sequences: each row's layer caches, [2][L][B] pointers (k, then v). */
     void **kv_rows_host;
     void **kv_rows;         /* the same in backend memory */
@@ -79,7 +80,10 @@ hc_status hc_session_check(const hc_session *s, const int32_t *ids, int64_t n);
  * ids: [sum n] concatenated by group. logits: [sum n, V] when all_logits, else [n_groups, V]
  * for the last row of each group; NULL for none. */
 void hc_decoder_forward_groups(hc_workspace *ws, const hc_group *groups, int n_groups, const int32_t *ids,
-                               float *logits, bool all_logits, float *hidden);
+                               float *logits, bool all_logits, float *hidden, int32_t *argmax);
+/* True when the sampler takes the plain argmax (temperature 0, no penalties): its token can be
+ * picked where the logits are, by the backend's argmax_rows. */
+bool hc_sampler_is_greedy(const hc_sampler *s);
 
 /* Generation over given sessions (NULL: one new session per prompt). A given session may hold
  * a prefix of its prompt already (session->pos ids); only the rest is run. */

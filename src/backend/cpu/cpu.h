@@ -61,6 +61,7 @@ void hc_cpu_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, 
 void hc_cpu_glu_backward(hc_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                          hc_activation act, int64_t n);
 void hc_cpu_softcap_backward(hc_backend *be, float *dx, const float *dy, const float *y, float cap, int64_t n);
+void hc_cpu_argmax_rows(hc_backend *be, int32_t *out, const float *x, int64_t T, int64_t V);
 double hc_cpu_sum_squares(hc_backend *be, const float *x, int64_t n);
 void hc_cpu_adamw(hc_backend *be, float *w, float *m1, float *m2, const float *g, float g_scale, int64_t n,
                   const hc_adamw_params *p, int64_t step, void *out, hc_dtype out_dtype);

@@ -71,6 +71,7 @@ static hc_backend cpu_backend = {
     .softcap_backward = hc_cpu_softcap_backward,
     .cross_entropy = hc_cpu_cross_entropy,
     .sum_squares = hc_cpu_sum_squares,
+    .argmax_rows = hc_cpu_argmax_rows,
     .adamw = hc_cpu_adamw,
 };
 

@@ -227,3 +227,14 @@ void hc_cpu_adamw(hc_backend *be, float *w, float *m1, float *m2, const float *g
         else ((uint16_t *)out)[i] = hc_f32_to_f16(w[i]);
     }
 }
+
+void hc_cpu_argmax_rows(hc_backend *be, int32_t *out, const float *x, int64_t T, int64_t V) {
+    (void)be;
+    for (int64_t t = 0; t < T; t++) {
+        const float *r = x + t * V;
+        int64_t best = 0;
+        for (int64_t v = 1; v < V; v++)
+            if (r[v] > r[best]) best = v; /* the first maximum, as torch.argmax */
+        out[t] = (int32_t)best;
+    }
+}

@@ -270,6 +270,7 @@ extern "C" hc_status hc_backend_cuda_new(int device_index, hc_dtype compute, hc_
     be->cross_entropy = hc_cuda_cross_entropy;
     be->copy = hc_cuda_copy;
     be->sum_squares = hc_cuda_sum_squares;
+    be->argmax_rows = hc_cuda_argmax_rows;
     be->adamw = hc_cuda_adamw;
     be->check = cuda_check;
     be->mem_info = cuda_mem_info;

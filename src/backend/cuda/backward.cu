@@ -441,3 +441,33 @@ void hc_cuda_adamw(hc_backend *be, float *w, float *m1, float *m2, const float *
                                                                out_dtype);
     HC_CUDA_LAUNCHED(be, "adamw");
 }
+
+/* ---- greedy decoding: a block per row ----------------------------------------------------------- */
+
+__global__ void argmax_rows_kernel(int32_t *out, const float *x, int64_t V) {
+    __shared__ float bm[32];
+    __shared__ int64_t bi[32];
+    const float *r = x + blockIdx.x * V;
+    float mx = -INFINITY;
+    int64_t best = V;
+    for (int64_t v = threadIdx.x; v < V; v += blockDim.x)
+        if (r[v] > mx) mx = r[v], best = v;
+    for (int o = 16; o > 0; o >>= 1) {
+        const float om = __shfl_xor_sync(0xffffffffu, mx, o);
+        const int64_t ob = __shfl_xor_sync(0xffffffffu, best, o);
+        if (om > mx || (om == mx && ob < best)) mx = om, best = ob;
+    }
+    if ((threadIdx.x & 31) == 0) bm[threadIdx.x >> 5] = mx, bi[threadIdx.x >> 5] = best;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int i = 1; i < (int)(blockDim.x >> 5); i++)
+            if (bm[i] > bm[0] || (bm[i] == bm[0] && bi[i] < bi[0])) bm[0] = bm[i], bi[0] = bi[i];
+        out[blockIdx.x] = (int32_t)(bi[0] < V ? bi[0] : 0); /* all NaN: 0, as the CPU's first index */
+    }
+}
+
+void hc_cuda_argmax_rows(hc_backend *be, int32_t *out, const float *x, int64_t T, int64_t V) {
+    if (T <= 0 || hc_cuda(be)->failed) return;
+    argmax_rows_kernel<<<(unsigned)T, 1024, 0, hc_cuda(be)->stream>>>(out, x, V);
+    HC_CUDA_LAUNCHED(be, "argmax_rows");
+}

@@ -141,6 +141,7 @@ void hc_cuda_glu_backward(hc_backend *be, float *dgate, float *dup, const float 
 void hc_cuda_softcap_backward(hc_backend *be, float *dx, const float *dy, const float *y, float cap, int64_t n);
 void hc_cuda_cross_entropy(hc_backend *be, float *dlogits, float *loss, float *hit, const float *logits,
                            const int32_t *targets, int64_t T, int64_t V, double scale);
+void hc_cuda_argmax_rows(hc_backend *be, int32_t *out, const float *x, int64_t T, int64_t V);
 double hc_cuda_sum_squares(hc_backend *be, const float *x, int64_t n);
 void hc_cuda_adamw(hc_backend *be, float *w, float *m1, float *m2, const float *g, float g_scale, int64_t n,
                    const hc_adamw_params *p, int64_t step, void *out, hc_dtype out_dtype);
