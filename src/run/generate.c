@@ -204,9 +204,9 @@ hc_status hc_generate_core(hc_model *m, hc_session **given, const int32_t *const
     const double t1 = now_s();
 
     /* Decode: sample for every live sequence, then run their new tokens together. On a GPU, when
-     * every sequence decodes greedily (and so several sequences share a step), the argmax is
-     * taken there and only the ids come back instead of [n, V] logits. */
-    bool device_greedy = m->be->device && m->be->argmax_rows && n > 1;
+     * every sequence decodes greedily, the argmax is taken there and only the ids come back
+     * instead of [n, V] logits. */
+    bool device_greedy = m->be->device && m->be->argmax_rows;
     for (int64_t i = 0; i < n; i++) device_greedy &= hc_sampler_is_greedy(q[i].sampler);
     if (device_greedy && !(picked = malloc(sizeof(int32_t) * (size_t)(2 * n)))) {
         st = hc_fail(HC_ERR_NOMEM, "out of memory");

@@ -21,8 +21,9 @@ static const char help[] =
     "  -m, --model DIR    the model (default: the bundled stories260K)\n"
     "  --prompt N         prompt length (default 512)\n"
     "  --gen N            tokens to decode (default 128)\n"
-    "  --batch N          decode N sequences together (each with its own N-token prompt) and\n"
-    "                     report their total decode tok/s (default 1)\n"
+    "  --batch N          decode N sequences together through generation (each with its own\n"
+    "                     N-token prompt; greedy ids are picked on a GPU) and report their\n"
+    "                     total decode tok/s; without it, one session's raw forward loop\n"
     "  --json             print one JSON object\n" CLI_MODEL_FLAGS_HELP
     "  --mmap             map the weights instead of reading them\n";
 
@@ -89,6 +90,7 @@ static hc_status bench_batch(hc_model *m, const char *model, int64_t n_prompt, i
 int cmd_bench(int argc, char **argv) {
     const char *model = NULL;
     int64_t n_prompt = 512, n_gen = 128, n_batch = 1;
+    bool batch_given = false; /* --batch N, even 1: through hc_generate_ids, as applications decode */
     bool json = false;
     hc_model_params mp;
     if (!cli_model_defaults(&mp, "bench")) return EXIT_USAGE;
@@ -110,6 +112,7 @@ int cmd_bench(int argc, char **argv) {
         } else if (!strcmp(a, "--batch")) {
             if (!(v = cli_value(argc, argv, &i, "bench"))) return EXIT_USAGE;
             if (!cli_parse_int(v, 1, 4096, &n_batch)) return cli_usage_error("bench", "--batch must be an integer from 1 to 4096");
+            batch_given = true;
         } else if (!strcmp(a, "--json")) {
             json = true;
         } else if ((mf = cli_model_flag(argc, argv, &i, "bench", &mp)) != 0) {
@@ -125,7 +128,7 @@ int cmd_bench(int argc, char **argv) {
     if (st) return cli_fail("bench", st);
     const double load_s = now_s() - t0;
     const int64_t V = hc_model_vocab_size(m);
-    if (n_batch > 1) {
+    if (batch_given) {
         st = bench_batch(m, model, n_prompt, n_gen, n_batch, load_s, json);
         hc_model_free(m);
         return st ? cli_fail("bench", st) : EXIT_OK;
