@@ -185,21 +185,35 @@ void hc_cuda_rope_backward(hc_backend *be, float *dx, const int32_t *pos, const 
 }
 
 /* ---- attention ----------------------------------------------------------------------------------
- * S = scale Q K^T and dP = dO V^T come from GEMMs (per kv head, batched over its query heads),
- * into P and dS [H, T, T]; a row kernel then turns them into the probabilities P and the score
- * gradients dS (through the mask, the soft-cap and the scale); dq = dS K, dk = dS^T Q and
- * dv = P^T dO are GEMMs again. Q and dO are first copied head-major ([H, T, D]), so a kv head's
- * query heads are one block of rows and dk, dv are one GEMM each. */
+ * Q, dO, K and V are first copied head-major ([H, T, D]; a kv head repeated for each of its
+ * query heads), so every GEMM is one call batched over the heads. S = scale Q K^T and dP = dO V^T
+ * go into P and dS [H, T, T]; a row kernel turns them into the probabilities P and the score
+ * gradients dS (through the mask, the soft-cap and the scale); dq = dS K, dK = dS^T Q and
+ * dV = P^T dO are GEMMs again, and each kv head sums its query heads' dK and dV. */
 
 __device__ __forceinline__ bool key_seen(const int32_t *pos, int64_t t, int64_t j, int64_t window) {
     return pos[j] <= pos[t] && !(window > 0 && pos[j] <= pos[t] - window);
 }
 
-/* dst[h, t, :] = src[t, h, :] */
-__global__ void head_major_kernel(float *dst, const float *src, int64_t T, int64_t H, int64_t D) {
-    GRID_STRIDE(i, T * H * D) {
-        const int64_t d = i % D, h = (i / D) % H, t = i / (D * H);
-        dst[(h * T + t) * D + d] = src[i];
+/* dst[h, t, :] = src[t, h / group, :]: rows [T, NH, D] to head-major [H, T, D], each of the NH
+ * source heads repeated for `group` consecutive heads (group 1: a plain transpose). */
+__global__ void head_major_kernel(float *dst, const float *src, int64_t T, int64_t H, int64_t NH, int64_t D) {
+    const int64_t group = H / NH;
+    GRID_STRIDE(i, H * T * D) {
+        const int64_t d = i % D, t = (i / D) % T, h = i / (D * T);
+        dst[i] = src[(t * NH + h / group) * D + d];
+    }
+}
+
+/* dst[t, g, :] = sum over the group's heads h of src[h, t, :]: head-major [H, T, D] back to rows
+ * [T, NH, D], summing each kv head's query heads in order. */
+__global__ void group_sum_kernel(float *dst, const float *src, int64_t T, int64_t H, int64_t NH, int64_t D) {
+    const int64_t group = H / NH;
+    GRID_STRIDE(i, T * NH * D) {
+        const int64_t d = i % D, g = (i / D) % NH, t = i / (D * NH);
+        float s = 0;
+        for (int64_t h = g * group; h < (g + 1) * group; h++) s += src[(h * T + t) * D + d];
+        dst[i] = s;
     }
 }
 
@@ -245,46 +259,39 @@ __global__ void attention_rows_backward_kernel(float *P, float *dS, const int32_
 void hc_cuda_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *q,
                                 const float *k, const float *v, const int32_t *pos, int64_t T, int64_t H, int64_t KVH,
                                 int64_t D, float scale, int64_t window, float softcap, float *scratch) {
-    (void)scratch; /* the GPU keeps its own: P, dS [H, T, T], Q and dO head-major [H, T, D] */
+    (void)scratch; /* the GPU keeps its own: P, dS [H, T, T]; Q, dO, K, V, dK, dV head-major [H, T, D] */
     hc_cuda_ctx *cx = hc_cuda(be);
     if (T <= 0 || cx->failed) return;
-    const int64_t TT = T * T, G = H / KVH, HD = H * D, KD = KVH * D;
+    const int64_t TT = T * T, HD = H * D, n = T * HD;
     float *P = (float *)hc_cuda_scratch(be, &cx->train_scratch, &cx->train_scratch_bytes,
-                                        sizeof(float) * (size_t)(2 * H * TT + 2 * T * HD));
+                                        sizeof(float) * (size_t)(2 * H * TT + 6 * n));
     if (!P) return;
-    float *dS = P + H * TT, *qh = dS + H * TT, *gh = qh + T * HD;
-    head_major_kernel<<<grid_for(T * HD), 256, 0, cx->stream>>>(qh, q, T, H, D);
-    head_major_kernel<<<grid_for(T * HD), 256, 0, cx->stream>>>(gh, dout, T, H, D);
+    float *dS = P + H * TT, *qh = dS + H * TT, *gh = qh + n, *kh = gh + n, *vh = kh + n, *dkh = vh + n, *dvh = dkh + n;
+    /* every head its own K and V rows (GQA's kv heads repeated), so all heads batch together */
+    head_major_kernel<<<grid_for(n), 256, 0, cx->stream>>>(qh, q, T, H, H, D);
+    head_major_kernel<<<grid_for(n), 256, 0, cx->stream>>>(gh, dout, T, H, H, D);
+    head_major_kernel<<<grid_for(n), 256, 0, cx->stream>>>(kh, k, T, H, KVH, D);
+    head_major_kernel<<<grid_for(n), 256, 0, cx->stream>>>(vh, v, T, H, KVH, D);
     if (HC_CUDA_LAUNCHED(be, "attention_backward")) return;
-    /* Column-major: a row-major [T, D] block with row stride s is D x T (ld s); a head's P or dS
-     * rows [T, T] are T x T (ld T), element (j, t) = query t, key j. */
-    for (int64_t g = 0; g < KVH; g++) {
-        const int64_t h0 = g * G;
-        /* S(j, t) = scale sum_d K(d, j) Q(d, t) and dP(j, t) = sum_d V(d, j) dO(d, t), each query head of the group */
-        if (!sgemm(be, CUBLAS_OP_T, CUBLAS_OP_N, T, T, D, scale, k + g * D, KD, 0, qh + h0 * T * D, D, T * D, 0.0f,
-                   P + h0 * TT, T, TT, G) ||
-            !sgemm(be, CUBLAS_OP_T, CUBLAS_OP_N, T, T, D, 1.0f, v + g * D, KD, 0, gh + h0 * T * D, D, T * D, 0.0f,
-                   dS + h0 * TT, T, TT, G))
-            return;
-    }
+    /* Column-major, per head h (batched over H): a head-major [T, D] block is D x T (ld D); its
+     * P or dS rows [T, T] are T x T (ld T), element (j, t) = query t, key j.
+     * S(j, t) = scale sum_d K(d, j) Q(d, t); dP(j, t) = sum_d V(d, j) dO(d, t) */
+    if (!sgemm(be, CUBLAS_OP_T, CUBLAS_OP_N, T, T, D, scale, kh, D, T * D, qh, D, T * D, 0.0f, P, T, TT, H) ||
+        !sgemm(be, CUBLAS_OP_T, CUBLAS_OP_N, T, T, D, 1.0f, vh, D, T * D, gh, D, T * D, 0.0f, dS, T, TT, H))
+        return;
     attention_rows_backward_kernel<<<dim3((unsigned)T, (unsigned)H), 256, 0, cx->stream>>>(P, dS, pos, T, window, softcap,
                                                                                          scale);
     if (HC_CUDA_LAUNCHED(be, "attention_backward")) return;
-    for (int64_t g = 0; g < KVH; g++) {
-        const int64_t h0 = g * G;
-        /* dq(d, t) = sum_j K(d, j) dS(j, t), into the [T, H, D] layout; the group's heads batched */
-        if (!sgemm(be, CUBLAS_OP_N, CUBLAS_OP_N, D, T, T, 1.0f, k + g * D, KD, 0, dS + h0 * TT, T, TT, 0.0f, dq + h0 * D, HD,
-                   D, G))
-            return;
-        /* dk(d, j) = sum_(i,t) Q_i(d, t) dS_i(j, t): the group's heads are one run of G*T rows */
-        if (!sgemm(be, CUBLAS_OP_N, CUBLAS_OP_T, D, T, G * T, 1.0f, qh + h0 * T * D, D, 0, dS + h0 * TT, T, 0, 0.0f,
-                   dk + g * D, KD, 0, 1))
-            return;
-        /* dv(d, j) = sum_(i,t) dO_i(d, t) P_i(j, t) */
-        if (!sgemm(be, CUBLAS_OP_N, CUBLAS_OP_T, D, T, G * T, 1.0f, gh + h0 * T * D, D, 0, P + h0 * TT, T, 0, 0.0f,
-                   dv + g * D, KD, 0, 1))
-            return;
-    }
+    /* dq(d, t) = sum_j K(d, j) dS(j, t), straight into the [T, H, D] rows (ld H*D, head h at h*D);
+     * dK_h(d, j) = sum_t Q(d, t) dS(j, t) and dV_h(d, j) = sum_t dO(d, t) P(j, t), head-major */
+    if (!sgemm(be, CUBLAS_OP_N, CUBLAS_OP_N, D, T, T, 1.0f, kh, D, T * D, dS, T, TT, 0.0f, dq, HD, D, H) ||
+        !sgemm(be, CUBLAS_OP_N, CUBLAS_OP_T, D, T, T, 1.0f, qh, D, T * D, dS, T, TT, 0.0f, dkh, D, T * D, H) ||
+        !sgemm(be, CUBLAS_OP_N, CUBLAS_OP_T, D, T, T, 1.0f, gh, D, T * D, P, T, TT, 0.0f, dvh, D, T * D, H))
+        return;
+    /* each kv head gets the sum over its query heads */
+    group_sum_kernel<<<grid_for(T * KVH * D), 256, 0, cx->stream>>>(dk, dkh, T, H, KVH, D);
+    group_sum_kernel<<<grid_for(T * KVH * D), 256, 0, cx->stream>>>(dv, dvh, T, H, KVH, D);
+    HC_CUDA_LAUNCHED(be, "attention_backward");
 }
 
 /* ---- elementwise ---------------------------------------------------------------------------------- */

@@ -40,6 +40,8 @@ typedef struct {
     size_t partials_bytes;
     void *train_scratch; /* attention backward's P and dS */
     size_t train_scratch_bytes;
+    void *kv16;          /* f32 keys and values rounded to bf16 for the attention kernel */
+    size_t kv16_bytes;
     void *opt_scratch;   /* the optimizer's reduction */
     size_t opt_scratch_bytes;
     void *pinned;       /* page-locked staging for downloads: pageable copies are several times slower */
