@@ -160,18 +160,22 @@ void hc_cuda_norm_backward(hc_backend *be, float *dx, float *dw, float *db, cons
 
 /* ---- rope: the transpose of the rotation ------------------------------------------------------- */
 
+/* A thread per (token, frequency): the angle's sin and cos (in double, as the reference takes
+ * them) once, then every head. */
 __global__ void rope_backward_kernel(float *dx, const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T,
                                      int64_t nh, int64_t D, int64_t half) {
-    GRID_STRIDE(i, T * half * nh) {
-        const int64_t h = i % nh, j = (i / nh) % half, t = i / (nh * half);
+    GRID_STRIDE(i, T * half) {
+        const int64_t j = i % half, t = i / half;
         const float angle = (float)pos[t] * inv_freq[j];
         double sd, cd;
         sincos((double)angle, &sd, &cd);
         const float c = (float)cd * attn_factor, s = (float)sd * attn_factor;
-        float *v = dx + (t * nh + h) * D;
-        const float a = v[j], b = v[j + half];
-        v[j] = a * c + b * s;
-        v[j + half] = b * c - a * s;
+        for (int64_t h = 0; h < nh; h++) {
+            float *v = dx + (t * nh + h) * D;
+            const float a = v[j], b = v[j + half];
+            v[j] = a * c + b * s;
+            v[j + half] = b * c - a * s;
+        }
     }
 }
 
@@ -179,8 +183,8 @@ void hc_cuda_rope_backward(hc_backend *be, float *dx, const int32_t *pos, const 
                            int64_t T, int64_t nh, int64_t D, int64_t R) {
     if (T <= 0 || R < 2 || hc_cuda(be)->failed) return;
     const int64_t half = R / 2;
-    rope_backward_kernel<<<grid_for(T * half * nh), 256, 0, hc_cuda(be)->stream>>>(dx, pos, inv_freq, attn_factor, T, nh,
-                                                                                     D, half);
+    rope_backward_kernel<<<grid_for(T * half), 256, 0, hc_cuda(be)->stream>>>(dx, pos, inv_freq, attn_factor, T, nh, D,
+                                                                                half);
     HC_CUDA_LAUNCHED(be, "rope_backward");
 }
 
@@ -363,8 +367,8 @@ __global__ void cross_entropy_kernel(float *dlogits, float *loss, float *hit, co
     __syncthreads();
     mx = red[0];
     best = redi[0];
-    double z = 0;
-    for (int64_t v = threadIdx.x; v < V; v += blockDim.x) z += exp((double)lt[v] - mx);
+    double z = 0; /* exps in f32 (each within an ulp), their sum in double */
+    for (int64_t v = threadIdx.x; v < V; v += blockDim.x) z += (double)expf(lt[v] - mx);
     for (int o = 16; o > 0; o >>= 1) z += __shfl_xor_sync(0xffffffffu, z, o);
     if (lane == 0) redd[warp] = z;
     __syncthreads();
@@ -374,8 +378,9 @@ __global__ void cross_entropy_kernel(float *dlogits, float *loss, float *hit, co
         hit[t] = best == y;
         loss[t] = (float)(log(z) + mx - lt[y]);
     }
+    const float pscale = (float)(scale / z);
     for (int64_t v = threadIdx.x; dl && v < V; v += blockDim.x)
-        dl[v] = (float)(exp((double)lt[v] - mx) / z * scale) - (v == y ? (float)scale : 0.0f);
+        dl[v] = expf(lt[v] - mx) * pscale - (v == y ? (float)scale : 0.0f);
 }
 
 void hc_cuda_cross_entropy(hc_backend *be, float *dlogits, float *loss, float *hit, const float *logits,
