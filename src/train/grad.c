@@ -183,7 +183,6 @@ typedef struct {
     float *x_in, *h1, *q_pre, *k_pre, *q, *k, *v, *att, *o_pre, *x_mid, *h2, *gate, *up, *act, *ff_pre;
 } layer_acts;
 
-/* n floats of backend memory, zeroed. */
 /* batch_grad's buffers. With gradients they come from the hc_grads' workspace, which keeps
  * them between calls (every call asks for the same list, so a GPU step allocates nothing);
  * without, they are allocated and freed each call. */
