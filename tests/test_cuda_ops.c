@@ -702,7 +702,15 @@ static void test_backward(void) {
         /* copy, sum_squares */
         cur->copy(cur, dld, lgd, T * V);
         cmp_dev("copy", dld, lg, T * V);
-        const double ss = cpu->sum_squares(cpu, lg, T * V), ssd = cur->sum_squares(cur, lgd, T * V);
+        /* sum_squares accumulates: two calls onto a start of 1 */
+        double ss = 1, ssd = 1;
+        double *ssdev = up(&ssd, sizeof ssd);
+        cpu->sum_squares(cpu, &ss, lg, T * V);
+        cpu->sum_squares(cpu, &ss, lg, 7);
+        cur->sum_squares(cur, ssdev, lgd, T * V);
+        cur->sum_squares(cur, ssdev, lgd, 7);
+        cur->download(cur, &ssd, ssdev, sizeof ssd);
+        cur->free(cur, ssdev);
         CHECK(fabs(ss - ssd) <= 1e-12 * ss, "sum_squares %.17g vs %.17g", ssd, ss);
         cur->free(cur, lgd), cur->free(cur, dld), cur->free(cur, lsd), cur->free(cur, htd), cur->free(cur, tgd);
         free(lg), free(dl);

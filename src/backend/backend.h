@@ -171,12 +171,13 @@ struct hc_backend {
     /* out[t] = the first index of the largest of x[t, :] ([T, V]): greedy decoding without
      * bringing the logits back. */
     void (*argmax_rows)(hc_backend *be, int32_t *out, const float *x, int64_t T, int64_t V);
-    /* The optimizer, for weights kept in backend memory. sum_squares: sum of x[i]^2 (for the
-     * global gradient norm), brought back to the host. adamw: one step of torch.optim.AdamW (the
+    /* The optimizer, for weights kept in backend memory. sum_squares: *acc += sum of x[i]^2, acc
+     * one double in backend memory (the global gradient norm, summed over every tensor before
+     * one download). adamw: one step of torch.optim.AdamW (the
      * order of operations of hc_adamw_update) on f32 master weights w[n] with moments m1, m2 and
      * the gradient g * g_scale (clipping and accumulation folded in); the new weights are also
      * written to out in out_dtype (F32, BF16 or F16; out NULL: not), the copy the model reads. */
-    double (*sum_squares)(hc_backend *be, const float *x, int64_t n);
+    void (*sum_squares)(hc_backend *be, double *acc, const float *x, int64_t n);
     void (*adamw)(hc_backend *be, float *w, float *m1, float *m2, const float *g, float g_scale, int64_t n,
                   const hc_adamw_params *p, int64_t step, void *out, hc_dtype out_dtype);
 

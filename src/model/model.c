@@ -325,7 +325,8 @@ static hc_status plan_quant(quant_job *j, int *cap, size_t *total, hc_mat *w, in
     return HC_OK;
 }
 
-static hc_status quantize_model(hc_model *m, int quant) {
+/* n_threads: as the model was asked for (0: every core). */
+static hc_status quantize_model(hc_model *m, int quant, int n_threads) {
     quant_job j = {0};
     int cap = 0;
     size_t total = 0;
@@ -350,7 +351,7 @@ static hc_status quantize_model(hc_model *m, int quant) {
     if (!s && j.n) {
         m->owned[m->n_owned++] = j.arena;
         hc_pool *pool = NULL;
-        if (hc_pool_new(0, &pool) == HC_OK) hc_pool_run(pool, quantize_part, &j);
+        if (hc_pool_new(n_threads, &pool) == HC_OK) hc_pool_run(pool, quantize_part, &j);
         else quantize_part(&j, 0, 1);
         hc_pool_free(pool);
         if (j.nomem) s = hc_fail(HC_ERR_NOMEM, "out of memory quantizing the weights");
@@ -601,9 +602,11 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
     m->rope[1] = c->has_rope_local ? c->rope_local : c->rope;
     if ((s = bind_all(m))) goto fail;
     if (p.weights != HC_WEIGHTS_AS_STORED &&
-        (s = quantize_model(m, p.weights == HC_WEIGHTS_Q8_0   ? HC_QUANT_Q8_0
-                               : p.weights == HC_WEIGHTS_Q4_0 ? HC_QUANT_Q4_0
-                                                              : HC_QUANT_Q4_K)))
+        (s = quantize_model(m,
+                            p.weights == HC_WEIGHTS_Q8_0   ? HC_QUANT_Q8_0
+                            : p.weights == HC_WEIGHTS_Q4_0 ? HC_QUANT_Q4_0
+                                                           : HC_QUANT_Q4_K,
+                            p.n_threads)))
         goto fail;
     if (m->be->device && (s = upload_weights(m))) goto fail;
     if (p.lora_path && (s = hc_model_lora_load(m, p.lora_path))) goto fail;

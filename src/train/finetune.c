@@ -441,6 +441,7 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
     int64_t *order = NULL;
     param *ps = NULL;
     int64_t n_ps = 0;
+    double *norm_acc = NULL; /* one double in GPU memory: the gradient norm, summed there */
     int32_t *ids = NULL;
     uint8_t *mask = NULL;
     hc_status st = load_rows(m->tokenizer, data_path, &p, &r);
@@ -454,6 +455,12 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
         goto out;
     }
     if ((st = make_params(m, g, &ps, &n_ps))) goto out;
+    /* full fine-tuning on a GPU: the optimizer runs there (else on the host, over f32 masters) */
+    const bool on_device = n_ps > 0 && ps[0].w_dev;
+    if (on_device && !(norm_acc = m->be->alloc(m->be, sizeof(double)))) {
+        st = hc_fail(HC_ERR_NOMEM, "out of GPU memory");
+        goto out;
+    }
     hc_grads_set_checkpointing(g, p.checkpointing);
     uint64_t seed = p.seed ? p.seed : 0x9E3779B97F4A7C15ull;
     for (int64_t i = 0; i < r.n; i++) order[i] = i;
@@ -510,20 +517,20 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
                 if ((st = hc_model_loss_grad(m, ids, mask, b, r.L, g, &l, &acc))) goto out;
                 step_loss += l / (double)p.grad_accum, step_acc += acc / (double)p.grad_accum;
             }
-            /* the mean over micro-batches, clipped by global norm; the optimizer runs where the
-             * gradients are (the GPU for full fine-tuning there; else the host, over f32 masters) */
-            const bool on_device = n_ps > 0 && ps[0].w_dev;
-            if (!on_device) hc_grads_download(g);
+            /* the mean over micro-batches, clipped by global norm */
             double norm = 0;
-            for (int64_t i = 0; i < n_ps; i++) {
-                if (on_device) {
-                    norm += m->be->sum_squares(m->be, ps[i].g_dev, ps[i].n) / ((double)p.grad_accum * p.grad_accum);
-                    continue;
-                }
-                for (int64_t k = 0; k < ps[i].n; k++) {
-                    ps[i].g[k] /= (float)p.grad_accum;
-                    norm += (double)ps[i].g[k] * ps[i].g[k];
-                }
+            if (on_device) {
+                m->be->upload(m->be, norm_acc, &norm, sizeof norm);
+                for (int64_t i = 0; i < n_ps; i++) m->be->sum_squares(m->be, norm_acc, ps[i].g_dev, ps[i].n);
+                m->be->download(m->be, &norm, norm_acc, sizeof norm);
+                norm /= (double)p.grad_accum * p.grad_accum;
+            } else {
+                hc_grads_download(g);
+                for (int64_t i = 0; i < n_ps; i++)
+                    for (int64_t k = 0; k < ps[i].n; k++) {
+                        ps[i].g[k] /= (float)p.grad_accum;
+                        norm += (double)ps[i].g[k] * ps[i].g[k];
+                    }
             }
             norm = sqrt(norm);
             const float clip = p.clip_norm > 0 && norm > p.clip_norm ? (float)(p.clip_norm / (norm + 1e-6)) : 1.0f;
@@ -567,6 +574,7 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
     if (!st && p.save_state && (st = save_state(p.save_state, ps, n_ps, step, epoch_seed, seed))) goto out;
     if (last) *last = pr;
 out:
+    if (norm_acc) m->be->free(m->be, norm_acc);
     free_params(m->be, ps, n_ps);
     free(order), free(ids), free(mask), free(r.ids), free(r.mask);
     hc_grads_free(g);

@@ -55,6 +55,13 @@ static void axpy_plain(float *y, const float *x, float a, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+void hc_cpu_vec_fns(hc_dot_fn *dot, hc_axpy_fn *axpy) {
+    const char *k = hc_cpu_kernels();
+    const bool w512 = !strcmp(k, "avx512"), w256 = !strcmp(k, "avx2");
+    *dot = w512 ? dot512 : w256 ? dot256 : dot_plain;
+    *axpy = w512 ? axpy512 : w256 ? axpy256 : axpy_plain;
+}
+
 typedef struct {
     float *out;
     const float *q;
@@ -64,8 +71,8 @@ typedef struct {
     int64_t T, H, KVH, D, window;
     float scale, softcap;
     hc_fast_ctx *fx;
-    float (*dot)(const float *, const float *, int64_t);
-    void (*axpy)(float *, const float *, float, int64_t);
+    hc_dot_fn dot;
+    hc_axpy_fn axpy;
 } att_job;
 
 #define HC_MAX_HEAD_DIM 1024
@@ -121,10 +128,8 @@ void hc_cpu_attention_fast(hc_backend *be, float *out, const float *q, const voi
         hc_cpu_attention(be, out, q, k_cache, v_cache, kv_dtype, pos, T, H, KVH, D, scale, window, softcap, S, scratch);
         return;
     }
-    const char *k = hc_cpu_kernels();
-    const bool w512 = !strcmp(k, "avx512"), w256 = !strcmp(k, "avx2");
-    att_job j = {out, q, k_cache, v_cache, kv_dtype, pos, T, H, KVH, D, window, scale, softcap, fx,
-                 w512 ? dot512 : w256 ? dot256 : dot_plain, w512 ? axpy512 : w256 ? axpy256 : axpy_plain};
+    att_job j = {out, q, k_cache, v_cache, kv_dtype, pos, T, H, KVH, D, window, scale, softcap, fx, NULL, NULL};
+    hc_cpu_vec_fns(&j.dot, &j.axpy);
     if (T * H * (pos[T - 1] + 1) * D < 65536 || nth == 1) att_part(&j, 0, 1);
     else hc_pool_run(fx->pool, att_part, &j);
 }
@@ -140,8 +145,8 @@ typedef struct {
     int64_t T, H, KVH, D, window;
     float scale, softcap;
     hc_fast_ctx *fx;
-    float (*dot)(const float *, const float *, int64_t);
-    void (*axpy)(float *, const float *, float, int64_t);
+    hc_dot_fn dot;
+    hc_axpy_fn axpy;
 } att_bwd_job;
 
 static void att_bwd_part(void *ctx, int ith, int nth) {
@@ -199,10 +204,8 @@ void hc_cpu_attention_backward_fast(hc_backend *be, float *dq, float *dk, float 
         hc_cpu_attention_backward(be, dq, dk, dv, dout, q, k, v, pos, T, H, KVH, D, scale, window, softcap, scratch);
         return;
     }
-    const char *kk = hc_cpu_kernels();
-    const bool w512 = !strcmp(kk, "avx512"), w256 = !strcmp(kk, "avx2");
-    att_bwd_job j = {dq, dk, dv, dout, q, k, v, pos, T, H, KVH, D, window, scale, softcap, fx,
-                     w512 ? dot512 : w256 ? dot256 : dot_plain, w512 ? axpy512 : w256 ? axpy256 : axpy_plain};
+    att_bwd_job j = {dq, dk, dv, dout, q, k, v, pos, T, H, KVH, D, window, scale, softcap, fx, NULL, NULL};
+    hc_cpu_vec_fns(&j.dot, &j.axpy);
     if (hc_pool_size(fx->pool) == 1 || KVH == 1 || T * T * H * D < 65536) att_bwd_part(&j, 0, 1);
     else hc_pool_run(fx->pool, att_bwd_part, &j);
 }

@@ -62,7 +62,7 @@ void hc_cpu_glu_backward(hc_backend *be, float *dgate, float *dup, const float *
                          hc_activation act, int64_t n);
 void hc_cpu_softcap_backward(hc_backend *be, float *dx, const float *dy, const float *y, float cap, int64_t n);
 void hc_cpu_argmax_rows(hc_backend *be, int32_t *out, const float *x, int64_t T, int64_t V);
-double hc_cpu_sum_squares(hc_backend *be, const float *x, int64_t n);
+void hc_cpu_sum_squares(hc_backend *be, double *acc, const float *x, int64_t n);
 void hc_cpu_adamw(hc_backend *be, float *w, float *m1, float *m2, const float *g, float g_scale, int64_t n,
                   const hc_adamw_params *p, int64_t step, void *out, hc_dtype out_dtype);
 void hc_cpu_cross_entropy(hc_backend *be, float *dlogits, float *loss, float *hit, const float *logits,

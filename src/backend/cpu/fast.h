@@ -26,6 +26,13 @@ typedef struct {
 /* Makes the quantized-activation buffers hold n values; false when out of memory. */
 bool hc_fast_acts(hc_fast_ctx *fx, size_t n);
 
+/* The dot product and y += a * x in this CPU's vector width (AVX-512, AVX2+FMA or plain C, as
+ * the matmul kernels were picked), for the attention loops and the matmul's dW
+ * (attention_fast.c). */
+typedef float (*hc_dot_fn)(const float *a, const float *b, int64_t n);
+typedef void (*hc_axpy_fn)(float *y, const float *x, float a, int64_t n);
+void hc_cpu_vec_fns(hc_dot_fn *dot, hc_axpy_fn *axpy);
+
 /* AVX512-VNNI kernels for nibble-quantized weights (matmul_vnni.c): rows [n0, n1) of
  * out[T, N] from activations quantized per block of 32 (qx [T, K], dx and sx [T, K/32]). */
 bool hc_cpu_has_vnni(void);

@@ -338,16 +338,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static inline __m512 tr_loa
     return _mm512_cvtph_ps(h);
 }
 
-typedef struct {
-    float *out;
-    const float *x;
-    const hc_mat *w;
-    const hc_vec *bias;
-    int64_t T;
-} tr_job;
-
 __attribute__((target("avx512f,avx512bw,avx512vl"))) static void tr_part(void *ctx, int ith, int nth) {
-    const tr_job *j = ctx;
+    const mm_job *j = ctx; /* out, x, w, bias, T */
     const int64_t N = j->w->rows, K = j->w->cols, blocks = (N + TR_NB - 1) / TR_NB;
     const int64_t per = (blocks + nth - 1) / nth, b0 = per * ith, b1 = b0 + per < blocks ? b0 + per : blocks;
     const size_t esz = hc_dtype_size(j->w->dtype);
@@ -429,7 +421,7 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
         }
     }
     if (w->transposed && !w->quant && fn == matmul_rows__avx512 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")) {
-        tr_job tj = {out, x, w, bias, T};
+        mm_job tj = {out, x, w, bias, T, fn, NULL, NULL, NULL, false, NULL};
         hc_fast_ctx *tfx = be->ctx;
         if (!tfx->pool || w->rows * w->cols * T < 32768) tr_part(&tj, 0, 1);
         else hc_pool_run(tfx->pool, tr_part, &tj);
@@ -468,26 +460,12 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
  * order by one thread (the same bits whatever the thread count); dx as a forward matmul over
  * W's transposed view; db as column sums. ---------------------------------------------------- */
 
-__attribute__((target("avx512f"))) static void axpy_512(float *y, const float *x, float a, int64_t n) {
-    const __m512 av = _mm512_set1_ps(a);
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
-    for (; i < n; i++) y[i] += a * x[i];
-}
-
-__attribute__((target("avx2,fma"))) static void axpy_256(float *y, const float *x, float a, int64_t n) {
-    const __m256 av = _mm256_set1_ps(a);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-    for (; i < n; i++) y[i] += a * x[i];
-}
-
 typedef struct {
     float *dw;
     const float *dout, *x;
     const hc_mat *w;
     int64_t T;
-    void (*axpy)(float *, const float *, float, int64_t);
+    hc_axpy_fn axpy;
 } dw_job;
 
 static void dw_part(void *ctx, int ith, int nth) {
@@ -520,7 +498,9 @@ void hc_cpu_matmul_backward_fast(hc_backend *be, float *dx, float *dw, float *db
         hc_cpu_matmul_fast(be, dx, dout, &wt, NULL, T);
     }
     if (dw) {
-        dw_job j = {dw, dout, x, w, T, fn == matmul_rows__avx512 ? axpy_512 : axpy_256};
+        dw_job j = {dw, dout, x, w, T, NULL};
+        hc_dot_fn dot;
+        hc_cpu_vec_fns(&dot, &j.axpy);
         hc_fast_ctx *fx = be->ctx;
         if (!fx->pool || w->rows * w->cols * T < 65536) dw_part(&j, 0, 1);
         else hc_pool_run(fx->pool, dw_part, &j);

@@ -24,6 +24,12 @@
 #define VNNI "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
 #define TILE_FN static inline __attribute__((always_inline, target(VNNI)))
 
+/* An index vector for _mm512_permutexvar_ps: int32 lanes 0-7 take element a, lanes 8-15 element
+ * b (two blocks of 32 weights each own half the lanes of a vpdpbusd result). */
+TILE_FN __m512i lanes8(int a, int b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(a)), _mm256_set1_epi32(b), 1);
+}
+
 bool hc_cpu_has_vnni(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -98,8 +104,7 @@ TILE_FN float q4_0_decode_row(const int8_t *x, const float *dx, const float *sx,
                               int64_t nb) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     const __m512i to_order = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0); /* [b0 lo, b0 hi, b1 lo, b1 hi] */
-    const __m512i first = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i second = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+    const __m512i first = lanes8(0, 1), second = lanes8(2, 3);
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     __m128 corr = _mm_setzero_ps(); /* sum of dw * sx, per block lane */
     int64_t b = 0;
@@ -143,7 +148,7 @@ TILE_FN float q4_0_decode_row(const int8_t *x, const float *dx, const float *sx,
 TILE_FN void q8_0_tile(float *const *out, const int8_t *const *x, const float *const *dx,
                        const hc_block_q8_0 *const *rows, int64_t nb, const int TB, const int RB) {
     const __m512i top = _mm512_set1_epi8((char)0x80), zero = _mm512_setzero_si512();
-    const __m512i pair_lanes = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i pair_lanes = lanes8(0, 1);
     __m512 acc[4][4];
     for (int t = 0; t < TB; t++)
         for (int r = 0; r < RB; r++) acc[t][r] = _mm512_setzero_ps();
@@ -189,8 +194,7 @@ TILE_FN void q8_0_tile(float *const *out, const int8_t *const *x, const float *c
  * accumulator starting at -128 x the weights' sums. xu: [K]. */
 TILE_FN float q8_0_decode_row(const uint8_t *xu, const float *dx, const hc_block_q8_0 *row, int64_t nb) {
     const __m512i top = _mm512_set1_epi8((char)0x80), zero = _mm512_setzero_si512();
-    const __m512i first = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i second = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+    const __m512i first = lanes8(0, 1), second = lanes8(2, 3);
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     int64_t b = 0;
     for (; b + 4 <= nb; b += 4) {
@@ -245,12 +249,7 @@ TILE_FN void q4_k_tile(float *const *out, const int8_t *const *x, const float *c
                        const hc_block_q4_k *const *rows, int64_t nsb, const int TB, const int RB) {
     const __m512i m4 = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
     /* which of the 8 sub-block scales each int32 lane takes: [first x8, second x8] */
-    const __m512i lanes[4] = {
-        _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0),
-        _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),
-        _mm512_set_epi32(6, 6, 6, 6, 6, 6, 6, 6, 4, 4, 4, 4, 4, 4, 4, 4),
-        _mm512_set_epi32(7, 7, 7, 7, 7, 7, 7, 7, 5, 5, 5, 5, 5, 5, 5, 5),
-    };
+    const __m512i lanes[4] = {lanes8(0, 2), lanes8(1, 3), lanes8(4, 6), lanes8(5, 7)};
     __m512 acc[4][4];
     for (int t = 0; t < TB; t++)
         for (int r = 0; r < RB; r++) acc[t][r] = _mm512_setzero_ps();
@@ -301,12 +300,7 @@ TILE_FN void q4_k_tile(float *const *out, const int8_t *const *x, const float *c
 TILE_FN float q4_k_decode_row(const int8_t *xp, const float *dx, const float *sx, const hc_block_q4_k *row,
                               int64_t nsb) {
     const __m512i m4 = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
-    const __m512i lanes[4] = {
-        _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0),
-        _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),
-        _mm512_set_epi32(6, 6, 6, 6, 6, 6, 6, 6, 4, 4, 4, 4, 4, 4, 4, 4),
-        _mm512_set_epi32(7, 7, 7, 7, 7, 7, 7, 7, 5, 5, 5, 5, 5, 5, 5, 5),
-    };
+    const __m512i lanes[4] = {lanes8(0, 2), lanes8(1, 3), lanes8(4, 6), lanes8(5, 7)};
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     __m256 mins = _mm256_setzero_ps();
     for (int64_t sb = 0; sb < nsb; sb++) {

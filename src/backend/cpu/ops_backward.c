@@ -202,11 +202,11 @@ void hc_cpu_cross_entropy(hc_backend *be, float *dlogits, float *loss, float *hi
     }
 }
 
-double hc_cpu_sum_squares(hc_backend *be, const float *x, int64_t n) {
+void hc_cpu_sum_squares(hc_backend *be, double *acc, const float *x, int64_t n) {
     (void)be;
     double s = 0;
     for (int64_t i = 0; i < n; i++) s += (double)x[i] * x[i];
-    return s;
+    *acc += s;
 }
 
 void hc_cpu_adamw(hc_backend *be, float *w, float *m1, float *m2, const float *g, float g_scale, int64_t n,

@@ -507,12 +507,6 @@ static bool launch_flash2(hc_cuda_ctx *cx, float *out, const float *q, const voi
     return true;
 }
 
-/* dst[n] = bf16(src[n]) */
-__global__ void kv_to_bf16_kernel(__nv_bfloat16 *dst, const float *src, int64_t n) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        dst[i] = __float2bfloat16_rn(src[i]);
-}
-
 static void launch_attention(hc_backend *be, float *out, const float *q, const void *k_cache, const void *v_cache,
                              void *const *k_rows, void *const *v_rows, hc_dtype kv_dtype, const int32_t *pos, int64_t T,
                              int64_t H, int64_t KVH, int64_t D, float scale, int64_t window, float softcap, int64_t S) {
@@ -529,9 +523,8 @@ static void launch_attention(hc_backend *be, float *out, const float *q, const v
         const int64_t n = S * KVH * D;
         __nv_bfloat16 *kv = (__nv_bfloat16 *)hc_cuda_scratch(be, &cx->kv16, &cx->kv16_bytes, 2 * sizeof(__nv_bfloat16) * (size_t)n);
         if (!kv) return;
-        const unsigned g = (unsigned)((n + 255) / 256 < 65535 ? (n + 255) / 256 : 65535);
-        kv_to_bf16_kernel<<<g, 256, 0, cx->stream>>>(kv, (const float *)k_cache, n);
-        kv_to_bf16_kernel<<<g, 256, 0, cx->stream>>>(kv + n, (const float *)v_cache, n);
+        hc_cuda_narrow(be, kv, HC_DTYPE_BF16, (const float *)k_cache, n);
+        hc_cuda_narrow(be, kv + n, HC_DTYPE_BF16, (const float *)v_cache, n);
         k_cache = kv, v_cache = kv + n, kv_dtype = HC_DTYPE_BF16;
     }
     /* Prompts of one sequence with a 16-bit compute dtype: the tensor-core kernels. */

@@ -167,7 +167,6 @@ static void cuda_destroy(hc_backend *be) {
     if (cx->scratch_b) cudaFree(cx->scratch_b);
     if (cx->partials) cudaFree(cx->partials);
     if (cx->train_scratch) cudaFree(cx->train_scratch);
-    if (cx->opt_scratch) cudaFree(cx->opt_scratch);
     if (cx->kv16) cudaFree(cx->kv16);
     if (cx->pinned) cudaFreeHost(cx->pinned);
     if (cx->blas) cublasDestroy(cx->blas);

@@ -16,27 +16,6 @@ static unsigned grid_for(int64_t n) {
     return b < 65535u ? (b ? b : 1) : 65535u;
 }
 
-/* The sum of v over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it. */
-static __device__ float block_sum(float v, float *shared32) {
-    v = hc_warp_sum(v);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    __syncthreads(); /* shared32 may still be read from the previous call */
-    if (lane == 0) shared32[warp] = v;
-    __syncthreads();
-    v = lane < nw ? shared32[lane] : 0.0f;
-    return hc_warp_sum(v);
-}
-
-static __device__ float block_max(float v, float *shared32) {
-    v = hc_warp_max(v);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    __syncthreads();
-    if (lane == 0) shared32[warp] = v;
-    __syncthreads();
-    v = lane < nw ? shared32[lane] : -INFINITY;
-    return hc_warp_max(v);
-}
-
 /* ---- embedding: dtable[ids[t], :] += dout[t, :] * scale ------------------------------------- */
 
 __global__ void embedding_backward_kernel(float *dtable, int64_t ld, bool transposed, const float *dout,
@@ -121,11 +100,11 @@ __global__ void norm_backward_kernel(float *dx, float *dw, float *db, const floa
     if (kind == HC_NORM_LAYER) {
         float s = 0;
         for (int64_t c = threadIdx.x; c < C; c += blockDim.x) s += xt[c];
-        mean = block_sum(s, red) / (float)C;
+        mean = hc_block_sum(s, red) / (float)C;
     }
     float ss = 0;
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += (xt[c] - mean) * (xt[c] - mean);
-    const float inv = rsqrtf(block_sum(ss, red) / (float)C + eps);
+    const float inv = rsqrtf(hc_block_sum(ss, red) / (float)C + eps);
     float sum_d = 0, sum_dx = 0;
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
         float g = w ? hc_ld(w, wdt, c) : 1.0f;
@@ -137,8 +116,8 @@ __global__ void norm_backward_kernel(float *dx, float *dw, float *db, const floa
         if (db && has_b) atomicAdd(db + c, gt[c]);
     }
     if (!dx) return;
-    sum_d = block_sum(sum_d, red);
-    sum_dx = block_sum(sum_dx, red);
+    sum_d = hc_block_sum(sum_d, red);
+    sum_dx = hc_block_sum(sum_dx, red);
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
         float g = w ? hc_ld(w, wdt, c) : 1.0f;
         if (kind == HC_NORM_RMS_PLUS1) g += 1.0f;
@@ -237,16 +216,16 @@ __global__ void attention_rows_backward_kernel(float *P, float *dS, const int32_
         prow[j] = z;
         mx = fmaxf(mx, z);
     }
-    mx = block_max(mx, red);
+    mx = hc_block_max(mx, red);
     float sum = 0;
     for (int64_t j = threadIdx.x; j < T; j += blockDim.x) sum += prow[j] == -INFINITY ? 0.0f : expf(prow[j] - mx);
-    sum = block_sum(sum, red);
+    sum = hc_block_sum(sum, red);
     float dot = 0; /* sum_j P_j dP_j */
     for (int64_t j = threadIdx.x; j < T; j += blockDim.x) {
         const float z = prow[j], p = z == -INFINITY ? 0.0f : expf(z - mx) / sum;
         dot += p * srow[j];
     }
-    dot = block_sum(dot, red);
+    dot = hc_block_sum(dot, red);
     for (int64_t j = threadIdx.x; j < T; j += blockDim.x) {
         const float z = prow[j], p = z == -INFINITY ? 0.0f : expf(z - mx) / sum;
         float ds = 0.0f;
@@ -352,28 +331,10 @@ __global__ void cross_entropy_kernel(float *dlogits, float *loss, float *hit, co
     int64_t best = V;
     for (int64_t v = threadIdx.x; v < V; v += blockDim.x)
         if (lt[v] > mx) mx = lt[v], best = v;
-    for (int o = 16; o > 0; o >>= 1) {
-        const float om = __shfl_xor_sync(0xffffffffu, mx, o);
-        const int64_t ob = __shfl_xor_sync(0xffffffffu, best, o);
-        if (om > mx || (om == mx && ob < best)) mx = om, best = ob;
-    }
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    if (lane == 0) red[warp] = mx, redi[warp] = best;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        for (int i = 1; i < nw; i++)
-            if (red[i] > red[0] || (red[i] == red[0] && redi[i] < redi[0])) red[0] = red[i], redi[0] = redi[i];
-    }
-    __syncthreads();
-    mx = red[0];
-    best = redi[0];
+    hc_block_argmax(&mx, &best, red, redi);
     double z = 0; /* exps in f32 (each within an ulp), their sum in double */
     for (int64_t v = threadIdx.x; v < V; v += blockDim.x) z += (double)expf(lt[v] - mx);
-    for (int o = 16; o > 0; o >>= 1) z += __shfl_xor_sync(0xffffffffu, z, o);
-    if (lane == 0) redd[warp] = z;
-    __syncthreads();
-    z = 0;
-    for (int i = 0; i < nw; i++) z += redd[i];
+    z = hc_block_sum_double(z, redd);
     if (threadIdx.x == 0) {
         hit[t] = best == y;
         loss[t] = (float)(log(z) + mx - lt[y]);
@@ -398,32 +359,19 @@ void hc_cuda_copy(hc_backend *be, float *out, const float *x, int64_t n) {
 
 /* ---- the optimizer ---------------------------------------------------------------------------- */
 
-__global__ void sum_squares_kernel(double *out, const float *x, int64_t n) {
+__global__ void sum_squares_kernel(double *acc, const float *x, int64_t n) {
     __shared__ double red[32];
     double s = 0;
     GRID_STRIDE(i, n) s += (double)x[i] * x[i];
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = s;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        double t = 0;
-        for (int i = 0; i < (int)(blockDim.x >> 5); i++) t += red[i];
-        atomicAdd(out, t);
-    }
+    s = hc_block_sum_double(s, red);
+    if (threadIdx.x == 0) atomicAdd(acc, s);
 }
 
-double hc_cuda_sum_squares(hc_backend *be, const float *x, int64_t n) {
-    hc_cuda_ctx *cx = hc_cuda(be);
-    if (n <= 0 || cx->failed) return 0;
-    double *acc = (double *)hc_cuda_scratch(be, &cx->opt_scratch, &cx->opt_scratch_bytes, sizeof(double));
-    if (!acc) return 0;
-    cudaMemsetAsync(acc, 0, sizeof(double), cx->stream);
+void hc_cuda_sum_squares(hc_backend *be, double *acc, const float *x, int64_t n) {
+    if (n <= 0 || hc_cuda(be)->failed) return;
     const unsigned blocks = grid_for(n) < 1024u ? grid_for(n) : 1024u;
-    sum_squares_kernel<<<blocks, 256, 0, cx->stream>>>(acc, x, n);
-    if (HC_CUDA_LAUNCHED(be, "sum_squares")) return 0;
-    double v = 0;
-    be->download(be, &v, acc, sizeof v);
-    return v;
+    sum_squares_kernel<<<blocks, 256, 0, hc_cuda(be)->stream>>>(acc, x, n);
+    HC_CUDA_LAUNCHED(be, "sum_squares");
 }
 
 __global__ void adamw_kernel(float *w, float *m1, float *m2, const float *g, float g_scale, int64_t n, float b1, float b2,
@@ -457,25 +405,15 @@ void hc_cuda_adamw(hc_backend *be, float *w, float *m1, float *m2, const float *
 /* ---- greedy decoding: a block per row ----------------------------------------------------------- */
 
 __global__ void argmax_rows_kernel(int32_t *out, const float *x, int64_t V) {
-    __shared__ float bm[32];
-    __shared__ int64_t bi[32];
+    __shared__ float red[32];
+    __shared__ int64_t redi[32];
     const float *r = x + blockIdx.x * V;
     float mx = -INFINITY;
     int64_t best = V;
     for (int64_t v = threadIdx.x; v < V; v += blockDim.x)
         if (r[v] > mx) mx = r[v], best = v;
-    for (int o = 16; o > 0; o >>= 1) {
-        const float om = __shfl_xor_sync(0xffffffffu, mx, o);
-        const int64_t ob = __shfl_xor_sync(0xffffffffu, best, o);
-        if (om > mx || (om == mx && ob < best)) mx = om, best = ob;
-    }
-    if ((threadIdx.x & 31) == 0) bm[threadIdx.x >> 5] = mx, bi[threadIdx.x >> 5] = best;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        for (int i = 1; i < (int)(blockDim.x >> 5); i++)
-            if (bm[i] > bm[0] || (bm[i] == bm[0] && bi[i] < bi[0])) bm[0] = bm[i], bi[0] = bi[i];
-        out[blockIdx.x] = (int32_t)(bi[0] < V ? bi[0] : 0); /* all NaN: 0, as the CPU's first index */
-    }
+    hc_block_argmax(&mx, &best, red, redi);
+    if (threadIdx.x == 0) out[blockIdx.x] = (int32_t)(best < V ? best : 0); /* all NaN: 0, as the CPU's first index */
 }
 
 void hc_cuda_argmax_rows(hc_backend *be, int32_t *out, const float *x, int64_t T, int64_t V) {

@@ -42,8 +42,6 @@ typedef struct {
     size_t train_scratch_bytes;
     void *kv16;          /* f32 keys and values rounded to bf16 for the attention kernel */
     size_t kv16_bytes;
-    void *opt_scratch;   /* the optimizer's reduction */
-    size_t opt_scratch_bytes;
     void *pinned;       /* page-locked staging for downloads: pageable copies are several times slower */
     size_t pinned_bytes;
     /* The first error; ops after it are skipped and check() reports it. */
@@ -68,6 +66,9 @@ bool hc_cuda_fail(hc_backend *be, cudaError_t e, const char *what);
 /* Scratch of at least `bytes`, grown (never during graph capture) and kept. NULL on failure. */
 void *hc_cuda_scratch(hc_backend *be, void **buf, size_t *cap, size_t bytes);
 
+/* dst[n] = src[n] rounded to `to` (BF16, or F16 saturating), queued on the stream (matmul.cu). */
+void hc_cuda_narrow(hc_backend *be, void *dst, hc_dtype to, const float *src, int64_t n);
+
 static inline unsigned hc_blocks(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }
 
 /* Element i of a float buffer of dtype dt, widened to f32. */
@@ -88,6 +89,57 @@ __device__ __forceinline__ float hc_warp_sum(float x) {
 __device__ __forceinline__ float hc_warp_max(float x) {
     for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
     return x;
+}
+
+/* Block-wide reductions (blockDim.x a multiple of 32, at most 1024); every thread gets the
+ * result. red: [32] shared, reusable across calls. */
+__device__ __forceinline__ float hc_block_sum(float v, float *red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = (blockDim.x + 31) >> 5;
+    v = hc_warp_sum(v);
+    __syncthreads(); /* red may still be read from a previous call */
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    return hc_warp_sum(lane < n_warps ? red[lane] : 0.0f);
+}
+
+__device__ __forceinline__ double hc_block_sum_double(double v, double *red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = (blockDim.x + 31) >> 5;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    v = 0;
+    for (int i = 0; i < n_warps; i++) v += red[i];
+    return v;
+}
+
+__device__ __forceinline__ float hc_block_max(float v, float *red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = (blockDim.x + 31) >> 5;
+    v = hc_warp_max(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    return hc_warp_max(lane < n_warps ? red[lane] : -INFINITY);
+}
+
+/* The largest value over the block and its first index (ties: the smaller index, as
+ * torch.argmax); every thread gets both. red, redi: [32] shared. */
+__device__ __forceinline__ void hc_block_argmax(float *mx, int64_t *best, float *red, int64_t *redi) {
+    float m = *mx;
+    int64_t b = *best;
+    for (int o = 16; o > 0; o >>= 1) {
+        const float om = __shfl_xor_sync(0xffffffffu, m, o);
+        const int64_t ob = __shfl_xor_sync(0xffffffffu, b, o);
+        if (om > m || (om == m && ob < b)) m = om, b = ob;
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (lane == 0) red[warp] = m, redi[warp] = b;
+    __syncthreads();
+    m = red[0], b = redi[0];
+    for (int i = 1; i < n_warps; i++)
+        if (red[i] > m || (red[i] == m && redi[i] < b)) m = red[i], b = redi[i];
+    *mx = m, *best = b;
 }
 
 #include "backend/activation.h"
@@ -144,7 +196,7 @@ void hc_cuda_softcap_backward(hc_backend *be, float *dx, const float *dy, const 
 void hc_cuda_cross_entropy(hc_backend *be, float *dlogits, float *loss, float *hit, const float *logits,
                            const int32_t *targets, int64_t T, int64_t V, double scale);
 void hc_cuda_argmax_rows(hc_backend *be, int32_t *out, const float *x, int64_t T, int64_t V);
-double hc_cuda_sum_squares(hc_backend *be, const float *x, int64_t n);
+void hc_cuda_sum_squares(hc_backend *be, double *acc, const float *x, int64_t n);
 void hc_cuda_adamw(hc_backend *be, float *w, float *m1, float *m2, const float *g, float g_scale, int64_t n,
                    const hc_adamw_params *p, int64_t step, void *out, hc_dtype out_dtype);
 void hc_cuda_copy(hc_backend *be, float *out, const float *x, int64_t n);

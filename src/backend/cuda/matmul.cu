@@ -484,16 +484,20 @@ static hc_dtype gemm_operand(const hc_cuda_ctx *cx, const hc_mat *w) {
     return !w->quant && w->dtype == HC_DTYPE_F32 ? HC_DTYPE_F32 : cx->compute;
 }
 
+void hc_cuda_narrow(hc_backend *be, void *dst, hc_dtype to, const float *src, int64_t n) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    const bool vec = (uintptr_t)src % 16 == 0 && (uintptr_t)dst % 8 == 0; /* float4 loads, 8-byte stores */
+    const unsigned g = grid_for(vec ? (n + 3) / 4 : n);
+    if (to == HC_DTYPE_BF16) convert_acts_kernel<__nv_bfloat16><<<g, 256, 0, cx->stream>>>((__nv_bfloat16 *)dst, src, n, vec);
+    else convert_acts_kernel<__half><<<g, 256, 0, cx->stream>>>((__half *)dst, src, n, vec);
+}
+
 /* x[T, K] as the operand type op: x itself for f32, else a conversion in scratch_b. */
 static const void *gemm_acts(hc_backend *be, const float *x, int64_t T, int64_t K, hc_dtype op) {
     hc_cuda_ctx *cx = hc_cuda(be);
     if (op == HC_DTYPE_F32) return x;
     void *xs = hc_cuda_scratch(be, &cx->scratch_b, &cx->scratch_b_bytes, hc_dtype_size(op) * (size_t)(T * K));
-    if (!xs) return NULL;
-    const bool vec = (uintptr_t)x % 16 == 0 && (uintptr_t)xs % 8 == 0; /* float4 loads, 8-byte stores */
-    const unsigned g = grid_for(vec ? (T * K + 3) / 4 : T * K);
-    if (op == HC_DTYPE_BF16) convert_acts_kernel<__nv_bfloat16><<<g, 256, 0, cx->stream>>>((__nv_bfloat16 *)xs, x, T * K, vec);
-    else convert_acts_kernel<__half><<<g, 256, 0, cx->stream>>>((__half *)xs, x, T * K, vec);
+    if (xs) hc_cuda_narrow(be, xs, op, x, T * K);
     return xs;
 }
 

@@ -1,17 +1,6 @@
 /* RMSNorm (plain and Gemma's 1 + w) and LayerNorm: one block per row, f32 sums. */
 #include "backend/cuda/common.cuh"
 
-/* The sum of v over the block; every thread gets it. red: [32] shared floats. */
-__device__ float block_sum(float v, float *red) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = (blockDim.x + 31) >> 5;
-    v = hc_warp_sum(v);
-    __syncthreads(); /* red may still be read from a previous call */
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    float s = lane < n_warps ? red[lane] : 0.0f;
-    return hc_warp_sum(s);
-}
-
 /* out[T, C] = norm(x[T, C]) * w (+ b); with `add`, first x += add (written back). */
 __global__ void norm_kernel(float *out, float *x, const float *add, const void *w, hc_dtype w_dt, const void *b,
                             hc_dtype b_dt, hc_norm_kind kind, float eps, int64_t C) {
@@ -27,14 +16,14 @@ __global__ void norm_kernel(float *out, float *x, const float *add, const void *
     if (kind == HC_NORM_LAYER) {
         float s = 0;
         for (int64_t c = threadIdx.x; c < C; c += blockDim.x) s += xt[c];
-        mean = block_sum(s, red) / (float)C;
+        mean = hc_block_sum(s, red) / (float)C;
         float v = 0;
         for (int64_t c = threadIdx.x; c < C; c += blockDim.x) v += (xt[c] - mean) * (xt[c] - mean);
-        inv = rsqrtf(block_sum(v, red) / (float)C + eps);
+        inv = rsqrtf(hc_block_sum(v, red) / (float)C + eps);
     } else {
         float ss = 0;
         for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += xt[c] * xt[c];
-        inv = 1.0f / sqrtf(block_sum(ss, red) / (float)C + eps);
+        inv = 1.0f / sqrtf(hc_block_sum(ss, red) / (float)C + eps);
     }
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
         float v = (xt[c] - mean) * inv;
