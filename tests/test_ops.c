@@ -350,8 +350,8 @@ static void test_fast_matmul(hc_backend *ref) {
             CHECK(err < tol, "fast matmul T=%lld K=%lld N=%lld fmt %d: %g (tol %g)", (long long)T, (long long)K,
                   (long long)N, fmt, err, tol);
             CHECK(!memcmp(b, c, sizeof(float) * (size_t)(T * N)), "1 and 2 threads give the same bits (fmt %d)", fmt);
-            if (fmt >= 3) {
-                /* Tighter: the fast kernels compute exactly the reference's product with activations
+            if (fmt >= 3 && strcmp(hc_cpu_kernels(), "scalar")) {
+                /* Tighter (SIMD kernels; scalar runs the reference): the fast kernels compute exactly the reference's product with activations
                  * rounded as they quantize them (per block of 32, d = max|x|/127, q = rint(x/d)). */
                 float *xq = malloc(sizeof(float) * (size_t)(T * K)); /* [T, K] */
                 for (int64_t i = 0; i < T * K; i += 32) {
@@ -537,39 +537,87 @@ static void test_fast_matmul(hc_backend *ref) {
     fastbf->destroy(fastbf);
 }
 
-/* The fast backend's norm and glu split rows and ranges over threads: the result must be
- * bit-identical to the reference, for shapes above and below the parallel threshold. */
+/* Largest |a - b| relative to max(|b|, floor). */
+static double rel_diff(const float *a, const float *b, int64_t n, double floor) {
+    double m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const double d = fabs((double)a[i] - b[i]) / fmax(fabs((double)b[i]), floor);
+        if (!(d <= m)) m = d;
+    }
+    return m;
+}
+
+/* The fast backend's norm and glu run SIMD kernels (vector_math.c) split over threads: within
+ * a few ulps of the reference, and the same bits with one thread or two, for shapes above and
+ * below the parallel threshold, tails of every length, and weights in f32, bf16 and f16. */
 static void test_fast_elementwise(hc_backend *ref) {
-    hc_backend *fast;
+    hc_backend *fast, *fast1;
     CHECK_OK(hc_backend_cpu_fast_new(2, &fast));
-    if (!fast) return;
-    const int64_t shapes[][2] = {{1, 64}, {3, 50}, {64, 1024}, {37, 2049}};
+    CHECK_OK(hc_backend_cpu_fast_new(1, &fast1));
+    if (!fast || !fast1) return;
+    const int64_t shapes[][2] = {{1, 64}, {3, 50}, {2, 17}, {5, 7}, {64, 1024}, {37, 2049}};
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const int64_t T = shapes[si][0], C = shapes[si][1], n = T * C;
         float *x = malloc(sizeof(float) * (size_t)n), *y = malloc(sizeof(float) * (size_t)n); /* [T, C] */
         float *a = malloc(sizeof(float) * (size_t)n), *b = malloc(sizeof(float) * (size_t)n); /* [T, C] */
+        float *b1 = malloc(sizeof(float) * (size_t)n);                                          /* [T, C] */
         float *wt = malloc(sizeof(float) * (size_t)C), *bias = malloc(sizeof(float) * (size_t)C); /* [C] */
+        uint16_t *w16 = malloc(sizeof(uint16_t) * (size_t)C), *b16 = malloc(sizeof(uint16_t) * (size_t)C); /* [C] */
         fill(x, n);
         fill(y, n);
+        for (int64_t i = 0; i < n; i++) x[i] = x[i] * 3.0f + 0.5f; /* an offset mean for LayerNorm */
         fill(wt, C);
         fill(bias, C);
-        hc_vec w = {.data = wt, .dtype = HC_DTYPE_F32, .n = C}, bv = {.data = bias, .dtype = HC_DTYPE_F32, .n = C};
-        for (int kind = 0; kind < 3; kind++) {
-            hc_norm_kind k = kind == 0 ? HC_NORM_RMS : kind == 1 ? HC_NORM_RMS_PLUS1 : HC_NORM_LAYER;
-            ref->norm(ref, a, x, &w, kind == 2 ? &bv : NULL, k, 1e-5f, T, C);
-            fast->norm(fast, b, x, &w, kind == 2 ? &bv : NULL, k, 1e-5f, T, C);
-            CHECK(memcmp(a, b, sizeof(float) * (size_t)n) == 0, "fast norm %d differs at T=%lld C=%lld", kind,
-                  (long long)T, (long long)C);
+        for (int dt = 0; dt < 3; dt++) {
+            const hc_dtype wd = dt == 0 ? HC_DTYPE_F32 : dt == 1 ? HC_DTYPE_BF16 : HC_DTYPE_F16;
+            for (int64_t c = 0; dt && c < C; c++) {
+                w16[c] = dt == 1 ? hc_f32_to_bf16(wt[c]) : hc_f32_to_f16(wt[c]);
+                b16[c] = dt == 1 ? hc_f32_to_bf16(bias[c]) : hc_f32_to_f16(bias[c]);
+            }
+            const hc_vec w = {.data = dt ? (const void *)w16 : wt, .dtype = wd, .n = C};
+            const hc_vec bv = {.data = dt ? (const void *)b16 : bias, .dtype = wd, .n = C};
+            for (int kind = 0; kind < 3; kind++) {
+                hc_norm_kind k = kind == 0 ? HC_NORM_RMS : kind == 1 ? HC_NORM_RMS_PLUS1 : HC_NORM_LAYER;
+                ref->norm(ref, a, x, &w, kind == 2 ? &bv : NULL, k, 1e-5f, T, C);
+                fast->norm(fast, b, x, &w, kind == 2 ? &bv : NULL, k, 1e-5f, T, C);
+                fast1->norm(fast1, b1, x, &w, kind == 2 ? &bv : NULL, k, 1e-5f, T, C);
+                /* outputs are O(1): errors relative to max(|ref|, 1) */
+                CHECK(rel_diff(b, a, n, 1.0) < 1e-6, "fast norm %d dtype %d at T=%lld C=%lld: %g", kind, dt,
+                      (long long)T, (long long)C, rel_diff(b, a, n, 1.0));
+                CHECK(memcmp(b, b1, sizeof(float) * (size_t)n) == 0, "fast norm %d: 1 and 2 threads differ", kind);
+            }
         }
+        /* the activations' whole range: the exponential's underflow and overflow included */
+        for (int64_t i = 0; i < n; i += 7) x[i] = (float)((i / 7) % 41 - 20) * 5.5f;
         const hc_activation acts[] = {HC_ACT_SILU, HC_ACT_GELU_TANH, HC_ACT_GELU};
         for (size_t ai = 0; ai < 3; ai++) {
             ref->glu(ref, a, x, y, acts[ai], n);
             fast->glu(fast, b, x, y, acts[ai], n);
-            CHECK(memcmp(a, b, sizeof(float) * (size_t)n) == 0, "fast glu %zu differs at n=%lld", ai, (long long)n);
+            fast1->glu(fast1, b1, x, y, acts[ai], n);
+            /* The reference's 0.5 x (1 + tanh u) cancels for negative x (as torch's does); the
+             * kernel's x / (1 + e^-2u) does not. Their gap stays within an ulp of tanh times x. */
+            double worst = 0;
+            for (int64_t i = 0; i < n; i++) {
+                const double err = fabs((double)b[i] - a[i]) / (2e-6 * fabs(a[i]) + 1e-7 * fabs(x[i] * y[i]) + 1e-30);
+                if (!(err <= worst)) worst = err;
+            }
+            CHECK(worst <= 1, "fast glu %zu at n=%lld: %g of the tolerance", ai, (long long)n, worst);
+            CHECK(memcmp(b, b1, sizeof(float) * (size_t)n) == 0, "fast glu %zu: 1 and 2 threads differ", ai);
         }
-        free(x), free(y), free(a), free(b), free(wt), free(bias);
+        free(x), free(y), free(a), free(b), free(b1), free(wt), free(bias), free(w16), free(b16);
     }
+    /* softmax's exponentials: exp(x - shift) and their sum, against expf */
+    float e[203], want[203];
+    double sum_want = 0;
+    for (int i = 0; i < 203; i++) {
+        e[i] = (float)(i - 150) * 0.75f - 3.0f;
+        sum_want += (want[i] = expf(e[i] - 1.25f));
+    }
+    const double sum = hc_vec_exp_shift(e, 1.25f, 203);
+    CHECK(rel_diff(e, want, 203, 1e-30) < 3e-7, "exp_shift: %g", rel_diff(e, want, 203, 1e-30));
+    CHECK(fabs(sum - sum_want) < 1e-6 * sum_want, "exp_shift sum %.9g, want %.9g", sum, sum_want);
     fast->destroy(fast);
+    fast1->destroy(fast1);
 }
 
 /* ---- backward: finite differences ------------------------------------------------------------

@@ -107,9 +107,7 @@ static void att_part(void *ctx, int ith, int nth) {
             att[s - lo] = v;
             if (v > mx) mx = v;
         }
-        double sum = 0;
-        for (int64_t s = lo; s <= p; s++) sum += (att[s - lo] = expf(att[s - lo] - mx));
-        const float inv = (float)(1.0 / sum);
+        const float inv = (float)(1.0 / hc_vec_exp_shift(att, mx, p - lo + 1));
         float *oh = j->out + (t * j->H + h) * j->D;
         for (int64_t d = 0; d < j->D; d++) oh[d] = 0;
         for (int64_t s = lo; s <= p; s++) j->axpy(oh, kv_row(j, j->vc, s, kvh, row), att[s - lo] * inv, j->D);

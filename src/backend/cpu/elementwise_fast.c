@@ -1,6 +1,7 @@
-/* Norms and gated activations over the thread pool. A prompt chunk of T rows spends a few
- * percent of its time here on one thread; splitting it keeps the other cores busy. Each part
- * runs the reference code on its slice, so the result is bit-identical to the reference. */
+/* Norms and gated activations over the thread pool, with the SIMD kernels of vector_math.c.
+ * A prompt chunk of T rows spends a few percent of its time here on one thread; splitting it
+ * keeps the other cores busy. Parts are whole rows (norms) or ranges (glu), so the result is
+ * the same whatever the thread count. */
 #include "backend/cpu/cpu.h"
 #include "backend/cpu/fast.h"
 
@@ -22,14 +23,14 @@ static void norm_part(void *ctx, int ith, int nth) {
     const norm_job *j = ctx;
     const int64_t t0 = j->T * ith / nth, t1 = j->T * (ith + 1) / nth;
     if (t1 > t0)
-        hc_cpu_norm(NULL, j->out + t0 * j->C, j->x + t0 * j->C, j->w, j->b, j->kind, j->eps, t1 - t0, j->C);
+        hc_vec_norm(j->out + t0 * j->C, j->x + t0 * j->C, j->w, j->b, j->kind, j->eps, t1 - t0, j->C);
 }
 
 void hc_cpu_norm_fast(hc_backend *be, float *out, const float *x, const hc_vec *w, const hc_vec *b, hc_norm_kind kind,
                       float eps, int64_t T, int64_t C) {
     hc_fast_ctx *fx = be->ctx;
     if (T < 2 || T * C < MIN_PARALLEL_ELEMS || hc_pool_size(fx->pool) < 2) {
-        hc_cpu_norm(be, out, x, w, b, kind, eps, T, C);
+        hc_vec_norm(out, x, w, b, kind, eps, T, C);
         return;
     }
     norm_job j = {out, x, w, b, kind, eps, T, C};
@@ -48,13 +49,13 @@ static void glu_part(void *ctx, int ith, int nth) {
     const int64_t blocks = (j->n + ALIGN_ELEMS - 1) / ALIGN_ELEMS;
     int64_t i0 = blocks * ith / nth * ALIGN_ELEMS, i1 = blocks * (ith + 1) / nth * ALIGN_ELEMS;
     if (i1 > j->n) i1 = j->n;
-    if (i1 > i0) hc_cpu_glu(NULL, j->out + i0, j->gate + i0, j->up + i0, j->act, i1 - i0);
+    if (i1 > i0) hc_vec_glu(j->out + i0, j->gate + i0, j->up + i0, j->act, i1 - i0);
 }
 
 void hc_cpu_glu_fast(hc_backend *be, float *out, const float *gate, const float *up, hc_activation act, int64_t n) {
     hc_fast_ctx *fx = be->ctx;
     if (n < MIN_PARALLEL_ELEMS || hc_pool_size(fx->pool) < 2) {
-        hc_cpu_glu(be, out, gate, up, act, n);
+        hc_vec_glu(out, gate, up, act, n);
         return;
     }
     glu_job j = {out, gate, up, act, n};

@@ -44,6 +44,14 @@ void hc_q8_0_rows_vnni(float *out, const int8_t *qx, const float *dx, const hc_m
 void hc_q4_k_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx, const hc_mat *w, int64_t T,
                        int64_t n0, int64_t n1);
 
+/* SIMD row kernels (vector_math.c), a few ulps from the reference, one row or range at a time:
+ * act(gate) * up (SiLU and GELU-tanh vectorised, the rest plain), x = exp(x - shift) returning
+ * the sum, and RMSNorm / LayerNorm of T rows. */
+void hc_vec_glu(float *out, const float *gate, const float *up, hc_activation act, int64_t n);
+double hc_vec_exp_shift(float *x, float shift, int64_t n);
+void hc_vec_norm(float *out, const float *x, const hc_vec *w, const hc_vec *b, hc_norm_kind kind, float eps, int64_t T,
+                 int64_t C);
+
 /* Makes every thread's scratch hold n floats; false when out of memory. Grows rarely (the
  * first time a sequence gets this long), never per token. */
 bool hc_fast_scratch(hc_fast_ctx *fx, size_t n);
