@@ -314,9 +314,10 @@ static void test_fast_matmul(hc_backend *ref) {
     if (!fast1 || !fast2 || !fastbf) return;
     hc_backend_cpu_fast_bf16_prompts(fastbf, true);
     printf("  fast kernels: %s\n", hc_cpu_kernels());
-    const int64_t shapes[][3] = {{1, 37, 13}, {3, 64, 29}, {5, 100, 17}, {9, 71, 33}, {1, 160, 64}, {1, 96, 7}, {1, 64, 22}, {67, 96, 40}, {19, 200, 23}, {4, 2048, 300}, {1, 768, 19}, {6, 512, 21}};
+    const int64_t shapes[][3] = {{1, 37, 13}, {3, 64, 29}, {5, 100, 17}, {9, 71, 33}, {1, 160, 64}, {1, 96, 7}, {1, 64, 22}, {67, 96, 40}, {19, 200, 23}, {4, 2048, 300}, {1, 768, 19}, {6, 512, 21}, {1, 224, 9}, {5, 224, 18}, {1, 288, 35}, {7, 416, 6}};
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const int64_t T = shapes[si][0], K = shapes[si][1], N = shapes[si][2];
+        float *q4_ref = malloc(sizeof(float) * (size_t)(T * N)); /* [T, N] the reference on plain q4_0 */
         float *x = malloc(sizeof(float) * (size_t)(T * K)), *wf = malloc(sizeof(float) * (size_t)(N * K));
         uint16_t *wb = malloc(2 * (size_t)(N * K)), *wh = malloc(2 * (size_t)(N * K));
         float *a = malloc(sizeof(float) * (size_t)(T * N)), *b = malloc(sizeof(float) * (size_t)(T * N)),
@@ -326,14 +327,14 @@ static void test_fast_matmul(hc_backend *ref) {
         fill(bias, N);
         for (int64_t i = 0; i < N * K; i++) wb[i] = hc_f32_to_bf16(wf[i]), wh[i] = hc_f32_to_f16(wf[i]);
         hc_vec bv = {.data = bias, .dtype = HC_DTYPE_F32, .n = N};
-        for (int fmt = 0; fmt < 6; fmt++) {
+        for (int fmt = 0; fmt < 7; fmt++) { /* f32 bf16 f16 q8_0 q4_0 q4_k q4_0x4 */
             hc_mat w = {.rows = N, .cols = K, .ld = K};
             void *qbuf = NULL;
             if (fmt < 3) {
                 w.dtype = fmt == 0 ? HC_DTYPE_F32 : fmt == 1 ? HC_DTYPE_BF16 : HC_DTYPE_F16;
                 w.data = fmt == 0 ? (void *)wf : fmt == 1 ? (void *)wb : (void *)wh;
             } else {
-                w.quant = fmt == 3 ? HC_QUANT_Q8_0 : fmt == 4 ? HC_QUANT_Q4_0 : HC_QUANT_Q4_K;
+                w.quant = fmt == 3 ? HC_QUANT_Q8_0 : fmt == 4 ? HC_QUANT_Q4_0 : fmt == 5 ? HC_QUANT_Q4_K : HC_QUANT_Q4_0X4;
                 if (K % hc_quant_block_elems(w.quant)) continue;
                 const size_t rb = hc_quant_row_bytes(w.quant, K);
                 qbuf = malloc(rb * (size_t)N);
@@ -341,6 +342,9 @@ static void test_fast_matmul(hc_backend *ref) {
                 w.data = qbuf;
             }
             ref->matmul(ref, a, x, &w, &bv, T);
+            if (fmt == 4) memcpy(q4_ref, a, sizeof(float) * (size_t)(T * N));
+            /* q4_0x4 is q4_0's numbers in another order: the reference gives the same bits */
+            if (fmt == 6) CHECK(!memcmp(q4_ref, a, sizeof(float) * (size_t)(T * N)), "q4_0x4 = q4_0 (K=%lld)", (long long)K);
             fast1->matmul(fast1, b, x, &w, &bv, T);
             fast2->matmul(fast2, c, x, &w, &bv, T);
             double err = 0, scale = 0;
@@ -350,7 +354,9 @@ static void test_fast_matmul(hc_backend *ref) {
             CHECK(err < tol, "fast matmul T=%lld K=%lld N=%lld fmt %d: %g (tol %g)", (long long)T, (long long)K,
                   (long long)N, fmt, err, tol);
             CHECK(!memcmp(b, c, sizeof(float) * (size_t)(T * N)), "1 and 2 threads give the same bits (fmt %d)", fmt);
-            if (fmt >= 3 && strcmp(hc_cpu_kernels(), "scalar")) {
+            /* (q4_0x4 has kernels only where quantize on load picks it: VNNI) */
+            const bool x4_kernels = hc_cpu_quant_layout(NULL, HC_QUANT_Q4_0) == HC_QUANT_Q4_0X4;
+            if (fmt >= 3 && strcmp(hc_cpu_kernels(), "scalar") && (fmt != 6 || x4_kernels)) {
                 /* Tighter (SIMD kernels; scalar runs the reference): the fast kernels compute exactly the reference's product with activations
                  * rounded as they quantize them (per block of 32, d = max|x|/127, q = rint(x/d)). */
                 float *xq = malloc(sizeof(float) * (size_t)(T * K)); /* [T, K] */
@@ -399,7 +405,7 @@ static void test_fast_matmul(hc_backend *ref) {
             }
             free(qbuf);
         }
-        free(x), free(wf), free(wb), free(wh), free(a), free(b), free(c);
+        free(x), free(wf), free(wb), free(wh), free(a), free(b), free(c), free(q4_ref);
     }
     /* Quantization error is what the formats promise. */
     float row[64], back[64];

@@ -54,6 +54,10 @@ struct hc_backend {
     void (*free)(hc_backend *be, void *p);
     void (*upload)(hc_backend *be, void *dst, const void *src, size_t bytes);   /* host -> backend */
     void (*download)(hc_backend *be, void *dst, const void *src, size_t bytes); /* backend -> host, synchronous */
+    /* The layout this backend computes a quantized format (HC_QUANT_*) fastest in, which
+     * quantize on load then stores (the CPU's q4_0x4 for q4_0 where VNNI is); NULL: the
+     * format itself. */
+    int (*quant_layout)(hc_backend *be, int quant);
     /* x[n] = v */
     void (*fill)(hc_backend *be, float *x, float v, int64_t n);
     /* out[n] = x[n], both backend memory */

@@ -275,6 +275,7 @@ typedef struct {
 } quant_item;
 
 typedef struct {
+    hc_backend *be;
     quant_item *items;
     int n;
     uint8_t *arena;
@@ -312,6 +313,7 @@ static void quantize_part(void *ctx, int ith, int nth) {
  * fall back to q4_0, as llama.cpp falls back. */
 static hc_status plan_quant(quant_job *j, int *cap, size_t *total, hc_mat *w, int quant) {
     if (quant == HC_QUANT_Q4_K && w->cols % HC_QKK) quant = HC_QUANT_Q4_0;
+    if (j->be->quant_layout) quant = j->be->quant_layout(j->be, quant);
     if (!w->data || w->quant || w->transposed || w->cols % hc_quant_block_elems(quant)) return HC_OK;
     if (j->n == *cap) {
         *cap = *cap ? 2 * *cap : 64;
@@ -327,7 +329,7 @@ static hc_status plan_quant(quant_job *j, int *cap, size_t *total, hc_mat *w, in
 
 /* n_threads: as the model was asked for (0: every core). */
 static hc_status quantize_model(hc_model *m, int quant, int n_threads) {
-    quant_job j = {0};
+    quant_job j = {.be = m->be};
     int cap = 0;
     size_t total = 0;
     hc_status s = HC_OK;

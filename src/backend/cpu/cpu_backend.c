@@ -127,6 +127,7 @@ hc_status hc_backend_cpu_fast_new(int n_threads, hc_backend **out) {
     *be = cpu_backend;
     be->name = "cpu-fast";
     be->matmul = hc_cpu_matmul_fast;
+    be->quant_layout = hc_cpu_quant_layout;
     be->attention = hc_cpu_attention_fast;
     be->norm = hc_cpu_norm_fast;
     be->glu = hc_cpu_glu_fast;

@@ -38,6 +38,11 @@ void hc_cpu_vec_fns(hc_dot_fn *dot, hc_axpy_fn *axpy);
 bool hc_cpu_has_vnni(void);
 void hc_q4_0_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx, const hc_mat *w, int64_t T,
                        int64_t n0, int64_t n1);
+/* The fast backend's quant_layout: q4_0x4 for q4_0 where the VNNI kernels run. */
+int hc_cpu_quant_layout(hc_backend *be, int quant);
+/* The same on q4_0x4 (quant.h), the layout quantize-on-load picks where VNNI is. */
+void hc_q4_0x4_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx, const hc_mat *w, int64_t T,
+                         int64_t n0, int64_t n1);
 /* q8_0, prompts and decode. */
 void hc_q8_0_rows_vnni(float *out, const int8_t *qx, const float *dx, const hc_mat *w, int64_t T, int64_t n0,
                        int64_t n1);

@@ -283,6 +283,11 @@ static bool has_vnni(void) {
     return v;
 }
 
+int hc_cpu_quant_layout(hc_backend *be, int quant) {
+    (void)be;
+    return quant == HC_QUANT_Q4_0 && has_vnni() ? HC_QUANT_Q4_0X4 : quant;
+}
+
 const char *hc_cpu_kernels(void) {
     rows_fn f = pick();
     return f == matmul_rows__avx512 ? "avx512" : f == matmul_rows__avx2 ? "avx2" : "scalar";
@@ -312,6 +317,8 @@ static void mm_part(void *ctx, int ith, int nth) {
     if (j->xb) matmul_rows_bf16dot(j->out, j->xb, j->w, j->T, n0, n1);
     else if (j->vnni && j->w->quant == HC_QUANT_Q8_0) hc_q8_0_rows_vnni(j->out, j->qx, j->dx, j->w, j->T, n0, n1);
     else if (j->vnni && j->w->quant == HC_QUANT_Q4_0) hc_q4_0_rows_vnni(j->out, j->qx, j->dx, j->sx, j->w, j->T, n0, n1);
+    else if (j->vnni && j->w->quant == HC_QUANT_Q4_0X4)
+        hc_q4_0x4_rows_vnni(j->out, j->qx, j->dx, j->sx, j->w, j->T, n0, n1);
     else if (j->vnni && j->w->quant == HC_QUANT_Q4_K)
         hc_q4_k_rows_vnni(j->out, j->qx, j->dx, j->sx, j->w, j->T, n0, n1);
     else if (j->qx && j->w->quant == HC_QUANT_Q4_K) q4k_rows_avx2(j->out, j->qx, j->dx, j->w, j->T, n0, n1);
@@ -447,7 +454,8 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
         acts_to_bf16((uint16_t *)(void *)fx->qx, x, T * w->cols);
         j.xb = (const uint16_t *)(void *)fx->qx;
     }
-    if (!j.qx && !j.xb && w->quant == HC_QUANT_Q4_K) {
+    /* q4_k without activation buffers, and q4_0x4 without VNNI, take the reference */
+    if ((!j.qx && !j.xb && w->quant == HC_QUANT_Q4_K) || (w->quant == HC_QUANT_Q4_0X4 && !j.vnni)) {
         hc_cpu_matmul(be, out, x, w, bias, T);
         return;
     }

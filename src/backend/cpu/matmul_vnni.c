@@ -43,6 +43,19 @@ bool hc_cpu_has_vnni(void) {
  * is spread over the int32 lanes it owns (lanes 0-3 and 8-11: block 0; 4-7 and 12-15: block 1).
  * The "- 8" is folded in as -8 x the activations' sums in fours, the accumulator's start. */
 
+/* One plain block against 32 activations, in 256 bits: dw * dx * sum (q - 8) x. */
+TILE_FN float q4_0_block_dot(const int8_t *x, float dx, const hc_block_q4_0 *blk) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)blk->q);
+    const __m256i w = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1),
+                                       _mm256_set1_epi8(0x0F));
+    const __m256i xv = _mm256_loadu_si256((const __m256i *)x), zero = _mm256_setzero_si256();
+    const __m256i minus8x = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, _mm256_set1_epi8(8), xv));
+    const __m256i s = _mm256_dpbusd_epi32(minus8x, w, xv);
+    const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    const __m128i s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+    return _cvtsh_ss(blk->d) * dx * (float)(_mm_cvtsi128_si32(s2) + _mm_extract_epi32(s2, 1));
+}
+
 TILE_FN void q4_0_tile(float *const *out, const int8_t *const *x, const float *const *dx,
                        const hc_block_q4_0 *const *rows, int64_t nb, const int TB, const int RB) {
     const __m512i m4 = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8), zero = _mm512_setzero_si512();
@@ -74,24 +87,8 @@ TILE_FN void q4_0_tile(float *const *out, const int8_t *const *x, const float *c
         }
     }
     float tail[4][4] = {{0}};
-    if (b < nb) { /* an odd last block, in 256 bits: lanes [0-15, 16-31] are already in order */
-        const __m256i m4h = _mm256_set1_epi8(0x0F), eighth = _mm256_set1_epi8(8), zeroh = _mm256_setzero_si256();
-        for (int r = 0; r < RB; r++) {
-            const hc_block_q4_0 *b0 = rows[r] + b;
-            const __m128i v = _mm_loadu_si128((const __m128i *)b0->q);
-            const __m256i w = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1), m4h);
-            const float dw0 = _cvtsh_ss(b0->d);
-            for (int t = 0; t < TB; t++) {
-                const __m256i xv = _mm256_loadu_si256((const __m256i *)(x[t] + b * HC_QK));
-                const __m256i minus8x = _mm256_sub_epi32(zeroh, _mm256_dpbusd_epi32(zeroh, eighth, xv));
-                const __m256i s = _mm256_dpbusd_epi32(minus8x, w, xv);
-                const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-                const __m128i s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
-                const int si = _mm_cvtsi128_si32(s2) + _mm_extract_epi32(s2, 1);
-                tail[t][r] = dw0 * dx[t][b] * (float)si;
-            }
-        }
-    }
+    for (int r = 0; b < nb && r < RB; r++) /* an odd last block */
+        for (int t = 0; t < TB; t++) tail[t][r] = q4_0_block_dot(x[t] + b * HC_QK, dx[t][b], rows[r] + b);
     for (int t = 0; t < TB; t++)
         for (int r = 0; r < RB; r++) *out[t * RB + r] = _mm512_reduce_add_ps(acc[t][r]) + tail[t][r];
 }
@@ -127,19 +124,97 @@ TILE_FN float q4_0_decode_row(const int8_t *x, const float *dx, const float *sx,
         acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_permutexvar_ps(second, sc), acc1);
     }
     float tail = 0;
-    for (; b < nb; b++) { /* the last 1-3 blocks, in 256 bits */
-        const __m128i v = _mm_loadu_si128((const __m128i *)row[b].q);
-        const __m256i w = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1),
-                                           _mm256_set1_epi8(0x0F));
-        const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, _mm256_loadu_si256((const __m256i *)(x + b * HC_QK)));
-        const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-        const __m128i s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
-        const float dw = _cvtsh_ss(row[b].d);
-        tail += dw * (dx[b] * (float)(_mm_cvtsi128_si32(s2) + _mm_extract_epi32(s2, 1)) - 8.0f * sx[b]);
-    }
+    for (; b < nb; b++) tail += q4_0_block_dot(x + b * HC_QK, dx[b], row + b); /* the last 1-3 blocks */
     const __m128 c2 = _mm_add_ps(corr, _mm_movehl_ps(corr, corr));
     const float c = _mm_cvtss_f32(_mm_add_ss(c2, _mm_movehdup_ps(c2)));
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) - 8.0f * c + tail;
+}
+
+/* ---- q4_0x4 (quant.h): q4_0 repacked at load so 4 blocks are one 64-byte load --------------
+ * The low nibbles of a group's 64 bytes are blocks 0-1 in element order, the high ones blocks
+ * 2-3: and / shift-and give two vpdpbusd operands already in the activations' order, whose
+ * int32 lanes 0-7 belong to the first block of the pair and 8-15 to the second. */
+
+#define X4_BYTES 72 /* a group: 4 f16 scales, 64 bytes of nibbles */
+
+/* Decode: one row, two groups per step into four accumulators (independent FMA chains); the
+ * "- 8" once per block as 8 * dw * sx. A row's last (nb mod 4) blocks are plain q4_0. */
+TILE_FN float q4_0x4_decode_row(const int8_t *x, const float *dx, const float *sx, const uint8_t *row, int64_t nb) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i first = lanes8(0, 1), second = lanes8(2, 3);
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    __m128 corr = _mm_setzero_ps(); /* sum of dw * sx, per block lane */
+    const int64_t ng = nb / HC_Q4_0X4_GROUP;
+    int64_t g = 0;
+#define X4_GROUP_STEP(G, A)                                                                                            \
+    do {                                                                                                               \
+        const uint8_t *grp = row + (G) * X4_BYTES;                                                                     \
+        const __m512i v = _mm512_loadu_si512((const void *)(grp + 8));                                                 \
+        const __m128 dw = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)grp));                                         \
+        corr = _mm_fmadd_ps(dw, _mm_loadu_ps(sx + 4 * (G)), corr);                                                     \
+        const __m512 sc = _mm512_castps128_ps512(_mm_mul_ps(dw, _mm_loadu_ps(dx + 4 * (G))));                          \
+        const __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(v, m4),                        \
+                                               _mm512_loadu_si512((const void *)(x + (G) * 128)));                     \
+        const __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(_mm512_srli_epi16(v, 4), m4), \
+                                               _mm512_loadu_si512((const void *)(x + (G) * 128 + 64)));                \
+        acc[A] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_permutexvar_ps(first, sc), acc[A]);                    \
+        acc[(A) + 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_permutexvar_ps(second, sc), acc[(A) + 1]);       \
+    } while (0)
+    for (; g + 2 <= ng; g += 2) {
+        X4_GROUP_STEP(g, 0);
+        X4_GROUP_STEP(g + 1, 2);
+    }
+    if (g < ng) X4_GROUP_STEP(g, 0);
+#undef X4_GROUP_STEP
+    float tail = 0;
+    for (int64_t b = ng * HC_Q4_0X4_GROUP; b < nb; b++) /* plain q4_0 blocks, in 256 bits */
+        tail += q4_0_block_dot(x + b * HC_QK, dx[b], (const hc_block_q4_0 *)(const void *)row + b);
+    const __m128 c2 = _mm_add_ps(corr, _mm_movehl_ps(corr, corr));
+    const float c = _mm_cvtss_f32(_mm_add_ss(c2, _mm_movehdup_ps(c2)));
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]))) - 8.0f * c +
+           tail;
+}
+
+/* Prompts: TB tokens x RB rows. Each group goes in two halves (blocks 0-1, then 2-3) so the
+ * rows' weights and the spread scales fit in registers beside the 16 accumulators; the "- 8"
+ * starts each accumulation at -8 x the activations' sums in fours, as q4_0_tile does. */
+TILE_FN void q4_0x4_tile(float *const *out, const int8_t *const *x, const float *const *dx, const uint8_t *const *rows,
+                         int64_t nb, const int TB, const int RB) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8), zero = _mm512_setzero_si512();
+    const __m512i spread[2] = {lanes8(0, 1), lanes8(2, 3)};
+    __m512 acc[4][4];
+    for (int t = 0; t < TB; t++)
+        for (int r = 0; r < RB; r++) acc[t][r] = _mm512_setzero_ps();
+    const int64_t ng = nb / HC_Q4_0X4_GROUP;
+    for (int64_t g = 0; g < ng; g++) {
+        for (int h = 0; h < 2; h++) {
+            __m512i wv[4];
+            __m512 dw[4];
+            for (int r = 0; r < RB; r++) {
+                const uint8_t *grp = rows[r] + g * X4_BYTES;
+                const __m512i v = _mm512_loadu_si512((const void *)(grp + 8));
+                wv[r] = _mm512_and_si512(h ? _mm512_srli_epi16(v, 4) : v, m4);
+                dw[r] = _mm512_permutexvar_ps(spread[h], _mm512_castps128_ps512(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)grp))));
+            }
+            for (int t = 0; t < TB; t++) {
+                const __m512i xv = _mm512_loadu_si512((const void *)(x[t] + g * 128 + h * 64));
+                const __m512i minus8x = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, eight, xv));
+                const __m512 dxv = _mm512_permutexvar_ps(spread[h], _mm512_castps128_ps512(_mm_loadu_ps(dx[t] + g * 4)));
+                for (int r = 0; r < RB; r++) {
+                    const __m512i s = _mm512_dpbusd_epi32(minus8x, wv[r], xv);
+                    acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[r], dxv), acc[t][r]);
+                }
+            }
+        }
+    }
+    float tail[4][4] = {{0}};
+    const int64_t b0 = ng * HC_Q4_0X4_GROUP;
+    for (int r = 0; r < RB; r++) /* plain q4_0 blocks */
+        for (int t = 0; t < TB; t++)
+            for (int64_t b = b0; b < nb; b++)
+                tail[t][r] += q4_0_block_dot(x[t] + b * HC_QK, dx[t][b], (const hc_block_q4_0 *)(const void *)rows[r] + b);
+    for (int t = 0; t < TB; t++)
+        for (int r = 0; r < RB; r++) *out[t * RB + r] = _mm512_reduce_add_ps(acc[t][r]) + tail[t][r];
 }
 
 /* ---- q8_0 prompts: weights are signed, so the activations are made unsigned instead (x + 128,
@@ -364,6 +439,12 @@ __attribute__((target(VNNI))) static void q4_0_tile4(float *const *os, const int
     q4_0_tile(os, xs, dxs, (const hc_block_q4_0 *const *)rows, nb, 4, 4);
 }
 
+__attribute__((target(VNNI))) static void q4_0x4_tile4(float *const *os, const int8_t *const *xs, const float *const *dxs,
+                                                       const float *const *sxs, const void *const *rows, int64_t nb) {
+    (void)sxs;
+    q4_0x4_tile(os, xs, dxs, (const uint8_t *const *)rows, nb, 4, 4);
+}
+
 __attribute__((target(VNNI))) static void q4_k_tile4(float *const *os, const int8_t *const *xs, const float *const *dxs,
                                                      const float *const *sxs, const void *const *rows, int64_t nsb) {
     q4_k_tile(os, xs, dxs, sxs, (const hc_block_q4_k *const *)rows, nsb, 4, 4);
@@ -407,6 +488,19 @@ __attribute__((target(VNNI))) void hc_q4_0_rows_vnni(float *out, const int8_t *q
         return;
     }
     run_tiles(&a, w, row_bytes, nb, n0, n1, q4_0_tile4);
+}
+
+__attribute__((target(VNNI))) void hc_q4_0x4_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx,
+                                                         const hc_mat *w, int64_t T, int64_t n0, int64_t n1) {
+    const tile_args a = {out, qx, dx, sx, T, w->rows, w->cols};
+    const size_t row_bytes = hc_quant_row_bytes(HC_QUANT_Q4_0X4, a.K);
+    const int64_t nb = a.K / HC_QK;
+    if (T == 1) {
+        for (int64_t n = n0; n < n1; n++)
+            out[n] = q4_0x4_decode_row(qx, dx, sx, (const uint8_t *)w->data + (size_t)n * row_bytes, nb);
+        return;
+    }
+    run_tiles(&a, w, row_bytes, nb, n0, n1, q4_0x4_tile4);
 }
 
 __attribute__((target(VNNI))) void hc_q4_k_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx,

@@ -46,14 +46,17 @@ static float dot_f16(const float *x, const uint16_t *w, int64_t K) {
 #undef LOAD_F16
 }
 
-/* Quantized rows: widened a block at a time, then the same dot. */
+/* Quantized rows: widened a unit at a time (a block, or a q4_0x4 group of 4 blocks), then the
+ * same dot. Block b starts at b * (its bytes) in every format. */
 static float dot_quant(const float *x, const void *row, int quant, int64_t K) {
-    float s = 0, tmp[HC_QKK];
-    const int64_t be = hc_quant_block_elems(quant);
+    float s = 0, tmp[HC_QKK]; /* [one unit] */
+    const int64_t be = hc_quant_block_elems(quant), nb = K / be;
     const size_t bb = hc_quant_block_bytes(quant);
-    for (int64_t b = 0; b < K / be; b++) {
-        hc_dequantize_row(quant, tmp, (const char *)row + (size_t)b * bb, be);
-        for (int64_t i = 0; i < be; i++) s += x[b * be + i] * tmp[i];
+    for (int64_t b = 0; b < nb;) {
+        const int64_t blocks = quant == HC_QUANT_Q4_0X4 && b + HC_Q4_0X4_GROUP <= nb ? HC_Q4_0X4_GROUP : 1;
+        hc_dequantize_row(quant, tmp, (const char *)row + (size_t)b * bb, blocks * be);
+        for (int64_t i = 0; i < blocks * be; i++) s += x[b * be + i] * tmp[i];
+        b += blocks;
     }
     return s;
 }

@@ -1,14 +1,16 @@
 #include "backend/cpu/quant.h"
 
 #include <math.h>
+#include <string.h>
 
 #include "base/half.h"
 
 int64_t hc_quant_block_elems(int quant) { return quant == HC_QUANT_Q4_K ? HC_QKK : HC_QK; }
 
 size_t hc_quant_block_bytes(int quant) {
-    return quant == HC_QUANT_Q8_0 ? sizeof(hc_block_q8_0) : quant == HC_QUANT_Q4_0 ? sizeof(hc_block_q4_0)
-                                                                                     : sizeof(hc_block_q4_k);
+    return quant == HC_QUANT_Q8_0                                  ? sizeof(hc_block_q8_0)
+           : quant == HC_QUANT_Q4_0 || quant == HC_QUANT_Q4_0X4 ? sizeof(hc_block_q4_0)
+                                                                  : sizeof(hc_block_q4_k);
 }
 
 size_t hc_quant_row_bytes(int quant, int64_t K) {
@@ -64,7 +66,40 @@ static void quantize_q4_k(hc_block_q4_k *o, const float *x) {
     }
 }
 
+/* q4_0 <-> q4_0x4 for one group of 4 blocks (72 bytes), through a copy so in place works. */
+static void q4_0_to_x4(void *group) {
+    hc_block_q4_0 b[HC_Q4_0X4_GROUP];
+    memcpy(b, group, sizeof b);
+    uint8_t *o = group;
+    for (int i = 0; i < HC_Q4_0X4_GROUP; i++) memcpy(o + 2 * i, &b[i].d, 2);
+    for (int j = 0; j < 64; j++) {
+        const int e = j % 32; /* element of blocks j/32 (low) and 2 + j/32 (high) */
+        const hc_block_q4_0 *lo = &b[j / 32], *hi = &b[2 + j / 32];
+        const int ql = e < 16 ? lo->q[e] & 0xF : lo->q[e - 16] >> 4, qh = e < 16 ? hi->q[e] & 0xF : hi->q[e - 16] >> 4;
+        o[8 + j] = (uint8_t)(ql | qh << 4);
+    }
+}
+
+static void x4_to_q4_0(hc_block_q4_0 *b, const void *group) {
+    const uint8_t *g = group;
+    for (int i = 0; i < HC_Q4_0X4_GROUP; i++) {
+        memcpy(&b[i].d, g + 2 * i, 2);
+        memset(b[i].q, 0, sizeof b[i].q);
+    }
+    for (int j = 0; j < 64; j++) {
+        const int e = j % 32, sh = e < 16 ? 0 : 4, at = e % 16;
+        b[j / 32].q[at] |= (uint8_t)((g[8 + j] & 0xF) << sh);
+        b[2 + j / 32].q[at] |= (uint8_t)((g[8 + j] >> 4) << sh);
+    }
+}
+
 void hc_quantize_row(int quant, void *dst, const float *src, int64_t K) {
+    if (quant == HC_QUANT_Q4_0X4) {
+        hc_quantize_row(HC_QUANT_Q4_0, dst, src, K);
+        for (int64_t b = 0; b + HC_Q4_0X4_GROUP <= K / HC_QK; b += HC_Q4_0X4_GROUP)
+            q4_0_to_x4((hc_block_q4_0 *)dst + b);
+        return;
+    }
     if (quant == HC_QUANT_Q4_K) {
         for (int64_t b = 0; b < K / HC_QKK; b++) quantize_q4_k((hc_block_q4_k *)dst + b, src + b * HC_QKK);
         return;
@@ -97,6 +132,16 @@ void hc_quantize_row(int quant, void *dst, const float *src, int64_t K) {
 }
 
 void hc_dequantize_row(int quant, float *dst, const void *src, int64_t K) {
+    if (quant == HC_QUANT_Q4_0X4) {
+        int64_t b = 0;
+        for (; b + HC_Q4_0X4_GROUP <= K / HC_QK; b += HC_Q4_0X4_GROUP) {
+            hc_block_q4_0 plain[HC_Q4_0X4_GROUP];
+            x4_to_q4_0(plain, (const hc_block_q4_0 *)src + b);
+            hc_dequantize_row(HC_QUANT_Q4_0, dst + b * HC_QK, plain, HC_Q4_0X4_GROUP * HC_QK);
+        }
+        hc_dequantize_row(HC_QUANT_Q4_0, dst + b * HC_QK, (const hc_block_q4_0 *)src + b, K - b * HC_QK);
+        return;
+    }
     if (quant == HC_QUANT_Q4_K) {
         for (int64_t b = 0; b < K / HC_QKK; b++) {
             const hc_block_q4_k *blk = (const hc_block_q4_k *)src + b;
