@@ -149,6 +149,7 @@ TILE_FN float q4_0x4_decode_row(const int8_t *x, const float *dx, const float *s
 #define X4_GROUP_STEP(G, A)                                                                                            \
     do {                                                                                                               \
         const uint8_t *grp = row + (G) * X4_BYTES;                                                                     \
+        hc_prefetch_ahead(grp, 1);                                                                                     \
         const __m512i v = _mm512_loadu_si512((const void *)(grp + 8));                                                 \
         const __m128 dw = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)grp));                                         \
         corr = _mm_fmadd_ps(dw, _mm_loadu_ps(sx + 4 * (G)), corr);                                                     \
@@ -274,6 +275,7 @@ TILE_FN float q8_0_decode_row(const uint8_t *xu, const float *dx, const hc_block
     int64_t b = 0;
     for (; b + 4 <= nb; b += 4) {
         const hc_block_q8_0 *blk = row + b;
+        hc_prefetch_ahead(blk, 2); /* 136 bytes a step */
         __m512i s[2];
         for (int p = 0; p < 2; p++) {
             const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)blk[2 * p].q)),
@@ -380,6 +382,7 @@ TILE_FN float q4_k_decode_row(const int8_t *xp, const float *dx, const float *sx
     __m256 mins = _mm256_setzero_ps();
     for (int64_t sb = 0; sb < nsb; sb++) {
         const hc_block_q4_k *blk = row + sb;
+        hc_prefetch_ahead(blk, 3); /* 144 bytes a step */
         uint32_t sc[2], m[2];
         q4_k_unpack_scales(blk->scales, sc, m);
         const __m512 s8 = _mm512_zextps256_ps512(
