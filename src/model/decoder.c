@@ -24,12 +24,12 @@ static void update_dynamic_rope(hc_session *s, int64_t seq_len) {
 
 /* y[T, N] += scale * (x A^T) B^T: layer l's adapter on projection t, if it has one. */
 static void lora_add(hc_workspace *ws, int64_t l, int t, float *y, const float *x, int64_t T) {
-    const hc_lora_pair *p = hc_lora_at(ws->m->lora, l, t);
-    if (!p) return;
+    hc_lora_view p;
+    if (!hc_lora_get(ws->m->lora, l, t, &p)) return;
     hc_backend *be = ws->m->be;
-    be->matmul(be, ws->lora_r, x, &p->A, NULL, T);
-    be->matmul(be, ws->lora_n, ws->lora_r, &p->B, NULL, T);
-    be->add_scaled(be, y, ws->lora_n, ws->m->lora->scale, T * p->n);
+    be->matmul(be, ws->lora_r, x, &p.A, NULL, T);
+    be->matmul(be, ws->lora_n, ws->lora_r, &p.B, NULL, T);
+    be->add_scaled(be, y, ws->lora_n, ws->m->lora->scale, T * p.n);
 }
 
 static void feed_forward(hc_workspace *ws, const hc_layer *L, int64_t l, int64_t T) {
@@ -56,7 +56,7 @@ static void feed_forward(hc_workspace *ws, const hc_layer *L, int64_t l, int64_t
             }
         }
     } else if (m->arch->gated_mlp) {
-        if (hc_lora_at(m->lora, l, HC_LORA_GATE) || hc_lora_at(m->lora, l, HC_LORA_UP)) {
+        if (hc_lora_has(m->lora, l, HC_LORA_GATE) || hc_lora_has(m->lora, l, HC_LORA_UP)) {
             be->matmul(be, ws->ff_a, ws->h, &L->gate, &L->b_gate, T);
             lora_add(ws, l, HC_LORA_GATE, ws->ff_a, ws->h, T);
             be->matmul(be, ws->ff_b, ws->h, &L->up, &L->b_up, T);

@@ -306,19 +306,19 @@ static hc_status make_params(hc_model *m, const hc_grads *g, param **out, int64_
     const hc_lora *lo = m->lora;
     int64_t n = 0;
     if (lo)
-        for (int64_t i = 0; i < m->cfg.n_layers * HC_LORA_N; i++) n += lo->pairs[i].a ? 2 : 0;
+        for (int64_t i = 0; i < m->cfg.n_layers * HC_LORA_MODULES; i++) n += lo->pairs[i].a ? 2 : 0;
     else
         for (int64_t i = 0; i < g->n; i++) n += g->g[i] != NULL;
     param *ps = calloc((size_t)n + 1, sizeof *ps);
     if (!ps) return hc_fail(HC_ERR_NOMEM, "out of memory");
     int64_t k = 0;
     if (lo) {
-        for (int64_t i = 0; i < m->cfg.n_layers * HC_LORA_N; i++) {
+        for (int64_t i = 0; i < m->cfg.n_layers * HC_LORA_MODULES; i++) {
             hc_lora_pair *pr = &lo->pairs[i];
             if (!pr->a) continue;
             for (int ab = 0; ab < 2; ab++, k++) {
                 param *q = &ps[k];
-                snprintf(q->name, sizeof q->name, "lora.%lld.%d.%c", (long long)(i / HC_LORA_N), (int)(i % HC_LORA_N),
+                snprintf(q->name, sizeof q->name, "lora.%lld.%d.%c", (long long)(i / HC_LORA_MODULES), (int)(i % HC_LORA_MODULES),
                          ab ? 'B' : 'A');
                 q->w = ab ? pr->b : pr->a;
                 q->g = ab ? pr->db_h : pr->da_h;

@@ -41,7 +41,7 @@ static int64_t find_tensor(const hc_grads *gr, const void *p) {
 static float *grad_at(const hc_grads *gr, const void *data, hc_dtype dt) {
     if (!data) return NULL;
     const int64_t i = find_tensor(gr, data);
-    if (i < 0) return NULL;
+    if (i < 0 || !gr->g[i]) return NULL; /* frozen (LoRA trains only the adapter) */
     const hc_tensor_info *t = gr->tensors[i];
     const char *host = hc_model_host_address(gr->m, data);
     return gr->g[i] + (host - (const char *)t->data) / (ptrdiff_t)hc_dtype_size(dt);
@@ -105,7 +105,7 @@ hc_status hc_grads_new(hc_model *m, hc_grads **out) {
                          gr->tensors[i]->name);
     }
     free(used_flags);
-    for (int64_t i = 0; !st && m->lora && i < m->cfg.n_layers * HC_LORA_N; i++) {
+    for (int64_t i = 0; !st && m->lora && i < m->cfg.n_layers * HC_LORA_MODULES; i++) {
         hc_lora_pair *p = &m->lora->pairs[i];
         if (!p->a) continue;
         const size_t ab = sizeof(float) * (size_t)(m->lora->r * p->k), bb = sizeof(float) * (size_t)(p->n * m->lora->r);
@@ -149,7 +149,7 @@ void hc_grads_zero(hc_grads *gr) {
     for (int64_t i = 0; i < gr->n; i++)
         if (gr->g[i]) be->fill(be, gr->g[i], 0, gr->tensors[i]->n_elements);
     const hc_lora *lo = gr->m->lora;
-    for (int64_t i = 0; lo && i < gr->m->cfg.n_layers * HC_LORA_N; i++) {
+    for (int64_t i = 0; lo && i < gr->m->cfg.n_layers * HC_LORA_MODULES; i++) {
         const hc_lora_pair *p = &lo->pairs[i];
         if (p->da) be->fill(be, p->da, 0, lo->r * p->k);
         if (p->db) be->fill(be, p->db, 0, p->n * lo->r);
@@ -163,7 +163,7 @@ void hc_grads_download(hc_grads *gr) {
     for (int64_t i = 0; i < gr->n; i++)
         if (gr->g[i]) be->download(be, gr->gh[i], gr->g[i], sizeof(float) * (size_t)gr->tensors[i]->n_elements);
     const hc_lora *lo = gr->m->lora;
-    for (int64_t i = 0; lo && i < gr->m->cfg.n_layers * HC_LORA_N; i++) {
+    for (int64_t i = 0; lo && i < gr->m->cfg.n_layers * HC_LORA_MODULES; i++) {
         const hc_lora_pair *p = &lo->pairs[i];
         if (p->da) be->download(be, p->da_h, p->da, sizeof(float) * (size_t)(lo->r * p->k));
         if (p->db) be->download(be, p->db_h, p->db, sizeof(float) * (size_t)(p->n * lo->r));
@@ -234,11 +234,11 @@ typedef struct {
 static void mm_fwd(hc_backend *be, const hc_model *m, int64_t l, int t, float *y, const float *x, const hc_mat *w,
                    const hc_vec *b, int64_t T, const lora_scratch *ls) {
     be->matmul(be, y, x, w, b, T);
-    const hc_lora_pair *p = hc_lora_at(m->lora, l, t);
-    if (!p) return;
-    be->matmul(be, ls->u, x, &p->A, NULL, T);
-    be->matmul(be, ls->dys, ls->u, &p->B, NULL, T);
-    be->add_scaled(be, y, ls->dys, m->lora->scale, T * p->n);
+    hc_lora_view p;
+    if (!hc_lora_get(m->lora, l, t, &p)) return;
+    be->matmul(be, ls->u, x, &p.A, NULL, T);
+    be->matmul(be, ls->dys, ls->u, &p.B, NULL, T);
+    be->add_scaled(be, y, ls->dys, m->lora->scale, T * p.n);
 }
 
 /* The backward of a matmul: dx = dy W runs as a forward matmul over W's transposed view (the
@@ -258,14 +258,15 @@ static void matmul_bwd(hc_backend *be, float *dx, float *dw, float *db, const fl
 static void mm_bwd(hc_backend *be, const hc_model *m, int64_t l, int t, float *dx, float *dw, float *db, const float *dy,
                    const float *x, const hc_mat *w, int64_t T, const lora_scratch *ls) {
     matmul_bwd(be, dx, dw, db, dy, x, w, T);
-    const hc_lora_pair *p = hc_lora_at(m->lora, l, t);
-    if (!p) return;
-    const int64_t N = p->n, K = p->k;
-    be->matmul(be, ls->u, x, &p->A, NULL, T);
+    hc_lora_view p;
+    if (!hc_lora_get(m->lora, l, t, &p)) return;
+    const int64_t N = p.n, K = p.k;
+    be->matmul(be, ls->u, x, &p.A, NULL, T);
     be->fill(be, ls->dys, 0, T * N);
     be->add_scaled(be, ls->dys, dy, m->lora->scale, T * N);
-    be->matmul_backward(be, ls->du, p->db, NULL, ls->dys, ls->u, &p->B, T);
-    be->matmul_backward(be, ls->dxl, p->da, NULL, ls->du, x, &p->A, T);
+    /* a fused module's roles each add their part: db to their rows, da to the shared A's */
+    be->matmul_backward(be, ls->du, p.db, NULL, ls->dys, ls->u, &p.B, T);
+    be->matmul_backward(be, ls->dxl, p.da, NULL, ls->du, x, &p.A, T);
     if (dx) be->add(be, dx, dx, ls->dxl, T * K);
 }
 
