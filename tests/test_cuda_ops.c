@@ -354,6 +354,16 @@ static void test_elementwise(void) {
         w2 = down(dw, T * k);
         CHECK(!memcmp(e1, e2, sizeof e1), "topk_route picks the same experts (renorm %d)", renorm);
         report(renorm ? "topk_route weights, renormalised" : "topk_route weights", nmse(w2, w1, T * k), 1e-10);
+        /* and its backward */
+        float dwt[18], dlc[72], *dlg;
+        fill_rand(dwt, T * k, 1.0f);
+        cpu->topk_route_backward(cpu, dlc, dwt, e1, l, T, E, k, renorm);
+        float *ddw = up(dwt, sizeof dwt), *ddl = gpu->alloc(gpu, sizeof dlc);
+        gpu->topk_route_backward(gpu, ddl, ddw, de, dl, T, E, k, renorm);
+        dlg = down(ddl, T * E);
+        report(renorm ? "topk_route_backward, renormalised" : "topk_route_backward", nmse(dlg, dlc, T * E), 1e-10);
+        gpu->free(gpu, ddw), gpu->free(gpu, ddl);
+        free(dlg);
         gpu->free(gpu, dl), gpu->free(gpu, dw), gpu->free(gpu, de);
         free(w2);
     }

@@ -1,6 +1,7 @@
 /* LoRA on every kind of projection a checkpoint stores: separate (llama2), fused (Phi-3's
  * qkv_proj and gate_up_proj), fused and transposed (GPT-2's c_attn, Conv1D weights), and on the
- * attention of a mixture-of-experts model (mixtral). For each, with random A and B:
+ * attention of a mixture-of-experts model (mixtral). For each, with random A and B
+ * (HUBCAP_TEST_DEVICE=cuda runs the gradients on the GPU):
  *   - the adapter's gradients against central differences of the loss, on elements of A and
  *     of every role's rows of B (a fused module's roles share A);
  *   - the saved adapter has PEFT's module names and loads back to the same loss;
@@ -61,7 +62,7 @@ static void rm_dir(const char *dir) {
 static void check_arch(const char *name, const char *targets, const char *const *names, int n_names, const char *tensor) {
     char dir[4200];
     snprintf(dir, sizeof dir, "%s/tests/fixtures/models/%s", test_source_dir(), name);
-    hc_model_params mp = hc_model_default_params();
+    hc_model_params mp = test_model_params(); /* HUBCAP_TEST_DEVICE=cuda: the gradients on the GPU */
     mp.use_mmap = false;
     hc_model *m = NULL;
     CHECK_OK(hc_model_load(dir, &mp, &m));
@@ -131,6 +132,8 @@ static void check_arch(const char *name, const char *targets, const char *const 
     CHECK_OK(hc_checkpoint_open(path, NULL, &ck));
     if (ck) CHECK(hc_checkpoint_find(ck, tensor) != NULL, "%s: the adapter holds %s", name, tensor);
     hc_checkpoint_free(ck);
+    mp = hc_model_default_params(); /* merging writes the weights: on the CPU, in RAM */
+    mp.use_mmap = false;
     mp.lora_path = adir;
     CHECK_OK(hc_model_load(dir, &mp, &m));
     if (m) {
@@ -157,7 +160,7 @@ int main(void) {
     check_arch("gpt2", "c_attn,c_proj,c_fc", gpt2, 3, "base_model.model.transformer.h.1.attn.c_attn.lora_B.weight");
     const char *mixtral[] = {"q_proj", "v_proj"};
 
-    /* mixtral: attention adapts (inference: its gradients are not supported yet); experts are refused */
+    /* mixtral: attention adapts; the experts are refused */
     char dir[4200];
     snprintf(dir, sizeof dir, "%s/tests/fixtures/models/mixtral", test_source_dir());
     hc_model_params mp = hc_model_default_params();

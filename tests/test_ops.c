@@ -642,7 +642,7 @@ typedef struct {
     float cap;
 } fd_ctx;
 
-enum { FD_MATMUL, FD_NORM, FD_ROPE, FD_ATTN, FD_GLU, FD_SOFTCAP, FD_EMBED };
+enum { FD_MATMUL, FD_NORM, FD_ROPE, FD_ATTN, FD_GLU, FD_SOFTCAP, FD_EMBED, FD_ROUTE };
 
 static double fd_loss(fd_ctx *c) {
     hc_backend *be = c->be;
@@ -680,6 +680,12 @@ static double fd_loss(fd_ctx *c) {
         be->softcap(be, c->out, 2.0f, c->n);
         n = c->n;
         break;
+    case FD_ROUTE: { /* the weights, with the experts held as chosen (topk is flat between swaps) */
+        int32_t e[64];
+        be->topk_route(be, c->out, e, c->x, c->T, c->N, c->K, c->kind);
+        n = c->T * c->K;
+        break;
+    }
     case FD_EMBED: {
         hc_mat t = {.data = c->w, .dtype = HC_DTYPE_F32, .rows = c->N, .cols = c->K, .ld = c->K};
         be->embedding(be, c->out, &t, c->ids, c->T, 1.7f, false);
@@ -787,6 +793,17 @@ static void test_backward(hc_backend *be) {
     hc_mat tab = {.data = c.w, .dtype = HC_DTYPE_F32, .rows = 7, .cols = 4, .ld = 4};
     be->embedding_backward(be, dw, &tab, c.r, ids, 5, 1.7f);
     fd_compare(&c, "embedding dtable", c.w, dw, 28);
+    /* MoE routing, with and without renormalising: 4 rows of 6 logits, top 2 */
+    for (int renorm = 0; renorm < 2; renorm++) {
+        c.op = FD_ROUTE, c.T = 4, c.N = 6, c.K = 2, c.kind = renorm;
+        fill(c.x, 24), fill(c.r, 8);
+        /* logits at least 0.6 apart, so the choice holds under +-h */
+        for (int i = 0; i < 24; i++) c.x[i] = 0.8f * (float)((i % 6 * 5 + i / 6 * 3) % 6) - 2.0f + 0.1f * c.x[i];
+        int32_t e[8];
+        be->topk_route(be, c.out, e, c.x, 4, 6, 2, renorm);
+        be->topk_route_backward(be, dx, c.r, e, c.x, 4, 6, 2, renorm);
+        fd_compare(&c, renorm ? "topk_route dlogits (renorm)" : "topk_route dlogits", c.x, dx, 24);
+    }
     for (int i = 0; i < 12; i++) free(buf[i]);
 }
 

@@ -1,5 +1,4 @@
-/* Training numerics against transformers (train_reference.safetensors of llama2, qwen3 and
- * gemma2): the loss within 1e-5 relative, every gradient within 1e-4 of its norm, and every
+/* Training numerics against transformers (train_reference.safetensors of every fixture): the loss within 1e-5 relative, every gradient within 1e-4 of its norm, and every
  * weight after one AdamW step within 1e-5. Then a finite-difference check of the loss. */
 #include "format/safetensors.h"
 #include "hubcap.h"
@@ -24,6 +23,33 @@ static float widen(const hc_tensor_info *t, int64_t i) {
     return NAN; /* the fixtures are f32 or bf16 */
 }
 
+/* HF's tensor (prefix "grad." or "adamw1.") for one of the checkpoint's, n elements. transformers
+ * 5 holds a Mixtral layer's experts fused (mlp.experts.gate_up_proj [E, 2I, C], gate rows
+ * first, and down_proj [E, C, I]) and its router as mlp.gate, where the checkpoint has
+ * block_sparse_moe.experts.<e>.w1 / w3 / w2 and block_sparse_moe.gate: those map to slices. */
+static const float *hf_tensor(hc_safetensors *ref, const char *prefix, const char *name, int64_t n) {
+    char key[600];
+    snprintf(key, sizeof key, "%s%s", prefix, name);
+    const hc_tensor_info *t = hc_safetensors_find(ref, key);
+    if (t) return t->data;
+    int layer, e, w, used = 0;
+    if (sscanf(name, "model.layers.%d.block_sparse_moe.experts.%d.w%d.weight%n", &layer, &e, &w, &used) == 3 &&
+        !name[used]) {
+        snprintf(key, sizeof key, "%smodel.layers.%d.mlp.experts.%s", prefix, layer, w == 2 ? "down_proj" : "gate_up_proj");
+        t = hc_safetensors_find(ref, key);
+        if (!t) return NULL;
+        /* n = I*C: expert e's [I, C] (w1), the [I, C] after it (w3), or its [C, I] (w2) */
+        const int64_t at = w == 2 ? e * n : 2 * e * n + (w == 3 ? n : 0);
+        return (const float *)t->data + at;
+    }
+    if (sscanf(name, "model.layers.%d.block_sparse_moe.gate.weight%n", &layer, &used) == 1 && !name[used]) {
+        snprintf(key, sizeof key, "%smodel.layers.%d.mlp.gate.weight", prefix, layer);
+        t = hc_safetensors_find(ref, key);
+        return t ? t->data : NULL;
+    }
+    return NULL;
+}
+
 static void check_model(const char *dir, const char *name) {
     char path[4400];
     snprintf(path, sizeof path, "%s/train_reference.safetensors", dir);
@@ -33,7 +59,11 @@ static void check_model(const char *dir, const char *name) {
      * operands there (the tolerances below say how far each may be). */
     hc_model_params mp = test_model_params();
     const bool low = test_low_precision();
-    const double loss_tol = low ? 2e-3 : 1e-5, grad_tol = low ? 3e-2 : 1e-4, adam_tol = low ? 2.1e-2 : 1e-5;
+    /* A mixture of experts in bf16: a token whose experts score within rounding of each other
+     * may route to another expert, which moves that expert's whole gradient (measured on the
+     * H100: up to 0.125 of the norm for mixtral, where f32 matches to 2e-6). */
+    const bool moe = strstr(name, "mixtral") != NULL;
+    const double loss_tol = low ? 2e-3 : 1e-5, grad_tol = low ? (moe ? 0.2 : 3e-2) : 1e-4, adam_tol = low ? 2.1e-2 : 1e-5;
     hc_model *m = NULL;
     CHECK_OK(hc_model_load(dir, &mp, &m));
     hc_grads *g = NULL;
@@ -59,14 +89,13 @@ static void check_model(const char *dir, const char *name) {
         const float *gd = hc_grads_data(g, i);
         char key[600];
         snprintf(key, sizeof key, "grad.%s", t->name);
-        const hc_tensor_info *rg = hc_safetensors_find(&ref, key);
-        if (!rg) {
+        const float *r = hf_tensor(&ref, "grad.", t->name, t->n_elements);
+        if (!r) {
             CHECK(!gd || norm2(gd, t->n_elements) == 0, "%s: a gradient HF does not have: %s", name, t->name);
             continue;
         }
         CHECK(gd != NULL, "%s: no gradient for %s", name, t->name);
         if (!gd) continue;
-        const float *r = rg->data;
         double diff = 0;
         for (int64_t k = 0; k < t->n_elements; k++) diff += ((double)gd[k] - r[k]) * ((double)gd[k] - r[k]);
         const double rel = sqrt(diff) / fmax(norm2(r, t->n_elements), 1e-30);
@@ -75,14 +104,14 @@ static void check_model(const char *dir, const char *name) {
         n_grads++;
         /* one AdamW step from the stored weights */
         snprintf(key, sizeof key, "adamw1.%s", t->name);
-        const hc_tensor_info *ra = hc_safetensors_find(&ref, key);
+        const float *ra = hf_tensor(&ref, "adamw1.", t->name, t->n_elements);
         if (!ra) continue;
         float *w = malloc(sizeof(float) * (size_t)t->n_elements), *m1 = calloc((size_t)t->n_elements, 4),
               *m2 = calloc((size_t)t->n_elements, 4);
         for (int64_t k = 0; k < t->n_elements; k++) w[k] = widen(t, k);
         hc_adamw_update(w, m1, m2, r, t->n_elements, &ap, 1); /* HF's gradient: this checks the step alone */
         double wd = 0;
-        for (int64_t k = 0; k < t->n_elements; k++) wd = fmax(wd, fabs((double)w[k] - ((const float *)ra->data)[k]));
+        for (int64_t k = 0; k < t->n_elements; k++) wd = fmax(wd, fabs((double)w[k] - ra[k]));
         CHECK(wd <= 1e-5, "%s: %s off by %g", name, key, wd);
         /* And with our gradient. A first AdamW step moves each weight by about lr * sign(g), so
          * where HF's gradient is within rounding of zero the step's sign is a coin toss; those
@@ -91,7 +120,7 @@ static void check_model(const char *dir, const char *name) {
         hc_adamw_update(w, m1, m2, gd, t->n_elements, &ap, 1);
         double wd2 = 0;
         for (int64_t k = 0; k < t->n_elements; k++)
-            if (fabs(r[k]) > 1e-6) wd2 = fmax(wd2, fabs((double)w[k] - ((const float *)ra->data)[k]));
+            if (fabs(r[k]) > 1e-6) wd2 = fmax(wd2, fabs((double)w[k] - ra[k]));
         /* in bf16 a step can flip where the gradient is small: at most 2 lr (+ decay) apart */
         CHECK(wd2 <= adam_tol, "%s: %s from our gradient off by %g", name, key, wd2);
         n_adam++;
@@ -133,8 +162,11 @@ static void check_model(const char *dir, const char *name) {
 }
 
 int main(void) {
-    const char *names[] = {"llama2", "qwen3", "gemma2"};
-    for (int i = 0; i < 3; i++) {
+    /* gemma2, llama2 and qwen3 came with the fixtures; the others were made the same way
+     * (bench/make_train_refs.py on the GPU machine) */
+    const char *names[] = {"llama2", "qwen3", "gemma2", "gemma", "gemma3", "gpt2", "llama3_2", "llama3_v5",
+                           "llama_sharded", "mistral", "mixtral", "phi3", "qwen2"};
+    for (int i = 0; i < (int)(sizeof names / sizeof names[0]); i++) {
         char dir[4096];
         snprintf(dir, sizeof dir, "%s/tests/fixtures/models/%s", test_source_dir(), names[i]);
         check_model(dir, names[i]);

@@ -164,6 +164,12 @@ struct hc_backend {
     /* out = act(gate) * up: dgate, dup (=) */
     void (*glu_backward)(hc_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                          hc_activation act, int64_t n);
+    /* topk_route's backward: dlogits[T, E] (=) from dweights[T, k], given the experts it chose
+     * and its logits. Without renorm w_j = p(e_j), p = softmax(logits), so dl_i = p_i (g_i -
+     * sum_j dw_j w_j) with g_i = dw_j where i = e_j, else 0; with renorm w is the softmax of
+     * the chosen logits alone: dl_(e_j) = w_j (dw_j - sum_k dw_k w_k), the others 0. */
+    void (*topk_route_backward)(hc_backend *be, float *dlogits, const float *dweights, const int32_t *experts,
+                                const float *logits, int64_t T, int64_t E, int64_t k, bool renorm);
     /* y = cap * tanh(x / cap), given y: dx = dy * (1 - (y / cap)^2) */
     void (*softcap_backward)(hc_backend *be, float *dx, const float *dy, const float *y, float cap, int64_t n);
     /* The training loss, forward and backward together: for each row of logits[T, V] with a

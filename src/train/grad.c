@@ -72,7 +72,6 @@ static void mark_vec(hc_vec *v, void *arg) {
 
 hc_status hc_grads_new(hc_model *m, hc_grads **out) {
     *out = NULL;
-    if (m->cfg.n_experts > 0) return hc_fail(HC_ERR_UNSUPPORTED, "gradients: mixture-of-experts models are not supported yet");
     hc_grads *gr = calloc(1, sizeof *gr);
     const int64_t n = hc_checkpoint_n_tensors(m->ck);
     if (!gr || !(gr->tensors = calloc((size_t)n, sizeof *gr->tensors)) || !(gr->g = calloc((size_t)n, sizeof *gr->g)) ||
@@ -178,9 +177,16 @@ const float *hc_grads_data(hc_grads *gr, int64_t i) {
     return gr->gh[i];
 }
 
-/* One layer's saved activations, [T, ...] each. */
+/* One layer's saved activations, [T, ...] each. A mixture-of-experts layer keeps its router's
+ * logits [T, E] and choice (experts re, weights rw [T, K]; on the host too, as the decoder
+ * decides there which weights each token uses), and per chosen (token, expert) row its
+ * gate, up, act [T*K, I] and the expert's output ey [T*K, C]. */
 typedef struct {
     float *x_in, *h1, *q_pre, *k_pre, *q, *k, *v, *att, *o_pre, *x_mid, *h2, *gate, *up, *act, *ff_pre;
+    float *router, *rw, *ey;
+    int32_t *re;
+    int32_t *re_h; /* host */
+    float *rw_h;   /* host */
 } layer_acts;
 
 /* batch_grad's buffers. With gradients they come from the hc_grads' workspace, which keeps
@@ -281,6 +287,29 @@ typedef struct {
     const lora_scratch *ls;
 } train_ctx;
 
+/* A mixture-of-experts MLP, as the decoder runs it: the router picks K experts per token
+ * (softmax, top-k, renormalised or not), and ff_pre[t] = sum_j rw[t, j] * expert_j(h2[t]). */
+static void moe_forward(const train_ctx *tc, const hc_layer *Ly, layer_acts *a) {
+    hc_backend *be = tc->be;
+    const hc_model_config *c = &tc->m->cfg;
+    const int64_t T = tc->T, C = c->hidden_size, I = c->intermediate_size, E = c->n_experts, K = c->n_experts_per_tok;
+    be->matmul(be, a->router, a->h2, &Ly->router, NULL, T);
+    be->topk_route(be, a->rw, a->re, a->router, T, E, K, c->norm_topk_prob);
+    be->download(be, a->re_h, a->re, sizeof(int32_t) * (size_t)(T * K));
+    be->download(be, a->rw_h, a->rw, sizeof(float) * (size_t)(T * K));
+    be->fill(be, a->ff_pre, 0, T * C);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t j = 0; j < K; j++) {
+            const int64_t row = t * K + j;
+            const int32_t e = a->re_h[row];
+            be->matmul(be, a->gate + row * I, a->h2 + t * C, &Ly->exp_gate[e], NULL, 1);
+            be->matmul(be, a->up + row * I, a->h2 + t * C, &Ly->exp_up[e], NULL, 1);
+            be->glu(be, a->act + row * I, a->gate + row * I, a->up + row * I, c->act, I);
+            be->matmul(be, a->ey + row * C, a->act + row * I, &Ly->exp_down[e], NULL, 1);
+            be->add_scaled(be, a->ff_pre + t * C, a->ey + row * C, a->rw_h[row], C);
+        }
+}
+
 /* Layer l from a->x_in, keeping every activation in a; its output goes to xo. */
 static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *xo) {
     hc_backend *be = tc->be;
@@ -315,7 +344,9 @@ static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *
     if (Ly->attn_post_norm.data) be->norm(be, tmp, a->o_pre, &Ly->attn_post_norm, NULL, nk, eps, T, C);
     be->add(be, a->x_mid, a->x_in, Ly->attn_post_norm.data ? tmp : a->o_pre, T * C);
     be->norm(be, a->h2, a->x_mid, &Ly->ffn_norm, &Ly->ffn_norm_b, nk, eps, T, C);
-    if (m->arch->gated_mlp) {
+    if (c->n_experts > 0) {
+        moe_forward(tc, Ly, a);
+    } else if (m->arch->gated_mlp) {
         mm_fwd(be, m, l, HC_LORA_GATE, a->gate, a->h2, &Ly->gate, &Ly->b_gate, T, ls);
         mm_fwd(be, m, l, HC_LORA_UP, a->up, a->h2, &Ly->up, &Ly->b_up, T, ls);
         be->glu(be, a->act, a->gate, a->up, c->act, T * I);
@@ -324,9 +355,41 @@ static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *
         be->copy(be, a->act, a->gate, T * I);
         be->activate(be, a->act, c->act, T * I);
     }
-    mm_fwd(be, m, l, HC_LORA_DOWN, a->ff_pre, a->act, &Ly->down, &Ly->b_down, T, ls);
+    if (!c->n_experts) mm_fwd(be, m, l, HC_LORA_DOWN, a->ff_pre, a->act, &Ly->down, &Ly->b_down, T, ls);
     if (Ly->ffn_post_norm.data) be->norm(be, tmp, a->ff_pre, &Ly->ffn_post_norm, NULL, nk, eps, T, C);
     be->add(be, xo, a->x_mid, Ly->ffn_post_norm.data ? tmp : a->ff_pre, T * C);
+}
+
+/* moe_forward's backward: dh (=) [T, C] from dff = d ff_pre, the experts' and the router's
+ * weight gradients (+=). Per chosen row: d rw = dff[t] . ey (a 1-row matmul), the expert's
+ * backward on rw * dff[t]; then the routing's backward to the router's logits. work: [C] for
+ * a row's output gradient, [C] for an input gradient, [T*K] d rw, [T*E] d logits; tmp [T, C];
+ * dact, dgate, dup [I]. */
+static void moe_backward(const train_ctx *tc, hc_grads *gr, const hc_layer *Ly, const layer_acts *a, const float *dff,
+                         float *dh, float *work, float *tmp, float *dact, float *dgate, float *dup) {
+    hc_backend *be = tc->be;
+    const hc_model_config *c = &tc->m->cfg;
+    const int64_t T = tc->T, C = c->hidden_size, I = c->intermediate_size, E = c->n_experts, K = c->n_experts_per_tok;
+    float *dey = work, *dxe = work + C, *drw = work + 2 * C, *drouter = drw + T * K;
+    be->fill(be, dh, 0, T * C);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t j = 0; j < K; j++) {
+            const int64_t row = t * K + j;
+            const int32_t e = a->re_h[row];
+            const hc_mat eyr = {.data = a->ey + row * C, .dtype = HC_DTYPE_F32, .rows = 1, .cols = C, .ld = C};
+            be->matmul(be, drw + row, dff + t * C, &eyr, NULL, 1);
+            be->fill(be, dey, 0, C);
+            be->add_scaled(be, dey, dff + t * C, a->rw_h[row], C);
+            matmul_bwd(be, dact, GM(&Ly->exp_down[e]), NULL, dey, a->act + row * I, &Ly->exp_down[e], 1);
+            be->glu_backward(be, dgate, dup, dact, a->gate + row * I, a->up + row * I, c->act, I);
+            matmul_bwd(be, dxe, GM(&Ly->exp_gate[e]), NULL, dgate, a->h2 + t * C, &Ly->exp_gate[e], 1);
+            be->add(be, dh + t * C, dh + t * C, dxe, C);
+            matmul_bwd(be, dxe, GM(&Ly->exp_up[e]), NULL, dup, a->h2 + t * C, &Ly->exp_up[e], 1);
+            be->add(be, dh + t * C, dh + t * C, dxe, C);
+        }
+    be->topk_route_backward(be, drouter, drw, a->re, a->router, T, E, K, c->norm_topk_prob);
+    matmul_bwd(be, tmp, GM(&Ly->router), NULL, drouter, a->h2, &Ly->router, T);
+    be->add(be, dh, dh, tmp, T * C);
 }
 
 /* Loss (summed over the batch's predicted tokens: t + 1 where mask says so, or all) and
@@ -343,6 +406,7 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
     const float eps = (float)c->norm_eps;
     const int64_t C = c->hidden_size, H = c->n_heads, KVH = c->n_kv_heads, D = c->head_dim, V = c->vocab_size;
     const int64_t I = c->intermediate_size, L = c->n_layers, R = c->rotary_dim;
+    const int64_t E = c->n_experts, KE = c->n_experts_per_tok;
     const bool gated = m->arch->gated_mlp;
     bool oom = false;
     layer_acts *A = calloc((size_t)L, sizeof *A);
@@ -380,8 +444,16 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
         for (size_t i = 0; i < 5; i++) *bufs[i] = take(&wsb, T * C, &oom);
         a->q_pre = take(&wsb, T * H * D, &oom), a->q = take(&wsb, T * H * D, &oom), a->att = take(&wsb, T * H * D, &oom);
         a->k_pre = take(&wsb, T * KVH * D, &oom), a->k = take(&wsb, T * KVH * D, &oom), a->v = take(&wsb, T * KVH * D, &oom);
-        a->gate = take(&wsb, T * I, &oom), a->up = take(&wsb, T * I, &oom), a->act = take(&wsb, T * I, &oom);
+        const int64_t ff_rows = E ? T * KE : T; /* MoE: a row per chosen (token, expert) */
+        a->gate = take(&wsb, ff_rows * I, &oom), a->up = take(&wsb, ff_rows * I, &oom), a->act = take(&wsb, ff_rows * I, &oom);
+        if (E) {
+            a->router = take(&wsb, T * E, &oom), a->rw = take(&wsb, T * KE, &oom), a->ey = take(&wsb, T * KE * C, &oom);
+            a->re = (int32_t *)take(&wsb, T * KE, &oom);
+            a->re_h = malloc(sizeof(int32_t) * (size_t)(T * KE)), a->rw_h = malloc(sizeof(float) * (size_t)(T * KE));
+            if (!a->re_h || !a->rw_h) oom = true;
+        }
     }
+    float *moe_work = E ? take(&wsb, 2 * C + T * KE + T * E, &oom) : NULL;
     hc_status st = HC_OK;
     if (oom) {
         st = hc_fail(HC_ERR_NOMEM, "out of memory for the activations of %lld tokens", (long long)T);
@@ -440,17 +512,23 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
             be->norm_backward(be, tmp, GM(&Ly->ffn_post_norm), NULL, dx, a->ff_pre, &Ly->ffn_post_norm, NULL, nk, eps, T, C);
             dff = tmp;
         }
-        mm_bwd(be, m, l, HC_LORA_DOWN, dact, GM(&Ly->down), Ly->b_down.data ? GM(&Ly->b_down) : NULL, dff, a->act, &Ly->down,
-               T, &ls);
-        if (gated) {
-            be->glu_backward(be, dgate, dup, dact, a->gate, a->up, c->act, T * I);
-            mm_bwd(be, m, l, HC_LORA_GATE, dh, GM(&Ly->gate), Ly->b_gate.data ? GM(&Ly->b_gate) : NULL, dgate, a->h2,
-                   &Ly->gate, T, &ls);
-            mm_bwd(be, m, l, HC_LORA_UP, tmp, GM(&Ly->up), Ly->b_up.data ? GM(&Ly->b_up) : NULL, dup, a->h2, &Ly->up, T, &ls);
-            be->add(be, dh, dh, tmp, T * C);
+        if (E) {
+            moe_backward(&tc, gr, Ly, a, dff, dh, moe_work, tmp + T * C, dact, dgate, dup);
         } else {
-            be->glu_backward(be, dgate, NULL, dact, a->gate, NULL, c->act, T * I);
-            mm_bwd(be, m, l, HC_LORA_UP, dh, GM(&Ly->up), Ly->b_up.data ? GM(&Ly->b_up) : NULL, dgate, a->h2, &Ly->up, T, &ls);
+            mm_bwd(be, m, l, HC_LORA_DOWN, dact, GM(&Ly->down), Ly->b_down.data ? GM(&Ly->b_down) : NULL, dff, a->act,
+                   &Ly->down, T, &ls);
+            if (gated) {
+                be->glu_backward(be, dgate, dup, dact, a->gate, a->up, c->act, T * I);
+                mm_bwd(be, m, l, HC_LORA_GATE, dh, GM(&Ly->gate), Ly->b_gate.data ? GM(&Ly->b_gate) : NULL, dgate, a->h2,
+                       &Ly->gate, T, &ls);
+                mm_bwd(be, m, l, HC_LORA_UP, tmp, GM(&Ly->up), Ly->b_up.data ? GM(&Ly->b_up) : NULL, dup, a->h2, &Ly->up, T,
+                       &ls);
+                be->add(be, dh, dh, tmp, T * C);
+            } else {
+                be->glu_backward(be, dgate, NULL, dact, a->gate, NULL, c->act, T * I);
+                mm_bwd(be, m, l, HC_LORA_UP, dh, GM(&Ly->up), Ly->b_up.data ? GM(&Ly->b_up) : NULL, dgate, a->h2, &Ly->up, T,
+                       &ls);
+            }
         }
         be->norm_backward(be, tmp, GM(&Ly->ffn_norm), Ly->ffn_norm_b.data ? GM(&Ly->ffn_norm_b) : NULL, dh, a->x_mid,
                           &Ly->ffn_norm, &Ly->ffn_norm_b, nk, eps, T, C);
@@ -499,8 +577,10 @@ out:
         layer_acts *a = &A[l];
         give(&wsb, a->x_in);
         if (ckpt && l > 0) continue; /* shares layer 0's buffers */
+        free(a->re_h), free(a->rw_h);
+        give(&wsb, a->re);
         float *bufs[] = {a->h1, a->q_pre, a->k_pre, a->q, a->k, a->v, a->att, a->o_pre, a->x_mid, a->h2, a->gate, a->up,
-                         a->act, a->ff_pre};
+                         a->act, a->ff_pre, a->router, a->rw, a->ey};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) give(&wsb, bufs[i]);
     }
     give(&wsb, x_ckpt_out);
@@ -508,7 +588,7 @@ out:
     give(&wsb, ids), give(&wsb, pos), give(&wsb, tgt), give(&wsb, loss_rows), give(&wsb, hit_rows);
     give(&wsb, inv[0]), give(&wsb, inv[1]), give(&wsb, x0), give(&wsb, xL), give(&wsb, hf), give(&wsb, logits), give(&wsb, dlogits), give(&wsb, dx);
     give(&wsb, dh), give(&wsb, tmp), give(&wsb, dq), give(&wsb, dk), give(&wsb, dv), give(&wsb, dact), give(&wsb, dgate), give(&wsb, dup), give(&wsb, scratch);
-    give(&wsb, ls.u), give(&wsb, ls.du), give(&wsb, ls.dys), give(&wsb, ls.dxl);
+    give(&wsb, ls.u), give(&wsb, ls.du), give(&wsb, ls.dys), give(&wsb, ls.dxl), give(&wsb, moe_work);
     return st;
 }
 
@@ -517,8 +597,6 @@ void hc_grads_set_checkpointing(hc_grads *g, bool on) { g->checkpointing = on; }
 hc_status hc_model_loss_grad(hc_model *m, const int32_t *ids, const uint8_t *mask, int64_t B, int64_t T, hc_grads *gr,
                              double *loss, double *accuracy) {
     if (gr && gr->m != m) return hc_fail(HC_ERR_INVALID_ARG, "gradients: the buffers belong to another model");
-    if (!gr && m->cfg.n_experts > 0)
-        return hc_fail(HC_ERR_UNSUPPORTED, "training loss: mixture-of-experts models are not supported yet");
     if (B <= 0 || T < 2) return hc_fail(HC_ERR_INVALID_ARG, "gradients: need at least one sequence of two tokens");
     int64_t targets = 0;
     for (int64_t i = 0; i < B * T; i++) {

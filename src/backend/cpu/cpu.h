@@ -60,6 +60,8 @@ void hc_cpu_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, 
                                int64_t D, float scale, int64_t window, float softcap, float *scratch);
 void hc_cpu_glu_backward(hc_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                          hc_activation act, int64_t n);
+void hc_cpu_topk_route_backward(hc_backend *be, float *dlogits, const float *dweights, const int32_t *experts,
+                                const float *logits, int64_t T, int64_t E, int64_t k, bool renorm);
 void hc_cpu_softcap_backward(hc_backend *be, float *dx, const float *dy, const float *y, float cap, int64_t n);
 void hc_cpu_argmax_rows(hc_backend *be, int32_t *out, const float *x, int64_t T, int64_t V);
 void hc_cpu_sum_squares(hc_backend *be, double *acc, const float *x, int64_t n);

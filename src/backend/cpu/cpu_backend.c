@@ -69,6 +69,7 @@ static hc_backend cpu_backend = {
     .attention_backward = hc_cpu_attention_backward,
     .glu_backward = hc_cpu_glu_backward,
     .softcap_backward = hc_cpu_softcap_backward,
+    .topk_route_backward = hc_cpu_topk_route_backward,
     .cross_entropy = hc_cpu_cross_entropy,
     .sum_squares = hc_cpu_sum_squares,
     .argmax_rows = hc_cpu_argmax_rows,

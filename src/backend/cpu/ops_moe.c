@@ -33,3 +33,30 @@ void hc_cpu_topk_route(hc_backend *be, float *weights, int32_t *experts, const f
         }
     }
 }
+
+void hc_cpu_topk_route_backward(hc_backend *be, float *dlogits, const float *dweights, const int32_t *experts,
+                                const float *logits, int64_t T, int64_t E, int64_t k, bool renorm) {
+    (void)be;
+    for (int64_t t = 0; t < T; t++) {
+        const float *l = logits + t * E, *dw = dweights + t * k; /* [E], [k] */
+        const int32_t *e = experts + t * k;                      /* [k] */
+        float *dl = dlogits + t * E;                             /* [E] */
+        double mx = -INFINITY;
+        for (int64_t i = 0; i < E; i++) mx = l[i] > mx ? l[i] : mx;
+        /* the weights as the forward made them: over all E, or over the chosen k */
+        double z = 0;
+        if (renorm)
+            for (int64_t j = 0; j < k; j++) z += exp(l[e[j]] - mx);
+        else
+            for (int64_t i = 0; i < E; i++) z += exp(l[i] - mx);
+        double dot = 0; /* sum_j dw_j w_j */
+        for (int64_t j = 0; j < k; j++) dot += dw[j] * (exp(l[e[j]] - mx) / z);
+        for (int64_t i = 0; i < E; i++) {
+            double g = 0;
+            bool chosen = false;
+            for (int64_t j = 0; j < k; j++)
+                if (e[j] == i) g = dw[j], chosen = true;
+            dl[i] = renorm && !chosen ? 0.0f : (float)(exp(l[i] - mx) / z * (g - dot));
+        }
+    }
+}

@@ -267,6 +267,7 @@ extern "C" hc_status hc_backend_cuda_new(int device_index, hc_dtype compute, hc_
     be->attention_backward = hc_cuda_attention_backward;
     be->glu_backward = hc_cuda_glu_backward;
     be->softcap_backward = hc_cuda_softcap_backward;
+    be->topk_route_backward = hc_cuda_topk_route_backward;
     be->cross_entropy = hc_cuda_cross_entropy;
     be->copy = hc_cuda_copy;
     be->sum_squares = hc_cuda_sum_squares;

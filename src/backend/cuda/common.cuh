@@ -192,6 +192,8 @@ void hc_cuda_attention_backward(hc_backend *be, float *dq, float *dk, float *dv,
                                 int64_t D, float scale, int64_t window, float softcap, float *scratch);
 void hc_cuda_glu_backward(hc_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                           hc_activation act, int64_t n);
+void hc_cuda_topk_route_backward(hc_backend *be, float *dlogits, const float *dweights, const int32_t *experts,
+                                 const float *logits, int64_t T, int64_t E, int64_t k, bool renorm);
 void hc_cuda_softcap_backward(hc_backend *be, float *dx, const float *dy, const float *y, float cap, int64_t n);
 void hc_cuda_cross_entropy(hc_backend *be, float *dlogits, float *loss, float *hit, const float *logits,
                            const int32_t *targets, int64_t T, int64_t V, double scale);
