@@ -426,18 +426,20 @@ static void test_fast_matmul(hc_backend *ref) {
     double ek = 0;
     for (int i = 0; i < 256; i++) ek = fmax(ek, fabs(row256[i] - back256[i]));
     CHECK(ek < 2.0 / 15 && hc_quant_row_bytes(HC_QUANT_Q4_K, 256) == 144, "q4_k error %g", ek);
-    /* rope on the pool: the reference's bits */
-    {
-        const int64_t T = 300, nh = 4, D = 64, R = 48;
-        float *x1 = malloc(sizeof(float) * T * nh * D), *x2 = malloc(sizeof(float) * T * nh * D), inv[24];
+    /* rope (SIMD rotation, on the pool): the reference's bits; partial rotary with a tail,
+     * a full 128-wide head with an attention factor, a few tokens (one thread) */
+    for (int cfg = 0; cfg < 3; cfg++) {
+        const int64_t T = cfg == 2 ? 3 : 300, nh = cfg ? 3 : 4, D = cfg ? 128 : 64, R = cfg ? 128 : 48;
+        const float factor = cfg ? 1.25f : 1.0f;
+        float *x1 = malloc(sizeof(float) * T * nh * D), *x2 = malloc(sizeof(float) * T * nh * D), inv[64];
         int32_t *pos = malloc(sizeof(int32_t) * T);
         fill(x1, T * nh * D);
         memcpy(x2, x1, sizeof(float) * T * nh * D);
-        for (int i = 0; i < 24; i++) inv[i] = powf(10000.0f, -2.0f * (float)i / (float)R);
+        for (int i = 0; i < R / 2; i++) inv[i] = powf(10000.0f, -2.0f * (float)i / (float)R);
         for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)(t * 7);
-        ref->rope(ref, x1, pos, inv, 1.0f, T, nh, D, R);
-        fast2->rope(fast2, x2, pos, inv, 1.0f, T, nh, D, R);
-        CHECK(!memcmp(x1, x2, sizeof(float) * T * nh * D), "threaded rope gives the reference's bits");
+        ref->rope(ref, x1, pos, inv, factor, T, nh, D, R);
+        fast2->rope(fast2, x2, pos, inv, factor, T, nh, D, R);
+        CHECK(!memcmp(x1, x2, sizeof(float) * T * nh * D), "fast rope gives the reference's bits (case %d)", cfg);
         free(x1), free(x2), free(pos);
     }
     /* The matmul's backward: fast (threaded dW) against the reference, and 1 vs 2 threads. */

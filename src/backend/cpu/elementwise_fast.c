@@ -2,6 +2,8 @@
  * A prompt chunk of T rows spends a few percent of its time here on one thread; splitting it
  * keeps the other cores busy. Parts are whole rows (norms) or ranges (glu), so the result is
  * the same whatever the thread count. */
+#include <math.h>
+
 #include "backend/cpu/cpu.h"
 #include "backend/cpu/fast.h"
 
@@ -63,7 +65,10 @@ void hc_cpu_glu_fast(hc_backend *be, float *out, const float *gate, const float 
 }
 
 /* rope on the pool: tokens split into contiguous ranges, each rotated exactly as the reference
- * rotates it (the same bits whatever the thread count). */
+ * rotates it (the same bits whatever the thread count), its angles once for all heads and the
+ * rotation in SIMD. */
+#define ROPE_MAX_HALF 512 /* rotary pairs a token's angle tables hold (heads up to 1024 wide) */
+
 typedef struct {
     float *x;
     const int32_t *pos;
@@ -75,8 +80,23 @@ typedef struct {
 static void rope_part(void *ctx, int ith, int nth) {
     const rope_job *j = ctx;
     const int64_t per = (j->T + nth - 1) / nth, t0 = per * ith, t1 = t0 + per < j->T ? t0 + per : j->T;
-    if (t0 < t1)
-        hc_cpu_rope(NULL, j->x + t0 * j->nh * j->D, j->pos + t0, j->inv_freq, j->attn_factor, t1 - t0, j->nh, j->D, j->R);
+    const int64_t half = j->R / 2;
+    if (half > ROPE_MAX_HALF) { /* wider than any head the fast kernels take */
+        if (t0 < t1)
+            hc_cpu_rope(NULL, j->x + t0 * j->nh * j->D, j->pos + t0, j->inv_freq, j->attn_factor, t1 - t0, j->nh, j->D, j->R);
+        return;
+    }
+    float c[ROPE_MAX_HALF], s[ROPE_MAX_HALF]; /* [half] */
+    for (int64_t t = t0; t < t1; t++) {
+        /* the reference's angles: f32 position x f32 frequency, cos and sin in double, once
+         * per token for all its heads */
+        for (int64_t i = 0; i < half; i++) {
+            const float angle = (float)j->pos[t] * j->inv_freq[i];
+            c[i] = (float)cos((double)angle) * j->attn_factor;
+            s[i] = (float)sin((double)angle) * j->attn_factor;
+        }
+        hc_vec_rope_token(j->x + t * j->nh * j->D, c, s, j->nh, j->D, half);
+    }
 }
 
 void hc_cpu_rope_fast(hc_backend *be, float *x, const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T,

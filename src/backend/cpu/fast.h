@@ -64,6 +64,9 @@ void hc_vec_glu(float *out, const float *gate, const float *up, hc_activation ac
 double hc_vec_exp_shift(float *x, float shift, int64_t n);
 void hc_vec_norm(float *out, const float *x, const hc_vec *w, const hc_vec *b, hc_norm_kind kind, float eps, int64_t T,
                  int64_t C);
+/* One token's nh heads [nh, D] rotated by cos c and sin s [half] (rotate-half): the
+ * reference's bits. */
+void hc_vec_rope_token(float *x, const float *c, const float *s, int64_t nh, int64_t D, int64_t half);
 
 /* Makes every thread's scratch hold n floats; false when out of memory. Grows rarely (the
  * first time a sequence gets this long), never per token. */

@@ -153,6 +153,21 @@ T512 static void norm_avx512(float *out, const float *x, const hc_vec *w, const 
     }
 }
 
+/* One token's heads rotated (rotate-half) by the angles' cos c and sin s [half]: the
+ * reference's products and differences, unfused, so the same bits. */
+T512 static void rope_avx512(float *x, const float *c, const float *s, int64_t nh, int64_t D, int64_t half) {
+    for (int64_t h = 0; h < nh; h++) {
+        float *v = x + h * D; /* [D] */
+        for (int64_t i = 0; i < half; i += 16) {
+            const __mmask16 m = half - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (half - i)) - 1);
+            const __m512 a = _mm512_maskz_loadu_ps(m, v + i), b = _mm512_maskz_loadu_ps(m, v + i + half);
+            const __m512 cv = _mm512_maskz_loadu_ps(m, c + i), sv = _mm512_maskz_loadu_ps(m, s + i);
+            _mm512_mask_storeu_ps(v + i, m, _mm512_sub_ps(_mm512_mul_ps(a, cv), _mm512_mul_ps(b, sv)));
+            _mm512_mask_storeu_ps(v + i + half, m, _mm512_add_ps(_mm512_mul_ps(b, cv), _mm512_mul_ps(a, sv)));
+        }
+    }
+}
+
 /* ---- AVX2 + FMA ------------------------------------------------------------------------ */
 
 #define T256 __attribute__((target("avx2,fma")))
@@ -216,7 +231,36 @@ T256 static double exp_shift_avx2(float *x, float shift, int64_t n) {
     return sum;
 }
 
+T256 static void rope_avx2(float *x, const float *c, const float *s, int64_t nh, int64_t D, int64_t half) {
+    for (int64_t h = 0; h < nh; h++) {
+        float *v = x + h * D; /* [D] */
+        int64_t i = 0;
+        for (; i + 8 <= half; i += 8) {
+            const __m256 a = _mm256_loadu_ps(v + i), b = _mm256_loadu_ps(v + i + half);
+            const __m256 cv = _mm256_loadu_ps(c + i), sv = _mm256_loadu_ps(s + i);
+            _mm256_storeu_ps(v + i, _mm256_sub_ps(_mm256_mul_ps(a, cv), _mm256_mul_ps(b, sv)));
+            _mm256_storeu_ps(v + i + half, _mm256_add_ps(_mm256_mul_ps(b, cv), _mm256_mul_ps(a, sv)));
+        }
+        for (; i < half; i++) {
+            const float a = v[i], b = v[i + half];
+            v[i] = a * c[i] - b * s[i];
+            v[i + half] = b * c[i] + a * s[i];
+        }
+    }
+}
+
 /* ---- plain C and the pick ---------------------------------------------------------------- */
+
+static void rope_plain(float *x, const float *c, const float *s, int64_t nh, int64_t D, int64_t half) {
+    for (int64_t h = 0; h < nh; h++) {
+        float *v = x + h * D; /* [D] */
+        for (int64_t i = 0; i < half; i++) {
+            const float a = v[i], b = v[i + half];
+            v[i] = a * c[i] - b * s[i];
+            v[i + half] = b * c[i] + a * s[i];
+        }
+    }
+}
 
 static void glu_plain(float *out, const float *gate, const float *up, hc_activation act, int64_t n) {
     hc_cpu_glu(NULL, out, gate, up, act, n);
@@ -237,12 +281,13 @@ typedef struct {
     void (*glu)(float *, const float *, const float *, hc_activation, int64_t);
     double (*exp_shift)(float *, float, int64_t);
     void (*norm)(float *, const float *, const hc_vec *, const hc_vec *, hc_norm_kind, float, int64_t, int64_t);
+    void (*rope)(float *, const float *, const float *, int64_t, int64_t, int64_t);
 } vec_kernels;
 
 static const vec_kernels *kernels(void) {
-    static const vec_kernels k512 = {glu_avx512, exp_shift_avx512, norm_avx512};
-    static const vec_kernels k256 = {glu_avx2, exp_shift_avx2, norm_plain};
-    static const vec_kernels plain = {glu_plain, exp_shift_plain, norm_plain};
+    static const vec_kernels k512 = {glu_avx512, exp_shift_avx512, norm_avx512, rope_avx512};
+    static const vec_kernels k256 = {glu_avx2, exp_shift_avx2, norm_plain, rope_avx2};
+    static const vec_kernels plain = {glu_plain, exp_shift_plain, norm_plain, rope_plain};
     static const vec_kernels *picked;
     if (!picked) { /* follows the matmul's pick, so HUBCAP_KERNELS=avx2|scalar applies here too */
         const char *k = hc_cpu_kernels();
@@ -264,4 +309,8 @@ double hc_vec_exp_shift(float *x, float shift, int64_t n) { return kernels()->ex
 void hc_vec_norm(float *out, const float *x, const hc_vec *w, const hc_vec *b, hc_norm_kind kind, float eps, int64_t T,
                  int64_t C) {
     kernels()->norm(out, x, w, b, kind, eps, T, C);
+}
+
+void hc_vec_rope_token(float *x, const float *c, const float *s, int64_t nh, int64_t D, int64_t half) {
+    kernels()->rope(x, c, s, nh, D, half);
 }
