@@ -122,23 +122,24 @@ static void matmul_case(hc_backend *be, const char *tag, hc_dtype dt, int quant,
 
 static void test_matmul(hc_backend *bf16, hc_backend *f16) {
     const hc_dtype dts[] = {HC_DTYPE_F32, HC_DTYPE_BF16, HC_DTYPE_F16};
-    const int64_t Ts[] = {1, 3, 8, 9, 37};
+    const int64_t Ts[] = {1, 3, 4, 5, 8, 9, 37}; /* both sides of the GEMV's 4 rows */
+    const int nT = (int)(sizeof Ts / sizeof Ts[0]);
     const int64_t shapes[][2] = {{67, 45}, {130, 256}, {33, 1000}, {5, 8}};
     for (int d = 0; d < 3; d++)
-        for (int t = 0; t < 5; t++)
+        for (int t = 0; t < nT; t++)
             for (int s = 0; s < 4; s++) {
                 matmul_case(gpu, "f32", dts[d], 0, false, s == 1, Ts[t], shapes[s][0], shapes[s][1], 1e-7);
-                /* 16-bit operands apply from GEMV_MAX_T + 1 rows on; fewer rows stay in f32. */
-                matmul_case(bf16, "bf16", dts[d], 0, false, s == 1, Ts[t], shapes[s][0], shapes[s][1], Ts[t] > 8 ? 1e-4 : 1e-7);
-                matmul_case(f16, "f16", dts[d], 0, false, false, Ts[t], shapes[s][0], shapes[s][1], Ts[t] > 8 ? 1e-5 : 1e-7);
+                /* 16-bit operands apply past the GEMV's rows (GEMV_MAX_T, 4); fewer rows stay in f32. */
+                matmul_case(bf16, "bf16", dts[d], 0, false, s == 1, Ts[t], shapes[s][0], shapes[s][1], Ts[t] > 4 ? 1e-4 : 1e-7);
+                matmul_case(f16, "f16", dts[d], 0, false, false, Ts[t], shapes[s][0], shapes[s][1], Ts[t] > 4 ? 1e-5 : 1e-7);
             }
-    for (int t = 0; t < 5; t++) {
+    for (int t = 0; t < nT; t++) {
         matmul_case(gpu, "f32", HC_DTYPE_F32, 0, true, true, Ts[t], 67, 45, 1e-7);
         matmul_case(gpu, "f32", HC_DTYPE_BF16, 0, true, false, Ts[t], 130, 33, 1e-7);
         const int quants[] = {HC_QUANT_Q8_0, HC_QUANT_Q4_0, HC_QUANT_Q4_K};
         for (int q = 0; q < 3; q++) {
             matmul_case(gpu, "f32", HC_DTYPE_BF16, quants[q], false, false, Ts[t], 67, 512, 1e-7);
-            matmul_case(bf16, "bf16", HC_DTYPE_BF16, quants[q], false, true, Ts[t], 130, 256, Ts[t] > 8 ? 1e-4 : 1e-7);
+            matmul_case(bf16, "bf16", HC_DTYPE_BF16, quants[q], false, true, Ts[t], 130, 256, Ts[t] > 4 ? 1e-4 : 1e-7);
             /* Rows of 3 blocks are not 16-byte multiples: the unstaged kernel. */
             if (q < 2) matmul_case(gpu, "f32", HC_DTYPE_F32, quants[q], false, true, Ts[t], 45, 96, 1e-7);
             matmul_case(gpu, "f32", HC_DTYPE_F16, quants[q], false, false, Ts[t], 5000, 1024, 1e-7);

@@ -10,12 +10,26 @@
  * rows at a time into scratch; activations are converted once per call. */
 #include "backend/cuda/common.cuh"
 
-#define GEMV_MAX_T 8
+#define GEMV_MAX_T gemv_max_t()
 #define GEMV_WARPS 4       /* warps a block in the simple kernels */
 #define GEMV_BLOCK_WARPS 8 /* warps a block in the 16-byte kernel */
 #define CONVERT_CHUNK_ELEMS (32ll << 20) /* weights converted per cuBLAS call: 128 MiB in f32 */
 
 /* ---- GEMV ------------------------------------------------------------------------------- */
+
+/* Row counts up to this take the GEMV, more go to cuBLAS: 4, or HUBCAP_CUDA_GEMV_MAX_T (0..8)
+ * to measure. On the H100 (bench/results/cuda-h100-gemv-2026-11-26.txt) the GEMV wins at 2 and
+ * 4 rows of the 1B shape; at 8 rows cuBLAS reads the weights once at full speed while the GEMV,
+ * re-reading every row's activations per weight load, fell to half (1B 2.0k -> 2.8k tok/s, 8B
+ * 429 -> 947). */
+static int64_t gemv_max_t(void) {
+    static int64_t v = -1;
+    if (v < 0) {
+        const char *e = getenv("HUBCAP_CUDA_GEMV_MAX_T");
+        v = e && *e >= '0' && *e <= '8' && !e[1] ? *e - '0' : 4;
+    }
+    return v;
+}
 
 template <typename WT> __device__ __forceinline__ float widen(WT v);
 template <> __device__ __forceinline__ float widen<float>(float v) { return v; }
