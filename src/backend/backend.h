@@ -120,6 +120,12 @@ struct hc_backend {
      * tmp: [T, I] scratch. */
     void (*gated_matmul)(hc_backend *be, float *out, float *tmp, const float *x, const hc_mat *gate,
                          const hc_vec *bg, const hc_mat *up, const hc_vec *bu, hc_activation act, int64_t T);
+    /* The gated MLP: out[T, C] = matmul(gated_matmul(x, gate, bg, up, bu), down, bd), with
+     * a[T, I] and b[T, I] as scratch (the CPU leaves the glu's output in a). A GPU computing in
+     * 16 bits may keep gate, up and their product in that dtype, as transformers does in a
+     * bf16 model. */
+    void (*ffn)(hc_backend *be, float *out, float *a, float *b, const float *x, const hc_mat *gate, const hc_vec *bg,
+                const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd, hc_activation act, int64_t T);
     /* x[T, C] += o, then h = norm(x): the residual add and the next block's norm. */
     void (*add_norm)(hc_backend *be, float *h, float *x, const float *o, const hc_vec *w, const hc_vec *b,
                      hc_norm_kind kind, float eps, int64_t T, int64_t C);
@@ -209,6 +215,8 @@ void hc_fused_matmul_n(hc_backend *be, float *const *outs, const float *x, const
                        const hc_vec *const *bs, int n, int64_t T);
 void hc_fused_gated_matmul(hc_backend *be, float *out, float *tmp, const float *x, const hc_mat *gate, const hc_vec *bg,
                            const hc_mat *up, const hc_vec *bu, hc_activation act, int64_t T);
+void hc_fused_ffn(hc_backend *be, float *out, float *a, float *b, const float *x, const hc_mat *gate, const hc_vec *bg,
+                  const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd, hc_activation act, int64_t T);
 void hc_fused_add_norm(hc_backend *be, float *h, float *x, const float *o, const hc_vec *w, const hc_vec *b,
                        hc_norm_kind kind, float eps, int64_t T, int64_t C);
 void hc_fused_rope_store(hc_backend *be, float *q, float *k, const float *v, void *k_cache, void *v_cache,

@@ -14,6 +14,12 @@ void hc_fused_gated_matmul(hc_backend *be, float *out, float *tmp, const float *
     be->glu(be, out, out, tmp, act, T * gate->rows);
 }
 
+void hc_fused_ffn(hc_backend *be, float *out, float *a, float *b, const float *x, const hc_mat *gate, const hc_vec *bg,
+                  const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd, hc_activation act, int64_t T) {
+    be->gated_matmul(be, a, b, x, gate, bg, up, bu, act, T);
+    be->matmul(be, out, a, down, bd, T);
+}
+
 void hc_fused_add_norm(hc_backend *be, float *h, float *x, const float *o, const hc_vec *w, const hc_vec *b,
                        hc_norm_kind kind, float eps, int64_t T, int64_t C) {
     be->add(be, x, x, o, T * C);

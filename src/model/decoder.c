@@ -62,10 +62,14 @@ static void feed_forward(hc_workspace *ws, const hc_layer *L, int64_t l, int64_t
             be->matmul(be, ws->ff_b, ws->h, &L->up, &L->b_up, T);
             lora_add(ws, l, HC_LORA_UP, ws->ff_b, ws->h, T);
             be->glu(be, ws->ff_a, ws->ff_a, ws->ff_b, c->act, T * I);
-        } else {
+            be->matmul(be, ws->o, ws->ff_a, &L->down, &L->b_down, T);
+        } else if (hc_lora_has(m->lora, l, HC_LORA_DOWN)) { /* its adapter reads the glu's output */
             be->gated_matmul(be, ws->ff_a, ws->ff_b, ws->h, &L->gate, &L->b_gate, &L->up, &L->b_up, c->act, T);
+            be->matmul(be, ws->o, ws->ff_a, &L->down, &L->b_down, T);
+        } else {
+            be->ffn(be, ws->o, ws->ff_a, ws->ff_b, ws->h, &L->gate, &L->b_gate, &L->up, &L->b_up, &L->down, &L->b_down, c->act,
+                    T);
         }
-        be->matmul(be, ws->o, ws->ff_a, &L->down, &L->b_down, T);
         lora_add(ws, l, HC_LORA_DOWN, ws->o, ws->ff_a, T);
     } else {
         be->matmul(be, ws->ff_a, ws->h, &L->up, &L->b_up, T);

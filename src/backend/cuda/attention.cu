@@ -358,7 +358,8 @@ flash2_kernel(float *out, const float *q, const __nv_bfloat16 *kc, const __nv_bf
     __nv_bfloat16 *sQ = (__nv_bfloat16 *)smem;  /* [BQ][LDH] */
     __nv_bfloat16 *sKV = sQ + FA_BQ * LDH;      /* 2 x ([BK][LDH] K, [BK][LDH] V) */
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tq = lane & 3;
-    const int h = blockIdx.y, kvh = h / (H / KVH), t0 = blockIdx.x * FA_BQ, r0 = warp * 16;
+    /* the last query blocks see the most keys: they start first, so the short ones fill the tail */
+    const int h = blockIdx.y, kvh = h / (H / KVH), t0 = (gridDim.x - 1 - blockIdx.x) * FA_BQ, r0 = warp * 16;
     const int t_end = min(t0 + FA_BQ, T);
     const int p_first = pos[t0], p_last = pos[t_end - 1];
     const int lo = window > 0 && p_first - window + 1 > 0 ? p_first - window + 1 : 0;
@@ -418,9 +419,18 @@ flash2_kernel(float *out, const float *q, const __nv_bfloat16 *kc, const __nv_bf
         for (int j = 0; j < NS; j++) {
             sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
 #pragma unroll
-            for (int k = 0; k < KS; k++) {
-                const __nv_bfloat16 *kr = sK + (8 * j + g) * LDH + k * 16 + 2 * tq;
-                mma_bf16(sc[j], qf[k], *(const uint32_t *)kr, *(const uint32_t *)(kr + 8));
+            for (int k = 0; k < KS; k += 2) {
+                /* one ldmatrix.x4: keys 8j..8j+7 against dims 16k..16k+31, i.e. the B fragments
+                 * of two k-steps (lanes 0-7, 8-15, 16-23, 24-31 address the four 8x8 pieces) */
+                uint32_t b[4];
+                const int mi = lane >> 3;
+                const unsigned addr = (unsigned)__cvta_generic_to_shared(sK + (8 * j + (lane & 7)) * LDH + k * 16 +
+                                                                         (mi & 1) * 8 + (mi >> 1) * 16);
+                asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                             : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3])
+                             : "r"(addr));
+                mma_bf16(sc[j], qf[k], b[0], b[1]);
+                mma_bf16(sc[j], qf[k + 1], b[2], b[3]);
             }
         }
         /* scale, soft-cap, mask; the row maxima over the quad that shares a row */
@@ -472,13 +482,16 @@ flash2_kernel(float *out, const float *q, const __nv_bfloat16 *kc, const __nv_bf
             const uint32_t a[4] = {pack_bf16(sc[2 * k][0], sc[2 * k][1]), pack_bf16(sc[2 * k][2], sc[2 * k][3]),
                                    pack_bf16(sc[2 * k + 1][0], sc[2 * k + 1][1]), pack_bf16(sc[2 * k + 1][2], sc[2 * k + 1][3])};
 #pragma unroll
-            for (int n = 0; n < NO; n++) {
-                uint32_t b0, b1;
-                const unsigned addr = (unsigned)__cvta_generic_to_shared(sV + (k * 16 + (lane & 15)) * LDH + n * 8);
-                asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
-                             : "=r"(b0), "=r"(b1)
+            for (int n = 0; n < NO; n += 2) {
+                /* the B fragments of output columns 8n.. and 8(n+1).. in one ldmatrix.x4.trans */
+                uint32_t b[4];
+                const unsigned addr =
+                    (unsigned)__cvta_generic_to_shared(sV + (k * 16 + (lane & 15)) * LDH + (n + (lane >> 4)) * 8);
+                asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                             : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3])
                              : "r"(addr));
-                mma_bf16(o[n], a, b0, b1);
+                mma_bf16(o[n], a, b[0], b[1]);
+                mma_bf16(o[n + 1], a, b[2], b[3]);
             }
         }
         __syncthreads(); /* buffer b is refilled two tiles on */

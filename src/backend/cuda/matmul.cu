@@ -627,3 +627,66 @@ void hc_cuda_gated_matmul(hc_backend *be, float *out, float *tmp, const float *x
     }
     hc_cuda_glu(be, out, out, tmp, act, T * gate->rows);
 }
+
+/* ---- the gated MLP in 16 bits ----------------------------------------------------------------
+ * Prompts computing in bf16/f16 on weights stored in that dtype: gate and up come out of
+ * cuBLAS in 16 bits, the glu reads and writes 16 bits, and the down GEMM takes that product as
+ * it is, where the op sequence would write both in f32, read them back, write the glu's f32
+ * output and convert it again. transformers rounds at the same places in a bf16 model. */
+
+template <typename HT>
+__global__ void glu16_kernel(HT *out, const HT *gate, const HT *up, hc_activation act, int64_t n) {
+    const int64_t n8 = n / 8;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n8; i += (int64_t)gridDim.x * blockDim.x) {
+        const uint4 g = ((const uint4 *)gate)[i], u = ((const uint4 *)up)[i];
+        const HT *gv = (const HT *)&g, *uv = (const HT *)&u;
+        HT o[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++) o[j] = narrow<HT>(hc_act_apply((float)gv[j], act) * (float)uv[j]);
+        ((uint4 *)out)[i] = *(const uint4 *)o;
+    }
+    for (int64_t i = 8 * n8 + blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = narrow<HT>(hc_act_apply((float)gate[i], act) * (float)up[i]);
+}
+
+/* out^T[N, T] = W[N, K] . x^T with 16-bit x and W (stored as op) and output type ot. */
+static bool gemm16(hc_backend *be, void *out, cudaDataType_t ot, const void *x, const hc_mat *w, int64_t T) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    const float alpha = 1.0f, beta = 0.0f;
+    const cudaDataType_t t = cuda_type(cx->compute);
+    const cublasStatus_t st = cublasGemmEx(cx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)w->rows, (int)T, (int)w->cols, &alpha,
+                                           w->data, t, (int)w->ld, x, t, (int)w->cols, &beta, out, ot, (int)w->rows,
+                                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS) hc_cuda_fail(be, cudaErrorUnknown, "cublasGemmEx");
+    return st == CUBLAS_STATUS_SUCCESS;
+}
+
+void hc_cuda_ffn(hc_backend *be, float *out, float *a, float *b, const float *x, const hc_mat *gate, const hc_vec *bg,
+                 const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd, hc_activation act, int64_t T) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    if (T <= 0 || cx->failed) return;
+    const hc_mat *const ms[3] = {gate, up, down};
+    bool fast = T > GEMV_MAX_T && cx->compute != HC_DTYPE_F32 && !(bg && bg->data) && !(bu && bu->data) &&
+                !(bd && bd->data) && gate->rows == up->rows && gate->cols == up->cols && down->cols == gate->rows &&
+                (T * gate->rows) % 8 == 0; /* the 16-bit halves of a start on 16 bytes */
+    for (int i = 0; fast && i < 3; i++) fast = !ms[i]->quant && !ms[i]->transposed && ms[i]->dtype == cx->compute;
+    if (!fast) {
+        hc_cuda_gated_matmul(be, a, b, x, gate, bg, up, bu, act, T);
+        hc_cuda_matmul(be, out, a, down, bd, T);
+        return;
+    }
+    const int64_t I = gate->rows;
+    const void *xb = gemm_acts(be, x, T, gate->cols, cx->compute); /* [T, C] 16-bit */
+    /* a's 4 bytes an element hold 16-bit gate and up [T, I] each; b holds the product */
+    char *g16 = (char *)a, *u16 = g16 + 2 * (size_t)(T * I);
+    const cudaDataType_t ht = cuda_type(cx->compute);
+    if (!xb || !gemm16(be, g16, ht, xb, gate, T) || !gemm16(be, u16, ht, xb, up, T)) return;
+    const unsigned g = grid_for((T * I + 7) / 8);
+    if (cx->compute == HC_DTYPE_BF16)
+        glu16_kernel<__nv_bfloat16><<<g, 256, 0, cx->stream>>>((__nv_bfloat16 *)b, (const __nv_bfloat16 *)g16,
+                                                                (const __nv_bfloat16 *)u16, act, T * I);
+    else
+        glu16_kernel<__half><<<g, 256, 0, cx->stream>>>((__half *)b, (const __half *)g16, (const __half *)u16, act, T * I);
+    gemm16(be, out, CUDA_R_32F, b, down, T);
+    HC_CUDA_LAUNCHED(be, "ffn");
+}

@@ -29,55 +29,57 @@ void hc_cuda_rope(hc_backend *be, float *x, const int32_t *pos, const float *inv
     HC_CUDA_LAUNCHED(be, "rope");
 }
 
-/* rope on q and k, then k and v into the cache, in one pass. One thread per (t, head, j < D)
- * over the q, k and v heads: j < R/2 rotates the pair (j, j + R/2) (and stores both for k);
- * j >= R stores an unrotated k element; v heads store element j. */
+/* rope on q and k, then k and v into the cache, in one pass. A block per (head, row) over the
+ * q, k and v heads (blockIdx.x; rows stride blockIdx.y), its threads over j < D: j < R/2
+ * rotates the pair (j, j + R/2) (and stores both for k); j >= R stores an unrotated k element;
+ * v heads store element j. The grid's shape replaces 64-bit divisions per element. */
 __global__ void rope_store_kernel(float *q, float *k, const float *v, void *kc0, void *vc0, void *const *k_rows,
                                   void *const *v_rows, hc_dtype dt, const int32_t *pos, const float *inv_freq,
                                   float attn_factor, int64_t T, int64_t H, int64_t KVH, int64_t D, int64_t half) {
-    const int64_t heads = H + 2 * KVH, n = T * heads * D;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t j = i % D, hh = (i / D) % heads, t = i / (D * heads);
+    const int64_t hh = blockIdx.x;
+    for (int64_t t = blockIdx.y; t < T; t += gridDim.y) {
         const int64_t p = pos[t];
         void *kc = k_rows ? k_rows[t] : kc0, *vc = v_rows ? v_rows[t] : vc0; /* this row's caches */
-        if (hh < H + KVH) {
-            const bool is_k = hh >= H;
-            float *x = is_k ? k + (t * KVH + (hh - H)) * D : q + (t * H + hh) * D; /* [D] */
-            float a, b;
-            if (j < half) {
-                const float angle = (float)p * inv_freq[j];
-                float sf, cf;
-                sincosf(angle, &sf, &cf); /* full range reduction: within an ulp of the CPU's double */
-                const float c = cf * attn_factor, s = sf * attn_factor;
-                const float x0 = x[j], x1 = x[j + half];
-                a = x0 * c - x1 * s;
-                b = x1 * c + x0 * s;
-                x[j] = a;
-                x[j + half] = b;
-            } else if (j < 2 * half || !is_k) {
-                continue; /* the second of a rotated pair, or a q element that stays */
-            } else {
-                a = x[j];
-            }
-            if (is_k) {
-                const int64_t o = p * KVH * D + (hh - H) * D;
-                if (dt == HC_DTYPE_F32) {
-                    ((float *)kc)[o + j] = a;
-                    if (j < half) ((float *)kc)[o + j + half] = b;
-                } else if (dt == HC_DTYPE_BF16) {
-                    ((__nv_bfloat16 *)kc)[o + j] = __float2bfloat16_rn(a);
-                    if (j < half) ((__nv_bfloat16 *)kc)[o + j + half] = __float2bfloat16_rn(b);
+        for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+            if (hh < H + KVH) {
+                const bool is_k = hh >= H;
+                float *x = is_k ? k + (t * KVH + (hh - H)) * D : q + (t * H + hh) * D; /* [D] */
+                float a, b;
+                if (j < half) {
+                    const float angle = (float)p * inv_freq[j];
+                    float sf, cf;
+                    sincosf(angle, &sf, &cf); /* full range reduction: within an ulp of the CPU's double */
+                    const float c = cf * attn_factor, s = sf * attn_factor;
+                    const float x0 = x[j], x1 = x[j + half];
+                    a = x0 * c - x1 * s;
+                    b = x1 * c + x0 * s;
+                    x[j] = a;
+                    x[j + half] = b;
+                } else if (j < 2 * half || !is_k) {
+                    continue; /* the second of a rotated pair, or a q element that stays */
                 } else {
-                    ((__half *)kc)[o + j] = __float2half_rn(a);
-                    if (j < half) ((__half *)kc)[o + j + half] = __float2half_rn(b);
+                    a = x[j];
                 }
+                if (is_k) {
+                    const int64_t o = p * KVH * D + (hh - H) * D;
+                    if (dt == HC_DTYPE_F32) {
+                        ((float *)kc)[o + j] = a;
+                        if (j < half) ((float *)kc)[o + j + half] = b;
+                    } else if (dt == HC_DTYPE_BF16) {
+                        ((__nv_bfloat16 *)kc)[o + j] = __float2bfloat16_rn(a);
+                        if (j < half) ((__nv_bfloat16 *)kc)[o + j + half] = __float2bfloat16_rn(b);
+                    } else {
+                        ((__half *)kc)[o + j] = __float2half_rn(a);
+                        if (j < half) ((__half *)kc)[o + j + half] = __float2half_rn(b);
+                    }
+                }
+            } else {
+                const int64_t kvh = hh - H - KVH, o = p * KVH * D + kvh * D + j;
+                const float a = v[(t * KVH + kvh) * D + j];
+                if (dt == HC_DTYPE_F32) ((float *)vc)[o] = a;
+                else if (dt == HC_DTYPE_BF16) ((__nv_bfloat16 *)vc)[o] = __float2bfloat16_rn(a);
+                else ((__half *)vc)[o] = __float2half_rn(a);
             }
-        } else {
-            const int64_t kvh = hh - H - KVH, o = p * KVH * D + kvh * D + j;
-            const float a = v[(t * KVH + kvh) * D + j];
-            if (dt == HC_DTYPE_F32) ((float *)vc)[o] = a;
-            else if (dt == HC_DTYPE_BF16) ((__nv_bfloat16 *)vc)[o] = __float2bfloat16_rn(a);
-            else ((__half *)vc)[o] = __float2half_rn(a);
         }
     }
 }
@@ -86,12 +88,11 @@ static void launch_rope_store(hc_backend *be, float *q, float *k, const float *v
                               void *const *k_rows, void *const *v_rows, hc_dtype kv_dtype, const int32_t *pos,
                               const float *inv_freq, float attn_factor, int64_t T, int64_t H, int64_t KVH, int64_t D,
                               int64_t R) {
-    const int64_t n = T * (H + 2 * KVH) * D;
-    if (n <= 0 || hc_cuda(be)->failed) return;
-    unsigned blocks = hc_blocks(n, 256);
-    if (blocks > 65535u) blocks = 65535u;
-    rope_store_kernel<<<blocks, 256, 0, hc_cuda(be)->stream>>>(q, k, v, k_cache, v_cache, k_rows, v_rows, kv_dtype, pos, inv_freq,
-                                                               attn_factor, T, H, KVH, D, inv_freq ? R / 2 : 0);
+    if (T <= 0 || D <= 0 || hc_cuda(be)->failed) return;
+    const dim3 grid((unsigned)(H + 2 * KVH), (unsigned)(T < 65535 ? T : 65535));
+    const unsigned threads = D >= 256 ? 256u : (unsigned)((D + 31) / 32 * 32);
+    rope_store_kernel<<<grid, threads, 0, hc_cuda(be)->stream>>>(q, k, v, k_cache, v_cache, k_rows, v_rows, kv_dtype, pos,
+                                                                 inv_freq, attn_factor, T, H, KVH, D, inv_freq ? R / 2 : 0);
     HC_CUDA_LAUNCHED(be, "rope_store");
 }
 
