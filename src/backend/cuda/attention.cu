@@ -355,8 +355,11 @@ flash2_kernel(float *out, const float *q, const __nv_bfloat16 *kc, const __nv_bf
               int KVH, float scale, int window, float softcap) {
     constexpr int LDH = D + 8, KS = D / 16, NO = D / 8, NS = FA_BK / 8;
     extern __shared__ __align__(128) unsigned char smem[];
-    __nv_bfloat16 *sQ = (__nv_bfloat16 *)smem;  /* [BQ][LDH] */
-    __nv_bfloat16 *sKV = sQ + FA_BQ * LDH;      /* 2 x ([BK][LDH] K, [BK][LDH] V) */
+    __nv_bfloat16 *sKV = (__nv_bfloat16 *)smem; /* 2 x ([BK][LDH] K, [BK][LDH] V) */
+    /* Q is staged in the second K/V buffer: once its fragments are in registers that buffer
+     * takes the next tile, so a block needs 4 tiles of shared memory instead of 5 (3 blocks an
+     * SM instead of 2 at D = 128). */
+    __nv_bfloat16 *sQ = sKV + 2 * FA_BK * LDH;   /* [BQ][LDH] */
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tq = lane & 3;
     /* the last query blocks see the most keys: they start first, so the short ones fill the tail */
     const int h = blockIdx.y, kvh = h / (H / KVH), t0 = (gridDim.x - 1 - blockIdx.x) * FA_BQ, r0 = warp * 16;
@@ -396,6 +399,7 @@ flash2_kernel(float *out, const float *q, const __nv_bfloat16 *kc, const __nv_bf
         qf[k][2] = *(const uint32_t *)(base + 8);
         qf[k][3] = *(const uint32_t *)(base + 8 * LDH + 8);
     }
+    __syncthreads(); /* every warp has its Q fragments: sQ's buffer may be refilled */
     /* This thread's two rows: g and g + 8 of the warp's 16. */
     const int ta = t0 + r0 + g, tb = ta + 8;
     const int pa = ta < T ? pos[ta] : -1, pb = tb < T ? pos[tb] : -1;
@@ -508,7 +512,8 @@ flash2_kernel(float *out, const float *q, const __nv_bfloat16 *kc, const __nv_bf
 template <int D>
 static bool launch_flash2(hc_cuda_ctx *cx, float *out, const float *q, const void *k_cache, const void *v_cache,
                           const int32_t *pos, int64_t T, int64_t H, int64_t KVH, float scale, int64_t window, float softcap) {
-    const size_t smem = (size_t)5 * FA_BQ * (D + 8) * 2; /* Q and two K/V buffers */
+    static_assert(FA_BQ <= 2 * FA_BK, "Q is staged in one K/V buffer");
+    const size_t smem = (size_t)4 * FA_BK * (D + 8) * 2; /* two K/V buffers (Q staged in the second) */
     if (cudaFuncSetAttribute(flash2_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) {
         cudaGetLastError();
         return false;
