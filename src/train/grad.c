@@ -198,17 +198,27 @@ typedef struct {
     int at;                 /* the next buffer of the list */
 } buf_pool;
 
-/* n floats of backend memory, zeroed. */
+/* Kept buffers are not cleared between steps: every one is written before it is read (the
+ * accumulating ones are filled where they are used). HUBCAP_POISON_BUFFERS=1 fills them with
+ * NaN instead, so a read before a write shows in the gradients (the tests run with it). */
+static void poison(buf_pool *b, float *p, size_t bytes) {
+    static int on = -1;
+    if (on < 0) on = getenv("HUBCAP_POISON_BUFFERS") != NULL;
+    if (on) b->be->fill(b->be, p, NAN, (int64_t)(bytes / sizeof(float)));
+}
+
+/* n floats of backend memory, contents undefined. */
 static float *take(buf_pool *b, int64_t n, bool *oom) {
     const size_t bytes = sizeof(float) * (size_t)(n > 0 ? n : 1);
     hc_train_workspace *ws = b->ws;
     if (ws && b->at < HC_WORKSPACE_MAX && b->at < ws->n && ws->bytes[b->at] >= bytes) {
         float *p = ws->p[b->at++];
-        b->be->fill(b->be, p, 0, (int64_t)(bytes / sizeof(float)));
+        poison(b, p, bytes);
         return p;
     }
     float *p = b->be->alloc(b->be, bytes);
     if (!p) *oom = true;
+    else poison(b, p, bytes);
     if (p && ws && b->at < HC_WORKSPACE_MAX) { /* replaces what this slot held */
         if (b->at < ws->n && ws->p[b->at]) b->be->free(b->be, ws->p[b->at]);
         ws->p[b->at] = p;

@@ -168,6 +168,7 @@ static void cuda_destroy(hc_backend *be) {
     if (cx->partials) cudaFree(cx->partials);
     if (cx->train_scratch) cudaFree(cx->train_scratch);
     if (cx->kv16) cudaFree(cx->kv16);
+    if (cx->dw16) cudaFree(cx->dw16);
     if (cx->pinned) cudaFreeHost(cx->pinned);
     if (cx->blas) cublasDestroy(cx->blas);
     if (cx->stream) cudaStreamDestroy(cx->stream);

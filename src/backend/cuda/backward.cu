@@ -1,7 +1,8 @@
 /* Backward of the ops on the GPU, for training: what cpu/ops_backward.c computes. Activation
  * gradients are written (=); parameter gradients accumulate (+=), as backend.h states. The
- * GEMMs of the backward (weight gradients, attention) are cuBLAS on f32 operands: exact f32
- * when the backend computes in f32, TF32 tensor cores when it computes in 16 bits. Sums over
+ * GEMMs of the backward are cuBLAS: exact f32 when the backend computes in f32; in 16 bits the
+ * weight gradients take their operands rounded to the compute dtype (as autocast does, summed
+ * in f32 into the f32 gradient) and attention's GEMMs run on TF32 tensor cores. Sums over
  * rows that many blocks share go through atomicAdd (their order, so the last bits, may vary
  * between runs).
  *
@@ -76,7 +77,29 @@ void hc_cuda_matmul_backward(hc_backend *be, float *dx, float *dw, float *db, co
         wt.rows = K, wt.cols = N, wt.transposed = !w->transposed;
         hc_cuda_matmul(be, dx, dout, &wt, NULL, T);
     }
-    if (dw) {
+    if (dw && cx->compute != HC_DTYPE_F32) {
+        /* x and dout rounded to the compute dtype (tensor cores at twice TF32's rate), f32 sums */
+        const size_t es = hc_dtype_size(cx->compute);
+        char *x16 = (char *)hc_cuda_scratch(be, &cx->dw16, &cx->dw16_bytes, es * (size_t)(T * (K + N)) + 16);
+        if (!x16) return;
+        char *d16 = x16 + (es * (size_t)(T * K) + 15) / 16 * 16;
+        hc_cuda_narrow(be, x16, cx->compute, x, T * K);
+        hc_cuda_narrow(be, d16, cx->compute, dout, T * N);
+        const cudaDataType_t t16 = cx->compute == HC_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+        const float one = 1.0f;
+        /* the same column-major products as the f32 path below */
+        const cublasStatus_t st =
+            w->transposed ? cublasGemmEx(cx->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)N, (int)K, (int)T, &one, d16, t16, (int)N,
+                                         x16, t16, (int)K, &one, dw, CUDA_R_32F, (int)w->ld, CUBLAS_COMPUTE_32F,
+                                         CUBLAS_GEMM_DEFAULT)
+                          : cublasGemmEx(cx->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)K, (int)N, (int)T, &one, x16, t16, (int)K,
+                                         d16, t16, (int)N, &one, dw, CUDA_R_32F, (int)w->ld, CUBLAS_COMPUTE_32F,
+                                         CUBLAS_GEMM_DEFAULT);
+        if (st != CUBLAS_STATUS_SUCCESS) {
+            hc_cuda_fail(be, cudaErrorUnknown, "cublasGemmEx (weight gradient)");
+            return;
+        }
+    } else if (dw) {
         /* Column-major view of the row-major gradient: [N, K] with ld is K x N (ld); GPT-2's
          * stored [K, N] is N x K (ld). x is K x T (ld K), dout N x T (ld N). */
         const bool ok = w->transposed ? sgemm(be, CUBLAS_OP_N, CUBLAS_OP_T, N, K, T, 1.0f, dout, N, 0, x, K, 0, 1.0f, dw,

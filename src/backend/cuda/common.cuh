@@ -42,6 +42,8 @@ typedef struct {
     size_t train_scratch_bytes;
     void *kv16;          /* f32 keys and values rounded to bf16 for the attention kernel */
     size_t kv16_bytes;
+    void *dw16;          /* a weight gradient's operands rounded to 16 bits (backward.cu) */
+    size_t dw16_bytes;
     void *pinned;       /* page-locked staging for downloads: pageable copies are several times slower */
     size_t pinned_bytes;
     /* The first error; ops after it are skipped and check() reports it. */
