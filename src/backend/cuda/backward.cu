@@ -7,7 +7,8 @@
  * between runs).
  *
  * Attention's backward materialises the scores and their gradients, [H, T, T] each (memory
- * quadratic in T; a fused flash-attention backward is the faster next step). */
+ * quadratic in T; a fused flash-attention backward is the faster next step); its GEMMs read
+ * and write the rows in place. */
 #include "backend/cuda/common.cuh"
 
 #define GRID_STRIDE(i, n) for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
@@ -203,26 +204,6 @@ __device__ __forceinline__ bool key_seen(const int32_t *pos, int64_t t, int64_t 
 
 /* dst[h, t, :] = src[t, h / group, :]: rows [T, NH, D] to head-major [H, T, D], each of the NH
  * source heads repeated for `group` consecutive heads (group 1: a plain transpose). */
-__global__ void head_major_kernel(float *dst, const float *src, int64_t T, int64_t H, int64_t NH, int64_t D) {
-    const int64_t group = H / NH;
-    GRID_STRIDE(i, H * T * D) {
-        const int64_t d = i % D, t = (i / D) % T, h = i / (D * T);
-        dst[i] = src[(t * NH + h / group) * D + d];
-    }
-}
-
-/* dst[t, g, :] = sum over the group's heads h of src[h, t, :]: head-major [H, T, D] back to rows
- * [T, NH, D], summing each kv head's query heads in order. */
-__global__ void group_sum_kernel(float *dst, const float *src, int64_t T, int64_t H, int64_t NH, int64_t D) {
-    const int64_t group = H / NH;
-    GRID_STRIDE(i, T * NH * D) {
-        const int64_t d = i % D, g = (i / D) % NH, t = i / (D * NH);
-        float s = 0;
-        for (int64_t h = g * group; h < (g + 1) * group; h++) s += src[(h * T + t) * D + d];
-        dst[i] = s;
-    }
-}
-
 /* Row (t, h): P holds the scaled scores, dS holds dP; both become what their names say. */
 __global__ void attention_rows_backward_kernel(float *P, float *dS, const int32_t *pos, int64_t T, int64_t window,
                                                float softcap, float scale) {
@@ -265,38 +246,38 @@ __global__ void attention_rows_backward_kernel(float *P, float *dS, const int32_
 void hc_cuda_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *q,
                                 const float *k, const float *v, const int32_t *pos, int64_t T, int64_t H, int64_t KVH,
                                 int64_t D, float scale, int64_t window, float softcap, float *scratch) {
-    (void)scratch; /* the GPU keeps its own: P, dS [H, T, T]; Q, dO, K, V, dK, dV head-major [H, T, D] */
+    (void)scratch; /* the GPU keeps its own: P, dS [H, T, T] */
     hc_cuda_ctx *cx = hc_cuda(be);
     if (T <= 0 || cx->failed) return;
-    const int64_t TT = T * T, HD = H * D, n = T * HD;
-    float *P = (float *)hc_cuda_scratch(be, &cx->train_scratch, &cx->train_scratch_bytes,
-                                        sizeof(float) * (size_t)(2 * H * TT + 6 * n));
+    const int64_t TT = T * T, HD = H * D, KD = KVH * D, group = H / KVH;
+    float *P = (float *)hc_cuda_scratch(be, &cx->train_scratch, &cx->train_scratch_bytes, sizeof(float) * (size_t)(2 * H * TT));
     if (!P) return;
-    float *dS = P + H * TT, *qh = dS + H * TT, *gh = qh + n, *kh = gh + n, *vh = kh + n, *dkh = vh + n, *dvh = dkh + n;
-    /* every head its own K and V rows (GQA's kv heads repeated), so all heads batch together */
-    head_major_kernel<<<grid_for(n), 256, 0, cx->stream>>>(qh, q, T, H, H, D);
-    head_major_kernel<<<grid_for(n), 256, 0, cx->stream>>>(gh, dout, T, H, H, D);
-    head_major_kernel<<<grid_for(n), 256, 0, cx->stream>>>(kh, k, T, H, KVH, D);
-    head_major_kernel<<<grid_for(n), 256, 0, cx->stream>>>(vh, v, T, H, KVH, D);
-    if (HC_CUDA_LAUNCHED(be, "attention_backward")) return;
-    /* Column-major, per head h (batched over H): a head-major [T, D] block is D x T (ld D); its
-     * P or dS rows [T, T] are T x T (ld T), element (j, t) = query t, key j.
+    float *dS = P + H * TT;
+    /* The GEMMs read and write the [T, heads, D] rows in place, column-major: head h of q is
+     * D x T at q + h D (ld H D). Query head h = b group + j uses kv head b, so for each j one
+     * call batches the kv heads b (strides: q heads group D, kv heads D, scores group T T).
      * S(j, t) = scale sum_d K(d, j) Q(d, t); dP(j, t) = sum_d V(d, j) dO(d, t) */
-    if (!sgemm(be, CUBLAS_OP_T, CUBLAS_OP_N, T, T, D, scale, kh, D, T * D, qh, D, T * D, 0.0f, P, T, TT, H) ||
-        !sgemm(be, CUBLAS_OP_T, CUBLAS_OP_N, T, T, D, 1.0f, vh, D, T * D, gh, D, T * D, 0.0f, dS, T, TT, H))
-        return;
+    for (int64_t j = 0; j < group; j++)
+        if (!sgemm(be, CUBLAS_OP_T, CUBLAS_OP_N, T, T, D, scale, k, KD, D, q + j * D, HD, group * D, 0.0f, P + j * TT, T,
+                   group * TT, KVH) ||
+            !sgemm(be, CUBLAS_OP_T, CUBLAS_OP_N, T, T, D, 1.0f, v, KD, D, dout + j * D, HD, group * D, 0.0f, dS + j * TT, T,
+                   group * TT, KVH))
+            return;
     attention_rows_backward_kernel<<<dim3((unsigned)T, (unsigned)H), 256, 0, cx->stream>>>(P, dS, pos, T, window, softcap,
                                                                                          scale);
     if (HC_CUDA_LAUNCHED(be, "attention_backward")) return;
-    /* dq(d, t) = sum_j K(d, j) dS(j, t), straight into the [T, H, D] rows (ld H*D, head h at h*D);
-     * dK_h(d, j) = sum_t Q(d, t) dS(j, t) and dV_h(d, j) = sum_t dO(d, t) P(j, t), head-major */
-    if (!sgemm(be, CUBLAS_OP_N, CUBLAS_OP_N, D, T, T, 1.0f, kh, D, T * D, dS, T, TT, 0.0f, dq, HD, D, H) ||
-        !sgemm(be, CUBLAS_OP_N, CUBLAS_OP_T, D, T, T, 1.0f, qh, D, T * D, dS, T, TT, 0.0f, dkh, D, T * D, H) ||
-        !sgemm(be, CUBLAS_OP_N, CUBLAS_OP_T, D, T, T, 1.0f, gh, D, T * D, P, T, TT, 0.0f, dvh, D, T * D, H))
-        return;
-    /* each kv head gets the sum over its query heads */
-    group_sum_kernel<<<grid_for(T * KVH * D), 256, 0, cx->stream>>>(dk, dkh, T, H, KVH, D);
-    group_sum_kernel<<<grid_for(T * KVH * D), 256, 0, cx->stream>>>(dv, dvh, T, H, KVH, D);
+    /* dq(d, t) = sum_j K(d, j) dS(j, t); dK(d, j) = sum_t Q(d, t) dS(j, t) and dV(d, j) = sum_t
+     * dO(d, t) P(j, t), each kv head summing its query heads j = 0, 1, ... in order (beta 1) */
+    for (int64_t j = 0; j < group; j++) {
+        const float beta = j ? 1.0f : 0.0f;
+        if (!sgemm(be, CUBLAS_OP_N, CUBLAS_OP_N, D, T, T, 1.0f, k, KD, D, dS + j * TT, T, group * TT, 0.0f, dq + j * D, HD,
+                   group * D, KVH) ||
+            !sgemm(be, CUBLAS_OP_N, CUBLAS_OP_T, D, T, T, 1.0f, q + j * D, HD, group * D, dS + j * TT, T, group * TT, beta, dk,
+                   KD, D, KVH) ||
+            !sgemm(be, CUBLAS_OP_N, CUBLAS_OP_T, D, T, T, 1.0f, dout + j * D, HD, group * D, P + j * TT, T, group * TT, beta,
+                   dv, KD, D, KVH))
+            return;
+    }
     HC_CUDA_LAUNCHED(be, "attention_backward");
 }
 
