@@ -217,6 +217,9 @@ typedef struct {
     int64_t n_ctx;          /* the longest sequence generate() accepts; 0 = max_position_embeddings */
     bool use_mmap;
     const char *lora_path;  /* a LoRA adapter folder (PEFT) to apply, or NULL (--lora) */
+    bool quant_cache;       /* with `weights` quantized: keep them in a file beside the snapshot
+                               (hubcap-<format>-<key>.qcache, keyed by the shards' names, sizes and
+                               times) and load that instead of quantizing again (--quant-cache) */
 } hc_model_params;
 
 hc_model_params hc_model_default_params(void);

@@ -243,5 +243,27 @@ fi
 expect 1 "adapter_config.json" -- "$HUBCAP" generate --lora "$TMP/nothing-here" --ids 1
 expect 2 "--lora-rank must be" -- "$HUBCAP" finetune --data x --out y --lora-rank 0
 
+# --quant-cache: the first load writes the quantized weights beside the snapshot, the next reads
+# them (the same logits, the file untouched); a flipped byte is caught (the checksum) and the
+# file rewritten, never computed with.
+Q=$TMP/qcache
+cp -r "$SRC/models/stories260K" "$Q"
+qlogits() { "$HUBCAP" logits -m "$Q" --device cpu --quantize q4_k --ids "1 403 407 261" --out "$TMP/$1.safetensors" "${@:2}"; }
+expect 0 "" -- qlogits q0
+expect 0 "" -- qlogits q1 --quant-cache
+QF=$(ls "$Q"/hubcap-q4_k-*.qcache 2>/dev/null | head -n 1)
+[ -n "$QF" ] && pass=$((pass + 1)) || { echo "FAIL: --quant-cache wrote no hubcap-q4_k-*.qcache"; fail=$((fail + 1)); }
+if [ -n "$QF" ]; then
+    touch -d '2001-01-01' "$QF"
+    expect 0 "" -- qlogits q2 --quant-cache
+    [ "$(stat -c %Y "$QF")" = "$(date -d 2001-01-01 +%s)" ] && pass=$((pass + 1)) || { echo "FAIL: the cache was rewritten, not read"; fail=$((fail + 1)); }
+    printf 'X' | dd of="$QF" bs=1 seek=300 conv=notrunc 2>/dev/null
+    expect 0 "" -- qlogits q3 --quant-cache
+    [ "$(stat -c %Y "$QF")" != "$(date -d 2001-01-01 +%s)" ] && pass=$((pass + 1)) || { echo "FAIL: a corrupt cache was not rewritten"; fail=$((fail + 1)); }
+    for k in 1 2 3; do
+        cmp -s "$TMP/q0.safetensors" "$TMP/q$k.safetensors" && pass=$((pass + 1)) || { echo "FAIL: cached run $k gives other logits"; fail=$((fail + 1)); }
+    done
+fi
+
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]

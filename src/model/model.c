@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <math.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +19,7 @@
 #include "base/half.h"
 #include "base/threadpool.h"
 #include "format/hub.h"
+#include "format/sha256.h"
 #include "model/config.h"
 #include "train/train.h"
 #ifdef HUBCAP_HAVE_CUDA
@@ -327,8 +330,113 @@ static hc_status plan_quant(quant_job *j, int *cap, size_t *total, hc_mat *w, in
     return HC_OK;
 }
 
-/* n_threads: as the model was asked for (0: every core). */
-static hc_status quantize_model(hc_model *m, int quant, int n_threads) {
+/* ---- the quantized-weight cache (--quant-cache) ------------------------------------------------
+ * The arena is written to "<snapshot>/hubcap-<format>-<key>.qcache" and read back by later loads
+ * instead of quantizing again. The key hashes everything the arena depends on: the cache's
+ * version, each shard's name, size and modification time, and every planned matrix (shape,
+ * format, offset). A file whose header, key, length or checksum disagree is ignored and
+ * rewritten. It is
+ * written to a temp file and renamed, so no reader sees half of one; failing to write it costs
+ * the next load its speed, not this one its weights. */
+
+#define QCACHE_MAGIC "HCQCACH1"
+
+typedef struct {
+    char magic[8];
+    char key[64]; /* sha256, hex */
+    uint64_t bytes; /* the arena's */
+    uint64_t n_items;
+    uint64_t sum;   /* qcache_sum of the arena: a flipped byte is caught, not computed with */
+} qcache_header;
+
+/* A 64-bit checksum at memory speed (sha256 of a gigabyte would cost as much as quantizing it
+ * again): four lanes of multiply-rotate over 8-byte words, then the tail. */
+static uint64_t qcache_sum(const uint8_t *p, size_t n) {
+    const uint64_t k1 = 0x9E3779B185EBCA87ull, k2 = 0xC2B2AE3D27D4EB4Full;
+    uint64_t h[4] = {k1, k2, ~k1, ~k2};
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int l = 0; l < 4; l++) {
+            uint64_t w;
+            memcpy(&w, p + i + 8 * l, 8);
+            h[l] = (h[l] ^ (w * k2)) * k1;
+            h[l] = (h[l] << 31) | (h[l] >> 33);
+        }
+    uint64_t r = (uint64_t)n * k1;
+    for (int l = 0; l < 4; l++) r = (r ^ h[l]) * k2;
+    for (; i < n; i++) r = (r ^ p[i]) * k1;
+    return r ^ (r >> 29);
+}
+
+/* The cache's path for this plan, and its key; false when the snapshot's shards cannot be
+ * stat'ed. */
+static bool qcache_locate(const hc_model *m, const quant_job *j, size_t total, const char *fmt, char *path, size_t cap,
+                          char key[65]) {
+    hc_sha256 h;
+    hc_sha256_init(&h);
+    hc_sha256_update(&h, QCACHE_MAGIC, 8);
+    const int n_shards = hc_checkpoint_n_shards(m->ck);
+    if (n_shards < 1) return false;
+    for (int i = 0; i < n_shards; i++) {
+        const char *sp = hc_checkpoint_shard_path(m->ck, i);
+        struct stat st;
+        if (!sp || stat(sp, &st) != 0) return false;
+        const char *base = strrchr(sp, '/');
+        base = base ? base + 1 : sp;
+        const int64_t id[3] = {(int64_t)st.st_size, (int64_t)st.st_mtim.tv_sec, (int64_t)st.st_mtim.tv_nsec};
+        hc_sha256_update(&h, base, strlen(base) + 1);
+        hc_sha256_update(&h, id, sizeof id);
+    }
+    for (int i = 0; i < j->n; i++) {
+        const hc_mat *w = j->items[i].w;
+        const int64_t item[4] = {w->rows, w->cols, j->items[i].quant, (int64_t)j->items[i].off};
+        hc_sha256_update(&h, item, sizeof item);
+    }
+    const uint64_t t = total;
+    hc_sha256_update(&h, &t, sizeof t);
+    hc_sha256_final(&h, key);
+    /* beside the first shard */
+    const char *first = hc_checkpoint_shard_path(m->ck, 0);
+    const char *slash = strrchr(first, '/');
+    const int dir_len = slash ? (int)(slash - first) : 1;
+    const int n = snprintf(path, cap, "%.*s/hubcap-%s-%.16s.qcache", dir_len, slash ? first : ".", fmt, key);
+    return n > 0 && (size_t)n < cap;
+}
+
+/* Reads a cache into the arena; false (arena contents undefined) when it is missing or does not
+ * match. */
+static bool qcache_read(const char *path, const char key[65], uint8_t *arena, size_t total, int n_items) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return false;
+    qcache_header hd;
+    bool ok = fread(&hd, sizeof hd, 1, f) == 1 && !memcmp(hd.magic, QCACHE_MAGIC, 8) && !memcmp(hd.key, key, 64) &&
+              hd.bytes == total && hd.n_items == (uint64_t)n_items;
+    for (size_t done = 0; ok && done < total;) {
+        const size_t n = fread(arena + done, 1, total - done, f);
+        ok = n > 0;
+        done += n;
+    }
+    ok = ok && fgetc(f) == EOF && qcache_sum(arena, total) == hd.sum; /* nothing after it; every byte as written */
+    fclose(f);
+    return ok;
+}
+
+static void qcache_write(const char *path, const char key[65], const uint8_t *arena, size_t total, int n_items) {
+    char tmp[4200];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof tmp) return;
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return;
+    qcache_header hd = {.bytes = total, .n_items = (uint64_t)n_items, .sum = qcache_sum(arena, total)};
+    memcpy(hd.magic, QCACHE_MAGIC, 8);
+    memcpy(hd.key, key, 64);
+    bool ok = fwrite(&hd, sizeof hd, 1, f) == 1 && fwrite(arena, 1, total, f) == total;
+    /* no fsync: a file torn by a crash fails its length or checksum and is rewritten */
+    ok = fclose(f) == 0 && ok;
+    if (!ok || rename(tmp, path) != 0) unlink(tmp);
+}
+
+/* n_threads: as the model was asked for (0: every core). use_cache: --quant-cache. */
+static hc_status quantize_model(hc_model *m, int quant, int n_threads, bool use_cache) {
     quant_job j = {.be = m->be};
     int cap = 0;
     size_t total = 0;
@@ -352,10 +460,16 @@ static hc_status quantize_model(hc_model *m, int quant, int n_threads) {
     }
     if (!s && j.n) {
         m->owned[m->n_owned++] = j.arena;
-        hc_pool *pool = NULL;
-        if (hc_pool_new(n_threads, &pool) == HC_OK) hc_pool_run(pool, quantize_part, &j);
-        else quantize_part(&j, 0, 1);
-        hc_pool_free(pool);
+        const char *fmt = quant == HC_QUANT_Q8_0 ? "q8_0" : quant == HC_QUANT_Q4_0 ? "q4_0" : "q4_k";
+        char cache_path[4096], key[65];
+        const bool cacheable = use_cache && qcache_locate(m, &j, total, fmt, cache_path, sizeof cache_path, key);
+        if (!(cacheable && qcache_read(cache_path, key, j.arena, total, j.n))) {
+            hc_pool *pool = NULL;
+            if (hc_pool_new(n_threads, &pool) == HC_OK) hc_pool_run(pool, quantize_part, &j);
+            else quantize_part(&j, 0, 1);
+            hc_pool_free(pool);
+            if (!j.nomem && cacheable) qcache_write(cache_path, key, j.arena, total, j.n);
+        }
         if (j.nomem) s = hc_fail(HC_ERR_NOMEM, "out of memory quantizing the weights");
         for (int i = 0; i < j.n && !s; i++) {
             j.items[i].w->data = j.arena + j.items[i].off;
@@ -608,7 +722,7 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
                             p.weights == HC_WEIGHTS_Q8_0   ? HC_QUANT_Q8_0
                             : p.weights == HC_WEIGHTS_Q4_0 ? HC_QUANT_Q4_0
                                                            : HC_QUANT_Q4_K,
-                            p.n_threads)))
+                            p.n_threads, p.quant_cache)))
         goto fail;
     if (m->be->device && (s = upload_weights(m))) goto fail;
     if (p.lora_path && (s = hc_model_lora_load(m, p.lora_path))) goto fail;

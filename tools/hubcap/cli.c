@@ -126,6 +126,10 @@ int cli_model_flag(int argc, char **argv, int *i, const char *cmd, hc_model_para
         mp->mlock = true;
         return 1;
     }
+    if (!strcmp(a, "--quant-cache")) {
+        mp->quant_cache = true;
+        return 1;
+    }
     if (strcmp(a, "--threads") && strcmp(a, "--quantize") && strcmp(a, "--device") && strcmp(a, "--kv-dtype") &&
         strcmp(a, "--compute-dtype") && strcmp(a, "--dtype") && strcmp(a, "--lora"))
         return 0;
