@@ -493,6 +493,109 @@ __attribute__((target(VNNI))) void hc_q4_0_rows_vnni(float *out, const int8_t *q
     run_tiles(&a, w, row_bytes, nb, n0, n1, q4_0_tile4);
 }
 
+/* ---- q4_0x4 prompts with rows across lanes ----------------------------------------------------
+ * For many tokens the weights of 16 rows are unpacked once per chunk of blocks into bytes laid
+ * out [block][j][row][4]: one zmm holds weights 4j..4j+3 of each of the 16 rows, so vpdpbusd
+ * against those 4 activations (broadcast) adds into all 16 rows' sums at once, and a token's
+ * block then needs one conversion and two FMAs for the 16 rows together, where the 4 x 4 tiles
+ * convert and scale per row. The outputs come out as 16 lanes, stored straight into the row.
+ * Each lane sums its blocks in order (a K chunk's partial sum goes through the output), so the
+ * bits depend neither on the tiling nor on the thread count. */
+
+#define R16_CHUNK 32   /* blocks a pack holds: 16 KiB of weights and 2 KiB of scales */
+#define R16_MIN_T 8    /* fewer tokens keep the 4 x 4 tiles (the unpacking would not pay) */
+
+typedef struct {
+    uint8_t q[R16_CHUNK][8][64]; /* [block][j][row * 4 + i] = weight 4j + i of the row, 0..15 */
+    float d[R16_CHUNK][16];      /* [block][row] scales (0 for rows past the matrix) */
+} r16_pack;
+
+/* Blocks [b0, b0 + nblk) of 16 rows (NULL: a row past the matrix) into p. A row of nb blocks
+ * holds its first nb / 4 * 4 blocks in q4_0x4 groups, the rest as plain q4_0 blocks. */
+__attribute__((target(VNNI))) static void r16_pack_rows(r16_pack *p, const uint8_t *const *rows, int64_t b0, int64_t nblk, int64_t nb) {
+    const int64_t grouped = nb / HC_Q4_0X4_GROUP * HC_Q4_0X4_GROUP;
+    for (int64_t bi = 0; bi < nblk; bi++) {
+        const int64_t b = b0 + bi;
+        for (int r = 0; r < 16; r++) {
+            uint8_t e[HC_QK] = {0};
+            uint16_t d16 = 0;
+            if (rows[r] && b < grouped) {
+                const uint8_t *grp = rows[r] + b / 4 * X4_BYTES;
+                const int idx = (int)(b % 4), shift = 4 * (idx / 2);
+                memcpy(&d16, grp + 2 * idx, 2);
+                const uint8_t *q = grp + 8 + 32 * (idx % 2);
+                for (int k = 0; k < HC_QK; k++) e[k] = (uint8_t)((q[k] >> shift) & 0xF);
+            } else if (rows[r]) {
+                const hc_block_q4_0 *blk = (const hc_block_q4_0 *)(const void *)rows[r] + b;
+                d16 = blk->d;
+                for (int k = 0; k < HC_QK / 2; k++) e[k] = blk->q[k] & 0xF, e[k + 16] = blk->q[k] >> 4;
+            }
+            p->d[bi][r] = _cvtsh_ss(d16);
+            for (int k = 0; k < HC_QK; k++) p->q[bi][k / 4][r * 4 + k % 4] = e[k];
+        }
+    }
+}
+
+/* 4 tokens (x, dx, sx, out at the group's first row) over the pack's blocks; first: the chunk
+ * that starts the sums; m: the group's rows inside the matrix. */
+TILE_FN void r16_tokens(float *const *out, const int8_t *const *x, const float *const *dx, const float *const *sx,
+                        const r16_pack *p, int64_t b0, int64_t nblk, bool first, __mmask16 m) {
+    __m512 acc[4];
+    for (int t = 0; t < 4; t++) acc[t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m, out[t]);
+    for (int64_t bi = 0; bi < nblk; bi++) {
+        const int64_t b = b0 + bi;
+        const __m512 dw = _mm512_loadu_ps(p->d[bi]);
+        __m512i w[8];
+        for (int j = 0; j < 8; j++) w[j] = _mm512_loadu_si512((const void *)p->q[bi][j]);
+        for (int t = 0; t < 4; t++) {
+            const int8_t *xb = x[t] + b * HC_QK;
+            __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+            for (int j = 0; j < 8; j += 2) {
+                int32_t a0, a1;
+                memcpy(&a0, xb + 4 * j, 4);
+                memcpy(&a1, xb + 4 * j + 4, 4);
+                s0 = _mm512_dpbusd_epi32(s0, w[j], _mm512_set1_epi32(a0));
+                s1 = _mm512_dpbusd_epi32(s1, w[j + 1], _mm512_set1_epi32(a1));
+            }
+            /* dw * (dx * sum q x) - 8 dw sx, sx = dx * sum x: the "- 8" of each weight */
+            const __m512 si = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+            acc[t] = _mm512_fmadd_ps(si, _mm512_mul_ps(dw, _mm512_set1_ps(dx[t][b])), acc[t]);
+            acc[t] = _mm512_fnmadd_ps(dw, _mm512_set1_ps(8.0f * sx[t][b]), acc[t]);
+        }
+    }
+    for (int t = 0; t < 4; t++) _mm512_mask_storeu_ps(out[t], m, acc[t]);
+}
+
+/* Rows [n0, n1) (n0 a multiple of 16 past the matrix's start, as the threads split them) of
+ * out[T, N] for T >= R16_MIN_T tokens. */
+__attribute__((target(VNNI))) static void q4_0x4_rows_r16(float *out, const int8_t *qx, const float *dx, const float *sx,
+                                                          const hc_mat *w, int64_t T, int64_t n0, int64_t n1) {
+    const int64_t N = w->rows, K = w->cols, nb = K / HC_QK;
+    const size_t row_bytes = hc_quant_row_bytes(HC_QUANT_Q4_0X4, K);
+    _Alignas(64) r16_pack pack;
+    float dummy[4][16];
+    for (int64_t g = n0; g < n1; g += 16) {
+        const uint8_t *rows[16];
+        for (int r = 0; r < 16; r++) rows[r] = g + r < n1 ? (const uint8_t *)w->data + (size_t)(g + r) * row_bytes : NULL;
+        const __mmask16 m = n1 - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n1 - g)) - 1);
+        for (int64_t b0 = 0; b0 < nb; b0 += R16_CHUNK) {
+            const int64_t nblk = nb - b0 < R16_CHUNK ? nb - b0 : R16_CHUNK;
+            r16_pack_rows(&pack, rows, b0, nblk, nb);
+            for (int64_t t = 0; t < T; t += 4) {
+                float *os[4];
+                const int8_t *xs[4];
+                const float *dxs[4], *sxs[4];
+                for (int tt = 0; tt < 4; tt++) { /* tokens past T repeat the last and write to a dummy */
+                    const int64_t ti = t + tt < T ? t + tt : T - 1;
+                    os[tt] = t + tt < T ? out + ti * N + g : dummy[tt];
+                    xs[tt] = qx + ti * K, dxs[tt] = dx + ti * nb, sxs[tt] = sx + ti * nb;
+                }
+                r16_tokens(os, xs, dxs, sxs, &pack, b0, nblk, b0 == 0, m);
+            }
+        }
+    }
+}
+
 __attribute__((target(VNNI))) void hc_q4_0x4_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx,
                                                          const hc_mat *w, int64_t T, int64_t n0, int64_t n1) {
     const tile_args a = {out, qx, dx, sx, T, w->rows, w->cols};
@@ -501,6 +604,10 @@ __attribute__((target(VNNI))) void hc_q4_0x4_rows_vnni(float *out, const int8_t 
     if (T == 1) {
         for (int64_t n = n0; n < n1; n++)
             out[n] = q4_0x4_decode_row(qx, dx, sx, (const uint8_t *)w->data + (size_t)n * row_bytes, nb);
+        return;
+    }
+    if (T >= R16_MIN_T) {
+        q4_0x4_rows_r16(out, qx, dx, sx, w, T, n0, n1);
         return;
     }
     run_tiles(&a, w, row_bytes, nb, n0, n1, q4_0x4_tile4);
