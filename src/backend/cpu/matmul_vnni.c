@@ -493,7 +493,7 @@ __attribute__((target(VNNI))) void hc_q4_0_rows_vnni(float *out, const int8_t *q
     run_tiles(&a, w, row_bytes, nb, n0, n1, q4_0_tile4);
 }
 
-/* ---- q4_0x4 prompts with rows across lanes ----------------------------------------------------
+/* ---- q4_0x4 and q8_0 prompts with rows across lanes -------------------------------------------
  * For many tokens the weights of 16 rows are unpacked once per chunk of blocks into bytes laid
  * out [block][j][row][4]: one zmm holds weights 4j..4j+3 of each of the 16 rows, so vpdpbusd
  * against those 4 activations (broadcast) adds into all 16 rows' sums at once, and a token's
@@ -506,8 +506,10 @@ __attribute__((target(VNNI))) void hc_q4_0_rows_vnni(float *out, const int8_t *q
 #define R16_MIN_T 8    /* fewer tokens keep the 4 x 4 tiles (the unpacking would not pay) */
 
 typedef struct {
-    uint8_t q[R16_CHUNK][8][64]; /* [block][j][row * 4 + i] = weight 4j + i of the row, 0..15 */
+    uint8_t q[R16_CHUNK][8][64]; /* [block][j][row * 4 + i] = weight 4j + i of the row: q4_0's
+                                    0..15, or q8_0's signed bytes */
     float d[R16_CHUNK][16];      /* [block][row] scales (0 for rows past the matrix) */
+    int32_t ws[R16_CHUNK][16];   /* q8_0: [block][row] sum of the weights */
 } r16_pack;
 
 /* Blocks [b0, b0 + nblk) of 16 rows (NULL: a row past the matrix) into p. A row of nb blocks
@@ -536,15 +538,36 @@ __attribute__((target(VNNI))) static void r16_pack_rows(r16_pack *p, const uint8
     }
 }
 
+/* The same for q8_0 rows (plain blocks), with each block's weight sum. */
+__attribute__((target(VNNI))) static void r16_pack_rows_q8(r16_pack *p, const uint8_t *const *rows, int64_t b0,
+                                                           int64_t nblk) {
+    for (int64_t bi = 0; bi < nblk; bi++)
+        for (int r = 0; r < 16; r++) {
+            const hc_block_q8_0 *blk = rows[r] ? (const hc_block_q8_0 *)(const void *)rows[r] + b0 + bi : NULL;
+            int32_t sum = 0;
+            for (int k = 0; k < HC_QK; k++) {
+                const int8_t v = blk ? blk->q[k] : 0;
+                p->q[bi][k / 4][r * 4 + k % 4] = (uint8_t)v;
+                sum += v;
+            }
+            p->d[bi][r] = blk ? _cvtsh_ss(blk->d) : 0.0f;
+            p->ws[bi][r] = sum;
+        }
+}
+
 /* 4 tokens (x, dx, sx, out at the group's first row) over the pack's blocks; first: the chunk
  * that starts the sums; m: the group's rows inside the matrix. */
 TILE_FN void r16_tokens(float *const *out, const int8_t *const *x, const float *const *dx, const float *const *sx,
-                        const r16_pack *p, int64_t b0, int64_t nblk, bool first, __mmask16 m) {
+                        const r16_pack *p, int64_t b0, int64_t nblk, bool first, __mmask16 m, const bool q8) {
     __m512 acc[4];
     for (int t = 0; t < 4; t++) acc[t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m, out[t]);
     for (int64_t bi = 0; bi < nblk; bi++) {
         const int64_t b = b0 + bi;
         const __m512 dw = _mm512_loadu_ps(p->d[bi]);
+        /* q8_0: the weights are signed, so the activations go in unsigned (x + 128, a flip of the
+         * top bit) and 128 x the weights' sum comes back off, exactly, in integers */
+        const __m512i corr = q8 ? _mm512_slli_epi32(_mm512_loadu_si512((const void *)p->ws[bi]), 7) : _mm512_setzero_si512();
+        const __m512i top = _mm512_set1_epi32((int)0x80808080u);
         __m512i w[8];
         for (int j = 0; j < 8; j++) w[j] = _mm512_loadu_si512((const void *)p->q[bi][j]);
         for (int t = 0; t < 4; t++) {
@@ -554,24 +577,30 @@ TILE_FN void r16_tokens(float *const *out, const int8_t *const *x, const float *
                 int32_t a0, a1;
                 memcpy(&a0, xb + 4 * j, 4);
                 memcpy(&a1, xb + 4 * j + 4, 4);
-                s0 = _mm512_dpbusd_epi32(s0, w[j], _mm512_set1_epi32(a0));
-                s1 = _mm512_dpbusd_epi32(s1, w[j + 1], _mm512_set1_epi32(a1));
+                if (q8) {
+                    s0 = _mm512_dpbusd_epi32(s0, _mm512_xor_si512(_mm512_set1_epi32(a0), top), w[j]);
+                    s1 = _mm512_dpbusd_epi32(s1, _mm512_xor_si512(_mm512_set1_epi32(a1), top), w[j + 1]);
+                } else {
+                    s0 = _mm512_dpbusd_epi32(s0, w[j], _mm512_set1_epi32(a0));
+                    s1 = _mm512_dpbusd_epi32(s1, w[j + 1], _mm512_set1_epi32(a1));
+                }
             }
-            /* dw * (dx * sum q x) - 8 dw sx, sx = dx * sum x: the "- 8" of each weight */
-            const __m512 si = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+            const __m512 si = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(s0, s1), corr));
             acc[t] = _mm512_fmadd_ps(si, _mm512_mul_ps(dw, _mm512_set1_ps(dx[t][b])), acc[t]);
-            acc[t] = _mm512_fnmadd_ps(dw, _mm512_set1_ps(8.0f * sx[t][b]), acc[t]);
+            /* q4_0: dw * (dx * sum q x) - 8 dw sx, sx = dx * sum x: the "- 8" of each weight */
+            if (!q8) acc[t] = _mm512_fnmadd_ps(dw, _mm512_set1_ps(8.0f * sx[t][b]), acc[t]);
         }
     }
     for (int t = 0; t < 4; t++) _mm512_mask_storeu_ps(out[t], m, acc[t]);
 }
 
 /* Rows [n0, n1) (n0 a multiple of 16 past the matrix's start, as the threads split them) of
- * out[T, N] for T >= R16_MIN_T tokens. */
-__attribute__((target(VNNI))) static void q4_0x4_rows_r16(float *out, const int8_t *qx, const float *dx, const float *sx,
-                                                          const hc_mat *w, int64_t T, int64_t n0, int64_t n1) {
+ * out[T, N] for T >= R16_MIN_T tokens, on q4_0x4 or q8_0 weights. */
+__attribute__((target(VNNI))) static void rows_r16(float *out, const int8_t *qx, const float *dx, const float *sx,
+                                                   const hc_mat *w, int64_t T, int64_t n0, int64_t n1) {
     const int64_t N = w->rows, K = w->cols, nb = K / HC_QK;
-    const size_t row_bytes = hc_quant_row_bytes(HC_QUANT_Q4_0X4, K);
+    const bool q8 = w->quant == HC_QUANT_Q8_0;
+    const size_t row_bytes = hc_quant_row_bytes(w->quant, K);
     _Alignas(64) r16_pack pack;
     float dummy[4][16];
     for (int64_t g = n0; g < n1; g += 16) {
@@ -580,7 +609,8 @@ __attribute__((target(VNNI))) static void q4_0x4_rows_r16(float *out, const int8
         const __mmask16 m = n1 - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n1 - g)) - 1);
         for (int64_t b0 = 0; b0 < nb; b0 += R16_CHUNK) {
             const int64_t nblk = nb - b0 < R16_CHUNK ? nb - b0 : R16_CHUNK;
-            r16_pack_rows(&pack, rows, b0, nblk, nb);
+            if (q8) r16_pack_rows_q8(&pack, rows, b0, nblk);
+            else r16_pack_rows(&pack, rows, b0, nblk, nb);
             for (int64_t t = 0; t < T; t += 4) {
                 float *os[4];
                 const int8_t *xs[4];
@@ -590,7 +620,8 @@ __attribute__((target(VNNI))) static void q4_0x4_rows_r16(float *out, const int8
                     os[tt] = t + tt < T ? out + ti * N + g : dummy[tt];
                     xs[tt] = qx + ti * K, dxs[tt] = dx + ti * nb, sxs[tt] = sx + ti * nb;
                 }
-                r16_tokens(os, xs, dxs, sxs, &pack, b0, nblk, b0 == 0, m);
+                if (q8) r16_tokens(os, xs, dxs, dxs, &pack, b0, nblk, b0 == 0, m, true);
+                else r16_tokens(os, xs, dxs, sxs, &pack, b0, nblk, b0 == 0, m, false);
             }
         }
     }
@@ -607,7 +638,7 @@ __attribute__((target(VNNI))) void hc_q4_0x4_rows_vnni(float *out, const int8_t 
         return;
     }
     if (T >= R16_MIN_T) {
-        q4_0x4_rows_r16(out, qx, dx, sx, w, T, n0, n1);
+        rows_r16(out, qx, dx, sx, w, T, n0, n1);
         return;
     }
     run_tiles(&a, w, row_bytes, nb, n0, n1, q4_0x4_tile4);
@@ -643,6 +674,10 @@ __attribute__((target(VNNI))) void hc_q8_0_rows_vnni(float *out, const int8_t *q
         for (int64_t i = 0; i < a.K; i++) xu[i] = (uint8_t)(qx[i] ^ (int8_t)0x80);
         for (int64_t n = n0; n < n1; n++)
             out[n] = q8_0_decode_row(xu, dx, (const hc_block_q8_0 *)((const char *)w->data + (size_t)n * row_bytes), nb);
+        return;
+    }
+    if (T >= R16_MIN_T) {
+        rows_r16(out, qx, dx, dx, w, T, n0, n1);
         return;
     }
     run_tiles(&a, w, row_bytes, nb, n0, n1, q8_0_tile4);
