@@ -493,7 +493,7 @@ __attribute__((target(VNNI))) void hc_q4_0_rows_vnni(float *out, const int8_t *q
     run_tiles(&a, w, row_bytes, nb, n0, n1, q4_0_tile4);
 }
 
-/* ---- q4_0x4 and q8_0 prompts with rows across lanes -------------------------------------------
+/* ---- q4_0x4, q8_0 and q4_k prompts with rows across lanes ------------------------------------
  * For many tokens the weights of 16 rows are unpacked once per chunk of blocks into bytes laid
  * out [block][j][row][4]: one zmm holds weights 4j..4j+3 of each of the 16 rows, so vpdpbusd
  * against those 4 activations (broadcast) adds into all 16 rows' sums at once, and a token's
@@ -509,6 +509,8 @@ typedef struct {
     uint8_t q[R16_CHUNK][8][64]; /* [block][j][row * 4 + i] = weight 4j + i of the row: q4_0's
                                     0..15, or q8_0's signed bytes */
     float d[R16_CHUNK][16];      /* [block][row] scales (0 for rows past the matrix) */
+    float mn[R16_CHUNK][16];     /* [block][row] what each weight has taken off: q4_0 8 d, q4_k
+                                    dmin m (its sub-block's min); the sum takes mn * sx off */
     int32_t ws[R16_CHUNK][16];   /* q8_0: [block][row] sum of the weights */
 } r16_pack;
 
@@ -533,7 +535,26 @@ __attribute__((target(VNNI))) static void r16_pack_rows(r16_pack *p, const uint8
                 for (int k = 0; k < HC_QK / 2; k++) e[k] = blk->q[k] & 0xF, e[k + 16] = blk->q[k] >> 4;
             }
             p->d[bi][r] = _cvtsh_ss(d16);
+            p->mn[bi][r] = 8.0f * p->d[bi][r];
             for (int k = 0; k < HC_QK; k++) p->q[bi][k / 4][r * 4 + k % 4] = e[k];
+        }
+    }
+}
+
+/* The same for q4_k rows, a block here being a sub-block of 32: its scale d sc and min dmin m. */
+__attribute__((target(VNNI))) static void r16_pack_rows_q4k(r16_pack *p, const uint8_t *const *rows, int64_t b0,
+                                                            int64_t nblk) {
+    for (int64_t bi = 0; bi < nblk; bi++) {
+        const int64_t b = b0 + bi, sb = b / 8;
+        const int j = (int)(b % 8);
+        for (int r = 0; r < 16; r++) {
+            const hc_block_q4_k *blk = rows[r] ? (const hc_block_q4_k *)(const void *)rows[r] + sb : NULL;
+            int sc = 0, m = 0;
+            if (blk) hc_q4_k_scale_min(blk->scales, j, &sc, &m);
+            p->d[bi][r] = blk ? _cvtsh_ss(blk->d) * (float)sc : 0.0f;
+            p->mn[bi][r] = blk ? _cvtsh_ss(blk->dmin) * (float)m : 0.0f;
+            for (int k = 0; k < HC_QK; k++)
+                p->q[bi][k / 4][r * 4 + k % 4] = blk ? (uint8_t)((blk->qs[j / 2 * 32 + k] >> (4 * (j % 2))) & 0xF) : 0;
         }
     }
 }
@@ -587,19 +608,20 @@ TILE_FN void r16_tokens(float *const *out, const int8_t *const *x, const float *
             }
             const __m512 si = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(s0, s1), corr));
             acc[t] = _mm512_fmadd_ps(si, _mm512_mul_ps(dw, _mm512_set1_ps(dx[t][b])), acc[t]);
-            /* q4_0: dw * (dx * sum q x) - 8 dw sx, sx = dx * sum x: the "- 8" of each weight */
-            if (!q8) acc[t] = _mm512_fnmadd_ps(dw, _mm512_set1_ps(8.0f * sx[t][b]), acc[t]);
+            /* nibbles: d (dx sum q x) - mn sx, sx = dx sum x: what each weight has taken off
+             * (q4_0's 8 d, q4_k's dmin m) */
+            if (!q8) acc[t] = _mm512_fnmadd_ps(_mm512_loadu_ps(p->mn[bi]), _mm512_set1_ps(sx[t][b]), acc[t]);
         }
     }
     for (int t = 0; t < 4; t++) _mm512_mask_storeu_ps(out[t], m, acc[t]);
 }
 
 /* Rows [n0, n1) (n0 a multiple of 16 past the matrix's start, as the threads split them) of
- * out[T, N] for T >= R16_MIN_T tokens, on q4_0x4 or q8_0 weights. */
+ * out[T, N] for T >= R16_MIN_T tokens, on q4_0x4, q8_0 or q4_k weights. */
 __attribute__((target(VNNI))) static void rows_r16(float *out, const int8_t *qx, const float *dx, const float *sx,
                                                    const hc_mat *w, int64_t T, int64_t n0, int64_t n1) {
     const int64_t N = w->rows, K = w->cols, nb = K / HC_QK;
-    const bool q8 = w->quant == HC_QUANT_Q8_0;
+    const bool q8 = w->quant == HC_QUANT_Q8_0, q4k = w->quant == HC_QUANT_Q4_K;
     const size_t row_bytes = hc_quant_row_bytes(w->quant, K);
     _Alignas(64) r16_pack pack;
     float dummy[4][16];
@@ -610,6 +632,7 @@ __attribute__((target(VNNI))) static void rows_r16(float *out, const int8_t *qx,
         for (int64_t b0 = 0; b0 < nb; b0 += R16_CHUNK) {
             const int64_t nblk = nb - b0 < R16_CHUNK ? nb - b0 : R16_CHUNK;
             if (q8) r16_pack_rows_q8(&pack, rows, b0, nblk);
+            else if (q4k) r16_pack_rows_q4k(&pack, rows, b0, nblk);
             else r16_pack_rows(&pack, rows, b0, nblk, nb);
             for (int64_t t = 0; t < T; t += 4) {
                 float *os[4];
@@ -659,6 +682,10 @@ __attribute__((target(VNNI))) void hc_q4_k_rows_vnni(float *out, const int8_t *q
         }
         for (int64_t n = n0; n < n1; n++)
             out[n] = q4_k_decode_row(xp, dx, sx, (const hc_block_q4_k *)((const char *)w->data + (size_t)n * row_bytes), nsb);
+        return;
+    }
+    if (T >= R16_MIN_T) {
+        rows_r16(out, qx, dx, sx, w, T, n0, n1);
         return;
     }
     run_tiles(&a, w, row_bytes, nsb, n0, n1, q4_k_tile4);
