@@ -109,7 +109,7 @@ int main(void) {
     /* Stopped after step 7 of 12 and resumed from the saved state: the same weights as 12
      * steps straight through (bit for bit: the same sums in the same order). */
     {
-        char st_path[4300], dir_a[4300], dir_b[4300];
+        char st_path[4300], dir_b[4300];
         snprintf(st_path, sizeof st_path, "%s/state.safetensors", out);
         snprintf(dir_b, sizeof dir_b, "%s/stopped", out);
         hc_finetune_params rp = hc_finetune_default_params();
@@ -142,14 +142,7 @@ int main(void) {
         }
         hc_model_free(ma), hc_model_free(mb), hc_model_free(mr);
         unlink(st_path);
-        snprintf(dir_a, sizeof dir_a, "%s", dir_b);
-        DIR *dd = opendir(dir_a);
-        struct dirent *de;
-        char pp[8400];
-        while (dd && (de = readdir(dd)))
-            if (de->d_name[0] != '.' && snprintf(pp, sizeof pp, "%s/%s", dir_a, de->d_name) < (int)sizeof pp) unlink(pp);
-        if (dd) closedir(dd);
-        rmdir(dir_a);
+        test_rm_dir(dir_b);
     }
 
     /* LoRA: only the adapter trains (the base stays mapped, read-only), its loss falls, and the
@@ -248,13 +241,7 @@ int main(void) {
     rmdir(chat_dir);
 
     /* clean up */
-    DIR *d = opendir(saved);
-    struct dirent *e;
-    char p[8400];
-    while (d && (e = readdir(d)))
-        if (e->d_name[0] != '.' && snprintf(p, sizeof p, "%s/%s", saved, e->d_name) < (int)sizeof p) unlink(p);
-    if (d) closedir(d);
-    rmdir(saved);
+    test_rm_dir(saved);
     rmdir(out);
     return test_finish("finetune");
 }

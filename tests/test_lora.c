@@ -6,9 +6,6 @@
  *     of every role's rows of B (a fused module's roles share A);
  *   - the saved adapter has PEFT's module names and loads back to the same loss;
  *   - merged into the weights, the model without an adapter gives the same loss. */
-#include <dirent.h>
-#include <unistd.h>
-
 #include "hubcap.h"
 #include "model/model.h"
 #include "test_util.h"
@@ -45,16 +42,6 @@ static void fd_check(hc_model *m, const int32_t *ids, hc_lora_pair *p, bool is_b
     const double fd = (up - down) / (2.0 * h);
     CHECK(fabs(fd - g) <= 2e-3 * fmax(1.0, fabs(fd)) + 1e-5, "%s: d%c[%lld] = %.6g, differences say %.6g", what,
           is_b ? 'B' : 'A', (long long)i, g, fd);
-}
-
-static void rm_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    char p[8400];
-    while (d && (e = readdir(d)))
-        if (e->d_name[0] != '.' && snprintf(p, sizeof p, "%s/%s", dir, e->d_name) < (int)sizeof p) unlink(p);
-    if (d) closedir(d);
-    rmdir(dir);
 }
 
 /* targets: what to adapt; names: PEFT module names the saved config must list; tensor: one
@@ -146,7 +133,7 @@ static void check_arch(const char *name, const char *targets, const char *const 
         printf("  %s (%s): loss %.5f, with the adapter %.5f, merged %.5f\n", name, targets, base, adapted, merged);
     }
     hc_model_free(m);
-    rm_dir(adir);
+    test_rm_dir(adir);
 }
 
 int main(void) {

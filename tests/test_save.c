@@ -24,16 +24,6 @@ static float *logits_of(const char *dir, int64_t *V) {
     return out;
 }
 
-static void rm_rf(const char *dir) {
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    char p[8192];
-    while (d && (e = readdir(d)))
-        if (e->d_name[0] != '.' && snprintf(p, sizeof p, "%s/%s", dir, e->d_name) < (int)sizeof p) unlink(p);
-    if (d) closedir(d);
-    rmdir(dir);
-}
-
 static void check_fixture(const char *src, const char *name, const char *tmp) {
     char out[4400];
     snprintf(out, sizeof out, "%s/%s", tmp, name);
@@ -51,7 +41,7 @@ static void check_fixture(const char *src, const char *name, const char *tmp) {
     if (saved && c->tie_word_embeddings)
         CHECK(!hc_checkpoint_find(saved, "lm_head.weight"), "%s: tied head written once", name);
     hc_checkpoint_free(saved);
-    rm_rf(out);
+    test_rm_dir(out);
 
     /* bf16, in shards of at most 64 KB. */
     hc_save_params sp = hc_save_default_params();
@@ -76,7 +66,7 @@ static void check_fixture(const char *src, const char *name, const char *tmp) {
     double worst = 0;
     for (int64_t i = 0; a && c16 && i < 6 * V; i++) worst = fmax(worst, fabs((double)a[i] - c16[i]));
     CHECK(c16 && worst < 0.5, "%s: bf16 copy's logits within 0.5 (%g)", name, worst);
-    rm_rf(out);
+    test_rm_dir(out);
     free(a), free(b), free(c16);
     hc_checkpoint_free(ck);
 }
@@ -114,7 +104,7 @@ int main(void) {
     CHECK(strstr(hc_last_error(), "not an empty folder") != NULL, "the error says why: %s", hc_last_error());
     CHECK(access(keep, R_OK) == 0, "and keeps its file");
     hc_checkpoint_free(ck);
-    rm_rf(busy);
+    test_rm_dir(busy);
     rmdir(tmp);
     return test_finish("save");
 }

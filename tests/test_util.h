@@ -2,10 +2,12 @@
 #ifndef HC_TEST_UTIL_H
 #define HC_TEST_UTIL_H
 
+#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "hubcap.h"
 
@@ -69,6 +71,17 @@ static inline bool test_low_precision(void) {
 }
 
 /* Copies a file (tests build broken or partial model folders from fixtures). */
+/* Removes a folder of plain files (what the tests write), then the folder. */
+static inline void test_rm_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char p[8400];
+    while (d && (e = readdir(d)))
+        if (e->d_name[0] != '.' && snprintf(p, sizeof p, "%s/%s", dir, e->d_name) < (int)sizeof p) unlink(p);
+    if (d) closedir(d);
+    rmdir(dir);
+}
+
 static inline void test_copy_file(const char *from, const char *to) {
     FILE *in = fopen(from, "rb"), *out = in ? fopen(to, "wb") : NULL;
     char buf[65536];
