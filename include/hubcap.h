@@ -555,8 +555,9 @@ hc_finetune_params hc_finetune_default_params(void);
  * {"text": ...}. Rows shorter than seq_len are padded and masked. last: the final progress. */
 hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_params *p, hc_train_progress *last);
 
-/* LoRA (PEFT's format). init: a new adapter of rank r on the named projections ("q_proj,v_proj",
- * or "all-linear"), A random, B zero; fine-tuning then trains only the adapter. load: an
+/* LoRA (PEFT's format). init: a new adapter of rank r on the named modules ("q_proj,v_proj";
+ * Phi-3's "qkv_proj", GPT-2's "c_attn"; "all-linear"; NULL: the attention projections as the
+ * checkpoint stores them), A random, B zero; fine-tuning then trains only the adapter. load: an
  * adapter folder (adapter_config.json + adapter_model.safetensors) applied at inference. save:
  * the adapter to a folder that PEFT loads (it must not exist or be empty; it appears whole). */
 hc_status hc_model_lora_init(hc_model *m, int64_t r, double alpha, const char *targets, uint64_t seed);

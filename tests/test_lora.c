@@ -171,6 +171,28 @@ int main(void) {
         (void)mixtral;
     }
     hc_model_free(m);
+    /* no targets named: the attention projections as each checkpoint stores them (GPT-2's c_proj
+     * is left out: the MLP's projection has the same name, which PEFT would adapt too) */
+    const char *const defaults[][3] = {{"llama2", "\"q_proj\", \"k_proj\", \"v_proj\", \"o_proj\"]", ""},
+                                       {"phi3", "\"o_proj\", \"qkv_proj\"]", "gate_up_proj"},
+                                       {"gpt2", "\"c_attn\"]", "c_proj"}};
+    for (int i = 0; i < 3; i++) {
+        snprintf(dir, sizeof dir, "%s/tests/fixtures/models/%s", test_source_dir(), defaults[i][0]);
+        CHECK_OK(hc_model_load(dir, &mp, &m));
+        if (!m) continue;
+        char adir[] = "/tmp/hubcap-lora-XXXXXX", path[4400], cfg[4096] = "";
+        CHECK(mkdtemp(adir) != NULL, "mkdtemp");
+        CHECK_OK(hc_model_lora_init(m, 2, 4.0, NULL, 1));
+        CHECK_OK(hc_model_lora_save(m, adir));
+        snprintf(path, sizeof path, "%s/adapter_config.json", adir);
+        FILE *f = fopen(path, "rb");
+        if (f) cfg[fread(cfg, 1, sizeof cfg - 1, f)] = 0, fclose(f);
+        CHECK(strstr(cfg, defaults[i][1]) != NULL, "%s: default targets %s in %s", defaults[i][0], defaults[i][1], cfg);
+        CHECK(!*defaults[i][2] || !strstr(cfg, defaults[i][2]), "%s: %s is not a default target", defaults[i][0],
+              defaults[i][2]);
+        hc_model_free(m);
+        test_rm_dir(adir);
+    }
     /* a projection the checkpoint fuses, named alone: refused, naming what the model has */
     snprintf(dir, sizeof dir, "%s/tests/fixtures/models/phi3", test_source_dir());
     CHECK_OK(hc_model_load(dir, &mp, &m));

@@ -75,6 +75,21 @@ static hc_status parse_targets(const hc_model *m, const hc_lora *lo, const char 
     }
     if (*have) have[strlen(have) - 1] = 0; /* " q_proj, k_proj," -> " q_proj, k_proj" */
     const bool moe = m->cfg.n_experts > 0;
+    if (!list || !*list) { /* the attention projections, as this checkpoint stores them */
+        for (int mod = 0; mod < HC_LORA_MODULES; mod++) {
+            const bool attention = mod == HC_LORA_Q || mod == HC_LORA_K || mod == HC_LORA_V || mod == HC_LORA_O ||
+                                   mod == HC_LORA_QKV;
+            if (!attention || !module_present(m, lo, mod)) continue;
+            /* a name the MLP shares (GPT-2's c_proj) would adapt it too, when PEFT reads the config */
+            const char *name = module_short(m, mod, buf, sizeof buf);
+            char other[256];
+            bool shared = false;
+            for (int o = 0; o < HC_LORA_MODULES; o++)
+                shared |= o != mod && module_present(m, lo, o) && !strcmp(module_short(m, o, other, sizeof other), name);
+            if (!shared) *out |= 1u << mod;
+        }
+        return *out ? HC_OK : hc_fail(HC_ERR_UNSUPPORTED, "LoRA: %s has no attention projection to adapt", m->cfg.model_type);
+    }
     if (!strcmp(list, "all-linear")) {
         if (moe)
             return hc_fail(HC_ERR_UNSUPPORTED, "LoRA on the experts of a mixture-of-experts model is not supported: "

@@ -35,8 +35,9 @@ static const char help[] =
     "  --lora-rank R       train a LoRA adapter of rank R instead of every weight (the base stays\n"
     "                      mapped and frozen); DIR then receives the adapter in PEFT's format\n"
     "  --lora-alpha A      LoRA scale numerator (default 2 x rank)\n"
-    "  --lora-targets L    q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj or all-linear\n"
-    "                      (default q_proj,k_proj,v_proj,o_proj)\n"
+    "  --lora-targets L    the checkpoint's module names (q_proj,k_proj,v_proj,o_proj,gate_proj,\n"
+    "                      up_proj,down_proj; Phi-3 qkv_proj,o_proj,gate_up_proj,down_proj; GPT-2\n"
+    "                      c_attn,c_proj,c_fc) or all-linear (default: the attention projections)\n"
     "  --resume DIR        continue a run that Ctrl-C stopped: DIR is what it saved (its weights\n"
     "                      and trainer_state.safetensors); give the same data and options\n"
     "\n"
@@ -81,7 +82,7 @@ static void progress(void *user, const hc_train_progress *p) {
 }
 
 int cmd_finetune(int argc, char **argv) {
-    const char *model = NULL, *data = NULL, *out = NULL, *resume = NULL, *lora_targets = "q_proj,k_proj,v_proj,o_proj";
+    const char *model = NULL, *data = NULL, *out = NULL, *resume = NULL, *lora_targets = NULL;
     int64_t lora_rank = 0;
     double lora_alpha = -1;
     hc_finetune_params fp = hc_finetune_default_params();
