@@ -242,6 +242,8 @@ else
 fi
 expect 1 "adapter_config.json" -- "$HUBCAP" generate --lora "$TMP/nothing-here" --ids 1
 expect 2 "--lora-rank must be" -- "$HUBCAP" finetune --data x --out y --lora-rank 0
+expect 1 "no LoRA targets given" -- "$HUBCAP" finetune --data "$SRC/tests/data/stories.txt" --out "$TMP/lt" --lora-rank 4 --lora-targets ""
+expect 1 "llama has q_proj" -- "$HUBCAP" finetune --data "$SRC/tests/data/stories.txt" --out "$TMP/lt" --lora-rank 4 --lora-targets qkv_proj
 
 # --quant-cache: the first load writes the quantized weights beside the snapshot, the next reads
 # them (the same logits, the file untouched); a flipped byte is caught (the checksum) and the

@@ -129,7 +129,7 @@ static void test_matmul(hc_backend *bf16, hc_backend *f16) {
         for (int t = 0; t < nT; t++)
             for (int s = 0; s < 4; s++) {
                 matmul_case(gpu, "f32", dts[d], 0, false, s == 1, Ts[t], shapes[s][0], shapes[s][1], 1e-7);
-                /* 16-bit operands apply past the GEMV's rows (GEMV_MAX_T, 4); fewer rows stay in f32. */
+                /* 16-bit operands apply past the GEMV's rows (gemv_max_t in matmul.cu, 4); fewer rows stay in f32. */
                 matmul_case(bf16, "bf16", dts[d], 0, false, s == 1, Ts[t], shapes[s][0], shapes[s][1], Ts[t] > 4 ? 1e-4 : 1e-7);
                 matmul_case(f16, "f16", dts[d], 0, false, false, Ts[t], shapes[s][0], shapes[s][1], Ts[t] > 4 ? 1e-5 : 1e-7);
             }

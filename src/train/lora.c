@@ -75,7 +75,7 @@ static hc_status parse_targets(const hc_model *m, const hc_lora *lo, const char 
     }
     if (*have) have[strlen(have) - 1] = 0; /* " q_proj, k_proj," -> " q_proj, k_proj" */
     const bool moe = m->cfg.n_experts > 0;
-    if (!list || !*list) { /* the attention projections, as this checkpoint stores them */
+    if (!list) { /* the attention projections, as this checkpoint stores them */
         for (int mod = 0; mod < HC_LORA_MODULES; mod++) {
             const bool attention = mod == HC_LORA_Q || mod == HC_LORA_K || mod == HC_LORA_V || mod == HC_LORA_O ||
                                    mod == HC_LORA_QKV;

@@ -44,11 +44,10 @@ void hc_cpu_vec_fns(hc_dot_fn *dot, hc_axpy_fn *axpy);
 /* AVX512-VNNI kernels for nibble-quantized weights (matmul_vnni.c): rows [n0, n1) of
  * out[T, N] from activations quantized per block of 32 (qx [T, K], dx and sx [T, K/32]). */
 bool hc_cpu_has_vnni(void);
-void hc_q4_0_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx, const hc_mat *w, int64_t T,
-                       int64_t n0, int64_t n1);
 /* The fast backend's quant_layout: q4_0x4 for q4_0 where the VNNI kernels run. */
 int hc_cpu_quant_layout(hc_backend *be, int quant);
-/* The same on q4_0x4 (quant.h), the layout quantize-on-load picks where VNNI is. */
+/* q4_0 as q4_0x4 (quant.h), the layout quantize-on-load picks where VNNI is (plain q4_0 takes
+ * the AVX2 kernels). */
 void hc_q4_0x4_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx, const hc_mat *w, int64_t T,
                          int64_t n0, int64_t n1);
 /* q8_0, prompts and decode. */

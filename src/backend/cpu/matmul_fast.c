@@ -316,7 +316,6 @@ static void mm_part(void *ctx, int ith, int nth) {
     if (n0 >= n1) return;
     if (j->xb) matmul_rows_bf16dot(j->out, j->xb, j->w, j->T, n0, n1);
     else if (j->vnni && j->w->quant == HC_QUANT_Q8_0) hc_q8_0_rows_vnni(j->out, j->qx, j->dx, j->w, j->T, n0, n1);
-    else if (j->vnni && j->w->quant == HC_QUANT_Q4_0) hc_q4_0_rows_vnni(j->out, j->qx, j->dx, j->sx, j->w, j->T, n0, n1);
     else if (j->vnni && j->w->quant == HC_QUANT_Q4_0X4)
         hc_q4_0x4_rows_vnni(j->out, j->qx, j->dx, j->sx, j->w, j->T, n0, n1);
     else if (j->vnni && j->w->quant == HC_QUANT_Q4_K)

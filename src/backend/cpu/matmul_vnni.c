@@ -1,4 +1,4 @@
-/* Nibble-quantized weights (q4_0, q4_k) on AVX512-VNNI. vpdpbusd multiplies 64 unsigned bytes
+/* Quantized weights (q4_0 as q4_0x4, q4_k, q8_0) on AVX512-VNNI. vpdpbusd multiplies 64 unsigned bytes
  * by 64 signed bytes and adds them in fours into 16 int32 lanes: one instruction where the
  * AVX2 kernels (matmul_fast.c) need four, and no sign trick, because nibbles are unsigned.
  *
@@ -8,9 +8,10 @@
  *   q4_k: out = sum_j d*sc[j] * dx[j] * sum_i q[i]*qx[i]  -  sum_j dmin*m[j] * sx[j]
  * where sx[j] = dx[j] * sum_i qx[i] is precomputed per activation block.
  *
- * Work comes in tiles of TB tokens x RB rows, so a weight is read once per TB tokens and an
- * activation once per RB rows; each output keeps its own accumulator, so the tiling (and so
- * the thread count) never changes a result's bits.
+ * Decode streams a row at a time; a few tokens come in tiles of TB tokens x RB rows (a weight
+ * read once per TB tokens, an activation once per RB rows); 8 tokens or more put rows across
+ * lanes (below). Each output keeps its own accumulator, so the tiling (and so the thread count)
+ * never changes a result's bits.
  *
  * Shapes: out [T, N]; qx [T, K] int8; dx, sx [T, K/32]; weights N rows of K/32 (or K/256)
  * blocks. */
@@ -36,12 +37,8 @@ bool hc_cpu_has_vnni(void) {
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
 
-/* ---- q4_0: two blocks (64 weights) per vpdpbusd ------------------------------------------------
- * A block's 16 bytes hold elements 0-15 in the low nibbles and 16-31 in the high. Two blocks
- * loaded side by side and split into nibbles give the 128-bit lanes [b0 0-15, b1 0-15, b0
- * 16-31, b1 16-31]; the activations are shuffled into the same order, and each block's scale
- * is spread over the int32 lanes it owns (lanes 0-3 and 8-11: block 0; 4-7 and 12-15: block 1).
- * The "- 8" is folded in as -8 x the activations' sums in fours, the accumulator's start. */
+/* ---- q4_0: plain blocks exist only as the last (nb mod 4) blocks of a q4_0x4 row; quantize on
+ * load repacks everything else where these kernels run. */
 
 /* One plain block against 32 activations, in 256 bits: dw * dx * sum (q - 8) x. */
 TILE_FN float q4_0_block_dot(const int8_t *x, float dx, const hc_block_q4_0 *blk) {
@@ -54,80 +51,6 @@ TILE_FN float q4_0_block_dot(const int8_t *x, float dx, const hc_block_q4_0 *blk
     const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
     const __m128i s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
     return _cvtsh_ss(blk->d) * dx * (float)(_mm_cvtsi128_si32(s2) + _mm_extract_epi32(s2, 1));
-}
-
-TILE_FN void q4_0_tile(float *const *out, const int8_t *const *x, const float *const *dx,
-                       const hc_block_q4_0 *const *rows, int64_t nb, const int TB, const int RB) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8), zero = _mm512_setzero_si512();
-    const __m512i pair_lanes = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
-    __m512 acc[4][4];
-    for (int t = 0; t < TB; t++)
-        for (int r = 0; r < RB; r++) acc[t][r] = _mm512_setzero_ps();
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        __m512i wv[4]; /* 64 nibbles of row r, lanes as above */
-        __m512 dw[4];  /* the two blocks' scales, spread */
-        for (int r = 0; r < RB; r++) {
-            const hc_block_q4_0 *b0 = rows[r] + b, *b1 = b0 + 1;
-            const __m256i v = _mm256_loadu2_m128i((const __m128i *)b1->q, (const __m128i *)b0->q);
-            wv[r] = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1), m4);
-            const __m128i d = _mm_cvtsi32_si128((int)(b0->d | (uint32_t)b1->d << 16));
-            dw[r] = _mm512_permutexvar_ps(pair_lanes, _mm512_castps128_ps512(_mm_cvtph_ps(d)));
-        }
-        for (int t = 0; t < TB; t++) {
-            const __m512i xn = _mm512_loadu_si512((const void *)(x[t] + b * HC_QK));
-            const __m512i xv = _mm512_shuffle_i64x2(xn, xn, _MM_SHUFFLE(3, 1, 2, 0));
-            const __m512i minus8x = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, eight, xv));
-            const __m128 dx2 = _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(dx[t] + b))); /* movq: any alignment */
-            const __m512 dxv = _mm512_permutexvar_ps(pair_lanes, _mm512_castps128_ps512(dx2));
-            for (int r = 0; r < RB; r++) {
-                const __m512i s = _mm512_dpbusd_epi32(minus8x, wv[r], xv);
-                acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[r], dxv), acc[t][r]);
-            }
-        }
-    }
-    float tail[4][4] = {{0}};
-    for (int r = 0; b < nb && r < RB; r++) /* an odd last block */
-        for (int t = 0; t < TB; t++) tail[t][r] = q4_0_block_dot(x[t] + b * HC_QK, dx[t][b], rows[r] + b);
-    for (int t = 0; t < TB; t++)
-        for (int r = 0; r < RB; r++) *out[t * RB + r] = _mm512_reduce_add_ps(acc[t][r]) + tail[t][r];
-}
-
-/* Decode (one token) on q4_0: a row at a time, four blocks per step. Here the weights, not the
- * activations, are rearranged (vpermt2q) into the activations' order, so one int32 lane block
- * [0-7] is block 0 and [8-15] block 1; the four blocks' scales are converted together; and the
- * "- 8" is applied once per block as 8 * dw * sx (sx = dx * sum of the block's activations). */
-TILE_FN float q4_0_decode_row(const int8_t *x, const float *dx, const float *sx, const hc_block_q4_0 *row,
-                              int64_t nb) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
-    const __m512i to_order = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0); /* [b0 lo, b0 hi, b1 lo, b1 hi] */
-    const __m512i first = lanes8(0, 1), second = lanes8(2, 3);
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    __m128 corr = _mm_setzero_ps(); /* sum of dw * sx, per block lane */
-    int64_t b = 0;
-    for (; b + 4 <= nb; b += 4) {
-        const hc_block_q4_0 *blk = row + b;
-        __m512i w[2];
-        for (int p = 0; p < 2; p++) {
-            const __m512i v = _mm512_castsi256_si512(
-                _mm256_loadu2_m128i((const __m128i *)blk[2 * p + 1].q, (const __m128i *)blk[2 * p].q));
-            w[p] = _mm512_and_si512(_mm512_permutex2var_epi64(v, to_order, _mm512_srli_epi16(v, 4)), m4);
-        }
-        __m128i d16 = _mm_cvtsi32_si128((int)(blk[0].d | (uint32_t)blk[1].d << 16));
-        d16 = _mm_insert_epi32(d16, (int)(blk[2].d | (uint32_t)blk[3].d << 16), 1);
-        const __m128 dw = _mm_cvtph_ps(d16);
-        corr = _mm_fmadd_ps(dw, _mm_loadu_ps(sx + b), corr);
-        const __m512 sc = _mm512_castps128_ps512(_mm_mul_ps(dw, _mm_loadu_ps(dx + b)));
-        const __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], _mm512_loadu_si512((const void *)(x + b * HC_QK)));
-        const __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], _mm512_loadu_si512((const void *)(x + b * HC_QK + 64)));
-        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_permutexvar_ps(first, sc), acc0);
-        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_permutexvar_ps(second, sc), acc1);
-    }
-    float tail = 0;
-    for (; b < nb; b++) tail += q4_0_block_dot(x + b * HC_QK, dx[b], row + b); /* the last 1-3 blocks */
-    const __m128 c2 = _mm_add_ps(corr, _mm_movehl_ps(corr, corr));
-    const float c = _mm_cvtss_f32(_mm_add_ss(c2, _mm_movehdup_ps(c2)));
-    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) - 8.0f * c + tail;
 }
 
 /* ---- q4_0x4 (quant.h): q4_0 repacked at load so 4 blocks are one 64-byte load --------------
@@ -178,7 +101,7 @@ TILE_FN float q4_0x4_decode_row(const int8_t *x, const float *dx, const float *s
 
 /* Prompts: TB tokens x RB rows. Each group goes in two halves (blocks 0-1, then 2-3) so the
  * rows' weights and the spread scales fit in registers beside the 16 accumulators; the "- 8"
- * starts each accumulation at -8 x the activations' sums in fours, as q4_0_tile does. */
+ * starts each accumulation at -8 x the activations' sums in fours. */
 TILE_FN void q4_0x4_tile(float *const *out, const int8_t *const *x, const float *const *dx, const uint8_t *const *rows,
                          int64_t nb, const int TB, const int RB) {
     const __m512i m4 = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8), zero = _mm512_setzero_si512();
@@ -436,12 +359,6 @@ static void tile_pointers(const tile_args *a, int64_t t, int64_t te, int64_t n, 
 typedef void (*tile4_fn)(float *const *os, const int8_t *const *xs, const float *const *dxs, const float *const *sxs,
                          const void *const *rows, int64_t nblocks);
 
-__attribute__((target(VNNI))) static void q4_0_tile4(float *const *os, const int8_t *const *xs, const float *const *dxs,
-                                                     const float *const *sxs, const void *const *rows, int64_t nb) {
-    (void)sxs;
-    q4_0_tile(os, xs, dxs, (const hc_block_q4_0 *const *)rows, nb, 4, 4);
-}
-
 __attribute__((target(VNNI))) static void q4_0x4_tile4(float *const *os, const int8_t *const *xs, const float *const *dxs,
                                                        const float *const *sxs, const void *const *rows, int64_t nb) {
     (void)sxs;
@@ -478,19 +395,6 @@ static void run_tiles(const tile_args *a, const hc_mat *w, size_t row_bytes, int
             }
         }
     }
-}
-
-__attribute__((target(VNNI))) void hc_q4_0_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx,
-                                                       const hc_mat *w, int64_t T, int64_t n0, int64_t n1) {
-    const tile_args a = {out, qx, dx, sx, T, w->rows, w->cols};
-    const size_t row_bytes = hc_quant_row_bytes(HC_QUANT_Q4_0, a.K);
-    const int64_t nb = a.K / HC_QK;
-    if (T == 1) { /* decode: one row at a time, nothing else per row */
-        for (int64_t n = n0; n < n1; n++)
-            out[n] = q4_0_decode_row(qx, dx, sx, (const hc_block_q4_0 *)((const char *)w->data + (size_t)n * row_bytes), nb);
-        return;
-    }
-    run_tiles(&a, w, row_bytes, nb, n0, n1, q4_0_tile4);
 }
 
 /* ---- q4_0x4, q8_0 and q4_k prompts with rows across lanes ------------------------------------

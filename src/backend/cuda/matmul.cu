@@ -1,6 +1,6 @@
 /* Matmul: out[T, N] = x[T, K] @ W[N, K]^T + bias[N], weights in their stored dtype.
  *
- * Few rows (T <= GEMV_MAX_T, batch-1 and small-batch decode) are bandwidth-bound: our own GEMV
+ * Few rows (T <= gemv_max_t(), batch-1 and small-batch decode) are bandwidth-bound: our own GEMV
  * reads each weight once, 16 bytes a lane, widens it and accumulates in f32 against f32
  * activations, so decode numerics do not depend on the compute dtype. Quantized weights
  * (q8_0, q4_0, q4_k) are dequantized inside the GEMV.
@@ -10,7 +10,6 @@
  * rows at a time into scratch; activations are converted once per call. */
 #include "backend/cuda/common.cuh"
 
-#define GEMV_MAX_T gemv_max_t()
 #define GEMV_WARPS 4       /* warps a block in the simple kernels */
 #define GEMV_BLOCK_WARPS 8 /* warps a block in the 16-byte kernel */
 #define CONVERT_CHUNK_ELEMS (32ll << 20) /* weights converted per cuBLAS call: 128 MiB in f32 */
@@ -591,7 +590,7 @@ static bool gemm_shared_input(hc_backend *be, float *const *outs, const float *x
 
 void hc_cuda_matmul(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T) {
     if (T <= 0 || hc_cuda(be)->failed) return;
-    if (T <= GEMV_MAX_T) gemv(be, out, x, w, bias, T);
+    if (T <= gemv_max_t()) gemv(be, out, x, w, bias, T);
     else gemm(be, out, x, w, bias, T);
     HC_CUDA_LAUNCHED(be, "matmul");
 }
@@ -599,11 +598,11 @@ void hc_cuda_matmul(hc_backend *be, float *out, const float *x, const hc_mat *w,
 void hc_cuda_matmul_n(hc_backend *be, float *const *outs, const float *x, const hc_mat *const *ws, const hc_vec *const *bs,
                       int n, int64_t T) {
     if (T <= 0 || hc_cuda(be)->failed) return;
-    if (T <= GEMV_MAX_T && gemv_fused(hc_cuda(be), outs, x, ws, bs, n, T, false, HC_ACT_SILU)) {
+    if (T <= gemv_max_t() && gemv_fused(hc_cuda(be), outs, x, ws, bs, n, T, false, HC_ACT_SILU)) {
         HC_CUDA_LAUNCHED(be, "matmul_n");
         return;
     }
-    if (T > GEMV_MAX_T && gemm_shared_input(be, outs, x, ws, bs, n, T)) {
+    if (T > gemv_max_t() && gemm_shared_input(be, outs, x, ws, bs, n, T)) {
         HC_CUDA_LAUNCHED(be, "matmul_n");
         return;
     }
@@ -616,12 +615,12 @@ void hc_cuda_gated_matmul(hc_backend *be, float *out, float *tmp, const float *x
     const hc_mat *const ws[2] = {gate, up};
     const hc_vec *const bs[2] = {bg, bu};
     float *const outs[2] = {out, NULL};
-    if (T <= GEMV_MAX_T && gate->rows == up->rows && gemv_fused(hc_cuda(be), outs, x, ws, bs, 2, T, true, act)) {
+    if (T <= gemv_max_t() && gate->rows == up->rows && gemv_fused(hc_cuda(be), outs, x, ws, bs, 2, T, true, act)) {
         HC_CUDA_LAUNCHED(be, "gated_matmul");
         return;
     }
     float *const gu[2] = {out, tmp};
-    if (!(T > GEMV_MAX_T && gemm_shared_input(be, gu, x, ws, bs, 2, T))) {
+    if (!(T > gemv_max_t() && gemm_shared_input(be, gu, x, ws, bs, 2, T))) {
         hc_cuda_matmul(be, out, x, gate, bg, T);
         hc_cuda_matmul(be, tmp, x, up, bu, T);
     }
@@ -666,7 +665,7 @@ void hc_cuda_ffn(hc_backend *be, float *out, float *a, float *b, const float *x,
     hc_cuda_ctx *cx = hc_cuda(be);
     if (T <= 0 || cx->failed) return;
     const hc_mat *const ms[3] = {gate, up, down};
-    bool fast = T > GEMV_MAX_T && cx->compute != HC_DTYPE_F32 && !(bg && bg->data) && !(bu && bu->data) &&
+    bool fast = T > gemv_max_t() && cx->compute != HC_DTYPE_F32 && !(bg && bg->data) && !(bu && bu->data) &&
                 !(bd && bd->data) && gate->rows == up->rows && gate->cols == up->cols && down->cols == gate->rows &&
                 (T * gate->rows) % 8 == 0; /* the 16-bit halves of a start on 16 bytes */
     for (int i = 0; fast && i < 3; i++) fast = !ms[i]->quant && !ms[i]->transposed && ms[i]->dtype == cx->compute;
