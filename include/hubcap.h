@@ -527,6 +527,9 @@ typedef struct {
     bool epoch_end;
     double val_loss, val_accuracy;          /* at epoch ends, on the held-out rows (-1: none) */
     bool stopped;                           /* ended early because *stop was set */
+    double step_s;                          /* mean seconds an optimizer step, over this run's steps
+                                               after its first (warm-up) one; 0 until there is one */
+    int64_t tokens_per_step;                /* token positions a step (batch x accumulation x length) */
 } hc_train_progress;
 
 typedef struct {

@@ -486,9 +486,9 @@ static void test_fast_matmul(hc_backend *ref) {
         int32_t pos[37];
         for (int t = 0; t < T; t++) pos[t] = t;
         fill(qa, nq), fill(k, nk), fill(v, nk), fill(go, nq);
-        ref->attention_backward(ref, r[0], r[1], r[2], go, qa, k, v, pos, T, H, KVH, D, 0.3f, window, cap, scratch);
-        fast1->attention_backward(fast1, f1[0], f1[1], f1[2], go, qa, k, v, pos, T, H, KVH, D, 0.3f, window, cap, scratch);
-        fast2->attention_backward(fast2, f2[0], f2[1], f2[2], go, qa, k, v, pos, T, H, KVH, D, 0.3f, window, cap, scratch);
+        ref->attention_backward(ref, r[0], r[1], r[2], go, NULL, qa, k, v, pos, T, H, KVH, D, 0.3f, window, cap, scratch);
+        fast1->attention_backward(fast1, f1[0], f1[1], f1[2], go, NULL, qa, k, v, pos, T, H, KVH, D, 0.3f, window, cap, scratch);
+        fast2->attention_backward(fast2, f2[0], f2[1], f2[2], go, NULL, qa, k, v, pos, T, H, KVH, D, 0.3f, window, cap, scratch);
         for (int i = 0; i < 3; i++) {
             double err = 0, scale = 0;
             for (int64_t x = 0; x < sz[i]; x++) err = fmax(err, fabs((double)r[i][x] - f1[i][x])), scale = fmax(scale, fabs(r[i][x]));
@@ -764,7 +764,7 @@ static void test_backward(hc_backend *be) {
     for (int variant = 0; variant < 2; variant++) {
         c.op = FD_ATTN, c.T = 5, c.H = 4, c.KVH = 2, c.D = 3, c.window = variant ? 3 : 0, c.cap = variant ? 1.5f : 0;
         fill(c.x, 60), fill(c.k, 30), fill(c.v, 30), fill(c.r, 60);
-        be->attention_backward(be, dx, dw, d3, c.r, c.x, c.k, c.v, pos, 5, 4, 2, 3, 0.35f, c.window, c.cap, c.scratch);
+        be->attention_backward(be, dx, dw, d3, c.r, NULL, c.x, c.k, c.v, pos, 5, 4, 2, 3, 0.35f, c.window, c.cap, c.scratch);
         snprintf(what, sizeof what, "attention %d dq", variant);
         fd_compare(&c, what, c.x, dx, 60);
         snprintf(what, sizeof what, "attention %d dk", variant);

@@ -162,9 +162,11 @@ struct hc_backend {
     /* In place on dx[T, nh, D]: the gradient through rope (the inverse rotation). */
     void (*rope_backward)(hc_backend *be, float *dx, const int32_t *pos, const float *inv_freq, float attn_factor,
                           int64_t T, int64_t nh, int64_t D, int64_t R);
-    /* Attention of T rows over keys k, v [T, KVH, D] (f32, row j at position pos[j]; the rows are
-     * one sequence's whole context): dq (=), dk and dv (=). scratch: [2T] floats. */
-    void (*attention_backward)(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *q,
+    /* Attention of T rows over keys k, v [T, KVH, D] (f32, row j at position pos[j] = j: the rows
+     * are one sequence's whole context, in order): dq (=), dk and dv (=). out [T, H, D] is the
+     * forward's output (a backend may take rowsum(dout * out) from it; the reference does not
+     * read it). scratch: [2T] floats. */
+    void (*attention_backward)(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out, const float *q,
                                const float *k, const float *v, const int32_t *pos, int64_t T, int64_t H, int64_t KVH,
                                int64_t D, float scale, int64_t window, float softcap, float *scratch);
     /* out = act(gate) * up: dgate, dup (=) */

@@ -486,6 +486,9 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
         else seed = epoch_seed;              /* inside an epoch: the same shuffle again, its done rows skipped */
     }
     bool stopped = false;
+    double timed_s = 0; /* the steps after this run's first */
+    int64_t run_steps = 0;
+    pr.tokens_per_step = p.batch_size * p.grad_accum * r.L;
     for (int64_t e = first_epoch; e <= epochs && step < total && !stopped; e++) {
         int64_t *train = order + n_eval;
         epoch_seed = seed;
@@ -503,6 +506,7 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
                 break;
             }
             step++;
+            const double step_t0 = now_s();
             hc_grads_zero(g);
             double step_loss = 0, step_acc = 0;
             for (int64_t a = 0; a < p.grad_accum; a++) {
@@ -561,6 +565,10 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
             pr.accuracy = acc_sum / (double)(s - s0 + 1);
             pr.lr = lr;
             pr.elapsed_s = now_s() - t0;
+            if (run_steps++ > 0) { /* the loss came back: the step's work is done */
+                timed_s += now_s() - step_t0;
+                pr.step_s = timed_s / (double)(run_steps - 1);
+            }
             pr.epoch_end = s == steps_per_epoch || step == total;
             if (pr.epoch_end && n_eval > 0 &&
                 (st = evaluate(m, &r, order, n_eval, p.batch_size, ids, mask, &pr.val_loss, &pr.val_accuracy)))

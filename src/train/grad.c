@@ -553,7 +553,7 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
         mm_bwd(be, m, l, HC_LORA_O, datt, GM(&Ly->wo), Ly->bo.data ? GM(&Ly->bo) : NULL, dop, a->att, &Ly->wo, T, &ls);
         for (int64_t b = 0; b < B; b++) {
             const int64_t oq = b * S * H * D, ok = b * S * KVH * D;
-            be->attention_backward(be, dq + oq, dk + ok, dv + ok, datt + oq, a->q + oq, a->k + ok, a->v + ok, pos, S, H, KVH,
+            be->attention_backward(be, dq + oq, dk + ok, dv + ok, datt + oq, a->att + oq, a->q + oq, a->k + ok, a->v + ok, pos, S, H, KVH,
                                    D, Ly->attn_scale, Ly->sliding ? c->sliding_window : 0, (float)c->attn_softcap, scratch);
         }
         if (c->rope.type != HC_ROPE_NONE) {

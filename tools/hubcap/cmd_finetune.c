@@ -183,6 +183,9 @@ int cmd_finetune(int argc, char **argv) {
                                                        lora_targets, fp.seed);
     if (!st) st = hc_finetune(m, data, &fp, &last);
     signal(SIGINT, SIG_DFL);
+    if (!st && last.step_s > 0)
+        printf("speed: %.1f ms/step after the first, %.0f tokens/s\n", 1000.0 * last.step_s,
+               (double)last.tokens_per_step / last.step_s);
     if (!st && last.stopped) printf("\nstopped at step %lld of %lld\n", (long long)last.step, (long long)last.total_steps);
     else if (!st && last.val_loss >= 0)
         printf("eval loss %.4f, perplexity %.2f, accuracy %.4f\n", last.val_loss, exp(last.val_loss), last.val_accuracy);

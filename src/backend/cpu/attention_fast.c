@@ -194,12 +194,12 @@ static void att_bwd_part(void *ctx, int ith, int nth) {
     }
 }
 
-void hc_cpu_attention_backward_fast(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *q,
+void hc_cpu_attention_backward_fast(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out, const float *q,
                                     const float *k, const float *v, const int32_t *pos, int64_t T, int64_t H, int64_t KVH,
                                     int64_t D, float scale, int64_t window, float softcap, float *scratch) {
     hc_fast_ctx *fx = be->ctx;
     if (!hc_fast_scratch(fx, (size_t)(3 * T + 1))) { /* the reference handles it */
-        hc_cpu_attention_backward(be, dq, dk, dv, dout, q, k, v, pos, T, H, KVH, D, scale, window, softcap, scratch);
+        hc_cpu_attention_backward(be, dq, dk, dv, dout, out, q, k, v, pos, T, H, KVH, D, scale, window, softcap, scratch);
         return;
     }
     att_bwd_job j = {dq, dk, dv, dout, q, k, v, pos, T, H, KVH, D, window, scale, softcap, fx, NULL, NULL};

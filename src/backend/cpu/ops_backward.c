@@ -97,10 +97,10 @@ void hc_cpu_rope_backward(hc_backend *be, float *dx, const int32_t *pos, const f
         }
 }
 
-void hc_cpu_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *q,
+void hc_cpu_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out, const float *q,
                                const float *k, const float *v, const int32_t *pos, int64_t T, int64_t H, int64_t KVH,
                                int64_t D, float scale, int64_t window, float softcap, float *scratch) {
-    (void)be;
+    (void)be, (void)out;
     const int64_t group = H / KVH;
     for (int64_t i = 0; i < T * H * D; i++) dq[i] = 0;
     for (int64_t i = 0; i < T * KVH * D; i++) dk[i] = 0, dv[i] = 0;

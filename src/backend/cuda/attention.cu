@@ -126,14 +126,6 @@ template <typename HT> __device__ __forceinline__ hc_dtype half_dtype();
 template <> __device__ __forceinline__ hc_dtype half_dtype<__nv_bfloat16>() { return HC_DTYPE_BF16; }
 template <> __device__ __forceinline__ hc_dtype half_dtype<__half>() { return HC_DTYPE_F16; }
 
-/* 16-byte global-to-shared copies that do not hold up the thread (sm_80 and later). */
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
-    const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(gmem));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
 /* Shared-memory strides (elements), padded against bank conflicts; WMMA needs multiples of 8
  * (16-bit) or 4 (f32). */
 static __host__ __device__ inline int fa_ldh(int D) { return D + 8; }
@@ -337,19 +329,9 @@ static bool launch_flash(hc_cuda_ctx *cx, float *out, const float *q, const void
  * (PTX ISA, "mma.m16n8k16"): g = lane / 4, q = lane % 4; A holds (g | g+8, 2q..2q+1 | +8);
  * B holds (k = 2q..2q+1 | +8, n = g); C holds (g | g+8, 2q..2q+1). */
 
-__device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *(uint32_t *)&v;
-}
-
-template <int D>
+/* LSE_ONLY (the backward's first pass): no P V; out[t * H + h] receives row (t, h)'s
+ * log-sum-exp of its scaled, soft-capped scores instead. */
+template <int D, bool LSE_ONLY>
 __global__ void __launch_bounds__(32 * ATT_WARPS)
 flash2_kernel(float *out, const float *q, const __nv_bfloat16 *kc, const __nv_bfloat16 *vc, const int32_t *pos, int T, int H,
               int KVH, float scale, int window, float softcap) {
@@ -374,10 +356,10 @@ flash2_kernel(float *out, const float *q, const __nv_bfloat16 *kc, const __nv_bf
             if (j <= p_last) {
                 const size_t e = ((size_t)j * KVH + kvh) * D + d;
                 cp_async16(sK + r * LDH + d, kc + e);
-                cp_async16(sV + r * LDH + d, vc + e);
+                if (!LSE_ONLY) cp_async16(sV + r * LDH + d, vc + e);
             } else { /* never stale NaNs */
                 *(uint4 *)(sK + r * LDH + d) = make_uint4(0, 0, 0, 0);
-                *(uint4 *)(sV + r * LDH + d) = make_uint4(0, 0, 0, 0);
+                if (!LSE_ONLY) *(uint4 *)(sV + r * LDH + d) = make_uint4(0, 0, 0, 0);
             }
         }
         cp_async_commit();
@@ -475,30 +457,37 @@ flash2_kernel(float *out, const float *q, const __nv_bfloat16 *kc, const __nv_bf
             rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 2);
             l[r] = l[r] * corr[r] + rs[r];
         }
+        if (!LSE_ONLY) {
 #pragma unroll
-        for (int n = 0; n < NO; n++) {
-            o[n][0] *= corr[0], o[n][1] *= corr[0];
-            o[n][2] *= corr[1], o[n][3] *= corr[1];
-        }
-        /* O += P V: P's score fragments are already A fragments of the next product. */
+            for (int n = 0; n < NO; n++) {
+                o[n][0] *= corr[0], o[n][1] *= corr[0];
+                o[n][2] *= corr[1], o[n][3] *= corr[1];
+            }
+            /* O += P V: P's score fragments are already A fragments of the next product. */
 #pragma unroll
-        for (int k = 0; k < FA_BK / 16; k++) {
-            const uint32_t a[4] = {pack_bf16(sc[2 * k][0], sc[2 * k][1]), pack_bf16(sc[2 * k][2], sc[2 * k][3]),
-                                   pack_bf16(sc[2 * k + 1][0], sc[2 * k + 1][1]), pack_bf16(sc[2 * k + 1][2], sc[2 * k + 1][3])};
+            for (int k = 0; k < FA_BK / 16; k++) {
+                const uint32_t a[4] = {pack_bf16(sc[2 * k][0], sc[2 * k][1]), pack_bf16(sc[2 * k][2], sc[2 * k][3]),
+                                       pack_bf16(sc[2 * k + 1][0], sc[2 * k + 1][1]), pack_bf16(sc[2 * k + 1][2], sc[2 * k + 1][3])};
 #pragma unroll
-            for (int n = 0; n < NO; n += 2) {
-                /* the B fragments of output columns 8n.. and 8(n+1).. in one ldmatrix.x4.trans */
-                uint32_t b[4];
-                const unsigned addr =
-                    (unsigned)__cvta_generic_to_shared(sV + (k * 16 + (lane & 15)) * LDH + (n + (lane >> 4)) * 8);
-                asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                             : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3])
-                             : "r"(addr));
-                mma_bf16(o[n], a, b[0], b[1]);
-                mma_bf16(o[n + 1], a, b[2], b[3]);
+                for (int n = 0; n < NO; n += 2) {
+                    /* the B fragments of output columns 8n.. and 8(n+1).. in one ldmatrix.x4.trans */
+                    uint32_t b[4];
+                    const unsigned addr =
+                        (unsigned)__cvta_generic_to_shared(sV + (k * 16 + (lane & 15)) * LDH + (n + (lane >> 4)) * 8);
+                    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                                 : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3])
+                                 : "r"(addr));
+                    mma_bf16(o[n], a, b[0], b[1]);
+                    mma_bf16(o[n + 1], a, b[2], b[3]);
+                }
             }
         }
         __syncthreads(); /* buffer b is refilled two tiles on */
+    }
+    if (LSE_ONLY) {
+        if (tq == 0 && ta < T) out[(size_t)ta * H + h] = l[0] > 0 ? m[0] + logf(l[0]) : INFINITY;
+        if (tq == 0 && tb < T) out[(size_t)tb * H + h] = l[1] > 0 ? m[1] + logf(l[1]) : INFINITY;
+        return;
     }
     const float ia = l[0] > 0 ? 1.0f / l[0] : 0.0f, ib = l[1] > 0 ? 1.0f / l[1] : 0.0f;
 #pragma unroll
@@ -509,20 +498,30 @@ flash2_kernel(float *out, const float *q, const __nv_bfloat16 *kc, const __nv_bf
     }
 }
 
-template <int D>
+template <int D, bool LSE_ONLY>
 static bool launch_flash2(hc_cuda_ctx *cx, float *out, const float *q, const void *k_cache, const void *v_cache,
                           const int32_t *pos, int64_t T, int64_t H, int64_t KVH, float scale, int64_t window, float softcap) {
     static_assert(FA_BQ <= 2 * FA_BK, "Q is staged in one K/V buffer");
     const size_t smem = (size_t)4 * FA_BK * (D + 8) * 2; /* two K/V buffers (Q staged in the second) */
-    if (cudaFuncSetAttribute(flash2_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) {
+    if (cudaFuncSetAttribute(flash2_kernel<D, LSE_ONLY>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) !=
+        cudaSuccess) {
         cudaGetLastError();
         return false;
     }
     dim3 grid((unsigned)((T + FA_BQ - 1) / FA_BQ), (unsigned)H);
-    flash2_kernel<D><<<grid, 32 * ATT_WARPS, smem, cx->stream>>>(out, q, (const __nv_bfloat16 *)k_cache,
-                                                                 (const __nv_bfloat16 *)v_cache, pos, (int)T, (int)H, (int)KVH,
-                                                                 scale, (int)window, softcap);
+    flash2_kernel<D, LSE_ONLY><<<grid, 32 * ATT_WARPS, smem, cx->stream>>>(out, q, (const __nv_bfloat16 *)k_cache,
+                                                                           (const __nv_bfloat16 *)v_cache, pos, (int)T,
+                                                                           (int)H, (int)KVH, scale, (int)window, softcap);
     return true;
+}
+
+bool hc_cuda_attention_lse(hc_backend *be, float *lse, const float *q, const void *k16, const int32_t *pos, int64_t T,
+                           int64_t H, int64_t KVH, int64_t D, float scale, int64_t window, float softcap) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    const bool ok = D == 64    ? launch_flash2<64, true>(cx, lse, q, k16, k16, pos, T, H, KVH, scale, window, softcap)
+                    : D == 128 ? launch_flash2<128, true>(cx, lse, q, k16, k16, pos, T, H, KVH, scale, window, softcap)
+                               : false;
+    return ok && !HC_CUDA_LAUNCHED(be, "attention log-sum-exp");
 }
 
 static void launch_attention(hc_backend *be, float *out, const float *q, const void *k_cache, const void *v_cache,
@@ -548,8 +547,8 @@ static void launch_attention(hc_backend *be, float *out, const float *q, const v
     /* Prompts of one sequence with a 16-bit compute dtype: the tensor-core kernels. */
     if (!k_rows && T >= 16 && cx->compute == HC_DTYPE_BF16 && kv_dtype == HC_DTYPE_BF16 && (D == 64 || D == 128) && S < INT32_MAX / 2 &&
         !getenv("HUBCAP_CUDA_WMMA_ATTENTION")) {
-        const bool ok = D == 64 ? launch_flash2<64>(cx, out, q, k_cache, v_cache, pos, T, H, KVH, scale, window, softcap)
-                                : launch_flash2<128>(cx, out, q, k_cache, v_cache, pos, T, H, KVH, scale, window, softcap);
+        const bool ok = D == 64 ? launch_flash2<64, false>(cx, out, q, k_cache, v_cache, pos, T, H, KVH, scale, window, softcap)
+                                : launch_flash2<128, false>(cx, out, q, k_cache, v_cache, pos, T, H, KVH, scale, window, softcap);
         if (ok) {
             HC_CUDA_LAUNCHED(be, "flash attention");
             return;

@@ -191,9 +191,18 @@ void hc_cuda_norm_backward(hc_backend *be, float *dx, float *dw, float *db, cons
                            const hc_vec *w, const hc_vec *b, hc_norm_kind kind, float eps, int64_t T, int64_t C);
 void hc_cuda_rope_backward(hc_backend *be, float *dx, const int32_t *pos, const float *inv_freq, float attn_factor,
                            int64_t T, int64_t nh, int64_t D, int64_t R);
-void hc_cuda_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *q,
+void hc_cuda_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out, const float *q,
                                 const float *k, const float *v, const int32_t *pos, int64_t T, int64_t H, int64_t KVH,
                                 int64_t D, float scale, int64_t window, float softcap, float *scratch);
+/* The tensor-core paths of attention's backward (attention_backward.cu), with bf16 compute at
+ * head dims 64 and 128: the rows' log-sum-exps (the forward kernel without P V; false where it
+ * does not apply), and the whole backward (false where it does not apply: the caller takes
+ * the general path). */
+bool hc_cuda_attention_lse(hc_backend *be, float *lse, const float *q, const void *k16, const int32_t *pos, int64_t T,
+                           int64_t H, int64_t KVH, int64_t D, float scale, int64_t window, float softcap);
+bool hc_cuda_flash_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                      const float *q, const float *k, const float *v, const int32_t *pos, int64_t T,
+                                      int64_t H, int64_t KVH, int64_t D, float scale, int64_t window, float softcap);
 void hc_cuda_glu_backward(hc_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                           hc_activation act, int64_t n);
 void hc_cuda_topk_route_backward(hc_backend *be, float *dlogits, const float *dweights, const int32_t *experts,
@@ -208,5 +217,46 @@ void hc_cuda_adamw(hc_backend *be, float *w, float *m1, float *m2, const float *
 void hc_cuda_copy(hc_backend *be, float *out, const float *x, int64_t n);
 void hc_cuda_topk_route(hc_backend *be, float *weights, int32_t *experts, const float *logits, int64_t T, int64_t E,
                         int64_t k, bool renorm);
+
+
+/* ---- tensor-core building blocks (sm_80 and later), shared by the attention kernels ---- */
+
+/* 16-byte global-to-shared copies that do not hold up the thread (sm_80 and later). */
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t *)&v;
+}
+
+/* ldmatrix.x4: four 8x8 bf16 pieces of shared memory, one row address a lane. A fragment of
+ * a 16x16 tile (rows r, columns c of a row-major tile): lane l addresses row l % 16, column
+ * 8 (l / 16). B fragments of S = X Y^T from Y [n][k] row-major: keys n0 + l % 8, dims k0 +
+ * 8 (l / 8 % 2) + 16 (l / 16), giving two k-steps' pairs. B fragments of O = P Y from
+ * Y [k][n] row-major (.trans): rows k0 + l % 16, columns n0 + 8 (l / 16), giving two n-tiles. */
+__device__ __forceinline__ void hc_ldsm_x4(uint32_t *r, const void *p) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+__device__ __forceinline__ void hc_ldsm_x4_trans(uint32_t *r, const void *p) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
 
 #endif
