@@ -184,6 +184,7 @@ const float *hc_grads_data(hc_grads *gr, int64_t i) {
 typedef struct {
     float *x_in, *h1, *q_pre, *k_pre, *q, *k, *v, *att, *o_pre, *x_mid, *h2, *gate, *up, *act, *ff_pre;
     float *router, *rw, *ey;
+    float *lu[HC_LORA_N]; /* per adapted projection: u = x A^T [T, r] */
     int32_t *re;
     int32_t *re_h; /* host */
     float *rw_h;   /* host */
@@ -246,43 +247,43 @@ typedef struct {
     float *u, *du, *dys, *dxl;
 } lora_scratch;
 
-/* y = x W^T + b, plus layer l's adapter on projection t. */
+/* y = x W^T + b, plus layer l's adapter on projection t, keeping u = x A^T in u_keep [T, r]. */
 static void mm_fwd(hc_backend *be, const hc_model *m, int64_t l, int t, float *y, const float *x, const hc_mat *w,
-                   const hc_vec *b, int64_t T, const lora_scratch *ls) {
+                   const hc_vec *b, int64_t T, const lora_scratch *ls, float *u_keep) {
     be->matmul(be, y, x, w, b, T);
     hc_lora_view p;
     if (!hc_lora_get(m->lora, l, t, &p)) return;
-    be->matmul(be, ls->u, x, &p.A, NULL, T);
-    be->matmul(be, ls->dys, ls->u, &p.B, NULL, T);
+    be->matmul(be, u_keep, x, &p.A, NULL, T);
+    be->matmul(be, ls->dys, u_keep, &p.B, NULL, T);
     be->add_scaled(be, y, ls->dys, m->lora->scale, T * p.n);
 }
 
-/* The backward of a matmul: dx = dy W runs as a forward matmul over W's transposed view (the
- * fast kernels, f32 sums); dW and db through the op's backward, when they have buffers. */
+/* The backward of a matmul: dx, and dW and db when they have buffers, in one call (a GPU
+ * rounds dy to 16 bits once for both products). */
 static void matmul_bwd(hc_backend *be, float *dx, float *dw, float *db, const float *dy, const float *x, const hc_mat *w,
                        int64_t T) {
-    if (dx) {
-        hc_mat wt = *w;
-        wt.rows = w->cols, wt.cols = w->rows, wt.transposed = !w->transposed;
-        be->matmul(be, dx, dy, &wt, NULL, T);
-    }
-    if (dw || db) be->matmul_backward(be, NULL, dw, db, dy, x, w, T);
+    be->matmul_backward(be, dx, dw, db, dy, x, w, T);
 }
 
-/* The backward of mm_fwd: dx (=), the base's dW and db (+=, when they have buffers), and the
- * adapter's dA, dB (+=). */
+/* The backward of mm_fwd (u: the u it kept): dx (=), the base's dW and db (+=, when they have
+ * buffers), and the adapter's dA, dB (+=). With y += s (u B^T), the scale s goes on the
+ * [T, r] sides, never on a [T, N] one: dB += dy^T (s u), du = s (dy B), dA += du^T x,
+ * dx += du A. */
 static void mm_bwd(hc_backend *be, const hc_model *m, int64_t l, int t, float *dx, float *dw, float *db, const float *dy,
-                   const float *x, const hc_mat *w, int64_t T, const lora_scratch *ls) {
+                   const float *x, const hc_mat *w, int64_t T, const lora_scratch *ls, const float *u) {
     matmul_bwd(be, dx, dw, db, dy, x, w, T);
     hc_lora_view p;
     if (!hc_lora_get(m->lora, l, t, &p)) return;
-    const int64_t N = p.n, K = p.k;
-    be->matmul(be, ls->u, x, &p.A, NULL, T);
-    be->fill(be, ls->dys, 0, T * N);
-    be->add_scaled(be, ls->dys, dy, m->lora->scale, T * N);
+    const int64_t K = p.k, r = m->lora->r;
+    const float s = m->lora->scale;
+    float *us = ls->u, *du_s = ls->dys; /* [T, r] each */
+    be->fill(be, us, 0, T * r);
+    be->add_scaled(be, us, u, s, T * r);
     /* a fused module's roles each add their part: db to their rows, da to the shared A's */
-    be->matmul_backward(be, ls->du, p.db, NULL, ls->dys, ls->u, &p.B, T);
-    be->matmul_backward(be, ls->dxl, p.da, NULL, ls->du, x, &p.A, T);
+    be->matmul_backward(be, ls->du, p.db, NULL, dy, us, &p.B, T);
+    be->fill(be, du_s, 0, T * r);
+    be->add_scaled(be, du_s, ls->du, s, T * r);
+    be->matmul_backward(be, dx ? ls->dxl : NULL, p.da, NULL, du_s, x, &p.A, T);
     if (dx) be->add(be, dx, dx, ls->dxl, T * K);
 }
 
@@ -334,9 +335,9 @@ static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *
     float *tmp = tc->tmp, *scratch = tc->scratch;
     const lora_scratch *ls = tc->ls;
     be->norm(be, a->h1, a->x_in, &Ly->attn_norm, &Ly->attn_norm_b, nk, eps, T, C);
-    mm_fwd(be, m, l, HC_LORA_Q, a->q_pre, a->h1, &Ly->wq, &Ly->bq, T, ls);
-    mm_fwd(be, m, l, HC_LORA_K, a->k_pre, a->h1, &Ly->wk, &Ly->bk, T, ls);
-    mm_fwd(be, m, l, HC_LORA_V, a->v, a->h1, &Ly->wv, &Ly->bv, T, ls);
+    mm_fwd(be, m, l, HC_LORA_Q, a->q_pre, a->h1, &Ly->wq, &Ly->bq, T, ls, a->lu[HC_LORA_Q]);
+    mm_fwd(be, m, l, HC_LORA_K, a->k_pre, a->h1, &Ly->wk, &Ly->bk, T, ls, a->lu[HC_LORA_K]);
+    mm_fwd(be, m, l, HC_LORA_V, a->v, a->h1, &Ly->wv, &Ly->bv, T, ls, a->lu[HC_LORA_V]);
     if (Ly->q_norm.data) be->norm(be, a->q, a->q_pre, &Ly->q_norm, NULL, nk, eps, T * H, D);
     else be->copy(be, a->q, a->q_pre, T * H * D);
     if (Ly->k_norm.data) be->norm(be, a->k, a->k_pre, &Ly->k_norm, NULL, nk, eps, T * KVH, D);
@@ -350,22 +351,22 @@ static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *
         be->attention(be, a->att + b * S * H * D, a->q + b * S * H * D, a->k + b * S * KVH * D, a->v + b * S * KVH * D,
                       HC_DTYPE_F32, pos, S, H, KVH, D, Ly->attn_scale, Ly->sliding ? c->sliding_window : 0,
                       (float)c->attn_softcap, S, scratch);
-    mm_fwd(be, m, l, HC_LORA_O, a->o_pre, a->att, &Ly->wo, &Ly->bo, T, ls);
+    mm_fwd(be, m, l, HC_LORA_O, a->o_pre, a->att, &Ly->wo, &Ly->bo, T, ls, a->lu[HC_LORA_O]);
     if (Ly->attn_post_norm.data) be->norm(be, tmp, a->o_pre, &Ly->attn_post_norm, NULL, nk, eps, T, C);
     be->add(be, a->x_mid, a->x_in, Ly->attn_post_norm.data ? tmp : a->o_pre, T * C);
     be->norm(be, a->h2, a->x_mid, &Ly->ffn_norm, &Ly->ffn_norm_b, nk, eps, T, C);
     if (c->n_experts > 0) {
         moe_forward(tc, Ly, a);
     } else if (m->arch->gated_mlp) {
-        mm_fwd(be, m, l, HC_LORA_GATE, a->gate, a->h2, &Ly->gate, &Ly->b_gate, T, ls);
-        mm_fwd(be, m, l, HC_LORA_UP, a->up, a->h2, &Ly->up, &Ly->b_up, T, ls);
+        mm_fwd(be, m, l, HC_LORA_GATE, a->gate, a->h2, &Ly->gate, &Ly->b_gate, T, ls, a->lu[HC_LORA_GATE]);
+        mm_fwd(be, m, l, HC_LORA_UP, a->up, a->h2, &Ly->up, &Ly->b_up, T, ls, a->lu[HC_LORA_UP]);
         be->glu(be, a->act, a->gate, a->up, c->act, T * I);
     } else {
-        mm_fwd(be, m, l, HC_LORA_UP, a->gate, a->h2, &Ly->up, &Ly->b_up, T, ls);
+        mm_fwd(be, m, l, HC_LORA_UP, a->gate, a->h2, &Ly->up, &Ly->b_up, T, ls, a->lu[HC_LORA_UP]);
         be->copy(be, a->act, a->gate, T * I);
         be->activate(be, a->act, c->act, T * I);
     }
-    if (!c->n_experts) mm_fwd(be, m, l, HC_LORA_DOWN, a->ff_pre, a->act, &Ly->down, &Ly->b_down, T, ls);
+    if (!c->n_experts) mm_fwd(be, m, l, HC_LORA_DOWN, a->ff_pre, a->act, &Ly->down, &Ly->b_down, T, ls, a->lu[HC_LORA_DOWN]);
     if (Ly->ffn_post_norm.data) be->norm(be, tmp, a->ff_pre, &Ly->ffn_post_norm, NULL, nk, eps, T, C);
     be->add(be, xo, a->x_mid, Ly->ffn_post_norm.data ? tmp : a->ff_pre, T * C);
 }
@@ -441,6 +442,12 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
      * buffers that the backward refills by running the layer again. */
     const bool ckpt = gr && gr->checkpointing;
     float *x_ckpt_out = ckpt ? take(&wsb, T * C, &oom) : NULL;
+    bool lora_role[HC_LORA_N] = {false}; /* adapted in some layer: each layer keeps its u */
+    for (int64_t l = 0; m->lora && l < L; l++)
+        for (int t = 0; t < HC_LORA_N; t++) {
+            hc_lora_view p;
+            if (hc_lora_get(m->lora, l, t, &p)) lora_role[t] = true;
+        }
     for (int64_t l = 0; !oom && l < L; l++) {
         layer_acts *a = &A[l];
         a->x_in = take(&wsb, T * C, &oom);
@@ -462,6 +469,7 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
             a->re_h = malloc(sizeof(int32_t) * (size_t)(T * KE)), a->rw_h = malloc(sizeof(float) * (size_t)(T * KE));
             if (!a->re_h || !a->rw_h) oom = true;
         }
+        for (int t = 0; t < HC_LORA_N; t++) a->lu[t] = lora_role[t] ? take(&wsb, T * lr, &oom) : NULL;
     }
     float *moe_work = E ? take(&wsb, 2 * C + T * KE + T * E, &oom) : NULL;
     hc_status st = HC_OK;
@@ -526,18 +534,18 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
             moe_backward(&tc, gr, Ly, a, dff, dh, moe_work, tmp + T * C, dact, dgate, dup);
         } else {
             mm_bwd(be, m, l, HC_LORA_DOWN, dact, GM(&Ly->down), Ly->b_down.data ? GM(&Ly->b_down) : NULL, dff, a->act,
-                   &Ly->down, T, &ls);
+                   &Ly->down, T, &ls, a->lu[HC_LORA_DOWN]);
             if (gated) {
                 be->glu_backward(be, dgate, dup, dact, a->gate, a->up, c->act, T * I);
                 mm_bwd(be, m, l, HC_LORA_GATE, dh, GM(&Ly->gate), Ly->b_gate.data ? GM(&Ly->b_gate) : NULL, dgate, a->h2,
-                       &Ly->gate, T, &ls);
+                       &Ly->gate, T, &ls, a->lu[HC_LORA_GATE]);
                 mm_bwd(be, m, l, HC_LORA_UP, tmp, GM(&Ly->up), Ly->b_up.data ? GM(&Ly->b_up) : NULL, dup, a->h2, &Ly->up, T,
-                       &ls);
+                       &ls, a->lu[HC_LORA_UP]);
                 be->add(be, dh, dh, tmp, T * C);
             } else {
                 be->glu_backward(be, dgate, NULL, dact, a->gate, NULL, c->act, T * I);
                 mm_bwd(be, m, l, HC_LORA_UP, dh, GM(&Ly->up), Ly->b_up.data ? GM(&Ly->b_up) : NULL, dgate, a->h2, &Ly->up, T,
-                       &ls);
+                       &ls, a->lu[HC_LORA_UP]);
             }
         }
         be->norm_backward(be, tmp, GM(&Ly->ffn_norm), Ly->ffn_norm_b.data ? GM(&Ly->ffn_norm_b) : NULL, dh, a->x_mid,
@@ -550,7 +558,7 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
             dop = tmp;
         }
         float *datt = tmp + T * (C > I ? C : I) * 2; /* [T, H*D], the tail of tmp */
-        mm_bwd(be, m, l, HC_LORA_O, datt, GM(&Ly->wo), Ly->bo.data ? GM(&Ly->bo) : NULL, dop, a->att, &Ly->wo, T, &ls);
+        mm_bwd(be, m, l, HC_LORA_O, datt, GM(&Ly->wo), Ly->bo.data ? GM(&Ly->bo) : NULL, dop, a->att, &Ly->wo, T, &ls, a->lu[HC_LORA_O]);
         for (int64_t b = 0; b < B; b++) {
             const int64_t oq = b * S * H * D, ok = b * S * KVH * D;
             be->attention_backward(be, dq + oq, dk + ok, dv + ok, datt + oq, a->att + oq, a->q + oq, a->k + ok, a->v + ok, pos, S, H, KVH,
@@ -568,10 +576,10 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
             be->norm_backward(be, datt, GM(&Ly->k_norm), NULL, dk, a->k_pre, &Ly->k_norm, NULL, nk, eps, T * KVH, D);
             be->copy(be, dk, datt, T * KVH * D);
         }
-        mm_bwd(be, m, l, HC_LORA_Q, dh, GM(&Ly->wq), Ly->bq.data ? GM(&Ly->bq) : NULL, dq, a->h1, &Ly->wq, T, &ls);
-        mm_bwd(be, m, l, HC_LORA_K, tmp, GM(&Ly->wk), Ly->bk.data ? GM(&Ly->bk) : NULL, dk, a->h1, &Ly->wk, T, &ls);
+        mm_bwd(be, m, l, HC_LORA_Q, dh, GM(&Ly->wq), Ly->bq.data ? GM(&Ly->bq) : NULL, dq, a->h1, &Ly->wq, T, &ls, a->lu[HC_LORA_Q]);
+        mm_bwd(be, m, l, HC_LORA_K, tmp, GM(&Ly->wk), Ly->bk.data ? GM(&Ly->bk) : NULL, dk, a->h1, &Ly->wk, T, &ls, a->lu[HC_LORA_K]);
         be->add(be, dh, dh, tmp, T * C);
-        mm_bwd(be, m, l, HC_LORA_V, tmp, GM(&Ly->wv), Ly->bv.data ? GM(&Ly->bv) : NULL, dv, a->h1, &Ly->wv, T, &ls);
+        mm_bwd(be, m, l, HC_LORA_V, tmp, GM(&Ly->wv), Ly->bv.data ? GM(&Ly->bv) : NULL, dv, a->h1, &Ly->wv, T, &ls, a->lu[HC_LORA_V]);
         be->add(be, dh, dh, tmp, T * C);
         be->norm_backward(be, tmp, GM(&Ly->attn_norm), Ly->attn_norm_b.data ? GM(&Ly->attn_norm_b) : NULL, dh, a->x_in,
                           &Ly->attn_norm, &Ly->attn_norm_b, nk, eps, T, C);
@@ -592,6 +600,7 @@ out:
         float *bufs[] = {a->h1, a->q_pre, a->k_pre, a->q, a->k, a->v, a->att, a->o_pre, a->x_mid, a->h2, a->gate, a->up,
                          a->act, a->ff_pre, a->router, a->rw, a->ey};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) give(&wsb, bufs[i]);
+        for (int t = 0; t < HC_LORA_N; t++) give(&wsb, a->lu[t]);
     }
     give(&wsb, x_ckpt_out);
     free(A), free(pos_h), free(tgt_h), free(inv_h), free(loss_h), free(hit_h);

@@ -73,19 +73,18 @@ void hc_cuda_matmul_backward(hc_backend *be, float *dx, float *dw, float *db, co
     hc_cuda_ctx *cx = hc_cuda(be);
     if (T <= 0 || cx->failed) return;
     const int64_t N = w->rows, K = w->cols;
-    if (dx) { /* a forward matmul over W's transposed view: [T, N] x [N, K] */
-        hc_mat wt = *w;
-        wt.rows = K, wt.cols = N, wt.transposed = !w->transposed;
-        hc_cuda_matmul(be, dx, dout, &wt, NULL, T);
-    }
+    hc_mat wt = *w; /* dx = dout W: a forward matmul over W's transposed view, [T, N] x [N, K] */
+    wt.rows = K, wt.cols = N, wt.transposed = !w->transposed;
     if (dw && cx->compute != HC_DTYPE_F32) {
-        /* x and dout rounded to the compute dtype (tensor cores at twice TF32's rate), f32 sums */
+        /* x and dout rounded to the compute dtype (tensor cores at twice TF32's rate), f32 sums;
+         * dx's GEMM takes the same rounded dout where it would round it itself */
         const size_t es = hc_dtype_size(cx->compute);
         char *x16 = (char *)hc_cuda_scratch(be, &cx->dw16, &cx->dw16_bytes, es * (size_t)(T * (K + N)) + 16);
         if (!x16) return;
         char *d16 = x16 + (es * (size_t)(T * K) + 15) / 16 * 16;
         hc_cuda_narrow(be, x16, cx->compute, x, T * K);
         hc_cuda_narrow(be, d16, cx->compute, dout, T * N);
+        if (dx && !hc_cuda_matmul_converted(be, dx, d16, &wt, T)) hc_cuda_matmul(be, dx, dout, &wt, NULL, T);
         const cudaDataType_t t16 = cx->compute == HC_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
         const float one = 1.0f;
         /* the same column-major products as the f32 path below */
@@ -101,6 +100,7 @@ void hc_cuda_matmul_backward(hc_backend *be, float *dx, float *dw, float *db, co
             return;
         }
     } else if (dw) {
+        if (dx) hc_cuda_matmul(be, dx, dout, &wt, NULL, T);
         /* Column-major view of the row-major gradient: [N, K] with ld is K x N (ld); GPT-2's
          * stored [K, N] is N x K (ld). x is K x T (ld K), dout N x T (ld N). */
         const bool ok = w->transposed ? sgemm(be, CUBLAS_OP_N, CUBLAS_OP_T, N, K, T, 1.0f, dout, N, 0, x, K, 0, 1.0f, dw,
@@ -108,6 +108,8 @@ void hc_cuda_matmul_backward(hc_backend *be, float *dx, float *dw, float *db, co
                                       : sgemm(be, CUBLAS_OP_N, CUBLAS_OP_T, K, N, T, 1.0f, x, K, 0, dout, N, 0, 1.0f, dw,
                                               w->ld, 0, 1);
         if (!ok) return;
+    } else if (dx) {
+        hc_cuda_matmul(be, dx, dout, &wt, NULL, T);
     }
     if (db) bias_backward_kernel<<<grid_for(N), 256, 0, cx->stream>>>(db, dout, T, N);
     HC_CUDA_LAUNCHED(be, "matmul_backward");

@@ -68,6 +68,11 @@ bool hc_cuda_fail(hc_backend *be, cudaError_t e, const char *what);
 /* Scratch of at least `bytes`, grown (never during graph capture) and kept. NULL on failure. */
 void *hc_cuda_scratch(hc_backend *be, void **buf, size_t *cap, size_t bytes);
 
+/* out = x @ W^T through cuBLAS with x already rounded to the compute dtype (x16), where the
+ * matmul op would take that path (a prompt-sized T, W stored in the compute dtype); false
+ * otherwise, nothing queued (matmul.cu). */
+bool hc_cuda_matmul_converted(hc_backend *be, float *out, const void *x16, const hc_mat *w, int64_t T);
+
 /* dst[n] = src[n] rounded to `to` (BF16, or F16 saturating), queued on the stream (matmul.cu). */
 void hc_cuda_narrow(hc_backend *be, void *dst, hc_dtype to, const float *src, int64_t n);
 

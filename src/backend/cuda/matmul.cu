@@ -588,6 +588,14 @@ static bool gemm_shared_input(hc_backend *be, float *const *outs, const float *x
     return true;
 }
 
+bool hc_cuda_matmul_converted(hc_backend *be, float *out, const void *x16, const hc_mat *w, int64_t T) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    if (T <= gemv_max_t() || gemm_operand(cx, w) != cx->compute || cx->compute == HC_DTYPE_F32) return false;
+    gemm_core(be, out, x16, w, NULL, T);
+    HC_CUDA_LAUNCHED(be, "matmul");
+    return true;
+}
+
 void hc_cuda_matmul(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T) {
     if (T <= 0 || hc_cuda(be)->failed) return;
     if (T <= gemv_max_t()) gemv(be, out, x, w, bias, T);
