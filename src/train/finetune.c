@@ -259,6 +259,7 @@ typedef struct {
      * tensor that each step rewrites (the host arrays above are synced for saving). */
     float *w_dev, *m1_dev, *m2_dev, *g_dev;
     void *out_dev;
+    hc_dtype out_dtype; /* out_dev's: the tensor's stored dtype; F32 for a LoRA matrix */
 } param;
 
 static void free_params(hc_backend *be, param *ps, int64_t n) {
@@ -293,11 +294,11 @@ static void params_sync(hc_model *m, param *ps, int64_t n, bool to_host) {
         if (to_host) {
             be->download(be, q->w, q->w_dev, bytes), be->download(be, q->m1, q->m1_dev, bytes);
             be->download(be, q->m2, q->m2_dev, bytes);
-            write_back(m, q);
+            if (q->t) write_back(m, q);
         } else {
             be->upload(be, q->w_dev, q->w, bytes), be->upload(be, q->m1_dev, q->m1, bytes);
             be->upload(be, q->m2_dev, q->m2, bytes);
-            write_back(m, q);
+            if (q->t) write_back(m, q);
         }
     }
 }
@@ -323,6 +324,11 @@ static hc_status make_params(hc_model *m, const hc_grads *g, param **out, int64_
                 q->w = ab ? pr->b : pr->a;
                 q->g = ab ? pr->db_h : pr->da_h;
                 q->n = ab ? pr->n * lo->r : lo->r * pr->k;
+                if (m->be->device) { /* the step updates the adapter's device copy in place */
+                    q->g_dev = ab ? pr->db : pr->da;
+                    q->out_dev = ab ? pr->b_dev : pr->a_dev;
+                    q->out_dtype = HC_DTYPE_F32;
+                }
             }
         }
     } else {
@@ -335,6 +341,7 @@ static hc_status make_params(hc_model *m, const hc_grads *g, param **out, int64_
             q->g_dev = g->g[i];
             q->n = t->n_elements;
             q->t = t;
+            q->out_dtype = t->dtype;
             q->owns_w = true;
             if (!(q->w = malloc(sizeof(float) * (size_t)t->n_elements))) break;
             for (int64_t j = 0; j < t->n_elements; j++) {
@@ -354,9 +361,8 @@ static hc_status make_params(hc_model *m, const hc_grads *g, param **out, int64_
     hc_backend *be = m->be;
     for (int64_t i = 0; !st && be->device && i < n; i++) {
         param *q = &ps[i];
-        if (!q->t) continue; /* LoRA matrices stay on the host: they are small */
         const size_t bytes = sizeof(float) * (size_t)q->n;
-        q->out_dev = hc_model_device_address(m, q->t->data, (size_t)q->t->n_bytes);
+        if (q->t) q->out_dev = hc_model_device_address(m, q->t->data, (size_t)q->t->n_bytes);
         if (!q->out_dev || !q->g_dev || !(q->w_dev = be->alloc(be, bytes)) || !(q->m1_dev = be->alloc(be, bytes)) ||
             !(q->m2_dev = be->alloc(be, bytes)))
             st = hc_fail(HC_ERR_NOMEM, "out of GPU memory for the optimizer state of '%s'", q->name);
@@ -549,7 +555,7 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
                 param *q = &ps[i];
                 if (q->w_dev) {
                     m->be->adamw(m->be, q->w_dev, q->m1_dev, q->m2_dev, q->g_dev, clip / (float)p.grad_accum, q->n, &sp,
-                                 step, q->out_dev, q->t->dtype);
+                                 step, q->out_dev, q->out_dtype);
                     continue;
                 }
                 if (clip != 1.0f)
@@ -557,7 +563,7 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
                 hc_adamw_update(q->w, q->m1, q->m2, q->g, q->n, &sp, step);
                 if (q->t) write_back(m, q); /* back into the weights the forward reads, in their stored dtype */
             }
-            if (m->lora && (st = hc_lora_sync(m))) goto out;
+            if (m->lora && !on_device && (st = hc_lora_sync(m))) goto out;
             loss_sum += step_loss, acc_sum += step_acc;
             pr.step_in_epoch = s;
             pr.step = step;

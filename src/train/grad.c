@@ -247,6 +247,11 @@ typedef struct {
     float *u, *du, *dys, *dxl;
 } lora_scratch;
 
+static bool adapted(const hc_model *m, int64_t l, int t) {
+    hc_lora_view p;
+    return hc_lora_get(m->lora, l, t, &p);
+}
+
 /* y = x W^T + b, plus layer l's adapter on projection t, keeping u = x A^T in u_keep [T, r]. */
 static void mm_fwd(hc_backend *be, const hc_model *m, int64_t l, int t, float *y, const float *x, const hc_mat *w,
                    const hc_vec *b, int64_t T, const lora_scratch *ls, float *u_keep) {
@@ -335,9 +340,17 @@ static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *
     float *tmp = tc->tmp, *scratch = tc->scratch;
     const lora_scratch *ls = tc->ls;
     be->norm(be, a->h1, a->x_in, &Ly->attn_norm, &Ly->attn_norm_b, nk, eps, T, C);
-    mm_fwd(be, m, l, HC_LORA_Q, a->q_pre, a->h1, &Ly->wq, &Ly->bq, T, ls, a->lu[HC_LORA_Q]);
-    mm_fwd(be, m, l, HC_LORA_K, a->k_pre, a->h1, &Ly->wk, &Ly->bk, T, ls, a->lu[HC_LORA_K]);
-    mm_fwd(be, m, l, HC_LORA_V, a->v, a->h1, &Ly->wv, &Ly->bv, T, ls, a->lu[HC_LORA_V]);
+    if (!adapted(m, l, HC_LORA_Q) && !adapted(m, l, HC_LORA_K) && !adapted(m, l, HC_LORA_V)) {
+        /* one input for three products: a GPU rounds it to 16 bits once */
+        float *const outs[3] = {a->q_pre, a->k_pre, a->v};
+        const hc_mat *const ws[3] = {&Ly->wq, &Ly->wk, &Ly->wv};
+        const hc_vec *const bs[3] = {&Ly->bq, &Ly->bk, &Ly->bv};
+        be->matmul_n(be, outs, a->h1, ws, bs, 3, T);
+    } else {
+        mm_fwd(be, m, l, HC_LORA_Q, a->q_pre, a->h1, &Ly->wq, &Ly->bq, T, ls, a->lu[HC_LORA_Q]);
+        mm_fwd(be, m, l, HC_LORA_K, a->k_pre, a->h1, &Ly->wk, &Ly->bk, T, ls, a->lu[HC_LORA_K]);
+        mm_fwd(be, m, l, HC_LORA_V, a->v, a->h1, &Ly->wv, &Ly->bv, T, ls, a->lu[HC_LORA_V]);
+    }
     if (Ly->q_norm.data) be->norm(be, a->q, a->q_pre, &Ly->q_norm, NULL, nk, eps, T * H, D);
     else be->copy(be, a->q, a->q_pre, T * H * D);
     if (Ly->k_norm.data) be->norm(be, a->k, a->k_pre, &Ly->k_norm, NULL, nk, eps, T * KVH, D);
@@ -358,8 +371,15 @@ static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *
     if (c->n_experts > 0) {
         moe_forward(tc, Ly, a);
     } else if (m->arch->gated_mlp) {
-        mm_fwd(be, m, l, HC_LORA_GATE, a->gate, a->h2, &Ly->gate, &Ly->b_gate, T, ls, a->lu[HC_LORA_GATE]);
-        mm_fwd(be, m, l, HC_LORA_UP, a->up, a->h2, &Ly->up, &Ly->b_up, T, ls, a->lu[HC_LORA_UP]);
+        if (!adapted(m, l, HC_LORA_GATE) && !adapted(m, l, HC_LORA_UP)) {
+            float *const outs[2] = {a->gate, a->up};
+            const hc_mat *const ws[2] = {&Ly->gate, &Ly->up};
+            const hc_vec *const bs[2] = {&Ly->b_gate, &Ly->b_up};
+            be->matmul_n(be, outs, a->h2, ws, bs, 2, T);
+        } else {
+            mm_fwd(be, m, l, HC_LORA_GATE, a->gate, a->h2, &Ly->gate, &Ly->b_gate, T, ls, a->lu[HC_LORA_GATE]);
+            mm_fwd(be, m, l, HC_LORA_UP, a->up, a->h2, &Ly->up, &Ly->b_up, T, ls, a->lu[HC_LORA_UP]);
+        }
         be->glu(be, a->act, a->gate, a->up, c->act, T * I);
     } else {
         mm_fwd(be, m, l, HC_LORA_UP, a->gate, a->h2, &Ly->up, &Ly->b_up, T, ls, a->lu[HC_LORA_UP]);

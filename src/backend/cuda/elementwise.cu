@@ -63,7 +63,13 @@ __global__ void embedding_kernel(float *out, const void *table, hc_dtype dt, int
         HC_CUDA_LAUNCHED(be, #kernel);                                                                                 \
     } while (0)
 
-void hc_cuda_fill(hc_backend *be, float *x, float v, int64_t n) { LAUNCH(be, n, fill_kernel, x, v, n); }
+void hc_cuda_fill(hc_backend *be, float *x, float v, int64_t n) {
+    if (v == 0.0f && !signbit(v) && n > 0 && !hc_cuda(be)->failed) { /* +0.0 is all zero bits: the copy engine's memset */
+        hc_cuda_fail(be, cudaMemsetAsync(x, 0, sizeof(float) * (size_t)n, hc_cuda(be)->stream), "fill");
+        return;
+    }
+    LAUNCH(be, n, fill_kernel, x, v, n);
+}
 void hc_cuda_glu(hc_backend *be, float *out, const float *gate, const float *up, hc_activation act, int64_t n) {
     LAUNCH(be, n, glu_kernel, out, gate, up, act, n);
 }
