@@ -680,6 +680,32 @@ static void attention_backward_case_on(hc_backend *be, double tol, int64_t T, in
     free(q), free(k), free(v), free(dout), free(o), free(dq), free(dk), free(dv), free(scratch), free(pos);
 }
 
+/* matmul_add (out += alpha x W^T) with f32 weights, as LoRA's A and B are, plain and through a
+ * transposed view, at decode and prompt sizes, on backend be against the CPU's op sequence. */
+static void matmul_add_case(hc_backend *be, double tol, bool transposed, int64_t T, int64_t N, int64_t K) {
+    hc_backend *cpu = hc_backend_cpu();
+    cur = be;
+    const int64_t ld = transposed ? N + 2 : K + 3, rows = transposed ? K : N;
+    float *w = malloc(sizeof(float) * (size_t)(rows * ld)), *x = malloc(sizeof(float) * (size_t)(T * K));
+    float *out = malloc(sizeof(float) * (size_t)(T * N)), *tmp = malloc(sizeof(float) * (size_t)(T * N));
+    fill_rand(w, rows * ld, 0.5f), fill_rand(x, T * K, 1), fill_rand(out, T * N, 1);
+    float *wd = up(w, sizeof(float) * (size_t)(rows * ld)), *xd = up(x, sizeof(float) * (size_t)(T * K));
+    float *od = up(out, sizeof(float) * (size_t)(T * N)), *td = be->alloc(be, sizeof(float) * (size_t)(T * N));
+    hc_mat hw = {.data = w, .dtype = HC_DTYPE_F32, .rows = N, .cols = K, .ld = ld, .transposed = transposed};
+    hc_mat dw = hw;
+    dw.data = wd;
+    cpu->matmul_add(cpu, out, tmp, x, &hw, 0.75f, T);
+    be->matmul_add(be, od, td, xd, &dw, 0.75f, T);
+    char what[160];
+    snprintf(what, sizeof what, "matmul_add %s%s T=%lld N=%lld K=%lld", tol > 1e-7 ? "bf16" : "f32",
+             transposed ? " transposed" : "", (long long)T, (long long)N, (long long)K);
+    float *got = down(od, T * N);
+    report(what, nmse(got, out, T * N), tol);
+    be->free(be, wd), be->free(be, xd), be->free(be, od), be->free(be, td);
+    cur = gpu;
+    free(w), free(x), free(out), free(tmp), free(got);
+}
+
 static void attention_backward_case(int64_t T, int64_t H, int64_t KVH, int64_t D, int64_t window, float cap) {
     attention_backward_case_on(gpu, 1e-7, T, H, KVH, D, window, cap);
 }
@@ -712,6 +738,12 @@ static void test_backward(hc_backend *bf16) {
     attention_backward_case_on(bf16, 1e-4, 512, 8, 1, 64, 0, 0);
     attention_backward_case_on(bf16, 1e-4, 16, 2, 1, 64, 5, 0);
     attention_backward_case_on(bf16, 1e-7, 40, 4, 2, 24, 0, 0);
+    for (int tr = 0; tr < 2; tr++) {
+        matmul_add_case(gpu, 1e-7, tr, 3, 40, 8);
+        matmul_add_case(gpu, 1e-7, tr, 100, 70, 8);
+        matmul_add_case(bf16, 1e-4, tr, 100, 300, 8);
+        matmul_add_case(bf16, 1e-4, tr, 77, 8, 260);
+    }
     /* embedding: two rows share an id, and a transposed table */
     for (int tr = 0; tr < 2; tr++) {
         const int64_t V = 11, C = 37, T = 9, ld = tr ? V + 2 : C + 3, rows = tr ? C : V;

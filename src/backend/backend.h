@@ -126,6 +126,9 @@ struct hc_backend {
      * bf16 model. */
     void (*ffn)(hc_backend *be, float *out, float *a, float *b, const float *x, const hc_mat *gate, const hc_vec *bg,
                 const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd, hc_activation act, int64_t T);
+    /* out[T, N] += alpha * (x @ W^T), as matmul(tmp, x, w) then add_scaled(out, tmp, alpha);
+     * tmp: [T, N] scratch. A LoRA adapter's product added onto the base projection's output. */
+    void (*matmul_add)(hc_backend *be, float *out, float *tmp, const float *x, const hc_mat *w, float alpha, int64_t T);
     /* x[T, C] += o, then h = norm(x): the residual add and the next block's norm. */
     void (*add_norm)(hc_backend *be, float *h, float *x, const float *o, const hc_vec *w, const hc_vec *b,
                      hc_norm_kind kind, float eps, int64_t T, int64_t C);
@@ -219,6 +222,7 @@ void hc_fused_gated_matmul(hc_backend *be, float *out, float *tmp, const float *
                            const hc_mat *up, const hc_vec *bu, hc_activation act, int64_t T);
 void hc_fused_ffn(hc_backend *be, float *out, float *a, float *b, const float *x, const hc_mat *gate, const hc_vec *bg,
                   const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd, hc_activation act, int64_t T);
+void hc_fused_matmul_add(hc_backend *be, float *out, float *tmp, const float *x, const hc_mat *w, float alpha, int64_t T);
 void hc_fused_add_norm(hc_backend *be, float *h, float *x, const float *o, const hc_vec *w, const hc_vec *b,
                        hc_norm_kind kind, float eps, int64_t T, int64_t C);
 void hc_fused_rope_store(hc_backend *be, float *q, float *k, const float *v, void *k_cache, void *v_cache,

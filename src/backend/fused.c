@@ -14,6 +14,11 @@ void hc_fused_gated_matmul(hc_backend *be, float *out, float *tmp, const float *
     be->glu(be, out, out, tmp, act, T * gate->rows);
 }
 
+void hc_fused_matmul_add(hc_backend *be, float *out, float *tmp, const float *x, const hc_mat *w, float alpha, int64_t T) {
+    be->matmul(be, tmp, x, w, NULL, T);
+    be->add_scaled(be, out, tmp, alpha, T * w->rows);
+}
+
 void hc_fused_ffn(hc_backend *be, float *out, float *a, float *b, const float *x, const hc_mat *gate, const hc_vec *bg,
                   const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd, hc_activation act, int64_t T) {
     be->gated_matmul(be, a, b, x, gate, bg, up, bu, act, T);

@@ -259,8 +259,7 @@ static void mm_fwd(hc_backend *be, const hc_model *m, int64_t l, int t, float *y
     hc_lora_view p;
     if (!hc_lora_get(m->lora, l, t, &p)) return;
     be->matmul(be, u_keep, x, &p.A, NULL, T);
-    be->matmul(be, ls->dys, u_keep, &p.B, NULL, T);
-    be->add_scaled(be, y, ls->dys, m->lora->scale, T * p.n);
+    be->matmul_add(be, y, ls->dys, u_keep, &p.B, m->lora->scale, T);
 }
 
 /* The backward of a matmul: dx, and dW and db when they have buffers, in one call (a GPU
@@ -279,7 +278,7 @@ static void mm_bwd(hc_backend *be, const hc_model *m, int64_t l, int t, float *d
     matmul_bwd(be, dx, dw, db, dy, x, w, T);
     hc_lora_view p;
     if (!hc_lora_get(m->lora, l, t, &p)) return;
-    const int64_t K = p.k, r = m->lora->r;
+    const int64_t r = m->lora->r;
     const float s = m->lora->scale;
     float *us = ls->u, *du_s = ls->dys; /* [T, r] each */
     be->fill(be, us, 0, T * r);
@@ -288,8 +287,12 @@ static void mm_bwd(hc_backend *be, const hc_model *m, int64_t l, int t, float *d
     be->matmul_backward(be, ls->du, p.db, NULL, dy, us, &p.B, T);
     be->fill(be, du_s, 0, T * r);
     be->add_scaled(be, du_s, ls->du, s, T * r);
-    be->matmul_backward(be, dx ? ls->dxl : NULL, p.da, NULL, du_s, x, &p.A, T);
-    if (dx) be->add(be, dx, dx, ls->dxl, T * K);
+    be->matmul_backward(be, NULL, p.da, NULL, du_s, x, &p.A, T);
+    if (dx) { /* dx += du A: a product over A's transposed view */
+        hc_mat at = p.A;
+        at.rows = p.A.cols, at.cols = p.A.rows, at.transposed = !p.A.transposed;
+        be->matmul_add(be, dx, ls->dxl, du_s, &at, 1.0f, T);
+    }
 }
 
 /* What a layer's training forward needs besides its activations. */

@@ -174,6 +174,7 @@ void hc_cuda_matmul_n(hc_backend *be, float *const *outs, const float *x, const 
                       int n, int64_t T);
 void hc_cuda_ffn(hc_backend *be, float *out, float *a, float *b, const float *x, const hc_mat *gate, const hc_vec *bg,
                  const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd, hc_activation act, int64_t T);
+void hc_cuda_matmul_add(hc_backend *be, float *out, float *tmp, const float *x, const hc_mat *w, float alpha, int64_t T);
 void hc_cuda_gated_matmul(hc_backend *be, float *out, float *tmp, const float *x, const hc_mat *gate, const hc_vec *bg,
                           const hc_mat *up, const hc_vec *bu, hc_activation act, int64_t T);
 void hc_cuda_add_norm(hc_backend *be, float *h, float *x, const float *o, const hc_vec *w, const hc_vec *b,

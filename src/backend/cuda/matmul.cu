@@ -617,6 +617,27 @@ void hc_cuda_matmul_n(hc_backend *be, float *const *outs, const float *x, const 
     for (int i = 0; i < n; i++) hc_cuda_matmul(be, outs[i], x, ws[i], bs[i], T);
 }
 
+/* out += alpha x W^T. f32 weights (LoRA's A and B) at prompt sizes: one cuBLAS call that
+ * accumulates (beta 1) at the rate matmul would use; otherwise the op sequence. */
+void hc_cuda_matmul_add(hc_backend *be, float *out, float *tmp, const float *x, const hc_mat *w, float alpha, int64_t T) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    if (T <= 0 || cx->failed) return;
+    if (T <= gemv_max_t() || w->quant || w->dtype != HC_DTYPE_F32) {
+        hc_fused_matmul_add(be, out, tmp, x, w, alpha, T);
+        return;
+    }
+    const int64_t N = w->rows, K = w->cols;
+    const cublasComputeType_t ct = cx->compute == HC_DTYPE_BF16   ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                   : cx->compute == HC_DTYPE_F16 ? CUBLAS_COMPUTE_32F_FAST_16F
+                                                                 : CUBLAS_COMPUTE_32F;
+    const float beta = 1.0f;
+    /* column-major out^T[N, T] += alpha W . x^T; W stored [N, K] (ld), or [K, N] when transposed */
+    const cublasStatus_t st = cublasGemmEx(cx->blas, w->transposed ? CUBLAS_OP_N : CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)T,
+                                           (int)K, &alpha, w->data, CUDA_R_32F, (int)w->ld, x, CUDA_R_32F, (int)K, &beta,
+                                           out, CUDA_R_32F, (int)N, ct, CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS) hc_cuda_fail(be, cudaErrorUnknown, "cublasGemmEx (matmul_add)");
+}
+
 void hc_cuda_gated_matmul(hc_backend *be, float *out, float *tmp, const float *x, const hc_mat *gate, const hc_vec *bg,
                           const hc_mat *up, const hc_vec *bu, hc_activation act, int64_t T) {
     if (T <= 0 || hc_cuda(be)->failed) return;
