@@ -129,6 +129,37 @@ static void check_model(const char *dir, const char *name) {
     /* With activation checkpointing: the same loss and gradients, bit for bit (on a GPU, where
      * some sums go through atomics in any order, to f32 rounding). */
     const bool on_gpu = mp.device == HC_DEVICE_CUDA;
+    /* The same step twice more (a GPU runs the first eagerly, records the second into a graph
+     * and replays it on the third): the same loss and gradients as the first. */
+    {
+        const int64_t n = hc_grads_count(g);
+        float **first = calloc((size_t)n, sizeof *first);
+        for (int64_t i = 0; first && i < n; i++) {
+            const float *x = hc_grads_data(g, i);
+            const int64_t ne = hc_grads_tensor(g, i)->n_elements;
+            if (x && (first[i] = malloc(sizeof(float) * (size_t)ne))) memcpy(first[i], x, sizeof(float) * (size_t)ne);
+        }
+        double again = 0;
+        for (int rep = 0; rep < 2; rep++) {
+            hc_grads_zero(g);
+            CHECK_OK(hc_model_loss_grad(m, ids, NULL, B, T, g, &again, NULL));
+        }
+        bool same = on_gpu ? fabs(again - loss) <= 1e-6 * fabs(loss) : again == loss;
+        for (int64_t i = 0; first && same && i < n; i++) {
+            const float *y = hc_grads_data(g, i);
+            const int64_t ne = hc_grads_tensor(g, i)->n_elements;
+            if (!first[i] || !y) {
+                same = !first[i] && !y;
+                continue;
+            }
+            double d = 0;
+            for (int64_t k = 0; k < ne; k++) d += ((double)first[i][k] - y[k]) * ((double)first[i][k] - y[k]);
+            same = on_gpu ? sqrt(d) <= 1e-5 * fmax(norm2(first[i], ne), 1e-30) : d == 0;
+        }
+        CHECK(same, "%s: a repeated step gives the same loss and gradients (%.8f, then %.8f)", name, loss, again);
+        for (int64_t i = 0; first && i < n; i++) free(first[i]);
+        free(first);
+    }
     hc_grads *g2 = NULL;
     CHECK_OK(hc_grads_new(m, &g2));
     if (g2) {

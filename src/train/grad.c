@@ -426,6 +426,138 @@ static void moe_backward(const train_ctx *tc, hc_grads *gr, const hc_layer *Ly, 
     be->add(be, dh, dh, tmp, T * C);
 }
 
+/* batch_grad's device work between its uploads and its downloads: the forward, the loss and
+ * (with gradients) the backward. Nothing in it waits for the device, so a GPU may record it
+ * once and replay it each step (MoE layers excepted: their routing comes back to the host). */
+typedef struct {
+    hc_model *m;
+    hc_grads *gr;
+    int64_t B, S;
+    double n_total;
+    bool ckpt;
+    layer_acts *A;
+    const train_ctx *tc;
+    const lora_scratch *ls;
+    int32_t *ids, *pos, *tgt;
+    float *loss_rows, *hit_rows, *inv[2], attn_factor[2];
+    float *x0, *xL, *hf, *logits, *dlogits, *dx, *dh, *tmp, *dq, *dk, *dv, *dact, *dgate, *dup, *scratch;
+    float *x_ckpt_out, *moe_work;
+} batch_step;
+
+static void batch_compute(void *arg) {
+    const batch_step *st = arg;
+    hc_model *m = st->m;
+    hc_grads *gr = st->gr;
+    hc_backend *be = m->be;
+    const hc_model_config *c = &m->cfg;
+    const hc_norm_kind nk = m->arch->norm;
+    const float eps = (float)c->norm_eps;
+    const int64_t C = c->hidden_size, H = c->n_heads, KVH = c->n_kv_heads, D = c->head_dim, V = c->vocab_size;
+    const int64_t I = c->intermediate_size, L = c->n_layers, R = c->rotary_dim, E = c->n_experts;
+    const int64_t B = st->B, S = st->S, T = B * S;
+    const bool gated = m->arch->gated_mlp, ckpt = st->ckpt;
+    const double n_total = st->n_total;
+    layer_acts *A = st->A;
+    train_ctx tc = *st->tc;
+    lora_scratch ls = *st->ls;
+    int32_t *ids = st->ids, *pos = st->pos, *tgt = st->tgt;
+    float *loss_rows = st->loss_rows, *hit_rows = st->hit_rows, *inv[2] = {st->inv[0], st->inv[1]};
+    const float attn_factor[2] = {st->attn_factor[0], st->attn_factor[1]};
+    float *x0 = st->x0, *xL = st->xL, *hf = st->hf, *logits = st->logits, *dlogits = st->dlogits, *dx = st->dx;
+    float *dh = st->dh, *tmp = st->tmp, *dq = st->dq, *dk = st->dk, *dv = st->dv, *dact = st->dact, *dgate = st->dgate;
+    float *dup = st->dup, *scratch = st->scratch, *x_ckpt_out = st->x_ckpt_out, *moe_work = st->moe_work;
+    (void)scratch;
+    /* ---- forward, keeping activations ---- */
+    be->embedding(be, x0, &m->tok_embed, ids, T, m->embed_scale, false);
+    if (m->pos_embed.data) be->embedding(be, x0, &m->pos_embed, pos, T, 1.0f, true);
+    for (int64_t l = 0; l < L; l++) {
+        float *xo = l + 1 < L ? A[l + 1].x_in : xL;
+        if (l == 0) be->copy(be, A[0].x_in, x0, T * C);
+        layer_forward(&tc, l, &A[l], xo);
+    }
+    be->norm(be, hf, xL, &m->final_norm, &m->final_norm_b, nk, eps, T, C);
+    be->matmul(be, logits, hf, &m->lm_head, NULL, T);
+    if (c->final_softcap > 0) be->softcap(be, logits, (float)c->final_softcap, T * V);
+
+    /* ---- loss: next-token cross entropy, mean over the batch's predicted tokens ---- */
+    be->cross_entropy(be, gr ? dlogits : NULL, loss_rows, hit_rows, logits, tgt, T, V, 1.0 / n_total);
+
+    /* ---- backward ---- */
+    if (!gr) return;
+    if (c->final_softcap > 0) be->softcap_backward(be, dlogits, dlogits, logits, (float)c->final_softcap, T * V);
+    matmul_bwd(be, dh, GM(&m->lm_head), NULL, dlogits, hf, &m->lm_head, T);
+    be->norm_backward(be, dx, GM(&m->final_norm), m->final_norm_b.data ? GM(&m->final_norm_b) : NULL, dh, xL,
+                      &m->final_norm, &m->final_norm_b, nk, eps, T, C);
+    for (int64_t l = L - 1; l >= 0; l--) {
+        const hc_layer *Ly = &m->layers[l];
+        layer_acts *a = &A[l];
+        if (ckpt) layer_forward(&tc, l, a, x_ckpt_out); /* the same numbers again */
+        /* the MLP block: x_out = x_mid + post(ff_pre) */
+        float *dff = dx;
+        if (Ly->ffn_post_norm.data) {
+            be->norm_backward(be, tmp, GM(&Ly->ffn_post_norm), NULL, dx, a->ff_pre, &Ly->ffn_post_norm, NULL, nk, eps, T, C);
+            dff = tmp;
+        }
+        if (E) {
+            moe_backward(&tc, gr, Ly, a, dff, dh, moe_work, tmp + T * C, dact, dgate, dup);
+        } else {
+            mm_bwd(be, m, l, HC_LORA_DOWN, dact, GM(&Ly->down), Ly->b_down.data ? GM(&Ly->b_down) : NULL, dff, a->act,
+                   &Ly->down, T, &ls, a->lu[HC_LORA_DOWN]);
+            if (gated) {
+                be->glu_backward(be, dgate, dup, dact, a->gate, a->up, c->act, T * I);
+                mm_bwd(be, m, l, HC_LORA_GATE, dh, GM(&Ly->gate), Ly->b_gate.data ? GM(&Ly->b_gate) : NULL, dgate, a->h2,
+                       &Ly->gate, T, &ls, a->lu[HC_LORA_GATE]);
+                mm_bwd(be, m, l, HC_LORA_UP, tmp, GM(&Ly->up), Ly->b_up.data ? GM(&Ly->b_up) : NULL, dup, a->h2, &Ly->up, T,
+                       &ls, a->lu[HC_LORA_UP]);
+                be->add(be, dh, dh, tmp, T * C);
+            } else {
+                be->glu_backward(be, dgate, NULL, dact, a->gate, NULL, c->act, T * I);
+                mm_bwd(be, m, l, HC_LORA_UP, dh, GM(&Ly->up), Ly->b_up.data ? GM(&Ly->b_up) : NULL, dgate, a->h2, &Ly->up, T,
+                       &ls, a->lu[HC_LORA_UP]);
+            }
+        }
+        be->norm_backward(be, tmp, GM(&Ly->ffn_norm), Ly->ffn_norm_b.data ? GM(&Ly->ffn_norm_b) : NULL, dh, a->x_mid,
+                          &Ly->ffn_norm, &Ly->ffn_norm_b, nk, eps, T, C);
+        be->add(be, dx, dx, tmp, T * C); /* d x_mid */
+        /* the attention block: x_mid = x_in + post(o_pre) */
+        float *dop = dx;
+        if (Ly->attn_post_norm.data) {
+            be->norm_backward(be, tmp, GM(&Ly->attn_post_norm), NULL, dx, a->o_pre, &Ly->attn_post_norm, NULL, nk, eps, T, C);
+            dop = tmp;
+        }
+        float *datt = tmp + T * (C > I ? C : I) * 2; /* [T, H*D], the tail of tmp */
+        mm_bwd(be, m, l, HC_LORA_O, datt, GM(&Ly->wo), Ly->bo.data ? GM(&Ly->bo) : NULL, dop, a->att, &Ly->wo, T, &ls, a->lu[HC_LORA_O]);
+        for (int64_t b = 0; b < B; b++) {
+            const int64_t oq = b * S * H * D, ok = b * S * KVH * D;
+            be->attention_backward(be, dq + oq, dk + ok, dv + ok, datt + oq, a->att + oq, a->q + oq, a->k + ok, a->v + ok, pos, S, H, KVH,
+                                   D, Ly->attn_scale, Ly->sliding ? c->sliding_window : 0, (float)c->attn_softcap, scratch);
+        }
+        if (c->rope.type != HC_ROPE_NONE) {
+            be->rope_backward(be, dq, pos, inv[Ly->rope], attn_factor[Ly->rope], T, H, D, R);
+            be->rope_backward(be, dk, pos, inv[Ly->rope], attn_factor[Ly->rope], T, KVH, D, R);
+        }
+        if (Ly->q_norm.data) {
+            be->norm_backward(be, datt, GM(&Ly->q_norm), NULL, dq, a->q_pre, &Ly->q_norm, NULL, nk, eps, T * H, D);
+            be->copy(be, dq, datt, T * H * D);
+        }
+        if (Ly->k_norm.data) {
+            be->norm_backward(be, datt, GM(&Ly->k_norm), NULL, dk, a->k_pre, &Ly->k_norm, NULL, nk, eps, T * KVH, D);
+            be->copy(be, dk, datt, T * KVH * D);
+        }
+        mm_bwd(be, m, l, HC_LORA_Q, dh, GM(&Ly->wq), Ly->bq.data ? GM(&Ly->bq) : NULL, dq, a->h1, &Ly->wq, T, &ls, a->lu[HC_LORA_Q]);
+        mm_bwd(be, m, l, HC_LORA_K, tmp, GM(&Ly->wk), Ly->bk.data ? GM(&Ly->bk) : NULL, dk, a->h1, &Ly->wk, T, &ls, a->lu[HC_LORA_K]);
+        be->add(be, dh, dh, tmp, T * C);
+        mm_bwd(be, m, l, HC_LORA_V, tmp, GM(&Ly->wv), Ly->bv.data ? GM(&Ly->bv) : NULL, dv, a->h1, &Ly->wv, T, &ls, a->lu[HC_LORA_V]);
+        be->add(be, dh, dh, tmp, T * C);
+        be->norm_backward(be, tmp, GM(&Ly->attn_norm), Ly->attn_norm_b.data ? GM(&Ly->attn_norm_b) : NULL, dh, a->x_in,
+                          &Ly->attn_norm, &Ly->attn_norm_b, nk, eps, T, C);
+        be->add(be, dx, dx, tmp, T * C); /* d x_in */
+    }
+    if (GM(&m->tok_embed)) be->embedding_backward(be, GM(&m->tok_embed), &m->tok_embed, dx, ids, T, m->embed_scale);
+    if (m->pos_embed.data && GM(&m->pos_embed))
+        be->embedding_backward(be, GM(&m->pos_embed), &m->pos_embed, dx, pos, T, 1.0f);
+}
+
 /* Loss (summed over the batch's predicted tokens: t + 1 where mask says so, or all) and
  * gradients (none when gr is NULL) of B sequences of S tokens, run together as T = B*S rows
  * (attention per sequence), the loss scaled by 1/n_total as transformers' mean over the
@@ -436,12 +568,9 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
     hc_backend *be = m->be; /* on the CPU: the fast kernels forward, the reference's backward */
     buf_pool wsb = {be, gr ? &gr->ws : NULL, 0};
     const hc_model_config *c = &m->cfg;
-    const hc_norm_kind nk = m->arch->norm;
-    const float eps = (float)c->norm_eps;
     const int64_t C = c->hidden_size, H = c->n_heads, KVH = c->n_kv_heads, D = c->head_dim, V = c->vocab_size;
     const int64_t I = c->intermediate_size, L = c->n_layers, R = c->rotary_dim;
     const int64_t E = c->n_experts, KE = c->n_experts_per_tok;
-    const bool gated = m->arch->gated_mlp;
     bool oom = false;
     layer_acts *A = calloc((size_t)L, sizeof *A);
     /* host: positions, rope frequencies, targets, and the per-row results */
@@ -515,20 +644,22 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
 
     train_ctx tc = {be, m, pos, {inv[0], inv[1]}, {attn_factor[0], attn_factor[1]}, T, B, S, scratch, tmp, &ls};
 
-    /* ---- forward, keeping activations ---- */
-    be->embedding(be, x0, &m->tok_embed, ids, T, m->embed_scale, false);
-    if (m->pos_embed.data) be->embedding(be, x0, &m->pos_embed, pos, T, 1.0f, true);
-    for (int64_t l = 0; l < L; l++) {
-        float *xo = l + 1 < L ? A[l + 1].x_in : xL;
-        if (l == 0) be->copy(be, A[0].x_in, x0, T * C);
-        layer_forward(&tc, l, &A[l], xo);
+    batch_step step = {m, gr, B, S, n_total, ckpt, A, &tc, &ls, ids, pos, tgt, loss_rows, hit_rows, {inv[0], inv[1]},
+                       {attn_factor[0], attn_factor[1]}, x0, xL, hf, logits, dlogits, dx, dh, tmp, dq, dk, dv, dact, dgate,
+                       dup, scratch, x_ckpt_out, moe_work};
+    if (gr && be->graph_run && !E) {
+        struct {
+            const void *m, *gr;
+            int64_t B, S;
+            double n_total; /* the loss scale is a kernel argument */
+            int64_t ckpt;
+        } key;
+        memset(&key, 0, sizeof key);
+        key.m = m, key.gr = gr, key.B = B, key.S = S, key.n_total = n_total, key.ckpt = ckpt;
+        be->graph_run(be, &key, sizeof key, batch_compute, &step);
+    } else {
+        batch_compute(&step);
     }
-    be->norm(be, hf, xL, &m->final_norm, &m->final_norm_b, nk, eps, T, C);
-    be->matmul(be, logits, hf, &m->lm_head, NULL, T);
-    if (c->final_softcap > 0) be->softcap(be, logits, (float)c->final_softcap, T * V);
-
-    /* ---- loss: next-token cross entropy, mean over the batch's predicted tokens ---- */
-    be->cross_entropy(be, gr ? dlogits : NULL, loss_rows, hit_rows, logits, tgt, T, V, 1.0 / n_total);
     be->download(be, loss_h, loss_rows, sizeof(float) * (size_t)T);
     be->download(be, hit_h, hit_rows, sizeof(float) * (size_t)T);
     for (int64_t t = 0; t < T; t++) {
@@ -536,81 +667,6 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
         *loss_sum += loss_h[t];
         *correct += hit_h[t] != 0;
     }
-
-    /* ---- backward ---- */
-    if (!gr) goto out;
-    if (c->final_softcap > 0) be->softcap_backward(be, dlogits, dlogits, logits, (float)c->final_softcap, T * V);
-    matmul_bwd(be, dh, GM(&m->lm_head), NULL, dlogits, hf, &m->lm_head, T);
-    be->norm_backward(be, dx, GM(&m->final_norm), m->final_norm_b.data ? GM(&m->final_norm_b) : NULL, dh, xL,
-                      &m->final_norm, &m->final_norm_b, nk, eps, T, C);
-    for (int64_t l = L - 1; l >= 0; l--) {
-        const hc_layer *Ly = &m->layers[l];
-        layer_acts *a = &A[l];
-        if (ckpt) layer_forward(&tc, l, a, x_ckpt_out); /* the same numbers again */
-        /* the MLP block: x_out = x_mid + post(ff_pre) */
-        float *dff = dx;
-        if (Ly->ffn_post_norm.data) {
-            be->norm_backward(be, tmp, GM(&Ly->ffn_post_norm), NULL, dx, a->ff_pre, &Ly->ffn_post_norm, NULL, nk, eps, T, C);
-            dff = tmp;
-        }
-        if (E) {
-            moe_backward(&tc, gr, Ly, a, dff, dh, moe_work, tmp + T * C, dact, dgate, dup);
-        } else {
-            mm_bwd(be, m, l, HC_LORA_DOWN, dact, GM(&Ly->down), Ly->b_down.data ? GM(&Ly->b_down) : NULL, dff, a->act,
-                   &Ly->down, T, &ls, a->lu[HC_LORA_DOWN]);
-            if (gated) {
-                be->glu_backward(be, dgate, dup, dact, a->gate, a->up, c->act, T * I);
-                mm_bwd(be, m, l, HC_LORA_GATE, dh, GM(&Ly->gate), Ly->b_gate.data ? GM(&Ly->b_gate) : NULL, dgate, a->h2,
-                       &Ly->gate, T, &ls, a->lu[HC_LORA_GATE]);
-                mm_bwd(be, m, l, HC_LORA_UP, tmp, GM(&Ly->up), Ly->b_up.data ? GM(&Ly->b_up) : NULL, dup, a->h2, &Ly->up, T,
-                       &ls, a->lu[HC_LORA_UP]);
-                be->add(be, dh, dh, tmp, T * C);
-            } else {
-                be->glu_backward(be, dgate, NULL, dact, a->gate, NULL, c->act, T * I);
-                mm_bwd(be, m, l, HC_LORA_UP, dh, GM(&Ly->up), Ly->b_up.data ? GM(&Ly->b_up) : NULL, dgate, a->h2, &Ly->up, T,
-                       &ls, a->lu[HC_LORA_UP]);
-            }
-        }
-        be->norm_backward(be, tmp, GM(&Ly->ffn_norm), Ly->ffn_norm_b.data ? GM(&Ly->ffn_norm_b) : NULL, dh, a->x_mid,
-                          &Ly->ffn_norm, &Ly->ffn_norm_b, nk, eps, T, C);
-        be->add(be, dx, dx, tmp, T * C); /* d x_mid */
-        /* the attention block: x_mid = x_in + post(o_pre) */
-        float *dop = dx;
-        if (Ly->attn_post_norm.data) {
-            be->norm_backward(be, tmp, GM(&Ly->attn_post_norm), NULL, dx, a->o_pre, &Ly->attn_post_norm, NULL, nk, eps, T, C);
-            dop = tmp;
-        }
-        float *datt = tmp + T * (C > I ? C : I) * 2; /* [T, H*D], the tail of tmp */
-        mm_bwd(be, m, l, HC_LORA_O, datt, GM(&Ly->wo), Ly->bo.data ? GM(&Ly->bo) : NULL, dop, a->att, &Ly->wo, T, &ls, a->lu[HC_LORA_O]);
-        for (int64_t b = 0; b < B; b++) {
-            const int64_t oq = b * S * H * D, ok = b * S * KVH * D;
-            be->attention_backward(be, dq + oq, dk + ok, dv + ok, datt + oq, a->att + oq, a->q + oq, a->k + ok, a->v + ok, pos, S, H, KVH,
-                                   D, Ly->attn_scale, Ly->sliding ? c->sliding_window : 0, (float)c->attn_softcap, scratch);
-        }
-        if (c->rope.type != HC_ROPE_NONE) {
-            be->rope_backward(be, dq, pos, inv[Ly->rope], attn_factor[Ly->rope], T, H, D, R);
-            be->rope_backward(be, dk, pos, inv[Ly->rope], attn_factor[Ly->rope], T, KVH, D, R);
-        }
-        if (Ly->q_norm.data) {
-            be->norm_backward(be, datt, GM(&Ly->q_norm), NULL, dq, a->q_pre, &Ly->q_norm, NULL, nk, eps, T * H, D);
-            be->copy(be, dq, datt, T * H * D);
-        }
-        if (Ly->k_norm.data) {
-            be->norm_backward(be, datt, GM(&Ly->k_norm), NULL, dk, a->k_pre, &Ly->k_norm, NULL, nk, eps, T * KVH, D);
-            be->copy(be, dk, datt, T * KVH * D);
-        }
-        mm_bwd(be, m, l, HC_LORA_Q, dh, GM(&Ly->wq), Ly->bq.data ? GM(&Ly->bq) : NULL, dq, a->h1, &Ly->wq, T, &ls, a->lu[HC_LORA_Q]);
-        mm_bwd(be, m, l, HC_LORA_K, tmp, GM(&Ly->wk), Ly->bk.data ? GM(&Ly->bk) : NULL, dk, a->h1, &Ly->wk, T, &ls, a->lu[HC_LORA_K]);
-        be->add(be, dh, dh, tmp, T * C);
-        mm_bwd(be, m, l, HC_LORA_V, tmp, GM(&Ly->wv), Ly->bv.data ? GM(&Ly->bv) : NULL, dv, a->h1, &Ly->wv, T, &ls, a->lu[HC_LORA_V]);
-        be->add(be, dh, dh, tmp, T * C);
-        be->norm_backward(be, tmp, GM(&Ly->attn_norm), Ly->attn_norm_b.data ? GM(&Ly->attn_norm_b) : NULL, dh, a->x_in,
-                          &Ly->attn_norm, &Ly->attn_norm_b, nk, eps, T, C);
-        be->add(be, dx, dx, tmp, T * C); /* d x_in */
-    }
-    if (GM(&m->tok_embed)) be->embedding_backward(be, GM(&m->tok_embed), &m->tok_embed, dx, ids, T, m->embed_scale);
-    if (m->pos_embed.data && GM(&m->pos_embed))
-        be->embedding_backward(be, GM(&m->pos_embed), &m->pos_embed, dx, pos, T, 1.0f);
     if (gr) gr->stale = true;
     if (be->check && !st) st = be->check(be);
 out:

@@ -19,6 +19,12 @@ bool hc_cuda_fail(hc_backend *be, cudaError_t e, const char *what) {
     return true;
 }
 
+static void drop_graphs(hc_cuda_ctx *cx) {
+    for (int i = 0; i < cx->n_graphs; i++)
+        if (cx->graphs[i].exec) cudaGraphExecDestroy(cx->graphs[i].exec);
+    cx->n_graphs = 0;
+}
+
 void *hc_cuda_scratch(hc_backend *be, void **buf, size_t *cap, size_t bytes) {
     hc_cuda_ctx *cx = hc_cuda(be);
     if (bytes <= *cap) return *buf;
@@ -27,6 +33,7 @@ void *hc_cuda_scratch(hc_backend *be, void **buf, size_t *cap, size_t bytes) {
         return NULL;
     }
     cudaStreamSynchronize(cx->stream);
+    drop_graphs(cx); /* a recording may hold the old buffer */
     if (*buf) cudaFree(*buf);
     *buf = NULL;
     *cap = 0;
@@ -34,12 +41,6 @@ void *hc_cuda_scratch(hc_backend *be, void **buf, size_t *cap, size_t bytes) {
     if (hc_cuda_fail(be, cudaMalloc(buf, want), "scratch allocation")) return NULL;
     *cap = want;
     return *buf;
-}
-
-static void drop_graphs(hc_cuda_ctx *cx) {
-    for (int i = 0; i < cx->n_graphs; i++)
-        if (cx->graphs[i].exec) cudaGraphExecDestroy(cx->graphs[i].exec);
-    cx->n_graphs = 0;
 }
 
 static void *cuda_alloc(hc_backend *be, size_t bytes) {
