@@ -639,14 +639,16 @@ static void norm_backward_case(hc_norm_kind kind, hc_dtype dt, bool with_b, int6
     free(wh), free(bh), free(x), free(dout), free(dx), free(dw), free(db);
 }
 
-/* attention_backward on backend be against the CPU reference: f32 compute exactly (NMSE tol
- * 1e-7); bf16 compute through the flash kernels (D 64 and 128), whose Q, K, V, dO and the
- * probabilities are rounded to bf16 as the forward's are, with tol stated by the caller. */
-static void attention_backward_case_on(hc_backend *be, double tol, int64_t T, int64_t H, int64_t KVH, int64_t D,
+/* attention_train and attention_backward on backend be against the CPU reference, B sequences
+ * of T rows: f32 compute exactly (NMSE tol 1e-7); bf16 compute through the flash kernels (D 64
+ * and 128), whose Q, K, V, dO and the probabilities are rounded to bf16 as transformers'
+ * autocast does, with tol stated by the caller. The backward takes the device forward's output
+ * and reserve (the log-sum-exps). */
+static void attention_backward_case_on(hc_backend *be, double tol, int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D,
                                        int64_t window, float cap) {
     hc_backend *cpu = hc_backend_cpu();
     cur = be;
-    const int64_t nq = T * H * D, nk = T * KVH * D;
+    const int64_t nq = B * T * H * D, nk = B * T * KVH * D;
     float *q = malloc(sizeof(float) * (size_t)nq), *k = malloc(sizeof(float) * (size_t)nk), *v = malloc(sizeof(float) * (size_t)nk);
     float *dout = malloc(sizeof(float) * (size_t)nq), *dq = malloc(sizeof(float) * (size_t)nq), *o = malloc(sizeof(float) * (size_t)nq);
     float *dk = malloc(sizeof(float) * (size_t)nk), *dv = malloc(sizeof(float) * (size_t)nk), *scratch = malloc(sizeof(float) * (size_t)(2 * T + 2));
@@ -654,28 +656,32 @@ static void attention_backward_case_on(hc_backend *be, double tol, int64_t T, in
     fill_rand(q, nq, 1), fill_rand(k, nk, 1), fill_rand(v, nk, 1), fill_rand(dout, nq, 1);
     for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)t;
     const float scale = 1.0f / sqrtf((float)D) * 2.0f; /* sharper than usual, so the softmax is not flat */
-    cpu->attention(cpu, o, q, k, v, HC_DTYPE_F32, pos, T, H, KVH, D, scale, window, cap, T, scratch);
-    cpu->attention_backward(cpu, dq, dk, dv, dout, o, q, k, v, pos, T, H, KVH, D, scale, window, cap, scratch);
+    cpu->attention_train(cpu, o, NULL, q, k, v, pos, B, T, H, KVH, D, scale, window, cap, scratch);
+    cpu->attention_backward(cpu, dq, dk, dv, dout, o, NULL, q, k, v, pos, B, T, H, KVH, D, scale, window, cap, scratch);
     float *qd = up(q, sizeof(float) * (size_t)nq), *kd = up(k, sizeof(float) * (size_t)nk), *vd = up(v, sizeof(float) * (size_t)nk);
-    float *gd = up(dout, sizeof(float) * (size_t)nq), *od = up(o, sizeof(float) * (size_t)nq);
+    float *gd = up(dout, sizeof(float) * (size_t)nq), *od = be->alloc(be, sizeof(float) * (size_t)nq);
+    float *rd = be->alloc(be, sizeof(float) * (size_t)(B * T * H)), *sd = be->alloc(be, sizeof(float) * (size_t)(2 * T + 2));
     int32_t *pd = up(pos, sizeof(int32_t) * (size_t)T);
     float *dqd = be->alloc(be, sizeof(float) * (size_t)nq), *dkd = be->alloc(be, sizeof(float) * (size_t)nk);
     float *dvd = be->alloc(be, sizeof(float) * (size_t)nk);
-    be->attention_backward(be, dqd, dkd, dvd, gd, od, qd, kd, vd, pd, T, H, KVH, D, scale, window, cap, NULL);
+    be->attention_train(be, od, rd, qd, kd, vd, pd, B, T, H, KVH, D, scale, window, cap, sd);
+    be->attention_backward(be, dqd, dkd, dvd, gd, od, rd, qd, kd, vd, pd, B, T, H, KVH, D, scale, window, cap, sd);
     char what[160], w2[200];
-    snprintf(what, sizeof what, "attention_backward %s T=%lld H=%lld KVH=%lld D=%lld window=%lld cap=%g",
-             tol > 1e-7 ? "bf16" : "f32", (long long)T, (long long)H, (long long)KVH, (long long)D, (long long)window, (double)cap);
-    const float *want[3] = {dq, dk, dv};
-    const float *got[3] = {dqd, dkd, dvd};
-    const int64_t n[3] = {nq, nk, nk};
-    for (int i = 0; i < 3; i++) {
+    snprintf(what, sizeof what, "attention_%%s %s B=%lld T=%lld H=%lld KVH=%lld D=%lld window=%lld cap=%g",
+             tol > 1e-7 ? "bf16" : "f32", (long long)B, (long long)T, (long long)H, (long long)KVH, (long long)D,
+             (long long)window, (double)cap);
+    const float *want[4] = {o, dq, dk, dv};
+    const float *got[4] = {od, dqd, dkd, dvd};
+    const int64_t n[4] = {nq, nq, nk, nk};
+    static const char *const part[4] = {"train out", "backward dq", "backward dk", "backward dv"};
+    for (int i = 0; i < 4; i++) {
         float *h = down(got[i], n[i]);
-        snprintf(w2, sizeof w2, "%s %s", what, i == 0 ? "dq" : i == 1 ? "dk" : "dv");
+        snprintf(w2, sizeof w2, what, part[i]);
         report(w2, nmse(h, want[i], n[i]), tol);
         free(h);
     }
     be->free(be, qd), be->free(be, kd), be->free(be, vd), be->free(be, gd), be->free(be, od), be->free(be, pd);
-    be->free(be, dqd), be->free(be, dkd), be->free(be, dvd);
+    be->free(be, rd), be->free(be, sd), be->free(be, dqd), be->free(be, dkd), be->free(be, dvd);
     cur = gpu;
     free(q), free(k), free(v), free(dout), free(o), free(dq), free(dk), free(dv), free(scratch), free(pos);
 }
@@ -707,7 +713,7 @@ static void matmul_add_case(hc_backend *be, double tol, bool transposed, int64_t
 }
 
 static void attention_backward_case(int64_t T, int64_t H, int64_t KVH, int64_t D, int64_t window, float cap) {
-    attention_backward_case_on(gpu, 1e-7, T, H, KVH, D, window, cap);
+    attention_backward_case_on(gpu, 1e-7, 1, T, H, KVH, D, window, cap);
 }
 
 static void test_backward(hc_backend *bf16) {
@@ -731,13 +737,14 @@ static void test_backward(hc_backend *bf16) {
     attention_backward_case(150, 2, 1, 64, 40, 50.0f);
     /* bf16 compute: the flash kernels (D 64 and 128; odd T, GQA, windows, soft-capping); other
      * head dims take the f32 path on this backend too */
-    attention_backward_case_on(bf16, 1e-4, 150, 4, 2, 64, 0, 0);
-    attention_backward_case_on(bf16, 1e-4, 77, 4, 4, 128, 0, 0);
-    attention_backward_case_on(bf16, 1e-4, 200, 8, 2, 64, 70, 0);
-    attention_backward_case_on(bf16, 1e-4, 130, 6, 3, 128, 0, 30.0f);
-    attention_backward_case_on(bf16, 1e-4, 512, 8, 1, 64, 0, 0);
-    attention_backward_case_on(bf16, 1e-4, 16, 2, 1, 64, 5, 0);
-    attention_backward_case_on(bf16, 1e-7, 40, 4, 2, 24, 0, 0);
+    attention_backward_case_on(bf16, 1e-4, 1, 150, 4, 2, 64, 0, 0);
+    attention_backward_case_on(bf16, 1e-4, 3, 77, 4, 4, 128, 0, 0);
+    attention_backward_case_on(bf16, 1e-4, 2, 200, 8, 2, 64, 70, 0);
+    attention_backward_case_on(bf16, 1e-4, 2, 130, 6, 3, 128, 0, 30.0f);
+    attention_backward_case_on(bf16, 1e-4, 4, 512, 8, 1, 64, 0, 0);
+    attention_backward_case_on(bf16, 1e-4, 2, 16, 2, 1, 64, 5, 0);
+    attention_backward_case_on(bf16, 1e-7, 2, 40, 4, 2, 24, 0, 0);
+    attention_backward_case_on(gpu, 1e-7, 3, 33, 4, 2, 64, 0, 0);
     for (int tr = 0; tr < 2; tr++) {
         matmul_add_case(gpu, 1e-7, tr, 3, 40, 8);
         matmul_add_case(gpu, 1e-7, tr, 100, 70, 8);

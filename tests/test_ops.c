@@ -486,9 +486,9 @@ static void test_fast_matmul(hc_backend *ref) {
         int32_t pos[37];
         for (int t = 0; t < T; t++) pos[t] = t;
         fill(qa, nq), fill(k, nk), fill(v, nk), fill(go, nq);
-        ref->attention_backward(ref, r[0], r[1], r[2], go, NULL, qa, k, v, pos, T, H, KVH, D, 0.3f, window, cap, scratch);
-        fast1->attention_backward(fast1, f1[0], f1[1], f1[2], go, NULL, qa, k, v, pos, T, H, KVH, D, 0.3f, window, cap, scratch);
-        fast2->attention_backward(fast2, f2[0], f2[1], f2[2], go, NULL, qa, k, v, pos, T, H, KVH, D, 0.3f, window, cap, scratch);
+        ref->attention_backward(ref, r[0], r[1], r[2], go, NULL, NULL, qa, k, v, pos, 1, T, H, KVH, D, 0.3f, window, cap, scratch);
+        fast1->attention_backward(fast1, f1[0], f1[1], f1[2], go, NULL, NULL, qa, k, v, pos, 1, T, H, KVH, D, 0.3f, window, cap, scratch);
+        fast2->attention_backward(fast2, f2[0], f2[1], f2[2], go, NULL, NULL, qa, k, v, pos, 1, T, H, KVH, D, 0.3f, window, cap, scratch);
         for (int i = 0; i < 3; i++) {
             double err = 0, scale = 0;
             for (int64_t x = 0; x < sz[i]; x++) err = fmax(err, fabs((double)r[i][x] - f1[i][x])), scale = fmax(scale, fabs(r[i][x]));
@@ -496,6 +496,32 @@ static void test_fast_matmul(hc_backend *ref) {
                   err, scale);
             CHECK(!memcmp(f1[i], f2[i], sizeof(float) * sz[i]), "fast attention backward: same bits with 1 and 2 threads");
             free(r[i]), free(f1[i]), free(f2[i]);
+        }
+        /* Two sequences in one call: each as it is alone (the second's rows after the first's),
+         * forward (attention_train) and backward. */
+        {
+            float *q2 = malloc(sizeof(float) * 2 * nq), *k2 = malloc(sizeof(float) * 2 * nk), *v2 = malloc(sizeof(float) * 2 * nk);
+            float *g2 = malloc(sizeof(float) * 2 * nq), *o2 = malloc(sizeof(float) * 2 * nq), *res = malloc(sizeof(float) * 2 * T * H);
+            float *d2[3], *d1[3], *o1 = malloc(sizeof(float) * nq);
+            const int64_t sz2[3] = {nq, nk, nk};
+            for (int i = 0; i < 3; i++) d2[i] = malloc(sizeof(float) * 2 * sz2[i]), d1[i] = malloc(sizeof(float) * sz2[i]);
+            fill(q2, 2 * nq), fill(k2, 2 * nk), fill(v2, 2 * nk), fill(g2, 2 * nq);
+            fast2->attention_train(fast2, o2, res, q2, k2, v2, pos, 2, T, H, KVH, D, 0.3f, window, cap, scratch);
+            fast2->attention_backward(fast2, d2[0], d2[1], d2[2], g2, o2, res, q2, k2, v2, pos, 2, T, H, KVH, D, 0.3f, window, cap,
+                                      scratch);
+            for (int b = 0; b < 2; b++) {
+                fast2->attention(fast2, o1, q2 + b * nq, k2 + b * nk, v2 + b * nk, HC_DTYPE_F32, pos, T, H, KVH, D, 0.3f, window,
+                                 cap, T, scratch);
+                CHECK(!memcmp(o1, o2 + b * nq, sizeof(float) * nq), "attention_train: sequence %d as alone (case %d)", b, cfg);
+                fast2->attention_backward(fast2, d1[0], d1[1], d1[2], g2 + b * nq, o1, NULL, q2 + b * nq, k2 + b * nk, v2 + b * nk,
+                                          pos, 1, T, H, KVH, D, 0.3f, window, cap, scratch);
+                for (int i = 0; i < 3; i++)
+                    CHECK(!memcmp(d1[i], d2[i] + b * sz2[i], sizeof(float) * sz2[i]),
+                          "attention backward of two sequences: sequence %d's %s as alone (case %d)", b,
+                          i == 0 ? "dq" : i == 1 ? "dk" : "dv", cfg);
+            }
+            for (int i = 0; i < 3; i++) free(d2[i]), free(d1[i]);
+            free(q2), free(k2), free(v2), free(g2), free(o2), free(res), free(o1);
         }
         free(qa), free(k), free(v), free(go), free(scratch);
     }
@@ -764,7 +790,7 @@ static void test_backward(hc_backend *be) {
     for (int variant = 0; variant < 2; variant++) {
         c.op = FD_ATTN, c.T = 5, c.H = 4, c.KVH = 2, c.D = 3, c.window = variant ? 3 : 0, c.cap = variant ? 1.5f : 0;
         fill(c.x, 60), fill(c.k, 30), fill(c.v, 30), fill(c.r, 60);
-        be->attention_backward(be, dx, dw, d3, c.r, NULL, c.x, c.k, c.v, pos, 5, 4, 2, 3, 0.35f, c.window, c.cap, c.scratch);
+        be->attention_backward(be, dx, dw, d3, c.r, NULL, NULL, c.x, c.k, c.v, pos, 1, 5, 4, 2, 3, 0.35f, c.window, c.cap, c.scratch);
         snprintf(what, sizeof what, "attention %d dq", variant);
         fd_compare(&c, what, c.x, dx, 60);
         snprintf(what, sizeof what, "attention %d dk", variant);

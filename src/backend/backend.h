@@ -129,6 +129,14 @@ struct hc_backend {
     /* out[T, N] += alpha * (x @ W^T), as matmul(tmp, x, w) then add_scaled(out, tmp, alpha);
      * tmp: [T, N] scratch. A LoRA adapter's product added onto the base projection's output. */
     void (*matmul_add)(hc_backend *be, float *out, float *tmp, const float *x, const hc_mat *w, float alpha, int64_t T);
+    /* The training forward's attention: B sequences of T rows (q [B*T, H, D]; k, v [B*T, KVH, D],
+     * f32), each row attending over its own sequence's rows, the rows at positions pos[0..T)
+     * = 0..T-1: per sequence, attention with the sequence's k and v as the cache (S = T).
+     * reserve: [B*T*H] floats for attention_backward, filled as the backend likes (a GPU keeps
+     * each row's log-sum-exp; the CPU nothing). scratch: [T] floats. */
+    void (*attention_train)(hc_backend *be, float *out, float *reserve, const float *q, const float *k, const float *v,
+                            const int32_t *pos, int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale,
+                            int64_t window, float softcap, float *scratch);
     /* x[T, C] += o, then h = norm(x): the residual add and the next block's norm. */
     void (*add_norm)(hc_backend *be, float *h, float *x, const float *o, const hc_vec *w, const hc_vec *b,
                      hc_norm_kind kind, float eps, int64_t T, int64_t C);
@@ -165,13 +173,14 @@ struct hc_backend {
     /* In place on dx[T, nh, D]: the gradient through rope (the inverse rotation). */
     void (*rope_backward)(hc_backend *be, float *dx, const int32_t *pos, const float *inv_freq, float attn_factor,
                           int64_t T, int64_t nh, int64_t D, int64_t R);
-    /* Attention of T rows over keys k, v [T, KVH, D] (f32, row j at position pos[j] = j: the rows
-     * are one sequence's whole context, in order): dq (=), dk and dv (=). out [T, H, D] is the
-     * forward's output (a backend may take rowsum(dout * out) from it; the reference does not
-     * read it). scratch: [2T] floats. */
-    void (*attention_backward)(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out, const float *q,
-                               const float *k, const float *v, const int32_t *pos, int64_t T, int64_t H, int64_t KVH,
-                               int64_t D, float scale, int64_t window, float softcap, float *scratch);
+    /* attention_train's backward, for the same B sequences: dq (=) [B*T, H, D], dk and dv (=)
+     * [B*T, KVH, D]. out is the forward's output and reserve what it left there (a backend may
+     * take rowsum(dout * out) and each row's log-sum-exp from them; the reference reads
+     * neither). scratch: [2T] floats. */
+    void (*attention_backward)(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                               const float *reserve, const float *q, const float *k, const float *v, const int32_t *pos,
+                               int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale, int64_t window,
+                               float softcap, float *scratch);
     /* out = act(gate) * up: dgate, dup (=) */
     void (*glu_backward)(hc_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                          hc_activation act, int64_t n);
@@ -222,6 +231,9 @@ void hc_fused_gated_matmul(hc_backend *be, float *out, float *tmp, const float *
                            const hc_mat *up, const hc_vec *bu, hc_activation act, int64_t T);
 void hc_fused_ffn(hc_backend *be, float *out, float *a, float *b, const float *x, const hc_mat *gate, const hc_vec *bg,
                   const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd, hc_activation act, int64_t T);
+void hc_fused_attention_train(hc_backend *be, float *out, float *reserve, const float *q, const float *k, const float *v,
+                              const int32_t *pos, int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale,
+                              int64_t window, float softcap, float *scratch);
 void hc_fused_matmul_add(hc_backend *be, float *out, float *tmp, const float *x, const hc_mat *w, float alpha, int64_t T);
 void hc_fused_add_norm(hc_backend *be, float *h, float *x, const float *o, const hc_vec *w, const hc_vec *b,
                        hc_norm_kind kind, float eps, int64_t T, int64_t C);

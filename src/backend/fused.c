@@ -14,6 +14,15 @@ void hc_fused_gated_matmul(hc_backend *be, float *out, float *tmp, const float *
     be->glu(be, out, out, tmp, act, T * gate->rows);
 }
 
+void hc_fused_attention_train(hc_backend *be, float *out, float *reserve, const float *q, const float *k, const float *v,
+                              const int32_t *pos, int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale,
+                              int64_t window, float softcap, float *scratch) {
+    (void)reserve; /* the op sequence keeps nothing for the backward */
+    for (int64_t b = 0; b < B; b++)
+        be->attention(be, out + b * T * H * D, q + b * T * H * D, k + b * T * KVH * D, v + b * T * KVH * D, HC_DTYPE_F32,
+                      pos, T, H, KVH, D, scale, window, softcap, T, scratch);
+}
+
 void hc_fused_matmul_add(hc_backend *be, float *out, float *tmp, const float *x, const hc_mat *w, float alpha, int64_t T) {
     be->matmul(be, tmp, x, w, NULL, T);
     be->add_scaled(be, out, tmp, alpha, T * w->rows);

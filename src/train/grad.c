@@ -183,6 +183,7 @@ const float *hc_grads_data(hc_grads *gr, int64_t i) {
  * gate, up, act [T*K, I] and the expert's output ey [T*K, C]. */
 typedef struct {
     float *x_in, *h1, *q_pre, *k_pre, *q, *k, *v, *att, *o_pre, *x_mid, *h2, *gate, *up, *act, *ff_pre;
+    float *reserve; /* [T, H]: what the attention forward keeps for its backward */
     float *router, *rw, *ey;
     float *lu[HC_LORA_N]; /* per adapted projection: u = x A^T [T, r] */
     int32_t *re;
@@ -362,11 +363,9 @@ static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *
         be->rope(be, a->q, pos, tc->inv[Ly->rope], tc->attn_factor[Ly->rope], T, H, D, R);
         be->rope(be, a->k, pos, tc->inv[Ly->rope], tc->attn_factor[Ly->rope], T, KVH, D, R);
     }
-    /* each sequence's keys are its own rows: the "cache" is its k and v themselves */
-    for (int64_t b = 0, S = tc->S; b < tc->B; b++)
-        be->attention(be, a->att + b * S * H * D, a->q + b * S * H * D, a->k + b * S * KVH * D, a->v + b * S * KVH * D,
-                      HC_DTYPE_F32, pos, S, H, KVH, D, Ly->attn_scale, Ly->sliding ? c->sliding_window : 0,
-                      (float)c->attn_softcap, S, scratch);
+    /* each sequence's keys are its own rows; pos[0..S) = 0..S-1 */
+    be->attention_train(be, a->att, a->reserve, a->q, a->k, a->v, pos, tc->B, tc->S, H, KVH, D, Ly->attn_scale,
+                        Ly->sliding ? c->sliding_window : 0, (float)c->attn_softcap, scratch);
     mm_fwd(be, m, l, HC_LORA_O, a->o_pre, a->att, &Ly->wo, &Ly->bo, T, ls, a->lu[HC_LORA_O]);
     if (Ly->attn_post_norm.data) be->norm(be, tmp, a->o_pre, &Ly->attn_post_norm, NULL, nk, eps, T, C);
     be->add(be, a->x_mid, a->x_in, Ly->attn_post_norm.data ? tmp : a->o_pre, T * C);
@@ -527,11 +526,8 @@ static void batch_compute(void *arg) {
         }
         float *datt = tmp + T * (C > I ? C : I) * 2; /* [T, H*D], the tail of tmp */
         mm_bwd(be, m, l, HC_LORA_O, datt, GM(&Ly->wo), Ly->bo.data ? GM(&Ly->bo) : NULL, dop, a->att, &Ly->wo, T, &ls, a->lu[HC_LORA_O]);
-        for (int64_t b = 0; b < B; b++) {
-            const int64_t oq = b * S * H * D, ok = b * S * KVH * D;
-            be->attention_backward(be, dq + oq, dk + ok, dv + ok, datt + oq, a->att + oq, a->q + oq, a->k + ok, a->v + ok, pos, S, H, KVH,
-                                   D, Ly->attn_scale, Ly->sliding ? c->sliding_window : 0, (float)c->attn_softcap, scratch);
-        }
+        be->attention_backward(be, dq, dk, dv, datt, a->att, a->reserve, a->q, a->k, a->v, pos, B, S, H, KVH, D,
+                               Ly->attn_scale, Ly->sliding ? c->sliding_window : 0, (float)c->attn_softcap, scratch);
         if (c->rope.type != HC_ROPE_NONE) {
             be->rope_backward(be, dq, pos, inv[Ly->rope], attn_factor[Ly->rope], T, H, D, R);
             be->rope_backward(be, dk, pos, inv[Ly->rope], attn_factor[Ly->rope], T, KVH, D, R);
@@ -613,6 +609,7 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
         for (size_t i = 0; i < 5; i++) *bufs[i] = take(&wsb, T * C, &oom);
         a->q_pre = take(&wsb, T * H * D, &oom), a->q = take(&wsb, T * H * D, &oom), a->att = take(&wsb, T * H * D, &oom);
         a->k_pre = take(&wsb, T * KVH * D, &oom), a->k = take(&wsb, T * KVH * D, &oom), a->v = take(&wsb, T * KVH * D, &oom);
+        a->reserve = take(&wsb, T * H, &oom);
         const int64_t ff_rows = E ? T * KE : T; /* MoE: a row per chosen (token, expert) */
         a->gate = take(&wsb, ff_rows * I, &oom), a->up = take(&wsb, ff_rows * I, &oom), a->act = take(&wsb, ff_rows * I, &oom);
         if (E) {
@@ -677,7 +674,7 @@ out:
         free(a->re_h), free(a->rw_h);
         give(&wsb, a->re);
         float *bufs[] = {a->h1, a->q_pre, a->k_pre, a->q, a->k, a->v, a->att, a->o_pre, a->x_mid, a->h2, a->gate, a->up,
-                         a->act, a->ff_pre, a->router, a->rw, a->ey};
+                         a->act, a->ff_pre, a->router, a->rw, a->ey, a->reserve};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) give(&wsb, bufs[i]);
         for (int t = 0; t < HC_LORA_N; t++) give(&wsb, a->lu[t]);
     }

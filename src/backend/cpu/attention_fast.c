@@ -194,16 +194,22 @@ static void att_bwd_part(void *ctx, int ith, int nth) {
     }
 }
 
-void hc_cpu_attention_backward_fast(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out, const float *q,
-                                    const float *k, const float *v, const int32_t *pos, int64_t T, int64_t H, int64_t KVH,
-                                    int64_t D, float scale, int64_t window, float softcap, float *scratch) {
+void hc_cpu_attention_backward_fast(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                    const float *reserve, const float *q, const float *k, const float *v, const int32_t *pos,
+                                    int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale, int64_t window,
+                                    float softcap, float *scratch) {
     hc_fast_ctx *fx = be->ctx;
     if (!hc_fast_scratch(fx, (size_t)(3 * T + 1))) { /* the reference handles it */
-        hc_cpu_attention_backward(be, dq, dk, dv, dout, out, q, k, v, pos, T, H, KVH, D, scale, window, softcap, scratch);
+        hc_cpu_attention_backward(be, dq, dk, dv, dout, out, reserve, q, k, v, pos, B, T, H, KVH, D, scale, window, softcap,
+                                  scratch);
         return;
     }
-    att_bwd_job j = {dq, dk, dv, dout, q, k, v, pos, T, H, KVH, D, window, scale, softcap, fx, NULL, NULL};
-    hc_cpu_vec_fns(&j.dot, &j.axpy);
-    if (hc_pool_size(fx->pool) == 1 || KVH == 1 || T * T * H * D < 65536) att_bwd_part(&j, 0, 1);
-    else hc_pool_run(fx->pool, att_bwd_part, &j);
+    for (int64_t b = 0; b < B; b++) { /* a sequence at a time, threads over its kv heads */
+        const int64_t oq = b * T * H * D, ok = b * T * KVH * D;
+        att_bwd_job j = {dq + oq, dk + ok, dv + ok, dout + oq, q + oq, k + ok, v + ok, pos, T, H, KVH, D, window, scale,
+                         softcap, fx, NULL, NULL};
+        hc_cpu_vec_fns(&j.dot, &j.axpy);
+        if (hc_pool_size(fx->pool) == 1 || KVH == 1 || T * T * H * D < 65536) att_bwd_part(&j, 0, 1);
+        else hc_pool_run(fx->pool, att_bwd_part, &j);
+    }
 }

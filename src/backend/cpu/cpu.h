@@ -55,9 +55,10 @@ void hc_cpu_norm_backward(hc_backend *be, float *dx, float *dw, float *db, const
                           const hc_vec *w, const hc_vec *b, hc_norm_kind kind, float eps, int64_t T, int64_t C);
 void hc_cpu_rope_backward(hc_backend *be, float *dx, const int32_t *pos, const float *inv_freq, float attn_factor,
                           int64_t T, int64_t nh, int64_t D, int64_t R);
-void hc_cpu_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out, const float *q,
-                               const float *k, const float *v, const int32_t *pos, int64_t T, int64_t H, int64_t KVH,
-                               int64_t D, float scale, int64_t window, float softcap, float *scratch);
+void hc_cpu_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                               const float *reserve, const float *q, const float *k, const float *v, const int32_t *pos,
+                               int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale, int64_t window,
+                               float softcap, float *scratch);
 void hc_cpu_glu_backward(hc_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                          hc_activation act, int64_t n);
 void hc_cpu_topk_route_backward(hc_backend *be, float *dlogits, const float *dweights, const int32_t *experts,

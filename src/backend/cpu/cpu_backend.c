@@ -60,6 +60,7 @@ static hc_backend cpu_backend = {
     .gated_matmul = hc_fused_gated_matmul,
     .ffn = hc_fused_ffn,
     .matmul_add = hc_fused_matmul_add,
+    .attention_train = hc_fused_attention_train,
     .add_norm = hc_fused_add_norm,
     .rope_store = hc_fused_rope_store,
     .rope_store_rows = hc_fused_rope_store_rows,

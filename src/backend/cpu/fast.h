@@ -79,8 +79,9 @@ void hc_cpu_rope_fast(hc_backend *be, float *x, const int32_t *pos, const float 
                       int64_t nh, int64_t D, int64_t R);
 void hc_cpu_matmul_backward_fast(hc_backend *be, float *dx, float *dw, float *db, const float *dout, const float *x,
                                  const hc_mat *w, int64_t T);
-void hc_cpu_attention_backward_fast(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out, const float *q,
-                                    const float *k, const float *v, const int32_t *pos, int64_t T, int64_t H, int64_t KVH,
-                                    int64_t D, float scale, int64_t window, float softcap, float *scratch);
+void hc_cpu_attention_backward_fast(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                    const float *reserve, const float *q, const float *k, const float *v, const int32_t *pos,
+                                    int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale, int64_t window,
+                                    float softcap, float *scratch);
 
 #endif

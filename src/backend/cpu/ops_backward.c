@@ -97,10 +97,10 @@ void hc_cpu_rope_backward(hc_backend *be, float *dx, const int32_t *pos, const f
         }
 }
 
-void hc_cpu_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out, const float *q,
-                               const float *k, const float *v, const int32_t *pos, int64_t T, int64_t H, int64_t KVH,
-                               int64_t D, float scale, int64_t window, float softcap, float *scratch) {
-    (void)be, (void)out;
+/* One sequence of T rows. */
+static void attention_backward_seq(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                                   const float *v, const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D,
+                                   float scale, int64_t window, float softcap, float *scratch) {
     const int64_t group = H / KVH;
     for (int64_t i = 0; i < T * H * D; i++) dq[i] = 0;
     for (int64_t i = 0; i < T * KVH * D; i++) dk[i] = 0, dv[i] = 0;
@@ -154,6 +154,18 @@ void hc_cpu_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, 
                 }
             }
         }
+}
+
+void hc_cpu_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                               const float *reserve, const float *q, const float *k, const float *v, const int32_t *pos,
+                               int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale, int64_t window,
+                               float softcap, float *scratch) {
+    (void)be, (void)out, (void)reserve;
+    for (int64_t b = 0; b < B; b++) {
+        const int64_t oq = b * T * H * D, ok = b * T * KVH * D;
+        attention_backward_seq(dq + oq, dk + ok, dv + ok, dout + oq, q + oq, k + ok, v + ok, pos, T, H, KVH, D, scale, window,
+                               softcap, scratch);
+    }
 }
 
 void hc_cpu_glu_backward(hc_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up,

@@ -329,12 +329,13 @@ static bool launch_flash(hc_cuda_ctx *cx, float *out, const float *q, const void
  * (PTX ISA, "mma.m16n8k16"): g = lane / 4, q = lane % 4; A holds (g | g+8, 2q..2q+1 | +8);
  * B holds (k = 2q..2q+1 | +8, n = g); C holds (g | g+8, 2q..2q+1). */
 
-/* LSE_ONLY (the backward's first pass): no P V; out[t * H + h] receives row (t, h)'s
- * log-sum-exp of its scaled, soft-capped scores instead. */
-template <int D, bool LSE_ONLY>
+/* blockIdx.z: a sequence of a training batch, whose T rows are its own cache (gridDim.z 1 for
+ * the decoder). lse: NULL, or each row's log-sum-exp of its scaled, soft-capped scores at
+ * [t, h] (the backward's input). */
+template <int D>
 __global__ void __launch_bounds__(32 * ATT_WARPS)
-flash2_kernel(float *out, const float *q, const __nv_bfloat16 *kc, const __nv_bfloat16 *vc, const int32_t *pos, int T, int H,
-              int KVH, float scale, int window, float softcap) {
+flash2_kernel(float *out, float *lse, const float *q, const __nv_bfloat16 *kc, const __nv_bfloat16 *vc, const int32_t *pos,
+              int T, int H, int KVH, float scale, int window, float softcap) {
     constexpr int LDH = D + 8, KS = D / 16, NO = D / 8, NS = FA_BK / 8;
     extern __shared__ __align__(128) unsigned char smem[];
     __nv_bfloat16 *sKV = (__nv_bfloat16 *)smem; /* 2 x ([BK][LDH] K, [BK][LDH] V) */
@@ -343,6 +344,11 @@ flash2_kernel(float *out, const float *q, const __nv_bfloat16 *kc, const __nv_bf
      * SM instead of 2 at D = 128). */
     __nv_bfloat16 *sQ = sKV + 2 * FA_BK * LDH;   /* [BQ][LDH] */
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tq = lane & 3;
+    if (blockIdx.z) { /* sequence z of a batch: its rows, its keys */
+        const size_t z = blockIdx.z;
+        q += z * T * H * D, out += z * T * H * D, kc += z * T * KVH * D, vc += z * T * KVH * D;
+        if (lse) lse += z * T * H;
+    }
     /* the last query blocks see the most keys: they start first, so the short ones fill the tail */
     const int h = blockIdx.y, kvh = h / (H / KVH), t0 = (gridDim.x - 1 - blockIdx.x) * FA_BQ, r0 = warp * 16;
     const int t_end = min(t0 + FA_BQ, T);
@@ -356,10 +362,10 @@ flash2_kernel(float *out, const float *q, const __nv_bfloat16 *kc, const __nv_bf
             if (j <= p_last) {
                 const size_t e = ((size_t)j * KVH + kvh) * D + d;
                 cp_async16(sK + r * LDH + d, kc + e);
-                if (!LSE_ONLY) cp_async16(sV + r * LDH + d, vc + e);
+                cp_async16(sV + r * LDH + d, vc + e);
             } else { /* never stale NaNs */
                 *(uint4 *)(sK + r * LDH + d) = make_uint4(0, 0, 0, 0);
-                if (!LSE_ONLY) *(uint4 *)(sV + r * LDH + d) = make_uint4(0, 0, 0, 0);
+                *(uint4 *)(sV + r * LDH + d) = make_uint4(0, 0, 0, 0);
             }
         }
         cp_async_commit();
@@ -457,37 +463,34 @@ flash2_kernel(float *out, const float *q, const __nv_bfloat16 *kc, const __nv_bf
             rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 2);
             l[r] = l[r] * corr[r] + rs[r];
         }
-        if (!LSE_ONLY) {
 #pragma unroll
-            for (int n = 0; n < NO; n++) {
-                o[n][0] *= corr[0], o[n][1] *= corr[0];
-                o[n][2] *= corr[1], o[n][3] *= corr[1];
-            }
-            /* O += P V: P's score fragments are already A fragments of the next product. */
+        for (int n = 0; n < NO; n++) {
+            o[n][0] *= corr[0], o[n][1] *= corr[0];
+            o[n][2] *= corr[1], o[n][3] *= corr[1];
+        }
+        /* O += P V: P's score fragments are already A fragments of the next product. */
 #pragma unroll
-            for (int k = 0; k < FA_BK / 16; k++) {
-                const uint32_t a[4] = {pack_bf16(sc[2 * k][0], sc[2 * k][1]), pack_bf16(sc[2 * k][2], sc[2 * k][3]),
-                                       pack_bf16(sc[2 * k + 1][0], sc[2 * k + 1][1]), pack_bf16(sc[2 * k + 1][2], sc[2 * k + 1][3])};
+        for (int k = 0; k < FA_BK / 16; k++) {
+            const uint32_t a[4] = {pack_bf16(sc[2 * k][0], sc[2 * k][1]), pack_bf16(sc[2 * k][2], sc[2 * k][3]),
+                                   pack_bf16(sc[2 * k + 1][0], sc[2 * k + 1][1]), pack_bf16(sc[2 * k + 1][2], sc[2 * k + 1][3])};
 #pragma unroll
-                for (int n = 0; n < NO; n += 2) {
-                    /* the B fragments of output columns 8n.. and 8(n+1).. in one ldmatrix.x4.trans */
-                    uint32_t b[4];
-                    const unsigned addr =
-                        (unsigned)__cvta_generic_to_shared(sV + (k * 16 + (lane & 15)) * LDH + (n + (lane >> 4)) * 8);
-                    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                                 : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3])
-                                 : "r"(addr));
-                    mma_bf16(o[n], a, b[0], b[1]);
-                    mma_bf16(o[n + 1], a, b[2], b[3]);
-                }
+            for (int n = 0; n < NO; n += 2) {
+                /* the B fragments of output columns 8n.. and 8(n+1).. in one ldmatrix.x4.trans */
+                uint32_t b[4];
+                const unsigned addr =
+                    (unsigned)__cvta_generic_to_shared(sV + (k * 16 + (lane & 15)) * LDH + (n + (lane >> 4)) * 8);
+                asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                             : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3])
+                             : "r"(addr));
+                mma_bf16(o[n], a, b[0], b[1]);
+                mma_bf16(o[n + 1], a, b[2], b[3]);
             }
         }
         __syncthreads(); /* buffer b is refilled two tiles on */
     }
-    if (LSE_ONLY) {
-        if (tq == 0 && ta < T) out[(size_t)ta * H + h] = l[0] > 0 ? m[0] + logf(l[0]) : INFINITY;
-        if (tq == 0 && tb < T) out[(size_t)tb * H + h] = l[1] > 0 ? m[1] + logf(l[1]) : INFINITY;
-        return;
+    if (lse && tq == 0) {
+        if (ta < T) lse[(size_t)ta * H + h] = l[0] > 0 ? m[0] + logf(l[0]) : INFINITY;
+        if (tb < T) lse[(size_t)tb * H + h] = l[1] > 0 ? m[1] + logf(l[1]) : INFINITY;
     }
     const float ia = l[0] > 0 ? 1.0f / l[0] : 0.0f, ib = l[1] > 0 ? 1.0f / l[1] : 0.0f;
 #pragma unroll
@@ -498,30 +501,48 @@ flash2_kernel(float *out, const float *q, const __nv_bfloat16 *kc, const __nv_bf
     }
 }
 
-template <int D, bool LSE_ONLY>
-static bool launch_flash2(hc_cuda_ctx *cx, float *out, const float *q, const void *k_cache, const void *v_cache,
-                          const int32_t *pos, int64_t T, int64_t H, int64_t KVH, float scale, int64_t window, float softcap) {
+template <int D>
+static bool launch_flash2(hc_cuda_ctx *cx, float *out, float *lse, const float *q, const void *k_cache, const void *v_cache,
+                          const int32_t *pos, int64_t B, int64_t T, int64_t H, int64_t KVH, float scale, int64_t window,
+                          float softcap) {
     static_assert(FA_BQ <= 2 * FA_BK, "Q is staged in one K/V buffer");
     const size_t smem = (size_t)4 * FA_BK * (D + 8) * 2; /* two K/V buffers (Q staged in the second) */
-    if (cudaFuncSetAttribute(flash2_kernel<D, LSE_ONLY>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) !=
-        cudaSuccess) {
+    if (cudaFuncSetAttribute(flash2_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) {
         cudaGetLastError();
         return false;
     }
-    dim3 grid((unsigned)((T + FA_BQ - 1) / FA_BQ), (unsigned)H);
-    flash2_kernel<D, LSE_ONLY><<<grid, 32 * ATT_WARPS, smem, cx->stream>>>(out, q, (const __nv_bfloat16 *)k_cache,
-                                                                           (const __nv_bfloat16 *)v_cache, pos, (int)T,
-                                                                           (int)H, (int)KVH, scale, (int)window, softcap);
+    dim3 grid((unsigned)((T + FA_BQ - 1) / FA_BQ), (unsigned)H, (unsigned)B);
+    flash2_kernel<D><<<grid, 32 * ATT_WARPS, smem, cx->stream>>>(out, lse, q, (const __nv_bfloat16 *)k_cache,
+                                                                 (const __nv_bfloat16 *)v_cache, pos, (int)T, (int)H, (int)KVH,
+                                                                 scale, (int)window, softcap);
     return true;
 }
 
-bool hc_cuda_attention_lse(hc_backend *be, float *lse, const float *q, const void *k16, const int32_t *pos, int64_t T,
-                           int64_t H, int64_t KVH, int64_t D, float scale, int64_t window, float softcap) {
+bool hc_cuda_flash_train(const hc_cuda_ctx *cx, int64_t B, int64_t T, int64_t H, int64_t D) {
+    return cx->compute == HC_DTYPE_BF16 && (D == 64 || D == 128) && T >= 16 && B <= 65535 && B * T * H * D < INT32_MAX &&
+           !getenv("HUBCAP_CUDA_WMMA_ATTENTION");
+}
+
+void hc_cuda_attention_train(hc_backend *be, float *out, float *reserve, const float *q, const float *k, const float *v,
+                             const int32_t *pos, int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale,
+                             int64_t window, float softcap, float *scratch) {
     hc_cuda_ctx *cx = hc_cuda(be);
-    const bool ok = D == 64    ? launch_flash2<64, true>(cx, lse, q, k16, k16, pos, T, H, KVH, scale, window, softcap)
-                    : D == 128 ? launch_flash2<128, true>(cx, lse, q, k16, k16, pos, T, H, KVH, scale, window, softcap)
-                               : false;
-    return ok && !HC_CUDA_LAUNCHED(be, "attention log-sum-exp");
+    if (B <= 0 || T <= 0 || cx->failed) return;
+    if (!hc_cuda_flash_train(cx, B, T, H, D)) {
+        hc_fused_attention_train(be, out, reserve, q, k, v, pos, B, T, H, KVH, D, scale, window, softcap, scratch);
+        return;
+    }
+    /* the whole batch in one launch: K and V rounded to bf16 (as autocast does), then a block
+     * per (query block, head, sequence), each row's log-sum-exp kept in reserve */
+    const int64_t n = B * T * KVH * D;
+    __nv_bfloat16 *kv = (__nv_bfloat16 *)hc_cuda_scratch(be, &cx->kv16, &cx->kv16_bytes, 2 * sizeof(__nv_bfloat16) * (size_t)n);
+    if (!kv) return;
+    hc_cuda_narrow(be, kv, HC_DTYPE_BF16, k, n);
+    hc_cuda_narrow(be, kv + n, HC_DTYPE_BF16, v, n);
+    const bool ok = D == 64 ? launch_flash2<64>(cx, out, reserve, q, kv, kv + n, pos, B, T, H, KVH, scale, window, softcap)
+                            : launch_flash2<128>(cx, out, reserve, q, kv, kv + n, pos, B, T, H, KVH, scale, window, softcap);
+    if (!ok) hc_cuda_fail(be, cudaErrorInvalidValue, "flash attention (shared memory limit)");
+    else HC_CUDA_LAUNCHED(be, "flash attention (training)");
 }
 
 static void launch_attention(hc_backend *be, float *out, const float *q, const void *k_cache, const void *v_cache,
@@ -547,8 +568,8 @@ static void launch_attention(hc_backend *be, float *out, const float *q, const v
     /* Prompts of one sequence with a 16-bit compute dtype: the tensor-core kernels. */
     if (!k_rows && T >= 16 && cx->compute == HC_DTYPE_BF16 && kv_dtype == HC_DTYPE_BF16 && (D == 64 || D == 128) && S < INT32_MAX / 2 &&
         !getenv("HUBCAP_CUDA_WMMA_ATTENTION")) {
-        const bool ok = D == 64 ? launch_flash2<64, false>(cx, out, q, k_cache, v_cache, pos, T, H, KVH, scale, window, softcap)
-                                : launch_flash2<128, false>(cx, out, q, k_cache, v_cache, pos, T, H, KVH, scale, window, softcap);
+        const bool ok = D == 64 ? launch_flash2<64>(cx, out, NULL, q, k_cache, v_cache, pos, 1, T, H, KVH, scale, window, softcap)
+                                : launch_flash2<128>(cx, out, NULL, q, k_cache, v_cache, pos, 1, T, H, KVH, scale, window, softcap);
         if (ok) {
             HC_CUDA_LAUNCHED(be, "flash attention");
             return;

@@ -1,6 +1,6 @@
 /* Attention's backward on the tensor cores (bf16 compute), FlashAttention-2's way: nothing of
- * size [H, T, T] is written. A first pass takes each row's log-sum-exp L (the forward kernel
- * without P V) and delta = rowsum(dO * O); then, tile by tile, P = exp(S - L) is recomputed
+ * size [H, T, T] is written. Each row's log-sum-exp L comes from the forward (its reserve), a
+ * first pass takes delta = rowsum(dO * O); then, tile by tile, P = exp(S - L) is recomputed
  * from S = scale Q K^T, dP = dO V^T, and dS = P (dP - delta) (through the soft-cap and the
  * scale) feeds three products:
  *   - the key kernel: a block owns 64 keys of one query head and walks the query blocks that
@@ -10,7 +10,8 @@
  * Each output element has one writer, so the bits do not depend on scheduling. With GQA the
  * key kernel writes per-query-head dK and dV and a last kernel sums each kv head's group.
  * Operands (Q, K, V, dO) and the P / dS fed to the products are bf16, sums f32, as the
- * forward; the rows are one sequence's whole context in order (row j at position j).
+ * forward. blockIdx.z is the sequence: a training step's B sequences of T rows go in one launch,
+ * each its own whole context in order (row j at position j).
  * mma.sync m16n8k16 fragments as in attention.cu: g = lane / 4, tq = lane % 4; C holds rows
  * (g, g + 8) and columns (2 tq, 2 tq + 1) of each 16 x 8 tile. */
 #include "backend/cuda/common.cuh"
@@ -132,6 +133,11 @@ flash_bwd_dkv_kernel(float *dk, float *dv, int out_heads, const __nv_bfloat16 *q
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
     const int kb = ((int)gridDim.x - 1 - (int)blockIdx.x) * FB_ROWS; /* the longest walks first */
     const int h = blockIdx.y, kvh = h / (H / KVH), out_h = out_heads == H ? h : kvh;
+    {
+        const size_t z = blockIdx.z; /* this sequence's rows */
+        q16 += z * T * H * D, do16 += z * T * H * D, k16 += z * T * KVH * D, v16 += z * T * KVH * D;
+        lse += z * T * H, delta += z * T * H, dk += z * T * out_heads * D, dv += z * T * out_heads * D;
+    }
     const int q_end = window > 0 ? min(T, kb + FB_ROWS - 1 + window) : T;
 
     auto load_q = [&](int b, int qb) {
@@ -207,6 +213,11 @@ flash_bwd_dq_kernel(float *dq, const __nv_bfloat16 *q16, const __nv_bfloat16 *do
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
     const int qb = ((int)gridDim.x - 1 - (int)blockIdx.x) * FB_ROWS; /* the longest walks first */
     const int h = blockIdx.y, kvh = h / (H / KVH);
+    {
+        const size_t z = blockIdx.z; /* this sequence's rows */
+        q16 += z * T * H * D, do16 += z * T * H * D, k16 += z * T * KVH * D, v16 += z * T * KVH * D;
+        lse += z * T * H, delta += z * T * H, dq += z * T * H * D;
+    }
     const int k_first = window > 0 && qb - window + 1 > 0 ? (qb - window + 1) / BN * BN : 0;
     const int k_end = min(T, qb + FB_ROWS);
 
@@ -262,7 +273,7 @@ flash_bwd_dq_kernel(float *dq, const __nv_bfloat16 *q16, const __nv_bfloat16 *do
 template <int D, int BN_KV, int BN_Q>
 static bool launch_flash_bwd(hc_backend *be, float *dq, float *dk, float *dv, int out_heads, const __nv_bfloat16 *q16,
                              const __nv_bfloat16 *do16, const __nv_bfloat16 *k16, const __nv_bfloat16 *v16,
-                             const float *lse, const float *delta, int T, int H, int KVH, float scale, int window,
+                             const float *lse, const float *delta, int B, int T, int H, int KVH, float scale, int window,
                              float softcap) {
     hc_cuda_ctx *cx = hc_cuda(be);
     constexpr int LDH = D + 8;
@@ -275,7 +286,7 @@ static bool launch_flash_bwd(hc_backend *be, float *dq, float *dk, float *dv, in
         cudaGetLastError();
         return false;
     }
-    const dim3 grid((unsigned)((T + FB_ROWS - 1) / FB_ROWS), (unsigned)H);
+    const dim3 grid((unsigned)((T + FB_ROWS - 1) / FB_ROWS), (unsigned)H, (unsigned)B);
     flash_bwd_dkv_kernel<D, BN_KV><<<grid, FB_THREADS, smem_kv, cx->stream>>>(dk, dv, out_heads, q16, do16, k16, v16, lse,
                                                                              delta, T, H, KVH, scale, window, softcap);
     flash_bwd_dq_kernel<D, BN_Q><<<grid, FB_THREADS, smem_q, cx->stream>>>(dq, q16, do16, k16, v16, lse, delta, T, H, KVH,
@@ -284,36 +295,39 @@ static bool launch_flash_bwd(hc_backend *be, float *dq, float *dk, float *dv, in
 }
 
 bool hc_cuda_flash_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
-                                      const float *q, const float *k, const float *v, const int32_t *pos, int64_t T,
-                                      int64_t H, int64_t KVH, int64_t D, float scale, int64_t window, float softcap) {
+                                      const float *reserve, const float *q, const float *k, const float *v, int64_t B,
+                                      int64_t T, int64_t H, int64_t KVH, int64_t D, float scale, int64_t window,
+                                      float softcap) {
     hc_cuda_ctx *cx = hc_cuda(be);
-    if (cx->compute != HC_DTYPE_BF16 || !out || (D != 64 && D != 128) || T < 16 || T > INT32_MAX / 4 || H % KVH)
-        return false;
-    const int64_t nq = T * H * D, nk = T * KVH * D, group = H / KVH;
-    /* scratch: per-query-head dK, dV (f32, GQA only), then Q, dO, K, V in bf16, then L, delta */
+    /* the same condition as attention_train's, whose reserve holds the log-sum-exps */
+    if (!hc_cuda_flash_train(cx, B, T, H, D) || !out || !reserve || H % KVH) return false;
+    const int64_t nq = B * T * H * D, nk = B * T * KVH * D, group = H / KVH;
+    /* scratch: per-query-head dK, dV (f32, GQA only), then Q, dO, K, V in bf16, then delta */
     const size_t partial = group > 1 ? 2 * sizeof(float) * (size_t)nq : 0;
-    const size_t bytes = partial + 2 * sizeof(__nv_bfloat16) * (size_t)(nq + nk) + 2 * sizeof(float) * (size_t)(T * H);
+    const size_t bytes = partial + 2 * sizeof(__nv_bfloat16) * (size_t)(nq + nk) + sizeof(float) * (size_t)(B * T * H);
     char *base = (char *)hc_cuda_scratch(be, &cx->train_scratch, &cx->train_scratch_bytes, bytes);
     if (!base) return true; /* the failure is recorded */
     float *dkp = group > 1 ? (float *)base : dk, *dvp = group > 1 ? (float *)base + nq : dv;
     __nv_bfloat16 *q16 = (__nv_bfloat16 *)(base + partial), *do16 = q16 + nq, *k16 = do16 + nq, *v16 = k16 + nk;
-    float *lse = (float *)(v16 + nk), *delta = lse + T * H;
+    float *delta = (float *)(v16 + nk);
     const int rows_per_block = 8;
-    flash_bwd_prep_kernel<<<hc_blocks(T * H, rows_per_block), 32 * rows_per_block, 0, cx->stream>>>(q16, do16, delta, q, dout,
-                                                                                                    out, T * H, (int)D);
+    flash_bwd_prep_kernel<<<hc_blocks(B * T * H, rows_per_block), 32 * rows_per_block, 0, cx->stream>>>(
+        q16, do16, delta, q, dout, out, B * T * H, (int)D);
     hc_cuda_narrow(be, k16, HC_DTYPE_BF16, k, nk);
     hc_cuda_narrow(be, v16, HC_DTYPE_BF16, v, nk);
-    if (!hc_cuda_attention_lse(be, lse, q, k16, pos, T, H, KVH, D, scale, window, softcap)) return cx->failed;
     const int oh = group > 1 ? (int)H : (int)KVH;
-    const bool ok = D == 64 ? launch_flash_bwd<64, 64, 64>(be, dq, dkp, dvp, oh, q16, do16, k16, v16, lse, delta, (int)T,
-                                                           (int)H, (int)KVH, scale, (int)window, softcap)
-                            : launch_flash_bwd<128, 32, 32>(be, dq, dkp, dvp, oh, q16, do16, k16, v16, lse, delta, (int)T,
-                                                            (int)H, (int)KVH, scale, (int)window, softcap);
-    if (!ok) return false;
+    const bool ok = D == 64 ? launch_flash_bwd<64, 64, 64>(be, dq, dkp, dvp, oh, q16, do16, k16, v16, reserve, delta, (int)B,
+                                                           (int)T, (int)H, (int)KVH, scale, (int)window, softcap)
+                            : launch_flash_bwd<128, 32, 32>(be, dq, dkp, dvp, oh, q16, do16, k16, v16, reserve, delta, (int)B,
+                                                            (int)T, (int)H, (int)KVH, scale, (int)window, softcap);
+    if (!ok) {
+        hc_cuda_fail(be, cudaErrorInvalidValue, "attention backward (shared memory limit)");
+        return true;
+    }
     if (group > 1) {
         const unsigned blocks = hc_blocks(nk, 256) < 4096 ? hc_blocks(nk, 256) : 4096;
-        flash_bwd_group_sum_kernel<<<blocks, 256, 0, cx->stream>>>(dk, dkp, T, KVH, group, D);
-        flash_bwd_group_sum_kernel<<<blocks, 256, 0, cx->stream>>>(dv, dvp, T, KVH, group, D);
+        flash_bwd_group_sum_kernel<<<blocks, 256, 0, cx->stream>>>(dk, dkp, B * T, KVH, group, D);
+        flash_bwd_group_sum_kernel<<<blocks, 256, 0, cx->stream>>>(dv, dvp, B * T, KVH, group, D);
     }
     HC_CUDA_LAUNCHED(be, "attention backward (flash)");
     return true;

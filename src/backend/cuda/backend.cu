@@ -260,6 +260,7 @@ extern "C" hc_status hc_backend_cuda_new(int device_index, hc_dtype compute, hc_
     be->gated_matmul = hc_cuda_gated_matmul;
     be->ffn = hc_cuda_ffn;
     be->matmul_add = hc_cuda_matmul_add;
+    be->attention_train = hc_cuda_attention_train;
     be->add_norm = hc_cuda_add_norm;
     be->rope_store = hc_cuda_rope_store;
     be->rope_store_rows = hc_cuda_rope_store_rows;

@@ -245,14 +245,11 @@ __global__ void attention_rows_backward_kernel(float *P, float *dS, const int32_
     }
 }
 
-void hc_cuda_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out, const float *q,
-                                const float *k, const float *v, const int32_t *pos, int64_t T, int64_t H, int64_t KVH,
-                                int64_t D, float scale, int64_t window, float softcap, float *scratch) {
-    (void)scratch; /* the GPU keeps its own: P, dS [H, T, T] */
+/* One sequence of T rows through the GEMMs above. */
+static void attention_backward_seq(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                   const float *k, const float *v, const int32_t *pos, int64_t T, int64_t H, int64_t KVH,
+                                   int64_t D, float scale, int64_t window, float softcap) {
     hc_cuda_ctx *cx = hc_cuda(be);
-    if (T <= 0 || cx->failed) return;
-    if (hc_cuda_flash_attention_backward(be, dq, dk, dv, dout, out, q, k, v, pos, T, H, KVH, D, scale, window, softcap))
-        return;
     const int64_t TT = T * T, HD = H * D, KD = KVH * D, group = H / KVH;
     float *P = (float *)hc_cuda_scratch(be, &cx->train_scratch, &cx->train_scratch_bytes, sizeof(float) * (size_t)(2 * H * TT));
     if (!P) return;
@@ -283,6 +280,21 @@ void hc_cuda_attention_backward(hc_backend *be, float *dq, float *dk, float *dv,
             return;
     }
     HC_CUDA_LAUNCHED(be, "attention_backward");
+}
+
+void hc_cuda_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                const float *reserve, const float *q, const float *k, const float *v, const int32_t *pos,
+                                int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale, int64_t window,
+                                float softcap, float *scratch) {
+    (void)scratch; /* the GPU keeps its own */
+    if (B <= 0 || T <= 0 || hc_cuda(be)->failed) return;
+    if (hc_cuda_flash_attention_backward(be, dq, dk, dv, dout, out, reserve, q, k, v, B, T, H, KVH, D, scale, window, softcap))
+        return;
+    for (int64_t b = 0; b < B && !hc_cuda(be)->failed; b++) {
+        const int64_t oq = b * T * H * D, ok = b * T * KVH * D;
+        attention_backward_seq(be, dq + oq, dk + ok, dv + ok, dout + oq, q + oq, k + ok, v + ok, pos, T, H, KVH, D, scale,
+                               window, softcap);
+    }
 }
 
 /* ---- elementwise ---------------------------------------------------------------------------------- */

@@ -197,18 +197,21 @@ void hc_cuda_norm_backward(hc_backend *be, float *dx, float *dw, float *db, cons
                            const hc_vec *w, const hc_vec *b, hc_norm_kind kind, float eps, int64_t T, int64_t C);
 void hc_cuda_rope_backward(hc_backend *be, float *dx, const int32_t *pos, const float *inv_freq, float attn_factor,
                            int64_t T, int64_t nh, int64_t D, int64_t R);
-void hc_cuda_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out, const float *q,
-                                const float *k, const float *v, const int32_t *pos, int64_t T, int64_t H, int64_t KVH,
-                                int64_t D, float scale, int64_t window, float softcap, float *scratch);
-/* The tensor-core paths of attention's backward (attention_backward.cu), with bf16 compute at
- * head dims 64 and 128: the rows' log-sum-exps (the forward kernel without P V; false where it
- * does not apply), and the whole backward (false where it does not apply: the caller takes
- * the general path). */
-bool hc_cuda_attention_lse(hc_backend *be, float *lse, const float *q, const void *k16, const int32_t *pos, int64_t T,
-                           int64_t H, int64_t KVH, int64_t D, float scale, int64_t window, float softcap);
+void hc_cuda_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                const float *reserve, const float *q, const float *k, const float *v, const int32_t *pos,
+                                int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale, int64_t window,
+                                float softcap, float *scratch);
+/* Training's attention (attention.cu, attention_backward.cu): whether B sequences of T rows take
+ * the tensor-core kernels (bf16 compute, head dims 64 and 128), the forward over the batch, and
+ * the backward (false where it does not apply: the caller takes the general path). */
+bool hc_cuda_flash_train(const hc_cuda_ctx *cx, int64_t B, int64_t T, int64_t H, int64_t D);
+void hc_cuda_attention_train(hc_backend *be, float *out, float *reserve, const float *q, const float *k, const float *v,
+                             const int32_t *pos, int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale,
+                             int64_t window, float softcap, float *scratch);
 bool hc_cuda_flash_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
-                                      const float *q, const float *k, const float *v, const int32_t *pos, int64_t T,
-                                      int64_t H, int64_t KVH, int64_t D, float scale, int64_t window, float softcap);
+                                      const float *reserve, const float *q, const float *k, const float *v, int64_t B,
+                                      int64_t T, int64_t H, int64_t KVH, int64_t D, float scale, int64_t window,
+                                      float softcap);
 void hc_cuda_glu_backward(hc_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                           hc_activation act, int64_t n);
 void hc_cuda_topk_route_backward(hc_backend *be, float *dlogits, const float *dweights, const int32_t *experts,
