@@ -139,6 +139,8 @@ void hc_grads_free(hc_grads *gr) {
     free(gr->gh);
     for (int i = 0; i < gr->ws.n; i++)
         if (gr->ws.p[i]) be->free(be, gr->ws.p[i]);
+    free(gr->ws.p);
+    free(gr->ws.bytes);
     free(gr->tensors);
     free(gr);
 }
@@ -213,7 +215,7 @@ static void poison(buf_pool *b, float *p, size_t bytes) {
 static float *take(buf_pool *b, int64_t n, bool *oom) {
     const size_t bytes = sizeof(float) * (size_t)(n > 0 ? n : 1);
     hc_train_workspace *ws = b->ws;
-    if (ws && b->at < HC_WORKSPACE_MAX && b->at < ws->n && ws->bytes[b->at] >= bytes) {
+    if (ws && b->at < ws->n && ws->bytes[b->at] >= bytes) {
         float *p = ws->p[b->at++];
         poison(b, p, bytes);
         return p;
@@ -221,7 +223,14 @@ static float *take(buf_pool *b, int64_t n, bool *oom) {
     float *p = b->be->alloc(b->be, bytes);
     if (!p) *oom = true;
     else poison(b, p, bytes);
-    if (p && ws && b->at < HC_WORKSPACE_MAX) { /* replaces what this slot held */
+    if (p && ws && b->at >= ws->cap) { /* room for more slots */
+        const int cap = ws->cap ? 2 * ws->cap : 256;
+        void **np = realloc(ws->p, sizeof *np * (size_t)cap);
+        if (np) ws->p = np;
+        size_t *nb = np ? realloc(ws->bytes, sizeof *nb * (size_t)cap) : NULL;
+        if (nb) ws->bytes = nb, ws->cap = cap;
+    }
+    if (p && ws && b->at < ws->cap) { /* replaces what this slot held */
         if (b->at < ws->n && ws->p[b->at]) b->be->free(b->be, ws->p[b->at]);
         ws->p[b->at] = p;
         ws->bytes[b->at] = bytes;
@@ -229,7 +238,7 @@ static float *take(buf_pool *b, int64_t n, bool *oom) {
         b->at++;
         return p;
     }
-    if (ws) b->at++; /* past the workspace's capacity: a plain buffer, freed by give() */
+    if (ws) b->at++; /* no room for the slot: a plain buffer, freed by give() */
     return p;
 }
 

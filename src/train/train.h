@@ -4,12 +4,12 @@
 
 #include "model/model.h"
 
-/* Buffers kept between gradient calls, in the order they are asked for. */
-#define HC_WORKSPACE_MAX 128
+/* Buffers kept between gradient calls, in the order they are asked for (every layer's
+ * activations: a step allocates nothing once they exist, so a GPU may replay its recording). */
 typedef struct {
-    void *p[HC_WORKSPACE_MAX];
-    size_t bytes[HC_WORKSPACE_MAX];
-    int n;
+    void **p;
+    size_t *bytes;
+    int n, cap;
 } hc_train_workspace;
 
 struct hc_grads {
