@@ -243,6 +243,10 @@ int64_t hc_session_n_ctx(const hc_session *s);
  * else [V] for the last token only. `logits` may be NULL. */
 hc_status hc_session_forward(hc_session *s, const int32_t *ids, int64_t n, float *logits,
                              bool all_logits);
+/* Appends n tokens and writes to *next the greedy choice after the last one: the first index of
+ * its largest logit (as torch.argmax). On a GPU it is taken there and only the id comes back,
+ * where hc_session_forward brings back [V] logits for the host to scan. */
+hc_status hc_session_forward_greedy(hc_session *s, const int32_t *ids, int64_t n, int32_t *next);
 /* The same, but writes the last hidden states (after the final norm, as transformers'
  * last_hidden_state) of every position: hidden [n, C]. */
 hc_status hc_session_forward_hidden(hc_session *s, const int32_t *ids, int64_t n, float *hidden);

@@ -295,6 +295,22 @@ static void test_hidden_and_batch(const char *stories) {
             if (fabs(d - logits[t * V + v]) > err) err = fabs(d - logits[t * V + v]);
         }
     CHECK(emb && err < 1e-4, "hidden states x embedding = logits (err %g)", err);
+    /* the greedy step picks the argmax of the logits hc_session_forward gives */
+    hc_session_reset(a);
+    int32_t next = -1;
+    CHECK_OK(hc_session_forward_greedy(a, ids, 5, &next));
+    int64_t best = 0;
+    for (int64_t v = 1; v < V; v++)
+        if (logits[4 * V + v] > logits[4 * V + best]) best = v;
+    CHECK(next == best, "greedy step: %d, argmax of the logits %lld", next, (long long)best);
+    int32_t after = -1;
+    CHECK_OK(hc_session_forward_greedy(a, &next, 1, &after));
+    CHECK_OK(hc_session_forward(b, &next, 1, logits, false));
+    best = 0;
+    for (int64_t v = 1; v < V; v++)
+        if (logits[v] > logits[best]) best = v;
+    CHECK(after == best && hc_session_pos(a) == 6, "greedy decode step: %d, argmax %lld", after, (long long)best);
+    CHECK(hc_session_forward_greedy(a, ids, 1, NULL) != HC_OK, "greedy step without an output: an error");
     hc_session_free(a);
     hc_session_free(b);
     free(hidden);

@@ -155,6 +155,7 @@ void hc_session_free(hc_session *s) {
         if (bufs[i]) be->free(be, bufs[i]);
     free(s->inv_freq_host[0]);
     free(s->inv_freq_host[1]);
+    free(s->greedy_logits);
     hc_workspace_free(&s->ws);
     free(s);
 }
@@ -187,6 +188,33 @@ hc_status hc_session_forward(hc_session *s, const int32_t *ids, int64_t n, float
         hc_decoder_forward_groups(&s->ws, &g, 1, ids + done, out, all_logits, NULL, NULL);
     }
     return s->m->be->check ? s->m->be->check(s->m->be) : HC_OK;
+}
+
+hc_status hc_session_forward_greedy(hc_session *s, const int32_t *ids, int64_t n, int32_t *next) {
+    if (!next) return hc_fail(HC_ERR_INVALID_ARG, "hc_session_forward_greedy: next is NULL");
+    hc_status st = hc_session_check(s, ids, n);
+    if (st) return st;
+    const hc_backend *be = s->m->be;
+    const int64_t V = s->m->cfg.vocab_size;
+    if (!be->device && !s->greedy_logits && !(s->greedy_logits = malloc(sizeof(float) * (size_t)V)))
+        return hc_fail(HC_ERR_NOMEM, "out of memory");
+    for (int64_t done = 0; done < n; done += s->ws.rows) {
+        const int64_t k = n - done < s->ws.rows ? n - done : s->ws.rows;
+        hc_group g = {s, k};
+        if (done + k < n) { /* not the last rows: nothing to pick yet */
+            hc_decoder_forward_groups(&s->ws, &g, 1, ids + done, NULL, false, NULL, NULL);
+        } else if (be->device) {
+            hc_decoder_forward_groups(&s->ws, &g, 1, ids + done, NULL, false, NULL, next);
+        } else { /* the CPU: the logits into a kept host buffer, scanned here */
+            const float *lg = s->greedy_logits;
+            hc_decoder_forward_groups(&s->ws, &g, 1, ids + done, s->greedy_logits, false, NULL, NULL);
+            int64_t best = 0;
+            for (int64_t v = 1; v < V; v++)
+                if (lg[v] > lg[best] || (lg[v] != lg[v] && lg[best] == lg[best])) best = v; /* NaN wins, as in torch */
+            *next = (int32_t)best;
+        }
+    }
+    return be->check ? be->check(s->m->be) : HC_OK;
 }
 
 hc_status hc_session_forward_hidden(hc_session *s, const int32_t *ids, int64_t n, float *hidden) {

@@ -61,6 +61,7 @@ struct hc_session {
     float *inv_freq_host[2]; /* [R/2] the same tables on the host, where they are computed */
     float attn_factor[2];
     int64_t rope_cached_len; /* dynamic rope: the length its table was made for */
+    float *greedy_logits;    /* [V] host: hc_session_forward_greedy on the CPU (made on first use) */
     hc_workspace ws;
 };
 
