@@ -74,7 +74,7 @@ for w in $which; do
         for lora in "--lora-rank 8" ""; do
             rm -rf "$OUT/ft"
             "$BUILD/hubcap" finetune -m "$CK/llama1b-tok" --device cuda --data "$OUT/train.txt" --out "$OUT/ft" \
-                --seq-len 512 --batch-size 8 --steps 12 --lr 1e-4 --eval-fraction 0 $lora 2>&1 | tail -n 2 | tee -a "$OUT/train.txt.log"
+                --seq-len 512 --batch-size 8 --steps 20 --lr 1e-4 --eval-fraction 0 $lora 2>&1 | tail -n 3 | tee -a "$OUT/train.txt.log"
         done
         python3 bench/hf_train_bench.py "$CK/llama1b" lora | tee -a "$OUT/bench.jsonl"
         python3 bench/hf_train_bench.py "$CK/llama1b" full | tee -a "$OUT/bench.jsonl"
