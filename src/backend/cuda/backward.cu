@@ -194,11 +194,12 @@ void hc_cuda_rope_backward(hc_backend *be, float *dx, const int32_t *pos, const 
 }
 
 /* ---- attention ----------------------------------------------------------------------------------
- * Q, dO, K and V are first copied head-major ([H, T, D]; a kv head repeated for each of its
- * query heads), so every GEMM is one call batched over the heads. S = scale Q K^T and dP = dO V^T
- * go into P and dS [H, T, T]; a row kernel turns them into the probabilities P and the score
- * gradients dS (through the mask, the soft-cap and the scale); dq = dS K, dK = dS^T Q and
- * dV = P^T dO are GEMMs again, and each kv head sums its query heads' dK and dV. */
+ * With bf16 compute at head dims 64 and 128 the tensor-core kernels of attention_backward.cu
+ * take the whole batch. Otherwise, a sequence at a time: S = scale Q K^T and dP = dO V^T go into
+ * P and dS [H, T, T] through GEMMs batched over the heads that read the [T, heads, D] rows in
+ * place; a row kernel turns them into the probabilities P and the score gradients dS (through
+ * the mask, the soft-cap and the scale); dq = dS K, dK = dS^T Q and dV = P^T dO are GEMMs again,
+ * and each kv head sums its query heads' dK and dV. */
 
 __device__ __forceinline__ bool key_seen(const int32_t *pos, int64_t t, int64_t j, int64_t window) {
     return pos[j] <= pos[t] && !(window > 0 && pos[j] <= pos[t] - window);

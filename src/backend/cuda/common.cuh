@@ -38,7 +38,7 @@ typedef struct {
     size_t scratch_b_bytes;
     float *partials;
     size_t partials_bytes;
-    void *train_scratch; /* attention backward's P and dS */
+    void *train_scratch; /* attention backward: P and dS, or the flash path's bf16 operands */
     size_t train_scratch_bytes;
     void *kv16;          /* f32 keys and values rounded to bf16 for the attention kernel */
     size_t kv16_bytes;
