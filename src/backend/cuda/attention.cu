@@ -10,13 +10,42 @@
 
 #define ATT_WARPS 4
 
-/* NPL: head dims per lane (D <= 32 * NPL). */
+/* The dot of the query (in shared memory) with key row `row` of the cache, over D. */
+__device__ __forceinline__ float att_key_dot(const float *sq, const void *kc, hc_dtype dt, int64_t row, int64_t D) {
+    float s = 0.0f;
+    if (dt != HC_DTYPE_F32 && D % 8 == 0) { /* 16-byte loads of 8 halves */
+        const uint4 *p = (const uint4 *)((const uint16_t *)kc + row);
+        for (int64_t d = 0; d < D; d += 8) {
+            const uint4 raw = p[d / 8];
+            const uint16_t *h = (const uint16_t *)&raw;
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                s += sq[d + i] * (dt == HC_DTYPE_BF16 ? __bfloat162float(*(const __nv_bfloat16 *)&h[i])
+                                                      : __half2float(*(const __half *)&h[i]));
+        }
+    } else if (dt == HC_DTYPE_F32 && D % 4 == 0) {
+        const float4 *p = (const float4 *)((const float *)kc + row);
+        for (int64_t d = 0; d < D; d += 4) {
+            const float4 v = p[d / 4];
+            s += sq[d] * v.x + sq[d + 1] * v.y + sq[d + 2] * v.z + sq[d + 3] * v.w;
+        }
+    } else {
+        for (int64_t d = 0; d < D; d++) s += sq[d] * hc_ld(kc, dt, row + d);
+    }
+    return s;
+}
+
+/* NPL: head dims per lane (D <= 32 * NPL). A warp takes 32 keys at a time: lane l scores key
+ * l (its whole row against the query in shared memory), the warp takes their max and sum once,
+ * then each lane adds the 32 probability-weighted value rows into its own dims. */
 template <int NPL>
 __global__ void attention_kernel(float *out, float *partials, const float *q, const void *kc0, const void *vc0,
                                  void *const *k_rows, void *const *v_rows, hc_dtype kv_dt, const int32_t *pos, int64_t H,
                                  int64_t KVH, int64_t D, float scale, int64_t window, float softcap, int n_split) {
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
     __shared__ float sm_acc[ATT_WARPS][32 * NPL];
+    __shared__ float sq[32 * NPL];         /* the query row */
+    __shared__ float sp[ATT_WARPS][32];    /* each warp's current 32 probabilities */
     const int split = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t h = blockIdx.y, t = blockIdx.z, kvh = h / (H / KVH);
     const void *kc = k_rows ? k_rows[t] : kc0, *vc = v_rows ? v_rows[t] : vc0; /* this row's caches */
@@ -25,32 +54,38 @@ __global__ void attention_kernel(float *out, float *partials, const float *q, co
     const int64_t nk = p - lo + 1, chunk = (nk + n_split - 1) / n_split;
     const int64_t j0 = lo + split * chunk, j1 = min(j0 + chunk, p + 1);
 
-    float qr[NPL], acc[NPL];
     const float *qh = q + (t * H + h) * D; /* [D] */
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) sq[d] = qh[d];
+    __syncthreads();
+    float acc[NPL];
 #pragma unroll
-    for (int i = 0; i < NPL; i++) {
-        const int64_t d = lane + 32 * i;
-        qr[i] = d < D ? qh[d] : 0.0f;
-        acc[i] = 0.0f;
-    }
+    for (int i = 0; i < NPL; i++) acc[i] = 0.0f;
     float m = -INFINITY, l = 0.0f;
-    for (int64_t j = j0 + warp; j < j1; j += ATT_WARPS) {
-        const int64_t row = (j * KVH + kvh) * D; /* element offset of k[j, kvh, :] */
-        float s = 0;
-#pragma unroll
-        for (int i = 0; i < NPL; i++) {
-            const int64_t d = lane + 32 * i;
-            if (d < D) s += qr[i] * hc_ld(kc, kv_dt, row + d);
+    for (int64_t base = j0 + warp * 32; base < j1; base += ATT_WARPS * 32) {
+        const int64_t j = base + lane;
+        float s = -INFINITY;
+        if (j < j1) {
+            s = att_key_dot(sq, kc, kv_dt, (j * KVH + kvh) * D, D) * scale;
+            if (softcap > 0) s = softcap * tanhf(s / softcap);
         }
-        s = hc_warp_sum(s) * scale;
-        if (softcap > 0) s = softcap * tanhf(s / softcap);
-        const float m_new = fmaxf(m, s), corr = expf(m - m_new), e = expf(s - m_new);
-        l = l * corr + e;
+        const float m_new = fmaxf(m, hc_warp_max(s)); /* finite: key `base` is in range */
+        const float corr = expf(m - m_new), e = j < j1 ? expf(s - m_new) : 0.0f;
+        l = l * corr + hc_warp_sum(e);
+        sp[warp][lane] = e;
+        __syncwarp();
+        const int n = (int)min((int64_t)32, j1 - base);
 #pragma unroll
-        for (int i = 0; i < NPL; i++) {
-            const int64_t d = lane + 32 * i;
-            acc[i] = acc[i] * corr + (d < D ? e * hc_ld(vc, kv_dt, row + d) : 0.0f);
+        for (int i = 0; i < NPL; i++) acc[i] *= corr;
+        for (int jj = 0; jj < n; jj++) {
+            const float pj = sp[warp][jj];
+            const int64_t row = ((base + jj) * KVH + kvh) * D;
+#pragma unroll
+            for (int i = 0; i < NPL; i++) {
+                const int64_t d = lane + 32 * i;
+                if (d < D) acc[i] += pj * hc_ld(vc, kv_dt, row + d);
+            }
         }
+        __syncwarp();
         m = m_new;
     }
     /* Merge the four warps' running states. */
