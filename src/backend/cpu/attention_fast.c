@@ -147,9 +147,24 @@ typedef struct {
     hc_axpy_fn axpy;
 } att_bwd_job;
 
+/* Short head dims (stories260K's 8): an indirect call into a 16-wide kernel per key costs more
+ * than the work, so below 16 the backward's loops run inline (each sum still in one fixed
+ * order, so the bits do not depend on the thread count). */
+static inline float dot_short(const float *a, const float *b, int64_t n) {
+    float s = 0;
+    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+static inline void axpy_short(float *y, const float *x, float a, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
 static void att_bwd_part(void *ctx, int ith, int nth) {
     const att_bwd_job *j = ctx;
     const int64_t T = j->T, H = j->H, KVH = j->KVH, D = j->D, group = H / KVH;
+    const bool short_d = D < 16;
+#define DOT(a, b) (short_d ? dot_short((a), (b), D) : j->dot((a), (b), D))
+#define AXPY(y, x, c) (short_d ? axpy_short((y), (x), (c), D) : j->axpy((y), (x), (c), D))
     float *p = j->fx->scratch[ith], *dp = p + T, *fac = p + 2 * T; /* [T] each: P, dP, the cap's derivative */
     for (int64_t g = ith; g < KVH; g += nth) {
         for (int64_t t = 0; t < T; t++)
@@ -164,34 +179,41 @@ static void att_bwd_part(void *ctx, int ith, int nth) {
                     const bool seen = j->pos[s] <= j->pos[t] && !(j->window > 0 && j->pos[s] <= j->pos[t] - j->window);
                     float z = -INFINITY;
                     if (seen) {
-                        z = j->dot(qh, j->k + (s * KVH + g) * D, D) * j->scale;
+                        z = DOT(qh, j->k + (s * KVH + g) * D) * j->scale;
                         if (j->softcap > 0) z = j->softcap * tanhf(z / j->softcap);
                     }
                     p[s] = z;
                     if (z > mx) mx = z;
                 }
+                /* each exponential once: kept in dp until P is known */
                 double sum = 0;
-                for (int64_t s = 0; s < T; s++) sum += p[s] == -INFINITY ? 0 : exp((double)(p[s] - mx));
-                double dot = 0; /* sum_s P_s dP_s */
                 for (int64_t s = 0; s < T; s++) {
                     const float z = p[s];
-                    p[s] = z == -INFINITY ? 0 : (float)(exp((double)(z - mx)) / sum);
-                    dp[s] = p[s] == 0 ? 0 : j->dot(go, j->v + (s * KVH + g) * D, D);
-                    dot += (double)p[s] * dp[s];
                     /* the soft-cap's derivative at this score: 1 - (z / cap)^2 */
                     if (j->softcap > 0) fac[s] = z == -INFINITY ? 0 : 1.0f - (z / j->softcap) * (z / j->softcap);
+                    const double e = z == -INFINITY ? 0 : exp((double)(z - mx));
+                    dp[s] = (float)e;
+                    sum += e;
+                }
+                double dot = 0; /* sum_s P_s dP_s */
+                for (int64_t s = 0; s < T; s++) {
+                    p[s] = (float)((double)dp[s] / sum);
+                    dp[s] = p[s] == 0 ? 0 : DOT(go, j->v + (s * KVH + g) * D);
+                    dot += (double)p[s] * dp[s];
                 }
                 for (int64_t s = 0; s < T; s++) {
                     if (p[s] == 0) continue;
                     float ds = p[s] * (dp[s] - (float)dot);
                     if (j->softcap > 0) ds *= fac[s];
                     ds *= j->scale;
-                    j->axpy(dqh, j->k + (s * KVH + g) * D, ds, D);
-                    j->axpy(j->dk + (s * KVH + g) * D, qh, ds, D);
-                    j->axpy(j->dv + (s * KVH + g) * D, go, p[s], D);
+                    AXPY(dqh, j->k + (s * KVH + g) * D, ds);
+                    AXPY(j->dk + (s * KVH + g) * D, qh, ds);
+                    AXPY(j->dv + (s * KVH + g) * D, go, p[s]);
                 }
             }
     }
+#undef DOT
+#undef AXPY
 }
 
 void hc_cpu_attention_backward_fast(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
