@@ -196,26 +196,21 @@ hc_status hc_session_forward_greedy(hc_session *s, const int32_t *ids, int64_t n
     if (st) return st;
     const hc_backend *be = s->m->be;
     const int64_t V = s->m->cfg.vocab_size;
-    const bool on_device = be->device && be->argmax_rows; /* where the logits are */
-    if (!on_device && !s->greedy_logits && !(s->greedy_logits = malloc(sizeof(float) * (size_t)V)))
+    if (!be->device && !s->greedy_logits && !(s->greedy_logits = malloc(sizeof(float) * (size_t)V)))
         return hc_fail(HC_ERR_NOMEM, "out of memory");
     for (int64_t done = 0; done < n; done += s->ws.rows) {
         const int64_t k = n - done < s->ws.rows ? n - done : s->ws.rows;
         hc_group g = {s, k};
         if (done + k < n) { /* not the last rows: nothing to pick yet */
             hc_decoder_forward_groups(&s->ws, &g, 1, ids + done, NULL, false, NULL, NULL);
-        } else if (on_device) {
+        } else if (be->device) { /* the decoder picks it where the logits are */
             hc_decoder_forward_groups(&s->ws, &g, 1, ids + done, NULL, false, NULL, next);
-        } else { /* the logits into a kept host buffer, scanned here */
-            const float *lg = s->greedy_logits;
+        } else { /* the CPU: the logits into a kept host buffer, then the same op */
             hc_decoder_forward_groups(&s->ws, &g, 1, ids + done, s->greedy_logits, false, NULL, NULL);
-            int64_t best = 0;
-            for (int64_t v = 1; v < V; v++)
-                if (lg[v] > lg[best] || (lg[v] != lg[v] && lg[best] == lg[best])) best = v; /* NaN wins, as in torch */
-            *next = (int32_t)best;
+            s->m->be->argmax_rows(s->m->be, next, s->greedy_logits, 1, V);
         }
     }
-    return be->check ? be->check(s->m->be) : HC_OK;
+    return be->check ? s->m->be->check(s->m->be) : HC_OK;
 }
 
 hc_status hc_session_forward_hidden(hc_session *s, const int32_t *ids, int64_t n, float *hidden) {

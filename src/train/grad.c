@@ -440,15 +440,13 @@ static void moe_backward(const train_ctx *tc, hc_grads *gr, const hc_layer *Ly, 
 typedef struct {
     hc_model *m;
     hc_grads *gr;
-    int64_t B, S;
     double n_total;
     bool ckpt;
     layer_acts *A;
-    const train_ctx *tc;
-    const lora_scratch *ls;
-    int32_t *ids, *pos, *tgt;
-    float *loss_rows, *hit_rows, *inv[2], attn_factor[2];
-    float *x0, *xL, *hf, *logits, *dlogits, *dx, *dh, *tmp, *dq, *dk, *dv, *dact, *dgate, *dup, *scratch;
+    const train_ctx *tc; /* B, S, positions, rope tables, scratch and the adapters' scratch */
+    int32_t *ids, *tgt;
+    float *loss_rows, *hit_rows;
+    float *x0, *xL, *hf, *logits, *dlogits, *dx, *dh, *dq, *dk, *dv, *dact, *dgate, *dup;
     float *x_ckpt_out, *moe_work;
 } batch_step;
 
@@ -462,19 +460,18 @@ static void batch_compute(void *arg) {
     const float eps = (float)c->norm_eps;
     const int64_t C = c->hidden_size, H = c->n_heads, KVH = c->n_kv_heads, D = c->head_dim, V = c->vocab_size;
     const int64_t I = c->intermediate_size, L = c->n_layers, R = c->rotary_dim, E = c->n_experts;
-    const int64_t B = st->B, S = st->S, T = B * S;
+    const train_ctx tc = *st->tc;
+    const int64_t B = tc.B, S = tc.S, T = tc.T;
     const bool gated = m->arch->gated_mlp, ckpt = st->ckpt;
     const double n_total = st->n_total;
     layer_acts *A = st->A;
-    train_ctx tc = *st->tc;
-    lora_scratch ls = *st->ls;
-    int32_t *ids = st->ids, *pos = st->pos, *tgt = st->tgt;
-    float *loss_rows = st->loss_rows, *hit_rows = st->hit_rows, *inv[2] = {st->inv[0], st->inv[1]};
-    const float attn_factor[2] = {st->attn_factor[0], st->attn_factor[1]};
+    const lora_scratch ls = *tc.ls;
+    const int32_t *pos = tc.pos;
+    int32_t *ids = st->ids, *tgt = st->tgt;
+    float *loss_rows = st->loss_rows, *hit_rows = st->hit_rows, *tmp = tc.tmp, *scratch = tc.scratch;
     float *x0 = st->x0, *xL = st->xL, *hf = st->hf, *logits = st->logits, *dlogits = st->dlogits, *dx = st->dx;
-    float *dh = st->dh, *tmp = st->tmp, *dq = st->dq, *dk = st->dk, *dv = st->dv, *dact = st->dact, *dgate = st->dgate;
-    float *dup = st->dup, *scratch = st->scratch, *x_ckpt_out = st->x_ckpt_out, *moe_work = st->moe_work;
-    (void)scratch;
+    float *dh = st->dh, *dq = st->dq, *dk = st->dk, *dv = st->dv, *dact = st->dact, *dgate = st->dgate;
+    float *dup = st->dup, *x_ckpt_out = st->x_ckpt_out, *moe_work = st->moe_work;
     /* ---- forward, keeping activations ---- */
     be->embedding(be, x0, &m->tok_embed, ids, T, m->embed_scale, false);
     if (m->pos_embed.data) be->embedding(be, x0, &m->pos_embed, pos, T, 1.0f, true);
@@ -538,8 +535,8 @@ static void batch_compute(void *arg) {
         be->attention_backward(be, dq, dk, dv, datt, a->att, a->reserve, a->q, a->k, a->v, pos, B, S, H, KVH, D,
                                Ly->attn_scale, Ly->sliding ? c->sliding_window : 0, (float)c->attn_softcap, scratch);
         if (c->rope.type != HC_ROPE_NONE) {
-            be->rope_backward(be, dq, pos, inv[Ly->rope], attn_factor[Ly->rope], T, H, D, R);
-            be->rope_backward(be, dk, pos, inv[Ly->rope], attn_factor[Ly->rope], T, KVH, D, R);
+            be->rope_backward(be, dq, pos, tc.inv[Ly->rope], tc.attn_factor[Ly->rope], T, H, D, R);
+            be->rope_backward(be, dk, pos, tc.inv[Ly->rope], tc.attn_factor[Ly->rope], T, KVH, D, R);
         }
         if (Ly->q_norm.data) {
             be->norm_backward(be, datt, GM(&Ly->q_norm), NULL, dq, a->q_pre, &Ly->q_norm, NULL, nk, eps, T * H, D);
@@ -601,10 +598,7 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
     float *x_ckpt_out = ckpt ? take(&wsb, T * C, &oom) : NULL;
     bool lora_role[HC_LORA_N] = {false}; /* adapted in some layer: each layer keeps its u */
     for (int64_t l = 0; m->lora && l < L; l++)
-        for (int t = 0; t < HC_LORA_N; t++) {
-            hc_lora_view p;
-            if (hc_lora_get(m->lora, l, t, &p)) lora_role[t] = true;
-        }
+        for (int t = 0; t < HC_LORA_N; t++) lora_role[t] |= adapted(m, l, t);
     for (int64_t l = 0; !oom && l < L; l++) {
         layer_acts *a = &A[l];
         a->x_in = take(&wsb, T * C, &oom);
@@ -650,9 +644,8 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
 
     train_ctx tc = {be, m, pos, {inv[0], inv[1]}, {attn_factor[0], attn_factor[1]}, T, B, S, scratch, tmp, &ls};
 
-    batch_step step = {m, gr, B, S, n_total, ckpt, A, &tc, &ls, ids, pos, tgt, loss_rows, hit_rows, {inv[0], inv[1]},
-                       {attn_factor[0], attn_factor[1]}, x0, xL, hf, logits, dlogits, dx, dh, tmp, dq, dk, dv, dact, dgate,
-                       dup, scratch, x_ckpt_out, moe_work};
+    batch_step step = {m, gr, n_total, ckpt, A, &tc, ids, tgt, loss_rows, hit_rows, x0, xL, hf, logits, dlogits,
+                       dx, dh, dq, dk, dv, dact, dgate, dup, x_ckpt_out, moe_work};
     if (gr && be->graph_run && !E) {
         struct {
             const void *m, *gr;
