@@ -712,6 +712,133 @@ static void matmul_add_case(hc_backend *be, double tol, bool transposed, int64_t
     free(w), free(x), free(out), free(tmp), free(got);
 }
 
+/* ffn_train and ffn_backward on backend be against the CPU's op sequence: the output, dx and
+ * the weights' (and biases') gradients, which start random so += is checked. Weights of dtype
+ * dt; on a bf16 backend with bf16 weights and no biases the kept activations are 16-bit. */
+static void mlp_train_case(hc_backend *be, double tol, hc_dtype dt, bool bias, int64_t T, int64_t C, int64_t I) {
+    hc_backend *cpu = hc_backend_cpu();
+    cur = be;
+    void *wh[3] = {rand_typed(dt, I * C, 0.2f), rand_typed(dt, I * C, 0.2f), rand_typed(dt, C * I, 0.2f)};
+    void *bh[3] = {rand_typed(dt, I, 0.5f), rand_typed(dt, I, 0.5f), rand_typed(dt, C, 0.5f)};
+    const int64_t wn[3] = {I * C, I * C, C * I}, bn[3] = {I, I, C};
+    float *x = malloc(sizeof(float) * (size_t)(T * C)), *dout = malloc(sizeof(float) * (size_t)(T * C));
+    float *out = malloc(sizeof(float) * (size_t)(T * C)), *dx = malloc(sizeof(float) * (size_t)(T * C));
+    float *keep = malloc(sizeof(float) * (size_t)(3 * T * I)), *scr = malloc(sizeof(float) * (size_t)(T * (3 * I + C)));
+    float *g[3], *gb[3], *gd[3], *gbd[3];
+    void *wd[3], *bd[3];
+    hc_mat w[3], wv[3];
+    hc_vec b[3], bv[3];
+    fill_rand(x, T * C, 1), fill_rand(dout, T * C, 1);
+    for (int i = 0; i < 3; i++) {
+        g[i] = malloc(sizeof(float) * (size_t)wn[i]), gb[i] = malloc(sizeof(float) * (size_t)bn[i]);
+        fill_rand(g[i], wn[i], 1), fill_rand(gb[i], bn[i], 1);
+        gd[i] = up(g[i], sizeof(float) * (size_t)wn[i]), gbd[i] = up(gb[i], sizeof(float) * (size_t)bn[i]);
+        wd[i] = up(wh[i], (size_t)wn[i] * hc_dtype_size(dt)), bd[i] = up(bh[i], (size_t)bn[i] * hc_dtype_size(dt));
+        w[i] = (hc_mat){.data = wh[i], .dtype = dt, .rows = i < 2 ? I : C, .cols = i < 2 ? C : I, .ld = i < 2 ? C : I};
+        wv[i] = w[i], wv[i].data = wd[i];
+        b[i] = (hc_vec){.data = bias ? bh[i] : NULL, .dtype = dt, .n = bn[i]};
+        bv[i] = b[i], bv[i].data = bias ? bd[i] : NULL;
+    }
+    float *xd = up(x, sizeof(float) * (size_t)(T * C)), *dod = up(dout, sizeof(float) * (size_t)(T * C));
+    float *outd = be->alloc(be, sizeof(float) * (size_t)(T * C)), *dxd = be->alloc(be, sizeof(float) * (size_t)(T * C));
+    float *kd = be->alloc(be, sizeof(float) * (size_t)(3 * T * I)), *sd = be->alloc(be, sizeof(float) * (size_t)(T * (3 * I + C)));
+    cpu->ffn_train(cpu, out, keep, x, &w[0], &b[0], &w[1], &b[1], &w[2], &b[2], HC_ACT_SILU, T);
+    cpu->ffn_backward(cpu, dx, g[0], bias ? gb[0] : NULL, g[1], bias ? gb[1] : NULL, g[2], bias ? gb[2] : NULL, dout, x, keep,
+                      &w[0], &b[0], &w[1], &b[1], &w[2], &b[2], HC_ACT_SILU, T, scr);
+    be->ffn_train(be, outd, kd, xd, &wv[0], &bv[0], &wv[1], &bv[1], &wv[2], &bv[2], HC_ACT_SILU, T);
+    be->ffn_backward(be, dxd, gd[0], bias ? gbd[0] : NULL, gd[1], bias ? gbd[1] : NULL, gd[2], bias ? gbd[2] : NULL, dod, xd,
+                     kd, &wv[0], &bv[0], &wv[1], &bv[1], &wv[2], &bv[2], HC_ACT_SILU, T, sd);
+    static const char *const names[3] = {"dgate", "dup", "ddown"};
+    char what[160];
+    const char *tag = tol > 1e-7 ? "bf16" : "f32";
+    float *got = down(outd, T * C);
+    snprintf(what, sizeof what, "ffn_train %s %s%s T=%lld C=%lld I=%lld out", tag, dt_name(dt), bias ? " bias" : "",
+             (long long)T, (long long)C, (long long)I);
+    report(what, nmse(got, out, T * C), tol);
+    free(got);
+    got = down(dxd, T * C);
+    snprintf(what, sizeof what, "ffn_backward %s %s%s T=%lld C=%lld I=%lld dx", tag, dt_name(dt), bias ? " bias" : "",
+             (long long)T, (long long)C, (long long)I);
+    report(what, nmse(got, dx, T * C), tol);
+    free(got);
+    for (int i = 0; i < 3; i++) {
+        got = down(gd[i], wn[i]);
+        snprintf(what, sizeof what, "ffn_backward %s %s T=%lld %s", tag, dt_name(dt), (long long)T, names[i]);
+        report(what, nmse(got, g[i], wn[i]), tol);
+        free(got);
+        if (!bias) continue;
+        got = down(gbd[i], bn[i]);
+        snprintf(what, sizeof what, "ffn_backward %s %s T=%lld %s bias", tag, dt_name(dt), (long long)T, names[i]);
+        report(what, nmse(got, gb[i], bn[i]), tol);
+        free(got);
+    }
+    for (int i = 0; i < 3; i++) {
+        be->free(be, gd[i]), be->free(be, gbd[i]), be->free(be, wd[i]), be->free(be, bd[i]);
+        free(wh[i]), free(bh[i]), free(g[i]), free(gb[i]);
+    }
+    be->free(be, xd), be->free(be, dod), be->free(be, outd), be->free(be, dxd), be->free(be, kd), be->free(be, sd);
+    free(x), free(dout), free(out), free(dx), free(keep), free(scr);
+    cur = gpu;
+}
+
+/* matmul_n_backward (q, k and v's backward) on backend be against the CPU's op sequence. */
+static void matmul_n_backward_case(hc_backend *be, double tol, hc_dtype dt, bool bias, int64_t T, int64_t K) {
+    hc_backend *cpu = hc_backend_cpu();
+    cur = be;
+    const int64_t N[3] = {64, 16, 24};
+    void *wh[3], *bh[3], *wd[3], *bd[3];
+    float *d[3], *dd[3], *g[3], *gd[3], *gb[3], *gbd[3];
+    hc_mat w[3], wv[3];
+    const hc_mat *ws[3], *wvs[3];
+    float *x = malloc(sizeof(float) * (size_t)(T * K)), *dx = malloc(sizeof(float) * (size_t)(T * K));
+    float *tmp = malloc(sizeof(float) * (size_t)(T * K));
+    fill_rand(x, T * K, 1);
+    for (int i = 0; i < 3; i++) {
+        wh[i] = rand_typed(dt, N[i] * K, 0.3f), bh[i] = rand_typed(dt, N[i], 0.3f);
+        d[i] = malloc(sizeof(float) * (size_t)(T * N[i])), g[i] = malloc(sizeof(float) * (size_t)(N[i] * K));
+        gb[i] = malloc(sizeof(float) * (size_t)N[i]);
+        fill_rand(d[i], T * N[i], 1), fill_rand(g[i], N[i] * K, 1), fill_rand(gb[i], N[i], 1);
+        wd[i] = up(wh[i], (size_t)(N[i] * K) * hc_dtype_size(dt)), bd[i] = up(bh[i], (size_t)N[i] * hc_dtype_size(dt));
+        dd[i] = up(d[i], sizeof(float) * (size_t)(T * N[i])), gd[i] = up(g[i], sizeof(float) * (size_t)(N[i] * K));
+        gbd[i] = up(gb[i], sizeof(float) * (size_t)N[i]);
+        w[i] = (hc_mat){.data = wh[i], .dtype = dt, .rows = N[i], .cols = K, .ld = K};
+        wv[i] = w[i], wv[i].data = wd[i];
+        ws[i] = &w[i], wvs[i] = &wv[i];
+    }
+    float *xd = up(x, sizeof(float) * (size_t)(T * K)), *dxd = be->alloc(be, sizeof(float) * (size_t)(T * K));
+    float *td = be->alloc(be, sizeof(float) * (size_t)(T * K));
+    float *const gs[3] = {g[0], g[1], g[2]}, *const gds[3] = {gd[0], gd[1], gd[2]};
+    float *const gbs[3] = {bias ? gb[0] : NULL, bias ? gb[1] : NULL, bias ? gb[2] : NULL};
+    float *const gbds[3] = {bias ? gbd[0] : NULL, bias ? gbd[1] : NULL, bias ? gbd[2] : NULL};
+    const float *const ds[3] = {d[0], d[1], d[2]}, *const dds[3] = {dd[0], dd[1], dd[2]};
+    cpu->matmul_n_backward(cpu, dx, gs, gbs, ds, x, ws, 3, T, tmp);
+    be->matmul_n_backward(be, dxd, gds, gbds, dds, xd, wvs, 3, T, td);
+    char what[160];
+    const char *tag = tol > 1e-7 ? "bf16" : "f32";
+    float *got = down(dxd, T * K);
+    snprintf(what, sizeof what, "matmul_n_backward %s %s%s T=%lld K=%lld dx", tag, dt_name(dt), bias ? " bias" : "",
+             (long long)T, (long long)K);
+    report(what, nmse(got, dx, T * K), tol);
+    free(got);
+    for (int i = 0; i < 3; i++) {
+        got = down(gd[i], N[i] * K);
+        snprintf(what, sizeof what, "matmul_n_backward %s %s T=%lld dW%d", tag, dt_name(dt), (long long)T, i);
+        report(what, nmse(got, g[i], N[i] * K), tol);
+        free(got);
+        if (bias) {
+            got = down(gbd[i], N[i]);
+            snprintf(what, sizeof what, "matmul_n_backward %s %s T=%lld db%d", tag, dt_name(dt), (long long)T, i);
+            report(what, nmse(got, gb[i], N[i]), tol);
+            free(got);
+        }
+        be->free(be, wd[i]), be->free(be, bd[i]), be->free(be, dd[i]), be->free(be, gd[i]), be->free(be, gbd[i]);
+        free(wh[i]), free(bh[i]), free(d[i]), free(g[i]), free(gb[i]);
+    }
+    be->free(be, xd), be->free(be, dxd), be->free(be, td);
+    free(x), free(dx), free(tmp);
+    cur = gpu;
+}
+
 static void attention_backward_case(int64_t T, int64_t H, int64_t KVH, int64_t D, int64_t window, float cap) {
     attention_backward_case_on(gpu, 1e-7, 1, T, H, KVH, D, window, cap);
 }
@@ -745,6 +872,18 @@ static void test_backward(hc_backend *bf16) {
     attention_backward_case_on(bf16, 1e-4, 2, 16, 2, 1, 64, 5, 0);
     attention_backward_case_on(bf16, 1e-7, 2, 40, 4, 2, 24, 0, 0);
     attention_backward_case_on(gpu, 1e-7, 3, 33, 4, 2, 64, 0, 0);
+    /* the gated MLP's training ops: 16-bit kept activations on the bf16 backend (bf16 weights,
+     * no biases, T above the GEMV sizes), the op sequence otherwise */
+    mlp_train_case(gpu, 1e-7, HC_DTYPE_BF16, false, 37, 48, 80);
+    mlp_train_case(gpu, 1e-7, HC_DTYPE_F32, true, 5, 24, 40);
+    mlp_train_case(bf16, 1e-4, HC_DTYPE_BF16, false, 100, 64, 176);
+    mlp_train_case(bf16, 1e-4, HC_DTYPE_BF16, false, 37, 40, 24); /* C > I */
+    mlp_train_case(bf16, 1e-4, HC_DTYPE_BF16, true, 100, 64, 96);
+    mlp_train_case(bf16, 1e-4, HC_DTYPE_BF16, false, 3, 64, 96);
+    matmul_n_backward_case(gpu, 1e-7, HC_DTYPE_BF16, true, 9, 40);
+    matmul_n_backward_case(bf16, 1e-4, HC_DTYPE_BF16, false, 100, 72);
+    matmul_n_backward_case(bf16, 1e-4, HC_DTYPE_BF16, true, 100, 72);
+    matmul_n_backward_case(bf16, 1e-4, HC_DTYPE_F32, false, 100, 72);
     for (int tr = 0; tr < 2; tr++) {
         matmul_add_case(gpu, 1e-7, tr, 3, 40, 8);
         matmul_add_case(gpu, 1e-7, tr, 100, 70, 8);

@@ -137,6 +137,14 @@ struct hc_backend {
     void (*attention_train)(hc_backend *be, float *out, float *reserve, const float *q, const float *k, const float *v,
                             const int32_t *pos, int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale,
                             int64_t window, float softcap, float *scratch);
+    /* The training forward of a gated MLP: out[T, C] = matmul(act(x Wg^T + bg) * (x Wu^T + bu),
+     * down, bd), keeping in keep [T, 3I] floats what ffn_backward reads, laid out as the backend
+     * likes: the op sequence keeps gate, up and their product in f32 (matmul, matmul, glu,
+     * matmul); a GPU computing in 16 bits may keep x, gate, up and the product in that dtype,
+     * rounded where transformers' bf16 autocast rounds them. */
+    void (*ffn_train)(hc_backend *be, float *out, float *keep, const float *x, const hc_mat *gate, const hc_vec *bg,
+                      const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd, hc_activation act,
+                      int64_t T);
     /* x[T, C] += o, then h = norm(x): the residual add and the next block's norm. */
     void (*add_norm)(hc_backend *be, float *h, float *x, const float *o, const hc_vec *w, const hc_vec *b,
                      hc_norm_kind kind, float eps, int64_t T, int64_t C);
@@ -181,6 +189,19 @@ struct hc_backend {
                                const float *reserve, const float *q, const float *k, const float *v, const int32_t *pos,
                                int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale, int64_t window,
                                float softcap, float *scratch);
+    /* matmul_n's backward: dx (=) [T, K] = sum_i douts[i] W_i, and dws[i], dbs[i] (+=; any may
+     * be NULL) as matmul_backward's, in that order: matmul_backward, then for i > 0 into tmp
+     * [T, K] and add. A GPU rounds x to 16 bits once for all n. */
+    void (*matmul_n_backward)(hc_backend *be, float *dx, float *const *dws, float *const *dbs, const float *const *douts,
+                              const float *x, const hc_mat *const *ws, int n, int64_t T, float *tmp);
+    /* ffn_train's backward: dx (=) [T, C]; the weights' gradients dgate, dup, ddown and the
+     * biases' (+=; NULL: not wanted); x, keep, weights and biases as the forward had them. The
+     * op sequence: matmul_backward through down, glu_backward, matmul_backward through gate
+     * into dx and through up into [T, C] scratch, add. scratch: [T, 3I + C] floats. */
+    void (*ffn_backward)(hc_backend *be, float *dx, float *dgate, float *dbg, float *dup, float *dbu, float *ddown,
+                         float *dbd, const float *dout, const float *x, const float *keep, const hc_mat *gate,
+                         const hc_vec *bg, const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd,
+                         hc_activation act, int64_t T, float *scratch);
     /* out = act(gate) * up: dgate, dup (=) */
     void (*glu_backward)(hc_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                          hc_activation act, int64_t n);
@@ -235,6 +256,16 @@ void hc_fused_attention_train(hc_backend *be, float *out, float *reserve, const 
                               const int32_t *pos, int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale,
                               int64_t window, float softcap, float *scratch);
 void hc_fused_matmul_add(hc_backend *be, float *out, float *tmp, const float *x, const hc_mat *w, float alpha, int64_t T);
+void hc_fused_ffn_train(hc_backend *be, float *out, float *keep, const float *x, const hc_mat *gate, const hc_vec *bg,
+                        const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd, hc_activation act,
+                        int64_t T);
+void hc_fused_matmul_n_backward(hc_backend *be, float *dx, float *const *dws, float *const *dbs,
+                                const float *const *douts, const float *x, const hc_mat *const *ws, int n, int64_t T,
+                                float *tmp);
+void hc_fused_ffn_backward(hc_backend *be, float *dx, float *dgate, float *dbg, float *dup, float *dbu, float *ddown,
+                           float *dbd, const float *dout, const float *x, const float *keep, const hc_mat *gate,
+                           const hc_vec *bg, const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd,
+                           hc_activation act, int64_t T, float *scratch);
 void hc_fused_add_norm(hc_backend *be, float *h, float *x, const float *o, const hc_vec *w, const hc_vec *b,
                        hc_norm_kind kind, float eps, int64_t T, int64_t C);
 void hc_fused_rope_store(hc_backend *be, float *q, float *k, const float *v, void *k_cache, void *v_cache,

@@ -34,6 +34,41 @@ void hc_fused_ffn(hc_backend *be, float *out, float *a, float *b, const float *x
     be->matmul(be, out, a, down, bd, T);
 }
 
+void hc_fused_ffn_train(hc_backend *be, float *out, float *keep, const float *x, const hc_mat *gate, const hc_vec *bg,
+                        const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd, hc_activation act,
+                        int64_t T) {
+    const int64_t I = gate->rows;
+    float *g = keep, *u = keep + T * I, *a = keep + 2 * T * I; /* [T, I] each */
+    be->matmul(be, g, x, gate, bg, T);
+    be->matmul(be, u, x, up, bu, T);
+    be->glu(be, a, g, u, act, T * I);
+    be->matmul(be, out, a, down, bd, T);
+}
+
+void hc_fused_matmul_n_backward(hc_backend *be, float *dx, float *const *dws, float *const *dbs,
+                                const float *const *douts, const float *x, const hc_mat *const *ws, int n, int64_t T,
+                                float *tmp) {
+    for (int i = 0; i < n; i++) {
+        be->matmul_backward(be, i ? tmp : dx, dws[i], dbs[i], douts[i], x, ws[i], T);
+        if (i) be->add(be, dx, dx, tmp, T * ws[0]->cols);
+    }
+}
+
+void hc_fused_ffn_backward(hc_backend *be, float *dx, float *dgate, float *dbg, float *dup, float *dbu, float *ddown,
+                           float *dbd, const float *dout, const float *x, const float *keep, const hc_mat *gate,
+                           const hc_vec *bg, const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd,
+                           hc_activation act, int64_t T, float *scratch) {
+    (void)bg, (void)bu, (void)bd; /* the sequence keeps what it needs in f32 either way */
+    const int64_t I = gate->rows, C = gate->cols;
+    const float *g = keep, *u = keep + T * I, *a = keep + 2 * T * I;
+    float *da = scratch, *dg = scratch + T * I, *du = scratch + 2 * T * I, *tmp = scratch + 3 * T * I;
+    be->matmul_backward(be, da, ddown, dbd, dout, a, down, T);
+    be->glu_backward(be, dg, du, da, g, u, act, T * I);
+    be->matmul_backward(be, dx, dgate, dbg, dg, x, gate, T);
+    be->matmul_backward(be, tmp, dup, dbu, du, x, up, T);
+    be->add(be, dx, dx, tmp, T * C);
+}
+
 void hc_fused_add_norm(hc_backend *be, float *h, float *x, const float *o, const hc_vec *w, const hc_vec *b,
                        hc_norm_kind kind, float eps, int64_t T, int64_t C) {
     be->add(be, x, x, o, T * C);

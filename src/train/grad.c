@@ -184,7 +184,9 @@ const float *hc_grads_data(hc_grads *gr, int64_t i) {
  * decides there which weights each token uses), and per chosen (token, expert) row its
  * gate, up, act [T*K, I] and the expert's output ey [T*K, C]. */
 typedef struct {
-    float *x_in, *h1, *q_pre, *k_pre, *q, *k, *v, *att, *o_pre, *x_mid, *h2, *gate, *up, *act, *ff_pre;
+    float *x_in, *h1, *q_pre, *k_pre, *q, *k, *v, *att, *o_pre, *x_mid, *h2, *ff_pre;
+    float *ffk;             /* [rows, 3I]: the MLP's kept activations (ffn_train's keep) */
+    float *gate, *up, *act; /* [rows, I] each, views of ffk for the op-by-op MLPs */
     float *reserve; /* [T, H]: what the attention forward keeps for its backward */
     float *router, *rw, *ey;
     float *lu[HC_LORA_N]; /* per adapted projection: u = x A^T [T, r] */
@@ -260,6 +262,17 @@ typedef struct {
 static bool adapted(const hc_model *m, int64_t l, int t) {
     hc_lora_view p;
     return hc_lora_get(m->lora, l, t, &p);
+}
+
+/* A gated MLP without experts or adapters runs as ffn_train / ffn_backward. */
+static bool ffn_fused(const hc_model *m, int64_t l) {
+    return m->arch->gated_mlp && !m->cfg.n_experts && !adapted(m, l, HC_LORA_GATE) && !adapted(m, l, HC_LORA_UP) &&
+           !adapted(m, l, HC_LORA_DOWN);
+}
+
+/* q, k and v without adapters: one input for three products (a GPU rounds it once). */
+static bool qkv_fused(const hc_model *m, int64_t l) {
+    return !adapted(m, l, HC_LORA_Q) && !adapted(m, l, HC_LORA_K) && !adapted(m, l, HC_LORA_V);
 }
 
 /* y = x W^T + b, plus layer l's adapter on projection t, keeping u = x A^T in u_keep [T, r]. */
@@ -353,8 +366,7 @@ static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *
     float *tmp = tc->tmp, *scratch = tc->scratch;
     const lora_scratch *ls = tc->ls;
     be->norm(be, a->h1, a->x_in, &Ly->attn_norm, &Ly->attn_norm_b, nk, eps, T, C);
-    if (!adapted(m, l, HC_LORA_Q) && !adapted(m, l, HC_LORA_K) && !adapted(m, l, HC_LORA_V)) {
-        /* one input for three products: a GPU rounds it to 16 bits once */
+    if (qkv_fused(m, l)) {
         float *const outs[3] = {a->q_pre, a->k_pre, a->v};
         const hc_mat *const ws[3] = {&Ly->wq, &Ly->wk, &Ly->wv};
         const hc_vec *const bs[3] = {&Ly->bq, &Ly->bk, &Ly->bv};
@@ -381,23 +393,19 @@ static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *
     be->norm(be, a->h2, a->x_mid, &Ly->ffn_norm, &Ly->ffn_norm_b, nk, eps, T, C);
     if (c->n_experts > 0) {
         moe_forward(tc, Ly, a);
+    } else if (ffn_fused(m, l)) {
+        be->ffn_train(be, a->ff_pre, a->ffk, a->h2, &Ly->gate, &Ly->b_gate, &Ly->up, &Ly->b_up, &Ly->down, &Ly->b_down,
+                      c->act, T);
     } else if (m->arch->gated_mlp) {
-        if (!adapted(m, l, HC_LORA_GATE) && !adapted(m, l, HC_LORA_UP)) {
-            float *const outs[2] = {a->gate, a->up};
-            const hc_mat *const ws[2] = {&Ly->gate, &Ly->up};
-            const hc_vec *const bs[2] = {&Ly->b_gate, &Ly->b_up};
-            be->matmul_n(be, outs, a->h2, ws, bs, 2, T);
-        } else {
-            mm_fwd(be, m, l, HC_LORA_GATE, a->gate, a->h2, &Ly->gate, &Ly->b_gate, T, ls, a->lu[HC_LORA_GATE]);
-            mm_fwd(be, m, l, HC_LORA_UP, a->up, a->h2, &Ly->up, &Ly->b_up, T, ls, a->lu[HC_LORA_UP]);
-        }
+        mm_fwd(be, m, l, HC_LORA_GATE, a->gate, a->h2, &Ly->gate, &Ly->b_gate, T, ls, a->lu[HC_LORA_GATE]);
+        mm_fwd(be, m, l, HC_LORA_UP, a->up, a->h2, &Ly->up, &Ly->b_up, T, ls, a->lu[HC_LORA_UP]);
         be->glu(be, a->act, a->gate, a->up, c->act, T * I);
     } else {
         mm_fwd(be, m, l, HC_LORA_UP, a->gate, a->h2, &Ly->up, &Ly->b_up, T, ls, a->lu[HC_LORA_UP]);
         be->copy(be, a->act, a->gate, T * I);
         be->activate(be, a->act, c->act, T * I);
     }
-    if (!c->n_experts) mm_fwd(be, m, l, HC_LORA_DOWN, a->ff_pre, a->act, &Ly->down, &Ly->b_down, T, ls, a->lu[HC_LORA_DOWN]);
+    if (!c->n_experts && !ffn_fused(m, l)) mm_fwd(be, m, l, HC_LORA_DOWN, a->ff_pre, a->act, &Ly->down, &Ly->b_down, T, ls, a->lu[HC_LORA_DOWN]);
     if (Ly->ffn_post_norm.data) be->norm(be, tmp, a->ff_pre, &Ly->ffn_post_norm, NULL, nk, eps, T, C);
     be->add(be, xo, a->x_mid, Ly->ffn_post_norm.data ? tmp : a->ff_pre, T * C);
 }
@@ -505,6 +513,10 @@ static void batch_compute(void *arg) {
         }
         if (E) {
             moe_backward(&tc, gr, Ly, a, dff, dh, moe_work, tmp + T * C, dact, dgate, dup);
+        } else if (ffn_fused(m, l)) {
+            be->ffn_backward(be, dh, GM(&Ly->gate), GM(&Ly->b_gate), GM(&Ly->up), GM(&Ly->b_up), GM(&Ly->down),
+                             GM(&Ly->b_down), dff, a->h2, a->ffk, &Ly->gate, &Ly->b_gate, &Ly->up, &Ly->b_up, &Ly->down,
+                             &Ly->b_down, c->act, T, dact);
         } else {
             mm_bwd(be, m, l, HC_LORA_DOWN, dact, GM(&Ly->down), Ly->b_down.data ? GM(&Ly->b_down) : NULL, dff, a->act,
                    &Ly->down, T, &ls, a->lu[HC_LORA_DOWN]);
@@ -546,11 +558,18 @@ static void batch_compute(void *arg) {
             be->norm_backward(be, datt, GM(&Ly->k_norm), NULL, dk, a->k_pre, &Ly->k_norm, NULL, nk, eps, T * KVH, D);
             be->copy(be, dk, datt, T * KVH * D);
         }
-        mm_bwd(be, m, l, HC_LORA_Q, dh, GM(&Ly->wq), Ly->bq.data ? GM(&Ly->bq) : NULL, dq, a->h1, &Ly->wq, T, &ls, a->lu[HC_LORA_Q]);
-        mm_bwd(be, m, l, HC_LORA_K, tmp, GM(&Ly->wk), Ly->bk.data ? GM(&Ly->bk) : NULL, dk, a->h1, &Ly->wk, T, &ls, a->lu[HC_LORA_K]);
-        be->add(be, dh, dh, tmp, T * C);
-        mm_bwd(be, m, l, HC_LORA_V, tmp, GM(&Ly->wv), Ly->bv.data ? GM(&Ly->bv) : NULL, dv, a->h1, &Ly->wv, T, &ls, a->lu[HC_LORA_V]);
-        be->add(be, dh, dh, tmp, T * C);
+        if (qkv_fused(m, l)) {
+            float *const dws[3] = {GM(&Ly->wq), GM(&Ly->wk), GM(&Ly->wv)}, *const dbs[3] = {GM(&Ly->bq), GM(&Ly->bk), GM(&Ly->bv)};
+            const float *const douts[3] = {dq, dk, dv};
+            const hc_mat *const ws[3] = {&Ly->wq, &Ly->wk, &Ly->wv};
+            be->matmul_n_backward(be, dh, dws, dbs, douts, a->h1, ws, 3, T, tmp);
+        } else {
+            mm_bwd(be, m, l, HC_LORA_Q, dh, GM(&Ly->wq), GM(&Ly->bq), dq, a->h1, &Ly->wq, T, &ls, a->lu[HC_LORA_Q]);
+            mm_bwd(be, m, l, HC_LORA_K, tmp, GM(&Ly->wk), GM(&Ly->bk), dk, a->h1, &Ly->wk, T, &ls, a->lu[HC_LORA_K]);
+            be->add(be, dh, dh, tmp, T * C);
+            mm_bwd(be, m, l, HC_LORA_V, tmp, GM(&Ly->wv), GM(&Ly->bv), dv, a->h1, &Ly->wv, T, &ls, a->lu[HC_LORA_V]);
+            be->add(be, dh, dh, tmp, T * C);
+        }
         be->norm_backward(be, tmp, GM(&Ly->attn_norm), Ly->attn_norm_b.data ? GM(&Ly->attn_norm_b) : NULL, dh, a->x_in,
                           &Ly->attn_norm, &Ly->attn_norm_b, nk, eps, T, C);
         be->add(be, dx, dx, tmp, T * C); /* d x_in */
@@ -587,7 +606,8 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
     float *logits = take(&wsb, T * V, &oom), *dlogits = take(&wsb, T * V, &oom);
     float *dx = take(&wsb, T * C, &oom), *dh = take(&wsb, T * C, &oom), *tmp = take(&wsb, T * (C > I ? C : I) * 2 + T * H * D, &oom);
     float *dq = take(&wsb, T * H * D, &oom), *dk = take(&wsb, T * KVH * D, &oom), *dv = take(&wsb, T * KVH * D, &oom);
-    float *dact = take(&wsb, T * I, &oom), *dgate = take(&wsb, T * I, &oom), *dup = take(&wsb, T * I, &oom);
+    /* [T, 3I + C]: ffn_backward's scratch; the op-by-op MLPs use its first three [T, I] */
+    float *dact = take(&wsb, T * (3 * I + C), &oom), *dgate = dact ? dact + T * I : NULL, *dup = dact ? dact + 2 * T * I : NULL;
     float *scratch = take(&wsb, 2 * T + 2, &oom);
     const int64_t widest = (I > C ? I : C) > H * D ? (I > C ? I : C) : H * D, lr = m->lora ? m->lora->r : 1;
     lora_scratch ls = {take(&wsb, T * lr, &oom), take(&wsb, T * lr, &oom), take(&wsb, T * widest, &oom), take(&wsb, T * widest, &oom)};
@@ -614,7 +634,8 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
         a->k_pre = take(&wsb, T * KVH * D, &oom), a->k = take(&wsb, T * KVH * D, &oom), a->v = take(&wsb, T * KVH * D, &oom);
         a->reserve = take(&wsb, T * H, &oom);
         const int64_t ff_rows = E ? T * KE : T; /* MoE: a row per chosen (token, expert) */
-        a->gate = take(&wsb, ff_rows * I, &oom), a->up = take(&wsb, ff_rows * I, &oom), a->act = take(&wsb, ff_rows * I, &oom);
+        a->ffk = take(&wsb, 3 * ff_rows * I, &oom);
+        if (a->ffk) a->gate = a->ffk, a->up = a->ffk + ff_rows * I, a->act = a->ffk + 2 * ff_rows * I;
         if (E) {
             a->router = take(&wsb, T * E, &oom), a->rw = take(&wsb, T * KE, &oom), a->ey = take(&wsb, T * KE * C, &oom);
             a->re = (int32_t *)take(&wsb, T * KE, &oom);
@@ -675,8 +696,8 @@ out:
         if (ckpt && l > 0) continue; /* shares layer 0's buffers */
         free(a->re_h), free(a->rw_h);
         give(&wsb, a->re);
-        float *bufs[] = {a->h1, a->q_pre, a->k_pre, a->q, a->k, a->v, a->att, a->o_pre, a->x_mid, a->h2, a->gate, a->up,
-                         a->act, a->ff_pre, a->router, a->rw, a->ey, a->reserve};
+        float *bufs[] = {a->h1, a->q_pre, a->k_pre, a->q, a->k, a->v, a->att, a->o_pre, a->x_mid, a->h2, a->ffk,
+                         a->ff_pre, a->router, a->rw, a->ey, a->reserve};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) give(&wsb, bufs[i]);
         for (int t = 0; t < HC_LORA_N; t++) give(&wsb, a->lu[t]);
     }
@@ -684,7 +705,7 @@ out:
     free(A), free(pos_h), free(tgt_h), free(inv_h), free(loss_h), free(hit_h);
     give(&wsb, ids), give(&wsb, pos), give(&wsb, tgt), give(&wsb, loss_rows), give(&wsb, hit_rows);
     give(&wsb, inv[0]), give(&wsb, inv[1]), give(&wsb, x0), give(&wsb, xL), give(&wsb, hf), give(&wsb, logits), give(&wsb, dlogits), give(&wsb, dx);
-    give(&wsb, dh), give(&wsb, tmp), give(&wsb, dq), give(&wsb, dk), give(&wsb, dv), give(&wsb, dact), give(&wsb, dgate), give(&wsb, dup), give(&wsb, scratch);
+    give(&wsb, dh), give(&wsb, tmp), give(&wsb, dq), give(&wsb, dk), give(&wsb, dv), give(&wsb, dact), give(&wsb, scratch);
     give(&wsb, ls.u), give(&wsb, ls.du), give(&wsb, ls.dys), give(&wsb, ls.dxl), give(&wsb, moe_work);
     return st;
 }

@@ -261,6 +261,7 @@ extern "C" hc_status hc_backend_cuda_new(int device_index, hc_dtype compute, hc_
     be->ffn = hc_cuda_ffn;
     be->matmul_add = hc_cuda_matmul_add;
     be->attention_train = hc_cuda_attention_train;
+    be->ffn_train = hc_cuda_ffn_train;
     be->add_norm = hc_cuda_add_norm;
     be->rope_store = hc_cuda_rope_store;
     be->rope_store_rows = hc_cuda_rope_store_rows;
@@ -270,6 +271,8 @@ extern "C" hc_status hc_backend_cuda_new(int device_index, hc_dtype compute, hc_
     be->norm_backward = hc_cuda_norm_backward;
     be->rope_backward = hc_cuda_rope_backward;
     be->attention_backward = hc_cuda_attention_backward;
+    be->matmul_n_backward = hc_cuda_matmul_n_backward;
+    be->ffn_backward = hc_cuda_ffn_backward;
     be->glu_backward = hc_cuda_glu_backward;
     be->softcap_backward = hc_cuda_softcap_backward;
     be->topk_route_backward = hc_cuda_topk_route_backward;

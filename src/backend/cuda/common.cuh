@@ -76,6 +76,14 @@ bool hc_cuda_matmul_converted(hc_backend *be, float *out, const void *x16, const
 /* dst[n] = src[n] rounded to `to` (BF16, or F16 saturating), queued on the stream (matmul.cu). */
 void hc_cuda_narrow(hc_backend *be, void *dst, hc_dtype to, const float *src, int64_t n);
 
+/* A weight a prompt-sized product (T rows) multiplies as it is stored: 16-bit operands in the
+ * compute dtype, not transposed, not quantized (matmul.cu). */
+bool hc_cuda_gemm16_weight(hc_backend *be, const hc_mat *w, int64_t T);
+
+/* out[n] = act(gate[n]) * up[n], all three 16-bit in the compute dtype, the product rounded once
+ * (matmul.cu). Vector loads: 16-byte aligned pointers. */
+void hc_cuda_glu16(hc_backend *be, void *out, const void *gate, const void *up, hc_activation act, int64_t n);
+
 static inline unsigned hc_blocks(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }
 
 /* Element i of a float buffer of dtype dt, widened to f32. */
@@ -151,6 +159,15 @@ __device__ __forceinline__ void hc_block_argmax(float *mx, int64_t *best, float 
 
 #include "backend/activation.h"
 
+/* f32 narrowed to an operand type: bf16 rounds to nearest even; f16 saturates at +-65504
+ * instead of overflowing to inf, and NaN stays NaN. */
+template <typename OT> __device__ __forceinline__ OT narrow(float v);
+template <> __device__ __forceinline__ float narrow<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 narrow<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ __half narrow<__half>(float v) {
+    return __float2half_rn(v != v ? v : fminf(fmaxf(v, -65504.0f), 65504.0f));
+}
+
 /* The op entry points, one family per file. */
 void hc_cuda_embedding(hc_backend *be, float *out, const hc_mat *table, const int32_t *ids, int64_t T, float scale,
                        bool accumulate);
@@ -212,6 +229,17 @@ bool hc_cuda_flash_attention_backward(hc_backend *be, float *dq, float *dk, floa
                                       const float *reserve, const float *q, const float *k, const float *v, int64_t B,
                                       int64_t T, int64_t H, int64_t KVH, int64_t D, float scale, int64_t window,
                                       float softcap);
+/* The gated MLP's training forward and backward, and matmul_n's backward, with 16-bit
+ * operands kept between them (mlp_train.cu). */
+void hc_cuda_ffn_train(hc_backend *be, float *out, float *keep, const float *x, const hc_mat *gate, const hc_vec *bg,
+                       const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd, hc_activation act,
+                       int64_t T);
+void hc_cuda_ffn_backward(hc_backend *be, float *dx, float *dgate, float *dbg, float *dup, float *dbu, float *ddown,
+                          float *dbd, const float *dout, const float *x, const float *keep, const hc_mat *gate,
+                          const hc_vec *bg, const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd,
+                          hc_activation act, int64_t T, float *scratch);
+void hc_cuda_matmul_n_backward(hc_backend *be, float *dx, float *const *dws, float *const *dbs, const float *const *douts,
+                               const float *x, const hc_mat *const *ws, int n, int64_t T, float *tmp);
 void hc_cuda_glu_backward(hc_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                           hc_activation act, int64_t n);
 void hc_cuda_topk_route_backward(hc_backend *be, float *dlogits, const float *dweights, const int32_t *experts,

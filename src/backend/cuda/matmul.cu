@@ -419,14 +419,6 @@ static void gemv(hc_backend *be, float *out, const float *x, const hc_mat *w, co
 
 /* ---- GEMM through cuBLAS ------------------------------------------------------------------ */
 
-template <typename OT> __device__ __forceinline__ OT narrow(float v);
-template <> __device__ __forceinline__ float narrow<float>(float v) { return v; }
-template <> __device__ __forceinline__ __nv_bfloat16 narrow<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-/* f16 saturates at +-65504 instead of overflowing to inf; NaN stays NaN. */
-template <> __device__ __forceinline__ __half narrow<__half>(float v) {
-    return __float2half_rn(v != v ? v : fminf(fmaxf(v, -65504.0f), 65504.0f));
-}
-
 /* dst[n] = narrow(src[n]) for activations, four at a time (16-byte loads, 8-byte stores). */
 template <typename OT> __global__ void convert_acts_kernel(OT *dst, const float *src, int64_t n, bool vec) {
     const int64_t n4 = vec ? n / 4 : 0;
@@ -588,6 +580,11 @@ static bool gemm_shared_input(hc_backend *be, float *const *outs, const float *x
     return true;
 }
 
+bool hc_cuda_gemm16_weight(hc_backend *be, const hc_mat *w, int64_t T) {
+    const hc_cuda_ctx *cx = hc_cuda(be);
+    return T > gemv_max_t() && cx->compute != HC_DTYPE_F32 && !w->quant && !w->transposed && w->dtype == cx->compute;
+}
+
 bool hc_cuda_matmul_converted(hc_backend *be, float *out, const void *x16, const hc_mat *w, int64_t T) {
     hc_cuda_ctx *cx = hc_cuda(be);
     if (T <= gemv_max_t() || gemm_operand(cx, w) != cx->compute || cx->compute == HC_DTYPE_F32) return false;
@@ -677,6 +674,16 @@ __global__ void glu16_kernel(HT *out, const HT *gate, const HT *up, hc_activatio
         out[i] = narrow<HT>(hc_act_apply((float)gate[i], act) * (float)up[i]);
 }
 
+void hc_cuda_glu16(hc_backend *be, void *out, const void *gate, const void *up, hc_activation act, int64_t n) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    const unsigned g = grid_for((n + 7) / 8);
+    if (cx->compute == HC_DTYPE_BF16)
+        glu16_kernel<__nv_bfloat16><<<g, 256, 0, cx->stream>>>((__nv_bfloat16 *)out, (const __nv_bfloat16 *)gate,
+                                                                (const __nv_bfloat16 *)up, act, n);
+    else
+        glu16_kernel<__half><<<g, 256, 0, cx->stream>>>((__half *)out, (const __half *)gate, (const __half *)up, act, n);
+}
+
 /* out^T[N, T] = W[N, K] . x^T with 16-bit x and W (stored as op) and output type ot. */
 static bool gemm16(hc_backend *be, void *out, cudaDataType_t ot, const void *x, const hc_mat *w, int64_t T) {
     hc_cuda_ctx *cx = hc_cuda(be);
@@ -709,12 +716,7 @@ void hc_cuda_ffn(hc_backend *be, float *out, float *a, float *b, const float *x,
     char *g16 = (char *)a, *u16 = g16 + 2 * (size_t)(T * I);
     const cudaDataType_t ht = cuda_type(cx->compute);
     if (!xb || !gemm16(be, g16, ht, xb, gate, T) || !gemm16(be, u16, ht, xb, up, T)) return;
-    const unsigned g = grid_for((T * I + 7) / 8);
-    if (cx->compute == HC_DTYPE_BF16)
-        glu16_kernel<__nv_bfloat16><<<g, 256, 0, cx->stream>>>((__nv_bfloat16 *)b, (const __nv_bfloat16 *)g16,
-                                                                (const __nv_bfloat16 *)u16, act, T * I);
-    else
-        glu16_kernel<__half><<<g, 256, 0, cx->stream>>>((__half *)b, (const __half *)g16, (const __half *)u16, act, T * I);
+    hc_cuda_glu16(be, b, g16, u16, act, T * I);
     gemm16(be, out, CUDA_R_32F, b, down, T);
     HC_CUDA_LAUNCHED(be, "ffn");
 }

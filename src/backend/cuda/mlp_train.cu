@@ -1,0 +1,182 @@
+/* Training's projections with 16-bit operands kept between forward and backward: the gated
+ * MLP (ffn_train, ffn_backward) and the backward of several products of one input
+ * (matmul_n_backward, q/k/v).
+ *
+ * The op sequences (backend/fused.c) keep gate, up and their product in f32, and every
+ * matmul_backward rounds its x and dout to the compute dtype again. Here, when the backend
+ * computes in bf16 or f16 and the weights are stored in that dtype, the forward keeps x, gate,
+ * up and the product already rounded (where transformers' bf16 autocast rounds them: every
+ * Linear's output, and the product act(gate) * up), cuBLAS writes the 16-bit outputs directly,
+ * the glu's backward reads and writes 16 bits, and the input gradients of several products add
+ * up inside cuBLAS (beta = 1) instead of through [T, C] temporaries. Anything else (f32
+ * compute, biases, quantized or transposed weights, decode-sized T) takes the op sequence.
+ *
+ * Shapes: T rows, C = K input features, I the MLP width; weights [N, K] row-major (HF Linear).
+ * cuBLAS is column-major: a row-major [T, N] buffer is its [N, T] with ld N. */
+#include "backend/cuda/common.cuh"
+
+static unsigned grid_for(int64_t n) {
+    unsigned b = hc_blocks(n, 256);
+    return b < 65535u ? (b ? b : 1) : 65535u;
+}
+
+static cudaDataType_t t16(const hc_cuda_ctx *cx) { return cx->compute == HC_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F; }
+
+/* The three products of a layer, 16-bit operands, f32 sums, C of type ct:
+ *   fwd:  y[T, N]  = x[T, K] W^T          (beta 0)
+ *   dx:   dx[T, K] (=, or += when acc) dy[T, N] W
+ *   dw:   dW[N, K] += dy^T x              (f32, W's ld) */
+static bool gemm_fwd(hc_backend *be, void *y, cudaDataType_t ct, const void *x16, const hc_mat *w, int64_t T) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    const float one = 1.0f, zero = 0.0f;
+    const cublasStatus_t st = cublasGemmEx(cx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)w->rows, (int)T, (int)w->cols, &one,
+                                           w->data, t16(cx), (int)w->ld, x16, t16(cx), (int)w->cols, &zero, y, ct,
+                                           (int)w->rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS) hc_cuda_fail(be, cudaErrorUnknown, "cublasGemmEx (training forward)");
+    return st == CUBLAS_STATUS_SUCCESS;
+}
+
+static bool gemm_dx(hc_backend *be, void *dx, cudaDataType_t ct, bool acc, const void *dy16, const hc_mat *w, int64_t T) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    const float one = 1.0f, beta = acc ? 1.0f : 0.0f;
+    const cublasStatus_t st = cublasGemmEx(cx->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)w->cols, (int)T, (int)w->rows, &one,
+                                           w->data, t16(cx), (int)w->ld, dy16, t16(cx), (int)w->rows, &beta, dx, ct,
+                                           (int)w->cols, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS) hc_cuda_fail(be, cudaErrorUnknown, "cublasGemmEx (input gradient)");
+    return st == CUBLAS_STATUS_SUCCESS;
+}
+
+static bool gemm_dw(hc_backend *be, float *dw, const void *dy16, const void *x16, const hc_mat *w, int64_t T) {
+    if (!dw) return true;
+    hc_cuda_ctx *cx = hc_cuda(be);
+    const float one = 1.0f;
+    const cublasStatus_t st = cublasGemmEx(cx->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)w->cols, (int)w->rows, (int)T, &one,
+                                           x16, t16(cx), (int)w->cols, dy16, t16(cx), (int)w->rows, &one, dw, CUDA_R_32F,
+                                           (int)w->ld, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS) hc_cuda_fail(be, cudaErrorUnknown, "cublasGemmEx (weight gradient)");
+    return st == CUBLAS_STATUS_SUCCESS;
+}
+
+static bool has(const hc_vec *b) { return b && b->data; }
+
+/* 16-bit buffers carved out of a float buffer, each start on 256 bytes. */
+typedef struct {
+    char *p, *end;
+} carver;
+
+static void *carve(carver *c, int64_t elems) {
+    char *r = c->p;
+    c->p += (2 * (size_t)elems + 255) / 256 * 256;
+    return c->p <= c->end ? r : NULL;
+}
+
+/* keep: x16 [T, C] | gate16 [T, I] | up16 [T, I] | act16 [T, I], in keep's [T, 3I] floats. */
+typedef struct {
+    void *x, *g, *u, *a;
+} ffn_keep;
+
+static bool ffn_fast(hc_backend *be, const float *keep, const hc_mat *gate, const hc_vec *bg, const hc_mat *up,
+                     const hc_vec *bu, const hc_mat *down, const hc_vec *bd, int64_t T, ffn_keep *k) {
+    const int64_t I = gate->rows, C = gate->cols;
+    if (has(bg) || has(bu) || has(bd) || up->rows != I || up->cols != C || down->cols != I || down->rows != C) return false;
+    if (!hc_cuda_gemm16_weight(be, gate, T) || !hc_cuda_gemm16_weight(be, up, T) || !hc_cuda_gemm16_weight(be, down, T))
+        return false;
+    carver c = {(char *)keep, (char *)keep + sizeof(float) * (size_t)(3 * T * I)};
+    k->x = carve(&c, T * C), k->g = carve(&c, T * I), k->u = carve(&c, T * I), k->a = carve(&c, T * I);
+    return k->a != NULL && (uintptr_t)keep % 256 == 0;
+}
+
+void hc_cuda_ffn_train(hc_backend *be, float *out, float *keep, const float *x, const hc_mat *gate, const hc_vec *bg,
+                       const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd, hc_activation act,
+                       int64_t T) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    if (T <= 0 || cx->failed) return;
+    ffn_keep k;
+    if (!ffn_fast(be, keep, gate, bg, up, bu, down, bd, T, &k)) {
+        hc_fused_ffn_train(be, out, keep, x, gate, bg, up, bu, down, bd, act, T);
+        return;
+    }
+    const int64_t I = gate->rows;
+    hc_cuda_narrow(be, k.x, cx->compute, x, T * gate->cols);
+    if (!gemm_fwd(be, k.g, t16(cx), k.x, gate, T) || !gemm_fwd(be, k.u, t16(cx), k.x, up, T)) return;
+    hc_cuda_glu16(be, k.a, k.g, k.u, act, T * I);
+    gemm_fwd(be, out, CUDA_R_32F, k.a, down, T);
+    HC_CUDA_LAUNCHED(be, "ffn_train");
+}
+
+/* dgate = dact * up * act'(gate), dup = dact * act(gate), from and to 16 bits, in f32 between. */
+template <typename HT>
+__global__ void glu_backward16_kernel(HT *dgate, HT *dup, const HT *dact, const HT *gate, const HT *up,
+                                      hc_activation act, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float a, da;
+        hc_act_grad((float)gate[i], act, &a, &da);
+        const float g = (float)dact[i];
+        dup[i] = narrow<HT>(g * a);
+        dgate[i] = narrow<HT>(g * (float)up[i] * da);
+    }
+}
+
+void hc_cuda_ffn_backward(hc_backend *be, float *dx, float *dgate, float *dbg, float *dup, float *dbu, float *ddown,
+                          float *dbd, const float *dout, const float *x, const float *keep, const hc_mat *gate,
+                          const hc_vec *bg, const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd,
+                          hc_activation act, int64_t T, float *scratch) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    if (T <= 0 || cx->failed) return;
+    ffn_keep k;
+    if (!ffn_fast(be, keep, gate, bg, up, bu, down, bd, T, &k)) { /* the forward's choice too */
+        hc_fused_ffn_backward(be, dx, dgate, dbg, dup, dbu, ddown, dbd, dout, x, keep, gate, bg, up, bu, down, bd, act, T,
+                              scratch);
+        return;
+    }
+    const int64_t I = gate->rows, C = gate->cols;
+    /* scratch: dout16 [T, C] | dact16 [T, I] | dgate16 [T, I] | dup16 [T, I] */
+    carver c = {(char *)scratch, (char *)scratch + sizeof(float) * (size_t)(T * (3 * I + C))};
+    void *d16 = carve(&c, T * C), *da = carve(&c, T * I), *dg = carve(&c, T * I), *du = carve(&c, T * I);
+    if (!du) {
+        hc_cuda_fail(be, cudaErrorInvalidValue, "ffn_backward: scratch too small");
+        return;
+    }
+    hc_cuda_narrow(be, d16, cx->compute, dout, T * C);
+    if (!gemm_dx(be, da, t16(cx), false, d16, down, T) || !gemm_dw(be, ddown, d16, k.a, down, T)) return;
+    if (cx->compute == HC_DTYPE_BF16)
+        glu_backward16_kernel<__nv_bfloat16><<<grid_for(T * I), 256, 0, cx->stream>>>(
+            (__nv_bfloat16 *)dg, (__nv_bfloat16 *)du, (const __nv_bfloat16 *)da, (const __nv_bfloat16 *)k.g,
+            (const __nv_bfloat16 *)k.u, act, T * I);
+    else
+        glu_backward16_kernel<__half><<<grid_for(T * I), 256, 0, cx->stream>>>(
+            (__half *)dg, (__half *)du, (const __half *)da, (const __half *)k.g, (const __half *)k.u, act, T * I);
+    if (!gemm_dx(be, dx, CUDA_R_32F, false, dg, gate, T) || !gemm_dx(be, dx, CUDA_R_32F, true, du, up, T)) return;
+    if (!gemm_dw(be, dgate, dg, k.x, gate, T)) return;
+    gemm_dw(be, dup, du, k.x, up, T);
+    HC_CUDA_LAUNCHED(be, "ffn_backward");
+}
+
+void hc_cuda_matmul_n_backward(hc_backend *be, float *dx, float *const *dws, float *const *dbs, const float *const *douts,
+                               const float *x, const hc_mat *const *ws, int n, int64_t T, float *tmp) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    if (T <= 0 || cx->failed) return;
+    bool fast = true;
+    int64_t n_max = 0;
+    for (int i = 0; i < n; i++) {
+        fast = fast && !dbs[i] && hc_cuda_gemm16_weight(be, ws[i], T) && ws[i]->cols == ws[0]->cols;
+        n_max = ws[i]->rows > n_max ? ws[i]->rows : n_max;
+    }
+    if (!fast) {
+        hc_fused_matmul_n_backward(be, dx, dws, dbs, douts, x, ws, n, T, tmp);
+        return;
+    }
+    const int64_t K = ws[0]->cols;
+    /* x rounded once for every weight gradient; each dout in turn */
+    const size_t bytes = 2 * (size_t)(T * (K + n_max)) + 512;
+    char *buf = (char *)hc_cuda_scratch(be, &cx->dw16, &cx->dw16_bytes, bytes);
+    if (!buf) return;
+    carver c = {buf, buf + bytes};
+    void *x16 = carve(&c, T * K), *d16 = carve(&c, T * n_max);
+    hc_cuda_narrow(be, x16, cx->compute, x, T * K);
+    for (int i = 0; i < n; i++) {
+        hc_cuda_narrow(be, d16, cx->compute, douts[i], T * ws[i]->rows);
+        if (!gemm_dx(be, dx, CUDA_R_32F, i > 0, d16, ws[i], T) || !gemm_dw(be, dws[i], d16, x16, ws[i], T)) return;
+    }
+    HC_CUDA_LAUNCHED(be, "matmul_n_backward");
+}
