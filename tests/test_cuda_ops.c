@@ -304,6 +304,11 @@ static void test_elementwise(void) {
     float *got = down(dout, n);
     report("add", nmse(got, want, n), 0);
     free(got);
+    cpu->add(cpu, want, a + 1, b + 1, n - 1); /* not 16-byte aligned: one at a time */
+    gpu->add(gpu, dout, da + 1, db + 1, n - 1);
+    got = down(dout, n - 1);
+    report("add, unaligned", nmse(got, want, n - 1), 0);
+    free(got);
     memcpy(want, a, sizeof(float) * n);
     cpu->add_scaled(cpu, want, b, 0.3f, n);
     gpu->upload(gpu, dout, a, sizeof(float) * n);
@@ -614,22 +619,24 @@ static void matmul_backward_case(hc_dtype dt, bool transposed, bool bias, int64_
     free(wh), free(x), free(dout), free(dw), free(db), free(dx);
 }
 
-static void norm_backward_case(hc_norm_kind kind, hc_dtype dt, bool with_b, int64_t T, int64_t C) {
+/* acc: dx accumulates onto random values (the residual stream's gradient). */
+static void norm_backward_case(hc_norm_kind kind, hc_dtype dt, bool with_b, int64_t T, int64_t C, bool acc) {
     hc_backend *cpu = hc_backend_cpu();
     void *wh = rand_typed(dt, C, 1), *bh = rand_typed(dt, C, 1);
     float *x = malloc(sizeof(float) * (size_t)(T * C)), *dout = malloc(sizeof(float) * (size_t)(T * C));
     float *dx = malloc(sizeof(float) * (size_t)(T * C)), *dw = malloc(sizeof(float) * (size_t)C), *db = malloc(sizeof(float) * (size_t)C);
-    fill_rand(x, T * C, 2), fill_rand(dout, T * C, 1), fill_rand(dw, C, 1), fill_rand(db, C, 1);
+    fill_rand(x, T * C, 2), fill_rand(dout, T * C, 1), fill_rand(dw, C, 1), fill_rand(db, C, 1), fill_rand(dx, T * C, 1);
     for (int64_t i = 0; i < T * C; i++) x[i] += 0.3f; /* a mean for LayerNorm to remove */
     void *wd = up(wh, (size_t)C * hc_dtype_size(dt)), *bd = up(bh, (size_t)C * hc_dtype_size(dt));
     float *xd = up(x, sizeof(float) * (size_t)(T * C)), *gd = up(dout, sizeof(float) * (size_t)(T * C));
     float *dwd = up(dw, sizeof(float) * (size_t)C), *dbd = up(db, sizeof(float) * (size_t)C);
-    float *dxd = cur->alloc(cur, sizeof(float) * (size_t)(T * C));
+    float *dxd = up(dx, sizeof(float) * (size_t)(T * C));
     hc_vec w = {wh, dt, C}, b = {with_b ? bh : NULL, dt, C}, wdv = {wd, dt, C}, bdv = {with_b ? bd : NULL, dt, C};
-    cpu->norm_backward(cpu, dx, dw, with_b ? db : NULL, dout, x, &w, &b, kind, 1e-5f, T, C);
-    cur->norm_backward(cur, dxd, dwd, with_b ? dbd : NULL, gd, xd, &wdv, &bdv, kind, 1e-5f, T, C);
+    cpu->norm_backward(cpu, dx, dw, with_b ? db : NULL, dout, x, &w, &b, kind, 1e-5f, T, C, acc);
+    cur->norm_backward(cur, dxd, dwd, with_b ? dbd : NULL, gd, xd, &wdv, &bdv, kind, 1e-5f, T, C, acc);
     char what[160];
-    snprintf(what, sizeof what, "norm_backward kind %d %s T=%lld C=%lld", (int)kind, dt_name(dt), (long long)T, (long long)C);
+    snprintf(what, sizeof what, "norm_backward kind %d %s T=%lld C=%lld%s", (int)kind, dt_name(dt), (long long)T, (long long)C,
+             acc ? " +=" : "");
     char w2[200];
     snprintf(w2, sizeof w2, "%s dx", what), cmp_dev(w2, dxd, dx, T * C);
     snprintf(w2, sizeof w2, "%s dw", what), cmp_dev(w2, dwd, dw, C);
@@ -853,10 +860,14 @@ static void test_backward(hc_backend *bf16) {
     matmul_backward_case(HC_DTYPE_BF16, false, false, 100, 130, 67); /* T above the GEMV path */
     matmul_backward_case(HC_DTYPE_F32, true, false, 70, 33, 90);
     for (int kind = 0; kind < 3; kind++) {
-        norm_backward_case((hc_norm_kind)kind, HC_DTYPE_F32, kind == HC_NORM_LAYER, 9, 77);
-        norm_backward_case((hc_norm_kind)kind, HC_DTYPE_BF16, kind == HC_NORM_LAYER, 5, 300);
+        norm_backward_case((hc_norm_kind)kind, HC_DTYPE_F32, kind == HC_NORM_LAYER, 9, 77, false);
+        norm_backward_case((hc_norm_kind)kind, HC_DTYPE_BF16, kind == HC_NORM_LAYER, 5, 300, kind == 1);
     }
-    norm_backward_case(HC_NORM_RMS, HC_DTYPE_F32, false, 33, 8); /* per head: many short rows */
+    norm_backward_case(HC_NORM_RMS, HC_DTYPE_F32, false, 33, 8, false); /* per head: many short rows */
+    norm_backward_case(HC_NORM_RMS, HC_DTYPE_BF16, false, 1500, 256, true); /* several rows a block */
+    norm_backward_case(HC_NORM_RMS_PLUS1, HC_DTYPE_BF16, false, 2000, 130, false);
+    norm_backward_case(HC_NORM_LAYER, HC_DTYPE_F32, true, 3000, 96, true);
+    norm_backward_case(HC_NORM_LAYER, HC_DTYPE_F32, true, 3, 7000, true); /* too wide for shared sums */
     attention_backward_case(13, 4, 2, 16, 0, 0);
     attention_backward_case(37, 6, 1, 24, 0, 0);
     attention_backward_case(29, 4, 4, 8, 7, 0);
@@ -927,7 +938,7 @@ static void test_backward(hc_backend *bf16) {
         float loss[6], hit[6];
         int32_t tg[6] = {5, -1, 1000, 0, 77, 3};
         fill_rand(lg, T * V, 8);
-        lg[3 * V + 0] = lg[3 * V + 9] = 20; /* row 3: a tie, the first (its target) wins */
+        lg[3 * V + 0] = lg[3 * V + 9] = lg[3 * V + 256] = 20; /* row 3: ties, the first (its target) wins */
         cpu->cross_entropy(cpu, dl, loss, hit, lg, tg, T, V, 1.0 / 5);
         float *lgd = up(lg, sizeof(float) * (size_t)(T * V)), *dld = cur->alloc(cur, sizeof(float) * (size_t)(T * V));
         float *lsd = cur->alloc(cur, sizeof loss), *htd = cur->alloc(cur, sizeof hit);

@@ -770,9 +770,17 @@ static void test_backward(hc_backend *be) {
         fill(c.x, 27), fill(c.w, 9), fill(c.b, 9), fill(c.r, 27);
         memset(dw, 0, 4096 * 4), memset(db, 0, 4096 * 4);
         hc_vec nw = {c.w, HC_DTYPE_F32, 9}, nb = {c.b, HC_DTYPE_F32, 9};
-        be->norm_backward(be, dx, dw, db, c.r, c.x, &nw, kind == HC_NORM_LAYER ? &nb : NULL, (hc_norm_kind)kind, 1e-5f, 3, 9);
+        be->norm_backward(be, dx, dw, db, c.r, c.x, &nw, kind == HC_NORM_LAYER ? &nb : NULL, (hc_norm_kind)kind, 1e-5f, 3, 9,
+                          false);
         snprintf(what, sizeof what, "norm %d dx", kind);
         fd_compare(&c, what, c.x, dx, 27);
+        float acc[27];
+        for (int i = 0; i < 27; i++) acc[i] = 0.25f * (float)i;
+        be->norm_backward(be, acc, NULL, NULL, c.r, c.x, &nw, kind == HC_NORM_LAYER ? &nb : NULL, (hc_norm_kind)kind, 1e-5f, 3,
+                          9, true);
+        bool same = true;
+        for (int i = 0; i < 27; i++) same = same && acc[i] == 0.25f * (float)i + dx[i];
+        CHECK(same, "norm %d: dx accumulates as the sum of dx and what was there", kind);
         snprintf(what, sizeof what, "norm %d dw", kind);
         fd_compare(&c, what, c.w, dw, 9);
         if (kind == HC_NORM_LAYER) fd_compare(&c, "layernorm db", c.b, db, 9);

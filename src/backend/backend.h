@@ -175,9 +175,11 @@ struct hc_backend {
     /* out = x @ W^T + b: dx[T,K] = dout @ W; dW += dout^T x; db += sum_t dout */
     void (*matmul_backward)(hc_backend *be, float *dx, float *dw, float *db, const float *dout, const float *x,
                             const hc_mat *w, int64_t T);
-    /* out = norm(x) * w (+ b): dx, and dw, db accumulated */
+    /* out = norm(x) * w (+ b): dx (=, or += when accumulate: the residual stream's gradient
+     * taking the block's), and dw, db accumulated */
     void (*norm_backward)(hc_backend *be, float *dx, float *dw, float *db, const float *dout, const float *x,
-                          const hc_vec *w, const hc_vec *b, hc_norm_kind kind, float eps, int64_t T, int64_t C);
+                          const hc_vec *w, const hc_vec *b, hc_norm_kind kind, float eps, int64_t T, int64_t C,
+                          bool accumulate);
     /* In place on dx[T, nh, D]: the gradient through rope (the inverse rotation). */
     void (*rope_backward)(hc_backend *be, float *dx, const int32_t *pos, const float *inv_freq, float attn_factor,
                           int64_t T, int64_t nh, int64_t D, int64_t R);

@@ -500,7 +500,7 @@ static void batch_compute(void *arg) {
     if (c->final_softcap > 0) be->softcap_backward(be, dlogits, dlogits, logits, (float)c->final_softcap, T * V);
     matmul_bwd(be, dh, GM(&m->lm_head), NULL, dlogits, hf, &m->lm_head, T);
     be->norm_backward(be, dx, GM(&m->final_norm), m->final_norm_b.data ? GM(&m->final_norm_b) : NULL, dh, xL,
-                      &m->final_norm, &m->final_norm_b, nk, eps, T, C);
+                      &m->final_norm, &m->final_norm_b, nk, eps, T, C, false);
     for (int64_t l = L - 1; l >= 0; l--) {
         const hc_layer *Ly = &m->layers[l];
         layer_acts *a = &A[l];
@@ -508,7 +508,7 @@ static void batch_compute(void *arg) {
         /* the MLP block: x_out = x_mid + post(ff_pre) */
         float *dff = dx;
         if (Ly->ffn_post_norm.data) {
-            be->norm_backward(be, tmp, GM(&Ly->ffn_post_norm), NULL, dx, a->ff_pre, &Ly->ffn_post_norm, NULL, nk, eps, T, C);
+            be->norm_backward(be, tmp, GM(&Ly->ffn_post_norm), NULL, dx, a->ff_pre, &Ly->ffn_post_norm, NULL, nk, eps, T, C, false);
             dff = tmp;
         }
         if (E) {
@@ -533,13 +533,12 @@ static void batch_compute(void *arg) {
                        &ls, a->lu[HC_LORA_UP]);
             }
         }
-        be->norm_backward(be, tmp, GM(&Ly->ffn_norm), Ly->ffn_norm_b.data ? GM(&Ly->ffn_norm_b) : NULL, dh, a->x_mid,
-                          &Ly->ffn_norm, &Ly->ffn_norm_b, nk, eps, T, C);
-        be->add(be, dx, dx, tmp, T * C); /* d x_mid */
+        be->norm_backward(be, dx, GM(&Ly->ffn_norm), Ly->ffn_norm_b.data ? GM(&Ly->ffn_norm_b) : NULL, dh, a->x_mid,
+                          &Ly->ffn_norm, &Ly->ffn_norm_b, nk, eps, T, C, true); /* d x_mid */
         /* the attention block: x_mid = x_in + post(o_pre) */
         float *dop = dx;
         if (Ly->attn_post_norm.data) {
-            be->norm_backward(be, tmp, GM(&Ly->attn_post_norm), NULL, dx, a->o_pre, &Ly->attn_post_norm, NULL, nk, eps, T, C);
+            be->norm_backward(be, tmp, GM(&Ly->attn_post_norm), NULL, dx, a->o_pre, &Ly->attn_post_norm, NULL, nk, eps, T, C, false);
             dop = tmp;
         }
         float *datt = tmp + T * (C > I ? C : I) * 2; /* [T, H*D], the tail of tmp */
@@ -551,11 +550,11 @@ static void batch_compute(void *arg) {
             be->rope_backward(be, dk, pos, tc.inv[Ly->rope], tc.attn_factor[Ly->rope], T, KVH, D, R);
         }
         if (Ly->q_norm.data) {
-            be->norm_backward(be, datt, GM(&Ly->q_norm), NULL, dq, a->q_pre, &Ly->q_norm, NULL, nk, eps, T * H, D);
+            be->norm_backward(be, datt, GM(&Ly->q_norm), NULL, dq, a->q_pre, &Ly->q_norm, NULL, nk, eps, T * H, D, false);
             be->copy(be, dq, datt, T * H * D);
         }
         if (Ly->k_norm.data) {
-            be->norm_backward(be, datt, GM(&Ly->k_norm), NULL, dk, a->k_pre, &Ly->k_norm, NULL, nk, eps, T * KVH, D);
+            be->norm_backward(be, datt, GM(&Ly->k_norm), NULL, dk, a->k_pre, &Ly->k_norm, NULL, nk, eps, T * KVH, D, false);
             be->copy(be, dk, datt, T * KVH * D);
         }
         if (qkv_fused(m, l)) {
@@ -570,9 +569,8 @@ static void batch_compute(void *arg) {
             mm_bwd(be, m, l, HC_LORA_V, tmp, GM(&Ly->wv), GM(&Ly->bv), dv, a->h1, &Ly->wv, T, &ls, a->lu[HC_LORA_V]);
             be->add(be, dh, dh, tmp, T * C);
         }
-        be->norm_backward(be, tmp, GM(&Ly->attn_norm), Ly->attn_norm_b.data ? GM(&Ly->attn_norm_b) : NULL, dh, a->x_in,
-                          &Ly->attn_norm, &Ly->attn_norm_b, nk, eps, T, C);
-        be->add(be, dx, dx, tmp, T * C); /* d x_in */
+        be->norm_backward(be, dx, GM(&Ly->attn_norm), Ly->attn_norm_b.data ? GM(&Ly->attn_norm_b) : NULL, dh, a->x_in,
+                          &Ly->attn_norm, &Ly->attn_norm_b, nk, eps, T, C, true); /* d x_in */
     }
     if (GM(&m->tok_embed)) be->embedding_backward(be, GM(&m->tok_embed), &m->tok_embed, dx, ids, T, m->embed_scale);
     if (m->pos_embed.data && GM(&m->pos_embed))

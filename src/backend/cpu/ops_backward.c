@@ -46,7 +46,8 @@ void hc_cpu_matmul_backward(hc_backend *be, float *dx, float *dw, float *db, con
 }
 
 void hc_cpu_norm_backward(hc_backend *be, float *dx, float *dw, float *db, const float *dout, const float *x,
-                          const hc_vec *w, const hc_vec *b, hc_norm_kind kind, float eps, int64_t T, int64_t C) {
+                          const hc_vec *w, const hc_vec *b, hc_norm_kind kind, float eps, int64_t T, int64_t C,
+                          bool accumulate) {
     (void)be;
     for (int64_t t = 0; t < T; t++) {
         const float *xt = x + t * C, *gt = dout + t * C;
@@ -75,7 +76,8 @@ void hc_cpu_norm_backward(hc_backend *be, float *dx, float *dw, float *db, const
             const double xhat = ((double)xt[c] - mean) * inv, d = (double)gt[c] * g;
             double v = d - xhat * sum_dx / (double)C;
             if (kind == HC_NORM_LAYER) v -= sum_d / (double)C;
-            dx[t * C + c] = (float)(inv * v);
+            const float r = (float)(inv * v);
+            dx[t * C + c] = accumulate ? dx[t * C + c] + r : r;
         }
     }
 }

@@ -115,51 +115,84 @@ void hc_cuda_matmul_backward(hc_backend *be, float *dx, float *dw, float *db, co
     HC_CUDA_LAUNCHED(be, "matmul_backward");
 }
 
-/* ---- norms: a block per row -------------------------------------------------------------------- */
+/* ---- norms: a block per `rows` rows ------------------------------------------------------------- */
 
+/* dw and db gather over the block's rows in shared memory (acc: [C] each; a column is always
+ * the same thread's, so no conflicts) and go out with one atomicAdd a column a block, where a
+ * block a row would make T * C atomics on the same C addresses. Rows too wide for shared
+ * memory (`direct`) add straight to dw and db. */
 __global__ void norm_backward_kernel(float *dx, float *dw, float *db, const float *dout, const float *x, const void *w,
-                                     hc_dtype wdt, bool has_b, hc_norm_kind kind, float eps, int64_t C) {
+                                     hc_dtype wdt, bool has_b, hc_norm_kind kind, float eps, int64_t T, int64_t C,
+                                     int64_t rows, bool direct, bool accumulate) {
+    extern __shared__ float acc[];
     __shared__ float red[32];
-    const int64_t t = blockIdx.x;
-    const float *xt = x + t * C, *gt = dout + t * C;
-    float mean = 0;
-    if (kind == HC_NORM_LAYER) {
-        float s = 0;
-        for (int64_t c = threadIdx.x; c < C; c += blockDim.x) s += xt[c];
-        mean = hc_block_sum(s, red) / (float)C;
+    const bool want_dw = dw && w, want_db = db && has_b;
+    float *adw = direct ? dw : acc, *adb = direct ? db : acc + (want_dw ? C : 0);
+    for (int64_t c = threadIdx.x; !direct && c < C; c += blockDim.x) {
+        if (want_dw) adw[c] = 0;
+        if (want_db) adb[c] = 0;
     }
-    float ss = 0;
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += (xt[c] - mean) * (xt[c] - mean);
-    const float inv = rsqrtf(hc_block_sum(ss, red) / (float)C + eps);
-    float sum_d = 0, sum_dx = 0;
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-        float g = w ? hc_ld(w, wdt, c) : 1.0f;
-        if (kind == HC_NORM_RMS_PLUS1) g += 1.0f;
-        const float xhat = (xt[c] - mean) * inv, d = gt[c] * g;
-        sum_d += d;
-        sum_dx += d * xhat;
-        if (dw && w) atomicAdd(dw + c, gt[c] * xhat);
-        if (db && has_b) atomicAdd(db + c, gt[c]);
+    const int64_t t1 = (blockIdx.x + 1) * rows < T ? (blockIdx.x + 1) * rows : T;
+    for (int64_t t = blockIdx.x * rows; t < t1; t++) {
+        const float *xt = x + t * C, *gt = dout + t * C;
+        float mean = 0;
+        if (kind == HC_NORM_LAYER) {
+            float s = 0;
+            for (int64_t c = threadIdx.x; c < C; c += blockDim.x) s += xt[c];
+            mean = hc_block_sum(s, red) / (float)C;
+        }
+        float ss = 0;
+        for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += (xt[c] - mean) * (xt[c] - mean);
+        const float inv = rsqrtf(hc_block_sum(ss, red) / (float)C + eps);
+        float sum_d = 0, sum_dx = 0;
+        for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+            float g = w ? hc_ld(w, wdt, c) : 1.0f;
+            if (kind == HC_NORM_RMS_PLUS1) g += 1.0f;
+            const float xhat = (xt[c] - mean) * inv, d = gt[c] * g;
+            sum_d += d;
+            sum_dx += d * xhat;
+            if (direct) {
+                if (want_dw) atomicAdd(dw + c, gt[c] * xhat);
+                if (want_db) atomicAdd(db + c, gt[c]);
+            } else {
+                if (want_dw) adw[c] += gt[c] * xhat;
+                if (want_db) adb[c] += gt[c];
+            }
+        }
+        if (!dx) continue;
+        sum_d = hc_block_sum(sum_d, red);
+        sum_dx = hc_block_sum(sum_dx, red);
+        for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+            float g = w ? hc_ld(w, wdt, c) : 1.0f;
+            if (kind == HC_NORM_RMS_PLUS1) g += 1.0f;
+            const float xhat = (xt[c] - mean) * inv, d = gt[c] * g;
+            float v = d - xhat * sum_dx / (float)C;
+            if (kind == HC_NORM_LAYER) v -= sum_d / (float)C;
+            dx[t * C + c] = accumulate ? dx[t * C + c] + inv * v : inv * v;
+        }
     }
-    if (!dx) return;
-    sum_d = hc_block_sum(sum_d, red);
-    sum_dx = hc_block_sum(sum_dx, red);
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-        float g = w ? hc_ld(w, wdt, c) : 1.0f;
-        if (kind == HC_NORM_RMS_PLUS1) g += 1.0f;
-        const float xhat = (xt[c] - mean) * inv, d = gt[c] * g;
-        float v = d - xhat * sum_dx / (float)C;
-        if (kind == HC_NORM_LAYER) v -= sum_d / (float)C;
-        dx[t * C + c] = inv * v;
+    for (int64_t c = threadIdx.x; !direct && c < C; c += blockDim.x) {
+        if (want_dw) atomicAdd(dw + c, adw[c]);
+        if (want_db) atomicAdd(db + c, adb[c]);
     }
 }
 
 void hc_cuda_norm_backward(hc_backend *be, float *dx, float *dw, float *db, const float *dout, const float *x,
-                           const hc_vec *w, const hc_vec *b, hc_norm_kind kind, float eps, int64_t T, int64_t C) {
+                           const hc_vec *w, const hc_vec *b, hc_norm_kind kind, float eps, int64_t T, int64_t C,
+                           bool accumulate) {
     if (T <= 0 || hc_cuda(be)->failed) return;
+    hc_cuda_ctx *cx = hc_cuda(be);
     const void *wd = w && w->data ? w->data : NULL;
-    norm_backward_kernel<<<(unsigned)T, 256, 0, hc_cuda(be)->stream>>>(dx, dw, db, dout, x, wd, wd ? w->dtype : HC_DTYPE_F32,
-                                                                      b && b->data, kind, eps, C);
+    const bool has_b = b && b->data;
+    size_t smem = sizeof(float) * (size_t)C * ((dw && wd) + (db && has_b));
+    const bool direct = smem > 48 * 1024; /* within a block's default shared memory */
+    if (direct) smem = 0;
+    /* about four blocks an SM */
+    int64_t rows = direct ? 1 : T / (4 * (int64_t)cx->n_sm);
+    if (rows < 1) rows = 1;
+    if (rows > 32) rows = 32;
+    norm_backward_kernel<<<(unsigned)((T + rows - 1) / rows), 256, smem, cx->stream>>>(
+        dx, dw, db, dout, x, wd, wd ? w->dtype : HC_DTYPE_F32, has_b, kind, eps, T, C, rows, direct, accumulate);
     HC_CUDA_LAUNCHED(be, "norm_backward");
 }
 
@@ -347,15 +380,23 @@ __global__ void cross_entropy_kernel(float *dlogits, float *loss, float *hit, co
         if (threadIdx.x == 0) loss[t] = hit[t] = 0;
         return;
     }
-    /* the max and its first index */
+    /* One read for the max, its first index and the sum of exps: each thread keeps its own
+     * max and rescales its sum when the max grows (exps in f32, each within an ulp; sums in
+     * double), then the block rescales every thread's sum to the row's max. */
     float mx = -INFINITY;
     int64_t best = V;
-    for (int64_t v = threadIdx.x; v < V; v += blockDim.x)
-        if (lt[v] > mx) mx = lt[v], best = v;
+    double z = 0;
+    for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
+        const float l = lt[v];
+        if (l > mx) {
+            z = mx == -INFINITY ? 0 : z * (double)expf(mx - l);
+            mx = l, best = v;
+        }
+        z += (double)expf(l - mx);
+    }
+    const float mine = mx;
     hc_block_argmax(&mx, &best, red, redi);
-    double z = 0; /* exps in f32 (each within an ulp), their sum in double */
-    for (int64_t v = threadIdx.x; v < V; v += blockDim.x) z += (double)expf(lt[v] - mx);
-    z = hc_block_sum_double(z, redd);
+    z = hc_block_sum_double(mine == -INFINITY ? 0 : z * (double)expf(mine - mx), redd);
     if (threadIdx.x == 0) {
         hit[t] = best == y;
         loss[t] = (float)(log(z) + mx - lt[y]);
@@ -383,7 +424,13 @@ void hc_cuda_copy(hc_backend *be, float *out, const float *x, int64_t n) {
 __global__ void sum_squares_kernel(double *acc, const float *x, int64_t n) {
     __shared__ double red[32];
     double s = 0;
-    GRID_STRIDE(i, n) s += (double)x[i] * x[i];
+    const int64_t n4 = (uintptr_t)x % 16 == 0 ? n / 4 : 0; /* four at a time: 16-byte loads */
+    GRID_STRIDE(i, n4) {
+        const float4 v = ((const float4 *)x)[i];
+        s += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
+    }
+    for (int64_t i = 4 * n4 + blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        s += (double)x[i] * x[i];
     s = hc_block_sum_double(s, red);
     if (threadIdx.x == 0) atomicAdd(acc, s);
 }
@@ -395,19 +442,54 @@ void hc_cuda_sum_squares(hc_backend *be, double *acc, const float *x, int64_t n)
     HC_CUDA_LAUNCHED(be, "sum_squares");
 }
 
+/* One element's step (w, m1, m2 in place) and the new weight. */
+__device__ __forceinline__ float adamw_one(float *w, float *m1, float *m2, float g, float g_scale, float b1, float b2,
+                                           float step_size, float bc2_sqrt, float decay, float eps) {
+    const float gi = g * g_scale;
+    float wi = *w * decay, a = *m1, b = *m2;
+    a += (gi - a) * (1.0f - b1);
+    b = b * b2 + (1.0f - b2) * gi * gi;
+    wi -= step_size * a / (sqrtf(b) / bc2_sqrt + eps);
+    *w = wi, *m1 = a, *m2 = b;
+    return wi;
+}
+
+__device__ __forceinline__ void adamw_store(void *out, hc_dtype out_dtype, int64_t i, float wi) {
+    if (out_dtype == HC_DTYPE_F32) ((float *)out)[i] = wi;
+    else if (out_dtype == HC_DTYPE_BF16) ((__nv_bfloat16 *)out)[i] = __float2bfloat16_rn(wi);
+    else ((__half *)out)[i] = __float2half_rn(wi);
+}
+
+/* Bandwidth-bound (about 30 bytes a parameter): four elements a thread with 16-byte loads where
+ * every buffer allows it (`vec`), one at a time otherwise. */
 __global__ void adamw_kernel(float *w, float *m1, float *m2, const float *g, float g_scale, int64_t n, float b1, float b2,
-                             float step_size, float bc2_sqrt, float decay, float eps, void *out, hc_dtype out_dtype) {
-    GRID_STRIDE(i, n) {
-        const float gi = g[i] * g_scale;
-        float wi = w[i] * decay, a = m1[i], b = m2[i];
-        a += (gi - a) * (1.0f - b1);
-        b = b * b2 + (1.0f - b2) * gi * gi;
-        wi -= step_size * a / (sqrtf(b) / bc2_sqrt + eps);
-        w[i] = wi, m1[i] = a, m2[i] = b;
+                             float step_size, float bc2_sqrt, float decay, float eps, void *out, hc_dtype out_dtype,
+                             bool vec) {
+    const int64_t n4 = vec ? n / 4 : 0;
+    GRID_STRIDE(i, n4) {
+        float4 wv = ((float4 *)w)[i], av = ((float4 *)m1)[i], bv = ((float4 *)m2)[i];
+        const float4 gv = ((const float4 *)g)[i];
+        float *wp = &wv.x, *ap = &av.x, *bp = &bv.x;
+        const float *gp = &gv.x;
+        float o[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            o[j] = adamw_one(&wp[j], &ap[j], &bp[j], gp[j], g_scale, b1, b2, step_size, bc2_sqrt, decay, eps);
+        ((float4 *)w)[i] = wv, ((float4 *)m1)[i] = av, ((float4 *)m2)[i] = bv;
         if (!out) continue;
-        if (out_dtype == HC_DTYPE_F32) ((float *)out)[i] = wi;
-        else if (out_dtype == HC_DTYPE_BF16) ((__nv_bfloat16 *)out)[i] = __float2bfloat16_rn(wi);
-        else ((__half *)out)[i] = __float2half_rn(wi);
+        if (out_dtype == HC_DTYPE_F32) {
+            ((float4 *)out)[i] = make_float4(o[0], o[1], o[2], o[3]);
+        } else if (out_dtype == HC_DTYPE_BF16) {
+            __nv_bfloat16 h[4] = {__float2bfloat16_rn(o[0]), __float2bfloat16_rn(o[1]), __float2bfloat16_rn(o[2]),
+                                  __float2bfloat16_rn(o[3])};
+            ((uint2 *)out)[i] = *(const uint2 *)h;
+        } else {
+            for (int j = 0; j < 4; j++) adamw_store(out, out_dtype, 4 * i + j, o[j]);
+        }
+    }
+    for (int64_t i = 4 * n4 + blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const float wi = adamw_one(&w[i], &m1[i], &m2[i], g[i], g_scale, b1, b2, step_size, bc2_sqrt, decay, eps);
+        if (out) adamw_store(out, out_dtype, i, wi);
     }
 }
 
@@ -417,9 +499,11 @@ void hc_cuda_adamw(hc_backend *be, float *w, float *m1, float *m2, const float *
     /* the step's constants as the CPU computes them (powf in f32 on the host) */
     const float lr = (float)p->lr, b1 = (float)p->beta1, b2 = (float)p->beta2;
     const float bc1 = 1.0f - powf(b1, (float)step), bc2_sqrt = sqrtf(1.0f - powf(b2, (float)step));
-    adamw_kernel<<<grid_for(n), 256, 0, hc_cuda(be)->stream>>>(w, m1, m2, g, g_scale, n, b1, b2, lr / bc1, bc2_sqrt,
-                                                               1.0f - lr * (float)p->weight_decay, (float)p->eps, out,
-                                                               out_dtype);
+    const bool vec = ((uintptr_t)w | (uintptr_t)m1 | (uintptr_t)m2 | (uintptr_t)g) % 16 == 0 &&
+                     (!out || (uintptr_t)out % (4 * hc_dtype_size(out_dtype)) == 0);
+    adamw_kernel<<<grid_for(vec ? (n + 3) / 4 : n), 256, 0, hc_cuda(be)->stream>>>(
+        w, m1, m2, g, g_scale, n, b1, b2, lr / bc1, bc2_sqrt, 1.0f - lr * (float)p->weight_decay, (float)p->eps, out,
+        out_dtype, vec);
     HC_CUDA_LAUNCHED(be, "adamw");
 }
 

@@ -211,7 +211,8 @@ void hc_cuda_embedding_backward(hc_backend *be, float *dtable, const hc_mat *tab
 void hc_cuda_matmul_backward(hc_backend *be, float *dx, float *dw, float *db, const float *dout, const float *x,
                              const hc_mat *w, int64_t T);
 void hc_cuda_norm_backward(hc_backend *be, float *dx, float *dw, float *db, const float *dout, const float *x,
-                           const hc_vec *w, const hc_vec *b, hc_norm_kind kind, float eps, int64_t T, int64_t C);
+                           const hc_vec *w, const hc_vec *b, hc_norm_kind kind, float eps, int64_t T, int64_t C,
+                           bool accumulate);
 void hc_cuda_rope_backward(hc_backend *be, float *dx, const int32_t *pos, const float *inv_freq, float attn_factor,
                            int64_t T, int64_t nh, int64_t D, int64_t R);
 void hc_cuda_attention_backward(hc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,

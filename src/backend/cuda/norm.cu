@@ -40,9 +40,12 @@ __global__ void norm_kernel(float *out, float *x, const float *add, const void *
 static void launch_norm(hc_backend *be, float *out, float *x, const float *add, const hc_vec *w, const hc_vec *b,
                         hc_norm_kind kind, float eps, int64_t T, int64_t C) {
     if (T <= 0 || hc_cuda(be)->failed) return;
-    /* About two values a thread: a single decode row is latency-bound, so spread it wide. */
+    /* About two values a thread: a single decode row is latency-bound, so spread it wide. Many
+     * rows (a prompt, a training batch) fill the GPU anyway, and narrower blocks spend less on
+     * their reductions. */
     int threads = (int)((C / 2 + 31) / 32 * 32);
     if (threads > 1024) threads = 1024;
+    if (T >= 64 && threads > 256) threads = 256;
     if (threads < 32) threads = 32;
     const void *wd = w ? w->data : NULL, *bd = b ? b->data : NULL;
     for (int64_t t0 = 0; t0 < T; t0 += 65535 * 32) { /* grids hold 2^31-1 blocks in x; stay far below */
