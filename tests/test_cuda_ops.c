@@ -154,9 +154,9 @@ static void test_norm_rope_embed(void) {
     hc_backend *cpu = hc_backend_cpu();
     const int64_t Cs[] = {37, 1000, 3000};
     const hc_norm_kind kinds[] = {HC_NORM_RMS, HC_NORM_RMS_PLUS1, HC_NORM_LAYER};
-    for (int c = 0; c < 3; c++)
+    for (int c = 0; c < 3 * 2; c++) /* 5 rows, and 70 (rows held in registers where C allows) */
         for (int k = 0; k < 3; k++) {
-            const int64_t T = 5, C = Cs[c];
+            const int64_t T = c < 3 ? 5 : 70, C = Cs[c % 3];
             float *x = malloc(sizeof(float) * (size_t)(T * C)), *want = malloc(sizeof(float) * (size_t)(T * C));
             fill_rand(x, T * C, 3.0f);
             void *w = rand_typed(HC_DTYPE_BF16, C, 1.0f), *b = rand_typed(HC_DTYPE_BF16, C, 1.0f);
@@ -167,7 +167,7 @@ static void test_norm_rope_embed(void) {
             gpu->norm(gpu, dx, dx, &dw, kinds[k] == HC_NORM_LAYER ? &db : NULL, kinds[k], 1e-6f, T, C); /* in place */
             float *got = down(dx, T * C);
             char what[96];
-            snprintf(what, sizeof what, "norm kind %d C=%lld", (int)kinds[k], (long long)C);
+            snprintf(what, sizeof what, "norm kind %d T=%lld C=%lld", (int)kinds[k], (long long)T, (long long)C);
             report(what, nmse(got, want, T * C), 1e-7);
             gpu->free(gpu, (void *)dw.data);
             gpu->free(gpu, (void *)db.data);
@@ -472,9 +472,9 @@ static void test_fused(hc_backend *bf16) {
         free(x), free(want), free(ta), free(tb), free(got);
         cur = gpu;
     }
-    /* add_norm: both the updated residual and the norm. */
-    {
-        const int64_t T = 3, C = 1000;
+    /* add_norm: both the updated residual and the norm, a few rows and many. */
+    for (int64_t T = 3; T < 200; T += 97) {
+        const int64_t C = 1000;
         float *x = malloc(sizeof(float) * T * C), *o = malloc(sizeof(float) * T * C), *h = malloc(sizeof(float) * T * C);
         fill_rand(x, T * C, 2.0f);
         fill_rand(o, T * C, 2.0f);
@@ -788,6 +788,49 @@ static void mlp_train_case(hc_backend *be, double tol, hc_dtype dt, bool bias, i
     cur = gpu;
 }
 
+/* lm_loss (the LM head, the loss and its backward) on backend be against the CPU's op sequence:
+ * the per-row losses, dx and dW (+= onto random values); rows 2 and 5 have no target. On a bf16
+ * backend with bf16 weights and no soft-capping the logits are 16-bit. grad: with the backward. */
+static void lm_loss_case(hc_backend *be, double tol, hc_dtype dt, float cap, bool grad, int64_t T, int64_t V, int64_t C) {
+    hc_backend *cpu = hc_backend_cpu();
+    cur = be;
+    void *wh = rand_typed(dt, V * C, 0.3f);
+    float *x = malloc(sizeof(float) * (size_t)(T * C)), *dx = malloc(sizeof(float) * (size_t)(T * C));
+    float *dw = malloc(sizeof(float) * (size_t)(V * C)), *scr = malloc(sizeof(float) * (size_t)(2 * T * V));
+    float *loss = malloc(sizeof(float) * (size_t)T), *hit = malloc(sizeof(float) * (size_t)T);
+    int32_t *tg = malloc(sizeof(int32_t) * (size_t)T);
+    fill_rand(x, T * C, 1), fill_rand(dw, V * C, 1);
+    for (int64_t t = 0; t < T; t++) tg[t] = t == 2 || t == 5 ? -1 : (int32_t)((t * 37) % V);
+    void *wd = up(wh, (size_t)(V * C) * hc_dtype_size(dt));
+    float *xd = up(x, sizeof(float) * (size_t)(T * C)), *dwd = up(dw, sizeof(float) * (size_t)(V * C));
+    float *dxd = be->alloc(be, sizeof(float) * (size_t)(T * C)), *sd = be->alloc(be, sizeof(float) * (size_t)(2 * T * V));
+    float *ld = be->alloc(be, sizeof(float) * (size_t)T), *hd = be->alloc(be, sizeof(float) * (size_t)T);
+    int32_t *td = up(tg, sizeof(int32_t) * (size_t)T);
+    hc_mat w = {.data = wh, .dtype = dt, .rows = V, .cols = C, .ld = C}, wv = w;
+    wv.data = wd;
+    cpu->lm_loss(cpu, grad ? dx : NULL, grad ? dw : NULL, loss, hit, x, &w, cap, tg, T, 1.0 / 7, scr);
+    be->lm_loss(be, grad ? dxd : NULL, grad ? dwd : NULL, ld, hd, xd, &wv, cap, td, T, 1.0 / 7, sd);
+    char what[160];
+    snprintf(what, sizeof what, "lm_loss %s %s%s%s T=%lld V=%lld C=%lld", tol > 1e-7 ? "bf16" : "f32", dt_name(dt),
+             cap > 0 ? " softcap" : "", grad ? "" : " (no backward)", (long long)T, (long long)V, (long long)C);
+    char w2[200];
+    float *got = down(ld, T);
+    snprintf(w2, sizeof w2, "%s loss", what), report(w2, nmse(got, loss, T), tol);
+    free(got);
+    if (grad) {
+        got = down(dxd, T * C);
+        snprintf(w2, sizeof w2, "%s dx", what), report(w2, nmse(got, dx, T * C), tol);
+        free(got);
+        got = down(dwd, V * C);
+        snprintf(w2, sizeof w2, "%s dW", what), report(w2, nmse(got, dw, V * C), tol);
+        free(got);
+    }
+    be->free(be, wd), be->free(be, xd), be->free(be, dwd), be->free(be, dxd), be->free(be, sd), be->free(be, ld);
+    be->free(be, hd), be->free(be, td);
+    free(wh), free(x), free(dx), free(dw), free(scr), free(loss), free(hit), free(tg);
+    cur = gpu;
+}
+
 /* matmul_n_backward (q, k and v's backward) on backend be against the CPU's op sequence. */
 static void matmul_n_backward_case(hc_backend *be, double tol, hc_dtype dt, bool bias, int64_t T, int64_t K) {
     hc_backend *cpu = hc_backend_cpu();
@@ -867,6 +910,9 @@ static void test_backward(hc_backend *bf16) {
     norm_backward_case(HC_NORM_RMS, HC_DTYPE_BF16, false, 1500, 256, true); /* several rows a block */
     norm_backward_case(HC_NORM_RMS_PLUS1, HC_DTYPE_BF16, false, 2000, 130, false);
     norm_backward_case(HC_NORM_LAYER, HC_DTYPE_F32, true, 3000, 96, true);
+    norm_backward_case(HC_NORM_RMS_PLUS1, HC_DTYPE_BF16, false, 300, 2048, true); /* 2, 3, 4 float4s a thread */
+    norm_backward_case(HC_NORM_RMS, HC_DTYPE_F32, false, 100, 3000, false);
+    norm_backward_case(HC_NORM_LAYER, HC_DTYPE_F32, true, 70, 4096, false);
     norm_backward_case(HC_NORM_LAYER, HC_DTYPE_F32, true, 3, 7000, true); /* too wide for shared sums */
     attention_backward_case(13, 4, 2, 16, 0, 0);
     attention_backward_case(37, 6, 1, 24, 0, 0);
@@ -891,6 +937,11 @@ static void test_backward(hc_backend *bf16) {
     mlp_train_case(bf16, 1e-4, HC_DTYPE_BF16, false, 37, 40, 24); /* C > I */
     mlp_train_case(bf16, 1e-4, HC_DTYPE_BF16, true, 100, 64, 96);
     mlp_train_case(bf16, 1e-4, HC_DTYPE_BF16, false, 3, 64, 96);
+    lm_loss_case(gpu, 1e-7, HC_DTYPE_BF16, 0, true, 9, 300, 40);
+    lm_loss_case(gpu, 1e-7, HC_DTYPE_F32, 30.0f, true, 9, 300, 40);
+    lm_loss_case(bf16, 1e-4, HC_DTYPE_BF16, 0, true, 100, 1000, 64);
+    lm_loss_case(bf16, 1e-4, HC_DTYPE_BF16, 0, false, 100, 1000, 64);
+    lm_loss_case(bf16, 1e-4, HC_DTYPE_BF16, 30.0f, true, 100, 1000, 64);
     matmul_n_backward_case(gpu, 1e-7, HC_DTYPE_BF16, true, 9, 40);
     matmul_n_backward_case(bf16, 1e-4, HC_DTYPE_BF16, false, 100, 72);
     matmul_n_backward_case(bf16, 1e-4, HC_DTYPE_BF16, true, 100, 72);

@@ -221,6 +221,14 @@ struct hc_backend {
      * rows without a target get 0 in all three. dlogits may be NULL (evaluation). */
     void (*cross_entropy)(hc_backend *be, float *dlogits, float *loss, float *hit, const float *logits,
                           const int32_t *targets, int64_t T, int64_t V, double scale);
+    /* The LM head and the loss in one: logits [T, V] = matmul(x, w) (V = w->rows), soft-capped
+     * when softcap > 0, cross_entropy's loss and hit per row, and with dx the backward: dx (=)
+     * [T, C] and dw (+=; NULL: not wanted). scratch: [2 T V] floats. The op sequence: matmul,
+     * softcap, cross_entropy, softcap_backward, matmul_backward, the logits and their gradient
+     * in scratch's halves; a GPU computing in 16 bits may keep both in that dtype, as
+     * transformers' autocast rounds the LM head's output. */
+    void (*lm_loss)(hc_backend *be, float *dx, float *dw, float *loss, float *hit, const float *x, const hc_mat *w,
+                    float softcap, const int32_t *targets, int64_t T, double scale, float *scratch);
     /* out[t] = the first index of the largest of x[t, :] ([T, V]): greedy decoding without
      * bringing the logits back. */
     void (*argmax_rows)(hc_backend *be, int32_t *out, const float *x, int64_t T, int64_t V);
@@ -268,6 +276,8 @@ void hc_fused_ffn_backward(hc_backend *be, float *dx, float *dgate, float *dbg, 
                            float *dbd, const float *dout, const float *x, const float *keep, const hc_mat *gate,
                            const hc_vec *bg, const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd,
                            hc_activation act, int64_t T, float *scratch);
+void hc_fused_lm_loss(hc_backend *be, float *dx, float *dw, float *loss, float *hit, const float *x, const hc_mat *w,
+                      float softcap, const int32_t *targets, int64_t T, double scale, float *scratch);
 void hc_fused_add_norm(hc_backend *be, float *h, float *x, const float *o, const hc_vec *w, const hc_vec *b,
                        hc_norm_kind kind, float eps, int64_t T, int64_t C);
 void hc_fused_rope_store(hc_backend *be, float *q, float *k, const float *v, void *k_cache, void *v_cache,

@@ -69,6 +69,18 @@ void hc_fused_ffn_backward(hc_backend *be, float *dx, float *dgate, float *dbg, 
     be->add(be, dx, dx, tmp, T * C);
 }
 
+void hc_fused_lm_loss(hc_backend *be, float *dx, float *dw, float *loss, float *hit, const float *x, const hc_mat *w,
+                      float softcap, const int32_t *targets, int64_t T, double scale, float *scratch) {
+    const int64_t V = w->rows;
+    float *logits = scratch, *dlogits = scratch + T * V; /* [T, V] each */
+    be->matmul(be, logits, x, w, NULL, T);
+    if (softcap > 0) be->softcap(be, logits, softcap, T * V);
+    be->cross_entropy(be, dx ? dlogits : NULL, loss, hit, logits, targets, T, V, scale);
+    if (!dx) return;
+    if (softcap > 0) be->softcap_backward(be, dlogits, dlogits, logits, softcap, T * V);
+    be->matmul_backward(be, dx, dw, NULL, dlogits, x, w, T);
+}
+
 void hc_fused_add_norm(hc_backend *be, float *h, float *x, const float *o, const hc_vec *w, const hc_vec *b,
                        hc_norm_kind kind, float eps, int64_t T, int64_t C) {
     be->add(be, x, x, o, T * C);

@@ -454,7 +454,7 @@ typedef struct {
     const train_ctx *tc; /* B, S, positions, rope tables, scratch and the adapters' scratch */
     int32_t *ids, *tgt;
     float *loss_rows, *hit_rows;
-    float *x0, *xL, *hf, *logits, *dlogits, *dx, *dh, *dq, *dk, *dv, *dact, *dgate, *dup;
+    float *x0, *xL, *hf, *logits, *dx, *dh, *dq, *dk, *dv, *dact, *dgate, *dup;
     float *x_ckpt_out, *moe_work;
 } batch_step;
 
@@ -466,7 +466,7 @@ static void batch_compute(void *arg) {
     const hc_model_config *c = &m->cfg;
     const hc_norm_kind nk = m->arch->norm;
     const float eps = (float)c->norm_eps;
-    const int64_t C = c->hidden_size, H = c->n_heads, KVH = c->n_kv_heads, D = c->head_dim, V = c->vocab_size;
+    const int64_t C = c->hidden_size, H = c->n_heads, KVH = c->n_kv_heads, D = c->head_dim;
     const int64_t I = c->intermediate_size, L = c->n_layers, R = c->rotary_dim, E = c->n_experts;
     const train_ctx tc = *st->tc;
     const int64_t B = tc.B, S = tc.S, T = tc.T;
@@ -477,7 +477,7 @@ static void batch_compute(void *arg) {
     const int32_t *pos = tc.pos;
     int32_t *ids = st->ids, *tgt = st->tgt;
     float *loss_rows = st->loss_rows, *hit_rows = st->hit_rows, *tmp = tc.tmp, *scratch = tc.scratch;
-    float *x0 = st->x0, *xL = st->xL, *hf = st->hf, *logits = st->logits, *dlogits = st->dlogits, *dx = st->dx;
+    float *x0 = st->x0, *xL = st->xL, *hf = st->hf, *logits = st->logits, *dx = st->dx;
     float *dh = st->dh, *dq = st->dq, *dk = st->dk, *dv = st->dv, *dact = st->dact, *dgate = st->dgate;
     float *dup = st->dup, *x_ckpt_out = st->x_ckpt_out, *moe_work = st->moe_work;
     /* ---- forward, keeping activations ---- */
@@ -489,16 +489,11 @@ static void batch_compute(void *arg) {
         layer_forward(&tc, l, &A[l], xo);
     }
     be->norm(be, hf, xL, &m->final_norm, &m->final_norm_b, nk, eps, T, C);
-    be->matmul(be, logits, hf, &m->lm_head, NULL, T);
-    if (c->final_softcap > 0) be->softcap(be, logits, (float)c->final_softcap, T * V);
-
-    /* ---- loss: next-token cross entropy, mean over the batch's predicted tokens ---- */
-    be->cross_entropy(be, gr ? dlogits : NULL, loss_rows, hit_rows, logits, tgt, T, V, 1.0 / n_total);
-
-    /* ---- backward ---- */
+    /* ---- the loss (next-token cross entropy, mean over the batch's predicted tokens) and the
+     * backward from it, through the LM head ---- */
+    be->lm_loss(be, gr ? dh : NULL, gr ? GM(&m->lm_head) : NULL, loss_rows, hit_rows, hf, &m->lm_head,
+                (float)c->final_softcap, tgt, T, 1.0 / n_total, logits);
     if (!gr) return;
-    if (c->final_softcap > 0) be->softcap_backward(be, dlogits, dlogits, logits, (float)c->final_softcap, T * V);
-    matmul_bwd(be, dh, GM(&m->lm_head), NULL, dlogits, hf, &m->lm_head, T);
     be->norm_backward(be, dx, GM(&m->final_norm), m->final_norm_b.data ? GM(&m->final_norm_b) : NULL, dh, xL,
                       &m->final_norm, &m->final_norm_b, nk, eps, T, C, false);
     for (int64_t l = L - 1; l >= 0; l--) {
@@ -601,7 +596,7 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
     float *loss_rows = take(&wsb, T, &oom), *hit_rows = take(&wsb, T, &oom);
     float *inv[2] = {take(&wsb, R / 2 + 1, &oom), take(&wsb, R / 2 + 1, &oom)}, attn_factor[2] = {1, 1};
     float *x0 = take(&wsb, T * C, &oom), *xL = take(&wsb, T * C, &oom), *hf = take(&wsb, T * C, &oom);
-    float *logits = take(&wsb, T * V, &oom), *dlogits = take(&wsb, T * V, &oom);
+    float *logits = take(&wsb, 2 * T * V, &oom); /* lm_loss's scratch: logits and their gradient */
     float *dx = take(&wsb, T * C, &oom), *dh = take(&wsb, T * C, &oom), *tmp = take(&wsb, T * (C > I ? C : I) * 2 + T * H * D, &oom);
     float *dq = take(&wsb, T * H * D, &oom), *dk = take(&wsb, T * KVH * D, &oom), *dv = take(&wsb, T * KVH * D, &oom);
     /* [T, 3I + C]: ffn_backward's scratch; the op-by-op MLPs use its first three [T, I] */
@@ -663,7 +658,7 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
 
     train_ctx tc = {be, m, pos, {inv[0], inv[1]}, {attn_factor[0], attn_factor[1]}, T, B, S, scratch, tmp, &ls};
 
-    batch_step step = {m, gr, n_total, ckpt, A, &tc, ids, tgt, loss_rows, hit_rows, x0, xL, hf, logits, dlogits,
+    batch_step step = {m, gr, n_total, ckpt, A, &tc, ids, tgt, loss_rows, hit_rows, x0, xL, hf, logits,
                        dx, dh, dq, dk, dv, dact, dgate, dup, x_ckpt_out, moe_work};
     if (gr && be->graph_run && !E) {
         struct {
@@ -702,7 +697,7 @@ out:
     give(&wsb, x_ckpt_out);
     free(A), free(pos_h), free(tgt_h), free(inv_h), free(loss_h), free(hit_h);
     give(&wsb, ids), give(&wsb, pos), give(&wsb, tgt), give(&wsb, loss_rows), give(&wsb, hit_rows);
-    give(&wsb, inv[0]), give(&wsb, inv[1]), give(&wsb, x0), give(&wsb, xL), give(&wsb, hf), give(&wsb, logits), give(&wsb, dlogits), give(&wsb, dx);
+    give(&wsb, inv[0]), give(&wsb, inv[1]), give(&wsb, x0), give(&wsb, xL), give(&wsb, hf), give(&wsb, logits), give(&wsb, dx);
     give(&wsb, dh), give(&wsb, tmp), give(&wsb, dq), give(&wsb, dk), give(&wsb, dv), give(&wsb, dact), give(&wsb, scratch);
     give(&wsb, ls.u), give(&wsb, ls.du), give(&wsb, ls.dys), give(&wsb, ls.dxl), give(&wsb, moe_work);
     return st;

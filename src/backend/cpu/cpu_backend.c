@@ -73,6 +73,7 @@ static hc_backend cpu_backend = {
     .attention_backward = hc_cpu_attention_backward,
     .matmul_n_backward = hc_fused_matmul_n_backward,
     .ffn_backward = hc_fused_ffn_backward,
+    .lm_loss = hc_fused_lm_loss,
     .glu_backward = hc_cpu_glu_backward,
     .softcap_backward = hc_cpu_softcap_backward,
     .topk_route_backward = hc_cpu_topk_route_backward,

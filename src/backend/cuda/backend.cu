@@ -273,6 +273,7 @@ extern "C" hc_status hc_backend_cuda_new(int device_index, hc_dtype compute, hc_
     be->attention_backward = hc_cuda_attention_backward;
     be->matmul_n_backward = hc_cuda_matmul_n_backward;
     be->ffn_backward = hc_cuda_ffn_backward;
+    be->lm_loss = hc_cuda_lm_loss;
     be->glu_backward = hc_cuda_glu_backward;
     be->softcap_backward = hc_cuda_softcap_backward;
     be->topk_route_backward = hc_cuda_topk_route_backward;

@@ -177,6 +177,94 @@ __global__ void norm_backward_kernel(float *dx, float *dw, float *db, const floa
     }
 }
 
+/* The same for widths that are a multiple of 4, at most 4096, with 16-byte aligned rows: each
+ * of 256 threads holds NV float4s of x and dout in registers, and its columns' weights and
+ * its shares of dw and db across the block's rows, so a row is read once and nothing goes
+ * through shared memory but the reductions. */
+template <int NV>
+__global__ void norm_backward_rows_kernel(float *dx, float *dw, float *db, const float *dout, const float *x, const void *w,
+                                          hc_dtype wdt, bool has_b, hc_norm_kind kind, float eps, int64_t T, int64_t C,
+                                          int64_t rows, bool accumulate) {
+    __shared__ float red[32];
+    const int64_t C4 = C / 4;
+    float g[4 * NV], pdw[4 * NV], pdb[4 * NV];
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        const int64_t c4 = threadIdx.x + k * (int64_t)blockDim.x;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            g[4 * k + j] = w && c4 < C4 ? hc_ld(w, wdt, 4 * c4 + j) : 1.0f;
+            if (kind == HC_NORM_RMS_PLUS1) g[4 * k + j] += 1.0f;
+            pdw[4 * k + j] = pdb[4 * k + j] = 0;
+        }
+    }
+    const int64_t t1 = (blockIdx.x + 1) * rows < T ? (blockIdx.x + 1) * rows : T;
+    for (int64_t t = blockIdx.x * rows; t < t1; t++) {
+        float xv[4 * NV], dv[4 * NV];
+        float s = 0;
+#pragma unroll
+        for (int k = 0; k < NV; k++) {
+            const int64_t c4 = threadIdx.x + k * (int64_t)blockDim.x;
+            const float4 a = c4 < C4 ? ((const float4 *)(x + t * C))[c4] : make_float4(0, 0, 0, 0);
+            const float4 d = c4 < C4 ? ((const float4 *)(dout + t * C))[c4] : make_float4(0, 0, 0, 0);
+            xv[4 * k] = a.x, xv[4 * k + 1] = a.y, xv[4 * k + 2] = a.z, xv[4 * k + 3] = a.w;
+            dv[4 * k] = d.x, dv[4 * k + 1] = d.y, dv[4 * k + 2] = d.z, dv[4 * k + 3] = d.w;
+            s += a.x + a.y + a.z + a.w;
+        }
+        const float mean = kind == HC_NORM_LAYER ? hc_block_sum(s, red) / (float)C : 0.0f;
+        float ss = 0;
+#pragma unroll
+        for (int k = 0; k < NV; k++) {
+            const bool in = threadIdx.x + k * (int64_t)blockDim.x < C4;
+#pragma unroll
+            for (int j = 0; j < 4; j++) ss += in ? (xv[4 * k + j] - mean) * (xv[4 * k + j] - mean) : 0.0f;
+        }
+        const float inv = rsqrtf(hc_block_sum(ss, red) / (float)C + eps);
+        float sum_d = 0, sum_dx = 0;
+#pragma unroll
+        for (int i = 0; i < 4 * NV; i++) {
+            const float xhat = (xv[i] - mean) * inv, d = dv[i] * g[i];
+            sum_d += d;
+            sum_dx += d * xhat;
+            pdw[i] += dv[i] * xhat;
+            pdb[i] += dv[i];
+        }
+        if (!dx) continue;
+        sum_d = hc_block_sum(sum_d, red);
+        sum_dx = hc_block_sum(sum_dx, red);
+#pragma unroll
+        for (int k = 0; k < NV; k++) {
+            const int64_t c4 = threadIdx.x + k * (int64_t)blockDim.x;
+            if (c4 >= C4) continue;
+            float o[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int i = 4 * k + j;
+                const float xhat = (xv[i] - mean) * inv, d = dv[i] * g[i];
+                float v = d - xhat * sum_dx / (float)C;
+                if (kind == HC_NORM_LAYER) v -= sum_d / (float)C;
+                o[j] = inv * v;
+            }
+            float4 *p = (float4 *)(dx + t * C) + c4;
+            if (accumulate) {
+                const float4 a = *p;
+                o[0] += a.x, o[1] += a.y, o[2] += a.z, o[3] += a.w;
+            }
+            *p = make_float4(o[0], o[1], o[2], o[3]);
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        const int64_t c4 = threadIdx.x + k * (int64_t)blockDim.x;
+        if (c4 >= C4) continue;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            if (dw && w) atomicAdd(dw + 4 * c4 + j, pdw[4 * k + j]);
+            if (db && has_b) atomicAdd(db + 4 * c4 + j, pdb[4 * k + j]);
+        }
+    }
+}
+
 void hc_cuda_norm_backward(hc_backend *be, float *dx, float *dw, float *db, const float *dout, const float *x,
                            const hc_vec *w, const hc_vec *b, hc_norm_kind kind, float eps, int64_t T, int64_t C,
                            bool accumulate) {
@@ -184,6 +272,23 @@ void hc_cuda_norm_backward(hc_backend *be, float *dx, float *dw, float *db, cons
     hc_cuda_ctx *cx = hc_cuda(be);
     const void *wd = w && w->data ? w->data : NULL;
     const bool has_b = b && b->data;
+    const bool aligned = ((uintptr_t)dx | (uintptr_t)dout | (uintptr_t)x) % 16 == 0;
+    if (T >= 64 && C % 4 == 0 && C <= 4096 && aligned) {
+        int64_t rows = T / (4 * (int64_t)cx->n_sm); /* about four blocks an SM */
+        if (rows < 1) rows = 1;
+        const unsigned blocks = (unsigned)((T + rows - 1) / rows);
+        const hc_dtype wdt = wd ? w->dtype : HC_DTYPE_F32;
+        const int nv = (int)((C / 4 + 255) / 256);
+#define NB(N)                                                                                                           \
+    case N:                                                                                                             \
+        norm_backward_rows_kernel<N><<<blocks, 256, 0, cx->stream>>>(dx, dw, db, dout, x, wd, wdt, has_b, kind, eps, T, C, \
+                                                                     rows, accumulate);                                 \
+        break
+        switch (nv) { NB(1); NB(2); NB(3); default: NB(4); }
+#undef NB
+        HC_CUDA_LAUNCHED(be, "norm_backward");
+        return;
+    }
     size_t smem = sizeof(float) * (size_t)C * ((dw && wd) + (db && has_b));
     const bool direct = smem > 48 * 1024; /* within a block's default shared memory */
     if (direct) smem = 0;
@@ -366,17 +471,22 @@ void hc_cuda_softcap_backward(hc_backend *be, float *dx, const float *dy, const 
 
 /* ---- the loss: a block per row ------------------------------------------------------------------ */
 
-__global__ void cross_entropy_kernel(float *dlogits, float *loss, float *hit, const float *logits, const int32_t *targets,
+/* LT: the logits' type (f32, or 16-bit from the fused LM head); dlogits has it too and may be
+ * the logits themselves (each element is read before its own thread writes it; lt[y] is read
+ * before the first barrier). */
+template <typename LT>
+__global__ void cross_entropy_kernel(LT *dlogits, float *loss, float *hit, const LT *logits, const int32_t *targets,
                                      int64_t V, double scale) {
     __shared__ float red[32];
     __shared__ double redd[32];
     __shared__ int64_t redi[32];
     const int64_t t = blockIdx.x;
-    const float *lt = logits + t * V;
-    float *dl = dlogits ? dlogits + t * V : NULL;
+    const LT *lt = logits + t * V;
+    LT *dl = dlogits ? dlogits + t * V : NULL;
     const int32_t y = targets[t];
+    const float ly = y >= 0 && threadIdx.x == 0 ? (float)lt[y] : 0.0f;
     if (y < 0) {
-        for (int64_t v = threadIdx.x; dl && v < V; v += blockDim.x) dl[v] = 0;
+        for (int64_t v = threadIdx.x; dl && v < V; v += blockDim.x) dl[v] = narrow<LT>(0.0f);
         if (threadIdx.x == 0) loss[t] = hit[t] = 0;
         return;
     }
@@ -387,7 +497,7 @@ __global__ void cross_entropy_kernel(float *dlogits, float *loss, float *hit, co
     int64_t best = V;
     double z = 0;
     for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
-        const float l = lt[v];
+        const float l = (float)lt[v];
         if (l > mx) {
             z = mx == -INFINITY ? 0 : z * (double)expf(mx - l);
             mx = l, best = v;
@@ -399,17 +509,29 @@ __global__ void cross_entropy_kernel(float *dlogits, float *loss, float *hit, co
     z = hc_block_sum_double(mine == -INFINITY ? 0 : z * (double)expf(mine - mx), redd);
     if (threadIdx.x == 0) {
         hit[t] = best == y;
-        loss[t] = (float)(log(z) + mx - lt[y]);
+        loss[t] = (float)(log(z) + mx - ly);
     }
     const float pscale = (float)(scale / z);
     for (int64_t v = threadIdx.x; dl && v < V; v += blockDim.x)
-        dl[v] = expf(lt[v] - mx) * pscale - (v == y ? (float)scale : 0.0f);
+        dl[v] = narrow<LT>(expf((float)lt[v] - mx) * pscale - (v == y ? (float)scale : 0.0f));
+}
+
+void hc_cuda_cross_entropy16(hc_backend *be, void *dlogits, float *loss, float *hit, const void *logits,
+                             const int32_t *targets, int64_t T, int64_t V, double scale) {
+    if (T <= 0 || hc_cuda(be)->failed) return;
+    if (hc_cuda(be)->compute == HC_DTYPE_BF16)
+        cross_entropy_kernel<__nv_bfloat16><<<(unsigned)T, 256, 0, hc_cuda(be)->stream>>>(
+            (__nv_bfloat16 *)dlogits, loss, hit, (const __nv_bfloat16 *)logits, targets, V, scale);
+    else
+        cross_entropy_kernel<__half><<<(unsigned)T, 256, 0, hc_cuda(be)->stream>>>((__half *)dlogits, loss, hit,
+                                                                                   (const __half *)logits, targets, V, scale);
+    HC_CUDA_LAUNCHED(be, "cross_entropy");
 }
 
 void hc_cuda_cross_entropy(hc_backend *be, float *dlogits, float *loss, float *hit, const float *logits,
                            const int32_t *targets, int64_t T, int64_t V, double scale) {
     if (T <= 0 || hc_cuda(be)->failed) return;
-    cross_entropy_kernel<<<(unsigned)T, 256, 0, hc_cuda(be)->stream>>>(dlogits, loss, hit, logits, targets, V, scale);
+    cross_entropy_kernel<float><<<(unsigned)T, 256, 0, hc_cuda(be)->stream>>>(dlogits, loss, hit, logits, targets, V, scale);
     HC_CUDA_LAUNCHED(be, "cross_entropy");
 }
 

@@ -248,6 +248,11 @@ void hc_cuda_topk_route_backward(hc_backend *be, float *dlogits, const float *dw
 void hc_cuda_softcap_backward(hc_backend *be, float *dx, const float *dy, const float *y, float cap, int64_t n);
 void hc_cuda_cross_entropy(hc_backend *be, float *dlogits, float *loss, float *hit, const float *logits,
                            const int32_t *targets, int64_t T, int64_t V, double scale);
+/* cross_entropy on logits of the compute dtype (16 bits), dlogits in it too, in place allowed. */
+void hc_cuda_cross_entropy16(hc_backend *be, void *dlogits, float *loss, float *hit, const void *logits,
+                             const int32_t *targets, int64_t T, int64_t V, double scale);
+void hc_cuda_lm_loss(hc_backend *be, float *dx, float *dw, float *loss, float *hit, const float *x, const hc_mat *w,
+                     float softcap, const int32_t *targets, int64_t T, double scale, float *scratch);
 void hc_cuda_argmax_rows(hc_backend *be, int32_t *out, const float *x, int64_t T, int64_t V);
 void hc_cuda_sum_squares(hc_backend *be, double *acc, const float *x, int64_t n);
 void hc_cuda_adamw(hc_backend *be, float *w, float *m1, float *m2, const float *g, float g_scale, int64_t n,

@@ -1,4 +1,5 @@
-/* RMSNorm (plain and Gemma's 1 + w) and LayerNorm: one block per row, f32 sums. */
+/* RMSNorm (plain and Gemma's 1 + w) and LayerNorm, f32 sums: a wide block per row for decode,
+ * rows held in registers for prompts and training. */
 #include "backend/cuda/common.cuh"
 
 /* out[T, C] = norm(x[T, C]) * w (+ b); with `add`, first x += add (written back). */
@@ -37,15 +38,90 @@ __global__ void norm_kernel(float *out, float *x, const float *add, const void *
     }
 }
 
+/* Many rows of a width that is a multiple of 4 and at most 4096 (prompts and training): each
+ * of 256 threads holds NV float4s of its row in registers, so the row is read once (16-byte
+ * loads) and the reductions run over registers; a block takes `rows` rows. The same sums as
+ * norm_kernel, in another order. */
+template <int NV>
+__global__ void norm_rows_kernel(float *out, float *x, const float *add, const void *w, hc_dtype w_dt, const void *b,
+                                 hc_dtype b_dt, hc_norm_kind kind, float eps, int64_t T, int64_t C, int64_t rows) {
+    __shared__ float red[32];
+    const int64_t C4 = C / 4;
+    const int64_t t1 = (blockIdx.x + 1) * rows < T ? (blockIdx.x + 1) * rows : T;
+    for (int64_t t = blockIdx.x * rows; t < t1; t++) {
+        float4 v[NV];
+        float s = 0;
+#pragma unroll
+        for (int k = 0; k < NV; k++) {
+            const int64_t c4 = threadIdx.x + k * (int64_t)blockDim.x;
+            v[k] = c4 < C4 ? ((const float4 *)(x + t * C))[c4] : make_float4(0, 0, 0, 0);
+            if (add && c4 < C4) {
+                const float4 a = ((const float4 *)(add + t * C))[c4];
+                v[k].x += a.x, v[k].y += a.y, v[k].z += a.z, v[k].w += a.w;
+                ((float4 *)(x + t * C))[c4] = v[k];
+            }
+            s += kind == HC_NORM_LAYER ? v[k].x + v[k].y + v[k].z + v[k].w
+                                       : v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
+        }
+        float mean = 0, inv;
+        if (kind == HC_NORM_LAYER) {
+            mean = hc_block_sum(s, red) / (float)C;
+            float q = 0;
+#pragma unroll
+            for (int k = 0; k < NV; k++) {
+                const int64_t c4 = threadIdx.x + k * (int64_t)blockDim.x;
+                if (c4 < C4) {
+                    const float a = v[k].x - mean, b2 = v[k].y - mean, c = v[k].z - mean, d = v[k].w - mean;
+                    q += a * a + b2 * b2 + c * c + d * d;
+                }
+            }
+            inv = rsqrtf(hc_block_sum(q, red) / (float)C + eps);
+        } else {
+            inv = 1.0f / sqrtf(hc_block_sum(s, red) / (float)C + eps);
+        }
+#pragma unroll
+        for (int k = 0; k < NV; k++) {
+            const int64_t c4 = threadIdx.x + k * (int64_t)blockDim.x;
+            if (c4 >= C4) continue;
+            float o[4] = {v[k].x, v[k].y, v[k].z, v[k].w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int64_t c = 4 * c4 + j;
+                o[j] = (o[j] - mean) * inv;
+                if (w) {
+                    float g = hc_ld(w, w_dt, c);
+                    if (kind == HC_NORM_RMS_PLUS1) g += 1.0f;
+                    o[j] *= g;
+                }
+                if (b) o[j] += hc_ld(b, b_dt, c);
+            }
+            ((float4 *)(out + t * C))[c4] = make_float4(o[0], o[1], o[2], o[3]);
+        }
+    }
+}
+
 static void launch_norm(hc_backend *be, float *out, float *x, const float *add, const hc_vec *w, const hc_vec *b,
                         hc_norm_kind kind, float eps, int64_t T, int64_t C) {
     if (T <= 0 || hc_cuda(be)->failed) return;
-    /* About two values a thread: a single decode row is latency-bound, so spread it wide. Many
-     * rows (a prompt, a training batch) fill the GPU anyway, and narrower blocks spend less on
-     * their reductions. */
+    hc_cuda_ctx *cx = hc_cuda(be);
+    const bool aligned = ((uintptr_t)out | (uintptr_t)x | (uintptr_t)add) % 16 == 0;
+    if (T >= 64 && C % 4 == 0 && C <= 4096 && aligned) {
+        const void *wd = w ? w->data : NULL, *bd = b ? b->data : NULL;
+        int64_t rows = T / (4 * (int64_t)cx->n_sm); /* about four blocks an SM */
+        if (rows < 1) rows = 1;
+        const unsigned blocks = (unsigned)((T + rows - 1) / rows);
+        const hc_dtype wdt = w ? w->dtype : HC_DTYPE_F32, bdt = b ? b->dtype : HC_DTYPE_F32;
+        const int nv = (int)((C / 4 + 255) / 256);
+#define NR(N)                                                                                                           \
+    case N: norm_rows_kernel<N><<<blocks, 256, 0, cx->stream>>>(out, x, add, wd, wdt, bd, bdt, kind, eps, T, C, rows); break
+        switch (nv) { NR(1); NR(2); NR(3); default: NR(4); }
+#undef NR
+        HC_CUDA_LAUNCHED(be, "norm");
+        return;
+    }
+    /* About two values a thread: a single decode row is latency-bound, so spread it wide. */
     int threads = (int)((C / 2 + 31) / 32 * 32);
     if (threads > 1024) threads = 1024;
-    if (T >= 64 && threads > 256) threads = 256;
     if (threads < 32) threads = 32;
     const void *wd = w ? w->data : NULL, *bd = b ? b->data : NULL;
     for (int64_t t0 = 0; t0 < T; t0 += 65535 * 32) { /* grids hold 2^31-1 blocks in x; stay far below */

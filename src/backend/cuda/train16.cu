@@ -1,6 +1,6 @@
 /* Training's projections with 16-bit operands kept between forward and backward: the gated
- * MLP (ffn_train, ffn_backward) and the backward of several products of one input
- * (matmul_n_backward, q/k/v).
+ * MLP (ffn_train, ffn_backward), the backward of several products of one input
+ * (matmul_n_backward, q/k/v) and the LM head with the loss (lm_loss).
  *
  * The op sequences (backend/fused.c) keep gate, up and their product in f32, and every
  * matmul_backward rounds its x and dout to the compute dtype again. Here, when the backend
@@ -192,4 +192,29 @@ void hc_cuda_matmul_n_backward(hc_backend *be, float *dx, float *const *dws, flo
         if (!gemm_dx(be, dx, CUDA_R_32F, i > 0, d16, ws[i], T) || !gemm_dw(be, dws[i], d16, x16, ws[i], T)) return;
     }
     HC_CUDA_LAUNCHED(be, "matmul_n_backward");
+}
+
+/* The LM head and the loss: bf16 logits out of cuBLAS (autocast's), the loss read from them
+ * and their gradient written over them in place, the backward's GEMMs taking it as it is. The
+ * f32 sequence writes [T, V] f32 logits, reads them twice, writes f32 gradients and rounds
+ * those again for the GEMMs: for a 128k vocabulary that is most of the step's memory traffic
+ * outside the optimizer. */
+void hc_cuda_lm_loss(hc_backend *be, float *dx, float *dw, float *loss, float *hit, const float *x, const hc_mat *w,
+                     float softcap, const int32_t *targets, int64_t T, double scale, float *scratch) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    if (T <= 0 || cx->failed) return;
+    const int64_t V = w->rows, C = w->cols;
+    carver c = {(char *)scratch, (char *)scratch + sizeof(float) * (size_t)(2 * T * V)};
+    void *l16 = carve(&c, T * V), *x16 = carve(&c, T * C);
+    if (softcap > 0 || !hc_cuda_gemm16_weight(be, w, T) || !x16) {
+        hc_fused_lm_loss(be, dx, dw, loss, hit, x, w, softcap, targets, T, scale, scratch);
+        return;
+    }
+    hc_cuda_narrow(be, x16, cx->compute, x, T * C);
+    if (!gemm_fwd(be, l16, t16(cx), x16, w, T)) return;
+    hc_cuda_cross_entropy16(be, dx ? l16 : NULL, loss, hit, l16, targets, T, V, scale);
+    if (!dx) return;
+    if (!gemm_dx(be, dx, CUDA_R_32F, false, l16, w, T)) return;
+    gemm_dw(be, dw, l16, x16, w, T);
+    HC_CUDA_LAUNCHED(be, "lm_loss");
 }
