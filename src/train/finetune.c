@@ -531,7 +531,10 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
             double norm = 0;
             if (on_device) {
                 m->be->upload(m->be, norm_acc, &norm, sizeof norm);
-                for (int64_t i = 0; i < n_ps; i++) m->be->sum_squares(m->be, norm_acc, ps[i].g_dev, ps[i].n);
+                if (!m->lora && g->arena) /* every parameter's gradient, in one pass (the gaps are zero) */
+                    m->be->sum_squares(m->be, norm_acc, g->arena, g->arena_n);
+                else
+                    for (int64_t i = 0; i < n_ps; i++) m->be->sum_squares(m->be, norm_acc, ps[i].g_dev, ps[i].n);
                 m->be->download(m->be, &norm, norm_acc, sizeof norm);
                 norm /= (double)p.grad_accum * p.grad_accum;
             } else {

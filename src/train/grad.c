@@ -94,14 +94,23 @@ hc_status hc_grads_new(hc_model *m, hc_grads **out) {
     if (!used_flags) st = hc_fail(HC_ERR_NOMEM, "out of memory");
     else if (mc.used_missing)
         st = hc_fail(HC_ERR_UNSUPPORTED, "training: some weights are quantized or copied (train on weights as stored)");
-    for (int64_t i = 0; !st && i < n; i++) {
+    /* One arena for every gradient: clearing it and taking its norm are one pass each (the
+     * gaps between tensors stay zero), not one per tensor. */
+    int64_t total = 0;
+    for (int64_t i = 0; i < n && used_flags; i++)
+        if (used_flags[i]) total += (gr->tensors[i]->n_elements + 63) / 64 * 64;
+    if (!st && total > 0 && !(gr->arena = be->alloc(be, sizeof(float) * (size_t)total))) /* zeroed */
+        st = hc_fail(HC_ERR_NOMEM, "out of %s memory for the gradients (%lld floats)", gr->on_device ? "GPU" : "",
+                     (long long)total);
+    gr->arena_n = gr->arena ? total : 0;
+    for (int64_t i = 0, at = 0; !st && i < n; i++) {
         if (!used_flags[i]) continue;
         const size_t bytes = sizeof(float) * (size_t)gr->tensors[i]->n_elements;
-        gr->g[i] = be->alloc(be, bytes); /* zeroed */
+        gr->g[i] = gr->arena + at;
+        at += (gr->tensors[i]->n_elements + 63) / 64 * 64;
         gr->gh[i] = gr->on_device ? calloc(1, bytes) : gr->g[i];
-        if (!gr->g[i] || !gr->gh[i])
-            st = hc_fail(HC_ERR_NOMEM, "out of %s memory for the gradient of '%s'", gr->on_device ? "GPU" : "",
-                         gr->tensors[i]->name);
+        if (!gr->gh[i])
+            st = hc_fail(HC_ERR_NOMEM, "out of memory for the gradient of '%s'", gr->tensors[i]->name);
     }
     free(used_flags);
     for (int64_t i = 0; !st && m->lora && i < m->cfg.n_layers * HC_LORA_MODULES; i++) {
@@ -131,10 +140,8 @@ hc_status hc_grads_new(hc_model *m, hc_grads **out) {
 void hc_grads_free(hc_grads *gr) {
     if (!gr) return;
     hc_backend *be = gr->m ? gr->m->be : NULL;
-    for (int64_t i = 0; gr->g && i < gr->n; i++) {
-        if (gr->g[i]) be->free(be, gr->g[i]);
-        if (gr->on_device && gr->gh) free(gr->gh[i]);
-    }
+    for (int64_t i = 0; gr->g && gr->gh && gr->on_device && i < gr->n; i++) free(gr->gh[i]);
+    if (gr->arena) be->free(be, gr->arena);
     free(gr->g);
     free(gr->gh);
     for (int i = 0; i < gr->ws.n; i++)
@@ -147,8 +154,7 @@ void hc_grads_free(hc_grads *gr) {
 
 void hc_grads_zero(hc_grads *gr) {
     hc_backend *be = gr->m->be;
-    for (int64_t i = 0; i < gr->n; i++)
-        if (gr->g[i]) be->fill(be, gr->g[i], 0, gr->tensors[i]->n_elements);
+    if (gr->arena) be->fill(be, gr->arena, 0, gr->arena_n);
     const hc_lora *lo = gr->m->lora;
     for (int64_t i = 0; lo && i < gr->m->cfg.n_layers * HC_LORA_MODULES; i++) {
         const hc_lora_pair *p = &lo->pairs[i];

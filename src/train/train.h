@@ -17,6 +17,8 @@ struct hc_grads {
     int64_t n;
     const hc_tensor_info **tensors; /* the checkpoint's, sorted by data address */
     float **g;                      /* [n] each tensor's gradient (n_elements f32) in backend memory, NULL if unused */
+    float *arena;                   /* one backend allocation holding every g[i] (256-byte aligned, zero between) */
+    int64_t arena_n;                /* its floats */
     float **gh;                     /* [n] their host copies (the same arrays on the CPU) */
     bool on_device;                 /* g lives on a device: gh is refreshed by hc_grads_download */
     bool stale;                     /* gh is behind g */

@@ -198,18 +198,29 @@ __global__ void norm_backward_rows_kernel(float *dx, float *dw, float *db, const
             pdw[4 * k + j] = pdb[4 * k + j] = 0;
         }
     }
-    const int64_t t1 = (blockIdx.x + 1) * rows < T ? (blockIdx.x + 1) * rows : T;
-    for (int64_t t = blockIdx.x * rows; t < t1; t++) {
+    const int64_t t0 = blockIdx.x * rows, t1 = t0 + rows < T ? t0 + rows : T;
+    /* the next row's loads go out before this row's reductions wait */
+    float4 na[NV], nd[NV];
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        const int64_t c4 = threadIdx.x + k * (int64_t)blockDim.x;
+        na[k] = c4 < C4 && t0 < t1 ? ((const float4 *)(x + t0 * C))[c4] : make_float4(0, 0, 0, 0);
+        nd[k] = c4 < C4 && t0 < t1 ? ((const float4 *)(dout + t0 * C))[c4] : make_float4(0, 0, 0, 0);
+    }
+    for (int64_t t = t0; t < t1; t++) {
         float xv[4 * NV], dv[4 * NV];
         float s = 0;
 #pragma unroll
         for (int k = 0; k < NV; k++) {
             const int64_t c4 = threadIdx.x + k * (int64_t)blockDim.x;
-            const float4 a = c4 < C4 ? ((const float4 *)(x + t * C))[c4] : make_float4(0, 0, 0, 0);
-            const float4 d = c4 < C4 ? ((const float4 *)(dout + t * C))[c4] : make_float4(0, 0, 0, 0);
+            const float4 a = na[k], d = nd[k];
             xv[4 * k] = a.x, xv[4 * k + 1] = a.y, xv[4 * k + 2] = a.z, xv[4 * k + 3] = a.w;
             dv[4 * k] = d.x, dv[4 * k + 1] = d.y, dv[4 * k + 2] = d.z, dv[4 * k + 3] = d.w;
             s += a.x + a.y + a.z + a.w;
+            if (c4 < C4 && t + 1 < t1) {
+                na[k] = ((const float4 *)(x + (t + 1) * C))[c4];
+                nd[k] = ((const float4 *)(dout + (t + 1) * C))[c4];
+            }
         }
         const float mean = kind == HC_NORM_LAYER ? hc_block_sum(s, red) / (float)C : 0.0f;
         float ss = 0;
@@ -474,9 +485,30 @@ void hc_cuda_softcap_backward(hc_backend *be, float *dx, const float *dy, const 
 /* LT: the logits' type (f32, or 16-bit from the fused LM head); dlogits has it too and may be
  * the logits themselves (each element is read before its own thread writes it; lt[y] is read
  * before the first barrier). */
+__device__ __forceinline__ void load8(float *o, const float *p) {
+    const float4 a = ((const float4 *)p)[0], b = ((const float4 *)p)[1];
+    o[0] = a.x, o[1] = a.y, o[2] = a.z, o[3] = a.w, o[4] = b.x, o[5] = b.y, o[6] = b.z, o[7] = b.w;
+}
+template <typename HT> __device__ __forceinline__ void load8(float *o, const HT *p) {
+    const uint4 u = *(const uint4 *)p;
+    const HT *h = (const HT *)&u;
+#pragma unroll
+    for (int j = 0; j < 8; j++) o[j] = (float)h[j];
+}
+__device__ __forceinline__ void store8(float *p, const float *v) {
+    ((float4 *)p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    ((float4 *)p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+template <typename HT> __device__ __forceinline__ void store8(HT *p, const float *v) {
+    HT h[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) h[j] = narrow<HT>(v[j]);
+    *(uint4 *)p = *(const uint4 *)h;
+}
+
 template <typename LT>
 __global__ void cross_entropy_kernel(LT *dlogits, float *loss, float *hit, const LT *logits, const int32_t *targets,
-                                     int64_t V, double scale) {
+                                     int64_t V, double scale, bool vec) {
     __shared__ float red[32];
     __shared__ double redd[32];
     __shared__ int64_t redi[32];
@@ -496,7 +528,27 @@ __global__ void cross_entropy_kernel(LT *dlogits, float *loss, float *hit, const
     float mx = -INFINITY;
     int64_t best = V;
     double z = 0;
-    for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
+    /* eight at a time (16-byte loads) while the row allows, so enough bytes are in flight; a
+     * thread's elements still come in increasing order, so its first maximum wins */
+    const int64_t V8 = vec ? V / 8 : 0;
+    for (int64_t i = threadIdx.x; i < V8; i += blockDim.x) {
+        float l[8];
+        load8(l, lt + 8 * i);
+        float m8 = l[0];
+        int j8 = 0;
+#pragma unroll
+        for (int j = 1; j < 8; j++)
+            if (l[j] > m8) m8 = l[j], j8 = j;
+        if (m8 > mx) {
+            z = mx == -INFINITY ? 0 : z * (double)expf(mx - m8);
+            mx = m8, best = 8 * i + j8;
+        }
+        float s = 0;
+#pragma unroll
+        for (int j = 0; j < 8; j++) s += expf(l[j] - mx);
+        z += (double)s;
+    }
+    for (int64_t v = 8 * V8 + threadIdx.x; v < V; v += blockDim.x) {
         const float l = (float)lt[v];
         if (l > mx) {
             z = mx == -INFINITY ? 0 : z * (double)expf(mx - l);
@@ -512,26 +564,36 @@ __global__ void cross_entropy_kernel(LT *dlogits, float *loss, float *hit, const
         loss[t] = (float)(log(z) + mx - ly);
     }
     const float pscale = (float)(scale / z);
-    for (int64_t v = threadIdx.x; dl && v < V; v += blockDim.x)
+    for (int64_t i = threadIdx.x; dl && i < V8; i += blockDim.x) {
+        float l[8];
+        load8(l, lt + 8 * i);
+#pragma unroll
+        for (int j = 0; j < 8; j++) l[j] = expf(l[j] - mx) * pscale - (8 * i + j == y ? (float)scale : 0.0f);
+        store8(dl + 8 * i, l);
+    }
+    for (int64_t v = 8 * V8 + threadIdx.x; dl && v < V; v += blockDim.x)
         dl[v] = narrow<LT>(expf((float)lt[v] - mx) * pscale - (v == y ? (float)scale : 0.0f));
 }
 
 void hc_cuda_cross_entropy16(hc_backend *be, void *dlogits, float *loss, float *hit, const void *logits,
                              const int32_t *targets, int64_t T, int64_t V, double scale) {
     if (T <= 0 || hc_cuda(be)->failed) return;
+    const bool vec = V % 8 == 0 && ((uintptr_t)logits | (uintptr_t)dlogits) % 16 == 0; /* every row on 16 bytes */
     if (hc_cuda(be)->compute == HC_DTYPE_BF16)
         cross_entropy_kernel<__nv_bfloat16><<<(unsigned)T, 256, 0, hc_cuda(be)->stream>>>(
-            (__nv_bfloat16 *)dlogits, loss, hit, (const __nv_bfloat16 *)logits, targets, V, scale);
+            (__nv_bfloat16 *)dlogits, loss, hit, (const __nv_bfloat16 *)logits, targets, V, scale, vec);
     else
-        cross_entropy_kernel<__half><<<(unsigned)T, 256, 0, hc_cuda(be)->stream>>>((__half *)dlogits, loss, hit,
-                                                                                   (const __half *)logits, targets, V, scale);
+        cross_entropy_kernel<__half><<<(unsigned)T, 256, 0, hc_cuda(be)->stream>>>(
+            (__half *)dlogits, loss, hit, (const __half *)logits, targets, V, scale, vec);
     HC_CUDA_LAUNCHED(be, "cross_entropy");
 }
 
 void hc_cuda_cross_entropy(hc_backend *be, float *dlogits, float *loss, float *hit, const float *logits,
                            const int32_t *targets, int64_t T, int64_t V, double scale) {
     if (T <= 0 || hc_cuda(be)->failed) return;
-    cross_entropy_kernel<float><<<(unsigned)T, 256, 0, hc_cuda(be)->stream>>>(dlogits, loss, hit, logits, targets, V, scale);
+    const bool vec = V % 4 == 0 && ((uintptr_t)logits | (uintptr_t)dlogits) % 16 == 0; /* every row on 16 bytes */
+    cross_entropy_kernel<float><<<(unsigned)T, 256, 0, hc_cuda(be)->stream>>>(dlogits, loss, hit, logits, targets, V, scale,
+                                                                             vec);
     HC_CUDA_LAUNCHED(be, "cross_entropy");
 }
 

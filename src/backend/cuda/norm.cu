@@ -47,18 +47,31 @@ __global__ void norm_rows_kernel(float *out, float *x, const float *add, const v
                                  hc_dtype b_dt, hc_norm_kind kind, float eps, int64_t T, int64_t C, int64_t rows) {
     __shared__ float red[32];
     const int64_t C4 = C / 4;
-    const int64_t t1 = (blockIdx.x + 1) * rows < T ? (blockIdx.x + 1) * rows : T;
-    for (int64_t t = blockIdx.x * rows; t < t1; t++) {
+    const int64_t t0 = blockIdx.x * rows, t1 = t0 + rows < T ? t0 + rows : T;
+    /* the next row's loads go out before this row's reductions wait */
+    float4 nx[NV], na[NV];
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        const int64_t c4 = threadIdx.x + k * (int64_t)blockDim.x;
+        const bool in = c4 < C4 && t0 < t1;
+        nx[k] = in ? ((const float4 *)(x + t0 * C))[c4] : make_float4(0, 0, 0, 0);
+        na[k] = in && add ? ((const float4 *)(add + t0 * C))[c4] : make_float4(0, 0, 0, 0);
+    }
+    for (int64_t t = t0; t < t1; t++) {
         float4 v[NV];
         float s = 0;
 #pragma unroll
         for (int k = 0; k < NV; k++) {
             const int64_t c4 = threadIdx.x + k * (int64_t)blockDim.x;
-            v[k] = c4 < C4 ? ((const float4 *)(x + t * C))[c4] : make_float4(0, 0, 0, 0);
+            v[k] = nx[k];
             if (add && c4 < C4) {
-                const float4 a = ((const float4 *)(add + t * C))[c4];
+                const float4 a = na[k];
                 v[k].x += a.x, v[k].y += a.y, v[k].z += a.z, v[k].w += a.w;
                 ((float4 *)(x + t * C))[c4] = v[k];
+            }
+            if (c4 < C4 && t + 1 < t1) {
+                nx[k] = ((const float4 *)(x + (t + 1) * C))[c4];
+                if (add) na[k] = ((const float4 *)(add + (t + 1) * C))[c4];
             }
             s += kind == HC_NORM_LAYER ? v[k].x + v[k].y + v[k].z + v[k].w
                                        : v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
