@@ -722,7 +722,7 @@ static void matmul_add_case(hc_backend *be, double tol, bool transposed, int64_t
 /* ffn_train and ffn_backward on backend be against the CPU's op sequence: the output, dx and
  * the weights' (and biases') gradients, which start random so += is checked. Weights of dtype
  * dt; on a bf16 backend with bf16 weights and no biases the kept activations are 16-bit. */
-static void mlp_train_case(hc_backend *be, double tol, hc_dtype dt, bool bias, int64_t T, int64_t C, int64_t I) {
+static void mlp_train_case(hc_backend *be, double tol, hc_dtype dt, bool bias, int64_t T, int64_t C, int64_t I, bool ow) {
     hc_backend *cpu = hc_backend_cpu();
     cur = be;
     void *wh[3] = {rand_typed(dt, I * C, 0.2f), rand_typed(dt, I * C, 0.2f), rand_typed(dt, C * I, 0.2f)};
@@ -751,10 +751,10 @@ static void mlp_train_case(hc_backend *be, double tol, hc_dtype dt, bool bias, i
     float *kd = be->alloc(be, sizeof(float) * (size_t)(3 * T * I)), *sd = be->alloc(be, sizeof(float) * (size_t)(T * (3 * I + C)));
     cpu->ffn_train(cpu, out, keep, x, &w[0], &b[0], &w[1], &b[1], &w[2], &b[2], HC_ACT_SILU, T);
     cpu->ffn_backward(cpu, dx, g[0], bias ? gb[0] : NULL, g[1], bias ? gb[1] : NULL, g[2], bias ? gb[2] : NULL, dout, x, keep,
-                      &w[0], &b[0], &w[1], &b[1], &w[2], &b[2], HC_ACT_SILU, T, scr);
+                      &w[0], &b[0], &w[1], &b[1], &w[2], &b[2], HC_ACT_SILU, T, scr, ow);
     be->ffn_train(be, outd, kd, xd, &wv[0], &bv[0], &wv[1], &bv[1], &wv[2], &bv[2], HC_ACT_SILU, T);
     be->ffn_backward(be, dxd, gd[0], bias ? gbd[0] : NULL, gd[1], bias ? gbd[1] : NULL, gd[2], bias ? gbd[2] : NULL, dod, xd,
-                     kd, &wv[0], &bv[0], &wv[1], &bv[1], &wv[2], &bv[2], HC_ACT_SILU, T, sd);
+                     kd, &wv[0], &bv[0], &wv[1], &bv[1], &wv[2], &bv[2], HC_ACT_SILU, T, sd, ow);
     static const char *const names[3] = {"dgate", "dup", "ddown"};
     char what[160];
     const char *tag = tol > 1e-7 ? "bf16" : "f32";
@@ -770,7 +770,8 @@ static void mlp_train_case(hc_backend *be, double tol, hc_dtype dt, bool bias, i
     free(got);
     for (int i = 0; i < 3; i++) {
         got = down(gd[i], wn[i]);
-        snprintf(what, sizeof what, "ffn_backward %s %s T=%lld %s", tag, dt_name(dt), (long long)T, names[i]);
+        snprintf(what, sizeof what, "ffn_backward %s %s T=%lld %s%s", tag, dt_name(dt), (long long)T, names[i],
+                 ow ? " (overwritten)" : "");
         report(what, nmse(got, g[i], wn[i]), tol);
         free(got);
         if (!bias) continue;
@@ -791,7 +792,8 @@ static void mlp_train_case(hc_backend *be, double tol, hc_dtype dt, bool bias, i
 /* lm_loss (the LM head, the loss and its backward) on backend be against the CPU's op sequence:
  * the per-row losses, dx and dW (+= onto random values); rows 2 and 5 have no target. On a bf16
  * backend with bf16 weights and no soft-capping the logits are 16-bit. grad: with the backward. */
-static void lm_loss_case(hc_backend *be, double tol, hc_dtype dt, float cap, bool grad, int64_t T, int64_t V, int64_t C) {
+static void lm_loss_case(hc_backend *be, double tol, hc_dtype dt, float cap, bool grad, int64_t T, int64_t V, int64_t C,
+                         bool ow) {
     hc_backend *cpu = hc_backend_cpu();
     cur = be;
     void *wh = rand_typed(dt, V * C, 0.3f);
@@ -808,11 +810,12 @@ static void lm_loss_case(hc_backend *be, double tol, hc_dtype dt, float cap, boo
     int32_t *td = up(tg, sizeof(int32_t) * (size_t)T);
     hc_mat w = {.data = wh, .dtype = dt, .rows = V, .cols = C, .ld = C}, wv = w;
     wv.data = wd;
-    cpu->lm_loss(cpu, grad ? dx : NULL, grad ? dw : NULL, loss, hit, x, &w, cap, tg, T, 1.0 / 7, scr);
-    be->lm_loss(be, grad ? dxd : NULL, grad ? dwd : NULL, ld, hd, xd, &wv, cap, td, T, 1.0 / 7, sd);
+    cpu->lm_loss(cpu, grad ? dx : NULL, grad ? dw : NULL, loss, hit, x, &w, cap, tg, T, 1.0 / 7, scr, ow);
+    be->lm_loss(be, grad ? dxd : NULL, grad ? dwd : NULL, ld, hd, xd, &wv, cap, td, T, 1.0 / 7, sd, ow);
     char what[160];
-    snprintf(what, sizeof what, "lm_loss %s %s%s%s T=%lld V=%lld C=%lld", tol > 1e-7 ? "bf16" : "f32", dt_name(dt),
-             cap > 0 ? " softcap" : "", grad ? "" : " (no backward)", (long long)T, (long long)V, (long long)C);
+    snprintf(what, sizeof what, "lm_loss %s %s%s%s%s T=%lld V=%lld C=%lld", tol > 1e-7 ? "bf16" : "f32", dt_name(dt),
+             cap > 0 ? " softcap" : "", grad ? "" : " (no backward)", ow ? " (overwritten)" : "", (long long)T, (long long)V,
+             (long long)C);
     char w2[200];
     float *got = down(ld, T);
     snprintf(w2, sizeof w2, "%s loss", what), report(w2, nmse(got, loss, T), tol);
@@ -832,7 +835,7 @@ static void lm_loss_case(hc_backend *be, double tol, hc_dtype dt, float cap, boo
 }
 
 /* matmul_n_backward (q, k and v's backward) on backend be against the CPU's op sequence. */
-static void matmul_n_backward_case(hc_backend *be, double tol, hc_dtype dt, bool bias, int64_t T, int64_t K) {
+static void matmul_n_backward_case(hc_backend *be, double tol, hc_dtype dt, bool bias, int64_t T, int64_t K, bool ow) {
     hc_backend *cpu = hc_backend_cpu();
     cur = be;
     const int64_t N[3] = {64, 16, 24};
@@ -861,8 +864,8 @@ static void matmul_n_backward_case(hc_backend *be, double tol, hc_dtype dt, bool
     float *const gbs[3] = {bias ? gb[0] : NULL, bias ? gb[1] : NULL, bias ? gb[2] : NULL};
     float *const gbds[3] = {bias ? gbd[0] : NULL, bias ? gbd[1] : NULL, bias ? gbd[2] : NULL};
     const float *const ds[3] = {d[0], d[1], d[2]}, *const dds[3] = {dd[0], dd[1], dd[2]};
-    cpu->matmul_n_backward(cpu, dx, gs, gbs, ds, x, ws, 3, T, tmp);
-    be->matmul_n_backward(be, dxd, gds, gbds, dds, xd, wvs, 3, T, td);
+    cpu->matmul_n_backward(cpu, dx, gs, gbs, ds, x, ws, 3, T, tmp, ow);
+    be->matmul_n_backward(be, dxd, gds, gbds, dds, xd, wvs, 3, T, td, ow);
     char what[160];
     const char *tag = tol > 1e-7 ? "bf16" : "f32";
     float *got = down(dxd, T * K);
@@ -872,7 +875,8 @@ static void matmul_n_backward_case(hc_backend *be, double tol, hc_dtype dt, bool
     free(got);
     for (int i = 0; i < 3; i++) {
         got = down(gd[i], N[i] * K);
-        snprintf(what, sizeof what, "matmul_n_backward %s %s T=%lld dW%d", tag, dt_name(dt), (long long)T, i);
+        snprintf(what, sizeof what, "matmul_n_backward %s %s T=%lld dW%d%s", tag, dt_name(dt), (long long)T, i,
+                 ow ? " (overwritten)" : "");
         report(what, nmse(got, g[i], N[i] * K), tol);
         free(got);
         if (bias) {
@@ -931,21 +935,25 @@ static void test_backward(hc_backend *bf16) {
     attention_backward_case_on(gpu, 1e-7, 3, 33, 4, 2, 64, 0, 0);
     /* the gated MLP's training ops: 16-bit kept activations on the bf16 backend (bf16 weights,
      * no biases, T above the GEMV sizes), the op sequence otherwise */
-    mlp_train_case(gpu, 1e-7, HC_DTYPE_BF16, false, 37, 48, 80);
-    mlp_train_case(gpu, 1e-7, HC_DTYPE_F32, true, 5, 24, 40);
-    mlp_train_case(bf16, 1e-4, HC_DTYPE_BF16, false, 100, 64, 176);
-    mlp_train_case(bf16, 1e-4, HC_DTYPE_BF16, false, 37, 40, 24); /* C > I */
-    mlp_train_case(bf16, 1e-4, HC_DTYPE_BF16, true, 100, 64, 96);
-    mlp_train_case(bf16, 1e-4, HC_DTYPE_BF16, false, 3, 64, 96);
-    lm_loss_case(gpu, 1e-7, HC_DTYPE_BF16, 0, true, 9, 300, 40);
-    lm_loss_case(gpu, 1e-7, HC_DTYPE_F32, 30.0f, true, 9, 300, 40);
-    lm_loss_case(bf16, 1e-4, HC_DTYPE_BF16, 0, true, 100, 1000, 64);
-    lm_loss_case(bf16, 1e-4, HC_DTYPE_BF16, 0, false, 100, 1000, 64);
-    lm_loss_case(bf16, 1e-4, HC_DTYPE_BF16, 30.0f, true, 100, 1000, 64);
-    matmul_n_backward_case(gpu, 1e-7, HC_DTYPE_BF16, true, 9, 40);
-    matmul_n_backward_case(bf16, 1e-4, HC_DTYPE_BF16, false, 100, 72);
-    matmul_n_backward_case(bf16, 1e-4, HC_DTYPE_BF16, true, 100, 72);
-    matmul_n_backward_case(bf16, 1e-4, HC_DTYPE_F32, false, 100, 72);
+    mlp_train_case(gpu, 1e-7, HC_DTYPE_BF16, false, 37, 48, 80, false);
+    mlp_train_case(gpu, 1e-7, HC_DTYPE_F32, true, 5, 24, 40, true);
+    mlp_train_case(bf16, 1e-4, HC_DTYPE_BF16, false, 100, 64, 176, false);
+    mlp_train_case(bf16, 1e-4, HC_DTYPE_BF16, false, 100, 64, 176, true);
+    mlp_train_case(bf16, 1e-4, HC_DTYPE_BF16, false, 37, 40, 24, false); /* C > I */
+    mlp_train_case(bf16, 1e-4, HC_DTYPE_BF16, true, 100, 64, 96, false);
+    mlp_train_case(bf16, 1e-4, HC_DTYPE_BF16, false, 3, 64, 96, true);
+    lm_loss_case(gpu, 1e-7, HC_DTYPE_BF16, 0, true, 9, 300, 40, false);
+    lm_loss_case(gpu, 1e-7, HC_DTYPE_F32, 30.0f, true, 9, 300, 40, true);
+    lm_loss_case(bf16, 1e-4, HC_DTYPE_BF16, 0, true, 100, 1000, 64, false);
+    lm_loss_case(bf16, 1e-4, HC_DTYPE_BF16, 0, true, 100, 1000, 64, true);
+    lm_loss_case(bf16, 1e-4, HC_DTYPE_BF16, 0, false, 100, 1000, 64, false);
+    lm_loss_case(bf16, 1e-4, HC_DTYPE_BF16, 30.0f, true, 100, 1000, 64, false);
+    matmul_n_backward_case(gpu, 1e-7, HC_DTYPE_BF16, true, 9, 40, false);
+    matmul_n_backward_case(gpu, 1e-7, HC_DTYPE_BF16, false, 9, 40, true);
+    matmul_n_backward_case(bf16, 1e-4, HC_DTYPE_BF16, false, 100, 72, false);
+    matmul_n_backward_case(bf16, 1e-4, HC_DTYPE_BF16, false, 100, 72, true);
+    matmul_n_backward_case(bf16, 1e-4, HC_DTYPE_BF16, true, 100, 72, true);
+    matmul_n_backward_case(bf16, 1e-4, HC_DTYPE_F32, false, 100, 72, false);
     for (int tr = 0; tr < 2; tr++) {
         matmul_add_case(gpu, 1e-7, tr, 3, 40, 8);
         matmul_add_case(gpu, 1e-7, tr, 100, 70, 8);

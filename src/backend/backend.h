@@ -193,9 +193,13 @@ struct hc_backend {
                                float softcap, float *scratch);
     /* matmul_n's backward: dx (=) [T, K] = sum_i douts[i] W_i, and dws[i], dbs[i] (+=; any may
      * be NULL) as matmul_backward's, in that order: matmul_backward, then for i > 0 into tmp
-     * [T, K] and add. A GPU rounds x to 16 bits once for all n. */
+     * [T, K] and add. A GPU rounds x to 16 bits once for all n.
+     *
+     * overwrite (here, in ffn_backward and in lm_loss): the weights' gradients (contiguous
+     * [N, K] each) are written (=) instead of accumulated, as the step's first contribution to
+     * them, so they need no clearing; the op sequence clears them first. Biases' still add. */
     void (*matmul_n_backward)(hc_backend *be, float *dx, float *const *dws, float *const *dbs, const float *const *douts,
-                              const float *x, const hc_mat *const *ws, int n, int64_t T, float *tmp);
+                              const float *x, const hc_mat *const *ws, int n, int64_t T, float *tmp, bool overwrite);
     /* ffn_train's backward: dx (=) [T, C]; the weights' gradients dgate, dup, ddown and the
      * biases' (+=; NULL: not wanted); x, keep, weights and biases as the forward had them. The
      * op sequence: matmul_backward through down, glu_backward, matmul_backward through gate
@@ -203,7 +207,7 @@ struct hc_backend {
     void (*ffn_backward)(hc_backend *be, float *dx, float *dgate, float *dbg, float *dup, float *dbu, float *ddown,
                          float *dbd, const float *dout, const float *x, const float *keep, const hc_mat *gate,
                          const hc_vec *bg, const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd,
-                         hc_activation act, int64_t T, float *scratch);
+                         hc_activation act, int64_t T, float *scratch, bool overwrite);
     /* out = act(gate) * up: dgate, dup (=) */
     void (*glu_backward)(hc_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                          hc_activation act, int64_t n);
@@ -228,7 +232,7 @@ struct hc_backend {
      * in scratch's halves; a GPU computing in 16 bits may keep both in that dtype, as
      * transformers' autocast rounds the LM head's output. */
     void (*lm_loss)(hc_backend *be, float *dx, float *dw, float *loss, float *hit, const float *x, const hc_mat *w,
-                    float softcap, const int32_t *targets, int64_t T, double scale, float *scratch);
+                    float softcap, const int32_t *targets, int64_t T, double scale, float *scratch, bool overwrite);
     /* out[t] = the first index of the largest of x[t, :] ([T, V]): greedy decoding without
      * bringing the logits back. */
     void (*argmax_rows)(hc_backend *be, int32_t *out, const float *x, int64_t T, int64_t V);
@@ -271,13 +275,13 @@ void hc_fused_ffn_train(hc_backend *be, float *out, float *keep, const float *x,
                         int64_t T);
 void hc_fused_matmul_n_backward(hc_backend *be, float *dx, float *const *dws, float *const *dbs,
                                 const float *const *douts, const float *x, const hc_mat *const *ws, int n, int64_t T,
-                                float *tmp);
+                                float *tmp, bool overwrite);
 void hc_fused_ffn_backward(hc_backend *be, float *dx, float *dgate, float *dbg, float *dup, float *dbu, float *ddown,
                            float *dbd, const float *dout, const float *x, const float *keep, const hc_mat *gate,
                            const hc_vec *bg, const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd,
-                           hc_activation act, int64_t T, float *scratch);
+                           hc_activation act, int64_t T, float *scratch, bool overwrite);
 void hc_fused_lm_loss(hc_backend *be, float *dx, float *dw, float *loss, float *hit, const float *x, const hc_mat *w,
-                      float softcap, const int32_t *targets, int64_t T, double scale, float *scratch);
+                      float softcap, const int32_t *targets, int64_t T, double scale, float *scratch, bool overwrite);
 void hc_fused_add_norm(hc_backend *be, float *h, float *x, const float *o, const hc_vec *w, const hc_vec *b,
                        hc_norm_kind kind, float eps, int64_t T, int64_t C);
 void hc_fused_rope_store(hc_backend *be, float *q, float *k, const float *v, void *k_cache, void *v_cache,

@@ -47,8 +47,9 @@ void hc_fused_ffn_train(hc_backend *be, float *out, float *keep, const float *x,
 
 void hc_fused_matmul_n_backward(hc_backend *be, float *dx, float *const *dws, float *const *dbs,
                                 const float *const *douts, const float *x, const hc_mat *const *ws, int n, int64_t T,
-                                float *tmp) {
+                                float *tmp, bool overwrite) {
     for (int i = 0; i < n; i++) {
+        if (overwrite && dws[i]) be->fill(be, dws[i], 0, ws[i]->rows * ws[i]->cols);
         be->matmul_backward(be, i ? tmp : dx, dws[i], dbs[i], douts[i], x, ws[i], T);
         if (i) be->add(be, dx, dx, tmp, T * ws[0]->cols);
     }
@@ -57,8 +58,12 @@ void hc_fused_matmul_n_backward(hc_backend *be, float *dx, float *const *dws, fl
 void hc_fused_ffn_backward(hc_backend *be, float *dx, float *dgate, float *dbg, float *dup, float *dbu, float *ddown,
                            float *dbd, const float *dout, const float *x, const float *keep, const hc_mat *gate,
                            const hc_vec *bg, const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd,
-                           hc_activation act, int64_t T, float *scratch) {
+                           hc_activation act, int64_t T, float *scratch, bool overwrite) {
     (void)bg, (void)bu, (void)bd; /* the sequence keeps what it needs in f32 either way */
+    float *const dws[3] = {dgate, dup, ddown};
+    const hc_mat *const ws[3] = {gate, up, down};
+    for (int i = 0; i < 3 && overwrite; i++)
+        if (dws[i]) be->fill(be, dws[i], 0, ws[i]->rows * ws[i]->cols);
     const int64_t I = gate->rows, C = gate->cols;
     const float *g = keep, *u = keep + T * I, *a = keep + 2 * T * I;
     float *da = scratch, *dg = scratch + T * I, *du = scratch + 2 * T * I, *tmp = scratch + 3 * T * I;
@@ -70,7 +75,7 @@ void hc_fused_ffn_backward(hc_backend *be, float *dx, float *dgate, float *dbg, 
 }
 
 void hc_fused_lm_loss(hc_backend *be, float *dx, float *dw, float *loss, float *hit, const float *x, const hc_mat *w,
-                      float softcap, const int32_t *targets, int64_t T, double scale, float *scratch) {
+                      float softcap, const int32_t *targets, int64_t T, double scale, float *scratch, bool overwrite) {
     const int64_t V = w->rows;
     float *logits = scratch, *dlogits = scratch + T * V; /* [T, V] each */
     be->matmul(be, logits, x, w, NULL, T);
@@ -78,6 +83,7 @@ void hc_fused_lm_loss(hc_backend *be, float *dx, float *dw, float *loss, float *
     be->cross_entropy(be, dx ? dlogits : NULL, loss, hit, logits, targets, T, V, scale);
     if (!dx) return;
     if (softcap > 0) be->softcap_backward(be, dlogits, dlogits, logits, softcap, T * V);
+    if (overwrite && dw) be->fill(be, dw, 0, V * w->cols);
     be->matmul_backward(be, dx, dw, NULL, dlogits, x, w, T);
 }
 

@@ -528,6 +528,7 @@ hc_status hc_finetune(hc_model *m, const char *data_path, const hc_finetune_para
                 step_loss += l / (double)p.grad_accum, step_acc += acc / (double)p.grad_accum;
             }
             /* the mean over micro-batches, clipped by global norm */
+            hc_grads_settle(g); /* (a step without a batch leaves the lazy gradients to clear) */
             double norm = 0;
             if (on_device) {
                 m->be->upload(m->be, norm_acc, &norm, sizeof norm);

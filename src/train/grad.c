@@ -48,10 +48,22 @@ static float *grad_at(const hc_grads *gr, const void *data, hc_dtype dt) {
 }
 #define GM(w) grad_at(gr, (w)->data, (w)->dtype)
 
+/* The whole tensor w views (not a slice of a fused one, not transposed, not quantized), or -1. */
+static int64_t whole_tensor(const hc_grads *gr, const hc_mat *w) {
+    if (!w->data || w->quant || w->transposed || w->ld != w->cols) return -1;
+    const int64_t i = find_tensor(gr, w->data);
+    if (i < 0) return -1;
+    const hc_tensor_info *t = gr->tensors[i];
+    const bool whole = hc_model_host_address(gr->m, w->data) == t->data && w->rows * w->cols == t->n_elements &&
+                       w->dtype == t->dtype;
+    return whole ? i : -1;
+}
+
 /* Which tensors the model's views use (those get gradient buffers). */
 typedef struct {
     hc_grads *gr;
     bool *used;
+    int *refs;         /* views into each tensor */
     bool used_missing; /* a view outside every tensor: quantized or copied */
 } mark_ctx;
 
@@ -60,7 +72,7 @@ static void mark_mat(hc_mat *w, void *arg) {
     if (!w->data) return;
     const int64_t i = find_tensor(c->gr, w->data);
     if (i < 0 || w->quant) c->used_missing = true;
-    else c->used[i] = true;
+    else c->used[i] = true, c->refs[i]++;
 }
 static void mark_vec(hc_vec *v, void *arg) {
     mark_ctx *c = arg;
@@ -68,6 +80,63 @@ static void mark_vec(hc_vec *v, void *arg) {
     const int64_t i = find_tensor(c->gr, v->data);
     if (i < 0) c->used_missing = true;
     else c->used[i] = true;
+}
+
+static bool adapted(const hc_model *m, int64_t l, int t) {
+    hc_lora_view p;
+    return hc_lora_get(m->lora, l, t, &p);
+}
+
+/* A gated MLP without experts or adapters runs as ffn_train / ffn_backward. */
+static bool ffn_fused(const hc_model *m, int64_t l) {
+    return m->arch->gated_mlp && !m->cfg.n_experts && !adapted(m, l, HC_LORA_GATE) && !adapted(m, l, HC_LORA_UP) &&
+           !adapted(m, l, HC_LORA_DOWN);
+}
+
+/* q, k and v without adapters: one input for three products (a GPU rounds it once). */
+static bool qkv_fused(const hc_model *m, int64_t l) {
+    return !adapted(m, l, HC_LORA_Q) && !adapted(m, l, HC_LORA_K) && !adapted(m, l, HC_LORA_V);
+}
+
+/* A group of weights one op writes with `overwrite` (batch_compute passes it when their first
+ * member is lazy): lazy together when each is a whole tensor with a gradient that no other view
+ * touches (shared_ok: others do, but only after this op in the backward). */
+static void lazy_group(hc_grads *gr, const int *refs, const hc_mat *const *ws, int n, bool shared_ok) {
+    int64_t idx[3];
+    for (int k = 0; k < n; k++) {
+        idx[k] = whole_tensor(gr, ws[k]);
+        if (idx[k] < 0 || !gr->g[idx[k]] || (refs[idx[k]] != 1 && !shared_ok)) return;
+    }
+    for (int k = 0; k < n; k++) gr->n_lazy += !gr->lazy[idx[k]], gr->lazy[idx[k]] = true;
+}
+
+/* The gradients a step writes (=) before anything adds to them: q, k, v through
+ * matmul_n_backward and gate, up, down through ffn_backward (layers taking those ops), and the
+ * LM head through lm_loss, the backward's first op (a tied embedding's gather adds after it).
+ * hc_grads_zero leaves them alone; the step's first write replaces them. */
+static void mark_lazy(hc_grads *gr, const int *refs) {
+    const hc_model *m = gr->m;
+    if (m->lora || getenv("HUBCAP_CLEAR_ALL_GRADS")) return;
+    const hc_mat *lm[1] = {&m->lm_head};
+    lazy_group(gr, refs, lm, 1, true);
+    for (int64_t l = 0; l < m->cfg.n_layers; l++) {
+        const hc_layer *Ly = &m->layers[l];
+        if (qkv_fused(m, l)) {
+            const hc_mat *ws[3] = {&Ly->wq, &Ly->wk, &Ly->wv};
+            lazy_group(gr, refs, ws, 3, false);
+        }
+        if (ffn_fused(m, l)) {
+            const hc_mat *ws[3] = {&Ly->gate, &Ly->up, &Ly->down};
+            lazy_group(gr, refs, ws, 3, false);
+        }
+    }
+}
+
+/* Whether the op writing w's gradient overwrites it this step. */
+static bool overwrites(const hc_grads *gr, const hc_mat *w) {
+    if (!gr || !gr->fresh) return false;
+    const int64_t i = whole_tensor(gr, w);
+    return i >= 0 && gr->lazy[i];
 }
 
 hc_status hc_grads_new(hc_model *m, hc_grads **out) {
@@ -86,7 +155,10 @@ hc_status hc_grads_new(hc_model *m, hc_grads **out) {
     for (int64_t i = 0; i < n; i++) gr->tensors[i] = hc_checkpoint_tensor(m->ck, i);
     qsort(gr->tensors, (size_t)n, sizeof *gr->tensors, cmp_data);
     bool *used_flags = calloc((size_t)n, sizeof *used_flags);
-    mark_ctx mc = {gr, used_flags, false};
+    int *refs = calloc((size_t)n, sizeof *refs);
+    gr->lazy = calloc((size_t)n, sizeof *gr->lazy);
+    if (!refs || !gr->lazy) free(used_flags), used_flags = NULL;
+    mark_ctx mc = {gr, used_flags, refs, false};
     /* With a LoRA adapter only the adapter trains: the base has no gradient buffers. */
     if (used_flags) hc_model_each_weight(m, mark_mat, mark_vec, &mc);
     if (used_flags && m->lora) memset(used_flags, 0, (size_t)n * sizeof *used_flags);
@@ -113,6 +185,8 @@ hc_status hc_grads_new(hc_model *m, hc_grads **out) {
             st = hc_fail(HC_ERR_NOMEM, "out of memory for the gradient of '%s'", gr->tensors[i]->name);
     }
     free(used_flags);
+    if (!st) mark_lazy(gr, refs);
+    free(refs);
     for (int64_t i = 0; !st && m->lora && i < m->cfg.n_layers * HC_LORA_MODULES; i++) {
         hc_lora_pair *p = &m->lora->pairs[i];
         if (!p->a) continue;
@@ -144,6 +218,7 @@ void hc_grads_free(hc_grads *gr) {
     if (gr->arena) be->free(be, gr->arena);
     free(gr->g);
     free(gr->gh);
+    free(gr->lazy);
     for (int i = 0; i < gr->ws.n; i++)
         if (gr->ws.p[i]) be->free(be, gr->ws.p[i]);
     free(gr->ws.p);
@@ -154,7 +229,10 @@ void hc_grads_free(hc_grads *gr) {
 
 void hc_grads_zero(hc_grads *gr) {
     hc_backend *be = gr->m->be;
-    if (gr->arena) be->fill(be, gr->arena, 0, gr->arena_n);
+    if (gr->arena && !gr->n_lazy) be->fill(be, gr->arena, 0, gr->arena_n);
+    for (int64_t i = 0; gr->n_lazy && i < gr->n; i++)
+        if (gr->g[i] && !gr->lazy[i]) be->fill(be, gr->g[i], 0, gr->tensors[i]->n_elements);
+    gr->fresh = gr->n_lazy > 0;
     const hc_lora *lo = gr->m->lora;
     for (int64_t i = 0; lo && i < gr->m->cfg.n_layers * HC_LORA_MODULES; i++) {
         const hc_lora_pair *p = &lo->pairs[i];
@@ -164,7 +242,17 @@ void hc_grads_zero(hc_grads *gr) {
     gr->stale = gr->on_device; /* the host copies catch up when asked for */
 }
 
+void hc_grads_settle(hc_grads *gr) {
+    if (!gr->fresh) return;
+    hc_backend *be = gr->m->be;
+    for (int64_t i = 0; i < gr->n; i++)
+        if (gr->g[i] && gr->lazy[i]) be->fill(be, gr->g[i], 0, gr->tensors[i]->n_elements);
+    gr->fresh = false;
+    gr->stale = gr->on_device;
+}
+
 void hc_grads_download(hc_grads *gr) {
+    hc_grads_settle(gr);
     if (!gr->on_device || !gr->stale) return;
     hc_backend *be = gr->m->be;
     for (int64_t i = 0; i < gr->n; i++)
@@ -264,22 +352,6 @@ static void give(buf_pool *b, void *p) {
 typedef struct {
     float *u, *du, *dys, *dxl;
 } lora_scratch;
-
-static bool adapted(const hc_model *m, int64_t l, int t) {
-    hc_lora_view p;
-    return hc_lora_get(m->lora, l, t, &p);
-}
-
-/* A gated MLP without experts or adapters runs as ffn_train / ffn_backward. */
-static bool ffn_fused(const hc_model *m, int64_t l) {
-    return m->arch->gated_mlp && !m->cfg.n_experts && !adapted(m, l, HC_LORA_GATE) && !adapted(m, l, HC_LORA_UP) &&
-           !adapted(m, l, HC_LORA_DOWN);
-}
-
-/* q, k and v without adapters: one input for three products (a GPU rounds it once). */
-static bool qkv_fused(const hc_model *m, int64_t l) {
-    return !adapted(m, l, HC_LORA_Q) && !adapted(m, l, HC_LORA_K) && !adapted(m, l, HC_LORA_V);
-}
 
 /* y = x W^T + b, plus layer l's adapter on projection t, keeping u = x A^T in u_keep [T, r]. */
 static void mm_fwd(hc_backend *be, const hc_model *m, int64_t l, int t, float *y, const float *x, const hc_mat *w,
@@ -498,7 +570,7 @@ static void batch_compute(void *arg) {
     /* ---- the loss (next-token cross entropy, mean over the batch's predicted tokens) and the
      * backward from it, through the LM head ---- */
     be->lm_loss(be, gr ? dh : NULL, gr ? GM(&m->lm_head) : NULL, loss_rows, hit_rows, hf, &m->lm_head,
-                (float)c->final_softcap, tgt, T, 1.0 / n_total, logits);
+                (float)c->final_softcap, tgt, T, 1.0 / n_total, logits, overwrites(gr, &m->lm_head));
     if (!gr) return;
     be->norm_backward(be, dx, GM(&m->final_norm), m->final_norm_b.data ? GM(&m->final_norm_b) : NULL, dh, xL,
                       &m->final_norm, &m->final_norm_b, nk, eps, T, C, false);
@@ -517,7 +589,7 @@ static void batch_compute(void *arg) {
         } else if (ffn_fused(m, l)) {
             be->ffn_backward(be, dh, GM(&Ly->gate), GM(&Ly->b_gate), GM(&Ly->up), GM(&Ly->b_up), GM(&Ly->down),
                              GM(&Ly->b_down), dff, a->h2, a->ffk, &Ly->gate, &Ly->b_gate, &Ly->up, &Ly->b_up, &Ly->down,
-                             &Ly->b_down, c->act, T, dact);
+                             &Ly->b_down, c->act, T, dact, overwrites(gr, &Ly->gate));
         } else {
             mm_bwd(be, m, l, HC_LORA_DOWN, dact, GM(&Ly->down), Ly->b_down.data ? GM(&Ly->b_down) : NULL, dff, a->act,
                    &Ly->down, T, &ls, a->lu[HC_LORA_DOWN]);
@@ -562,7 +634,7 @@ static void batch_compute(void *arg) {
             float *const dws[3] = {GM(&Ly->wq), GM(&Ly->wk), GM(&Ly->wv)}, *const dbs[3] = {GM(&Ly->bq), GM(&Ly->bk), GM(&Ly->bv)};
             const float *const douts[3] = {dq, dk, dv};
             const hc_mat *const ws[3] = {&Ly->wq, &Ly->wk, &Ly->wv};
-            be->matmul_n_backward(be, dh, dws, dbs, douts, a->h1, ws, 3, T, tmp);
+            be->matmul_n_backward(be, dh, dws, dbs, douts, a->h1, ws, 3, T, tmp, overwrites(gr, &Ly->wq));
         } else {
             mm_bwd(be, m, l, HC_LORA_Q, dh, GM(&Ly->wq), GM(&Ly->bq), dq, a->h1, &Ly->wq, T, &ls, a->lu[HC_LORA_Q]);
             mm_bwd(be, m, l, HC_LORA_K, tmp, GM(&Ly->wk), GM(&Ly->bk), dk, a->h1, &Ly->wk, T, &ls, a->lu[HC_LORA_K]);
@@ -671,14 +743,15 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
             const void *m, *gr;
             int64_t B, S;
             double n_total; /* the loss scale is a kernel argument */
-            int64_t ckpt;
+            int64_t ckpt, fresh; /* fresh: the lazy gradients' GEMMs overwrite instead of adding */
         } key;
         memset(&key, 0, sizeof key);
-        key.m = m, key.gr = gr, key.B = B, key.S = S, key.n_total = n_total, key.ckpt = ckpt;
+        key.m = m, key.gr = gr, key.B = B, key.S = S, key.n_total = n_total, key.ckpt = ckpt, key.fresh = gr->fresh;
         be->graph_run(be, &key, sizeof key, batch_compute, &step);
     } else {
         batch_compute(&step);
     }
+    if (gr) gr->fresh = false; /* the lazy gradients hold this batch's */
     be->download(be, loss_h, loss_rows, sizeof(float) * (size_t)T);
     be->download(be, hit_h, hit_rows, sizeof(float) * (size_t)T);
     for (int64_t t = 0; t < T; t++) {

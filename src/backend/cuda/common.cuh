@@ -238,9 +238,9 @@ void hc_cuda_ffn_train(hc_backend *be, float *out, float *keep, const float *x, 
 void hc_cuda_ffn_backward(hc_backend *be, float *dx, float *dgate, float *dbg, float *dup, float *dbu, float *ddown,
                           float *dbd, const float *dout, const float *x, const float *keep, const hc_mat *gate,
                           const hc_vec *bg, const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd,
-                          hc_activation act, int64_t T, float *scratch);
+                          hc_activation act, int64_t T, float *scratch, bool overwrite);
 void hc_cuda_matmul_n_backward(hc_backend *be, float *dx, float *const *dws, float *const *dbs, const float *const *douts,
-                               const float *x, const hc_mat *const *ws, int n, int64_t T, float *tmp);
+                               const float *x, const hc_mat *const *ws, int n, int64_t T, float *tmp, bool overwrite);
 void hc_cuda_glu_backward(hc_backend *be, float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                           hc_activation act, int64_t n);
 void hc_cuda_topk_route_backward(hc_backend *be, float *dlogits, const float *dweights, const int32_t *experts,
@@ -252,7 +252,7 @@ void hc_cuda_cross_entropy(hc_backend *be, float *dlogits, float *loss, float *h
 void hc_cuda_cross_entropy16(hc_backend *be, void *dlogits, float *loss, float *hit, const void *logits,
                              const int32_t *targets, int64_t T, int64_t V, double scale);
 void hc_cuda_lm_loss(hc_backend *be, float *dx, float *dw, float *loss, float *hit, const float *x, const hc_mat *w,
-                     float softcap, const int32_t *targets, int64_t T, double scale, float *scratch);
+                     float softcap, const int32_t *targets, int64_t T, double scale, float *scratch, bool overwrite);
 void hc_cuda_argmax_rows(hc_backend *be, int32_t *out, const float *x, int64_t T, int64_t V);
 void hc_cuda_sum_squares(hc_backend *be, double *acc, const float *x, int64_t n);
 void hc_cuda_adamw(hc_backend *be, float *w, float *m1, float *m2, const float *g, float g_scale, int64_t n,

@@ -25,7 +25,7 @@ static cudaDataType_t t16(const hc_cuda_ctx *cx) { return cx->compute == HC_DTYP
 /* The three products of a layer, 16-bit operands, f32 sums, C of type ct:
  *   fwd:  y[T, N]  = x[T, K] W^T          (beta 0)
  *   dx:   dx[T, K] (=, or += when acc) dy[T, N] W
- *   dw:   dW[N, K] += dy^T x              (f32, W's ld) */
+ *   dw:   dW[N, K] += dy^T x              (f32, W's ld; = when overwrite) */
 static bool gemm_fwd(hc_backend *be, void *y, cudaDataType_t ct, const void *x16, const hc_mat *w, int64_t T) {
     hc_cuda_ctx *cx = hc_cuda(be);
     const float one = 1.0f, zero = 0.0f;
@@ -46,12 +46,13 @@ static bool gemm_dx(hc_backend *be, void *dx, cudaDataType_t ct, bool acc, const
     return st == CUBLAS_STATUS_SUCCESS;
 }
 
-static bool gemm_dw(hc_backend *be, float *dw, const void *dy16, const void *x16, const hc_mat *w, int64_t T) {
+/* dW (=) when overwrite, else (+=). */
+static bool gemm_dw(hc_backend *be, float *dw, const void *dy16, const void *x16, const hc_mat *w, int64_t T, bool overwrite) {
     if (!dw) return true;
     hc_cuda_ctx *cx = hc_cuda(be);
-    const float one = 1.0f;
+    const float one = 1.0f, beta = overwrite ? 0.0f : 1.0f;
     const cublasStatus_t st = cublasGemmEx(cx->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)w->cols, (int)w->rows, (int)T, &one,
-                                           x16, t16(cx), (int)w->cols, dy16, t16(cx), (int)w->rows, &one, dw, CUDA_R_32F,
+                                           x16, t16(cx), (int)w->cols, dy16, t16(cx), (int)w->rows, &beta, dw, CUDA_R_32F,
                                            (int)w->ld, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (st != CUBLAS_STATUS_SUCCESS) hc_cuda_fail(be, cudaErrorUnknown, "cublasGemmEx (weight gradient)");
     return st == CUBLAS_STATUS_SUCCESS;
@@ -133,13 +134,13 @@ __global__ void glu_backward16_kernel(HT *dgate, HT *dup, const HT *dact, const 
 void hc_cuda_ffn_backward(hc_backend *be, float *dx, float *dgate, float *dbg, float *dup, float *dbu, float *ddown,
                           float *dbd, const float *dout, const float *x, const float *keep, const hc_mat *gate,
                           const hc_vec *bg, const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd,
-                          hc_activation act, int64_t T, float *scratch) {
+                          hc_activation act, int64_t T, float *scratch, bool overwrite) {
     hc_cuda_ctx *cx = hc_cuda(be);
     if (T <= 0 || cx->failed) return;
     ffn_keep k;
     if (!ffn_fast(be, keep, gate, bg, up, bu, down, bd, T, &k)) { /* the forward's choice too */
         hc_fused_ffn_backward(be, dx, dgate, dbg, dup, dbu, ddown, dbd, dout, x, keep, gate, bg, up, bu, down, bd, act, T,
-                              scratch);
+                              scratch, overwrite);
         return;
     }
     const int64_t I = gate->rows, C = gate->cols;
@@ -151,7 +152,7 @@ void hc_cuda_ffn_backward(hc_backend *be, float *dx, float *dgate, float *dbg, f
         return;
     }
     hc_cuda_narrow(be, d16, cx->compute, dout, T * C);
-    if (!gemm_dx(be, da, t16(cx), false, d16, down, T) || !gemm_dw(be, ddown, d16, k.a, down, T)) return;
+    if (!gemm_dx(be, da, t16(cx), false, d16, down, T) || !gemm_dw(be, ddown, d16, k.a, down, T, overwrite)) return;
     if (cx->compute == HC_DTYPE_BF16)
         glu_backward16_kernel<__nv_bfloat16><<<grid_for((T * I + 7) / 8), 256, 0, cx->stream>>>(
             (__nv_bfloat16 *)dg, (__nv_bfloat16 *)du, (const __nv_bfloat16 *)da, (const __nv_bfloat16 *)k.g,
@@ -160,13 +161,13 @@ void hc_cuda_ffn_backward(hc_backend *be, float *dx, float *dgate, float *dbg, f
         glu_backward16_kernel<__half><<<grid_for((T * I + 7) / 8), 256, 0, cx->stream>>>(
             (__half *)dg, (__half *)du, (const __half *)da, (const __half *)k.g, (const __half *)k.u, act, T * I);
     if (!gemm_dx(be, dx, CUDA_R_32F, false, dg, gate, T) || !gemm_dx(be, dx, CUDA_R_32F, true, du, up, T)) return;
-    if (!gemm_dw(be, dgate, dg, k.x, gate, T)) return;
-    gemm_dw(be, dup, du, k.x, up, T);
+    if (!gemm_dw(be, dgate, dg, k.x, gate, T, overwrite)) return;
+    gemm_dw(be, dup, du, k.x, up, T, overwrite);
     HC_CUDA_LAUNCHED(be, "ffn_backward");
 }
 
 void hc_cuda_matmul_n_backward(hc_backend *be, float *dx, float *const *dws, float *const *dbs, const float *const *douts,
-                               const float *x, const hc_mat *const *ws, int n, int64_t T, float *tmp) {
+                               const float *x, const hc_mat *const *ws, int n, int64_t T, float *tmp, bool overwrite) {
     hc_cuda_ctx *cx = hc_cuda(be);
     if (T <= 0 || cx->failed) return;
     bool fast = true;
@@ -176,7 +177,7 @@ void hc_cuda_matmul_n_backward(hc_backend *be, float *dx, float *const *dws, flo
         n_max = ws[i]->rows > n_max ? ws[i]->rows : n_max;
     }
     if (!fast) {
-        hc_fused_matmul_n_backward(be, dx, dws, dbs, douts, x, ws, n, T, tmp);
+        hc_fused_matmul_n_backward(be, dx, dws, dbs, douts, x, ws, n, T, tmp, overwrite);
         return;
     }
     const int64_t K = ws[0]->cols;
@@ -189,7 +190,7 @@ void hc_cuda_matmul_n_backward(hc_backend *be, float *dx, float *const *dws, flo
     hc_cuda_narrow(be, x16, cx->compute, x, T * K);
     for (int i = 0; i < n; i++) {
         hc_cuda_narrow(be, d16, cx->compute, douts[i], T * ws[i]->rows);
-        if (!gemm_dx(be, dx, CUDA_R_32F, i > 0, d16, ws[i], T) || !gemm_dw(be, dws[i], d16, x16, ws[i], T)) return;
+        if (!gemm_dx(be, dx, CUDA_R_32F, i > 0, d16, ws[i], T) || !gemm_dw(be, dws[i], d16, x16, ws[i], T, overwrite)) return;
     }
     HC_CUDA_LAUNCHED(be, "matmul_n_backward");
 }
@@ -200,14 +201,14 @@ void hc_cuda_matmul_n_backward(hc_backend *be, float *dx, float *const *dws, flo
  * those again for the GEMMs: for a 128k vocabulary that is most of the step's memory traffic
  * outside the optimizer. */
 void hc_cuda_lm_loss(hc_backend *be, float *dx, float *dw, float *loss, float *hit, const float *x, const hc_mat *w,
-                     float softcap, const int32_t *targets, int64_t T, double scale, float *scratch) {
+                     float softcap, const int32_t *targets, int64_t T, double scale, float *scratch, bool overwrite) {
     hc_cuda_ctx *cx = hc_cuda(be);
     if (T <= 0 || cx->failed) return;
     const int64_t V = w->rows, C = w->cols;
     carver c = {(char *)scratch, (char *)scratch + sizeof(float) * (size_t)(2 * T * V)};
     void *l16 = carve(&c, T * V), *x16 = carve(&c, T * C);
     if (softcap > 0 || !hc_cuda_gemm16_weight(be, w, T) || !x16) {
-        hc_fused_lm_loss(be, dx, dw, loss, hit, x, w, softcap, targets, T, scale, scratch);
+        hc_fused_lm_loss(be, dx, dw, loss, hit, x, w, softcap, targets, T, scale, scratch, overwrite);
         return;
     }
     hc_cuda_narrow(be, x16, cx->compute, x, T * C);
@@ -215,6 +216,6 @@ void hc_cuda_lm_loss(hc_backend *be, float *dx, float *dw, float *loss, float *h
     hc_cuda_cross_entropy16(be, dx ? l16 : NULL, loss, hit, l16, targets, T, V, scale);
     if (!dx) return;
     if (!gemm_dx(be, dx, CUDA_R_32F, false, l16, w, T)) return;
-    gemm_dw(be, dw, l16, x16, w, T);
+    gemm_dw(be, dw, l16, x16, w, T, overwrite);
     HC_CUDA_LAUNCHED(be, "lm_loss");
 }
