@@ -834,11 +834,14 @@ static void lm_loss_case(hc_backend *be, double tol, hc_dtype dt, float cap, boo
     cur = gpu;
 }
 
-/* matmul_n_backward (q, k and v's backward) on backend be against the CPU's op sequence. */
-static void matmul_n_backward_case(hc_backend *be, double tol, hc_dtype dt, bool bias, int64_t T, int64_t K, bool ow) {
+/* matmul_n_backward (q, k and v's backward) on backend be against the CPU's op sequence; n1:
+ * the second weight's rows (a GPU puts the outputs side by side when every count is a multiple
+ * of 4). */
+static void matmul_n_backward_case(hc_backend *be, double tol, hc_dtype dt, bool bias, int64_t T, int64_t K, bool ow,
+                                   int64_t n1) {
     hc_backend *cpu = hc_backend_cpu();
     cur = be;
-    const int64_t N[3] = {64, 16, 24};
+    const int64_t N[3] = {64, n1, 24};
     void *wh[3], *bh[3], *wd[3], *bd[3];
     float *d[3], *dd[3], *g[3], *gd[3], *gb[3], *gbd[3];
     hc_mat w[3], wv[3];
@@ -948,12 +951,13 @@ static void test_backward(hc_backend *bf16) {
     lm_loss_case(bf16, 1e-4, HC_DTYPE_BF16, 0, true, 100, 1000, 64, true);
     lm_loss_case(bf16, 1e-4, HC_DTYPE_BF16, 0, false, 100, 1000, 64, false);
     lm_loss_case(bf16, 1e-4, HC_DTYPE_BF16, 30.0f, true, 100, 1000, 64, false);
-    matmul_n_backward_case(gpu, 1e-7, HC_DTYPE_BF16, true, 9, 40, false);
-    matmul_n_backward_case(gpu, 1e-7, HC_DTYPE_BF16, false, 9, 40, true);
-    matmul_n_backward_case(bf16, 1e-4, HC_DTYPE_BF16, false, 100, 72, false);
-    matmul_n_backward_case(bf16, 1e-4, HC_DTYPE_BF16, false, 100, 72, true);
-    matmul_n_backward_case(bf16, 1e-4, HC_DTYPE_BF16, true, 100, 72, true);
-    matmul_n_backward_case(bf16, 1e-4, HC_DTYPE_F32, false, 100, 72, false);
+    matmul_n_backward_case(gpu, 1e-7, HC_DTYPE_BF16, true, 9, 40, false, 16);
+    matmul_n_backward_case(gpu, 1e-7, HC_DTYPE_BF16, false, 9, 40, true, 16);
+    matmul_n_backward_case(bf16, 1e-4, HC_DTYPE_BF16, false, 100, 72, false, 16);
+    matmul_n_backward_case(bf16, 1e-4, HC_DTYPE_BF16, false, 100, 72, true, 16);
+    matmul_n_backward_case(bf16, 1e-4, HC_DTYPE_BF16, true, 100, 72, true, 16);
+    matmul_n_backward_case(bf16, 1e-4, HC_DTYPE_F32, false, 100, 72, false, 16);
+    matmul_n_backward_case(bf16, 1e-4, HC_DTYPE_BF16, false, 100, 72, true, 18);
     for (int tr = 0; tr < 2; tr++) {
         matmul_add_case(gpu, 1e-7, tr, 3, 40, 8);
         matmul_add_case(gpu, 1e-7, tr, 100, 70, 8);

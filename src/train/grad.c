@@ -110,7 +110,7 @@ static void lazy_group(hc_grads *gr, const int *refs, const hc_mat *const *ws, i
     for (int k = 0; k < n; k++) gr->n_lazy += !gr->lazy[idx[k]], gr->lazy[idx[k]] = true;
 }
 
-/* The gradients a step writes (=) before anything adds to them: q, k, v through
+/* The gradients a step writes (=) before anything adds to them: q, k, v (and o, alone) through
  * matmul_n_backward and gate, up, down through ffn_backward (layers taking those ops), and the
  * LM head through lm_loss, the backward's first op (a tied embedding's gather adds after it).
  * hc_grads_zero leaves them alone; the step's first write replaces them. */
@@ -128,6 +128,10 @@ static void mark_lazy(hc_grads *gr, const int *refs) {
         if (ffn_fused(m, l)) {
             const hc_mat *ws[3] = {&Ly->gate, &Ly->up, &Ly->down};
             lazy_group(gr, refs, ws, 3, false);
+        }
+        if (!adapted(m, l, HC_LORA_O)) {
+            const hc_mat *ws[1] = {&Ly->wo};
+            lazy_group(gr, refs, ws, 1, false);
         }
     }
 }
@@ -615,7 +619,14 @@ static void batch_compute(void *arg) {
             dop = tmp;
         }
         float *datt = tmp + T * (C > I ? C : I) * 2; /* [T, H*D], the tail of tmp */
-        mm_bwd(be, m, l, HC_LORA_O, datt, GM(&Ly->wo), Ly->bo.data ? GM(&Ly->bo) : NULL, dop, a->att, &Ly->wo, T, &ls, a->lu[HC_LORA_O]);
+        if (!adapted(m, l, HC_LORA_O)) { /* as a group of one, so its gradient may be overwritten */
+            float *const dws[1] = {GM(&Ly->wo)}, *const dbs[1] = {GM(&Ly->bo)};
+            const float *const douts[1] = {dop};
+            const hc_mat *const ws[1] = {&Ly->wo};
+            be->matmul_n_backward(be, datt, dws, dbs, douts, a->att, ws, 1, T, NULL, overwrites(gr, &Ly->wo));
+        } else {
+            mm_bwd(be, m, l, HC_LORA_O, datt, GM(&Ly->wo), GM(&Ly->bo), dop, a->att, &Ly->wo, T, &ls, a->lu[HC_LORA_O]);
+        }
         be->attention_backward(be, dq, dk, dv, datt, a->att, a->reserve, a->q, a->k, a->v, pos, B, S, H, KVH, D,
                                Ly->attn_scale, Ly->sliding ? c->sliding_window : 0, (float)c->attn_softcap, scratch);
         if (c->rope.type != HC_ROPE_NONE) {

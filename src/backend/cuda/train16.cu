@@ -36,23 +36,26 @@ static bool gemm_fwd(hc_backend *be, void *y, cudaDataType_t ct, const void *x16
     return st == CUBLAS_STATUS_SUCCESS;
 }
 
-static bool gemm_dx(hc_backend *be, void *dx, cudaDataType_t ct, bool acc, const void *dy16, const hc_mat *w, int64_t T) {
+/* dy16's rows are ldd apart (w->rows when it stands alone). */
+static bool gemm_dx(hc_backend *be, void *dx, cudaDataType_t ct, bool acc, const void *dy16, int64_t ldd, const hc_mat *w,
+                    int64_t T) {
     hc_cuda_ctx *cx = hc_cuda(be);
     const float one = 1.0f, beta = acc ? 1.0f : 0.0f;
     const cublasStatus_t st = cublasGemmEx(cx->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)w->cols, (int)T, (int)w->rows, &one,
-                                           w->data, t16(cx), (int)w->ld, dy16, t16(cx), (int)w->rows, &beta, dx, ct,
+                                           w->data, t16(cx), (int)w->ld, dy16, t16(cx), (int)ldd, &beta, dx, ct,
                                            (int)w->cols, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (st != CUBLAS_STATUS_SUCCESS) hc_cuda_fail(be, cudaErrorUnknown, "cublasGemmEx (input gradient)");
     return st == CUBLAS_STATUS_SUCCESS;
 }
 
 /* dW (=) when overwrite, else (+=). */
-static bool gemm_dw(hc_backend *be, float *dw, const void *dy16, const void *x16, const hc_mat *w, int64_t T, bool overwrite) {
+static bool gemm_dw(hc_backend *be, float *dw, const void *dy16, int64_t ldd, const void *x16, const hc_mat *w, int64_t T,
+                    bool overwrite) {
     if (!dw) return true;
     hc_cuda_ctx *cx = hc_cuda(be);
     const float one = 1.0f, beta = overwrite ? 0.0f : 1.0f;
     const cublasStatus_t st = cublasGemmEx(cx->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)w->cols, (int)w->rows, (int)T, &one,
-                                           x16, t16(cx), (int)w->cols, dy16, t16(cx), (int)w->rows, &beta, dw, CUDA_R_32F,
+                                           x16, t16(cx), (int)w->cols, dy16, t16(cx), (int)ldd, &beta, dw, CUDA_R_32F,
                                            (int)w->ld, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (st != CUBLAS_STATUS_SUCCESS) hc_cuda_fail(be, cudaErrorUnknown, "cublasGemmEx (weight gradient)");
     return st == CUBLAS_STATUS_SUCCESS;
@@ -152,7 +155,7 @@ void hc_cuda_ffn_backward(hc_backend *be, float *dx, float *dgate, float *dbg, f
         return;
     }
     hc_cuda_narrow(be, d16, cx->compute, dout, T * C);
-    if (!gemm_dx(be, da, t16(cx), false, d16, down, T) || !gemm_dw(be, ddown, d16, k.a, down, T, overwrite)) return;
+    if (!gemm_dx(be, da, t16(cx), false, d16, down->rows, down, T) || !gemm_dw(be, ddown, d16, down->rows, k.a, down, T, overwrite)) return;
     if (cx->compute == HC_DTYPE_BF16)
         glu_backward16_kernel<__nv_bfloat16><<<grid_for((T * I + 7) / 8), 256, 0, cx->stream>>>(
             (__nv_bfloat16 *)dg, (__nv_bfloat16 *)du, (const __nv_bfloat16 *)da, (const __nv_bfloat16 *)k.g,
@@ -160,10 +163,30 @@ void hc_cuda_ffn_backward(hc_backend *be, float *dx, float *dgate, float *dbg, f
     else
         glu_backward16_kernel<__half><<<grid_for((T * I + 7) / 8), 256, 0, cx->stream>>>(
             (__half *)dg, (__half *)du, (const __half *)da, (const __half *)k.g, (const __half *)k.u, act, T * I);
-    if (!gemm_dx(be, dx, CUDA_R_32F, false, dg, gate, T) || !gemm_dx(be, dx, CUDA_R_32F, true, du, up, T)) return;
-    if (!gemm_dw(be, dgate, dg, k.x, gate, T, overwrite)) return;
-    gemm_dw(be, dup, du, k.x, up, T, overwrite);
+    if (!gemm_dx(be, dx, CUDA_R_32F, false, dg, I, gate, T) || !gemm_dx(be, dx, CUDA_R_32F, true, du, I, up, T)) return;
+    if (!gemm_dw(be, dgate, dg, I, k.x, gate, T, overwrite)) return;
+    gemm_dw(be, dup, du, I, k.x, up, T, overwrite);
     HC_CUDA_LAUNCHED(be, "ffn_backward");
+}
+
+/* dst[t, :N] (rows ldd apart, 16-bit) = src[t, :N] (f32, contiguous), four columns a thread
+ * (N and ldd multiples of 4). */
+template <typename HT> __global__ void narrow_rows_kernel(HT *dst, int64_t ldd, const float *src, int64_t T, int64_t N) {
+    for (int64_t t = blockIdx.y; t < T; t += gridDim.y)
+        for (int64_t n = 4 * (blockIdx.x * (int64_t)blockDim.x + threadIdx.x); n < N; n += 4 * (int64_t)gridDim.x * blockDim.x) {
+            const float4 v = *(const float4 *)(src + t * N + n);
+            HT o[4] = {narrow<HT>(v.x), narrow<HT>(v.y), narrow<HT>(v.z), narrow<HT>(v.w)};
+            *(uint2 *)(dst + t * ldd + n) = *(const uint2 *)o;
+        }
+}
+
+static void narrow_rows(hc_backend *be, void *dst, int64_t ldd, const float *src, int64_t T, int64_t N) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    const dim3 grid((unsigned)((N / 4 + 255) / 256), (unsigned)(T < 65535 ? T : 65535));
+    if (cx->compute == HC_DTYPE_BF16)
+        narrow_rows_kernel<__nv_bfloat16><<<grid, 256, 0, cx->stream>>>((__nv_bfloat16 *)dst, ldd, src, T, N);
+    else
+        narrow_rows_kernel<__half><<<grid, 256, 0, cx->stream>>>((__half *)dst, ldd, src, T, N);
 }
 
 void hc_cuda_matmul_n_backward(hc_backend *be, float *dx, float *const *dws, float *const *dbs, const float *const *douts,
@@ -181,6 +204,34 @@ void hc_cuda_matmul_n_backward(hc_backend *be, float *dx, float *const *dws, flo
         return;
     }
     const int64_t K = ws[0]->cols;
+    int64_t n_all = 0; /* the products' outputs side by side */
+    bool whole = n > 1; /* one product needs no side by side */
+    for (int i = 0; i < n; i++)
+        n_all += ws[i]->rows, whole = whole && ws[i]->ld == K && ws[i]->rows % 4 == 0 && (uintptr_t)douts[i] % 16 == 0;
+    if (whole) {
+        /* dx = [d_0 | d_1 | ...] [W_0; W_1; ...]: one GEMM over all the outputs, where k's and v's
+         * alone are short (K = 512 for a 1B Llama) and each would add onto dx; the douts are
+         * rounded into one [T, n_all] operand, the weights copied into one [n_all, K] (a few MB) */
+        const size_t bytes = 2 * (size_t)(T * K + T * n_all + n_all * K) + 1024;
+        char *buf = (char *)hc_cuda_scratch(be, &cx->dw16, &cx->dw16_bytes, bytes);
+        if (!buf) return;
+        carver c = {buf, buf + bytes};
+        char *x16 = (char *)carve(&c, T * K), *dall = (char *)carve(&c, T * n_all), *wall = (char *)carve(&c, n_all * K);
+        hc_cuda_narrow(be, x16, cx->compute, x, T * K);
+        for (int i = 0, off = 0; i < n; off += (int)ws[i]->rows, i++) {
+            narrow_rows(be, dall + 2 * (size_t)off, n_all, douts[i], T, ws[i]->rows);
+            if (hc_cuda_fail(be, cudaMemcpyAsync(wall + 2 * (size_t)(off * K), ws[i]->data, 2 * (size_t)(ws[i]->rows * K),
+                                                 cudaMemcpyDeviceToDevice, cx->stream), "matmul_n_backward"))
+                return;
+        }
+        hc_mat wm = *ws[0]; /* stored in the compute dtype, not transposed, not quantized */
+        wm.data = wall, wm.rows = n_all;
+        if (!gemm_dx(be, dx, CUDA_R_32F, false, dall, n_all, &wm, T)) return;
+        for (int i = 0, off = 0; i < n; off += (int)ws[i]->rows, i++)
+            if (!gemm_dw(be, dws[i], dall + 2 * (size_t)off, n_all, x16, ws[i], T, overwrite)) return;
+        HC_CUDA_LAUNCHED(be, "matmul_n_backward");
+        return;
+    }
     /* x rounded once for every weight gradient; each dout in turn */
     const size_t bytes = 2 * (size_t)(T * (K + n_max)) + 512;
     char *buf = (char *)hc_cuda_scratch(be, &cx->dw16, &cx->dw16_bytes, bytes);
@@ -190,7 +241,9 @@ void hc_cuda_matmul_n_backward(hc_backend *be, float *dx, float *const *dws, flo
     hc_cuda_narrow(be, x16, cx->compute, x, T * K);
     for (int i = 0; i < n; i++) {
         hc_cuda_narrow(be, d16, cx->compute, douts[i], T * ws[i]->rows);
-        if (!gemm_dx(be, dx, CUDA_R_32F, i > 0, d16, ws[i], T) || !gemm_dw(be, dws[i], d16, x16, ws[i], T, overwrite)) return;
+        if (!gemm_dx(be, dx, CUDA_R_32F, i > 0, d16, ws[i]->rows, ws[i], T) ||
+            !gemm_dw(be, dws[i], d16, ws[i]->rows, x16, ws[i], T, overwrite))
+            return;
     }
     HC_CUDA_LAUNCHED(be, "matmul_n_backward");
 }
@@ -215,7 +268,7 @@ void hc_cuda_lm_loss(hc_backend *be, float *dx, float *dw, float *loss, float *h
     if (!gemm_fwd(be, l16, t16(cx), x16, w, T)) return;
     hc_cuda_cross_entropy16(be, dx ? l16 : NULL, loss, hit, l16, targets, T, V, scale);
     if (!dx) return;
-    if (!gemm_dx(be, dx, CUDA_R_32F, false, l16, w, T)) return;
-    gemm_dw(be, dw, l16, x16, w, T, overwrite);
+    if (!gemm_dx(be, dx, CUDA_R_32F, false, l16, V, w, T)) return;
+    gemm_dw(be, dw, l16, V, x16, w, T, overwrite);
     HC_CUDA_LAUNCHED(be, "lm_loss");
 }
