@@ -6,9 +6,10 @@
  * rows that many blocks share go through atomicAdd (their order, so the last bits, may vary
  * between runs).
  *
- * Attention's backward materialises the scores and their gradients, [H, T, T] each (memory
- * quadratic in T; a fused flash-attention backward is the faster next step); its GEMMs read
- * and write the rows in place. */
+ * Attention's general backward (f32 compute, or head dims the flash kernels of
+ * attention_backward.cu do not take) materialises the scores and their gradients, [H, T, T]
+ * each (memory quadratic in T); its GEMMs read and write the rows in place. Training's fused
+ * projections in 16 bits (the gated MLP, q/k/v, the LM head with the loss) are in train16.cu. */
 #include "backend/cuda/common.cuh"
 
 #define GRID_STRIDE(i, n) for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
