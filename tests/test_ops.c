@@ -316,7 +316,9 @@ static void test_fast_matmul(hc_backend *ref) {
     printf("  fast kernels: %s\n", hc_cpu_kernels());
     const int64_t shapes[][3] = {{1, 37, 13}, {3, 64, 29}, {5, 100, 17}, {9, 71, 33}, {1, 160, 64}, {1, 96, 7}, {1, 64, 22}, {67, 96, 40}, {19, 200, 23}, {4, 2048, 300}, {1, 768, 19}, {6, 512, 21}, {1, 224, 9}, {5, 224, 18}, {1, 288, 35}, {7, 416, 6},
                                  /* 8 tokens and more: the rows-across-lanes prompt kernels (q4_k too) */
-                                 {9, 512, 37}, {16, 768, 20}, {8, 2048, 17}};
+                                 {9, 512, 37}, {16, 768, 20}, {8, 2048, 17},
+                                 /* bf16 prompts: panels of 64 rows (partial ones too), k in blocks of 1024, odd K */
+                                 {21, 2100, 130}, {17, 101, 30}};
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const int64_t T = shapes[si][0], K = shapes[si][1], N = shapes[si][2];
         float *q4_ref = malloc(sizeof(float) * (size_t)(T * N)); /* [T, N] the reference on plain q4_0 */

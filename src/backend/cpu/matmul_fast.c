@@ -133,6 +133,84 @@ __attribute__((target("avx512f,avx512bf16,avx512bw"))) static void matmul_rows_b
 }
 
 
+/* Prompts as a packed GEMM. A thread packs 64 of its rows, for 1024 values of k at a time, into
+ * a panel of bf16 pairs (P[p][r] = W[n + r][k0 + 2p, k0 + 2p + 1]: 128 KB, kept in L2); then
+ * for 6 tokens at a time, each k pair of a token is broadcast against four vectors of the
+ * panel, so 24 accumulators each hold 16 rows' sums for one token (no horizontal sums) and every
+ * panel load serves 6 tokens. The 4 x 4 kernel above streamed 8 rows of K from L2 for every 16
+ * products and ran at about half of vdpbf16ps's peak. A row's sum runs over k in order in one
+ * lane whatever the tiling or the thread count. Needs K even (pairs); rows past the end pack as
+ * zero and are not stored. */
+#define BFP_NR 64
+#define BFP_MR 6
+#define BFP_KC 2048
+
+static void bfp_pack(uint32_t *P, const hc_mat *w, int64_t n, int64_t nr, int64_t k0, int64_t kc) {
+    const uint16_t *base = w->data;
+    for (int64_t r = 0; r < BFP_NR; r++) {
+        const uint16_t *src = base + (size_t)(n + r) * (size_t)w->ld + k0;
+        for (int64_t p = 0; p < kc / 2; p++) {
+            uint32_t v = 0;
+            if (r < nr) memcpy(&v, src + 2 * p, sizeof v);
+            P[p * BFP_NR + r] = v;
+        }
+    }
+}
+
+/* out[t, 0..64) (rows ldo apart) = (or += unless first) sum over np pairs of P against token t's
+ * pairs (x rows ldx apart), for t < mr; mask: which of the last vector's 16 rows exist. */
+__attribute__((target("avx512f,avx512bf16,avx512bw"), always_inline)) static inline void
+bfp_kernel(float *out, int64_t ldo, const uint16_t *x, int64_t ldx, const uint32_t *P, int64_t np, const int mr, int nv,
+           __mmask16 mask, bool first) {
+    __m512 acc[BFP_MR][4];
+    for (int t = 0; t < mr; t++)
+        for (int j = 0; j < 4; j++) acc[t][j] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < np; p++) {
+        __m512bh wv[4];
+        for (int j = 0; j < 4; j++) wv[j] = (__m512bh)_mm512_loadu_si512((const void *)(P + p * BFP_NR + 16 * j));
+        for (int t = 0; t < mr; t++) {
+            int32_t pair;
+            memcpy(&pair, x + t * ldx + 2 * p, sizeof pair);
+            const __m512bh xv = (__m512bh)_mm512_set1_epi32(pair);
+            for (int j = 0; j < 4; j++) acc[t][j] = _mm512_dpbf16_ps(acc[t][j], wv[j], xv);
+        }
+    }
+    for (int t = 0; t < mr; t++)
+        for (int j = 0; j < nv; j++) {
+            const __mmask16 m = j + 1 == nv ? mask : (__mmask16)0xffff;
+            float *o = out + t * ldo + 16 * j;
+            __m512 v = acc[t][j];
+            if (!first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, o));
+            _mm512_mask_storeu_ps(o, m, v);
+        }
+}
+
+__attribute__((target("avx512f,avx512bf16,avx512bw"))) static void
+matmul_rows_bf16_packed(float *out, const uint16_t *xb, const hc_mat *w, int64_t T, int64_t n0, int64_t n1, uint32_t *P) {
+    const int64_t N = w->rows, K = w->cols;
+    for (int64_t n = n0; n < n1; n += BFP_NR) {
+        const int64_t nr = n1 - n < BFP_NR ? n1 - n : BFP_NR;
+        const int nv = (int)((nr + 15) / 16);
+        const __mmask16 mask = (__mmask16)(nr % 16 ? (1u << (nr % 16)) - 1 : 0xffffu);
+        for (int64_t k0 = 0; k0 < K; k0 += BFP_KC) {
+            const int64_t kc = K - k0 < BFP_KC ? K - k0 : BFP_KC;
+            bfp_pack(P, w, n, nr, k0, kc);
+            for (int64_t t = 0; t < T; t += BFP_MR) {
+                float *o = out + t * N + n;
+                const uint16_t *xt = xb + t * K + k0;
+                switch (T - t < BFP_MR ? T - t : BFP_MR) {
+                case 1: bfp_kernel(o, N, xt, K, P, kc / 2, 1, nv, mask, k0 == 0); break;
+                case 2: bfp_kernel(o, N, xt, K, P, kc / 2, 2, nv, mask, k0 == 0); break;
+                case 3: bfp_kernel(o, N, xt, K, P, kc / 2, 3, nv, mask, k0 == 0); break;
+                case 4: bfp_kernel(o, N, xt, K, P, kc / 2, 4, nv, mask, k0 == 0); break;
+                case 5: bfp_kernel(o, N, xt, K, P, kc / 2, 5, nv, mask, k0 == 0); break;
+                default: bfp_kernel(o, N, xt, K, P, kc / 2, 6, nv, mask, k0 == 0); break;
+                }
+            }
+        }
+    }
+}
+
 /* ---- quantized weights: int8 dot products with activations quantized to q8 (per block of 32,
  * as llama.cpp does), so a block costs a few integer instructions instead of widening 32
  * weights to float. Both ISAs use these AVX2 kernels. ------------------------------------------ */
@@ -304,6 +382,7 @@ typedef struct {
     const float *dx, *sx;
     bool vnni;          /* q4_0 and q4_k through matmul_vnni.c */
     const uint16_t *xb; /* bf16 activations for the vdpbf16ps path */
+    hc_fast_ctx *fx;    /* its per-thread scratch holds the packed panels */
 } mm_job;
 
 static void mm_part(void *ctx, int ith, int nth) {
@@ -314,7 +393,8 @@ static void mm_part(void *ctx, int ith, int nth) {
     per = (per + 15) / 16 * 16;
     const int64_t n0 = (int64_t)ith * per, n1 = n0 + per < N ? n0 + per : N;
     if (n0 >= n1) return;
-    if (j->xb) matmul_rows_bf16dot(j->out, j->xb, j->w, j->T, n0, n1);
+    if (j->xb && j->fx) matmul_rows_bf16_packed(j->out, j->xb, j->w, j->T, n0, n1, (uint32_t *)(void *)j->fx->scratch[ith]);
+    else if (j->xb) matmul_rows_bf16dot(j->out, j->xb, j->w, j->T, n0, n1);
     else if (j->vnni && j->w->quant == HC_QUANT_Q8_0) hc_q8_0_rows_vnni(j->out, j->qx, j->dx, j->w, j->T, n0, n1);
     else if (j->vnni && j->w->quant == HC_QUANT_Q4_0X4)
         hc_q4_0x4_rows_vnni(j->out, j->qx, j->dx, j->sx, j->w, j->T, n0, n1);
@@ -427,7 +507,7 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
         }
     }
     if (w->transposed && !w->quant && fn == matmul_rows__avx512 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")) {
-        mm_job tj = {out, x, w, bias, T, fn, NULL, NULL, NULL, false, NULL};
+        mm_job tj = {out, x, w, bias, T, fn, NULL, NULL, NULL, false, NULL, NULL};
         hc_fast_ctx *tfx = be->ctx;
         if (!tfx->pool || w->rows * w->cols * T < 32768) tr_part(&tj, 0, 1);
         else hc_pool_run(tfx->pool, tr_part, &tj);
@@ -438,7 +518,7 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
         hc_cpu_matmul(be, out, x, w, bias, T);
         return;
     }
-    mm_job j = {out, x, w, bias, T, fn, NULL, NULL, NULL, false, NULL};
+    mm_job j = {out, x, w, bias, T, fn, NULL, NULL, NULL, false, NULL, NULL};
     hc_fast_ctx *fx = be->ctx;
     hc_pool *pool = fx->pool;
     if (w->quant && hc_fast_acts(fx, (size_t)(T * w->cols))) {
@@ -452,6 +532,8 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
         /* the int8 activation buffer doubles as the bf16 one (malloc'd, so suitably aligned) */
         acts_to_bf16((uint16_t *)(void *)fx->qx, x, T * w->cols);
         j.xb = (const uint16_t *)(void *)fx->qx;
+        /* the packed GEMM for even K: a panel of 64 rows x 1024 values of k in each thread's scratch */
+        if (w->cols % 2 == 0 && hc_fast_scratch(fx, (size_t)(BFP_NR * BFP_KC / 2))) j.fx = fx;
     }
     /* q4_k without activation buffers, and q4_0x4 without VNNI, take the reference */
     if ((!j.qx && !j.xb && w->quant == HC_QUANT_Q4_K) || (w->quant == HC_QUANT_Q4_0X4 && !j.vnni)) {
