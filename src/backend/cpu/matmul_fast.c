@@ -211,6 +211,116 @@ matmul_rows_bf16_packed(float *out, const uint16_t *xb, const hc_mat *w, int64_t
     }
 }
 
+/* The same packed GEMM in f32 (the default compute) for float weights of any dtype: the panel
+ * holds 64 rows x 512 values of k widened to f32 (P[k][r], 128 KB); six tokens' x[t][k] are
+ * broadcast against its four vectors into 24 FMA accumulators. The 4 x KRB kernel took a
+ * horizontal sum per output and streamed its rows and tokens from L2. Packing transposes 16 x 16
+ * blocks in registers (a scalar transpose cost a tenth of the product). */
+#define FPP_KC 512
+#define FPP_MIN_T 16
+
+/* r[i][j] <- r[j][i] for a 16 x 16 block of floats. */
+__attribute__((target("avx512f"), always_inline)) static inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+        const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++) {
+            t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0x88);
+            t[8 * i + 4 + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0xdd);
+        }
+    for (int j = 0; j < 8; j++) {
+        r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+        r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd);
+    }
+}
+
+__attribute__((target("avx512f"))) static void fpp_pack(float *P, const hc_mat *w, int64_t n, int64_t nr, int64_t k0,
+                                                       int64_t kc) {
+    const size_t es = hc_dtype_size(w->dtype);
+    const bool vec = w->dtype == HC_DTYPE_BF16 || w->dtype == HC_DTYPE_F32;
+    for (int64_t r0 = 0; r0 < BFP_NR; r0 += 16) {
+        const char *rows = (const char *)w->data + es * ((size_t)(n + r0) * (size_t)w->ld + (size_t)k0);
+        int64_t k = 0;
+        if (vec && r0 + 16 <= nr)
+            for (; k + 16 <= kc; k += 16) {
+                __m512 v[16];
+                for (int i = 0; i < 16; i++) {
+                    const char *p = rows + es * ((size_t)i * (size_t)w->ld + (size_t)k);
+                    v[i] = w->dtype == HC_DTYPE_F32
+                               ? _mm512_loadu_ps(p)
+                               : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+                }
+                transpose16(v);
+                for (int i = 0; i < 16; i++) _mm512_storeu_ps(P + (k + i) * BFP_NR + r0, v[i]);
+            }
+        for (int64_t r = r0; r < r0 + 16; r++) /* what the blocks left: the tail of k, a partial group */
+            for (int64_t kk = k; kk < kc; kk++)
+                P[kk * BFP_NR + r] = r < nr ? hc_load_f32((const char *)w->data + es * ((size_t)(n + r) * (size_t)w->ld), w->dtype, k0 + kk) : 0.0f;
+    }
+}
+
+__attribute__((target("avx512f"), always_inline)) static inline void fpp_kernel(float *out, int64_t ldo, const float *x,
+                                                                               int64_t ldx, const float *P, int64_t kc,
+                                                                               const int mr, int nv, __mmask16 mask,
+                                                                               bool first) {
+    __m512 acc[BFP_MR][4];
+    for (int t = 0; t < mr; t++)
+        for (int j = 0; j < 4; j++) acc[t][j] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < kc; k++) {
+        __m512 wv[4];
+        for (int j = 0; j < 4; j++) wv[j] = _mm512_loadu_ps(P + k * BFP_NR + 16 * j);
+        for (int t = 0; t < mr; t++) {
+            const __m512 xv = _mm512_set1_ps(x[t * ldx + k]);
+            for (int j = 0; j < 4; j++) acc[t][j] = _mm512_fmadd_ps(xv, wv[j], acc[t][j]);
+        }
+    }
+    for (int t = 0; t < mr; t++)
+        for (int j = 0; j < nv; j++) {
+            const __mmask16 m = j + 1 == nv ? mask : (__mmask16)0xffff;
+            float *o = out + t * ldo + 16 * j;
+            __m512 v = acc[t][j];
+            if (!first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, o));
+            _mm512_mask_storeu_ps(o, m, v);
+        }
+}
+
+__attribute__((target("avx512f"))) static void matmul_rows_f32_packed(float *out, const float *x, const hc_mat *w,
+                                                                     int64_t T, int64_t n0, int64_t n1, float *P) {
+    const int64_t N = w->rows, K = w->cols;
+    for (int64_t n = n0; n < n1; n += BFP_NR) {
+        const int64_t nr = n1 - n < BFP_NR ? n1 - n : BFP_NR;
+        const int nv = (int)((nr + 15) / 16);
+        const __mmask16 mask = (__mmask16)(nr % 16 ? (1u << (nr % 16)) - 1 : 0xffffu);
+        for (int64_t k0 = 0; k0 < K; k0 += FPP_KC) {
+            const int64_t kc = K - k0 < FPP_KC ? K - k0 : FPP_KC;
+            fpp_pack(P, w, n, nr, k0, kc);
+            for (int64_t t = 0; t < T; t += BFP_MR) {
+                float *o = out + t * N + n;
+                const float *xt = x + t * K + k0;
+                switch (T - t < BFP_MR ? T - t : BFP_MR) {
+                case 1: fpp_kernel(o, N, xt, K, P, kc, 1, nv, mask, k0 == 0); break;
+                case 2: fpp_kernel(o, N, xt, K, P, kc, 2, nv, mask, k0 == 0); break;
+                case 3: fpp_kernel(o, N, xt, K, P, kc, 3, nv, mask, k0 == 0); break;
+                case 4: fpp_kernel(o, N, xt, K, P, kc, 4, nv, mask, k0 == 0); break;
+                case 5: fpp_kernel(o, N, xt, K, P, kc, 5, nv, mask, k0 == 0); break;
+                default: fpp_kernel(o, N, xt, K, P, kc, 6, nv, mask, k0 == 0); break;
+                }
+            }
+        }
+    }
+}
+
 /* ---- quantized weights: int8 dot products with activations quantized to q8 (per block of 32,
  * as llama.cpp does), so a block costs a few integer instructions instead of widening 32
  * weights to float. Both ISAs use these AVX2 kernels. ------------------------------------------ */
@@ -382,7 +492,7 @@ typedef struct {
     const float *dx, *sx;
     bool vnni;          /* q4_0 and q4_k through matmul_vnni.c */
     const uint16_t *xb; /* bf16 activations for the vdpbf16ps path */
-    hc_fast_ctx *fx;    /* its per-thread scratch holds the packed panels */
+    hc_fast_ctx *fx;    /* its per-thread scratch holds the packed panels (xb: bf16 pairs, else f32) */
 } mm_job;
 
 static void mm_part(void *ctx, int ith, int nth) {
@@ -395,6 +505,7 @@ static void mm_part(void *ctx, int ith, int nth) {
     if (n0 >= n1) return;
     if (j->xb && j->fx) matmul_rows_bf16_packed(j->out, j->xb, j->w, j->T, n0, n1, (uint32_t *)(void *)j->fx->scratch[ith]);
     else if (j->xb) matmul_rows_bf16dot(j->out, j->xb, j->w, j->T, n0, n1);
+    else if (j->fx) matmul_rows_f32_packed(j->out, j->x, j->w, j->T, n0, n1, j->fx->scratch[ith]);
     else if (j->vnni && j->w->quant == HC_QUANT_Q8_0) hc_q8_0_rows_vnni(j->out, j->qx, j->dx, j->w, j->T, n0, n1);
     else if (j->vnni && j->w->quant == HC_QUANT_Q4_0X4)
         hc_q4_0x4_rows_vnni(j->out, j->qx, j->dx, j->sx, j->w, j->T, n0, n1);
@@ -534,6 +645,9 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
         j.xb = (const uint16_t *)(void *)fx->qx;
         /* the packed GEMM for even K: a panel of 64 rows x 1024 values of k in each thread's scratch */
         if (w->cols % 2 == 0 && hc_fast_scratch(fx, (size_t)(BFP_NR * BFP_KC / 2))) j.fx = fx;
+    } else if (!w->quant && T >= FPP_MIN_T && fn == matmul_rows__avx512 &&
+               hc_fast_scratch(fx, (size_t)(BFP_NR * FPP_KC))) {
+        j.fx = fx; /* f32 prompts as the packed GEMM */
     }
     /* q4_k without activation buffers, and q4_0x4 without VNNI, take the reference */
     if ((!j.qx && !j.xb && w->quant == HC_QUANT_Q4_K) || (w->quant == HC_QUANT_Q4_0X4 && !j.vnni)) {
