@@ -249,6 +249,20 @@ __attribute__((target("avx512f"))) static void fpp_pack(float *P, const hc_mat *
                                                        int64_t kc) {
     const size_t es = hc_dtype_size(w->dtype);
     const bool vec = w->dtype == HC_DTYPE_BF16 || w->dtype == HC_DTYPE_F32;
+    if (w->transposed) { /* stored [K, N]: a panel row is a contiguous run of 64 values, no transpose */
+        for (int64_t k = 0; k < kc; k++) {
+            const char *src = (const char *)w->data + es * ((size_t)(k0 + k) * (size_t)w->ld + (size_t)n);
+            float *dst = P + k * BFP_NR;
+            int64_t r = 0;
+            for (; vec && r + 16 <= nr; r += 16)
+                _mm512_storeu_ps(dst + r, w->dtype == HC_DTYPE_F32
+                                              ? _mm512_loadu_ps(src + 4 * r)
+                                              : _mm512_castsi512_ps(_mm512_slli_epi32(
+                                                    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(src + 2 * r))), 16)));
+            for (; r < BFP_NR; r++) dst[r] = r < nr ? hc_load_f32(src, w->dtype, r) : 0.0f;
+        }
+        return;
+    }
     for (int64_t r0 = 0; r0 < BFP_NR; r0 += 16) {
         const char *rows = (const char *)w->data + es * ((size_t)(n + r0) * (size_t)w->ld + (size_t)k0);
         int64_t k = 0;
@@ -602,6 +616,15 @@ static void transpose_part(void *ctx, int ith, int nth) {
 void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T) {
     rows_fn fn = pick();
     hc_mat wn;
+    hc_fast_ctx *pfx = be->ctx;
+    if (w->transposed && !w->quant && T >= FPP_MIN_T && fn == matmul_rows__avx512 &&
+        hc_fast_scratch(pfx, (size_t)(BFP_NR * FPP_KC))) {
+        /* the packed GEMM reads a transposed view as it is (its panels are rows of it) */
+        mm_job pj = {out, x, w, bias, T, fn, NULL, NULL, NULL, false, NULL, pfx};
+        if (!pfx->pool || w->rows * w->cols * T < 32768) mm_part(&pj, 0, 1);
+        else hc_pool_run(pfx->pool, mm_part, &pj);
+        return;
+    }
     if (w->transposed && !w->quant && T >= TRANSPOSE_MIN_T) {
         hc_fast_ctx *tfx = be->ctx;
         const size_t bytes = hc_dtype_size(w->dtype) * (size_t)(w->rows * w->cols);
