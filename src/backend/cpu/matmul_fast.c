@@ -133,8 +133,8 @@ __attribute__((target("avx512f,avx512bf16,avx512bw"))) static void matmul_rows_b
 }
 
 
-/* Prompts as a packed GEMM. A thread packs 64 of its rows, for 1024 values of k at a time, into
- * a panel of bf16 pairs (P[p][r] = W[n + r][k0 + 2p, k0 + 2p + 1]: 128 KB, kept in L2); then
+/* Prompts as a packed GEMM. A thread packs 64 of its rows, for 2048 values of k at a time, into
+ * a panel of bf16 pairs (P[p][r] = W[n + r][k0 + 2p, k0 + 2p + 1]: 256 KB, kept in L2); then
  * for 6 tokens at a time, each k pair of a token is broadcast against four vectors of the
  * panel, so 24 accumulators each hold 16 rows' sums for one token (no horizontal sums) and every
  * panel load serves 6 tokens. The 4 x 4 kernel above streamed 8 rows of K from L2 for every 16
@@ -145,7 +145,60 @@ __attribute__((target("avx512f,avx512bf16,avx512bw"))) static void matmul_rows_b
 #define BFP_MR 6
 #define BFP_KC 2048
 
-static void bfp_pack(uint32_t *P, const hc_mat *w, int64_t n, int64_t nr, int64_t k0, int64_t kc) {
+/* The end of a panel tile (either kind): out[t, 16 j ..] (rows ldo apart) = acc[t][j], or +=
+ * unless first, for t < mr and the nv vectors the panel's rows fill (mask: the last one's). */
+__attribute__((target("avx512f"), always_inline)) static inline void panel_store(float *out, int64_t ldo,
+                                                                                __m512 acc[][4], int mr, int nv,
+                                                                                __mmask16 mask, bool first) {
+    for (int t = 0; t < mr; t++)
+        for (int j = 0; j < nv; j++) {
+            const __mmask16 m = j + 1 == nv ? mask : (__mmask16)0xffff;
+            float *o = out + t * ldo + 16 * j;
+            __m512 v = acc[t][j];
+            if (!first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, o));
+            _mm512_mask_storeu_ps(o, m, v);
+        }
+}
+
+/* kernel(..., mr) with mr a constant from 1 to BFP_MR, so its accumulators stay in registers. */
+#define PANEL_BY_MR(mr, kernel, ...)                                                                                   \
+    switch (mr) {                                                                                                      \
+    case 1: kernel(__VA_ARGS__, 1); break;                                                                             \
+    case 2: kernel(__VA_ARGS__, 2); break;                                                                             \
+    case 3: kernel(__VA_ARGS__, 3); break;                                                                             \
+    case 4: kernel(__VA_ARGS__, 4); break;                                                                             \
+    case 5: kernel(__VA_ARGS__, 5); break;                                                                             \
+    default: kernel(__VA_ARGS__, 6); break;                                                                            \
+    }
+
+/* A panel kind: pack fills the panel with rows [n, n + nr) of W (the rest of its 64 zero) and k
+ * in [k0, k0 + kc); tile adds mr tokens' products with it into out (panel_store), x pointing at
+ * the first token's element k0. */
+typedef void (*panel_pack_fn)(void *P, const hc_mat *w, int64_t n, int64_t nr, int64_t k0, int64_t kc);
+typedef void (*panel_tile_fn)(float *out, int64_t ldo, const void *x, int64_t ldx, const void *P, int64_t kc, int mr,
+                              int nv, __mmask16 mask, bool first);
+
+/* Rows [n0, n1) of out[T, N] = x[T, K] @ W^T (x's elements x_bytes wide), kc_max values of k a
+ * panel. */
+static void matmul_rows_packed(float *out, const void *x, size_t x_bytes, const hc_mat *w, int64_t T, int64_t n0,
+                               int64_t n1, void *P, int64_t kc_max, panel_pack_fn pack, panel_tile_fn tile) {
+    const int64_t N = w->rows, K = w->cols;
+    for (int64_t n = n0; n < n1; n += BFP_NR) {
+        const int64_t nr = n1 - n < BFP_NR ? n1 - n : BFP_NR;
+        const int nv = (int)((nr + 15) / 16);
+        const __mmask16 mask = (__mmask16)(nr % 16 ? (1u << (nr % 16)) - 1 : 0xffffu);
+        for (int64_t k0 = 0; k0 < K; k0 += kc_max) {
+            const int64_t kc = K - k0 < kc_max ? K - k0 : kc_max;
+            pack(P, w, n, nr, k0, kc);
+            for (int64_t t = 0; t < T; t += BFP_MR)
+                tile(out + t * N + n, N, (const char *)x + x_bytes * (size_t)(t * K + k0), K, P, kc,
+                     (int)(T - t < BFP_MR ? T - t : BFP_MR), nv, mask, k0 == 0);
+        }
+    }
+}
+
+static void bfp_pack(void *panel, const hc_mat *w, int64_t n, int64_t nr, int64_t k0, int64_t kc) {
+    uint32_t *P = panel;
     const uint16_t *base = w->data;
     for (int64_t r = 0; r < BFP_NR; r++) {
         const uint16_t *src = base + (size_t)(n + r) * (size_t)w->ld + k0;
@@ -157,13 +210,12 @@ static void bfp_pack(uint32_t *P, const hc_mat *w, int64_t n, int64_t nr, int64_
     }
 }
 
-/* out[t, 0..64) (rows ldo apart) = (or += unless first) sum over np pairs of P against token t's
- * pairs (x rows ldx apart), for t < mr; mask: which of the last vector's 16 rows exist. */
+/* The bf16 tile: np pairs of P against each token's pairs (x rows ldx apart). */
 __attribute__((target("avx512f,avx512bf16,avx512bw"), always_inline)) static inline void
-bfp_kernel(float *out, int64_t ldo, const uint16_t *x, int64_t ldx, const uint32_t *P, int64_t np, const int mr, int nv,
-           __mmask16 mask, bool first) {
+bfp_kernel(float *out, int64_t ldo, const uint16_t *x, int64_t ldx, const uint32_t *P, int64_t np, int nv,
+           __mmask16 mask, bool first, const int mr) {
     __m512 acc[BFP_MR][4];
-    for (int t = 0; t < mr; t++)
+    for (int t = 0; t < BFP_MR; t++) /* the rows past mr are never read (set for the compiler's sake) */
         for (int j = 0; j < 4; j++) acc[t][j] = _mm512_setzero_ps();
     for (int64_t p = 0; p < np; p++) {
         __m512bh wv[4];
@@ -175,40 +227,14 @@ bfp_kernel(float *out, int64_t ldo, const uint16_t *x, int64_t ldx, const uint32
             for (int j = 0; j < 4; j++) acc[t][j] = _mm512_dpbf16_ps(acc[t][j], wv[j], xv);
         }
     }
-    for (int t = 0; t < mr; t++)
-        for (int j = 0; j < nv; j++) {
-            const __mmask16 m = j + 1 == nv ? mask : (__mmask16)0xffff;
-            float *o = out + t * ldo + 16 * j;
-            __m512 v = acc[t][j];
-            if (!first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, o));
-            _mm512_mask_storeu_ps(o, m, v);
-        }
+    panel_store(out, ldo, acc, mr, nv, mask, first);
 }
 
-__attribute__((target("avx512f,avx512bf16,avx512bw"))) static void
-matmul_rows_bf16_packed(float *out, const uint16_t *xb, const hc_mat *w, int64_t T, int64_t n0, int64_t n1, uint32_t *P) {
-    const int64_t N = w->rows, K = w->cols;
-    for (int64_t n = n0; n < n1; n += BFP_NR) {
-        const int64_t nr = n1 - n < BFP_NR ? n1 - n : BFP_NR;
-        const int nv = (int)((nr + 15) / 16);
-        const __mmask16 mask = (__mmask16)(nr % 16 ? (1u << (nr % 16)) - 1 : 0xffffu);
-        for (int64_t k0 = 0; k0 < K; k0 += BFP_KC) {
-            const int64_t kc = K - k0 < BFP_KC ? K - k0 : BFP_KC;
-            bfp_pack(P, w, n, nr, k0, kc);
-            for (int64_t t = 0; t < T; t += BFP_MR) {
-                float *o = out + t * N + n;
-                const uint16_t *xt = xb + t * K + k0;
-                switch (T - t < BFP_MR ? T - t : BFP_MR) {
-                case 1: bfp_kernel(o, N, xt, K, P, kc / 2, 1, nv, mask, k0 == 0); break;
-                case 2: bfp_kernel(o, N, xt, K, P, kc / 2, 2, nv, mask, k0 == 0); break;
-                case 3: bfp_kernel(o, N, xt, K, P, kc / 2, 3, nv, mask, k0 == 0); break;
-                case 4: bfp_kernel(o, N, xt, K, P, kc / 2, 4, nv, mask, k0 == 0); break;
-                case 5: bfp_kernel(o, N, xt, K, P, kc / 2, 5, nv, mask, k0 == 0); break;
-                default: bfp_kernel(o, N, xt, K, P, kc / 2, 6, nv, mask, k0 == 0); break;
-                }
-            }
-        }
-    }
+__attribute__((target("avx512f,avx512bf16,avx512bw"))) static void bfp_tile(float *out, int64_t ldo, const void *x,
+                                                                                int64_t ldx, const void *P, int64_t kc,
+                                                                                int mr, int nv, __mmask16 mask,
+                                                                                bool first) {
+    PANEL_BY_MR(mr, bfp_kernel, out, ldo, x, ldx, P, kc / 2, nv, mask, first)
 }
 
 /* The same packed GEMM in f32 (the default compute) for float weights of any dtype: the panel
@@ -245,8 +271,15 @@ __attribute__((target("avx512f"), always_inline)) static inline void transpose16
     }
 }
 
-__attribute__((target("avx512f"))) static void fpp_pack(float *P, const hc_mat *w, int64_t n, int64_t nr, int64_t k0,
+/* 16 values from p, f32 or bf16 (dt), as f32. */
+__attribute__((target("avx512f"), always_inline)) static inline __m512 load16_f32(const char *p, hc_dtype dt) {
+    return dt == HC_DTYPE_F32 ? _mm512_loadu_ps(p)
+                              : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
+__attribute__((target("avx512f"))) static void fpp_pack(void *panel, const hc_mat *w, int64_t n, int64_t nr, int64_t k0,
                                                        int64_t kc) {
+    float *P = panel;
     const size_t es = hc_dtype_size(w->dtype);
     const bool vec = w->dtype == HC_DTYPE_BF16 || w->dtype == HC_DTYPE_F32;
     if (w->transposed) { /* stored [K, N]: a panel row is a contiguous run of 64 values, no transpose */
@@ -254,11 +287,7 @@ __attribute__((target("avx512f"))) static void fpp_pack(float *P, const hc_mat *
             const char *src = (const char *)w->data + es * ((size_t)(k0 + k) * (size_t)w->ld + (size_t)n);
             float *dst = P + k * BFP_NR;
             int64_t r = 0;
-            for (; vec && r + 16 <= nr; r += 16)
-                _mm512_storeu_ps(dst + r, w->dtype == HC_DTYPE_F32
-                                              ? _mm512_loadu_ps(src + 4 * r)
-                                              : _mm512_castsi512_ps(_mm512_slli_epi32(
-                                                    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(src + 2 * r))), 16)));
+            for (; vec && r + 16 <= nr; r += 16) _mm512_storeu_ps(dst + r, load16_f32(src + es * (size_t)r, w->dtype));
             for (; r < BFP_NR; r++) dst[r] = r < nr ? hc_load_f32(src, w->dtype, r) : 0.0f;
         }
         return;
@@ -269,12 +298,7 @@ __attribute__((target("avx512f"))) static void fpp_pack(float *P, const hc_mat *
         if (vec && r0 + 16 <= nr)
             for (; k + 16 <= kc; k += 16) {
                 __m512 v[16];
-                for (int i = 0; i < 16; i++) {
-                    const char *p = rows + es * ((size_t)i * (size_t)w->ld + (size_t)k);
-                    v[i] = w->dtype == HC_DTYPE_F32
-                               ? _mm512_loadu_ps(p)
-                               : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
-                }
+                for (int i = 0; i < 16; i++) v[i] = load16_f32(rows + es * ((size_t)i * (size_t)w->ld + (size_t)k), w->dtype);
                 transpose16(v);
                 for (int i = 0; i < 16; i++) _mm512_storeu_ps(P + (k + i) * BFP_NR + r0, v[i]);
             }
@@ -284,12 +308,13 @@ __attribute__((target("avx512f"))) static void fpp_pack(float *P, const hc_mat *
     }
 }
 
+/* The f32 tile: kc values of k of P against each token's x[t][k] (x rows ldx apart). */
 __attribute__((target("avx512f"), always_inline)) static inline void fpp_kernel(float *out, int64_t ldo, const float *x,
                                                                                int64_t ldx, const float *P, int64_t kc,
-                                                                               const int mr, int nv, __mmask16 mask,
-                                                                               bool first) {
+                                                                               int nv, __mmask16 mask, bool first,
+                                                                               const int mr) {
     __m512 acc[BFP_MR][4];
-    for (int t = 0; t < mr; t++)
+    for (int t = 0; t < BFP_MR; t++) /* the rows past mr are never read (set for the compiler's sake) */
         for (int j = 0; j < 4; j++) acc[t][j] = _mm512_setzero_ps();
     for (int64_t k = 0; k < kc; k++) {
         __m512 wv[4];
@@ -299,40 +324,13 @@ __attribute__((target("avx512f"), always_inline)) static inline void fpp_kernel(
             for (int j = 0; j < 4; j++) acc[t][j] = _mm512_fmadd_ps(xv, wv[j], acc[t][j]);
         }
     }
-    for (int t = 0; t < mr; t++)
-        for (int j = 0; j < nv; j++) {
-            const __mmask16 m = j + 1 == nv ? mask : (__mmask16)0xffff;
-            float *o = out + t * ldo + 16 * j;
-            __m512 v = acc[t][j];
-            if (!first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, o));
-            _mm512_mask_storeu_ps(o, m, v);
-        }
+    panel_store(out, ldo, acc, mr, nv, mask, first);
 }
 
-__attribute__((target("avx512f"))) static void matmul_rows_f32_packed(float *out, const float *x, const hc_mat *w,
-                                                                     int64_t T, int64_t n0, int64_t n1, float *P) {
-    const int64_t N = w->rows, K = w->cols;
-    for (int64_t n = n0; n < n1; n += BFP_NR) {
-        const int64_t nr = n1 - n < BFP_NR ? n1 - n : BFP_NR;
-        const int nv = (int)((nr + 15) / 16);
-        const __mmask16 mask = (__mmask16)(nr % 16 ? (1u << (nr % 16)) - 1 : 0xffffu);
-        for (int64_t k0 = 0; k0 < K; k0 += FPP_KC) {
-            const int64_t kc = K - k0 < FPP_KC ? K - k0 : FPP_KC;
-            fpp_pack(P, w, n, nr, k0, kc);
-            for (int64_t t = 0; t < T; t += BFP_MR) {
-                float *o = out + t * N + n;
-                const float *xt = x + t * K + k0;
-                switch (T - t < BFP_MR ? T - t : BFP_MR) {
-                case 1: fpp_kernel(o, N, xt, K, P, kc, 1, nv, mask, k0 == 0); break;
-                case 2: fpp_kernel(o, N, xt, K, P, kc, 2, nv, mask, k0 == 0); break;
-                case 3: fpp_kernel(o, N, xt, K, P, kc, 3, nv, mask, k0 == 0); break;
-                case 4: fpp_kernel(o, N, xt, K, P, kc, 4, nv, mask, k0 == 0); break;
-                case 5: fpp_kernel(o, N, xt, K, P, kc, 5, nv, mask, k0 == 0); break;
-                default: fpp_kernel(o, N, xt, K, P, kc, 6, nv, mask, k0 == 0); break;
-                }
-            }
-        }
-    }
+__attribute__((target("avx512f"))) static void fpp_tile(float *out, int64_t ldo, const void *x, int64_t ldx,
+                                                       const void *P, int64_t kc, int mr, int nv, __mmask16 mask,
+                                                       bool first) {
+    PANEL_BY_MR(mr, fpp_kernel, out, ldo, x, ldx, P, kc, nv, mask, first)
 }
 
 /* ---- quantized weights: int8 dot products with activations quantized to q8 (per block of 32,
@@ -517,9 +515,11 @@ static void mm_part(void *ctx, int ith, int nth) {
     per = (per + 15) / 16 * 16;
     const int64_t n0 = (int64_t)ith * per, n1 = n0 + per < N ? n0 + per : N;
     if (n0 >= n1) return;
-    if (j->xb && j->fx) matmul_rows_bf16_packed(j->out, j->xb, j->w, j->T, n0, n1, (uint32_t *)(void *)j->fx->scratch[ith]);
+    if (j->xb && j->fx)
+        matmul_rows_packed(j->out, j->xb, sizeof(uint16_t), j->w, j->T, n0, n1, j->fx->scratch[ith], BFP_KC, bfp_pack, bfp_tile);
     else if (j->xb) matmul_rows_bf16dot(j->out, j->xb, j->w, j->T, n0, n1);
-    else if (j->fx) matmul_rows_f32_packed(j->out, j->x, j->w, j->T, n0, n1, j->fx->scratch[ith]);
+    else if (j->fx)
+        matmul_rows_packed(j->out, j->x, sizeof(float), j->w, j->T, n0, n1, j->fx->scratch[ith], FPP_KC, fpp_pack, fpp_tile);
     else if (j->vnni && j->w->quant == HC_QUANT_Q8_0) hc_q8_0_rows_vnni(j->out, j->qx, j->dx, j->w, j->T, n0, n1);
     else if (j->vnni && j->w->quant == HC_QUANT_Q4_0X4)
         hc_q4_0x4_rows_vnni(j->out, j->qx, j->dx, j->sx, j->w, j->T, n0, n1);
@@ -666,7 +666,7 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
         /* the int8 activation buffer doubles as the bf16 one (malloc'd, so suitably aligned) */
         acts_to_bf16((uint16_t *)(void *)fx->qx, x, T * w->cols);
         j.xb = (const uint16_t *)(void *)fx->qx;
-        /* the packed GEMM for even K: a panel of 64 rows x 1024 values of k in each thread's scratch */
+        /* the packed GEMM for even K: a panel of 64 rows x 2048 values of k in each thread's scratch */
         if (w->cols % 2 == 0 && hc_fast_scratch(fx, (size_t)(BFP_NR * BFP_KC / 2))) j.fx = fx;
     } else if (!w->quant && T >= FPP_MIN_T && fn == matmul_rows__avx512 &&
                hc_fast_scratch(fx, (size_t)(BFP_NR * FPP_KC))) {
