@@ -1021,6 +1021,30 @@ static void test_backward(hc_backend *bf16) {
         cur->download(cur, amd_h, amd, sizeof amd_h);
         CHECK(!memcmp(am, amd_h, sizeof am) && am[3] == 0, "argmax_rows: the CPU's ids (tie: the first)");
         cur->free(cur, amd);
+        if (V == 1001) { /* rows longer than a block's chunk: ties across chunks, NaNs, -0 and +0; twice */
+            const int64_t LV = 3 * 4096 + 5, LT = 4;
+            float *lv = malloc(sizeof(float) * (size_t)(LT * LV));
+            fill_rand(lv, LT * LV, 9);
+            lv[5000] = lv[9000] = 30;                                              /* row 0: 5000 */
+            for (int64_t i = 0; i < LV; i++) lv[LV + i] = NAN;                     /* row 1: only NaNs, 0 */
+            for (int64_t i = 3; i < LV; i += 7) lv[2 * LV + i] = NAN; /* (a NaN first: the CPU keeps 0) */
+            lv[2 * LV + LV - 1] = 30;                                              /* row 2: the last */
+            for (int64_t i = 0; i < LV; i++) lv[3 * LV + i] = -1;
+            lv[3 * LV + 6000] = -0.0f, lv[3 * LV + 8000] = 0.0f;                   /* row 3: 6000 */
+            int32_t lam[4], lamd_h[4];
+            int32_t *lamd = cur->alloc(cur, sizeof lam);
+            float *lvd = up(lv, sizeof(float) * (size_t)(LT * LV));
+            cpu->argmax_rows(cpu, lam, lv, LT, LV);
+            for (int rep = 0; rep < 2; rep++) {
+                cur->argmax_rows(cur, lamd, lvd, LT, LV);
+                cur->download(cur, lamd_h, lamd, sizeof lamd_h);
+                CHECK(!memcmp(lam, lamd_h, sizeof lam) && lam[0] == 5000 && lam[1] == 0 && lam[2] == LV - 1 && lam[3] == 6000,
+                      "argmax_rows: long rows, the CPU's ids (%d %d %d %d against %d %d %d %d)", lamd_h[0], lamd_h[1],
+                      lamd_h[2], lamd_h[3], lam[0], lam[1], lam[2], lam[3]);
+            }
+            cur->free(cur, lamd), cur->free(cur, lvd);
+            free(lv);
+        }
         /* copy, sum_squares */
         cur->copy(cur, dld, lgd, T * V);
         cmp_dev("copy", dld, lg, T * V);

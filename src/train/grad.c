@@ -448,20 +448,20 @@ static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *
     float *tmp = tc->tmp, *scratch = tc->scratch;
     const lora_scratch *ls = tc->ls;
     be->norm(be, a->h1, a->x_in, &Ly->attn_norm, &Ly->attn_norm_b, nk, eps, T, C);
+    /* q and k before their norms are kept only where a norm's backward needs them */
+    float *q_out = Ly->q_norm.data ? a->q_pre : a->q, *k_out = Ly->k_norm.data ? a->k_pre : a->k;
     if (qkv_fused(m, l)) {
-        float *const outs[3] = {a->q_pre, a->k_pre, a->v};
+        float *const outs[3] = {q_out, k_out, a->v};
         const hc_mat *const ws[3] = {&Ly->wq, &Ly->wk, &Ly->wv};
         const hc_vec *const bs[3] = {&Ly->bq, &Ly->bk, &Ly->bv};
         be->matmul_n(be, outs, a->h1, ws, bs, 3, T);
     } else {
-        mm_fwd(be, m, l, HC_LORA_Q, a->q_pre, a->h1, &Ly->wq, &Ly->bq, T, ls, a->lu[HC_LORA_Q]);
-        mm_fwd(be, m, l, HC_LORA_K, a->k_pre, a->h1, &Ly->wk, &Ly->bk, T, ls, a->lu[HC_LORA_K]);
+        mm_fwd(be, m, l, HC_LORA_Q, q_out, a->h1, &Ly->wq, &Ly->bq, T, ls, a->lu[HC_LORA_Q]);
+        mm_fwd(be, m, l, HC_LORA_K, k_out, a->h1, &Ly->wk, &Ly->bk, T, ls, a->lu[HC_LORA_K]);
         mm_fwd(be, m, l, HC_LORA_V, a->v, a->h1, &Ly->wv, &Ly->bv, T, ls, a->lu[HC_LORA_V]);
     }
     if (Ly->q_norm.data) be->norm(be, a->q, a->q_pre, &Ly->q_norm, NULL, nk, eps, T * H, D);
-    else be->copy(be, a->q, a->q_pre, T * H * D);
     if (Ly->k_norm.data) be->norm(be, a->k, a->k_pre, &Ly->k_norm, NULL, nk, eps, T * KVH, D);
-    else be->copy(be, a->k, a->k_pre, T * KVH * D);
     if (c->rope.type != HC_ROPE_NONE) {
         be->rope(be, a->q, pos, tc->inv[Ly->rope], tc->attn_factor[Ly->rope], T, H, D, R);
         be->rope(be, a->k, pos, tc->inv[Ly->rope], tc->attn_factor[Ly->rope], T, KVH, D, R);
@@ -701,6 +701,8 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
     bool lora_role[HC_LORA_N] = {false}; /* adapted in some layer: each layer keeps its u */
     for (int64_t l = 0; m->lora && l < L; l++)
         for (int t = 0; t < HC_LORA_N; t++) lora_role[t] |= adapted(m, l, t);
+    bool q_normed = false, k_normed = false; /* some layer keeps q or k before its norm */
+    for (int64_t l = 0; l < L; l++) q_normed |= m->layers[l].q_norm.data != NULL, k_normed |= m->layers[l].k_norm.data != NULL;
     for (int64_t l = 0; !oom && l < L; l++) {
         layer_acts *a = &A[l];
         a->x_in = take(&wsb, T * C, &oom);
@@ -712,8 +714,9 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
         }
         float **bufs[] = {&a->h1, &a->o_pre, &a->x_mid, &a->h2, &a->ff_pre};
         for (size_t i = 0; i < 5; i++) *bufs[i] = take(&wsb, T * C, &oom);
-        a->q_pre = take(&wsb, T * H * D, &oom), a->q = take(&wsb, T * H * D, &oom), a->att = take(&wsb, T * H * D, &oom);
-        a->k_pre = take(&wsb, T * KVH * D, &oom), a->k = take(&wsb, T * KVH * D, &oom), a->v = take(&wsb, T * KVH * D, &oom);
+        a->q_pre = q_normed ? take(&wsb, T * H * D, &oom) : NULL, a->k_pre = k_normed ? take(&wsb, T * KVH * D, &oom) : NULL;
+        a->q = take(&wsb, T * H * D, &oom), a->att = take(&wsb, T * H * D, &oom);
+        a->k = take(&wsb, T * KVH * D, &oom), a->v = take(&wsb, T * KVH * D, &oom);
         a->reserve = take(&wsb, T * H, &oom);
         const int64_t ff_rows = E ? T * KE : T; /* MoE: a row per chosen (token, expert) */
         a->ffk = take(&wsb, 3 * ff_rows * I, &oom);

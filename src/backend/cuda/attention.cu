@@ -46,6 +46,8 @@ __global__ void attention_kernel(float *out, float *partials, const float *q, co
     __shared__ float sm_acc[ATT_WARPS][32 * NPL];
     __shared__ float sq[32 * NPL];         /* the query row */
     __shared__ float sp[ATT_WARPS][32];    /* each warp's current 32 probabilities */
+    hc_pdl_wait();
+    hc_pdl_trigger();
     const int split = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t h = blockIdx.y, t = blockIdx.z, kvh = h / (H / KVH);
     const void *kc = k_rows ? k_rows[t] : kc0, *vc = v_rows ? v_rows[t] : vc0; /* this row's caches */
@@ -121,6 +123,8 @@ __global__ void attention_kernel(float *out, float *partials, const float *q, co
 
 /* out[t, h, :] from the n_split partials of (t, h). */
 __global__ void attention_combine_kernel(float *out, const float *partials, int64_t H, int64_t D, int n_split) {
+    hc_pdl_wait();
+    hc_pdl_trigger();
     const int64_t h = blockIdx.x, t = blockIdx.y;
     const float *pp = partials + (t * H + h) * n_split * (D + 2);
     float M = -INFINITY;
@@ -637,15 +641,15 @@ static void launch_attention(hc_backend *be, float *out, const float *q, const v
     dim3 grid((unsigned)n_split, (unsigned)H, (unsigned)T);
     const int ns = (int)n_split;
 #define ATT(NPL)                                                                                                       \
-    attention_kernel<NPL><<<grid, 32 * ATT_WARPS, 0, cx->stream>>>(out, partials, q, k_cache, v_cache, k_rows, v_rows,   \
-                                                                   kv_dtype, pos, H, KVH, D, scale, window, softcap, ns)
+    hc_launch(cx, attention_kernel<NPL>, grid, dim3(32 * ATT_WARPS), 0, out, partials, q, k_cache, v_cache, k_rows, v_rows, \
+              kv_dtype, pos, H, KVH, D, scale, window, softcap, ns)
     if (D <= 32) ATT(1);
     else if (D <= 64) ATT(2);
     else if (D <= 128) ATT(4);
     else ATT(8);
 #undef ATT
     if (n_split > 1)
-        attention_combine_kernel<<<dim3((unsigned)H, (unsigned)T), 128, 0, cx->stream>>>(out, partials, H, D, ns);
+        hc_launch(cx, attention_combine_kernel, dim3((unsigned)H, (unsigned)T), dim3(128), 0, out, partials, H, D, ns);
     HC_CUDA_LAUNCHED(be, "attention");
 }
 

@@ -7,8 +7,9 @@
  *     see them, keeping dV += P^T dO and dK += dS^T Q in registers;
  *   - the query kernel: a block owns 64 queries of one head and walks their keys, keeping
  *     dQ += dS K.
- * Each output element has one writer, so the bits do not depend on scheduling. With GQA the
- * key kernel writes per-query-head dK and dV and a last kernel sums each kv head's group.
+ * Each output element has one writer, so the bits do not depend on scheduling. With GQA a key
+ * block walks every query head of its kv head in turn, summing into the same registers (a
+ * per-query-head dK and dV and a kernel summing each group cost 0.55 ms of a 1B training step).
  * Operands (Q, K, V, dO) and the P / dS fed to the products are bf16, sums f32, as the
  * forward. blockIdx.z is the sequence: a training step's B sequences of T rows go in one launch,
  * each its own whole context in order (row j at position j).
@@ -35,19 +36,6 @@ __global__ void flash_bwd_prep_kernel(__nv_bfloat16 *q16, __nv_bfloat16 *do16, f
     }
     acc = hc_warp_sum(acc);
     if (lane == 0) delta[row] = acc;
-}
-
-/* dst[j, b, :] = sum over the group's query heads i of src[j, b * group + i, :], in order. */
-__global__ void flash_bwd_group_sum_kernel(float *dst, const float *src, int64_t T, int64_t KVH, int64_t group,
-                                           int64_t D) {
-    const int64_t n = T * KVH * D;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t d = i % D, jb = i / D; /* jb = j * KVH + b */
-        const float *s = src + jb * group * D + d;
-        float acc = 0.0f;
-        for (int64_t g = 0; g < group; g++) acc += s[g * D];
-        dst[i] = acc;
-    }
 }
 
 /* Copies rows [r0, r0 + n) of a [T, heads, D] bf16 tensor (head h) into a [n][D + 8] tile with
@@ -118,11 +106,12 @@ __device__ __forceinline__ bool fb_seen(int t, int j, int T, int window) {
     return t < T && j <= t && !(window > 0 && j <= t - window);
 }
 
-/* Keys kb..kb+63 of query head h (block (kb / 64, h)); warp w owns keys kb + 16 w... BN queries
- * a step, double-buffered. dk, dv: [T, out_heads, D] at head out_h. */
+/* Keys kb..kb+63 of kv head kvh (block (kb / 64, kvh)) for each of its query heads in turn,
+ * summed in the same registers; warp w owns keys kb + 16 w... BN queries a step,
+ * double-buffered. dk, dv: [T, KVH, D]. */
 template <int D, int BN>
 __global__ void __launch_bounds__(FB_THREADS)
-flash_bwd_dkv_kernel(float *dk, float *dv, int out_heads, const __nv_bfloat16 *q16, const __nv_bfloat16 *do16,
+flash_bwd_dkv_kernel(float *dk, float *dv, const __nv_bfloat16 *q16, const __nv_bfloat16 *do16,
                      const __nv_bfloat16 *k16, const __nv_bfloat16 *v16, const float *lse, const float *delta, int T,
                      int H, int KVH, float scale, int window, float softcap) {
     constexpr int LDH = D + 8, NO = D / 8, NS = BN / 8;
@@ -132,15 +121,15 @@ flash_bwd_dkv_kernel(float *dk, float *dv, int out_heads, const __nv_bfloat16 *q
     float *sL = (float *)(sQ + 4 * BN * LDH), *sDl = sL + 2 * BN;      /* 2 x [BN] each */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
     const int kb = ((int)gridDim.x - 1 - (int)blockIdx.x) * FB_ROWS; /* the longest walks first */
-    const int h = blockIdx.y, kvh = h / (H / KVH), out_h = out_heads == H ? h : kvh;
+    const int kvh = blockIdx.y, group = H / KVH, h0 = kvh * group;
     {
         const size_t z = blockIdx.z; /* this sequence's rows */
         q16 += z * T * H * D, do16 += z * T * H * D, k16 += z * T * KVH * D, v16 += z * T * KVH * D;
-        lse += z * T * H, delta += z * T * H, dk += z * T * out_heads * D, dv += z * T * out_heads * D;
+        lse += z * T * H, delta += z * T * H, dk += z * T * KVH * D, dv += z * T * KVH * D;
     }
     const int q_end = window > 0 ? min(T, kb + FB_ROWS - 1 + window) : T;
 
-    auto load_q = [&](int b, int qb) {
+    auto load_q = [&](int b, int qb, int h) {
         fb_load_rows<D>(sQ + 2 * b * BN * LDH, q16, qb, BN, T, H, h);
         fb_load_rows<D>(sQ + (2 * b + 1) * BN * LDH, do16, qb, BN, T, H, h);
         for (int i = threadIdx.x; i < BN; i += FB_THREADS) {
@@ -152,7 +141,6 @@ flash_bwd_dkv_kernel(float *dk, float *dv, int out_heads, const __nv_bfloat16 *q
     };
     fb_load_rows<D>(sK, k16, kb, FB_ROWS, T, KVH, kvh);
     fb_load_rows<D>(sV, v16, kb, FB_ROWS, T, KVH, kvh);
-    load_q(0, kb);
 
     float dka[NO][4], dva[NO][4];
 #pragma unroll
@@ -160,39 +148,42 @@ flash_bwd_dkv_kernel(float *dk, float *dv, int out_heads, const __nv_bfloat16 *q
 #pragma unroll
         for (int e = 0; e < 4; e++) dka[n][e] = dva[n][e] = 0.0f;
     const int ka = kb + warp * 16 + g; /* this thread's keys: ka, ka + 8 */
-    int it = 0;
-    for (int qb = kb; qb < q_end; qb += BN, it++) {
-        const int b = it & 1;
-        if (qb + BN < q_end) load_q(b ^ 1, qb + BN);
-        else cp_async_commit();
-        cp_async_wait<1>();
-        __syncthreads();
-        const __nv_bfloat16 *tQ = sQ + 2 * b * BN * LDH, *tO = tQ + BN * LDH;
-        const float *tL = sL + b * BN, *tD = sDl + b * BN;
-        float st[NS][4], dpt[NS][4]; /* S^T and dP^T: 16 keys x BN queries */
-        fb_mma_abt<D, BN>(st, sK + warp * 16 * LDH, tQ, lane);
-        fb_mma_abt<D, BN>(dpt, sV + warp * 16 * LDH, tO, lane);
+    for (int h = h0; h < h0 + group; h++) {
+        load_q(0, kb, h);
+        int it = 0;
+        for (int qb = kb; qb < q_end; qb += BN, it++) {
+            const int b = it & 1;
+            if (qb + BN < q_end) load_q(b ^ 1, qb + BN, h);
+            else cp_async_commit();
+            cp_async_wait<1>();
+            __syncthreads();
+            const __nv_bfloat16 *tQ = sQ + 2 * b * BN * LDH, *tO = tQ + BN * LDH;
+            const float *tL = sL + b * BN, *tD = sDl + b * BN;
+            float st[NS][4], dpt[NS][4]; /* S^T and dP^T: 16 keys x BN queries */
+            fb_mma_abt<D, BN>(st, sK + warp * 16 * LDH, tQ, lane);
+            fb_mma_abt<D, BN>(dpt, sV + warp * 16 * LDH, tO, lane);
 #pragma unroll
-        for (int j = 0; j < NS; j++)
+            for (int j = 0; j < NS; j++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int c = 8 * j + 2 * tq + (e & 1), t = qb + c, key = ka + 8 * (e >> 1);
-                fb_grad(st[j][e], dpt[j][e], fb_seen(t, key, T, window), tL[c], tD[c], scale, softcap);
-            }
-        fb_mma_xy<D, BN>(dva, st, tO, lane);  /* dV += P^T dO */
-        fb_mma_xy<D, BN>(dka, dpt, tQ, lane); /* dK += dS^T Q */
-        __syncthreads(); /* buffer b is refilled two steps on */
+                for (int e = 0; e < 4; e++) {
+                    const int c = 8 * j + 2 * tq + (e & 1), t = qb + c, key = ka + 8 * (e >> 1);
+                    fb_grad(st[j][e], dpt[j][e], fb_seen(t, key, T, window), tL[c], tD[c], scale, softcap);
+                }
+            fb_mma_xy<D, BN>(dva, st, tO, lane);  /* dV += P^T dO */
+            fb_mma_xy<D, BN>(dka, dpt, tQ, lane); /* dK += dS^T Q */
+            __syncthreads(); /* buffer b is refilled two steps on */
+        }
     }
 #pragma unroll
     for (int n = 0; n < NO; n++) {
         const int d = 8 * n + 2 * tq;
         if (ka < T) {
-            const size_t e = ((size_t)ka * out_heads + out_h) * D + d;
+            const size_t e = ((size_t)ka * KVH + kvh) * D + d;
             *(float2 *)(dk + e) = make_float2(dka[n][0], dka[n][1]);
             *(float2 *)(dv + e) = make_float2(dva[n][0], dva[n][1]);
         }
         if (ka + 8 < T) {
-            const size_t e = ((size_t)(ka + 8) * out_heads + out_h) * D + d;
+            const size_t e = ((size_t)(ka + 8) * KVH + kvh) * D + d;
             *(float2 *)(dk + e) = make_float2(dka[n][2], dka[n][3]);
             *(float2 *)(dv + e) = make_float2(dva[n][2], dva[n][3]);
         }
@@ -271,7 +262,7 @@ flash_bwd_dq_kernel(float *dq, const __nv_bfloat16 *q16, const __nv_bfloat16 *do
 }
 
 template <int D, int BN_KV, int BN_Q>
-static bool launch_flash_bwd(hc_backend *be, float *dq, float *dk, float *dv, int out_heads, const __nv_bfloat16 *q16,
+static bool launch_flash_bwd(hc_backend *be, float *dq, float *dk, float *dv, const __nv_bfloat16 *q16,
                              const __nv_bfloat16 *do16, const __nv_bfloat16 *k16, const __nv_bfloat16 *v16,
                              const float *lse, const float *delta, int B, int T, int H, int KVH, float scale, int window,
                              float softcap) {
@@ -287,8 +278,9 @@ static bool launch_flash_bwd(hc_backend *be, float *dq, float *dk, float *dv, in
         return false;
     }
     const dim3 grid((unsigned)((T + FB_ROWS - 1) / FB_ROWS), (unsigned)H, (unsigned)B);
-    flash_bwd_dkv_kernel<D, BN_KV><<<grid, FB_THREADS, smem_kv, cx->stream>>>(dk, dv, out_heads, q16, do16, k16, v16, lse,
-                                                                             delta, T, H, KVH, scale, window, softcap);
+    const dim3 grid_kv(grid.x, (unsigned)KVH, grid.z);
+    flash_bwd_dkv_kernel<D, BN_KV><<<grid_kv, FB_THREADS, smem_kv, cx->stream>>>(dk, dv, q16, do16, k16, v16, lse, delta, T, H,
+                                                                                KVH, scale, window, softcap);
     flash_bwd_dq_kernel<D, BN_Q><<<grid, FB_THREADS, smem_q, cx->stream>>>(dq, q16, do16, k16, v16, lse, delta, T, H, KVH,
                                                                           scale, window, softcap);
     return true;
@@ -301,33 +293,25 @@ bool hc_cuda_flash_attention_backward(hc_backend *be, float *dq, float *dk, floa
     hc_cuda_ctx *cx = hc_cuda(be);
     /* the same condition as attention_train's, whose reserve holds the log-sum-exps */
     if (!hc_cuda_flash_train(cx, B, T, H, D) || !out || !reserve || H % KVH) return false;
-    const int64_t nq = B * T * H * D, nk = B * T * KVH * D, group = H / KVH;
-    /* scratch: per-query-head dK, dV (f32, GQA only), then Q, dO, K, V in bf16, then delta */
-    const size_t partial = group > 1 ? 2 * sizeof(float) * (size_t)nq : 0;
-    const size_t bytes = partial + 2 * sizeof(__nv_bfloat16) * (size_t)(nq + nk) + sizeof(float) * (size_t)(B * T * H);
+    const int64_t nq = B * T * H * D, nk = B * T * KVH * D;
+    /* scratch: Q, dO, K, V in bf16, then delta */
+    const size_t bytes = 2 * sizeof(__nv_bfloat16) * (size_t)(nq + nk) + sizeof(float) * (size_t)(B * T * H);
     char *base = (char *)hc_cuda_scratch(be, &cx->train_scratch, &cx->train_scratch_bytes, bytes);
     if (!base) return true; /* the failure is recorded */
-    float *dkp = group > 1 ? (float *)base : dk, *dvp = group > 1 ? (float *)base + nq : dv;
-    __nv_bfloat16 *q16 = (__nv_bfloat16 *)(base + partial), *do16 = q16 + nq, *k16 = do16 + nq, *v16 = k16 + nk;
+    __nv_bfloat16 *q16 = (__nv_bfloat16 *)base, *do16 = q16 + nq, *k16 = do16 + nq, *v16 = k16 + nk;
     float *delta = (float *)(v16 + nk);
     const int rows_per_block = 8;
     flash_bwd_prep_kernel<<<hc_blocks(B * T * H, rows_per_block), 32 * rows_per_block, 0, cx->stream>>>(
         q16, do16, delta, q, dout, out, B * T * H, (int)D);
     hc_cuda_narrow(be, k16, HC_DTYPE_BF16, k, nk);
     hc_cuda_narrow(be, v16, HC_DTYPE_BF16, v, nk);
-    const int oh = group > 1 ? (int)H : (int)KVH;
-    const bool ok = D == 64 ? launch_flash_bwd<64, 64, 64>(be, dq, dkp, dvp, oh, q16, do16, k16, v16, reserve, delta, (int)B,
+    const bool ok = D == 64 ? launch_flash_bwd<64, 64, 64>(be, dq, dk, dv, q16, do16, k16, v16, reserve, delta, (int)B,
                                                            (int)T, (int)H, (int)KVH, scale, (int)window, softcap)
-                            : launch_flash_bwd<128, 32, 32>(be, dq, dkp, dvp, oh, q16, do16, k16, v16, reserve, delta, (int)B,
+                            : launch_flash_bwd<128, 32, 32>(be, dq, dk, dv, q16, do16, k16, v16, reserve, delta, (int)B,
                                                             (int)T, (int)H, (int)KVH, scale, (int)window, softcap);
     if (!ok) {
         hc_cuda_fail(be, cudaErrorInvalidValue, "attention backward (shared memory limit)");
         return true;
-    }
-    if (group > 1) {
-        const unsigned blocks = hc_blocks(nk, 256) < 4096 ? hc_blocks(nk, 256) : 4096;
-        flash_bwd_group_sum_kernel<<<blocks, 256, 0, cx->stream>>>(dk, dkp, B * T, KVH, group, D);
-        flash_bwd_group_sum_kernel<<<blocks, 256, 0, cx->stream>>>(dv, dvp, B * T, KVH, group, D);
     }
     HC_CUDA_LAUNCHED(be, "attention backward (flash)");
     return true;

@@ -170,6 +170,7 @@ static void cuda_destroy(hc_backend *be) {
     if (cx->train_scratch) cudaFree(cx->train_scratch);
     if (cx->kv16) cudaFree(cx->kv16);
     if (cx->dw16) cudaFree(cx->dw16);
+    if (cx->argmax_state) cudaFree(cx->argmax_state);
     if (cx->pinned) cudaFreeHost(cx->pinned);
     if (cx->blas) cublasDestroy(cx->blas);
     if (cx->stream) cudaStreamDestroy(cx->stream);
@@ -230,6 +231,7 @@ extern "C" hc_status hc_backend_cuda_new(int device_index, hc_dtype compute, hc_
     }
     cublasSetStream(cx->blas, cx->stream);
     cx->no_graphs = getenv("HUBCAP_CUDA_NO_GRAPHS") != NULL; /* read once, not per token */
+    cx->pdl = prop.major >= 9 && !getenv("HUBCAP_CUDA_NO_PDL");
     if (getenv("HUBCAP_CUDA_TIMING")) {
         cx->timing = true;
         cudaEventCreate(&cx->ev[0]);

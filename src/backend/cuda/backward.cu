@@ -507,73 +507,85 @@ template <typename HT> __device__ __forceinline__ void store8(HT *p, const float
     *(uint4 *)p = *(const uint4 *)h;
 }
 
+/* A block of 1024 threads per SM walks rows t = blockIdx.x, + gridDim.x, ...: a row's second
+ * read (the gradient) then finds it in L2, since the rows in flight at once (one an SM, 256 KB
+ * each at a 128k bf16 vocabulary) fit there; with a block per row the second read went to HBM. */
 template <typename LT>
-__global__ void cross_entropy_kernel(LT *dlogits, float *loss, float *hit, const LT *logits, const int32_t *targets,
-                                     int64_t V, double scale, bool vec) {
+__global__ void __launch_bounds__(1024)
+cross_entropy_kernel(LT *dlogits, float *loss, float *hit, const LT *logits, const int32_t *targets, int64_t T, int64_t V,
+                     double scale, bool vec) {
     __shared__ float red[32];
     __shared__ double redd[32];
     __shared__ int64_t redi[32];
-    const int64_t t = blockIdx.x;
-    const LT *lt = logits + t * V;
-    LT *dl = dlogits ? dlogits + t * V : NULL;
-    const int32_t y = targets[t];
-    const float ly = y >= 0 && threadIdx.x == 0 ? (float)lt[y] : 0.0f;
-    if (y < 0) {
-        for (int64_t v = threadIdx.x; dl && v < V; v += blockDim.x) dl[v] = narrow<LT>(0.0f);
-        if (threadIdx.x == 0) loss[t] = hit[t] = 0;
-        return;
-    }
-    /* One read for the max, its first index and the sum of exps: each thread keeps its own
-     * max and rescales its sum when the max grows (exps in f32, each within an ulp; sums in
-     * double), then the block rescales every thread's sum to the row's max. */
-    float mx = -INFINITY;
-    int64_t best = V;
-    double z = 0;
-    /* eight at a time (16-byte loads) while the row allows, so enough bytes are in flight; a
-     * thread's elements still come in increasing order, so its first maximum wins */
-    const int64_t V8 = vec ? V / 8 : 0;
-    for (int64_t i = threadIdx.x; i < V8; i += blockDim.x) {
-        float l[8];
-        load8(l, lt + 8 * i);
-        float m8 = l[0];
-        int j8 = 0;
-#pragma unroll
-        for (int j = 1; j < 8; j++)
-            if (l[j] > m8) m8 = l[j], j8 = j;
-        if (m8 > mx) {
-            z = mx == -INFINITY ? 0 : z * (double)expf(mx - m8);
-            mx = m8, best = 8 * i + j8;
+    for (int64_t t = blockIdx.x; t < T; t += gridDim.x) {
+        const LT *lt = logits + t * V;
+        LT *dl = dlogits ? dlogits + t * V : NULL;
+        const int32_t y = targets[t];
+        const float ly = y >= 0 && threadIdx.x == 0 ? (float)lt[y] : 0.0f;
+        if (y < 0) {
+            for (int64_t v = threadIdx.x; dl && v < V; v += blockDim.x) dl[v] = narrow<LT>(0.0f);
+            if (threadIdx.x == 0) loss[t] = hit[t] = 0;
+            continue;
         }
-        float s = 0;
+        /* One read for the max, its first index and the sum of exps: each thread keeps its own
+         * max and rescales its sum when the max grows (exps in f32, each within an ulp; sums in
+         * double), then the block rescales every thread's sum to the row's max. */
+        float mx = -INFINITY;
+        int64_t best = V;
+        double z = 0;
+        /* eight at a time (16-byte loads) while the row allows, so enough bytes are in flight; a
+         * thread's elements still come in increasing order, so its first maximum wins */
+        const int64_t V8 = vec ? V / 8 : 0;
+#pragma unroll 2
+        for (int64_t i = threadIdx.x; i < V8; i += blockDim.x) {
+            float l[8];
+            load8(l, lt + 8 * i);
+            float m8 = l[0];
+            int j8 = 0;
 #pragma unroll
-        for (int j = 0; j < 8; j++) s += expf(l[j] - mx);
-        z += (double)s;
-    }
-    for (int64_t v = 8 * V8 + threadIdx.x; v < V; v += blockDim.x) {
-        const float l = (float)lt[v];
-        if (l > mx) {
-            z = mx == -INFINITY ? 0 : z * (double)expf(mx - l);
-            mx = l, best = v;
+            for (int j = 1; j < 8; j++)
+                if (l[j] > m8) m8 = l[j], j8 = j;
+            if (m8 > mx) {
+                z = mx == -INFINITY ? 0 : z * (double)expf(mx - m8);
+                mx = m8, best = 8 * i + j8;
+            }
+            float s = 0;
+#pragma unroll
+            for (int j = 0; j < 8; j++) s += expf(l[j] - mx);
+            z += (double)s;
         }
-        z += (double)expf(l - mx);
-    }
-    const float mine = mx;
-    hc_block_argmax(&mx, &best, red, redi);
-    z = hc_block_sum_double(mine == -INFINITY ? 0 : z * (double)expf(mine - mx), redd);
-    if (threadIdx.x == 0) {
-        hit[t] = best == y;
-        loss[t] = (float)(log(z) + mx - ly);
-    }
-    const float pscale = (float)(scale / z);
-    for (int64_t i = threadIdx.x; dl && i < V8; i += blockDim.x) {
-        float l[8];
-        load8(l, lt + 8 * i);
+        for (int64_t v = 8 * V8 + threadIdx.x; v < V; v += blockDim.x) {
+            const float l = (float)lt[v];
+            if (l > mx) {
+                z = mx == -INFINITY ? 0 : z * (double)expf(mx - l);
+                mx = l, best = v;
+            }
+            z += (double)expf(l - mx);
+        }
+        const float mine = mx;
+        hc_block_argmax(&mx, &best, red, redi);
+        z = hc_block_sum_double(mine == -INFINITY ? 0 : z * (double)expf(mine - mx), redd);
+        if (threadIdx.x == 0) {
+            hit[t] = best == y;
+            loss[t] = (float)(log(z) + mx - ly);
+        }
+        const float pscale = (float)(scale / z);
+#pragma unroll 2
+        for (int64_t i = threadIdx.x; dl && i < V8; i += blockDim.x) {
+            float l[8];
+            load8(l, lt + 8 * i);
 #pragma unroll
-        for (int j = 0; j < 8; j++) l[j] = expf(l[j] - mx) * pscale - (8 * i + j == y ? (float)scale : 0.0f);
-        store8(dl + 8 * i, l);
+            for (int j = 0; j < 8; j++) l[j] = expf(l[j] - mx) * pscale - (8 * i + j == y ? (float)scale : 0.0f);
+            store8(dl + 8 * i, l);
+        }
+        for (int64_t v = 8 * V8 + threadIdx.x; dl && v < V; v += blockDim.x)
+            dl[v] = narrow<LT>(expf((float)lt[v] - mx) * pscale - (v == y ? (float)scale : 0.0f));
     }
-    for (int64_t v = 8 * V8 + threadIdx.x; dl && v < V; v += blockDim.x)
-        dl[v] = narrow<LT>(expf((float)lt[v] - mx) * pscale - (v == y ? (float)scale : 0.0f));
+}
+
+static unsigned ce_blocks(hc_backend *be, int64_t T) {
+    const int64_t n = hc_cuda(be)->n_sm > 0 ? hc_cuda(be)->n_sm : 1;
+    return (unsigned)(T < n ? T : n);
 }
 
 void hc_cuda_cross_entropy16(hc_backend *be, void *dlogits, float *loss, float *hit, const void *logits,
@@ -581,11 +593,11 @@ void hc_cuda_cross_entropy16(hc_backend *be, void *dlogits, float *loss, float *
     if (T <= 0 || hc_cuda(be)->failed) return;
     const bool vec = V % 8 == 0 && ((uintptr_t)logits | (uintptr_t)dlogits) % 16 == 0; /* every row on 16 bytes */
     if (hc_cuda(be)->compute == HC_DTYPE_BF16)
-        cross_entropy_kernel<__nv_bfloat16><<<(unsigned)T, 256, 0, hc_cuda(be)->stream>>>(
-            (__nv_bfloat16 *)dlogits, loss, hit, (const __nv_bfloat16 *)logits, targets, V, scale, vec);
+        cross_entropy_kernel<__nv_bfloat16><<<ce_blocks(be, T), 1024, 0, hc_cuda(be)->stream>>>(
+            (__nv_bfloat16 *)dlogits, loss, hit, (const __nv_bfloat16 *)logits, targets, T, V, scale, vec);
     else
-        cross_entropy_kernel<__half><<<(unsigned)T, 256, 0, hc_cuda(be)->stream>>>(
-            (__half *)dlogits, loss, hit, (const __half *)logits, targets, V, scale, vec);
+        cross_entropy_kernel<__half><<<ce_blocks(be, T), 1024, 0, hc_cuda(be)->stream>>>(
+            (__half *)dlogits, loss, hit, (const __half *)logits, targets, T, V, scale, vec);
     HC_CUDA_LAUNCHED(be, "cross_entropy");
 }
 
@@ -593,8 +605,8 @@ void hc_cuda_cross_entropy(hc_backend *be, float *dlogits, float *loss, float *h
                            const int32_t *targets, int64_t T, int64_t V, double scale) {
     if (T <= 0 || hc_cuda(be)->failed) return;
     const bool vec = V % 4 == 0 && ((uintptr_t)logits | (uintptr_t)dlogits) % 16 == 0; /* every row on 16 bytes */
-    cross_entropy_kernel<float><<<(unsigned)T, 256, 0, hc_cuda(be)->stream>>>(dlogits, loss, hit, logits, targets, V, scale,
-                                                                             vec);
+    cross_entropy_kernel<float><<<ce_blocks(be, T), 1024, 0, hc_cuda(be)->stream>>>(dlogits, loss, hit, logits, targets, T, V,
+                                                                                    scale, vec);
     HC_CUDA_LAUNCHED(be, "cross_entropy");
 }
 
@@ -692,22 +704,55 @@ void hc_cuda_adamw(hc_backend *be, float *w, float *m1, float *m2, const float *
     HC_CUDA_LAUNCHED(be, "adamw");
 }
 
-/* ---- greedy decoding: a block per row ----------------------------------------------------------- */
+/* ---- greedy decoding ------------------------------------------------------------------------------ */
 
-__global__ void argmax_rows_kernel(int32_t *out, const float *x, int64_t V) {
-    __shared__ float red[32];
-    __shared__ int64_t redi[32];
-    const float *r = x + blockIdx.x * V;
-    float mx = -INFINITY;
-    int64_t best = V;
-    for (int64_t v = threadIdx.x; v < V; v += blockDim.x)
-        if (r[v] > mx) mx = r[v], best = v;
-    hc_block_argmax(&mx, &best, red, redi);
-    if (threadIdx.x == 0) out[blockIdx.x] = (int32_t)(best < V ? best : 0); /* all NaN: 0, as the CPU's first index */
+/* A row of 128k logits is too long for one block (one SM streams about 20 us of it), so blocks
+ * of 256 threads take chunks of ARGMAX_CHUNK and fold their best into the row's key with one
+ * 64-bit atomicMax: the value's bits made to order as unsigned (so the largest float is the
+ * largest key), then the index inverted (so ties go to the first index, as torch.argmax and
+ * the CPU). NaNs are skipped; a row of only NaNs gives 0, as the CPU does. The row's last block
+ * (by a count) writes the id and zeroes the key and the count for the next call. */
+#define ARGMAX_CHUNK 4096
+
+__device__ __forceinline__ unsigned long long argmax_key(float v, int64_t i) {
+    if (v == 0.0f) v = 0.0f; /* -0 ties with +0: the first index wins */
+    const uint32_t u = __float_as_uint(v), ord = u & 0x80000000u ? ~u : u | 0x80000000u;
+    return (unsigned long long)ord << 32 | (0xffffffffu - (uint32_t)i);
+}
+
+__global__ void argmax_rows_kernel(int32_t *out, unsigned long long *keys, unsigned *done, const float *x, int64_t V) {
+    __shared__ unsigned long long red[32];
+    hc_pdl_wait();
+    hc_pdl_trigger();
+    const int64_t t = blockIdx.y, lo = (int64_t)blockIdx.x * ARGMAX_CHUNK, hi = min(lo + ARGMAX_CHUNK, V);
+    const float *r = x + t * V;
+    unsigned long long best = 0;
+    for (int64_t v = lo + threadIdx.x; v < hi; v += blockDim.x)
+        if (!isnan(r[v])) best = max(best, argmax_key(r[v], v));
+    for (int o = 16; o > 0; o >>= 1) best = max(best, __shfl_xor_sync(0xffffffffu, best, o));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = best;
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    for (int w = 1; w < (int)(blockDim.x >> 5); w++) best = max(best, red[w]);
+    atomicMax(&keys[t], best);
+    __threadfence(); /* the key before the count */
+    if (atomicAdd(&done[t], 1u) == gridDim.x - 1) {
+        const unsigned long long k = atomicExch(&keys[t], 0ull);
+        done[t] = 0;
+        out[t] = k ? (int32_t)(0xffffffffu - (uint32_t)k) : 0;
+    }
 }
 
 void hc_cuda_argmax_rows(hc_backend *be, int32_t *out, const float *x, int64_t T, int64_t V) {
-    if (T <= 0 || hc_cuda(be)->failed) return;
-    argmax_rows_kernel<<<(unsigned)T, 1024, 0, hc_cuda(be)->stream>>>(out, x, V);
+    hc_cuda_ctx *cx = hc_cuda(be);
+    if (T <= 0 || cx->failed) return;
+    const size_t had = cx->argmax_state_bytes, bytes = (size_t)T * (sizeof(unsigned long long) + sizeof(unsigned));
+    char *state = (char *)hc_cuda_scratch(be, &cx->argmax_state, &cx->argmax_state_bytes, bytes);
+    if (!state) return;
+    if (cx->argmax_state_bytes != had && hc_cuda_fail(be, cudaMemsetAsync(state, 0, cx->argmax_state_bytes, cx->stream), "argmax"))
+        return;
+    const dim3 grid((unsigned)((V + ARGMAX_CHUNK - 1) / ARGMAX_CHUNK), (unsigned)T);
+    hc_launch(cx, argmax_rows_kernel, grid, dim3(256), 0, out, (unsigned long long *)state,
+              (unsigned *)(state + (size_t)T * sizeof(unsigned long long)), x, V);
     HC_CUDA_LAUNCHED(be, "argmax_rows");
 }

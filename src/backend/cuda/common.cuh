@@ -44,6 +44,8 @@ typedef struct {
     size_t kv16_bytes;
     void *dw16;          /* a weight gradient's operands rounded to 16 bits (backward.cu) */
     size_t dw16_bytes;
+    void *argmax_state;  /* argmax_rows: a key and a count a row, zero between calls */
+    size_t argmax_state_bytes;
     void *pinned;       /* page-locked staging for downloads: pageable copies are several times slower */
     size_t pinned_bytes;
     /* The first error; ops after it are skipped and check() reports it. */
@@ -57,9 +59,42 @@ typedef struct {
     double replay_ms;
     long long replays;
     int n_graphs;
+    bool pdl;           /* programmatic dependent launch (sm_90 and later; HUBCAP_CUDA_NO_PDL turns it off) */
 } hc_cuda_ctx;
 
 static inline hc_cuda_ctx *hc_cuda(hc_backend *be) { return (hc_cuda_ctx *)be->ctx; }
+
+/* ---- programmatic dependent launch ----
+ * A decode step is about 130 small kernels; between two of them the GPU drains and refills,
+ * and a GEMV's first weight loads wait for the previous kernel's last block. Kernels launched
+ * with hc_launch may start while the previous kernel of the stream still runs: they may read
+ * only what no earlier kernel writes (weights) until hc_pdl_wait() returns, which is when every
+ * earlier kernel has finished and its writes are visible. So every kernel launched with
+ * hc_launch calls hc_pdl_wait() before it touches activations, and hc_pdl_trigger() after it,
+ * which lets the next kernel start (one kernel ahead at most). Both are no-ops without PDL. */
+__device__ __forceinline__ void hc_pdl_wait(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void hc_pdl_trigger(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+/* kernel<<<grid, block, smem, stream>>>(args...), with programmatic dependent launch when the
+ * context allows it. */
+template <typename... KArgs, typename... Args>
+static inline void hc_launch(const hc_cuda_ctx *cx, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                             Args... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = cx->stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr, cfg.numAttrs = cx->pdl ? 1 : 0;
+    cudaLaunchKernelEx(&cfg, kernel, ((KArgs)args)...);
+}
 
 /* Records the first failure (with where it happened) and returns true when there is one. */
 bool hc_cuda_fail(hc_backend *be, cudaError_t e, const char *what);

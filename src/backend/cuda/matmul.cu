@@ -64,32 +64,49 @@ gemv_vec_kernel(const gemv_set s, const float *x, int64_t K) {
     /* which matrix, and the row within it */
     const int mi = GATED ? 0 : (n < s.end[0] ? 0 : n < s.end[1] ? 1 : 2);
     const int64_t r = n - (mi ? s.end[mi - 1] : 0), N = s.end[mi] - (mi ? s.end[mi - 1] : 0);
+    const int64_t k0 = (int64_t)(slice * 32 + lane) * VEC, step = 32 * VEC * WPR;
+    /* The weights do not depend on the previous kernel: each lane's first PRE vectors of every
+     * row are loaded while that kernel finishes (hc_launch), then x is waited for. */
+    constexpr int PRE = 4;
+    uint4 pre[NM][PRE];
+#pragma unroll
+    for (int m = 0; m < NM; m++)
+#pragma unroll
+        for (int p = 0; p < PRE; p++)
+            if (n < total && k0 + p * step < K)
+                pre[m][p] = __ldg((const uint4 *)((const WT *)s.w[mi + m] + r * s.ld[mi + m] + k0 + p * step));
+    hc_pdl_wait();
+    hc_pdl_trigger();
     float acc[NM][TT];
 #pragma unroll
     for (int m = 0; m < NM; m++)
 #pragma unroll
         for (int t = 0; t < TT; t++) acc[m][t] = 0.0f;
+    /* acc[m] += the 16 bytes of weights at k times x[., k..k+VEC) */
+    auto fma16 = [&](int m, const uint4 raw, int64_t k) {
+        const WT *wv = (const WT *)&raw;
+        float wf[VEC];
+#pragma unroll
+        for (int i = 0; i < VEC; i++) wf[i] = widen<WT>(wv[i]);
+#pragma unroll
+        for (int t = 0; t < TT; t++) {
+            const float4 *xv = (const float4 *)(x + t * K + k);
+#pragma unroll
+            for (int i = 0; i < VEC / 4; i++) {
+                const float4 a = xv[i];
+                acc[m][t] += a.x * wf[4 * i] + a.y * wf[4 * i + 1] + a.z * wf[4 * i + 2] + a.w * wf[4 * i + 3];
+            }
+        }
+    };
     if (n < total) {
 #pragma unroll
         for (int m = 0; m < NM; m++) {
             const WT *row = (const WT *)s.w[mi + m] + r * s.ld[mi + m]; /* [K] */
+#pragma unroll
+            for (int p = 0; p < PRE; p++)
+                if (k0 + p * step < K) fma16(m, pre[m][p], k0 + p * step);
 #pragma unroll 4
-            for (int64_t k = (int64_t)(slice * 32 + lane) * VEC; k < K; k += 32 * VEC * WPR) {
-                const uint4 raw = __ldg((const uint4 *)(row + k));
-                const WT *wv = (const WT *)&raw;
-                float wf[VEC];
-#pragma unroll
-                for (int i = 0; i < VEC; i++) wf[i] = widen<WT>(wv[i]);
-#pragma unroll
-                for (int t = 0; t < TT; t++) {
-                    const float4 *xv = (const float4 *)(x + t * K + k);
-#pragma unroll
-                    for (int i = 0; i < VEC / 4; i++) {
-                        const float4 a = xv[i];
-                        acc[m][t] += a.x * wf[4 * i] + a.y * wf[4 * i + 1] + a.z * wf[4 * i + 2] + a.w * wf[4 * i + 3];
-                    }
-                }
-            }
+            for (int64_t k = k0 + PRE * step; k < K; k += step) fma16(m, __ldg((const uint4 *)(row + k)), k);
         }
     }
 #pragma unroll
@@ -300,7 +317,7 @@ template <typename WT, int WPR, bool GATED>
 static void launch_gemv_vec_wpr(hc_cuda_ctx *cx, const gemv_set &s, const float *x, int64_t K, int64_t T) {
     const unsigned blocks = hc_blocks(s.end[GATED ? 0 : s.n - 1], GEMV_BLOCK_WARPS / WPR);
 #define GV(TT)                                                                                                         \
-    case TT: gemv_vec_kernel<WT, TT, WPR, GATED><<<blocks, 32 * GEMV_BLOCK_WARPS, 0, cx->stream>>>(s, x, K); break
+    case TT: hc_launch(cx, gemv_vec_kernel<WT, TT, WPR, GATED>, dim3(blocks), dim3(32 * GEMV_BLOCK_WARPS), 0, s, x, K); break
     TT_SWITCH(T, GV)
 #undef GV
 }

@@ -6,6 +6,8 @@
 __global__ void norm_kernel(float *out, float *x, const float *add, const void *w, hc_dtype w_dt, const void *b,
                             hc_dtype b_dt, hc_norm_kind kind, float eps, int64_t C) {
     __shared__ float red[32];
+    hc_pdl_wait();
+    hc_pdl_trigger();
     float *xt = x + blockIdx.x * C;   /* [C] */
     float *ot = out + blockIdx.x * C; /* [C] */
     if (add) {
@@ -139,9 +141,8 @@ static void launch_norm(hc_backend *be, float *out, float *x, const float *add, 
     const void *wd = w ? w->data : NULL, *bd = b ? b->data : NULL;
     for (int64_t t0 = 0; t0 < T; t0 += 65535 * 32) { /* grids hold 2^31-1 blocks in x; stay far below */
         const int64_t n = T - t0 < 65535 * 32 ? T - t0 : 65535 * 32;
-        norm_kernel<<<(unsigned)n, threads, 0, hc_cuda(be)->stream>>>(out + t0 * C, x + t0 * C, add ? add + t0 * C : NULL, wd,
-                                                                      w ? w->dtype : HC_DTYPE_F32, bd,
-                                                                      b ? b->dtype : HC_DTYPE_F32, kind, eps, C);
+        hc_launch(hc_cuda(be), norm_kernel, dim3((unsigned)n), dim3(threads), 0, out + t0 * C, x + t0 * C,
+                  add ? add + t0 * C : NULL, wd, w ? w->dtype : HC_DTYPE_F32, bd, b ? b->dtype : HC_DTYPE_F32, kind, eps, C);
     }
     HC_CUDA_LAUNCHED(be, "norm");
 }
