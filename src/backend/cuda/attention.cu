@@ -641,15 +641,16 @@ static void launch_attention(hc_backend *be, float *out, const float *q, const v
     dim3 grid((unsigned)n_split, (unsigned)H, (unsigned)T);
     const int ns = (int)n_split;
 #define ATT(NPL)                                                                                                       \
-    hc_launch(cx, attention_kernel<NPL>, grid, dim3(32 * ATT_WARPS), 0, out, partials, q, k_cache, v_cache, k_rows, v_rows, \
-              kv_dtype, pos, H, KVH, D, scale, window, softcap, ns)
+    hc_launch(cx, T <= HC_PDL_MAX_ROWS, attention_kernel<NPL>, grid, dim3(32 * ATT_WARPS), 0, out, partials, q, k_cache,     \
+              v_cache, k_rows, v_rows, kv_dtype, pos, H, KVH, D, scale, window, softcap, ns)
     if (D <= 32) ATT(1);
     else if (D <= 64) ATT(2);
     else if (D <= 128) ATT(4);
     else ATT(8);
 #undef ATT
     if (n_split > 1)
-        hc_launch(cx, attention_combine_kernel, dim3((unsigned)H, (unsigned)T), dim3(128), 0, out, partials, H, D, ns);
+        hc_launch(cx, T <= HC_PDL_MAX_ROWS, attention_combine_kernel, dim3((unsigned)H, (unsigned)T), dim3(128), 0, out,
+                  partials, H, D, ns);
     HC_CUDA_LAUNCHED(be, "attention");
 }
 

@@ -752,7 +752,7 @@ void hc_cuda_argmax_rows(hc_backend *be, int32_t *out, const float *x, int64_t T
     if (cx->argmax_state_bytes != had && hc_cuda_fail(be, cudaMemsetAsync(state, 0, cx->argmax_state_bytes, cx->stream), "argmax"))
         return;
     const dim3 grid((unsigned)((V + ARGMAX_CHUNK - 1) / ARGMAX_CHUNK), (unsigned)T);
-    hc_launch(cx, argmax_rows_kernel, grid, dim3(256), 0, out, (unsigned long long *)state,
+    hc_launch(cx, T <= HC_PDL_MAX_ROWS, argmax_rows_kernel, grid, dim3(256), 0, out, (unsigned long long *)state,
               (unsigned *)(state + (size_t)T * sizeof(unsigned long long)), x, V);
     HC_CUDA_LAUNCHED(be, "argmax_rows");
 }

@@ -71,7 +71,8 @@ static inline hc_cuda_ctx *hc_cuda(hc_backend *be) { return (hc_cuda_ctx *)be->c
  * only what no earlier kernel writes (weights) until hc_pdl_wait() returns, which is when every
  * earlier kernel has finished and its writes are visible. So every kernel launched with
  * hc_launch calls hc_pdl_wait() before it touches activations, and hc_pdl_trigger() after it,
- * which lets the next kernel start (one kernel ahead at most). Both are no-ops without PDL. */
+ * which lets the next kernel start (one kernel ahead at most). Both do nothing without PDL, but
+ * not for free: about 100 cycles a block, which a grid of many tiny blocks notices. */
 __device__ __forceinline__ void hc_pdl_wait(void) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
@@ -83,16 +84,18 @@ __device__ __forceinline__ void hc_pdl_trigger(void) {
 #endif
 }
 /* kernel<<<grid, block, smem, stream>>>(args...), with programmatic dependent launch when the
- * context allows it. */
+ * context allows it and `pdl` asks for it: decode-sized launches. (A 2048-token prompt whose
+ * rope ran this way after cuBLAS's GEMM took 10% longer: the waiting blocks were let in early.) */
+#define HC_PDL_MAX_ROWS 64 /* decode-sized: rows of a step of up to 64 sequences */
 template <typename... KArgs, typename... Args>
-static inline void hc_launch(const hc_cuda_ctx *cx, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+static inline void hc_launch(const hc_cuda_ctx *cx, bool pdl, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
                              Args... args) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = cx->stream;
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr, cfg.numAttrs = cx->pdl ? 1 : 0;
+    cfg.attrs = attr, cfg.numAttrs = cx->pdl && pdl ? 1 : 0;
     cudaLaunchKernelEx(&cfg, kernel, ((KArgs)args)...);
 }
 

@@ -66,8 +66,11 @@ gemv_vec_kernel(const gemv_set s, const float *x, int64_t K) {
     const int64_t r = n - (mi ? s.end[mi - 1] : 0), N = s.end[mi] - (mi ? s.end[mi - 1] : 0);
     const int64_t k0 = (int64_t)(slice * 32 + lane) * VEC, step = 32 * VEC * WPR;
     /* The weights do not depend on the previous kernel: each lane's first PRE vectors of every
-     * row are loaded while that kernel finishes (hc_launch), then x is waited for. */
-    constexpr int PRE = 4;
+     * row are loaded while that kernel finishes (hc_launch), then x is waited for. More costs
+     * registers and so resident blocks: a 1B decode token took 1.653-1.656 ms of GPU time with
+     * 2 (46-52 registers; 0 and 1 about the same), 1.671 with 4 (60-64), 1.828 with 6, 1.931
+     * with 8. */
+    constexpr int PRE = 2;
     uint4 pre[NM][PRE];
 #pragma unroll
     for (int m = 0; m < NM; m++)
@@ -317,7 +320,7 @@ template <typename WT, int WPR, bool GATED>
 static void launch_gemv_vec_wpr(hc_cuda_ctx *cx, const gemv_set &s, const float *x, int64_t K, int64_t T) {
     const unsigned blocks = hc_blocks(s.end[GATED ? 0 : s.n - 1], GEMV_BLOCK_WARPS / WPR);
 #define GV(TT)                                                                                                         \
-    case TT: hc_launch(cx, gemv_vec_kernel<WT, TT, WPR, GATED>, dim3(blocks), dim3(32 * GEMV_BLOCK_WARPS), 0, s, x, K); break
+    case TT: hc_launch(cx, true, gemv_vec_kernel<WT, TT, WPR, GATED>, dim3(blocks), dim3(32 * GEMV_BLOCK_WARPS), 0, s, x, K); break
     TT_SWITCH(T, GV)
 #undef GV
 }

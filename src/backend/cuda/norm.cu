@@ -141,7 +141,7 @@ static void launch_norm(hc_backend *be, float *out, float *x, const float *add, 
     const void *wd = w ? w->data : NULL, *bd = b ? b->data : NULL;
     for (int64_t t0 = 0; t0 < T; t0 += 65535 * 32) { /* grids hold 2^31-1 blocks in x; stay far below */
         const int64_t n = T - t0 < 65535 * 32 ? T - t0 : 65535 * 32;
-        hc_launch(hc_cuda(be), norm_kernel, dim3((unsigned)n), dim3(threads), 0, out + t0 * C, x + t0 * C,
+        hc_launch(hc_cuda(be), n <= HC_PDL_MAX_ROWS, norm_kernel, dim3((unsigned)n), dim3(threads), 0, out + t0 * C, x + t0 * C,
                   add ? add + t0 * C : NULL, wd, w ? w->dtype : HC_DTYPE_F32, bd, b ? b->dtype : HC_DTYPE_F32, kind, eps, C);
     }
     HC_CUDA_LAUNCHED(be, "norm");

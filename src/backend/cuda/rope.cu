@@ -38,9 +38,11 @@ void hc_cuda_rope(hc_backend *be, float *x, const int32_t *pos, const float *inv
  * v heads store element j. The grid's shape replaces 64-bit divisions per element. */
 __global__ void rope_store_kernel(float *q, float *k, const float *v, void *kc0, void *vc0, void *const *k_rows,
                                   void *const *v_rows, hc_dtype dt, const int32_t *pos, const float *inv_freq,
-                                  float attn_factor, int64_t T, int64_t H, int64_t KVH, int64_t D, int64_t half) {
-    hc_pdl_wait();
-    hc_pdl_trigger();
+                                  float attn_factor, int64_t T, int64_t H, int64_t KVH, int64_t D, int64_t half, bool pdl) {
+    if (pdl) { /* only when launched so: the wait costs a tiny block of a long prompt's grid about 100 cycles */
+        hc_pdl_wait();
+        hc_pdl_trigger();
+    }
     const int64_t hh = blockIdx.x;
     for (int64_t t = blockIdx.y; t < T; t += gridDim.y) {
         const int64_t p = pos[t];
@@ -96,8 +98,9 @@ static void launch_rope_store(hc_backend *be, float *q, float *k, const float *v
     if (T <= 0 || D <= 0 || hc_cuda(be)->failed) return;
     const dim3 grid((unsigned)(H + 2 * KVH), (unsigned)(T < 65535 ? T : 65535));
     const unsigned threads = D >= 256 ? 256u : (unsigned)((D + 31) / 32 * 32);
-    hc_launch(hc_cuda(be), rope_store_kernel, grid, dim3(threads), 0, q, k, v, k_cache, v_cache, k_rows, v_rows, kv_dtype, pos,
-              inv_freq, attn_factor, T, H, KVH, D, inv_freq ? R / 2 : 0);
+    const bool pdl = hc_cuda(be)->pdl && T <= HC_PDL_MAX_ROWS;
+    hc_launch(hc_cuda(be), pdl, rope_store_kernel, grid, dim3(threads), 0, q, k, v, k_cache, v_cache, k_rows, v_rows, kv_dtype,
+              pos, inv_freq, attn_factor, T, H, KVH, D, inv_freq ? R / 2 : 0, pdl);
     HC_CUDA_LAUNCHED(be, "rope_store");
 }
 
