@@ -35,23 +35,54 @@ __device__ __forceinline__ float att_key_dot(const float *sq, const void *kc, hc
     return s;
 }
 
+/* att_key_dot for D <= 32 * NPL: a 16-bit row's vectors are all loaded before the sums, which
+ * then run in the same order. A decode step's attention is a chain of dependent loads, so
+ * their latency, not bandwidth, sets its time. */
+template <int NPL>
+__device__ __forceinline__ float att_key_dot_n(const float *sq, const void *kc, hc_dtype dt, int64_t row, int64_t D) {
+    if (dt == HC_DTYPE_F32 || D % 8 != 0) return att_key_dot(sq, kc, dt, row, D);
+    constexpr int NC = 4 * NPL; /* 8-element vectors in the longest row */
+    const uint4 *p = (const uint4 *)((const uint16_t *)kc + row);
+    uint4 raw[NC];
+#pragma unroll
+    for (int c = 0; c < NC; c++)
+        if (8 * c < D) raw[c] = p[c];
+    float s = 0.0f;
+#pragma unroll
+    for (int c = 0; c < NC; c++) {
+        if (8 * c >= D) break;
+        const uint16_t *h = (const uint16_t *)&raw[c];
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            s += sq[8 * c + i] * (dt == HC_DTYPE_BF16 ? __bfloat162float(*(const __nv_bfloat16 *)&h[i])
+                                                      : __half2float(*(const __half *)&h[i]));
+    }
+    return s;
+}
+
 /* NPL: head dims per lane (D <= 32 * NPL). A warp takes 32 keys at a time: lane l scores key
  * l (its whole row against the query in shared memory), the warp takes their max and sum once,
- * then each lane adds the 32 probability-weighted value rows into its own dims. */
+ * then each lane adds the 32 probability-weighted value rows into its own dims. With a 16-bit
+ * cache and D <= 128 the warp first starts copying those 32 value rows into shared memory
+ * (cp.async), so they arrive while the keys are scored instead of in rounds after. */
 template <int NPL>
 __global__ void attention_kernel(float *out, float *partials, const float *q, const void *kc0, const void *vc0,
                                  void *const *k_rows, void *const *v_rows, hc_dtype kv_dt, const int32_t *pos, int64_t H,
                                  int64_t KVH, int64_t D, float scale, int64_t window, float softcap, int n_split) {
+    constexpr bool STAGE_MAX = NPL <= 4;   /* 32 rows of 128 16-bit values: 8 KB a warp */
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
     __shared__ float sm_acc[ATT_WARPS][32 * NPL];
     __shared__ float sq[32 * NPL];         /* the query row */
     __shared__ float sp[ATT_WARPS][32];    /* each warp's current 32 probabilities */
-    hc_pdl_wait();
-    hc_pdl_trigger();
+    __shared__ __align__(16) uint16_t sv[ATT_WARPS][STAGE_MAX ? 32 * 32 * NPL : 8]; /* [32, D] value rows */
     const int split = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t h = blockIdx.y, t = blockIdx.z, kvh = h / (H / KVH);
+    /* Positions and row pointers come from the host, before the step: no kernel writes them. */
     const void *kc = k_rows ? k_rows[t] : kc0, *vc = v_rows ? v_rows[t] : vc0; /* this row's caches */
     const int64_t p = pos[t];
+    const bool stage = STAGE_MAX && kv_dt != HC_DTYPE_F32 && D % 8 == 0;
+    hc_pdl_wait();
+    hc_pdl_trigger();
     const int64_t lo = (window > 0 && p - window + 1 > 0) ? p - window + 1 : 0;
     const int64_t nk = p - lo + 1, chunk = (nk + n_split - 1) / n_split;
     const int64_t j0 = lo + split * chunk, j1 = min(j0 + chunk, p + 1);
@@ -65,26 +96,63 @@ __global__ void attention_kernel(float *out, float *partials, const float *q, co
     float m = -INFINITY, l = 0.0f;
     for (int64_t base = j0 + warp * 32; base < j1; base += ATT_WARPS * 32) {
         const int64_t j = base + lane;
+        const int n = (int)min((int64_t)32, j1 - base);
+        if (stage) { /* value rows base .. base + n into sv[warp], 16 bytes a copy */
+            const int nvec = (int)(D / 8);
+            for (int idx = lane; idx < n * nvec; idx += 32) {
+                const int jj = idx / nvec, c = idx - jj * nvec;
+                cp_async16(&sv[warp][jj * D + 8 * c], (const uint16_t *)vc + ((base + jj) * KVH + kvh) * D + 8 * c);
+            }
+            cp_async_commit();
+        }
         float s = -INFINITY;
         if (j < j1) {
-            s = att_key_dot(sq, kc, kv_dt, (j * KVH + kvh) * D, D) * scale;
+            s = att_key_dot_n<NPL>(sq, kc, kv_dt, (j * KVH + kvh) * D, D) * scale;
             if (softcap > 0) s = softcap * tanhf(s / softcap);
         }
         const float m_new = fmaxf(m, hc_warp_max(s)); /* finite: key `base` is in range */
         const float corr = expf(m - m_new), e = j < j1 ? expf(s - m_new) : 0.0f;
         l = l * corr + hc_warp_sum(e);
         sp[warp][lane] = e;
-        __syncwarp();
-        const int n = (int)min((int64_t)32, j1 - base);
 #pragma unroll
         for (int i = 0; i < NPL; i++) acc[i] *= corr;
-        for (int jj = 0; jj < n; jj++) {
-            const float pj = sp[warp][jj];
-            const int64_t row = ((base + jj) * KVH + kvh) * D;
+        if (stage) {
+            cp_async_wait<0>();
+            __syncwarp();
+            for (int jj = 0; jj < n; jj++) {
+                const float pj = sp[warp][jj];
+                const uint16_t *vr = &sv[warp][jj * D];
 #pragma unroll
-            for (int i = 0; i < NPL; i++) {
-                const int64_t d = lane + 32 * i;
-                if (d < D) acc[i] += pj * hc_ld(vc, kv_dt, row + d);
+                for (int i = 0; i < NPL; i++) {
+                    const int64_t d = lane + 32 * i;
+                    if (d < D)
+                        acc[i] += pj * (kv_dt == HC_DTYPE_BF16 ? __bfloat162float(*(const __nv_bfloat16 *)&vr[d])
+                                                               : __half2float(*(const __half *)&vr[d]));
+                }
+            }
+            __syncwarp(); /* sv and sp are rewritten by the next round */
+            m = m_new;
+            continue;
+        }
+        __syncwarp();
+        /* eight value rows' loads at a time, then their sums in key order */
+        for (int g0 = 0; g0 < n; g0 += 8) {
+            float vv[8][NPL];
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                const int64_t row = ((base + g0 + u) * KVH + kvh) * D;
+#pragma unroll
+                for (int i = 0; i < NPL; i++) {
+                    const int64_t d = lane + 32 * i;
+                    vv[u][i] = g0 + u < n && d < D ? hc_ld(vc, kv_dt, row + d) : 0.0f;
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                if (g0 + u >= n) break;
+                const float pj = sp[warp][g0 + u];
+#pragma unroll
+                for (int i = 0; i < NPL; i++) acc[i] += pj * vv[u][i];
             }
         }
         __syncwarp();
