@@ -171,6 +171,7 @@ static void cuda_destroy(hc_backend *be) {
     if (cx->kv16) cudaFree(cx->kv16);
     if (cx->dw16) cudaFree(cx->dw16);
     if (cx->argmax_state) cudaFree(cx->argmax_state);
+    if (cx->att_done) cudaFree(cx->att_done);
     if (cx->pinned) cudaFreeHost(cx->pinned);
     if (cx->blas) cublasDestroy(cx->blas);
     if (cx->stream) cudaStreamDestroy(cx->stream);

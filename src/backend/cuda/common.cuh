@@ -44,6 +44,8 @@ typedef struct {
     size_t kv16_bytes;
     void *dw16;          /* a weight gradient's operands rounded to 16 bits (backward.cu) */
     size_t dw16_bytes;
+    void *att_done;      /* attention: finished splits a (row, head), zero between calls */
+    size_t att_done_bytes;
     void *argmax_state;  /* argmax_rows: a key and a count a row, zero between calls */
     size_t argmax_state_bytes;
     void *pinned;       /* page-locked staging for downloads: pageable copies are several times slower */

@@ -2,8 +2,69 @@
  * rows held in registers for prompts and training. */
 #include "backend/cuda/common.cuh"
 
-/* out[T, C] = norm(x[T, C]) * w (+ b); with `add`, first x += add (written back). */
+/* out[T, C] = norm(x[T, C]) * w (+ b); with `add`, first x += add (written back). A block a
+ * row; thread i takes elements i, i + blockDim.x, ... (NPT at most), kept in registers. The
+ * norm's weights do not depend on earlier kernels, so they are loaded before hc_pdl_wait: a
+ * decode norm is a chain of latencies (weights, x, two block sums, the store), and this takes
+ * one link out. */
+template <int NPT>
 __global__ void norm_kernel(float *out, float *x, const float *add, const void *w, hc_dtype w_dt, const void *b,
+                            hc_dtype b_dt, hc_norm_kind kind, float eps, int64_t C) {
+    __shared__ float red[32];
+    float g[NPT], bb[NPT], v[NPT];
+#pragma unroll
+    for (int i = 0; i < NPT; i++) {
+        const int64_t c = threadIdx.x + (int64_t)i * blockDim.x;
+        g[i] = w && c < C ? hc_ld(w, w_dt, c) + (kind == HC_NORM_RMS_PLUS1 ? 1.0f : 0.0f) : 1.0f;
+        bb[i] = b && c < C ? hc_ld(b, b_dt, c) : 0.0f;
+    }
+    hc_pdl_wait();
+    hc_pdl_trigger();
+    float *xt = x + blockIdx.x * C;   /* [C] */
+    float *ot = out + blockIdx.x * C; /* [C] */
+#pragma unroll
+    for (int i = 0; i < NPT; i++) {
+        const int64_t c = threadIdx.x + (int64_t)i * blockDim.x;
+        v[i] = c < C ? xt[c] : 0.0f;
+    }
+    if (add) {
+        const float *at = add + blockIdx.x * C;
+#pragma unroll
+        for (int i = 0; i < NPT; i++) {
+            const int64_t c = threadIdx.x + (int64_t)i * blockDim.x;
+            if (c < C) xt[c] = v[i] += at[c];
+        }
+    }
+    float inv, mean = 0.0f;
+    if (kind == HC_NORM_LAYER) {
+        float s = 0;
+#pragma unroll
+        for (int i = 0; i < NPT; i++) s += v[i];
+        mean = hc_block_sum(s, red) / (float)C;
+        float q = 0;
+#pragma unroll
+        for (int i = 0; i < NPT; i++)
+            if (threadIdx.x + (int64_t)i * blockDim.x < C) q += (v[i] - mean) * (v[i] - mean);
+        inv = rsqrtf(hc_block_sum(q, red) / (float)C + eps);
+    } else {
+        float ss = 0;
+#pragma unroll
+        for (int i = 0; i < NPT; i++) ss += v[i] * v[i];
+        inv = 1.0f / sqrtf(hc_block_sum(ss, red) / (float)C + eps);
+    }
+#pragma unroll
+    for (int i = 0; i < NPT; i++) {
+        const int64_t c = threadIdx.x + (int64_t)i * blockDim.x;
+        if (c >= C) continue;
+        float o = (v[i] - mean) * inv;
+        if (w) o *= g[i];
+        if (b) o += bb[i];
+        ot[c] = o;
+    }
+}
+
+/* norm_kernel for rows of any width: each thread strides over the row, reading it again. */
+__global__ void norm_wide_kernel(float *out, float *x, const float *add, const void *w, hc_dtype w_dt, const void *b,
                             hc_dtype b_dt, hc_norm_kind kind, float eps, int64_t C) {
     __shared__ float red[32];
     hc_pdl_wait();
@@ -141,8 +202,20 @@ static void launch_norm(hc_backend *be, float *out, float *x, const float *add, 
     const void *wd = w ? w->data : NULL, *bd = b ? b->data : NULL;
     for (int64_t t0 = 0; t0 < T; t0 += 65535 * 32) { /* grids hold 2^31-1 blocks in x; stay far below */
         const int64_t n = T - t0 < 65535 * 32 ? T - t0 : 65535 * 32;
-        hc_launch(hc_cuda(be), n <= HC_PDL_MAX_ROWS, norm_kernel, dim3((unsigned)n), dim3(threads), 0, out + t0 * C, x + t0 * C,
-                  add ? add + t0 * C : NULL, wd, w ? w->dtype : HC_DTYPE_F32, bd, b ? b->dtype : HC_DTYPE_F32, kind, eps, C);
+        const int npt = (int)((C + threads - 1) / threads);
+#define NK(N)                                                                                                          \
+    hc_launch(hc_cuda(be), n <= HC_PDL_MAX_ROWS, norm_kernel<N>, dim3((unsigned)n), dim3(threads), 0, out + t0 * C,       \
+              x + t0 * C, add ? add + t0 * C : NULL, wd, w ? w->dtype : HC_DTYPE_F32, bd, b ? b->dtype : HC_DTYPE_F32, kind, \
+              eps, C)
+        if (npt <= 2) NK(2);
+        else if (npt <= 4) NK(4);
+        else if (npt <= 8) NK(8);
+        else if (npt <= 16) NK(16);
+        else
+            hc_launch(hc_cuda(be), n <= HC_PDL_MAX_ROWS, norm_wide_kernel, dim3((unsigned)n), dim3(threads), 0, out + t0 * C,
+                      x + t0 * C, add ? add + t0 * C : NULL, wd, w ? w->dtype : HC_DTYPE_F32, bd, b ? b->dtype : HC_DTYPE_F32,
+                      kind, eps, C);
+#undef NK
     }
     HC_CUDA_LAUNCHED(be, "norm");
 }

@@ -39,11 +39,17 @@ void hc_cuda_rope(hc_backend *be, float *x, const int32_t *pos, const float *inv
 __global__ void rope_store_kernel(float *q, float *k, const float *v, void *kc0, void *vc0, void *const *k_rows,
                                   void *const *v_rows, hc_dtype dt, const int32_t *pos, const float *inv_freq,
                                   float attn_factor, int64_t T, int64_t H, int64_t KVH, int64_t D, int64_t half, bool pdl) {
+    const int64_t hh = blockIdx.x;
+    /* The first row's angle for this thread's first pair, before waiting: positions come from
+     * the host and the frequencies are constants, so only q, k and v wait for the kernel
+     * before (a decode step has one row and one pair a thread). */
+    float sf0 = 0.0f, cf0 = 1.0f;
+    if (blockIdx.y < T && threadIdx.x < half && hh < H + KVH)
+        sincosf((float)pos[blockIdx.y] * inv_freq[threadIdx.x], &sf0, &cf0);
     if (pdl) { /* only when launched so: the wait costs a tiny block of a long prompt's grid about 100 cycles */
         hc_pdl_wait();
         hc_pdl_trigger();
     }
-    const int64_t hh = blockIdx.x;
     for (int64_t t = blockIdx.y; t < T; t += gridDim.y) {
         const int64_t p = pos[t];
         void *kc = k_rows ? k_rows[t] : kc0, *vc = v_rows ? v_rows[t] : vc0; /* this row's caches */
@@ -53,9 +59,9 @@ __global__ void rope_store_kernel(float *q, float *k, const float *v, void *kc0,
                 float *x = is_k ? k + (t * KVH + (hh - H)) * D : q + (t * H + hh) * D; /* [D] */
                 float a, b;
                 if (j < half) {
-                    const float angle = (float)p * inv_freq[j];
-                    float sf, cf;
-                    sincosf(angle, &sf, &cf); /* full range reduction: within an ulp of the CPU's double */
+                    float sf = sf0, cf = cf0;
+                    if (t != blockIdx.y || j != threadIdx.x)
+                        sincosf((float)p * inv_freq[j], &sf, &cf); /* full range reduction: within an ulp of the CPU's double */
                     const float c = cf * attn_factor, s = sf * attn_factor;
                     const float x0 = x[j], x1 = x[j + half];
                     a = x0 * c - x1 * s;
