@@ -85,6 +85,9 @@ __device__ __forceinline__ void hc_pdl_trigger(void) {
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
+/* Asks L2 for the 128-byte line at p (no register, no wait): for weights, before hc_pdl_wait. */
+__device__ __forceinline__ void hc_prefetch_l2(const void *p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
+
 /* kernel<<<grid, block, smem, stream>>>(args...), with programmatic dependent launch when the
  * context allows it and `pdl` asks for it: decode-sized launches. (A 2048-token prompt whose
  * rope ran this way after cuBLAS's GEMM took 10% longer: the waiting blocks were let in early.) */
