@@ -218,63 +218,82 @@ __device__ __forceinline__ void dequant_q4_k_sub(float *o, const hc_block_q4_k *
     for (int i = 0; i < 32; i++) o[i] = d * (float)((j & 1) ? (qs[i] >> 4) : (qs[i] & 0xf)) - mn;
 }
 
-/* q8_0 and q4_0 rows whose length is a multiple of 16 bytes: WPR warps a row; each warp takes
- * 32 consecutive blocks at a time, copies them to shared memory with 16-byte loads (the blocks
- * themselves are 34 or 18 bytes, only 2-byte aligned), and each lane widens one block. */
-template <int TT, int WPR, int QUANT>
+/* q8_0 and q4_0 rows whose length is a multiple of 16 bytes: WPR warps share RW rows; each warp
+ * takes 32 consecutive blocks of its rows at a time, copies them to shared memory with 16-byte
+ * loads (the blocks themselves are 34 or 18 bytes, only 2-byte aligned), and each lane widens
+ * one block of each row against the same 32 values of x. A lane reads 128 bytes of x for every
+ * q8_0 block (34 bytes), so sharing them between rows is what counts. */
+template <int TT, int WPR, int QUANT, int RW>
 __global__ void __launch_bounds__(32 * GEMV_BLOCK_WARPS)
 gemv_q_staged_kernel(float *out, const float *x, const uint8_t *w, size_t row_bytes, const void *bias, hc_dtype bias_dt,
                      int64_t N, int64_t K) {
     constexpr int BB = QUANT == HC_QUANT_Q8_0 ? sizeof(hc_block_q8_0) : sizeof(hc_block_q4_0);
     constexpr int RPB = GEMV_BLOCK_WARPS / WPR;
-    __shared__ __align__(16) uint8_t stage[GEMV_BLOCK_WARPS][32 * BB];
-    __shared__ float part[GEMV_BLOCK_WARPS][TT];
+    __shared__ __align__(16) uint8_t stage[GEMV_BLOCK_WARPS][RW][32 * BB];
+    __shared__ float part[GEMV_BLOCK_WARPS][RW][TT];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, slice = warp % WPR;
-    const int64_t n = blockIdx.x * (int64_t)RPB + warp / WPR;
+    const int64_t n0 = (blockIdx.x * (int64_t)RPB + warp / WPR) * RW; /* this warp's first row */
     const int64_t nb = K / 32;
-    float acc[TT];
+    float acc[RW][TT];
 #pragma unroll
-    for (int t = 0; t < TT; t++) acc[t] = 0.0f;
-    if (n < N) {
-        const uint8_t *row = w + n * row_bytes;
+    for (int r = 0; r < RW; r++)
+#pragma unroll
+        for (int t = 0; t < TT; t++) acc[r][t] = 0.0f;
+    if (n0 < N) {
         for (int64_t g = (int64_t)slice * 32; g < nb; g += 32 * WPR) {
             const int cnt = nb - g < 32 ? (int)(nb - g) : 32;
-            const uint4 *src = (const uint4 *)(row + g * BB); /* 32 * BB is a multiple of 16 */
             const int n16 = cnt * BB / 16;
             __syncwarp();
-            for (int i = lane; i < n16; i += 32) ((uint4 *)stage[warp])[i] = __ldg(src + i);
-            for (int i = n16 * 8 + lane; i < cnt * BB / 2; i += 32) /* the tail of a short group */
-                ((uint16_t *)stage[warp])[i] = ((const uint16_t *)src)[i];
+#pragma unroll
+            for (int r = 0; r < RW; r++) {
+                if (n0 + r >= N) break;
+                const uint4 *src = (const uint4 *)(w + (n0 + r) * row_bytes + g * BB); /* 32 * BB is a multiple of 16 */
+                for (int i = lane; i < n16; i += 32) ((uint4 *)stage[warp][r])[i] = __ldg(src + i);
+                for (int i = n16 * 8 + lane; i < cnt * BB / 2; i += 32) /* the tail of a short group */
+                    ((uint16_t *)stage[warp][r])[i] = ((const uint16_t *)src)[i];
+            }
             __syncwarp();
             if (lane < cnt) {
-                float wf[32];
-                if (QUANT == HC_QUANT_Q8_0) dequant_q8_0(wf, (const uint16_t *)(stage[warp] + lane * BB));
-                else dequant_q4_0(wf, (const uint16_t *)(stage[warp] + lane * BB));
 #pragma unroll
                 for (int t = 0; t < TT; t++) {
+                    float xr[32];
                     const float4 *xv = (const float4 *)(x + t * K + (g + lane) * 32);
-                    float s = 0;
 #pragma unroll
                     for (int i = 0; i < 8; i++) {
                         const float4 a = xv[i];
-                        s += a.x * wf[4 * i] + a.y * wf[4 * i + 1] + a.z * wf[4 * i + 2] + a.w * wf[4 * i + 3];
+                        xr[4 * i] = a.x, xr[4 * i + 1] = a.y, xr[4 * i + 2] = a.z, xr[4 * i + 3] = a.w;
                     }
-                    acc[t] += s;
+#pragma unroll
+                    for (int r = 0; r < RW; r++) {
+                        if (n0 + r >= N) break;
+                        float wf[32];
+                        if (QUANT == HC_QUANT_Q8_0) dequant_q8_0(wf, (const uint16_t *)(stage[warp][r] + lane * BB));
+                        else dequant_q4_0(wf, (const uint16_t *)(stage[warp][r] + lane * BB));
+                        float s = 0;
+#pragma unroll
+                        for (int i = 0; i < 8; i++)
+                            s += xr[4 * i] * wf[4 * i] + xr[4 * i + 1] * wf[4 * i + 1] + xr[4 * i + 2] * wf[4 * i + 2] +
+                                 xr[4 * i + 3] * wf[4 * i + 3];
+                        acc[r][t] += s;
+                    }
                 }
             }
         }
     }
 #pragma unroll
-    for (int t = 0; t < TT; t++) {
-        const float s = hc_warp_sum(acc[t]);
-        if (lane == 0) part[warp][t] = s;
-    }
-    __syncthreads();
-    if (slice == 0 && lane < TT && n < N) {
-        float s = 0;
+    for (int r = 0; r < RW; r++)
 #pragma unroll
-        for (int j = 0; j < WPR; j++) s += part[warp + j][lane];
-        out[lane * N + n] = s + (bias ? hc_ld(bias, bias_dt, n) : 0.0f);
+        for (int t = 0; t < TT; t++) {
+            const float v = hc_warp_sum(acc[r][t]);
+            if (lane == 0) part[warp][r][t] = v;
+        }
+    __syncthreads();
+    const int r = lane / TT, t = lane % TT;
+    if (slice == 0 && lane < TT * RW && n0 + r < N) {
+        float v = 0;
+#pragma unroll
+        for (int j = 0; j < WPR; j++) v += part[warp + j][r][t];
+        out[t * N + n0 + r] = v + (bias ? hc_ld(bias, bias_dt, n0 + r) : 0.0f);
     }
 }
 
@@ -382,27 +401,41 @@ static bool gemv_fused(hc_cuda_ctx *cx, float *const *outs, const float *x, cons
     return true;
 }
 
-template <int WPR, int QUANT>
+/* Rows a warp of the staged kernel, for up to 2 rows of x (more rows of x hold more registers):
+ * 1B decode q8_0 took 2.18 ms a token with 1, 1.66 with 2, 1.84 with 4 (q4_0: 2.02, 1.52, 1.75). */
+static int quant_rows_per_warp(int64_t T) { return T > 2 ? 1 : 2; }
+
+template <int WPR, int QUANT, int RW>
 static void launch_gemv_q_wpr(hc_cuda_ctx *cx, float *out, const float *x, const hc_mat *w, const void *bias, hc_dtype bdt,
                               int64_t T) {
-    const unsigned blocks = hc_blocks(w->rows, GEMV_BLOCK_WARPS / WPR);
+    const unsigned blocks = hc_blocks(w->rows, GEMV_BLOCK_WARPS / WPR * RW);
     const size_t rb = hc_quant_row_bytes(w->quant, w->cols);
     const uint8_t *wd = (const uint8_t *)w->data;
 #define GQ(TT)                                                                                                         \
-    case TT: gemv_q_staged_kernel<TT, WPR, QUANT><<<blocks, 32 * GEMV_BLOCK_WARPS, 0, cx->stream>>>(out, x, wd, rb, bias, bdt, w->rows, w->cols); break
+    case TT:                                                                                                           \
+        gemv_q_staged_kernel<TT, WPR, QUANT, (TT <= 2 ? RW : 1)><<<blocks, 32 * GEMV_BLOCK_WARPS, 0, cx->stream>>>(     \
+            out, x, wd, rb, bias, bdt, w->rows, w->cols);                                                              \
+        break
     TT_SWITCH(T, GQ)
 #undef GQ
+}
+
+template <int QUANT, int RW>
+static void launch_gemv_q_rw(hc_cuda_ctx *cx, float *out, const float *x, const hc_mat *w, const void *bias, hc_dtype bdt,
+                             int64_t T) {
+    switch (warps_per_row(cx, (w->rows + RW - 1) / RW, w->cols / 1024)) {
+    case 1: launch_gemv_q_wpr<1, QUANT, RW>(cx, out, x, w, bias, bdt, T); break;
+    case 2: launch_gemv_q_wpr<2, QUANT, RW>(cx, out, x, w, bias, bdt, T); break;
+    case 4: launch_gemv_q_wpr<4, QUANT, RW>(cx, out, x, w, bias, bdt, T); break;
+    default: launch_gemv_q_wpr<8, QUANT, RW>(cx, out, x, w, bias, bdt, T); break;
+    }
 }
 
 template <int QUANT>
 static void launch_gemv_q(hc_cuda_ctx *cx, float *out, const float *x, const hc_mat *w, const void *bias, hc_dtype bdt,
                           int64_t T) {
-    switch (warps_per_row(cx, w->rows, w->cols / 1024)) {
-    case 1: launch_gemv_q_wpr<1, QUANT>(cx, out, x, w, bias, bdt, T); break;
-    case 2: launch_gemv_q_wpr<2, QUANT>(cx, out, x, w, bias, bdt, T); break;
-    case 4: launch_gemv_q_wpr<4, QUANT>(cx, out, x, w, bias, bdt, T); break;
-    default: launch_gemv_q_wpr<8, QUANT>(cx, out, x, w, bias, bdt, T); break;
-    }
+    if (quant_rows_per_warp(T) == 1) launch_gemv_q_rw<QUANT, 1>(cx, out, x, w, bias, bdt, T);
+    else launch_gemv_q_rw<QUANT, 2>(cx, out, x, w, bias, bdt, T);
 }
 
 static void launch_gemv_quant(hc_cuda_ctx *cx, float *out, const float *x, const hc_mat *w, const void *bias, hc_dtype bdt,
