@@ -253,7 +253,24 @@ gemv_q_staged_kernel(float *out, const float *x, const uint8_t *w, size_t row_by
                     ((uint16_t *)stage[warp][r])[i] = ((const uint16_t *)src)[i];
             }
             __syncwarp();
-            if (lane < cnt) {
+            if (RW == 1) { /* one row: widen the block once, then each row of x */
+                if (lane >= cnt) continue;
+                float wf[32];
+                if (QUANT == HC_QUANT_Q8_0) dequant_q8_0(wf, (const uint16_t *)(stage[warp][0] + lane * BB));
+                else dequant_q4_0(wf, (const uint16_t *)(stage[warp][0] + lane * BB));
+#pragma unroll
+                for (int t = 0; t < TT; t++) {
+                    const float4 *xv = (const float4 *)(x + t * K + (g + lane) * 32);
+                    float s = 0;
+#pragma unroll
+                    for (int i = 0; i < 8; i++) {
+                        const float4 a = xv[i];
+                        s += a.x * wf[4 * i] + a.y * wf[4 * i + 1] + a.z * wf[4 * i + 2] + a.w * wf[4 * i + 3];
+                    }
+                    acc[0][t] += s;
+                }
+            } else { /* several rows: x once, each row's block against it */
+                if (lane >= cnt) continue;
 #pragma unroll
                 for (int t = 0; t < TT; t++) {
                     float xr[32];
