@@ -225,26 +225,36 @@ __global__ void attention_kernel(float *out, float *partials, unsigned *done, co
     if (lane == 0) done[t * H + h] = 0;
 }
 
-/* out[t, h, :] from the n_split partials of (t, h). */
+/* out[t, h, :] from the n_split partials of (t, h): fewer than 8 (more are combined by the
+ * last split), all loaded at once, then summed in split order. */
+#define ATT_COMBINE_MAX 8
 __global__ void attention_combine_kernel(float *out, const float *partials, int64_t H, int64_t D, int n_split) {
     hc_pdl_wait();
     hc_pdl_trigger();
     const int64_t h = blockIdx.x, t = blockIdx.y;
     const float *pp = partials + (t * H + h) * n_split * (D + 2);
-    float M = -INFINITY;
-    for (int s = 0; s < n_split; s++) M = fmaxf(M, pp[s * (D + 2)]);
-    float L = 0;
-    for (int s = 0; s < n_split; s++) {
-        const float ms = pp[s * (D + 2)];
-        if (ms != -INFINITY) L += pp[s * (D + 2) + 1] * expf(ms - M);
+    float ms[ATT_COMBINE_MAX], ls[ATT_COMBINE_MAX];
+#pragma unroll
+    for (int s = 0; s < ATT_COMBINE_MAX; s++) {
+        ms[s] = s < n_split ? pp[s * (D + 2)] : -INFINITY;
+        ls[s] = s < n_split ? pp[s * (D + 2) + 1] : 0.0f;
     }
+    float M = -INFINITY;
+#pragma unroll
+    for (int s = 0; s < ATT_COMBINE_MAX; s++) M = fmaxf(M, ms[s]);
+    float L = 0;
+#pragma unroll
+    for (int s = 0; s < ATT_COMBINE_MAX; s++)
+        if (ms[s] != -INFINITY) L += ls[s] * expf(ms[s] - M);
     float *oh = out + (t * H + h) * D;
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+        float a[ATT_COMBINE_MAX];
+#pragma unroll
+        for (int s = 0; s < ATT_COMBINE_MAX; s++) a[s] = s < n_split ? pp[s * (D + 2) + 2 + d] : 0.0f;
         float o = 0;
-        for (int s = 0; s < n_split; s++) {
-            const float ms = pp[s * (D + 2)];
-            if (ms != -INFINITY) o += pp[s * (D + 2) + 2 + d] * expf(ms - M);
-        }
+#pragma unroll
+        for (int s = 0; s < ATT_COMBINE_MAX; s++)
+            if (ms[s] != -INFINITY) o += a[s] * expf(ms[s] - M);
         oh[d] = o / L;
     }
 }
@@ -750,7 +760,7 @@ static void launch_attention(hc_backend *be, float *out, const float *q, const v
         /* The last split combines when there are many of them (a 2048-token context: 1.388 ->
          * 1.357 ms a 1B token); with few, the separate kernel was slightly faster (1.243 against
          * 1.255 ms at 384 keys, 3 splits). */
-        if (n_split < 8) done = NULL;
+        if (n_split < ATT_COMBINE_MAX) done = NULL;
     }
     dim3 grid((unsigned)n_split, (unsigned)H, (unsigned)T);
     const int ns = (int)n_split;
