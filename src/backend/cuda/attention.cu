@@ -1,8 +1,9 @@
 /* Attention over the KV cache, flash-decoding style: each block takes one query row t, one
  * head h and one split of that query's keys, runs an online softmax over them in four warps,
  * and either writes the normalised output (one split) or a partial (max, sum, acc[D]) that a
- * second kernel, or with many splits the last split to finish, combines. Causal and sliding-window masks come from pos[t] (read on the
- * device, so a captured decode step stays valid); GQA reads kv head h / (H / KVH) in place. */
+ * second kernel, or with many splits the last split to finish, combines. Causal and
+ * sliding-window masks come from pos[t] (read on the device, so a captured decode step stays
+ * valid); GQA reads kv head h / (H / KVH) in place. */
 #include <mma.h>
 #include <stdlib.h>
 
@@ -191,7 +192,9 @@ __global__ void attention_kernel(float *out, float *partials, unsigned *done, co
     if (!done) return;
     /* The last split of (t, h) to finish combines the partials, so decode needs no second
      * launch: each split publishes its partial, then counts itself in done[t, h] (zero between
-     * calls: the last one resets it). Partials are read from L2 (__ldcg), all splits' at once. */
+     * calls: the last one resets it). Partials are read from L2 (__ldcg), all splits' at once.
+     * Not attention_combine_kernel's loop: with 8 or more splits, lanes over splits are faster
+     * (sharing one routine took a 2048-token 1B decode from 1.245 to 1.346 ms). */
     __threadfence();
     unsigned prev = 0;
     if (lane == 0) prev = atomicAdd(&done[t * H + h], 1u);

@@ -418,42 +418,38 @@ static bool gemv_fused(hc_cuda_ctx *cx, float *const *outs, const float *x, cons
     return true;
 }
 
-/* Rows a warp of the staged kernel, for the GEMV's up to 4 rows of x: 1B decode q8_0 took 2.18
- * ms a token with 1, 1.66 with 2, 1.84 with 4 (q4_0: 2.02, 1.52, 1.75); 4 sequences decoding
- * together went from 731 to 1,007 tok/s with 2 (q4_0 760 -> 1,039). */
-static int quant_rows_per_warp(int64_t T) { return T > 4 ? 1 : 2; }
-
-template <int WPR, int QUANT, int RW>
+/* RW rows a warp in the staged kernel for up to 4 rows of x (one row a warp past them, where
+ * more rows would hold more registers): 1B decode q8_0 took 2.18 ms a token with 1, 1.66 with
+ * 2, 1.84 with 4 (q4_0: 2.02, 1.52, 1.75); 4 sequences decoding together went from 731 to
+ * 1,007 tok/s with 2 (q4_0 760 -> 1,039). */
+#define QUANT_RW 2
+template <int WPR, int QUANT>
 static void launch_gemv_q_wpr(hc_cuda_ctx *cx, float *out, const float *x, const hc_mat *w, const void *bias, hc_dtype bdt,
                               int64_t T) {
-    const unsigned blocks = hc_blocks(w->rows, GEMV_BLOCK_WARPS / WPR * RW);
     const size_t rb = hc_quant_row_bytes(w->quant, w->cols);
     const uint8_t *wd = (const uint8_t *)w->data;
 #define GQ(TT)                                                                                                         \
-    case TT:                                                                                                           \
-        gemv_q_staged_kernel<TT, WPR, QUANT, (TT <= 4 ? RW : 1)><<<blocks, 32 * GEMV_BLOCK_WARPS, 0, cx->stream>>>(     \
-            out, x, wd, rb, bias, bdt, w->rows, w->cols);                                                              \
-        break
+    case TT: {                                                                                                         \
+        constexpr int RW = TT <= 4 ? QUANT_RW : 1;                                                                     \
+        gemv_q_staged_kernel<TT, WPR, QUANT, RW><<<hc_blocks(w->rows, GEMV_BLOCK_WARPS / WPR * RW),                     \
+                                                   32 * GEMV_BLOCK_WARPS, 0, cx->stream>>>(out, x, wd, rb, bias, bdt,  \
+                                                                                           w->rows, w->cols);          \
+        break;                                                                                                         \
+    }
     TT_SWITCH(T, GQ)
 #undef GQ
-}
-
-template <int QUANT, int RW>
-static void launch_gemv_q_rw(hc_cuda_ctx *cx, float *out, const float *x, const hc_mat *w, const void *bias, hc_dtype bdt,
-                             int64_t T) {
-    switch (warps_per_row(cx, (w->rows + RW - 1) / RW, w->cols / 1024)) {
-    case 1: launch_gemv_q_wpr<1, QUANT, RW>(cx, out, x, w, bias, bdt, T); break;
-    case 2: launch_gemv_q_wpr<2, QUANT, RW>(cx, out, x, w, bias, bdt, T); break;
-    case 4: launch_gemv_q_wpr<4, QUANT, RW>(cx, out, x, w, bias, bdt, T); break;
-    default: launch_gemv_q_wpr<8, QUANT, RW>(cx, out, x, w, bias, bdt, T); break;
-    }
 }
 
 template <int QUANT>
 static void launch_gemv_q(hc_cuda_ctx *cx, float *out, const float *x, const hc_mat *w, const void *bias, hc_dtype bdt,
                           int64_t T) {
-    if (quant_rows_per_warp(T) == 1) launch_gemv_q_rw<QUANT, 1>(cx, out, x, w, bias, bdt, T);
-    else launch_gemv_q_rw<QUANT, 2>(cx, out, x, w, bias, bdt, T);
+    const int64_t rw = T <= 4 ? QUANT_RW : 1;
+    switch (warps_per_row(cx, (w->rows + rw - 1) / rw, w->cols / 1024)) {
+    case 1: launch_gemv_q_wpr<1, QUANT>(cx, out, x, w, bias, bdt, T); break;
+    case 2: launch_gemv_q_wpr<2, QUANT>(cx, out, x, w, bias, bdt, T); break;
+    case 4: launch_gemv_q_wpr<4, QUANT>(cx, out, x, w, bias, bdt, T); break;
+    default: launch_gemv_q_wpr<8, QUANT>(cx, out, x, w, bias, bdt, T); break;
+    }
 }
 
 static void launch_gemv_quant(hc_cuda_ctx *cx, float *out, const float *x, const hc_mat *w, const void *bias, hc_dtype bdt,
