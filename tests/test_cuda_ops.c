@@ -489,11 +489,15 @@ static void test_fused(hc_backend *bf16) {
         gpu->free(gpu, (void *)dw.data), gpu->free(gpu, dx), gpu->free(gpu, dout), gpu->free(gpu, dh);
         free(x), free(o), free(h), free(w), free(gx), free(gh);
     }
-    /* rope_store: full and partial rotary, none, each cache dtype. */
-    for (int c = 0; c < 3; c++) {
-        const int64_t T = 4, H = 4, KVH = 2, D = 16, S = 12, R = c == 0 ? 16 : c == 1 ? 8 : 0;
+    /* rope_store: full and partial rotary, none, each cache dtype; 4 rows (the decode kernel)
+     * and a 100-row prompt (a block a row). */
+    for (int cc = 0; cc < 6; cc++) {
+        const int c = cc % 3;
+        const int64_t T = cc < 3 ? 4 : 100, H = 4, KVH = 2, D = 16, S = T + 12, R = c == 0 ? 16 : c == 1 ? 8 : 0;
         const hc_dtype kv = c == 0 ? HC_DTYPE_F32 : c == 1 ? HC_DTYPE_BF16 : HC_DTYPE_F16;
-        int32_t pos[4] = {3, 4, 5, 11};
+        int32_t pos[100] = {3, 4, 5, 11};
+        if (T > 4)
+            for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)(T + 11 - t); /* stored backwards */
         float inv[8];
         for (int i = 0; i < 8; i++) inv[i] = powf(10000.0f, -2.0f * (float)i / (float)(R ? R : 16));
         float *q = malloc(sizeof(float) * T * H * D), *k = malloc(sizeof(float) * T * KVH * D), *v = malloc(sizeof(float) * T * KVH * D);
@@ -510,15 +514,15 @@ static void test_fused(hc_backend *bf16) {
         gpu->download(gpu, gkc, dkc, cb);
         gpu->download(gpu, gvc, dvc, cb);
         char what[64];
-        snprintf(what, sizeof what, "rope_store R=%lld q", (long long)R);
+        snprintf(what, sizeof what, "rope_store T=%lld R=%lld q", (long long)T, (long long)R);
         report(what, nmse(gq, q, T * H * D), 1e-7);
-        snprintf(what, sizeof what, "rope_store R=%lld k", (long long)R);
+        snprintf(what, sizeof what, "rope_store T=%lld R=%lld k", (long long)T, (long long)R);
         report(what, nmse(gk, k, T * KVH * D), 1e-7);
         /* The caches: the same bits, except that rounding a value that sin/cos made differ in
          * its last f32 bit may move a 16-bit value by one step. */
         float *wk = malloc(sizeof(float) * S * KVH * D), *gk2 = malloc(sizeof(float) * S * KVH * D);
         for (int64_t i = 0; i < S * KVH * D; i++) wk[i] = hc_load_f32(kc, kv, i), gk2[i] = hc_load_f32(gkc, kv, i);
-        snprintf(what, sizeof what, "rope_store R=%lld k cache %s", (long long)R, dt_name(kv));
+        snprintf(what, sizeof what, "rope_store T=%lld R=%lld k cache %s", (long long)T, (long long)R, dt_name(kv));
         report(what, nmse(gk2, wk, S * KVH * D), 1e-5);
         CHECK(!memcmp(gvc, vc, cb), "rope_store stores v exactly (%s)", dt_name(kv));
         gpu->free(gpu, dq), gpu->free(gpu, dk), gpu->free(gpu, dv), gpu->free(gpu, dkc), gpu->free(gpu, dvc),

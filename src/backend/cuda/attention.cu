@@ -549,7 +549,11 @@ flash2_kernel(float *out, float *lse, const float *q, const __nv_bfloat16 *kc, c
     const int pa = ta < T ? pos[ta] : -1, pb = tb < T ? pos[tb] : -1;
     const int loa = window > 0 && pa - window + 1 > 0 ? pa - window + 1 : 0;
     const int lob = window > 0 && pb - window + 1 > 0 ? pb - window + 1 : 0;
-    float o[NO][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    /* the keys every row of this warp sees: tiles inside [w_max_lo, w_min_pos] skip the mask
+     * (a row past T has position -1, so its warp masks every tile) */
+    const int w_min_pos = __reduce_min_sync(0xffffffffu, min(pa, pb));
+    const int w_max_lo = __reduce_max_sync(0xffffffffu, max(loa, lob));
+    float o[NO][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}; /* m: the row maxima, log2 units */
 #pragma unroll
     for (int n = 0; n < NO; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
 
@@ -581,26 +585,44 @@ flash2_kernel(float *out, float *lse, const float *q, const __nv_bfloat16 *kc, c
                 mma_bf16(sc[j], qf[k + 1], b[2], b[3]);
             }
         }
-        /* scale, soft-cap, mask; the row maxima over the quad that shares a row */
+        /* Scores in log2 units (exp2 is one MUFU instruction): x = s * scale * log2(e), or the
+         * soft-capped score times log2(e). Only tiles that reach past a row's position or
+         * before its window need the mask; in a long prompt that is the diagonal tile of each
+         * query block (the per-element mask was the kernel's largest cost in issue slots). */
+        const bool full = kb + FA_BK - 1 <= w_min_pos && kb >= w_max_lo; /* uniform over the warp */
+        if (softcap > 0) {
+#pragma unroll
+            for (int j = 0; j < NS; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) sc[j][e] = softcap * tanhf(sc[j][e] * scale / softcap) * LOG2E_F;
+        }
+        const float mul = softcap > 0 ? 1.0f : scale * LOG2E_F;
+        if (!full) {
+#pragma unroll
+            for (int j = 0; j < NS; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int key = kb + 8 * j + 2 * tq + (e & 1);
+                    const bool ok = e < 2 ? (key <= pa && key >= loa) : (key <= pb && key >= lob);
+                    if (!ok) sc[j][e] = -INFINITY;
+                }
+        }
+        /* the row maxima over the quad that shares a row */
         float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-        for (int j = 0; j < NS; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int key = kb + 8 * j + 2 * tq + (e & 1);
-                float x = sc[j][e] * scale;
-                if (softcap > 0) x = softcap * tanhf(x / softcap);
-                const bool ok = e < 2 ? (key <= pa && key >= loa) : (key <= pb && key >= lob);
-                sc[j][e] = ok ? x : -INFINITY;
-                mx[e >> 1] = fmaxf(mx[e >> 1], sc[j][e]);
-            }
-        float corr[2];
+        for (int j = 0; j < NS; j++) {
+            mx[0] = fmaxf(mx[0], fmaxf(sc[j][0], sc[j][1]));
+            mx[1] = fmaxf(mx[1], fmaxf(sc[j][2], sc[j][3]));
+        }
+        float corr[2], nm[2];
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            const float mn = fmaxf(m[r], mx[r]);
-            corr[r] = mn == -INFINITY ? 1.0f : __expf(m[r] - mn);
+            const float mn = fmaxf(m[r], mx[r] * mul);
+            /* a row with no key yet (only in a masked tile) keeps m = -inf: its p are 0 */
+            corr[r] = mn == -INFINITY ? 1.0f : fast_exp2(m[r] - mn);
+            nm[r] = mn == -INFINITY ? 0.0f : mn;
             m[r] = mn;
         }
         float rs[2] = {0.0f, 0.0f};
@@ -608,8 +630,7 @@ flash2_kernel(float *out, float *lse, const float *q, const __nv_bfloat16 *kc, c
         for (int j = 0; j < NS; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                const float mm = m[e >> 1];
-                const float p = mm == -INFINITY ? 0.0f : __expf(sc[j][e] - mm);
+                const float p = fast_exp2(fmaf(sc[j][e], mul, -nm[e >> 1])); /* masked: exp2(-inf) = 0 */
                 sc[j][e] = p;
                 rs[e >> 1] += p;
             }
@@ -645,8 +666,9 @@ flash2_kernel(float *out, float *lse, const float *q, const __nv_bfloat16 *kc, c
         __syncthreads(); /* buffer b is refilled two tiles on */
     }
     if (lse && tq == 0) {
-        if (ta < T) lse[(size_t)ta * H + h] = l[0] > 0 ? m[0] + logf(l[0]) : INFINITY;
-        if (tb < T) lse[(size_t)tb * H + h] = l[1] > 0 ? m[1] + logf(l[1]) : INFINITY;
+        /* m is in log2 units */
+        if (ta < T) lse[(size_t)ta * H + h] = l[0] > 0 ? m[0] * LN2_F + logf(l[0]) : INFINITY;
+        if (tb < T) lse[(size_t)tb * H + h] = l[1] > 0 ? m[1] * LN2_F + logf(l[1]) : INFINITY;
     }
     const float ia = l[0] > 0 ? 1.0f / l[0] : 0.0f, ib = l[1] > 0 ? 1.0f / l[1] : 0.0f;
 #pragma unroll

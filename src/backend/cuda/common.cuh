@@ -322,6 +322,16 @@ __device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+/* 2^x in one MUFU instruction (ex2.approx, relative error about 2^-22; exp2(-inf) = 0):
+ * softmax in log2 units, x = s * log2(e), saves the multiply that __expf makes. */
+#define LOG2E_F 1.4426950408889634f
+#define LN2_F 0.6931471805599453f
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *(uint32_t *)&v;

@@ -32,6 +32,66 @@ void hc_cuda_rope(hc_backend *be, float *x, const int32_t *pos, const float *inv
     HC_CUDA_LAUNCHED(be, "rope");
 }
 
+/* The same pass for a prompt's rows: a block per row, which takes its R/2 angles once into
+ * shared memory (the kernel above takes them again for every head: 48 sincosf of the same
+ * angle a row for the 1B model, and half its threads idle). Items of a head: u < R/2 the
+ * pair (u, u + R/2), then u + R/2 for the elements past R; q heads, then k heads, then v's
+ * elements, so a warp reads and writes whole runs of a row. */
+__global__ void rope_store_rows_kernel(float *q, float *k, const float *v, void *kc0, void *vc0, void *const *k_rows,
+                                       void *const *v_rows, hc_dtype dt, const int32_t *pos, const float *inv_freq,
+                                       float attn_factor, int H, int KVH, int D, int half) {
+    extern __shared__ float cs[]; /* [2][half]: cos, then sin, times attn_factor */
+    const int64_t t = blockIdx.x, p = pos[t];
+    for (int j = threadIdx.x; j < half; j += blockDim.x) {
+        float sf, cf;
+        sincosf((float)p * inv_freq[j], &sf, &cf); /* as rope_store_kernel: within an ulp of the CPU's double */
+        cs[j] = cf * attn_factor, cs[half + j] = sf * attn_factor;
+    }
+    __syncthreads();
+    void *kc = k_rows ? k_rows[t] : kc0, *vc = v_rows ? v_rows[t] : vc0; /* this row's caches */
+    const int per = D - half, nq = H * per, nk = KVH * per, nv = KVH * D;
+    for (int i = threadIdx.x; i < nq + nk + nv; i += blockDim.x) {
+        if (i >= nq + nk) { /* v element */
+            const int e = i - nq - nk;
+            const float a = v[t * KVH * D + e];
+            const int64_t o = p * KVH * D + e;
+            if (dt == HC_DTYPE_F32) ((float *)vc)[o] = a;
+            else if (dt == HC_DTYPE_BF16) ((__nv_bfloat16 *)vc)[o] = __float2bfloat16_rn(a);
+            else ((__half *)vc)[o] = __float2half_rn(a);
+            continue;
+        }
+        const bool is_k = i >= nq;
+        const int hi = is_k ? i - nq : i, hh = hi / per, u = hi - hh * per;
+        float *x = is_k ? k + (t * KVH + hh) * D : q + (t * H + hh) * D; /* [D] */
+        int j;
+        float a, b = 0.0f;
+        if (u < half) {
+            j = u;
+            const float c = cs[u], s = cs[half + u], x0 = x[u], x1 = x[u + half];
+            a = x0 * c - x1 * s;
+            b = x1 * c + x0 * s;
+            x[u] = a;
+            x[u + half] = b;
+        } else {
+            if (!is_k) continue; /* a q element past R stays */
+            j = u + half;
+            a = x[j];
+        }
+        if (!is_k) continue;
+        const int64_t o = p * KVH * D + (int64_t)hh * D + j;
+        if (dt == HC_DTYPE_F32) {
+            ((float *)kc)[o] = a;
+            if (u < half) ((float *)kc)[o + half] = b;
+        } else if (dt == HC_DTYPE_BF16) {
+            ((__nv_bfloat16 *)kc)[o] = __float2bfloat16_rn(a);
+            if (u < half) ((__nv_bfloat16 *)kc)[o + half] = __float2bfloat16_rn(b);
+        } else {
+            ((__half *)kc)[o] = __float2half_rn(a);
+            if (u < half) ((__half *)kc)[o + half] = __float2half_rn(b);
+        }
+    }
+}
+
 /* rope on q and k, then k and v into the cache, in one pass. A block per (head, row) over the
  * q, k and v heads (blockIdx.x; rows stride blockIdx.y), its threads over j < D: j < R/2
  * rotates the pair (j, j + R/2) (and stores both for k); j >= R stores an unrotated k element;
@@ -102,11 +162,18 @@ static void launch_rope_store(hc_backend *be, float *q, float *k, const float *v
                               const float *inv_freq, float attn_factor, int64_t T, int64_t H, int64_t KVH, int64_t D,
                               int64_t R) {
     if (T <= 0 || D <= 0 || hc_cuda(be)->failed) return;
+    const int64_t half = inv_freq ? R / 2 : 0;
+    if (T > HC_PDL_MAX_ROWS && T < INT32_MAX && (H + 2 * KVH) * D < INT32_MAX) { /* a prompt */
+        rope_store_rows_kernel<<<(unsigned)T, 256, 2 * sizeof(float) * (size_t)(half ? half : 1), hc_cuda(be)->stream>>>(
+            q, k, v, k_cache, v_cache, k_rows, v_rows, kv_dtype, pos, inv_freq, attn_factor, (int)H, (int)KVH, (int)D, (int)half);
+        HC_CUDA_LAUNCHED(be, "rope_store");
+        return;
+    }
     const dim3 grid((unsigned)(H + 2 * KVH), (unsigned)(T < 65535 ? T : 65535));
     const unsigned threads = D >= 256 ? 256u : (unsigned)((D + 31) / 32 * 32);
     const bool pdl = hc_cuda(be)->pdl && T <= HC_PDL_MAX_ROWS;
     hc_launch(hc_cuda(be), pdl, rope_store_kernel, grid, dim3(threads), 0, q, k, v, k_cache, v_cache, k_rows, v_rows, kv_dtype,
-              pos, inv_freq, attn_factor, T, H, KVH, D, inv_freq ? R / 2 : 0, pdl);
+              pos, inv_freq, attn_factor, T, H, KVH, D, half, pdl);
     HC_CUDA_LAUNCHED(be, "rope_store");
 }
 
