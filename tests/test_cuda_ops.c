@@ -260,6 +260,59 @@ static void test_flash_attention(hc_backend *bf16) {
     attention_case_on(bf16, 1e-4, 65, 4, 2, 64, 100, 0, 0, 20.0f, HC_DTYPE_BF16);  /* soft-capping, D 64 */
 }
 
+/* A prompt's norm and flash attention also leave a 16-bit copy of their output for the GEMM
+ * right after them. The GEMM must match the CPU's norm (or attention) and matmul; and when an
+ * op changes that output in between (here h += h), the GEMM must not take the stale copy. */
+static void acts16_case(hc_backend *be, hc_dtype dt, bool attention, bool changed) {
+    hc_backend *cpu = hc_backend_cpu();
+    cur = be;
+    const int64_t T = 100, H = 4, KVH = 2, D = 64, C = H * D, N = 96;
+    float *x = malloc(sizeof(float) * (size_t)(T * C)), *h = malloc(sizeof(float) * (size_t)(T * C));
+    float *want = malloc(sizeof(float) * (size_t)(T * N)), *scratch = malloc(sizeof(float) * (size_t)T);
+    fill_rand(x, T * C, 1.0f);
+    void *nw = rand_typed(HC_DTYPE_F32, C, 1.0f), *w = rand_typed(dt, N * C, 0.5f);
+    void *kc = rand_typed(HC_DTYPE_BF16, T * KVH * D, 1.0f), *vc = rand_typed(HC_DTYPE_BF16, T * KVH * D, 1.0f);
+    int32_t pos[100];
+    for (int t = 0; t < T; t++) pos[t] = t;
+    const hc_vec hn = {.data = nw, .dtype = HC_DTYPE_F32, .n = C};
+    hc_mat hw = {.data = w, .dtype = dt, .rows = N, .cols = C, .ld = C};
+    if (attention) cpu->attention(cpu, h, x, kc, vc, HC_DTYPE_BF16, pos, T, H, KVH, D, 0.125f, 0, 0, T, scratch);
+    else cpu->norm(cpu, h, x, &hn, NULL, HC_NORM_RMS, 1e-5f, T, C);
+    if (changed) cpu->add(cpu, h, h, h, T * C);
+    cpu->matmul(cpu, want, h, &hw, NULL, T);
+
+    float *dx = up(x, sizeof(float) * (size_t)(T * C)), *dh = be->alloc(be, sizeof(float) * (size_t)(T * C));
+    float *dout = be->alloc(be, sizeof(float) * (size_t)(T * N)), *dscr = be->alloc(be, sizeof(float) * (size_t)T);
+    const size_t cb = (size_t)(T * KVH * D) * 2;
+    void *dk = up(kc, cb), *dv = up(vc, cb);
+    int32_t *dpos = up(pos, sizeof pos);
+    hc_vec dn = hn;
+    dn.data = up(nw, sizeof(float) * (size_t)C);
+    hc_mat dw = hw;
+    dw.data = up(w, (size_t)(N * C) * hc_dtype_size(dt));
+    if (attention) be->attention(be, dh, dx, dk, dv, HC_DTYPE_BF16, dpos, T, H, KVH, D, 0.125f, 0, 0, T, dscr);
+    else be->norm(be, dh, dx, &dn, NULL, HC_NORM_RMS, 1e-5f, T, C);
+    if (changed) be->add(be, dh, dh, dh, T * C);
+    be->matmul(be, dout, dh, &dw, NULL, T);
+    float *got = down(dout, T * N);
+    char what[120];
+    snprintf(what, sizeof what, "%s then matmul %s%s (16-bit copy)", attention ? "flash attention" : "norm", dt_name(dt),
+             changed ? ", changed between" : "");
+    report(what, nmse(got, want, T * N), 1e-4);
+    be->free(be, dx), be->free(be, dh), be->free(be, dout), be->free(be, dscr), be->free(be, dk), be->free(be, dv);
+    be->free(be, dpos), be->free(be, (void *)dn.data), be->free(be, (void *)dw.data);
+    cur = gpu;
+    free(x), free(h), free(want), free(scratch), free(nw), free(w), free(kc), free(vc), free(got);
+}
+
+static void test_acts16(hc_backend *bf16, hc_backend *f16) {
+    for (int changed = 0; changed < 2; changed++) {
+        acts16_case(bf16, HC_DTYPE_BF16, false, changed);
+        acts16_case(f16, HC_DTYPE_F16, false, changed);
+        acts16_case(bf16, HC_DTYPE_BF16, true, changed);
+    }
+}
+
 static void test_attention(void) {
     const int64_t Ds[] = {8, 16, 64, 80, 128, 256};
     for (int d = 0; d < 6; d++) {
@@ -1132,6 +1185,7 @@ int main(void) {
     test_norm_rope_embed();
     test_attention();
     test_flash_attention(bf16);
+    test_acts16(bf16, f16);
     test_elementwise();
     test_fused(bf16);
     test_rows();

@@ -10,13 +10,27 @@ extern "C" {
 }
 
 bool hc_cuda_fail(hc_backend *be, cudaError_t e, const char *what) {
-    if (e == cudaSuccess) return hc_cuda(be)->failed != 0;
     hc_cuda_ctx *cx = hc_cuda(be);
+    cx->op_seq++; /* every launch and copy passes here: it ends the validity of acts16 */
+    if (e == cudaSuccess) return cx->failed != 0;
     if (!cx->failed) {
         snprintf(cx->error, sizeof cx->error, "CUDA error in %s: %s", what, cudaGetErrorString(e));
         cx->failed = 1;
     }
     return true;
+}
+
+void *hc_cuda_acts16_begin(hc_backend *be, const float *out, int64_t n) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    (void)out;
+    if (cx->compute == HC_DTYPE_F32 || cx->capturing || n <= 0) return NULL;
+    cx->acts16_src = NULL; /* until done() */
+    return hc_cuda_scratch(be, &cx->acts16, &cx->acts16_bytes, 2 * (size_t)n);
+}
+
+void hc_cuda_acts16_done(hc_backend *be, const float *out, int64_t n) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    cx->acts16_src = out, cx->acts16_n = n, cx->acts16_seq = cx->op_seq;
 }
 
 static void drop_graphs(hc_cuda_ctx *cx) {
@@ -166,6 +180,7 @@ static void cuda_destroy(hc_backend *be) {
     cudaStreamSynchronize(cx->stream);
     if (cx->scratch_a) cudaFree(cx->scratch_a);
     if (cx->scratch_b) cudaFree(cx->scratch_b);
+    if (cx->acts16) cudaFree(cx->acts16);
     if (cx->partials) cudaFree(cx->partials);
     if (cx->train_scratch) cudaFree(cx->train_scratch);
     if (cx->kv16) cudaFree(cx->kv16);

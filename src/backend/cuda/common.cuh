@@ -50,6 +50,15 @@ typedef struct {
     size_t argmax_state_bytes;
     void *pinned;       /* page-locked staging for downloads: pageable copies are several times slower */
     size_t pinned_bytes;
+    /* A prompt's norm and attention also write their f32 output in the compute dtype, here:
+     * the GEMM that reads that output next takes this copy instead of converting it again.
+     * Valid only while op_seq equals acts16_seq, i.e. until the next op or copy (each passes
+     * through hc_cuda_fail, which counts them). */
+    void *acts16;
+    size_t acts16_bytes;
+    const float *acts16_src; /* the f32 tensor copied, of acts16_n elements */
+    int64_t acts16_n;
+    unsigned acts16_seq, op_seq;
     /* The first error; ops after it are skipped and check() reports it. */
     char error[256];
     int failed;
@@ -107,6 +116,11 @@ static inline void hc_launch(const hc_cuda_ctx *cx, bool pdl, void (*kernel)(KAr
 /* Records the first failure (with where it happened) and returns true when there is one. */
 bool hc_cuda_fail(hc_backend *be, cudaError_t e, const char *what);
 #define HC_CUDA_LAUNCHED(be, what) hc_cuda_fail((be), cudaGetLastError(), (what))
+
+/* The 16-bit copy an op may write beside its f32 output `out` of n elements (NULL: write none),
+ * and its registration once the op has launched. Prompts only (no graph capture). */
+void *hc_cuda_acts16_begin(hc_backend *be, const float *out, int64_t n);
+void hc_cuda_acts16_done(hc_backend *be, const float *out, int64_t n);
 
 /* Scratch of at least `bytes`, grown (never during graph capture) and kept. NULL on failure. */
 void *hc_cuda_scratch(hc_backend *be, void **buf, size_t *cap, size_t bytes);

@@ -106,8 +106,8 @@ __global__ void norm_wide_kernel(float *out, float *x, const float *add, const v
  * loads) and the reductions run over registers; a block takes `rows` rows. The same sums as
  * norm_kernel, in another order. */
 template <int NV>
-__global__ void norm_rows_kernel(float *out, float *x, const float *add, const void *w, hc_dtype w_dt, const void *b,
-                                 hc_dtype b_dt, hc_norm_kind kind, float eps, int64_t T, int64_t C, int64_t rows) {
+__global__ void norm_rows_kernel(float *out, void *out16, hc_dtype dt16, float *x, const float *add, const void *w, hc_dtype w_dt,
+                                 const void *b, hc_dtype b_dt, hc_norm_kind kind, float eps, int64_t T, int64_t C, int64_t rows) {
     __shared__ float red[32];
     const int64_t C4 = C / 4;
     const int64_t t0 = blockIdx.x * rows, t1 = t0 + rows < T ? t0 + rows : T;
@@ -172,6 +172,16 @@ __global__ void norm_rows_kernel(float *out, float *x, const float *add, const v
                 if (b) o[j] += hc_ld(b, b_dt, c);
             }
             ((float4 *)(out + t * C))[c4] = make_float4(o[0], o[1], o[2], o[3]);
+            if (out16) { /* out in the compute dtype too, for the GEMM that reads it next */
+                if (dt16 == HC_DTYPE_BF16) {
+                    const __nv_bfloat16 h[4] = {narrow<__nv_bfloat16>(o[0]), narrow<__nv_bfloat16>(o[1]),
+                                                narrow<__nv_bfloat16>(o[2]), narrow<__nv_bfloat16>(o[3])};
+                    ((uint2 *)out16)[t * C4 + c4] = *(const uint2 *)h;
+                } else {
+                    const __half h[4] = {narrow<__half>(o[0]), narrow<__half>(o[1]), narrow<__half>(o[2]), narrow<__half>(o[3])};
+                    ((uint2 *)out16)[t * C4 + c4] = *(const uint2 *)h;
+                }
+            }
         }
     }
 }
@@ -188,11 +198,16 @@ static void launch_norm(hc_backend *be, float *out, float *x, const float *add, 
         const unsigned blocks = (unsigned)((T + rows - 1) / rows);
         const hc_dtype wdt = w ? w->dtype : HC_DTYPE_F32, bdt = b ? b->dtype : HC_DTYPE_F32;
         const int nv = (int)((C / 4 + 255) / 256);
+        void *o16 = T > HC_PDL_MAX_ROWS ? hc_cuda_acts16_begin(be, out, T * C) : NULL; /* a prompt's */
 #define NR(N)                                                                                                           \
-    case N: norm_rows_kernel<N><<<blocks, 256, 0, cx->stream>>>(out, x, add, wd, wdt, bd, bdt, kind, eps, T, C, rows); break
+    case N:                                                                                                             \
+        norm_rows_kernel<N><<<blocks, 256, 0, cx->stream>>>(out, o16, cx->compute, x, add, wd, wdt, bd, bdt, kind, eps, T, C, \
+                                                           rows);                                                       \
+        break
         switch (nv) { NR(1); NR(2); NR(3); default: NR(4); }
 #undef NR
         HC_CUDA_LAUNCHED(be, "norm");
+        if (o16) hc_cuda_acts16_done(be, out, T * C);
         return;
     }
     /* About two values a thread: a single decode row is latency-bound, so spread it wide. */

@@ -34,12 +34,21 @@ void hc_cuda_rope(hc_backend *be, float *x, const int32_t *pos, const float *inv
 
 /* The same pass for a prompt's rows: a block per row, which takes its R/2 angles once into
  * shared memory (the kernel above takes them again for every head: 48 sincosf of the same
- * angle a row for the 1B model, and half its threads idle). Items of a head: u < R/2 the
- * pair (u, u + R/2), then u + R/2 for the elements past R; q heads, then k heads, then v's
- * elements, so a warp reads and writes whole runs of a row. */
+ * angle a row for the 1B model, and half its threads idle). Items of two: for a head, u < R/4
+ * the pairs (2u, 2u + R/2) and (2u + 1, 2u + 1 + R/2), then two elements past R; q heads, then
+ * k heads, then v's elements two by two, so a warp reads and writes whole runs of a row with
+ * 8-byte accesses. Needs R/2 and D even. */
+template <typename CT> __device__ __forceinline__ void store2(void *c, int64_t o, float a, float b) {
+    if constexpr (sizeof(CT) == 4) *(float2 *)((float *)c + o) = make_float2(a, b);
+    else {
+        CT v[2] = {(CT)a, (CT)b};
+        *(uint32_t *)((CT *)c + o) = *(const uint32_t *)v;
+    }
+}
+template <typename CT>
 __global__ void rope_store_rows_kernel(float *q, float *k, const float *v, void *kc0, void *vc0, void *const *k_rows,
-                                       void *const *v_rows, hc_dtype dt, const int32_t *pos, const float *inv_freq,
-                                       float attn_factor, int H, int KVH, int D, int half) {
+                                       void *const *v_rows, const int32_t *pos, const float *inv_freq, float attn_factor, int H,
+                                       int KVH, int D, int half) {
     extern __shared__ float cs[]; /* [2][half]: cos, then sin, times attn_factor */
     const int64_t t = blockIdx.x, p = pos[t];
     for (int j = threadIdx.x; j < half; j += blockDim.x) {
@@ -49,45 +58,29 @@ __global__ void rope_store_rows_kernel(float *q, float *k, const float *v, void 
     }
     __syncthreads();
     void *kc = k_rows ? k_rows[t] : kc0, *vc = v_rows ? v_rows[t] : vc0; /* this row's caches */
-    const int per = D - half, nq = H * per, nk = KVH * per, nv = KVH * D;
+    const int per = (D - half) / 2, nq = H * per, nk = KVH * per, nv = KVH * D / 2;
     for (int i = threadIdx.x; i < nq + nk + nv; i += blockDim.x) {
-        if (i >= nq + nk) { /* v element */
-            const int e = i - nq - nk;
-            const float a = v[t * KVH * D + e];
-            const int64_t o = p * KVH * D + e;
-            if (dt == HC_DTYPE_F32) ((float *)vc)[o] = a;
-            else if (dt == HC_DTYPE_BF16) ((__nv_bfloat16 *)vc)[o] = __float2bfloat16_rn(a);
-            else ((__half *)vc)[o] = __float2half_rn(a);
+        if (i >= nq + nk) { /* two v elements */
+            const int e = 2 * (i - nq - nk);
+            const float2 a = *(const float2 *)(v + t * KVH * D + e);
+            store2<CT>(vc, p * KVH * D + e, a.x, a.y);
             continue;
         }
         const bool is_k = i >= nq;
-        const int hi = is_k ? i - nq : i, hh = hi / per, u = hi - hh * per;
+        const int hi = is_k ? i - nq : i, hh = hi / per, u = 2 * (hi - hh * per);
         float *x = is_k ? k + (t * KVH + hh) * D : q + (t * H + hh) * D; /* [D] */
-        int j;
-        float a, b = 0.0f;
+        const int64_t o = p * KVH * D + (int64_t)hh * D;
         if (u < half) {
-            j = u;
-            const float c = cs[u], s = cs[half + u], x0 = x[u], x1 = x[u + half];
-            a = x0 * c - x1 * s;
-            b = x1 * c + x0 * s;
-            x[u] = a;
-            x[u + half] = b;
-        } else {
-            if (!is_k) continue; /* a q element past R stays */
-            j = u + half;
-            a = x[j];
-        }
-        if (!is_k) continue;
-        const int64_t o = p * KVH * D + (int64_t)hh * D + j;
-        if (dt == HC_DTYPE_F32) {
-            ((float *)kc)[o] = a;
-            if (u < half) ((float *)kc)[o + half] = b;
-        } else if (dt == HC_DTYPE_BF16) {
-            ((__nv_bfloat16 *)kc)[o] = __float2bfloat16_rn(a);
-            if (u < half) ((__nv_bfloat16 *)kc)[o + half] = __float2bfloat16_rn(b);
-        } else {
-            ((__half *)kc)[o] = __float2half_rn(a);
-            if (u < half) ((__half *)kc)[o + half] = __float2half_rn(b);
+            const float2 x0 = *(const float2 *)(x + u), x1 = *(const float2 *)(x + u + half);
+            const float c0 = cs[u], c1 = cs[u + 1], s0 = cs[half + u], s1 = cs[half + u + 1];
+            const float2 a = make_float2(x0.x * c0 - x1.x * s0, x0.y * c1 - x1.y * s1);
+            const float2 b = make_float2(x1.x * c0 + x0.x * s0, x1.y * c1 + x0.y * s1);
+            *(float2 *)(x + u) = a;
+            *(float2 *)(x + u + half) = b;
+            if (is_k) store2<CT>(kc, o + u, a.x, a.y), store2<CT>(kc, o + u + half, b.x, b.y);
+        } else if (is_k) { /* k elements past R; q's stay */
+            const float2 a = *(const float2 *)(x + u + half);
+            store2<CT>(kc, o + u + half, a.x, a.y);
         }
     }
 }
@@ -163,9 +156,20 @@ static void launch_rope_store(hc_backend *be, float *q, float *k, const float *v
                               int64_t R) {
     if (T <= 0 || D <= 0 || hc_cuda(be)->failed) return;
     const int64_t half = inv_freq ? R / 2 : 0;
-    if (T > HC_PDL_MAX_ROWS && T < INT32_MAX && (H + 2 * KVH) * D < INT32_MAX) { /* a prompt */
-        rope_store_rows_kernel<<<(unsigned)T, 256, 2 * sizeof(float) * (size_t)(half ? half : 1), hc_cuda(be)->stream>>>(
-            q, k, v, k_cache, v_cache, k_rows, v_rows, kv_dtype, pos, inv_freq, attn_factor, (int)H, (int)KVH, (int)D, (int)half);
+    const bool aligned = ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)k_cache | (uintptr_t)v_cache) % 8 == 0;
+    if (T > HC_PDL_MAX_ROWS && T < INT32_MAX && (H + 2 * KVH) * D < INT32_MAX && half % 2 == 0 && D % 2 == 0 && aligned) {
+        /* a prompt */
+        const size_t smem = 2 * sizeof(float) * (size_t)(half ? half : 1);
+        cudaStream_t st = hc_cuda(be)->stream;
+        if (kv_dtype == HC_DTYPE_F32)
+            rope_store_rows_kernel<float><<<(unsigned)T, 256, smem, st>>>(q, k, v, k_cache, v_cache, k_rows, v_rows, pos, inv_freq,
+                                                                         attn_factor, (int)H, (int)KVH, (int)D, (int)half);
+        else if (kv_dtype == HC_DTYPE_BF16)
+            rope_store_rows_kernel<__nv_bfloat16><<<(unsigned)T, 256, smem, st>>>(
+                q, k, v, k_cache, v_cache, k_rows, v_rows, pos, inv_freq, attn_factor, (int)H, (int)KVH, (int)D, (int)half);
+        else
+            rope_store_rows_kernel<__half><<<(unsigned)T, 256, smem, st>>>(q, k, v, k_cache, v_cache, k_rows, v_rows, pos, inv_freq,
+                                                                          attn_factor, (int)H, (int)KVH, (int)D, (int)half);
         HC_CUDA_LAUNCHED(be, "rope_store");
         return;
     }
