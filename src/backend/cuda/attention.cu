@@ -491,7 +491,7 @@ static bool launch_flash(hc_cuda_ctx *cx, float *out, const float *q, const void
  * with MT = 2 each K or V fragment read from shared memory feeds two products, and a warp has
  * two independent chains of them. */
 template <int D, int MT>
-__global__ void __launch_bounds__(32 * ATT_WARPS)
+__global__ void __launch_bounds__(32 * ATT_WARPS, D == 128 ? 3 : 0) /* D 128: at most 168 registers, 3 blocks an SM */
 flash2_kernel(float *out, __nv_bfloat16 *out16, float *lse, const float *q, const __nv_bfloat16 *kc, const __nv_bfloat16 *vc,
               const int32_t *pos, int T, int H, int KVH, float scale, int window, float softcap) {
     constexpr int LDH = D + 8, KS = D / 16, NO = D / 8, NS = FA_BK / 8, BQ = 16 * MT * ATT_WARPS;
@@ -514,17 +514,24 @@ flash2_kernel(float *out, __nv_bfloat16 *out16, float *lse, const float *q, cons
     const int p_first = pos[t0], p_last = pos[t_end - 1];
     const int lo = window > 0 && p_first - window + 1 > 0 ? p_first - window + 1 : 0;
 
+    /* A thread copies the same 16-byte piece (column d_ld) of rows r_ld + p RPI of every tile:
+     * its addresses are formed once here, not for every copy. */
+    constexpr int CPR = D / 8, RPI = 32 * ATT_WARPS / CPR, PASSES = FA_BK / RPI; /* pieces a row, rows a pass */
+    static_assert(32 * ATT_WARPS % CPR == 0 && FA_BK % RPI == 0, "tile copy layout");
+    const int r_ld = tid / CPR, d_ld = (tid % CPR) * 8;
+    const size_t row_stride = (size_t)KVH * D;
+    const __nv_bfloat16 *k_ld = kc + (size_t)kvh * D + d_ld + r_ld * row_stride, *v_ld = vc + (k_ld - kc);
     auto load_tile = [&](int b, int kb) {
-        __nv_bfloat16 *sK = sKV + 2 * b * FA_BK * LDH, *sV = sK + FA_BK * LDH;
-        for (int i = tid; i < FA_BK * (D / 8); i += 32 * ATT_WARPS) {
-            const int r = i / (D / 8), d = (i % (D / 8)) * 8, j = kb + r;
-            if (j <= p_last) {
-                const size_t e = ((size_t)j * KVH + kvh) * D + d;
-                cp_async16(sK + r * LDH + d, kc + e);
-                cp_async16(sV + r * LDH + d, vc + e);
+        __nv_bfloat16 *sK = sKV + 2 * b * FA_BK * LDH + r_ld * LDH + d_ld, *sV = sK + FA_BK * LDH;
+        const size_t off = (size_t)kb * row_stride;
+#pragma unroll
+        for (int p = 0; p < PASSES; p++) {
+            if (kb + r_ld + p * RPI <= p_last) {
+                cp_async16(sK + p * RPI * LDH, k_ld + off + p * RPI * row_stride);
+                cp_async16(sV + p * RPI * LDH, v_ld + off + p * RPI * row_stride);
             } else { /* never stale NaNs */
-                *(uint4 *)(sK + r * LDH + d) = make_uint4(0, 0, 0, 0);
-                *(uint4 *)(sV + r * LDH + d) = make_uint4(0, 0, 0, 0);
+                *(uint4 *)(sK + p * RPI * LDH) = make_uint4(0, 0, 0, 0);
+                *(uint4 *)(sV + p * RPI * LDH) = make_uint4(0, 0, 0, 0);
             }
         }
         cp_async_commit();
@@ -576,6 +583,137 @@ flash2_kernel(float *out, __nv_bfloat16 *out16, float *lse, const float *q, cons
     }
     const float mul = softcap > 0 ? 1.0f : scale * LOG2E_F;
 
+    /* One K/V tile for this warp's rows. MASK: the tile reaches past a row's position or before
+     * its window; in a long prompt only the diagonal tile of each query block does. The two
+     * versions are separate code: as one, the compiler predicated the mask into every tile
+     * (about 100 of a tile's 450 instructions). */
+    auto tile = [&](const __nv_bfloat16 *sK, const __nv_bfloat16 *sV, int kb, auto mask_tag) {
+        constexpr bool MASK = decltype(mask_tag)::value;
+        float sc[MT][NS][4];
+#pragma unroll
+        for (int i = 0; i < MT; i++)
+#pragma unroll
+            for (int j = 0; j < NS; j++) sc[i][j][0] = sc[i][j][1] = sc[i][j][2] = sc[i][j][3] = 0.0f;
+#pragma unroll
+        for (int k = 0; k < KS; k += 2) {
+            /* ldmatrix.x4 for key group j: keys 8j..8j+7 against dims 16k..16k+31, i.e. the
+             * B fragments of two k-steps (lanes 0-7, 8-15, 16-23, 24-31 address the four
+             * 8x8 pieces). All groups' fragments first, then the products group by group:
+             * a product waits on the one before into the same scores, so those two stand
+             * NS products apart (written pair by pair, the warp stalled on each). */
+            uint32_t bf[NS][4];
+            const int mi = lane >> 3;
+#pragma unroll
+            for (int j = 0; j < NS; j++) {
+                const unsigned addr = (unsigned)__cvta_generic_to_shared(sK + (8 * j + (lane & 7)) * LDH + k * 16 +
+                                                                         (mi & 1) * 8 + (mi >> 1) * 16);
+                asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                             : "=r"(bf[j][0]), "=r"(bf[j][1]), "=r"(bf[j][2]), "=r"(bf[j][3])
+                             : "r"(addr));
+            }
+#pragma unroll
+            for (int j = 0; j < NS; j++)
+#pragma unroll
+                for (int i = 0; i < MT; i++) mma_bf16(sc[i][j], qf[i][k], bf[j][0], bf[j][1]);
+#pragma unroll
+            for (int j = 0; j < NS; j++)
+#pragma unroll
+                for (int i = 0; i < MT; i++) mma_bf16(sc[i][j], qf[i][k + 1], bf[j][2], bf[j][3]);
+        }
+        /* Scores in log2 units (exp2 is one MUFU instruction): x = s * scale * log2(e), or
+         * the soft-capped score times log2(e). Only tiles that reach past a row's position
+         * or before its window need the mask; in a long prompt that is the diagonal tile
+         * of each query block (the per-element mask was the kernel's largest cost in issue
+         * slots). */
+#pragma unroll
+        for (int i = 0; i < MT; i++) {
+            if (softcap > 0) {
+#pragma unroll
+                for (int j = 0; j < NS; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) sc[i][j][e] = softcap * tanhf(sc[i][j][e] * scale / softcap) * LOG2E_F;
+            }
+            if constexpr (MASK) {
+#pragma unroll
+                for (int j = 0; j < NS; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int key = kb + 8 * j + 2 * tq + (e & 1), r = e >> 1;
+                        if (key > pr[i][r] || key < lr[i][r]) sc[i][j][e] = -INFINITY;
+                    }
+            }
+            /* the row maxima over the quad that shares a row */
+            float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+            for (int j = 0; j < NS; j++) {
+                mx[0] = fmaxf(mx[0], fmaxf(sc[i][j][0], sc[i][j][1]));
+                mx[1] = fmaxf(mx[1], fmaxf(sc[i][j][2], sc[i][j][3]));
+            }
+            float corr[2], nm[2];
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+                const float mn = fmaxf(m[i][r], mx[r] * mul);
+                /* a row with no key yet (only in a masked tile) keeps m = -inf: its p are 0;
+                 * elsewhere corr = exp2(-inf) = 0 on the first tile */
+                corr[r] = MASK && mn == -INFINITY ? 1.0f : fast_exp2(m[i][r] - mn);
+                nm[r] = MASK && mn == -INFINITY ? 0.0f : mn;
+                m[i][r] = mn;
+            }
+            float rs[2] = {0.0f, 0.0f};
+#pragma unroll
+            for (int j = 0; j < NS; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const float p = fast_exp2(fmaf(sc[i][j][e], mul, -nm[e >> 1])); /* masked: exp2(-inf) = 0 */
+                    sc[i][j][e] = p;
+                    rs[e >> 1] += p;
+                }
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 1);
+                rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 2);
+                l[i][r] = l[i][r] * corr[r] + rs[r];
+            }
+#pragma unroll
+            for (int n = 0; n < NO; n++) {
+                o[i][n][0] *= corr[0], o[i][n][1] *= corr[0];
+                o[i][n][2] *= corr[1], o[i][n][3] *= corr[1];
+            }
+        }
+        /* O += P V: P's score fragments are already A fragments of the next product. */
+#pragma unroll
+        for (int k = 0; k < FA_BK / 16; k++) {
+            uint32_t pa[MT][4];
+#pragma unroll
+            for (int i = 0; i < MT; i++) {
+                pa[i][0] = pack_bf16(sc[i][2 * k][0], sc[i][2 * k][1]);
+                pa[i][1] = pack_bf16(sc[i][2 * k][2], sc[i][2 * k][3]);
+                pa[i][2] = pack_bf16(sc[i][2 * k + 1][0], sc[i][2 * k + 1][1]);
+                pa[i][3] = pack_bf16(sc[i][2 * k + 1][2], sc[i][2 * k + 1][3]);
+            }
+            /* the B fragments of output columns 8n.. and 8(n+1).. in one ldmatrix.x4.trans,
+             * all of this k-step's first */
+            uint32_t bf[NO / 2][4];
+#pragma unroll
+            for (int n = 0; n < NO; n += 2) {
+                const unsigned addr =
+                    (unsigned)__cvta_generic_to_shared(sV + (k * 16 + (lane & 15)) * LDH + (n + (lane >> 4)) * 8);
+                asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                             : "=r"(bf[n / 2][0]), "=r"(bf[n / 2][1]), "=r"(bf[n / 2][2]), "=r"(bf[n / 2][3])
+                             : "r"(addr));
+            }
+#pragma unroll
+            for (int n = 0; n < NO; n += 2)
+#pragma unroll
+                for (int i = 0; i < MT; i++) {
+                    mma_bf16(o[i][n], pa[i], bf[n / 2][0], bf[n / 2][1]);
+                    mma_bf16(o[i][n + 1], pa[i], bf[n / 2][2], bf[n / 2][3]);
+                }
+        }
+    };
+
     int it = 0;
     for (int kb = kb0; kb <= p_last; kb += FA_BK, it++) {
         const int b = it & 1;
@@ -584,130 +722,9 @@ flash2_kernel(float *out, __nv_bfloat16 *out16, float *lse, const float *q, cons
         cp_async_wait<1>();
         __syncthreads();
         const __nv_bfloat16 *sK = sKV + 2 * b * FA_BK * LDH, *sV = sK + FA_BK * LDH;
-        if (kb <= w_max_pos) {
-            float sc[MT][NS][4];
-#pragma unroll
-            for (int i = 0; i < MT; i++)
-#pragma unroll
-                for (int j = 0; j < NS; j++) sc[i][j][0] = sc[i][j][1] = sc[i][j][2] = sc[i][j][3] = 0.0f;
-#pragma unroll
-            for (int k = 0; k < KS; k += 2) {
-                /* ldmatrix.x4 for key group j: keys 8j..8j+7 against dims 16k..16k+31, i.e. the
-                 * B fragments of two k-steps (lanes 0-7, 8-15, 16-23, 24-31 address the four
-                 * 8x8 pieces). All groups' fragments first, then the products group by group:
-                 * a product waits on the one before into the same scores, so those two stand
-                 * NS products apart (written pair by pair, the warp stalled on each). */
-                uint32_t bf[NS][4];
-                const int mi = lane >> 3;
-#pragma unroll
-                for (int j = 0; j < NS; j++) {
-                    const unsigned addr = (unsigned)__cvta_generic_to_shared(sK + (8 * j + (lane & 7)) * LDH + k * 16 +
-                                                                             (mi & 1) * 8 + (mi >> 1) * 16);
-                    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                                 : "=r"(bf[j][0]), "=r"(bf[j][1]), "=r"(bf[j][2]), "=r"(bf[j][3])
-                                 : "r"(addr));
-                }
-#pragma unroll
-                for (int j = 0; j < NS; j++)
-#pragma unroll
-                    for (int i = 0; i < MT; i++) mma_bf16(sc[i][j], qf[i][k], bf[j][0], bf[j][1]);
-#pragma unroll
-                for (int j = 0; j < NS; j++)
-#pragma unroll
-                    for (int i = 0; i < MT; i++) mma_bf16(sc[i][j], qf[i][k + 1], bf[j][2], bf[j][3]);
-            }
-            /* Scores in log2 units (exp2 is one MUFU instruction): x = s * scale * log2(e), or
-             * the soft-capped score times log2(e). Only tiles that reach past a row's position
-             * or before its window need the mask; in a long prompt that is the diagonal tile
-             * of each query block (the per-element mask was the kernel's largest cost in issue
-             * slots). */
-            const bool full = kb + FA_BK - 1 <= w_min_pos && kb >= w_max_lo; /* uniform over the warp */
-#pragma unroll
-            for (int i = 0; i < MT; i++) {
-                if (softcap > 0) {
-#pragma unroll
-                    for (int j = 0; j < NS; j++)
-#pragma unroll
-                        for (int e = 0; e < 4; e++) sc[i][j][e] = softcap * tanhf(sc[i][j][e] * scale / softcap) * LOG2E_F;
-                }
-                if (!full) {
-#pragma unroll
-                    for (int j = 0; j < NS; j++)
-#pragma unroll
-                        for (int e = 0; e < 4; e++) {
-                            const int key = kb + 8 * j + 2 * tq + (e & 1), r = e >> 1;
-                            if (key > pr[i][r] || key < lr[i][r]) sc[i][j][e] = -INFINITY;
-                        }
-                }
-                /* the row maxima over the quad that shares a row */
-                float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-                for (int j = 0; j < NS; j++) {
-                    mx[0] = fmaxf(mx[0], fmaxf(sc[i][j][0], sc[i][j][1]));
-                    mx[1] = fmaxf(mx[1], fmaxf(sc[i][j][2], sc[i][j][3]));
-                }
-                float corr[2], nm[2];
-#pragma unroll
-                for (int r = 0; r < 2; r++) {
-                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-                    const float mn = fmaxf(m[i][r], mx[r] * mul);
-                    /* a row with no key yet (only in a masked tile) keeps m = -inf: its p are 0 */
-                    corr[r] = mn == -INFINITY ? 1.0f : fast_exp2(m[i][r] - mn);
-                    nm[r] = mn == -INFINITY ? 0.0f : mn;
-                    m[i][r] = mn;
-                }
-                float rs[2] = {0.0f, 0.0f};
-#pragma unroll
-                for (int j = 0; j < NS; j++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const float p = fast_exp2(fmaf(sc[i][j][e], mul, -nm[e >> 1])); /* masked: exp2(-inf) = 0 */
-                        sc[i][j][e] = p;
-                        rs[e >> 1] += p;
-                    }
-#pragma unroll
-                for (int r = 0; r < 2; r++) {
-                    rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 1);
-                    rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 2);
-                    l[i][r] = l[i][r] * corr[r] + rs[r];
-                }
-#pragma unroll
-                for (int n = 0; n < NO; n++) {
-                    o[i][n][0] *= corr[0], o[i][n][1] *= corr[0];
-                    o[i][n][2] *= corr[1], o[i][n][3] *= corr[1];
-                }
-            }
-            /* O += P V: P's score fragments are already A fragments of the next product. */
-#pragma unroll
-            for (int k = 0; k < FA_BK / 16; k++) {
-                uint32_t pa[MT][4];
-#pragma unroll
-                for (int i = 0; i < MT; i++) {
-                    pa[i][0] = pack_bf16(sc[i][2 * k][0], sc[i][2 * k][1]);
-                    pa[i][1] = pack_bf16(sc[i][2 * k][2], sc[i][2 * k][3]);
-                    pa[i][2] = pack_bf16(sc[i][2 * k + 1][0], sc[i][2 * k + 1][1]);
-                    pa[i][3] = pack_bf16(sc[i][2 * k + 1][2], sc[i][2 * k + 1][3]);
-                }
-                /* the B fragments of output columns 8n.. and 8(n+1).. in one ldmatrix.x4.trans,
-                 * all of this k-step's first */
-                uint32_t bf[NO / 2][4];
-#pragma unroll
-                for (int n = 0; n < NO; n += 2) {
-                    const unsigned addr =
-                        (unsigned)__cvta_generic_to_shared(sV + (k * 16 + (lane & 15)) * LDH + (n + (lane >> 4)) * 8);
-                    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                                 : "=r"(bf[n / 2][0]), "=r"(bf[n / 2][1]), "=r"(bf[n / 2][2]), "=r"(bf[n / 2][3])
-                                 : "r"(addr));
-                }
-#pragma unroll
-                for (int n = 0; n < NO; n += 2)
-#pragma unroll
-                    for (int i = 0; i < MT; i++) {
-                        mma_bf16(o[i][n], pa[i], bf[n / 2][0], bf[n / 2][1]);
-                        mma_bf16(o[i][n + 1], pa[i], bf[n / 2][2], bf[n / 2][3]);
-                    }
-            }
+        if (kb <= w_max_pos) { /* tiles past w_max_pos hold none of this warp's keys */
+            if (kb + FA_BK - 1 <= w_min_pos && kb >= w_max_lo) tile(sK, sV, kb, hc_flag<false>());
+            else tile(sK, sV, kb, hc_flag<true>());
         }
         __syncthreads(); /* buffer b is refilled two tiles on */
     }

@@ -336,6 +336,11 @@ __device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+/* A compile-time flag as a value, for generic lambdas specialised on it (if constexpr). */
+template <bool B> struct hc_flag {
+    static constexpr bool value = B;
+};
+
 /* 2^x in one MUFU instruction (ex2.approx, relative error about 2^-22; exp2(-inf) = 0):
  * softmax in log2 units, x = s * log2(e), saves the multiply that __expf makes. */
 #define LOG2E_F 1.4426950408889634f
