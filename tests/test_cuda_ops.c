@@ -65,6 +65,17 @@ static void report(const char *what, double e, double tol) {
 
 static const char *dt_name(hc_dtype dt) { return hc_dtype_name(dt); }
 
+/* x rounded as the int8 GEMV rounds it (gemv_q8x_kernel, and the CPU's quantize_acts): per
+ * block of 32, d = amax / 127 and x = d * (x / d rounded to nearest even). */
+static void round_acts_q8(float *x, int64_t n) {
+    for (int64_t b = 0; b + 32 <= n; b += 32) {
+        float amax = 0.0f;
+        for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[b + i]));
+        const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        for (int i = 0; i < 32; i++) x[b + i] = d * rintf(x[b + i] * id);
+    }
+}
+
 /* out = x @ W^T + b for one weight layout, on the GPU (backend be) and the CPU reference. */
 static void matmul_case(hc_backend *be, const char *tag, hc_dtype dt, int quant, bool transposed, bool bias, int64_t T,
                         int64_t N, int64_t K, double tol) {
@@ -93,7 +104,13 @@ static void matmul_case(hc_backend *be, const char *tag, hc_dtype dt, int quant,
     void *b = bias ? rand_typed(dt, N, 0.3f) : NULL;
     hc_vec hb = {.data = b, .dtype = dt, .n = N};
     float *want = malloc(sizeof(float) * (size_t)(T * N));
-    cpu->matmul(cpu, want, x, &hw, &hb, T);
+    /* q8_0 and q4_0 rows of whole 16-byte lines, up to 4 rows of x: the GEMV quantizes x to int8 */
+    const bool int8_x = (quant == HC_QUANT_Q8_0 || quant == HC_QUANT_Q4_0) && T <= 4 && hc_quant_row_bytes(quant, K) % 16 == 0;
+    float *xr = malloc(sizeof(float) * (size_t)(T * K));
+    memcpy(xr, x, sizeof(float) * (size_t)(T * K));
+    if (int8_x) round_acts_q8(xr, T * K);
+    cpu->matmul(cpu, want, xr, &hw, &hb, T);
+    free(xr);
 
     hc_mat dw = hw;
     dw.data = up(w, wbytes);
@@ -106,7 +123,7 @@ static void matmul_case(hc_backend *be, const char *tag, hc_dtype dt, int quant,
     char what[160];
     snprintf(what, sizeof what, "matmul %s %s%s%s T=%lld N=%lld K=%lld", tag, quant ? "quant" : dt_name(dt),
              transposed ? " transposed" : "", bias ? " +bias" : "", (long long)T, (long long)N, (long long)K);
-    if (quant) snprintf(what + strlen(what), sizeof what - strlen(what), " q%d", quant);
+    if (quant) snprintf(what + strlen(what), sizeof what - strlen(what), " q%d%s", quant, int8_x ? " int8 x" : "");
     report(what, nmse(got, want, T * N), tol);
     be->free(be, (void *)dw.data);
     if (b) be->free(be, (void *)db.data);

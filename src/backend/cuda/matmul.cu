@@ -314,6 +314,147 @@ gemv_q_staged_kernel(float *out, const float *x, const uint8_t *w, size_t row_by
     }
 }
 
+/* The staged kernel's layout with int8 activations, for up to 4 rows of x: each block first
+ * quantizes x into its shared memory as the CPU's quantize_acts does (per block of 32: d =
+ * amax / 127, q = x / d rounded to nearest even, and d * sum(q) for q4_0's "- 8"), then a lane
+ * takes one staged weight block of each of its warp's RW rows against its x block with dp4a:
+ * 8 of them a q8_0 block where the float kernel widened 32 weights and made 32 products. The
+ * first group's weights are staged before hc_pdl_wait. xq/xd: dynamic shared memory, TT * K
+ * bytes then [TT][K / 32] (d, d * sum). */
+template <int TT, int WPR, int QUANT, int RW>
+__global__ void __launch_bounds__(32 * GEMV_BLOCK_WARPS)
+gemv_q8x_kernel(float *out, const float *x, const uint8_t *w, size_t row_bytes, const void *bias, hc_dtype bias_dt, int64_t N,
+                int64_t K) {
+    constexpr int BB = QUANT == HC_QUANT_Q8_0 ? sizeof(hc_block_q8_0) : sizeof(hc_block_q4_0);
+    constexpr int RPB = GEMV_BLOCK_WARPS / WPR, NW = QUANT == HC_QUANT_Q8_0 ? 9 : 5; /* words covering a block */
+    extern __shared__ __align__(16) unsigned char xsm[];
+    int8_t *xq = (int8_t *)xsm;                 /* [TT][K] */
+    float2 *xd = (float2 *)(xsm + TT * K);      /* [TT][K / 32] */
+    __shared__ __align__(16) uint8_t stage[GEMV_BLOCK_WARPS][RW][32 * BB];
+    __shared__ float part[GEMV_BLOCK_WARPS][RW][TT];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, slice = warp % WPR;
+    const int64_t n0 = (blockIdx.x * (int64_t)RPB + warp / WPR) * RW; /* this warp's first row */
+    const int64_t nb = K / 32;
+    auto stage_group = [&](int64_t g) { /* blocks g .. g + 31 of this warp's rows, 16 bytes a copy */
+        const int cnt = nb - g < 32 ? (int)(nb - g) : 32, n16 = cnt * BB / 16;
+#pragma unroll
+        for (int r = 0; r < RW; r++) {
+            if (n0 + r >= N) break;
+            const uint4 *src = (const uint4 *)(w + (n0 + r) * row_bytes + g * BB); /* 32 * BB is a multiple of 16 */
+            for (int i = lane; i < n16; i += 32) ((uint4 *)stage[warp][r])[i] = __ldg(src + i);
+            for (int i = n16 * 8 + lane; i < cnt * BB / 2; i += 32) /* the tail of a short group */
+                ((uint16_t *)stage[warp][r])[i] = ((const uint16_t *)src)[i];
+        }
+    };
+    const int64_t g0 = (int64_t)slice * 32;
+    if (n0 < N && g0 < nb) stage_group(g0); /* weights: no earlier kernel writes them */
+    hc_pdl_wait();
+    hc_pdl_trigger();
+    /* x to int8: 8 values a thread, 4 threads a block of 32 (K is a multiple of 32, so every
+     * pass of the loop holds whole blocks and all threads take the shuffles) */
+    const int64_t chunks = TT * K / 8;
+    for (int64_t c0 = 0; c0 < chunks; c0 += blockDim.x) {
+        const int64_t c = c0 + threadIdx.x;
+        const bool in = c < chunks;
+        float v[8];
+        const float4 a = in ? ((const float4 *)x)[2 * c] : make_float4(0, 0, 0, 0);
+        const float4 b = in ? ((const float4 *)x)[2 * c + 1] : make_float4(0, 0, 0, 0);
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+        float amax = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) amax = fmaxf(amax, fabsf(v[j]));
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+        const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        int sum = 0;
+        uint32_t pk[2] = {0, 0};
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int q = __float2int_rn(v[j] * id);
+            sum += q;
+            pk[j / 4] |= (uint32_t)(q & 0xff) << (8 * (j % 4));
+        }
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        if (in) {
+            *(uint2 *)(xq + 8 * c) = make_uint2(pk[0], pk[1]);
+            if ((threadIdx.x & 3) == 0) xd[c / 4] = make_float2(d, d * (float)sum);
+        }
+    }
+    __syncthreads();
+    float acc[RW][TT];
+#pragma unroll
+    for (int r = 0; r < RW; r++)
+#pragma unroll
+        for (int t = 0; t < TT; t++) acc[r][t] = 0.0f;
+    if (n0 < N) {
+        for (int64_t g = g0; g < nb; g += 32 * WPR) {
+            const int cnt = nb - g < 32 ? (int)(nb - g) : 32;
+            if (g != g0) {
+                __syncwarp();
+                stage_group(g);
+            }
+            __syncwarp();
+            if (lane >= cnt) continue;
+            const int64_t b = g + lane; /* this lane's block of 32 */
+            int xw[TT][8];
+            float2 xs[TT];
+#pragma unroll
+            for (int t = 0; t < TT; t++) {
+                const int4 u0 = ((const int4 *)(xq + t * K + b * 32))[0], u1 = ((const int4 *)(xq + t * K + b * 32))[1];
+                xw[t][0] = u0.x, xw[t][1] = u0.y, xw[t][2] = u0.z, xw[t][3] = u0.w;
+                xw[t][4] = u1.x, xw[t][5] = u1.y, xw[t][6] = u1.z, xw[t][7] = u1.w;
+                xs[t] = xd[t * nb + b];
+            }
+            /* The block starts 2 bytes past a 4-byte boundary on odd lanes: read the words that
+             * cover it and take each group of 4 weights with one byte permute. */
+            const int off = lane * BB;
+            const unsigned sel = off & 2 ? 0x7654 : 0x5432;
+#pragma unroll
+            for (int r = 0; r < RW; r++) {
+                if (n0 + r >= N) break;
+                const uint32_t *wp = (const uint32_t *)(stage[warp][r] + (off & ~3));
+                uint32_t wd[NW];
+#pragma unroll
+                for (int k = 0; k < NW; k++) wd[k] = wp[k];
+                const float dw = hc_f16_bits((uint16_t)(off & 2 ? wd[0] >> 16 : wd[0] & 0xffff));
+#pragma unroll
+                for (int t = 0; t < TT; t++) {
+                    int dp = 0;
+                    if (QUANT == HC_QUANT_Q8_0) {
+#pragma unroll
+                        for (int k = 0; k < 8; k++) dp = __dp4a((int)__byte_perm(wd[k], wd[k + 1], sel), xw[t][k], dp);
+                        acc[r][t] += dw * xs[t].x * (float)dp;
+                    } else { /* q4_0: byte j holds weights j (low nibble) and j + 16 (high) */
+#pragma unroll
+                        for (int k = 0; k < 4; k++) {
+                            const uint32_t q = __byte_perm(wd[k], wd[k + 1], sel);
+                            dp = __dp4a((int)(q & 0x0f0f0f0fu), xw[t][k], dp);
+                            dp = __dp4a((int)((q >> 4) & 0x0f0f0f0fu), xw[t][4 + k], dp);
+                        }
+                        acc[r][t] += dw * (xs[t].x * (float)dp - 8.0f * xs[t].y);
+                    }
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < RW; r++)
+#pragma unroll
+        for (int t = 0; t < TT; t++) {
+            const float v = hc_warp_sum(acc[r][t]);
+            if (lane == 0) part[warp][r][t] = v;
+        }
+    __syncthreads();
+    const int r = lane / TT, t = lane % TT;
+    if (slice == 0 && lane < TT * RW && n0 + r < N) {
+        float v = 0;
+#pragma unroll
+        for (int j = 0; j < WPR; j++) v += part[warp + j][r][t];
+        out[t * N + n0 + r] = v + (bias ? hc_ld(bias, bias_dt, n0 + r) : 0.0f);
+    }
+}
+
 /* Any quantized row: one warp per output row; a lane takes 32 weights (one q8_0/q4_0 block or
  * a q4_k sub-block) at a time, read 16 bits at a time. */
 template <int TT>
@@ -423,11 +564,43 @@ static bool gemv_fused(hc_cuda_ctx *cx, float *const *outs, const float *x, cons
  * 2, 1.84 with 4 (q4_0: 2.02, 1.52, 1.75); 4 sequences decoding together went from 731 to
  * 1,007 tok/s with 2 (q4_0 760 -> 1,039). */
 #define QUANT_RW 2
+/* gemv_q8x_kernel for up to 4 rows of x; false when x's int8 copy does not fit shared memory. */
+template <int TT, int WPR, int QUANT>
+static bool launch_gemv_q8x_tt(hc_cuda_ctx *cx, float *out, const float *x, const hc_mat *w, const void *bias, hc_dtype bdt) {
+    const size_t smem = (size_t)TT * (size_t)w->cols * 5 / 4; /* int8 values, then (d, d * sum) per 32 */
+    static size_t allowed = 48 * 1024 - sizeof(uint8_t[GEMV_BLOCK_WARPS][QUANT_RW][32 * 34]) - 1024;
+    if (smem > allowed) {
+        if (smem > 200 * 1024 ||
+            cudaFuncSetAttribute(gemv_q8x_kernel<TT, WPR, QUANT, QUANT_RW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)smem) != cudaSuccess) {
+            cudaGetLastError();
+            return false;
+        }
+        allowed = smem;
+    }
+    hc_launch(cx, true, gemv_q8x_kernel<TT, WPR, QUANT, QUANT_RW>, dim3(hc_blocks(w->rows, GEMV_BLOCK_WARPS / WPR * QUANT_RW)),
+              dim3(32 * GEMV_BLOCK_WARPS), smem, out, x, (const uint8_t *)w->data, hc_quant_row_bytes(w->quant, w->cols), bias,
+              bdt, w->rows, w->cols);
+    return true;
+}
+
+template <int WPR, int QUANT>
+static bool launch_gemv_q8x(hc_cuda_ctx *cx, float *out, const float *x, const hc_mat *w, const void *bias, hc_dtype bdt,
+                            int64_t T) {
+    switch (T) {
+    case 1: return launch_gemv_q8x_tt<1, WPR, QUANT>(cx, out, x, w, bias, bdt);
+    case 2: return launch_gemv_q8x_tt<2, WPR, QUANT>(cx, out, x, w, bias, bdt);
+    case 3: return launch_gemv_q8x_tt<3, WPR, QUANT>(cx, out, x, w, bias, bdt);
+    default: return launch_gemv_q8x_tt<4, WPR, QUANT>(cx, out, x, w, bias, bdt);
+    }
+}
+
 template <int WPR, int QUANT>
 static void launch_gemv_q_wpr(hc_cuda_ctx *cx, float *out, const float *x, const hc_mat *w, const void *bias, hc_dtype bdt,
                               int64_t T) {
     const size_t rb = hc_quant_row_bytes(w->quant, w->cols);
     const uint8_t *wd = (const uint8_t *)w->data;
+    if (T <= 4 && launch_gemv_q8x<WPR, QUANT>(cx, out, x, w, bias, bdt, T)) return; /* int8 x */
 #define GQ(TT)                                                                                                         \
     case TT: {                                                                                                         \
         constexpr int RW = TT <= 4 ? QUANT_RW : 1;                                                                     \
