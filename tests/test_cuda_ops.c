@@ -446,6 +446,83 @@ static void test_elementwise(void) {
 }
 
 /* The fused ops against their op sequences on the CPU reference. */
+/* Quantized weights in one launch of the int8 GEMV: q, k, v (67 rows, so one warp's two rows
+ * straddle two matrices) and gate/up, against the reference on x rounded as that kernel rounds it. */
+static void quantize_rows(uint8_t *q, const void *w, hc_dtype dt, int quant, int64_t N, int64_t K) {
+    const size_t rb = hc_quant_row_bytes(quant, K);
+    float *row = malloc(sizeof(float) * (size_t)K);
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t k = 0; k < K; k++) row[k] = hc_load_f32(w, dt, n * K + k);
+        hc_quantize_row(quant, q + rb * (size_t)n, row, K);
+    }
+    free(row);
+}
+
+static void test_fused_quant(void) {
+    hc_backend *cpu = hc_backend_cpu();
+    const int quants[2] = {HC_QUANT_Q8_0, HC_QUANT_Q4_0};
+    for (int qi = 0; qi < 2; qi++)
+        for (int64_t T = 1; T <= 3; T += 2)
+            for (int gated = 0; gated < 2; gated++) {
+                const int quant = quants[qi], n = gated ? 2 : 3;
+                const int64_t K = 256, N[3] = {67, gated ? 67 : 33, 33};
+                const size_t rb = hc_quant_row_bytes(quant, K);
+                float *x = malloc(sizeof(float) * (size_t)(T * K)), *xr = malloc(sizeof(float) * (size_t)(T * K));
+                fill_rand(x, T * K, 1.0f);
+                memcpy(xr, x, sizeof(float) * (size_t)(T * K));
+                round_acts_q8(xr, T * K);
+                void *w[3], *b[3];
+                hc_mat hw[3], dw[3];
+                hc_vec hb[3], db[3];
+                const hc_mat *hwp[3], *dwp[3];
+                const hc_vec *hbp[3], *dbp[3];
+                float *want[3], *dout[3];
+                for (int i = 0; i < n; i++) {
+                    void *wf = rand_typed(HC_DTYPE_BF16, N[i] * K, 0.3f);
+                    w[i] = malloc(rb * (size_t)N[i]);
+                    quantize_rows(w[i], wf, HC_DTYPE_BF16, quant, N[i], K);
+                    free(wf);
+                    b[i] = rand_typed(HC_DTYPE_BF16, N[i], 0.3f);
+                    hw[i] = (hc_mat){.data = w[i], .dtype = HC_DTYPE_BF16, .rows = N[i], .cols = K, .ld = K, .quant = quant};
+                    hb[i] = (hc_vec){i == 1 ? NULL : b[i], HC_DTYPE_BF16, i == 1 ? 0 : N[i]}; /* one without a bias */
+                    dw[i] = hw[i];
+                    dw[i].data = up(w[i], rb * (size_t)N[i]);
+                    db[i] = hb[i];
+                    if (hb[i].data) db[i].data = up(b[i], (size_t)N[i] * 2);
+                    hwp[i] = &hw[i], dwp[i] = &dw[i], hbp[i] = &hb[i], dbp[i] = &db[i];
+                    want[i] = malloc(sizeof(float) * (size_t)(T * N[i]));
+                    dout[i] = gpu->alloc(gpu, sizeof(float) * (size_t)(T * N[i]));
+                }
+                float *dx = up(x, sizeof(float) * (size_t)(T * K));
+                char what[96];
+                if (!gated) {
+                    cpu->matmul_n(cpu, want, xr, hwp, hbp, 3, T);
+                    gpu->matmul_n(gpu, dout, dx, dwp, dbp, 3, T);
+                    for (int i = 0; i < 3; i++) {
+                        float *got = down(dout[i], T * N[i]);
+                        snprintf(what, sizeof what, "matmul_n q%d int8 x T=%lld matrix %d", quant, (long long)T, i);
+                        report(what, nmse(got, want[i], T * N[i]), 1e-6);
+                        free(got);
+                    }
+                } else {
+                    cpu->gated_matmul(cpu, want[0], want[1], xr, hwp[0], hbp[0], hwp[1], hbp[1], HC_ACT_SILU, T);
+                    gpu->gated_matmul(gpu, dout[0], dout[1], dx, dwp[0], dbp[0], dwp[1], dbp[1], HC_ACT_SILU, T);
+                    float *got = down(dout[0], T * N[0]);
+                    snprintf(what, sizeof what, "gated_matmul q%d int8 x T=%lld", quant, (long long)T);
+                    report(what, nmse(got, want[0], T * N[0]), 1e-6);
+                    free(got);
+                }
+                for (int i = 0; i < n; i++) {
+                    gpu->free(gpu, (void *)dw[i].data);
+                    if (db[i].data) gpu->free(gpu, (void *)db[i].data);
+                    gpu->free(gpu, dout[i]);
+                    free(w[i]), free(b[i]), free(want[i]);
+                }
+                gpu->free(gpu, dx);
+                free(x), free(xr);
+            }
+}
+
 static void test_fused(hc_backend *bf16) {
     hc_backend *cpu = hc_backend_cpu();
     const int64_t Ts[] = {1, 5, 8, 20};
@@ -1205,6 +1282,7 @@ int main(void) {
     test_acts16(bf16, f16);
     test_elementwise();
     test_fused(bf16);
+    test_fused_quant();
     test_rows();
     test_backward(bf16);
     CHECK_OK(gpu->check(gpu));

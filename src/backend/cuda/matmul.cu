@@ -321,29 +321,39 @@ gemv_q_staged_kernel(float *out, const float *x, const uint8_t *w, size_t row_by
  * 8 of them a q8_0 block where the float kernel widened 32 weights and made 32 products. The
  * first group's weights are staged before hc_pdl_wait. xq/xd: dynamic shared memory, TT * K
  * bytes then [TT][K / 32] (d, d * sum). */
-template <int TT, int WPR, int QUANT, int RW>
+template <int TT, int WPR, int QUANT, int RW, bool GATED>
 __global__ void __launch_bounds__(32 * GEMV_BLOCK_WARPS)
-gemv_q8x_kernel(float *out, const float *x, const uint8_t *w, size_t row_bytes, const void *bias, hc_dtype bias_dt, int64_t N,
-                int64_t K) {
+gemv_q8x_kernel(const gemv_set s, const float *x, size_t row_bytes, int64_t K) {
     constexpr int BB = QUANT == HC_QUANT_Q8_0 ? sizeof(hc_block_q8_0) : sizeof(hc_block_q4_0);
     constexpr int RPB = GEMV_BLOCK_WARPS / WPR, NW = QUANT == HC_QUANT_Q8_0 ? 9 : 5; /* words covering a block */
+    constexpr int NM = GATED ? 2 : 1; /* matrices a row: gate and up */
     extern __shared__ __align__(16) unsigned char xsm[];
     int8_t *xq = (int8_t *)xsm;                 /* [TT][K] */
     float2 *xd = (float2 *)(xsm + TT * K);      /* [TT][K / 32] */
-    __shared__ __align__(16) uint8_t stage[GEMV_BLOCK_WARPS][RW][32 * BB];
-    __shared__ float part[GEMV_BLOCK_WARPS][RW][TT];
+    __shared__ __align__(16) uint8_t stage[GEMV_BLOCK_WARPS][NM * RW][32 * BB];
+    __shared__ float part[GEMV_BLOCK_WARPS][NM * RW][TT];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, slice = warp % WPR;
+    const int64_t N = s.end[GATED ? 0 : s.n - 1]; /* rows of the set */
     const int64_t n0 = (blockIdx.x * (int64_t)RPB + warp / WPR) * RW; /* this warp's first row */
     const int64_t nb = K / 32;
+    /* row n of the set: its matrix and its row there */
+    auto mat_of = [&](int64_t n) { return GATED ? 0 : n < s.end[0] ? 0 : n < s.end[1] ? 1 : 2; };
+    auto row_in = [&](int64_t n, int mi) { return n - (mi ? s.end[mi - 1] : 0); };
     auto stage_group = [&](int64_t g) { /* blocks g .. g + 31 of this warp's rows, 16 bytes a copy */
         const int cnt = nb - g < 32 ? (int)(nb - g) : 32, n16 = cnt * BB / 16;
 #pragma unroll
         for (int r = 0; r < RW; r++) {
             if (n0 + r >= N) break;
-            const uint4 *src = (const uint4 *)(w + (n0 + r) * row_bytes + g * BB); /* 32 * BB is a multiple of 16 */
-            for (int i = lane; i < n16; i += 32) ((uint4 *)stage[warp][r])[i] = __ldg(src + i);
-            for (int i = n16 * 8 + lane; i < cnt * BB / 2; i += 32) /* the tail of a short group */
-                ((uint16_t *)stage[warp][r])[i] = ((const uint16_t *)src)[i];
+            const int mi = mat_of(n0 + r);
+#pragma unroll
+            for (int m = 0; m < NM; m++) {
+                /* 32 * BB is a multiple of 16 */
+                const uint4 *src = (const uint4 *)((const uint8_t *)s.w[mi + m] + row_in(n0 + r, mi) * row_bytes + g * BB);
+                uint8_t *dst = stage[warp][m * RW + r];
+                for (int i = lane; i < n16; i += 32) ((uint4 *)dst)[i] = __ldg(src + i);
+                for (int i = n16 * 8 + lane; i < cnt * BB / 2; i += 32) /* the tail of a short group */
+                    ((uint16_t *)dst)[i] = ((const uint16_t *)src)[i];
+            }
         }
     };
     const int64_t g0 = (int64_t)slice * 32;
@@ -382,9 +392,9 @@ gemv_q8x_kernel(float *out, const float *x, const uint8_t *w, size_t row_bytes, 
         }
     }
     __syncthreads();
-    float acc[RW][TT];
+    float acc[NM * RW][TT];
 #pragma unroll
-    for (int r = 0; r < RW; r++)
+    for (int r = 0; r < NM * RW; r++)
 #pragma unroll
         for (int t = 0; t < TT; t++) acc[r][t] = 0.0f;
     if (n0 < N) {
@@ -411,8 +421,8 @@ gemv_q8x_kernel(float *out, const float *x, const uint8_t *w, size_t row_bytes, 
             const int off = lane * BB;
             const unsigned sel = off & 2 ? 0x7654 : 0x5432;
 #pragma unroll
-            for (int r = 0; r < RW; r++) {
-                if (n0 + r >= N) break;
+            for (int r = 0; r < NM * RW; r++) {
+                if (n0 + r % RW >= N) continue;
                 const uint32_t *wp = (const uint32_t *)(stage[warp][r] + (off & ~3));
                 uint32_t wd[NW];
 #pragma unroll
@@ -439,7 +449,7 @@ gemv_q8x_kernel(float *out, const float *x, const uint8_t *w, size_t row_bytes, 
         }
     }
 #pragma unroll
-    for (int r = 0; r < RW; r++)
+    for (int r = 0; r < NM * RW; r++)
 #pragma unroll
         for (int t = 0; t < TT; t++) {
             const float v = hc_warp_sum(acc[r][t]);
@@ -448,10 +458,18 @@ gemv_q8x_kernel(float *out, const float *x, const uint8_t *w, size_t row_bytes, 
     __syncthreads();
     const int r = lane / TT, t = lane % TT;
     if (slice == 0 && lane < TT * RW && n0 + r < N) {
-        float v = 0;
+        const int64_t n = n0 + r;
+        const int mi = mat_of(n);
+        const int64_t rr = row_in(n, mi), Nm = s.end[mi] - (mi ? s.end[mi - 1] : 0);
+        float v[NM];
 #pragma unroll
-        for (int j = 0; j < WPR; j++) v += part[warp + j][r][t];
-        out[t * N + n0 + r] = v + (bias ? hc_ld(bias, bias_dt, n0 + r) : 0.0f);
+        for (int m = 0; m < NM; m++) {
+            v[m] = 0;
+#pragma unroll
+            for (int j = 0; j < WPR; j++) v[m] += part[warp + j][m * RW + r][t];
+            if (s.bias[mi + m]) v[m] += hc_ld(s.bias[mi + m], s.bias_dt[mi + m], rr);
+        }
+        s.out[mi][t * Nm + rr] = GATED ? hc_act_apply(v[0], s.act) * v[NM - 1] : v[0];
     }
 }
 
@@ -565,34 +583,72 @@ static bool gemv_fused(hc_cuda_ctx *cx, float *const *outs, const float *x, cons
  * 1,007 tok/s with 2 (q4_0 760 -> 1,039). */
 #define QUANT_RW 2
 /* gemv_q8x_kernel for up to 4 rows of x; false when x's int8 copy does not fit shared memory. */
-template <int TT, int WPR, int QUANT>
-static bool launch_gemv_q8x_tt(hc_cuda_ctx *cx, float *out, const float *x, const hc_mat *w, const void *bias, hc_dtype bdt) {
-    const size_t smem = (size_t)TT * (size_t)w->cols * 5 / 4; /* int8 values, then (d, d * sum) per 32 */
-    static size_t allowed = 48 * 1024 - sizeof(uint8_t[GEMV_BLOCK_WARPS][QUANT_RW][32 * 34]) - 1024;
+template <int TT, int WPR, int QUANT, bool GATED>
+static bool launch_gemv_q8x_tt(hc_cuda_ctx *cx, const gemv_set &s, const float *x, size_t row_bytes, int64_t K) {
+    const size_t smem = (size_t)TT * (size_t)K * 5 / 4; /* int8 values, then (d, d * sum) per 32 */
+    static size_t allowed = 48 * 1024 - sizeof(uint8_t[GEMV_BLOCK_WARPS][2 * QUANT_RW][32 * 34]) - 1024;
     if (smem > allowed) {
-        if (smem > 200 * 1024 ||
-            cudaFuncSetAttribute(gemv_q8x_kernel<TT, WPR, QUANT, QUANT_RW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        if (smem > 160 * 1024 ||
+            cudaFuncSetAttribute(gemv_q8x_kernel<TT, WPR, QUANT, QUANT_RW, GATED>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  (int)smem) != cudaSuccess) {
             cudaGetLastError();
             return false;
         }
         allowed = smem;
     }
-    hc_launch(cx, true, gemv_q8x_kernel<TT, WPR, QUANT, QUANT_RW>, dim3(hc_blocks(w->rows, GEMV_BLOCK_WARPS / WPR * QUANT_RW)),
-              dim3(32 * GEMV_BLOCK_WARPS), smem, out, x, (const uint8_t *)w->data, hc_quant_row_bytes(w->quant, w->cols), bias,
-              bdt, w->rows, w->cols);
+    const int64_t N = s.end[GATED ? 0 : s.n - 1];
+    hc_launch(cx, true, gemv_q8x_kernel<TT, WPR, QUANT, QUANT_RW, GATED>, dim3(hc_blocks(N, GEMV_BLOCK_WARPS / WPR * QUANT_RW)),
+              dim3(32 * GEMV_BLOCK_WARPS), smem, s, x, row_bytes, K);
     return true;
 }
 
-template <int WPR, int QUANT>
-static bool launch_gemv_q8x(hc_cuda_ctx *cx, float *out, const float *x, const hc_mat *w, const void *bias, hc_dtype bdt,
-                            int64_t T) {
-    switch (T) {
-    case 1: return launch_gemv_q8x_tt<1, WPR, QUANT>(cx, out, x, w, bias, bdt);
-    case 2: return launch_gemv_q8x_tt<2, WPR, QUANT>(cx, out, x, w, bias, bdt);
-    case 3: return launch_gemv_q8x_tt<3, WPR, QUANT>(cx, out, x, w, bias, bdt);
-    default: return launch_gemv_q8x_tt<4, WPR, QUANT>(cx, out, x, w, bias, bdt);
+template <int QUANT, bool GATED>
+static bool launch_gemv_q8x(hc_cuda_ctx *cx, const gemv_set &s, const float *x, size_t row_bytes, int64_t K, int64_t T) {
+    const int64_t N = s.end[GATED ? 0 : s.n - 1];
+#define Q8X_WPR(WPR)                                                                                                   \
+    switch (T) {                                                                                                       \
+    case 1: return launch_gemv_q8x_tt<1, WPR, QUANT, GATED>(cx, s, x, row_bytes, K);                                    \
+    case 2: return launch_gemv_q8x_tt<2, WPR, QUANT, GATED>(cx, s, x, row_bytes, K);                                    \
+    case 3: return launch_gemv_q8x_tt<3, WPR, QUANT, GATED>(cx, s, x, row_bytes, K);                                    \
+    default: return launch_gemv_q8x_tt<4, WPR, QUANT, GATED>(cx, s, x, row_bytes, K);                                   \
     }
+    switch (warps_per_row(cx, (N + QUANT_RW - 1) / QUANT_RW, K / 1024)) {
+    case 1: Q8X_WPR(1);
+    case 2: Q8X_WPR(2);
+    case 4: Q8X_WPR(4);
+    default: Q8X_WPR(8);
+    }
+#undef Q8X_WPR
+}
+
+/* Up to three q8_0 or q4_0 matrices of one input (q, k, v), or gate and up (gated), in one
+ * launch of the int8 kernel; false when they do not suit it (the caller runs them one by one). */
+static bool gemv_q8x_set(hc_cuda_ctx *cx, float *const *outs, const float *x, const hc_mat *const *ws, const hc_vec *const *bs,
+                         int n, int64_t T, bool gated, hc_activation act) {
+    const int quant = ws[0]->quant;
+    if (T > 4 || (quant != HC_QUANT_Q8_0 && quant != HC_QUANT_Q4_0) || ((uintptr_t)x & 15)) return false;
+    const int64_t K = ws[0]->cols;
+    const size_t rb = hc_quant_row_bytes(quant, K);
+    if (rb % 16) return false;
+    gemv_set s;
+    memset(&s, 0, sizeof s);
+    int64_t end = 0;
+    for (int i = 0; i < n; i++) {
+        const hc_mat *w = ws[i];
+        if (w->quant != quant || w->cols != K || w->transposed || ((uintptr_t)w->data & 15)) return false;
+        if (gated && w->rows != ws[0]->rows) return false;
+        s.w[i] = w->data;
+        s.bias[i] = bs[i] && bs[i]->data ? bs[i]->data : NULL;
+        s.bias_dt[i] = s.bias[i] ? bs[i]->dtype : HC_DTYPE_F32;
+        s.out[i] = outs[i];
+        end = gated ? w->rows : end + w->rows;
+        s.end[i] = end;
+    }
+    s.n = n;
+    s.act = act;
+    if (quant == HC_QUANT_Q8_0)
+        return gated ? launch_gemv_q8x<HC_QUANT_Q8_0, true>(cx, s, x, rb, K, T) : launch_gemv_q8x<HC_QUANT_Q8_0, false>(cx, s, x, rb, K, T);
+    return gated ? launch_gemv_q8x<HC_QUANT_Q4_0, true>(cx, s, x, rb, K, T) : launch_gemv_q8x<HC_QUANT_Q4_0, false>(cx, s, x, rb, K, T);
 }
 
 template <int WPR, int QUANT>
@@ -600,7 +656,6 @@ static void launch_gemv_q_wpr(hc_cuda_ctx *cx, float *out, const float *x, const
                               int64_t T) {
     const size_t rb = hc_quant_row_bytes(w->quant, w->cols);
     const uint8_t *wd = (const uint8_t *)w->data;
-    if (T <= 4 && launch_gemv_q8x<WPR, QUANT>(cx, out, x, w, bias, bdt, T)) return; /* int8 x */
 #define GQ(TT)                                                                                                         \
     case TT: {                                                                                                         \
         constexpr int RW = TT <= 4 ? QUANT_RW : 1;                                                                     \
@@ -647,7 +702,9 @@ static void gemv(hc_backend *be, float *out, const float *x, const hc_mat *w, co
     const void *bd = bias && bias->data ? bias->data : NULL;
     const hc_dtype bdt = bd ? bias->dtype : HC_DTYPE_F32;
     if (w->quant) {
-        launch_gemv_quant(cx, out, x, w, bd, bdt, T);
+        const hc_vec *const bl[1] = {bias};
+        float *const ol[1] = {out};
+        if (!gemv_q8x_set(cx, ol, x, &w, bl, 1, T, false, HC_ACT_SILU)) launch_gemv_quant(cx, out, x, w, bd, bdt, T);
         return;
     }
     const hc_vec *const bl[1] = {bias};
@@ -853,7 +910,8 @@ void hc_cuda_matmul(hc_backend *be, float *out, const float *x, const hc_mat *w,
 void hc_cuda_matmul_n(hc_backend *be, float *const *outs, const float *x, const hc_mat *const *ws, const hc_vec *const *bs,
                       int n, int64_t T) {
     if (T <= 0 || hc_cuda(be)->failed) return;
-    if (T <= gemv_max_t() && gemv_fused(hc_cuda(be), outs, x, ws, bs, n, T, false, HC_ACT_SILU)) {
+    if (T <= gemv_max_t() && (gemv_fused(hc_cuda(be), outs, x, ws, bs, n, T, false, HC_ACT_SILU) ||
+                              gemv_q8x_set(hc_cuda(be), outs, x, ws, bs, n, T, false, HC_ACT_SILU))) {
         HC_CUDA_LAUNCHED(be, "matmul_n");
         return;
     }
@@ -891,7 +949,8 @@ void hc_cuda_gated_matmul(hc_backend *be, float *out, float *tmp, const float *x
     const hc_mat *const ws[2] = {gate, up};
     const hc_vec *const bs[2] = {bg, bu};
     float *const outs[2] = {out, NULL};
-    if (T <= gemv_max_t() && gate->rows == up->rows && gemv_fused(hc_cuda(be), outs, x, ws, bs, 2, T, true, act)) {
+    if (T <= gemv_max_t() && gate->rows == up->rows &&
+        (gemv_fused(hc_cuda(be), outs, x, ws, bs, 2, T, true, act) || gemv_q8x_set(hc_cuda(be), outs, x, ws, bs, 2, T, true, act))) {
         HC_CUDA_LAUNCHED(be, "gated_matmul");
         return;
     }
