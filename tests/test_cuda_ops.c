@@ -104,8 +104,9 @@ static void matmul_case(hc_backend *be, const char *tag, hc_dtype dt, int quant,
     void *b = bias ? rand_typed(dt, N, 0.3f) : NULL;
     hc_vec hb = {.data = b, .dtype = dt, .n = N};
     float *want = malloc(sizeof(float) * (size_t)(T * N));
-    /* q8_0 and q4_0 rows of whole 16-byte lines, up to 4 rows of x: the GEMV quantizes x to int8 */
-    const bool int8_x = (quant == HC_QUANT_Q8_0 || quant == HC_QUANT_Q4_0) && T <= 4 && hc_quant_row_bytes(quant, K) % 16 == 0;
+    /* q8_0 and q4_0 rows of whole 16-byte lines, up to 64 rows of x (decode steps): the GEMV
+     * quantizes x to int8 */
+    const bool int8_x = (quant == HC_QUANT_Q8_0 || quant == HC_QUANT_Q4_0) && T <= 64 && hc_quant_row_bytes(quant, K) % 16 == 0;
     float *xr = malloc(sizeof(float) * (size_t)(T * K));
     memcpy(xr, x, sizeof(float) * (size_t)(T * K));
     if (int8_x) round_acts_q8(xr, T * K);
@@ -462,7 +463,7 @@ static void test_fused_quant(void) {
     hc_backend *cpu = hc_backend_cpu();
     const int quants[2] = {HC_QUANT_Q8_0, HC_QUANT_Q4_0};
     for (int qi = 0; qi < 2; qi++)
-        for (int64_t T = 1; T <= 3; T += 2)
+        for (int64_t T = 1; T <= 6; T += T == 1 ? 2 : 3) /* 1, 3, and 6: two passes of the kernel */
             for (int gated = 0; gated < 2; gated++) {
                 const int quant = quants[qi], n = gated ? 2 : 3;
                 const int64_t K = 256, N[3] = {67, gated ? 67 : 33, 33};
