@@ -546,26 +546,33 @@ static bool vec_ok(const hc_mat *w, const float *x) {
            w->cols % vec == 0 && ((uintptr_t)x & 15) == 0 && w->cols % 4 == 0;
 }
 
+/* s from n matrices of one input (gated: gate and up of the same rows); the callers check that
+ * the matrices suit their kernel. */
+static void gemv_set_fill(gemv_set *s, float *const *outs, const hc_mat *const *ws, const hc_vec *const *bs, int n, bool gated,
+                          hc_activation act) {
+    memset(s, 0, sizeof *s);
+    int64_t end = 0;
+    for (int i = 0; i < n; i++) {
+        s->w[i] = ws[i]->data;
+        s->ld[i] = ws[i]->ld;
+        s->bias[i] = bs[i] && bs[i]->data ? bs[i]->data : NULL;
+        s->bias_dt[i] = s->bias[i] ? bs[i]->dtype : HC_DTYPE_F32;
+        s->out[i] = outs[i];
+        end = gated ? ws[i]->rows : end + ws[i]->rows;
+        s->end[i] = end;
+    }
+    s->n = n;
+    s->act = act;
+}
+
 /* One launch for n matrices of one input when they share a dtype and K and suit the 16-byte
  * kernel; false otherwise. */
 static bool gemv_fused(hc_cuda_ctx *cx, float *const *outs, const float *x, const hc_mat *const *ws, const hc_vec *const *bs,
                        int n, int64_t T, bool gated, hc_activation act) {
+    for (int i = 0; i < n; i++)
+        if (!vec_ok(ws[i], x) || ws[i]->dtype != ws[0]->dtype || ws[i]->cols != ws[0]->cols) return false;
     gemv_set s;
-    memset(&s, 0, sizeof s);
-    int64_t end = 0;
-    for (int i = 0; i < n; i++) {
-        const hc_mat *w = ws[i];
-        if (!vec_ok(w, x) || w->dtype != ws[0]->dtype || w->cols != ws[0]->cols) return false;
-        s.w[i] = w->data;
-        s.ld[i] = w->ld;
-        s.bias[i] = bs[i] && bs[i]->data ? bs[i]->data : NULL;
-        s.bias_dt[i] = s.bias[i] ? bs[i]->dtype : HC_DTYPE_F32;
-        s.out[i] = outs[i];
-        end = gated ? w->rows : end + w->rows;
-        s.end[i] = end;
-    }
-    s.n = n;
-    s.act = act;
+    gemv_set_fill(&s, outs, ws, bs, n, gated, act);
     const int64_t K = ws[0]->cols;
     switch (ws[0]->dtype) {
     case HC_DTYPE_F32: gated ? launch_gemv_vec<float, true>(cx, s, x, K, T) : launch_gemv_vec<float, false>(cx, s, x, K, T); break;
@@ -635,22 +642,13 @@ static bool gemv_q8x_set(hc_cuda_ctx *cx, float *const *outs, const float *x, co
     const int64_t K = ws[0]->cols;
     const size_t rb = hc_quant_row_bytes(quant, K);
     if (rb % 16) return false;
-    gemv_set s;
-    memset(&s, 0, sizeof s);
-    int64_t end = 0;
     for (int i = 0; i < n; i++) {
         const hc_mat *w = ws[i];
         if (w->quant != quant || w->cols != K || w->transposed || ((uintptr_t)w->data & 15)) return false;
         if (gated && w->rows != ws[0]->rows) return false;
-        s.w[i] = w->data;
-        s.bias[i] = bs[i] && bs[i]->data ? bs[i]->data : NULL;
-        s.bias_dt[i] = s.bias[i] ? bs[i]->dtype : HC_DTYPE_F32;
-        s.out[i] = outs[i];
-        end = gated ? w->rows : end + w->rows;
-        s.end[i] = end;
     }
-    s.n = n;
-    s.act = act;
+    gemv_set s;
+    gemv_set_fill(&s, outs, ws, bs, n, gated, act);
     /* more than 4 rows of x (a decode step of several sequences): 4 at a time, each pass
      * reading the weights again, which still beats widening them for cuBLAS every step */
     for (int64_t t0 = 0; t0 < T; t0 += 4) {
