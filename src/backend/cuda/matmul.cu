@@ -766,9 +766,12 @@ __global__ void convert_rows_kernel(OT *dst, const void *src, hc_dtype dt, int q
             if (quant == HC_QUANT_Q8_0) dequant_q8_0(wf, (const uint16_t *)(row + g * sizeof(hc_block_q8_0)));
             else if (quant == HC_QUANT_Q4_0) dequant_q4_0(wf, (const uint16_t *)(row + g * sizeof(hc_block_q4_0)));
             else dequant_q4_k_sub(wf, (const hc_block_q4_k *)(row + (g / 8) * sizeof(hc_block_q4_k)), (int)(g % 8));
-            OT *o = dst + r * cols + g * 32;
+            __align__(16) OT o[32];
 #pragma unroll
             for (int j = 0; j < 32; j++) o[j] = narrow<OT>(wf[j]);
+            uint4 *d16 = (uint4 *)(dst + r * cols + g * 32); /* 16-byte stores: cols is a multiple of 32 */
+#pragma unroll
+            for (int j = 0; j < 32 * (int)sizeof(OT) / 16; j++) d16[j] = ((const uint4 *)o)[j];
         }
         return;
     }
