@@ -104,9 +104,9 @@ static void matmul_case(hc_backend *be, const char *tag, hc_dtype dt, int quant,
     void *b = bias ? rand_typed(dt, N, 0.3f) : NULL;
     hc_vec hb = {.data = b, .dtype = dt, .n = N};
     float *want = malloc(sizeof(float) * (size_t)(T * N));
-    /* q8_0 and q4_0 rows of whole 16-byte lines, up to 64 rows of x (decode steps): the GEMV
-     * quantizes x to int8 */
-    const bool int8_x = (quant == HC_QUANT_Q8_0 || quant == HC_QUANT_Q4_0) && T <= 64 && hc_quant_row_bytes(quant, K) % 16 == 0;
+    /* q8_0 and q4_0 rows of whole 16-byte lines, up to 8 rows of x (Q8X_MAX_T in matmul.cu): the
+     * GEMV quantizes x to int8 */
+    const bool int8_x = (quant == HC_QUANT_Q8_0 || quant == HC_QUANT_Q4_0) && T <= 8 && hc_quant_row_bytes(quant, K) % 16 == 0;
     float *xr = malloc(sizeof(float) * (size_t)(T * K));
     memcpy(xr, x, sizeof(float) * (size_t)(T * K));
     if (int8_x) round_acts_q8(xr, T * K);

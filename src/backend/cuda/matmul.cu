@@ -629,12 +629,12 @@ static bool launch_gemv_q8x(hc_cuda_ctx *cx, const gemv_set &s, const float *x, 
 }
 
 /* Up to three q8_0 or q4_0 matrices of one input (q, k, v), or gate and up (gated), in one
- * launch of the int8 kernel for each 4 rows of x, up to Q8X_MAX_T rows (decode steps); false
- * when they do not suit it (the caller runs them one by one, or through cuBLAS). Widening the
- * weights for cuBLAS every step lost to these passes at every batch measured: 1B q8_0 decode of
- * 8 / 16 / 32 / 64 sequences 439 / 875 / 1,725 / 3,359 tok/s that way, 2,810 / 3,003 / 3,148 /
- * 3,211 this way (q4_0 445 / 879 / 1,739 / 3,378 and 2,959 / 3,250 / 3,385 / 3,439). */
-#define Q8X_MAX_T HC_PDL_MAX_ROWS
+ * launch of the int8 kernel for each 4 rows of x, up to Q8X_MAX_T rows; false when they do not
+ * suit it (the caller runs them one by one, or through cuBLAS on widened rows). Each pass reads
+ * the weights again, so more rows go to cuBLAS: 1B q8_0 decode of 8 / 16 / 32 / 64 sequences
+ * took 2,829 / 3,020 / 3,167 / 3,230 tok/s in passes and 2,023 / 3,910 / 7,560 / 13,497 through
+ * cuBLAS (q4_0 2,965 / 3,225 / 3,389 / 3,445 and 2,058 / 3,898 / 7,618 / 13,480). */
+#define Q8X_MAX_T 8
 static bool gemv_q8x_set(hc_cuda_ctx *cx, float *const *outs, const float *x, const hc_mat *const *ws, const hc_vec *const *bs,
                          int n, int64_t T, bool gated, hc_activation act) {
     const int quant = ws[0]->quant;
