@@ -479,7 +479,7 @@ static bool launch_flash(hc_cuda_ctx *cx, float *out, const float *q, const void
 }
 
 /* ---- prompts, head dims 64 and 128 with a bf16 cache: register-resident flash attention ----
- * The FlashAttention-2 layout on mma.sync m16n8k16: each warp keeps its 16 (x MT) query rows' Q
+ * The FlashAttention-2 layout on mma.sync m16n8k16: each warp keeps its 16 query rows' Q
  * fragments, scores, softmax state and output in registers; only the K/V tiles go through
  * shared memory (cp.async, double-buffered), V read transposed by ldmatrix. Fragment layouts
  * (PTX ISA, "mma.m16n8k16"): g = lane / 4, q = lane % 4; A holds (g | g+8, 2q..2q+1 | +8);
@@ -487,14 +487,13 @@ static bool launch_flash(hc_cuda_ctx *cx, float *out, const float *q, const void
 
 /* blockIdx.z: a sequence of a training batch, whose T rows are its own cache (gridDim.z 1 for
  * the decoder). lse: NULL, or each row's log-sum-exp of its scaled, soft-capped scores at
- * [t, h] (the backward's input). MT: m16 tiles a warp, so a block takes BQ = 64 MT query rows;
- * with MT = 2 each K or V fragment read from shared memory feeds two products, and a warp has
- * two independent chains of them. */
-template <int D, int MT>
+ * [t, h] (the backward's input). */
+template <int D>
 __global__ void __launch_bounds__(32 * ATT_WARPS, D == 128 ? 3 : 0) /* D 128: at most 168 registers, 3 blocks an SM */
 flash2_kernel(float *out, __nv_bfloat16 *out16, float *lse, const float *q, const __nv_bfloat16 *kc, const __nv_bfloat16 *vc,
               const int32_t *pos, int T, int H, int KVH, float scale, int window, float softcap) {
-    constexpr int LDH = D + 8, KS = D / 16, NO = D / 8, NS = FA_BK / 8, BQ = 16 * MT * ATT_WARPS;
+    constexpr int LDH = D + 8, KS = D / 16, NO = D / 8, NS = FA_BK / 8, BQ = FA_BQ;
+    static_assert(FA_BQ == 16 * ATT_WARPS, "a warp takes 16 query rows");
     static_assert(BQ <= 2 * FA_BK, "Q is staged in one K/V buffer");
     extern __shared__ __align__(128) unsigned char smem[];
     __nv_bfloat16 *sKV = (__nv_bfloat16 *)smem; /* 2 x ([BK][LDH] K, [BK][LDH] V) */
@@ -509,7 +508,7 @@ flash2_kernel(float *out, __nv_bfloat16 *out16, float *lse, const float *q, cons
         if (lse) lse += z * T * H;
     }
     /* the last query blocks see the most keys: they start first, so the short ones fill the tail */
-    const int h = blockIdx.y, kvh = h / (H / KVH), t0 = (gridDim.x - 1 - blockIdx.x) * BQ, r0 = warp * 16 * MT;
+    const int h = blockIdx.y, kvh = h / (H / KVH), t0 = (gridDim.x - 1 - blockIdx.x) * BQ, r0 = warp * 16;
     const int t_end = min(t0 + BQ, T);
     const int p_first = pos[t0], p_last = pos[t_end - 1];
     const int lo = window > 0 && p_first - window + 1 > 0 ? p_first - window + 1 : 0;
@@ -544,43 +543,35 @@ flash2_kernel(float *out, __nv_bfloat16 *out16, float *lse, const float *q, cons
     const int kb0 = lo / FA_BK * FA_BK;
     load_tile(0, kb0);
     __syncthreads();
-    uint32_t qf[MT][KS][4];
+    uint32_t qf[KS][4];
 #pragma unroll
-    for (int i = 0; i < MT; i++)
-#pragma unroll
-        for (int k = 0; k < KS; k++) {
-            const __nv_bfloat16 *base = sQ + (r0 + 16 * i + g) * LDH + k * 16 + 2 * tq;
-            qf[i][k][0] = *(const uint32_t *)base;
-            qf[i][k][1] = *(const uint32_t *)(base + 8 * LDH);
-            qf[i][k][2] = *(const uint32_t *)(base + 8);
-            qf[i][k][3] = *(const uint32_t *)(base + 8 * LDH + 8);
-        }
+    for (int k = 0; k < KS; k++) {
+        const __nv_bfloat16 *base = sQ + (r0 + g) * LDH + k * 16 + 2 * tq;
+        qf[k][0] = *(const uint32_t *)base;
+        qf[k][1] = *(const uint32_t *)(base + 8 * LDH);
+        qf[k][2] = *(const uint32_t *)(base + 8);
+        qf[k][3] = *(const uint32_t *)(base + 8 * LDH + 8);
+    }
     __syncthreads(); /* every warp has its Q fragments: sQ's buffer may be refilled */
-    /* This thread's rows: g and g + 8 of each of the warp's m16 tiles, as [i][0 | 1]. */
-    int tr[MT][2], pr[MT][2], lr[MT][2];
+    /* This thread's two rows: g and g + 8 of the warp's 16 (their t, position, window start). */
+    int tr[2], pr[2], lr[2];
     int w_min_pos = INT_MAX, w_max_pos = -1, w_max_lo = 0;
 #pragma unroll
-    for (int i = 0; i < MT; i++)
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            tr[i][r] = t0 + r0 + 16 * i + 8 * r + g;
-            pr[i][r] = tr[i][r] < T ? pos[tr[i][r]] : -1;
-            lr[i][r] = window > 0 && pr[i][r] - window + 1 > 0 ? pr[i][r] - window + 1 : 0;
-            w_min_pos = min(w_min_pos, pr[i][r]), w_max_pos = max(w_max_pos, pr[i][r]), w_max_lo = max(w_max_lo, lr[i][r]);
-        }
+    for (int r = 0; r < 2; r++) {
+        tr[r] = t0 + r0 + 8 * r + g;
+        pr[r] = tr[r] < T ? pos[tr[r]] : -1;
+        lr[r] = window > 0 && pr[r] - window + 1 > 0 ? pr[r] - window + 1 : 0;
+        w_min_pos = min(w_min_pos, pr[r]), w_max_pos = max(w_max_pos, pr[r]), w_max_lo = max(w_max_lo, lr[r]);
+    }
     /* The keys every row of this warp sees: tiles inside [w_max_lo, w_min_pos] skip the mask
      * (a row past T has position -1, so its warp masks every tile); tiles past w_max_pos hold
      * no key of this warp's and skip the math. */
     w_min_pos = __reduce_min_sync(0xffffffffu, w_min_pos);
     w_max_pos = __reduce_max_sync(0xffffffffu, w_max_pos);
     w_max_lo = __reduce_max_sync(0xffffffffu, w_max_lo);
-    float o[MT][NO][4], m[MT][2], l[MT][2]; /* m: the row maxima, log2 units */
+    float o[NO][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}; /* m: the row maxima, log2 units */
 #pragma unroll
-    for (int i = 0; i < MT; i++) {
-        m[i][0] = m[i][1] = -INFINITY, l[i][0] = l[i][1] = 0.0f;
-#pragma unroll
-        for (int n = 0; n < NO; n++) o[i][n][0] = o[i][n][1] = o[i][n][2] = o[i][n][3] = 0.0f;
-    }
+    for (int n = 0; n < NO; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     const float mul = softcap > 0 ? 1.0f : scale * LOG2E_F;
 
     /* One K/V tile for this warp's rows. MASK: the tile reaches past a row's position or before
@@ -589,11 +580,9 @@ flash2_kernel(float *out, __nv_bfloat16 *out16, float *lse, const float *q, cons
      * (about 100 of a tile's 450 instructions). */
     auto tile = [&](const __nv_bfloat16 *sK, const __nv_bfloat16 *sV, int kb, auto mask_tag) {
         constexpr bool MASK = decltype(mask_tag)::value;
-        float sc[MT][NS][4];
+        float sc[NS][4];
 #pragma unroll
-        for (int i = 0; i < MT; i++)
-#pragma unroll
-            for (int j = 0; j < NS; j++) sc[i][j][0] = sc[i][j][1] = sc[i][j][2] = sc[i][j][3] = 0.0f;
+        for (int j = 0; j < NS; j++) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
 #pragma unroll
         for (int k = 0; k < KS; k += 2) {
             /* ldmatrix.x4 for key group j: keys 8j..8j+7 against dims 16k..16k+31, i.e. the
@@ -612,87 +601,75 @@ flash2_kernel(float *out, __nv_bfloat16 *out16, float *lse, const float *q, cons
                              : "r"(addr));
             }
 #pragma unroll
-            for (int j = 0; j < NS; j++)
+            for (int j = 0; j < NS; j++) mma_bf16(sc[j], qf[k], bf[j][0], bf[j][1]);
 #pragma unroll
-                for (int i = 0; i < MT; i++) mma_bf16(sc[i][j], qf[i][k], bf[j][0], bf[j][1]);
-#pragma unroll
-            for (int j = 0; j < NS; j++)
-#pragma unroll
-                for (int i = 0; i < MT; i++) mma_bf16(sc[i][j], qf[i][k + 1], bf[j][2], bf[j][3]);
+            for (int j = 0; j < NS; j++) mma_bf16(sc[j], qf[k + 1], bf[j][2], bf[j][3]);
         }
         /* Scores in log2 units (exp2 is one MUFU instruction): x = s * scale * log2(e), or
          * the soft-capped score times log2(e). Only tiles that reach past a row's position
          * or before its window need the mask; in a long prompt that is the diagonal tile
          * of each query block (the per-element mask was the kernel's largest cost in issue
          * slots). */
+        if (softcap > 0) {
 #pragma unroll
-        for (int i = 0; i < MT; i++) {
-            if (softcap > 0) {
+            for (int j = 0; j < NS; j++)
 #pragma unroll
-                for (int j = 0; j < NS; j++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) sc[i][j][e] = softcap * tanhf(sc[i][j][e] * scale / softcap) * LOG2E_F;
-            }
-            if constexpr (MASK) {
-#pragma unroll
-                for (int j = 0; j < NS; j++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const int key = kb + 8 * j + 2 * tq + (e & 1), r = e >> 1;
-                        if (key > pr[i][r] || key < lr[i][r]) sc[i][j][e] = -INFINITY;
-                    }
-            }
-            /* the row maxima over the quad that shares a row */
-            float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-            for (int j = 0; j < NS; j++) {
-                mx[0] = fmaxf(mx[0], fmaxf(sc[i][j][0], sc[i][j][1]));
-                mx[1] = fmaxf(mx[1], fmaxf(sc[i][j][2], sc[i][j][3]));
-            }
-            float corr[2], nm[2];
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-                const float mn = fmaxf(m[i][r], mx[r] * mul);
-                /* a row with no key yet (only in a masked tile) keeps m = -inf: its p are 0;
-                 * elsewhere corr = exp2(-inf) = 0 on the first tile */
-                corr[r] = MASK && mn == -INFINITY ? 1.0f : fast_exp2(m[i][r] - mn);
-                nm[r] = MASK && mn == -INFINITY ? 0.0f : mn;
-                m[i][r] = mn;
-            }
-            float rs[2] = {0.0f, 0.0f};
+                for (int e = 0; e < 4; e++) sc[j][e] = softcap * tanhf(sc[j][e] * scale / softcap) * LOG2E_F;
+        }
+        if constexpr (MASK) {
 #pragma unroll
             for (int j = 0; j < NS; j++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    const float p = fast_exp2(fmaf(sc[i][j][e], mul, -nm[e >> 1])); /* masked: exp2(-inf) = 0 */
-                    sc[i][j][e] = p;
-                    rs[e >> 1] += p;
+                    const int key = kb + 8 * j + 2 * tq + (e & 1), r = e >> 1;
+                    if (key > pr[r] || key < lr[r]) sc[j][e] = -INFINITY;
                 }
+        }
+        /* the row maxima over the quad that shares a row */
+        float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-            for (int r = 0; r < 2; r++) {
-                rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 1);
-                rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 2);
-                l[i][r] = l[i][r] * corr[r] + rs[r];
+        for (int j = 0; j < NS; j++) {
+            mx[0] = fmaxf(mx[0], fmaxf(sc[j][0], sc[j][1]));
+            mx[1] = fmaxf(mx[1], fmaxf(sc[j][2], sc[j][3]));
+        }
+        float corr[2], nm[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            const float mn = fmaxf(m[r], mx[r] * mul);
+            /* a row with no key yet (only in a masked tile) keeps m = -inf: its p are 0;
+             * elsewhere corr = exp2(-inf) = 0 on the first tile */
+            corr[r] = MASK && mn == -INFINITY ? 1.0f : fast_exp2(m[r] - mn);
+            nm[r] = MASK && mn == -INFINITY ? 0.0f : mn;
+            m[r] = mn;
+        }
+        float rs[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int j = 0; j < NS; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float p = fast_exp2(fmaf(sc[j][e], mul, -nm[e >> 1])); /* masked: exp2(-inf) = 0 */
+                sc[j][e] = p;
+                rs[e >> 1] += p;
             }
 #pragma unroll
-            for (int n = 0; n < NO; n++) {
-                o[i][n][0] *= corr[0], o[i][n][1] *= corr[0];
-                o[i][n][2] *= corr[1], o[i][n][3] *= corr[1];
-            }
+        for (int r = 0; r < 2; r++) {
+            rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 1);
+            rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 2);
+            l[r] = l[r] * corr[r] + rs[r];
+        }
+#pragma unroll
+        for (int n = 0; n < NO; n++) {
+            o[n][0] *= corr[0], o[n][1] *= corr[0];
+            o[n][2] *= corr[1], o[n][3] *= corr[1];
         }
         /* O += P V: P's score fragments are already A fragments of the next product. */
 #pragma unroll
         for (int k = 0; k < FA_BK / 16; k++) {
-            uint32_t pa[MT][4];
-#pragma unroll
-            for (int i = 0; i < MT; i++) {
-                pa[i][0] = pack_bf16(sc[i][2 * k][0], sc[i][2 * k][1]);
-                pa[i][1] = pack_bf16(sc[i][2 * k][2], sc[i][2 * k][3]);
-                pa[i][2] = pack_bf16(sc[i][2 * k + 1][0], sc[i][2 * k + 1][1]);
-                pa[i][3] = pack_bf16(sc[i][2 * k + 1][2], sc[i][2 * k + 1][3]);
-            }
+            const uint32_t pa[4] = {pack_bf16(sc[2 * k][0], sc[2 * k][1]), pack_bf16(sc[2 * k][2], sc[2 * k][3]),
+                                    pack_bf16(sc[2 * k + 1][0], sc[2 * k + 1][1]),
+                                    pack_bf16(sc[2 * k + 1][2], sc[2 * k + 1][3])};
             /* the B fragments of output columns 8n.. and 8(n+1).. in one ldmatrix.x4.trans,
              * all of this k-step's first */
             uint32_t bf[NO / 2][4];
@@ -705,12 +682,10 @@ flash2_kernel(float *out, __nv_bfloat16 *out16, float *lse, const float *q, cons
                              : "r"(addr));
             }
 #pragma unroll
-            for (int n = 0; n < NO; n += 2)
-#pragma unroll
-                for (int i = 0; i < MT; i++) {
-                    mma_bf16(o[i][n], pa[i], bf[n / 2][0], bf[n / 2][1]);
-                    mma_bf16(o[i][n + 1], pa[i], bf[n / 2][2], bf[n / 2][3]);
-                }
+            for (int n = 0; n < NO; n += 2) {
+                mma_bf16(o[n], pa, bf[n / 2][0], bf[n / 2][1]);
+                mma_bf16(o[n + 1], pa, bf[n / 2][2], bf[n / 2][3]);
+            }
         }
     };
 
@@ -729,40 +704,20 @@ flash2_kernel(float *out, __nv_bfloat16 *out16, float *lse, const float *q, cons
         __syncthreads(); /* buffer b is refilled two tiles on */
     }
 #pragma unroll
-    for (int i = 0; i < MT; i++)
+    for (int r = 0; r < 2; r++) {
+        const int t = tr[r];
+        if (t >= T) continue;
+        if (lse && tq == 0) /* m is in log2 units */
+            lse[(size_t)t * H + h] = l[r] > 0 ? m[r] * LN2_F + logf(l[r]) : INFINITY;
+        const float inv = l[r] > 0 ? 1.0f / l[r] : 0.0f;
 #pragma unroll
-        for (int r = 0; r < 2; r++) {
-            const int t = tr[i][r];
-            if (t >= T) continue;
-            if (lse && tq == 0) /* m is in log2 units */
-                lse[(size_t)t * H + h] = l[i][r] > 0 ? m[i][r] * LN2_F + logf(l[i][r]) : INFINITY;
-            const float inv = l[i][r] > 0 ? 1.0f / l[i][r] : 0.0f;
-#pragma unroll
-            for (int n = 0; n < NO; n++) {
-                const size_t e = ((size_t)t * H + h) * D + 8 * n + 2 * tq;
-                const float a = o[i][n][2 * r] * inv, c = o[i][n][2 * r + 1] * inv;
-                *(float2 *)(out + e) = make_float2(a, c);
-                if (out16) *(uint32_t *)(out16 + e) = pack_bf16(a, c); /* for the o GEMM */
-            }
+        for (int n = 0; n < NO; n++) {
+            const size_t e = ((size_t)t * H + h) * D + 8 * n + 2 * tq;
+            const float a = o[n][2 * r] * inv, c = o[n][2 * r + 1] * inv;
+            *(float2 *)(out + e) = make_float2(a, c);
+            if (out16) *(uint32_t *)(out16 + e) = pack_bf16(a, c); /* for the o GEMM */
         }
-}
-
-template <int D, int MT>
-static bool launch_flash2_mt(hc_cuda_ctx *cx, float *out, void *out16, float *lse, const float *q, const void *k_cache,
-                             const void *v_cache, const int32_t *pos, int64_t B, int64_t T, int64_t H, int64_t KVH, float scale,
-                             int64_t window, float softcap) {
-    const size_t smem = (size_t)4 * FA_BK * (D + 8) * 2; /* two K/V buffers (Q staged in the second) */
-    if (cudaFuncSetAttribute(flash2_kernel<D, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) {
-        cudaGetLastError();
-        return false;
     }
-    const int64_t bq = 16 * MT * ATT_WARPS;
-    dim3 grid((unsigned)((T + bq - 1) / bq), (unsigned)H, (unsigned)B);
-    flash2_kernel<D, MT><<<grid, 32 * ATT_WARPS, smem, cx->stream>>>(out, (__nv_bfloat16 *)out16, lse, q,
-                                                                     (const __nv_bfloat16 *)k_cache,
-                                                                     (const __nv_bfloat16 *)v_cache, pos, (int)T, (int)H,
-                                                                     (int)KVH, scale, (int)window, softcap);
-    return true;
 }
 
 /* out16: NULL, or a bf16 copy of out (for the GEMM that reads it next). */
@@ -770,9 +725,16 @@ template <int D>
 static bool launch_flash2(hc_cuda_ctx *cx, float *out, void *out16, float *lse, const float *q, const void *k_cache,
                           const void *v_cache, const int32_t *pos, int64_t B, int64_t T, int64_t H, int64_t KVH, float scale,
                           int64_t window, float softcap) {
-    /* MT = 2 at D 64 (246 registers, 2 blocks an SM) measured slower on the H100: a 1B prompt
-     * of 2048 tokens 211-214k tok/s against 218-221k with MT = 1. */
-    return launch_flash2_mt<D, 1>(cx, out, out16, lse, q, k_cache, v_cache, pos, B, T, H, KVH, scale, window, softcap);
+    const size_t smem = (size_t)4 * FA_BK * (D + 8) * 2; /* two K/V buffers (Q staged in the second) */
+    if (cudaFuncSetAttribute(flash2_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    dim3 grid((unsigned)((T + FA_BQ - 1) / FA_BQ), (unsigned)H, (unsigned)B);
+    flash2_kernel<D><<<grid, 32 * ATT_WARPS, smem, cx->stream>>>(out, (__nv_bfloat16 *)out16, lse, q, (const __nv_bfloat16 *)k_cache,
+                                                                 (const __nv_bfloat16 *)v_cache, pos, (int)T, (int)H, (int)KVH,
+                                                                 scale, (int)window, softcap);
+    return true;
 }
 
 bool hc_cuda_flash_train(const hc_cuda_ctx *cx, int64_t B, int64_t T, int64_t H, int64_t D) {
@@ -825,7 +787,7 @@ static void launch_attention(hc_backend *be, float *out, const float *q, const v
     /* Prompts of one sequence with a 16-bit compute dtype: the tensor-core kernels. */
     if (!k_rows && T >= 16 && cx->compute == HC_DTYPE_BF16 && kv_dtype == HC_DTYPE_BF16 && (D == 64 || D == 128) && S < INT32_MAX / 2 &&
         !getenv("HUBCAP_CUDA_WMMA_ATTENTION")) {
-        void *o16 = cx->compute == HC_DTYPE_BF16 && T > HC_PDL_MAX_ROWS ? hc_cuda_acts16_begin(be, out, T * H * D) : NULL;
+        void *o16 = cx->compute == HC_DTYPE_BF16 && T > HC_PDL_MAX_ROWS ? hc_cuda_acts16_begin(be, T * H * D) : NULL;
         const bool ok = D == 64 ? launch_flash2<64>(cx, out, o16, NULL, q, k_cache, v_cache, pos, 1, T, H, KVH, scale, window, softcap)
                                 : launch_flash2<128>(cx, out, o16, NULL, q, k_cache, v_cache, pos, 1, T, H, KVH, scale, window, softcap);
         if (ok) {

@@ -20,9 +20,8 @@ bool hc_cuda_fail(hc_backend *be, cudaError_t e, const char *what) {
     return true;
 }
 
-void *hc_cuda_acts16_begin(hc_backend *be, const float *out, int64_t n) {
+void *hc_cuda_acts16_begin(hc_backend *be, int64_t n) {
     hc_cuda_ctx *cx = hc_cuda(be);
-    (void)out;
     if (cx->compute == HC_DTYPE_F32 || cx->capturing || n <= 0) return NULL;
     cx->acts16_src = NULL; /* until done() */
     return hc_cuda_scratch(be, &cx->acts16, &cx->acts16_bytes, 2 * (size_t)n);

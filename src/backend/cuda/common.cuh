@@ -117,9 +117,10 @@ static inline void hc_launch(const hc_cuda_ctx *cx, bool pdl, void (*kernel)(KAr
 bool hc_cuda_fail(hc_backend *be, cudaError_t e, const char *what);
 #define HC_CUDA_LAUNCHED(be, what) hc_cuda_fail((be), cudaGetLastError(), (what))
 
-/* The 16-bit copy an op may write beside its f32 output `out` of n elements (NULL: write none),
- * and its registration once the op has launched. Prompts only (no graph capture). */
-void *hc_cuda_acts16_begin(hc_backend *be, const float *out, int64_t n);
+/* begin: room for the 16-bit copy an op may write beside its f32 output of n elements (NULL:
+ * write none); done: registers that copy as `out`'s once the op has launched. Prompts only (no
+ * graph capture). */
+void *hc_cuda_acts16_begin(hc_backend *be, int64_t n);
 void hc_cuda_acts16_done(hc_backend *be, const float *out, int64_t n);
 
 /* Scratch of at least `bytes`, grown (never during graph capture) and kept. NULL on failure. */

@@ -218,109 +218,15 @@ __device__ __forceinline__ void dequant_q4_k_sub(float *o, const hc_block_q4_k *
     for (int i = 0; i < 32; i++) o[i] = d * (float)((j & 1) ? (qs[i] >> 4) : (qs[i] & 0xf)) - mn;
 }
 
-/* q8_0 and q4_0 rows whose length is a multiple of 16 bytes: WPR warps share RW rows; each warp
- * takes 32 consecutive blocks of its rows at a time, copies them to shared memory with 16-byte
- * loads (the blocks themselves are 34 or 18 bytes, only 2-byte aligned), and each lane widens
- * one block of each row against the same 32 values of x. A lane reads 128 bytes of x for every
- * q8_0 block (34 bytes), so sharing them between rows is what counts. */
-template <int TT, int WPR, int QUANT, int RW>
-__global__ void __launch_bounds__(32 * GEMV_BLOCK_WARPS)
-gemv_q_staged_kernel(float *out, const float *x, const uint8_t *w, size_t row_bytes, const void *bias, hc_dtype bias_dt,
-                     int64_t N, int64_t K) {
-    constexpr int BB = QUANT == HC_QUANT_Q8_0 ? sizeof(hc_block_q8_0) : sizeof(hc_block_q4_0);
-    constexpr int RPB = GEMV_BLOCK_WARPS / WPR;
-    __shared__ __align__(16) uint8_t stage[GEMV_BLOCK_WARPS][RW][32 * BB];
-    __shared__ float part[GEMV_BLOCK_WARPS][RW][TT];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, slice = warp % WPR;
-    const int64_t n0 = (blockIdx.x * (int64_t)RPB + warp / WPR) * RW; /* this warp's first row */
-    const int64_t nb = K / 32;
-    float acc[RW][TT];
-#pragma unroll
-    for (int r = 0; r < RW; r++)
-#pragma unroll
-        for (int t = 0; t < TT; t++) acc[r][t] = 0.0f;
-    if (n0 < N) {
-        for (int64_t g = (int64_t)slice * 32; g < nb; g += 32 * WPR) {
-            const int cnt = nb - g < 32 ? (int)(nb - g) : 32;
-            const int n16 = cnt * BB / 16;
-            __syncwarp();
-#pragma unroll
-            for (int r = 0; r < RW; r++) {
-                if (n0 + r >= N) break;
-                const uint4 *src = (const uint4 *)(w + (n0 + r) * row_bytes + g * BB); /* 32 * BB is a multiple of 16 */
-                for (int i = lane; i < n16; i += 32) ((uint4 *)stage[warp][r])[i] = __ldg(src + i);
-                for (int i = n16 * 8 + lane; i < cnt * BB / 2; i += 32) /* the tail of a short group */
-                    ((uint16_t *)stage[warp][r])[i] = ((const uint16_t *)src)[i];
-            }
-            __syncwarp();
-            if (RW == 1) { /* one row: widen the block once, then each row of x */
-                if (lane >= cnt) continue;
-                float wf[32];
-                if (QUANT == HC_QUANT_Q8_0) dequant_q8_0(wf, (const uint16_t *)(stage[warp][0] + lane * BB));
-                else dequant_q4_0(wf, (const uint16_t *)(stage[warp][0] + lane * BB));
-#pragma unroll
-                for (int t = 0; t < TT; t++) {
-                    const float4 *xv = (const float4 *)(x + t * K + (g + lane) * 32);
-                    float s = 0;
-#pragma unroll
-                    for (int i = 0; i < 8; i++) {
-                        const float4 a = xv[i];
-                        s += a.x * wf[4 * i] + a.y * wf[4 * i + 1] + a.z * wf[4 * i + 2] + a.w * wf[4 * i + 3];
-                    }
-                    acc[0][t] += s;
-                }
-            } else { /* several rows: x once, each row's block against it */
-                if (lane >= cnt) continue;
-#pragma unroll
-                for (int t = 0; t < TT; t++) {
-                    float xr[32];
-                    const float4 *xv = (const float4 *)(x + t * K + (g + lane) * 32);
-#pragma unroll
-                    for (int i = 0; i < 8; i++) {
-                        const float4 a = xv[i];
-                        xr[4 * i] = a.x, xr[4 * i + 1] = a.y, xr[4 * i + 2] = a.z, xr[4 * i + 3] = a.w;
-                    }
-#pragma unroll
-                    for (int r = 0; r < RW; r++) {
-                        if (n0 + r >= N) break;
-                        float wf[32];
-                        if (QUANT == HC_QUANT_Q8_0) dequant_q8_0(wf, (const uint16_t *)(stage[warp][r] + lane * BB));
-                        else dequant_q4_0(wf, (const uint16_t *)(stage[warp][r] + lane * BB));
-                        float s = 0;
-#pragma unroll
-                        for (int i = 0; i < 8; i++)
-                            s += xr[4 * i] * wf[4 * i] + xr[4 * i + 1] * wf[4 * i + 1] + xr[4 * i + 2] * wf[4 * i + 2] +
-                                 xr[4 * i + 3] * wf[4 * i + 3];
-                        acc[r][t] += s;
-                    }
-                }
-            }
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < RW; r++)
-#pragma unroll
-        for (int t = 0; t < TT; t++) {
-            const float v = hc_warp_sum(acc[r][t]);
-            if (lane == 0) part[warp][r][t] = v;
-        }
-    __syncthreads();
-    const int r = lane / TT, t = lane % TT;
-    if (slice == 0 && lane < TT * RW && n0 + r < N) {
-        float v = 0;
-#pragma unroll
-        for (int j = 0; j < WPR; j++) v += part[warp + j][r][t];
-        out[t * N + n0 + r] = v + (bias ? hc_ld(bias, bias_dt, n0 + r) : 0.0f);
-    }
-}
-
-/* The staged kernel's layout with int8 activations, for up to 4 rows of x: each block first
- * quantizes x into its shared memory as the CPU's quantize_acts does (per block of 32: d =
- * amax / 127, q = x / d rounded to nearest even, and d * sum(q) for q4_0's "- 8"), then a lane
- * takes one staged weight block of each of its warp's RW rows against its x block with dp4a:
- * 8 of them a q8_0 block where the float kernel widened 32 weights and made 32 products. The
- * first group's weights are staged before hc_pdl_wait. xq/xd: dynamic shared memory, TT * K
- * bytes then [TT][K / 32] (d, d * sum). */
+/* q8_0 and q4_0 rows whose length is a multiple of 16 bytes, for up to 4 rows of x: WPR warps
+ * share RW rows; each warp copies 32 consecutive blocks of its rows at a time to shared memory
+ * with 16-byte loads (the blocks themselves are 34 or 18 bytes, only 2-byte aligned). Each block
+ * of the grid first quantizes x into its shared memory as the CPU's quantize_acts does (per
+ * block of 32: d = amax / 127, q = x / d rounded to nearest even, and d * sum(q) for q4_0's
+ * "- 8"); then a lane takes one staged weight block of each row against its x block with dp4a:
+ * 8 of them a q8_0 block, where widening to f32 took 32 conversions and 32 products. The first
+ * group's weights are staged before hc_pdl_wait. xq/xd: dynamic shared memory, TT * K bytes then
+ * [TT][K / 32] (d, d * sum). */
 template <int TT, int WPR, int QUANT, int RW, bool GATED>
 __global__ void __launch_bounds__(32 * GEMV_BLOCK_WARPS)
 gemv_q8x_kernel(const gemv_set s, const float *x, size_t row_bytes, int64_t K) {
@@ -473,8 +379,9 @@ gemv_q8x_kernel(const gemv_set s, const float *x, size_t row_bytes, int64_t K) {
     }
 }
 
-/* Any quantized row: one warp per output row; a lane takes 32 weights (one q8_0/q4_0 block or
- * a q4_k sub-block) at a time, read 16 bits at a time. */
+/* Any quantized row (q4_k, rows that are not whole 16-byte lines, x too wide for
+ * gemv_q8x_kernel's shared memory): one warp per output row; a lane takes 32 weights (one
+ * q8_0/q4_0 block or a q4_k sub-block) at a time, read 16 bits at a time. */
 template <int TT>
 __global__ void gemv_quant_kernel(float *out, const float *x, const uint8_t *w, int quant, size_t row_bytes,
                                   const void *bias, hc_dtype bias_dt, int64_t N, int64_t K) {
@@ -584,10 +491,8 @@ static bool gemv_fused(hc_cuda_ctx *cx, float *const *outs, const float *x, cons
     return true;
 }
 
-/* RW rows a warp in the staged kernel for up to 4 rows of x (one row a warp past them, where
- * more rows would hold more registers): 1B decode q8_0 took 2.18 ms a token with 1, 1.66 with
- * 2, 1.84 with 4 (q4_0: 2.02, 1.52, 1.75); 4 sequences decoding together went from 731 to
- * 1,007 tok/s with 2 (q4_0 760 -> 1,039). */
+/* Rows a warp in gemv_q8x_kernel. Measured with its float-activation predecessor: 1B decode
+ * q8_0 took 2.18 ms a token with 1, 1.66 with 2, 1.84 with 4 (q4_0: 2.02, 1.52, 1.75). */
 #define QUANT_RW 2
 /* gemv_q8x_kernel for up to 4 rows of x; false when x's int8 copy does not fit shared memory. */
 template <int TT, int WPR, int QUANT, bool GATED>
@@ -667,44 +572,9 @@ static bool gemv_q8x_set(hc_cuda_ctx *cx, float *const *outs, const float *x, co
     return true;
 }
 
-template <int WPR, int QUANT>
-static void launch_gemv_q_wpr(hc_cuda_ctx *cx, float *out, const float *x, const hc_mat *w, const void *bias, hc_dtype bdt,
-                              int64_t T) {
-    const size_t rb = hc_quant_row_bytes(w->quant, w->cols);
-    const uint8_t *wd = (const uint8_t *)w->data;
-#define GQ(TT)                                                                                                         \
-    case TT: {                                                                                                         \
-        constexpr int RW = TT <= 4 ? QUANT_RW : 1;                                                                     \
-        gemv_q_staged_kernel<TT, WPR, QUANT, RW><<<hc_blocks(w->rows, GEMV_BLOCK_WARPS / WPR * RW),                     \
-                                                   32 * GEMV_BLOCK_WARPS, 0, cx->stream>>>(out, x, wd, rb, bias, bdt,  \
-                                                                                           w->rows, w->cols);          \
-        break;                                                                                                         \
-    }
-    TT_SWITCH(T, GQ)
-#undef GQ
-}
-
-template <int QUANT>
-static void launch_gemv_q(hc_cuda_ctx *cx, float *out, const float *x, const hc_mat *w, const void *bias, hc_dtype bdt,
-                          int64_t T) {
-    const int64_t rw = T <= 4 ? QUANT_RW : 1;
-    switch (warps_per_row(cx, (w->rows + rw - 1) / rw, w->cols / 1024)) {
-    case 1: launch_gemv_q_wpr<1, QUANT>(cx, out, x, w, bias, bdt, T); break;
-    case 2: launch_gemv_q_wpr<2, QUANT>(cx, out, x, w, bias, bdt, T); break;
-    case 4: launch_gemv_q_wpr<4, QUANT>(cx, out, x, w, bias, bdt, T); break;
-    default: launch_gemv_q_wpr<8, QUANT>(cx, out, x, w, bias, bdt, T); break;
-    }
-}
-
 static void launch_gemv_quant(hc_cuda_ctx *cx, float *out, const float *x, const hc_mat *w, const void *bias, hc_dtype bdt,
                               int64_t T) {
     const size_t rb = hc_quant_row_bytes(w->quant, w->cols);
-    if ((w->quant == HC_QUANT_Q8_0 || w->quant == HC_QUANT_Q4_0) && rb % 16 == 0 && ((uintptr_t)w->data & 15) == 0 &&
-        ((uintptr_t)x & 15) == 0) {
-        if (w->quant == HC_QUANT_Q8_0) launch_gemv_q<HC_QUANT_Q8_0>(cx, out, x, w, bias, bdt, T);
-        else launch_gemv_q<HC_QUANT_Q4_0>(cx, out, x, w, bias, bdt, T);
-        return;
-    }
     const unsigned blocks = hc_blocks(w->rows, GEMV_WARPS);
     const uint8_t *wd = (const uint8_t *)w->data;
 #define GQ(TT)                                                                                                         \

@@ -198,7 +198,7 @@ static void launch_norm(hc_backend *be, float *out, float *x, const float *add, 
         const unsigned blocks = (unsigned)((T + rows - 1) / rows);
         const hc_dtype wdt = w ? w->dtype : HC_DTYPE_F32, bdt = b ? b->dtype : HC_DTYPE_F32;
         const int nv = (int)((C / 4 + 255) / 256);
-        void *o16 = T > HC_PDL_MAX_ROWS ? hc_cuda_acts16_begin(be, out, T * C) : NULL; /* a prompt's */
+        void *o16 = T > HC_PDL_MAX_ROWS ? hc_cuda_acts16_begin(be, T * C) : NULL; /* a prompt's */
 #define NR(N)                                                                                                           \
     case N:                                                                                                             \
         norm_rows_kernel<N><<<blocks, 256, 0, cx->stream>>>(out, o16, cx->compute, x, add, wd, wdt, bd, bdt, kind, eps, T, C, \
