@@ -728,6 +728,50 @@ static void test_rows(void) {
     free(q), free(k), free(v), free(scratch), free(want), free(got), free(gq);
 }
 
+/* The KV store of a step's rows, then attention over one cache, back to back: attention loads
+ * the rows no kernel of the step writes before it waits for the store, so this checks that it
+ * waits for the step's own rows (T of them, the last at p0 + T - 1). */
+static void store_then_attention_case(int64_t T, int64_t D, int64_t S, int64_t p0) {
+    hc_backend *cpu = hc_backend_cpu();
+    const int64_t H = 8, KVH = 2, R = D;
+    const hc_dtype kv = HC_DTYPE_BF16;
+    const size_t cb = (size_t)(S * KVH * D) * 2;
+    void *hk = rand_typed(kv, S * KVH * D, 1.0f), *hv = rand_typed(kv, S * KVH * D, 1.0f);
+    void *dk = up(hk, cb), *dv = up(hv, cb);
+    int32_t pos[8];
+    for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)(p0 + t);
+    float inv[128];
+    for (int i = 0; i < R / 2; i++) inv[i] = powf(10000.0f, -2.0f * (float)i / (float)R);
+    float *q = malloc(sizeof(float) * T * H * D), *k = malloc(sizeof(float) * T * KVH * D), *v = malloc(sizeof(float) * T * KVH * D);
+    fill_rand(q, T * H * D, 1.0f), fill_rand(k, T * KVH * D, 1.0f), fill_rand(v, T * KVH * D, 1.0f);
+    float *dq = up(q, sizeof(float) * T * H * D), *dkk = up(k, sizeof(float) * T * KVH * D), *dvv = up(v, sizeof(float) * T * KVH * D);
+    int32_t *dpos = up(pos, sizeof(int32_t) * (size_t)T);
+    float *dinv = up(inv, sizeof(float) * (size_t)(R / 2)), *scratch = malloc(sizeof(float) * S), *dscr = gpu->alloc(gpu, sizeof(float) * S);
+    float *want = malloc(sizeof(float) * T * H * D), *dout = gpu->alloc(gpu, sizeof(float) * T * H * D);
+    const float scale = 1.0f / sqrtf((float)D);
+    cpu->rope_store(cpu, q, k, v, hk, hv, kv, pos, inv, 1.0f, T, H, KVH, D, R);
+    cpu->attention(cpu, want, q, hk, hv, kv, pos, T, H, KVH, D, scale, 0, 0, S, scratch);
+    gpu->rope_store(gpu, dq, dkk, dvv, dk, dv, kv, dpos, dinv, 1.0f, T, H, KVH, D, R);
+    gpu->attention(gpu, dout, dq, dk, dv, kv, dpos, T, H, KVH, D, scale, 0, 0, S, dscr);
+    float *got = down(dout, T * H * D);
+    char what[120];
+    snprintf(what, sizeof what, "rope_store then attention T=%lld D=%lld S=%lld pos0=%lld", (long long)T, (long long)D,
+             (long long)S, (long long)p0);
+    report(what, nmse(got, want, T * H * D), 1e-5); /* bf16 keys may differ by a step */
+    gpu->free(gpu, dk), gpu->free(gpu, dv), gpu->free(gpu, dq), gpu->free(gpu, dkk), gpu->free(gpu, dvv),
+        gpu->free(gpu, dpos), gpu->free(gpu, dinv), gpu->free(gpu, dscr), gpu->free(gpu, dout);
+    free(hk), free(hv), free(q), free(k), free(v), free(scratch), free(want), free(got);
+}
+
+static void test_store_then_attention(void) {
+    store_then_attention_case(1, 64, 384, 200);  /* one block a head */
+    store_then_attention_case(1, 64, 384, 383);  /* the last position */
+    store_then_attention_case(3, 64, 300, 40);   /* rows of one sequence */
+    store_then_attention_case(1, 128, 300, 299); /* D 128 */
+    store_then_attention_case(1, 64, 4096, 2500); /* split keys */
+    store_then_attention_case(4, 128, 4096, 1000);
+}
+
 /* ---- backward: every op's gradients against the CPU reference (f32, NMSE <= 1e-7). Parameter
  * gradients start from random values, so += is checked along with the sums. ---------------- */
 
@@ -1279,6 +1323,7 @@ int main(void) {
     test_matmul(bf16, f16);
     test_norm_rope_embed();
     test_attention();
+    test_store_then_attention();
     test_flash_attention(bf16);
     test_acts16(bf16, f16);
     test_elementwise();

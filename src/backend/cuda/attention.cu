@@ -1,5 +1,6 @@
 /* Attention over the KV cache, flash-decoding style: each block takes one query row t, one
- * head h and one split of that query's keys, runs an online softmax over them in four warps,
+ * head h and one split of that query's keys, runs an online softmax over them in its warps (a
+ * warp for every 32 keys in one block when a decode step's keys are few, else four a split),
  * and either writes the normalised output (one split) or a partial (max, sum, acc[D]) that a
  * second kernel, or with many splits the last split to finish, combines. Causal and
  * sliding-window masks come from pos[t] (read on the device, so a captured decode step stays
@@ -9,7 +10,8 @@
 
 #include "backend/cuda/common.cuh"
 
-#define ATT_WARPS 4
+#define ATT_WARPS 4      /* warps a block: flash attention, and split decode attention */
+#define ATT_MAX_WARPS 16 /* decode attention in one block a head */
 
 /* The dot of the query (in shared memory) with key row `row` of the cache, over D. */
 __device__ __forceinline__ float att_key_dot(const float *sq, const void *kc, hc_dtype dt, int64_t row, int64_t D) {
@@ -36,21 +38,23 @@ __device__ __forceinline__ float att_key_dot(const float *sq, const void *kc, hc
     return s;
 }
 
-/* att_key_dot for D <= 32 * NPL: a 16-bit row's vectors are all loaded before the sums, which
- * then run in the same order. A decode step's attention is a chain of dependent loads, so
- * their latency, not bandwidth, sets its time. */
+/* A 16-bit key row of D <= 32 * NPL values, as 16-byte vectors: all loaded before any sum. A
+ * decode step's attention is a chain of dependent loads, so their latency, not bandwidth, sets
+ * its time. */
 template <int NPL>
-__device__ __forceinline__ float att_key_dot_n(const float *sq, const void *kc, hc_dtype dt, int64_t row, int64_t D) {
-    if (dt == HC_DTYPE_F32 || D % 8 != 0) return att_key_dot(sq, kc, dt, row, D);
-    constexpr int NC = 4 * NPL; /* 8-element vectors in the longest row */
+__device__ __forceinline__ void att_key_load(uint4 (&raw)[4 * NPL], const void *kc, int64_t row, int64_t D) {
     const uint4 *p = (const uint4 *)((const uint16_t *)kc + row);
-    uint4 raw[NC];
 #pragma unroll
-    for (int c = 0; c < NC; c++)
+    for (int c = 0; c < 4 * NPL; c++)
         if (8 * c < D) raw[c] = p[c];
+}
+
+/* The dot of the query (in shared memory) with a key row att_key_load loaded, in d order. */
+template <int NPL>
+__device__ __forceinline__ float att_key_dot_raw(const float *sq, const uint4 (&raw)[4 * NPL], hc_dtype dt, int64_t D) {
     float s = 0.0f;
 #pragma unroll
-    for (int c = 0; c < NC; c++) {
+    for (int c = 0; c < 4 * NPL; c++) {
         if (8 * c >= D) break;
         const uint16_t *h = (const uint16_t *)&raw[c];
 #pragma unroll
@@ -61,33 +65,70 @@ __device__ __forceinline__ float att_key_dot_n(const float *sq, const void *kc, 
     return s;
 }
 
-/* NPL: head dims per lane (D <= 32 * NPL). A warp takes 32 keys at a time: lane l scores key
- * l (its whole row against the query in shared memory), the warp takes their max and sum once,
- * then each lane adds the 32 probability-weighted value rows into its own dims. With a 16-bit
- * cache and D <= 128 the warp first starts copying those 32 value rows into shared memory
- * (cp.async), so they arrive while the keys are scored instead of in rounds after. */
+/* Shared memory of attention_kernel<NPL> with `warps` warps (see its layout). */
+static size_t att_smem_bytes(int NPL, int warps) {
+    const size_t sv = NPL <= 4 ? (size_t)warps * 32 * 32 * NPL * 2 : 0;
+    return sv + 4 * ((size_t)warps * 32 * NPL + (size_t)warps * 32 + 32 * (size_t)NPL + 2 * (size_t)warps);
+}
+
+/* NPL: head dims per lane (D <= 32 * NPL); blockDim.x / 32 warps. A warp takes 32 keys at a
+ * time: lane l scores key l (its whole row against the query in shared memory), the warp takes
+ * their max and sum once, then each lane adds the 32 probability-weighted value rows into its
+ * own dims. With a 16-bit cache and D <= 128 the warp first starts copying those 32 value rows
+ * into shared memory (cp.async), so they arrive while the keys are scored instead of in rounds
+ * after. The first round's key and value rows that no kernel of this step writes (all but the
+ * step's own rows) are loaded before hc_pdl_wait, while the kernel before (the KV store) runs. */
 template <int NPL>
 __global__ void attention_kernel(float *out, float *partials, unsigned *done, const float *q, const void *kc0,
                                  const void *vc0, void *const *k_rows, void *const *v_rows, hc_dtype kv_dt,
-                                 const int32_t *pos, int64_t H, int64_t KVH, int64_t D, float scale, int64_t window,
-                                 float softcap, int n_split) {
-    constexpr bool STAGE_MAX = NPL <= 4;   /* 32 rows of 128 16-bit values: 8 KB a warp */
-    __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
-    __shared__ float sm_acc[ATT_WARPS][32 * NPL];
-    __shared__ float sq[32 * NPL];         /* the query row */
-    __shared__ float sp[ATT_WARPS][32];    /* each warp's current 32 probabilities */
-    __shared__ __align__(16) uint16_t sv[ATT_WARPS][STAGE_MAX ? 32 * 32 * NPL : 8]; /* [32, D] value rows */
+                                 const int32_t *pos, int64_t T, int64_t H, int64_t KVH, int64_t D, float scale,
+                                 int64_t window, float softcap, int n_split) {
+    constexpr bool STAGE_MAX = NPL <= 4; /* 32 rows of 128 16-bit values: 8 KB a warp */
+    constexpr int KN = STAGE_MAX ? NPL : 1; /* the held key row's size, in 32-value units */
+    const int W = (int)(blockDim.x >> 5);
+    /* Dynamic shared memory: sv [W][32, D] 16-bit value rows (STAGE_MAX), sm_acc [W][32 NPL],
+     * sp [W][32] (each warp's current 32 probabilities), sq [32 NPL] (the query row), sm_m and
+     * sm_l [W] (the warps' running states). */
+    extern __shared__ __align__(16) unsigned char att_smem[];
+    uint16_t *sv_all = (uint16_t *)att_smem;
+    float *sm_acc = (float *)(att_smem + (STAGE_MAX ? (size_t)W * 32 * 32 * NPL * 2 : 0));
+    float *sp_all = sm_acc + W * 32 * NPL, *sq = sp_all + W * 32, *sm_m = sq + 32 * NPL, *sm_l = sm_m + W;
     const int split = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    uint16_t *sv = sv_all + (size_t)warp * 32 * 32 * NPL;
+    float *sp = sp_all + warp * 32;
     const int64_t h = blockIdx.y, t = blockIdx.z, kvh = h / (H / KVH);
     /* Positions and row pointers come from the host, before the step: no kernel writes them. */
     const void *kc = k_rows ? k_rows[t] : kc0, *vc = v_rows ? v_rows[t] : vc0; /* this row's caches */
     const int64_t p = pos[t];
-    const bool stage = STAGE_MAX && kv_dt != HC_DTYPE_F32 && D % 8 == 0;
-    hc_pdl_wait();
-    hc_pdl_trigger();
+    const bool vec16 = kv_dt != HC_DTYPE_F32 && D % 8 == 0, stage = STAGE_MAX && vec16;
     const int64_t lo = (window > 0 && p - window + 1 > 0) ? p - window + 1 : 0;
     const int64_t nk = p - lo + 1, chunk = (nk + n_split - 1) / n_split;
     const int64_t j0 = lo + split * chunk, j1 = min(j0 + chunk, p + 1);
+    /* This step's rows (at most T of them, the last at p) are written by the kernel before;
+     * rows below `fresh` were written by earlier steps. */
+    const int64_t fresh = p - T + 1;
+    const int nvec = (int)(D / 8);
+    /* value rows [from, to) of the 32 at `base` into sv, 16 bytes a copy */
+    auto stage_values = [&](int64_t base, int from, int to) {
+        for (int idx = from * nvec + lane; idx < to * nvec; idx += 32) {
+            const int jj = idx / nvec, c = idx - jj * nvec;
+            cp_async16(&sv[jj * D + 8 * c], (const uint16_t *)vc + ((base + jj) * KVH + kvh) * D + 8 * c);
+        }
+    };
+    uint4 kraw[4 * KN]; /* this lane's key row (staged path) */
+    int early = 0;      /* value rows of the first round staged before the wait */
+    bool k_early = false; /* this lane's kraw holds its first-round key */
+    {
+        const int64_t base = j0 + warp * 32, j = base + lane;
+        if (stage && base < j1) {
+            const int n = (int)min((int64_t)32, j1 - base);
+            early = (int)max((int64_t)0, min((int64_t)n, fresh - base));
+            stage_values(base, 0, early);
+            if (j < j1 && j < fresh) att_key_load<KN>(kraw, kc, (j * KVH + kvh) * D, D), k_early = true;
+        }
+    }
+    hc_pdl_trigger(); /* early: see hc_pdl_trigger */
+    hc_pdl_wait();
 
     const float *qh = q + (t * H + h) * D; /* [D] */
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x) sq[d] = qh[d];
@@ -96,34 +137,41 @@ __global__ void attention_kernel(float *out, float *partials, unsigned *done, co
 #pragma unroll
     for (int i = 0; i < NPL; i++) acc[i] = 0.0f;
     float m = -INFINITY, l = 0.0f;
-    for (int64_t base = j0 + warp * 32; base < j1; base += ATT_WARPS * 32) {
+    bool first = true;
+    for (int64_t base = j0 + warp * 32; base < j1; base += (int64_t)W * 32, first = false) {
         const int64_t j = base + lane;
         const int n = (int)min((int64_t)32, j1 - base);
-        if (stage) { /* value rows base .. base + n into sv[warp], 16 bytes a copy */
-            const int nvec = (int)(D / 8);
-            for (int idx = lane; idx < n * nvec; idx += 32) {
-                const int jj = idx / nvec, c = idx - jj * nvec;
-                cp_async16(&sv[warp][jj * D + 8 * c], (const uint16_t *)vc + ((base + jj) * KVH + kvh) * D + 8 * c);
-            }
+        if (stage) {
+            stage_values(base, first ? early : 0, n);
             cp_async_commit();
         }
         float s = -INFINITY;
         if (j < j1) {
-            s = att_key_dot_n<NPL>(sq, kc, kv_dt, (j * KVH + kvh) * D, D) * scale;
+            if (stage) {
+                if (!(first && k_early)) att_key_load<KN>(kraw, kc, (j * KVH + kvh) * D, D);
+                s = att_key_dot_raw<KN>(sq, kraw, kv_dt, D);
+            } else if (vec16) {
+                uint4 raw[4 * NPL];
+                att_key_load<NPL>(raw, kc, (j * KVH + kvh) * D, D);
+                s = att_key_dot_raw<NPL>(sq, raw, kv_dt, D);
+            } else {
+                s = att_key_dot(sq, kc, kv_dt, (j * KVH + kvh) * D, D);
+            }
+            s *= scale;
             if (softcap > 0) s = softcap * tanhf(s / softcap);
         }
         const float m_new = fmaxf(m, hc_warp_max(s)); /* finite: key `base` is in range */
         const float corr = expf(m - m_new), e = j < j1 ? expf(s - m_new) : 0.0f;
         l = l * corr + hc_warp_sum(e);
-        sp[warp][lane] = e;
+        sp[lane] = e;
 #pragma unroll
         for (int i = 0; i < NPL; i++) acc[i] *= corr;
         if (stage) {
             cp_async_wait<0>();
             __syncwarp();
             for (int jj = 0; jj < n; jj++) {
-                const float pj = sp[warp][jj];
-                const uint16_t *vr = &sv[warp][jj * D];
+                const float pj = sp[jj];
+                const uint16_t *vr = &sv[jj * D];
 #pragma unroll
                 for (int i = 0; i < NPL; i++) {
                     const int64_t d = lane + 32 * i;
@@ -152,7 +200,7 @@ __global__ void attention_kernel(float *out, float *partials, unsigned *done, co
 #pragma unroll
             for (int u = 0; u < 8; u++) {
                 if (g0 + u >= n) break;
-                const float pj = sp[warp][g0 + u];
+                const float pj = sp[g0 + u];
 #pragma unroll
                 for (int i = 0; i < NPL; i++) acc[i] += pj * vv[u][i];
             }
@@ -160,22 +208,22 @@ __global__ void attention_kernel(float *out, float *partials, unsigned *done, co
         __syncwarp();
         m = m_new;
     }
-    /* Merge the four warps' running states. */
+    /* Merge the warps' running states. */
     if (lane == 0) sm_m[warp] = m, sm_l[warp] = l;
 #pragma unroll
-    for (int i = 0; i < NPL; i++) sm_acc[warp][lane + 32 * i] = acc[i];
+    for (int i = 0; i < NPL; i++) sm_acc[warp * 32 * NPL + lane + 32 * i] = acc[i];
     __syncthreads();
     if (warp != 0) return;
     float M = -INFINITY;
-    for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, sm_m[w]);
+    for (int w = 0; w < W; w++) M = fmaxf(M, sm_m[w]);
     float L = 0, o[NPL];
 #pragma unroll
     for (int i = 0; i < NPL; i++) o[i] = 0;
-    for (int w = 0; w < ATT_WARPS; w++) {
+    for (int w = 0; w < W; w++) {
         const float f = sm_m[w] == -INFINITY ? 0.0f : expf(sm_m[w] - M);
         L += sm_l[w] * f;
 #pragma unroll
-        for (int i = 0; i < NPL; i++) o[i] += sm_acc[w][lane + 32 * i] * f;
+        for (int i = 0; i < NPL; i++) o[i] += sm_acc[w * 32 * NPL + lane + 32 * i] * f;
     }
     if (n_split == 1) {
         float *oh = out + (t * H + h) * D; /* [D] */
@@ -232,8 +280,8 @@ __global__ void attention_kernel(float *out, float *partials, unsigned *done, co
  * last split), all loaded at once, then summed in split order. */
 #define ATT_COMBINE_MAX 8
 __global__ void attention_combine_kernel(float *out, const float *partials, int64_t H, int64_t D, int n_split) {
+    hc_pdl_trigger(); /* early: see hc_pdl_trigger */
     hc_pdl_wait();
-    hc_pdl_trigger();
     const int64_t h = blockIdx.x, t = blockIdx.y;
     const float *pp = partials + (t * H + h) * n_split * (D + 2);
     float ms[ATT_COMBINE_MAX], ls[ATT_COMBINE_MAX];
@@ -764,6 +812,23 @@ void hc_cuda_attention_train(hc_backend *be, float *out, float *reserve, const f
     else HC_CUDA_LAUNCHED(be, "flash attention (training)");
 }
 
+/* The most warps attention_kernel<npl> takes in one block: ATT_MAX_WARPS, or fewer where its
+ * registers do not allow that many threads. */
+static int att_max_warps(int npl) {
+    static int cap[9];
+    if (!cap[npl]) {
+        cudaFuncAttributes a = {};
+        cudaError_t e = npl == 1   ? cudaFuncGetAttributes(&a, attention_kernel<1>)
+                        : npl == 2 ? cudaFuncGetAttributes(&a, attention_kernel<2>)
+                        : npl == 4 ? cudaFuncGetAttributes(&a, attention_kernel<4>)
+                                   : cudaFuncGetAttributes(&a, attention_kernel<8>);
+        if (e != cudaSuccess) cudaGetLastError(); /* not sticky: the split kernel is the fallback */
+        const int w = e == cudaSuccess ? a.maxThreadsPerBlock / 32 : 0;
+        cap[npl] = w < 1 ? -1 : w > ATT_MAX_WARPS ? ATT_MAX_WARPS : w;
+    }
+    return cap[npl] > 0 ? cap[npl] : 0;
+}
+
 static void launch_attention(hc_backend *be, float *out, const float *q, const void *k_cache, const void *v_cache,
                              void *const *k_rows, void *const *v_rows, hc_dtype kv_dtype, const int32_t *pos, int64_t T,
                              int64_t H, int64_t KVH, int64_t D, float scale, int64_t window, float softcap, int64_t S) {
@@ -808,12 +873,21 @@ static void launch_attention(hc_backend *be, float *out, const float *q, const v
         }
     }
     /* Enough blocks to fill the GPU: split each query's keys when rows x heads are few. The
-     * count depends only on T, H and S, so a captured decode step keeps its grid. */
+     * count depends only on T, H and S, so a captured decode step keeps its grid. A decode-sized
+     * step over at most 32 * ATT_MAX_WARPS keys instead takes a warp for every 32 of them in one
+     * block a head, which needs no combine (1B decode at 384 keys: 1.133 -> 1.104 ms a token). */
     const int64_t max_keys = window > 0 && window < S ? window : S;
+    int warps = ATT_WARPS;
     int64_t n_split = (4 * (int64_t)cx->n_sm + T * H - 1) / (T * H);
     const int64_t by_len = (max_keys + 127) / 128;
     if (n_split > by_len) n_split = by_len;
     if (n_split < 1) n_split = 1;
+    const int npl = D <= 32 ? 1 : D <= 64 ? 2 : D <= 128 ? 4 : 8;
+    if (T <= HC_PDL_MAX_ROWS && max_keys <= 32 * att_max_warps(npl)) {
+        warps = (int)((max_keys + 31) / 32);
+        if (warps < 1) warps = 1;
+        n_split = 1;
+    }
     float *partials = NULL;
     unsigned *done = NULL;
     if (n_split > 1) {
@@ -833,12 +907,23 @@ static void launch_attention(hc_backend *be, float *out, const float *q, const v
     dim3 grid((unsigned)n_split, (unsigned)H, (unsigned)T);
     const int ns = (int)n_split;
 #define ATT(NPL)                                                                                                       \
-    hc_launch(cx, T <= HC_PDL_MAX_ROWS, attention_kernel<NPL>, grid, dim3(32 * ATT_WARPS), 0, out, partials, done, q,         \
-              k_cache, v_cache, k_rows, v_rows, kv_dtype, pos, H, KVH, D, scale, window, softcap, ns)
-    if (D <= 32) ATT(1);
-    else if (D <= 64) ATT(2);
-    else if (D <= 128) ATT(4);
-    else ATT(8);
+    do {                                                                                                               \
+        const size_t smem = att_smem_bytes(NPL, warps);                                                                \
+        static bool opted = false;                                                                                     \
+        if (!opted) {                                                                                                  \
+            opted = true;                                                                                              \
+            cudaFuncSetAttribute(attention_kernel<NPL>, cudaFuncAttributeMaxDynamicSharedMemorySize,                   \
+                                 (int)att_smem_bytes(NPL, ATT_MAX_WARPS));                                             \
+        }                                                                                                              \
+        hc_launch(cx, T <= HC_PDL_MAX_ROWS, attention_kernel<NPL>, grid, dim3(32 * warps), smem, out, partials, done, q, \
+                  k_cache, v_cache, k_rows, v_rows, kv_dtype, pos, T, H, KVH, D, scale, window, softcap, ns);          \
+    } while (0)
+    switch (npl) {
+    case 1: ATT(1); break;
+    case 2: ATT(2); break;
+    case 4: ATT(4); break;
+    default: ATT(8); break;
+    }
 #undef ATT
     if (n_split > 1 && !done)
         hc_launch(cx, T <= HC_PDL_MAX_ROWS, attention_combine_kernel, dim3((unsigned)H, (unsigned)T), dim3(128), 0, out,

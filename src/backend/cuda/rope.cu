@@ -100,8 +100,8 @@ __global__ void rope_store_kernel(float *q, float *k, const float *v, void *kc0,
     if (blockIdx.y < T && threadIdx.x < half && hh < H + KVH)
         sincosf((float)pos[blockIdx.y] * inv_freq[threadIdx.x], &sf0, &cf0);
     if (pdl) { /* only when launched so: the wait costs a tiny block of a long prompt's grid about 100 cycles */
+        hc_pdl_trigger(); /* early: see hc_pdl_trigger */
         hc_pdl_wait();
-        hc_pdl_trigger();
     }
     for (int64_t t = blockIdx.y; t < T; t += gridDim.y) {
         const int64_t p = pos[t];
