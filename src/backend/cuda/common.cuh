@@ -70,6 +70,7 @@ typedef struct {
     double replay_ms;
     long long replays;
     int n_graphs;
+    bool quant_gemv_last; /* the last matmul was a decode step's int8 GEMV: see launch_norm */
     bool pdl;           /* programmatic dependent launch (sm_90 and later; HUBCAP_CUDA_NO_PDL turns it off) */
 } hc_cuda_ctx;
 
@@ -89,9 +90,10 @@ static inline hc_cuda_ctx *hc_cuda(hc_backend *be) { return (hc_cuda_ctx *)be->c
  * (and load its weights) while they still wait on theirs: two kernels ahead. That is safe
  * because the next kernel's own wait returns only once they have finished, which they do only
  * after their wait. It helps where the next kernel's early start falls in a step's latency-bound
- * stretch (store, attention, then the o GEMV: 1B decode 1.092 -> 1.083 ms a token); the norms
- * do not trigger early, since their next GEMV would then start in the previous GEMV's tail, which
- * cost bf16 decode 1.083 -> 1.092 ms (q4_0 gained: 0.780 -> 0.754). */
+ * stretch (store, attention, then the o GEMV: 1B decode 1.092 -> 1.083 ms a token). A norm
+ * between two GEMVs triggers early only when they are int8 GEMVs of quantized weights: the
+ * next GEMV then starts in the previous one's tail, which gained q8_0 / q4_0 decode 4% / 3%
+ * (0.915 -> 0.879, 0.784 -> 0.759 ms) but cost bf16 1.085 -> 1.097 ms. */
 __device__ __forceinline__ void hc_pdl_wait(void) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");

@@ -792,8 +792,15 @@ bool hc_cuda_matmul_converted(hc_backend *be, float *out, const void *x16, const
     return true;
 }
 
+/* Whether this matmul is a decode step's int8 GEMV (a norm after it lets the next GEMV start
+ * early). */
+static void note_gemv_kind(hc_backend *be, const hc_mat *w, int64_t T) {
+    hc_cuda(be)->quant_gemv_last = T <= Q8X_MAX_T && (w->quant == HC_QUANT_Q8_0 || w->quant == HC_QUANT_Q4_0);
+}
+
 void hc_cuda_matmul(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T) {
     if (T <= 0 || hc_cuda(be)->failed) return;
+    note_gemv_kind(be, w, T);
     if (T <= gemv_max_t()) {
         gemv(be, out, x, w, bias, T);
     } else {
@@ -807,6 +814,7 @@ void hc_cuda_matmul(hc_backend *be, float *out, const float *x, const hc_mat *w,
 void hc_cuda_matmul_n(hc_backend *be, float *const *outs, const float *x, const hc_mat *const *ws, const hc_vec *const *bs,
                       int n, int64_t T) {
     if (T <= 0 || hc_cuda(be)->failed) return;
+    note_gemv_kind(be, ws[0], T);
     if ((T <= gemv_max_t() && gemv_fused(hc_cuda(be), outs, x, ws, bs, n, T, false, HC_ACT_SILU)) ||
         gemv_q8x_set(hc_cuda(be), outs, x, ws, bs, n, T, false, HC_ACT_SILU)) {
         HC_CUDA_LAUNCHED(be, "matmul_n");
@@ -843,6 +851,7 @@ void hc_cuda_matmul_add(hc_backend *be, float *out, float *tmp, const float *x, 
 void hc_cuda_gated_matmul(hc_backend *be, float *out, float *tmp, const float *x, const hc_mat *gate, const hc_vec *bg,
                           const hc_mat *up, const hc_vec *bu, hc_activation act, int64_t T) {
     if (T <= 0 || hc_cuda(be)->failed) return;
+    note_gemv_kind(be, gate, T);
     const hc_mat *const ws[2] = {gate, up};
     const hc_vec *const bs[2] = {bg, bu};
     float *const outs[2] = {out, NULL};

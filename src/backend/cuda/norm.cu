@@ -9,7 +9,7 @@
  * one link out. */
 template <int NPT>
 __global__ void norm_kernel(float *out, float *x, const float *add, const void *w, hc_dtype w_dt, const void *b,
-                            hc_dtype b_dt, hc_norm_kind kind, float eps, int64_t C) {
+                            hc_dtype b_dt, hc_norm_kind kind, float eps, int64_t C, bool early) {
     __shared__ float red[32];
     float g[NPT], bb[NPT], v[NPT];
 #pragma unroll
@@ -18,8 +18,9 @@ __global__ void norm_kernel(float *out, float *x, const float *add, const void *
         g[i] = w && c < C ? hc_ld(w, w_dt, c) + (kind == HC_NORM_RMS_PLUS1 ? 1.0f : 0.0f) : 1.0f;
         bb[i] = b && c < C ? hc_ld(b, b_dt, c) : 0.0f;
     }
+    if (early) hc_pdl_trigger();
     hc_pdl_wait();
-    hc_pdl_trigger();
+    if (!early) hc_pdl_trigger();
     float *xt = x + blockIdx.x * C;   /* [C] */
     float *ot = out + blockIdx.x * C; /* [C] */
 #pragma unroll
@@ -65,10 +66,11 @@ __global__ void norm_kernel(float *out, float *x, const float *add, const void *
 
 /* norm_kernel for rows of any width: each thread strides over the row, reading it again. */
 __global__ void norm_wide_kernel(float *out, float *x, const float *add, const void *w, hc_dtype w_dt, const void *b,
-                            hc_dtype b_dt, hc_norm_kind kind, float eps, int64_t C) {
+                            hc_dtype b_dt, hc_norm_kind kind, float eps, int64_t C, bool early) {
     __shared__ float red[32];
+    if (early) hc_pdl_trigger();
     hc_pdl_wait();
-    hc_pdl_trigger();
+    if (!early) hc_pdl_trigger();
     float *xt = x + blockIdx.x * C;   /* [C] */
     float *ot = out + blockIdx.x * C; /* [C] */
     if (add) {
@@ -215,13 +217,14 @@ static void launch_norm(hc_backend *be, float *out, float *x, const float *add, 
     if (threads > 1024) threads = 1024;
     if (threads < 32) threads = 32;
     const void *wd = w ? w->data : NULL, *bd = b ? b->data : NULL;
+    const bool early = cx->quant_gemv_last; /* trigger the next GEMV before waiting: see hc_pdl_trigger */
     for (int64_t t0 = 0; t0 < T; t0 += 65535 * 32) { /* grids hold 2^31-1 blocks in x; stay far below */
         const int64_t n = T - t0 < 65535 * 32 ? T - t0 : 65535 * 32;
         const int npt = (int)((C + threads - 1) / threads);
 #define NK(N)                                                                                                          \
     hc_launch(hc_cuda(be), n <= HC_PDL_MAX_ROWS, norm_kernel<N>, dim3((unsigned)n), dim3(threads), 0, out + t0 * C,       \
               x + t0 * C, add ? add + t0 * C : NULL, wd, w ? w->dtype : HC_DTYPE_F32, bd, b ? b->dtype : HC_DTYPE_F32, kind, \
-              eps, C)
+              eps, C, early)
         if (npt <= 2) NK(2);
         else if (npt <= 4) NK(4);
         else if (npt <= 8) NK(8);
@@ -229,7 +232,7 @@ static void launch_norm(hc_backend *be, float *out, float *x, const float *add, 
         else
             hc_launch(hc_cuda(be), n <= HC_PDL_MAX_ROWS, norm_wide_kernel, dim3((unsigned)n), dim3(threads), 0, out + t0 * C,
                       x + t0 * C, add ? add + t0 * C : NULL, wd, w ? w->dtype : HC_DTYPE_F32, bd, b ? b->dtype : HC_DTYPE_F32,
-                      kind, eps, C);
+                      kind, eps, C, early);
 #undef NK
     }
     HC_CUDA_LAUNCHED(be, "norm");
