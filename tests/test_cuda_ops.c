@@ -342,6 +342,7 @@ static void test_attention(void) {
     attention_case(5, 4, 2, 32, 200, 100, 0, 50.0f, HC_DTYPE_F16); /* soft-capping */
     attention_case(1, 32, 8, 128, 4096, 3000, 0, 0, HC_DTYPE_BF16); /* long decode: split keys */
     attention_case(1, 8, 8, 64, 4096, 4095, 1024, 0, HC_DTYPE_F32);
+    attention_case(1, 4, 2, 64, 8192, 8000, 0, 0, HC_DTYPE_BF16); /* 64 splits: the last one combines */
     attention_case(300, 8, 2, 64, 512, 0, 0, 0, HC_DTYPE_F32);    /* a prompt from position 0 */
 }
 

@@ -276,35 +276,36 @@ __global__ void attention_kernel(float *out, float *partials, unsigned *done, co
     if (lane == 0) done[t * H + h] = 0;
 }
 
-/* out[t, h, :] from the n_split partials of (t, h): fewer than 8 (more are combined by the
- * last split), all loaded at once, then summed in split order. */
-#define ATT_COMBINE_MAX 8
+/* out[t, h, :] from the n_split <= CM partials of (t, h), all loaded at once, then summed in
+ * split order. More than ATT_COMBINE_MAX splits are combined by the last split to finish. */
+#define ATT_COMBINE_MAX 32
+template <int CM>
 __global__ void attention_combine_kernel(float *out, const float *partials, int64_t H, int64_t D, int n_split) {
     hc_pdl_trigger(); /* early: see hc_pdl_trigger */
     hc_pdl_wait();
     const int64_t h = blockIdx.x, t = blockIdx.y;
     const float *pp = partials + (t * H + h) * n_split * (D + 2);
-    float ms[ATT_COMBINE_MAX], ls[ATT_COMBINE_MAX];
+    float ms[CM], ls[CM];
 #pragma unroll
-    for (int s = 0; s < ATT_COMBINE_MAX; s++) {
+    for (int s = 0; s < CM; s++) {
         ms[s] = s < n_split ? pp[s * (D + 2)] : -INFINITY;
         ls[s] = s < n_split ? pp[s * (D + 2) + 1] : 0.0f;
     }
     float M = -INFINITY;
 #pragma unroll
-    for (int s = 0; s < ATT_COMBINE_MAX; s++) M = fmaxf(M, ms[s]);
+    for (int s = 0; s < CM; s++) M = fmaxf(M, ms[s]);
     float L = 0;
 #pragma unroll
-    for (int s = 0; s < ATT_COMBINE_MAX; s++)
+    for (int s = 0; s < CM; s++)
         if (ms[s] != -INFINITY) L += ls[s] * expf(ms[s] - M);
     float *oh = out + (t * H + h) * D;
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-        float a[ATT_COMBINE_MAX];
+        float a[CM];
 #pragma unroll
-        for (int s = 0; s < ATT_COMBINE_MAX; s++) a[s] = s < n_split ? pp[s * (D + 2) + 2 + d] : 0.0f;
+        for (int s = 0; s < CM; s++) a[s] = s < n_split ? pp[s * (D + 2) + 2 + d] : 0.0f;
         float o = 0;
 #pragma unroll
-        for (int s = 0; s < ATT_COMBINE_MAX; s++)
+        for (int s = 0; s < CM; s++)
             if (ms[s] != -INFINITY) o += a[s] * expf(ms[s] - M);
         oh[d] = o / L;
     }
@@ -899,10 +900,10 @@ static void launch_attention(hc_backend *be, float *out, const float *q, const v
         if (cx->att_done_bytes != had &&
             hc_cuda_fail(be, cudaMemsetAsync(done, 0, cx->att_done_bytes, cx->stream), "attention counters"))
             return;
-        /* The last split combines when there are many of them (a 2048-token context: 1.388 ->
-         * 1.357 ms a 1B token); with few, the separate kernel was slightly faster (1.243 against
-         * 1.255 ms at 384 keys, 3 splits). */
-        if (n_split < ATT_COMBINE_MAX) done = NULL;
+        /* Up to ATT_COMBINE_MAX splits a second kernel combines them; it is launched early
+         * (see hc_pdl_trigger), which made it faster than the last split combining (1B decode
+         * at 2304 keys, 17 splits: 1.183-1.185 against 1.208-1.210 ms a token). */
+        if (n_split <= ATT_COMBINE_MAX) done = NULL;
     }
     dim3 grid((unsigned)n_split, (unsigned)H, (unsigned)T);
     const int ns = (int)n_split;
@@ -925,9 +926,14 @@ static void launch_attention(hc_backend *be, float *out, const float *q, const v
     default: ATT(8); break;
     }
 #undef ATT
-    if (n_split > 1 && !done)
-        hc_launch(cx, T <= HC_PDL_MAX_ROWS, attention_combine_kernel, dim3((unsigned)H, (unsigned)T), dim3(128), 0, out,
-                  partials, H, D, ns);
+    if (n_split > 1 && !done) {
+        if (ns <= 8)
+            hc_launch(cx, T <= HC_PDL_MAX_ROWS, attention_combine_kernel<8>, dim3((unsigned)H, (unsigned)T), dim3(128), 0, out,
+                      partials, H, D, ns);
+        else
+            hc_launch(cx, T <= HC_PDL_MAX_ROWS, attention_combine_kernel<32>, dim3((unsigned)H, (unsigned)T), dim3(128), 0, out,
+                      partials, H, D, ns);
+    }
     HC_CUDA_LAUNCHED(be, "attention");
 }
 
