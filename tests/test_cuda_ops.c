@@ -105,8 +105,9 @@ static void matmul_case(hc_backend *be, const char *tag, hc_dtype dt, int quant,
     hc_vec hb = {.data = b, .dtype = dt, .n = N};
     float *want = malloc(sizeof(float) * (size_t)(T * N));
     /* q8_0 and q4_0 rows of whole 16-byte lines, up to 8 rows of x (Q8X_MAX_T in matmul.cu): the
-     * GEMV quantizes x to int8 */
-    const bool int8_x = (quant == HC_QUANT_Q8_0 || quant == HC_QUANT_Q4_0) && T <= 8 && hc_quant_row_bytes(quant, K) % 16 == 0;
+     * GEMV quantizes x to int8; so does the tensor-core matmul, for 9 to 16 rows (MMQ_MAX_T) */
+    const bool q80 = quant == HC_QUANT_Q8_0 || quant == HC_QUANT_Q4_0;
+    const bool int8_x = q80 && ((T <= 8 && hc_quant_row_bytes(quant, K) % 16 == 0) || (T > 8 && T <= 16 && !transposed));
     float *xr = malloc(sizeof(float) * (size_t)(T * K));
     memcpy(xr, x, sizeof(float) * (size_t)(T * K));
     if (int8_x) round_acts_q8(xr, T * K);
@@ -140,7 +141,7 @@ static void matmul_case(hc_backend *be, const char *tag, hc_dtype dt, int quant,
 
 static void test_matmul(hc_backend *bf16, hc_backend *f16) {
     const hc_dtype dts[] = {HC_DTYPE_F32, HC_DTYPE_BF16, HC_DTYPE_F16};
-    const int64_t Ts[] = {1, 3, 4, 5, 8, 9, 37}; /* both sides of the GEMV's 4 rows */
+    const int64_t Ts[] = {1, 3, 4, 5, 8, 9, 16, 17, 37}; /* both sides of the GEMV's 4 rows, and of 16 */
     const int nT = (int)(sizeof Ts / sizeof Ts[0]);
     const int64_t shapes[][2] = {{67, 45}, {130, 256}, {33, 1000}, {5, 8}};
     for (int d = 0; d < 3; d++)
@@ -464,8 +465,9 @@ static void test_fused_quant(void) {
     hc_backend *cpu = hc_backend_cpu();
     const int quants[2] = {HC_QUANT_Q8_0, HC_QUANT_Q4_0};
     for (int qi = 0; qi < 2; qi++)
-        for (int64_t T = 1; T <= 6; T += T == 1 ? 2 : 3) /* 1, 3, and 6: two passes of the kernel */
+        for (int ti = 0; ti < 4; ti++) /* 1, 3, 6 (two passes of the GEMV) and 13 (the tensor-core matmul) */
             for (int gated = 0; gated < 2; gated++) {
+                const int64_t T = ti == 0 ? 1 : ti == 1 ? 3 : ti == 2 ? 6 : 13;
                 const int quant = quants[qi], n = gated ? 2 : 3;
                 const int64_t K = 256, N[3] = {67, gated ? 67 : 33, 33};
                 const size_t rb = hc_quant_row_bytes(quant, K);

@@ -179,6 +179,7 @@ static void cuda_destroy(hc_backend *be) {
     cudaStreamSynchronize(cx->stream);
     if (cx->scratch_a) cudaFree(cx->scratch_a);
     if (cx->scratch_b) cudaFree(cx->scratch_b);
+    if (cx->mmq_x) cudaFree(cx->mmq_x);
     if (cx->acts16) cudaFree(cx->acts16);
     if (cx->partials) cudaFree(cx->partials);
     if (cx->train_scratch) cudaFree(cx->train_scratch);

@@ -36,6 +36,8 @@ typedef struct {
     size_t scratch_a_bytes;
     void *scratch_b;
     size_t scratch_b_bytes;
+    void *mmq_x; /* x quantized for the int8 tensor-core matmul: [T][K] int8, then [T][K / 32] f32 scales */
+    size_t mmq_x_bytes;
     float *partials;
     size_t partials_bytes;
     void *train_scratch; /* attention backward: P and dS, or the flash path's bf16 operands */
