@@ -219,6 +219,36 @@ __device__ __forceinline__ void dequant_q4_k_sub(float *o, const hc_block_q4_k *
     for (int i = 0; i < 32; i++) o[i] = d * (float)((j & 1) ? (qs[i] >> 4) : (qs[i] & 0xf)) - mn;
 }
 
+/* 8 values of x to int8 (q8[0..7]) as the CPU's quantize_acts does: threads 4j .. 4j + 3 hold
+ * one block of 32 and all take the shuffles (in = false: a thread past the end, whose whole group
+ * is, reads and writes nothing). Returns the block's d = amax / 127 (q = x / d rounded to
+ * nearest even); *sum = the block's sum of q. */
+__device__ __forceinline__ float quantize8_q8(int8_t *q8, const float *x8, bool in, int *sum) {
+    float v[8];
+    const float4 a = in ? ((const float4 *)x8)[0] : make_float4(0, 0, 0, 0);
+    const float4 b = in ? ((const float4 *)x8)[1] : make_float4(0, 0, 0, 0);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+    float amax = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; j++) amax = fmaxf(amax, fabsf(v[j]));
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    int s = 0;
+    uint32_t pk[2] = {0, 0};
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const int qv = __float2int_rn(v[j] * id);
+        s += qv;
+        pk[j / 4] |= (uint32_t)(qv & 0xff) << (8 * (j % 4));
+    }
+    s += __shfl_xor_sync(0xffffffffu, s, 1);
+    s += __shfl_xor_sync(0xffffffffu, s, 2);
+    if (in) *(uint2 *)q8 = make_uint2(pk[0], pk[1]);
+    *sum = s;
+    return d;
+}
+
 /* q8_0 and q4_0 rows whose length is a multiple of 16 bytes, for up to 4 rows of x: WPR warps
  * share RW rows; each warp copies 32 consecutive blocks of its rows at a time to shared memory
  * with 16-byte loads (the blocks themselves are 34 or 18 bytes, only 2-byte aligned). Each block
@@ -273,30 +303,9 @@ gemv_q8x_kernel(const gemv_set s, const float *x, size_t row_bytes, int64_t K) {
     for (int64_t c0 = 0; c0 < chunks; c0 += blockDim.x) {
         const int64_t c = c0 + threadIdx.x;
         const bool in = c < chunks;
-        float v[8];
-        const float4 a = in ? ((const float4 *)x)[2 * c] : make_float4(0, 0, 0, 0);
-        const float4 b = in ? ((const float4 *)x)[2 * c + 1] : make_float4(0, 0, 0, 0);
-        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-        float amax = 0.0f;
-#pragma unroll
-        for (int j = 0; j < 8; j++) amax = fmaxf(amax, fabsf(v[j]));
-        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-        const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
-        int sum = 0;
-        uint32_t pk[2] = {0, 0};
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            const int q = __float2int_rn(v[j] * id);
-            sum += q;
-            pk[j / 4] |= (uint32_t)(q & 0xff) << (8 * (j % 4));
-        }
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-        if (in) {
-            *(uint2 *)(xq + 8 * c) = make_uint2(pk[0], pk[1]);
-            if ((threadIdx.x & 3) == 0) xd[c / 4] = make_float2(d, d * (float)sum);
-        }
+        int sum;
+        const float d = quantize8_q8(xq + 8 * c, x + 8 * c, in, &sum);
+        if (in && (threadIdx.x & 3) == 0) xd[c / 4] = make_float2(d, d * (float)sum);
     }
     __syncthreads();
     float acc[NM * RW][TT];
@@ -589,25 +598,11 @@ static bool gemv_q8x_set(hc_cuda_ctx *cx, float *const *outs, const float *x, co
 
 /* x[T, K] to int8 [T][K] and scales [T][K / 32]: 8 values a thread, 4 threads a block of 32 */
 __global__ void quantize_x_q8_kernel(int8_t *xq, float *xd, const float *x, int64_t n) {
-    const int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, chunks = n / 8;
-    const bool in = c < chunks;
-    float v[8];
-    const float4 a = in ? ((const float4 *)x)[2 * c] : make_float4(0, 0, 0, 0);
-    const float4 b = in ? ((const float4 *)x)[2 * c + 1] : make_float4(0, 0, 0, 0);
-    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-    float amax = 0.0f;
-#pragma unroll
-    for (int j = 0; j < 8; j++) amax = fmaxf(amax, fabsf(v[j]));
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
-    uint32_t pk[2] = {0, 0};
-#pragma unroll
-    for (int j = 0; j < 8; j++) pk[j / 4] |= (uint32_t)(__float2int_rn(v[j] * id) & 0xff) << (8 * (j % 4));
-    if (in) {
-        *(uint2 *)(xq + 8 * c) = make_uint2(pk[0], pk[1]);
-        if ((threadIdx.x & 3) == 0) xd[c / 4] = d;
-    }
+    const int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    const bool in = c < n / 8;
+    int sum;
+    const float d = quantize8_q8(xq + 8 * c, x + 8 * c, in, &sum);
+    if (in && (threadIdx.x & 3) == 0) xd[c / 4] = d;
 }
 
 /* 4 bytes of a weight block at a 2-byte aligned address */
