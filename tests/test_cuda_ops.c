@@ -461,136 +461,100 @@ static void quantize_rows(uint8_t *q, const void *w, hc_dtype dt, int quant, int
     free(row);
 }
 
-static void test_fused_quant(void) {
+/* matmul_n over three matrices of one input (q, k, v shapes), or gated_matmul over gate and up,
+ * on backend be against the CPU reference. Weights of dtype dt, quantized to `quant` when it is
+ * set: x is then rounded for the reference as the int8 kernels round it. */
+static void fused_case(hc_backend *be, const char *tag, hc_dtype dt, int quant, int64_t T, bool gated, hc_activation act,
+                       double tol) {
     hc_backend *cpu = hc_backend_cpu();
+    cur = be;
+    const int64_t K = 256, N[3] = {67, gated ? 67 : 33, 33}; /* gate and up: the same rows */
+    const int n = gated ? 2 : 3;
+    float *x = malloc(sizeof(float) * (size_t)(T * K)), *xr = malloc(sizeof(float) * (size_t)(T * K));
+    fill_rand(x, T * K, 1.0f);
+    memcpy(xr, x, sizeof(float) * (size_t)(T * K));
+    if (quant) round_acts_q8(xr, T * K);
+    void *w[3], *b[3];
+    hc_mat hw[3], dw[3];
+    hc_vec hb[3], db[3];
+    const hc_mat *hwp[3], *dwp[3];
+    const hc_vec *hbp[3], *dbp[3];
+    float *want[3], *dout[3];
+    for (int i = 0; i < n; i++) {
+        size_t wbytes = (size_t)(N[i] * K) * hc_dtype_size(dt);
+        w[i] = rand_typed(dt, N[i] * K, 0.3f);
+        if (quant) {
+            wbytes = hc_quant_row_bytes(quant, K) * (size_t)N[i];
+            uint8_t *q = malloc(wbytes);
+            quantize_rows(q, w[i], dt, quant, N[i], K);
+            free(w[i]);
+            w[i] = q;
+        }
+        b[i] = rand_typed(dt, N[i], 0.3f);
+        hw[i] = (hc_mat){.data = w[i], .dtype = dt, .rows = N[i], .cols = K, .ld = K, .quant = quant};
+        hb[i] = (hc_vec){i == 1 ? NULL : b[i], dt, i == 1 ? 0 : N[i]}; /* one without a bias */
+        dw[i] = hw[i];
+        dw[i].data = up(w[i], wbytes);
+        db[i] = hb[i];
+        if (hb[i].data) db[i].data = up(b[i], (size_t)N[i] * hc_dtype_size(dt));
+        hwp[i] = &hw[i], dwp[i] = &dw[i], hbp[i] = &hb[i], dbp[i] = &db[i];
+        want[i] = malloc(sizeof(float) * (size_t)(T * N[i]));
+        dout[i] = be->alloc(be, sizeof(float) * (size_t)(T * N[i]));
+    }
+    float *dx = up(x, sizeof(float) * (size_t)(T * K));
+    char what[128];
+    if (!gated) {
+        cpu->matmul_n(cpu, want, xr, hwp, hbp, 3, T);
+        be->matmul_n(be, dout, dx, dwp, dbp, 3, T);
+        for (int i = 0; i < 3; i++) {
+            float *got = down(dout[i], T * N[i]);
+            snprintf(what, sizeof what, "matmul_n %s T=%lld matrix %d", tag, (long long)T, i);
+            report(what, nmse(got, want[i], T * N[i]), tol);
+            free(got);
+        }
+    } else {
+        cpu->gated_matmul(cpu, want[0], want[1], xr, hwp[0], hbp[0], hwp[1], hbp[1], act, T);
+        be->gated_matmul(be, dout[0], dout[1], dx, dwp[0], dbp[0], dwp[1], dbp[1], act, T);
+        float *got = down(dout[0], T * N[0]);
+        snprintf(what, sizeof what, "gated_matmul %s T=%lld act %d", tag, (long long)T, (int)act);
+        report(what, nmse(got, want[0], T * N[0]), tol);
+        free(got);
+    }
+    for (int i = 0; i < n; i++) {
+        be->free(be, (void *)dw[i].data);
+        if (db[i].data) be->free(be, (void *)db[i].data);
+        be->free(be, dout[i]);
+        free(w[i]), free(b[i]), free(want[i]);
+    }
+    be->free(be, dx);
+    free(x), free(xr);
+    cur = gpu;
+}
+
+/* q8_0 / q4_0 sets: 1, 3, 6 rows (two passes of the int8 GEMV) and 13 (the tensor-core matmul). */
+static void test_fused_quant(void) {
     const int quants[2] = {HC_QUANT_Q8_0, HC_QUANT_Q4_0};
+    const int64_t Ts[4] = {1, 3, 6, 13};
+    char tag[32];
     for (int qi = 0; qi < 2; qi++)
-        for (int ti = 0; ti < 4; ti++) /* 1, 3, 6 (two passes of the GEMV) and 13 (the tensor-core matmul) */
+        for (int ti = 0; ti < 4; ti++)
             for (int gated = 0; gated < 2; gated++) {
-                const int64_t T = ti == 0 ? 1 : ti == 1 ? 3 : ti == 2 ? 6 : 13;
-                const int quant = quants[qi], n = gated ? 2 : 3;
-                const int64_t K = 256, N[3] = {67, gated ? 67 : 33, 33};
-                const size_t rb = hc_quant_row_bytes(quant, K);
-                float *x = malloc(sizeof(float) * (size_t)(T * K)), *xr = malloc(sizeof(float) * (size_t)(T * K));
-                fill_rand(x, T * K, 1.0f);
-                memcpy(xr, x, sizeof(float) * (size_t)(T * K));
-                round_acts_q8(xr, T * K);
-                void *w[3], *b[3];
-                hc_mat hw[3], dw[3];
-                hc_vec hb[3], db[3];
-                const hc_mat *hwp[3], *dwp[3];
-                const hc_vec *hbp[3], *dbp[3];
-                float *want[3], *dout[3];
-                for (int i = 0; i < n; i++) {
-                    void *wf = rand_typed(HC_DTYPE_BF16, N[i] * K, 0.3f);
-                    w[i] = malloc(rb * (size_t)N[i]);
-                    quantize_rows(w[i], wf, HC_DTYPE_BF16, quant, N[i], K);
-                    free(wf);
-                    b[i] = rand_typed(HC_DTYPE_BF16, N[i], 0.3f);
-                    hw[i] = (hc_mat){.data = w[i], .dtype = HC_DTYPE_BF16, .rows = N[i], .cols = K, .ld = K, .quant = quant};
-                    hb[i] = (hc_vec){i == 1 ? NULL : b[i], HC_DTYPE_BF16, i == 1 ? 0 : N[i]}; /* one without a bias */
-                    dw[i] = hw[i];
-                    dw[i].data = up(w[i], rb * (size_t)N[i]);
-                    db[i] = hb[i];
-                    if (hb[i].data) db[i].data = up(b[i], (size_t)N[i] * 2);
-                    hwp[i] = &hw[i], dwp[i] = &dw[i], hbp[i] = &hb[i], dbp[i] = &db[i];
-                    want[i] = malloc(sizeof(float) * (size_t)(T * N[i]));
-                    dout[i] = gpu->alloc(gpu, sizeof(float) * (size_t)(T * N[i]));
-                }
-                float *dx = up(x, sizeof(float) * (size_t)(T * K));
-                char what[96];
-                if (!gated) {
-                    cpu->matmul_n(cpu, want, xr, hwp, hbp, 3, T);
-                    gpu->matmul_n(gpu, dout, dx, dwp, dbp, 3, T);
-                    for (int i = 0; i < 3; i++) {
-                        float *got = down(dout[i], T * N[i]);
-                        snprintf(what, sizeof what, "matmul_n q%d int8 x T=%lld matrix %d", quant, (long long)T, i);
-                        report(what, nmse(got, want[i], T * N[i]), 1e-6);
-                        free(got);
-                    }
-                } else {
-                    cpu->gated_matmul(cpu, want[0], want[1], xr, hwp[0], hbp[0], hwp[1], hbp[1], HC_ACT_SILU, T);
-                    gpu->gated_matmul(gpu, dout[0], dout[1], dx, dwp[0], dbp[0], dwp[1], dbp[1], HC_ACT_SILU, T);
-                    float *got = down(dout[0], T * N[0]);
-                    snprintf(what, sizeof what, "gated_matmul q%d int8 x T=%lld", quant, (long long)T);
-                    report(what, nmse(got, want[0], T * N[0]), 1e-6);
-                    free(got);
-                }
-                for (int i = 0; i < n; i++) {
-                    gpu->free(gpu, (void *)dw[i].data);
-                    if (db[i].data) gpu->free(gpu, (void *)db[i].data);
-                    gpu->free(gpu, dout[i]);
-                    free(w[i]), free(b[i]), free(want[i]);
-                }
-                gpu->free(gpu, dx);
-                free(x), free(xr);
+                snprintf(tag, sizeof tag, "q%d int8 x", quants[qi]);
+                fused_case(gpu, tag, HC_DTYPE_BF16, quants[qi], Ts[ti], gated, HC_ACT_SILU, 1e-6);
             }
 }
 
 static void test_fused(hc_backend *bf16) {
     hc_backend *cpu = hc_backend_cpu();
     const int64_t Ts[] = {1, 5, 8, 20};
-    for (int ti = 0; ti < 4; ti++) {
+    char tag[32];
+    for (int ti = 0; ti < 4; ti++)
         for (int gated = 0; gated < 2; gated++) {
             hc_backend *be = gated && ti == 3 ? bf16 : gpu;
-            cur = be;
-            const int64_t T = Ts[ti], K = 256, N[3] = {67, gated ? 67 : 33, 33}; /* gate and up: the same rows */
-            const int n = gated ? 2 : 3;
             const hc_dtype dt = ti == 1 ? HC_DTYPE_F32 : HC_DTYPE_BF16;
-            float *x = malloc(sizeof(float) * (size_t)(T * K));
-            fill_rand(x, T * K, 1.0f);
-            void *w[3], *b[3];
-            hc_mat hw[3], dw[3];
-            hc_vec hb[3], db[3];
-            const hc_mat *hwp[3], *dwp[3];
-            const hc_vec *hbp[3], *dbp[3];
-            float *want[3], *dout[3];
-            for (int i = 0; i < n; i++) {
-                w[i] = rand_typed(dt, N[i] * K, 0.3f);
-                b[i] = rand_typed(dt, N[i], 0.3f);
-                hw[i] = (hc_mat){.data = w[i], .dtype = dt, .rows = N[i], .cols = K, .ld = K};
-                hb[i] = (hc_vec){b[i], dt, i == 1 ? 0 : N[i]};
-                if (i == 1) hb[i].data = NULL; /* one without a bias */
-                dw[i] = hw[i];
-                dw[i].data = up(w[i], (size_t)(N[i] * K) * hc_dtype_size(dt));
-                db[i] = hb[i];
-                if (hb[i].data) db[i].data = up(b[i], (size_t)N[i] * hc_dtype_size(dt));
-                hwp[i] = &hw[i], dwp[i] = &dw[i], hbp[i] = &hb[i], dbp[i] = &db[i];
-                want[i] = malloc(sizeof(float) * (size_t)(T * N[i]));
-                dout[i] = be->alloc(be, sizeof(float) * (size_t)(T * N[i]));
-            }
-            float *dx = up(x, sizeof(float) * (size_t)(T * K));
-            char what[96];
-            if (!gated) {
-                cpu->matmul_n(cpu, want, x, hwp, hbp, 3, T);
-                be->matmul_n(be, dout, dx, dwp, dbp, 3, T);
-                for (int i = 0; i < 3; i++) {
-                    float *got = down(dout[i], T * N[i]);
-                    snprintf(what, sizeof what, "matmul_n %s T=%lld matrix %d", dt_name(dt), (long long)T, i);
-                    report(what, nmse(got, want[i], T * N[i]), 1e-7);
-                    free(got);
-                }
-            } else {
-                const hc_activation act = ti & 1 ? HC_ACT_GELU_TANH : HC_ACT_SILU;
-                cpu->gated_matmul(cpu, want[0], want[1], x, hwp[0], hbp[0], hwp[1], hbp[1], act, T);
-                be->gated_matmul(be, dout[0], dout[1], dx, dwp[0], dbp[0], dwp[1], dbp[1], act, T);
-                float *got = down(dout[0], T * N[0]);
-                snprintf(what, sizeof what, "gated_matmul %s %s T=%lld act %d", be == bf16 ? "bf16" : "f32", dt_name(dt),
-                         (long long)T, (int)act);
-                report(what, nmse(got, want[0], T * N[0]), be == bf16 ? 1e-4 : 1e-7);
-                free(got);
-            }
-            for (int i = 0; i < n; i++) {
-                be->free(be, (void *)dw[i].data);
-                if (db[i].data) be->free(be, (void *)db[i].data);
-                be->free(be, dout[i]);
-                free(w[i]), free(b[i]), free(want[i]);
-            }
-            be->free(be, dx);
-            free(x);
-            cur = gpu;
+            snprintf(tag, sizeof tag, "%s %s", be == bf16 ? "bf16" : "f32", dt_name(dt));
+            fused_case(be, tag, dt, 0, Ts[ti], gated, ti & 1 ? HC_ACT_GELU_TANH : HC_ACT_SILU, be == bf16 ? 1e-4 : 1e-7);
         }
-    }
     /* ffn: the gated MLP and its down projection; past the GEMV's rows a 16-bit backend keeps
      * gate, up and their product in 16 bits (bf16 tolerance), below it the op sequence */
     for (int ti = 0; ti < 2; ti++) {

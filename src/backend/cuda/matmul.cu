@@ -687,37 +687,47 @@ mmq_kernel(float *out, const int8_t *xq, const float *xd, const uint8_t *w, size
     }
 }
 
-/* out = x @ W^T (+ bias) for q8_0 / q4_0 W and 9 to MMQ_MAX_T rows of x; false when it does not
- * apply (the caller widens the weights for cuBLAS). */
-static bool mmq(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T) {
+/* Whether W and x suit the int8 tensor-core matmul (q8_0 / q4_0, 9 to MMQ_MAX_T rows). */
+static bool mmq_applies(const hc_mat *w, const float *x, int64_t T) {
+    return T > Q8X_MAX_T && T <= MMQ_MAX_T && (w->quant == HC_QUANT_Q8_0 || w->quant == HC_QUANT_Q4_0) && !w->transposed &&
+           w->cols % 32 == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)w->data & 1) == 0;
+}
+
+/* x[T, K] to int8 in cx->mmq_x: [T][K] int8, then [T][K / 32] scales. False when the scratch
+ * could not grow (the error is kept). */
+static bool mmq_quantize(hc_backend *be, const float *x, int64_t T, int64_t K) {
     hc_cuda_ctx *cx = hc_cuda(be);
-    const int64_t K = w->cols, N = w->rows;
-    if (T <= Q8X_MAX_T || T > MMQ_MAX_T || (w->quant != HC_QUANT_Q8_0 && w->quant != HC_QUANT_Q4_0) || w->transposed ||
-        K % 32 || ((uintptr_t)x & 15) || ((uintptr_t)w->data & 1))
-        return false;
-    const size_t qbytes = (size_t)(T * K), bytes = qbytes + sizeof(float) * (size_t)(T * K / 32);
+    const size_t bytes = (size_t)(T * K) + sizeof(float) * (size_t)(T * K / 32);
     char *buf = (char *)hc_cuda_scratch(be, &cx->mmq_x, &cx->mmq_x_bytes, bytes);
-    if (!buf) return true; /* failed: the error is kept */
-    int8_t *xq = (int8_t *)buf;
-    float *xd = (float *)(buf + qbytes); /* qbytes is a multiple of 32 */
+    if (!buf) return false;
     const int64_t chunks = T * K / 8;
-    quantize_x_q8_kernel<<<(unsigned)((chunks + 255) / 256), 256, 0, cx->stream>>>(xq, xd, x, T * K);
+    quantize_x_q8_kernel<<<(unsigned)((chunks + 255) / 256), 256, 0, cx->stream>>>(
+        (int8_t *)buf, (float *)(buf + T * K) /* T * K is a multiple of 32 */, x, T * K);
+    return true;
+}
+
+/* out = x @ W^T (+ bias) from the x that mmq_quantize left (W suits mmq_applies). */
+static void mmq_launch(hc_cuda_ctx *cx, float *out, const hc_mat *w, const hc_vec *bias, int64_t T) {
+    constexpr int MT = (MMQ_MAX_T + 15) / 16;
+    const int64_t K = w->cols, N = w->rows;
+    const int8_t *xq = (const int8_t *)cx->mmq_x;
+    const float *xd = (const float *)((const char *)cx->mmq_x + T * K);
     const void *bd = bias && bias->data ? bias->data : NULL;
     const hc_dtype bdt = bd ? bias->dtype : HC_DTYPE_F32;
     const size_t rb = hc_quant_row_bytes(w->quant, K);
     const unsigned blocks = (unsigned)((N + 7) / 8);
     const uint8_t *wd = (const uint8_t *)w->data;
-#define MMQ(Q, MT)                                                                                                     \
-    mmq_kernel<Q, MT><<<blocks, 32 * MMQ_WARPS, 0, cx->stream>>>(out, xq, xd, wd, rb, bd, bdt, N, K, (int)T)
-    const int mts = (int)((T + 15) / 16);
-    if (w->quant == HC_QUANT_Q8_0) {
-        switch (mts) { case 1: MMQ(HC_QUANT_Q8_0, 1); break; case 2: MMQ(HC_QUANT_Q8_0, 2); break;
-                       case 3: MMQ(HC_QUANT_Q8_0, 3); break; default: MMQ(HC_QUANT_Q8_0, 4); break; }
-    } else {
-        switch (mts) { case 1: MMQ(HC_QUANT_Q4_0, 1); break; case 2: MMQ(HC_QUANT_Q4_0, 2); break;
-                       case 3: MMQ(HC_QUANT_Q4_0, 3); break; default: MMQ(HC_QUANT_Q4_0, 4); break; }
-    }
-#undef MMQ
+    if (w->quant == HC_QUANT_Q8_0)
+        mmq_kernel<HC_QUANT_Q8_0, MT><<<blocks, 32 * MMQ_WARPS, 0, cx->stream>>>(out, xq, xd, wd, rb, bd, bdt, N, K, (int)T);
+    else
+        mmq_kernel<HC_QUANT_Q4_0, MT><<<blocks, 32 * MMQ_WARPS, 0, cx->stream>>>(out, xq, xd, wd, rb, bd, bdt, N, K, (int)T);
+}
+
+/* out = x @ W^T (+ bias) through the int8 tensor-core matmul; false when it does not apply
+ * (the caller widens the weights for cuBLAS). */
+static bool mmq(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T) {
+    if (!mmq_applies(w, x, T)) return false;
+    if (mmq_quantize(be, x, T, w->cols)) mmq_launch(hc_cuda(be), out, w, bias, T);
     return true;
 }
 
@@ -920,11 +930,13 @@ static void gemm(hc_backend *be, float *out, const float *x, const hc_mat *w, co
 static bool gemm_shared_input(hc_backend *be, float *const *outs, const float *x, const hc_mat *const *ws,
                               const hc_vec *const *bs, int n, int64_t T) {
     hc_cuda_ctx *cx = hc_cuda(be);
-    bool int8 = T > Q8X_MAX_T && T <= MMQ_MAX_T; /* q8_0 / q4_0 weights take the int8 matmul, one at a time */
-    for (int i = 0; int8 && i < n; i++) int8 = ws[i]->quant == HC_QUANT_Q8_0 || ws[i]->quant == HC_QUANT_Q4_0;
-    for (int i = 0; int8 && i < n; i++)
-        if (!mmq(be, outs[i], x, ws[i], bs[i], T)) gemm(be, outs[i], x, ws[i], bs[i], T);
-    if (int8) return true;
+    bool int8 = true; /* q8_0 / q4_0 weights take the int8 matmul, x quantized once for all */
+    for (int i = 0; int8 && i < n; i++) int8 = mmq_applies(ws[i], x, T) && ws[i]->cols == ws[0]->cols;
+    if (int8) {
+        if (mmq_quantize(be, x, T, ws[0]->cols))
+            for (int i = 0; i < n; i++) mmq_launch(cx, outs[i], ws[i], bs[i], T);
+        return true;
+    }
     const hc_dtype op = gemm_operand(cx, ws[0]);
     for (int i = 1; i < n; i++)
         if (gemm_operand(cx, ws[i]) != op || ws[i]->cols != ws[0]->cols) return false;
