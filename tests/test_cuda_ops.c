@@ -531,6 +531,47 @@ static void fused_case(hc_backend *be, const char *tag, hc_dtype dt, int quant, 
     cur = gpu;
 }
 
+/* matmul_n whose last two weights have one shape and lie one after the other in one
+ * allocation, as do their outputs (k and v of a GQA model): a prompt runs them as one
+ * strided-batched GEMM. Each output against the CPU reference. */
+static void paired_case(hc_backend *be, hc_dtype dt, int64_t T, double tol) {
+    hc_backend *cpu = hc_backend_cpu();
+    cur = be;
+    const int64_t K = 96, N[3] = {80, 40, 40};
+    const size_t es = hc_dtype_size(dt);
+    float *x = malloc(sizeof(float) * (size_t)(T * K));
+    fill_rand(x, T * K, 1.0f);
+    void *w = rand_typed(dt, 160 * K, 0.3f); /* the three weights' rows, in order */
+    char *dw = up(w, (size_t)(160 * K) * es);
+    float *dout = be->alloc(be, sizeof(float) * (size_t)(T * 160)), *want[3], *douts[3];
+    hc_mat hw[3], dwm[3];
+    hc_vec nob = {NULL, dt, 0};
+    const hc_mat *hwp[3], *dwp[3];
+    const hc_vec *bp[3] = {&nob, &nob, &nob};
+    for (int i = 0, r0 = 0; i < 3; r0 += (int)N[i], i++) {
+        hw[i] = (hc_mat){.data = (char *)w + (size_t)(r0 * K) * es, .dtype = dt, .rows = N[i], .cols = K, .ld = K};
+        dwm[i] = hw[i];
+        dwm[i].data = dw + (size_t)(r0 * K) * es;
+        hwp[i] = &hw[i], dwp[i] = &dwm[i];
+        want[i] = malloc(sizeof(float) * (size_t)(T * N[i]));
+        douts[i] = dout + T * r0;
+    }
+    float *dx = up(x, sizeof(float) * (size_t)(T * K));
+    cpu->matmul_n(cpu, want, x, hwp, bp, 3, T);
+    be->matmul_n(be, douts, dx, dwp, bp, 3, T);
+    for (int i = 0; i < 3; i++) {
+        float *got = down(douts[i], T * N[i]);
+        char what[96];
+        snprintf(what, sizeof what, "matmul_n, two weights as one batched GEMM, %s T=%lld matrix %d", dt_name(dt),
+                 (long long)T, i);
+        report(what, nmse(got, want[i], T * N[i]), tol);
+        free(got), free(want[i]);
+    }
+    be->free(be, dw), be->free(be, dout), be->free(be, dx);
+    free(x), free(w);
+    cur = gpu;
+}
+
 /* q8_0 / q4_0 sets: 1, 3, 6 rows (two passes of the int8 GEMV) and 13 (the tensor-core matmul). */
 static void test_fused_quant(void) {
     const int quants[2] = {HC_QUANT_Q8_0, HC_QUANT_Q4_0};
@@ -1295,6 +1336,8 @@ int main(void) {
     test_acts16(bf16, f16);
     test_elementwise();
     test_fused(bf16);
+    paired_case(gpu, HC_DTYPE_F32, 37, 1e-7);
+    paired_case(bf16, HC_DTYPE_BF16, 100, 1e-4);
     test_fused_quant();
     test_rows();
     test_backward(bf16);

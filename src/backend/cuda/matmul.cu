@@ -925,6 +925,29 @@ static void gemm(hc_backend *be, float *out, const float *x, const hc_mat *w, co
     if (xb) gemm_core(be, out, xb, w, bias, T);
 }
 
+/* Two GEMMs of one input whose weights have one shape (k and v of a GQA model: each alone is
+ * too few output tiles to fill the GPU) as one strided-batched cuBLAS call: the batch stride is
+ * the distance between the two weights, and between the two outputs. */
+static bool gemm_pair(hc_backend *be, float *const *outs, const void *xb, const hc_mat *const *ws, const hc_vec *const *bs,
+                      int64_t T) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    const hc_mat *a = ws[0], *b = ws[1];
+    if (a->quant || b->quant || a->transposed || b->transposed || a->dtype != cx->compute || b->dtype != cx->compute ||
+        a->rows != b->rows || a->cols != b->cols || a->ld != b->ld || (bs[0] && bs[0]->data) || (bs[1] && bs[1]->data))
+        return false;
+    const size_t es = hc_dtype_size(a->dtype);
+    const ptrdiff_t wd = (const char *)b->data - (const char *)a->data, od = (const char *)outs[1] - (const char *)outs[0];
+    if (wd <= 0 || od <= 0 || wd % (ptrdiff_t)es || od % (ptrdiff_t)sizeof(float)) return false;
+    const float alpha = 1.0f, beta = 0.0f;
+    const cudaDataType_t t = cuda_type(cx->compute);
+    const cublasStatus_t st = cublasGemmStridedBatchedEx(
+        cx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)a->rows, (int)T, (int)a->cols, &alpha, a->data, t, (int)a->ld,
+        (long long)(wd / (ptrdiff_t)es), xb, t, (int)a->cols, 0, &beta, outs[0], CUDA_R_32F, (int)a->rows,
+        (long long)(od / (ptrdiff_t)sizeof(float)), 2, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS) hc_cuda_fail(be, cudaErrorUnknown, "cublasGemmStridedBatchedEx");
+    return true;
+}
+
 /* Prompt GEMMs of one input (q, k, v; gate, up): the input is converted once when every weight
  * takes the same operand type. False when they do not (the caller runs them one by one). */
 static bool gemm_shared_input(hc_backend *be, float *const *outs, const float *x, const hc_mat *const *ws,
@@ -941,7 +964,13 @@ static bool gemm_shared_input(hc_backend *be, float *const *outs, const float *x
     for (int i = 1; i < n; i++)
         if (gemm_operand(cx, ws[i]) != op || ws[i]->cols != ws[0]->cols) return false;
     const void *xb = gemm_acts(be, x, T, ws[0]->cols, op);
-    for (int i = 0; xb && i < n; i++) gemm_core(be, outs[i], xb, ws[i], bs[i], T);
+    for (int i = 0; xb && i < n; i++) {
+        if (i + 1 < n && gemm_pair(be, outs + i, xb, ws + i, bs + i, T)) {
+            i++;
+            continue;
+        }
+        gemm_core(be, outs[i], xb, ws[i], bs[i], T);
+    }
     return true;
 }
 
