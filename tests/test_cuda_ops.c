@@ -532,7 +532,7 @@ static void fused_case(hc_backend *be, const char *tag, hc_dtype dt, int quant, 
 }
 
 /* matmul_n whose last two weights have one shape and lie one after the other in one
- * allocation, as do their outputs (k and v of a GQA model): a prompt runs them as one
+ * allocation, as do their outputs (k and v of a GQA model): a 16-bit prompt runs them as one
  * strided-batched GEMM. Each output against the CPU reference. */
 static void paired_case(hc_backend *be, hc_dtype dt, int64_t T, double tol) {
     hc_backend *cpu = hc_backend_cpu();
@@ -1336,7 +1336,6 @@ int main(void) {
     test_acts16(bf16, f16);
     test_elementwise();
     test_fused(bf16);
-    paired_case(gpu, HC_DTYPE_F32, 37, 1e-7);
     paired_case(bf16, HC_DTYPE_BF16, 100, 1e-4);
     test_fused_quant();
     test_rows();

@@ -927,12 +927,14 @@ static void gemm(hc_backend *be, float *out, const float *x, const hc_mat *w, co
 
 /* Two GEMMs of one input whose weights have one shape (k and v of a GQA model: each alone is
  * too few output tiles to fill the GPU) as one strided-batched cuBLAS call: the batch stride is
- * the distance between the two weights, and between the two outputs. */
+ * the distance between the two weights, and between the two outputs. 16-bit compute only: in
+ * f32 the batched kernel rounds differently from the single one, and f32 results stay the same
+ * whichever buffers the outputs land in (an adapter with B = 0 changes nothing, to the bit). */
 static bool gemm_pair(hc_backend *be, float *const *outs, const void *xb, const hc_mat *const *ws, const hc_vec *const *bs,
                       int64_t T) {
     hc_cuda_ctx *cx = hc_cuda(be);
     const hc_mat *a = ws[0], *b = ws[1];
-    if (a->quant || b->quant || a->transposed || b->transposed || a->dtype != cx->compute || b->dtype != cx->compute ||
+    if (cx->compute == HC_DTYPE_F32 || a->quant || b->quant || a->transposed || b->transposed || a->dtype != cx->compute || b->dtype != cx->compute ||
         a->rows != b->rows || a->cols != b->cols || a->ld != b->ld || (bs[0] && bs[0]->data) || (bs[1] && bs[1]->data))
         return false;
     const size_t es = hc_dtype_size(a->dtype);
