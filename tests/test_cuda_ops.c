@@ -597,9 +597,12 @@ static void test_fused(hc_backend *bf16) {
             fused_case(be, tag, dt, 0, Ts[ti], gated, ti & 1 ? HC_ACT_GELU_TANH : HC_ACT_SILU, be == bf16 ? 1e-4 : 1e-7);
         }
     /* ffn: the gated MLP and its down projection; past the GEMV's rows a 16-bit backend keeps
-     * gate, up and their product in 16 bits (bf16 tolerance), below it the op sequence */
-    for (int ti = 0; ti < 2; ti++) {
+     * gate, up and their product in 16 bits (bf16 tolerance), below it the op sequence. The
+     * third case holds gate and up in one allocation, gate first, which takes them as one
+     * strided-batched GEMM. */
+    for (int ti = 0; ti < 3; ti++) {
         const int64_t T = ti ? 20 : 3, C = 256, I = 64, Co = 48;
+        const bool one_alloc = ti == 2;
         hc_backend *be = bf16;
         cur = be;
         float *x = malloc(sizeof(float) * (size_t)(T * C)), *want = malloc(sizeof(float) * (size_t)(T * Co));
@@ -608,11 +611,17 @@ static void test_fused(hc_backend *bf16) {
         void *w[3] = {rand_typed(HC_DTYPE_BF16, I * C, 0.2f), rand_typed(HC_DTYPE_BF16, I * C, 0.2f),
                       rand_typed(HC_DTYPE_BF16, Co * I, 0.2f)};
         hc_mat hw[3], dw[3];
+        char *gu = one_alloc ? be->alloc(be, (size_t)(2 * I * C) * 2) : NULL;
         for (int i = 0; i < 3; i++) {
             const int64_t rows = i < 2 ? I : Co, cols = i < 2 ? C : I;
             hw[i] = (hc_mat){.data = w[i], .dtype = HC_DTYPE_BF16, .rows = rows, .cols = cols, .ld = cols};
             dw[i] = hw[i];
-            dw[i].data = up(w[i], (size_t)(rows * cols) * 2);
+            if (gu && i < 2) {
+                dw[i].data = gu + (size_t)(i * I * C) * 2;
+                be->upload(be, (void *)dw[i].data, w[i], (size_t)(rows * cols) * 2);
+            } else {
+                dw[i].data = up(w[i], (size_t)(rows * cols) * 2);
+            }
         }
         const hc_vec nb = {0};
         cpu->ffn(cpu, want, ta, tb, x, &hw[0], &nb, &hw[1], &nb, &hw[2], &nb, HC_ACT_SILU, T);
@@ -620,10 +629,14 @@ static void test_fused(hc_backend *bf16) {
         float *da = be->alloc(be, sizeof(float) * (size_t)(T * I)), *db = be->alloc(be, sizeof(float) * (size_t)(T * I));
         be->ffn(be, dout, da, db, dx, &dw[0], &nb, &dw[1], &nb, &dw[2], &nb, HC_ACT_SILU, T);
         float *got = down(dout, T * Co);
-        char what[64];
-        snprintf(what, sizeof what, "ffn bf16 T=%lld", (long long)T);
+        char what[96];
+        snprintf(what, sizeof what, "ffn bf16 T=%lld%s", (long long)T, one_alloc ? ", gate and up in one allocation" : "");
         report(what, nmse(got, want, T * Co), ti ? 1e-4 : 1e-7);
-        for (int i = 0; i < 3; i++) be->free(be, (void *)dw[i].data), free(w[i]);
+        for (int i = 0; i < 3; i++) {
+            if (!gu || i == 2) be->free(be, (void *)dw[i].data);
+            free(w[i]);
+        }
+        if (gu) be->free(be, gu);
         be->free(be, dx), be->free(be, dout), be->free(be, da), be->free(be, db);
         free(x), free(want), free(ta), free(tb), free(got);
         cur = gpu;

@@ -926,28 +926,37 @@ static void gemm(hc_backend *be, float *out, const float *x, const hc_mat *w, co
 }
 
 /* Two GEMMs of one input whose weights have one shape (k and v of a GQA model: each alone is
- * too few output tiles to fill the GPU) as one strided-batched cuBLAS call: the batch stride is
- * the distance between the two weights, and between the two outputs. 16-bit compute only: in
- * f32 the batched kernel rounds differently from the single one, and f32 results stay the same
- * whichever buffers the outputs land in (an adapter with B = 0 changes nothing, to the bit). */
-static bool gemm_pair(hc_backend *be, float *const *outs, const void *xb, const hc_mat *const *ws, const hc_vec *const *bs,
-                      int64_t T) {
+ * too few output tiles to fill the GPU; gate and up: one launch of twice the tiles leaves less
+ * of a last wave) as one strided-batched cuBLAS call: the batch stride is the distance between
+ * the two weights, and between the two outputs (of type ot: f32, or the 16-bit compute type).
+ * 16-bit compute only: in f32 the batched kernel rounds differently from the single one, and f32
+ * results stay the same whichever buffers the outputs land in (an adapter with B = 0 changes
+ * nothing, to the bit). False when the two do not qualify. */
+static bool gemm_pair_typed(hc_backend *be, void *const *outs, cudaDataType_t ot, const void *xb, const hc_mat *const *ws,
+                            const hc_vec *const *bs, int64_t T) {
     hc_cuda_ctx *cx = hc_cuda(be);
     const hc_mat *a = ws[0], *b = ws[1];
-    if (cx->compute == HC_DTYPE_F32 || a->quant || b->quant || a->transposed || b->transposed || a->dtype != cx->compute || b->dtype != cx->compute ||
-        a->rows != b->rows || a->cols != b->cols || a->ld != b->ld || (bs[0] && bs[0]->data) || (bs[1] && bs[1]->data))
+    if (cx->compute == HC_DTYPE_F32 || a->quant || b->quant || a->transposed || b->transposed || a->dtype != cx->compute ||
+        b->dtype != cx->compute || a->rows != b->rows || a->cols != b->cols || a->ld != b->ld || (bs[0] && bs[0]->data) ||
+        (bs[1] && bs[1]->data))
         return false;
-    const size_t es = hc_dtype_size(a->dtype);
+    const ptrdiff_t es = (ptrdiff_t)hc_dtype_size(a->dtype), os = ot == CUDA_R_32F ? 4 : 2;
     const ptrdiff_t wd = (const char *)b->data - (const char *)a->data, od = (const char *)outs[1] - (const char *)outs[0];
-    if (wd <= 0 || od <= 0 || wd % (ptrdiff_t)es || od % (ptrdiff_t)sizeof(float)) return false;
+    if (wd <= 0 || od <= 0 || wd % es || od % os) return false;
     const float alpha = 1.0f, beta = 0.0f;
     const cudaDataType_t t = cuda_type(cx->compute);
-    const cublasStatus_t st = cublasGemmStridedBatchedEx(
-        cx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)a->rows, (int)T, (int)a->cols, &alpha, a->data, t, (int)a->ld,
-        (long long)(wd / (ptrdiff_t)es), xb, t, (int)a->cols, 0, &beta, outs[0], CUDA_R_32F, (int)a->rows,
-        (long long)(od / (ptrdiff_t)sizeof(float)), 2, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    const cublasStatus_t st = cublasGemmStridedBatchedEx(cx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)a->rows, (int)T, (int)a->cols,
+                                                         &alpha, a->data, t, (int)a->ld, (long long)(wd / es), xb, t,
+                                                         (int)a->cols, 0, &beta, outs[0], ot, (int)a->rows, (long long)(od / os),
+                                                         2, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (st != CUBLAS_STATUS_SUCCESS) hc_cuda_fail(be, cudaErrorUnknown, "cublasGemmStridedBatchedEx");
     return true;
+}
+
+static bool gemm_pair(hc_backend *be, float *const *outs, const void *xb, const hc_mat *const *ws, const hc_vec *const *bs,
+                      int64_t T) {
+    void *const o[2] = {outs[0], outs[1]};
+    return gemm_pair_typed(be, o, CUDA_R_32F, xb, ws, bs, T);
 }
 
 /* Prompt GEMMs of one input (q, k, v; gate, up): the input is converted once when every weight
@@ -1128,7 +1137,13 @@ void hc_cuda_ffn(hc_backend *be, float *out, float *a, float *b, const float *x,
     /* a's 4 bytes an element hold 16-bit gate and up [T, I] each; b holds the product */
     char *g16 = (char *)a, *u16 = g16 + 2 * (size_t)(T * I);
     const cudaDataType_t ht = cuda_type(cx->compute);
-    if (!xb || !gemm16(be, g16, ht, xb, gate, T) || !gemm16(be, u16, ht, xb, up, T)) return;
+    if (!xb) return;
+    const hc_mat *const gu[2] = {gate, up};
+    const hc_vec *const no_bias[2] = {NULL, NULL};
+    void *const gu16[2] = {g16, u16};
+    if (!gemm_pair_typed(be, gu16, ht, xb, gu, no_bias, T) && /* one batched call where gate and up lie in order */
+        (!gemm16(be, g16, ht, xb, gate, T) || !gemm16(be, u16, ht, xb, up, T)))
+        return;
     hc_cuda_glu16(be, b, g16, u16, act, T * I);
     gemm16(be, out, CUDA_R_32F, b, down, T);
     HC_CUDA_LAUNCHED(be, "ffn");
