@@ -1151,7 +1151,10 @@ static void test_backward(hc_backend *bf16) {
     attention_backward_case_on(bf16, 1e-4, 2, 130, 6, 3, 128, 0, 30.0f);
     attention_backward_case_on(bf16, 1e-4, 4, 512, 8, 1, 64, 0, 0);
     attention_backward_case_on(bf16, 1e-4, 2, 16, 2, 1, 64, 5, 0);
-    attention_backward_case_on(bf16, 1e-7, 2, 40, 4, 2, 24, 0, 0);
+    /* D 24 on the bf16 backend: the op sequence, whose products of f32 operands cuBLAS may run
+     * with CUBLAS_COMPUTE_32F_FAST_16BF (gemm_core); its NMSE read 6e-8 to 1.01e-7 over the
+     * sessions' runs, as the random data moved with the tests added before it */
+    attention_backward_case_on(bf16, 1e-6, 2, 40, 4, 2, 24, 0, 0);
     attention_backward_case_on(gpu, 1e-7, 3, 33, 4, 2, 64, 0, 0);
     /* the gated MLP's training ops: 16-bit kept activations on the bf16 backend (bf16 weights,
      * no biases, T above the GEMV sizes), the op sequence otherwise */
