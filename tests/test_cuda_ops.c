@@ -463,9 +463,11 @@ static void quantize_rows(uint8_t *q, const void *w, hc_dtype dt, int quant, int
 
 /* matmul_n over three matrices of one input (q, k, v shapes), or gated_matmul over gate and up,
  * on backend be against the CPU reference. Weights of dtype dt, quantized to `quant` when it is
- * set: x is then rounded for the reference as the int8 kernels round it. */
+ * set: x is then rounded for the reference as the int8 kernels round it. adjacent (matmul_n):
+ * k and v take no bias, and their weights lie one after the other in one allocation, as do
+ * their outputs, which a 16-bit prompt runs as one strided-batched GEMM. */
 static void fused_case(hc_backend *be, const char *tag, hc_dtype dt, int quant, int64_t T, bool gated, hc_activation act,
-                       double tol) {
+                       double tol, bool adjacent) {
     hc_backend *cpu = hc_backend_cpu();
     cur = be;
     const int64_t K = 256, N[3] = {67, gated ? 67 : 33, 33}; /* gate and up: the same rows */
@@ -480,6 +482,9 @@ static void fused_case(hc_backend *be, const char *tag, hc_dtype dt, int quant, 
     const hc_mat *hwp[3], *dwp[3];
     const hc_vec *hbp[3], *dbp[3];
     float *want[3], *dout[3];
+    const size_t kv_bytes = (quant ? hc_quant_row_bytes(quant, K) : (size_t)K * hc_dtype_size(dt)) * (size_t)N[1];
+    char *kv_w = adjacent ? be->alloc(be, 2 * kv_bytes) : NULL;                           /* k's rows, then v's */
+    float *kv_out = adjacent ? be->alloc(be, 2 * sizeof(float) * (size_t)(T * N[1])) : NULL; /* k's output, then v's */
     for (int i = 0; i < n; i++) {
         size_t wbytes = (size_t)(N[i] * K) * hc_dtype_size(dt);
         w[i] = rand_typed(dt, N[i] * K, 0.3f);
@@ -492,14 +497,20 @@ static void fused_case(hc_backend *be, const char *tag, hc_dtype dt, int quant, 
         }
         b[i] = rand_typed(dt, N[i], 0.3f);
         hw[i] = (hc_mat){.data = w[i], .dtype = dt, .rows = N[i], .cols = K, .ld = K, .quant = quant};
-        hb[i] = (hc_vec){i == 1 ? NULL : b[i], dt, i == 1 ? 0 : N[i]}; /* one without a bias */
+        const bool bias = i != 1 && !(adjacent && i == 2); /* one without a bias; adjacent: two */
+        hb[i] = (hc_vec){bias ? b[i] : NULL, dt, bias ? N[i] : 0};
         dw[i] = hw[i];
-        dw[i].data = up(w[i], wbytes);
+        if (adjacent && i > 0) {
+            dw[i].data = kv_w + (i - 1) * kv_bytes;
+            be->upload(be, (void *)dw[i].data, w[i], wbytes);
+        } else {
+            dw[i].data = up(w[i], wbytes);
+        }
         db[i] = hb[i];
         if (hb[i].data) db[i].data = up(b[i], (size_t)N[i] * hc_dtype_size(dt));
         hwp[i] = &hw[i], dwp[i] = &dw[i], hbp[i] = &hb[i], dbp[i] = &db[i];
         want[i] = malloc(sizeof(float) * (size_t)(T * N[i]));
-        dout[i] = be->alloc(be, sizeof(float) * (size_t)(T * N[i]));
+        dout[i] = adjacent && i > 0 ? kv_out + (i - 1) * T * N[1] : be->alloc(be, sizeof(float) * (size_t)(T * N[i]));
     }
     float *dx = up(x, sizeof(float) * (size_t)(T * K));
     char what[128];
@@ -508,7 +519,8 @@ static void fused_case(hc_backend *be, const char *tag, hc_dtype dt, int quant, 
         be->matmul_n(be, dout, dx, dwp, dbp, 3, T);
         for (int i = 0; i < 3; i++) {
             float *got = down(dout[i], T * N[i]);
-            snprintf(what, sizeof what, "matmul_n %s T=%lld matrix %d", tag, (long long)T, i);
+            snprintf(what, sizeof what, "matmul_n %s%s T=%lld matrix %d", tag, adjacent ? " (k, v adjacent)" : "",
+                     (long long)T, i);
             report(what, nmse(got, want[i], T * N[i]), tol);
             free(got);
         }
@@ -521,54 +533,13 @@ static void fused_case(hc_backend *be, const char *tag, hc_dtype dt, int quant, 
         free(got);
     }
     for (int i = 0; i < n; i++) {
-        be->free(be, (void *)dw[i].data);
+        if (!(adjacent && i > 0)) be->free(be, (void *)dw[i].data), be->free(be, dout[i]);
         if (db[i].data) be->free(be, (void *)db[i].data);
-        be->free(be, dout[i]);
         free(w[i]), free(b[i]), free(want[i]);
     }
+    if (adjacent) be->free(be, kv_w), be->free(be, kv_out);
     be->free(be, dx);
     free(x), free(xr);
-    cur = gpu;
-}
-
-/* matmul_n whose last two weights have one shape and lie one after the other in one
- * allocation, as do their outputs (k and v of a GQA model): a 16-bit prompt runs them as one
- * strided-batched GEMM. Each output against the CPU reference. */
-static void paired_case(hc_backend *be, hc_dtype dt, int64_t T, double tol) {
-    hc_backend *cpu = hc_backend_cpu();
-    cur = be;
-    const int64_t K = 96, N[3] = {80, 40, 40};
-    const size_t es = hc_dtype_size(dt);
-    float *x = malloc(sizeof(float) * (size_t)(T * K));
-    fill_rand(x, T * K, 1.0f);
-    void *w = rand_typed(dt, 160 * K, 0.3f); /* the three weights' rows, in order */
-    char *dw = up(w, (size_t)(160 * K) * es);
-    float *dout = be->alloc(be, sizeof(float) * (size_t)(T * 160)), *want[3], *douts[3];
-    hc_mat hw[3], dwm[3];
-    hc_vec nob = {NULL, dt, 0};
-    const hc_mat *hwp[3], *dwp[3];
-    const hc_vec *bp[3] = {&nob, &nob, &nob};
-    for (int i = 0, r0 = 0; i < 3; r0 += (int)N[i], i++) {
-        hw[i] = (hc_mat){.data = (char *)w + (size_t)(r0 * K) * es, .dtype = dt, .rows = N[i], .cols = K, .ld = K};
-        dwm[i] = hw[i];
-        dwm[i].data = dw + (size_t)(r0 * K) * es;
-        hwp[i] = &hw[i], dwp[i] = &dwm[i];
-        want[i] = malloc(sizeof(float) * (size_t)(T * N[i]));
-        douts[i] = dout + T * r0;
-    }
-    float *dx = up(x, sizeof(float) * (size_t)(T * K));
-    cpu->matmul_n(cpu, want, x, hwp, bp, 3, T);
-    be->matmul_n(be, douts, dx, dwp, bp, 3, T);
-    for (int i = 0; i < 3; i++) {
-        float *got = down(douts[i], T * N[i]);
-        char what[96];
-        snprintf(what, sizeof what, "matmul_n, two weights as one batched GEMM, %s T=%lld matrix %d", dt_name(dt),
-                 (long long)T, i);
-        report(what, nmse(got, want[i], T * N[i]), tol);
-        free(got), free(want[i]);
-    }
-    be->free(be, dw), be->free(be, dout), be->free(be, dx);
-    free(x), free(w);
     cur = gpu;
 }
 
@@ -581,7 +552,7 @@ static void test_fused_quant(void) {
         for (int ti = 0; ti < 4; ti++)
             for (int gated = 0; gated < 2; gated++) {
                 snprintf(tag, sizeof tag, "q%d int8 x", quants[qi]);
-                fused_case(gpu, tag, HC_DTYPE_BF16, quants[qi], Ts[ti], gated, HC_ACT_SILU, 1e-6);
+                fused_case(gpu, tag, HC_DTYPE_BF16, quants[qi], Ts[ti], gated, HC_ACT_SILU, 1e-6, false);
             }
 }
 
@@ -594,7 +565,7 @@ static void test_fused(hc_backend *bf16) {
             hc_backend *be = gated && ti == 3 ? bf16 : gpu;
             const hc_dtype dt = ti == 1 ? HC_DTYPE_F32 : HC_DTYPE_BF16;
             snprintf(tag, sizeof tag, "%s %s", be == bf16 ? "bf16" : "f32", dt_name(dt));
-            fused_case(be, tag, dt, 0, Ts[ti], gated, ti & 1 ? HC_ACT_GELU_TANH : HC_ACT_SILU, be == bf16 ? 1e-4 : 1e-7);
+            fused_case(be, tag, dt, 0, Ts[ti], gated, ti & 1 ? HC_ACT_GELU_TANH : HC_ACT_SILU, be == bf16 ? 1e-4 : 1e-7, false);
         }
     /* ffn: the gated MLP and its down projection; past the GEMV's rows a 16-bit backend keeps
      * gate, up and their product in 16 bits (bf16 tolerance), below it the op sequence. The
@@ -1352,7 +1323,7 @@ int main(void) {
     test_acts16(bf16, f16);
     test_elementwise();
     test_fused(bf16);
-    paired_case(bf16, HC_DTYPE_BF16, 100, 1e-4);
+    fused_case(bf16, "bf16 BF16", HC_DTYPE_BF16, 0, 100, false, HC_ACT_SILU, 1e-4, true);
     test_fused_quant();
     test_rows();
     test_backward(bf16);

@@ -932,8 +932,8 @@ static void gemm(hc_backend *be, float *out, const float *x, const hc_mat *w, co
  * 16-bit compute only: in f32 the batched kernel rounds differently from the single one, and f32
  * results stay the same whichever buffers the outputs land in (an adapter with B = 0 changes
  * nothing, to the bit). False when the two do not qualify. */
-static bool gemm_pair_typed(hc_backend *be, void *const *outs, cudaDataType_t ot, const void *xb, const hc_mat *const *ws,
-                            const hc_vec *const *bs, int64_t T) {
+static bool gemm_pair(hc_backend *be, void *const *outs, cudaDataType_t ot, const void *xb, const hc_mat *const *ws,
+                      const hc_vec *const *bs, int64_t T) {
     hc_cuda_ctx *cx = hc_cuda(be);
     const hc_mat *a = ws[0], *b = ws[1];
     if (cx->compute == HC_DTYPE_F32 || a->quant || b->quant || a->transposed || b->transposed || a->dtype != cx->compute ||
@@ -953,12 +953,6 @@ static bool gemm_pair_typed(hc_backend *be, void *const *outs, cudaDataType_t ot
     return true;
 }
 
-static bool gemm_pair(hc_backend *be, float *const *outs, const void *xb, const hc_mat *const *ws, const hc_vec *const *bs,
-                      int64_t T) {
-    void *const o[2] = {outs[0], outs[1]};
-    return gemm_pair_typed(be, o, CUDA_R_32F, xb, ws, bs, T);
-}
-
 /* Prompt GEMMs of one input (q, k, v; gate, up): the input is converted once when every weight
  * takes the same operand type. False when they do not (the caller runs them one by one). */
 static bool gemm_shared_input(hc_backend *be, float *const *outs, const float *x, const hc_mat *const *ws,
@@ -976,7 +970,8 @@ static bool gemm_shared_input(hc_backend *be, float *const *outs, const float *x
         if (gemm_operand(cx, ws[i]) != op || ws[i]->cols != ws[0]->cols) return false;
     const void *xb = gemm_acts(be, x, T, ws[0]->cols, op);
     for (int i = 0; xb && i < n; i++) {
-        if (i + 1 < n && gemm_pair(be, outs + i, xb, ws + i, bs + i, T)) {
+        void *const two[2] = {outs[i], i + 1 < n ? outs[i + 1] : NULL};
+        if (i + 1 < n && gemm_pair(be, two, CUDA_R_32F, xb, ws + i, bs + i, T)) {
             i++;
             continue;
         }
@@ -1141,7 +1136,7 @@ void hc_cuda_ffn(hc_backend *be, float *out, float *a, float *b, const float *x,
     const hc_mat *const gu[2] = {gate, up};
     const hc_vec *const no_bias[2] = {NULL, NULL};
     void *const gu16[2] = {g16, u16};
-    if (!gemm_pair_typed(be, gu16, ht, xb, gu, no_bias, T) && /* one batched call where gate and up lie in order */
+    if (!gemm_pair(be, gu16, ht, xb, gu, no_bias, T) && /* one batched call where gate and up lie in order */
         (!gemm16(be, g16, ht, xb, gate, T) || !gemm16(be, u16, ht, xb, up, T)))
         return;
     hc_cuda_glu16(be, b, g16, u16, act, T * I);
