@@ -30,7 +30,11 @@ static int run_shape(hc_backend *be, int64_t T, int64_t H, int64_t KVH, int64_t 
     float *q = malloc(sizeof(float) * (size_t)nq);
     uint16_t *kv = malloc(sizeof(uint16_t) * (size_t)nkv);
     int32_t *pos = malloc(sizeof(int32_t) * (size_t)T);
-    if (!q || !kv || !pos) return 1;
+    if (!q || !kv || !pos) {
+        fprintf(stderr, "bench_cuda_attention: out of memory for T = %lld\n", (long long)T);
+        free(q), free(kv), free(pos);
+        return 1;
+    }
     for (int64_t i = 0; i < nq; i++) q[i] = frand();
     for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)t;
     float *dq = be->alloc(be, sizeof(float) * (size_t)nq), *dout = be->alloc(be, sizeof(float) * (size_t)nq);
@@ -38,7 +42,9 @@ static int run_shape(hc_backend *be, int64_t T, int64_t H, int64_t KVH, int64_t 
     int32_t *dpos = be->alloc(be, sizeof(int32_t) * (size_t)T);
     float *dscr = be->alloc(be, sizeof(float) * (size_t)T);
     if (!dq || !dout || !dk || !dv || !dpos || !dscr) {
-        fprintf(stderr, "bench_cuda_attention: out of GPU memory\n");
+        fprintf(stderr, "bench_cuda_attention: out of GPU memory for T = %lld\n", (long long)T);
+        be->free(be, dq), be->free(be, dout), be->free(be, dk), be->free(be, dv), be->free(be, dpos), be->free(be, dscr);
+        free(q), free(kv), free(pos);
         return 1;
     }
     be->upload(be, dq, q, sizeof(float) * (size_t)nq);
