@@ -148,6 +148,19 @@ struct hc_backend {
     /* x[T, C] += o, then h = norm(x): the residual add and the next block's norm. */
     void (*add_norm)(hc_backend *be, float *h, float *x, const float *o, const hc_vec *w, const hc_vec *b,
                      hc_norm_kind kind, float eps, int64_t T, int64_t C);
+    /* A block's last projection, its residual add and the next norm: o[T, C] = matmul(a, w,
+     * bias), then add_norm(h, x, o, nw, nb) (C = w->rows), or add(x, x, o) when h is NULL.
+     * o is scratch: a GPU computing a prompt in 16 bits adds the product into x inside the GEMM
+     * (beta 1) and leaves o as it was, which saves writing o and reading it back. */
+    void (*matmul_add_norm)(hc_backend *be, float *h, float *x, float *o, const float *a, const hc_mat *w,
+                            const hc_vec *bias, const hc_vec *nw, const hc_vec *nb, hc_norm_kind kind, float eps,
+                            int64_t T);
+    /* The same for the gated MLP: ffn(o, fa, fb, in, ...) (C = down->rows), then add_norm(h, x,
+     * o, nw, nb), or add(x, x, o) when h is NULL. in may be h (the ffn reads it first). */
+    void (*ffn_add_norm)(hc_backend *be, float *h, float *x, float *o, float *fa, float *fb, const float *in,
+                         const hc_mat *gate, const hc_vec *bg, const hc_mat *up, const hc_vec *bu, const hc_mat *down,
+                         const hc_vec *bd, hc_activation act, const hc_vec *nw, const hc_vec *nb, hc_norm_kind kind,
+                         float eps, int64_t T);
     /* rope on q[T, H, D] and k[T, KVH, D] (none when inv_freq is NULL), then the KV store of k
      * and v ([T, KVH*D] each) at pos: rope, rope, set_rows, set_rows. */
     void (*rope_store)(hc_backend *be, float *q, float *k, const float *v, void *k_cache, void *v_cache,
@@ -284,6 +297,13 @@ void hc_fused_lm_loss(hc_backend *be, float *dx, float *dw, float *loss, float *
                       float softcap, const int32_t *targets, int64_t T, double scale, float *scratch, bool overwrite);
 void hc_fused_add_norm(hc_backend *be, float *h, float *x, const float *o, const hc_vec *w, const hc_vec *b,
                        hc_norm_kind kind, float eps, int64_t T, int64_t C);
+void hc_fused_matmul_add_norm(hc_backend *be, float *h, float *x, float *o, const float *a, const hc_mat *w,
+                              const hc_vec *bias, const hc_vec *nw, const hc_vec *nb, hc_norm_kind kind, float eps,
+                              int64_t T);
+void hc_fused_ffn_add_norm(hc_backend *be, float *h, float *x, float *o, float *fa, float *fb, const float *in,
+                           const hc_mat *gate, const hc_vec *bg, const hc_mat *up, const hc_vec *bu, const hc_mat *down,
+                           const hc_vec *bd, hc_activation act, const hc_vec *nw, const hc_vec *nb, hc_norm_kind kind,
+                           float eps, int64_t T);
 void hc_fused_rope_store(hc_backend *be, float *q, float *k, const float *v, void *k_cache, void *v_cache,
                          hc_dtype kv_dtype, const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T,
                          int64_t H, int64_t KVH, int64_t D, int64_t R);

@@ -80,6 +80,30 @@ static void feed_forward(hc_workspace *ws, const hc_layer *L, int64_t l, int64_t
     }
 }
 
+/* The block's MLP, its residual add into x, and the next block's input norm into h (none after
+ * the last block: next is NULL). A plain gated MLP goes to the backend as one fused op, which
+ * a GPU may compute without writing the MLP's output apart from x. */
+static void feed_forward_residual(hc_workspace *ws, const hc_layer *L, int64_t l, int64_t T, const hc_layer *next) {
+    const hc_model *m = ws->m;
+    hc_backend *be = m->be;
+    const hc_model_config *c = &m->cfg;
+    const hc_norm_kind nk = m->arch->norm;
+    const float eps = (float)c->norm_eps;
+    float *const h = next ? ws->h : NULL;
+    const hc_vec *const nw = next ? &next->attn_norm : NULL, *const nb = next ? &next->attn_norm_b : NULL;
+    const bool plain = c->n_experts == 0 && m->arch->gated_mlp && !L->ffn_post_norm.data && !hc_lora_has(m->lora, l, HC_LORA_GATE) &&
+                       !hc_lora_has(m->lora, l, HC_LORA_UP) && !hc_lora_has(m->lora, l, HC_LORA_DOWN);
+    if (plain) {
+        be->ffn_add_norm(be, h, ws->x, ws->o, ws->ff_a, ws->ff_b, ws->h, &L->gate, &L->b_gate, &L->up, &L->b_up, &L->down,
+                         &L->b_down, c->act, nw, nb, nk, eps, T);
+        return;
+    }
+    feed_forward(ws, L, l, T);
+    if (L->ffn_post_norm.data) be->norm(be, ws->o, ws->o, &L->ffn_post_norm, NULL, nk, eps, T, c->hidden_size);
+    if (h) be->add_norm(be, h, ws->x, ws->o, nw, nb, nk, eps, T, c->hidden_size);
+    else be->add(be, ws->x, ws->x, ws->o, T * c->hidden_size);
+}
+
 /* One forward pass over rows already staged in backend memory (ids, positions). */
 typedef struct {
     hc_workspace *ws;
@@ -153,16 +177,17 @@ static void run_forward(void *arg) {
                 r0 += n;
             }
         }
-        be->matmul(be, ws->o, ws->att, &L->wo, &L->bo, T);
-        lora_add(ws, l, HC_LORA_O, ws->o, ws->att, T);
-        if (L->attn_post_norm.data) be->norm(be, ws->o, ws->o, &L->attn_post_norm, NULL, nk, eps, T, C);
-        be->add_norm(be, ws->h, ws->x, ws->o, &L->ffn_norm, &L->ffn_norm_b, nk, eps, T, C);
-        feed_forward(ws, L, l, T);
-        if (L->ffn_post_norm.data) be->norm(be, ws->o, ws->o, &L->ffn_post_norm, NULL, nk, eps, T, C);
-        if (l + 1 < c->n_layers)
-            be->add_norm(be, ws->h, ws->x, ws->o, &L[1].attn_norm, &L[1].attn_norm_b, nk, eps, T, C);
-        else
-            be->add(be, ws->x, ws->x, ws->o, T * C);
+        /* the output projection, the residual add and the MLP's norm: one fused op unless an
+         * adapter or a post-norm needs the projection on its own */
+        if (!hc_lora_has(m->lora, l, HC_LORA_O) && !L->attn_post_norm.data) {
+            be->matmul_add_norm(be, ws->h, ws->x, ws->o, ws->att, &L->wo, &L->bo, &L->ffn_norm, &L->ffn_norm_b, nk, eps, T);
+        } else {
+            be->matmul(be, ws->o, ws->att, &L->wo, &L->bo, T);
+            lora_add(ws, l, HC_LORA_O, ws->o, ws->att, T);
+            if (L->attn_post_norm.data) be->norm(be, ws->o, ws->o, &L->attn_post_norm, NULL, nk, eps, T, C);
+            be->add_norm(be, ws->h, ws->x, ws->o, &L->ffn_norm, &L->ffn_norm_b, nk, eps, T, C);
+        }
+        feed_forward_residual(ws, L, l, T, l + 1 < c->n_layers ? L + 1 : NULL);
     }
     if (f->hidden) {
         float *dst = be->device ? ws->h : f->hidden;

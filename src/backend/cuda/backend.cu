@@ -281,6 +281,8 @@ extern "C" hc_status hc_backend_cuda_new(int device_index, hc_dtype compute, hc_
     be->attention_train = hc_cuda_attention_train;
     be->ffn_train = hc_cuda_ffn_train;
     be->add_norm = hc_cuda_add_norm;
+    be->matmul_add_norm = hc_cuda_matmul_add_norm;
+    be->ffn_add_norm = hc_cuda_ffn_add_norm;
     be->rope_store = hc_cuda_rope_store;
     be->rope_store_rows = hc_cuda_rope_store_rows;
     be->attention_rows = hc_cuda_attention_rows;

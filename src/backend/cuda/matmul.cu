@@ -1101,10 +1101,11 @@ void hc_cuda_glu16(hc_backend *be, void *out, const void *gate, const void *up, 
         glu16_kernel<__half><<<g, 256, 0, cx->stream>>>((__half *)out, (const __half *)gate, (const __half *)up, act, n);
 }
 
-/* out^T[N, T] = W[N, K] . x^T with 16-bit x and W (stored as op) and output type ot. */
-static bool gemm16(hc_backend *be, void *out, cudaDataType_t ot, const void *x, const hc_mat *w, int64_t T) {
+/* out^T[N, T] = W[N, K] . x^T (+ out when beta is 1: the residual add in the GEMM's epilogue)
+ * with 16-bit x and W (stored as op) and output type ot. */
+static bool gemm16(hc_backend *be, void *out, cudaDataType_t ot, const void *x, const hc_mat *w, int64_t T, float beta) {
     hc_cuda_ctx *cx = hc_cuda(be);
-    const float alpha = 1.0f, beta = 0.0f;
+    const float alpha = 1.0f;
     const cudaDataType_t t = cuda_type(cx->compute);
     const cublasStatus_t st = cublasGemmEx(cx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)w->rows, (int)T, (int)w->cols, &alpha,
                                            w->data, t, (int)w->ld, x, t, (int)w->cols, &beta, out, ot, (int)w->rows,
@@ -1113,33 +1114,90 @@ static bool gemm16(hc_backend *be, void *out, cudaDataType_t ot, const void *x, 
     return st == CUBLAS_STATUS_SUCCESS;
 }
 
-void hc_cuda_ffn(hc_backend *be, float *out, float *a, float *b, const float *x, const hc_mat *gate, const hc_vec *bg,
-                 const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd, hc_activation act, int64_t T) {
+/* The gated MLP in 16 bits into out[T, C] (f32; beta 1 adds onto it). False, having done
+ * nothing, when the shapes, dtypes or row count do not qualify. */
+static bool ffn16(hc_backend *be, float *out, float beta, float *a, float *b, const float *x, const hc_mat *gate,
+                  const hc_vec *bg, const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd,
+                  hc_activation act, int64_t T) {
     hc_cuda_ctx *cx = hc_cuda(be);
-    if (T <= 0 || cx->failed) return;
     const hc_mat *const ms[3] = {gate, up, down};
     bool fast = T > gemv_max_t() && cx->compute != HC_DTYPE_F32 && !(bg && bg->data) && !(bu && bu->data) &&
                 !(bd && bd->data) && gate->rows == up->rows && gate->cols == up->cols && down->cols == gate->rows &&
                 (T * gate->rows) % 8 == 0; /* the 16-bit halves of a start on 16 bytes */
     for (int i = 0; fast && i < 3; i++) fast = !ms[i]->quant && !ms[i]->transposed && ms[i]->dtype == cx->compute;
-    if (!fast) {
-        hc_cuda_gated_matmul(be, a, b, x, gate, bg, up, bu, act, T);
-        hc_cuda_matmul(be, out, a, down, bd, T);
-        return;
-    }
+    if (!fast) return false;
     const int64_t I = gate->rows;
     const void *xb = gemm_acts(be, x, T, gate->cols, cx->compute); /* [T, C] 16-bit */
     /* a's 4 bytes an element hold 16-bit gate and up [T, I] each; b holds the product */
     char *g16 = (char *)a, *u16 = g16 + 2 * (size_t)(T * I);
     const cudaDataType_t ht = cuda_type(cx->compute);
-    if (!xb) return;
+    if (!xb) return true; /* the failure is recorded */
     const hc_mat *const gu[2] = {gate, up};
     const hc_vec *const no_bias[2] = {NULL, NULL};
     void *const gu16[2] = {g16, u16};
     if (!gemm_pair(be, gu16, ht, xb, gu, no_bias, T) && /* one batched call where gate and up lie in order */
-        (!gemm16(be, g16, ht, xb, gate, T) || !gemm16(be, u16, ht, xb, up, T)))
-        return;
+        (!gemm16(be, g16, ht, xb, gate, T, 0.0f) || !gemm16(be, u16, ht, xb, up, T, 0.0f)))
+        return true;
     hc_cuda_glu16(be, b, g16, u16, act, T * I);
-    gemm16(be, out, CUDA_R_32F, b, down, T);
-    HC_CUDA_LAUNCHED(be, "ffn");
+    gemm16(be, out, CUDA_R_32F, b, down, T, beta);
+    return true;
+}
+
+void hc_cuda_ffn(hc_backend *be, float *out, float *a, float *b, const float *x, const hc_mat *gate, const hc_vec *bg,
+                 const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd, hc_activation act, int64_t T) {
+    if (T <= 0 || hc_cuda(be)->failed) return;
+    if (ffn16(be, out, 0.0f, a, b, x, gate, bg, up, bu, down, bd, act, T)) {
+        HC_CUDA_LAUNCHED(be, "ffn");
+        return;
+    }
+    hc_cuda_gated_matmul(be, a, b, x, gate, bg, up, bu, act, T);
+    hc_cuda_matmul(be, out, a, down, bd, T);
+}
+
+/* ---- the residual add in the GEMM ----------------------------------------------------------
+ * A 16-bit prompt's o and down projections add into the f32 residual x inside cuBLAS (beta 1,
+ * f32 C): the separate add would write the product in f32 and read it back with x. The norm
+ * that follows then reads x alone. The sum is the same f32 addition of the same two values.
+ * Prompts only (more rows than a decode step of HC_PDL_MAX_ROWS sequences): batched decode
+ * keeps the GEMM and add_norm, which measured faster at 8 and 64 sequences (section A of
+ * bench/results/cuda-h100-2026-11-26-s12.txt). */
+
+static bool residual_in_gemm(int64_t T) {
+    static int off = -1; /* HUBCAP_CUDA_NO_RESIDUAL_GEMM: the op sequence always, to measure */
+    if (off < 0) off = getenv("HUBCAP_CUDA_NO_RESIDUAL_GEMM") != NULL;
+    return !off && T > HC_PDL_MAX_ROWS;
+}
+
+static void residual_norm(hc_backend *be, float *h, float *x, const hc_vec *nw, const hc_vec *nb, hc_norm_kind kind,
+                          float eps, int64_t T, int64_t C) {
+    if (h) hc_cuda_norm(be, h, x, nw, nb, kind, eps, T, C);
+}
+
+void hc_cuda_matmul_add_norm(hc_backend *be, float *h, float *x, float *o, const float *a, const hc_mat *w,
+                             const hc_vec *bias, const hc_vec *nw, const hc_vec *nb, hc_norm_kind kind, float eps,
+                             int64_t T) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    if (T <= 0 || cx->failed) return;
+    if (residual_in_gemm(T) && hc_cuda_gemm16_weight(be, w, T) && !(bias && bias->data)) {
+        const void *xb = gemm_acts(be, a, T, w->cols, cx->compute); /* [T, K] 16-bit */
+        if (xb && gemm16(be, x, CUDA_R_32F, xb, w, T, 1.0f)) {
+            HC_CUDA_LAUNCHED(be, "matmul_add_norm");
+            residual_norm(be, h, x, nw, nb, kind, eps, T, w->rows);
+        }
+        return;
+    }
+    hc_fused_matmul_add_norm(be, h, x, o, a, w, bias, nw, nb, kind, eps, T);
+}
+
+void hc_cuda_ffn_add_norm(hc_backend *be, float *h, float *x, float *o, float *fa, float *fb, const float *in,
+                          const hc_mat *gate, const hc_vec *bg, const hc_mat *up, const hc_vec *bu, const hc_mat *down,
+                          const hc_vec *bd, hc_activation act, const hc_vec *nw, const hc_vec *nb, hc_norm_kind kind,
+                          float eps, int64_t T) {
+    if (T <= 0 || hc_cuda(be)->failed) return;
+    if (residual_in_gemm(T) && ffn16(be, x, 1.0f, fa, fb, in, gate, bg, up, bu, down, bd, act, T)) {
+        HC_CUDA_LAUNCHED(be, "ffn_add_norm");
+        residual_norm(be, h, x, nw, nb, kind, eps, T, down->rows);
+        return;
+    }
+    hc_fused_ffn_add_norm(be, h, x, o, fa, fb, in, gate, bg, up, bu, down, bd, act, nw, nb, kind, eps, T);
 }
