@@ -632,11 +632,14 @@ static void test_fused(hc_backend *bf16) {
     /* matmul_add_norm and ffn_add_norm against the CPU's op sequence: the updated residual and
      * the next norm (or the add alone, h NULL). Past the GEMV's rows the bf16 backend adds the
      * product into x inside the GEMM (bf16 tolerance); 3 rows, and the f32 backend, take the
-     * sequence. */
-    for (int ci = 0; ci < 16; ci++) {
+     * sequence. With h_matmul_only (mode 2) the bf16 backend keeps h in bf16 alone at 100 rows:
+     * h is checked through a matmul on bf16 weights (which reads that copy), then one on f32
+     * weights (which widens h back to f32 first), then h itself. */
+    for (int ci = 0; ci < 24; ci++) {
         hc_backend *be = ci & 4 ? gpu : bf16;
-        const int64_t T = ci & 1 ? 100 : 3, C = 256, I = 96;
-        const bool ffn = ci & 2, with_norm = !(ci & 8);
+        const int64_t T = ci & 1 ? 100 : 3, C = 256, I = 96, N2 = 48;
+        const int mode = ci / 8; /* 0: norm, 1: no norm, 2: norm read by matmuls only */
+        const bool ffn = ci & 2, with_norm = mode != 1, only = mode == 2;
         cur = be;
         const int64_t K = ffn ? C : I; /* the o projection reads [T, I] */
         float *x = malloc(sizeof(float) * (size_t)(T * C)), *in = malloc(sizeof(float) * (size_t)(T * K));
@@ -644,15 +647,17 @@ static void test_fused(hc_backend *bf16) {
         float *fa = malloc(sizeof(float) * (size_t)(T * I)), *fb = malloc(sizeof(float) * (size_t)(T * I));
         fill_rand(x, T * C, 2.0f);
         fill_rand(in, T * K, 1.0f);
-        void *w[3] = {rand_typed(HC_DTYPE_BF16, I * C, 0.2f), rand_typed(HC_DTYPE_BF16, I * C, 0.2f),
-                      rand_typed(HC_DTYPE_BF16, C * I, 0.2f)};
+        void *w[5] = {rand_typed(HC_DTYPE_BF16, I * C, 0.2f), rand_typed(HC_DTYPE_BF16, I * C, 0.2f),
+                      rand_typed(HC_DTYPE_BF16, C * I, 0.2f), rand_typed(HC_DTYPE_BF16, N2 * C, 0.2f),
+                      rand_typed(HC_DTYPE_F32, N2 * C, 0.2f)};
         void *nwh = rand_typed(HC_DTYPE_BF16, C, 1.0f);
-        hc_mat hw[3], dw[3];
-        for (int i = 0; i < 3; i++) {
-            const int64_t rows = i < 2 ? I : C, cols = i < 2 ? C : I;
-            hw[i] = (hc_mat){.data = w[i], .dtype = HC_DTYPE_BF16, .rows = rows, .cols = cols, .ld = cols};
+        hc_mat hw[5], dw[5];
+        for (int i = 0; i < 5; i++) {
+            const int64_t rows = i < 2 ? I : i == 2 ? C : N2, cols = i == 2 ? I : C;
+            const hc_dtype dt = i == 4 ? HC_DTYPE_F32 : HC_DTYPE_BF16;
+            hw[i] = (hc_mat){.data = w[i], .dtype = dt, .rows = rows, .cols = cols, .ld = cols};
             dw[i] = hw[i];
-            dw[i].data = up(w[i], (size_t)(rows * cols) * 2);
+            dw[i].data = up(w[i], (size_t)(rows * cols) * hc_dtype_size(dt));
         }
         const hc_vec nb = {0}, hn = {nwh, HC_DTYPE_BF16, C}, dn = {up(nwh, 2 * (size_t)C), HC_DTYPE_BF16, C};
         float *dx = up(x, sizeof(float) * (size_t)(T * C)), *din = up(in, sizeof(float) * (size_t)(T * K));
@@ -660,28 +665,44 @@ static void test_fused(hc_backend *bf16) {
         float *da = be->alloc(be, sizeof(float) * (size_t)(T * I)), *db = be->alloc(be, sizeof(float) * (size_t)(T * I));
         if (ffn) {
             cpu->ffn_add_norm(cpu, with_norm ? h : NULL, x, o, fa, fb, in, &hw[0], &nb, &hw[1], &nb, &hw[2], &nb, HC_ACT_SILU,
-                              &hn, NULL, HC_NORM_RMS, 1e-5f, T);
+                              &hn, NULL, HC_NORM_RMS, 1e-5f, only, T);
             be->ffn_add_norm(be, with_norm ? dh : NULL, dx, dout, da, db, din, &dw[0], &nb, &dw[1], &nb, &dw[2], &nb,
-                             HC_ACT_SILU, &dn, NULL, HC_NORM_RMS, 1e-5f, T);
+                             HC_ACT_SILU, &dn, NULL, HC_NORM_RMS, 1e-5f, only, T);
         } else {
-            cpu->matmul_add_norm(cpu, with_norm ? h : NULL, x, o, in, &hw[2], &nb, &hn, NULL, HC_NORM_RMS, 1e-5f, T);
-            be->matmul_add_norm(be, with_norm ? dh : NULL, dx, dout, din, &dw[2], &nb, &dn, NULL, HC_NORM_RMS, 1e-5f, T);
+            cpu->matmul_add_norm(cpu, with_norm ? h : NULL, x, o, in, &hw[2], &nb, &hn, NULL, HC_NORM_RMS, 1e-5f, only, T);
+            be->matmul_add_norm(be, with_norm ? dh : NULL, dx, dout, din, &dw[2], &nb, &dn, NULL, HC_NORM_RMS, 1e-5f, only,
+                                T);
         }
-        float *gx = down(dx, T * C), *gh = with_norm ? down(dh, T * C) : NULL;
         const double tol = be == bf16 && T > 4 ? 1e-4 : 1e-7;
-        char what[96];
-        snprintf(what, sizeof what, "%s %s T=%lld%s residual", ffn ? "ffn_add_norm" : "matmul_add_norm",
-                 be == bf16 ? "bf16" : "f32", (long long)T, with_norm ? "" : " (no norm)");
+        const char *op = ffn ? "ffn_add_norm" : "matmul_add_norm", *bn = be == bf16 ? "bf16" : "f32";
+        char what[112];
+        float *gx = down(dx, T * C);
+        snprintf(what, sizeof what, "%s %s T=%lld%s residual", op, bn, (long long)T,
+                 mode == 1 ? " (no norm)" : only ? " (h for matmuls)" : "");
         report(what, nmse(gx, x, T * C), tol);
-        if (gh) {
-            snprintf(what, sizeof what, "%s %s T=%lld norm", ffn ? "ffn_add_norm" : "matmul_add_norm",
-                     be == bf16 ? "bf16" : "f32", (long long)T);
-            report(what, nmse(gh, h, T * C), tol);
+        if (only) { /* read h the way the decoder may: as matmul input, 16-bit weights first */
+            float *y = malloc(sizeof(float) * (size_t)(T * N2)), *dy = be->alloc(be, sizeof(float) * (size_t)(T * N2));
+            for (int i = 3; i < 5; i++) {
+                cpu->matmul(cpu, y, h, &hw[i], NULL, T);
+                be->matmul(be, dy, dh, &dw[i], NULL, T);
+                float *gy = down(dy, T * N2);
+                snprintf(what, sizeof what, "%s %s T=%lld h for matmuls: matmul on %s weights", op, bn, (long long)T,
+                         i == 3 ? "bf16" : "f32 (widened)");
+                report(what, nmse(gy, y, T * N2), tol);
+                free(gy);
+            }
+            be->free(be, dy), free(y);
         }
-        for (int i = 0; i < 3; i++) be->free(be, (void *)dw[i].data), free(w[i]);
+        if (with_norm) {
+            float *gh = down(dh, T * C);
+            snprintf(what, sizeof what, "%s %s T=%lld norm%s", op, bn, (long long)T, only ? " (h for matmuls, read after)" : "");
+            report(what, nmse(gh, h, T * C), tol);
+            free(gh);
+        }
+        for (int i = 0; i < 5; i++) be->free(be, (void *)dw[i].data), free(w[i]);
         be->free(be, (void *)dn.data), be->free(be, dx), be->free(be, din), be->free(be, dh), be->free(be, dout);
         be->free(be, da), be->free(be, db);
-        free(x), free(in), free(h), free(o), free(fa), free(fb), free(nwh), free(gx), free(gh);
+        free(x), free(in), free(h), free(o), free(fa), free(fb), free(nwh), free(gx);
         cur = gpu;
     }
     /* rope_store: full and partial rotary, none, each cache dtype; 4 rows (the decode kernel)

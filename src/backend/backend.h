@@ -151,16 +151,20 @@ struct hc_backend {
     /* A block's last projection, its residual add and the next norm: o[T, C] = matmul(a, w,
      * bias), then add_norm(h, x, o, nw, nb) (C = w->rows), or add(x, x, o) when h is NULL.
      * o is scratch: a GPU computing a prompt in 16 bits adds the product into x inside the GEMM
-     * (beta 1) and leaves o as it was, which saves writing o and reading it back. */
+     * (beta 1) and leaves o as it was, which saves writing o and reading it back.
+     * h_matmul_only: the caller reads h, until it writes h again, only whole and only as the
+     * input of matmul-family ops (matmul, matmul_n, gated_matmul, ffn, ffn_add_norm,
+     * matmul_add); a GPU computing a prompt in 16 bits then keeps h in that dtype alone, and
+     * widens it back for a matmul that reads f32. */
     void (*matmul_add_norm)(hc_backend *be, float *h, float *x, float *o, const float *a, const hc_mat *w,
                             const hc_vec *bias, const hc_vec *nw, const hc_vec *nb, hc_norm_kind kind, float eps,
-                            int64_t T);
+                            bool h_matmul_only, int64_t T);
     /* The same for the gated MLP: ffn(o, fa, fb, in, ...) (C = down->rows), then add_norm(h, x,
      * o, nw, nb), or add(x, x, o) when h is NULL. in may be h (the ffn reads it first). */
     void (*ffn_add_norm)(hc_backend *be, float *h, float *x, float *o, float *fa, float *fb, const float *in,
                          const hc_mat *gate, const hc_vec *bg, const hc_mat *up, const hc_vec *bu, const hc_mat *down,
                          const hc_vec *bd, hc_activation act, const hc_vec *nw, const hc_vec *nb, hc_norm_kind kind,
-                         float eps, int64_t T);
+                         float eps, bool h_matmul_only, int64_t T);
     /* rope on q[T, H, D] and k[T, KVH, D] (none when inv_freq is NULL), then the KV store of k
      * and v ([T, KVH*D] each) at pos: rope, rope, set_rows, set_rows. */
     void (*rope_store)(hc_backend *be, float *q, float *k, const float *v, void *k_cache, void *v_cache,
@@ -299,11 +303,11 @@ void hc_fused_add_norm(hc_backend *be, float *h, float *x, const float *o, const
                        hc_norm_kind kind, float eps, int64_t T, int64_t C);
 void hc_fused_matmul_add_norm(hc_backend *be, float *h, float *x, float *o, const float *a, const hc_mat *w,
                               const hc_vec *bias, const hc_vec *nw, const hc_vec *nb, hc_norm_kind kind, float eps,
-                              int64_t T);
+                              bool h_matmul_only, int64_t T);
 void hc_fused_ffn_add_norm(hc_backend *be, float *h, float *x, float *o, float *fa, float *fb, const float *in,
                            const hc_mat *gate, const hc_vec *bg, const hc_mat *up, const hc_vec *bu, const hc_mat *down,
                            const hc_vec *bd, hc_activation act, const hc_vec *nw, const hc_vec *nb, hc_norm_kind kind,
-                           float eps, int64_t T);
+                           float eps, bool h_matmul_only, int64_t T);
 void hc_fused_rope_store(hc_backend *be, float *q, float *k, const float *v, void *k_cache, void *v_cache,
                          hc_dtype kv_dtype, const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T,
                          int64_t H, int64_t KVH, int64_t D, int64_t R);

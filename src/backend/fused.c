@@ -36,7 +36,8 @@ void hc_fused_ffn(hc_backend *be, float *out, float *a, float *b, const float *x
 
 void hc_fused_matmul_add_norm(hc_backend *be, float *h, float *x, float *o, const float *a, const hc_mat *w,
                               const hc_vec *bias, const hc_vec *nw, const hc_vec *nb, hc_norm_kind kind, float eps,
-                              int64_t T) {
+                              bool h_matmul_only, int64_t T) {
+    (void)h_matmul_only; /* a hint: the sequence writes h in f32 */
     const int64_t C = w->rows;
     be->matmul(be, o, a, w, bias, T);
     if (h) be->add_norm(be, h, x, o, nw, nb, kind, eps, T, C);
@@ -46,7 +47,8 @@ void hc_fused_matmul_add_norm(hc_backend *be, float *h, float *x, float *o, cons
 void hc_fused_ffn_add_norm(hc_backend *be, float *h, float *x, float *o, float *fa, float *fb, const float *in,
                            const hc_mat *gate, const hc_vec *bg, const hc_mat *up, const hc_vec *bu, const hc_mat *down,
                            const hc_vec *bd, hc_activation act, const hc_vec *nw, const hc_vec *nb, hc_norm_kind kind,
-                           float eps, int64_t T) {
+                           float eps, bool h_matmul_only, int64_t T) {
+    (void)h_matmul_only;
     const int64_t C = down->rows;
     be->ffn(be, o, fa, fb, in, gate, bg, up, bu, down, bd, act, T);
     if (h) be->add_norm(be, h, x, o, nw, nb, kind, eps, T, C);

@@ -94,8 +94,9 @@ static void feed_forward_residual(hc_workspace *ws, const hc_layer *L, int64_t l
     const bool plain = c->n_experts == 0 && m->arch->gated_mlp && !L->ffn_post_norm.data && !hc_lora_has(m->lora, l, HC_LORA_GATE) &&
                        !hc_lora_has(m->lora, l, HC_LORA_UP) && !hc_lora_has(m->lora, l, HC_LORA_DOWN);
     if (plain) {
+        /* the next block reads h as the input of its q, k, v projections and their adapters */
         be->ffn_add_norm(be, h, ws->x, ws->o, ws->ff_a, ws->ff_b, ws->h, &L->gate, &L->b_gate, &L->up, &L->b_up, &L->down,
-                         &L->b_down, c->act, nw, nb, nk, eps, T);
+                         &L->b_down, c->act, nw, nb, nk, eps, true, T);
         return;
     }
     feed_forward(ws, L, l, T);
@@ -180,7 +181,9 @@ static void run_forward(void *arg) {
         /* the output projection, the residual add and the MLP's norm: one fused op unless an
          * adapter or a post-norm needs the projection on its own */
         if (!hc_lora_has(m->lora, l, HC_LORA_O) && !L->attn_post_norm.data) {
-            be->matmul_add_norm(be, ws->h, ws->x, ws->o, ws->att, &L->wo, &L->bo, &L->ffn_norm, &L->ffn_norm_b, nk, eps, T);
+            /* the MLP reads h whole, as matmul input, unless experts take rows of it one by one */
+            be->matmul_add_norm(be, ws->h, ws->x, ws->o, ws->att, &L->wo, &L->bo, &L->ffn_norm, &L->ffn_norm_b, nk, eps,
+                                c->n_experts == 0, T);
         } else {
             be->matmul(be, ws->o, ws->att, &L->wo, &L->bo, T);
             lora_add(ws, l, HC_LORA_O, ws->o, ws->att, T);

@@ -24,6 +24,7 @@ void *hc_cuda_acts16_begin(hc_backend *be, int64_t n) {
     hc_cuda_ctx *cx = hc_cuda(be);
     if (cx->compute == HC_DTYPE_F32 || cx->capturing || n <= 0) return NULL;
     cx->acts16_src = NULL; /* until done() */
+    cx->f32_missing = NULL; /* its only copy is about to be overwritten: no longer read (h_matmul_only) */
     return hc_cuda_scratch(be, &cx->acts16, &cx->acts16_bytes, 2 * (size_t)n);
 }
 
@@ -74,6 +75,7 @@ static void cuda_free(hc_backend *be, void *p) {
     /* A captured graph holds raw pointers: any free may leave one pointing at freed memory. */
     drop_graphs(cx);
     cudaStreamSynchronize(cx->stream);
+    cx->f32_missing = NULL; /* it may lie in p, and p's address may come back */
     cudaFree(p);
 }
 

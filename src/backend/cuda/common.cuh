@@ -61,6 +61,11 @@ typedef struct {
     const float *acts16_src; /* the f32 tensor copied, of acts16_n elements */
     int64_t acts16_n;
     unsigned acts16_seq, op_seq;
+    /* A prompt norm whose output only matmuls read (matmul_add_norm / ffn_add_norm with
+     * h_matmul_only) writes it in the compute dtype alone: then acts16 holds the only copy of
+     * this f32 tensor, for any matmul until the tensor is written again or acts16 is reused, and
+     * a matmul that needs it in f32 widens it back first (hc_cuda_f32_ready). */
+    const float *f32_missing;
     /* The first error; ops after it are skipped and check() reports it. */
     char error[256];
     int failed;
@@ -134,6 +139,8 @@ bool hc_cuda_fail(hc_backend *be, cudaError_t e, const char *what);
  * graph capture). */
 void *hc_cuda_acts16_begin(hc_backend *be, int64_t n);
 void hc_cuda_acts16_done(hc_backend *be, const float *out, int64_t n);
+/* Makes x's f32 values readable: widens acts16 into x when a norm left x unwritten. */
+void hc_cuda_f32_ready(hc_backend *be, const float *x);
 
 /* Scratch of at least `bytes`, grown (never during graph capture) and kept. NULL on failure. */
 void *hc_cuda_scratch(hc_backend *be, void **buf, size_t *cap, size_t bytes);
@@ -244,6 +251,10 @@ void hc_cuda_embedding(hc_backend *be, float *out, const hc_mat *table, const in
 void hc_cuda_matmul(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T);
 void hc_cuda_norm(hc_backend *be, float *out, const float *x, const hc_vec *w, const hc_vec *b, hc_norm_kind kind,
                   float eps, int64_t T, int64_t C);
+/* hc_cuda_norm whose f32 output may be left unwritten at prompt sizes in 16-bit compute, when
+ * only matmuls read it next (f32_missing). */
+void hc_cuda_norm_for_matmul(hc_backend *be, float *out, const float *x, const hc_vec *w, const hc_vec *b,
+                             hc_norm_kind kind, float eps, int64_t T, int64_t C);
 void hc_cuda_rope(hc_backend *be, float *x, const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T,
                   int64_t nh, int64_t D, int64_t R);
 void hc_cuda_attention(hc_backend *be, float *out, const float *q, const void *k_cache, const void *v_cache,
@@ -263,11 +274,11 @@ void hc_cuda_ffn(hc_backend *be, float *out, float *a, float *b, const float *x,
                  const hc_mat *up, const hc_vec *bu, const hc_mat *down, const hc_vec *bd, hc_activation act, int64_t T);
 void hc_cuda_matmul_add_norm(hc_backend *be, float *h, float *x, float *o, const float *a, const hc_mat *w,
                              const hc_vec *bias, const hc_vec *nw, const hc_vec *nb, hc_norm_kind kind, float eps,
-                             int64_t T);
+                             bool h_matmul_only, int64_t T);
 void hc_cuda_ffn_add_norm(hc_backend *be, float *h, float *x, float *o, float *fa, float *fb, const float *in,
                           const hc_mat *gate, const hc_vec *bg, const hc_mat *up, const hc_vec *bu, const hc_mat *down,
                           const hc_vec *bd, hc_activation act, const hc_vec *nw, const hc_vec *nb, hc_norm_kind kind,
-                          float eps, int64_t T);
+                          float eps, bool h_matmul_only, int64_t T);
 void hc_cuda_matmul_add(hc_backend *be, float *out, float *tmp, const float *x, const hc_mat *w, float alpha, int64_t T);
 void hc_cuda_gated_matmul(hc_backend *be, float *out, float *tmp, const float *x, const hc_mat *gate, const hc_vec *bg,
                           const hc_mat *up, const hc_vec *bu, hc_activation act, int64_t T);

@@ -697,6 +697,7 @@ static bool mmq_applies(const hc_mat *w, const float *x, int64_t T) {
  * could not grow (the error is kept). */
 static bool mmq_quantize(hc_backend *be, const float *x, int64_t T, int64_t K) {
     hc_cuda_ctx *cx = hc_cuda(be);
+    hc_cuda_f32_ready(be, x);
     const size_t bytes = (size_t)(T * K) + sizeof(float) * (size_t)(T * K / 32);
     char *buf = (char *)hc_cuda_scratch(be, &cx->mmq_x, &cx->mmq_x_bytes, bytes);
     if (!buf) return false;
@@ -781,6 +782,12 @@ template <typename OT> __global__ void convert_acts_kernel(OT *dst, const float 
         dst[i] = narrow<OT>(src[i]);
 }
 
+/* dst[n] = src[n] widened from 16 bits (HT) to f32. */
+template <typename HT> __global__ void widen_acts_kernel(float *dst, const HT *src, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        dst[i] = (float)src[i];
+}
+
 /* dst[r, c] (contiguous [rows, cols]) = stored rows r0.. of a weight matrix, widened or
  * narrowed to OT; quantized rows are dequantized. */
 template <typename OT>
@@ -853,12 +860,26 @@ void hc_cuda_narrow(hc_backend *be, void *dst, hc_dtype to, const float *src, in
     else convert_acts_kernel<__half><<<g, 256, 0, cx->stream>>>((__half *)dst, src, n, vec);
 }
 
+void hc_cuda_f32_ready(hc_backend *be, const float *x) {
+    hc_cuda_ctx *cx = hc_cuda(be);
+    if (!x || x != cx->f32_missing) return;
+    cx->f32_missing = NULL;
+    const int64_t n = cx->acts16_n;
+    if (cx->compute == HC_DTYPE_BF16)
+        widen_acts_kernel<<<grid_for(n), 256, 0, cx->stream>>>((float *)x, (const __nv_bfloat16 *)cx->acts16, n);
+    else
+        widen_acts_kernel<<<grid_for(n), 256, 0, cx->stream>>>((float *)x, (const __half *)cx->acts16, n);
+    HC_CUDA_LAUNCHED(be, "widen");
+}
+
 /* x[T, K] as the operand type op: x itself for f32, else a conversion in scratch_b. */
 static const void *gemm_acts(hc_backend *be, const float *x, int64_t T, int64_t K, hc_dtype op) {
     hc_cuda_ctx *cx = hc_cuda(be);
+    if (op == cx->compute && x == cx->acts16_src && T * K == cx->acts16_n &&
+        (cx->acts16_seq == cx->op_seq || x == cx->f32_missing))
+        return cx->acts16; /* the op before wrote this copy, or it is x's only copy */
+    hc_cuda_f32_ready(be, x);
     if (op == HC_DTYPE_F32) return x;
-    if (op == cx->compute && x == cx->acts16_src && T * K == cx->acts16_n && cx->acts16_seq == cx->op_seq)
-        return cx->acts16; /* the op before wrote this copy */
     void *xs = hc_cuda_scratch(be, &cx->scratch_b, &cx->scratch_b_bytes, hc_dtype_size(op) * (size_t)(T * K));
     if (xs) hc_cuda_narrow(be, xs, op, x, T * K);
     return xs;
@@ -1038,6 +1059,7 @@ void hc_cuda_matmul_add(hc_backend *be, float *out, float *tmp, const float *x, 
         hc_fused_matmul_add(be, out, tmp, x, w, alpha, T);
         return;
     }
+    hc_cuda_f32_ready(be, x); /* cuBLAS reads x below */
     const int64_t N = w->rows, K = w->cols;
     const cublasComputeType_t ct = cx->compute == HC_DTYPE_BF16   ? CUBLAS_COMPUTE_32F_FAST_16BF
                                    : cx->compute == HC_DTYPE_F16 ? CUBLAS_COMPUTE_32F_FAST_16F
@@ -1158,9 +1180,8 @@ void hc_cuda_ffn(hc_backend *be, float *out, float *a, float *b, const float *x,
  * A 16-bit prompt's o and down projections add into the f32 residual x inside cuBLAS (beta 1,
  * f32 C): the separate add would write the product in f32 and read it back with x. The norm
  * that follows then reads x alone. The sum is the same f32 addition of the same two values.
- * Prompts only (more rows than a decode step of HC_PDL_MAX_ROWS sequences): batched decode
- * keeps the GEMM and add_norm, which measured faster at 8 and 64 sequences (section A of
- * bench/results/cuda-h100-2026-11-26-s12.txt). */
+ * Prompts only, past a decode step of HC_PDL_MAX_ROWS sequences: there the add is a few rows'
+ * worth, and decode steps keep the kernels they were tuned with. */
 
 static bool residual_in_gemm(int64_t T) {
     static int off = -1; /* HUBCAP_CUDA_NO_RESIDUAL_GEMM: the op sequence always, to measure */
@@ -1168,36 +1189,33 @@ static bool residual_in_gemm(int64_t T) {
     return !off && T > HC_PDL_MAX_ROWS;
 }
 
-static void residual_norm(hc_backend *be, float *h, float *x, const hc_vec *nw, const hc_vec *nb, hc_norm_kind kind,
-                          float eps, int64_t T, int64_t C) {
-    if (h) hc_cuda_norm(be, h, x, nw, nb, kind, eps, T, C);
-}
-
 void hc_cuda_matmul_add_norm(hc_backend *be, float *h, float *x, float *o, const float *a, const hc_mat *w,
                              const hc_vec *bias, const hc_vec *nw, const hc_vec *nb, hc_norm_kind kind, float eps,
-                             int64_t T) {
+                             bool h_matmul_only, int64_t T) {
     hc_cuda_ctx *cx = hc_cuda(be);
     if (T <= 0 || cx->failed) return;
     if (residual_in_gemm(T) && hc_cuda_gemm16_weight(be, w, T) && !(bias && bias->data)) {
         const void *xb = gemm_acts(be, a, T, w->cols, cx->compute); /* [T, K] 16-bit */
         if (xb && gemm16(be, x, CUDA_R_32F, xb, w, T, 1.0f)) {
             HC_CUDA_LAUNCHED(be, "matmul_add_norm");
-            residual_norm(be, h, x, nw, nb, kind, eps, T, w->rows);
+            if (h && h_matmul_only) hc_cuda_norm_for_matmul(be, h, x, nw, nb, kind, eps, T, w->rows);
+            else if (h) hc_cuda_norm(be, h, x, nw, nb, kind, eps, T, w->rows);
         }
         return;
     }
-    hc_fused_matmul_add_norm(be, h, x, o, a, w, bias, nw, nb, kind, eps, T);
+    hc_fused_matmul_add_norm(be, h, x, o, a, w, bias, nw, nb, kind, eps, h_matmul_only, T);
 }
 
 void hc_cuda_ffn_add_norm(hc_backend *be, float *h, float *x, float *o, float *fa, float *fb, const float *in,
                           const hc_mat *gate, const hc_vec *bg, const hc_mat *up, const hc_vec *bu, const hc_mat *down,
                           const hc_vec *bd, hc_activation act, const hc_vec *nw, const hc_vec *nb, hc_norm_kind kind,
-                          float eps, int64_t T) {
+                          float eps, bool h_matmul_only, int64_t T) {
     if (T <= 0 || hc_cuda(be)->failed) return;
     if (residual_in_gemm(T) && ffn16(be, x, 1.0f, fa, fb, in, gate, bg, up, bu, down, bd, act, T)) {
         HC_CUDA_LAUNCHED(be, "ffn_add_norm");
-        residual_norm(be, h, x, nw, nb, kind, eps, T, down->rows);
+        if (h && h_matmul_only) hc_cuda_norm_for_matmul(be, h, x, nw, nb, kind, eps, T, down->rows);
+        else if (h) hc_cuda_norm(be, h, x, nw, nb, kind, eps, T, down->rows);
         return;
     }
-    hc_fused_ffn_add_norm(be, h, x, o, fa, fb, in, gate, bg, up, bu, down, bd, act, nw, nb, kind, eps, T);
+    hc_fused_ffn_add_norm(be, h, x, o, fa, fb, in, gate, bg, up, bu, down, bd, act, nw, nb, kind, eps, h_matmul_only, T);
 }

@@ -109,7 +109,8 @@ __global__ void norm_wide_kernel(float *out, float *x, const float *add, const v
  * norm_kernel, in another order. */
 template <int NV>
 __global__ void norm_rows_kernel(float *out, void *out16, hc_dtype dt16, float *x, const float *add, const void *w, hc_dtype w_dt,
-                                 const void *b, hc_dtype b_dt, hc_norm_kind kind, float eps, int64_t T, int64_t C, int64_t rows) {
+                                 const void *b, hc_dtype b_dt, hc_norm_kind kind, float eps, int64_t T, int64_t C, int64_t rows,
+                                 bool write_f32) {
     __shared__ float red[32];
     const int64_t C4 = C / 4;
     const int64_t t0 = blockIdx.x * rows, t1 = t0 + rows < T ? t0 + rows : T;
@@ -173,7 +174,7 @@ __global__ void norm_rows_kernel(float *out, void *out16, hc_dtype dt16, float *
                 }
                 if (b) o[j] += hc_ld(b, b_dt, c);
             }
-            ((float4 *)(out + t * C))[c4] = make_float4(o[0], o[1], o[2], o[3]);
+            if (write_f32) ((float4 *)(out + t * C))[c4] = make_float4(o[0], o[1], o[2], o[3]);
             if (out16) { /* out in the compute dtype too, for the GEMM that reads it next */
                 if (dt16 == HC_DTYPE_BF16) {
                     const __nv_bfloat16 h[4] = {narrow<__nv_bfloat16>(o[0]), narrow<__nv_bfloat16>(o[1]),
@@ -188,10 +189,12 @@ __global__ void norm_rows_kernel(float *out, void *out16, hc_dtype dt16, float *
     }
 }
 
+/* only16: the f32 out may be left unwritten when its 16-bit copy is (see f32_missing). */
 static void launch_norm(hc_backend *be, float *out, float *x, const float *add, const hc_vec *w, const hc_vec *b,
-                        hc_norm_kind kind, float eps, int64_t T, int64_t C) {
+                        hc_norm_kind kind, float eps, int64_t T, int64_t C, bool only16) {
     if (T <= 0 || hc_cuda(be)->failed) return;
     hc_cuda_ctx *cx = hc_cuda(be);
+    if (out == cx->f32_missing) cx->f32_missing = NULL; /* written again */
     const bool aligned = ((uintptr_t)out | (uintptr_t)x | (uintptr_t)add) % 16 == 0;
     if (T >= 64 && C % 4 == 0 && C <= 4096 && aligned) {
         const void *wd = w ? w->data : NULL, *bd = b ? b->data : NULL;
@@ -204,12 +207,13 @@ static void launch_norm(hc_backend *be, float *out, float *x, const float *add, 
 #define NR(N)                                                                                                           \
     case N:                                                                                                             \
         norm_rows_kernel<N><<<blocks, 256, 0, cx->stream>>>(out, o16, cx->compute, x, add, wd, wdt, bd, bdt, kind, eps, T, C, \
-                                                           rows);                                                       \
+                                                           rows, !(o16 && only16));                                     \
         break
         switch (nv) { NR(1); NR(2); NR(3); default: NR(4); }
 #undef NR
         HC_CUDA_LAUNCHED(be, "norm");
         if (o16) hc_cuda_acts16_done(be, out, T * C);
+        if (o16 && only16) cx->f32_missing = out;
         return;
     }
     /* About two values a thread: a single decode row is latency-bound, so spread it wide. */
@@ -240,10 +244,15 @@ static void launch_norm(hc_backend *be, float *out, float *x, const float *add, 
 
 void hc_cuda_norm(hc_backend *be, float *out, const float *x, const hc_vec *w, const hc_vec *b, hc_norm_kind kind,
                   float eps, int64_t T, int64_t C) {
-    launch_norm(be, out, (float *)x, NULL, w, b, kind, eps, T, C); /* x is only read without `add` */
+    launch_norm(be, out, (float *)x, NULL, w, b, kind, eps, T, C, false); /* x is only read without `add` */
+}
+
+void hc_cuda_norm_for_matmul(hc_backend *be, float *out, const float *x, const hc_vec *w, const hc_vec *b,
+                             hc_norm_kind kind, float eps, int64_t T, int64_t C) {
+    launch_norm(be, out, (float *)x, NULL, w, b, kind, eps, T, C, true);
 }
 
 void hc_cuda_add_norm(hc_backend *be, float *h, float *x, const float *o, const hc_vec *w, const hc_vec *b,
                       hc_norm_kind kind, float eps, int64_t T, int64_t C) {
-    launch_norm(be, h, x, o, w, b, kind, eps, T, C);
+    launch_norm(be, h, x, o, w, b, kind, eps, T, C, false);
 }
