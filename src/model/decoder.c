@@ -91,8 +91,9 @@ static void feed_forward_residual(hc_workspace *ws, const hc_layer *L, int64_t l
     const float eps = (float)c->norm_eps;
     float *const h = next ? ws->h : NULL;
     const hc_vec *const nw = next ? &next->attn_norm : NULL, *const nb = next ? &next->attn_norm_b : NULL;
-    const bool plain = c->n_experts == 0 && m->arch->gated_mlp && !L->ffn_post_norm.data && !hc_lora_has(m->lora, l, HC_LORA_GATE) &&
-                       !hc_lora_has(m->lora, l, HC_LORA_UP) && !hc_lora_has(m->lora, l, HC_LORA_DOWN);
+    const bool plain = c->n_experts == 0 && m->arch->gated_mlp && !L->ffn_post_norm.data &&
+                       !hc_lora_has(m->lora, l, HC_LORA_GATE) && !hc_lora_has(m->lora, l, HC_LORA_UP) &&
+                       !hc_lora_has(m->lora, l, HC_LORA_DOWN);
     if (plain) {
         /* the next block reads h as the input of its q, k, v projections and their adapters */
         be->ffn_add_norm(be, h, ws->x, ws->o, ws->ff_a, ws->ff_b, ws->h, &L->gate, &L->b_gate, &L->up, &L->b_up, &L->down,
