@@ -24,12 +24,14 @@ for w in $which; do
             HUBCAP_TEST_DEVICE=cuda HUBCAP_TEST_DTYPE=$dt "$(find_bin test_conformance)" >"$OUT/conformance_$dt.txt" 2>&1 || rc=1
             tail -n 1 "$OUT/conformance_$dt.txt"; grep FAIL "$OUT/conformance_$dt.txt" | head -10
         done
-        HUBCAP_TEST_DEVICE=cuda HUBCAP_TEST_DTYPE=f32 "$(find_bin test_generate)" >"$OUT/generate.txt" 2>&1 || rc=1
+        for dt in f32 bf16; do
+            HUBCAP_TEST_DEVICE=cuda HUBCAP_TEST_DTYPE=$dt "$(find_bin test_generate)" >"$OUT/generate_$dt.txt" 2>&1 || rc=1
+        done
         for dt in f32 bf16; do
             HUBCAP_POISON_BUFFERS=1 HUBCAP_TEST_DEVICE=cuda HUBCAP_TEST_DTYPE=$dt "$(find_bin test_train)" >"$OUT/train_$dt.txt" 2>&1 || rc=1
             tail -n 1 "$OUT/train_$dt.txt"; grep FAIL "$OUT/train_$dt.txt" | head -10
         done
-        tail -n 1 "$OUT/generate.txt"; grep FAIL "$OUT/generate.txt" | head -10
+        for dt in f32 bf16; do tail -n 1 "$OUT/generate_$dt.txt"; grep FAIL "$OUT/generate_$dt.txt" | head -10; done
         HUBCAP_POISON_BUFFERS=1 HUBCAP_TEST_DEVICE=cuda HUBCAP_TEST_DTYPE=f32 "$(find_bin test_lora)" >"$OUT/lora.txt" 2>&1 || rc=1
         tail -n 1 "$OUT/lora.txt"; grep FAIL "$OUT/lora.txt" | head -10
         HUBCAP_DEVICE=cuda bash tests/test_cli.sh "$BUILD/hubcap" "$PWD" >"$OUT/cli.txt" 2>&1 || rc=1

@@ -17,6 +17,43 @@ static int32_t *ref_ids(hc_safetensors *ref, const char *name, int64_t *n) {
     return out;
 }
 
+/* The top-2 margin of the next-token logits after prompt + ids[0..k) (a fresh session). */
+static float margin_after(hc_model *m, const int32_t *prompt, int64_t len, const int32_t *ids, int64_t k) {
+    const int64_t V = hc_model_vocab_size(m);
+    int32_t *all = malloc(sizeof(int32_t) * (size_t)(len + k));
+    float *logits = malloc(sizeof(float) * (size_t)V);
+    memcpy(all, prompt, sizeof(int32_t) * (size_t)len);
+    memcpy(all + len, ids, sizeof(int32_t) * (size_t)k);
+    hc_session *s;
+    float top = -INFINITY, second = -INFINITY;
+    CHECK_OK(hc_session_new(m, len + k, &s));
+    if (s && hc_session_forward(s, all, len + k, logits, false) == HC_OK)
+        for (int64_t v = 0; v < V; v++) {
+            if (logits[v] > top) second = top, top = logits[v];
+            else if (logits[v] > second) second = logits[v];
+        }
+    hc_session_free(s);
+    free(all);
+    free(logits);
+    return top - second;
+}
+
+/* Whether b's tokens equal a's (the run alone of the same prompt). With 16-bit compute
+ * (noise > 0) a batch's rows take other kernels than a run alone (a GEMV or a GEMM by row
+ * count) and round differently, so they may part at a near-tie: where the run alone's top-2
+ * margin was below the noise. */
+static bool same_tokens(hc_model *m, const int32_t *prompt, int64_t len, const hc_generation *a, const hc_generation *b,
+                        float noise) {
+    int64_t k = 0;
+    while (k < a->n_ids && k < b->n_ids && a->ids[k] == b->ids[k]) k++;
+    if (k == a->n_ids && k == b->n_ids) return true;
+    if (!(noise > 0 && k < a->n_ids && k < b->n_ids)) return false;
+    const float margin = margin_after(m, prompt, len, a->ids, k);
+    printf("  parted at step %lld of %lld, where the run alone's margin is %.4f (noise %.2f)\n", (long long)k,
+           (long long)a->n_ids, margin, noise);
+    return margin < noise;
+}
+
 /* Prompts of different lengths for batch sizes 1..8; each run alone, then all together. */
 static void test_batches(const char *dir, const char *name) {
     hc_model *m;
@@ -47,14 +84,22 @@ static void test_batches(const char *dir, const char *name) {
     p.sampling = hc_sampler_default_params();
     hc_generation alone[8];
     for (int i = 0; i < 8; i++) CHECK_OK(hc_generate_ids(m, (const int32_t *const *)&prompt[i], &len[i], 1, &p, &alone[i], NULL));
-    /* HF's greedy tokens for the reference prompts (their margins are all >= 0.01). */
+    /* HF's greedy tokens for the reference prompts (their margins are all >= 0.01); with 16-bit
+     * compute, equal until the first step whose HF margin is below the noise (as conformance). */
+    const float noise = test_low_precision() ? 0.05f : 0.0f;
     for (int i = 0; i < 3; i++) {
         char nm[16];
         snprintf(nm, sizeof nm, "greedy%d", i);
         int64_t ng;
         int32_t *g = ref_ids(&ref, nm, &ng);
-        bool same = g && alone[i].n_ids >= 20 && !memcmp(g, alone[i].ids, sizeof(int32_t) * 20);
-        CHECK(same, "%s prompt%d: generate() differs from HF's greedy tokens", name, i);
+        snprintf(nm, sizeof nm, "margins%d", i);
+        const hc_tensor_info *mt = hc_safetensors_find(&ref, nm);
+        int64_t k = 0;
+        while (g && k < 20 && k < alone[i].n_ids && g[k] == alone[i].ids[k]) k++;
+        const bool tie = noise > 0 && mt && k < 20 &&
+                         (((const float *)mt->data)[k] < noise || (k > 0 && ((const float *)mt->data)[k - 1] < noise));
+        CHECK(g && alone[i].n_ids >= 20 && (k == 20 || tie), "%s prompt%d: generate() differs from HF's greedy tokens at %lld",
+              name, i, (long long)k);
         free(g);
     }
     for (int b = 1; b <= 8; b++) {
@@ -70,8 +115,7 @@ static void test_batches(const char *dir, const char *name) {
         }
         CHECK_OK(hc_generate_ids(m, ids, lens, b, &p, out, NULL));
         for (int i = 0; i < b; i++) {
-            bool same = out[i].n_ids == alone[idx[i]].n_ids &&
-                        !memcmp(out[i].ids, alone[idx[i]].ids, sizeof(int32_t) * (size_t)out[i].n_ids);
+            const bool same = same_tokens(m, prompt[idx[i]], len[idx[i]], &alone[idx[i]], &out[i], noise);
             CHECK(same, "%s batch of %d, sequence %d: differs from its run alone", name, b, i);
             hc_generation_free(&out[i]);
         }
@@ -294,7 +338,9 @@ static void test_hidden_and_batch(const char *stories) {
             for (int64_t c = 0; c < C; c++) d += (double)hidden[t * C + c] * ((const float *)emb->data)[v * C + c];
             if (fabs(d - logits[t * V + v]) > err) err = fabs(d - logits[t * V + v]);
         }
-    CHECK(emb && err < 1e-4, "hidden states x embedding = logits (err %g)", err);
+    /* 16-bit compute rounds the head's input to that dtype: about 2^-8 of a logit */
+    const double tol = test_low_precision() ? 2e-2 : 1e-4;
+    CHECK(emb && err < tol, "hidden states x embedding = logits (err %g, tolerance %g)", err, tol);
     /* the greedy step picks the argmax of the logits hc_session_forward gives */
     hc_session_reset(a);
     int32_t next = -1;
