@@ -318,7 +318,9 @@ static void test_fast_matmul(hc_backend *ref) {
                                  /* 8 tokens and more: the rows-across-lanes prompt kernels (q4_k too) */
                                  {9, 512, 37}, {16, 768, 20}, {8, 2048, 17},
                                  /* bf16 prompts: panels of 64 rows (partial ones too), k in blocks of 1024, odd K */
-                                 {21, 2100, 130}, {17, 101, 30}};
+                                 {21, 2100, 130}, {17, 101, 30},
+                                 /* decode rows past 2048 values go several at a time: tails of rows and of k */
+                                 {1, 2100, 23}, {1, 8192, 10}};
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const int64_t T = shapes[si][0], K = shapes[si][1], N = shapes[si][2];
         float *q4_ref = malloc(sizeof(float) * (size_t)(T * N)); /* [T, N] the reference on plain q4_0 */
@@ -387,7 +389,10 @@ static void test_fast_matmul(hc_backend *ref) {
                 fast2->matmul(fast2, c, x, &wtv, &bv, T);
                 double et = 0;
                 for (int64_t i = 0; i < T * N; i++) et = fmax(et, fabs((double)a[i] - b[i]));
-                CHECK(et < 1e-4, "fast transposed matmul T=%lld K=%lld N=%lld fmt %d: %g", (long long)T, (long long)K, (long long)N, fmt, et);
+                /* its sums run in another order than the reference's: the rounding grows with K */
+                const double tol_t = 1e-4 * (K > 2048 ? (double)K / 2048 : 1.0);
+                CHECK(et < tol_t, "fast transposed matmul T=%lld K=%lld N=%lld fmt %d: %g", (long long)T, (long long)K,
+                      (long long)N, fmt, et);
                 CHECK(!memcmp(b, c, sizeof(float) * (size_t)(T * N)), "transposed: 1 and 2 threads give the same bits");
                 free(wt);
             }

@@ -12,13 +12,19 @@
 #include "base/threadpool.h"
 
 /* ---- AVX2 + FMA + F16C: 8 floats, blocks of 4 tokens x 2 rows -------------------------------- */
+/* Decode rows longer than this go DEC_RB at a time (matmul_rows_): past it, f32 x (8 KB here)
+ * no longer stays in L1 beside the streaming weights. */
+#define DECODE_KC 2048
+
 #define SFX _avx2
 #define TARGET "avx2,fma,f16c"
 #define VF __m256
 #define VL 8
 #define KRB 2
+#define DEC_RB 2 /* 16 registers: 8 accumulators and 4 of x */
 #define VZERO() _mm256_setzero_ps()
 #define VLOAD(p) _mm256_loadu_ps(p)
+#define VSTORE(p, v) _mm256_storeu_ps(p, v)
 #define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define VSET1(f) _mm256_set1_ps(f)
 #define VBF16(p) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
@@ -37,8 +43,10 @@ __attribute__((target(TARGET))) static inline float hsum_avx2(__m256 v) {
 #undef VF
 #undef VL
 #undef KRB
+#undef DEC_RB
 #undef VZERO
 #undef VLOAD
+#undef VSTORE
 #undef VFMA
 #undef VSET1
 #undef VBF16
@@ -52,8 +60,10 @@ __attribute__((target(TARGET))) static inline float hsum_avx2(__m256 v) {
 #define VF __m512
 #define VL 16
 #define KRB 4
+#define DEC_RB 4 /* 32 registers: 16 accumulators and 4 of x */
 #define VZERO() _mm512_setzero_ps()
 #define VLOAD(p) _mm512_loadu_ps(p)
+#define VSTORE(p, v) _mm512_storeu_ps(p, v)
 #define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define VSET1(f) _mm512_set1_ps(f)
 #define VBF16(p) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
