@@ -9,50 +9,26 @@
  *
  * usage: bench_decode_regime MODEL [ROUNDS=20] [TOKENS=8] [q8_0|q4_0|q4_k]
  * prints a line a round, then the steady rounds' shares split at 40 GB/s. */
-#include <immintrin.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "base/threadpool.h"
 #include "hubcap.h"
+#include "read_loop.h"
 
-static float *buf;      /* [n_floats] the buffer the bandwidth is read from */
-static size_t n_floats;
-static float sink[256];
-
-__attribute__((target("avx2"))) static void read_part(void *ctx, int ith, int nth) {
-    (void)ctx;
-    size_t per = n_floats / (size_t)nth, a = per * (size_t)ith, b = ith == nth - 1 ? n_floats : a + per;
-    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-    for (size_t i = a; i + 32 <= b; i += 32) {
-        s0 = _mm256_add_ps(s0, _mm256_loadu_ps(buf + i));
-        s1 = _mm256_add_ps(s1, _mm256_loadu_ps(buf + i + 8));
-        s2 = _mm256_add_ps(s2, _mm256_loadu_ps(buf + i + 16));
-        s3 = _mm256_add_ps(s3, _mm256_loadu_ps(buf + i + 24));
-    }
-    float t[8];
-    _mm256_storeu_ps(t, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
-    sink[ith] += t[0] + t[7];
-}
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+static read_job job; /* the 1 GiB buffer the bandwidth is read from */
 
 /* GB/s of the faster of two passes over the buffer. */
 static double read_gb_s(hc_pool *pool) {
     double best = 1e9;
     for (int r = 0; r < 2; r++) {
-        const double t0 = now();
-        hc_pool_run(pool, read_part, NULL);
-        const double dt = now() - t0;
+        const double t0 = read_now();
+        hc_pool_run(pool, read_part, &job);
+        const double dt = read_now() - t0;
         if (dt < best) best = dt;
     }
-    return (double)(n_floats * 4) / best / 1e9;
+    return (double)(job.n * 4) / best / 1e9;
 }
 
 int main(int argc, char **argv) {
@@ -76,13 +52,14 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_decode_regime: ROUNDS and TOKENS must be positive\n");
         return 2;
     }
-    n_floats = (size_t)1 << 28; /* 1 GiB */
-    buf = aligned_alloc(64, n_floats * 4);
+    job.n = (size_t)1 << 28; /* 1 GiB */
+    float *buf = aligned_alloc(64, job.n * 4);
     if (!buf) {
         fprintf(stderr, "bench_decode_regime: cannot allocate the 1 GiB buffer\n");
         return 1;
     }
-    for (size_t i = 0; i < n_floats; i++) buf[i] = (float)(i & 1023);
+    for (size_t i = 0; i < job.n; i++) buf[i] = (float)(i & 1023);
+    job.buf = buf;
     hc_pool *pool;
     hc_model *m = NULL;
     hc_session *s = NULL;
@@ -98,9 +75,9 @@ int main(int argc, char **argv) {
     int share_n[2] = {0, 0};
     for (int r = 0; !rc && r < rounds; r++) {
         const double before = read_gb_s(pool);
-        const double t0 = now();
+        const double t0 = read_now();
         for (int i = 0; !rc && i < tokens; i++) rc = hc_session_forward_greedy(s, &next, 1, &next) != HC_OK;
-        const double decode = bpt * tokens / (now() - t0) / 1e9;
+        const double decode = bpt * tokens / (read_now() - t0) / 1e9;
         const double after = read_gb_s(pool);
         const double mean = 0.5 * (before + after);
         const bool steady = before < 1.1 * after && after < 1.1 * before;
@@ -117,5 +94,5 @@ int main(int argc, char **argv) {
     hc_model_free(m);
     hc_pool_free(pool);
     free(buf);
-    return rc || sink[0] == 12345.0f;
+    return rc || job.sink[0] == 12345.0f;
 }

@@ -251,10 +251,10 @@ void hc_cuda_embedding(hc_backend *be, float *out, const hc_mat *table, const in
 void hc_cuda_matmul(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T);
 void hc_cuda_norm(hc_backend *be, float *out, const float *x, const hc_vec *w, const hc_vec *b, hc_norm_kind kind,
                   float eps, int64_t T, int64_t C);
-/* hc_cuda_norm whose f32 output may be left unwritten at prompt sizes in 16-bit compute, when
- * only matmuls read it next (f32_missing). */
-void hc_cuda_norm_for_matmul(hc_backend *be, float *out, const float *x, const hc_vec *w, const hc_vec *b,
-                             hc_norm_kind kind, float eps, int64_t T, int64_t C);
+/* hc_cuda_norm; with only16, its f32 output may be left unwritten at prompt sizes in 16-bit
+ * compute, when only matmuls read it next (f32_missing). */
+void hc_cuda_norm_only16(hc_backend *be, float *out, const float *x, const hc_vec *w, const hc_vec *b,
+                         hc_norm_kind kind, float eps, int64_t T, int64_t C, bool only16);
 void hc_cuda_rope(hc_backend *be, float *x, const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T,
                   int64_t nh, int64_t D, int64_t R);
 void hc_cuda_attention(hc_backend *be, float *out, const float *q, const void *k_cache, const void *v_cache,

@@ -1198,8 +1198,7 @@ void hc_cuda_matmul_add_norm(hc_backend *be, float *h, float *x, float *o, const
         const void *xb = gemm_acts(be, a, T, w->cols, cx->compute); /* [T, K] 16-bit */
         if (xb && gemm16(be, x, CUDA_R_32F, xb, w, T, 1.0f)) {
             HC_CUDA_LAUNCHED(be, "matmul_add_norm");
-            if (h && h_matmul_only) hc_cuda_norm_for_matmul(be, h, x, nw, nb, kind, eps, T, w->rows);
-            else if (h) hc_cuda_norm(be, h, x, nw, nb, kind, eps, T, w->rows);
+            if (h) hc_cuda_norm_only16(be, h, x, nw, nb, kind, eps, T, w->rows, h_matmul_only);
         }
         return;
     }
@@ -1213,8 +1212,7 @@ void hc_cuda_ffn_add_norm(hc_backend *be, float *h, float *x, float *o, float *f
     if (T <= 0 || hc_cuda(be)->failed) return;
     if (residual_in_gemm(T) && ffn16(be, x, 1.0f, fa, fb, in, gate, bg, up, bu, down, bd, act, T)) {
         HC_CUDA_LAUNCHED(be, "ffn_add_norm");
-        if (h && h_matmul_only) hc_cuda_norm_for_matmul(be, h, x, nw, nb, kind, eps, T, down->rows);
-        else if (h) hc_cuda_norm(be, h, x, nw, nb, kind, eps, T, down->rows);
+        if (h) hc_cuda_norm_only16(be, h, x, nw, nb, kind, eps, T, down->rows, h_matmul_only);
         return;
     }
     hc_fused_ffn_add_norm(be, h, x, o, fa, fb, in, gate, bg, up, bu, down, bd, act, nw, nb, kind, eps, h_matmul_only, T);

@@ -247,9 +247,9 @@ void hc_cuda_norm(hc_backend *be, float *out, const float *x, const hc_vec *w, c
     launch_norm(be, out, (float *)x, NULL, w, b, kind, eps, T, C, false); /* x is only read without `add` */
 }
 
-void hc_cuda_norm_for_matmul(hc_backend *be, float *out, const float *x, const hc_vec *w, const hc_vec *b,
-                             hc_norm_kind kind, float eps, int64_t T, int64_t C) {
-    launch_norm(be, out, (float *)x, NULL, w, b, kind, eps, T, C, true);
+void hc_cuda_norm_only16(hc_backend *be, float *out, const float *x, const hc_vec *w, const hc_vec *b,
+                         hc_norm_kind kind, float eps, int64_t T, int64_t C, bool only16) {
+    launch_norm(be, out, (float *)x, NULL, w, b, kind, eps, T, C, only16);
 }
 
 void hc_cuda_add_norm(hc_backend *be, float *h, float *x, const float *o, const hc_vec *w, const hc_vec *b,
