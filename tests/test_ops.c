@@ -320,10 +320,13 @@ static void test_fast_matmul(hc_backend *ref) {
                                  /* bf16 prompts: panels of 64 rows (partial ones too), k in blocks of 1024, odd K */
                                  {21, 2100, 130}, {17, 101, 30},
                                  /* decode rows past 2048 values go several at a time: tails of rows and of k */
-                                 {1, 2100, 23}, {1, 8192, 10}};
+                                 {1, 2100, 23}, {1, 8192, 10},
+                                 /* r16 layouts: whole groups of 16 rows, a lone last block (K/32 odd), tail rows */
+                                 {1, 2048, 48}, {3, 96, 32}, {1, 96, 16}, {9, 96, 33}, {2, 160, 35}, {1, 8192, 16}, {7, 64, 64}};
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const int64_t T = shapes[si][0], K = shapes[si][1], N = shapes[si][2];
         float *q4_ref = malloc(sizeof(float) * (size_t)(T * N)); /* [T, N] the reference on plain q4_0 */
+        float *q8_ref = malloc(sizeof(float) * (size_t)(T * N)); /* [T, N] and on plain q8_0 */
         float *x = malloc(sizeof(float) * (size_t)(T * K)), *wf = malloc(sizeof(float) * (size_t)(N * K));
         uint16_t *wb = malloc(2 * (size_t)(N * K)), *wh = malloc(2 * (size_t)(N * K));
         float *a = malloc(sizeof(float) * (size_t)(T * N)), *b = malloc(sizeof(float) * (size_t)(T * N)),
@@ -333,24 +336,30 @@ static void test_fast_matmul(hc_backend *ref) {
         fill(bias, N);
         for (int64_t i = 0; i < N * K; i++) wb[i] = hc_f32_to_bf16(wf[i]), wh[i] = hc_f32_to_f16(wf[i]);
         hc_vec bv = {.data = bias, .dtype = HC_DTYPE_F32, .n = N};
-        for (int fmt = 0; fmt < 7; fmt++) { /* f32 bf16 f16 q8_0 q4_0 q4_k q4_0x4 */
+        for (int fmt = 0; fmt < 9; fmt++) { /* f32 bf16 f16 q8_0 q4_0 q4_k q4_0x4 q4_0r16 q8_0r16 */
             hc_mat w = {.rows = N, .cols = K, .ld = K};
             void *qbuf = NULL;
             if (fmt < 3) {
                 w.dtype = fmt == 0 ? HC_DTYPE_F32 : fmt == 1 ? HC_DTYPE_BF16 : HC_DTYPE_F16;
                 w.data = fmt == 0 ? (void *)wf : fmt == 1 ? (void *)wb : (void *)wh;
             } else {
-                w.quant = fmt == 3 ? HC_QUANT_Q8_0 : fmt == 4 ? HC_QUANT_Q4_0 : fmt == 5 ? HC_QUANT_Q4_K : HC_QUANT_Q4_0X4;
+                const int quants[] = {HC_QUANT_Q8_0, HC_QUANT_Q4_0, HC_QUANT_Q4_K, HC_QUANT_Q4_0X4, HC_QUANT_Q4_0R16,
+                                      HC_QUANT_Q8_0R16};
+                w.quant = quants[fmt - 3];
                 if (K % hc_quant_block_elems(w.quant)) continue;
                 const size_t rb = hc_quant_row_bytes(w.quant, K);
                 qbuf = malloc(rb * (size_t)N);
-                for (int64_t n = 0; n < N; n++) hc_quantize_row(w.quant, (char *)qbuf + rb * (size_t)n, wf + n * K, K);
+                for (int64_t n = 0; n < N; n++) hc_quantize_mat_row(w.quant, qbuf, N, K, n, wf + n * K);
                 w.data = qbuf;
             }
             ref->matmul(ref, a, x, &w, &bv, T);
+            if (fmt == 3) memcpy(q8_ref, a, sizeof(float) * (size_t)(T * N));
             if (fmt == 4) memcpy(q4_ref, a, sizeof(float) * (size_t)(T * N));
-            /* q4_0x4 is q4_0's numbers in another order: the reference gives the same bits */
-            if (fmt == 6) CHECK(!memcmp(q4_ref, a, sizeof(float) * (size_t)(T * N)), "q4_0x4 = q4_0 (K=%lld)", (long long)K);
+            /* q4_0x4 and the r16 layouts are q4_0's and q8_0's numbers in another order: the
+             * reference gives the same bits */
+            if (fmt >= 6)
+                CHECK(!memcmp(fmt == 8 ? q8_ref : q4_ref, a, sizeof(float) * (size_t)(T * N)), "layout %d = its format (K=%lld N=%lld)",
+                      w.quant, (long long)K, (long long)N);
             fast1->matmul(fast1, b, x, &w, &bv, T);
             fast2->matmul(fast2, c, x, &w, &bv, T);
             double err = 0, scale = 0;
@@ -360,9 +369,9 @@ static void test_fast_matmul(hc_backend *ref) {
             CHECK(err < tol, "fast matmul T=%lld K=%lld N=%lld fmt %d: %g (tol %g)", (long long)T, (long long)K,
                   (long long)N, fmt, err, tol);
             CHECK(!memcmp(b, c, sizeof(float) * (size_t)(T * N)), "1 and 2 threads give the same bits (fmt %d)", fmt);
-            /* (q4_0x4 has kernels only where quantize on load picks it: VNNI) */
-            const bool x4_kernels = hc_cpu_quant_layout(NULL, HC_QUANT_Q4_0) == HC_QUANT_Q4_0X4;
-            if (fmt >= 3 && strcmp(hc_cpu_kernels(), "scalar") && (fmt != 6 || x4_kernels)) {
+            /* (q4_0x4 and r16 have kernels only where quantize on load picks them: VNNI) */
+            const bool x4_kernels = hc_cpu_quant_layout(NULL, HC_QUANT_Q4_0) != HC_QUANT_Q4_0;
+            if (fmt >= 3 && strcmp(hc_cpu_kernels(), "scalar") && (fmt < 6 || x4_kernels)) {
                 /* Tighter (SIMD kernels; scalar runs the reference): the fast kernels compute exactly the reference's product with activations
                  * rounded as they quantize them (per block of 32, d = max|x|/127, q = rint(x/d)). */
                 float *xq = malloc(sizeof(float) * (size_t)(T * K)); /* [T, K] */
@@ -414,7 +423,7 @@ static void test_fast_matmul(hc_backend *ref) {
             }
             free(qbuf);
         }
-        free(x), free(wf), free(wb), free(wh), free(a), free(b), free(c), free(q4_ref);
+        free(x), free(wf), free(wb), free(wh), free(a), free(b), free(c), free(q4_ref), free(q8_ref);
     }
     /* Quantization error is what the formats promise. */
     float row[64], back[64];

@@ -299,13 +299,12 @@ static void quantize_part(void *ctx, int ith, int nth) {
     for (int i = 0; i < j->n; i++) {
         const hc_mat *w = j->items[i].w;
         const int quant = j->items[i].quant;
-        const size_t rb = hc_quant_row_bytes(quant, w->cols);
         for (int64_t n0 = 0; n0 < w->rows; n0 += QUANT_ROWS_PER_TASK, task++) {
             if (task % nth != ith) continue;
             const int64_t n1 = n0 + QUANT_ROWS_PER_TASK < w->rows ? n0 + QUANT_ROWS_PER_TASK : w->rows;
             for (int64_t n = n0; n < n1; n++) {
                 for (int64_t k = 0; k < w->cols; k++) row[k] = hc_load_f32(w->data, w->dtype, n * w->ld + k);
-                hc_quantize_row(quant, j->arena + j->items[i].off + rb * (size_t)n, row, w->cols);
+                hc_quantize_mat_row(quant, j->arena + j->items[i].off, w->rows, w->cols, n, row);
             }
         }
     }

@@ -495,7 +495,12 @@ static bool has_vnni(void) {
 
 int hc_cpu_quant_layout(hc_backend *be, int quant) {
     (void)be;
-    return quant == HC_QUANT_Q4_0 && has_vnni() ? HC_QUANT_Q4_0X4 : quant;
+    /* HUBCAP_CPU_ROW_LAYOUT=1: the row-by-row layouts (q4_0x4, q8_0) instead of the interleaved
+     * ones, for benchmarks that compare the two (bench_decode_regime's /rows) */
+    const char *rows = getenv("HUBCAP_CPU_ROW_LAYOUT");
+    if (!has_vnni()) return quant;
+    if (rows && !strcmp(rows, "1")) return quant == HC_QUANT_Q4_0 ? HC_QUANT_Q4_0X4 : quant;
+    return quant == HC_QUANT_Q4_0 ? HC_QUANT_Q4_0R16 : quant == HC_QUANT_Q8_0 ? HC_QUANT_Q8_0R16 : quant;
 }
 
 const char *hc_cpu_kernels(void) {
@@ -530,6 +535,7 @@ static void mm_part(void *ctx, int ith, int nth) {
     else if (j->xb) matmul_rows_bf16dot(j->out, j->xb, j->w, j->T, n0, n1);
     else if (j->fx)
         matmul_rows_packed(j->out, j->x, sizeof(float), j->w, j->T, n0, n1, j->fx->scratch[ith], FPP_KC, fpp_pack, fpp_tile);
+    else if (j->vnni && hc_quant_is_r16(j->w->quant)) hc_r16_rows_vnni(j->out, j->qx, j->dx, j->sx, j->w, j->T, n0, n1);
     else if (j->vnni && j->w->quant == HC_QUANT_Q8_0) hc_q8_0_rows_vnni(j->out, j->qx, j->dx, j->w, j->T, n0, n1);
     else if (j->vnni && j->w->quant == HC_QUANT_Q4_0X4)
         hc_q4_0x4_rows_vnni(j->out, j->qx, j->dx, j->sx, j->w, j->T, n0, n1);
@@ -682,8 +688,9 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
                hc_fast_scratch(fx, (size_t)(BFP_NR * FPP_KC))) {
         j.fx = fx; /* f32 prompts as the packed GEMM */
     }
-    /* q4_k without activation buffers, and q4_0x4 without VNNI, take the reference */
-    if ((!j.qx && !j.xb && w->quant == HC_QUANT_Q4_K) || (w->quant == HC_QUANT_Q4_0X4 && !j.vnni)) {
+    /* q4_k without activation buffers, and the VNNI layouts (q4_0x4, r16) without VNNI, take the reference */
+    if ((!j.qx && !j.xb && w->quant == HC_QUANT_Q4_K) ||
+        ((w->quant == HC_QUANT_Q4_0X4 || hc_quant_is_r16(w->quant)) && !j.vnni)) {
         hc_cpu_matmul(be, out, x, w, bias, T);
         return;
     }

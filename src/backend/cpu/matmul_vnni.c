@@ -480,6 +480,35 @@ __attribute__((target(VNNI))) static void r16_pack_rows_q8(r16_pack *p, const ui
         }
 }
 
+/* A chunk of blocks of one whole group of an r16 layout (below) into the pack (signed q8_0 bytes and their sums,
+ * or q4_0's nibbles and 8 d). */
+__attribute__((target(VNNI))) static void r16_pack_group(r16_pack *p, int quant, const uint8_t *group, int64_t nb,
+                                                        int64_t b0, int64_t nblk) {
+    const __m512i low = _mm512_set1_epi8(0x0F), top = _mm512_set1_epi8((char)0x80), ones = _mm512_set1_epi8(1);
+    for (int64_t bi = 0; bi < nblk; bi++) {
+        const uint8_t *sc, *data;
+        hc_r16_locate(quant, group, nb, b0 + bi, &sc, &data);
+        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sc));
+        _mm512_storeu_ps(p->d[bi], d);
+        if (quant == HC_QUANT_Q4_0R16) {
+            _mm512_storeu_ps(p->mn[bi], _mm512_mul_ps(d, _mm512_set1_ps(8.0f)));
+            for (int i = 0; i < 4; i++) {
+                const __m512i v = _mm512_loadu_si512((const void *)(data + 64 * i));
+                _mm512_storeu_si512((void *)p->q[bi][2 * i], _mm512_and_si512(v, low));
+                _mm512_storeu_si512((void *)p->q[bi][2 * i + 1], _mm512_and_si512(_mm512_srli_epi16(v, 4), low));
+            }
+        } else {
+            __m512i sum = _mm512_setzero_si512();
+            for (int j = 0; j < 8; j++) {
+                const __m512i v = _mm512_xor_si512(_mm512_loadu_si512((const void *)(data + 64 * j)), top);
+                _mm512_storeu_si512((void *)p->q[bi][j], v);
+                sum = _mm512_dpbusd_epi32(sum, ones, v);
+            }
+            _mm512_storeu_si512((void *)p->ws[bi], sum);
+        }
+    }
+}
+
 /* 4 tokens (x, dx, sx, out at the group's first row) over the pack's blocks; first: the chunk
  * that starts the sums; m: the group's rows inside the matrix. */
 TILE_FN void r16_tokens(float *const *out, const int8_t *const *x, const float *const *dx, const float *const *sx,
@@ -525,7 +554,7 @@ TILE_FN void r16_tokens(float *const *out, const int8_t *const *x, const float *
 __attribute__((target(VNNI))) static void rows_r16(float *out, const int8_t *qx, const float *dx, const float *sx,
                                                    const hc_mat *w, int64_t T, int64_t n0, int64_t n1) {
     const int64_t N = w->rows, K = w->cols, nb = K / HC_QK;
-    const bool q8 = w->quant == HC_QUANT_Q8_0, q4k = w->quant == HC_QUANT_Q4_K;
+    const bool q8 = w->quant == HC_QUANT_Q8_0 || w->quant == HC_QUANT_Q8_0R16, q4k = w->quant == HC_QUANT_Q4_K;
     const size_t row_bytes = hc_quant_row_bytes(w->quant, K);
     _Alignas(64) r16_pack pack;
     float dummy[4][16];
@@ -535,7 +564,8 @@ __attribute__((target(VNNI))) static void rows_r16(float *out, const int8_t *qx,
         const __mmask16 m = n1 - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n1 - g)) - 1);
         for (int64_t b0 = 0; b0 < nb; b0 += R16_CHUNK) {
             const int64_t nblk = nb - b0 < R16_CHUNK ? nb - b0 : R16_CHUNK;
-            if (q8) r16_pack_rows_q8(&pack, rows, b0, nblk);
+            if (hc_quant_is_r16(w->quant)) r16_pack_group(&pack, w->quant, rows[0], nb, b0, nblk); /* a whole group */
+            else if (q8) r16_pack_rows_q8(&pack, rows, b0, nblk);
             else if (q4k) r16_pack_rows_q4k(&pack, rows, b0, nblk);
             else r16_pack_rows(&pack, rows, b0, nblk, nb);
             for (int64_t t = 0; t < T; t += 4) {
@@ -551,6 +581,97 @@ __attribute__((target(VNNI))) static void rows_r16(float *out, const int8_t *qx,
                 else r16_tokens(os, xs, dxs, sxs, &pack, b0, nblk, b0 == 0, m, false);
             }
         }
+    }
+}
+
+/* ---- the r16 layouts (quant.h): 16 rows interleaved as stored ------------------------------
+ * Decode and a few tokens read the weights as they lie: a 64-byte load holds 4 weights of each
+ * of 16 rows, so vpdpbusd against 4 broadcast activations adds into the 16 rows' sums, and a
+ * block costs one conversion and one FMA for all 16 rows. The per-row kernels above spend most
+ * of their work on permutes, conversions and FMAs per row (in cache they ate q4_0 at about 50
+ * GB/s on two cores, less than this VM's fast memory; bench_gemv). Weights are unsigned in the
+ * products (q4_0's nibbles 0..15, q8_0's bytes + 128), so each block's sum takes off that offset
+ * times its activations' sum, exactly, in integers. q4_0's high nibbles are masked in place
+ * (16 q) into their own sum, shifted back by 4 at the end of the block: one op fewer per vector. */
+
+/* TB tokens (x [K] int8, dx and isx [K/32]) over one whole group of 16 rows: out[t][0..15]. */
+TILE_FN void r16s_group(float *const *out, const int8_t *const *x, const float *const *dx, const int32_t *const *isx,
+                        const uint8_t *group, int64_t nb, const int TB, const bool q4) {
+    const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8((char)0xF0), zero = _mm512_setzero_si512();
+    const int32_t offset = q4 ? 8 : 128;
+    __m512 acc[4];
+    for (int t = 0; t < TB; t++) acc[t] = _mm512_setzero_ps();
+    const size_t db = q4 ? 256 : 512; /* a block's data (hc_r16_locate, inlined) */
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *pair = group + (size_t)(b / 2) * (64 + 2 * db);
+        const uint8_t *sc = pair + 32 * (b % 2), *data = pair + (b == nb - 1 && nb % 2 ? 32 : 64) + db * (size_t)(b % 2);
+        hc_prefetch_ahead(data, q4 ? 4 : 8);
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sc));
+        __m512i w[8]; /* w[j]: weights 4j..4j+3 of the 16 rows (q4_0's odd j as 16 q) */
+        for (int i = 0; i < (q4 ? 4 : 8); i++) {
+            const __m512i v = _mm512_loadu_si512((const void *)(data + 64 * i));
+            if (q4) w[2 * i] = _mm512_and_si512(v, low), w[2 * i + 1] = _mm512_and_si512(v, high);
+            else w[i] = v;
+        }
+        for (int t = 0; t < TB; t++) {
+            const int8_t *xb = x[t] + b * HC_QK; /* the block's activations, broadcast in fours from memory */
+            __m512i s0 = zero, s1 = zero;
+            for (int i = 0; i < 4; i++) {
+                s0 = _mm512_dpbusd_epi32(s0, w[2 * i], _mm512_broadcastd_epi32(_mm_loadu_si32(xb + 8 * i)));
+                s1 = _mm512_dpbusd_epi32(s1, w[2 * i + 1], _mm512_broadcastd_epi32(_mm_loadu_si32(xb + 8 * i + 4)));
+            }
+            __m512i sum = _mm512_add_epi32(s0, q4 ? _mm512_srai_epi32(s1, 4) : s1);
+            sum = _mm512_sub_epi32(sum, _mm512_set1_epi32(offset * isx[t][b]));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, _mm512_set1_ps(dx[t][b])), acc[t]);
+        }
+    }
+    for (int t = 0; t < TB; t++) _mm512_storeu_ps(out[t], acc[t]);
+}
+
+/* Rows [n0, n1) of out[T, N] on an r16 matrix (n0 a multiple of 16, as the threads split them):
+ * whole groups as stored for fewer than R16_MIN_T tokens, through rows_r16's pack for more; rows
+ * past the last whole group in their own layout (q4_0x4, q8_0). */
+__attribute__((target(VNNI))) static void r16s_rows(float *out, const int8_t *qx, const float *dx, const float *sx,
+                                                   const hc_mat *w, int64_t T, int64_t n0, int64_t n1) {
+    const int64_t N = w->rows, K = w->cols, nb = K / HC_QK, whole = N / 16 * 16;
+    const bool q4 = w->quant == HC_QUANT_Q4_0R16;
+    const size_t row_bytes = hc_quant_row_bytes(w->quant, K);
+    const int64_t g1 = n1 < whole ? n1 : whole;
+    if (T < R16_MIN_T && K <= DECODE_MAX_K) {
+        int32_t isx[R16_MIN_T][DECODE_MAX_K / HC_QK]; /* [T][nb] each block's sum of activations */
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t b = 0; b < nb; b++) {
+                int32_t s = 0;
+                for (int k = 0; k < HC_QK; k++) s += qx[t * K + b * HC_QK + k];
+                isx[t][b] = s;
+            }
+        for (int64_t g = n0; g < g1; g += 16) {
+            const uint8_t *group = (const uint8_t *)w->data + (size_t)g * row_bytes;
+            for (int64_t t = 0; t < T; t += 4) {
+                const int tb = T - t < 4 ? (int)(T - t) : 4;
+                float *os[4];
+                const int8_t *xs[4];
+                const float *dxs[4];
+                const int32_t *is[4];
+                for (int i = 0; i < tb; i++)
+                    os[i] = out + (t + i) * N + g, xs[i] = qx + (t + i) * K, dxs[i] = dx + (t + i) * nb, is[i] = isx[t + i];
+                switch (tb) { /* the token count as a constant, so each case unrolls */
+                case 1: q4 ? r16s_group(os, xs, dxs, is, group, nb, 1, true) : r16s_group(os, xs, dxs, is, group, nb, 1, false); break;
+                case 2: q4 ? r16s_group(os, xs, dxs, is, group, nb, 2, true) : r16s_group(os, xs, dxs, is, group, nb, 2, false); break;
+                case 3: q4 ? r16s_group(os, xs, dxs, is, group, nb, 3, true) : r16s_group(os, xs, dxs, is, group, nb, 3, false); break;
+                default: q4 ? r16s_group(os, xs, dxs, is, group, nb, 4, true) : r16s_group(os, xs, dxs, is, group, nb, 4, false); break;
+                }
+            }
+        }
+    } else if (n0 < g1) {
+        rows_r16(out, qx, dx, sx, w, T, n0, g1);
+    }
+    if (g1 < n1) { /* the rows past the last whole group */
+        hc_mat tail = *w;
+        tail.quant = hc_quant_tail_layout(w->quant);
+        const int64_t t0 = n0 > whole ? n0 : whole;
+        if (q4) hc_q4_0x4_rows_vnni(out, qx, dx, sx, &tail, T, t0, n1);
+        else hc_q8_0_rows_vnni(out, qx, dx, &tail, T, t0, n1);
     }
 }
 
@@ -612,4 +733,9 @@ __attribute__((target(VNNI))) void hc_q8_0_rows_vnni(float *out, const int8_t *q
         return;
     }
     run_tiles(&a, w, row_bytes, nb, n0, n1, q8_0_tile4);
+}
+
+__attribute__((target(VNNI))) void hc_r16_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx,
+                                                      const hc_mat *w, int64_t T, int64_t n0, int64_t n1) {
+    r16s_rows(out, qx, dx, sx, w, T, n0, n1);
 }

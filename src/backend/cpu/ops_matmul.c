@@ -61,14 +61,27 @@ static float dot_quant(const float *x, const void *row, int quant, int64_t K) {
     return s;
 }
 
+/* Row n of an r16 matrix (quant.h), inside a whole group of 16: block by block, the same dot. */
+static float dot_r16(const float *x, const void *mat, int quant, int64_t K, int64_t n) {
+    float s = 0, tmp[HC_QK]; /* [one block] */
+    for (int64_t b = 0; b < K / HC_QK; b++) {
+        hc_dequantize_r16_block(quant, tmp, mat, K, n, b);
+        for (int64_t i = 0; i < HC_QK; i++) s += x[b * HC_QK + i] * tmp[i];
+    }
+    return s;
+}
+
 void hc_cpu_matmul(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T) {
     (void)be;
     const int64_t N = w->rows, K = w->cols;
     if (w->quant) {
         const size_t rb = hc_quant_row_bytes(w->quant, K);
+        const int64_t grouped = hc_quant_is_r16(w->quant) ? N / 16 * 16 : 0; /* rows interleaved in 16s */
         for (int64_t n = 0; n < N; n++)
             for (int64_t t = 0; t < T; t++)
-                out[t * N + n] = dot_quant(x + t * K, (const char *)w->data + (size_t)n * rb, w->quant, K);
+                out[t * N + n] = n < grouped ? dot_r16(x + t * K, w->data, w->quant, K, n)
+                                             : dot_quant(x + t * K, (const char *)w->data + (size_t)n * rb,
+                                                         hc_quant_tail_layout(w->quant), K);
     } else if (!w->transposed) {
         /* Weight rows outermost: each row is read from memory once for all T tokens. */
         for (int64_t n = 0; n < N; n++) {

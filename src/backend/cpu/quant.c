@@ -8,9 +8,15 @@
 int64_t hc_quant_block_elems(int quant) { return quant == HC_QUANT_Q4_K ? HC_QKK : HC_QK; }
 
 size_t hc_quant_block_bytes(int quant) {
-    return quant == HC_QUANT_Q8_0                                  ? sizeof(hc_block_q8_0)
-           : quant == HC_QUANT_Q4_0 || quant == HC_QUANT_Q4_0X4 ? sizeof(hc_block_q4_0)
-                                                                  : sizeof(hc_block_q4_k);
+    return quant == HC_QUANT_Q8_0 || quant == HC_QUANT_Q8_0R16 ? sizeof(hc_block_q8_0)
+           : quant == HC_QUANT_Q4_K                          ? sizeof(hc_block_q4_k)
+                                                             : sizeof(hc_block_q4_0);
+}
+
+bool hc_quant_is_r16(int quant) { return quant == HC_QUANT_Q4_0R16 || quant == HC_QUANT_Q8_0R16; }
+
+int hc_quant_tail_layout(int quant) {
+    return quant == HC_QUANT_Q4_0R16 ? HC_QUANT_Q4_0X4 : quant == HC_QUANT_Q8_0R16 ? HC_QUANT_Q8_0 : quant;
 }
 
 size_t hc_quant_row_bytes(int quant, int64_t K) {
@@ -169,6 +175,63 @@ void hc_dequantize_row(int quant, float *dst, const void *src, int64_t K) {
                 y[i] = d * (float)((blk->q[i] & 0x0F) - 8);
                 y[i + HC_QK / 2] = d * (float)((blk->q[i] >> 4) - 8);
             }
+        }
+    }
+}
+
+/* ---- r16 layouts (quant.h) ---------------------------------------------------------------- */
+
+void hc_r16_locate(int quant, const uint8_t *group, int64_t nb, int64_t b, const uint8_t **scales, const uint8_t **data) {
+    const size_t db = quant == HC_QUANT_Q4_0R16 ? 256 : 512; /* a block's data for 16 rows */
+    const uint8_t *pair = group + (size_t)(b / 2) * (64 + 2 * db);
+    const bool lone = b == nb - 1 && nb % 2;
+    *scales = pair + 32 * (b % 2);
+    *data = pair + (lone ? 32 : 64) + db * (size_t)(b % 2);
+}
+
+void hc_quantize_mat_row(int quant, void *mat, int64_t N, int64_t K, int64_t n, const float *src) {
+    const size_t rb = hc_quant_row_bytes(quant, K);
+    if (!hc_quant_is_r16(quant) || n >= N / 16 * 16) {
+        hc_quantize_row(hc_quant_tail_layout(quant), (uint8_t *)mat + rb * (size_t)n, src, K);
+        return;
+    }
+    const int64_t nb = K / HC_QK;
+    const int r = (int)(n % 16);
+    const uint8_t *group = (const uint8_t *)mat + rb * (size_t)(n - r);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *sc, *data;
+        hc_r16_locate(quant, group, nb, b, &sc, &data);
+        uint8_t *scales = (uint8_t *)(uintptr_t)sc, *d = (uint8_t *)(uintptr_t)data;
+        if (quant == HC_QUANT_Q8_0R16) {
+            hc_block_q8_0 blk;
+            hc_quantize_row(HC_QUANT_Q8_0, &blk, src + b * HC_QK, HC_QK);
+            memcpy(scales + 2 * r, &blk.d, 2);
+            for (int k = 0; k < HC_QK; k++) d[64 * (k / 4) + 4 * r + k % 4] = (uint8_t)(blk.q[k] ^ 0x80);
+        } else {
+            hc_block_q4_0 blk;
+            hc_quantize_row(HC_QUANT_Q4_0, &blk, src + b * HC_QK, HC_QK);
+            memcpy(scales + 2 * r, &blk.d, 2);
+            uint8_t q[HC_QK];
+            for (int k = 0; k < HC_QK / 2; k++) q[k] = blk.q[k] & 0xF, q[k + 16] = blk.q[k] >> 4;
+            for (int i = 0; i < 4; i++)
+                for (int c = 0; c < 4; c++) d[64 * i + 4 * r + c] = (uint8_t)(q[8 * i + c] | q[8 * i + 4 + c] << 4);
+        }
+    }
+}
+
+void hc_dequantize_r16_block(int quant, float *dst, const void *mat, int64_t K, int64_t n, int64_t b) {
+    const int r = (int)(n % 16);
+    const uint8_t *sc, *data;
+    hc_r16_locate(quant, (const uint8_t *)mat + hc_quant_row_bytes(quant, K) * (size_t)(n - r), K / HC_QK, b, &sc, &data);
+    uint16_t d16;
+    memcpy(&d16, sc + 2 * r, 2);
+    const float d = hc_f16_to_f32(d16);
+    for (int k = 0; k < HC_QK; k++) {
+        if (quant == HC_QUANT_Q8_0R16) {
+            dst[k] = d * (float)((int)data[64 * (k / 4) + 4 * r + k % 4] - 128);
+        } else {
+            const uint8_t byte = data[64 * (k / 8) + 4 * r + k % 4];
+            dst[k] = d * (float)(((k % 8) < 4 ? byte & 0xF : byte >> 4) - 8);
         }
     }
 }

@@ -11,10 +11,23 @@
  *         order, so one 64-byte load and a shift give 128 weights in the activations' order.
  *         A row's last (K/32 mod 4) blocks stay plain q4_0 blocks. Every block keeps its 18
  *         bytes, so block b of a row is at 18*b either way, and a row's tail from a group
- *         boundary is itself a q4_0x4 row. */
+ *         boundary is itself a q4_0x4 row.
+ *   q4_0r16, q8_0r16: q4_0's and q8_0's numbers with 16 rows interleaved, so one 64-byte load
+ *         holds 4 weights of each of 16 rows and one vpdpbusd against 4 broadcast activations
+ *         adds into all 16 rows' sums (decode then needs no shuffles and one conversion and one
+ *         FMA per block for 16 rows; quantize on load picks these where VNNI is). Each group of
+ *         16 rows (rows 16g..16g+15, starting at byte 16g x row bytes) holds its blocks in pairs:
+ *           [16 f16 scales of block b][16 of block b+1][block b's data][block b+1's data]
+ *         (a lone last block: [scales][data]). Data is 64-byte vectors whose byte 4r+c is row r's:
+ *           q4_0r16: 4 vectors; vector i: low nibble = q[8i+c], high nibble = q[8i+4+c] (0..15)
+ *           q8_0r16: 8 vectors; vector j: q[4j+c] + 128 (unsigned)
+ *         A pair is 32 rows x 18 (or 34) bytes, so the sizes are q4_0's and q8_0's and, for an even
+ *         number of blocks, every vector is 64-byte aligned. Rows past the last whole group are
+ *         stored one by one at 16g x row bytes + ..., as q4_0x4 and q8_0 rows. */
 #ifndef HC_BACKEND_CPU_QUANT_H
 #define HC_BACKEND_CPU_QUANT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -38,7 +51,8 @@ typedef struct {
     uint8_t qs[HC_QKK / 2];
 } hc_block_q4_k;
 
-enum { HC_QUANT_NONE = 0, HC_QUANT_Q8_0 = 1, HC_QUANT_Q4_0 = 2, HC_QUANT_Q4_K = 3, HC_QUANT_Q4_0X4 = 4 };
+enum { HC_QUANT_NONE = 0, HC_QUANT_Q8_0 = 1, HC_QUANT_Q4_0 = 2, HC_QUANT_Q4_K = 3, HC_QUANT_Q4_0X4 = 4,
+       HC_QUANT_Q4_0R16 = 5, HC_QUANT_Q8_0R16 = 6 };
 
 #define HC_Q4_0X4_GROUP 4 /* blocks per group */
 
@@ -50,7 +64,19 @@ size_t hc_quant_row_bytes(int quant, int64_t K);
 void hc_q4_k_scale_min(const uint8_t *scales, int j, int *sc, int *m);
 /* Quantizes one row of K floats (K a multiple of the block). */
 void hc_quantize_row(int quant, void *dst, const float *src, int64_t K);
-/* Widens one quantized row back to floats. */
+/* Widens one quantized row back to floats (not the r16 layouts: their rows are interleaved). */
 void hc_dequantize_row(int quant, float *dst, const void *src, int64_t K);
+
+/* r16 layouts: whether quant is one, and the layout of its rows past the last whole group of 16
+ * (q4_0x4 or q8_0); quant itself for every other format. */
+bool hc_quant_is_r16(int quant);
+int hc_quant_tail_layout(int quant);
+/* Quantizes src (K floats) into row n of the [N, K] matrix mat in any layout (the r16 layouts
+ * scatter it into its group). Rows of one group may be written by different threads. */
+void hc_quantize_mat_row(int quant, void *mat, int64_t N, int64_t K, int64_t n, const float *src);
+/* Widens block b (32 weights) of row n of an r16 matrix, n inside a whole group. */
+void hc_dequantize_r16_block(int quant, float *dst, const void *mat, int64_t K, int64_t n, int64_t b);
+/* Where block b of a group's blocks keeps its 16 scales and its data (nb blocks a row). */
+void hc_r16_locate(int quant, const uint8_t *group, int64_t nb, int64_t b, const uint8_t **scales, const uint8_t **data);
 
 #endif
