@@ -15,6 +15,8 @@
 /* Decode rows longer than this go DEC_RB at a time (matmul_rows_): past it, f32 x (8 KB here)
  * no longer stays in L1 beside the streaming weights. */
 #define DECODE_KC 2048
+/* The longest rows bf16 decode splits x for on the stack (decode_bf16_pairs) */
+#define DECODE_PAIRS_MAX_K 16384
 
 #define SFX _avx2
 #define TARGET "avx2,fma,f16c"
@@ -30,6 +32,10 @@
 #define VBF16(p) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
 #define VF16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
 #define VI8(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+#define VI __m256i
+#define VILOAD(p) _mm256_loadu_si256((const __m256i *)(p))
+#define VPAIR_EVEN(v) _mm256_castsi256_ps(_mm256_slli_epi32(v, 16))
+#define VPAIR_ODD(v) _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int)0xFFFF0000u)))
 __attribute__((target(TARGET))) static inline float hsum_avx2(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -52,6 +58,10 @@ __attribute__((target(TARGET))) static inline float hsum_avx2(__m256 v) {
 #undef VBF16
 #undef VF16
 #undef VI8
+#undef VI
+#undef VILOAD
+#undef VPAIR_EVEN
+#undef VPAIR_ODD
 #undef VHSUM
 
 /* ---- AVX-512F: 16 floats, blocks of 4 tokens x 4 rows ---------------------------------------- */
@@ -69,6 +79,10 @@ __attribute__((target(TARGET))) static inline float hsum_avx2(__m256 v) {
 #define VBF16(p) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
 #define VF16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
 #define VI8(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
+#define VI __m512i
+#define VILOAD(p) _mm512_loadu_si512((const void *)(p))
+#define VPAIR_EVEN(v) _mm512_castsi512_ps(_mm512_slli_epi32(v, 16))
+#define VPAIR_ODD(v) _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xFFFF0000u)))
 #define VHSUM(v) _mm512_reduce_add_ps(v)
 #include "backend/cpu/matmul_kernels.inc"
 
