@@ -592,7 +592,10 @@ __attribute__((target(VNNI))) static void rows_r16(float *out, const int8_t *qx,
  * GB/s on two cores, less than this VM's fast memory; bench_gemv). Weights are unsigned in the
  * products (q4_0's nibbles 0..15, q8_0's bytes + 128), so each block's sum takes off that offset
  * times its activations' sum, exactly, in integers. q4_0's high nibbles are masked in place
- * (16 q) into their own sum, shifted back by 4 at the end of the block: one op fewer per vector. */
+ * (16 q) into their own sum, shifted back by 4 at the end of the block: one op fewer per vector.
+ * No software prefetch here: the row kernels' 4 KiB-ahead prefetch cost this one 7-10% from
+ * memory (the 1B model's q8_0 and q4_0 matrices in one huge-page arena, alternated in one
+ * process), where the hardware prefetchers alone keep up. */
 
 /* TB tokens (x [K] int8, dx and isx [K/32]) over one whole group of 16 rows: out[t][0..15]. */
 TILE_FN void r16s_group(float *const *out, const int8_t *const *x, const float *const *dx, const int32_t *const *isx,
@@ -605,7 +608,6 @@ TILE_FN void r16s_group(float *const *out, const int8_t *const *x, const float *
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *pair = group + (size_t)(b / 2) * (64 + 2 * db);
         const uint8_t *sc = pair + 32 * (b % 2), *data = pair + (b == nb - 1 && nb % 2 ? 32 : 64) + db * (size_t)(b % 2);
-        hc_prefetch_ahead(data, q4 ? 4 : 8);
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sc));
         __m512i w[8]; /* w[j]: weights 4j..4j+3 of the 16 rows (q4_0's odd j as 16 q) */
         for (int i = 0; i < (q4 ? 4 : 8); i++) {
