@@ -322,11 +322,14 @@ static void test_fast_matmul(hc_backend *ref) {
                                  /* decode rows past 2048 values go several at a time: tails of rows and of k */
                                  {1, 2100, 23}, {1, 8192, 10},
                                  /* r16 layouts: whole groups of 16 rows, a lone last block (K/32 odd), tail rows */
-                                 {1, 2048, 48}, {3, 96, 32}, {1, 96, 16}, {9, 96, 33}, {2, 160, 35}, {1, 8192, 16}, {7, 64, 64}};
+                                 {1, 2048, 48}, {3, 96, 32}, {1, 96, 16}, {9, 96, 33}, {2, 160, 35}, {1, 8192, 16}, {7, 64, 64},
+                                 /* q4_kr16: super-blocks of 256, whole groups and tails, every token path */
+                                 {1, 512, 32}, {3, 768, 35}, {12, 256, 48}, {1, 2048, 17}};
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const int64_t T = shapes[si][0], K = shapes[si][1], N = shapes[si][2];
         float *q4_ref = malloc(sizeof(float) * (size_t)(T * N)); /* [T, N] the reference on plain q4_0 */
         float *q8_ref = malloc(sizeof(float) * (size_t)(T * N)); /* [T, N] and on plain q8_0 */
+        float *q4k_ref = malloc(sizeof(float) * (size_t)(T * N)); /* [T, N] and on plain q4_k */
         float *x = malloc(sizeof(float) * (size_t)(T * K)), *wf = malloc(sizeof(float) * (size_t)(N * K));
         uint16_t *wb = malloc(2 * (size_t)(N * K)), *wh = malloc(2 * (size_t)(N * K));
         float *a = malloc(sizeof(float) * (size_t)(T * N)), *b = malloc(sizeof(float) * (size_t)(T * N)),
@@ -336,7 +339,7 @@ static void test_fast_matmul(hc_backend *ref) {
         fill(bias, N);
         for (int64_t i = 0; i < N * K; i++) wb[i] = hc_f32_to_bf16(wf[i]), wh[i] = hc_f32_to_f16(wf[i]);
         hc_vec bv = {.data = bias, .dtype = HC_DTYPE_F32, .n = N};
-        for (int fmt = 0; fmt < 9; fmt++) { /* f32 bf16 f16 q8_0 q4_0 q4_k q4_0x4 q4_0r16 q8_0r16 */
+        for (int fmt = 0; fmt < 10; fmt++) { /* f32 bf16 f16 q8_0 q4_0 q4_k q4_0x4 q4_0r16 q8_0r16 q4_kr16 */
             hc_mat w = {.rows = N, .cols = K, .ld = K};
             void *qbuf = NULL;
             if (fmt < 3) {
@@ -344,7 +347,7 @@ static void test_fast_matmul(hc_backend *ref) {
                 w.data = fmt == 0 ? (void *)wf : fmt == 1 ? (void *)wb : (void *)wh;
             } else {
                 const int quants[] = {HC_QUANT_Q8_0, HC_QUANT_Q4_0, HC_QUANT_Q4_K, HC_QUANT_Q4_0X4, HC_QUANT_Q4_0R16,
-                                      HC_QUANT_Q8_0R16};
+                                      HC_QUANT_Q8_0R16, HC_QUANT_Q4_KR16};
                 w.quant = quants[fmt - 3];
                 if (K % hc_quant_block_elems(w.quant)) continue;
                 const size_t rb = hc_quant_row_bytes(w.quant, K);
@@ -354,11 +357,12 @@ static void test_fast_matmul(hc_backend *ref) {
             }
             ref->matmul(ref, a, x, &w, &bv, T);
             if (fmt == 3) memcpy(q8_ref, a, sizeof(float) * (size_t)(T * N));
+            if (fmt == 5) memcpy(q4k_ref, a, sizeof(float) * (size_t)(T * N));
             if (fmt == 4) memcpy(q4_ref, a, sizeof(float) * (size_t)(T * N));
             /* q4_0x4 and the r16 layouts are q4_0's and q8_0's numbers in another order: the
              * reference gives the same bits */
             if (fmt >= 6)
-                CHECK(!memcmp(fmt == 8 ? q8_ref : q4_ref, a, sizeof(float) * (size_t)(T * N)), "layout %d = its format (K=%lld N=%lld)",
+                CHECK(!memcmp(fmt == 8 ? q8_ref : fmt == 9 ? q4k_ref : q4_ref, a, sizeof(float) * (size_t)(T * N)), "layout %d = its format (K=%lld N=%lld)",
                       w.quant, (long long)K, (long long)N);
             fast1->matmul(fast1, b, x, &w, &bv, T);
             fast2->matmul(fast2, c, x, &w, &bv, T);
@@ -423,7 +427,7 @@ static void test_fast_matmul(hc_backend *ref) {
             }
             free(qbuf);
         }
-        free(x), free(wf), free(wb), free(wh), free(a), free(b), free(c), free(q4_ref), free(q8_ref);
+        free(x), free(wf), free(wb), free(wh), free(a), free(b), free(c), free(q4_ref), free(q8_ref), free(q4k_ref);
     }
     /* Quantization error is what the formats promise. */
     float row[64], back[64];

@@ -44,7 +44,7 @@ void hc_cpu_vec_fns(hc_dot_fn *dot, hc_axpy_fn *axpy);
 /* AVX512-VNNI kernels for nibble-quantized weights (matmul_vnni.c): rows [n0, n1) of
  * out[T, N] from activations quantized per block of 32 (qx [T, K], dx and sx [T, K/32]). */
 bool hc_cpu_has_vnni(void);
-/* The fast backend's quant_layout: q4_0r16 and q8_0r16 for q4_0 and q8_0 where the VNNI kernels run. */
+/* The fast backend's quant_layout: the r16 layouts (quant.h) where the VNNI kernels run. */
 int hc_cpu_quant_layout(hc_backend *be, int quant);
 /* q4_0 as q4_0x4 (quant.h), the layout quantize-on-load picks where VNNI is (plain q4_0 takes
  * the AVX2 kernels). */
@@ -53,7 +53,7 @@ void hc_q4_0x4_rows_vnni(float *out, const int8_t *qx, const float *dx, const fl
 /* q8_0, prompts and decode. */
 void hc_q8_0_rows_vnni(float *out, const int8_t *qx, const float *dx, const hc_mat *w, int64_t T, int64_t n0,
                        int64_t n1);
-/* q4_0r16 and q8_0r16 (quant.h): rows [n0, n1), n0 a multiple of 16. */
+/* The r16 layouts (quant.h): rows [n0, n1), n0 a multiple of 16. */
 void hc_r16_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx, const hc_mat *w, int64_t T,
                       int64_t n0, int64_t n1);
 void hc_q4_k_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx, const hc_mat *w, int64_t T,

@@ -514,7 +514,10 @@ int hc_cpu_quant_layout(hc_backend *be, int quant) {
     const char *rows = getenv("HUBCAP_CPU_ROW_LAYOUT");
     if (!has_vnni()) return quant;
     if (rows && !strcmp(rows, "1")) return quant == HC_QUANT_Q4_0 ? HC_QUANT_Q4_0X4 : quant;
-    return quant == HC_QUANT_Q4_0 ? HC_QUANT_Q4_0R16 : quant == HC_QUANT_Q8_0 ? HC_QUANT_Q8_0R16 : quant;
+    return quant == HC_QUANT_Q4_0   ? HC_QUANT_Q4_0R16
+           : quant == HC_QUANT_Q8_0 ? HC_QUANT_Q8_0R16
+           : quant == HC_QUANT_Q4_K ? HC_QUANT_Q4_KR16
+                                    : quant;
 }
 
 const char *hc_cpu_kernels(void) {

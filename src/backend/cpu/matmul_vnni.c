@@ -480,6 +480,26 @@ __attribute__((target(VNNI))) static void r16_pack_rows_q8(r16_pack *p, const ui
         }
 }
 
+/* q4_kr16: a super-block's sub-block scales for 16 rows: d sc[j] and dmin m[j], from the packed
+ * words u0, u1, u2 (q4_k_unpack_scales' masks, on 16 rows at once). */
+TILE_FN void q4kr16_scales(const uint8_t *sb, __m512 dsc[8], __m512 dmn[8]) {
+    const __m512i u0 = _mm512_loadu_si512((const void *)(sb + 64)), u1 = _mm512_loadu_si512((const void *)(sb + 128)),
+                  u2 = _mm512_loadu_si512((const void *)(sb + 192));
+    const __m512i low6 = _mm512_set1_epi32(0x3f3f3f3f), low4 = _mm512_set1_epi32(0x0f0f0f0f),
+                  top2 = _mm512_set1_epi32(0x30303030), byte = _mm512_set1_epi32(0xFF);
+    const __m512i sc[2] = {_mm512_and_si512(u0, low6),
+                           _mm512_or_si512(_mm512_and_si512(u2, low4), _mm512_and_si512(_mm512_srli_epi32(u0, 2), top2))};
+    const __m512i m[2] = {_mm512_and_si512(u1, low6), _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u2, 4), low4),
+                                                                      _mm512_and_si512(_mm512_srli_epi32(u1, 2), top2))};
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sb)),
+                 dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sb + 32)));
+    for (int j = 0; j < 8; j++) {
+        const __m512i sh = _mm512_set1_epi32(8 * (j % 4));
+        dsc[j] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(sc[j / 4], sh), byte)));
+        dmn[j] = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(m[j / 4], sh), byte)));
+    }
+}
+
 /* A chunk of blocks of one whole group of an r16 layout (below) into the pack (signed q8_0 bytes and their sums,
  * or q4_0's nibbles and 8 d). */
 __attribute__((target(VNNI))) static void r16_pack_group(r16_pack *p, int quant, const uint8_t *group, int64_t nb,
@@ -487,6 +507,21 @@ __attribute__((target(VNNI))) static void r16_pack_group(r16_pack *p, int quant,
     const __m512i low = _mm512_set1_epi8(0x0F), top = _mm512_set1_epi8((char)0x80), ones = _mm512_set1_epi8(1);
     for (int64_t bi = 0; bi < nblk; bi++) {
         const uint8_t *sc, *data;
+        if (quant == HC_QUANT_Q4_KR16) { /* sub-block b0 + bi of its super-block */
+            const int64_t b = b0 + bi;
+            const uint8_t *sb = group + (size_t)(b / 8) * 16 * sizeof(hc_block_q4_k);
+            __m512 dsc[8], dmn[8];
+            q4kr16_scales(sb, dsc, dmn);
+            _mm512_storeu_ps(p->d[bi], dsc[b % 8]);
+            _mm512_storeu_ps(p->mn[bi], dmn[b % 8]);
+            data = sb + 256 + 256 * (b % 8);
+            for (int i = 0; i < 4; i++) {
+                const __m512i v = _mm512_loadu_si512((const void *)(data + 64 * i));
+                _mm512_storeu_si512((void *)p->q[bi][2 * i], _mm512_and_si512(v, low));
+                _mm512_storeu_si512((void *)p->q[bi][2 * i + 1], _mm512_and_si512(_mm512_srli_epi16(v, 4), low));
+            }
+            continue;
+        }
         hc_r16_locate(quant, group, nb, b0 + bi, &sc, &data);
         const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sc));
         _mm512_storeu_ps(p->d[bi], d);
@@ -554,7 +589,8 @@ TILE_FN void r16_tokens(float *const *out, const int8_t *const *x, const float *
 __attribute__((target(VNNI))) static void rows_r16(float *out, const int8_t *qx, const float *dx, const float *sx,
                                                    const hc_mat *w, int64_t T, int64_t n0, int64_t n1) {
     const int64_t N = w->rows, K = w->cols, nb = K / HC_QK;
-    const bool q8 = w->quant == HC_QUANT_Q8_0 || w->quant == HC_QUANT_Q8_0R16, q4k = w->quant == HC_QUANT_Q4_K;
+    const bool q8 = w->quant == HC_QUANT_Q8_0 || w->quant == HC_QUANT_Q8_0R16,
+               q4k = w->quant == HC_QUANT_Q4_K || w->quant == HC_QUANT_Q4_KR16;
     const size_t row_bytes = hc_quant_row_bytes(w->quant, K);
     _Alignas(64) r16_pack pack;
     float dummy[4][16];
@@ -630,16 +666,69 @@ TILE_FN void r16s_group(float *const *out, const int8_t *const *x, const float *
     for (int t = 0; t < TB; t++) _mm512_storeu_ps(out[t], acc[t]);
 }
 
+/* TB tokens (x [K] int8, dx and sx [K/32]) over one whole q4_kr16 group: out[t][0..15]. Each
+ * sub-block: d sc (dx sum q x) - dmin m sx, as r16_tokens computes it. */
+TILE_FN void r16k_group(float *const *out, const int8_t *const *x, const float *const *dx, const float *const *sx,
+                        const uint8_t *group, int64_t nsb, const int TB) {
+    const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8((char)0xF0), zero = _mm512_setzero_si512();
+    __m512 acc[4];
+    for (int t = 0; t < TB; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t s = 0; s < nsb; s++) {
+        const uint8_t *sb = group + (size_t)s * 16 * sizeof(hc_block_q4_k);
+        __m512 dsc[8], dmn[8];
+        q4kr16_scales(sb, dsc, dmn);
+        for (int j = 0; j < 8; j++) {
+            const uint8_t *data = sb + 256 + 256 * j;
+            __m512i w[8];
+            for (int i = 0; i < 4; i++) {
+                const __m512i v = _mm512_loadu_si512((const void *)(data + 64 * i));
+                w[2 * i] = _mm512_and_si512(v, low), w[2 * i + 1] = _mm512_and_si512(v, high);
+            }
+            const int64_t b = s * 8 + j; /* the 32-block of the activations */
+            for (int t = 0; t < TB; t++) {
+                const int8_t *xb = x[t] + b * HC_QK;
+                __m512i s0 = zero, s1 = zero;
+                for (int i = 0; i < 4; i++) {
+                    s0 = _mm512_dpbusd_epi32(s0, w[2 * i], _mm512_broadcastd_epi32(_mm_loadu_si32(xb + 8 * i)));
+                    s1 = _mm512_dpbusd_epi32(s1, w[2 * i + 1], _mm512_broadcastd_epi32(_mm_loadu_si32(xb + 8 * i + 4)));
+                }
+                const __m512 sum = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, _mm512_srai_epi32(s1, 4)));
+                acc[t] = _mm512_fmadd_ps(sum, _mm512_mul_ps(dsc[j], _mm512_set1_ps(dx[t][b])), acc[t]);
+                acc[t] = _mm512_fnmadd_ps(dmn[j], _mm512_set1_ps(sx[t][b]), acc[t]);
+            }
+        }
+    }
+    for (int t = 0; t < TB; t++) _mm512_storeu_ps(out[t], acc[t]);
+}
+
 /* Rows [n0, n1) of out[T, N] on an r16 matrix (n0 a multiple of 16, as the threads split them):
  * whole groups as stored for fewer than R16_MIN_T tokens, through rows_r16's pack for more; rows
  * past the last whole group in their own layout (q4_0x4, q8_0). */
 __attribute__((target(VNNI))) static void r16s_rows(float *out, const int8_t *qx, const float *dx, const float *sx,
                                                    const hc_mat *w, int64_t T, int64_t n0, int64_t n1) {
     const int64_t N = w->rows, K = w->cols, nb = K / HC_QK, whole = N / 16 * 16;
-    const bool q4 = w->quant == HC_QUANT_Q4_0R16;
+    const bool q4 = w->quant == HC_QUANT_Q4_0R16, q4k = w->quant == HC_QUANT_Q4_KR16;
     const size_t row_bytes = hc_quant_row_bytes(w->quant, K);
     const int64_t g1 = n1 < whole ? n1 : whole;
-    if (T < R16_MIN_T && K <= DECODE_MAX_K) {
+    if (T < R16_MIN_T && q4k) {
+        for (int64_t g = n0; g < g1; g += 16) {
+            const uint8_t *group = (const uint8_t *)w->data + (size_t)g * row_bytes;
+            for (int64_t t = 0; t < T; t += 4) {
+                const int tb = T - t < 4 ? (int)(T - t) : 4;
+                float *os[4];
+                const int8_t *xs[4];
+                const float *dxs[4], *sxs[4];
+                for (int i = 0; i < tb; i++)
+                    os[i] = out + (t + i) * N + g, xs[i] = qx + (t + i) * K, dxs[i] = dx + (t + i) * nb, sxs[i] = sx + (t + i) * nb;
+                switch (tb) {
+                case 1: r16k_group(os, xs, dxs, sxs, group, K / HC_QKK, 1); break;
+                case 2: r16k_group(os, xs, dxs, sxs, group, K / HC_QKK, 2); break;
+                case 3: r16k_group(os, xs, dxs, sxs, group, K / HC_QKK, 3); break;
+                default: r16k_group(os, xs, dxs, sxs, group, K / HC_QKK, 4); break;
+                }
+            }
+        }
+    } else if (T < R16_MIN_T && K <= DECODE_MAX_K) {
         int32_t isx[R16_MIN_T][DECODE_MAX_K / HC_QK]; /* [T][nb] each block's sum of activations */
         for (int64_t t = 0; t < T; t++)
             for (int64_t b = 0; b < nb; b++) {
@@ -673,6 +762,7 @@ __attribute__((target(VNNI))) static void r16s_rows(float *out, const int8_t *qx
         tail.quant = hc_quant_tail_layout(w->quant);
         const int64_t t0 = n0 > whole ? n0 : whole;
         if (q4) hc_q4_0x4_rows_vnni(out, qx, dx, sx, &tail, T, t0, n1);
+        else if (q4k) hc_q4_k_rows_vnni(out, qx, dx, sx, &tail, T, t0, n1);
         else hc_q8_0_rows_vnni(out, qx, dx, &tail, T, t0, n1);
     }
 }

@@ -63,10 +63,11 @@ static float dot_quant(const float *x, const void *row, int quant, int64_t K) {
 
 /* Row n of an r16 matrix (quant.h), inside a whole group of 16: block by block, the same dot. */
 static float dot_r16(const float *x, const void *mat, int quant, int64_t K, int64_t n) {
-    float s = 0, tmp[HC_QK]; /* [one block] */
-    for (int64_t b = 0; b < K / HC_QK; b++) {
+    float s = 0, tmp[HC_QKK]; /* [one block] */
+    const int64_t be = hc_quant_block_elems(quant);
+    for (int64_t b = 0; b < K / be; b++) {
         hc_dequantize_r16_block(quant, tmp, mat, K, n, b);
-        for (int64_t i = 0; i < HC_QK; i++) s += x[b * HC_QK + i] * tmp[i];
+        for (int64_t i = 0; i < be; i++) s += x[b * be + i] * tmp[i];
     }
     return s;
 }

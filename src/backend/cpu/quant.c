@@ -5,18 +5,23 @@
 
 #include "base/half.h"
 
-int64_t hc_quant_block_elems(int quant) { return quant == HC_QUANT_Q4_K ? HC_QKK : HC_QK; }
+int64_t hc_quant_block_elems(int quant) { return quant == HC_QUANT_Q4_K || quant == HC_QUANT_Q4_KR16 ? HC_QKK : HC_QK; }
 
 size_t hc_quant_block_bytes(int quant) {
     return quant == HC_QUANT_Q8_0 || quant == HC_QUANT_Q8_0R16 ? sizeof(hc_block_q8_0)
-           : quant == HC_QUANT_Q4_K                          ? sizeof(hc_block_q4_k)
+           : quant == HC_QUANT_Q4_K || quant == HC_QUANT_Q4_KR16 ? sizeof(hc_block_q4_k)
                                                              : sizeof(hc_block_q4_0);
 }
 
-bool hc_quant_is_r16(int quant) { return quant == HC_QUANT_Q4_0R16 || quant == HC_QUANT_Q8_0R16; }
+bool hc_quant_is_r16(int quant) {
+    return quant == HC_QUANT_Q4_0R16 || quant == HC_QUANT_Q8_0R16 || quant == HC_QUANT_Q4_KR16;
+}
 
 int hc_quant_tail_layout(int quant) {
-    return quant == HC_QUANT_Q4_0R16 ? HC_QUANT_Q4_0X4 : quant == HC_QUANT_Q8_0R16 ? HC_QUANT_Q8_0 : quant;
+    return quant == HC_QUANT_Q4_0R16   ? HC_QUANT_Q4_0X4
+           : quant == HC_QUANT_Q8_0R16 ? HC_QUANT_Q8_0
+           : quant == HC_QUANT_Q4_KR16 ? HC_QUANT_Q4_K
+                                       : quant;
 }
 
 size_t hc_quant_row_bytes(int quant, int64_t K) {
@@ -198,6 +203,26 @@ void hc_quantize_mat_row(int quant, void *mat, int64_t N, int64_t K, int64_t n, 
     const int64_t nb = K / HC_QK;
     const int r = (int)(n % 16);
     const uint8_t *group = (const uint8_t *)mat + rb * (size_t)(n - r);
+    if (quant == HC_QUANT_Q4_KR16) {
+        for (int64_t sb = 0; sb < K / HC_QKK; sb++) {
+            hc_block_q4_k blk;
+            hc_quantize_row(HC_QUANT_Q4_K, &blk, src + sb * HC_QKK, HC_QKK);
+            uint8_t *o = (uint8_t *)(uintptr_t)group + (size_t)sb * 16 * sizeof(hc_block_q4_k);
+            memcpy(o + 2 * r, &blk.d, 2);
+            memcpy(o + 32 + 2 * r, &blk.dmin, 2);
+            for (int u = 0; u < 3; u++) memcpy(o + 64 + 64 * u + 4 * r, blk.scales + 4 * u, 4);
+            for (int j = 0; j < 8; j++) { /* sub-block j: the low (even j) or high nibbles of qs[j/2*32 ..] */
+                uint8_t *d = o + 256 + 256 * j;
+                for (int i = 0; i < 4; i++)
+                    for (int c = 0; c < 4; c++) {
+                        const int lo = (blk.qs[j / 2 * 32 + 8 * i + c] >> (4 * (j % 2))) & 0xF;
+                        const int hi = (blk.qs[j / 2 * 32 + 8 * i + 4 + c] >> (4 * (j % 2))) & 0xF;
+                        d[64 * i + 4 * r + c] = (uint8_t)(lo | hi << 4);
+                    }
+            }
+        }
+        return;
+    }
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *sc, *data;
         hc_r16_locate(quant, group, nb, b, &sc, &data);
@@ -221,6 +246,23 @@ void hc_quantize_mat_row(int quant, void *mat, int64_t N, int64_t K, int64_t n, 
 
 void hc_dequantize_r16_block(int quant, float *dst, const void *mat, int64_t K, int64_t n, int64_t b) {
     const int r = (int)(n % 16);
+    if (quant == HC_QUANT_Q4_KR16) { /* back to a plain q4_k block, then as q4_k */
+        const uint8_t *o = (const uint8_t *)mat + hc_quant_row_bytes(quant, K) * (size_t)(n - r) +
+                           (size_t)b * 16 * sizeof(hc_block_q4_k);
+        hc_block_q4_k blk;
+        memcpy(&blk.d, o + 2 * r, 2);
+        memcpy(&blk.dmin, o + 32 + 2 * r, 2);
+        for (int u = 0; u < 3; u++) memcpy(blk.scales + 4 * u, o + 64 + 64 * u + 4 * r, 4);
+        memset(blk.qs, 0, sizeof blk.qs);
+        for (int j = 0; j < 8; j++)
+            for (int k = 0; k < HC_QK; k++) {
+                const uint8_t byte = o[256 + 256 * j + 64 * (k / 8) + 4 * r + k % 4];
+                const int q = (k % 8) < 4 ? byte & 0xF : byte >> 4;
+                blk.qs[j / 2 * 32 + k] |= (uint8_t)(q << (4 * (j % 2)));
+            }
+        hc_dequantize_row(HC_QUANT_Q4_K, dst, &blk, HC_QKK);
+        return;
+    }
     const uint8_t *sc, *data;
     hc_r16_locate(quant, (const uint8_t *)mat + hc_quant_row_bytes(quant, K) * (size_t)(n - r), K / HC_QK, b, &sc, &data);
     uint16_t d16;

@@ -22,8 +22,14 @@
  *           q4_0r16: 4 vectors; vector i: low nibble = q[8i+c], high nibble = q[8i+4+c] (0..15)
  *           q8_0r16: 8 vectors; vector j: q[4j+c] + 128 (unsigned)
  *         A pair is 32 rows x 18 (or 34) bytes, so the sizes are q4_0's and q8_0's and, for an even
- *         number of blocks, every vector is 64-byte aligned. Rows past the last whole group are
- *         stored one by one at 16g x row bytes + ..., as q4_0x4 and q8_0 rows. */
+ *         number of blocks, every vector is 64-byte aligned.
+ *   q4_kr16: q4_k's numbers, 16 rows interleaved the same way, a super-block of 16 rows (2304
+ *         bytes, 64-byte aligned) at a time:
+ *           [16 f16 d][16 f16 dmin][u0 x 16][u1 x 16][u2 x 16][8 sub-blocks' data]
+ *         where u0, u1, u2 are the three 32-bit words of each row's 12 packed scale bytes, and a
+ *         sub-block's data is q4_0r16's 4 vectors (q 0..15).
+ *         Rows past the last whole group are stored one by one at 16g x row bytes + ..., as
+ *         q4_0x4, q8_0 and q4_k rows. */
 #ifndef HC_BACKEND_CPU_QUANT_H
 #define HC_BACKEND_CPU_QUANT_H
 
@@ -52,7 +58,7 @@ typedef struct {
 } hc_block_q4_k;
 
 enum { HC_QUANT_NONE = 0, HC_QUANT_Q8_0 = 1, HC_QUANT_Q4_0 = 2, HC_QUANT_Q4_K = 3, HC_QUANT_Q4_0X4 = 4,
-       HC_QUANT_Q4_0R16 = 5, HC_QUANT_Q8_0R16 = 6 };
+       HC_QUANT_Q4_0R16 = 5, HC_QUANT_Q8_0R16 = 6, HC_QUANT_Q4_KR16 = 7 };
 
 #define HC_Q4_0X4_GROUP 4 /* blocks per group */
 
@@ -74,9 +80,11 @@ int hc_quant_tail_layout(int quant);
 /* Quantizes src (K floats) into row n of the [N, K] matrix mat in any layout (the r16 layouts
  * scatter it into its group). Rows of one group may be written by different threads. */
 void hc_quantize_mat_row(int quant, void *mat, int64_t N, int64_t K, int64_t n, const float *src);
-/* Widens block b (32 weights) of row n of an r16 matrix, n inside a whole group. */
+/* Widens block b (32 weights, or 256 for q4_kr16) of row n of an r16 matrix, n inside a whole
+ * group. */
 void hc_dequantize_r16_block(int quant, float *dst, const void *mat, int64_t K, int64_t n, int64_t b);
-/* Where block b of a group's blocks keeps its 16 scales and its data (nb blocks a row). */
+/* Where block b of a group's blocks keeps its 16 scales and its data (nb blocks a row; q4_0r16
+ * and q8_0r16). */
 void hc_r16_locate(int quant, const uint8_t *group, int64_t nb, int64_t b, const uint8_t **scales, const uint8_t **data);
 
 #endif
