@@ -21,7 +21,7 @@
 #include "hubcap.h"
 #include "read_loop.h"
 
-#define MAX_FORMATS 6
+#define MAX_FORMATS 8
 
 static read_job job; /* the 1 GiB buffer the bandwidth is read from */
 

@@ -20,6 +20,12 @@ void *hc_alloc_huge(size_t size) {
     return buf;
 }
 
+bool hc_release_pages(const void *p, size_t n) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = ((uintptr_t)p + page - 1) / page * page,
+                    b = ((uintptr_t)p + n) / page * page;
+    return b > a && madvise((void *)a, b - a, MADV_DONTNEED) == 0;
+}
+
 hc_status hc_file_map_open(hc_file_map *out, const char *path, bool use_mmap) {
     memset(out, 0, sizeof *out);
     int fd = open(path, O_RDONLY | O_CLOEXEC);

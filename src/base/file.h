@@ -18,6 +18,10 @@ typedef struct {
 /* size bytes, 2 MiB aligned, asking the kernel for transparent huge pages; release with free().
  * For large read-mostly buffers streamed every token. */
 void *hc_alloc_huge(size_t size);
+/* Drops the whole pages inside [p, p + n) from this process's memory (anonymous pages are freed,
+ * a mapped file's pages go back to the page cache; either reads as zeros or the file again if
+ * touched). False when there was no whole page or the kernel refused (locked pages). */
+bool hc_release_pages(const void *p, size_t n);
 
 hc_status hc_file_map_open(hc_file_map *out, const char *path, bool use_mmap);
 void hc_file_map_close(hc_file_map *m);

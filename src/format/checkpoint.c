@@ -7,6 +7,7 @@
 
 #include "base/file.h"
 #include "base/status.h"
+#include "format/checkpoint.h"
 #include "format/hub.h"
 #include "format/json.h"
 #include "format/safetensors.h"
@@ -21,6 +22,7 @@ struct hc_checkpoint {
     bool has_config;
     hc_model_config config;
     uint64_t bytes_on_disk;
+    bool released; /* hc_checkpoint_release gave some tensor's pages back */
 };
 
 hc_checkpoint_params hc_checkpoint_default_params(void) {
@@ -223,3 +225,9 @@ const char *hc_checkpoint_shard_path(const hc_checkpoint *ck, int i) {
 uint64_t hc_checkpoint_bytes_on_disk(const hc_checkpoint *ck) { return ck->bytes_on_disk; }
 const char *hc_checkpoint_path(const hc_checkpoint *ck) { return ck->path; }
 const hc_model_config *hc_checkpoint_config(const hc_checkpoint *ck) { return ck->has_config ? &ck->config : NULL; }
+
+void hc_checkpoint_release(hc_checkpoint *ck, const void *p, size_t n) {
+    if (hc_release_pages(p, n)) ck->released = true;
+}
+
+bool hc_checkpoint_released(const hc_checkpoint *ck) { return ck->released; }

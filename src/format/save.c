@@ -13,6 +13,7 @@
 #include "base/file.h"
 #include "base/half.h"
 #include "base/status.h"
+#include "format/checkpoint.h"
 #include "format/json.h"
 
 hc_save_params hc_save_default_params(void) {
@@ -154,6 +155,9 @@ hc_status hc_checkpoint_save(const hc_checkpoint *ck, const char *out_dir, const
         return hc_fail(HC_ERR_UNSUPPORTED, "saving as %s: use F32, BF16 or F16", hc_dtype_name(p.dtype));
     const char *src = hc_checkpoint_path(ck);
     if (!hc_path_is_dir(src)) return hc_fail(HC_ERR_INVALID_ARG, "%s: not a checkpoint folder", src);
+    if (hc_checkpoint_released(ck))
+        return hc_fail(HC_ERR_UNSUPPORTED, "%s: its weights were quantized on load and not kept; load it without --quantize to save it",
+                       src);
     char tmp[4096], path[4096], from[4096];
     hc_status st = hc_dir_stage(out_dir, tmp, sizeof tmp);
     if (st) return st;

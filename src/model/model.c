@@ -18,6 +18,7 @@
 #include "base/file.h"
 #include "base/half.h"
 #include "base/threadpool.h"
+#include "format/checkpoint.h"
 #include "format/hub.h"
 #include "format/sha256.h"
 #include "model/config.h"
@@ -274,11 +275,13 @@ static hc_status bind_all(hc_model *m) {
 typedef struct {
     hc_mat *w;
     int quant;
-    size_t off; /* in the arena */
+    size_t off;   /* in the arena */
+    bool release; /* its stored rows' pages go back once quantized (no other weight shares them) */
 } quant_item;
 
 typedef struct {
     hc_backend *be;
+    hc_checkpoint *ck;
     quant_item *items;
     int n;
     uint8_t *arena;
@@ -306,6 +309,11 @@ static void quantize_part(void *ctx, int ith, int nth) {
                 for (int64_t k = 0; k < w->cols; k++) row[k] = hc_load_f32(w->data, w->dtype, n * w->ld + k);
                 hc_quantize_mat_row(quant, j->arena + j->items[i].off, w->rows, w->cols, n, row);
             }
+            if (j->items[i].release) { /* these rows' whole pages: the next task's rows start past them */
+                const size_t es = hc_dtype_size(w->dtype);
+                hc_checkpoint_release(j->ck, (const char *)w->data + (size_t)(n0 * w->ld) * es,
+                                      (size_t)((n1 - 1 - n0) * w->ld + w->cols) * es);
+            }
         }
     }
     free(row);
@@ -323,7 +331,7 @@ static hc_status plan_quant(quant_job *j, int *cap, size_t *total, hc_mat *w, in
         if (!items) return hc_fail(HC_ERR_NOMEM, "out of memory");
         j->items = items;
     }
-    j->items[j->n++] = (quant_item){w, quant, *total};
+    j->items[j->n++] = (quant_item){w, quant, *total, false};
     *total += (hc_quant_row_bytes(quant, w->cols) * (size_t)w->rows + 63) / 64 * 64;
     if (w->cols > j->max_k) j->max_k = w->cols;
     return HC_OK;
@@ -434,6 +442,41 @@ static void qcache_write(const char *path, const char key[65], const uint8_t *ar
     if (!ok || rename(tmp, path) != 0) unlink(tmp);
 }
 
+/* ---- giving back the weights quantize on load replaces ------------------------------------
+ * A quantized model kept its stored weights too: read into RAM (`hubcap bench`), a 1B model held
+ * its 2.47 GB of bf16 beside 0.83 GB of q4_0. Quantizing now reads a mapping of the file, and
+ * each task gives back the pages of the rows it quantized, unless a weight still in use shares
+ * them (a tied LM head's source is the embedding table). */
+
+typedef struct {
+    const quant_job *j;
+    const char *p; /* one item's stored bytes [p, p + n) */
+    size_t n;
+    bool shared;
+} share_check;
+
+/* The bytes a view spans, from its first element to its last (slices of fused tensors too). */
+static size_t mat_span(const hc_mat *w) {
+    if (w->quant) return hc_quant_row_bytes(w->quant, w->cols) * (size_t)w->rows;
+    const int64_t outer = w->transposed ? w->cols : w->rows, inner = w->transposed ? w->rows : w->cols;
+    return (size_t)((outer - 1) * w->ld + inner) * hc_dtype_size(w->dtype);
+}
+
+static void overlaps(share_check *c, const void *p, size_t n) {
+    if (p && n && (const char *)p < c->p + c->n && c->p < (const char *)p + n) c->shared = true;
+}
+
+static void check_mat(hc_mat *w, void *arg) {
+    share_check *c = arg;
+    for (int i = 0; i < c->j->n; i++)
+        if (c->j->items[i].w == w) return; /* quantized too: its bytes go as well */
+    if (w->data) overlaps(c, w->data, mat_span(w));
+}
+
+static void check_vec(hc_vec *v, void *arg) {
+    if (v->data) overlaps(arg, v->data, (size_t)v->n * hc_dtype_size(v->dtype));
+}
+
 /* n_threads: as the model was asked for (0: every core). use_cache: --quant-cache. */
 static hc_status quantize_model(hc_model *m, int quant, int n_threads, bool use_cache) {
     quant_job j = {.be = m->be};
@@ -466,6 +509,12 @@ static hc_status quantize_model(hc_model *m, int quant, int n_threads, bool use_
     if (!s && j.n) {
         m->owned[m->n_owned++] = j.arena;
         const char *fmt = quant == HC_QUANT_Q8_0 ? "q8_0" : quant == HC_QUANT_Q4_0 ? "q4_0" : "q4_k";
+        j.ck = m->ck;
+        for (int i = 0; i < j.n && !m->be->device; i++) {
+            share_check c = {&j, j.items[i].w->data, mat_span(j.items[i].w), false};
+            hc_model_each_weight(m, check_mat, check_vec, &c);
+            j.items[i].release = !c.shared;
+        }
         char cache_path[4096], key[65];
         const bool cacheable = use_cache && qcache_locate(m, &j, total, fmt, cache_path, sizeof cache_path, key);
         if (!(cacheable && qcache_read(cache_path, key, j.arena, total, j.n))) {
@@ -532,12 +581,6 @@ static void add_range(range_set *rs, const void *data, size_t bytes) {
     rs->r[rs->n++] = (host_range){(uintptr_t)data, (uintptr_t)data + bytes, 0};
 }
 
-/* The bytes a view spans, from its first element to its last (slices of fused tensors too). */
-static size_t mat_span(const hc_mat *w) {
-    if (w->quant) return hc_quant_row_bytes(w->quant, w->cols) * (size_t)w->rows;
-    const int64_t outer = w->transposed ? w->cols : w->rows, inner = w->transposed ? w->rows : w->cols;
-    return (size_t)((outer - 1) * w->ld + inner) * hc_dtype_size(w->dtype);
-}
 
 static void collect_mat(hc_mat *w, void *arg) { add_range(arg, w->data, w->data ? mat_span(w) : 0); }
 static void collect_vec(hc_vec *v, void *arg) { add_range(arg, v->data, (size_t)v->n * hc_dtype_size(v->dtype)); }
@@ -687,7 +730,9 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
     hc_model *m = calloc(1, sizeof *m);
     if (!m) return hc_fail(HC_ERR_NOMEM, "out of memory");
     hc_checkpoint_params cp = hc_checkpoint_default_params();
-    cp.use_mmap = p.use_mmap;
+    /* Quantizing reads the stored weights once and gives their pages back (quantize_model): from
+     * a mapping, so they never all sit in RAM beside the quantized ones. */
+    cp.use_mmap = p.use_mmap || (p.weights != HC_WEIGHTS_AS_STORED && !p.mlock);
     char *local = NULL;
     hc_status s = hc_resolve_model_path(path, &local); /* hf:// handles become snapshot folders */
     if (s) goto fail;

@@ -152,7 +152,10 @@ int cmd_bench(int argc, char **argv) {
                 hc_model_device_name(m), (double)hc_model_device_weight_bytes(m) / 1e9,
                 dtype_lower(hc_model_compute_dtype(m)));
     else if (!json)
-        fprintf(stderr, "hubcap bench: %s, weights %s, %s kernels\n", model, mp.use_mmap ? "mapped" : "read into RAM",
+        fprintf(stderr, "hubcap bench: %s, weights %s, %s kernels\n", model,
+                mp.weights != HC_WEIGHTS_AS_STORED ? "quantized into RAM (read from a mapping, which is given back)"
+                : mp.use_mmap                      ? "mapped"
+                                                   : "read into RAM",
                 hc_cpu_kernels());
     /* Warm-up, untimed: on a GPU the first prompt also loads kernels and picks GEMM algorithms,
      * so it runs once first and the median of three timed runs counts (as transformers' bench
