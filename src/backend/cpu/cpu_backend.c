@@ -110,6 +110,9 @@ bool hc_fast_acts(hc_fast_ctx *fx, size_t n) {
     float *sx = realloc(fx->sx, (n / 32 + 1) * sizeof(float));
     if (!sx) return false;
     fx->sx = sx;
+    int32_t *isx = realloc(fx->isx, (n / 32 + 1) * sizeof(int32_t));
+    if (!isx) return false;
+    fx->isx = isx;
     fx->qx_cap = n;
     return true;
 }
@@ -124,6 +127,8 @@ static void fast_destroy(hc_backend *be) {
     free(fx->qx);
     free(fx->dx);
     free(fx->sx);
+    free(fx->isx);
+    free(fx->xpairs);
     free(fx->wt);
     for (int i = 0; i < HC_MAX_THREADS; i++) free(fx->scratch[i]);
     hc_pool_free(fx->pool);

@@ -17,7 +17,10 @@ typedef struct {
     int8_t *qx;     /* activations quantized for quantized weights */
     float *dx;      /* their block scales */
     float *sx;      /* scale x sum of each block (q4_k's mins) */
+    int32_t *isx;   /* sum of each block's quantized activations (the r16 kernels' offsets) */
     size_t qx_cap;
+    float *xpairs;  /* bf16 decode's x split into even and odd elements (decode_bf16_pairs) */
+    size_t xpairs_cap;
     void *wt;          /* a transposed weight matrix copied into [N, K] (matmul_fast.c) */
     size_t wt_cap;
     bool bf16_prompts; /* hc_backend_cpu_fast_bf16_prompts */
@@ -54,8 +57,8 @@ void hc_q4_0x4_rows_vnni(float *out, const int8_t *qx, const float *dx, const fl
 void hc_q8_0_rows_vnni(float *out, const int8_t *qx, const float *dx, const hc_mat *w, int64_t T, int64_t n0,
                        int64_t n1);
 /* The r16 layouts (quant.h): rows [n0, n1), n0 a multiple of 16. */
-void hc_r16_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx, const hc_mat *w, int64_t T,
-                      int64_t n0, int64_t n1);
+void hc_r16_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx, const int32_t *isx,
+                      const hc_mat *w, int64_t T, int64_t n0, int64_t n1);
 void hc_q4_k_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx, const hc_mat *w, int64_t T,
                        int64_t n0, int64_t n1);
 

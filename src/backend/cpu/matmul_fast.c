@@ -3,6 +3,7 @@
  * fixed order: the same bits whatever the thread count. The scalar reference stays in
  * ops_matmul.c and the kernels are tested against it. */
 #include <immintrin.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,8 +16,6 @@
 /* Decode rows longer than this go DEC_RB at a time (matmul_rows_): past it, f32 x (8 KB here)
  * no longer stays in L1 beside the streaming weights. */
 #define DECODE_KC 2048
-/* The longest rows bf16 decode splits x for on the stack (decode_bf16_pairs) */
-#define DECODE_PAIRS_MAX_K 16384
 
 #define SFX _avx2
 #define TARGET "avx2,fma,f16c"
@@ -362,8 +361,8 @@ __attribute__((target("avx512f"))) static void fpp_tile(float *out, int64_t ldo,
  * weights to float. Both ISAs use these AVX2 kernels. ------------------------------------------ */
 
 /* x[T, K] -> int8 blocks, their scales and scale x sum: qx[T, K], dx[T, K/32], sx[T, K/32]. */
-__attribute__((target("avx2,fma,f16c"))) static void quantize_acts(int8_t *qx, float *dx, float *sx, const float *x,
-                                                                   int64_t T, int64_t K) {
+__attribute__((target("avx2,fma,f16c"))) static void quantize_acts(int8_t *qx, float *dx, float *sx, int32_t *isx,
+                                                                   const float *x, int64_t T, int64_t K) {
     for (int64_t t = 0; t < T; t++)
         for (int64_t b = 0; b < K / HC_QK; b++) {
             const float *xb = x + t * K + b * HC_QK;
@@ -386,6 +385,7 @@ __attribute__((target("avx2,fma,f16c"))) static void quantize_acts(int8_t *qx, f
                 for (int i = 0; i < 8; i++) q[j + i] = (int8_t)tmp[i], sum += tmp[i];
             }
             sx[t * (K / HC_QK) + b] = d * (float)sum;
+            isx[t * (K / HC_QK) + b] = sum;
         }
 }
 
@@ -525,6 +525,13 @@ const char *hc_cpu_kernels(void) {
     return f == matmul_rows__avx512 ? "avx512" : f == matmul_rows__avx2 ? "avx2" : "scalar";
 }
 
+typedef void (*decode_pairs_fn)(float *out, const float *xs, const hc_mat *w, int64_t n0, int64_t n1);
+
+/* A thread's slice in chunks: the next one not yet taken (by it, or by a thread done with its own). */
+typedef struct {
+    _Alignas(64) atomic_llong next;
+} mm_cursor;
+
 typedef struct {
     float *out;
     const float *x;
@@ -534,25 +541,26 @@ typedef struct {
     rows_fn fn;
     const int8_t *qx; /* quantized activations for quantized weights */
     const float *dx, *sx;
+    const int32_t *isx;
     bool vnni;          /* q4_0 and q4_k through matmul_vnni.c */
     const uint16_t *xb; /* bf16 activations for the vdpbf16ps path */
     hc_fast_ctx *fx;    /* its per-thread scratch holds the packed panels (xb: bf16 pairs, else f32) */
+    const float *xpairs; /* bf16 decode: x split into even and odd elements (decode_bf16_pairs) */
+    decode_pairs_fn pairs;
+    int64_t chunk;       /* > 0: decode, rows taken in chunks of this many (below) */
+    mm_cursor *cursors;  /* [nth]: the next chunk of each thread's slice */
 } mm_job;
 
-static void mm_part(void *ctx, int ith, int nth) {
-    const mm_job *j = ctx;
+/* Rows [n0, n1) of the product, whatever path the job takes. */
+static void mm_rows(const mm_job *j, int ith, int64_t n0, int64_t n1) {
     const int64_t N = j->w->rows;
-    /* Contiguous slices of rows, cut at multiples of 16 so threads never share a cache line. */
-    int64_t per = (N + nth - 1) / nth;
-    per = (per + 15) / 16 * 16;
-    const int64_t n0 = (int64_t)ith * per, n1 = n0 + per < N ? n0 + per : N;
-    if (n0 >= n1) return;
     if (j->xb && j->fx)
         matmul_rows_packed(j->out, j->xb, sizeof(uint16_t), j->w, j->T, n0, n1, j->fx->scratch[ith], BFP_KC, bfp_pack, bfp_tile);
     else if (j->xb) matmul_rows_bf16dot(j->out, j->xb, j->w, j->T, n0, n1);
     else if (j->fx)
         matmul_rows_packed(j->out, j->x, sizeof(float), j->w, j->T, n0, n1, j->fx->scratch[ith], FPP_KC, fpp_pack, fpp_tile);
-    else if (j->vnni && hc_quant_is_r16(j->w->quant)) hc_r16_rows_vnni(j->out, j->qx, j->dx, j->sx, j->w, j->T, n0, n1);
+    else if (j->vnni && hc_quant_is_r16(j->w->quant))
+        hc_r16_rows_vnni(j->out, j->qx, j->dx, j->sx, j->isx, j->w, j->T, n0, n1);
     else if (j->vnni && j->w->quant == HC_QUANT_Q8_0) hc_q8_0_rows_vnni(j->out, j->qx, j->dx, j->w, j->T, n0, n1);
     else if (j->vnni && j->w->quant == HC_QUANT_Q4_0X4)
         hc_q4_0x4_rows_vnni(j->out, j->qx, j->dx, j->sx, j->w, j->T, n0, n1);
@@ -560,10 +568,37 @@ static void mm_part(void *ctx, int ith, int nth) {
         hc_q4_k_rows_vnni(j->out, j->qx, j->dx, j->sx, j->w, j->T, n0, n1);
     else if (j->qx && j->w->quant == HC_QUANT_Q4_K) q4k_rows_avx2(j->out, j->qx, j->dx, j->w, j->T, n0, n1);
     else if (j->qx) qmatmul_rows_avx2(j->out, j->qx, j->dx, j->w, j->T, n0, n1);
+    else if (j->xpairs) j->pairs(j->out, j->xpairs, j->w, n0, n1);
     else j->fn(j->out, j->x, j->w, j->T, n0, n1);
     if (j->bias && j->bias->data)
         for (int64_t t = 0; t < j->T; t++)
             for (int64_t n = n0; n < n1; n++) j->out[t * N + n] += hc_load_f32(j->bias->data, j->bias->dtype, n);
+}
+
+/* Each thread owns a contiguous slice of rows, cut at multiples of 16 so threads never share a
+ * cache line. Decode takes its slice in chunks, and a thread done with its own takes the next
+ * chunks of the others': on this VM one core often streams 10-20% slower than the other for a
+ * while, and the faster one waited for it at every matmul (the 1B q4_0 decode: 0.41 against
+ * 0.46 s busy in 16 tokens). Every row is computed the same way by whichever thread takes it. */
+static void mm_part(void *ctx, int ith, int nth) {
+    const mm_job *j = ctx;
+    const int64_t N = j->w->rows;
+    int64_t per = (N + nth - 1) / nth;
+    per = (per + 15) / 16 * 16;
+    if (!j->chunk || !j->cursors) {
+        const int64_t n0 = (int64_t)ith * per, n1 = n0 + per < N ? n0 + per : N;
+        if (n0 < n1) mm_rows(j, ith, n0, n1);
+        return;
+    }
+    for (int k = 0; k < nth; k++) {
+        const int owner = (ith + k) % nth;
+        const int64_t s0 = (int64_t)owner * per, s1 = s0 + per < N ? s0 + per : N;
+        for (;;) {
+            const int64_t n0 = s0 + j->chunk * atomic_fetch_add_explicit(&j->cursors[owner].next, 1, memory_order_relaxed);
+            if (n0 >= s1) break;
+            mm_rows(j, ith, n0, n0 + j->chunk < s1 ? n0 + j->chunk : s1);
+        }
+    }
 }
 
 /* ---- transposed weights ([K, N] stored: GPT-2's Conv1D, and every dx = dy W of training) ----
@@ -653,7 +688,7 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
     if (w->transposed && !w->quant && T >= FPP_MIN_T && fn == matmul_rows__avx512 &&
         hc_fast_scratch(pfx, (size_t)(BFP_NR * FPP_KC))) {
         /* the packed GEMM reads a transposed view as it is (its panels are rows of it) */
-        mm_job pj = {out, x, w, bias, T, fn, NULL, NULL, NULL, false, NULL, pfx};
+        mm_job pj = {.out = out, .x = x, .w = w, .bias = bias, .T = T, .fn = fn, .fx = pfx};
         if (!pfx->pool || w->rows * w->cols * T < 32768) mm_part(&pj, 0, 1);
         else hc_pool_run(pfx->pool, mm_part, &pj);
         return;
@@ -674,7 +709,7 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
         }
     }
     if (w->transposed && !w->quant && fn == matmul_rows__avx512 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")) {
-        mm_job tj = {out, x, w, bias, T, fn, NULL, NULL, NULL, false, NULL, NULL};
+        mm_job tj = {.out = out, .x = x, .w = w, .bias = bias, .T = T, .fn = fn};
         hc_fast_ctx *tfx = be->ctx;
         if (!tfx->pool || w->rows * w->cols * T < 32768) tr_part(&tj, 0, 1);
         else hc_pool_run(tfx->pool, tr_part, &tj);
@@ -685,14 +720,15 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
         hc_cpu_matmul(be, out, x, w, bias, T);
         return;
     }
-    mm_job j = {out, x, w, bias, T, fn, NULL, NULL, NULL, false, NULL, NULL};
+    mm_job j = {.out = out, .x = x, .w = w, .bias = bias, .T = T, .fn = fn};
     hc_fast_ctx *fx = be->ctx;
     hc_pool *pool = fx->pool;
     if (w->quant && hc_fast_acts(fx, (size_t)(T * w->cols))) {
-        quantize_acts(fx->qx, fx->dx, fx->sx, x, T, w->cols);
+        quantize_acts(fx->qx, fx->dx, fx->sx, fx->isx, x, T, w->cols);
         j.qx = fx->qx;
         j.dx = fx->dx;
         j.sx = fx->sx;
+        j.isx = fx->isx;
         j.vnni = has_vnni();
     } else if (fx->bf16_prompts && !w->quant && w->dtype == HC_DTYPE_BF16 && T >= BF16_DOT_MIN_T && has_bf16_dot() &&
                hc_fast_acts(fx, (size_t)(T * w->cols) * sizeof(uint16_t))) {
@@ -711,9 +747,35 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
         hc_cpu_matmul(be, out, x, w, bias, T);
         return;
     }
+    /* bf16 decode: x split into even and odd elements once per call (decode_bf16_pairs) */
+    const int64_t K = w->cols, pair_vl = fn == matmul_rows__avx512 ? 32 : 16;
+    if (T == 1 && !j.qx && !j.xb && !j.fx && !w->quant && w->dtype == HC_DTYPE_BF16 && K % pair_vl == 0) {
+        if ((size_t)K > fx->xpairs_cap) {
+            float *p = realloc(fx->xpairs, (size_t)K * sizeof(float));
+            if (p) fx->xpairs = p, fx->xpairs_cap = (size_t)K;
+        }
+        if ((size_t)K <= fx->xpairs_cap) {
+            for (int64_t i = 0; i < K / 2; i++) fx->xpairs[i] = x[2 * i], fx->xpairs[K / 2 + i] = x[2 * i + 1];
+            j.xpairs = fx->xpairs;
+            j.pairs = fn == matmul_rows__avx512 ? decode_bf16_pairs_avx512 : decode_bf16_pairs_avx2;
+        }
+    }
     /* Small products are not worth waking threads for. */
-    if (!pool || w->rows * w->cols * T < 32768) mm_part(&j, 0, 1);
-    else hc_pool_run(pool, mm_part, &j);
+    if (!pool || w->rows * w->cols * T < 32768) {
+        mm_part(&j, 0, 1);
+        return;
+    }
+    /* Decode goes in chunks of about 64 KB of weights (mm_part). */
+    mm_cursor cursors[16];
+    const int nth = hc_pool_size(pool);
+    if (T == 1 && nth <= 16) {
+        const size_t row_bytes = w->quant ? hc_quant_row_bytes(w->quant, K) : (size_t)w->ld * hc_dtype_size(w->dtype);
+        j.chunk = ((int64_t)(65536 / row_bytes) + 15) / 16 * 16;
+        if (j.chunk < 16) j.chunk = 16;
+        for (int i = 0; i < nth; i++) atomic_init(&cursors[i].next, 0);
+        j.cursors = cursors;
+    }
+    hc_pool_run(pool, mm_part, &j);
 }
 
 /* ---- backward: dW += dout^T x on the pool, split by rows of dW, each row summed over t in

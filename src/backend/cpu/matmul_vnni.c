@@ -705,7 +705,7 @@ TILE_FN void r16k_group(float *const *out, const int8_t *const *x, const float *
  * whole groups as stored for fewer than R16_MIN_T tokens, through rows_r16's pack for more; rows
  * past the last whole group in their own layout (q4_0x4, q8_0). */
 __attribute__((target(VNNI))) static void r16s_rows(float *out, const int8_t *qx, const float *dx, const float *sx,
-                                                   const hc_mat *w, int64_t T, int64_t n0, int64_t n1) {
+                                                   const int32_t *isx, const hc_mat *w, int64_t T, int64_t n0, int64_t n1) {
     const int64_t N = w->rows, K = w->cols, nb = K / HC_QK, whole = N / 16 * 16;
     const bool q4 = w->quant == HC_QUANT_Q4_0R16, q4k = w->quant == HC_QUANT_Q4_KR16;
     const size_t row_bytes = hc_quant_row_bytes(w->quant, K);
@@ -728,14 +728,7 @@ __attribute__((target(VNNI))) static void r16s_rows(float *out, const int8_t *qx
                 }
             }
         }
-    } else if (T < R16_MIN_T && K <= DECODE_MAX_K) {
-        int32_t isx[R16_MIN_T][DECODE_MAX_K / HC_QK]; /* [T][nb] each block's sum of activations */
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t b = 0; b < nb; b++) {
-                int32_t s = 0;
-                for (int k = 0; k < HC_QK; k++) s += qx[t * K + b * HC_QK + k];
-                isx[t][b] = s;
-            }
+    } else if (T < R16_MIN_T) {
         for (int64_t g = n0; g < g1; g += 16) {
             const uint8_t *group = (const uint8_t *)w->data + (size_t)g * row_bytes;
             for (int64_t t = 0; t < T; t += 4) {
@@ -745,7 +738,7 @@ __attribute__((target(VNNI))) static void r16s_rows(float *out, const int8_t *qx
                 const float *dxs[4];
                 const int32_t *is[4];
                 for (int i = 0; i < tb; i++)
-                    os[i] = out + (t + i) * N + g, xs[i] = qx + (t + i) * K, dxs[i] = dx + (t + i) * nb, is[i] = isx[t + i];
+                    os[i] = out + (t + i) * N + g, xs[i] = qx + (t + i) * K, dxs[i] = dx + (t + i) * nb, is[i] = isx + (t + i) * nb;
                 switch (tb) { /* the token count as a constant, so each case unrolls */
                 case 1: q4 ? r16s_group(os, xs, dxs, is, group, nb, 1, true) : r16s_group(os, xs, dxs, is, group, nb, 1, false); break;
                 case 2: q4 ? r16s_group(os, xs, dxs, is, group, nb, 2, true) : r16s_group(os, xs, dxs, is, group, nb, 2, false); break;
@@ -828,6 +821,6 @@ __attribute__((target(VNNI))) void hc_q8_0_rows_vnni(float *out, const int8_t *q
 }
 
 __attribute__((target(VNNI))) void hc_r16_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx,
-                                                      const hc_mat *w, int64_t T, int64_t n0, int64_t n1) {
-    r16s_rows(out, qx, dx, sx, w, T, n0, n1);
+                                                      const int32_t *isx, const hc_mat *w, int64_t T, int64_t n0, int64_t n1) {
+    r16s_rows(out, qx, dx, sx, isx, w, T, n0, n1);
 }
