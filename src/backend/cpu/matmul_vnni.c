@@ -701,6 +701,25 @@ TILE_FN void r16k_group(float *const *out, const int8_t *const *x, const float *
     for (int t = 0; t < TB; t++) _mm512_storeu_ps(out[t], acc[t]);
 }
 
+/* One whole group for tb (1..4) tokens of any r16 layout, the count as a constant so each case
+ * unrolls. */
+TILE_FN void r16_group_tokens(int quant, int tb, float *const *os, const int8_t *const *xs, const float *const *dxs,
+                              const float *const *sxs, const int32_t *const *is, const uint8_t *group, int64_t nb) {
+#define R16_CASE(TB)                                                                                                   \
+    case TB:                                                                                                           \
+        if (quant == HC_QUANT_Q4_KR16) r16k_group(os, xs, dxs, sxs, group, nb / 8, TB);                                \
+        else if (quant == HC_QUANT_Q4_0R16) r16s_group(os, xs, dxs, is, group, nb, TB, true);                          \
+        else r16s_group(os, xs, dxs, is, group, nb, TB, false);                                                        \
+        break;
+    switch (tb) {
+        R16_CASE(1)
+        R16_CASE(2)
+        R16_CASE(3)
+        R16_CASE(4)
+    }
+#undef R16_CASE
+}
+
 /* Rows [n0, n1) of out[T, N] on an r16 matrix (n0 a multiple of 16, as the threads split them):
  * whole groups as stored for fewer than R16_MIN_T tokens, through rows_r16's pack for more; rows
  * past the last whole group in their own layout (q4_0x4, q8_0). */
@@ -710,7 +729,7 @@ __attribute__((target(VNNI))) static void r16s_rows(float *out, const int8_t *qx
     const bool q4 = w->quant == HC_QUANT_Q4_0R16, q4k = w->quant == HC_QUANT_Q4_KR16;
     const size_t row_bytes = hc_quant_row_bytes(w->quant, K);
     const int64_t g1 = n1 < whole ? n1 : whole;
-    if (T < R16_MIN_T && q4k) {
+    if (T < R16_MIN_T) {
         for (int64_t g = n0; g < g1; g += 16) {
             const uint8_t *group = (const uint8_t *)w->data + (size_t)g * row_bytes;
             for (int64_t t = 0; t < T; t += 4) {
@@ -718,33 +737,11 @@ __attribute__((target(VNNI))) static void r16s_rows(float *out, const int8_t *qx
                 float *os[4];
                 const int8_t *xs[4];
                 const float *dxs[4], *sxs[4];
-                for (int i = 0; i < tb; i++)
-                    os[i] = out + (t + i) * N + g, xs[i] = qx + (t + i) * K, dxs[i] = dx + (t + i) * nb, sxs[i] = sx + (t + i) * nb;
-                switch (tb) {
-                case 1: r16k_group(os, xs, dxs, sxs, group, K / HC_QKK, 1); break;
-                case 2: r16k_group(os, xs, dxs, sxs, group, K / HC_QKK, 2); break;
-                case 3: r16k_group(os, xs, dxs, sxs, group, K / HC_QKK, 3); break;
-                default: r16k_group(os, xs, dxs, sxs, group, K / HC_QKK, 4); break;
-                }
-            }
-        }
-    } else if (T < R16_MIN_T) {
-        for (int64_t g = n0; g < g1; g += 16) {
-            const uint8_t *group = (const uint8_t *)w->data + (size_t)g * row_bytes;
-            for (int64_t t = 0; t < T; t += 4) {
-                const int tb = T - t < 4 ? (int)(T - t) : 4;
-                float *os[4];
-                const int8_t *xs[4];
-                const float *dxs[4];
                 const int32_t *is[4];
                 for (int i = 0; i < tb; i++)
-                    os[i] = out + (t + i) * N + g, xs[i] = qx + (t + i) * K, dxs[i] = dx + (t + i) * nb, is[i] = isx + (t + i) * nb;
-                switch (tb) { /* the token count as a constant, so each case unrolls */
-                case 1: q4 ? r16s_group(os, xs, dxs, is, group, nb, 1, true) : r16s_group(os, xs, dxs, is, group, nb, 1, false); break;
-                case 2: q4 ? r16s_group(os, xs, dxs, is, group, nb, 2, true) : r16s_group(os, xs, dxs, is, group, nb, 2, false); break;
-                case 3: q4 ? r16s_group(os, xs, dxs, is, group, nb, 3, true) : r16s_group(os, xs, dxs, is, group, nb, 3, false); break;
-                default: q4 ? r16s_group(os, xs, dxs, is, group, nb, 4, true) : r16s_group(os, xs, dxs, is, group, nb, 4, false); break;
-                }
+                    os[i] = out + (t + i) * N + g, xs[i] = qx + (t + i) * K, dxs[i] = dx + (t + i) * nb,
+                    sxs[i] = sx + (t + i) * nb, is[i] = isx + (t + i) * nb;
+                r16_group_tokens(w->quant, tb, os, xs, dxs, sxs, is, group, nb);
             }
         }
     } else if (n0 < g1) {
