@@ -513,7 +513,8 @@ static hc_status quantize_model(hc_model *m, int quant, int n_threads, bool use_
         for (int i = 0; i < j.n && !m->be->device; i++) {
             share_check c = {&j, j.items[i].w->data, mat_span(j.items[i].w), false};
             hc_model_each_weight(m, check_mat, check_vec, &c);
-            j.items[i].release = !c.shared;
+            /* rows back to back only: a column slice's rows interleave with another view's */
+            j.items[i].release = !c.shared && j.items[i].w->ld == j.items[i].w->cols;
         }
         char cache_path[4096], key[65];
         const bool cacheable = use_cache && qcache_locate(m, &j, total, fmt, cache_path, sizeof cache_path, key);
