@@ -324,7 +324,9 @@ static void test_fast_matmul(hc_backend *ref) {
                                  /* r16 layouts: whole groups of 16 rows, a lone last block (K/32 odd), tail rows */
                                  {1, 2048, 48}, {3, 96, 32}, {1, 96, 16}, {9, 96, 33}, {2, 160, 35}, {1, 8192, 16}, {7, 64, 64},
                                  /* q4_kr16: super-blocks of 256, whole groups and tails, every token path */
-                                 {1, 512, 32}, {3, 768, 35}, {12, 256, 48}, {1, 2048, 17}};
+                                 {1, 512, 32}, {3, 768, 35}, {12, 256, 48}, {1, 2048, 17},
+                                 /* decode in chunks of rows that a thread done with its slice takes from the other's */
+                                 {1, 4096, 200}};
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const int64_t T = shapes[si][0], K = shapes[si][1], N = shapes[si][2];
         float *q4_ref = malloc(sizeof(float) * (size_t)(T * N)); /* [T, N] the reference on plain q4_0 */
