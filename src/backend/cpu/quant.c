@@ -186,12 +186,20 @@ void hc_dequantize_row(int quant, float *dst, const void *src, int64_t K) {
 
 /* ---- r16 layouts (quant.h) ---------------------------------------------------------------- */
 
-void hc_r16_locate(int quant, const uint8_t *group, int64_t nb, int64_t b, const uint8_t **scales, const uint8_t **data) {
+/* Offsets in a group of block b's 16 scales and of its data (q4_0r16, q8_0r16). */
+static void r16_offsets(int quant, int64_t nb, int64_t b, size_t *scales, size_t *data) {
     const size_t db = quant == HC_QUANT_Q4_0R16 ? 256 : 512; /* a block's data for 16 rows */
-    const uint8_t *pair = group + (size_t)(b / 2) * (64 + 2 * db);
+    const size_t pair = (size_t)(b / 2) * (64 + 2 * db);
     const bool lone = b == nb - 1 && nb % 2;
-    *scales = pair + 32 * (b % 2);
+    *scales = pair + 32 * (size_t)(b % 2);
     *data = pair + (lone ? 32 : 64) + db * (size_t)(b % 2);
+}
+
+void hc_r16_locate(int quant, const uint8_t *group, int64_t nb, int64_t b, const uint8_t **scales, const uint8_t **data) {
+    size_t so, d_o;
+    r16_offsets(quant, nb, b, &so, &d_o);
+    *scales = group + so;
+    *data = group + d_o;
 }
 
 void hc_quantize_mat_row(int quant, void *mat, int64_t N, int64_t K, int64_t n, const float *src) {
@@ -202,12 +210,12 @@ void hc_quantize_mat_row(int quant, void *mat, int64_t N, int64_t K, int64_t n, 
     }
     const int64_t nb = K / HC_QK;
     const int r = (int)(n % 16);
-    const uint8_t *group = (const uint8_t *)mat + rb * (size_t)(n - r);
+    uint8_t *group = (uint8_t *)mat + rb * (size_t)(n - r);
     if (quant == HC_QUANT_Q4_KR16) {
         for (int64_t sb = 0; sb < K / HC_QKK; sb++) {
             hc_block_q4_k blk;
             hc_quantize_row(HC_QUANT_Q4_K, &blk, src + sb * HC_QKK, HC_QKK);
-            uint8_t *o = (uint8_t *)(uintptr_t)group + (size_t)sb * 16 * sizeof(hc_block_q4_k);
+            uint8_t *o = group + (size_t)sb * 16 * sizeof(hc_block_q4_k);
             memcpy(o + 2 * r, &blk.d, 2);
             memcpy(o + 32 + 2 * r, &blk.dmin, 2);
             for (int u = 0; u < 3; u++) memcpy(o + 64 + 64 * u + 4 * r, blk.scales + 4 * u, 4);
@@ -224,9 +232,9 @@ void hc_quantize_mat_row(int quant, void *mat, int64_t N, int64_t K, int64_t n, 
         return;
     }
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *sc, *data;
-        hc_r16_locate(quant, group, nb, b, &sc, &data);
-        uint8_t *scales = (uint8_t *)(uintptr_t)sc, *d = (uint8_t *)(uintptr_t)data;
+        size_t so, d_o;
+        r16_offsets(quant, nb, b, &so, &d_o);
+        uint8_t *scales = group + so, *d = group + d_o;
         if (quant == HC_QUANT_Q8_0R16) {
             hc_block_q8_0 blk;
             hc_quantize_row(HC_QUANT_Q8_0, &blk, src + b * HC_QK, HC_QK);
