@@ -442,18 +442,31 @@ static void qcache_write(const char *path, const char key[65], const uint8_t *ar
     if (!ok || rename(tmp, path) != 0) unlink(tmp);
 }
 
-/* ---- giving back the weights quantize on load replaces ------------------------------------
- * A quantized model kept its stored weights too: read into RAM (`hubcap bench`), a 1B model held
- * its 2.47 GB of bf16 beside 0.83 GB of q4_0. Quantizing now reads a mapping of the file, and
- * each task gives back the pages of the rows it quantized, unless a weight still in use shares
- * them (a tied LM head's source is the embedding table). */
+/* ---- host byte ranges of the weights: what quantizing may give back, what upload_weights copies */
+
+typedef hc_device_range host_range;
 
 typedef struct {
-    const quant_job *j;
-    const char *p; /* one item's stored bytes [p, p + n) */
-    size_t n;
-    bool shared;
-} share_check;
+    host_range *r;
+    int n, cap;
+    bool oom;
+    char *dev_base;
+} range_set;
+
+static void add_range(range_set *rs, const void *data, size_t bytes) {
+    if (!data || rs->oom) return;
+    if (rs->n == rs->cap) {
+        int cap = rs->cap ? rs->cap * 2 : 256;
+        host_range *r = realloc(rs->r, sizeof *r * (size_t)cap);
+        if (!r) {
+            rs->oom = true;
+            return;
+        }
+        rs->r = r;
+        rs->cap = cap;
+    }
+    rs->r[rs->n++] = (host_range){(uintptr_t)data, (uintptr_t)data + bytes, 0};
+}
 
 /* The bytes a view spans, from its first element to its last (slices of fused tensors too). */
 static size_t mat_span(const hc_mat *w) {
@@ -462,19 +475,35 @@ static size_t mat_span(const hc_mat *w) {
     return (size_t)((outer - 1) * w->ld + inner) * hc_dtype_size(w->dtype);
 }
 
-static void overlaps(share_check *c, const void *p, size_t n) {
-    if (p && n && (const char *)p < c->p + c->n && c->p < (const char *)p + n) c->shared = true;
-}
+static void collect_mat(hc_mat *w, void *arg) { add_range(arg, w->data, w->data ? mat_span(w) : 0); }
+static void collect_vec(hc_vec *v, void *arg) { add_range(arg, v->data, (size_t)v->n * hc_dtype_size(v->dtype)); }
 
-static void check_mat(hc_mat *w, void *arg) {
-    share_check *c = arg;
-    for (int i = 0; i < c->j->n; i++)
-        if (c->j->items[i].w == w) return; /* quantized too: its bytes go as well */
-    if (w->data) overlaps(c, w->data, mat_span(w));
-}
-
-static void check_vec(hc_vec *v, void *arg) {
-    if (v->data) overlaps(arg, v->data, (size_t)v->n * hc_dtype_size(v->dtype));
+/* ---- giving back the weights quantize on load replaces ------------------------------------
+ * A quantized model kept its stored weights too: read into RAM (`hubcap bench`), a 1B model held
+ * its 2.47 GB of bf16 beside 0.83 GB of q4_0. Quantizing now reads a mapping of the file, and
+ * each task gives back the pages of the rows it quantized, unless a weight still in use shares
+ * them (a tied LM head's source is the embedding table).
+ *
+ * plan_release marks those items: their views are taken out while the rest are collected, then
+ * each item is checked against what is left. */
+static hc_status plan_release(hc_model *m, quant_job *j) {
+    const void **saved = malloc(sizeof *saved * (size_t)j->n);
+    if (!saved) return hc_fail(HC_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < j->n; i++) saved[i] = j->items[i].w->data, j->items[i].w->data = NULL;
+    range_set kept = {0};
+    hc_model_each_weight(m, collect_mat, collect_vec, &kept);
+    for (int i = 0; i < j->n; i++) j->items[i].w->data = saved[i];
+    free(saved);
+    for (int i = 0; i < j->n && !kept.oom; i++) {
+        const hc_mat *w = j->items[i].w;
+        const uintptr_t lo = (uintptr_t)w->data, hi = lo + mat_span(w);
+        bool shared = false;
+        for (int r = 0; r < kept.n && !shared; r++) shared = kept.r[r].lo < hi && lo < kept.r[r].hi;
+        /* rows back to back only: a column slice's rows interleave with another view's */
+        j->items[i].release = !shared && w->ld == w->cols;
+    }
+    free(kept.r);
+    return HC_OK;
 }
 
 /* n_threads: as the model was asked for (0: every core). use_cache: --quant-cache. */
@@ -508,14 +537,11 @@ static hc_status quantize_model(hc_model *m, int quant, int n_threads, bool use_
     }
     if (!s && j.n) {
         m->owned[m->n_owned++] = j.arena;
-        const char *fmt = quant == HC_QUANT_Q8_0 ? "q8_0" : quant == HC_QUANT_Q4_0 ? "q4_0" : "q4_k";
         j.ck = m->ck;
-        for (int i = 0; i < j.n && !m->be->device; i++) {
-            share_check c = {&j, j.items[i].w->data, mat_span(j.items[i].w), false};
-            hc_model_each_weight(m, check_mat, check_vec, &c);
-            /* rows back to back only: a column slice's rows interleave with another view's */
-            j.items[i].release = !c.shared && j.items[i].w->ld == j.items[i].w->cols;
-        }
+        if (!m->be->device) s = plan_release(m, &j);
+    }
+    if (!s && j.n) {
+        const char *fmt = quant == HC_QUANT_Q8_0 ? "q8_0" : quant == HC_QUANT_Q4_0 ? "q4_0" : "q4_k";
         char cache_path[4096], key[65];
         const bool cacheable = use_cache && qcache_locate(m, &j, total, fmt, cache_path, sizeof cache_path, key);
         if (!(cacheable && qcache_read(cache_path, key, j.arena, total, j.n))) {
@@ -557,34 +583,6 @@ void hc_model_each_weight(hc_model *m, void (*fn_mat)(hc_mat *, void *), void (*
         for (size_t i = 0; i < sizeof lv / sizeof lv[0]; i++) fn_vec(lv[i], arg);
     }
 }
-
-typedef hc_device_range host_range;
-
-typedef struct {
-    host_range *r;
-    int n, cap;
-    bool oom;
-    char *dev_base;
-} range_set;
-
-static void add_range(range_set *rs, const void *data, size_t bytes) {
-    if (!data || rs->oom) return;
-    if (rs->n == rs->cap) {
-        int cap = rs->cap ? rs->cap * 2 : 256;
-        host_range *r = realloc(rs->r, sizeof *r * (size_t)cap);
-        if (!r) {
-            rs->oom = true;
-            return;
-        }
-        rs->r = r;
-        rs->cap = cap;
-    }
-    rs->r[rs->n++] = (host_range){(uintptr_t)data, (uintptr_t)data + bytes, 0};
-}
-
-
-static void collect_mat(hc_mat *w, void *arg) { add_range(arg, w->data, w->data ? mat_span(w) : 0); }
-static void collect_vec(hc_vec *v, void *arg) { add_range(arg, v->data, (size_t)v->n * hc_dtype_size(v->dtype)); }
 
 static const void *translate(range_set *rs, const void *p) {
     if (!p) return NULL;

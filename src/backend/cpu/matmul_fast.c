@@ -25,7 +25,6 @@
 #define DEC_RB 2 /* 16 registers: 8 accumulators and 4 of x */
 #define VZERO() _mm256_setzero_ps()
 #define VLOAD(p) _mm256_loadu_ps(p)
-#define VSTORE(p, v) _mm256_storeu_ps(p, v)
 #define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define VSET1(f) _mm256_set1_ps(f)
 #define VBF16(p) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
@@ -51,7 +50,6 @@ __attribute__((target(TARGET))) static inline float hsum_avx2(__m256 v) {
 #undef DEC_RB
 #undef VZERO
 #undef VLOAD
-#undef VSTORE
 #undef VFMA
 #undef VSET1
 #undef VBF16
@@ -72,7 +70,6 @@ __attribute__((target(TARGET))) static inline float hsum_avx2(__m256 v) {
 #define DEC_RB 4 /* 32 registers: 16 accumulators and 4 of x */
 #define VZERO() _mm512_setzero_ps()
 #define VLOAD(p) _mm512_loadu_ps(p)
-#define VSTORE(p, v) _mm512_storeu_ps(p, v)
 #define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define VSET1(f) _mm512_set1_ps(f)
 #define VBF16(p) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))

@@ -500,39 +500,31 @@ TILE_FN void q4kr16_scales(const uint8_t *sb, __m512 dsc[8], __m512 dmn[8]) {
     }
 }
 
-/* A chunk of blocks of one whole group of an r16 layout (below) into the pack (signed q8_0 bytes and their sums,
- * or q4_0's nibbles and 8 d). */
+/* A chunk of blocks of one whole group of an r16 layout (below) into the pack: signed q8_0 bytes
+ * and their sums, or the nibbles with q4_0's 8 d or q4_k's sub-block scales and mins (unpacked
+ * once per super-block). */
 __attribute__((target(VNNI))) static void r16_pack_group(r16_pack *p, int quant, const uint8_t *group, int64_t nb,
                                                         int64_t b0, int64_t nblk) {
     const __m512i low = _mm512_set1_epi8(0x0F), top = _mm512_set1_epi8((char)0x80), ones = _mm512_set1_epi8(1);
+    __m512 dsc[8], dmn[8]; /* q4_k: the current super-block's */
     for (int64_t bi = 0; bi < nblk; bi++) {
-        const uint8_t *sc, *data;
-        if (quant == HC_QUANT_Q4_KR16) { /* sub-block b0 + bi of its super-block */
-            const int64_t b = b0 + bi;
+        const int64_t b = b0 + bi;
+        const uint8_t *data;
+        if (quant == HC_QUANT_Q4_KR16) { /* sub-block b % 8 of super-block b / 8 */
             const uint8_t *sb = group + (size_t)(b / 8) * 16 * sizeof(hc_block_q4_k);
-            __m512 dsc[8], dmn[8];
-            q4kr16_scales(sb, dsc, dmn);
+            if (bi == 0 || b % 8 == 0) q4kr16_scales(sb, dsc, dmn);
             _mm512_storeu_ps(p->d[bi], dsc[b % 8]);
             _mm512_storeu_ps(p->mn[bi], dmn[b % 8]);
             data = sb + 256 + 256 * (b % 8);
-            for (int i = 0; i < 4; i++) {
-                const __m512i v = _mm512_loadu_si512((const void *)(data + 64 * i));
-                _mm512_storeu_si512((void *)p->q[bi][2 * i], _mm512_and_si512(v, low));
-                _mm512_storeu_si512((void *)p->q[bi][2 * i + 1], _mm512_and_si512(_mm512_srli_epi16(v, 4), low));
-            }
-            continue;
-        }
-        hc_r16_locate(quant, group, nb, b0 + bi, &sc, &data);
-        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sc));
-        _mm512_storeu_ps(p->d[bi], d);
-        if (quant == HC_QUANT_Q4_0R16) {
-            _mm512_storeu_ps(p->mn[bi], _mm512_mul_ps(d, _mm512_set1_ps(8.0f)));
-            for (int i = 0; i < 4; i++) {
-                const __m512i v = _mm512_loadu_si512((const void *)(data + 64 * i));
-                _mm512_storeu_si512((void *)p->q[bi][2 * i], _mm512_and_si512(v, low));
-                _mm512_storeu_si512((void *)p->q[bi][2 * i + 1], _mm512_and_si512(_mm512_srli_epi16(v, 4), low));
-            }
         } else {
+            size_t so, d_o;
+            hc_r16_offsets(quant, nb, b, &so, &d_o);
+            data = group + d_o;
+            const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(group + so)));
+            _mm512_storeu_ps(p->d[bi], d);
+            if (quant == HC_QUANT_Q4_0R16) _mm512_storeu_ps(p->mn[bi], _mm512_mul_ps(d, _mm512_set1_ps(8.0f)));
+        }
+        if (quant == HC_QUANT_Q8_0R16) {
             __m512i sum = _mm512_setzero_si512();
             for (int j = 0; j < 8; j++) {
                 const __m512i v = _mm512_xor_si512(_mm512_loadu_si512((const void *)(data + 64 * j)), top);
@@ -540,6 +532,12 @@ __attribute__((target(VNNI))) static void r16_pack_group(r16_pack *p, int quant,
                 sum = _mm512_dpbusd_epi32(sum, ones, v);
             }
             _mm512_storeu_si512((void *)p->ws[bi], sum);
+        } else { /* nibbles: vector i holds weights 4(2i)..+3 low and 4(2i+1)..+3 high */
+            for (int i = 0; i < 4; i++) {
+                const __m512i v = _mm512_loadu_si512((const void *)(data + 64 * i));
+                _mm512_storeu_si512((void *)p->q[bi][2 * i], _mm512_and_si512(v, low));
+                _mm512_storeu_si512((void *)p->q[bi][2 * i + 1], _mm512_and_si512(_mm512_srli_epi16(v, 4), low));
+            }
         }
     }
 }
@@ -640,10 +638,10 @@ TILE_FN void r16s_group(float *const *out, const int8_t *const *x, const float *
     const int32_t offset = q4 ? 8 : 128;
     __m512 acc[4];
     for (int t = 0; t < TB; t++) acc[t] = _mm512_setzero_ps();
-    const size_t db = q4 ? 256 : 512; /* a block's data (hc_r16_locate, inlined) */
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *pair = group + (size_t)(b / 2) * (64 + 2 * db);
-        const uint8_t *sc = pair + 32 * (b % 2), *data = pair + (b == nb - 1 && nb % 2 ? 32 : 64) + db * (size_t)(b % 2);
+        size_t so, d_o;
+        hc_r16_offsets(q4 ? HC_QUANT_Q4_0R16 : HC_QUANT_Q8_0R16, nb, b, &so, &d_o);
+        const uint8_t *sc = group + so, *data = group + d_o;
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sc));
         __m512i w[8]; /* w[j]: weights 4j..4j+3 of the 16 rows (q4_0's odd j as 16 q) */
         for (int i = 0; i < (q4 ? 4 : 8); i++) {

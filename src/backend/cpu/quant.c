@@ -186,22 +186,6 @@ void hc_dequantize_row(int quant, float *dst, const void *src, int64_t K) {
 
 /* ---- r16 layouts (quant.h) ---------------------------------------------------------------- */
 
-/* Offsets in a group of block b's 16 scales and of its data (q4_0r16, q8_0r16). */
-static void r16_offsets(int quant, int64_t nb, int64_t b, size_t *scales, size_t *data) {
-    const size_t db = quant == HC_QUANT_Q4_0R16 ? 256 : 512; /* a block's data for 16 rows */
-    const size_t pair = (size_t)(b / 2) * (64 + 2 * db);
-    const bool lone = b == nb - 1 && nb % 2;
-    *scales = pair + 32 * (size_t)(b % 2);
-    *data = pair + (lone ? 32 : 64) + db * (size_t)(b % 2);
-}
-
-void hc_r16_locate(int quant, const uint8_t *group, int64_t nb, int64_t b, const uint8_t **scales, const uint8_t **data) {
-    size_t so, d_o;
-    r16_offsets(quant, nb, b, &so, &d_o);
-    *scales = group + so;
-    *data = group + d_o;
-}
-
 void hc_quantize_mat_row(int quant, void *mat, int64_t N, int64_t K, int64_t n, const float *src) {
     const size_t rb = hc_quant_row_bytes(quant, K);
     if (!hc_quant_is_r16(quant) || n >= N / 16 * 16) {
@@ -233,7 +217,7 @@ void hc_quantize_mat_row(int quant, void *mat, int64_t N, int64_t K, int64_t n, 
     }
     for (int64_t b = 0; b < nb; b++) {
         size_t so, d_o;
-        r16_offsets(quant, nb, b, &so, &d_o);
+        hc_r16_offsets(quant, nb, b, &so, &d_o);
         uint8_t *scales = group + so, *d = group + d_o;
         if (quant == HC_QUANT_Q8_0R16) {
             hc_block_q8_0 blk;
@@ -271,8 +255,10 @@ void hc_dequantize_r16_block(int quant, float *dst, const void *mat, int64_t K, 
         hc_dequantize_row(HC_QUANT_Q4_K, dst, &blk, HC_QKK);
         return;
     }
-    const uint8_t *sc, *data;
-    hc_r16_locate(quant, (const uint8_t *)mat + hc_quant_row_bytes(quant, K) * (size_t)(n - r), K / HC_QK, b, &sc, &data);
+    const uint8_t *group = (const uint8_t *)mat + hc_quant_row_bytes(quant, K) * (size_t)(n - r);
+    size_t so, d_o;
+    hc_r16_offsets(quant, K / HC_QK, b, &so, &d_o);
+    const uint8_t *sc = group + so, *data = group + d_o;
     uint16_t d16;
     memcpy(&d16, sc + 2 * r, 2);
     const float d = hc_f16_to_f32(d16);

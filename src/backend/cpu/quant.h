@@ -83,8 +83,14 @@ void hc_quantize_mat_row(int quant, void *mat, int64_t N, int64_t K, int64_t n, 
 /* Widens block b (32 weights, or 256 for q4_kr16) of row n of an r16 matrix, n inside a whole
  * group. */
 void hc_dequantize_r16_block(int quant, float *dst, const void *mat, int64_t K, int64_t n, int64_t b);
-/* Where block b of a group's blocks keeps its 16 scales and its data (nb blocks a row; q4_0r16
- * and q8_0r16). */
-void hc_r16_locate(int quant, const uint8_t *group, int64_t nb, int64_t b, const uint8_t **scales, const uint8_t **data);
+/* Where in a group block b keeps its 16 scales and its data (nb blocks a row; q4_0r16 and
+ * q8_0r16): byte offsets. Inline, since the decode kernels ask for every block. */
+static inline void hc_r16_offsets(int quant, int64_t nb, int64_t b, size_t *scales, size_t *data) {
+    const size_t db = quant == HC_QUANT_Q4_0R16 ? 256 : 512; /* a block's data for 16 rows */
+    const size_t pair = (size_t)(b / 2) * (64 + 2 * db);
+    const bool lone = b == nb - 1 && nb % 2;
+    *scales = pair + 32 * (size_t)(b % 2);
+    *data = pair + (lone ? 32 : 64) + db * (size_t)(b % 2);
+}
 
 #endif
