@@ -547,9 +547,14 @@ static void test_fast_matmul(hc_backend *ref) {
         }
         free(qa), free(k), free(v), free(go), free(scratch);
     }
-    /* Attention: the fast path against the reference, and 1 vs 2 threads bit for bit. */
-    {
-        const int64_t T = 7, H = 8, KVH = 2, D = 67, S = 300;
+    /* Attention: the fast path against the reference, and 1 vs 2 threads bit for bit: a head dim
+     * of no vector width (the per-key path), and the grouped path's 64 and 128 (4 query heads a KV
+     * head; 10 with one KV head, so an item takes 4, 4 and 2), prompts and decode. */
+    const struct {
+        int64_t T, H, KVH, D;
+    } att_cases[] = {{7, 8, 2, 67}, {7, 8, 2, 64}, {1, 32, 8, 64}, {5, 10, 1, 128}, {1, 10, 1, 128}};
+    for (size_t ac = 0; ac < sizeof att_cases / sizeof att_cases[0]; ac++) {
+        const int64_t T = att_cases[ac].T, H = att_cases[ac].H, KVH = att_cases[ac].KVH, D = att_cases[ac].D, S = 300;
         float *qv = malloc(sizeof(float) * T * H * D), *kc = malloc(sizeof(float) * S * KVH * D),
               *vc = malloc(sizeof(float) * S * KVH * D), *o1 = malloc(sizeof(float) * T * H * D),
               *o2 = malloc(sizeof(float) * T * H * D), *o3 = malloc(sizeof(float) * T * H * D), scratch[300];
@@ -557,15 +562,17 @@ static void test_fast_matmul(hc_backend *ref) {
         fill(kc, S * KVH * D);
         fill(vc, S * KVH * D);
         int32_t pos[7];
-        for (int w = 0; w < 2; w++) {
-            for (int t = 0; t < T; t++) pos[t] = 250 + t;
-            ref->attention(ref, o1, qv, kc, vc, HC_DTYPE_F32, pos, T, H, KVH, D, 0.2f, w ? 40 : 0, w ? 30.0f : 0, 0, scratch);
-            fast1->attention(fast1, o2, qv, kc, vc, HC_DTYPE_F32, pos, T, H, KVH, D, 0.2f, w ? 40 : 0, w ? 30.0f : 0, 0, scratch);
-            fast2->attention(fast2, o3, qv, kc, vc, HC_DTYPE_F32, pos, T, H, KVH, D, 0.2f, w ? 40 : 0, w ? 30.0f : 0, 0, scratch);
+        for (int w = 0; w < 3; w++) { /* the last: fewer keys than a block of 16 */
+            for (int t = 0; t < T; t++) pos[t] = (w == 2 ? 3 : 250) + t;
+            const int64_t win = w == 1 ? 40 : 0;
+            const float cap = w == 1 ? 30.0f : 0;
+            ref->attention(ref, o1, qv, kc, vc, HC_DTYPE_F32, pos, T, H, KVH, D, 0.2f, win, cap, 0, scratch);
+            fast1->attention(fast1, o2, qv, kc, vc, HC_DTYPE_F32, pos, T, H, KVH, D, 0.2f, win, cap, 0, scratch);
+            fast2->attention(fast2, o3, qv, kc, vc, HC_DTYPE_F32, pos, T, H, KVH, D, 0.2f, win, cap, 0, scratch);
             double err = 0;
             for (int64_t i = 0; i < T * H * D; i++) err = fmax(err, fabs((double)o1[i] - o2[i]));
-            CHECK(err < 1e-5, "fast attention (window %d): %g", w, err);
-            CHECK(!memcmp(o2, o3, sizeof(float) * T * H * D), "fast attention: same bits with 1 and 2 threads");
+            CHECK(err < 1e-5, "fast attention (D %d, window %d): %g", (int)D, w, err);
+            CHECK(!memcmp(o2, o3, sizeof(float) * T * H * D), "fast attention (D %d): same bits with 1 and 2 threads", (int)D);
         }
         /* 16-bit caches: store with set_rows, attend, compare with f32 within the rounding. */
         for (int dt = 0; dt < 2; dt++) {
@@ -584,7 +591,8 @@ static void test_fast_matmul(hc_backend *ref) {
                 e16 = fmax(e16, fabs((double)o1[i] - o2[i]));
                 ef = fmax(ef, fabs((double)o2[i] - o3[i]));
             }
-            CHECK(e16 < (dt ? 2e-2 : 3e-3) && ef < 1e-5, "%s KV cache: %g vs f32, fast %g", dt ? "bf16" : "f16", e16, ef);
+            CHECK(e16 < (dt ? 2e-2 : 3e-3) && ef < 1e-5, "%s KV cache (D %d): %g vs f32, fast %g", dt ? "bf16" : "f16", (int)D,
+                  e16, ef);
             free(k16);
             free(v16);
         }
