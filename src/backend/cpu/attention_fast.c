@@ -163,44 +163,44 @@ T512 static inline __m512 sum16(const __m512 *a) {
                          _mm512_shuffle_f32x4(z[0], z[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-/* sc[0..n) = scale * q . k_s for keys s = lo.. of KV head g (row stride ld elements), DC = D / 16
- * (a constant where the caller inlines it, so q and the 16 sums stay in registers). */
+/* 16 keys' scores for one head: sc[i] = scale * q . k_{s0+i} for i < nk (the rest of the block
+ * zero-padded, so each key's sum is in the same order wherever it falls). DC = D / 16. */
 static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl,avx512dq,f16c"))) void
-gq_scores_dc(float *sc, const float *q, const void *kc, const hc_dtype dt, int64_t lo, int64_t n, int64_t ld, int64_t g,
-             const int64_t DC, float scale) {
-    const __m512 sv = _mm512_set1_ps(scale);
-    int64_t s = 0;
-    for (; s + 16 <= n; s += 16) {
-        __m512 a[16];
+gq_block(float *sc, const float *q, const void *kc, const hc_dtype dt, int64_t s0, int nk, int64_t ld, int64_t g,
+         const int64_t DC, __m512 sv) {
+    __m512 a[16];
 #pragma GCC unroll 16
-        for (int i = 0; i < 16; i++) {
-            const int64_t off = (lo + s + i) * ld + g * DC * 16;
-            a[i] = _mm512_mul_ps(_mm512_loadu_ps(q), kv_load(kc, dt, off));
-            for (int64_t c = 1; c < DC; c++) a[i] = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * c), kv_load(kc, dt, off + 16 * c), a[i]);
-        }
-        _mm512_storeu_ps(sc + s, _mm512_mul_ps(sum16(a), sv));
+    for (int i = 0; i < 16; i++) {
+        a[i] = _mm512_setzero_ps();
+        if (i >= nk) continue;
+        const int64_t off = (s0 + i) * ld + g * DC * 16;
+        a[i] = _mm512_mul_ps(_mm512_loadu_ps(q), kv_load(kc, dt, off));
+        for (int64_t c = 1; c < DC; c++) a[i] = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * c), kv_load(kc, dt, off + 16 * c), a[i]);
     }
-    if (s < n) { /* the last keys, zero-padded to a block: each key's sum in the same order */
-        const int nk = (int)(n - s);
-        __m512 a[16];
-        for (int i = 0; i < 16; i++) {
-            a[i] = _mm512_setzero_ps();
-            if (i >= nk) continue;
-            const int64_t off = (lo + s + i) * ld + g * DC * 16;
-            a[i] = _mm512_mul_ps(_mm512_loadu_ps(q), kv_load(kc, dt, off));
-            for (int64_t c = 1; c < DC; c++) a[i] = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * c), kv_load(kc, dt, off + 16 * c), a[i]);
-        }
-        _mm512_mask_storeu_ps(sc + s, (__mmask16)((1u << nk) - 1), _mm512_mul_ps(sum16(a), sv));
-    }
+    _mm512_mask_storeu_ps(sc, (__mmask16)((1u << nk) - 1), _mm512_mul_ps(sum16(a), sv));
 }
 
-T512 static void gq_scores(float *sc, const float *q, const void *kc, hc_dtype dt, int64_t lo, int64_t n, int64_t ld,
-                           int64_t g, int64_t D, float scale) {
+/* sc[h][0..n) = scale * q_h . k_s for keys s = lo.. of KV head g (row stride ld elements), for hn
+ * heads: a block of 16 keys for every head before the next block, so the block comes from memory
+ * once and the other heads read it from L1 while the next streams in. */
+static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl,avx512dq,f16c"))) void
+gq_scores_dc(float *const *sc, const float *const *q, int hn, const void *kc, const hc_dtype dt, int64_t lo, int64_t n,
+             int64_t ld, int64_t g, const int64_t DC, float scale) {
+    const __m512 sv = _mm512_set1_ps(scale);
+    int64_t s = 0;
+    for (; s + 16 <= n; s += 16)
+        for (int h = 0; h < hn; h++) gq_block(sc[h] + s, q[h], kc, dt, lo + s, 16, ld, g, DC, sv);
+    if (s < n)
+        for (int h = 0; h < hn; h++) gq_block(sc[h] + s, q[h], kc, dt, lo + s, (int)(n - s), ld, g, DC, sv);
+}
+
+T512 static void gq_scores(float *const *sc, const float *const *q, int hn, const void *kc, hc_dtype dt, int64_t lo,
+                           int64_t n, int64_t ld, int64_t g, int64_t D, float scale) {
     /* the cache's dtype and the common head dims as constants: no branch per load */
 #define GQ_SCORES(DT)                                                                                                  \
-    if (D == 64) gq_scores_dc(sc, q, kc, DT, lo, n, ld, g, 4, scale);                                                  \
-    else if (D == 128) gq_scores_dc(sc, q, kc, DT, lo, n, ld, g, 8, scale);                                            \
-    else gq_scores_dc(sc, q, kc, DT, lo, n, ld, g, D / 16, scale);
+    if (D == 64) gq_scores_dc(sc, q, hn, kc, DT, lo, n, ld, g, 4, scale);                                              \
+    else if (D == 128) gq_scores_dc(sc, q, hn, kc, DT, lo, n, ld, g, 8, scale);                                        \
+    else gq_scores_dc(sc, q, hn, kc, DT, lo, n, ld, g, D / 16, scale);
     if (dt == HC_DTYPE_F32) {
         GQ_SCORES(HC_DTYPE_F32)
     } else if (dt == HC_DTYPE_F16) {
@@ -245,11 +245,12 @@ T512 static void gq_item(const gq_job *j, int64_t item, float *att) {
     const int64_t t = item / (KVH * j->subs), g = item / j->subs % KVH, h0 = g * G + item % j->subs * GQ;
     const int hn = G - (h0 - g * G) < GQ ? (int)(G - (h0 - g * G)) : GQ;
     const int64_t p = j->pos[t], lo = (j->window > 0 && p - j->window + 1 > 0) ? p - j->window + 1 : 0, n = p - lo + 1;
-    float *out[GQ];
-    const float *pr[GQ];
+    float *out[GQ], *scs[GQ] = {0};
+    const float *pr[GQ], *qs[GQ] = {0};
+    for (int h = 0; h < hn; h++) scs[h] = att + h * n, qs[h] = j->q + (t * H + h0 + h) * D;
+    gq_scores(scs, qs, hn, j->kc, j->kv, lo, n, ld, g, D, j->scale);
     for (int h = 0; h < hn; h++) {
-        float *sc = att + h * n;
-        gq_scores(sc, j->q + (t * H + h0 + h) * D, j->kc, j->kv, lo, n, ld, g, D, j->scale);
+        float *sc = scs[h];
         float mx = -INFINITY;
         for (int64_t s = 0; s < n; s++) {
             if (j->softcap > 0) sc[s] = j->softcap * tanhf(sc[s] / j->softcap);

