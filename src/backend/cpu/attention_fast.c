@@ -116,16 +116,24 @@ static void att_part(void *ctx, int ith, int nth) {
     }
 }
 
-/* ---- AVX-512, head dims a multiple of 16 (up to 256): the query heads that share a KV head
- * together. One item is a token, a KV head and up to 4 of its query heads (GQA's group), so
- * each key and value row is read once for all of them, and a value row's weighted sum stays in
- * registers over the whole sequence. Scores of 16 keys at a time: each key's products in one
- * vector, the 16 vectors summed across lanes by one tree (sum16), the same order for every key
- * wherever it falls, so a short last block (zero-padded) gives the same bits. The per-key dot
- * and axpy calls above, with a lane reduction per key and head, cost the 1B model 4-5 ms a
- * decoded token at position 500 (a fifth of the token), and more than the matmuls in prompts. */
+/* ---- AVX-512, head dims a multiple of 16 (up to 256): whole rows of the cache at a time ----
+ * One item is a token and a range of KV heads with all their query heads. Scores go 16 keys at
+ * a time: each key's products in one vector, the 16 vectors summed across lanes by one tree
+ * (sum16), the same order for every key wherever it falls, so a short last block (zero-padded)
+ * gives the same bits. The block's rows are read once, for every head of the range, and the
+ * value sums go on over the same blocks, in order. A cache row holds every KV head ([S,
+ * KVH*D]), so a range reads one contiguous part of each row: decode gives each thread a range,
+ * prompts take all heads for each token.
+ * What this replaced, on the 1B model at position 504 (f32 cache, from memory): per-key dot and
+ * axpy calls with a lane reduction for each key and head took 4-5 ms a decoded token; an item
+ * per KV head, reading 256 of every 2048 bytes of a row (a stride the hardware prefetchers do
+ * not follow), 2-3 ms. */
 
-#define GQ 4 /* query heads an item takes at most */
+#define GQ 4 /* query heads a value tile takes at most */
+/* How far ahead the key and value rows are asked for (in keys), so the next blocks stream in
+ * while this one is computed. */
+#define KV_AHEAD 32
+#define V_AHEAD 16
 
 typedef struct {
     float *out;
@@ -133,15 +141,16 @@ typedef struct {
     const void *kc, *vc;
     hc_dtype kv;
     const int32_t *pos;
-    int64_t T, H, KVH, D, window, subs; /* subs: items per (token, KV head) */
+    int64_t T, H, KVH, D, window, ranges; /* ranges: KV head ranges a token's items split into */
     float scale, softcap;
     hc_fast_ctx *fx;
-} gq_job;
+} hr_job;
 
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c")))
+#define T512_INLINE static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl,avx512dq,f16c")))
 
 /* 16 floats of a cache at element off, widened to f32. */
-T512 static inline __m512 kv_load(const void *cache, hc_dtype dt, int64_t off) {
+T512_INLINE __m512 kv_load(const void *cache, hc_dtype dt, int64_t off) {
     if (dt == HC_DTYPE_F32) return _mm512_loadu_ps((const float *)cache + off);
     const __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)cache + off));
     if (dt == HC_DTYPE_F16) return _mm512_cvtph_ps(h);
@@ -149,7 +158,7 @@ T512 static inline __m512 kv_load(const void *cache, hc_dtype dt, int64_t off) {
 }
 
 /* r[i] = the sum of a[i]'s 16 lanes, for i < 16. */
-T512 static inline __m512 sum16(const __m512 *a) {
+T512_INLINE __m512 sum16(const __m512 *a) {
     __m512 t[8], w[4], z[2];
     for (int i = 0; i < 8; i++) /* each 128-bit lane: [x0+x2, y0+y2, x1+x3, y1+y3] */
         t[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
@@ -163,11 +172,10 @@ T512 static inline __m512 sum16(const __m512 *a) {
                          _mm512_shuffle_f32x4(z[0], z[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-/* 16 keys' scores for one head: sc[i] = scale * q . k_{s0+i} for i < nk (the rest of the block
- * zero-padded, so each key's sum is in the same order wherever it falls). DC = D / 16. */
-static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl,avx512dq,f16c"))) void
-gq_block(float *sc, const float *q, const void *kc, const hc_dtype dt, int64_t s0, int nk, int64_t ld, int64_t g,
-         const int64_t DC, __m512 sv) {
+/* 16 keys' scores for one head: sc[i] = scale * q . k_{s0+i} (KV head g) for i < nk, the rest of
+ * the block zero-padded. DC = D / 16. */
+T512_INLINE void hr_block(float *sc, const float *q, const void *kc, const hc_dtype dt, int64_t s0, int nk, int64_t ld,
+                          int64_t g, const int64_t DC, __m512 sv) {
     __m512 a[16];
 #pragma GCC unroll 16
     for (int i = 0; i < 16; i++) {
@@ -180,103 +188,127 @@ gq_block(float *sc, const float *q, const void *kc, const hc_dtype dt, int64_t s
     _mm512_mask_storeu_ps(sc, (__mmask16)((1u << nk) - 1), _mm512_mul_ps(sum16(a), sv));
 }
 
-/* sc[h][0..n) = scale * q_h . k_s for keys s = lo.. of KV head g (row stride ld elements), for hn
- * heads: a block of 16 keys for every head before the next block, so the block comes from memory
- * once and the other heads read it from L1 while the next streams in. */
-static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl,avx512dq,f16c"))) void
-gq_scores_dc(float *const *sc, const float *const *q, int hn, const void *kc, const hc_dtype dt, int64_t lo, int64_t n,
-             int64_t ld, int64_t g, const int64_t DC, float scale) {
-    const __m512 sv = _mm512_set1_ps(scale);
-    int64_t s = 0;
-    for (; s + 16 <= n; s += 16)
-        for (int h = 0; h < hn; h++) gq_block(sc[h] + s, q[h], kc, dt, lo + s, 16, ld, g, DC, sv);
-    if (s < n)
-        for (int h = 0; h < hn; h++) gq_block(sc[h] + s, q[h], kc, dt, lo + s, (int)(n - s), ld, g, DC, sv);
-}
-
-T512 static void gq_scores(float *const *sc, const float *const *q, int hn, const void *kc, hc_dtype dt, int64_t lo,
-                           int64_t n, int64_t ld, int64_t g, int64_t D, float scale) {
-    /* the cache's dtype and the common head dims as constants: no branch per load */
-#define GQ_SCORES(DT)                                                                                                  \
-    if (D == 64) gq_scores_dc(sc, q, hn, kc, DT, lo, n, ld, g, 4, scale);                                              \
-    else if (D == 128) gq_scores_dc(sc, q, hn, kc, DT, lo, n, ld, g, 8, scale);                                        \
-    else gq_scores_dc(sc, q, hn, kc, DT, lo, n, ld, g, D / 16, scale);
-    if (dt == HC_DTYPE_F32) {
-        GQ_SCORES(HC_DTYPE_F32)
-    } else if (dt == HC_DTYPE_F16) {
-        GQ_SCORES(HC_DTYPE_F16)
-    } else {
-        GQ_SCORES(HC_DTYPE_BF16)
+/* Asks for bytes [a, a + n) of rows s0.. s0 + rows - 1 (stride ld elements of es bytes). */
+static inline void hr_prefetch(const void *cache, size_t es, int64_t s0, int64_t rows, int64_t ld, int64_t a,
+                               int64_t n) {
+    for (int64_t s = s0; s < s0 + rows; s++) {
+        const char *r = (const char *)cache + ((size_t)(s * ld + a)) * es;
+        for (int64_t b = 0; b < n * (int64_t)es; b += 64) _mm_prefetch(r + b, _MM_HINT_T0);
     }
-#undef GQ_SCORES
 }
 
-/* out[h] (+16 c0 .. for CN vectors) = sum_s p[h][s] v_s, for HN heads: HN x CN sums in registers. */
-#define GQ_VTILE(HN, CN)                                                                                               \
-    T512 static void gq_values_##HN##_##CN(float *const *out, const float *const *p, const void *vc, hc_dtype dt,        \
-                                           int64_t lo, int64_t n, int64_t ld, int64_t base) {                         \
+/* sc[h][0..n) for the heads [h0, h1) (query heads of KV heads g = h / G): key blocks in order,
+ * every head of a block before the next. */
+T512_INLINE void hr_scores_dc(float *sc, const hr_job *j, const float *q, int64_t h0, int64_t h1, int64_t lo, int64_t n,
+                              const hc_dtype dt, const int64_t DC) {
+    const int64_t G = j->H / j->KVH, ld = j->KVH * j->D, D = DC * 16;
+    const __m512 sv = _mm512_set1_ps(j->scale);
+    const size_t es = dt == HC_DTYPE_F32 ? 4 : 2;
+    for (int64_t s = 0; s < n; s += 16) {
+        const int nk = n - s < 16 ? (int)(n - s) : 16;
+        if (s + 16 + KV_AHEAD <= n) hr_prefetch(j->kc, es, lo + s + KV_AHEAD, 16, ld, h0 / G * D, (h1 - h0) / G * D);
+        for (int64_t h = h0; h < h1; h++) hr_block(sc + (h - h0) * n + s, q + h * D, j->kc, dt, lo + s, nk, ld, h / G, DC, sv);
+    }
+}
+
+/* the cache's dtype and the common head dims as constants: no branch per load */
+T512 static void hr_scores(float *sc, const hr_job *j, const float *q, int64_t h0, int64_t h1, int64_t lo, int64_t n) {
+#define HR_SCORES(DT)                                                                                                  \
+    if (j->D == 64) hr_scores_dc(sc, j, q, h0, h1, lo, n, DT, 4);                                                      \
+    else if (j->D == 128) hr_scores_dc(sc, j, q, h0, h1, lo, n, DT, 8);                                                \
+    else hr_scores_dc(sc, j, q, h0, h1, lo, n, DT, j->D / 16);
+    if (j->kv == HC_DTYPE_F32) {
+        HR_SCORES(HC_DTYPE_F32)
+    } else if (j->kv == HC_DTYPE_F16) {
+        HR_SCORES(HC_DTYPE_F16)
+    } else {
+        HR_SCORES(HC_DTYPE_BF16)
+    }
+#undef HR_SCORES
+}
+
+/* o[h][16 c ..] += sum_s p[h][s] v_s over nk keys from s0, for HN heads and CN vectors: each sum
+ * goes on from memory, over s in order. */
+#define HR_VTILE(HN, CN)                                                                                               \
+    T512 static void hr_values_##HN##_##CN(float *const *o, const float *const *p, const void *vc, hc_dtype dt,         \
+                                           int64_t s0, int nk, int64_t ld, int64_t base) {                            \
         __m512 acc[HN][CN];                                                                                            \
         for (int h = 0; h < HN; h++)                                                                                   \
-            for (int c = 0; c < CN; c++) acc[h][c] = _mm512_setzero_ps();                                              \
-        for (int64_t s = 0; s < n; s++) {                                                                              \
+            for (int c = 0; c < CN; c++) acc[h][c] = _mm512_loadu_ps(o[h] + 16 * c);                                   \
+        for (int s = 0; s < nk; s++) {                                                                                 \
             __m512 v[CN];                                                                                              \
-            for (int c = 0; c < CN; c++) v[c] = kv_load(vc, dt, (lo + s) * ld + base + 16 * c);                        \
+            for (int c = 0; c < CN; c++) v[c] = kv_load(vc, dt, (s0 + s) * ld + base + 16 * c);                        \
             for (int h = 0; h < HN; h++) {                                                                             \
                 const __m512 w = _mm512_set1_ps(p[h][s]);                                                              \
                 for (int c = 0; c < CN; c++) acc[h][c] = _mm512_fmadd_ps(w, v[c], acc[h][c]);                          \
             }                                                                                                          \
         }                                                                                                              \
         for (int h = 0; h < HN; h++)                                                                                   \
-            for (int c = 0; c < CN; c++) _mm512_storeu_ps(out[h] + 16 * c, acc[h][c]);                                 \
+            for (int c = 0; c < CN; c++) _mm512_storeu_ps(o[h] + 16 * c, acc[h][c]);                                   \
     }
-GQ_VTILE(1, 4)
-GQ_VTILE(2, 4)
-GQ_VTILE(3, 4)
-GQ_VTILE(4, 4)
-GQ_VTILE(1, 1)
-GQ_VTILE(2, 1)
-GQ_VTILE(3, 1)
-GQ_VTILE(4, 1)
-typedef void (*gq_values_fn)(float *const *, const float *const *, const void *, hc_dtype, int64_t, int64_t, int64_t,
+HR_VTILE(1, 4)
+HR_VTILE(2, 4)
+HR_VTILE(3, 4)
+HR_VTILE(4, 4)
+HR_VTILE(1, 1)
+HR_VTILE(2, 1)
+HR_VTILE(3, 1)
+HR_VTILE(4, 1)
+typedef void (*hr_values_fn)(float *const *, const float *const *, const void *, hc_dtype, int64_t, int, int64_t,
                              int64_t);
 
-T512 static void gq_item(const gq_job *j, int64_t item, float *att) {
-    const int64_t H = j->H, KVH = j->KVH, D = j->D, G = H / KVH, ld = KVH * D;
-    const int64_t t = item / (KVH * j->subs), g = item / j->subs % KVH, h0 = g * G + item % j->subs * GQ;
-    const int hn = G - (h0 - g * G) < GQ ? (int)(G - (h0 - g * G)) : GQ;
+/* Token t, KV heads [g0, g1): out = softmax(scores) V for their query heads. */
+T512 static void hr_item(const hr_job *j, int64_t t, int64_t g0, int64_t g1, float *sc /* [heads][n] */) {
+    const int64_t H = j->H, D = j->D, G = H / j->KVH, ld = j->KVH * D, h0 = g0 * G, h1 = g1 * G;
     const int64_t p = j->pos[t], lo = (j->window > 0 && p - j->window + 1 > 0) ? p - j->window + 1 : 0, n = p - lo + 1;
-    float *out[GQ], *scs[GQ] = {0};
-    const float *pr[GQ], *qs[GQ] = {0};
-    for (int h = 0; h < hn; h++) scs[h] = att + h * n, qs[h] = j->q + (t * H + h0 + h) * D;
-    gq_scores(scs, qs, hn, j->kc, j->kv, lo, n, ld, g, D, j->scale);
-    for (int h = 0; h < hn; h++) {
-        float *sc = scs[h];
-        float mx = -INFINITY;
-        for (int64_t s = 0; s < n; s++) {
-            if (j->softcap > 0) sc[s] = j->softcap * tanhf(sc[s] / j->softcap);
-            if (sc[s] > mx) mx = sc[s];
+    hr_scores(sc, j, j->q + t * H * D, h0, h1, lo, n);
+    for (int64_t h = h0; h < h1; h++) {
+        float *e = sc + (h - h0) * n;
+        if (j->softcap > 0)
+            for (int64_t s = 0; s < n; s++) e[s] = j->softcap * tanhf(e[s] / j->softcap);
+        __m512 m = _mm512_set1_ps(-INFINITY);
+        int64_t s = 0;
+        for (; s + 16 <= n; s += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(e + s));
+        float mx = _mm512_reduce_max_ps(m);
+        for (; s < n; s++) mx = e[s] > mx ? e[s] : mx;
+        const __m512 inv = _mm512_set1_ps((float)(1.0 / hc_vec_exp_shift(e, mx, n)));
+        for (s = 0; s + 16 <= n; s += 16) _mm512_storeu_ps(e + s, _mm512_mul_ps(_mm512_loadu_ps(e + s), inv));
+        if (s < n) {
+            const __mmask16 k = (__mmask16)((1u << (n - s)) - 1);
+            _mm512_mask_storeu_ps(e + s, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, e + s), inv));
         }
-        const float inv = (float)(1.0 / hc_vec_exp_shift(sc, mx, n));
-        for (int64_t s = 0; s < n; s++) sc[s] *= inv;
-        out[h] = j->out + (t * H + h0 + h) * D;
-        pr[h] = sc;
     }
-    static const gq_values_fn by4[GQ] = {gq_values_1_4, gq_values_2_4, gq_values_3_4, gq_values_4_4};
-    static const gq_values_fn by1[GQ] = {gq_values_1_1, gq_values_2_1, gq_values_3_1, gq_values_4_1};
-    for (int64_t c = 0; c < D / 16;) {
-        const bool four = D / 16 - c >= 4;
-        float *o[GQ];
-        for (int h = 0; h < hn; h++) o[h] = out[h] + 16 * c;
-        (four ? by4 : by1)[hn - 1](o, pr, j->vc, j->kv, lo, n, ld, g * D + 16 * c);
-        c += four ? 4 : 1;
+    float *out = j->out + t * H * D;
+    memset(out + h0 * D, 0, sizeof(float) * (size_t)((h1 - h0) * D));
+    static const hr_values_fn by4[GQ] = {hr_values_1_4, hr_values_2_4, hr_values_3_4, hr_values_4_4};
+    static const hr_values_fn by1[GQ] = {hr_values_1_1, hr_values_2_1, hr_values_3_1, hr_values_4_1};
+    const size_t es = j->kv == HC_DTYPE_F32 ? 4 : 2;
+    for (int64_t s = 0; s < n; s += 16) {
+        const int nk = n - s < 16 ? (int)(n - s) : 16;
+        if (s + 16 + V_AHEAD <= n) hr_prefetch(j->vc, es, lo + s + V_AHEAD, 16, ld, g0 * D, (g1 - g0) * D);
+        for (int64_t g = g0; g < g1; g++)
+            for (int64_t ha = g * G; ha < (g + 1) * G; ha += GQ) { /* up to GQ heads of KV head g */
+                const int hn = (g + 1) * G - ha < GQ ? (int)((g + 1) * G - ha) : GQ;
+                float *o[GQ] = {0};
+                const float *pr[GQ] = {0};
+                for (int64_t c = 0; c < D / 16;) {
+                    const bool four = D / 16 - c >= 4;
+                    for (int h = 0; h < hn; h++) o[h] = out + (ha + h) * D + 16 * c, pr[h] = sc + (ha + h - h0) * n + s;
+                    (four ? by4 : by1)[hn - 1](o, pr, j->vc, j->kv, lo + s, nk, ld, g * D + 16 * c);
+                    c += four ? 4 : 1;
+                }
+            }
     }
 }
 
 /* Items dealt in turn (item ith, ith + nth, ...): a prompt's later tokens attend to more keys. */
-static void gq_part(void *ctx, int ith, int nth) {
-    const gq_job *j = ctx;
-    const int64_t items = j->T * j->KVH * j->subs;
-    for (int64_t i = ith; i < items; i += nth) gq_item(j, i, j->fx->scratch[ith]);
+static void hr_part(void *ctx, int ith, int nth) {
+    const hr_job *j = ctx;
+    const int64_t items = j->T * j->ranges;
+    for (int64_t i = ith; i < items; i += nth) {
+        const int64_t r = i % j->ranges, g0 = j->KVH * r / j->ranges, g1 = j->KVH * (r + 1) / j->ranges;
+        hr_item(j, i / j->ranges, g0, g1, j->fx->scratch[ith]);
+    }
 }
 
 void hc_cpu_attention_fast(hc_backend *be, float *out, const float *q, const void *k_cache, const void *v_cache,
@@ -291,11 +323,13 @@ void hc_cpu_attention_fast(hc_backend *be, float *out, const float *q, const voi
         hc_cpu_attention(be, out, q, k_cache, v_cache, kv_dtype, pos, T, H, KVH, D, scale, window, softcap, S, scratch);
         return;
     }
-    if (D % 16 == 0 && D <= 256 && !strcmp(hc_cpu_kernels(), "avx512") && hc_fast_scratch(fx, (size_t)(GQ * need))) {
-        const int64_t subs = (H / KVH + GQ - 1) / GQ;
-        gq_job g = {out, q, k_cache, v_cache, kv_dtype, pos, T, H, KVH, D, window, subs, scale, softcap, fx};
-        if (T * H * need * D < 65536 || nth == 1) gq_part(&g, 0, 1);
-        else hc_pool_run(fx->pool, gq_part, &g);
+    /* a few tokens: a range of KV heads a thread; more: every head of a token together */
+    const int64_t ranges = T < nth ? (KVH < nth ? KVH : nth) : 1;
+    if (D % 16 == 0 && D <= 256 && !strcmp(hc_cpu_kernels(), "avx512") &&
+        hc_fast_scratch(fx, (size_t)((KVH + ranges - 1) / ranges * (H / KVH) * need))) {
+        hr_job hj = {out, q, k_cache, v_cache, kv_dtype, pos, T, H, KVH, D, window, ranges, scale, softcap, fx};
+        if (T * H * need * D < 65536 || nth == 1) hr_part(&hj, 0, 1);
+        else hc_pool_run(fx->pool, hr_part, &hj);
         return;
     }
     att_job j = {out, q, k_cache, v_cache, kv_dtype, pos, T, H, KVH, D, window, scale, softcap, fx, NULL, NULL};
