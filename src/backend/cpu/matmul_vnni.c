@@ -486,17 +486,20 @@ TILE_FN void q4kr16_scales(const uint8_t *sb, __m512 dsc[8], __m512 dmn[8]) {
     const __m512i u0 = _mm512_loadu_si512((const void *)(sb + 64)), u1 = _mm512_loadu_si512((const void *)(sb + 128)),
                   u2 = _mm512_loadu_si512((const void *)(sb + 192));
     const __m512i low6 = _mm512_set1_epi32(0x3f3f3f3f), low4 = _mm512_set1_epi32(0x0f0f0f0f),
-                  top2 = _mm512_set1_epi32(0x30303030), byte = _mm512_set1_epi32(0xFF);
+                  top2 = _mm512_set1_epi32(0x30303030);
     const __m512i sc[2] = {_mm512_and_si512(u0, low6),
                            _mm512_or_si512(_mm512_and_si512(u2, low4), _mm512_and_si512(_mm512_srli_epi32(u0, 2), top2))};
     const __m512i m[2] = {_mm512_and_si512(u1, low6), _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u2, 4), low4),
                                                                       _mm512_and_si512(_mm512_srli_epi32(u1, 2), top2))};
     const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sb)),
                  dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sb + 32)));
-    for (int j = 0; j < 8; j++) {
-        const __m512i sh = _mm512_set1_epi32(8 * (j % 4));
-        dsc[j] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(sc[j / 4], sh), byte)));
-        dmn[j] = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(m[j / 4], sh), byte)));
+    for (int j = 0; j < 8; j++) { /* byte j % 4 of each row's dword, as a 32-bit integer: one shuffle */
+        const int k = j % 4, z = (int)0x80808000;
+        const __m512i pick = _mm512_set_epi32(z | (12 + k), z | (8 + k), z | (4 + k), z | k, z | (12 + k), z | (8 + k),
+                                              z | (4 + k), z | k, z | (12 + k), z | (8 + k), z | (4 + k), z | k,
+                                              z | (12 + k), z | (8 + k), z | (4 + k), z | k);
+        dsc[j] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_shuffle_epi8(sc[j / 4], pick)));
+        dmn[j] = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(_mm512_shuffle_epi8(m[j / 4], pick)));
     }
 }
 
