@@ -258,6 +258,9 @@ hc_dtype hc_model_compute_dtype(const hc_model *m);
 int64_t hc_model_device_weight_bytes(const hc_model *m);
 /* Weight bytes one decoded token reads (every matrix once, the selected experts only). */
 int64_t hc_model_weight_bytes_per_token(const hc_model *m);
+/* KV cache bytes a token reads when it attends to n_pos positions (itself included): keys and
+ * values of every layer, sliding layers only their window, in the model's KV cache dtype. */
+int64_t hc_model_kv_bytes_per_token(const hc_model *m, int64_t n_pos);
 /* The CPU kernels in use: "avx512", "avx2" or "scalar". */
 const char *hc_cpu_kernels(void);
 

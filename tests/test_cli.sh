@@ -207,7 +207,7 @@ expect 1 "has no chat template; pass one with --template" -- "$HUBCAP" chat
 # bench --json: one JSON object with the issue's keys, the model path escaped.
 cp -r "$SRC/models/stories260K" "$TMP/a \"quoted\" model"
 "$HUBCAP" bench -m "$TMP/a \"quoted\" model" --prompt 8 --gen 4 --json >"$TMP/out" 2>"$TMP/err"
-python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["model"].endswith("a \"quoted\" model"); assert all(d[k] > 0 for k in ("prompt_tok_s","decode_tok_s","peak_rss_bytes","bytes_per_token"))' "$TMP/out" &&
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["model"].endswith("a \"quoted\" model"); assert all(d[k] > 0 for k in ("prompt_tok_s","decode_tok_s","peak_rss_bytes","bytes_per_token","kv_bytes_per_token"))' "$TMP/out" &&
     pass=$((pass + 1)) || { echo "FAIL: bench --json: $(cat "$TMP/out")"; fail=$((fail + 1)); }
 
 # save: usage errors, then a bf16 copy of stories260K that generates the same greedy story.

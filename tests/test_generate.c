@@ -511,12 +511,35 @@ static void test_quantized(const char *stories) {
     hc_model_free(q4);
 }
 
+/* The KV bytes a token reads: every layer's keys and values over the positions it attends to,
+ * sliding layers only their window (the Gemma 3 fixture: 3 of its 4 layers, window 8; f32 cache). */
+static void test_kv_bytes(const char *gemma3) {
+    hc_model_params mp = test_model_params();
+    mp.kv_dtype = HC_DTYPE_F32;
+    hc_model *m;
+    CHECK_OK(hc_model_load(gemma3, &mp, &m));
+    if (!m) return;
+    const hc_model_config *c = hc_model_get_config(m);
+    const int64_t row = 2 * c->n_kv_heads * c->head_dim * 4; /* a position's K and V in one layer */
+    CHECK(c->n_layers == 4 && c->sliding_window == 8, "the gemma3 fixture's shape");
+    CHECK(hc_model_kv_bytes_per_token(m, 5) == 4 * 5 * row, "KV bytes within the window: %lld",
+          (long long)hc_model_kv_bytes_per_token(m, 5));
+    CHECK(hc_model_kv_bytes_per_token(m, 20) == (3 * 8 + 20) * row, "KV bytes past the window: %lld",
+          (long long)hc_model_kv_bytes_per_token(m, 20));
+    hc_model_free(m);
+    mp.kv_dtype = HC_DTYPE_BF16;
+    CHECK_OK(hc_model_load(gemma3, &mp, &m));
+    if (m) CHECK(hc_model_kv_bytes_per_token(m, 5) == 4 * 5 * row / 2, "a bf16 cache reads half");
+    hc_model_free(m);
+}
+
 int main(void) {
     char dir[1024];
     static const char *models[] = {"llama2", "llama3_2", "mistral", "qwen3", "gemma2", "gemma3", "phi3", "mixtral", "gpt2"};
     for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
         snprintf(dir, sizeof dir, "%s/tests/fixtures/models/%s", test_source_dir(), models[i]);
         test_batches(dir, models[i]);
+        if (!strcmp(models[i], "gemma3")) test_kv_bytes(dir);
     }
     snprintf(dir, sizeof dir, "%s/models/stories260K", test_source_dir());
     test_batches(dir, "stories260K");

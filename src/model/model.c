@@ -830,6 +830,16 @@ int64_t hc_model_weight_bytes_per_token(const hc_model *m) {
     return b;
 }
 
+int64_t hc_model_kv_bytes_per_token(const hc_model *m, int64_t n_pos) {
+    const hc_model_config *c = &m->cfg;
+    int64_t b = 0;
+    for (int64_t l = 0; l < c->n_layers; l++) {
+        const int64_t seen = c->layer_sliding[l] && c->sliding_window > 0 && c->sliding_window < n_pos ? c->sliding_window : n_pos;
+        b += 2 * seen * c->n_kv_heads * c->head_dim * (int64_t)hc_dtype_size(m->kv_dtype);
+    }
+    return b;
+}
+
 const hc_model_config *hc_model_get_config(const hc_model *m) { return &m->cfg; }
 const char *hc_model_device_name(const hc_model *m) { return m->be->name; }
 hc_dtype hc_model_compute_dtype(const hc_model *m) { return m->compute_dtype; }

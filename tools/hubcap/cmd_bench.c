@@ -196,6 +196,11 @@ int cmd_bench(int argc, char **argv) {
     getrusage(RUSAGE_SELF, &ru);
     const long long rss = (long long)ru.ru_maxrss * 1024;
     const long long bpt = (long long)hc_model_weight_bytes_per_token(m);
+    /* the KV cache a decoded token reads besides, on average over the decode: token i attends to
+     * the prompt and i + 1 generated positions */
+    double kv = 0;
+    for (int64_t i = 0; i < n_gen; i++) kv += (double)hc_model_kv_bytes_per_token(m, n_prompt + i + 1);
+    const long long kvpt = n_gen ? (long long)(kv / (double)n_gen) : 0;
     const double ptps = (double)n_prompt / prompt_s, dtps = n_gen ? (double)n_gen / gen_s : 0;
     const char *fmt = mp.weights == HC_WEIGHTS_Q8_0   ? "q8_0"
                       : mp.weights == HC_WEIGHTS_Q4_0 ? "q4_0"
@@ -212,15 +217,15 @@ int cmd_bench(int argc, char **argv) {
     if (json)
         printf("{\"model\":%s,\"device\":\"%s\",\"weights\":\"%s\",\"kernels\":\"%s\",\"compute_dtype\":\"%s\",\"mmap\":%s,\"load_s\":%.3f,\"prompt_tokens\":%lld,"
                "\"gen_tokens\":%lld,\"prompt_tok_s\":%.2f,\"decode_tok_s\":%.2f,\"peak_rss_bytes\":%lld,"
-               "\"bytes_per_token\":%lld,\"decode_read_gb_s\":%.2f}\n",
+               "\"bytes_per_token\":%lld,\"decode_read_gb_s\":%.2f,\"kv_bytes_per_token\":%lld,\"decode_read_with_kv_gb_s\":%.2f}\n",
                model_json.data, hc_model_device_name(m), fmt, on_gpu ? "cuda" : hc_cpu_kernels(),
                dtype_lower(hc_model_compute_dtype(m)), mp.use_mmap ? "true" : "false", load_s, (long long)n_prompt,
-               (long long)n_gen, ptps, dtps, rss, bpt, dtps * (double)bpt / 1e9);
+               (long long)n_gen, ptps, dtps, rss, bpt, dtps * (double)bpt / 1e9, kvpt, dtps * (double)(bpt + kvpt) / 1e9);
     else
         printf("load %.2f s | prompt %lld tokens: %.1f tok/s | decode %lld tokens: %.2f tok/s | peak RSS %.2f GB | "
-               "%.1f MB read per token (%.1f GB/s) | weights %s\n",
+               "%.1f MB of weights read per token (%.1f GB/s), %.1f MB of KV cache | weights %s\n",
                load_s, (long long)n_prompt, ptps, (long long)n_gen, dtps, (double)rss / 1e9, (double)bpt / 1e6,
-               dtps * (double)bpt / 1e9, fmt);
+               dtps * (double)bpt / 1e9, (double)kvpt / 1e6, fmt);
     hc_str_free(&model_json);
     hc_session_free(s);
     hc_model_free(m);
