@@ -280,8 +280,8 @@ T512 static void hr_item(const hr_job *j, int64_t t, int64_t g0, int64_t g1, flo
     }
     float *out = j->out + t * H * D;
     memset(out + h0 * D, 0, sizeof(float) * (size_t)((h1 - h0) * D));
-    static const hr_values_fn by4[GQ] = {hr_values_1_4, hr_values_2_4, hr_values_3_4, hr_values_4_4};
-    static const hr_values_fn by1[GQ] = {hr_values_1_1, hr_values_2_1, hr_values_3_1, hr_values_4_1};
+    static const hr_values_fn tiles[2][GQ] = {{hr_values_1_1, hr_values_2_1, hr_values_3_1, hr_values_4_1},
+                                              {hr_values_1_4, hr_values_2_4, hr_values_3_4, hr_values_4_4}};
     const size_t es = j->kv == HC_DTYPE_F32 ? 4 : 2;
     for (int64_t s = 0; s < n; s += 16) {
         const int nk = n - s < 16 ? (int)(n - s) : 16;
@@ -294,7 +294,7 @@ T512 static void hr_item(const hr_job *j, int64_t t, int64_t g0, int64_t g1, flo
                 for (int64_t c = 0; c < D / 16;) {
                     const bool four = D / 16 - c >= 4;
                     for (int h = 0; h < hn; h++) o[h] = out + (ha + h) * D + 16 * c, pr[h] = sc + (ha + h - h0) * n + s;
-                    (four ? by4 : by1)[hn - 1](o, pr, j->vc, j->kv, lo + s, nk, ld, g * D + 16 * c);
+                    tiles[four][hn - 1](o, pr, j->vc, j->kv, lo + s, nk, ld, g * D + 16 * c);
                     c += four ? 4 : 1;
                 }
             }
