@@ -73,8 +73,9 @@ typedef struct {
     int64_t T, H, KVH, D, window;
     float scale, softcap;
     hc_fast_ctx *fx;
-    hc_dot_fn dot;
+    hc_dot_fn dot;      /* the per-key path */
     hc_axpy_fn axpy;
+    int64_t ranges;     /* the AVX-512 path below: KV head ranges a token's items split into */
 } att_job;
 
 #define HC_MAX_HEAD_DIM 1024
@@ -124,27 +125,15 @@ static void att_part(void *ctx, int ith, int nth) {
  * value sums go on over the same blocks, in order. A cache row holds every KV head ([S,
  * KVH*D]), so a range reads one contiguous part of each row: decode gives each thread a range,
  * prompts take all heads for each token.
- * What this replaced, on the 1B model at position 504 (f32 cache, from memory): per-key dot and
- * axpy calls with a lane reduction for each key and head took 4-5 ms a decoded token; an item
- * per KV head, reading 256 of every 2048 bytes of a row (a stride the hardware prefetchers do
- * not follow), 2-3 ms. */
+ * The per-key path below (a dot and an axpy call per key and head, each with a lane reduction)
+ * took the 1B model's decode 5.8 ms a token at position 536 (f32 cache); this one 2.4 ms, both
+ * alternated in one process. Most of what is left is reading the cache (33 MB a token there). */
 
 #define GQ 4 /* query heads a value tile takes at most */
 /* How far ahead the key and value rows are asked for (in keys), so the next blocks stream in
- * while this one is computed. */
+ * while this one is computed (a range's part of a row is strided by the whole row). */
 #define KV_AHEAD 32
 #define V_AHEAD 16
-
-typedef struct {
-    float *out;
-    const float *q;
-    const void *kc, *vc;
-    hc_dtype kv;
-    const int32_t *pos;
-    int64_t T, H, KVH, D, window, ranges; /* ranges: KV head ranges a token's items split into */
-    float scale, softcap;
-    hc_fast_ctx *fx;
-} hr_job;
 
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c")))
 #define T512_INLINE static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl,avx512dq,f16c")))
@@ -199,7 +188,7 @@ static inline void hr_prefetch(const void *cache, size_t es, int64_t s0, int64_t
 
 /* sc[h][0..n) for the heads [h0, h1) (query heads of KV heads g = h / G): key blocks in order,
  * every head of a block before the next. */
-T512_INLINE void hr_scores_dc(float *sc, const hr_job *j, const float *q, int64_t h0, int64_t h1, int64_t lo, int64_t n,
+T512_INLINE void hr_scores_dc(float *sc, const att_job *j, const float *q, int64_t h0, int64_t h1, int64_t lo, int64_t n,
                               const hc_dtype dt, const int64_t DC) {
     const int64_t G = j->H / j->KVH, ld = j->KVH * j->D, D = DC * 16;
     const __m512 sv = _mm512_set1_ps(j->scale);
@@ -212,7 +201,7 @@ T512_INLINE void hr_scores_dc(float *sc, const hr_job *j, const float *q, int64_
 }
 
 /* the cache's dtype and the common head dims as constants: no branch per load */
-T512 static void hr_scores(float *sc, const hr_job *j, const float *q, int64_t h0, int64_t h1, int64_t lo, int64_t n) {
+T512 static void hr_scores(float *sc, const att_job *j, const float *q, int64_t h0, int64_t h1, int64_t lo, int64_t n) {
 #define HR_SCORES(DT)                                                                                                  \
     if (j->D == 64) hr_scores_dc(sc, j, q, h0, h1, lo, n, DT, 4);                                                      \
     else if (j->D == 128) hr_scores_dc(sc, j, q, h0, h1, lo, n, DT, 8);                                                \
@@ -258,7 +247,7 @@ typedef void (*hr_values_fn)(float *const *, const float *const *, const void *,
                              int64_t);
 
 /* Token t, KV heads [g0, g1): out = softmax(scores) V for their query heads. */
-T512 static void hr_item(const hr_job *j, int64_t t, int64_t g0, int64_t g1, float *sc /* [heads][n] */) {
+T512 static void hr_item(const att_job *j, int64_t t, int64_t g0, int64_t g1, float *sc /* [heads][n] */) {
     const int64_t H = j->H, D = j->D, G = H / j->KVH, ld = j->KVH * D, h0 = g0 * G, h1 = g1 * G;
     const int64_t p = j->pos[t], lo = (j->window > 0 && p - j->window + 1 > 0) ? p - j->window + 1 : 0, n = p - lo + 1;
     hr_scores(sc, j, j->q + t * H * D, h0, h1, lo, n);
@@ -303,7 +292,7 @@ T512 static void hr_item(const hr_job *j, int64_t t, int64_t g0, int64_t g1, flo
 
 /* Items dealt in turn (item ith, ith + nth, ...): a prompt's later tokens attend to more keys. */
 static void hr_part(void *ctx, int ith, int nth) {
-    const hr_job *j = ctx;
+    const att_job *j = ctx;
     const int64_t items = j->T * j->ranges;
     for (int64_t i = ith; i < items; i += nth) {
         const int64_t r = i % j->ranges, g0 = j->KVH * r / j->ranges, g1 = j->KVH * (r + 1) / j->ranges;
@@ -327,12 +316,13 @@ void hc_cpu_attention_fast(hc_backend *be, float *out, const float *q, const voi
     const int64_t ranges = T < nth ? (KVH < nth ? KVH : nth) : 1;
     if (D % 16 == 0 && D <= 256 && !strcmp(hc_cpu_kernels(), "avx512") &&
         hc_fast_scratch(fx, (size_t)((KVH + ranges - 1) / ranges * (H / KVH) * need))) {
-        hr_job hj = {out, q, k_cache, v_cache, kv_dtype, pos, T, H, KVH, D, window, ranges, scale, softcap, fx};
+        att_job hj = {.out = out, .q = q, .kc = k_cache, .vc = v_cache, .kv = kv_dtype, .pos = pos, .T = T, .H = H,
+                      .KVH = KVH, .D = D, .window = window, .scale = scale, .softcap = softcap, .fx = fx, .ranges = ranges};
         if (T * H * need * D < 65536 || nth == 1) hr_part(&hj, 0, 1);
         else hc_pool_run(fx->pool, hr_part, &hj);
         return;
     }
-    att_job j = {out, q, k_cache, v_cache, kv_dtype, pos, T, H, KVH, D, window, scale, softcap, fx, NULL, NULL};
+    att_job j = {out, q, k_cache, v_cache, kv_dtype, pos, T, H, KVH, D, window, scale, softcap, fx, NULL, NULL, 1};
     hc_cpu_vec_fns(&j.dot, &j.axpy);
     if (T * H * (pos[T - 1] + 1) * D < 65536 || nth == 1) att_part(&j, 0, 1);
     else hc_pool_run(fx->pool, att_part, &j);
