@@ -75,7 +75,9 @@ typedef struct {
     hc_fast_ctx *fx;
     hc_dot_fn dot;      /* the per-key path */
     hc_axpy_fn axpy;
-    int64_t ranges;     /* the AVX-512 path below: KV head ranges a token's items split into */
+    int64_t ranges;     /* the AVX-512 path below: KV head ranges a token's items split into, */
+    int64_t chunks;     /* or (> 0) chunks of AC keys a token's items split into, */
+    float *parts;       /* their partial sums [T][chunks][H][D + 2]: output, max, sum */
 } att_job;
 
 #define HC_MAX_HEAD_DIM 1024
@@ -118,22 +120,22 @@ static void att_part(void *ctx, int ith, int nth) {
 }
 
 /* ---- AVX-512, head dims a multiple of 16 (up to 256): whole rows of the cache at a time ----
- * One item is a token and a range of KV heads with all their query heads. Scores go 16 keys at
- * a time: each key's products in one vector, the 16 vectors summed across lanes by one tree
+ * One item is a token and a range of KV heads with all their query heads, or, when a few tokens
+ * attend to many keys (decode), a token and a chunk of AC keys with all heads. Scores go 16 keys
+ * at a time: each key's products in one vector, the 16 vectors summed across lanes by one tree
  * (sum16), the same order for every key wherever it falls, so a short last block (zero-padded)
- * gives the same bits. The block's rows are read once, for every head of the range, and the
- * value sums go on over the same blocks, in order. A cache row holds every KV head ([S,
- * KVH*D]), so a range reads one contiguous part of each row: decode gives each thread a range,
- * prompts take all heads for each token.
- * The per-key path below (a dot and an axpy call per key and head, each with a lane reduction)
- * took the 1B model's decode 5.8 ms a token at position 536 (f32 cache); this one 2.4 ms, both
- * alternated in one process. Most of what is left is reading the cache (33 MB a token there). */
+ * gives the same bits. The block's rows are read once, for every head of the item, and the
+ * value sums go on over the same blocks, in order. A chunk's item leaves each head's partial
+ * softmax (max, sum, unnormalized output), combined chunk by chunk in order afterwards; chunks
+ * are a fixed size whatever the thread count, so the bits do not depend on it.
+ * Why chunks of keys for decode: a cache row holds every KV head ([S, KVH*D]), and two threads
+ * reading a half of each row read this VM's memory at 9-16 GB/s, against 60-65 for halves of
+ * the keys (the 1B model's f32 cache at position 504: 1 KB on, 1 KB off). The per-key path
+ * below (a dot and an axpy call per key and head, each with a lane reduction) took that decode
+ * 5.8 ms a token at position 536. */
 
-#define GQ 4 /* query heads a value tile takes at most */
-/* How far ahead the key and value rows are asked for (in keys), so the next blocks stream in
- * while this one is computed (a range's part of a row is strided by the whole row). */
-#define KV_AHEAD 32
-#define V_AHEAD 16
+#define GQ 4   /* query heads a value tile takes at most */
+#define AC 128 /* keys a decode item takes */
 
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c")))
 #define T512_INLINE static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl,avx512dq,f16c")))
@@ -177,25 +179,14 @@ T512_INLINE void hr_block(float *sc, const float *q, const void *kc, const hc_dt
     _mm512_mask_storeu_ps(sc, (__mmask16)((1u << nk) - 1), _mm512_mul_ps(sum16(a), sv));
 }
 
-/* Asks for bytes [a, a + n) of rows s0.. s0 + rows - 1 (stride ld elements of es bytes). */
-static inline void hr_prefetch(const void *cache, size_t es, int64_t s0, int64_t rows, int64_t ld, int64_t a,
-                               int64_t n) {
-    for (int64_t s = s0; s < s0 + rows; s++) {
-        const char *r = (const char *)cache + ((size_t)(s * ld + a)) * es;
-        for (int64_t b = 0; b < n * (int64_t)es; b += 64) _mm_prefetch(r + b, _MM_HINT_T0);
-    }
-}
-
 /* sc[h][0..n) for the heads [h0, h1) (query heads of KV heads g = h / G): key blocks in order,
  * every head of a block before the next. */
 T512_INLINE void hr_scores_dc(float *sc, const att_job *j, const float *q, int64_t h0, int64_t h1, int64_t lo, int64_t n,
                               const hc_dtype dt, const int64_t DC) {
     const int64_t G = j->H / j->KVH, ld = j->KVH * j->D, D = DC * 16;
     const __m512 sv = _mm512_set1_ps(j->scale);
-    const size_t es = dt == HC_DTYPE_F32 ? 4 : 2;
     for (int64_t s = 0; s < n; s += 16) {
         const int nk = n - s < 16 ? (int)(n - s) : 16;
-        if (s + 16 + KV_AHEAD <= n) hr_prefetch(j->kc, es, lo + s + KV_AHEAD, 16, ld, h0 / G * D, (h1 - h0) / G * D);
         for (int64_t h = h0; h < h1; h++) hr_block(sc + (h - h0) * n + s, q + h * D, j->kc, dt, lo + s, nk, ld, h / G, DC, sv);
     }
 }
@@ -246,11 +237,15 @@ HR_VTILE(4, 1)
 typedef void (*hr_values_fn)(float *const *, const float *const *, const void *, hc_dtype, int64_t, int, int64_t,
                              int64_t);
 
-/* Token t, KV heads [g0, g1): out = softmax(scores) V for their query heads. */
-T512 static void hr_item(const att_job *j, int64_t t, int64_t g0, int64_t g1, float *sc /* [heads][n] */) {
+/* Token t, KV heads [g0, g1), keys [lo, lo + n) of those it attends to: out = softmax(scores) V
+ * for their query heads; or with part (a chunk), part[h] = the unnormalized sums, their max and
+ * sum (stride D + 2). */
+T512 static void hr_item(const att_job *j, int64_t t, int64_t g0, int64_t g1, int64_t lo, int64_t n, float *part,
+                         float *sc /* [heads][n] */) {
     const int64_t H = j->H, D = j->D, G = H / j->KVH, ld = j->KVH * D, h0 = g0 * G, h1 = g1 * G;
-    const int64_t p = j->pos[t], lo = (j->window > 0 && p - j->window + 1 > 0) ? p - j->window + 1 : 0, n = p - lo + 1;
     hr_scores(sc, j, j->q + t * H * D, h0, h1, lo, n);
+    float *const obase = part ? part : j->out + t * H * D;
+    const int64_t ostride = part ? D + 2 : D;
     for (int64_t h = h0; h < h1; h++) {
         float *e = sc + (h - h0) * n;
         if (j->softcap > 0)
@@ -260,21 +255,24 @@ T512 static void hr_item(const att_job *j, int64_t t, int64_t g0, int64_t g1, fl
         for (; s + 16 <= n; s += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(e + s));
         float mx = _mm512_reduce_max_ps(m);
         for (; s < n; s++) mx = e[s] > mx ? e[s] : mx;
-        const __m512 inv = _mm512_set1_ps((float)(1.0 / hc_vec_exp_shift(e, mx, n)));
+        const double sum = hc_vec_exp_shift(e, mx, n);
+        memset(obase + h * ostride, 0, sizeof(float) * (size_t)D);
+        if (part) { /* the chunk's own max and sum; the combine normalizes */
+            part[h * ostride + D] = mx;
+            part[h * ostride + D + 1] = (float)sum;
+            continue;
+        }
+        const __m512 inv = _mm512_set1_ps((float)(1.0 / sum));
         for (s = 0; s + 16 <= n; s += 16) _mm512_storeu_ps(e + s, _mm512_mul_ps(_mm512_loadu_ps(e + s), inv));
         if (s < n) {
             const __mmask16 k = (__mmask16)((1u << (n - s)) - 1);
             _mm512_mask_storeu_ps(e + s, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, e + s), inv));
         }
     }
-    float *out = j->out + t * H * D;
-    memset(out + h0 * D, 0, sizeof(float) * (size_t)((h1 - h0) * D));
     static const hr_values_fn tiles[2][GQ] = {{hr_values_1_1, hr_values_2_1, hr_values_3_1, hr_values_4_1},
                                               {hr_values_1_4, hr_values_2_4, hr_values_3_4, hr_values_4_4}};
-    const size_t es = j->kv == HC_DTYPE_F32 ? 4 : 2;
     for (int64_t s = 0; s < n; s += 16) {
         const int nk = n - s < 16 ? (int)(n - s) : 16;
-        if (s + 16 + V_AHEAD <= n) hr_prefetch(j->vc, es, lo + s + V_AHEAD, 16, ld, g0 * D, (g1 - g0) * D);
         for (int64_t g = g0; g < g1; g++)
             for (int64_t ha = g * G; ha < (g + 1) * G; ha += GQ) { /* up to GQ heads of KV head g */
                 const int hn = (g + 1) * G - ha < GQ ? (int)((g + 1) * G - ha) : GQ;
@@ -282,7 +280,7 @@ T512 static void hr_item(const att_job *j, int64_t t, int64_t g0, int64_t g1, fl
                 const float *pr[GQ] = {0};
                 for (int64_t c = 0; c < D / 16;) {
                     const bool four = D / 16 - c >= 4;
-                    for (int h = 0; h < hn; h++) o[h] = out + (ha + h) * D + 16 * c, pr[h] = sc + (ha + h - h0) * n + s;
+                    for (int h = 0; h < hn; h++) o[h] = obase + (ha + h) * ostride + 16 * c, pr[h] = sc + (ha + h - h0) * n + s;
                     tiles[four][hn - 1](o, pr, j->vc, j->kv, lo + s, nk, ld, g * D + 16 * c);
                     c += four ? 4 : 1;
                 }
@@ -290,13 +288,58 @@ T512 static void hr_item(const att_job *j, int64_t t, int64_t g0, int64_t g1, fl
     }
 }
 
+/* The keys token t attends to: [lo, lo + n). */
+static void attended(const att_job *j, int64_t t, int64_t *lo, int64_t *n) {
+    const int64_t p = j->pos[t];
+    *lo = (j->window > 0 && p - j->window + 1 > 0) ? p - j->window + 1 : 0;
+    *n = p - *lo + 1;
+}
+
 /* Items dealt in turn (item ith, ith + nth, ...): a prompt's later tokens attend to more keys. */
 static void hr_part(void *ctx, int ith, int nth) {
     const att_job *j = ctx;
-    const int64_t items = j->T * j->ranges;
-    for (int64_t i = ith; i < items; i += nth) {
+    float *sc = j->fx->scratch[ith];
+    if (j->chunks > 0) {
+        for (int64_t i = ith; i < j->T * j->chunks; i += nth) {
+            const int64_t t = i / j->chunks, c = i % j->chunks;
+            int64_t lo, n;
+            attended(j, t, &lo, &n);
+            if (c * AC >= n) continue;
+            float *part = j->parts + i * j->H * (j->D + 2);
+            hr_item(j, t, 0, j->KVH, lo + c * AC, n - c * AC < AC ? n - c * AC : AC, part, sc);
+        }
+        return;
+    }
+    for (int64_t i = ith; i < j->T * j->ranges; i += nth) {
         const int64_t r = i % j->ranges, g0 = j->KVH * r / j->ranges, g1 = j->KVH * (r + 1) / j->ranges;
-        hr_item(j, i / j->ranges, g0, g1, j->fx->scratch[ith]);
+        int64_t lo, n;
+        attended(j, i / j->ranges, &lo, &n);
+        hr_item(j, i / j->ranges, g0, g1, lo, n, NULL, sc);
+    }
+}
+
+/* out = sum_c e^(max_c - M) o_c / sum_c e^(max_c - M) sum_c over a token's chunks, in order. */
+T512 static void hr_combine(const att_job *j) {
+    const int64_t H = j->H, D = j->D, stride = H * (D + 2);
+    for (int64_t t = 0; t < j->T; t++) {
+        int64_t lo, n;
+        attended(j, t, &lo, &n);
+        const int64_t nc = (n + AC - 1) / AC;
+        for (int64_t h = 0; h < H; h++) {
+            const float *part = j->parts + t * j->chunks * stride + h * (D + 2);
+            float M = -INFINITY, L = 0;
+            for (int64_t c = 0; c < nc; c++) M = part[c * stride + D] > M ? part[c * stride + D] : M;
+            float *oh = j->out + (t * H + h) * D;
+            for (int64_t d = 0; d < D; d += 16) {
+                __m512 acc = _mm512_setzero_ps();
+                for (int64_t c = 0; c < nc; c++)
+                    acc = _mm512_fmadd_ps(_mm512_set1_ps(expf(part[c * stride + D] - M)), _mm512_loadu_ps(part + c * stride + d), acc);
+                _mm512_storeu_ps(oh + d, acc);
+            }
+            for (int64_t c = 0; c < nc; c++) L += expf(part[c * stride + D] - M) * part[c * stride + D + 1];
+            const __m512 inv = _mm512_set1_ps(1.0f / L);
+            for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(oh + d, _mm512_mul_ps(_mm512_loadu_ps(oh + d), inv));
+        }
     }
 }
 
@@ -312,17 +355,25 @@ void hc_cpu_attention_fast(hc_backend *be, float *out, const float *q, const voi
         hc_cpu_attention(be, out, q, k_cache, v_cache, kv_dtype, pos, T, H, KVH, D, scale, window, softcap, S, scratch);
         return;
     }
-    /* a few tokens: a range of KV heads a thread; more: every head of a token together */
-    const int64_t ranges = T < nth ? (KVH < nth ? KVH : nth) : 1;
-    if (D % 16 == 0 && D <= 256 && !strcmp(hc_cpu_kernels(), "avx512") &&
-        hc_fast_scratch(fx, (size_t)((KVH + ranges - 1) / ranges * (H / KVH) * need))) {
+    /* a few tokens over many keys: chunks of keys; else a range of KV heads a thread for a few
+     * tokens, every head of a token together for more */
+    const int64_t ranges = T < nth ? (KVH < nth ? KVH : nth) : 1, chunks = T < 8 && need > AC ? (need + AC - 1) / AC : 0;
+    const size_t parts = (size_t)(T * chunks * H * (D + 2));
+    if (parts > fx->att_parts_cap) { /* grows to the longest context seen, then stays */
+        float *pp = realloc(fx->att_parts, parts * sizeof(float));
+        if (pp) fx->att_parts = pp, fx->att_parts_cap = parts;
+    }
+    if (D % 16 == 0 && D <= 256 && !strcmp(hc_cpu_kernels(), "avx512") && parts <= fx->att_parts_cap &&
+        hc_fast_scratch(fx, chunks ? (size_t)(H * AC) : (size_t)((KVH + ranges - 1) / ranges * (H / KVH) * need))) {
         att_job hj = {.out = out, .q = q, .kc = k_cache, .vc = v_cache, .kv = kv_dtype, .pos = pos, .T = T, .H = H,
-                      .KVH = KVH, .D = D, .window = window, .scale = scale, .softcap = softcap, .fx = fx, .ranges = ranges};
+                      .KVH = KVH, .D = D, .window = window, .scale = scale, .softcap = softcap, .fx = fx, .ranges = ranges,
+                      .chunks = chunks, .parts = fx->att_parts};
         if (T * H * need * D < 65536 || nth == 1) hr_part(&hj, 0, 1);
         else hc_pool_run(fx->pool, hr_part, &hj);
+        if (chunks) hr_combine(&hj);
         return;
     }
-    att_job j = {out, q, k_cache, v_cache, kv_dtype, pos, T, H, KVH, D, window, scale, softcap, fx, NULL, NULL, 1};
+    att_job j = {out, q, k_cache, v_cache, kv_dtype, pos, T, H, KVH, D, window, scale, softcap, fx, NULL, NULL, 1, 0, NULL};
     hc_cpu_vec_fns(&j.dot, &j.axpy);
     if (T * H * (pos[T - 1] + 1) * D < 65536 || nth == 1) att_part(&j, 0, 1);
     else hc_pool_run(fx->pool, att_part, &j);

@@ -134,6 +134,7 @@ static void fast_destroy(hc_backend *be) {
     free(fx->isx);
     free(fx->xpairs);
     free(fx->wt);
+    free(fx->att_parts);
     for (int i = 0; i < HC_MAX_THREADS; i++) free(fx->scratch[i]);
     hc_pool_free(fx->pool);
     free(fx);

@@ -21,6 +21,8 @@ typedef struct {
     size_t qx_cap;
     float *xpairs;  /* bf16 decode's x split into even and odd elements (decode_bf16_pairs) */
     size_t xpairs_cap;
+    float *att_parts;  /* decode attention's partial sums per chunk of keys (attention_fast.c) */
+    size_t att_parts_cap;
     void *wt;          /* a transposed weight matrix copied into [N, K] (matmul_fast.c) */
     size_t wt_cap;
     bool bf16_prompts; /* hc_backend_cpu_fast_bf16_prompts */
