@@ -130,7 +130,7 @@ static void att_part(void *ctx, int ith, int nth) {
  * are a fixed size whatever the thread count, so the bits do not depend on it.
  * Why chunks of keys for decode: a cache row holds every KV head ([S, KVH*D]), and two threads
  * reading a half of each row read this VM's memory at 9-16 GB/s, against 60-65 for halves of
- *  the keys (the 1B model's f32 cache at position 504: 1 KB on, 1 KB off). The per-key path
+ * the keys (the 1B model's f32 cache at position 504: 1 KB on, 1 KB off). The per-key path
  * above (a dot and an axpy call per key and head, each with a lane reduction) took that decode
  * 5.8 ms a token at position 536; chunks, 2.4-3.0 ms. */
 
