@@ -179,6 +179,16 @@ T512_INLINE void hr_block(float *sc, const float *q, const void *kc, const hc_dt
     _mm512_mask_storeu_ps(sc, (__mmask16)((1u << nk) - 1), _mm512_mul_ps(sum16(a), sv));
 }
 
+/* Reads rows [s0, s0 + rows) of a cache, a byte a cache line, in address order, before a
+ * chunk's block is computed head by head (each head's loads jump a whole row): on this VM the
+ * decode's attention took 22-29% less time with it (1B shapes at positions 504 and 1800, f32 and
+ * bf16 caches, medians alternated in one process), where software prefetches of the same lines
+ * changed nothing. The reads are volatile, so they stay without a use. */
+static inline void read_rows_in_order(const void *cache, size_t es, int64_t s0, int64_t rows, int64_t ld) {
+    const char *a = (const char *)cache + (size_t)(s0 * ld) * es, *b = a + (size_t)(rows * ld) * es;
+    for (const char *p = a; p < b; p += 64) (void)*(const volatile char *)p;
+}
+
 /* sc[h][0..n) for the heads [h0, h1) (query heads of KV heads g = h / G): key blocks in order,
  * every head of a block before the next. */
 T512_INLINE void hr_scores_dc(float *sc, const att_job *j, const float *q, int64_t h0, int64_t h1, int64_t lo, int64_t n,
@@ -187,6 +197,7 @@ T512_INLINE void hr_scores_dc(float *sc, const att_job *j, const float *q, int64
     const __m512 sv = _mm512_set1_ps(j->scale);
     for (int64_t s = 0; s < n; s += 16) {
         const int nk = n - s < 16 ? (int)(n - s) : 16;
+        if (j->chunks) read_rows_in_order(j->kc, dt == HC_DTYPE_F32 ? 4 : 2, lo + s, nk, ld);
         for (int64_t h = h0; h < h1; h++) hr_block(sc + (h - h0) * n + s, q + h * D, j->kc, dt, lo + s, nk, ld, h / G, DC, sv);
     }
 }
@@ -273,6 +284,7 @@ T512 static void hr_item(const att_job *j, int64_t t, int64_t g0, int64_t g1, in
                                               {hr_values_1_4, hr_values_2_4, hr_values_3_4, hr_values_4_4}};
     for (int64_t s = 0; s < n; s += 16) {
         const int nk = n - s < 16 ? (int)(n - s) : 16;
+        if (part) read_rows_in_order(j->vc, j->kv == HC_DTYPE_F32 ? 4 : 2, lo + s, nk, ld);
         for (int64_t g = g0; g < g1; g++)
             for (int64_t ha = g * G; ha < (g + 1) * G; ha += GQ) { /* up to GQ heads of KV head g */
                 const int hn = (g + 1) * G - ha < GQ ? (int)((g + 1) * G - ha) : GQ;
