@@ -25,8 +25,8 @@
 
 #define MAX_FORMATS 8
 
-static read_job job;
-static const int32_t prompt_ids[8] = {1, 2, 3, 4, 5, 6, 7, 8}; /* every round's prompt */ /* the 1 GiB buffer the bandwidth is read from */
+static read_job job;                                            /* the 1 GiB buffer the bandwidth is read from */
+static const int32_t prompt_ids[8] = {1, 2, 3, 4, 5, 6, 7, 8}; /* every round's prompt */
 
 /* GB/s of the faster of two passes over the buffer. */
 static double read_gb_s(hc_pool *pool) {

@@ -82,6 +82,13 @@ typedef struct {
 
 #define HC_MAX_HEAD_DIM 1024
 
+/* The keys token t attends to: [lo, lo + n). */
+static void attended(const att_job *j, int64_t t, int64_t *lo, int64_t *n) {
+    const int64_t p = j->pos[t];
+    *lo = (j->window > 0 && p - j->window + 1 > 0) ? p - j->window + 1 : 0;
+    *n = p - *lo + 1;
+}
+
 /* Row s, head kvh of a cache: in place for f32, widened into `tmp` for f16/bf16. */
 static const float *kv_row(const att_job *j, const void *cache, int64_t s, int64_t kvh, float *tmp) {
     const int64_t off = (s * j->KVH + kvh) * j->D;
@@ -100,22 +107,23 @@ static void att_part(void *ctx, int ith, int nth) {
     const int64_t per = (pairs + nth - 1) / nth, a = per * ith, b = a + per < pairs ? a + per : pairs;
     float *att = j->fx->scratch[ith]; /* [S] */
     for (int64_t i = a; i < b; i++) {
-        const int64_t t = i / j->H, h = i % j->H, p = j->pos[t];
-        const int64_t lo = (j->window > 0 && p - j->window + 1 > 0) ? p - j->window + 1 : 0;
+        const int64_t t = i / j->H, h = i % j->H;
+        int64_t lo, n;
+        attended(j, t, &lo, &n);
         const float *qh = j->q + (t * j->H + h) * j->D;
         const int64_t kvh = h / group;
         float row[HC_MAX_HEAD_DIM]; /* a 16-bit cache row widened to f32 */
         float mx = -INFINITY;
-        for (int64_t s = lo; s <= p; s++) {
+        for (int64_t s = lo; s < lo + n; s++) {
             float v = j->dot(qh, kv_row(j, j->kc, s, kvh, row), j->D) * j->scale;
             if (j->softcap > 0) v = j->softcap * tanhf(v / j->softcap);
             att[s - lo] = v;
             if (v > mx) mx = v;
         }
-        const float inv = (float)(1.0 / hc_vec_exp_shift(att, mx, p - lo + 1));
+        const float inv = (float)(1.0 / hc_vec_exp_shift(att, mx, n));
         float *oh = j->out + (t * j->H + h) * j->D;
         for (int64_t d = 0; d < j->D; d++) oh[d] = 0;
-        for (int64_t s = lo; s <= p; s++) j->axpy(oh, kv_row(j, j->vc, s, kvh, row), att[s - lo] * inv, j->D);
+        for (int64_t s = lo; s < lo + n; s++) j->axpy(oh, kv_row(j, j->vc, s, kvh, row), att[s - lo] * inv, j->D);
     }
 }
 
@@ -300,13 +308,6 @@ T512 static void hr_item(const att_job *j, int64_t t, int64_t g0, int64_t g1, in
     }
 }
 
-/* The keys token t attends to: [lo, lo + n). */
-static void attended(const att_job *j, int64_t t, int64_t *lo, int64_t *n) {
-    const int64_t p = j->pos[t];
-    *lo = (j->window > 0 && p - j->window + 1 > 0) ? p - j->window + 1 : 0;
-    *n = p - *lo + 1;
-}
-
 /* Items dealt in turn (item ith, ith + nth, ...): a prompt's later tokens attend to more keys. */
 static void hr_part(void *ctx, int ith, int nth) {
     const att_job *j = ctx;
@@ -338,17 +339,20 @@ T512 static void hr_combine(const att_job *j) {
         attended(j, t, &lo, &n);
         const int64_t nc = (n + AC - 1) / AC;
         for (int64_t h = 0; h < H; h++) {
-            const float *part = j->parts + t * j->chunks * stride + h * (D + 2);
+            float *part = j->parts + t * j->chunks * stride + h * (D + 2);
             float M = -INFINITY, L = 0;
             for (int64_t c = 0; c < nc; c++) M = part[c * stride + D] > M ? part[c * stride + D] : M;
+            for (int64_t c = 0; c < nc; c++) { /* each chunk's max becomes its factor e^(max_c - M) */
+                part[c * stride + D] = expf(part[c * stride + D] - M);
+                L += part[c * stride + D] * part[c * stride + D + 1];
+            }
             float *oh = j->out + (t * H + h) * D;
             for (int64_t d = 0; d < D; d += 16) {
                 __m512 acc = _mm512_setzero_ps();
                 for (int64_t c = 0; c < nc; c++)
-                    acc = _mm512_fmadd_ps(_mm512_set1_ps(expf(part[c * stride + D] - M)), _mm512_loadu_ps(part + c * stride + d), acc);
+                    acc = _mm512_fmadd_ps(_mm512_set1_ps(part[c * stride + D]), _mm512_loadu_ps(part + c * stride + d), acc);
                 _mm512_storeu_ps(oh + d, acc);
             }
-            for (int64_t c = 0; c < nc; c++) L += expf(part[c * stride + D] - M) * part[c * stride + D + 1];
             const __m512 inv = _mm512_set1_ps(1.0f / L);
             for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(oh + d, _mm512_mul_ps(_mm512_loadu_ps(oh + d), inv));
         }
@@ -369,13 +373,14 @@ void hc_cpu_attention_fast(hc_backend *be, float *out, const float *q, const voi
     }
     /* a few tokens over many keys: chunks of keys; else a range of KV heads a thread for a few
      * tokens, every head of a token together for more */
+    const bool grouped = D % 16 == 0 && D <= 256 && !strcmp(hc_cpu_kernels(), "avx512");
     const int64_t ranges = T < nth ? (KVH < nth ? KVH : nth) : 1, chunks = T < 8 && need > AC ? (need + AC - 1) / AC : 0;
     const size_t parts = (size_t)(T * chunks * H * (D + 2));
-    if (parts > fx->att_parts_cap) { /* grows to the longest context seen, then stays */
+    if (grouped && parts > fx->att_parts_cap) { /* grows to the longest context seen, then stays */
         float *pp = realloc(fx->att_parts, parts * sizeof(float));
         if (pp) fx->att_parts = pp, fx->att_parts_cap = parts;
     }
-    if (D % 16 == 0 && D <= 256 && !strcmp(hc_cpu_kernels(), "avx512") && parts <= fx->att_parts_cap &&
+    if (grouped && parts <= fx->att_parts_cap &&
         hc_fast_scratch(fx, chunks ? (size_t)(H * AC) : (size_t)((KVH + ranges - 1) / ranges * (H / KVH) * need))) {
         att_job hj = {.out = out, .q = q, .kc = k_cache, .vc = v_cache, .kv = kv_dtype, .pos = pos, .T = T, .H = H,
                       .KVH = KVH, .D = D, .window = window, .scale = scale, .softcap = softcap, .fx = fx, .ranges = ranges,
