@@ -210,7 +210,8 @@ T512_INLINE void hr_scores_dc(float *sc, const att_job *j, const float *q, int64
         if (j->chunks) read_rows_in_order(j->kc, dt == HC_DTYPE_F32 ? 4 : 2, lo + s, nk, ld);
         if (dt != HC_DTYPE_F32) {
             /* A 16-bit cache: each KV head's block widened once for its G query heads, not once
-             * per head (the same floats; bf16 decode attention 5-10% faster). */
+             * per head (the same floats; a bf16 cache at position 1816: 277-317 -> 252-268 us a
+             * layer, bench_cpu_attention). */
             _Alignas(64) float kt[16 * 256]; /* [16 keys][D] */
             for (int64_t h = h0; h < h1;) {
                 const int64_t g = h / G, he = (g + 1) * G < h1 ? (g + 1) * G : h1;
