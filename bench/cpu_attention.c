@@ -6,6 +6,7 @@
  * usage: bench_cpu_attention [POS=1816] [f32|f16|bf16] [REPS=30] [LAYERS=16]
  * prints the read loop's rate over the caches (bench_membw's loop, taken between rounds) and
  * the median time a layer, with its quartiles and the cache bytes it read per second. */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,14 +33,25 @@ int main(int argc, char **argv) {
         return 2;
     }
     hc_backend *be;
-    if (hc_backend_cpu_fast_new(0, &be) != HC_OK) return 1;
+    if (hc_backend_cpu_fast_new(0, &be) != HC_OK) {
+        fprintf(stderr, "bench_cpu_attention: cannot start the CPU backend\n");
+        return 1;
+    }
     hc_fast_ctx *fx = be->ctx;
     const size_t es = dt == HC_DTYPE_F32 ? 4 : 2, layer = (size_t)S * KVH * D * es;
+    if ((size_t)layers > SIZE_MAX / 2 / layer) {
+        fprintf(stderr, "bench_cpu_attention: %d layers of %lld positions do not fit in memory\n", layers, (long long)S);
+        return 2;
+    }
     uint16_t *kc = hc_alloc_huge((size_t)layers * layer), *vc = hc_alloc_huge((size_t)layers * layer);
     float *q = malloc(sizeof(float) * H * D), *out = malloc(sizeof(float) * H * D);
     float *scratch = malloc(sizeof(float) * (size_t)S);
     double *t = malloc(sizeof(double) * (size_t)reps);
-    if (!kc || !vc || !q || !out || !scratch || !t) return 1;
+    if (!kc || !vc || !q || !out || !scratch || !t) {
+        fprintf(stderr, "bench_cpu_attention: out of memory for %d layers' caches of %lld positions\n", layers,
+                (long long)S);
+        return 1;
+    }
     /* 16-bit patterns that are small finite numbers in f16 and bf16 alike (and tiny f32s) */
     for (size_t i = 0; i < (size_t)layers * layer / 2; i++)
         kc[i] = (uint16_t)(0x3c00 + i % 64), vc[i] = (uint16_t)(0x3c00 + i % 32);

@@ -173,18 +173,17 @@ T512_INLINE __m512 sum16(const __m512 *a) {
                          _mm512_shuffle_f32x4(z[0], z[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-/* 16 keys' scores for one head: sc[i] = scale * q . k_{s0+i} (KV head g) for i < nk, the rest of
- * the block zero-padded. DC = D / 16. */
-T512_INLINE void hr_block(float *sc, const float *q, const void *kc, const hc_dtype dt, int64_t s0, int nk, int64_t ld,
-                          int64_t g, const int64_t DC, __m512 sv) {
+/* 16 keys' scores for one head: sc[i] = scale * q . k_i for i < nk, the rest of the block
+ * zero-padded. k: the block's first key, keys ld floats apart. DC = D / 16. */
+T512_INLINE void hr_block(float *sc, const float *q, const float *k, int nk, int64_t ld, const int64_t DC, __m512 sv) {
     __m512 a[16];
 #pragma GCC unroll 16
     for (int i = 0; i < 16; i++) {
         a[i] = _mm512_setzero_ps();
         if (i >= nk) continue;
-        const int64_t off = (s0 + i) * ld + g * DC * 16;
-        a[i] = _mm512_mul_ps(_mm512_loadu_ps(q), kv_load(kc, dt, off));
-        for (int64_t c = 1; c < DC; c++) a[i] = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * c), kv_load(kc, dt, off + 16 * c), a[i]);
+        const float *ki = k + i * ld;
+        a[i] = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(ki));
+        for (int64_t c = 1; c < DC; c++) a[i] = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * c), _mm512_loadu_ps(ki + 16 * c), a[i]);
     }
     _mm512_mask_storeu_ps(sc, (__mmask16)((1u << nk) - 1), _mm512_mul_ps(sum16(a), sv));
 }
@@ -208,21 +207,21 @@ T512_INLINE void hr_scores_dc(float *sc, const att_job *j, const float *q, int64
     for (int64_t s = 0; s < n; s += 16) {
         const int nk = n - s < 16 ? (int)(n - s) : 16;
         if (j->chunks) read_rows_in_order(j->kc, dt == HC_DTYPE_F32 ? 4 : 2, lo + s, nk, ld);
-        if (dt != HC_DTYPE_F32) {
-            /* A 16-bit cache: each KV head's block widened once for its G query heads, not once
-             * per head (the same floats; a bf16 cache at position 1816: 277-317 -> 252-268 us a
-             * layer, bench_cpu_attention). */
+        for (int64_t h = h0; h < h1;) {
+            const int64_t g = h / G, he = (g + 1) * G < h1 ? (g + 1) * G : h1;
+            /* KV head g's block as f32: an f32 cache in place; a 16-bit one widened once for its G
+             * query heads, not once per head (a bf16 cache at position 1816: 277-317 -> 252-268 us
+             * a layer, bench_cpu_attention) */
             _Alignas(64) float kt[16 * 256]; /* [16 keys][D] */
-            for (int64_t h = h0; h < h1;) {
-                const int64_t g = h / G, he = (g + 1) * G < h1 ? (g + 1) * G : h1;
+            const float *k = kt;
+            int64_t kld = D;
+            if (dt == HC_DTYPE_F32) k = (const float *)j->kc + ((lo + s) * ld + g * D), kld = ld;
+            else
                 for (int i = 0; i < nk; i++)
                     for (int64_t c = 0; c < DC; c++)
                         _mm512_store_ps(kt + i * D + 16 * c, kv_load(j->kc, dt, (lo + s + i) * ld + g * D + 16 * c));
-                for (; h < he; h++) hr_block(sc + (h - h0) * n + s, q + h * D, kt, HC_DTYPE_F32, 0, nk, D, 0, DC, sv);
-            }
-            continue;
+            for (; h < he; h++) hr_block(sc + (h - h0) * n + s, q + h * D, k, nk, kld, DC, sv);
         }
-        for (int64_t h = h0; h < h1; h++) hr_block(sc + (h - h0) * n + s, q + h * D, j->kc, dt, lo + s, nk, ld, h / G, DC, sv);
     }
 }
 
