@@ -613,6 +613,88 @@ static double rel_diff(const float *a, const float *b, int64_t n, double floor) 
     return m;
 }
 
+/* Decode's fused products on the fast backend (matmul_n's q, k, v; gate and up with their glu
+ * in one pass of the pool) give the bits of the op sequence, with 1 and 2 threads, in every
+ * weight format: each row is computed as one matmul computes it and glu is elementwise. */
+static void test_fast_fused(void) {
+    hc_backend *fast1, *fast2;
+    CHECK_OK(hc_backend_cpu_fast_new(1, &fast1));
+    CHECK_OK(hc_backend_cpu_fast_new(2, &fast2));
+    if (!fast1 || !fast2) return;
+    const int64_t shapes[][3] = {{2048, 512, 128}, {512, 300, 96}, {768, 1000, 200}}; /* K, N of q and gate, N of k and v */
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int64_t K = shapes[si][0], N = shapes[si][1], NK = shapes[si][2];
+        float *x = malloc(sizeof(float) * (size_t)K), *wf = malloc(sizeof(float) * (size_t)(3 * N * K));
+        float *seq = malloc(sizeof(float) * (size_t)(3 * N)), *one = malloc(sizeof(float) * (size_t)(3 * N)),
+              *two = malloc(sizeof(float) * (size_t)(3 * N)), *tmp = malloc(sizeof(float) * (size_t)N), bias[3][1000];
+        uint16_t *wb = malloc(2 * (size_t)(3 * N * K));
+        fill(x, K);
+        fill(wf, 3 * N * K);
+        for (int i = 0; i < 3; i++) fill(bias[i], N);
+        for (int64_t i = 0; i < 3 * N * K; i++) wb[i] = hc_f32_to_bf16(wf[i]);
+        /* f32 bf16 q8_0 q4_0 q4_k, and the layouts quantize on load picks here (r16 with VNNI) */
+        const int quants[] = {0, 0, HC_QUANT_Q8_0, HC_QUANT_Q4_0, HC_QUANT_Q4_K};
+        for (int fmt = 0; fmt < 5; fmt++) {
+            const int quant = quants[fmt] ? hc_cpu_quant_layout(NULL, quants[fmt]) : 0;
+            if (quant && K % hc_quant_block_elems(quant)) continue;
+            hc_mat w[3];
+            void *qbuf[3] = {NULL, NULL, NULL};
+            for (int i = 0; i < 3; i++) {
+                const int64_t rows = i == 0 ? N : NK;
+                w[i] = (hc_mat){.rows = rows, .cols = K, .ld = K, .dtype = fmt == 1 ? HC_DTYPE_BF16 : HC_DTYPE_F32};
+                if (!quant) {
+                    w[i].data = fmt == 1 ? (void *)(wb + i * N * K) : (void *)(wf + i * N * K);
+                    continue;
+                }
+                w[i].quant = quant;
+                qbuf[i] = malloc(hc_quant_row_bytes(quant, K) * (size_t)rows);
+                for (int64_t n = 0; n < rows; n++) hc_quantize_mat_row(quant, qbuf[i], rows, K, n, wf + (i * N + n) * K);
+                w[i].data = qbuf[i];
+            }
+            const hc_mat *ws[3] = {&w[0], &w[1], &w[2]};
+            hc_vec bv[3];
+            for (int i = 0; i < 3; i++) bv[i] = (hc_vec){.data = bias[i], .dtype = HC_DTYPE_F32, .n = w[i].rows};
+            const hc_vec *bs[3] = {&bv[0], &bv[1], &bv[2]};
+            float *seq_o[3] = {seq, seq + N, seq + 2 * N}, *one_o[3] = {one, one + N, one + 2 * N},
+                  *two_o[3] = {two, two + N, two + 2 * N};
+            for (int i = 0; i < 3; i++) fast2->matmul(fast2, seq_o[i], x, ws[i], bs[i], 1);
+            fast1->matmul_n(fast1, one_o, x, ws, bs, 3, 1);
+            fast2->matmul_n(fast2, two_o, x, ws, bs, 3, 1);
+            bool same = true;
+            for (int i = 0; i < 3; i++) {
+                const size_t bytes = sizeof(float) * (size_t)w[i].rows;
+                same = same && !memcmp(seq_o[i], one_o[i], bytes) && !memcmp(seq_o[i], two_o[i], bytes);
+            }
+            CHECK(same, "fused q, k, v (fmt %d, K %lld): the bits of three matmuls", fmt, (long long)K);
+            /* gate and up: the first matrix and another of the same shape */
+            hc_mat up = w[0];
+            void *ubuf = NULL;
+            if (quant) {
+                ubuf = malloc(hc_quant_row_bytes(quant, K) * (size_t)N);
+                for (int64_t n = 0; n < N; n++) hc_quantize_mat_row(quant, ubuf, N, K, n, wf + (2 * N + n) * K);
+                up.data = ubuf;
+            } else {
+                up.data = fmt == 1 ? (void *)(wb + 2 * N * K) : (void *)(wf + 2 * N * K);
+            }
+            for (int act = 0; act < 2; act++) {
+                const hc_activation a = act ? HC_ACT_GELU_TANH : HC_ACT_SILU;
+                fast2->matmul(fast2, seq, x, &w[0], &bv[0], 1);
+                fast2->matmul(fast2, tmp, x, &up, &bv[1], 1);
+                fast2->glu(fast2, seq, seq, tmp, a, N);
+                fast1->gated_matmul(fast1, one, tmp, x, &w[0], &bv[0], &up, &bv[1], a, 1);
+                fast2->gated_matmul(fast2, two, tmp, x, &w[0], &bv[0], &up, &bv[1], a, 1);
+                CHECK(!memcmp(seq, one, sizeof(float) * (size_t)N) && !memcmp(seq, two, sizeof(float) * (size_t)N),
+                      "fused gate and up (fmt %d, K %lld, act %d): the bits of two matmuls and glu", fmt, (long long)K, act);
+            }
+            free(ubuf);
+            for (int i = 0; i < 3; i++) free(qbuf[i]);
+        }
+        free(x), free(wf), free(wb), free(seq), free(one), free(two), free(tmp);
+    }
+    fast1->destroy(fast1);
+    fast2->destroy(fast2);
+}
+
 /* The fast backend's norm and glu run SIMD kernels (vector_math.c) split over threads: within
  * a few ulps of the reference, and the same bits with one thread or two, for shapes above and
  * below the parallel threshold, tails of every length, and weights in f32, bf16 and f16. */
@@ -886,6 +968,7 @@ int main(void) {
     test_elementwise_and_routing(be);
     test_rope_tables();
     test_fast_matmul(be);
+    test_fast_fused();
     test_fast_elementwise(be);
     return test_finish("ops");
 }

@@ -37,6 +37,11 @@ void hc_cpu_norm_fast(hc_backend *be, float *out, const float *x, const hc_vec *
                       float eps, int64_t T, int64_t C);
 void hc_cpu_glu_fast(hc_backend *be, float *out, const float *gate, const float *up, hc_activation act, int64_t n);
 void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T);
+/* Decode's products of one x in one pass of the pool (matmul_fast.c); other calls take the op sequence. */
+void hc_cpu_matmul_n_fast(hc_backend *be, float *const *outs, const float *x, const hc_mat *const *ws,
+                          const hc_vec *const *bs, int n, int64_t T);
+void hc_cpu_gated_matmul_fast(hc_backend *be, float *out, float *tmp, const float *x, const hc_mat *gate,
+                              const hc_vec *bg, const hc_mat *up, const hc_vec *bu, hc_activation act, int64_t T);
 void hc_cpu_norm(hc_backend *be, float *out, const float *x, const hc_vec *w, const hc_vec *b, hc_norm_kind kind,
                  float eps, int64_t T, int64_t C);
 void hc_cpu_rope(hc_backend *be, float *x, const int32_t *pos, const float *inv_freq, float attn_factor, int64_t T,

@@ -121,6 +121,20 @@ bool hc_fast_acts(hc_fast_ctx *fx, size_t n) {
     return true;
 }
 
+bool hc_fast_own_acts(hc_fast_ctx *fx, size_t bytes) {
+    if (bytes <= fx->own_acts_cap) return true;
+    const int nth = hc_pool_size(fx->pool);
+    bytes = (bytes + 63) / 64 * 64;
+    for (int i = 0; i < nth; i++) {
+        void *p = aligned_alloc(64, bytes);
+        if (!p) return false;
+        free(fx->own_acts[i]);
+        fx->own_acts[i] = p;
+    }
+    fx->own_acts_cap = bytes;
+    return true;
+}
+
 void hc_backend_cpu_fast_bf16_prompts(hc_backend *be, bool on) {
     hc_fast_ctx *fx = be->ctx;
     fx->bf16_prompts = on;
@@ -135,7 +149,7 @@ static void fast_destroy(hc_backend *be) {
     free(fx->xpairs);
     free(fx->wt);
     free(fx->att_parts);
-    for (int i = 0; i < HC_MAX_THREADS; i++) free(fx->scratch[i]);
+    for (int i = 0; i < HC_MAX_THREADS; i++) free(fx->scratch[i]), free(fx->own_acts[i]);
     hc_pool_free(fx->pool);
     free(fx);
     free(be);
@@ -147,6 +161,8 @@ hc_status hc_backend_cpu_fast_new(int n_threads, hc_backend **out) {
     *be = cpu_backend;
     be->name = "cpu-fast";
     be->matmul = hc_cpu_matmul_fast;
+    be->matmul_n = hc_cpu_matmul_n_fast;
+    be->gated_matmul = hc_cpu_gated_matmul_fast;
     be->quant_layout = hc_cpu_quant_layout;
     be->attention = hc_cpu_attention_fast;
     be->norm = hc_cpu_norm_fast;

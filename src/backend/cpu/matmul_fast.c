@@ -573,6 +573,7 @@ typedef struct {
     decode_pairs_fn pairs;
     int64_t chunk;       /* > 0: decode, rows taken in chunks of this many (below) */
     mm_cursor *cursors;  /* [nth]: the next chunk of each thread's slice */
+    void *const *own;    /* decode: per-thread buffers each thread prepares x in first (mm_own), or NULL */
 } mm_job;
 
 /* Rows [n0, n1) of the product, whatever path the job takes. */
@@ -599,13 +600,46 @@ static void mm_rows(const mm_job *j, int ith, int64_t n0, int64_t n1) {
             for (int64_t n = n0; n < n1; n++) j->out[t * N + n] += hc_load_f32(j->bias->data, j->bias->dtype, n);
 }
 
+/* Decode prepares x in each thread's own buffer: the quantized blocks (qx, dx, sx, isx) for
+ * quantized weights, the even and odd elements (decode_bf16_pairs) for bf16. When one thread
+ * prepared x for all, the others first pulled its lines from that core, and its next writes had
+ * to take them back: in this VM's fast memory regime that cost the 1B decode 0.02-0.04 of its
+ * share of the bandwidth, ten times the few microseconds of the work (bench/README, session 16).
+ * Each thread's copy is the same bytes, so which thread computes a row does not matter. */
+static size_t own_span(size_t bytes) { return (bytes + 63) / 64 * 64; }
+
+static size_t own_bytes(int64_t n) { /* x of n values: qx, dx, sx, isx, then the pairs */
+    return own_span((size_t)n) + 3 * own_span((size_t)(n / HC_QK + 1) * 4) + own_span((size_t)n * sizeof(float));
+}
+
+static void mm_own(mm_job *own, const mm_job *j, int ith) {
+    *own = *j;
+    own->own = NULL;
+    const int64_t K = j->w->cols, n = j->T * K;
+    char *buf = j->own[ith];
+    if (j->w->quant) {
+        const size_t bs = own_span((size_t)(n / HC_QK + 1) * 4);
+        int8_t *qx = (int8_t *)buf;
+        float *dx = (float *)(void *)(buf + own_span((size_t)n)), *sx = (float *)(void *)((char *)dx + bs);
+        int32_t *isx = (int32_t *)(void *)((char *)sx + bs);
+        if (j->fn == matmul_rows__avx512 && __builtin_cpu_supports("avx512bw")) quantize_acts_512(qx, dx, sx, isx, j->x, j->T, K);
+        else quantize_acts(qx, dx, sx, isx, j->x, j->T, K);
+        own->qx = qx, own->dx = dx, own->sx = sx, own->isx = isx;
+    } else {
+        float *p = (float *)(void *)(buf + own_span((size_t)n) + 3 * own_span((size_t)(n / HC_QK + 1) * 4));
+        for (int64_t i = 0; i < K / 2; i++) p[i] = j->x[2 * i], p[K / 2 + i] = j->x[2 * i + 1];
+        own->xpairs = p;
+    }
+}
+
 /* Each thread owns a contiguous slice of rows, cut at multiples of 16 so threads never share a
  * cache line. Decode takes its slice in chunks, and a thread done with its own takes the next
  * chunks of the others': on this VM one core often streams 10-20% slower than the other for a
  * while, and the faster one waited for it at every matmul (the 1B q4_0 decode: 0.41 against
- * 0.46 s busy in 16 tokens). Every row is computed the same way by whichever thread takes it. */
-static void mm_part(void *ctx, int ith, int nth) {
-    const mm_job *j = ctx;
+ * 0.46 s busy in 16 tokens). Every row is computed the same way by whichever thread takes it.
+ * gated: up (another job over the same rows) is computed for each chunk too, and the chunk's
+ * outputs become act(gate) * up there (glu_out: up's output). */
+static void mm_take(const mm_job *j, const mm_job *up, float *glu_out, hc_activation act, int ith, int nth) {
     const int64_t N = j->w->rows;
     int64_t per = (N + nth - 1) / nth;
     per = (per + 15) / 16 * 16;
@@ -620,9 +654,24 @@ static void mm_part(void *ctx, int ith, int nth) {
         for (;;) {
             const int64_t n0 = s0 + j->chunk * atomic_fetch_add_explicit(&j->cursors[owner].next, 1, memory_order_relaxed);
             if (n0 >= s1) break;
-            mm_rows(j, ith, n0, n0 + j->chunk < s1 ? n0 + j->chunk : s1);
+            const int64_t n1 = n0 + j->chunk < s1 ? n0 + j->chunk : s1;
+            mm_rows(j, ith, n0, n1);
+            if (!up) continue;
+            mm_rows(up, ith, n0, n1);
+            for (int64_t t = 0; t < j->T; t++)
+                hc_vec_glu(j->out + t * N + n0, j->out + t * N + n0, glu_out + t * N + n0, act, n1 - n0);
         }
     }
+}
+
+static void mm_part(void *ctx, int ith, int nth) {
+    const mm_job *j = ctx;
+    mm_job own;
+    if (j->own) {
+        mm_own(&own, j, ith);
+        j = &own;
+    }
+    mm_take(j, NULL, NULL, HC_ACT_SILU, ith, nth);
 }
 
 /* ---- transposed weights ([K, N] stored: GPT-2's Conv1D, and every dx = dy W of training) ----
@@ -705,6 +754,34 @@ static void transpose_part(void *ctx, int ith, int nth) {
                 }
 }
 
+/* Decode (one token) on the pool: rows in chunks of about 64 KB of weights (mm_take), x prepared
+ * by each thread (mm_own). false where another path applies: no pool or more than 16 threads, a
+ * small product, a transposed matrix, an r16 or q4_0x4 layout without VNNI (the reference), or no
+ * memory for the buffers. cursors: [16]. */
+static bool mm_decode_job(hc_fast_ctx *fx, rows_fn fn, mm_job *j, mm_cursor *cursors, float *out, const float *x,
+                          const hc_mat *w, const hc_vec *bias) {
+    const int nth = hc_pool_size(fx->pool);
+    const int64_t K = w->cols, pair_vl = fn == matmul_rows__avx512 ? 32 : 16;
+    if (!fn || !fx->pool || nth < 2 || nth > 16 || w->transposed || w->rows * K < 32768) return false;
+    *j = (mm_job){.out = out, .x = x, .w = w, .bias = bias, .T = 1, .fn = fn};
+    if (w->quant) {
+        j->vnni = has_vnni();
+        if ((w->quant == HC_QUANT_Q4_0X4 || hc_quant_is_r16(w->quant)) && !j->vnni) return false;
+    } else if (w->dtype == HC_DTYPE_BF16 && K % pair_vl == 0) {
+        j->pairs = fn == matmul_rows__avx512 ? decode_bf16_pairs_avx512 : decode_bf16_pairs_avx2;
+    }
+    if (w->quant || j->pairs) {
+        if (!hc_fast_own_acts(fx, own_bytes(K))) return false;
+        j->own = fx->own_acts;
+    }
+    const size_t row_bytes = w->quant ? hc_quant_row_bytes(w->quant, K) : (size_t)w->ld * hc_dtype_size(w->dtype);
+    j->chunk = ((int64_t)(65536 / row_bytes) + 15) / 16 * 16;
+    if (j->chunk < 16) j->chunk = 16;
+    for (int i = 0; i < nth; i++) atomic_init(&cursors[i].next, 0);
+    j->cursors = cursors;
+    return true;
+}
+
 void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat *w, const hc_vec *bias, int64_t T) {
     rows_fn fn = pick();
     hc_mat wn;
@@ -744,9 +821,17 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
         hc_cpu_matmul(be, out, x, w, bias, T);
         return;
     }
-    mm_job j = {.out = out, .x = x, .w = w, .bias = bias, .T = T, .fn = fn};
     hc_fast_ctx *fx = be->ctx;
     hc_pool *pool = fx->pool;
+    if (T == 1) {
+        mm_job dj;
+        mm_cursor cursors[16];
+        if (mm_decode_job(fx, fn, &dj, cursors, out, x, w, bias)) {
+            hc_pool_run(pool, mm_part, &dj);
+            return;
+        }
+    }
+    mm_job j = {.out = out, .x = x, .w = w, .bias = bias, .T = T, .fn = fn};
     if (w->quant && hc_fast_acts(fx, (size_t)(T * w->cols))) {
         if (fn == matmul_rows__avx512 && __builtin_cpu_supports("avx512bw"))
             quantize_acts_512(fx->qx, fx->dx, fx->sx, fx->isx, x, T, w->cols);
@@ -791,17 +876,79 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
         mm_part(&j, 0, 1);
         return;
     }
-    /* Decode goes in chunks of about 64 KB of weights (mm_part). */
-    mm_cursor cursors[16];
-    const int nth = hc_pool_size(pool);
-    if (T == 1 && nth <= 16) {
-        const size_t row_bytes = w->quant ? hc_quant_row_bytes(w->quant, K) : (size_t)w->ld * hc_dtype_size(w->dtype);
-        j.chunk = ((int64_t)(65536 / row_bytes) + 15) / 16 * 16;
-        if (j.chunk < 16) j.chunk = 16;
-        for (int i = 0; i < nth; i++) atomic_init(&cursors[i].next, 0);
-        j.cursors = cursors;
-    }
     hc_pool_run(pool, mm_part, &j);
+}
+
+/* Decode products that read the same x in one pass of the pool: matmul_n's q, k and v, and a
+ * gated MLP's gate and up, whose chunks become act(gate) * up as they are computed. Each thread
+ * prepares x once for all of them, and none waits for the others between the matrices. Every
+ * row is computed as hc_cpu_matmul_fast computes it, and glu is elementwise, so the results are
+ * the same bits as the op sequence. */
+#define MM_GROUP_MAX 4
+
+typedef struct {
+    mm_job jobs[MM_GROUP_MAX]; /* one matrix each, x prepared the same way for all (mm_same_x) */
+    int n;
+    bool gated;                /* jobs[0] gate, jobs[1] up */
+    hc_activation act;
+} mm_group;
+
+static bool mm_same_x(const mm_job *a, const mm_job *b) {
+    return a->w->cols == b->w->cols && !a->w->quant == !b->w->quant && !a->pairs == !b->pairs && !a->own == !b->own;
+}
+
+static void mm_group_part(void *ctx, int ith, int nth) {
+    const mm_group *g = ctx;
+    mm_job own[MM_GROUP_MAX];
+    for (int i = 0; i < g->n; i++) {
+        own[i] = g->jobs[i];
+        if (!own[i].own) continue;
+        if (i == 0) {
+            mm_own(&own[0], &g->jobs[0], ith);
+            continue;
+        }
+        own[i].own = NULL;
+        own[i].qx = own[0].qx, own[i].dx = own[0].dx, own[i].sx = own[0].sx, own[i].isx = own[0].isx;
+        own[i].xpairs = own[0].xpairs;
+    }
+    if (g->gated) mm_take(&own[0], &own[1], g->jobs[1].out, g->act, ith, nth);
+    else
+        for (int i = 0; i < g->n; i++) mm_take(&own[i], NULL, NULL, g->act, ith, nth);
+}
+
+void hc_cpu_matmul_n_fast(hc_backend *be, float *const *outs, const float *x, const hc_mat *const *ws,
+                          const hc_vec *const *bs, int n, int64_t T) {
+    hc_fast_ctx *fx = be->ctx;
+    if (T == 1 && n >= 2 && n <= MM_GROUP_MAX) {
+        const rows_fn fn = pick();
+        mm_group g = {.n = n};
+        mm_cursor cursors[MM_GROUP_MAX][16];
+        bool ok = true;
+        for (int i = 0; ok && i < n; i++)
+            ok = mm_decode_job(fx, fn, &g.jobs[i], cursors[i], outs[i], x, ws[i], bs[i]) && mm_same_x(&g.jobs[0], &g.jobs[i]);
+        if (ok) {
+            hc_pool_run(fx->pool, mm_group_part, &g);
+            return;
+        }
+    }
+    hc_fused_matmul_n(be, outs, x, ws, bs, n, T);
+}
+
+void hc_cpu_gated_matmul_fast(hc_backend *be, float *out, float *tmp, const float *x, const hc_mat *gate,
+                              const hc_vec *bg, const hc_mat *up, const hc_vec *bu, hc_activation act, int64_t T) {
+    hc_fast_ctx *fx = be->ctx;
+    if (T == 1 && gate->rows == up->rows && gate->cols == up->cols && gate->ld == up->ld && gate->quant == up->quant &&
+        gate->dtype == up->dtype) {
+        const rows_fn fn = pick();
+        mm_group g = {.n = 2, .gated = true, .act = act};
+        mm_cursor cursors[2][16];
+        if (mm_decode_job(fx, fn, &g.jobs[0], cursors[0], out, x, gate, bg) &&
+            mm_decode_job(fx, fn, &g.jobs[1], cursors[1], tmp, x, up, bu) && mm_same_x(&g.jobs[0], &g.jobs[1])) {
+            hc_pool_run(fx->pool, mm_group_part, &g);
+            return;
+        }
+    }
+    hc_fused_gated_matmul(be, out, tmp, x, gate, bg, up, bu, act, T);
 }
 
 /* ---- backward: dW += dout^T x on the pool, split by rows of dW, each row summed over t in
