@@ -603,9 +603,10 @@ static void mm_rows(const mm_job *j, int ith, int64_t n0, int64_t n1) {
 /* Decode prepares x in each thread's own buffer: the quantized blocks (qx, dx, sx, isx) for
  * quantized weights, the even and odd elements (decode_bf16_pairs) for bf16. When one thread
  * prepared x for all, the others first pulled its lines from that core, and its next writes had
- * to take them back: in this VM's fast memory regime that cost the 1B decode 0.02-0.04 of its
- * share of the bandwidth, ten times the few microseconds of the work (bench/README, session 16).
- * Each thread's copy is the same bytes, so which thread computes a row does not matter. */
+ * to take them back: in this VM's fast memory regime that cost the 1B model's matrices 0.03-0.04
+ * of their share of the bandwidth, ten times the microseconds of the work, and real decodes gained
+ * up to 0.065 (bench/README, session 16). Each thread's copy is the same bytes, so which thread
+ * computes a row does not matter. */
 static size_t own_span(size_t bytes) { return (bytes + 63) / 64 * 64; }
 
 static size_t own_bytes(int64_t n) { /* x of n values: qx, dx, sx, isx, then the pairs */
