@@ -26,7 +26,7 @@ typedef struct {
     void *wt;          /* a transposed weight matrix copied into [N, K] (matmul_fast.c) */
     size_t wt_cap;
     bool bf16_prompts; /* hc_backend_cpu_fast_bf16_prompts */
-    void *own_acts[HC_MAX_THREADS]; /* per thread: decode's x quantized by each thread itself */
+    void *own_acts[HC_MAX_THREADS]; /* per thread: decode's x as that thread prepares it (matmul_fast.c) */
     size_t own_acts_cap;
 } hc_fast_ctx;
 
@@ -40,6 +40,8 @@ static inline void hc_prefetch_ahead(const void *p, int lines) {
 
 /* Makes the quantized-activation buffers hold n values; false when out of memory. */
 bool hc_fast_acts(hc_fast_ctx *fx, size_t n);
+/* Makes each thread's own buffer hold bytes (64-byte aligned); false when out of memory. Called
+ * between jobs only: growing frees the old buffers. */
 bool hc_fast_own_acts(hc_fast_ctx *fx, size_t bytes);
 
 /* The dot product and y += a * x in this CPU's vector width (AVX-512, AVX2+FMA or plain C, as
