@@ -13,6 +13,9 @@
 #include "base/threadpool.h"
 
 /* ---- AVX2 + FMA + F16C: 8 floats, blocks of 4 tokens x 2 rows -------------------------------- */
+/* Products of fewer multiply-adds than this run on the calling thread: waking the pool costs more. */
+#define MIN_POOL_PRODUCT 32768
+
 /* Decode rows longer than this go DEC_RB at a time (matmul_rows_): past it, f32 x (8 KB here)
  * no longer stays in L1 beside the streaming weights. */
 #define DECODE_KC 2048
@@ -600,6 +603,17 @@ static void mm_rows(const mm_job *j, int ith, int64_t n0, int64_t n1) {
             for (int64_t n = n0; n < n1; n++) j->out[t * N + n] += hc_load_f32(j->bias->data, j->bias->dtype, n);
 }
 
+/* x[T, K] quantized by the fastest of the two for the picked kernels (the same bytes). */
+static void quantize_x(rows_fn fn, int8_t *qx, float *dx, float *sx, int32_t *isx, const float *x, int64_t T, int64_t K) {
+    if (fn == matmul_rows__avx512 && __builtin_cpu_supports("avx512bw")) quantize_acts_512(qx, dx, sx, isx, x, T, K);
+    else quantize_acts(qx, dx, sx, isx, x, T, K);
+}
+
+/* bf16 decode's x[K] as its even elements, then its odd ones (decode_bf16_pairs). */
+static void split_pairs(float *p, const float *x, int64_t K) {
+    for (int64_t i = 0; i < K / 2; i++) p[i] = x[2 * i], p[K / 2 + i] = x[2 * i + 1];
+}
+
 /* Decode prepares x in each thread's own buffer: the quantized blocks (qx, dx, sx, isx) for
  * quantized weights, the even and odd elements (decode_bf16_pairs) for bf16. When one thread
  * prepared x for all, the others first pulled its lines from that core, and its next writes had
@@ -623,12 +637,11 @@ static void mm_own(mm_job *own, const mm_job *j, int ith) {
         int8_t *qx = (int8_t *)buf;
         float *dx = (float *)(void *)(buf + own_span((size_t)n)), *sx = (float *)(void *)((char *)dx + bs);
         int32_t *isx = (int32_t *)(void *)((char *)sx + bs);
-        if (j->fn == matmul_rows__avx512 && __builtin_cpu_supports("avx512bw")) quantize_acts_512(qx, dx, sx, isx, j->x, j->T, K);
-        else quantize_acts(qx, dx, sx, isx, j->x, j->T, K);
+        quantize_x(j->fn, qx, dx, sx, isx, j->x, j->T, K);
         own->qx = qx, own->dx = dx, own->sx = sx, own->isx = isx;
     } else {
         float *p = (float *)(void *)(buf + own_span((size_t)n) + 3 * own_span((size_t)(n / HC_QK + 1) * 4));
-        for (int64_t i = 0; i < K / 2; i++) p[i] = j->x[2 * i], p[K / 2 + i] = j->x[2 * i + 1];
+        split_pairs(p, j->x, K);
         own->xpairs = p;
     }
 }
@@ -763,7 +776,7 @@ static bool mm_decode_job(hc_fast_ctx *fx, rows_fn fn, mm_job *j, mm_cursor *cur
                           const hc_mat *w, const hc_vec *bias) {
     const int nth = hc_pool_size(fx->pool);
     const int64_t K = w->cols, pair_vl = fn == matmul_rows__avx512 ? 32 : 16;
-    if (!fn || !fx->pool || nth < 2 || nth > 16 || w->transposed || w->rows * K < 32768) return false;
+    if (!fn || !fx->pool || nth < 2 || nth > 16 || w->transposed || w->rows * K < MIN_POOL_PRODUCT) return false;
     *j = (mm_job){.out = out, .x = x, .w = w, .bias = bias, .T = 1, .fn = fn};
     if (w->quant) {
         j->vnni = has_vnni();
@@ -791,7 +804,7 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
         hc_fast_scratch(pfx, (size_t)(BFP_NR * FPP_KC))) {
         /* the packed GEMM reads a transposed view as it is (its panels are rows of it) */
         mm_job pj = {.out = out, .x = x, .w = w, .bias = bias, .T = T, .fn = fn, .fx = pfx};
-        if (!pfx->pool || w->rows * w->cols * T < 32768) mm_part(&pj, 0, 1);
+        if (!pfx->pool || w->rows * w->cols * T < MIN_POOL_PRODUCT) mm_part(&pj, 0, 1);
         else hc_pool_run(pfx->pool, mm_part, &pj);
         return;
     }
@@ -813,7 +826,7 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
     if (w->transposed && !w->quant && fn == matmul_rows__avx512 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")) {
         mm_job tj = {.out = out, .x = x, .w = w, .bias = bias, .T = T, .fn = fn};
         hc_fast_ctx *tfx = be->ctx;
-        if (!tfx->pool || w->rows * w->cols * T < 32768) tr_part(&tj, 0, 1);
+        if (!tfx->pool || w->rows * w->cols * T < MIN_POOL_PRODUCT) tr_part(&tj, 0, 1);
         else hc_pool_run(tfx->pool, tr_part, &tj);
         return;
     }
@@ -834,9 +847,7 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
     }
     mm_job j = {.out = out, .x = x, .w = w, .bias = bias, .T = T, .fn = fn};
     if (w->quant && hc_fast_acts(fx, (size_t)(T * w->cols))) {
-        if (fn == matmul_rows__avx512 && __builtin_cpu_supports("avx512bw"))
-            quantize_acts_512(fx->qx, fx->dx, fx->sx, fx->isx, x, T, w->cols);
-        else quantize_acts(fx->qx, fx->dx, fx->sx, fx->isx, x, T, w->cols);
+        quantize_x(fn, fx->qx, fx->dx, fx->sx, fx->isx, x, T, w->cols);
         j.qx = fx->qx;
         j.dx = fx->dx;
         j.sx = fx->sx;
@@ -867,13 +878,13 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
             if (p) fx->xpairs = p, fx->xpairs_cap = (size_t)K;
         }
         if ((size_t)K <= fx->xpairs_cap) {
-            for (int64_t i = 0; i < K / 2; i++) fx->xpairs[i] = x[2 * i], fx->xpairs[K / 2 + i] = x[2 * i + 1];
+            split_pairs(fx->xpairs, x, K);
             j.xpairs = fx->xpairs;
             j.pairs = fn == matmul_rows__avx512 ? decode_bf16_pairs_avx512 : decode_bf16_pairs_avx2;
         }
     }
     /* Small products are not worth waking threads for. */
-    if (!pool || w->rows * w->cols * T < 32768) {
+    if (!pool || w->rows * w->cols * T < MIN_POOL_PRODUCT) {
         mm_part(&j, 0, 1);
         return;
     }
@@ -895,22 +906,20 @@ typedef struct {
 } mm_group;
 
 static bool mm_same_x(const mm_job *a, const mm_job *b) {
-    return a->w->cols == b->w->cols && !a->w->quant == !b->w->quant && !a->pairs == !b->pairs && !a->own == !b->own;
+    return a->w->cols == b->w->cols && !a->w->quant == !b->w->quant && !a->pairs == !b->pairs;
 }
 
 static void mm_group_part(void *ctx, int ith, int nth) {
     const mm_group *g = ctx;
     mm_job own[MM_GROUP_MAX];
-    for (int i = 0; i < g->n; i++) {
-        own[i] = g->jobs[i];
-        if (!own[i].own) continue;
-        if (i == 0) {
-            mm_own(&own[0], &g->jobs[0], ith);
-            continue;
+    for (int i = 0; i < g->n; i++) own[i] = g->jobs[i];
+    if (g->jobs[0].own) { /* x prepared once, for every matrix (mm_same_x) */
+        mm_own(&own[0], &g->jobs[0], ith);
+        for (int i = 1; i < g->n; i++) {
+            own[i].own = NULL;
+            own[i].qx = own[0].qx, own[i].dx = own[0].dx, own[i].sx = own[0].sx, own[i].isx = own[0].isx;
+            own[i].xpairs = own[0].xpairs;
         }
-        own[i].own = NULL;
-        own[i].qx = own[0].qx, own[i].dx = own[0].dx, own[i].sx = own[0].sx, own[i].isx = own[0].isx;
-        own[i].xpairs = own[0].xpairs;
     }
     if (g->gated) mm_take(&own[0], &own[1], g->jobs[1].out, g->act, ith, nth);
     else
