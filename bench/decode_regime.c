@@ -13,7 +13,8 @@
  * usage: bench_decode_regime MODEL [ROUNDS=20] [TOKENS=8] [FORMAT...]
  *   FORMAT: bf16 (the weights as stored, the default), q8_0, q4_0 or q4_k; a "/rows" suffix
  *   loads the format in the CPU's row-by-row layout (HUBCAP_CPU_ROW_LAYOUT=1) instead of the
- *   interleaved one, to compare the two.
+ *   interleaved one, to compare the two; "bf16/bf16-compute" runs the bf16 weights with bf16
+ *   compute (`--dtype bf16`: activations rounded to bf16, vdpbf16ps).
  * prints a line a round, then each format's steady shares split at 40 GB/s. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,18 +73,19 @@ int main(int argc, char **argv) {
         c->name = argc > 4 ? argv[4 + i] : "bf16";
         hc_model_params mp = hc_model_default_params();
         mp.use_mmap = false; /* as `hubcap bench`: the weights in RAM */
-        char fmt[16];
+        char fmt[32];
         snprintf(fmt, sizeof fmt, "%s", c->name);
         char *slash = strchr(fmt, '/');
-        const bool rows = slash && !strcmp(slash, "/rows");
+        const bool rows = slash && !strcmp(slash, "/rows"), bf16c = slash && !strcmp(slash, "/bf16-compute");
         if (slash) *slash = 0;
         if (!strcmp(fmt, "q8_0")) mp.weights = HC_WEIGHTS_Q8_0;
         else if (!strcmp(fmt, "q4_0")) mp.weights = HC_WEIGHTS_Q4_0;
         else if (!strcmp(fmt, "q4_k")) mp.weights = HC_WEIGHTS_Q4_K;
-        else if (strcmp(fmt, "bf16") || (slash && !rows)) {
-            fprintf(stderr, "bench_decode_regime: unknown format '%s' (bf16, q8_0, q4_0 or q4_k, optionally /rows)\n", c->name);
+        else if (strcmp(fmt, "bf16") || (slash && !rows && !bf16c)) {
+            fprintf(stderr, "bench_decode_regime: unknown format '%s' (bf16, q8_0, q4_0 or q4_k, optionally /rows; bf16/bf16-compute)\n", c->name);
             return 2;
         }
+        if (bf16c) mp.compute_dtype = HC_DTYPE_BF16;
         if (rows) setenv("HUBCAP_CPU_ROW_LAYOUT", "1", 1);
         if (hc_model_load(argv[1], &mp, &c->m) || hc_session_new(c->m, 8 + (int64_t)tokens + 8, &c->s) ||
             hc_session_forward_greedy(c->s, prompt_ids, 8, &c->next)) {

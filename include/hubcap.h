@@ -206,9 +206,9 @@ typedef struct {
     hc_weight_format weights; /* quantize on load (--quantize) */
     bool mlock;               /* lock the weights in RAM (--mlock) */
     hc_dtype compute_dtype; /* HC_DTYPE_AUTO (default): F32 on the CPU, BF16 on CUDA.
-                               CPU: F32 (transformers' f32 numerics) or BF16: prompt matmuls on
-                               bf16 weights round activations to bf16 and use AVX512_BF16 where
-                               the CPU has it (llama.cpp's numerics, faster).
+                               CPU: F32 (transformers' f32 numerics) or BF16: matmuls on bf16
+                               weights, decode and prompts, round activations to bf16 and use
+                               AVX512_BF16 where the CPU has it (llama.cpp's numerics, faster).
                                CUDA: the operand type of prompt matmuls (BF16, F16 or F32; f32
                                accumulation always). --dtype / --compute-dtype */
     hc_dtype kv_dtype;      /* KV cache: F32, F16 or BF16 (half the memory); HC_DTYPE_AUTO (default):

@@ -309,10 +309,12 @@ static void test_fast_matmul(hc_backend *ref) {
     hc_backend *fast1, *fast2;
     CHECK_OK(hc_backend_cpu_fast_new(1, &fast1));
     CHECK_OK(hc_backend_cpu_fast_new(2, &fast2));
-    hc_backend *fastbf;
+    hc_backend *fastbf, *fastbf1; /* bf16 compute, 2 threads and 1 */
     CHECK_OK(hc_backend_cpu_fast_new(2, &fastbf));
-    if (!fast1 || !fast2 || !fastbf) return;
+    CHECK_OK(hc_backend_cpu_fast_new(1, &fastbf1));
+    if (!fast1 || !fast2 || !fastbf || !fastbf1) return;
     hc_backend_cpu_fast_bf16_prompts(fastbf, true);
+    hc_backend_cpu_fast_bf16_prompts(fastbf1, true);
     printf("  fast kernels: %s\n", hc_cpu_kernels());
     const int64_t shapes[][3] = {{1, 37, 13}, {3, 64, 29}, {5, 100, 17}, {9, 71, 33}, {1, 160, 64}, {1, 96, 7}, {1, 64, 22}, {67, 96, 40}, {19, 200, 23}, {4, 2048, 300}, {1, 768, 19}, {6, 512, 21}, {1, 224, 9}, {5, 224, 18}, {1, 288, 35}, {7, 416, 6},
                                  /* 8 tokens and more: the rows-across-lanes prompt kernels (q4_k too) */
@@ -412,20 +414,25 @@ static void test_fast_matmul(hc_backend *ref) {
                 free(wt);
             }
             if (fmt == 1) {
-                /* With bf16 prompts on, 16+ tokens on bf16 weights take the vdpbf16ps path where
-                 * the CPU has it: then the result is the reference on bf16-rounded activations. */
+                /* With bf16 compute on, every product on bf16 weights takes the vdpbf16ps paths
+                 * where the CPU has them (decode, a few tokens, prompts as panels): then the
+                 * result is the reference on bf16-rounded activations, the same bits on 1 and 2
+                 * threads. */
                 fastbf->matmul(fastbf, c, x, &w, &bv, T);
-                double eb = 0;
-                for (int64_t i = 0; i < T * N; i++) eb = fmax(eb, fabs((double)a[i] - c[i]));
-                if (eb >= 1e-4 && T >= 16) {
+                fastbf1->matmul(fastbf1, b, x, &w, &bv, T);
+                CHECK(!memcmp(b, c, sizeof(float) * (size_t)(T * N)), "bf16 compute: 1 and 2 threads give the same bits (T=%lld K=%lld N=%lld)",
+                      (long long)T, (long long)K, (long long)N);
+                const bool dot16 = !strcmp(hc_cpu_kernels(), "avx512") && __builtin_cpu_supports("avx512bf16");
+                if (dot16) {
                     float *xr = malloc(sizeof(float) * (size_t)(T * K)); /* [T, K] */
                     for (int64_t i = 0; i < T * K; i++) xr[i] = hc_bf16_to_f32(hc_f32_to_bf16(x[i]));
                     ref->matmul(ref, a, xr, &w, &bv, T);
-                    eb = 0;
-                    for (int64_t i = 0; i < T * N; i++) eb = fmax(eb, fabs((double)a[i] - c[i]));
                     free(xr);
                 }
-                CHECK(eb < 1e-4, "bf16 prompts T=%lld K=%lld N=%lld: %g", (long long)T, (long long)K, (long long)N, eb);
+                double eb = 0;
+                for (int64_t i = 0; i < T * N; i++) eb = fmax(eb, fabs((double)a[i] - c[i]));
+                CHECK(eb < 1e-4, "bf16 compute T=%lld K=%lld N=%lld (%s): %g", (long long)T, (long long)K, (long long)N,
+                      dot16 ? "vdpbf16ps = reference on bf16 activations" : "f32 = reference", eb);
             }
             free(qbuf);
         }
@@ -601,6 +608,7 @@ static void test_fast_matmul(hc_backend *ref) {
     fast1->destroy(fast1);
     fast2->destroy(fast2);
     fastbf->destroy(fastbf);
+    fastbf1->destroy(fastbf1);
 }
 
 /* Largest |a - b| relative to max(|b|, floor). */

@@ -326,9 +326,10 @@ hc_backend *hc_backend_cpu(void);
  * reference) and a pool of n_threads (0: all cores). Free with be->destroy(be). */
 hc_status hc_backend_cpu_fast_new(int n_threads, hc_backend **out);
 
-/* On a fast CPU backend: prompt matmuls (16+ tokens) on bf16 weights round the activations to
- * bf16 and use vdpbf16ps where the CPU has AVX512_BF16. About 1.45x the prompt speed, but the
- * logits then differ from f32 by ~1e-2 and depend on how many tokens a call carries. */
+/* On a fast CPU backend: every matmul on bf16 weights (decode and prompts) rounds the activations
+ * to bf16 and uses vdpbf16ps where the CPU has AVX512_BF16. About 1.45x the prompt speed and
+ * faster decode, but the logits then differ from f32 by ~1e-2 (and, in the last bits, with how
+ * many tokens a call carries). */
 void hc_backend_cpu_fast_bf16_prompts(hc_backend *be, bool on);
 
 

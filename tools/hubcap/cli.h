@@ -54,7 +54,7 @@ void cli_sampling_apply(const cli_sampling *cs, hc_sampler_params *p);
     "  --kv-dtype T             KV cache dtype: f32, f16 or bf16 (default: f32 on the CPU, the\n"                    \
     "                           compute dtype on CUDA)\n"                                                           \
     "  --dtype T                matmul compute dtype: f32 (CPU default), bf16 (CUDA default) or f16\n"             \
-    "                           (CUDA); on the CPU bf16 prompts use AVX512_BF16. Alias --compute-dtype\n"          \
+    "                           (CUDA); on the CPU bf16 matmuls use AVX512_BF16. Alias --compute-dtype\n"          \
     "  --device D               cpu (default, or $HUBCAP_DEVICE), cuda or auto\n"                                    \
     "  --no-mmap                read weights into RAM (huge pages) instead of mapping them\n"                       \
     "  --mlock                  lock the weights in RAM\n"                                                          \

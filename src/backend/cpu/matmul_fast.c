@@ -85,12 +85,13 @@ __attribute__((target(TARGET))) static inline float hsum_avx2(__m256 v) {
 #define VHSUM(v) _mm512_reduce_add_ps(v)
 #include "backend/cpu/matmul_kernels.inc"
 
-/* ---- AVX512_BF16 for prompts on bf16 weights: vdpbf16ps does 32 multiply-adds per instruction
- * (twice the f32 FMA rate) on bf16 pairs, so the prompt's activations are rounded to bf16
- * first, as llama.cpp does and as transformers computes a bf16 model. Decode (few tokens) keeps
- * f32 activations: it is bound by reading the weights, not by arithmetic. ------------------ */
+/* ---- AVX512_BF16 on bf16 weights, with bf16 compute (hc_backend_cpu_fast_bf16_prompts):
+ * vdpbf16ps does 32 multiply-adds per instruction (twice the f32 FMA rate) on bf16 pairs, so the
+ * activations of every matmul on bf16 weights are rounded to bf16 first, as llama.cpp does and
+ * as transformers computes a bf16 model. ------------------------------------------------------ */
 
-/* Prompts at least this long take the bf16-activation path. */
+/* With bf16 compute, prompts at least this long take the packed GEMM (bfp_*); fewer tokens go
+ * through kbf16_4x4, and decode through decode_bf16dot. */
 #define BF16_DOT_MIN_T 16
 
 __attribute__((target("avx512f,avx512bf16,avx512bw"))) static void acts_to_bf16(uint16_t *xb, const float *x,
@@ -125,6 +126,41 @@ __attribute__((target("avx512f,avx512bf16,avx512bw"))) static void kbf16_4x4(flo
             for (int64_t kk = k; kk < K; kk++) s += hc_bf16_to_f32(x[t][kk]) * hc_bf16_to_f32(rows[r][kk]);
             *out[t * 4 + r] = s;
         }
+}
+
+/* Decode (one token) on bf16 rows with bf16 activations: out[n] for rows [n0, n1), one row at a
+ * time so each thread reads one stream (two or four rows at once ran 30% slower from memory: more
+ * streams than the prefetchers follow), four sums over k in steps of 128 so the vdpbf16ps latency
+ * hides, the last partial 32 masked. Against the f32 pairs kernel a 64-byte load of weights costs
+ * one load of x and one vdpbf16ps instead of two loads, a shift, an and and two FMAs: in cache the
+ * 1B shapes ran about twice as fast (bench_gemv), and from memory the headroom shows in this
+ * VM's fast regime. */
+__attribute__((target("avx512f,avx512bf16,avx512bw"))) static void decode_bf16dot(float *out, const uint16_t *xb,
+                                                                                 const hc_mat *w, int64_t n0, int64_t n1) {
+    const int64_t K = w->cols;
+    const __mmask32 tail = (__mmask32)((1ull << (K % 32)) - 1);
+    for (int64_t n = n0; n < n1; n++) {
+        const uint16_t *row = (const uint16_t *)w->data + (size_t)n * (size_t)w->ld;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        int64_t k = 0;
+        for (; k + 128 <= K; k += 128) {
+            a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512((const void *)(xb + k)),
+                                  (__m512bh)_mm512_loadu_si512((const void *)(row + k)));
+            a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_loadu_si512((const void *)(xb + k + 32)),
+                                  (__m512bh)_mm512_loadu_si512((const void *)(row + k + 32)));
+            a2 = _mm512_dpbf16_ps(a2, (__m512bh)_mm512_loadu_si512((const void *)(xb + k + 64)),
+                                  (__m512bh)_mm512_loadu_si512((const void *)(row + k + 64)));
+            a3 = _mm512_dpbf16_ps(a3, (__m512bh)_mm512_loadu_si512((const void *)(xb + k + 96)),
+                                  (__m512bh)_mm512_loadu_si512((const void *)(row + k + 96)));
+        }
+        for (; k + 32 <= K; k += 32)
+            a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512((const void *)(xb + k)),
+                                  (__m512bh)_mm512_loadu_si512((const void *)(row + k)));
+        if (k < K)
+            a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_maskz_loadu_epi16(tail, xb + k),
+                                  (__m512bh)_mm512_maskz_loadu_epi16(tail, row + k));
+        out[n] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    }
 }
 
 /* Rows [n0, n1) of out[T, N] = xb[T, K] @ W^T for bf16 W (not transposed). Leftover tokens and
@@ -574,6 +610,8 @@ typedef struct {
     hc_fast_ctx *fx;    /* its per-thread scratch holds the packed panels (xb: bf16 pairs, else f32) */
     const float *xpairs; /* bf16 decode: x split into even and odd elements (decode_bf16_pairs) */
     decode_pairs_fn pairs;
+    bool dot16;             /* bf16 decode with bf16 activations: x rounded by each thread (mm_own) */
+    const uint16_t *xdec;   /* [K] those activations (decode_bf16dot) */
     int64_t chunk;       /* > 0: decode, rows taken in chunks of this many (below) */
     mm_cursor *cursors;  /* [nth]: the next chunk of each thread's slice */
     void *const *own;    /* decode: per-thread buffers each thread prepares x in first (mm_own), or NULL */
@@ -582,7 +620,8 @@ typedef struct {
 /* Rows [n0, n1) of the product, whatever path the job takes. */
 static void mm_rows(const mm_job *j, int ith, int64_t n0, int64_t n1) {
     const int64_t N = j->w->rows;
-    if (j->xb && j->fx)
+    if (j->xdec) decode_bf16dot(j->out, j->xdec, j->w, n0, n1);
+    else if (j->xb && j->fx)
         matmul_rows_packed(j->out, j->xb, sizeof(uint16_t), j->w, j->T, n0, n1, j->fx->scratch[ith], BFP_KC, bfp_pack, bfp_tile);
     else if (j->xb) matmul_rows_bf16dot(j->out, j->xb, j->w, j->T, n0, n1);
     else if (j->fx)
@@ -641,8 +680,13 @@ static void mm_own(mm_job *own, const mm_job *j, int ith) {
         own->qx = qx, own->dx = dx, own->sx = sx, own->isx = isx;
     } else {
         float *p = (float *)(void *)(buf + own_span((size_t)n) + 3 * own_span((size_t)(n / HC_QK + 1) * 4));
-        split_pairs(p, j->x, K);
-        own->xpairs = p;
+        if (j->dot16) {
+            acts_to_bf16((uint16_t *)(void *)p, j->x, K);
+            own->xdec = (const uint16_t *)(void *)p;
+        } else {
+            split_pairs(p, j->x, K);
+            own->xpairs = p;
+        }
     }
 }
 
@@ -781,10 +825,12 @@ static bool mm_decode_job(hc_fast_ctx *fx, rows_fn fn, mm_job *j, mm_cursor *cur
     if (w->quant) {
         j->vnni = has_vnni();
         if ((w->quant == HC_QUANT_Q4_0X4 || hc_quant_is_r16(w->quant)) && !j->vnni) return false;
+    } else if (w->dtype == HC_DTYPE_BF16 && fx->bf16_prompts && has_bf16_dot()) {
+        j->dot16 = true;
     } else if (w->dtype == HC_DTYPE_BF16 && K % pair_vl == 0) {
         j->pairs = fn == matmul_rows__avx512 ? decode_bf16_pairs_avx512 : decode_bf16_pairs_avx2;
     }
-    if (w->quant || j->pairs) {
+    if (w->quant || j->pairs || j->dot16) {
         if (!hc_fast_own_acts(fx, own_bytes(K))) return false;
         j->own = fx->own_acts;
     }
@@ -853,13 +899,14 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
         j.sx = fx->sx;
         j.isx = fx->isx;
         j.vnni = has_vnni();
-    } else if (fx->bf16_prompts && !w->quant && w->dtype == HC_DTYPE_BF16 && T >= BF16_DOT_MIN_T && has_bf16_dot() &&
+    } else if (fx->bf16_prompts && !w->quant && w->dtype == HC_DTYPE_BF16 && has_bf16_dot() &&
                hc_fast_acts(fx, (size_t)(T * w->cols) * sizeof(uint16_t))) {
         /* the int8 activation buffer doubles as the bf16 one (malloc'd, so suitably aligned) */
         acts_to_bf16((uint16_t *)(void *)fx->qx, x, T * w->cols);
-        j.xb = (const uint16_t *)(void *)fx->qx;
-        /* the packed GEMM for even K: a panel of 64 rows x 2048 values of k in each thread's scratch */
-        if (w->cols % 2 == 0 && hc_fast_scratch(fx, (size_t)(BFP_NR * BFP_KC / 2))) j.fx = fx;
+        if (T == 1) j.xdec = (const uint16_t *)(void *)fx->qx; /* decode on one thread: mm_decode_job's kernel */
+        else j.xb = (const uint16_t *)(void *)fx->qx;
+        /* prompts as the packed GEMM for even K: a panel of 64 rows x 2048 values of k in each thread's scratch */
+        if (T >= BF16_DOT_MIN_T && w->cols % 2 == 0 && hc_fast_scratch(fx, (size_t)(BFP_NR * BFP_KC / 2))) j.fx = fx;
     } else if (!w->quant && T >= FPP_MIN_T && fn == matmul_rows__avx512 &&
                hc_fast_scratch(fx, (size_t)(BFP_NR * FPP_KC))) {
         j.fx = fx; /* f32 prompts as the packed GEMM */
@@ -872,7 +919,7 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
     }
     /* bf16 decode: x split into even and odd elements once per call (decode_bf16_pairs) */
     const int64_t K = w->cols, pair_vl = fn == matmul_rows__avx512 ? 32 : 16;
-    if (T == 1 && !j.qx && !j.xb && !j.fx && !w->quant && w->dtype == HC_DTYPE_BF16 && K % pair_vl == 0) {
+    if (T == 1 && !j.qx && !j.xb && !j.xdec && !j.fx && !w->quant && w->dtype == HC_DTYPE_BF16 && K % pair_vl == 0) {
         if ((size_t)K > fx->xpairs_cap) {
             float *p = realloc(fx->xpairs, (size_t)K * sizeof(float));
             if (p) fx->xpairs = p, fx->xpairs_cap = (size_t)K;
@@ -906,7 +953,7 @@ typedef struct {
 } mm_group;
 
 static bool mm_same_x(const mm_job *a, const mm_job *b) {
-    return a->w->cols == b->w->cols && !a->w->quant == !b->w->quant && !a->pairs == !b->pairs;
+    return a->w->cols == b->w->cols && !a->w->quant == !b->w->quant && !a->pairs == !b->pairs && a->dot16 == b->dot16;
 }
 
 static void mm_group_part(void *ctx, int ith, int nth) {
@@ -918,7 +965,7 @@ static void mm_group_part(void *ctx, int ith, int nth) {
         for (int i = 1; i < g->n; i++) {
             own[i].own = NULL;
             own[i].qx = own[0].qx, own[i].dx = own[0].dx, own[i].sx = own[0].sx, own[i].isx = own[0].isx;
-            own[i].xpairs = own[0].xpairs;
+            own[i].xpairs = own[0].xpairs, own[i].xdec = own[0].xdec;
         }
     }
     if (g->gated) mm_take(&own[0], &own[1], g->jobs[1].out, g->act, ith, nth);
