@@ -15,6 +15,7 @@ struct hc_pool {
     pthread_cond_t wake;
     atomic_uint generation;   /* bumped for each job */
     atomic_int pending;       /* workers still running the job */
+    atomic_int sleepers;      /* workers waiting on `wake` (hc_pool_run signals only then) */
     atomic_bool quit;
     void (*fn)(void *, int, int);
     void *ctx;
@@ -34,6 +35,12 @@ typedef struct {
     int ith;
 } worker_arg;
 
+static inline void spin_pause(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
 static void *worker(void *arg) {
     worker_arg *wa = arg;
     hc_pool *p = wa->p;
@@ -50,7 +57,9 @@ static void *worker(void *arg) {
         while ((g = atomic_load_explicit(&p->generation, memory_order_acquire)) == seen && !atomic_load(&p->quit)) {
             if (++spins < 2000000) continue;
             pthread_mutex_lock(&p->mu);
+            atomic_fetch_add(&p->sleepers, 1);
             while ((g = atomic_load(&p->generation)) == seen && !atomic_load(&p->quit)) pthread_cond_wait(&p->wake, &p->mu);
+            atomic_fetch_sub(&p->sleepers, 1);
             pthread_mutex_unlock(&p->mu);
             break;
         }
@@ -110,10 +119,21 @@ void hc_pool_run(hc_pool *p, void (*fn)(void *ctx, int ith, int nth), void *ctx)
     p->fn = fn;
     p->ctx = ctx;
     atomic_store(&p->pending, p->n - 1);
-    pthread_mutex_lock(&p->mu);
-    atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
-    pthread_cond_broadcast(&p->wake);
-    pthread_mutex_unlock(&p->mu);
+    /* Workers spinning see the new generation by themselves; the mutex and the broadcast are
+     * for sleeping ones only. A worker counts itself a sleeper before it checks the generation
+     * under the mutex, and both sides' atomics are sequentially consistent, so either it sees
+     * this job or this sees it and wakes it. */
+    atomic_fetch_add(&p->generation, 1);
+    if (atomic_load(&p->sleepers) > 0) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->wake);
+        pthread_mutex_unlock(&p->mu);
+    }
     fn(ctx, 0, p->n);
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) sched_yield();
+    /* Wait for the workers spinning (sched_yield is a system call each time round, and the
+     * last one's end was seen up to a call late), yielding only after a long wait. */
+    for (int spins = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; spins++) {
+        if (spins < 100000) spin_pause();
+        else sched_yield();
+    }
 }
