@@ -131,9 +131,10 @@ void hc_pool_run(hc_pool *p, void (*fn)(void *ctx, int ith, int nth), void *ctx)
     }
     fn(ctx, 0, p->n);
     /* Wait for the workers spinning (sched_yield is a system call each time round, and the
-     * last one's end was seen up to a call late), yielding only after a long wait. */
+     * last one's end was seen up to a call late). A matmul's threads finish within a chunk's
+     * few microseconds of each other; past some 0.1 ms (more threads than cores, say) yield. */
     for (int spins = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; spins++) {
-        if (spins < 100000) spin_pause();
+        if (spins < 4096) spin_pause();
         else sched_yield();
     }
 }
