@@ -1,9 +1,14 @@
 /* Every CPU op against a naive formula computed in double, including the edge cases:
- * windows longer than the sequence, one kv head, T = 1, partial rotary, transposed weights. */
+ * windows longer than the sequence, one kv head, T = 1, partial rotary, transposed weights;
+ * and the thread pool that the fast ones run on. */
+#include <stdatomic.h>
+#include <time.h>
+
 #include "backend/backend.h"
 #include "backend/cpu/fast.h"
 #include "backend/cpu/quant.h"
 #include "base/half.h"
+#include "base/threadpool.h"
 #include "hubcap.h"
 #include "model/rope.h"
 #include "test_util.h"
@@ -965,7 +970,46 @@ static void test_backward(hc_backend *be) {
     for (int i = 0; i < 12; i++) free(buf[i]);
 }
 
+/* The pool: every thread runs every job once and the caller returns only after all of them,
+ * whether the workers spin between jobs, fall asleep (a pause longer than their spinning), or
+ * never spin (more threads than cores). */
+typedef struct {
+    atomic_int sum;   /* the threads' ith + 1, added */
+    atomic_int calls; /* how many threads ran */
+} pool_probe;
+
+static void pool_probe_part(void *ctx, int ith, int nth) {
+    pool_probe *p = ctx;
+    (void)nth;
+    atomic_fetch_add(&p->sum, ith + 1);
+    atomic_fetch_add(&p->calls, 1);
+}
+
+static void test_pool(void) {
+    const int sizes[2] = {2, hc_cpu_count() + 2};
+    for (int si = 0; si < 2; si++) {
+        hc_pool *pool;
+        CHECK_OK(hc_pool_new(sizes[si], &pool));
+        if (!pool) return;
+        const int n = hc_pool_size(pool);
+        bool ok = n == sizes[si];
+        for (int job = 0; job < 300; job++) {
+            if (job % 100 == 99) { /* past the workers' ~1 ms of spinning: they sleep and are woken */
+                struct timespec ts = {0, 5 * 1000 * 1000};
+                nanosleep(&ts, NULL);
+            }
+            pool_probe probe = {0, 0};
+            hc_pool_run(pool, pool_probe_part, &probe);
+            ok = ok && atomic_load(&probe.calls) == n && atomic_load(&probe.sum) == n * (n + 1) / 2;
+        }
+        CHECK(ok, "pool of %d threads (%d cores): every thread ran every job once before hc_pool_run returned", n,
+              hc_cpu_count());
+        hc_pool_free(pool);
+    }
+}
+
 int main(void) {
+    test_pool();
     hc_backend *be = hc_backend_cpu();
     test_backward(be);
     test_half();
