@@ -78,10 +78,11 @@ int main(int argc, char **argv) {
         char *slash = strchr(fmt, '/');
         const bool rows = slash && !strcmp(slash, "/rows"), bf16c = slash && !strcmp(slash, "/bf16-compute");
         if (slash) *slash = 0;
+        const bool bf16 = !strcmp(fmt, "bf16");
         if (!strcmp(fmt, "q8_0")) mp.weights = HC_WEIGHTS_Q8_0;
         else if (!strcmp(fmt, "q4_0")) mp.weights = HC_WEIGHTS_Q4_0;
         else if (!strcmp(fmt, "q4_k")) mp.weights = HC_WEIGHTS_Q4_K;
-        else if (strcmp(fmt, "bf16") || (slash && !rows && !bf16c)) {
+        if ((!bf16 && !mp.weights) || (slash && !rows && !bf16c) || (rows && bf16) || (bf16c && !bf16)) {
             fprintf(stderr, "bench_decode_regime: unknown format '%s' (bf16, q8_0, q4_0 or q4_k, optionally /rows; bf16/bf16-compute)\n", c->name);
             return 2;
         }

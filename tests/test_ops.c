@@ -318,8 +318,8 @@ static void test_fast_matmul(hc_backend *ref) {
     CHECK_OK(hc_backend_cpu_fast_new(2, &fastbf));
     CHECK_OK(hc_backend_cpu_fast_new(1, &fastbf1));
     if (!fast1 || !fast2 || !fastbf || !fastbf1) return;
-    hc_backend_cpu_fast_bf16_prompts(fastbf, true);
-    hc_backend_cpu_fast_bf16_prompts(fastbf1, true);
+    hc_backend_cpu_fast_bf16_compute(fastbf, true);
+    hc_backend_cpu_fast_bf16_compute(fastbf1, true);
     printf("  fast kernels: %s\n", hc_cpu_kernels());
     const int64_t shapes[][3] = {{1, 37, 13}, {3, 64, 29}, {5, 100, 17}, {9, 71, 33}, {1, 160, 64}, {1, 96, 7}, {1, 64, 22}, {67, 96, 40}, {19, 200, 23}, {4, 2048, 300}, {1, 768, 19}, {6, 512, 21}, {1, 224, 9}, {5, 224, 18}, {1, 288, 35}, {7, 416, 6},
                                  /* 8 tokens and more: the rows-across-lanes prompt kernels (q4_k too) */
@@ -645,18 +645,22 @@ static void test_fast_fused(void) {
         fill(wf, 3 * N * K);
         for (int i = 0; i < 3; i++) fill(bias[i], N);
         for (int64_t i = 0; i < 3 * N * K; i++) wb[i] = hc_f32_to_bf16(wf[i]);
-        /* f32 bf16 q8_0 q4_0 q4_k, and the layouts quantize on load picks here (r16 with VNNI) */
-        const int quants[] = {0, 0, HC_QUANT_Q8_0, HC_QUANT_Q4_0, HC_QUANT_Q4_K};
-        for (int fmt = 0; fmt < 5; fmt++) {
+        /* f32 bf16 q8_0 q4_0 q4_k, and the layouts quantize on load picks here (r16 with VNNI);
+         * then bf16 with bf16 compute (x rounded by each thread, decode_bf16dot) */
+        const int quants[] = {0, 0, HC_QUANT_Q8_0, HC_QUANT_Q4_0, HC_QUANT_Q4_K, 0};
+        for (int fmt = 0; fmt < 6; fmt++) {
+            const bool bf16 = fmt == 1 || fmt == 5;
+            hc_backend_cpu_fast_bf16_compute(fast1, fmt == 5);
+            hc_backend_cpu_fast_bf16_compute(fast2, fmt == 5);
             const int quant = quants[fmt] ? hc_cpu_quant_layout(NULL, quants[fmt]) : 0;
             if (quant && K % hc_quant_block_elems(quant)) continue;
             hc_mat w[3];
             void *qbuf[3] = {NULL, NULL, NULL};
             for (int i = 0; i < 3; i++) {
                 const int64_t rows = i == 0 ? N : NK;
-                w[i] = (hc_mat){.rows = rows, .cols = K, .ld = K, .dtype = fmt == 1 ? HC_DTYPE_BF16 : HC_DTYPE_F32};
+                w[i] = (hc_mat){.rows = rows, .cols = K, .ld = K, .dtype = bf16 ? HC_DTYPE_BF16 : HC_DTYPE_F32};
                 if (!quant) {
-                    w[i].data = fmt == 1 ? (void *)(wb + i * N * K) : (void *)(wf + i * N * K);
+                    w[i].data = bf16 ? (void *)(wb + i * N * K) : (void *)(wf + i * N * K);
                     continue;
                 }
                 w[i].quant = quant;
@@ -687,7 +691,7 @@ static void test_fast_fused(void) {
                 for (int64_t n = 0; n < N; n++) hc_quantize_mat_row(quant, ubuf, N, K, n, wf + (2 * N + n) * K);
                 up.data = ubuf;
             } else {
-                up.data = fmt == 1 ? (void *)(wb + 2 * N * K) : (void *)(wf + 2 * N * K);
+                up.data = bf16 ? (void *)(wb + 2 * N * K) : (void *)(wf + 2 * N * K);
             }
             for (int act = 0; act < 2; act++) {
                 const hc_activation a = act ? HC_ACT_GELU_TANH : HC_ACT_SILU;

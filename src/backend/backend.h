@@ -330,7 +330,7 @@ hc_status hc_backend_cpu_fast_new(int n_threads, hc_backend **out);
  * to bf16 and uses vdpbf16ps where the CPU has AVX512_BF16. About 1.45x the prompt speed and
  * faster decode, but the logits then differ from f32 by ~1e-2 (and, in the last bits, with how
  * many tokens a call carries). */
-void hc_backend_cpu_fast_bf16_prompts(hc_backend *be, bool on);
+void hc_backend_cpu_fast_bf16_compute(hc_backend *be, bool on);
 
 
 

@@ -17,8 +17,8 @@ struct hc_pool {
     atomic_int pending;       /* workers still running the job */
     atomic_int sleepers;      /* workers waiting on `wake` (hc_pool_run signals only then) */
     atomic_bool quit;
-    int spin_limit;           /* a worker's spins before it sleeps; the caller's pauses before it yields */
-    int pause_limit;
+    int spin_limit;           /* a worker's spins before it sleeps (0 with more threads than cores) */
+    int pause_limit;          /* the caller's pauses before it yields (likewise) */
     void (*fn)(void *, int, int);
     void *ctx;
 };

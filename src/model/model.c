@@ -712,7 +712,7 @@ static hc_status open_backend(hc_model *m, hc_model_params *p) {
         return hc_fail(HC_ERR_UNSUPPORTED, "compute dtype %s on the CPU: use F32 or BF16", hc_dtype_name(p->compute_dtype));
     hc_status s = hc_backend_cpu_fast_new(p->n_threads, &m->be);
     if (s) return s;
-    hc_backend_cpu_fast_bf16_prompts(m->be, p->compute_dtype == HC_DTYPE_BF16);
+    hc_backend_cpu_fast_bf16_compute(m->be, p->compute_dtype == HC_DTYPE_BF16);
     return HC_OK;
 }
 

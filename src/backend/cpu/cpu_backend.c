@@ -135,9 +135,9 @@ bool hc_fast_own_acts(hc_fast_ctx *fx, size_t bytes) {
     return true;
 }
 
-void hc_backend_cpu_fast_bf16_prompts(hc_backend *be, bool on) {
+void hc_backend_cpu_fast_bf16_compute(hc_backend *be, bool on) {
     hc_fast_ctx *fx = be->ctx;
-    fx->bf16_prompts = on;
+    fx->bf16_compute = on;
 }
 
 static void fast_destroy(hc_backend *be) {

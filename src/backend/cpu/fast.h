@@ -25,7 +25,7 @@ typedef struct {
     size_t att_parts_cap;
     void *wt;          /* a transposed weight matrix copied into [N, K] (matmul_fast.c) */
     size_t wt_cap;
-    bool bf16_prompts; /* hc_backend_cpu_fast_bf16_prompts */
+    bool bf16_compute; /* hc_backend_cpu_fast_bf16_compute */
     void *own_acts[HC_MAX_THREADS]; /* per thread: decode's x as that thread prepares it (matmul_fast.c) */
     size_t own_acts_cap;
 } hc_fast_ctx;

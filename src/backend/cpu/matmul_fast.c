@@ -85,7 +85,7 @@ __attribute__((target(TARGET))) static inline float hsum_avx2(__m256 v) {
 #define VHSUM(v) _mm512_reduce_add_ps(v)
 #include "backend/cpu/matmul_kernels.inc"
 
-/* ---- AVX512_BF16 on bf16 weights, with bf16 compute (hc_backend_cpu_fast_bf16_prompts):
+/* ---- AVX512_BF16 on bf16 weights, with bf16 compute (hc_backend_cpu_fast_bf16_compute):
  * vdpbf16ps does 32 multiply-adds per instruction (twice the f32 FMA rate) on bf16 pairs, so the
  * activations of every matmul on bf16 weights are rounded to bf16 first, as llama.cpp does and
  * as transformers computes a bf16 model. ------------------------------------------------------ */
@@ -563,6 +563,12 @@ static bool has_bf16_dot(void) {
     return v;
 }
 
+/* Products on w round their activations to bf16 for vdpbf16ps: bf16 weights, bf16 compute on,
+ * and the CPU has it. */
+static bool bf16_acts(const hc_fast_ctx *fx, const hc_mat *w) {
+    return fx->bf16_compute && !w->quant && w->dtype == HC_DTYPE_BF16 && has_bf16_dot();
+}
+
 /* VNNI where the AVX-512 kernels were picked (HUBCAP_KERNELS=avx2 turns it off). */
 static bool has_vnni(void) {
     static int v = -1;
@@ -662,7 +668,7 @@ static void split_pairs(float *p, const float *x, int64_t K) {
  * computes a row does not matter. */
 static size_t own_span(size_t bytes) { return (bytes + 63) / 64 * 64; }
 
-static size_t own_bytes(int64_t n) { /* x of n values: qx, dx, sx, isx, then the pairs */
+static size_t own_bytes(int64_t n) { /* x of n values: qx, dx, sx, isx, then the pairs (or bf16 x) */
     return own_span((size_t)n) + 3 * own_span((size_t)(n / HC_QK + 1) * 4) + own_span((size_t)n * sizeof(float));
 }
 
@@ -825,7 +831,7 @@ static bool mm_decode_job(hc_fast_ctx *fx, rows_fn fn, mm_job *j, mm_cursor *cur
     if (w->quant) {
         j->vnni = has_vnni();
         if ((w->quant == HC_QUANT_Q4_0X4 || hc_quant_is_r16(w->quant)) && !j->vnni) return false;
-    } else if (w->dtype == HC_DTYPE_BF16 && fx->bf16_prompts && has_bf16_dot()) {
+    } else if (bf16_acts(fx, w)) {
         j->dot16 = true;
     } else if (w->dtype == HC_DTYPE_BF16 && K % pair_vl == 0) {
         j->pairs = fn == matmul_rows__avx512 ? decode_bf16_pairs_avx512 : decode_bf16_pairs_avx2;
@@ -899,8 +905,7 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
         j.sx = fx->sx;
         j.isx = fx->isx;
         j.vnni = has_vnni();
-    } else if (fx->bf16_prompts && !w->quant && w->dtype == HC_DTYPE_BF16 && has_bf16_dot() &&
-               hc_fast_acts(fx, (size_t)(T * w->cols) * sizeof(uint16_t))) {
+    } else if (bf16_acts(fx, w) && hc_fast_acts(fx, (size_t)(T * w->cols) * sizeof(uint16_t))) {
         /* the int8 activation buffer doubles as the bf16 one (malloc'd, so suitably aligned) */
         acts_to_bf16((uint16_t *)(void *)fx->qx, x, T * w->cols);
         if (T == 1) j.xdec = (const uint16_t *)(void *)fx->qx; /* decode on one thread: mm_decode_job's kernel */
