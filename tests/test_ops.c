@@ -386,13 +386,14 @@ static void test_fast_matmul(hc_backend *ref) {
             const bool x4_kernels = hc_cpu_quant_layout(NULL, HC_QUANT_Q4_0) != HC_QUANT_Q4_0;
             if (fmt >= 3 && strcmp(hc_cpu_kernels(), "scalar") && (fmt < 6 || x4_kernels)) {
                 /* Tighter (SIMD kernels; scalar runs the reference): the fast kernels compute exactly the reference's product with activations
-                 * rounded as they quantize them (per block of 32, d = max|x|/127, q = rint(x/d)). */
+                 * rounded as they quantize them (per group of 32, or 256 for q4_k: d = max|x|/127, q = rint(x/d)). */
                 float *xq = malloc(sizeof(float) * (size_t)(T * K)); /* [T, K] */
-                for (int64_t i = 0; i < T * K; i += 32) {
+                const int G = w.quant == HC_QUANT_Q4_K || w.quant == HC_QUANT_Q4_KR16 ? 256 : 32;
+                for (int64_t i = 0; i < T * K; i += G) {
                     float amax = 0;
-                    for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[i + j]));
+                    for (int j = 0; j < G; j++) amax = fmaxf(amax, fabsf(x[i + j]));
                     const float d = amax / 127.0f, id = d ? 1.0f / d : 0;
-                    for (int j = 0; j < 32; j++) xq[i + j] = d * rintf(x[i + j] * id);
+                    for (int j = 0; j < G; j++) xq[i + j] = d * rintf(x[i + j] * id);
                 }
                 ref->matmul(ref, a, xq, &w, &bv, T);
                 double eq = 0, sq = 0;
@@ -629,6 +630,42 @@ static double rel_diff(const float *a, const float *b, int64_t n, double floor) 
 /* Decode's fused products on the fast backend (matmul_n's q, k, v; gate and up with their glu
  * in one pass of the pool) give the bits of the op sequence, with 1 and 2 threads, in every
  * weight format: each row is computed as one matmul computes it and glu is elementwise. */
+/* q4_k decode with activations at the ends of their range: whole super-blocks of x at +max and
+ * -max (every q = +-127, so each block's sum is +-4064, the largest the integer mins take) and
+ * alternating signs, against the reference on the same rounded activations. */
+static void test_q4k_extreme_acts(hc_backend *ref) {
+    hc_backend *fast;
+    CHECK_OK(hc_backend_cpu_fast_new(2, &fast));
+    if (!fast) return;
+    enum { K = 1024, N = 48 };
+    float *wf = malloc(sizeof(float) * N * K), x[K], xq[K], a[N], b[N];
+    fill(wf, (int64_t)N * K);
+    for (int i = 0; i < K; i++) x[i] = i < 256 ? 3.0f : i < 512 ? -3.0f : i < 768 ? (i % 2 ? 3.0f : -3.0f) : (i % 3 ? 0.5f : -3.0f);
+    for (int i = 0; i < K; i += 256) { /* as quantize_acts rounds them: one scale per 256 */
+        float amax = 0;
+        for (int j = 0; j < 256; j++) amax = fmaxf(amax, fabsf(x[i + j]));
+        const float d = amax / 127.0f, id = 1.0f / d;
+        for (int j = 0; j < 256; j++) xq[i + j] = d * rintf(x[i + j] * id);
+    }
+    const int quants[] = {HC_QUANT_Q4_K, HC_QUANT_Q4_KR16};
+    /* (the scalar kernels, and q4_kr16 without VNNI, take the reference on unrounded x) */
+    const int layouts = !strcmp(hc_cpu_kernels(), "scalar") ? 0 : hc_cpu_quant_layout(NULL, HC_QUANT_Q4_K) == HC_QUANT_Q4_K ? 1 : 2;
+    for (int qi = 0; qi < layouts; qi++) {
+        const size_t rb = hc_quant_row_bytes(quants[qi], K);
+        void *q = malloc(rb * N);
+        for (int n = 0; n < N; n++) hc_quantize_mat_row(quants[qi], q, N, K, n, wf + (size_t)n * K);
+        hc_mat w = {.data = q, .rows = N, .cols = K, .ld = K, .quant = quants[qi]};
+        ref->matmul(ref, a, xq, &w, NULL, 1);
+        fast->matmul(fast, b, x, &w, NULL, 1);
+        double e = 0, sc = 0;
+        for (int n = 0; n < N; n++) e = fmax(e, fabs((double)a[n] - b[n])), sc = fmax(sc, fabs(a[n]));
+        CHECK(e < 1e-5 * sc, "q4_k layout %d decode on activations at +-max: %g of %g", quants[qi], e, sc);
+        free(q);
+    }
+    free(wf);
+    fast->destroy(fast);
+}
+
 static void test_fast_fused(void) {
     hc_backend *fast1, *fast2;
     CHECK_OK(hc_backend_cpu_fast_new(1, &fast1));
@@ -1024,6 +1061,7 @@ int main(void) {
     test_elementwise_and_routing(be);
     test_rope_tables();
     test_fast_matmul(be);
+    test_q4k_extreme_acts(be);
     test_fast_fused();
     test_fast_elementwise(be);
     return test_finish("ops");

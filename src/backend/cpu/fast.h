@@ -63,7 +63,8 @@ void hc_q4_0x4_rows_vnni(float *out, const int8_t *qx, const float *dx, const fl
 /* q8_0, prompts and decode. */
 void hc_q8_0_rows_vnni(float *out, const int8_t *qx, const float *dx, const hc_mat *w, int64_t T, int64_t n0,
                        int64_t n1);
-/* The r16 layouts (quant.h): rows [n0, n1), n0 a multiple of 16. */
+/* The r16 layouts (quant.h): rows [n0, n1), n0 a multiple of 16. q4_kr16's decode takes dx as
+ * quantize_acts makes it for q4_k: one scale per 256 values, repeated for each block of 32. */
 void hc_r16_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx, const int32_t *isx,
                       const hc_mat *w, int64_t T, int64_t n0, int64_t n1);
 void hc_q4_k_rows_vnni(float *out, const int8_t *qx, const float *dx, const float *sx, const hc_mat *w, int64_t T,

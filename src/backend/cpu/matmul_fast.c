@@ -396,32 +396,37 @@ __attribute__((target("avx512f"))) static void fpp_tile(float *out, int64_t ldo,
  * as llama.cpp does), so a block costs a few integer instructions instead of widening 32
  * weights to float. Both ISAs use these AVX2 kernels. ------------------------------------------ */
 
-/* x[T, K] -> int8 blocks, their scales and scale x sum: qx[T, K], dx[T, K/32], sx[T, K/32]. */
+/* x[T, K] -> int8 blocks, their scales and scale x sum: qx[T, K], dx[T, K/32], sx[T, K/32],
+ * isx[T, K/32]. One scale d = max|x| / 127 per group of G values (32, or 256 for q4_k, as
+ * llama.cpp's q8_K: acts_group), repeated in dx for each of the group's blocks of 32; sx and isx
+ * stay per block of 32. */
 __attribute__((target("avx2,fma,f16c"))) static void quantize_acts(int8_t *qx, float *dx, float *sx, int32_t *isx,
-                                                                   const float *x, int64_t T, int64_t K) {
+                                                                   const float *x, int64_t T, int64_t K, int64_t G) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int64_t t = 0; t < T; t++)
-        for (int64_t b = 0; b < K / HC_QK; b++) {
-            const float *xb = x + t * K + b * HC_QK;
+        for (int64_t g = 0; g < K; g += G) {
             __m256 mx = _mm256_setzero_ps();
-            const __m256 sign = _mm256_set1_ps(-0.0f);
-            for (int j = 0; j < HC_QK; j += 8) mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, _mm256_loadu_ps(xb + j)));
+            for (int64_t j = 0; j < G; j += 8) mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + t * K + g + j)));
             __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
             m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
             m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
             const float amax = _mm_cvtss_f32(m4), d = amax / 127.0f, id = d ? 1.0f / d : 0;
-            dx[t * (K / HC_QK) + b] = d;
             const __m256 idv = _mm256_set1_ps(id);
-            int sum = 0;
-            int8_t *q = qx + t * K + b * HC_QK;
-            for (int j = 0; j < HC_QK; j += 8) {
-                __m256i v = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xb + j), idv),
-                                                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-                int32_t tmp[8];
-                _mm256_storeu_si256((__m256i *)tmp, v);
-                for (int i = 0; i < 8; i++) q[j + i] = (int8_t)tmp[i], sum += tmp[i];
+            for (int64_t b = g / HC_QK; b < (g + G) / HC_QK; b++) {
+                const float *xb = x + t * K + b * HC_QK;
+                int sum = 0;
+                int8_t *q = qx + t * K + b * HC_QK;
+                for (int j = 0; j < HC_QK; j += 8) {
+                    __m256i v = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xb + j), idv),
+                                                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+                    int32_t tmp[8];
+                    _mm256_storeu_si256((__m256i *)tmp, v);
+                    for (int i = 0; i < 8; i++) q[j + i] = (int8_t)tmp[i], sum += tmp[i];
+                }
+                dx[t * (K / HC_QK) + b] = d;
+                sx[t * (K / HC_QK) + b] = d * (float)sum;
+                isx[t * (K / HC_QK) + b] = sum;
             }
-            sx[t * (K / HC_QK) + b] = d * (float)sum;
-            isx[t * (K / HC_QK) + b] = sum;
         }
 }
 
@@ -432,23 +437,27 @@ __attribute__((target("avx2,fma,f16c"))) static void quantize_acts(int8_t *qx, f
  * rounds to nearest even, as _mm256_round_ps then the conversion. */
 __attribute__((target("avx512f,avx512bw"))) static void quantize_acts_512(int8_t *qx, float *dx, float *sx,
                                                                           int32_t *isx, const float *x, int64_t T,
-                                                                          int64_t K) {
+                                                                          int64_t K, int64_t G) {
     const int64_t nb = K / HC_QK;
     for (int64_t t = 0; t < T; t++)
-        for (int64_t b = 0; b < nb; b++) {
-            const float *xb = x + t * K + b * HC_QK;
-            const __m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
-            const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        for (int64_t g = 0; g < K; g += G) {
+            __m512 mx = _mm512_setzero_ps();
+            for (int64_t j = 0; j < G; j += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(x + t * K + g + j)));
+            const float amax = _mm512_reduce_max_ps(mx);
             const float d = amax / 127.0f, id = d ? 1.0f / d : 0;
             const __m512 idv = _mm512_set1_ps(id);
-            const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, idv)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, idv));
-            int8_t *q = qx + t * K + b * HC_QK;
-            _mm_storeu_si128((__m128i *)q, _mm512_cvtepi32_epi8(q0));
-            _mm_storeu_si128((__m128i *)(q + 16), _mm512_cvtepi32_epi8(q1));
-            const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-            dx[t * nb + b] = d;
-            sx[t * nb + b] = d * (float)sum;
-            isx[t * nb + b] = sum;
+            for (int64_t b = g / HC_QK; b < (g + G) / HC_QK; b++) {
+                const float *xb = x + t * K + b * HC_QK;
+                const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb), idv)),
+                              q1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + 16), idv));
+                int8_t *q = qx + t * K + b * HC_QK;
+                _mm_storeu_si128((__m128i *)q, _mm512_cvtepi32_epi8(q0));
+                _mm_storeu_si128((__m128i *)(q + 16), _mm512_cvtepi32_epi8(q1));
+                const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+                dx[t * nb + b] = d;
+                sx[t * nb + b] = d * (float)sum;
+                isx[t * nb + b] = sum;
+            }
         }
 }
 
@@ -648,10 +657,19 @@ static void mm_rows(const mm_job *j, int ith, int64_t n0, int64_t n1) {
             for (int64_t n = n0; n < n1; n++) j->out[t * N + n] += hc_load_f32(j->bias->data, j->bias->dtype, n);
 }
 
-/* x[T, K] quantized by the fastest of the two for the picked kernels (the same bytes). */
-static void quantize_x(rows_fn fn, int8_t *qx, float *dx, float *sx, int32_t *isx, const float *x, int64_t T, int64_t K) {
-    if (fn == matmul_rows__avx512 && __builtin_cpu_supports("avx512bw")) quantize_acts_512(qx, dx, sx, isx, x, T, K);
-    else quantize_acts(qx, dx, sx, isx, x, T, K);
+/* Values per activation scale for quantized weights w: 256 on q4_k, whose VNNI decode then sums
+ * a super-block's sub-blocks times their 6-bit scales in integers (matmul_vnni.c), as llama.cpp
+ * does against q8_K; 32 elsewhere. */
+static int64_t acts_group(const hc_mat *w) {
+    return w->quant == HC_QUANT_Q4_K || w->quant == HC_QUANT_Q4_KR16 ? HC_QKK : HC_QK;
+}
+
+/* x[T, K] quantized for w by the fastest of the two for the picked kernels (the same bytes). */
+static void quantize_x(rows_fn fn, int8_t *qx, float *dx, float *sx, int32_t *isx, const float *x, int64_t T,
+                       const hc_mat *w) {
+    if (fn == matmul_rows__avx512 && __builtin_cpu_supports("avx512bw"))
+        quantize_acts_512(qx, dx, sx, isx, x, T, w->cols, acts_group(w));
+    else quantize_acts(qx, dx, sx, isx, x, T, w->cols, acts_group(w));
 }
 
 /* bf16 decode's x[K] as its even elements, then its odd ones (decode_bf16_pairs). */
@@ -682,7 +700,7 @@ static void mm_own(mm_job *own, const mm_job *j, int ith) {
         int8_t *qx = (int8_t *)buf;
         float *dx = (float *)(void *)(buf + own_span((size_t)n)), *sx = (float *)(void *)((char *)dx + bs);
         int32_t *isx = (int32_t *)(void *)((char *)sx + bs);
-        quantize_x(j->fn, qx, dx, sx, isx, j->x, j->T, K);
+        quantize_x(j->fn, qx, dx, sx, isx, j->x, j->T, j->w);
         own->qx = qx, own->dx = dx, own->sx = sx, own->isx = isx;
     } else {
         float *p = (float *)(void *)(buf + own_span((size_t)n) + 3 * own_span((size_t)(n / HC_QK + 1) * 4));
@@ -899,7 +917,7 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
     }
     mm_job j = {.out = out, .x = x, .w = w, .bias = bias, .T = T, .fn = fn};
     if (w->quant && hc_fast_acts(fx, (size_t)(T * w->cols))) {
-        quantize_x(fn, fx->qx, fx->dx, fx->sx, fx->isx, x, T, w->cols);
+        quantize_x(fn, fx->qx, fx->dx, fx->sx, fx->isx, x, T, w);
         j.qx = fx->qx;
         j.dx = fx->dx;
         j.sx = fx->sx;
@@ -958,7 +976,8 @@ typedef struct {
 } mm_group;
 
 static bool mm_same_x(const mm_job *a, const mm_job *b) {
-    return a->w->cols == b->w->cols && !a->w->quant == !b->w->quant && !a->pairs == !b->pairs && a->dot16 == b->dot16;
+    return a->w->cols == b->w->cols && !a->w->quant == !b->w->quant &&
+           (!a->w->quant || acts_group(a->w) == acts_group(b->w)) && !a->pairs == !b->pairs && a->dot16 == b->dot16;
 }
 
 static void mm_group_part(void *ctx, int ith, int nth) {

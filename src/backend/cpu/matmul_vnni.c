@@ -2,8 +2,8 @@
  * by 64 signed bytes and adds them in fours into 16 int32 lanes: one instruction where the
  * AVX2 kernels (matmul_fast.c) need four, and no sign trick, because nibbles are unsigned.
  *
- * Both compute what the AVX2 kernels compute, against activations quantized to int8 per block
- * of 32 (quantize_acts in matmul_fast.c):
+ * Both compute what the AVX2 kernels compute, against activations quantized to int8 (quantize_acts
+ * in matmul_fast.c: a scale per block of 32, or per 256 for q4_k, kept per block of 32):
  *   q4_0: out = sum_b dw[b] * dx[b] * sum_i (q[i] - 8) * qx[i]
  *   q4_k: out = sum_j d*sc[j] * dx[j] * sum_i q[i]*qx[i]  -  sum_j dmin*m[j] * sx[j]
  * where sx[j] = dx[j] * sum_i qx[i] is precomputed per activation block.
@@ -29,6 +29,16 @@
  * b (two blocks of 32 weights each own half the lanes of a vpdpbusd result). */
 TILE_FN __m512i lanes8(int a, int b) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(a)), _mm256_set1_epi32(b), 1);
+}
+
+/* vpdpbusd of w against the 4 bytes at p in every lane, the broadcast folded into the instruction
+ * ({1to16}); gcc 12 loads it with a separate vpbroadcastd. Only q4_kr16's decode uses it: there,
+ * folded, it read 0.035 more of the bandwidth in this VM's fast memory regime (paired, 1B model).
+ * The same change cost q4_0r16's decode 0.03 and q8_0r16's 0.15, though q4_0r16 ran 9% faster in
+ * cache and q8_0r16 no slower (bench/README, session 18). */
+TILE_FN __m512i dpbusd_bcast(__m512i acc, __m512i w, const int8_t *p) {
+    __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*(const char(*)[4])(const void *)p));
+    return acc;
 }
 
 bool hc_cpu_has_vnni(void) {
@@ -736,6 +746,87 @@ TILE_FN void r16k_group(float *const *out, const int8_t *const *x, const float *
     for (int t = 0; t < TB; t++) _mm512_storeu_ps(out[t], acc[t]);
 }
 
+/* Decode on one whole q4_kr16 group: out[0..15]. The activations have one scale per super-block
+ * (quantize_acts' group of 256: dx[8 s] for super-block s, the same for its 8 blocks of 32), so a
+ * super-block sums its sub-blocks' integer dot products times their 6-bit scales, and its mins
+ * times the blocks' activation sums, in integers, and converts once (llama.cpp's q4_K against
+ * q8_K):
+ *   out = sum_s dx_s (d_s sum_j sc_j sum_i q x  -  dmin_s sum_j m_j isx_j)
+ * A sub-block's low-nibble sum s0 and high-nibble sum t (s1 = 16 t, masked in place) are each at
+ * most 16 * 15 * 127 < 2^15, so they go as the two int16 halves of one lane into vpdpwssd
+ * against sc_j in both halves: sc (s0 + t) added in one instruction. Against r16k_group, which
+ * converts, scales and adds in floats per sub-block (and activations scaled per 32), one core in
+ * cache ran 51 -> 65 GB/s, and the 1B model's decode read 0.11 more of the bandwidth in the fast
+ * memory regime (paired).
+ * No overflow: a super-block's sum is at most 256 * 15 * 127 * 63 < 2^31.
+ * mins: [4 per super-block] the blocks' sums isx_j in bytes for vpdpbusd against the 6-bit mins:
+ * isx_j & 63 for j = 0-3, for j = 4-7, then isx_j >> 6 (signed: |isx| <= 32 * 127) for j = 0-3
+ * and 4-7, so sum_j m_j isx_j = lo + 64 hi. */
+TILE_FN void r16k_group1(float *out, const int8_t *x, const float *dx, const int32_t *mins, const uint8_t *group,
+                         int64_t nsb) {
+    const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8((char)0xF0), zero = _mm512_setzero_si512();
+    const __m512i low6 = _mm512_set1_epi32(0x3f3f3f3f), low4 = _mm512_set1_epi32(0x0f0f0f0f),
+                  top2 = _mm512_set1_epi32(0x30303030);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t s = 0; s < nsb; s++) {
+        const uint8_t *sb = group + (size_t)s * 16 * sizeof(hc_block_q4_k);
+        /* the 6-bit scales and mins of 16 rows: bytes 0-3 of each row's dword hold j = 0-3, of
+         * the second vector j = 4-7 (q4kr16_scales' masks) */
+        const __m512i u0 = _mm512_loadu_si512((const void *)(sb + 64)), u1 = _mm512_loadu_si512((const void *)(sb + 128)),
+                      u2 = _mm512_loadu_si512((const void *)(sb + 192));
+        const __m512i sc[2] = {_mm512_and_si512(u0, low6),
+                               _mm512_or_si512(_mm512_and_si512(u2, low4), _mm512_and_si512(_mm512_srli_epi32(u0, 2), top2))};
+        const __m512i m0 = _mm512_and_si512(u1, low6),
+                      m1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u2, 4), low4),
+                                           _mm512_and_si512(_mm512_srli_epi32(u1, 2), top2));
+        const int32_t *ms = mins + 4 * s;
+        const __m512i mlo = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, m0, _mm512_set1_epi32(ms[0])), m1, _mm512_set1_epi32(ms[1]));
+        const __m512i mhi = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, m0, _mm512_set1_epi32(ms[2])), m1, _mm512_set1_epi32(ms[3]));
+        const __m512i imin = _mm512_add_epi32(mlo, _mm512_slli_epi32(mhi, 6));
+        __m512i isum = zero;
+        for (int j = 0; j < 8; j++) {
+            const uint8_t *data = sb + 256 + 256 * j;
+            const int8_t *xb = x + s * HC_QKK + HC_QK * j;
+            __m512i s0 = zero, s1 = zero;
+            for (int i = 0; i < 4; i++) {
+                const __m512i v = _mm512_loadu_si512((const void *)(data + 64 * i));
+                s0 = dpbusd_bcast(s0, _mm512_and_si512(v, low), xb + 8 * i);
+                s1 = dpbusd_bcast(s1, _mm512_and_si512(v, high), xb + 8 * i + 4);
+            }
+            /* sc_j of each row in both int16 halves of its lane: byte j % 4 of the row's dword */
+            const int b0 = j % 4, b1 = 4 + j % 4, b2 = 8 + j % 4, b3 = 12 + j % 4;
+            const int z = (int)0x80008000;
+            const __m512i pick = _mm512_set_epi32(z | b3 << 16 | b3, z | b2 << 16 | b2, z | b1 << 16 | b1, z | b0 << 16 | b0,
+                                                  z | b3 << 16 | b3, z | b2 << 16 | b2, z | b1 << 16 | b1, z | b0 << 16 | b0,
+                                                  z | b3 << 16 | b3, z | b2 << 16 | b2, z | b1 << 16 | b1, z | b0 << 16 | b0,
+                                                  z | b3 << 16 | b3, z | b2 << 16 | b2, z | b1 << 16 | b1, z | b0 << 16 | b0);
+            const __m512i st = _mm512_mask_blend_epi16(0xAAAAAAAA, s0, _mm512_slli_epi32(s1, 12)); /* [s0 | t] */
+            isum = _mm512_dpwssd_epi32(isum, st, _mm512_shuffle_epi8(sc[j / 4], pick));
+        }
+        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sb)),
+                     dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sb + 32))), dxs = _mm512_set1_ps(dx[8 * s]);
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, dxs), acc);
+        acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(imin), _mm512_mul_ps(dmin, dxs), acc);
+    }
+    _mm512_storeu_ps(out, acc);
+}
+
+/* r16k_group1's mins[K / 256 * 4] from the blocks' activation sums isx[K / 32]. */
+static void r16k_mins(int32_t *mins, const int32_t *isx, int64_t nsb) {
+    for (int64_t s = 0; s < nsb; s++) {
+        uint8_t lo[8], hi[8];
+        for (int j = 0; j < 8; j++) {
+            const int32_t v = isx[8 * s + j];
+            lo[j] = (uint8_t)(v & 63);
+            hi[j] = (uint8_t)(int8_t)(v >> 6); /* arithmetic: -64..63 */
+        }
+        memcpy(mins + 4 * s, lo, 4);
+        memcpy(mins + 4 * s + 1, lo + 4, 4);
+        memcpy(mins + 4 * s + 2, hi, 4);
+        memcpy(mins + 4 * s + 3, hi + 4, 4);
+    }
+}
+
 /* One whole group for tb (1..4) tokens of any r16 layout, the count as a constant so each case
  * unrolls. */
 TILE_FN void r16_group_tokens(int quant, int tb, float *const *os, const int8_t *const *xs, const float *const *dxs,
@@ -772,7 +863,11 @@ __attribute__((target(VNNI))) static void r16s_rows(float *out, const int8_t *qx
             for (int64_t g = n0; g < g1; g += 16) r16s_group1(out + g, qx, dx, isx, base + (size_t)g * row_bytes, nb, true);
         else if (!q4k)
             for (int64_t g = n0; g < g1; g += 16) r16s_group1(out + g, qx, dx, isx, base + (size_t)g * row_bytes, nb, false);
-        else
+        else if (K <= DECODE_MAX_K) {
+            int32_t mins[DECODE_MAX_K / HC_QKK * 4];
+            r16k_mins(mins, isx, nb / 8);
+            for (int64_t g = n0; g < g1; g += 16) r16k_group1(out + g, qx, dx, mins, base + (size_t)g * row_bytes, nb / 8);
+        } else
             for (int64_t g = n0; g < g1; g += 16) {
                 float *os[1] = {out + g};
                 r16k_group(os, &qx, &dx, &sx, base + (size_t)g * row_bytes, nb / 8, 1);
