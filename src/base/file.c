@@ -26,7 +26,7 @@ bool hc_release_pages(const void *p, size_t n) {
     return b > a && madvise((void *)a, b - a, MADV_DONTNEED) == 0;
 }
 
-hc_status hc_file_map_open(hc_file_map *out, const char *path, bool use_mmap) {
+hc_status hc_file_map_open(hc_file_map *out, const char *path, bool use_mmap, size_t align_at) {
     memset(out, 0, sizeof *out);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return hc_fail(HC_ERR_IO, "%s: %s", path, strerror(errno));
@@ -56,9 +56,11 @@ hc_status hc_file_map_open(hc_file_map *out, const char *path, bool use_mmap) {
         return HC_OK;
     }
     /* Anonymous memory, 2 MiB aligned and asking for huge pages: fewer faults and TLB misses, and
-     * nothing the page-cache reclaimer can take away mid-run. */
-    uint8_t *buf = hc_alloc_huge(size);
-    if (!buf) {
+     * nothing the page-cache reclaimer can take away mid-run. The file starts pad bytes in, so
+     * its byte align_at is 64-byte aligned. */
+    const size_t pad = (64 - align_at % 64) % 64;
+    uint8_t *alloc = hc_alloc_huge(size + pad), *buf = alloc + pad;
+    if (!alloc) {
         close(fd);
         return hc_fail(HC_ERR_NOMEM, "%s: cannot allocate %zu bytes", path, size);
     }
@@ -68,7 +70,7 @@ hc_status hc_file_map_open(hc_file_map *out, const char *path, bool use_mmap) {
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) {
             int e = errno;
-            free(buf);
+            free(alloc);
             close(fd);
             return hc_fail(HC_ERR_IO, "%s: read failed: %s", path, r == 0 ? "file shrank" : strerror(e));
         }
@@ -77,13 +79,14 @@ hc_status hc_file_map_open(hc_file_map *out, const char *path, bool use_mmap) {
     close(fd);
     out->data = buf;
     out->size = size;
+    out->alloc = alloc;
     return HC_OK;
 }
 
 void hc_file_map_close(hc_file_map *m) {
     if (!m || !m->data) return;
     if (m->mapped) munmap((void *)m->data, m->size);
-    else if (m->size) free((void *)m->data);
+    else free(m->alloc);
     memset(m, 0, sizeof *m);
 }
 

@@ -11,10 +11,10 @@
 typedef struct {
     const uint8_t *data; /* the file's bytes */
     size_t size;
-    bool mapped;         /* true: munmap on release; false: free */
+    bool mapped;         /* true: munmap on release; false: free(alloc) */
+    void *alloc;         /* read into RAM: the allocation data lies in */
 } hc_file_map;
 
-/* Maps `path` read-only (use_mmap) or reads it whole into RAM. An empty file gives size 0. */
 /* size bytes, 2 MiB aligned, asking the kernel for transparent huge pages; release with free().
  * For large read-mostly buffers streamed every token. */
 void *hc_alloc_huge(size_t size);
@@ -23,7 +23,11 @@ void *hc_alloc_huge(size_t size);
  * touched). False when there was no whole page or the kernel refused (locked pages). */
 bool hc_release_pages(const void *p, size_t n);
 
-hc_status hc_file_map_open(hc_file_map *out, const char *path, bool use_mmap);
+/* Maps `path` read-only (use_mmap) or reads it whole into RAM. An empty file gives size 0. Read
+ * into RAM, the file's byte align_at lands on a 64-byte boundary: a safetensors file's data
+ * section, whose header is padded to 8 bytes only, so the weights' vector loads do not straddle
+ * cache lines (a mapping keeps the file's own alignment). */
+hc_status hc_file_map_open(hc_file_map *out, const char *path, bool use_mmap, size_t align_at);
 void hc_file_map_close(hc_file_map *m);
 
 /* Reads a whole file into a malloc'd, NUL-terminated buffer. */

@@ -582,7 +582,7 @@ static hc_status fetch_file(const hub *h, const char *handle, const char *commit
         }
         if (is_sha256(etag)) {
             hc_file_map m;
-            st = hc_file_map_open(&m, part, true);
+            st = hc_file_map_open(&m, part, true, 0);
             if (st) break;
             hc_sha256 sh;
             char hex[65];

@@ -197,10 +197,23 @@ fail:
     return s;
 }
 
+/* Where a safetensors file's data section starts (8 + its header's length), or 0 when the first 8
+ * bytes cannot be read (hc_safetensors_parse then says what is wrong). */
+static size_t data_start(const char *path) {
+    FILE *f = fopen(path, "rb");
+    uint8_t b[8];
+    const bool ok = f && fread(b, 1, 8, f) == 8;
+    if (f) fclose(f);
+    if (!ok) return 0;
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--) n = n << 8 | b[i];
+    return n < ((uint64_t)1 << 40) ? (size_t)(8 + n) : 0;
+}
+
 hc_status hc_safetensors_open(hc_safetensors *st, const char *path, bool use_mmap) {
     memset(st, 0, sizeof *st);
     hc_file_map map;
-    hc_status s = hc_file_map_open(&map, path, use_mmap);
+    hc_status s = hc_file_map_open(&map, path, use_mmap, use_mmap ? 0 : data_start(path));
     if (s) return s;
     s = hc_safetensors_parse(st, map.data, map.size, path);
     if (s) {
@@ -353,8 +366,9 @@ hc_status hc_safetensors_write(const char *path, const hc_tensor_write *tensors,
         off += nb;
     }
     sb_puts(&h, "}");
-    /* Pad with spaces so the data buffer starts 8-byte aligned. */
-    while (!h.oom && (h.len % 8) != 0) sb_puts(&h, " ");
+    /* Pad with spaces so the data buffer starts 64-byte aligned (the format asks for 8): mapped,
+     * the weights' vector loads then do not straddle cache lines. */
+    while (!h.oom && (8 + h.len) % 64 != 0) sb_puts(&h, " ");
     if (!s && h.oom) s = hc_fail(HC_ERR_NOMEM, "out of memory");
     if (s) {
         free(h.buf);

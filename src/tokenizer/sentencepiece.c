@@ -116,7 +116,7 @@ static hc_status add_normalizers(hc_tokenizer *t, bool dummy_prefix, bool remove
 
 hc_status hc_sentencepiece_load(hc_tokenizer *t, const char *path) {
     hc_file_map map;
-    hc_status s = hc_file_map_open(&map, path, false);
+    hc_status s = hc_file_map_open(&map, path, false, 0);
     if (s) return s;
     pb b = {map.data, map.data + map.size};
     sp_piece *pieces = NULL;
