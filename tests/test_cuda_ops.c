@@ -104,10 +104,11 @@ static void matmul_case(hc_backend *be, const char *tag, hc_dtype dt, int quant,
     void *b = bias ? rand_typed(dt, N, 0.3f) : NULL;
     hc_vec hb = {.data = b, .dtype = dt, .n = N};
     float *want = malloc(sizeof(float) * (size_t)(T * N));
-    /* q8_0 and q4_0 rows of whole 16-byte lines, up to 8 rows of x (Q8X_MAX_T in matmul.cu): the
-     * GEMV quantizes x to int8; so does the tensor-core matmul, for 9 to 16 rows (MMQ_MAX_T) */
+    /* q8_0, q4_0 and q4_k rows of whole 16-byte lines, up to 8 rows of x (Q8X_MAX_T in matmul.cu):
+     * the GEMV quantizes x to int8 (per 32); so does the tensor-core matmul, for 9 to 16 rows
+     * (MMQ_MAX_T), on q8_0 and q4_0 */
     const bool q80 = quant == HC_QUANT_Q8_0 || quant == HC_QUANT_Q4_0;
-    const bool int8_x = q80 && ((T <= 8 && hc_quant_row_bytes(quant, K) % 16 == 0) || (T > 8 && T <= 16 && !transposed));
+    const bool int8_x = quant && ((T <= 8 && hc_quant_row_bytes(quant, K) % 16 == 0) || (q80 && T > 8 && T <= 16 && !transposed));
     float *xr = malloc(sizeof(float) * (size_t)(T * K));
     memcpy(xr, x, sizeof(float) * (size_t)(T * K));
     if (int8_x) round_acts_q8(xr, T * K);
@@ -543,13 +544,14 @@ static void fused_case(hc_backend *be, const char *tag, hc_dtype dt, int quant, 
     cur = gpu;
 }
 
-/* q8_0 / q4_0 sets: 1, 3, 6 rows (two passes of the int8 GEMV) and 13 (the tensor-core matmul). */
+/* q8_0 / q4_0 / q4_k sets: 1, 3, 6 rows (two passes of the int8 GEMV) and, but for q4_k, 13 (the
+ * tensor-core matmul). */
 static void test_fused_quant(void) {
-    const int quants[2] = {HC_QUANT_Q8_0, HC_QUANT_Q4_0};
+    const int quants[3] = {HC_QUANT_Q8_0, HC_QUANT_Q4_0, HC_QUANT_Q4_K};
     const int64_t Ts[4] = {1, 3, 6, 13};
     char tag[32];
-    for (int qi = 0; qi < 2; qi++)
-        for (int ti = 0; ti < 4; ti++)
+    for (int qi = 0; qi < 3; qi++)
+        for (int ti = 0; ti < (quants[qi] == HC_QUANT_Q4_K ? 3 : 4); ti++)
             for (int gated = 0; gated < 2; gated++) {
                 snprintf(tag, sizeof tag, "q%d int8 x", quants[qi]);
                 fused_case(gpu, tag, HC_DTYPE_BF16, quants[qi], Ts[ti], gated, HC_ACT_SILU, 1e-6, false);
