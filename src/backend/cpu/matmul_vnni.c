@@ -239,18 +239,6 @@ TILE_FN float q8_0_decode_row(const uint8_t *xu, const float *dx, const hc_block
  * [4h+1, 4h+3], 32 elements each, so each vpdpbusd covers two sub-blocks: int32 lanes 0-7 the
  * first, 8-15 the second. */
 
-/* The 6-bit scales (bytes 0-7 of sc) and mins (bytes 0-7 of m) of a q4_k block, unpacked four
- * at a time with 32-bit masks (the layout hc_q4_k_scale_min reads one by one). */
-static inline void q4_k_unpack_scales(const uint8_t *packed, uint32_t sc[2], uint32_t m[2]) {
-    uint32_t u[3];
-    memcpy(u, packed, 12);
-    const uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, top2 = 0x03030303;
-    sc[0] = u[0] & low6;
-    sc[1] = (u[2] & low4) | (((u[0] >> 6) & top2) << 4);
-    m[0] = u[1] & low6;
-    m[1] = ((u[2] >> 4) & low4) | (((u[1] >> 6) & top2) << 4);
-}
-
 TILE_FN __m256 bytes8_to_ps(const uint32_t v[2]) {
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, (int)v[1], (int)v[0])));
 }
@@ -268,7 +256,7 @@ TILE_FN void q4_k_tile(float *const *out, const int8_t *const *x, const float *c
         for (int r = 0; r < RB; r++) {
             const hc_block_q4_k *blk = rows[r] + sb;
             uint32_t sc[2], m[2];
-            q4_k_unpack_scales(blk->scales, sc, m);
+            hc_q4_k_unpack_scales(blk->scales, sc, m);
             dsc[r] = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(blk->d)), bytes8_to_ps(sc));
             dmn[r] = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(blk->dmin)), bytes8_to_ps(m));
         }
@@ -317,7 +305,7 @@ TILE_FN float q4_k_decode_row(const int8_t *xp, const float *dx, const float *sx
         const hc_block_q4_k *blk = row + sb;
         hc_prefetch_ahead(blk, 3); /* 144 bytes a step */
         uint32_t sc[2], m[2];
-        q4_k_unpack_scales(blk->scales, sc, m);
+        hc_q4_k_unpack_scales(blk->scales, sc, m);
         const __m512 s8 = _mm512_zextps256_ps512(
             _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(blk->d)), bytes8_to_ps(sc)), _mm256_loadu_ps(dx + sb * 8)));
         mins = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(blk->dmin)), bytes8_to_ps(m)),
@@ -491,7 +479,7 @@ __attribute__((target(VNNI))) static void r16_pack_rows_q8(r16_pack *p, const ui
 }
 
 /* q4_kr16: a super-block's sub-block scales for 16 rows: d sc[j] and dmin m[j], from the packed
- * words u0, u1, u2 (q4_k_unpack_scales' masks, on 16 rows at once). */
+ * words u0, u1, u2 (hc_q4_k_unpack_scales' masks, on 16 rows at once). */
 TILE_FN void q4kr16_scales(const uint8_t *sb, __m512 dsc[8], __m512 dmn[8]) {
     const __m512i u0 = _mm512_loadu_si512((const void *)(sb + 64)), u1 = _mm512_loadu_si512((const void *)(sb + 128)),
                   u2 = _mm512_loadu_si512((const void *)(sb + 192));

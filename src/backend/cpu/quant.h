@@ -36,6 +36,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #define HC_QK 32
 
@@ -68,6 +69,17 @@ size_t hc_quant_block_bytes(int quant);
 size_t hc_quant_row_bytes(int quant, int64_t K);
 /* The 6-bit scale and min of sub-block j (0..7) of a q4_k block. */
 void hc_q4_k_scale_min(const uint8_t *scales, int j, int *sc, int *m);
+/* All 8 at once: byte j of sc (two words) is sub-block j's scale, of m its min; the layout
+ * hc_q4_k_scale_min reads one by one, unpacked four at a time with 32-bit masks. */
+static inline void hc_q4_k_unpack_scales(const uint8_t *packed, uint32_t sc[2], uint32_t m[2]) {
+    uint32_t u[3];
+    memcpy(u, packed, 12);
+    const uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, top2 = 0x03030303;
+    sc[0] = u[0] & low6;
+    sc[1] = (u[2] & low4) | (((u[0] >> 6) & top2) << 4);
+    m[0] = u[1] & low6;
+    m[1] = ((u[2] >> 4) & low4) | (((u[1] >> 6) & top2) << 4);
+}
 /* Quantizes one row of K floats (K a multiple of the block). */
 void hc_quantize_row(int quant, void *dst, const float *src, int64_t K);
 /* Widens one quantized row back to floats (not the r16 layouts: their rows are interleaved). */
