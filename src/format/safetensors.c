@@ -31,6 +31,13 @@ bool hc_dtype_from_name(const char *name, hc_dtype *out) {
     return false;
 }
 
+/* A file's first 8 bytes: its header's length, little-endian. */
+static uint64_t header_len(const uint8_t *bytes) {
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--) n = (n << 8) | bytes[i];
+    return n;
+}
+
 static int cmp_by_name(const void *a, const void *b) {
     return strcmp(((const hc_tensor_info *)a)->name, ((const hc_tensor_info *)b)->name);
 }
@@ -105,8 +112,7 @@ hc_status hc_safetensors_parse(hc_safetensors *st, const uint8_t *bytes, size_t 
     memset(st, 0, sizeof *st);
     hc_arena_init(&st->header.arena, 4096);
     if (size < 8) return hc_fail(HC_ERR_FORMAT, "%s: file of %zu bytes is too small for a safetensors header", src, size);
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | bytes[i];
+    const uint64_t hlen = header_len(bytes);
     if (hlen > size - 8)
         return hc_fail(HC_ERR_FORMAT, "%s: header length %llu runs past the end of the file (%zu bytes; truncated?)",
                        src, (unsigned long long)hlen, size);
@@ -204,10 +210,8 @@ static size_t data_start(const char *path) {
     uint8_t b[8];
     const bool ok = f && fread(b, 1, 8, f) == 8;
     if (f) fclose(f);
-    if (!ok) return 0;
-    uint64_t n = 0;
-    for (int i = 7; i >= 0; i--) n = n << 8 | b[i];
-    return n < ((uint64_t)1 << 40) ? (size_t)(8 + n) : 0;
+    const uint64_t n = ok ? header_len(b) : 0;
+    return ok && n <= HC_SAFETENSORS_MAX_HEADER ? (size_t)(8 + n) : 0;
 }
 
 hc_status hc_safetensors_open(hc_safetensors *st, const char *path, bool use_mmap) {

@@ -478,17 +478,24 @@ __attribute__((target(VNNI))) static void r16_pack_rows_q8(r16_pack *p, const ui
         }
 }
 
-/* q4_kr16: a super-block's sub-block scales for 16 rows: d sc[j] and dmin m[j], from the packed
- * words u0, u1, u2 (hc_q4_k_unpack_scales' masks, on 16 rows at once). */
-TILE_FN void q4kr16_scales(const uint8_t *sb, __m512 dsc[8], __m512 dmn[8]) {
+/* q4_kr16: a super-block's 6-bit scales and mins for 16 rows, from the packed words u0, u1, u2
+ * (hc_q4_k_unpack_scales' masks, on 16 rows at once): byte j of each row's dword in sc[0] / m[0]
+ * is sub-block j's (j = 0-3), in sc[1] / m[1] sub-block 4 + j's. */
+TILE_FN void q4kr16_words(const uint8_t *sb, __m512i sc[2], __m512i m[2]) {
     const __m512i u0 = _mm512_loadu_si512((const void *)(sb + 64)), u1 = _mm512_loadu_si512((const void *)(sb + 128)),
                   u2 = _mm512_loadu_si512((const void *)(sb + 192));
     const __m512i low6 = _mm512_set1_epi32(0x3f3f3f3f), low4 = _mm512_set1_epi32(0x0f0f0f0f),
                   top2 = _mm512_set1_epi32(0x30303030);
-    const __m512i sc[2] = {_mm512_and_si512(u0, low6),
-                           _mm512_or_si512(_mm512_and_si512(u2, low4), _mm512_and_si512(_mm512_srli_epi32(u0, 2), top2))};
-    const __m512i m[2] = {_mm512_and_si512(u1, low6), _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u2, 4), low4),
-                                                                      _mm512_and_si512(_mm512_srli_epi32(u1, 2), top2))};
+    sc[0] = _mm512_and_si512(u0, low6);
+    sc[1] = _mm512_or_si512(_mm512_and_si512(u2, low4), _mm512_and_si512(_mm512_srli_epi32(u0, 2), top2));
+    m[0] = _mm512_and_si512(u1, low6);
+    m[1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u2, 4), low4), _mm512_and_si512(_mm512_srli_epi32(u1, 2), top2));
+}
+
+/* The same as floats: d sc[j] and dmin m[j]. */
+TILE_FN void q4kr16_scales(const uint8_t *sb, __m512 dsc[8], __m512 dmn[8]) {
+    __m512i sc[2], m[2];
+    q4kr16_words(sb, sc, m);
     const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sb)),
                  dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sb + 32)));
     for (int j = 0; j < 8; j++) { /* byte j % 4 of each row's dword, as a 32-bit integer: one shuffle */
@@ -753,23 +760,14 @@ TILE_FN void r16k_group(float *const *out, const int8_t *const *x, const float *
 TILE_FN void r16k_group1(float *out, const int8_t *x, const float *dx, const int32_t *mins, const uint8_t *group,
                          int64_t nsb) {
     const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8((char)0xF0), zero = _mm512_setzero_si512();
-    const __m512i low6 = _mm512_set1_epi32(0x3f3f3f3f), low4 = _mm512_set1_epi32(0x0f0f0f0f),
-                  top2 = _mm512_set1_epi32(0x30303030);
     __m512 acc = _mm512_setzero_ps();
     for (int64_t s = 0; s < nsb; s++) {
         const uint8_t *sb = group + (size_t)s * 16 * sizeof(hc_block_q4_k);
-        /* the 6-bit scales and mins of 16 rows: bytes 0-3 of each row's dword hold j = 0-3, of
-         * the second vector j = 4-7 (q4kr16_scales' masks) */
-        const __m512i u0 = _mm512_loadu_si512((const void *)(sb + 64)), u1 = _mm512_loadu_si512((const void *)(sb + 128)),
-                      u2 = _mm512_loadu_si512((const void *)(sb + 192));
-        const __m512i sc[2] = {_mm512_and_si512(u0, low6),
-                               _mm512_or_si512(_mm512_and_si512(u2, low4), _mm512_and_si512(_mm512_srli_epi32(u0, 2), top2))};
-        const __m512i m0 = _mm512_and_si512(u1, low6),
-                      m1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u2, 4), low4),
-                                           _mm512_and_si512(_mm512_srli_epi32(u1, 2), top2));
+        __m512i sc[2], m[2]; /* the 6-bit scales and mins of 16 rows (q4kr16_words) */
+        q4kr16_words(sb, sc, m);
         const int32_t *ms = mins + 4 * s;
-        const __m512i mlo = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, m0, _mm512_set1_epi32(ms[0])), m1, _mm512_set1_epi32(ms[1]));
-        const __m512i mhi = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, m0, _mm512_set1_epi32(ms[2])), m1, _mm512_set1_epi32(ms[3]));
+        const __m512i mlo = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, m[0], _mm512_set1_epi32(ms[0])), m[1], _mm512_set1_epi32(ms[1]));
+        const __m512i mhi = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, m[0], _mm512_set1_epi32(ms[2])), m[1], _mm512_set1_epi32(ms[3]));
         const __m512i imin = _mm512_add_epi32(mlo, _mm512_slli_epi32(mhi, 6));
         __m512i isum = zero;
         for (int j = 0; j < 8; j++) {
