@@ -91,6 +91,77 @@ static void test_engine(void) {
     expect_error("{% frob %}", "{}", "unknown tag 'frob'");
 }
 
+/* A template is whoever published the model's input: nesting, values, strings and integers past
+ * the engine's bounds fail with a message, where they used to overflow the stack, trap on
+ * INT64_MIN // -1, wrap, or run for ever (found by fuzz_template). */
+static char *repeat3(const char *head, const char *unit, int n, const char *mid, const char *unit2, int n2, const char *tail) {
+    const size_t len = strlen(head) + strlen(unit) * (size_t)n + strlen(mid) + strlen(unit2) * (size_t)n2 + strlen(tail);
+    char *s = malloc(len + 1), *p = s;
+    p += sprintf(p, "%s", head);
+    for (int i = 0; i < n; i++) p += sprintf(p, "%s", unit);
+    p += sprintf(p, "%s", mid);
+    for (int i = 0; i < n2; i++) p += sprintf(p, "%s", unit2);
+    sprintf(p, "%s", tail);
+    return s;
+}
+
+static void test_hostile(void) {
+    static const struct {
+        const char *head, *unit, *mid, *unit2, *tail, *needle;
+    } deep[] = {
+        {"{{ ", "(", "1", ")", " }}", "levels deep"},
+        {"{{ ", "[", "", "]", " }}", "levels deep"},
+        {"{{ ", "-", "1", "", " }}", "levels deep"},
+        {"{{ ", "not ", "1", "", " }}", "levels deep"},
+        {"", "{% if 1 %}", "x", "{% endif %}", "", "levels deep"},
+        {"{{ 1", " + 1", "", "", " }}", "levels deep"},
+        {"{{ x", ".a", "", "", " }}", "levels deep"},
+        {"{{ x", "|string", "", "", " }}", "levels deep"},
+    };
+    for (size_t i = 0; i < sizeof deep / sizeof deep[0]; i++) {
+        /* 50 levels render (or fail for their own reasons, not depth); 100000 fail on depth */
+        char *ok = repeat3(deep[i].head, deep[i].unit, 50, deep[i].mid, deep[i].unit2, deep[i].unit2[0] ? 50 : 0, deep[i].tail);
+        char *out = NULL;
+        if (render(ok, "{\"x\": {\"a\": 1}}", &out) != HC_OK)
+            CHECK(!strstr(hc_last_error(), "levels deep"), "50 levels of %s are allowed: %s", deep[i].unit, hc_last_error());
+        free(out);
+        free(ok);
+        char *bad = repeat3(deep[i].head, deep[i].unit, 100000, deep[i].mid, deep[i].unit2, deep[i].unit2[0] ? 100000 : 0, deep[i].tail);
+        expect_error(bad, "{\"x\": {\"a\": 1}}", deep[i].needle);
+        free(bad);
+    }
+    /* values built a level per loop step: printing, tojson, == and sorting walk them */
+    static const char *walks[] = {"{{ ns.x }}", "{{ ns.x|tojson }}", "{{ ns.x == ns.x }}", "{{ [ns.x, ns.x]|sort }}"};
+    for (size_t i = 0; i < sizeof walks / sizeof walks[0]; i++) {
+        char t[512];
+        snprintf(t, sizeof t, "{%% set ns = namespace(x=[]) %%}{%% for i in range(100000) %%}{%% set ns.x = [ns.x] %%}{%% endfor %%}%s", walks[i]);
+        expect_error(t, "{}", "a value nested more than");
+    }
+    expect("{% set ns = namespace(x=[]) %}{% for i in range(3) %}{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x }}", "{}", "[[[[]]]]");
+    /* strings: bounded, and "" * n takes no time */
+    expect_error("{{ 'a' * 100000000000 }}", "{}", "a string longer than 64 MiB");
+    expect_error("{{ 'x'|center(2000000000) }}", "{}", "a string longer than 64 MiB");
+    expect("{{ '' * 100000000000 }}x", "{}", "x");
+    /* 64-bit integers */
+    expect_error("{{ (-9223372036854775807 - 1) // -1 }}", "{}", "integer overflow");
+    expect_error("{{ 9223372036854775807 + 1 }}", "{}", "integer overflow");
+    expect_error("{{ -(-9223372036854775807 - 1) }}", "{}", "integer overflow");
+    expect_error("{{ 3 * 4611686018427387904 }}", "{}", "integer overflow");
+    expect_error("{{ 2 ** 64 }}", "{}", "integer overflow");
+    expect_error("{{ 1e300|int }}", "{}", "cannot convert float");
+    expect_error("{{ '99999999999999999999'|int }}", "{}", "integer overflow");
+    expect_error("{{ range(1e30) }}", "{}", "cannot convert float");
+    expect("{{ (-9223372036854775807 - 1) % -1 }} {{ 2 ** 62 }} {{ (-2) ** 63 }} {{ (-1) ** 9223372036854775807 }} {{ 7 // -2 }} {{ -7 % 2 }}",
+           "{}", "0 4611686018427387904 -9223372036854775808 -1 -4 1");
+    expect("{{ range(9223372036854775800, 9223372036854775807, 5)|list }}", "{}", "[9223372036854775800, 9223372036854775805]");
+    expect("{{ 'nan'|float|int(5) }}", "{}", "5");
+    /* an empty statement: the parser used to step back before the first token */
+    expect_error("{%- %}", "{}", "expected a statement name");
+    expect_error("{{ x. }}", "{\"x\": 1}", "expected an attribute name");
+    expect_error("{{ x| }}", "{\"x\": 1}", "expected a filter name");
+    expect_error("{% for %}{% endfor %}", "{}", "expected a name");
+}
+
 static void test_renders(void) {
     char path[2048];
     snprintf(path, sizeof path, "%s/chat_templates/renders.json", test_shared_fixtures());
@@ -157,6 +228,7 @@ static void test_renders(void) {
 
 int main(void) {
     test_engine();
+    test_hostile();
     test_renders();
     return test_finish("template");
 }

@@ -7,6 +7,7 @@
  * lives in one arena; errors unwind with longjmp to the top, which frees it. */
 #include "template/jinja.h"
 
+#include <errno.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,7 +19,6 @@
 
 #include "base/arena.h"
 #include "base/status.h"
-#include "base/strbuf.h"
 
 /* ======================================================================================== */
 /* values                                                                                    */
@@ -98,7 +98,9 @@ typedef struct {
     size_t src_len;
     scope *globals;
     int depth;
-    int brk; /* 1 break, 2 continue */
+    int brk;        /* 1 break, 2 continue */
+    int nest;       /* parse_nest_in's depth: parentheses, brackets, unary operators, blocks */
+    int eval_depth; /* eval and exec_node frames on the stack */
 } jctx;
 
 static _Noreturn void fail_at(jctx *c, size_t pos, hc_status st, const char *fmt, ...) {
@@ -121,6 +123,53 @@ static _Noreturn void fail_at(jctx *c, size_t pos, hc_status st, const char *fmt
 }
 
 #define FAIL(c, ...) fail_at(c, (size_t)-1, HC_ERR_FORMAT, __VA_ARGS__)
+
+/* The parser and the evaluator recurse as deep as a template nests, and a template comes from
+ * whoever published the model: past these depths it is refused, not allowed to overflow the
+ * stack. Real chat templates nest under 20 levels. A left-leaning chain such as 1 + 1 + ... + 1
+ * parses in a loop but is a tree as deep as it is long: MAX_TREE_DEPTH bounds the walks over the
+ * tree, and MAX_EVAL_DEPTH the evaluator's frames (macro calls add theirs). */
+#define MAX_NEST 100
+#define MAX_TREE_DEPTH 1000
+#define MAX_EVAL_DEPTH 2000
+
+static void nest_in(jctx *c, size_t pos) {
+    if (++c->nest > MAX_NEST) fail_at(c, pos, HC_ERR_FORMAT, "nested more than %d levels deep", MAX_NEST);
+}
+
+/* The walks over values (==, comparison, printing, tojson) recurse as deep as a value nests; a
+ * template can build a list a million levels deep in a loop. */
+static void value_in(jctx *c) {
+    if (++c->eval_depth > MAX_EVAL_DEPTH) FAIL(c, "a value nested more than %d levels deep", MAX_EVAL_DEPTH);
+}
+
+/* Python's integers have no bounds; ours are 64-bit, and an operation past them fails rather than
+ * wrap (or, for INT64_MIN // -1, trap). */
+static int64_t int_checked(jctx *c, size_t pos, bool overflow, int64_t r) {
+    if (overflow) fail_at(c, pos, HC_ERR_FORMAT, "integer overflow (integers here are 64-bit)");
+    return r;
+}
+
+/* A float as an integer, truncated toward zero as int() truncates: NaN, infinities and values
+ * past 64 bits fail (a C cast of them is undefined). */
+static int64_t float_to_int(jctx *c, size_t pos, double f) {
+    if (isnan(f)) fail_at(c, pos, HC_ERR_FORMAT, "cannot convert float NaN to integer");
+    if (!(f > -9223372036854775808.0 && f < 9223372036854775808.0))
+        fail_at(c, pos, HC_ERR_FORMAT, "cannot convert float %g to a 64-bit integer", f);
+    return (int64_t)f;
+}
+
+static void eval_in(jctx *c, size_t pos) {
+    if (++c->eval_depth > MAX_EVAL_DEPTH)
+        fail_at(c, pos, HC_ERR_FORMAT, "expression or block more than %d levels deep", MAX_EVAL_DEPTH);
+}
+
+/* A growing string in the arena: an error's longjmp can leave any number of them half-built, and
+ * the arena frees them all. */
+typedef struct {
+    char *data;
+    size_t len, cap;
+} jbuf;
 
 static void *alloc(jctx *c, size_t n) {
     void *p = hc_arena_alloc(&c->arena, n);
@@ -183,11 +232,11 @@ static jv v_dict(jctx *c, vtype t) {
 
 static bool str_eq(const jstr *a, const char *b, size_t n) { return a->len == n && !memcmp(a->s, b, n); }
 
-static bool value_eq(const jv *a, const jv *b);
+static bool value_eq(jctx *c, const jv *a, const jv *b);
 
-static jv *dict_find(jdict *d, const jv *key) {
+static jv *dict_find(jctx *c, jdict *d, const jv *key) {
     for (size_t i = 0; i < d->n; i++)
-        if (value_eq(&d->k[i], key)) return &d->v[i];
+        if (value_eq(c, &d->k[i], key)) return &d->v[i];
     return NULL;
 }
 
@@ -198,7 +247,7 @@ static jv *dict_find_s(jdict *d, const char *key, size_t n) {
 }
 
 static void dict_set(jctx *c, jdict *d, jv key, jv val) {
-    jv *slot = dict_find(d, &key);
+    jv *slot = dict_find(c, d, &key);
     if (slot) {
         *slot = val;
         return;
@@ -253,7 +302,21 @@ static bool truthy(const jv *v) {
 static bool is_num(const jv *v) { return v->t == V_INT || v->t == V_FLOAT || v->t == V_BOOL; }
 static double num(const jv *v) { return v->t == V_FLOAT ? v->u.f : v->t == V_INT ? (double)v->u.i : v->u.b; }
 
-static bool value_eq(const jv *a, const jv *b) {
+/* An integer argument: ints as they are, floats as int() truncates them. */
+static int64_t int_arg(jctx *c, size_t pos, const jv *v) {
+    return v->t == V_INT ? v->u.i : v->t == V_BOOL ? v->u.b : float_to_int(c, pos, num(v));
+}
+
+static bool values_equal(jctx *c, const jv *a, const jv *b);
+
+static bool value_eq(jctx *c, const jv *a, const jv *b) {
+    value_in(c);
+    const bool r = values_equal(c, a, b);
+    c->eval_depth--;
+    return r;
+}
+
+static bool values_equal(jctx *c, const jv *a, const jv *b) {
     if (is_num(a) && is_num(b)) {
         if (a->t != V_FLOAT && b->t != V_FLOAT) return (a->t == V_INT ? a->u.i : a->u.b) == (b->t == V_INT ? b->u.i : b->u.b);
         return num(a) == num(b);
@@ -266,13 +329,13 @@ static bool value_eq(const jv *a, const jv *b) {
     case V_LIST:
         if (a->u.l->n != b->u.l->n) return false;
         for (size_t i = 0; i < a->u.l->n; i++)
-            if (!value_eq(&a->u.l->v[i], &b->u.l->v[i])) return false;
+            if (!value_eq(c, &a->u.l->v[i], &b->u.l->v[i])) return false;
         return true;
     case V_DICT:
         if (a->u.d->n != b->u.d->n) return false;
         for (size_t i = 0; i < a->u.d->n; i++) {
-            jv *o = dict_find(b->u.d, &a->u.d->k[i]);
-            if (!o || !value_eq(&a->u.d->v[i], o)) return false;
+            jv *o = dict_find(c, b->u.d, &a->u.d->k[i]);
+            if (!o || !value_eq(c, &a->u.d->v[i], o)) return false;
         }
         return true;
     default: return a->u.d == b->u.d;
@@ -281,13 +344,26 @@ static bool value_eq(const jv *a, const jv *b) {
 
 /* ---- printing: Python's str() and repr() --------------------------------------------------- */
 
-static void put(jctx *c, hc_str *o, const char *s, size_t n) {
-    if (!hc_str_put(o, s, n)) {
-        c->status = hc_fail(HC_ERR_NOMEM, "out of memory rendering a template");
-        longjmp(c->fail, 1);
+/* No string a template builds, its output included, may pass this: a chat prompt is kilobytes,
+ * and a template that asks for gigabytes ("" * 10**12, a padded format) fails instead of
+ * exhausting memory or time. */
+#define MAX_STR_BYTES ((size_t)64 << 20)
+
+static void put(jctx *c, jbuf *o, const char *s, size_t n) {
+    if (n > MAX_STR_BYTES - o->len) FAIL(c, "a string longer than %zu MiB", MAX_STR_BYTES >> 20);
+    if (o->len + n + 1 > o->cap) {
+        size_t cap = o->cap ? 2 * o->cap : 64;
+        while (cap < o->len + n + 1) cap *= 2;
+        char *d = alloc(c, cap);
+        if (o->len) memcpy(d, o->data, o->len);
+        o->data = d;
+        o->cap = cap;
     }
+    if (n) memcpy(o->data + o->len, s, n);
+    o->len += n;
+    o->data[o->len] = 0;
 }
-static void puts_(jctx *c, hc_str *o, const char *s) { put(c, o, s, strlen(s)); }
+static void puts_(jctx *c, jbuf *o, const char *s) { put(c, o, s, strlen(s)); }
 
 /* repr(float): the shortest digits that round-trip, fixed notation for 1e-4 <= |x| < 1e16. */
 static void float_repr(char *buf, size_t cap, double f) {
@@ -349,9 +425,9 @@ static void float_repr(char *buf, size_t cap, double f) {
     }
 }
 
-static void repr(jctx *c, hc_str *o, const jv *v);
+static void repr(jctx *c, jbuf *o, const jv *v);
 
-static void str_repr(jctx *c, hc_str *o, const jstr *s) {
+static void str_repr(jctx *c, jbuf *o, const jstr *s) {
     bool has_sq = memchr(s->s, '\'', s->len) != NULL, has_dq = memchr(s->s, '"', s->len) != NULL;
     char q = (has_sq && !has_dq) ? '"' : '\'';
     put(c, o, &q, 1);
@@ -374,7 +450,7 @@ static void str_repr(jctx *c, hc_str *o, const jstr *s) {
     put(c, o, &q, 1);
 }
 
-static void to_str(jctx *c, hc_str *o, const jv *v) {
+static void to_str(jctx *c, jbuf *o, const jv *v) {
     char buf[64];
     switch (v->t) {
     case V_UNDEF: return;
@@ -393,7 +469,15 @@ static void to_str(jctx *c, hc_str *o, const jv *v) {
     }
 }
 
-static void repr(jctx *c, hc_str *o, const jv *v) {
+static void repr_value(jctx *c, jbuf *o, const jv *v);
+
+static void repr(jctx *c, jbuf *o, const jv *v) {
+    value_in(c);
+    repr_value(c, o, v);
+    c->eval_depth--;
+}
+
+static void repr_value(jctx *c, jbuf *o, const jv *v) {
     switch (v->t) {
     case V_STR: str_repr(c, o, v->u.s); return;
     case V_LIST:
@@ -425,15 +509,22 @@ static void repr(jctx *c, hc_str *o, const jv *v) {
 
 static jv stringify(jctx *c, const jv *v) {
     if (v->t == V_STR) return *v;
-    hc_str o = {0};
+    jbuf o = {0};
     to_str(c, &o, v);
     jv r = v_str(c, o.data ? o.data : "", o.len);
-    hc_str_free(&o);
     return r;
 }
 
 /* json.dumps(ensure_ascii=False) */
-static void to_json(jctx *c, hc_str *o, const jv *v, int indent, int level, bool sort_keys) {
+static void json_value(jctx *c, jbuf *o, const jv *v, int indent, int level, bool sort_keys);
+
+static void to_json(jctx *c, jbuf *o, const jv *v, int indent, int level, bool sort_keys) {
+    value_in(c);
+    json_value(c, o, v, indent, level, sort_keys);
+    c->eval_depth--;
+}
+
+static void json_value(jctx *c, jbuf *o, const jv *v, int indent, int level, bool sort_keys) {
     char buf[64];
     switch (v->t) {
     case V_NONE: puts_(c, o, "null"); return;
@@ -777,7 +868,7 @@ static void tokenize(jctx *c, size_t a, size_t b, tokens *out) {
             }
             p = q;
         } else if (ch == '\'' || ch == '"') {
-            hc_str lit = {0};
+            jbuf lit = {0};
             size_t q = p + 1;
             for (; q < b && s[q] != ch; q++) {
                 if (s[q] != '\\' || q + 1 >= b) {
@@ -821,12 +912,10 @@ static void tokenize(jctx *c, size_t a, size_t b, tokens *out) {
                 put(c, &lit, &one, 1);
             }
             if (q >= b) {
-                hc_str_free(&lit);
                 fail_at(c, p, HC_ERR_FORMAT, "unterminated string");
             }
             t->t = T_STR;
             t->str = mkstr(c, lit.data ? lit.data : "", lit.len);
-            hc_str_free(&lit);
             p = q + 1;
         } else {
             static const char *ops[] = {"==", "!=", "<=", ">=", "//", "**", NULL};
@@ -862,6 +951,10 @@ static bool accept_name(tokens *ts, const char *name) {
     if (!is_name(peek(ts), name)) return false;
     next(ts);
     return true;
+}
+/* Steps back over t, the token next() just returned (next() stays on the end token). */
+static void unread(tokens *ts, const tok *t) {
+    if (t->t != T_END) ts->i--;
 }
 static _Noreturn void unexpected(tokens *ts, const char *wanted) {
     tok *t = peek(ts);
@@ -986,14 +1079,13 @@ static node *parse_primary(tokens *ts) {
         return n;
     case T_STR: {
         n = mk(c, N_LIT, t->pos);
-        hc_str s = {0};
+        jbuf s = {0};
         put(c, &s, t->str->s, t->str->len);
         while (peek(ts)->t == T_STR) { /* adjacent literals concatenate */
             tok *u = next(ts);
             put(c, &s, u->str->s, u->str->len);
         }
         n->lit = v_str(c, s.data ? s.data : "", s.len);
-        hc_str_free(&s);
         return n;
     }
     case T_NAME:
@@ -1063,7 +1155,7 @@ static node *parse_primary(tokens *ts) {
         break;
     default: break;
     }
-    ts->i--;
+    unread(ts, t);
     unexpected(ts, "an expression");
 }
 
@@ -1081,7 +1173,7 @@ static node *parse_postfix(tokens *ts, node *n) {
                 a->b = mk(c, N_LIT, name->pos);
                 a->b->lit = v_int(name->i);
             } else {
-                ts->i--;
+                unread(ts, name);
                 unexpected(ts, "an attribute name");
             }
             a->a = n;
@@ -1126,7 +1218,7 @@ static node *parse_filters(tokens *ts, node *n) {
         if (accept_op(ts, "|")) {
             tok *name = next(ts);
             if (name->t != T_NAME) {
-                ts->i--;
+                unread(ts, name);
                 unexpected(ts, "a filter name");
             }
             node *f = mk(c, N_FILTER, name->pos);
@@ -1140,7 +1232,7 @@ static node *parse_filters(tokens *ts, node *n) {
             bool neg = accept_name(ts, "not");
             tok *name = next(ts);
             if (name->t != T_NAME && !(name->t == T_OP)) {
-                ts->i--;
+                unread(ts, name);
                 unexpected(ts, "a test name");
             }
             node *f = mk(c, N_TEST, name->pos);
@@ -1179,6 +1271,7 @@ static node *parse_filters(tokens *ts, node *n) {
 static node *parse_unary(tokens *ts, bool with_filter) {
     jctx *c = ts->c;
     tok *t = peek(ts);
+    nest_in(c, t->pos);
     node *n;
     if (is_op(t, "-") || is_op(t, "+")) {
         next(ts);
@@ -1187,7 +1280,9 @@ static node *parse_unary(tokens *ts, bool with_filter) {
     } else {
         n = parse_postfix(ts, parse_primary(ts));
     }
-    return with_filter ? parse_filters(ts, n) : n;
+    if (with_filter) n = parse_filters(ts, n);
+    c->nest--;
+    return n;
 }
 
 /* One left-associative level of binary operators: symbols (N_BIN, the operator kept as the
@@ -1249,8 +1344,10 @@ static node *parse_not(tokens *ts) {
     tok *t = peek(ts);
     if (is_name(t, "not")) {
         next(ts);
+        nest_in(ts->c, t->pos);
         node *n = mk(ts->c, N_NOT, t->pos);
         n->a = parse_not(ts);
+        ts->c->nest--;
         return n;
     }
     return parse_compare(ts);
@@ -1311,7 +1408,7 @@ static void names_list(tokens *ts, const char ***out, size_t *n) {
     do {
         tok *t = next(ts);
         if (t->t != T_NAME) {
-            ts->i--;
+            unread(ts, t);
             unexpected(ts, "a name");
         }
         if (*n == cap) {
@@ -1367,7 +1464,7 @@ static node *parse_stmt(parser *p, tokens *ts) {
     jctx *c = p->c;
     tok *t = next(ts);
     if (t->t != T_NAME) {
-        ts->i--;
+        unread(ts, t);
         unexpected(ts, "a statement name");
     }
     node *n;
@@ -1531,7 +1628,9 @@ static node *parse_body(parser *p, const char *ends, const char **which, tokens 
                                    is_name(t, "endcall") || is_name(t, "endfilter") || is_name(t, "endgeneration")))
                 fail_at(c, t->pos, HC_ERR_FORMAT, "unexpected '%.*s'%s%s", (int)t->len, t->s,
                         ends ? ", expected one of: " : "", ends ? ends : "");
+            nest_in(c, t->pos);
             nl_push(c, &body, parse_stmt(p, &ts));
+            c->nest--;
         }
     }
     if (ends) fail_at(c, c->src_len, HC_ERR_FORMAT, "unexpected end of template, expected one of: %s", ends);
@@ -1546,7 +1645,7 @@ static node *parse_body(parser *p, const char *ends, const char **which, tokens 
 /* ======================================================================================== */
 
 static jv eval(jctx *c, scope *sc, node *n);
-static void exec_body(jctx *c, scope *sc, node *body, hc_str *out);
+static void exec_body(jctx *c, scope *sc, node *body, jbuf *out);
 
 static scope *new_scope(jctx *c, scope *parent) {
     scope *s = alloc(c, sizeof(scope));
@@ -1686,7 +1785,7 @@ static jv get_item(jctx *c, node *at, const jv *obj, const jv *key) {
     case V_UNDEF: undefined_error(c, at, obj);
     case V_DICT:
     case V_NS: {
-        jv *v = dict_find(obj->u.d, key);
+        jv *v = dict_find(c, obj->u.d, key);
         if (v) return *v;
         if (key->t == V_STR) return get_attr(c, at, obj, key->u.s->s);
         return v_undef(c, NULL);
@@ -1750,13 +1849,12 @@ static jv do_slice(jctx *c, node *at, const jv *obj, const jv *a, const jv *b, c
     if (obj->t == V_STR) {
         int64_t n = (int64_t)utf8_count(obj->u.s);
         slice_bounds(n, a, b, s, &start, &stop, &step);
-        hc_str o = {0};
+        jbuf o = {0};
         for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
             size_t x = utf8_offset(obj->u.s, (size_t)i), y = utf8_offset(obj->u.s, (size_t)i + 1);
             put(c, &o, obj->u.s->s + x, y - x);
         }
         jv r = v_str(c, o.data ? o.data : "", o.len);
-        hc_str_free(&o);
         return r;
     }
     if (obj->t == V_UNDEF) undefined_error(c, at, obj);
@@ -1787,7 +1885,16 @@ static jv iterate(jctx *c, node *at, const jv *v) {
     }
 }
 
+static int compare_values(jctx *c, node *at, const jv *a, const jv *b);
+
 static int compare(jctx *c, node *at, const jv *a, const jv *b) {
+    value_in(c);
+    const int r = compare_values(c, at, a, b);
+    c->eval_depth--;
+    return r;
+}
+
+static int compare_values(jctx *c, node *at, const jv *a, const jv *b) {
     if (is_num(a) && is_num(b)) {
         double x = num(a), y = num(b);
         return x < y ? -1 : x > y;
@@ -1821,10 +1928,10 @@ static bool contains(jctx *c, node *at, const jv *needle, const jv *hay) {
         return false;
     case V_LIST:
         for (size_t i = 0; i < hay->u.l->n; i++)
-            if (value_eq(needle, &hay->u.l->v[i])) return true;
+            if (value_eq(c, needle, &hay->u.l->v[i])) return true;
         return false;
     case V_DICT:
-    case V_NS: return dict_find(hay->u.d, needle) != NULL;
+    case V_NS: return dict_find(c, hay->u.d, needle) != NULL;
     case V_UNDEF: return false; /* Undefined iterates as empty */
     default: fail_at(c, at->pos, HC_ERR_FORMAT, "argument of type '%s' is not iterable", type_name(hay));
     }
@@ -1832,7 +1939,7 @@ static bool contains(jctx *c, node *at, const jv *needle, const jv *hay) {
 
 /* printf-style "%s" % value */
 static jv percent_format(jctx *c, node *at, const jv *fmt, const jv *args) {
-    hc_str o = {0};
+    jbuf o = {0};
     size_t ai = 0;
     const jstr *f = fmt->u.s;
     for (size_t i = 0; i < f->len; i++) {
@@ -1847,12 +1954,11 @@ static jv percent_format(jctx *c, node *at, const jv *fmt, const jv *args) {
         }
         const jv *a = args->t == V_LIST && args->is_tuple ? (ai < args->u.l->n ? &args->u.l->v[ai++] : NULL) : (ai++ ? NULL : args);
         if (!a) {
-            hc_str_free(&o);
             fail_at(c, at->pos, HC_ERR_FORMAT, "not enough arguments for format string");
         }
         char buf[64];
         if (k == 'd' || k == 'i') {
-            snprintf(buf, sizeof buf, "%lld", (long long)(a->t == V_FLOAT ? (int64_t)a->u.f : a->t == V_INT ? a->u.i : (int64_t)num(a)));
+            snprintf(buf, sizeof buf, "%lld", (long long)(a->t == V_INT ? a->u.i : float_to_int(c, at->pos, num(a))));
             put(c, &o, buf, strlen(buf));
         } else if (k == 'r') {
             repr(c, &o, a);
@@ -1861,18 +1967,16 @@ static jv percent_format(jctx *c, node *at, const jv *fmt, const jv *args) {
         }
     }
     jv r = v_str(c, o.data ? o.data : "", o.len);
-    hc_str_free(&o);
     return r;
 }
 
 static jv binary(jctx *c, node *n, jv a, jv b) {
     const char *op = n->name;
     if (!strcmp(op, "~")) {
-        hc_str o = {0};
+        jbuf o = {0};
         to_str(c, &o, &a);
         to_str(c, &o, &b);
         jv r = v_str(c, o.data ? o.data : "", o.len);
-        hc_str_free(&o);
         return r;
     }
     if (a.t == V_UNDEF) undefined_error(c, n, &a);
@@ -1899,10 +2003,10 @@ static jv binary(jctx *c, node *n, jv a, jv b) {
     if (!strcmp(op, "*") && ((a.t == V_STR && b.t == V_INT) || (a.t == V_INT && b.t == V_STR))) {
         const jv *s = a.t == V_STR ? &a : &b;
         int64_t k = a.t == V_INT ? a.u.i : b.u.i;
-        hc_str o = {0};
+        if (s->u.s->len == 0) k = 0; /* "" * k is "" for any k, without k steps */
+        jbuf o = {0};
         for (int64_t i = 0; i < k; i++) put(c, &o, s->u.s->s, s->u.s->len);
         jv r = v_str(c, o.data ? o.data : "", o.len);
-        hc_str_free(&o);
         return r;
     }
     if (!is_num(&a) || !is_num(&b)) {
@@ -1915,9 +2019,20 @@ static jv binary(jctx *c, node *n, jv a, jv b) {
     const int64_t x = a.t == V_INT ? a.u.i : a.t == V_BOOL ? a.u.b : 0;
     const int64_t y = b.t == V_INT ? b.u.i : b.t == V_BOOL ? b.u.b : 0;
     const double fx = num(&a), fy = num(&b);
-    if (!strcmp(op, "+")) return ints ? v_int(x + y) : v_float(fx + fy);
-    if (!strcmp(op, "-")) return ints ? v_int(x - y) : v_float(fx - fy);
-    if (!strcmp(op, "*")) return ints ? v_int(x * y) : v_float(fx * fy);
+    int64_t r = 0;
+    bool over = false;
+    if (!strcmp(op, "+")) {
+        if (ints) over = __builtin_add_overflow(x, y, &r);
+        return ints ? v_int(int_checked(c, n->pos, over, r)) : v_float(fx + fy);
+    }
+    if (!strcmp(op, "-")) {
+        if (ints) over = __builtin_sub_overflow(x, y, &r);
+        return ints ? v_int(int_checked(c, n->pos, over, r)) : v_float(fx - fy);
+    }
+    if (!strcmp(op, "*")) {
+        if (ints) over = __builtin_mul_overflow(x, y, &r);
+        return ints ? v_int(int_checked(c, n->pos, over, r)) : v_float(fx * fy);
+    }
     if (!strcmp(op, "/")) {
         if (fy == 0) fail_at(c, n->pos, HC_ERR_FORMAT, "division by zero");
         return v_float(fx / fy);
@@ -1925,6 +2040,7 @@ static jv binary(jctx *c, node *n, jv a, jv b) {
     if (!strcmp(op, "//")) {
         if (fy == 0) fail_at(c, n->pos, HC_ERR_FORMAT, "integer division or modulo by zero");
         if (ints) {
+            int_checked(c, n->pos, x == INT64_MIN && y == -1, 0);
             int64_t q = x / y;
             if ((x % y != 0) && ((x < 0) != (y < 0))) q--;
             return v_int(q);
@@ -1934,18 +2050,23 @@ static jv binary(jctx *c, node *n, jv a, jv b) {
     if (!strcmp(op, "%")) {
         if (fy == 0) fail_at(c, n->pos, HC_ERR_FORMAT, "integer division or modulo by zero");
         if (ints) {
-            int64_t r = x % y;
+            if (y == -1) return v_int(0); /* and INT64_MIN % -1 would trap */
+            r = x % y;
             if (r != 0 && ((r < 0) != (y < 0))) r += y;
             return v_int(r);
         }
-        double r = fmod(fx, fy);
-        if (r != 0 && ((r < 0) != (fy < 0))) r += fy;
-        return v_float(r);
+        double fr = fmod(fx, fy);
+        if (fr != 0 && ((fr < 0) != (fy < 0))) fr += fy;
+        return v_float(fr);
     }
     if (!strcmp(op, "**")) {
-        if (ints && y >= 0) {
-            int64_t r = 1;
-            for (int64_t i = 0; i < y; i++) r *= x;
+        if (ints && y >= 0) { /* by squaring: y may be 2**62 (and 1 ** y, 0 ** y, (-1) ** y are fine) */
+            int64_t base = x;
+            r = 1;
+            for (int64_t e = y; e; e >>= 1) {
+                if (e & 1) int_checked(c, n->pos, __builtin_mul_overflow(r, base, &r), 0);
+                if (e > 1) int_checked(c, n->pos, __builtin_mul_overflow(base, base, &base), 0);
+            }
             return v_int(r);
         }
         return v_float(pow(fx, fy));
@@ -2016,11 +2137,10 @@ static jv call_macro(jctx *c, node *at, jmacro *m, const argv_t *a) {
         assign(c, sc, "caller", cv);
     }
     if (++c->depth > 200) fail_at(c, at->pos, HC_ERR_FORMAT, "macro recursion too deep");
-    hc_str out = {0};
+    jbuf out = {0};
     exec_body(c, sc, def->body, &out);
     c->depth--;
     jv r = v_str(c, out.data ? out.data : "", out.len);
-    hc_str_free(&out);
     return r;
 }
 
@@ -2056,7 +2176,7 @@ static bool starts_or_ends(const jv *s, const jv *what, bool end) {
 }
 
 static jv str_replace(jctx *c, const jv *s, const jv *old, const jv *new_, int64_t count) {
-    hc_str o = {0};
+    jbuf o = {0};
     const jstr *src = s->u.s, *ol = old->u.s, *nw = new_->u.s;
     size_t i = 0;
     int64_t done = 0;
@@ -2075,12 +2195,11 @@ static jv str_replace(jctx *c, const jv *s, const jv *old, const jv *new_, int64
         }
     }
     jv r = v_str(c, o.data ? o.data : "", o.len);
-    hc_str_free(&o);
     return r;
 }
 
 static jv case_map(jctx *c, const jv *s, int mode) { /* 0 upper, 1 lower, 2 title, 3 capitalize */
-    hc_str o = {0};
+    jbuf o = {0};
     bool word_start = true;
     size_t i = 0, k = 0;
     while (i < s->u.s->len) {
@@ -2105,7 +2224,6 @@ static jv case_map(jctx *c, const jv *s, int mode) { /* 0 upper, 1 lower, 2 titl
         k++;
     }
     jv r = v_str(c, o.data ? o.data : "", o.len);
-    hc_str_free(&o);
     return r;
 }
 
@@ -2175,7 +2293,7 @@ static jv str_split(jctx *c, const jv *s, const jv *sep, int64_t maxsplit, bool 
 
 /* str.format with {} / {0} / {name} fields */
 static jv str_format(jctx *c, node *at, const jv *fmt, const argv_t *a) {
-    hc_str o = {0};
+    jbuf o = {0};
     const jstr *f = fmt->u.s;
     size_t auto_i = 0;
     for (size_t i = 0; i < f->len; i++) {
@@ -2208,14 +2326,12 @@ static jv str_format(jctx *c, node *at, const jv *fmt, const argv_t *a) {
                 if (!strcmp(a->kw[k], key)) v = &a->kwv[k];
         }
         if (!v) {
-            hc_str_free(&o);
             fail_at(c, at->pos, HC_ERR_FORMAT, "format: missing argument");
         }
         to_str(c, &o, v);
         i = j;
     }
     jv r = v_str(c, o.data ? o.data : "", o.len);
-    hc_str_free(&o);
     return r;
 }
 
@@ -2258,17 +2374,18 @@ static jv call_builtin(jctx *c, scope *sc, node *at, jv f, const argv_t *a) {
     }
     case F_RANGE: {
         int64_t start = 0, stop, step = 1;
-        if (a->n_pos == 1) stop = (int64_t)num(&a->pos[0]);
+        if (a->n_pos == 1) stop = int_arg(c, at->pos, &a->pos[0]);
         else if (a->n_pos >= 2) {
-            start = (int64_t)num(&a->pos[0]);
-            stop = (int64_t)num(&a->pos[1]);
-            if (a->n_pos > 2) step = (int64_t)num(&a->pos[2]);
+            start = int_arg(c, at->pos, &a->pos[0]);
+            stop = int_arg(c, at->pos, &a->pos[1]);
+            if (a->n_pos > 2) step = int_arg(c, at->pos, &a->pos[2]);
         } else fail_at(c, at->pos, HC_ERR_FORMAT, "range expected at least 1 argument");
         if (step == 0) fail_at(c, at->pos, HC_ERR_FORMAT, "range() arg 3 must not be zero");
         jv l = v_list(c, 0);
-        for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
+        for (int64_t i = start; step > 0 ? i < stop : i > stop;) {
             list_push(c, l.u.l, v_int(i));
             if (l.u.l->n > 1000000) fail_at(c, at->pos, HC_ERR_FORMAT, "range too large");
+            if (__builtin_add_overflow(i, step, &i)) break; /* past INT64_MAX: past stop too */
         }
         return l;
     }
@@ -2311,7 +2428,7 @@ static jv call_builtin(jctx *c, scope *sc, node *at, jv f, const argv_t *a) {
         if (!w) fail_at(c, at->pos, HC_ERR_FORMAT, "count needs an argument");
         int64_t k = 0;
         if (self->t == V_LIST) {
-            for (size_t i = 0; i < self->u.l->n; i++) k += value_eq(&self->u.l->v[i], w);
+            for (size_t i = 0; i < self->u.l->n; i++) k += value_eq(c, &self->u.l->v[i], w);
             return v_int(k);
         }
         if (w->t != V_STR || !w->u.s->len) return v_int((int64_t)utf8_count(self->u.s) + 1);
@@ -2325,18 +2442,16 @@ static jv call_builtin(jctx *c, scope *sc, node *at, jv f, const argv_t *a) {
         const jv *items = arg(a, 0, NULL);
         if (!items) fail_at(c, at->pos, HC_ERR_FORMAT, "join needs an iterable");
         jv l = iterate(c, at, items);
-        hc_str o = {0};
+        jbuf o = {0};
         for (size_t i = 0; i < l.u.l->n; i++) {
             if (i) put(c, &o, self->u.s->s, self->u.s->len);
             if (l.u.l->v[i].t != V_STR) {
-                hc_str_free(&o);
                 fail_at(c, at->pos, HC_ERR_FORMAT, "sequence item %zu: expected str instance, %s found", i,
                         type_name(&l.u.l->v[i]));
             }
             put(c, &o, l.u.l->v[i].u.s->s, l.u.l->v[i].u.s->len);
         }
         jv r = v_str(c, o.data ? o.data : "", o.len);
-        hc_str_free(&o);
         return r;
     }
     case M_SPLITLINES: {
@@ -2367,7 +2482,7 @@ static jv call_builtin(jctx *c, scope *sc, node *at, jv f, const argv_t *a) {
     case M_GET: {
         const jv *k = arg(a, 0, NULL), *d = arg(a, 1, "default");
         if (!k) fail_at(c, at->pos, HC_ERR_FORMAT, "get needs a key");
-        jv *v = dict_find(self->u.d, k);
+        jv *v = dict_find(c, self->u.d, k);
         return v ? *v : d ? *d : v_none();
     }
     case M_ITEMS: {
@@ -2406,10 +2521,9 @@ static jv call_value(jctx *c, scope *sc, node *at, jv f, const argv_t *a) {
             scope *s2 = new_scope(c, f.u.m->closure);
             node *cb = f.u.m->caller_body;
             for (size_t i = 0; cb && i < a->n_pos && i < cb->n_targets; i++) assign(c, s2, cb->targets[i], a->pos[i]);
-            hc_str out = {0};
+            jbuf out = {0};
             exec_body(c, s2, cb->body, &out);
             jv r = v_str(c, out.data ? out.data : "", out.len);
-            hc_str_free(&out);
             return r;
         }
         return call_macro(c, at, f.u.m, a);
@@ -2439,7 +2553,7 @@ static bool run_test(jctx *c, node *at, const char *name, const jv *v, const arg
     if (!strcmp(name, "lower") || !strcmp(name, "upper")) {
         if (v->t != V_STR) return false;
         jv m = case_map(c, v, !strcmp(name, "lower") ? 1 : 0);
-        return value_eq(&m, v);
+        return value_eq(c, &m, v);
     }
     if (!strcmp(name, "odd") || !strcmp(name, "even")) {
         if (v->t != V_INT) return false;
@@ -2449,8 +2563,8 @@ static bool run_test(jctx *c, node *at, const char *name, const jv *v, const arg
     if (!strcmp(name, "divisibleby")) return x && v->t == V_INT && x->t == V_INT && x->u.i && v->u.i % x->u.i == 0;
     if (!x) fail_at(c, at->pos, HC_ERR_FORMAT, "test '%s' needs an argument, or no test named '%s'", name, name);
     if (!strcmp(name, "eq") || !strcmp(name, "equalto") || !strcmp(name, "==") || !strcmp(name, "sameas"))
-        return value_eq(v, x);
-    if (!strcmp(name, "ne") || !strcmp(name, "!=")) return !value_eq(v, x);
+        return value_eq(c, v, x);
+    if (!strcmp(name, "ne") || !strcmp(name, "!=")) return !value_eq(c, v, x);
     if (!strcmp(name, "lt") || !strcmp(name, "lessthan") || !strcmp(name, "<")) return compare(c, at, v, x) < 0;
     if (!strcmp(name, "le") || !strcmp(name, "<=")) return compare(c, at, v, x) <= 0;
     if (!strcmp(name, "gt") || !strcmp(name, "greaterthan") || !strcmp(name, ">")) return compare(c, at, v, x) > 0;
@@ -2525,10 +2639,9 @@ static jv apply_filter(jctx *c, scope *sc, node *at, const char *name, jv v, con
     }
     if (!strcmp(name, "tojson")) {
         const jv *ind = arg(a, 0, "indent"), *sk = arg(a, 99, "sort_keys");
-        hc_str o = {0};
+        jbuf o = {0};
         to_json(c, &o, &v, ind && ind->t == V_INT ? (int)ind->u.i : -1, 0, sk && truthy(sk));
         jv r = v_str(c, o.data ? o.data : "", o.len);
-        hc_str_free(&o);
         return r;
     }
     if (!strcmp(name, "from_json")) {
@@ -2563,7 +2676,7 @@ static jv apply_filter(jctx *c, scope *sc, node *at, const char *name, jv v, con
     if (!strcmp(name, "safe")) return v;
     if (!strcmp(name, "e") || !strcmp(name, "escape")) {
         jv s = stringify(c, &v);
-        hc_str o = {0};
+        jbuf o = {0};
         for (size_t i = 0; i < s.u.s->len; i++) {
             char ch = s.u.s->s[i];
             const char *rep = ch == '&' ? "&amp;" : ch == '<' ? "&lt;" : ch == '>' ? "&gt;" : ch == '"' ? "&#34;" : ch == '\'' ? "&#39;" : NULL;
@@ -2571,7 +2684,6 @@ static jv apply_filter(jctx *c, scope *sc, node *at, const char *name, jv v, con
             else put(c, &o, &ch, 1);
         }
         jv r = v_str(c, o.data ? o.data : "", o.len);
-        hc_str_free(&o);
         return r;
     }
     if (!strcmp(name, "trim")) {
@@ -2595,14 +2707,13 @@ static jv apply_filter(jctx *c, scope *sc, node *at, const char *name, jv v, con
         const jv *attr = arg(a, 1, "attribute");
         const jv *sep = a0 ? a0 : arg(a, 0, "d");
         jv l = iterate(c, at, &v);
-        hc_str o = {0};
+        jbuf o = {0};
         for (size_t i = 0; i < l.u.l->n; i++) {
             if (i && sep) to_str(c, &o, sep);
             jv item = attr ? attr_path(c, at, &l.u.l->v[i], attr) : l.u.l->v[i];
             to_str(c, &o, &item);
         }
         jv r = v_str(c, o.data ? o.data : "", o.len);
-        hc_str_free(&o);
         return r;
     }
     if (!strcmp(name, "list")) {
@@ -2659,7 +2770,7 @@ static jv apply_filter(jctx *c, scope *sc, node *at, const char *name, jv v, con
         jv r = v_list(c, l.u.l->n);
         for (size_t i = 0; i < l.u.l->n; i++) {
             bool seen = false;
-            for (size_t k = 0; k < r.u.l->n && !seen; k++) seen = value_eq(&r.u.l->v[k], &l.u.l->v[i]);
+            for (size_t k = 0; k < r.u.l->n && !seen; k++) seen = value_eq(c, &r.u.l->v[k], &l.u.l->v[i]);
             if (!seen) list_push(c, r.u.l, l.u.l->v[i]);
         }
         return r;
@@ -2690,13 +2801,15 @@ static jv apply_filter(jctx *c, scope *sc, node *at, const char *name, jv v, con
         const jv *d = arg(a, 0, "default");
         if (v.t == V_INT) return v;
         if (v.t == V_BOOL) return v_int(v.u.b);
-        if (v.t == V_FLOAT) return v_int((int64_t)v.u.f);
+        /* jinja2's int: NaN gives the default (ValueError), an infinity fails (OverflowError) */
+        if (v.t == V_FLOAT) return isnan(v.u.f) && d ? *d : isnan(v.u.f) ? v_int(0) : v_int(float_to_int(c, at->pos, v.u.f));
         if (v.t == V_STR) {
             char *end;
+            errno = 0;
             long long x = strtoll(v.u.s->s, &end, 10);
-            if (end != v.u.s->s && !*end) return v_int(x);
+            if (end != v.u.s->s && !*end) return v_int(int_checked(c, at->pos, errno == ERANGE, x));
             double f = strtod(v.u.s->s, &end);
-            if (end != v.u.s->s && !*end) return v_int((int64_t)f);
+            if (end != v.u.s->s && !*end) return isnan(f) ? (d ? *d : v_int(0)) : v_int(float_to_int(c, at->pos, f));
         }
         return d ? *d : v_int(0);
     }
@@ -2722,12 +2835,12 @@ static jv apply_filter(jctx *c, scope *sc, node *at, const char *name, jv v, con
     }
     if (!strcmp(name, "indent")) {
         const jv *width = arg(a, 0, "width"), *first = arg(a, 1, "first"), *blank = arg(a, 2, "blank");
-        hc_str pad = {0};
+        jbuf pad = {0};
         if (width && width->t == V_STR) put(c, &pad, width->u.s->s, width->u.s->len);
         else
             for (int64_t i = 0; i < (width && width->t == V_INT ? width->u.i : 4); i++) put(c, &pad, " ", 1);
         jv s = stringify(c, &v);
-        hc_str o = {0};
+        jbuf o = {0};
         const char *p = s.u.s->s, *e = p + s.u.s->len;
         bool first_line = true;
         while (p <= e) {
@@ -2743,8 +2856,6 @@ static jv apply_filter(jctx *c, scope *sc, node *at, const char *name, jv v, con
             first_line = false;
         }
         jv r = v_str(c, o.data ? o.data : "", o.len);
-        hc_str_free(&o);
-        hc_str_free(&pad);
         return r;
     }
     if (!strcmp(name, "wordcount")) {
@@ -2822,12 +2933,11 @@ static jv apply_filter(jctx *c, scope *sc, node *at, const char *name, jv v, con
         int64_t w = a0 && a0->t == V_INT ? a0->u.i : 80, n = (int64_t)utf8_count(s.u.s);
         if (w <= n) return s;
         int64_t left = (w - n) / 2, right = w - n - left;
-        hc_str o = {0};
+        jbuf o = {0};
         for (int64_t i = 0; i < left; i++) put(c, &o, " ", 1);
         put(c, &o, s.u.s->s, s.u.s->len);
         for (int64_t i = 0; i < right; i++) put(c, &o, " ", 1);
         jv r = v_str(c, o.data, o.len);
-        hc_str_free(&o);
         return r;
     }
     fail_at(c, at->pos, HC_ERR_FORMAT, "no filter named '%s'", name);
@@ -2841,7 +2951,16 @@ static const char *const known_filters[] = {
 
 /* ---- expressions -------------------------------------------------------------------------- */
 
+static jv eval_node(jctx *c, scope *sc, node *n);
+
 static jv eval(jctx *c, scope *sc, node *n) {
+    eval_in(c, n->pos);
+    const jv v = eval_node(c, sc, n);
+    c->eval_depth--;
+    return v;
+}
+
+static jv eval_node(jctx *c, scope *sc, node *n) {
     switch (n->t) {
     case N_LIT: return n->lit;
     case N_NAME: return lookup(c, sc, n->name);
@@ -2892,7 +3011,7 @@ static jv eval(jctx *c, scope *sc, node *n) {
     case N_NEG:
     case N_POS: {
         jv v = eval(c, sc, n->a);
-        if (v.t == V_INT) return v_int(n->t == N_NEG ? -v.u.i : v.u.i);
+        if (v.t == V_INT) return v_int(n->t == N_NEG ? int_checked(c, n->pos, v.u.i == INT64_MIN, -v.u.i) : v.u.i);
         if (v.t == V_FLOAT) return v_float(n->t == N_NEG ? -v.u.f : v.u.f);
         if (v.t == V_BOOL) return v_int(n->t == N_NEG ? -(int64_t)v.u.b : v.u.b);
         if (v.t == V_UNDEF) undefined_error(c, n, &v);
@@ -2919,8 +3038,8 @@ static jv eval(jctx *c, scope *sc, node *n) {
     case N_CMP: {
         jv a = eval(c, sc, n->a), b = eval(c, sc, n->b);
         const char *op = n->name;
-        if (!strcmp(op, "==")) return v_bool(value_eq(&a, &b));
-        if (!strcmp(op, "!=")) return v_bool(!value_eq(&a, &b));
+        if (!strcmp(op, "==")) return v_bool(value_eq(c, &a, &b));
+        if (!strcmp(op, "!=")) return v_bool(!value_eq(c, &a, &b));
         if (!strcmp(op, "in")) return v_bool(contains(c, n, &a, &b));
         if (!strcmp(op, "not in")) return v_bool(!contains(c, n, &a, &b));
         int r = compare(c, n, &a, &b);
@@ -2947,7 +3066,15 @@ static void assign_targets(jctx *c, node *at, scope *sc, const char **targets, s
     for (size_t i = 0; i < n; i++) assign(c, sc, targets[i], v.u.l->v[i]);
 }
 
-static void exec_node(jctx *c, scope *sc, node *n, hc_str *out) {
+static void exec_one(jctx *c, scope *sc, node *n, jbuf *out);
+
+static void exec_node(jctx *c, scope *sc, node *n, jbuf *out) {
+    eval_in(c, n->pos);
+    exec_one(c, sc, n, out);
+    c->eval_depth--;
+}
+
+static void exec_one(jctx *c, scope *sc, node *n, jbuf *out) {
     switch (n->t) {
     case N_TEXT: put(c, out, n->lit.u.s->s, n->lit.u.s->len); return;
     case N_OUT: {
@@ -3017,10 +3144,9 @@ static void exec_node(jctx *c, scope *sc, node *n, hc_str *out) {
         return;
     }
     case N_SETBLOCK: {
-        hc_str body = {0};
+        jbuf body = {0};
         exec_body(c, sc, n->body, &body);
         jv v = v_str(c, body.data ? body.data : "", body.len);
-        hc_str_free(&body);
         n->cnd->lit = v; /* the filter chain's input */
         assign(c, sc, n->targets[0], eval(c, sc, n->a));
         return;
@@ -3045,10 +3171,9 @@ static void exec_node(jctx *c, scope *sc, node *n, hc_str *out) {
         return;
     }
     case N_FILTERBLOCK: {
-        hc_str body = {0};
+        jbuf body = {0};
         exec_body(c, sc, n->body, &body);
         n->cnd->lit = v_str(c, body.data ? body.data : "", body.len);
-        hc_str_free(&body);
         jv r = eval(c, sc, n->a);
         to_str(c, out, &r);
         return;
@@ -3059,13 +3184,14 @@ static void exec_node(jctx *c, scope *sc, node *n, hc_str *out) {
     }
 }
 
-static void exec_body(jctx *c, scope *sc, node *body, hc_str *out) {
+static void exec_body(jctx *c, scope *sc, node *body, jbuf *out) {
     for (size_t i = 0; i < body->n && !c->brk; i++) exec_node(c, sc, body->args[i], out);
 }
 
 /* Unknown filters and tests fail when the template is compiled, as in jinja2. */
-static void check_names(jctx *c, node *n) {
+static void check_names(jctx *c, node *n, int depth) {
     if (!n) return;
+    if (depth > MAX_TREE_DEPTH) fail_at(c, n->pos, HC_ERR_FORMAT, "expression or block more than %d levels deep", MAX_TREE_DEPTH);
     if (n->t == N_FILTER) {
         bool ok = false;
         for (int i = 0; known_filters[i]; i++) ok |= !strcmp(n->name, known_filters[i]);
@@ -3076,19 +3202,19 @@ static void check_names(jctx *c, node *n) {
         for (int i = 0; known_tests[i]; i++) ok |= !strcmp(n->name, known_tests[i]);
         if (!ok) fail_at(c, n->pos, HC_ERR_FORMAT, "no test named '%s'", n->name);
     }
-    check_names(c, n->a);
-    check_names(c, n->b);
-    check_names(c, n->cnd);
-    check_names(c, n->body);
-    check_names(c, n->else_body);
+    check_names(c, n->a, depth + 1);
+    check_names(c, n->b, depth + 1);
+    check_names(c, n->cnd, depth + 1);
+    check_names(c, n->body, depth + 1);
+    check_names(c, n->else_body, depth + 1);
     for (size_t i = 0; i < n->n; i++) {
-        if (n->args) check_names(c, n->args[i]);
-        if (n->vals) check_names(c, n->vals[i]);
+        if (n->args) check_names(c, n->args[i], depth + 1);
+        if (n->vals) check_names(c, n->vals[i], depth + 1);
     }
     if (n->t == N_SLICE)
-        for (int i = 0; i < 3; i++) check_names(c, n->args[i]);
+        for (int i = 0; i < 3; i++) check_names(c, n->args[i], depth + 1);
     if (n->t == N_MACRO && n->vals)
-        for (size_t i = 0; i < n->n_targets; i++) check_names(c, n->vals[i]);
+        for (size_t i = 0; i < n->n_targets; i++) check_names(c, n->vals[i], depth + 1);
 }
 
 hc_status hc_jinja_render(const char *src, size_t len, const char *source, const hc_json *context, char **out,
@@ -3100,11 +3226,10 @@ hc_status hc_jinja_render(const char *src, size_t len, const char *source, const
     c->src = src;
     c->src_len = len;
     c->source = source ? source : "template";
-    hc_str result = {0};
+    jbuf result = {0};
     hc_status st;
     if (setjmp(c->fail)) {
         st = c->status;
-        hc_str_free(&result);
         hc_arena_free(&c->arena);
         free(c);
         return st;
@@ -3113,7 +3238,7 @@ hc_status hc_jinja_render(const char *src, size_t len, const char *source, const
     lex_template(c, &sg);
     parser p = {c, &sg, 0};
     node *root = parse_body(&p, NULL, NULL, NULL);
-    check_names(c, root);
+    check_names(c, root, 0);
     c->globals = new_scope(c, NULL);
     static const struct {
         const char *name;
@@ -3127,9 +3252,11 @@ hc_status hc_jinja_render(const char *src, size_t len, const char *source, const
     scope *top = new_scope(c, c->globals);
     put(c, &result, "", 0);
     exec_body(c, top, root, &result);
+    *out = malloc(result.len + 1); /* the caller's copy; the arena goes */
+    if (*out) memcpy(*out, result.data, result.len + 1);
     hc_arena_free(&c->arena);
     free(c);
-    *out = result.data;
+    if (!*out) return hc_fail(HC_ERR_NOMEM, "out of memory rendering a template");
     if (out_len) *out_len = result.len;
     return HC_OK;
 }
