@@ -155,6 +155,9 @@ static void test_hostile(void) {
            "{}", "0 4611686018427387904 -9223372036854775808 -1 -4 1");
     expect("{{ range(9223372036854775800, 9223372036854775807, 5)|list }}", "{}", "[9223372036854775800, 9223372036854775805]");
     expect("{{ 'nan'|float|int(5) }}", "{}", "5");
+    /* loops: their total work is bounded, not only each range */
+    expect_error("{% for i in range(1000000) %}{% for j in range(1000000) %}{% endfor %}{% endfor %}", "{}",
+                 "more than 2000000 loop iterations");
     /* an empty statement: the parser used to step back before the first token */
     expect_error("{%- %}", "{}", "expected a statement name");
     expect_error("{{ x. }}", "{\"x\": 1}", "expected an attribute name");

@@ -101,6 +101,7 @@ typedef struct {
     int brk;        /* 1 break, 2 continue */
     int nest;       /* parse_nest_in's depth: parentheses, brackets, unary operators, blocks */
     int eval_depth; /* eval and exec_node frames on the stack */
+    int loop_steps; /* for-loop iterations so far */
 } jctx;
 
 static _Noreturn void fail_at(jctx *c, size_t pos, hc_status st, const char *fmt, ...) {
@@ -132,6 +133,10 @@ static _Noreturn void fail_at(jctx *c, size_t pos, hc_status st, const char *fmt
 #define MAX_NEST 100
 #define MAX_TREE_DEPTH 1000
 #define MAX_EVAL_DEPTH 2000
+/* Loops nest, so range()'s million-element bound does not bound the work: two nested loops over
+ * range(1000000) would run for hours and fill the arena with their scopes. A conversation of
+ * thousands of messages, each with its parts and tool calls, takes thousands of iterations. */
+#define MAX_LOOP_STEPS 2000000
 
 static void nest_in(jctx *c, size_t pos) {
     if (++c->nest > MAX_NEST) fail_at(c, pos, HC_ERR_FORMAT, "nested more than %d levels deep", MAX_NEST);
@@ -3115,6 +3120,8 @@ static void exec_one(jctx *c, scope *sc, node *n, jbuf *out) {
         loopv.u.loop = lp;
         lp->length = (int64_t)items.u.l->n;
         for (size_t i = 0; i < items.u.l->n; i++) {
+            if (++c->loop_steps > MAX_LOOP_STEPS)
+                fail_at(c, n->pos, HC_ERR_FORMAT, "more than %d loop iterations in one render", MAX_LOOP_STEPS);
             scope *s2 = new_scope(c, sc);
             lp->index0 = (int64_t)i;
             lp->has_prev = i > 0;

@@ -280,7 +280,7 @@ hc_status hc_sentencepiece_load(hc_tokenizer *t, const char *path) {
     if ((s = add_normalizers(t, dummy_prefix, remove_extra))) goto out;
     if ((s = hc_decoder_llama(&t->decoder, dummy_prefix))) goto out;
     /* BOS by default, as LlamaTokenizer; tokenizer_config.json may say otherwise. */
-    for (int i = 0; i < t->n_added; i++) {
+    for (int i = 0; i < t->n_added && !t->post; i++) { /* the first "<s>" (a file may list it twice) */
         if (!strcmp(t->added[i].content, "<s>")) {
             if (!(t->post = calloc(2, sizeof *t->post))) {
                 s = hc_fail(HC_ERR_NOMEM, "out of memory");
