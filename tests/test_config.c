@@ -144,6 +144,14 @@ static void test_refusals(void) {
                    HC_ERR_UNSUPPORTED, "chunked_attention");
     expect_refused("{\"model_type\":\"llama\",\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8}}",
                    HC_ERR_FORMAT, "original_max_position_embeddings");
+    /* values that used to load and then compute garbage (rope_theta 0: inf frequencies) or fail
+     * late with an odd message (a context of -3) */
+    expect_refused("{\"model_type\":\"llama\",\"rope_theta\":0}", HC_ERR_FORMAT, "rope_theta must be positive");
+    expect_refused("{\"model_type\":\"llama\",\"rope_theta\":-5,\"rope_scaling\":null}", HC_ERR_FORMAT,
+                   "rope_theta must be positive");
+    expect_refused("{\"model_type\":\"llama\",\"max_position_embeddings\":0}", HC_ERR_FORMAT,
+                   "max_position_embeddings must be positive");
+    expect_refused("{\"model_type\":\"gpt2\",\"n_positions\":-3}", HC_ERR_FORMAT, "n_positions must be positive");
 }
 
 int main(void) {

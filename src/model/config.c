@@ -132,7 +132,10 @@ static hc_status parse_rope(hc_rope_config *r, const hc_json *p, double dflt_the
     r->theta = dflt_theta;
     r->factor = 1.0;
     r->truncate = true;
-    if (hc_json_is_null(p)) return HC_OK;
+    if (hc_json_is_null(p)) {
+        if (!(r->theta > 0 && isfinite(r->theta))) return hc_fail(HC_ERR_FORMAT, "%s: rope_theta must be positive", src);
+        return HC_OK;
+    }
     if (p->type != HC_JSON_OBJECT) return hc_fail(HC_ERR_FORMAT, "%s: '%s' must be an object", src, where);
     const char *type = hc_json_str(p, "rope_type", NULL);
     if (!type) type = hc_json_str(p, "type", "default");
@@ -164,7 +167,7 @@ static hc_status parse_rope(hc_rope_config *r, const hc_json *p, double dflt_the
             return hc_fail(HC_ERR_FORMAT, "%s: llama3 rope needs high_freq_factor != low_freq_factor", src);
     }
     if (r->type == HC_ROPE_DYNAMIC && !r->original_max_position_embeddings) r->original_max_position_embeddings = max_pos;
-    if (!(r->theta > 0)) return hc_fail(HC_ERR_FORMAT, "%s: rope_theta must be positive", src);
+    if (!(r->theta > 0 && isfinite(r->theta))) return hc_fail(HC_ERR_FORMAT, "%s: rope_theta must be positive", src);
     return HC_OK;
 }
 
@@ -228,6 +231,8 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
     else TRY(get_int(cfg, "intermediate_size", d->intermediate, &c->intermediate_size, src));
     if (c->hidden_size <= 0 || c->n_layers <= 0 || c->n_heads <= 0 || c->vocab_size <= 0 || c->intermediate_size <= 0)
         return hc_fail(HC_ERR_FORMAT, "%s: sizes (hidden, layers, heads, vocab, intermediate) must be positive", src);
+    if (c->max_position_embeddings <= 0)
+        return hc_fail(HC_ERR_FORMAT, "%s: %s must be positive", src, gpt2 ? "n_positions" : "max_position_embeddings");
     if (c->n_layers > HC_MAX_LAYERS)
         return hc_fail(HC_ERR_UNSUPPORTED, "%s: %lld layers (hubcap supports up to %d)", src, (long long)c->n_layers,
                        HC_MAX_LAYERS);
