@@ -154,10 +154,42 @@ static void test_refusals(void) {
     expect_refused("{\"model_type\":\"gpt2\",\"n_positions\":-3}", HC_ERR_FORMAT, "n_positions must be positive");
 }
 
+/* generation_config.json: sampling values out of range are refused with the file's name (they
+ * used to read as absent, so sampling went on with the defaults); values in range are kept. */
+static void test_generation_config(void) {
+    hc_model_config c;
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"llama\"}"));
+    static const struct {
+        const char *json, *needle;
+    } bad[] = {{"{\"temperature\":-1}", "temperature must be >= 0 (got -1)"},
+               {"{\"top_p\":0}", "top_p must be in (0, 1]"},
+               {"{\"top_p\":5}", "top_p must be in (0, 1] (got 5)"},
+               {"{\"top_k\":-4}", "top_k must be >= 0"},
+               {"{\"repetition_penalty\":0}", "repetition_penalty must be > 0"},
+               {"{\"max_new_tokens\":-2}", "max_new_tokens must be >= 0"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        hc_json_doc d;
+        CHECK_OK(hc_json_parse(&d, bad[i].json, strlen(bad[i].json), "g"));
+        const hc_status s = hc_generation_config_parse(&c, d.root, "generation_config.json");
+        CHECK(s == HC_ERR_FORMAT, "%s is refused", bad[i].json);
+        CHECK(strstr(hc_last_error(), "generation_config.json: ") && strstr(hc_last_error(), bad[i].needle),
+              "%s: message has '%s': %s", bad[i].json, bad[i].needle, hc_last_error());
+        hc_json_free(&d);
+    }
+    const char *good = "{\"do_sample\":true,\"temperature\":0.6,\"top_p\":0.9,\"top_k\":0,\"repetition_penalty\":1.1,\"max_new_tokens\":0}";
+    hc_json_doc d;
+    CHECK_OK(hc_json_parse(&d, good, strlen(good), "g"));
+    CHECK_OK(hc_generation_config_parse(&c, d.root, "generation_config.json"));
+    CHECK(c.gen_temperature == 0.6 && c.gen_top_p == 0.9 && c.gen_top_k == 0 && c.gen_repetition_penalty == 1.1,
+          "values in range are kept");
+    hc_json_free(&d);
+}
+
 int main(void) {
     test_fixtures();
     test_rope_styles();
     test_defaults();
     test_refusals();
+    test_generation_config();
     return test_finish("config");
 }

@@ -400,6 +400,25 @@ hc_status hc_generation_config_parse(hc_model_config *c, const hc_json *root, co
     TRY(get_num(root, "repetition_penalty", c->gen_repetition_penalty, &c->gen_repetition_penalty, src));
     TRY(get_int(root, "top_k", c->gen_top_k, &c->gen_top_k, src));
     TRY(get_int(root, "max_new_tokens", c->gen_max_new_tokens, &c->gen_max_new_tokens, src));
+    /* A value out of range is an error, as transformers raises when it generates with it; read as
+     * absent (the -1 these fields use for that), it would quietly sample with the defaults. */
+    static const struct {
+        const char *key;
+        double lo, hi;
+        bool open_lo; /* lo itself excluded */
+        const char *allowed;
+    } ranges[] = {{"temperature", 0, INFINITY, false, ">= 0"},
+                  {"top_p", 0, 1, true, "in (0, 1]"},
+                  {"repetition_penalty", 0, INFINITY, true, "> 0"},
+                  {"top_k", 0, INFINITY, false, ">= 0"},
+                  {"max_new_tokens", 0, INFINITY, false, ">= 0"}};
+    for (size_t i = 0; i < sizeof ranges / sizeof ranges[0]; i++) {
+        const hc_json *x = hc_json_get(root, ranges[i].key);
+        if (hc_json_is_null(x)) continue;
+        const double d = x->u.num.d;
+        if (!(ranges[i].open_lo ? d > ranges[i].lo : d >= ranges[i].lo) || !(d <= ranges[i].hi))
+            return hc_fail(HC_ERR_FORMAT, "%s: %s must be %s (got %g)", src, ranges[i].key, ranges[i].allowed, d);
+    }
     bool ds;
     const hc_json *v = hc_json_get(root, "do_sample");
     if (!hc_json_is_null(v)) {
