@@ -162,6 +162,8 @@ cp "$TMP/out" "$TMP/s1"
 expect 0 "" -- "$HUBCAP" generate "Once upon a time" --max-new-tokens 20 --temperature 0.8 --top-k 40 --top-p 0.9 --min-p 0.05 --repeat-penalty 1.1 --seed 7
 cmp -s "$TMP/out" "$TMP/s1" && pass=$((pass + 1)) || { echo "FAIL: same seed, same text"; fail=$((fail + 1)); }
 expect 2 "--temperature" -- "$HUBCAP" generate "hi" --temperature -1
+expect 2 "--temperature must be a number" -- "$HUBCAP" generate "hi" --temperature inf
+expect 2 "--top-p must be in" -- "$HUBCAP" generate "hi" --top-p nan
 expect 2 "--top-p" -- "$HUBCAP" generate "hi" --top-p 0
 expect 2 "--top-p" -- "$HUBCAP" generate "hi" --top-p 1.5
 expect 2 "--min-p" -- "$HUBCAP" generate "hi" --min-p 1

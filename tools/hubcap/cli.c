@@ -1,6 +1,7 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <math.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -54,7 +55,7 @@ bool cli_parse_float(const char *text, double *out) {
     char *end;
     errno = 0;
     double v = strtod(text, &end);
-    if (errno || end == text || *end) return false;
+    if (errno || end == text || *end || !isfinite(v)) return false; /* no option takes inf or nan */
     *out = v;
     return true;
 }
