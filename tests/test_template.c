@@ -155,6 +155,12 @@ static void test_hostile(void) {
            "{}", "0 4611686018427387904 -9223372036854775808 -1 -4 1");
     expect("{{ range(9223372036854775800, 9223372036854775807, 5)|list }}", "{}", "[9223372036854775800, 9223372036854775805]");
     expect("{{ 'nan'|float|int(5) }}", "{}", "5");
+    expect_error("{{ (-9223372036854775807 - 1)|abs }}", "{}", "integer overflow");
+    /* numbers asked of things that are not (these read a union's wrong member) */
+    expect_error("{{ '%d' % 'abc' }}", "{}", "%d format: a real number is required, not str");
+    expect_error("{{ range('a') }}", "{}", "'str' object cannot be interpreted as an integer");
+    expect_error("{{ 'x'|round }}", "{}", "round needs a number");
+    expect("{{ -5|abs }} {{ 2.567|round(1) }} {{ '%d' % 3.9 }} {{ +7 }}", "{}", "5 2.6 3 7");
     /* loops: their total work is bounded, not only each range */
     expect_error("{% for i in range(1000000) %}{% for j in range(1000000) %}{% endfor %}{% endfor %}", "{}",
                  "more than 2000000 loop iterations");

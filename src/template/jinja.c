@@ -309,6 +309,7 @@ static double num(const jv *v) { return v->t == V_FLOAT ? v->u.f : v->t == V_INT
 
 /* An integer argument: ints as they are, floats as int() truncates them. */
 static int64_t int_arg(jctx *c, size_t pos, const jv *v) {
+    if (!is_num(v)) fail_at(c, pos, HC_ERR_FORMAT, "'%s' object cannot be interpreted as an integer", type_name(v));
     return v->t == V_INT ? v->u.i : v->t == V_BOOL ? v->u.b : float_to_int(c, pos, num(v));
 }
 
@@ -1963,6 +1964,7 @@ static jv percent_format(jctx *c, node *at, const jv *fmt, const jv *args) {
         }
         char buf[64];
         if (k == 'd' || k == 'i') {
+            if (!is_num(a)) fail_at(c, at->pos, HC_ERR_FORMAT, "%%%c format: a real number is required, not %s", k, type_name(a));
             snprintf(buf, sizeof buf, "%lld", (long long)(a->t == V_INT ? a->u.i : float_to_int(c, at->pos, num(a))));
             put(c, &o, buf, strlen(buf));
         } else if (k == 'r') {
@@ -2829,13 +2831,17 @@ static jv apply_filter(jctx *c, scope *sc, node *at, const char *name, jv v, con
         return d ? *d : v_float(0);
     }
     if (!strcmp(name, "abs")) {
-        if (v.t == V_INT) return v_int(v.u.i < 0 ? -v.u.i : v.u.i);
+        if (v.t == V_INT) {
+            int_checked(c, at->pos, v.u.i == INT64_MIN, 0);
+            return v_int(v.u.i < 0 ? -v.u.i : v.u.i);
+        }
         if (v.t == V_FLOAT) return v_float(fabs(v.u.f));
         fail_at(c, at->pos, HC_ERR_FORMAT, "bad operand type for abs(): '%s'", type_name(&v));
     }
     if (!strcmp(name, "round")) {
         const jv *prec = arg(a, 0, "precision");
         double p = pow(10, prec && prec->t == V_INT ? (double)prec->u.i : 0);
+        if (!is_num(&v)) fail_at(c, at->pos, HC_ERR_FORMAT, "round needs a number, not '%s'", type_name(&v));
         return v_float(round(num(&v) * p) / p);
     }
     if (!strcmp(name, "indent")) {
@@ -3016,7 +3022,11 @@ static jv eval_node(jctx *c, scope *sc, node *n) {
     case N_NEG:
     case N_POS: {
         jv v = eval(c, sc, n->a);
-        if (v.t == V_INT) return v_int(n->t == N_NEG ? int_checked(c, n->pos, v.u.i == INT64_MIN, -v.u.i) : v.u.i);
+        if (v.t == V_INT) {
+            if (n->t == N_POS) return v;
+            int_checked(c, n->pos, v.u.i == INT64_MIN, 0);
+            return v_int(-v.u.i);
+        }
         if (v.t == V_FLOAT) return v_float(n->t == N_NEG ? -v.u.f : v.u.f);
         if (v.t == V_BOOL) return v_int(n->t == N_NEG ? -(int64_t)v.u.b : v.u.b);
         if (v.t == V_UNDEF) undefined_error(c, n, &v);

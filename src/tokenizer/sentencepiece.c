@@ -270,7 +270,7 @@ hc_status hc_sentencepiece_load(hc_tokenizer *t, const char *path) {
             }
         }
         if (!s) {
-            qsort(merges, nm, sizeof *merges, cmp_merge);
+            if (nm) qsort(merges, nm, sizeof *merges, cmp_merge); /* merges is NULL when there are none */
             if (!hc_bpe_init_merges(m, (int64_t)nm)) s = hc_fail(HC_ERR_NOMEM, "out of memory");
             for (size_t i = 0; !s && i < nm; i++) hc_bpe_add_merge(m, merges[i].l, merges[i].r, (int32_t)i, merges[i].merged);
         }
