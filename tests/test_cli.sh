@@ -206,6 +206,18 @@ printf 'Once upon a time\n/reset\nOnce upon a time\n' | "$HUBCAP" chat --templat
     pass=$((pass + 1)) || { echo "FAIL: scripted chat: $(cat "$TMP/out")"; fail=$((fail + 1)); }
 expect 1 "has no chat template; pass one with --template" -- "$HUBCAP" chat
 
+# tokenizer_config.json and generation_config.json values of the wrong type or out of range: one
+# line naming the file (they used to read as absent: no template, no BOS, default sampling).
+B="$TMP/badcfg"
+for bad in '"chat_template": 5' '"bos_token": {"content": 5}' '"add_bos_token": "yes"'; do
+    rm -rf "$B"; cp -r "$SRC/models/stories260K" "$B"
+    python3 -c 'import json,sys; p=sys.argv[1]; d=json.load(open(p)); d.update(json.loads("{"+sys.argv[2]+"}")); json.dump(d, open(p,"w"))' "$B/tokenizer_config.json" "$bad"
+    expect 1 "tokenizer_config.json: '(chat_template|bos_token|add_bos_token)' must be" -- "$HUBCAP" generate -m "$B" "Once"
+done
+rm -rf "$B"; cp -r "$SRC/models/stories260K" "$B"
+printf '{"do_sample": true, "temperature": -1}' >"$B/generation_config.json"
+expect 1 "generation_config.json: temperature must be >= 0" -- "$HUBCAP" generate -m "$B" "Once"
+
 # bench --json: one JSON object with the issue's keys, the model path escaped.
 cp -r "$SRC/models/stories260K" "$TMP/a \"quoted\" model"
 "$HUBCAP" bench -m "$TMP/a \"quoted\" model" --prompt 8 --gen 4 --json >"$TMP/out" 2>"$TMP/err"

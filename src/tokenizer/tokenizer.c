@@ -183,6 +183,40 @@ static hc_status apply_llama_pipeline(hc_tokenizer *t, bool add_prefix_space, bo
     return s;
 }
 
+/* The keys load_config reads, each of the type transformers expects: a wrong one (a template
+ * that is a number, add_bos_token "yes") is refused, not read as absent. */
+static hc_status check_config_types(const hc_json *cfg, const char *path) {
+    if (cfg->type != HC_JSON_OBJECT) return hc_fail(HC_ERR_FORMAT, "%s: not a JSON object", path);
+    static const char *const tokens[] = {"bos_token", "eos_token", "pad_token", "unk_token"};
+    for (size_t i = 0; i < sizeof tokens / sizeof tokens[0]; i++) {
+        const hc_json *v = hc_json_get(cfg, tokens[i]);
+        if (hc_json_is_null(v) || v->type == HC_JSON_STRING) continue;
+        const hc_json *content = v->type == HC_JSON_OBJECT ? hc_json_get(v, "content") : NULL;
+        if (!content || content->type != HC_JSON_STRING)
+            return hc_fail(HC_ERR_FORMAT, "%s: '%s' must be a string or {\"content\": string}", path, tokens[i]);
+    }
+    static const char *const flags[] = {"add_bos_token", "add_eos_token", "clean_up_tokenization_spaces",
+                                        "add_prefix_space", "legacy"};
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+        const hc_json *v = hc_json_get(cfg, flags[i]);
+        if (!hc_json_is_null(v) && v->type != HC_JSON_BOOL)
+            return hc_fail(HC_ERR_FORMAT, "%s: '%s' must be true or false", path, flags[i]);
+    }
+    const hc_json *cls = hc_json_get(cfg, "tokenizer_class");
+    if (!hc_json_is_null(cls) && cls->type != HC_JSON_STRING)
+        return hc_fail(HC_ERR_FORMAT, "%s: 'tokenizer_class' must be a string", path);
+    const hc_json *ct = hc_json_get(cfg, "chat_template");
+    bool ok = hc_json_is_null(ct) || ct->type == HC_JSON_STRING || ct->type == HC_JSON_ARRAY;
+    for (size_t i = 0; ok && ct && ct->type == HC_JSON_ARRAY && i < ct->len; i++) {
+        const hc_json *e = &ct->u.items[i], *name = hc_json_get(e, "name"), *tmpl = hc_json_get(e, "template");
+        ok = e->type == HC_JSON_OBJECT && name && name->type == HC_JSON_STRING && tmpl && tmpl->type == HC_JSON_STRING;
+    }
+    if (!ok)
+        return hc_fail(HC_ERR_FORMAT, "%s: 'chat_template' must be a string or a list of {\"name\", \"template\"} strings",
+                       path);
+    return HC_OK;
+}
+
 static hc_status load_config(hc_tokenizer *t, const char *dir, bool raw) {
     char path[4096];
     hc_status s = hc_path_join(path, sizeof path, dir, "tokenizer_config.json");
@@ -191,6 +225,10 @@ static hc_status load_config(hc_tokenizer *t, const char *dir, bool raw) {
         hc_json_doc doc;
         if ((s = hc_json_parse_file(&doc, path))) return s;
         const hc_json *cfg = doc.root;
+        if ((s = check_config_types(cfg, path))) {
+            hc_json_free(&doc);
+            return s;
+        }
         const char *bos = config_token(cfg, "bos_token"), *eos = config_token(cfg, "eos_token");
         const char *pad = config_token(cfg, "pad_token"), *unk = config_token(cfg, "unk_token");
         if (bos && !(t->bos_token = dup_n(bos, strlen(bos)))) s = hc_fail(HC_ERR_NOMEM, "out of memory");
