@@ -1,7 +1,8 @@
 /* libFuzzer target: a tokenizer file of arbitrary bytes must load or fail with a message, and a
  * tokenizer that loads must encode and decode text (invalid UTF-8 included) without crashing.
  * The first byte picks the file: odd, tokenizer.json; even, SentencePiece's tokenizer.model.
- * The rest is the file, written to a private folder (the loader reads folders). */
+ * With its bit 1 set, the rest splits at its first zero byte into that file and a
+ * tokenizer_config.json. The files go to a private folder (the loader reads folders). */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -11,7 +12,7 @@
 
 #include "hubcap.h"
 
-static char dir[64], json_path[96], model_path[96];
+static char dir[64], json_path[96], model_path[96], config_path[112];
 
 static void setup(void) {
     if (dir[0]) return;
@@ -19,6 +20,14 @@ static void setup(void) {
     if (!mkdtemp(dir)) abort();
     snprintf(json_path, sizeof json_path, "%s/tokenizer.json", dir);
     snprintf(model_path, sizeof model_path, "%s/tokenizer.model", dir);
+    snprintf(config_path, sizeof config_path, "%s/tokenizer_config.json", dir);
+}
+
+static void write_file(const char *path, const uint8_t *p, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f) abort();
+    if (n && fwrite(p, 1, n, f) != n) abort();
+    fclose(f);
 }
 
 static const char *texts[] = {"Hello world", "  two  spaces\n\ttab", "caf\xc3\xa9 \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x98\x80",
@@ -27,13 +36,18 @@ static const char *texts[] = {"Hello world", "  two  spaces\n\ttab", "caf\xc3\xa
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     setup();
     if (size < 1) return 0;
-    const bool json = data[0] & 1;
+    const bool json = data[0] & 1, with_config = data[0] & 2;
     unlink(json_path);
     unlink(model_path);
-    FILE *f = fopen(json ? json_path : model_path, "wb");
-    if (!f) abort();
-    if (size > 1 && fwrite(data + 1, 1, size - 1, f) != size - 1) abort();
-    fclose(f);
+    unlink(config_path);
+    const uint8_t *rest = data + 1;
+    size_t n = size - 1;
+    const uint8_t *zero = with_config ? memchr(rest, 0, n) : NULL;
+    if (zero) {
+        write_file(config_path, zero + 1, n - (size_t)(zero + 1 - rest));
+        n = (size_t)(zero - rest);
+    }
+    write_file(json ? json_path : model_path, rest, n);
     hc_tokenizer *t = NULL;
     if (hc_tokenizer_load(dir, NULL, &t) != HC_OK) return 0;
     for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
