@@ -3,6 +3,7 @@
  * The first byte picks the file: odd, tokenizer.json; even, SentencePiece's tokenizer.model.
  * With its bit 1 set, the rest splits at its first zero byte into that file and a
  * tokenizer_config.json. The files go to a private folder (the loader reads folders). */
+#define _XOPEN_SOURCE 700 /* mkdtemp, realpath (fuzz_folder.h) */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fuzz_folder.h"
 #include "hubcap.h"
 
 static char dir[64], json_path[96], model_path[96], config_path[112];
@@ -23,12 +25,6 @@ static void setup(void) {
     snprintf(config_path, sizeof config_path, "%s/tokenizer_config.json", dir);
 }
 
-static void write_file(const char *path, const uint8_t *p, size_t n) {
-    FILE *f = fopen(path, "wb");
-    if (!f) abort();
-    if (n && fwrite(p, 1, n, f) != n) abort();
-    fclose(f);
-}
 
 static const char *texts[] = {"Hello world", "  two  spaces\n\ttab", "caf\xc3\xa9 \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x98\x80",
                               "bad \xff\xfe utf8 \xc3", "<s></s><unk>[CLS]", ""};
@@ -44,10 +40,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t n = size - 1;
     const uint8_t *zero = with_config ? memchr(rest, 0, n) : NULL;
     if (zero) {
-        write_file(config_path, zero + 1, n - (size_t)(zero + 1 - rest));
+        fuzz_write(config_path, zero + 1, n - (size_t)(zero + 1 - rest));
         n = (size_t)(zero - rest);
     }
-    write_file(json ? json_path : model_path, rest, n);
+    fuzz_write(json ? json_path : model_path, rest, n);
     hc_tokenizer *t = NULL;
     if (hc_tokenizer_load(dir, NULL, &t) != HC_OK) return 0;
     for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
