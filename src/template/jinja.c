@@ -99,8 +99,8 @@ typedef struct {
     scope *globals;
     int depth;
     int brk;        /* 1 break, 2 continue */
-    int nest;       /* parse_nest_in's depth: parentheses, brackets, unary operators, blocks */
-    int eval_depth; /* eval and exec_node frames on the stack */
+    int nest;       /* nest_in's depth: parentheses, brackets, unary operators, blocks */
+    int eval_depth; /* eval, exec_node and value-walk frames on the stack */
     int loop_steps; /* for-loop iterations so far */
 } jctx;
 
