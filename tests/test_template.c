@@ -161,6 +161,23 @@ static void test_hostile(void) {
     expect_error("{{ range('a') }}", "{}", "'str' object cannot be interpreted as an integer");
     expect_error("{{ 'x'|round }}", "{}", "round needs a number");
     expect("{{ -5|abs }} {{ 2.567|round(1) }} {{ '%d' % 3.9 }} {{ +7 }}", "{}", "5 2.6 3 7");
+    /* printf-style formatting as Python's (expected values from CPython); it used to print '%05d' % 3 as "35d" */
+    expect("{{ '%05d|%-5d|%+d|% d|%.3d|%05.3d' % (3, 3, -3, 5, 5, 5) }}", "{}", "00003|3    |-3| 5|005|00005");
+    expect("{{ '%x %X %o %#x %#X %#o %x %#x' % (255, 255, 8, 255, 255, 8, -255, 0) }}", "{}", "ff FF 10 0xff 0XFF 0o10 -ff 0x0");
+    expect("{{ '%08.3f|%.2e|%g|%G|%+.1f|%5.1f|%#.0f' % (3.14159, 12345.678, 0.00001234, 1e20, -0.05, -2.25, 3) }}", "{}",
+           "0003.142|1.23e+04|1.234e-05|1E+20|-0.1| -2.2|3.");
+    expect("{{ '%10.4s|%-6s|%r|%c%c|%5c|' % ('abcdefgh', '\u00e9', 'a', 65, '\u00e9', 66) }}", "{}",
+           "      abcd|\u00e9     |'a'|A\u00e9|    B|");
+    expect("{{ '%*d|%-*d|%.*f|%d%%|%i|%u|% 05d' % (5, 42, 5, 42, 2, 3.14159, 50, true, -7, 42) }}", "{}", "   42|42   |3.14|50%|1|-7| 0042");
+    expect_error("{{ '%d %d' % (1,) }}", "{}", "not enough arguments for format string");
+    expect_error("{{ 'abc' % 5 }}", "{}", "not all arguments converted");
+    expect_error("{{ '%d' % (1, 2) }}", "{}", "not all arguments converted");
+    expect_error("{{ '%q' % 5 }}", "{}", "unsupported format character 'q'");
+    expect_error("{{ '%(a)s' % {'a': 1} }}", "{}", "%(name) formats are not supported");
+    expect_error("{{ '50%' % () }}", "{}", "incomplete format");
+    expect_error("{{ '%c' % 1114112 }}", "{}", "%c arg not in range(0x110000)");
+    expect_error("{{ '%999999999d' % 1 }}", "{}", "a string longer than 64 MiB");
+    expect_error("{{ '%.999999999f' % 1.5 }}", "{}", "a string longer than 64 MiB");
     /* loops: their total work is bounded, not only each range */
     expect_error("{% for i in range(1000000) %}{% for j in range(1000000) %}{% endfor %}{% endfor %}", "{}",
                  "more than 2000000 loop iterations");

@@ -1944,35 +1944,154 @@ static bool contains(jctx *c, node *at, const jv *needle, const jv *hay) {
 }
 
 /* printf-style "%s" % value */
+/* Pads body (blen bytes, chars code points) to width code points, as %-format pads: spaces on
+ * the left, or on the right with '-'. */
+static void put_padded(jctx *c, jbuf *o, const char *body, size_t blen, size_t chars, int64_t width, bool left) {
+    const size_t pad = width > (int64_t)chars ? (size_t)width - chars : 0;
+    if (pad > MAX_STR_BYTES) FAIL(c, "a string longer than %zu MiB", MAX_STR_BYTES >> 20);
+    if (!left)
+        for (size_t i = 0; i < pad; i++) put(c, o, " ", 1);
+    put(c, o, body, blen);
+    if (left)
+        for (size_t i = 0; i < pad; i++) put(c, o, " ", 1);
+}
+
+/* Python's printf-style formatting, str % args: flags - + space 0 #, a width and a precision
+ * (digits or *), and the conversions d i u x X o e E f F g G c s r %. Integers are formatted by
+ * hand (Python writes a negative hex number as -ff and %#o as 0o17, C does not); floats by C,
+ * whose output Python's matches. */
 static jv percent_format(jctx *c, node *at, const jv *fmt, const jv *args) {
     jbuf o = {0};
     size_t ai = 0;
+    const bool tuple = args->t == V_LIST && args->is_tuple;
     const jstr *f = fmt->u.s;
-    for (size_t i = 0; i < f->len; i++) {
-        if (f->s[i] != '%' || i + 1 >= f->len) {
+    const size_t n = f->len;
+#define NEXT_ARG()                                                                                                 \
+    (tuple ? (ai < args->u.l->n ? &args->u.l->v[ai++] : NULL) : (ai++ ? NULL : args))
+    for (size_t i = 0; i < n; i++) {
+        if (f->s[i] != '%') {
             put(c, &o, f->s + i, 1);
             continue;
         }
-        char k = f->s[++i];
+        if (++i >= n) fail_at(c, at->pos, HC_ERR_FORMAT, "incomplete format");
+        if (f->s[i] == '(') fail_at(c, at->pos, HC_ERR_FORMAT, "%%(name) formats are not supported");
+        bool minus = false, plus = false, space = false, zero = false, alt = false;
+        for (; i < n && strchr("-+ 0#", f->s[i]); i++) {
+            const char fl = f->s[i];
+            minus |= fl == '-', plus |= fl == '+', space |= fl == ' ', zero |= fl == '0', alt |= fl == '#';
+        }
+        int64_t width = 0, prec = -1;
+        if (i < n && f->s[i] == '*') {
+            const jv *w = NEXT_ARG();
+            if (!w || w->t != V_INT) fail_at(c, at->pos, HC_ERR_FORMAT, "* wants int");
+            width = w->u.i;
+            if (width < 0) minus = true, width = width == INT64_MIN ? INT64_MAX : -width;
+            i++;
+        } else {
+            for (; i < n && f->s[i] >= '0' && f->s[i] <= '9'; i++)
+                if ((width = width * 10 + (f->s[i] - '0')) > (int64_t)MAX_STR_BYTES) width = (int64_t)MAX_STR_BYTES + 1;
+        }
+        if (i < n && f->s[i] == '.') {
+            i++;
+            prec = 0;
+            if (i < n && f->s[i] == '*') {
+                const jv *p = NEXT_ARG();
+                if (!p || p->t != V_INT) fail_at(c, at->pos, HC_ERR_FORMAT, "* wants int");
+                prec = p->u.i < 0 ? 0 : p->u.i;
+                i++;
+            } else {
+                for (; i < n && f->s[i] >= '0' && f->s[i] <= '9'; i++)
+                    if ((prec = prec * 10 + (f->s[i] - '0')) > (int64_t)MAX_STR_BYTES) prec = (int64_t)MAX_STR_BYTES + 1;
+            }
+        }
+        while (i < n && strchr("hlL", f->s[i])) i++; /* length modifiers: Python accepts and ignores them */
+        if (i >= n) fail_at(c, at->pos, HC_ERR_FORMAT, "incomplete format");
+        const char k = f->s[i];
         if (k == '%') {
             put(c, &o, "%", 1);
             continue;
         }
-        const jv *a = args->t == V_LIST && args->is_tuple ? (ai < args->u.l->n ? &args->u.l->v[ai++] : NULL) : (ai++ ? NULL : args);
-        if (!a) {
-            fail_at(c, at->pos, HC_ERR_FORMAT, "not enough arguments for format string");
-        }
-        char buf[64];
-        if (k == 'd' || k == 'i') {
+        if (width > (int64_t)MAX_STR_BYTES || prec > (int64_t)MAX_STR_BYTES)
+            FAIL(c, "a string longer than %zu MiB", MAX_STR_BYTES >> 20);
+        const jv *a = NEXT_ARG();
+        if (!a) fail_at(c, at->pos, HC_ERR_FORMAT, "not enough arguments for format string");
+        if (strchr("diuxXo", k)) {
             if (!is_num(a)) fail_at(c, at->pos, HC_ERR_FORMAT, "%%%c format: a real number is required, not %s", k, type_name(a));
-            snprintf(buf, sizeof buf, "%lld", (long long)(a->t == V_INT ? a->u.i : float_to_int(c, at->pos, num(a))));
-            put(c, &o, buf, strlen(buf));
-        } else if (k == 'r') {
-            repr(c, &o, a);
+            const int64_t v = a->t == V_INT ? a->u.i : a->t == V_BOOL ? a->u.b : float_to_int(c, at->pos, num(a));
+            const uint64_t mag = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+            char digits[32], head[4] = {0};
+            snprintf(digits, sizeof digits, k == 'x' ? "%llx" : k == 'X' ? "%llX" : k == 'o' ? "%llo" : "%llu",
+                     (unsigned long long)mag);
+            size_t hl = 0;
+            if (v < 0) head[hl++] = '-';
+            else if (plus) head[hl++] = '+';
+            else if (space) head[hl++] = ' ';
+            if (alt && (k == 'x' || k == 'X' || k == 'o')) head[hl++] = '0', head[hl++] = k == 'o' ? 'o' : k;
+            const size_t dl = strlen(digits), zeros_prec = prec > (int64_t)dl ? (size_t)prec - dl : 0;
+            size_t body = hl + zeros_prec + dl;
+            const size_t zeros_width = zero && !minus && width > (int64_t)body ? (size_t)width - body : 0;
+            jbuf num_s = {0};
+            put(c, &num_s, head, hl);
+            for (size_t z = 0; z < zeros_prec + zeros_width; z++) put(c, &num_s, "0", 1);
+            put(c, &num_s, digits, dl);
+            put_padded(c, &o, num_s.data, num_s.len, num_s.len, width, minus);
+        } else if (strchr("eEfFgG", k)) {
+            if (!is_num(a)) fail_at(c, at->pos, HC_ERR_FORMAT, "%%%c format: a real number is required, not %s", k, type_name(a));
+            char spec[16], *q = spec;
+            *q++ = '%';
+            if (minus) *q++ = '-';
+            if (plus) *q++ = '+';
+            if (space) *q++ = ' ';
+            if (zero) *q++ = '0';
+            if (alt) *q++ = '#';
+            memcpy(q, "*.*", 4);
+            q += 3;
+            *q++ = k;
+            *q = 0;
+            const double x = num(a);
+            const int w = (int)width, pr = prec < 0 ? 6 : (int)prec;
+            const int len = snprintf(NULL, 0, spec, w, pr, x);
+            if (len < 0 || (size_t)len > MAX_STR_BYTES) FAIL(c, "a string longer than %zu MiB", MAX_STR_BYTES >> 20);
+            char *text = alloc(c, (size_t)len + 1);
+            snprintf(text, (size_t)len + 1, spec, w, pr, x);
+            put(c, &o, text, (size_t)len);
+        } else if (k == 'c') {
+            char enc[8];
+            size_t el;
+            if (a->t == V_STR && utf8_count(a->u.s) == 1) {
+                el = a->u.s->len;
+                memcpy(enc, a->u.s->s, el);
+            } else if (a->t == V_INT) {
+                if (a->u.i < 0 || a->u.i > 0x10FFFF) fail_at(c, at->pos, HC_ERR_FORMAT, "%%c arg not in range(0x110000)");
+                el = (size_t)utf8proc_encode_char((utf8proc_int32_t)a->u.i, (utf8proc_uint8_t *)enc);
+            } else {
+                fail_at(c, at->pos, HC_ERR_FORMAT, "%%c requires an int or a unicode character, not %s", type_name(a));
+            }
+            put_padded(c, &o, enc, el, 1, width, minus);
+        } else if (k == 's' || k == 'r') {
+            jbuf t = {0};
+            if (k == 'r') repr(c, &t, a);
+            else to_str(c, &t, a);
+            size_t len = t.len;
+            if (prec >= 0) { /* at most prec code points */
+                size_t chars = 0, b = 0;
+                while (b < t.len && chars < (size_t)prec) {
+                    b++;
+                    while (b < t.len && ((unsigned char)t.data[b] & 0xC0) == 0x80) b++;
+                    chars++;
+                }
+                len = b;
+            }
+            size_t chars = 0;
+            for (size_t b = 0; b < len; b++) chars += ((unsigned char)t.data[b] & 0xC0) != 0x80;
+            put_padded(c, &o, t.data ? t.data : "", len, chars, width, minus);
         } else {
-            to_str(c, &o, a);
+            fail_at(c, at->pos, HC_ERR_FORMAT, "unsupported format character '%c' (0x%x)", k, (unsigned char)k);
         }
     }
+#undef NEXT_ARG
+    if (tuple ? ai < args->u.l->n : (ai == 0 && args->t != V_DICT))
+        fail_at(c, at->pos, HC_ERR_FORMAT, "not all arguments converted during string formatting");
     jv r = v_str(c, o.data ? o.data : "", o.len);
     return r;
 }
