@@ -28,7 +28,7 @@ asan:
 
 fuzz:
 	@CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DHUBCAP_FUZZ=ON
-	@cmake --build build-fuzz -j $(JOBS) --target fuzz_json fuzz_safetensors fuzz_template fuzz_tokenizer fuzz_encode fuzz_config fuzz_messages fuzz_weights
+	@cmake --build build-fuzz -j $(JOBS) --target fuzz_json fuzz_safetensors fuzz_template fuzz_tokenizer fuzz_encode fuzz_config fuzz_messages fuzz_weights fuzz_lora
 
 clean:
 	rm -rf $(BUILD) build-asan build-fuzz
