@@ -138,7 +138,7 @@ mkdir -p "$TMP/badtok"
 printf '{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "normalizer": {"type": "Nope"}}' >"$TMP/badtok/tokenizer.json"
 expect 1 "tokenizer.json: unsupported normalizer 'Nope'" -- "$HUBCAP" tokenize -m "$TMP/badtok" --text hi
 printf '\xff\xfe bad' >"$TMP/bad.txt"
-expect 0 "" -- "$HUBCAP" tokenize -m "$TOK/qwen3" --file "$TMP/bad.txt"
+expect 1 "bad.txt:1:1: invalid UTF-8" -- "$HUBCAP" tokenize -m "$TOK/qwen3" --file "$TMP/bad.txt"
 
 # generate: text in, text out (the README's first command), batches, flags.
 expect 0 "" -- "$HUBCAP" generate "Once upon a time" --max-new-tokens 40
@@ -205,6 +205,16 @@ printf 'Once upon a time\n/reset\nOnce upon a time\n' | "$HUBCAP" chat --templat
 [ "$(sed -n 1p "$TMP/out")" = ", there was a little girl named Lily. She" ] && [ "$(sed -n 1p "$TMP/out")" = "$(sed -n 2p "$TMP/out")" ] &&
     pass=$((pass + 1)) || { echo "FAIL: scripted chat: $(cat "$TMP/out")"; fail=$((fail + 1)); }
 expect 1 "has no chat template; pass one with --template" -- "$HUBCAP" chat
+
+# input text must be UTF-8 (Python's would be): one line naming where, exit 1
+expect 1 "the prompt:1:4: invalid UTF-8" -- "$HUBCAP" generate "$(printf 'hi \377 there')"
+printf 'a\nb\303\n' >"$TMP/bad.txt"
+expect 1 "bad.txt:2:2: invalid UTF-8" -- "$HUBCAP" generate --file "$TMP/bad.txt"
+expect 1 "bad.txt:2:2: invalid UTF-8" -- "$HUBCAP" finetune --data "$TMP/bad.txt" --out "$TMP/ft-bad" --steps 1
+printf 'ok\000hidden\n' >"$TMP/nul.txt"
+expect 1 "nul.txt:1:3: a NUL byte in text" -- "$HUBCAP" finetune --data "$TMP/nul.txt" --out "$TMP/ft-bad" --steps 1
+expect 1 "--text:1:1: invalid UTF-8" -- "$HUBCAP" tokenize --text "$(printf '\355\240\200')"
+[ ! -e "$TMP/ft-bad" ] && pass=$((pass + 1)) || { echo "FAIL: a refused finetune wrote its output"; fail=$((fail + 1)); }
 
 # tokenizer_config.json and generation_config.json values of the wrong type or out of range: one
 # line naming the file (they used to read as absent: no template, no BOS, default sampling).

@@ -24,3 +24,31 @@ void hc_str_free(hc_str *s) {
     free(s->data);
     memset(s, 0, sizeof *s);
 }
+
+int hc_utf8_seq_len(const unsigned char *p, const unsigned char *end) {
+    unsigned c = p[0];
+    if (c < 0x80) return 1;
+    int n;
+    unsigned min;
+    if ((c & 0xE0) == 0xC0) { n = 2; min = 0x80; c &= 0x1F; }
+    else if ((c & 0xF0) == 0xE0) { n = 3; min = 0x800; c &= 0x0F; }
+    else if ((c & 0xF8) == 0xF0) { n = 4; min = 0x10000; c &= 0x07; }
+    else return 0;
+    if (end - p < n) return 0;
+    for (int i = 1; i < n; i++) {
+        if ((p[i] & 0xC0) != 0x80) return 0;
+        c = (c << 6) | (p[i] & 0x3F);
+    }
+    if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return 0;
+    return n;
+}
+
+size_t hc_utf8_invalid_at(const char *s, size_t n) {
+    const unsigned char *p = (const unsigned char *)s, *end = p + n;
+    while (p < end) {
+        const int k = hc_utf8_seq_len(p, end);
+        if (!k) return (size_t)(p - (const unsigned char *)s);
+        p += k;
+    }
+    return n;
+}

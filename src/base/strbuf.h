@@ -1,4 +1,4 @@
-/* A growable, NUL-terminated byte string. */
+/* A growable, NUL-terminated byte string, and UTF-8 validation. */
 #ifndef HC_BASE_STRBUF_H
 #define HC_BASE_STRBUF_H
 
@@ -13,5 +13,11 @@ typedef struct {
 bool hc_str_put(hc_str *s, const char *p, size_t n); /* false when out of memory */
 bool hc_str_putc(hc_str *s, char c);
 void hc_str_free(hc_str *s);
+
+/* Length of the valid UTF-8 sequence at p (1..4), or 0 if it is not one (overlong forms,
+ * surrogates and code points past U+10FFFF included). */
+int hc_utf8_seq_len(const unsigned char *p, const unsigned char *end);
+/* The offset of the first byte of s[0, n) that does not start a valid UTF-8 sequence, or n. */
+size_t hc_utf8_invalid_at(const char *s, size_t n);
 
 #endif

@@ -52,25 +52,6 @@ static hc_status push(parser *ps, hc_json_member **slot) {
     return HC_OK;
 }
 
-/* Length of the valid UTF-8 sequence at p (1..4), or 0 if invalid. */
-static int utf8_seq_len(const unsigned char *p, const unsigned char *end) {
-    unsigned c = p[0];
-    if (c < 0x80) return 1;
-    int n;
-    unsigned min;
-    if ((c & 0xE0) == 0xC0) { n = 2; min = 0x80; c &= 0x1F; }
-    else if ((c & 0xF0) == 0xE0) { n = 3; min = 0x800; c &= 0x0F; }
-    else if ((c & 0xF8) == 0xF0) { n = 4; min = 0x10000; c &= 0x07; }
-    else return 0;
-    if (end - p < n) return 0;
-    for (int i = 1; i < n; i++) {
-        if ((p[i] & 0xC0) != 0x80) return 0;
-        c = (c << 6) | (p[i] & 0x3F);
-    }
-    if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return 0;
-    return n;
-}
-
 static int hexval(char c) {
     if (c >= '0' && c <= '9') return c - '0';
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -139,7 +120,7 @@ static hc_status parse_string(parser *ps, const char **out, size_t *out_len) {
         }
         if (c < 0x20) return fail_at(ps, p, "control character in string (must be escaped)");
         if (c >= 0x80) {
-            int n = utf8_seq_len((const unsigned char *)p, (const unsigned char *)ps->end);
+            int n = hc_utf8_seq_len((const unsigned char *)p, (const unsigned char *)ps->end);
             if (!n) return fail_at(ps, p, "invalid UTF-8 in string");
             p += n;
             continue;

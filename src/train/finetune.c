@@ -8,6 +8,7 @@
 
 #include "base/file.h"
 #include "base/half.h"
+#include "base/strbuf.h"
 #include "base/status.h"
 #include "format/json.h"
 #include "format/safetensors.h"
@@ -161,6 +162,15 @@ static hc_status load_rows(const hc_tokenizer *tok, const char *path, const hc_f
     size_t size;
     hc_status st = hc_file_read_all(path, &text, &size);
     if (st) return st;
+    /* Training data is text: a byte that is not UTF-8 (or a NUL, which would end a line early)
+     * is refused with its line, as Python's open() would refuse it, not tokenized as bytes. */
+    const size_t bad = hc_utf8_invalid_at(text, size), nul = strnlen(text, size), at = bad < nul ? bad : nul;
+    if (at < size) {
+        size_t line = 1, col = 1;
+        for (size_t i = 0; i < at; i++) line += text[i] == '\n', col = text[i] == '\n' ? 1 : col + 1;
+        free(text);
+        return hc_fail(HC_ERR_FORMAT, "%s:%zu:%zu: %s", path, line, col, at == nul ? "a NUL byte in text" : "invalid UTF-8");
+    }
     const size_t plen = strlen(path);
     const bool jsonl = plen > 6 && !strcmp(path + plen - 6, ".jsonl");
     hc_tokens t = {0};

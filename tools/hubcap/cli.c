@@ -1,5 +1,7 @@
 #include "cli.h"
 
+#include "base/strbuf.h"
+
 #include <errno.h>
 #include <math.h>
 #include <limits.h>
@@ -222,4 +224,13 @@ void cli_sampling_apply(const cli_sampling *cs, hc_sampler_params *p) {
     if (cs->has_frequency) p->frequency_penalty = (float)cs->frequency_penalty;
     if (cs->has_presence) p->presence_penalty = (float)cs->presence_penalty;
     p->seed = cs->seed >= 0 ? (uint64_t)cs->seed : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 20);
+}
+
+int cli_check_text(const char *cmd, const char *what, const char *text, size_t n) {
+    const size_t bad = hc_utf8_invalid_at(text, n), nul = strnlen(text, n), at = bad < nul ? bad : nul;
+    if (at == n) return EXIT_OK;
+    size_t line = 1, col = 1;
+    for (size_t i = 0; i < at; i++) line += text[i] == '\n', col = text[i] == '\n' ? 1 : col + 1;
+    fprintf(stderr, "hubcap %s: %s:%zu:%zu: %s\n", cmd, what, line, col, at == nul ? "a NUL byte in text" : "invalid UTF-8");
+    return EXIT_ERROR;
 }

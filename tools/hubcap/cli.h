@@ -17,6 +17,9 @@ const char *cli_default_model(void);
 int cli_fail(const char *cmd, hc_status st);
 /* Prints a usage error and returns EXIT_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...);
+/* EXIT_OK when text[0, n) is UTF-8 without NUL bytes; else prints "hubcap <cmd>: <what>:LINE:COL:
+ * invalid UTF-8" (or "a NUL byte") and returns EXIT_ERROR. Input is text, as transformers' is. */
+int cli_check_text(const char *cmd, const char *what, const char *text, size_t n);
 
 /* Takes the value of option argv[*i] (e.g. "-m DIR"), advancing *i; NULL (and a message) when
  * it is missing. */

@@ -83,6 +83,7 @@ int cmd_chat(int argc, char **argv) {
         }
 #undef VALUE
     }
+    if (system && cli_check_text("chat", "--system", system, strlen(system))) return EXIT_ERROR;
     char *tmpl = NULL;
     if (tmpl_path && hc_file_read_all(tmpl_path, &tmpl, NULL)) return cli_usage_error("chat", "cannot read '%s'", tmpl_path);
     if (!model) model = cli_default_model();
@@ -124,6 +125,10 @@ int cmd_chat(int argc, char **argv) {
                 break;
             }
             while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
+        }
+        if (cli_check_text("chat", "input", line, strlen(line))) { /* this line only: the chat goes on */
+            free(line);
+            continue;
         }
         if (!strcmp(line, "/exit") || !strcmp(line, "/quit")) {
             free(line);

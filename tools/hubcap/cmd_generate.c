@@ -161,6 +161,11 @@ int cmd_generate(int argc, char **argv) {
         const char *path = prompt_file ? prompt_file : batch_file;
         size_t len = 0;
         if (path && !(file_text = read_file(path, &len))) return cli_usage_error("generate", "cannot read '%s'", path);
+        if (path && cli_check_text("generate", path, file_text, len)) {
+            free(file_text);
+            return EXIT_ERROR;
+        }
+        if (!path && prompt && cli_check_text("generate", "the prompt", prompt, strlen(prompt))) return EXIT_ERROR;
         texts = malloc(sizeof *texts * (len / 1 + 2));
         if (!texts) return EXIT_ERROR;
         if (batch_file) {

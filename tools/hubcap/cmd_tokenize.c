@@ -93,6 +93,10 @@ int cmd_tokenize(int argc, char **argv) {
         if (!owned) return cli_usage_error("tokenize", "cannot read '%s'", file ? file : "standard input");
         text = owned;
     }
+    if (cli_check_text("tokenize", owned ? (file ? file : "standard input") : "--text", text, len)) {
+        free(owned);
+        return EXIT_ERROR;
+    }
     if (!model) model = cli_default_model();
     hc_tokenizer *t;
     hc_status st = hc_tokenizer_load(model, &tp, &t);
