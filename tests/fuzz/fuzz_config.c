@@ -12,6 +12,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         snprintf(config_path, sizeof config_path, "%s/config.json", dir);
     }
     fuzz_write(config_path, data, size);
-    fuzz_load_and_run(dir, true);
+    fuzz_load_and_run(dir, true, NULL);
     return 0;
 }

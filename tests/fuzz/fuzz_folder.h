@@ -38,12 +38,14 @@ static inline void fuzz_write(const char *path, const uint8_t *p, size_t n) {
     fclose(f);
 }
 
-/* Loads the folder on the CPU (mapped or read) and, when that works, runs two tokens. */
-static inline void fuzz_load_and_run(const char *dir, bool use_mmap) {
+/* Loads the folder on the CPU (mapped or read; with a LoRA adapter folder, or NULL) and, when
+ * that works, runs two tokens. */
+static inline void fuzz_load_and_run(const char *dir, bool use_mmap, const char *lora_path) {
     hc_model_params mp = hc_model_default_params();
     mp.n_threads = 1;
     mp.device = HC_DEVICE_CPU;
     mp.use_mmap = use_mmap;
+    mp.lora_path = lora_path;
     hc_model *m = NULL;
     if (hc_model_load(dir, &mp, &m) != HC_OK) return;
     hc_session *s = NULL;

@@ -20,19 +20,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fuzz_write(config_path, data, n_config);
     if (zero) fuzz_write(weights_path, zero + 1, size - n_config - 1);
     else unlink(weights_path);
-    hc_model_params mp = hc_model_default_params();
-    mp.n_threads = 1;
-    mp.device = HC_DEVICE_CPU;
-    mp.lora_path = adapter_dir;
-    hc_model *m = NULL;
-    if (hc_model_load(model_dir, &mp, &m) != HC_OK) return 0;
-    hc_session *s = NULL;
-    if (hc_session_new(m, 8, &s) == HC_OK) {
-        const int32_t ids[2] = {1, 2};
-        int32_t next;
-        (void)hc_session_forward_greedy(s, ids, 2, &next);
-        hc_session_free(s);
-    }
-    hc_model_free(m);
+    fuzz_load_and_run(model_dir, true, adapter_dir);
     return 0;
 }

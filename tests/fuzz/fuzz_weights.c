@@ -13,7 +13,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         snprintf(weights_path, sizeof weights_path, "%s/model.safetensors", dir);
     }
     fuzz_write(weights_path, data, size);
-    fuzz_load_and_run(dir, true);
-    fuzz_load_and_run(dir, false);
+    fuzz_load_and_run(dir, true, NULL);
+    fuzz_load_and_run(dir, false, NULL);
     return 0;
 }
