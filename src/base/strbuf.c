@@ -43,12 +43,13 @@ int hc_utf8_seq_len(const unsigned char *p, const unsigned char *end) {
     return n;
 }
 
-size_t hc_utf8_invalid_at(const char *s, size_t n) {
+bool hc_text_check(const char *s, size_t n, size_t *line, size_t *col, const char **why) {
     const unsigned char *p = (const unsigned char *)s, *end = p + n;
-    while (p < end) {
-        const int k = hc_utf8_seq_len(p, end);
-        if (!k) return (size_t)(p - (const unsigned char *)s);
-        p += k;
-    }
-    return n;
+    int k = 1;
+    while (p < end && *p && (k = hc_utf8_seq_len(p, end))) p += k;
+    if (p == end) return true;
+    *why = *p ? "invalid UTF-8" : "a NUL byte in text";
+    *line = 1, *col = 1;
+    for (const char *q = s; q < (const char *)p; q++) *line += *q == '\n', *col = *q == '\n' ? 1 : *col + 1;
+    return false;
 }

@@ -17,7 +17,8 @@ void hc_str_free(hc_str *s);
 /* Length of the valid UTF-8 sequence at p (1..4), or 0 if it is not one (overlong forms,
  * surrogates and code points past U+10FFFF included). */
 int hc_utf8_seq_len(const unsigned char *p, const unsigned char *end);
-/* The offset of the first byte of s[0, n) that does not start a valid UTF-8 sequence, or n. */
-size_t hc_utf8_invalid_at(const char *s, size_t n);
+/* Whether s[0, n) is text: UTF-8 without NUL bytes. When not, the first bad byte's 1-based line
+ * and column (in bytes) and why ("invalid UTF-8" or "a NUL byte in text"). */
+bool hc_text_check(const char *s, size_t n, size_t *line, size_t *col, const char **why);
 
 #endif

@@ -1947,8 +1947,7 @@ static bool contains(jctx *c, node *at, const jv *needle, const jv *hay) {
 /* Pads body (blen bytes, chars code points) to width code points, as %-format pads: spaces on
  * the left, or on the right with '-'. */
 static void put_padded(jctx *c, jbuf *o, const char *body, size_t blen, size_t chars, int64_t width, bool left) {
-    const size_t pad = width > (int64_t)chars ? (size_t)width - chars : 0;
-    if (pad > MAX_STR_BYTES) FAIL(c, "a string longer than %zu MiB", MAX_STR_BYTES >> 20);
+    const size_t pad = width > (int64_t)chars ? (size_t)width - chars : 0; /* width <= MAX_STR_BYTES */
     if (!left)
         for (size_t i = 0; i < pad; i++) put(c, o, " ", 1);
     put(c, o, body, blen);

@@ -164,12 +164,11 @@ static hc_status load_rows(const hc_tokenizer *tok, const char *path, const hc_f
     if (st) return st;
     /* Training data is text: a byte that is not UTF-8 (or a NUL, which would end a line early)
      * is refused with its line, as Python's open() would refuse it, not tokenized as bytes. */
-    const size_t bad = hc_utf8_invalid_at(text, size), nul = strnlen(text, size), at = bad < nul ? bad : nul;
-    if (at < size) {
-        size_t line = 1, col = 1;
-        for (size_t i = 0; i < at; i++) line += text[i] == '\n', col = text[i] == '\n' ? 1 : col + 1;
+    size_t bad_line, bad_col;
+    const char *why;
+    if (!hc_text_check(text, size, &bad_line, &bad_col, &why)) {
         free(text);
-        return hc_fail(HC_ERR_FORMAT, "%s:%zu:%zu: %s", path, line, col, at == nul ? "a NUL byte in text" : "invalid UTF-8");
+        return hc_fail(HC_ERR_FORMAT, "%s:%zu:%zu: %s", path, bad_line, bad_col, why);
     }
     const size_t plen = strlen(path);
     const bool jsonl = plen > 6 && !strcmp(path + plen - 6, ".jsonl");

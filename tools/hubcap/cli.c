@@ -227,10 +227,9 @@ void cli_sampling_apply(const cli_sampling *cs, hc_sampler_params *p) {
 }
 
 int cli_check_text(const char *cmd, const char *what, const char *text, size_t n) {
-    const size_t bad = hc_utf8_invalid_at(text, n), nul = strnlen(text, n), at = bad < nul ? bad : nul;
-    if (at == n) return EXIT_OK;
-    size_t line = 1, col = 1;
-    for (size_t i = 0; i < at; i++) line += text[i] == '\n', col = text[i] == '\n' ? 1 : col + 1;
-    fprintf(stderr, "hubcap %s: %s:%zu:%zu: %s\n", cmd, what, line, col, at == nul ? "a NUL byte in text" : "invalid UTF-8");
+    size_t line, col;
+    const char *why;
+    if (hc_text_check(text, n, &line, &col, &why)) return EXIT_OK;
+    fprintf(stderr, "hubcap %s: %s:%zu:%zu: %s\n", cmd, what, line, col, why);
     return EXIT_ERROR;
 }
