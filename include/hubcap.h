@@ -134,17 +134,23 @@ typedef enum {
     HC_ROPE_DYNAMIC,
     HC_ROPE_YARN,
     HC_ROPE_LLAMA3,
+    HC_ROPE_LONGROPE, /* Phi-3.5, Phi-4-mini: per-frequency factors, short or long by sequence length */
 } hc_rope_type;
+
+#define HC_MAX_ROPE_FACTORS 256 /* longrope: at most rotary_dim / 2 factors each */
 
 typedef struct {
     hc_rope_type type;
     double theta;
     double factor;
     double low_freq_factor, high_freq_factor;     /* llama3 */
-    int64_t original_max_position_embeddings;     /* llama3, yarn, dynamic (0 = absent) */
-    double attention_factor;                      /* yarn (0 = derive from factor) */
+    int64_t original_max_position_embeddings;     /* llama3, yarn, longrope (0 = absent) */
+    double attention_factor;                      /* yarn, longrope (0 = derive from factor) */
     double beta_fast, beta_slow, mscale, mscale_all_dim; /* yarn (0 = default/absent) */
     bool truncate;                                /* yarn */
+    int n_factors;                                /* longrope: rotary_dim / 2 */
+    float short_factor[HC_MAX_ROPE_FACTORS];      /* longrope: sequences up to original_max_position_embeddings */
+    float long_factor[HC_MAX_ROPE_FACTORS];       /* longrope: longer ones */
 } hc_rope_config;
 
 typedef enum { HC_ACT_SILU, HC_ACT_GELU_TANH, HC_ACT_GELU, HC_ACT_RELU } hc_activation;

@@ -88,8 +88,8 @@ expect 1 "missing tensor 'model.layers.2.input_layernorm.weight'" -- "$HUBCAP" l
 sed 's/"intermediate_size": 160/"intermediate_size": 128/' "$FIX/llama2/config.json" >"$TMP/missing/config.json"
 expect 1 "has shape \[160, 64\], but config.json implies \[128, 64\]" -- "$HUBCAP" generate -m "$TMP/missing" --ids 1
 # Unsupported features are refused at load, by name.
-sed 's/"rope_scaling": null/"rope_scaling": {"rope_type": "longrope", "factor": 2}/' "$FIX/llama2/config.json" >"$TMP/missing/config.json"
-expect 1 "rope_type='longrope'" -- "$HUBCAP" generate -m "$TMP/missing" --ids 1
+sed 's/"rope_scaling": null/"rope_scaling": {"rope_type": "mrope", "factor": 2}/' "$FIX/llama2/config.json" >"$TMP/missing/config.json"
+expect 1 "rope_type='mrope'" -- "$HUBCAP" generate -m "$TMP/missing" --ids 1
 sed 's/"hidden_act": "silu"/"hidden_act": "mish"/' "$FIX/llama2/config.json" >"$TMP/missing/config.json"
 expect 1 "hidden_act='mish'" -- "$HUBCAP" generate -m "$TMP/missing" --ids 1
 # Bad ids and contexts.

@@ -95,6 +95,37 @@ static void test_rope_styles(void) {
     CHECK(c.rope.type == HC_ROPE_YARN && c.rope.factor == 4 && c.rope.original_max_position_embeddings == 32768,
           "yarn via legacy 'type'");
     CHECK(c.qkv_bias && !c.o_bias, "qwen2: q/k/v bias only");
+
+    /* longrope as Phi-3.5-mini carries it: original_max_position_embeddings at the top level,
+     * the factor from max_position_embeddings / it, one factor per rotary frequency. */
+#define PHI_DIMS "\"model_type\":\"phi3\",\"hidden_size\":64,\"num_attention_heads\":4,\"max_position_embeddings\":131072,"
+#define EIGHT_SHORT "\"short_factor\":[1,1.01,1.02,1.03,1.04,1.05,1.06,1.07]"
+#define EIGHT_LONG "\"long_factor\":[1,2,3,4,5,6,7,8]"
+    CHECK_OK(parse_cfg(&c, "{" PHI_DIMS "\"original_max_position_embeddings\":4096,\"rope_scaling\":{\"type\":"
+                           "\"longrope\"," EIGHT_SHORT "," EIGHT_LONG "}}"));
+    CHECK(c.rope.type == HC_ROPE_LONGROPE && c.rope.original_max_position_embeddings == 4096 && c.rope.factor == 32 &&
+              c.rope.n_factors == 8 && c.rope.short_factor[7] == 1.07f && c.rope.long_factor[7] == 8.0f &&
+              c.rope.attention_factor == 0,
+          "longrope, Phi-3.5 style");
+    /* Phi3Config defaults original_max_position_embeddings to 4096; "su" is longrope's old name */
+    CHECK_OK(parse_cfg(&c, "{" PHI_DIMS "\"rope_scaling\":{\"type\":\"su\"," EIGHT_SHORT "," EIGHT_LONG "}}"));
+    CHECK(c.rope.type == HC_ROPE_LONGROPE && c.rope.original_max_position_embeddings == 4096, "phi3 'su', default 4096");
+    /* elsewhere: the rope's own original_max_position_embeddings and factor; a top-level one wins */
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"llama\",\"hidden_size\":64,\"num_attention_heads\":4,"
+                           "\"max_position_embeddings\":64,\"rope_scaling\":{\"rope_type\":\"longrope\",\"factor\":3,"
+                           "\"attention_factor\":1.5,\"original_max_position_embeddings\":16," EIGHT_SHORT "," EIGHT_LONG "}}"));
+    CHECK(c.rope.original_max_position_embeddings == 16 && c.rope.factor == 3 && c.rope.attention_factor == 1.5,
+          "longrope's own parameters");
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"qwen2\",\"original_max_position_embeddings\":8,\"max_position_embeddings\":64,"
+                           "\"rope_scaling\":{\"type\":\"yarn\",\"factor\":4.0,\"original_max_position_embeddings\":16}}"));
+    CHECK(c.rope.original_max_position_embeddings == 8, "a top-level original_max_position_embeddings wins (transformers)");
+    /* llama3 without one: max_position_embeddings, as transformers standardizes it */
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"llama\",\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8}}"));
+    CHECK(c.rope.type == HC_ROPE_LLAMA3 && c.rope.original_max_position_embeddings == 2048, "llama3 default context");
+    /* dynamic NTK measures from max_position_embeddings whatever the rope says (transformers) */
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"llama\",\"max_position_embeddings\":64,\"rope_scaling\":{\"type\":"
+                           "\"dynamic\",\"factor\":2,\"original_max_position_embeddings\":16}}"));
+    CHECK(c.rope.type == HC_ROPE_DYNAMIC && c.rope.original_max_position_embeddings == 64, "dynamic: max_position_embeddings");
 }
 
 static void test_defaults(void) {
@@ -133,8 +164,22 @@ static void expect_refused(const char *json, hc_status want, const char *needle)
 static void test_refusals(void) {
     expect_refused("{\"model_type\":\"bert\"}", HC_ERR_UNSUPPORTED, "unsupported architecture 'bert' (supported: llama");
     expect_refused("{\"hidden_size\":3}", HC_ERR_FORMAT, "model_type");
-    expect_refused("{\"model_type\":\"llama\",\"rope_scaling\":{\"rope_type\":\"longrope\"}}", HC_ERR_UNSUPPORTED,
-                   "rope_type='longrope'");
+    expect_refused("{\"model_type\":\"llama\",\"rope_scaling\":{\"rope_type\":\"mrope\"}}", HC_ERR_UNSUPPORTED,
+                   "rope_type='mrope'");
+    expect_refused("{\"model_type\":\"llama\",\"rope_scaling\":{\"rope_type\":\"longrope\"}}", HC_ERR_FORMAT,
+                   "longrope needs rope_scaling.short_factor");
+    expect_refused("{" PHI_DIMS "\"rope_scaling\":{\"type\":\"longrope\"," EIGHT_SHORT ",\"long_factor\":[1,2]}}",
+                   HC_ERR_FORMAT, "short_factor has 8 entries but long_factor 2");
+    expect_refused("{" PHI_DIMS "\"partial_rotary_factor\":0.5,\"rope_scaling\":{\"type\":\"longrope\"," EIGHT_SHORT
+                   "," EIGHT_LONG "}}",
+                   HC_ERR_FORMAT, "longrope has 8 factors, but the rotary dimension 8 needs 4");
+    expect_refused("{" PHI_DIMS "\"rope_scaling\":{\"type\":\"longrope\",\"short_factor\":[1,1,1,1,1,1,1,0]," EIGHT_LONG "}}",
+                   HC_ERR_FORMAT, "short_factor[7] must be a positive number");
+    expect_refused("{" PHI_DIMS "\"rope_scaling\":{\"type\":\"longrope\",\"short_factor\":\"1\"," EIGHT_LONG "}}",
+                   HC_ERR_FORMAT, "short_factor must be a list of numbers");
+    expect_refused("{" PHI_DIMS "\"original_max_position_embeddings\":-1,\"rope_scaling\":{\"type\":\"longrope\","
+                   EIGHT_SHORT "," EIGHT_LONG "}}",
+                   HC_ERR_FORMAT, "original_max_position_embeddings must be positive");
     expect_refused("{\"model_type\":\"llama\",\"hidden_act\":\"mish\"}", HC_ERR_UNSUPPORTED, "hidden_act='mish'");
     expect_refused("{\"model_type\":\"llama\",\"hidden_size\":\"big\"}", HC_ERR_FORMAT, "'hidden_size' must be");
     expect_refused("{\"model_type\":\"llama\",\"num_attention_heads\":6,\"num_key_value_heads\":4}", HC_ERR_FORMAT,
@@ -142,8 +187,6 @@ static void test_refusals(void) {
     expect_refused("{\"model_type\":\"llama\",\"num_hidden_layers\":0}", HC_ERR_FORMAT, "positive");
     expect_refused("{\"model_type\":\"mistral\",\"layer_types\":[\"chunked_attention\"],\"num_hidden_layers\":1}",
                    HC_ERR_UNSUPPORTED, "chunked_attention");
-    expect_refused("{\"model_type\":\"llama\",\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8}}",
-                   HC_ERR_FORMAT, "original_max_position_embeddings");
     /* values that used to load and then compute garbage (rope_theta 0: inf frequencies) or fail
      * late with an odd message (a context of -3) */
     expect_refused("{\"model_type\":\"llama\",\"rope_theta\":0}", HC_ERR_FORMAT, "rope_theta must be positive");

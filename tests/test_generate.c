@@ -57,7 +57,9 @@ static bool same_tokens(hc_model *m, const int32_t *prompt, int64_t len, const h
 /* Prompts of different lengths for batch sizes 1..8; each run alone, then all together. */
 static void test_batches(const char *dir, const char *name) {
     hc_model *m;
-    CHECK_OK(test_load_model(dir, &m));
+    hc_model_params mp = test_model_params();
+    mp.n_ctx = 64; /* llama_dynamic's max_position_embeddings is 16: dynamic NTK is for going past it */
+    CHECK_OK(hc_model_load(dir, &mp, &m));
     if (!m) return;
     char path[1200];
     snprintf(path, sizeof path, "%s/reference.safetensors", dir);
@@ -535,7 +537,8 @@ static void test_kv_bytes(const char *gemma3) {
 
 int main(void) {
     char dir[1024];
-    static const char *models[] = {"llama2", "llama3_2", "mistral", "qwen3", "gemma2", "gemma3", "phi3", "mixtral", "gpt2"};
+    static const char *models[] = {"llama2", "llama3_2", "mistral", "qwen3", "gemma2", "gemma3", "phi3", "mixtral", "gpt2",
+                                   "phi3_longrope", "llama_dynamic", "llama_bias"};
     for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
         snprintf(dir, sizeof dir, "%s/tests/fixtures/models/%s", test_source_dir(), models[i]);
         test_batches(dir, models[i]);

@@ -306,6 +306,25 @@ static void test_rope_tables(void) {
     hc_rope_inv_freq(b, &af, &yarn, 32, 16384, 16384);
     CHECK(fabsf(af - (float)(0.1 * log(4.0) + 1)) < 1e-6f, "yarn attention factor");
     CHECK(b[0] == a[0] && fabsf(b[15] - a[15] / 4) < 1e-6f * a[15], "yarn extrapolates high, interpolates low");
+    hc_rope_config lr = def;
+    lr.type = HC_ROPE_LONGROPE;
+    lr.original_max_position_embeddings = 4096;
+    lr.factor = 32; /* 131072 / 4096 */
+    lr.n_factors = 16;
+    for (int i = 0; i < 16; i++) lr.short_factor[i] = 1.0f + 0.01f * (float)i, lr.long_factor[i] = 1.0f + (float)i;
+    hc_rope_inv_freq(b, &af, &lr, 32, 131072, 0);
+    CHECK(b[0] == a[0] && fabsf(b[7] - a[7] / 1.07f) < 1e-6f * a[7], "longrope at load: the short factors");
+    CHECK(fabsf(af - (float)sqrt(1 + log(32.0) / log(4096.0))) < 1e-6f, "longrope attention factor from the factor");
+    hc_rope_inv_freq(b, &af, &lr, 32, 131072, 4096);
+    CHECK(fabsf(b[7] - a[7] / 1.07f) < 1e-6f * a[7], "longrope up to the pretrained context: short");
+    hc_rope_inv_freq(b, &af, &lr, 32, 131072, 4097);
+    CHECK(fabsf(b[7] - a[7] / 8) < 1e-6f * a[7], "longrope past it: long");
+    lr.attention_factor = 1.25;
+    hc_rope_inv_freq(b, &af, &lr, 32, 131072, 4097);
+    CHECK(af == 1.25f, "longrope attention_factor as given");
+    lr.attention_factor = 0, lr.factor = 1;
+    hc_rope_inv_freq(b, &af, &lr, 32, 4096, 1);
+    CHECK(af == 1.0f, "longrope without scaling: attention factor 1");
 }
 
 /* The fast kernels against the reference: odd sizes, every weight format, T = 1 and blocks,

@@ -194,9 +194,13 @@ static void check_model(const char *dir, const char *name) {
 
 int main(void) {
     /* gemma2, llama2 and qwen3 came with the fixtures; the others were made the same way
-     * (bench/make_train_refs.py on the GPU machine) */
+     * (bench/make_train_refs.py on the GPU machine; the variants from tests/tools) */
     const char *names[] = {"llama2", "qwen3", "gemma2", "gemma", "gemma3", "gpt2", "llama3_2", "llama3_v5",
-                           "llama_sharded", "mistral", "mixtral", "phi3", "qwen2"};
+                           "llama_sharded", "mistral", "mixtral", "phi3", "qwen2",
+                           /* variants: longrope past its pretrained context (16 tokens in 16: the short
+                            * factors), a window, yarn, dynamic NTK, biases, GPT-2's per-layer scale */
+                           "phi3_longrope", "phi3_longrope_v5", "phi3_window", "qwen2_yarn", "llama_dynamic",
+                           "llama_bias", "gpt2_inv"};
     for (int i = 0; i < (int)(sizeof names / sizeof names[0]); i++) {
         char dir[4096];
         snprintf(dir, sizeof dir, "%s/tests/fixtures/models/%s", test_source_dir(), names[i]);

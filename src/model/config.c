@@ -44,6 +44,7 @@ const char *hc_rope_type_name(hc_rope_type t) {
     case HC_ROPE_DYNAMIC: return "dynamic";
     case HC_ROPE_YARN: return "yarn";
     case HC_ROPE_LLAMA3: return "llama3";
+    case HC_ROPE_LONGROPE: return "longrope";
     }
     return "?";
 }
@@ -123,6 +124,25 @@ static hc_status parse_activation(const char *name, const char *key, hc_activati
     return HC_OK;
 }
 
+/* longrope's short_factor / long_factor: a list of positive numbers (their count is checked
+ * against the rotary dimension once that is known). */
+static hc_status get_factors(const hc_json *p, const char *key, float *out, int *n, const char *src, const char *where) {
+    const hc_json *v = hc_json_get(p, key);
+    if (hc_json_is_null(v)) return hc_fail(HC_ERR_FORMAT, "%s: longrope needs %s.%s", src, where, key);
+    if (v->type != HC_JSON_ARRAY) return hc_fail(HC_ERR_FORMAT, "%s: %s.%s must be a list of numbers", src, where, key);
+    if (v->len > HC_MAX_ROPE_FACTORS)
+        return hc_fail(HC_ERR_FORMAT, "%s: %s.%s has %zu entries (at most %d)", src, where, key, v->len,
+                       HC_MAX_ROPE_FACTORS);
+    for (size_t i = 0; i < v->len; i++) {
+        const hc_json *x = hc_json_at(v, i);
+        if (x->type != HC_JSON_NUMBER || !(x->u.num.d > 0) || !isfinite(x->u.num.d))
+            return hc_fail(HC_ERR_FORMAT, "%s: %s.%s[%zu] must be a positive number", src, where, key, i);
+        out[i] = (float)x->u.num.d; /* transformers makes an f32 tensor of them */
+    }
+    *n = (int)v->len;
+    return HC_OK;
+}
+
 /* Reads one rope description: `p` holds rope_type/type, factor and the rest; `theta` comes from
  * p.rope_theta when present (the v5 rope_parameters style), else from dflt_theta. */
 static hc_status parse_rope(hc_rope_config *r, const hc_json *p, double dflt_theta, int64_t max_pos, const char *src,
@@ -144,11 +164,15 @@ static hc_status parse_rope(hc_rope_config *r, const hc_json *p, double dflt_the
     else if (!strcmp(type, "dynamic")) r->type = HC_ROPE_DYNAMIC;
     else if (!strcmp(type, "yarn")) r->type = HC_ROPE_YARN;
     else if (!strcmp(type, "llama3")) r->type = HC_ROPE_LLAMA3;
+    else if (!strcmp(type, "longrope") || !strcmp(type, "su")) r->type = HC_ROPE_LONGROPE; /* "su": early Phi-3 */
     else
-        return hc_fail(HC_ERR_UNSUPPORTED, "%s: unsupported %s.rope_type='%s' (supported: default, linear, dynamic, yarn, llama3)",
+        return hc_fail(HC_ERR_UNSUPPORTED,
+                       "%s: unsupported %s.rope_type='%s' (supported: default, linear, dynamic, yarn, llama3, longrope)",
                        src, where, type);
     TRY(get_num(p, "rope_theta", dflt_theta, &r->theta, src));
-    TRY(get_num(p, "factor", 1.0, &r->factor, src));
+    /* longrope without a factor takes max_position_embeddings / original_max_position_embeddings
+     * (0 here until that is known) */
+    TRY(get_num(p, "factor", r->type == HC_ROPE_LONGROPE ? 0.0 : 1.0, &r->factor, src));
     TRY(get_num(p, "low_freq_factor", 1.0, &r->low_freq_factor, src));
     TRY(get_num(p, "high_freq_factor", 4.0, &r->high_freq_factor, src));
     TRY(get_int(p, "original_max_position_embeddings", 0, &r->original_max_position_embeddings, src));
@@ -158,16 +182,45 @@ static hc_status parse_rope(hc_rope_config *r, const hc_json *p, double dflt_the
     TRY(get_num(p, "mscale", 0.0, &r->mscale, src));
     TRY(get_num(p, "mscale_all_dim", 0.0, &r->mscale_all_dim, src));
     TRY(get_bool(p, "truncate", true, &r->truncate, src));
-    if (r->type != HC_ROPE_DEFAULT && !(r->factor > 0))
+    if (r->type != HC_ROPE_DEFAULT && !(r->factor > 0) && !(r->type == HC_ROPE_LONGROPE && !hc_json_get(p, "factor")))
         return hc_fail(HC_ERR_FORMAT, "%s: %s.factor must be positive", src, where);
-    if (r->type == HC_ROPE_LLAMA3) {
-        if (!r->original_max_position_embeddings)
-            return hc_fail(HC_ERR_FORMAT, "%s: llama3 rope needs %s.original_max_position_embeddings", src, where);
-        if (r->high_freq_factor == r->low_freq_factor)
-            return hc_fail(HC_ERR_FORMAT, "%s: llama3 rope needs high_freq_factor != low_freq_factor", src);
+    if (r->attention_factor < 0 || !isfinite(r->attention_factor))
+        return hc_fail(HC_ERR_FORMAT, "%s: %s.attention_factor must be positive", src, where);
+    if (r->type == HC_ROPE_LONGROPE) {
+        int n_long = 0;
+        TRY(get_factors(p, "short_factor", r->short_factor, &r->n_factors, src, where));
+        TRY(get_factors(p, "long_factor", r->long_factor, &n_long, src, where));
+        if (n_long != r->n_factors)
+            return hc_fail(HC_ERR_FORMAT, "%s: %s.short_factor has %d entries but long_factor %d", src, where,
+                           r->n_factors, n_long);
     }
-    if (r->type == HC_ROPE_DYNAMIC && !r->original_max_position_embeddings) r->original_max_position_embeddings = max_pos;
+    if (r->type == HC_ROPE_LLAMA3 && r->high_freq_factor == r->low_freq_factor)
+        return hc_fail(HC_ERR_FORMAT, "%s: llama3 rope needs high_freq_factor != low_freq_factor", src);
+    /* transformers' dynamic NTK measures from max_position_embeddings, whatever
+     * original_max_position_embeddings says */
+    if (r->type == HC_ROPE_DYNAMIC) r->original_max_position_embeddings = max_pos;
     if (!(r->theta > 0 && isfinite(r->theta))) return hc_fail(HC_ERR_FORMAT, "%s: rope_theta must be positive", src);
+    return HC_OK;
+}
+
+/* llama3, yarn and longrope scale against the context the model was pretrained with. As
+ * transformers standardizes it: a top-level original_max_position_embeddings wins (Phi-3 keeps it
+ * there, and its config class defaults it to 4096), then the rope's own, then
+ * max_position_embeddings. top_cfg is NULL for per-layer-type ropes, which only take the
+ * default. longrope without a factor then takes max_position_embeddings / that. */
+static hc_status pretrained_context(hc_rope_config *r, const hc_json *top_cfg, bool phi3, int64_t max_pos,
+                                    const char *src) {
+    if (r->type != HC_ROPE_LLAMA3 && r->type != HC_ROPE_YARN && r->type != HC_ROPE_LONGROPE) return HC_OK;
+    int64_t top = 0;
+    if (top_cfg) TRY(get_int(top_cfg, "original_max_position_embeddings", phi3 ? 4096 : 0, &top, src));
+    if (top) r->original_max_position_embeddings = top;
+    else if (!r->original_max_position_embeddings) r->original_max_position_embeddings = max_pos;
+    if (r->original_max_position_embeddings <= 0)
+        return hc_fail(HC_ERR_FORMAT, "%s: original_max_position_embeddings must be positive", src);
+    if (r->type == HC_ROPE_LONGROPE && r->factor == 0)
+        r->factor = (double)max_pos / (double)r->original_max_position_embeddings;
+    if (r->type == HC_ROPE_LONGROPE && r->factor > 1 && r->attention_factor == 0 && r->original_max_position_embeddings < 2)
+        return hc_fail(HC_ERR_FORMAT, "%s: longrope's attention factor needs original_max_position_embeddings > 1", src);
     return HC_OK;
 }
 
@@ -289,11 +342,16 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
                 c->has_rope_local = true;
             }
             TRY(get_num(hc_json_get(rp, "full_attention"), "partial_rotary_factor", partial, &partial, src));
-        } else if (!hc_json_is_null(rp)) {
-            TRY(parse_rope(&c->rope, rp, theta, c->max_position_embeddings, src, "rope_parameters"));
-            TRY(get_num(rp, "partial_rotary_factor", partial, &partial, src));
+            TRY(pretrained_context(&c->rope, NULL, false, c->max_position_embeddings, src));
+            if (c->has_rope_local) TRY(pretrained_context(&c->rope_local, NULL, false, c->max_position_embeddings, src));
         } else {
-            TRY(parse_rope(&c->rope, rs, theta, c->max_position_embeddings, src, "rope_scaling"));
+            if (!hc_json_is_null(rp)) {
+                TRY(parse_rope(&c->rope, rp, theta, c->max_position_embeddings, src, "rope_parameters"));
+                TRY(get_num(rp, "partial_rotary_factor", partial, &partial, src));
+            } else {
+                TRY(parse_rope(&c->rope, rs, theta, c->max_position_embeddings, src, "rope_scaling"));
+            }
+            TRY(pretrained_context(&c->rope, cfg, !strcmp(effective, "phi3"), c->max_position_embeddings, src));
         }
         if (!strcmp(effective, "gemma3_text") && !c->has_rope_local) {
             double local;
@@ -307,6 +365,12 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
     if (c->rope.type != HC_ROPE_NONE && (c->rotary_dim < 2 || c->rotary_dim % 2))
         return hc_fail(HC_ERR_FORMAT, "%s: rotary dimension %lld (head_dim x partial_rotary_factor) must be even", src,
                        (long long)c->rotary_dim);
+    for (int i = 0; i < (c->has_rope_local ? 2 : 1); i++) {
+        const hc_rope_config *r = i ? &c->rope_local : &c->rope;
+        if (r->type == HC_ROPE_LONGROPE && r->n_factors != c->rotary_dim / 2)
+            return hc_fail(HC_ERR_FORMAT, "%s: longrope has %d factors, but the rotary dimension %lld needs %lld", src,
+                           r->n_factors, (long long)c->rotary_dim, (long long)(c->rotary_dim / 2));
+    }
 
     /* Sliding windows. */
     int64_t window;

@@ -8,15 +8,24 @@
 #include "run/session.h"
 #include "train/lora.h"
 
-/* Dynamic NTK rope recomputes its table as the sequence grows past the trained length, and
- * returns to the original table for short sequences, as transformers' dynamic_rope_update. */
-static void update_dynamic_rope(hc_session *s, int64_t seq_len) {
-    const hc_model_config *c = &s->m->cfg;
-    if (c->rope.type != HC_ROPE_DYNAMIC) return;
-    const int64_t orig = c->rope.original_max_position_embeddings;
+/* Ropes whose table depends on the sequence's length, remade when the forward about to run
+ * needs another, as transformers' dynamic_rope_update does:
+ * - dynamic NTK recomputes its table as the sequence grows past the trained length, and returns
+ *   to the original table for short sequences;
+ * - longrope takes its long factors while the sequence is longer than the pretrained context,
+ *   the short ones otherwise. Keys already in the cache keep the rotation they were stored with,
+ *   as in transformers' cache. */
+static void update_length_rope(hc_session *s, int64_t seq_len) {
+    const hc_rope_config *r = &s->m->cfg.rope;
+    const int64_t orig = r->original_max_position_embeddings;
     int64_t want = s->rope_cached_len;
-    if (seq_len > s->rope_cached_len) want = seq_len;
-    else if (seq_len < orig && s->rope_cached_len > orig) want = orig;
+    if (r->type == HC_ROPE_LONGROPE) {
+        if (s->rope_end > seq_len) seq_len = s->rope_end;
+        want = seq_len > orig ? orig + 1 : 0;
+    } else if (r->type == HC_ROPE_DYNAMIC) {
+        if (seq_len > s->rope_cached_len) want = seq_len;
+        else if (seq_len < orig && s->rope_cached_len > orig) want = orig;
+    }
     if (want == s->rope_cached_len) return;
     s->rope_cached_len = want;
     hc_session_set_rope(s, want);
@@ -216,16 +225,44 @@ static void run_forward(void *arg) {
     if (c->final_softcap > 0) be->softcap(be, f->logits, (float)c->final_softcap, f->n_rows * V);
 }
 
+/* longrope, when a sequence grows past the pretrained context: its cached positions were made
+ * with the short factors, so they run again with the long ones before it goes on. transformers'
+ * Phi-3 drops its cache at that point and recomputes the whole sequence (Phi3ForCausalLM.
+ * prepare_inputs_for_generation), so every position sees one rotation. */
+static void longrope_rerun(hc_workspace *ws, hc_session *s, int64_t n) {
+    const hc_rope_config *r = &s->m->cfg.rope;
+    const int64_t orig = r->original_max_position_embeddings;
+    int64_t end = s->pos + n;
+    if (s->rope_end > end) end = s->rope_end;
+    if (r->type != HC_ROPE_LONGROPE || s->pos == 0 || end <= orig || s->rope_cached_len == orig + 1) return;
+    const int64_t cached = s->pos, outer_end = s->rope_end;
+    s->rope_end = end; /* the runs below take the long factors, as the whole sequence will */
+    s->pos = 0;
+    for (int64_t done = 0; done < cached; done += ws->rows) {
+        const int64_t k = cached - done < ws->rows ? cached - done : ws->rows;
+        const hc_group g = {s, k};
+        hc_decoder_forward_groups(ws, &g, 1, s->history + done, NULL, false, NULL, NULL);
+    }
+    s->rope_end = outer_end;
+}
+
 void hc_decoder_forward_groups(hc_workspace *ws, const hc_group *groups, int n_groups, const int32_t *ids,
                                float *logits, bool all_logits, float *hidden, int32_t *argmax) {
     const hc_model *m = ws->m;
     hc_backend *be = m->be;
     const hc_model_config *c = &m->cfg;
     int64_t T = 0;
+    for (int g = 0; g < n_groups; g++) { /* before the workspace fills: a rerun uses it too */
+        hc_session *s = groups[g].s;
+        longrope_rerun(ws, s, groups[g].n);
+        if (s->history) memmove(s->history + s->pos, ids + T, sizeof(int32_t) * (size_t)groups[g].n);
+        T += groups[g].n;
+    }
+    T = 0;
     for (int g = 0; g < n_groups; g++) {
         hc_session *s = groups[g].s;
         for (int64_t t = 0; t < groups[g].n; t++) ws->pos_host[T + t] = (int32_t)(s->pos + t);
-        update_dynamic_rope(s, s->pos + groups[g].n);
+        update_length_rope(s, s->pos + groups[g].n);
         T += groups[g].n;
     }
     be->upload(be, ws->pos, ws->pos_host, sizeof(int32_t) * (size_t)T);
@@ -237,8 +274,8 @@ void hc_decoder_forward_groups(hc_workspace *ws, const hc_group *groups, int n_g
                       .logits = (logits || argmax) && be->device ? ws->logits : logits, .all_logits = all_logits,
                       .hidden = hidden};
     /* Several sequences: one attention launch for all rows instead of one per sequence, when
-     * they share rope tables (dynamic rope makes them differ) and a cache dtype. */
-    bool same = n_groups > 1 && c->rope.type != HC_ROPE_DYNAMIC;
+     * they share rope tables (dynamic rope and longrope make them differ) and a cache dtype. */
+    bool same = n_groups > 1 && c->rope.type != HC_ROPE_DYNAMIC && c->rope.type != HC_ROPE_LONGROPE;
     for (int g = 1; same && g < n_groups; g++) same = groups[g].s->kv_dtype == groups[0].s->kv_dtype;
     if (same) {
         const int64_t L = c->n_layers, KVH = c->n_kv_heads, D = c->head_dim;

@@ -35,6 +35,18 @@ void hc_rope_inv_freq(float *inv_freq, float *attn_factor, const hc_rope_config 
     case HC_ROPE_NONE:
     case HC_ROPE_DEFAULT:
     case HC_ROPE_DYNAMIC: break;
+    case HC_ROPE_LONGROPE: {
+        /* transformers: the long factors while the sequence is longer than the pretrained
+         * context, else the short ones; 1 / (factor * base^(2i/R)) in f32. The attention factor
+         * scales cos and sin whichever factors are in use. */
+        const double orig = (double)r->original_max_position_embeddings;
+        const float *ext = (double)seq_len > orig ? r->long_factor : r->short_factor;
+        for (int64_t i = 0; i < half; i++) inv_freq[i] = 1.0f / (ext[i] * pos_freq(r->theta, i, R));
+        double af = r->attention_factor;
+        if (af <= 0) af = r->factor <= 1 ? 1.0 : sqrt(1 + log(r->factor) / log(orig));
+        *attn_factor = (float)af;
+        break;
+    }
     case HC_ROPE_LINEAR:
         for (int64_t i = 0; i < half; i++) inv_freq[i] = inv_freq[i] / (float)r->factor;
         break;

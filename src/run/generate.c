@@ -170,8 +170,10 @@ hc_status hc_generate_core(hc_model *m, hc_session **given, const int32_t *const
         goto out;
     }
 
-    /* Prefill: pack prompt rows of several sequences into each pass. */
+    /* Prefill: pack prompt rows of several sequences into each pass. Each prompt is one sequence
+     * to longrope, whatever passes it is cut into. */
     const double t0 = now_s();
+    for (int64_t i = 0; i < n; i++) q[i].s->rope_end = q[i].s->pos + q[i].n_prompt - q[i].fed;
     for (;;) {
         int ng = 0;
         int64_t used = 0;
@@ -202,6 +204,7 @@ hc_status hc_generate_core(hc_model *m, hc_session **given, const int32_t *const
         free(tmp);
     }
     const double t1 = now_s();
+    for (int64_t i = 0; i < n; i++) q[i].s->rope_end = 0;
 
     /* Decode: sample for every live sequence, then run their new tokens together. On a GPU, when
      * every sequence decodes greedily, the argmax is taken there and only the ids come back
@@ -299,6 +302,7 @@ hc_status hc_generate_core(hc_model *m, hc_session **given, const int32_t *const
     }
 out:
     for (int64_t i = 0; q && i < n; i++) {
+        if (q[i].s) q[i].s->rope_end = 0;
         if (!given) hc_session_free(q[i].s);
         hc_sampler_free(q[i].sampler);
         hc_detokenizer_free(q[i].detok);

@@ -110,6 +110,7 @@ hc_status hc_session_new(hc_model *m, int64_t n_ctx, hc_session **out) {
         s->inv_freq_host[1] = calloc((size_t)c->rotary_dim / 2, sizeof(float));
         if (!s->inv_freq_host[0] || !s->inv_freq_host[1]) oom = true;
     }
+    if (c->rope.type == HC_ROPE_LONGROPE && !(s->history = malloc(sizeof(int32_t) * (size_t)n_ctx))) oom = true;
     hc_status st = HC_OK;
     if (oom) {
         size_t free_b = 0, total_b = 0;
@@ -133,9 +134,10 @@ hc_status hc_session_new(hc_model *m, int64_t n_ctx, hc_session **out) {
 void hc_session_reset(hc_session *s) {
     const hc_model_config *c = &s->m->cfg;
     s->pos = 0;
-    s->rope_cached_len = c->max_position_embeddings;
+    /* the tables of a freshly loaded transformers model: dynamic's base one, longrope's short factors */
+    s->rope_cached_len = c->rope.type == HC_ROPE_LONGROPE ? 0 : c->max_position_embeddings;
     if (c->rope.type == HC_ROPE_NONE) return;
-    hc_session_set_rope(s, c->max_position_embeddings);
+    hc_session_set_rope(s, s->rope_cached_len);
 }
 
 void hc_session_set_rope(hc_session *s, int64_t seq_len) {
@@ -156,6 +158,7 @@ void hc_session_free(hc_session *s) {
     free(s->inv_freq_host[0]);
     free(s->inv_freq_host[1]);
     free(s->greedy_logits);
+    free(s->history);
     hc_workspace_free(&s->ws);
     free(s);
 }
@@ -180,6 +183,7 @@ hc_status hc_session_forward(hc_session *s, const int32_t *ids, int64_t n, float
     hc_status st = hc_session_check(s, ids, n);
     if (st) return st;
     const int64_t V = s->m->cfg.vocab_size;
+    s->rope_end = s->pos + n; /* pieces of one call are one sequence to longrope */
     for (int64_t done = 0; done < n; done += s->ws.rows) {
         const int64_t k = n - done < s->ws.rows ? n - done : s->ws.rows;
         const bool last = done + k == n;
@@ -187,6 +191,7 @@ hc_status hc_session_forward(hc_session *s, const int32_t *ids, int64_t n, float
         float *out = !logits ? NULL : all_logits ? logits + done * V : (last ? logits : NULL);
         hc_decoder_forward_groups(&s->ws, &g, 1, ids + done, out, all_logits, NULL, NULL);
     }
+    s->rope_end = 0;
     return s->m->be->check ? s->m->be->check(s->m->be) : HC_OK;
 }
 
@@ -198,6 +203,7 @@ hc_status hc_session_forward_greedy(hc_session *s, const int32_t *ids, int64_t n
     const int64_t V = s->m->cfg.vocab_size;
     if (!be->device && !s->greedy_logits && !(s->greedy_logits = malloc(sizeof(float) * (size_t)V)))
         return hc_fail(HC_ERR_NOMEM, "out of memory");
+    s->rope_end = s->pos + n; /* pieces of one call are one sequence to longrope */
     for (int64_t done = 0; done < n; done += s->ws.rows) {
         const int64_t k = n - done < s->ws.rows ? n - done : s->ws.rows;
         hc_group g = {s, k};
@@ -210,6 +216,7 @@ hc_status hc_session_forward_greedy(hc_session *s, const int32_t *ids, int64_t n
             s->m->be->argmax_rows(s->m->be, next, s->greedy_logits, 1, V);
         }
     }
+    s->rope_end = 0;
     return be->check ? s->m->be->check(s->m->be) : HC_OK;
 }
 
@@ -217,10 +224,12 @@ hc_status hc_session_forward_hidden(hc_session *s, const int32_t *ids, int64_t n
     hc_status st = hc_session_check(s, ids, n);
     if (st) return st;
     const int64_t C = s->m->cfg.hidden_size;
+    s->rope_end = s->pos + n; /* pieces of one call are one sequence to longrope */
     for (int64_t done = 0; done < n; done += s->ws.rows) {
         const int64_t k = n - done < s->ws.rows ? n - done : s->ws.rows;
         hc_group g = {s, k};
         hc_decoder_forward_groups(&s->ws, &g, 1, ids + done, NULL, false, hidden ? hidden + done * C : NULL, NULL);
     }
+    s->rope_end = 0;
     return s->m->be->check ? s->m->be->check(s->m->be) : HC_OK;
 }

@@ -60,7 +60,9 @@ struct hc_session {
     float *inv_freq[2];   /* [R/2] global and local rope tables (backend memory) */
     float *inv_freq_host[2]; /* [R/2] the same tables on the host, where they are computed */
     float attn_factor[2];
-    int64_t rope_cached_len; /* dynamic rope: the length its table was made for */
+    int64_t rope_cached_len; /* dynamic rope and longrope: the length their table was made for */
+    int64_t rope_end;        /* longrope: where the sequence being fed ends (0: where this pass ends) */
+    int32_t *history;        /* longrope: [S] the id at each position, to run them again with the long factors */
     float *greedy_logits;    /* [V] host: hc_session_forward_greedy on the CPU (made on first use) */
     hc_workspace ws;
 };
@@ -71,7 +73,7 @@ typedef struct {
     int64_t n;
 } hc_group;
 
-/* Computes the rope tables for a sequence of seq_len (dynamic rope) and uploads them. */
+/* Computes the rope tables for a sequence of seq_len (dynamic rope, longrope) and uploads them. */
 void hc_session_set_rope(hc_session *s, int64_t seq_len);
 
 /* Validates ids and room in the context before a forward pass. */

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""More conformance fixtures: configurations the 13 public ones do not cover, made exactly as
+../shared/tools/gen_fixtures.py makes those (same weights init, prompts, references and
+classic-config check), with the Hub's own config layout where it differs from what
+save_pretrained writes. Run on a machine with torch + transformers:
+
+    GEN_FIXTURES=../shared/tools/gen_fixtures.py python3 tests/tools/gen_variant_fixtures.py OUTDIR
+    python3 bench/make_train_refs.py OUTDIR OUTDIR      # their training references
+"""
+import importlib.util, json, os, sys
+
+import torch
+
+OUT, ONLY = sys.argv[1], set(sys.argv[2:])  # optional: the names to make
+sys.argv = [sys.argv[0], OUT, "variants"]  # gen_fixtures reads OUT and SET when imported
+spec = importlib.util.spec_from_file_location("gen_fixtures", os.environ.get("GEN_FIXTURES", "../shared/tools/gen_fixtures.py"))
+gf = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gf)
+
+V = 320
+BASE = gf.BASE
+# LongRoPE as Phi-3.5-mini and Phi-4-mini carry it: one factor per rotary frequency, the long
+# ones used once a sequence is longer than original_max_position_embeddings. Rotary dim here is
+# 16 * 0.75 = 12 (Phi-4-mini's partial_rotary_factor), so 6 factors each.
+SHORT = [1.0, 1.02, 1.05, 1.1, 1.15, 1.2]
+LONG = [1.0, 1.3, 2.0, 3.5, 5.0, 6.5]
+LONGROPE = dict(BASE, vocab_size=V, rope_theta=10000.0, partial_rotary_factor=0.75, tie_word_embeddings=True,
+                max_position_embeddings=64, original_max_position_embeddings=16,
+                rope_scaling=dict(type="longrope", short_factor=SHORT, long_factor=LONG))
+
+
+def specs(which):
+    return [
+        # Phi-4-mini: longrope, partial rotary, tied head. Prompts of 24 and 17 tokens take the long
+        # factors; the 5-token prompt's greedy run crosses 16 positions and switches.
+        ("phi3_longrope", "Phi3ForCausalLM", "Phi3Config", LONGROPE, "bfloat16", {}),
+        ("phi3_longrope_v5", "Phi3ForCausalLM", "Phi3Config", LONGROPE, "bfloat16", {}),
+        # Phi-3-mini-4k: a sliding window on every layer
+        ("phi3_window", "Phi3ForCausalLM", "Phi3Config", dict(BASE, vocab_size=V, rope_theta=10000.0, sliding_window=8), "bfloat16", {}),
+        # Qwen2.5 long-context: yarn
+        ("qwen2_yarn", "Qwen2ForCausalLM", "Qwen2Config", dict(BASE, vocab_size=V, rope_theta=1000000.0, tie_word_embeddings=False, max_position_embeddings=64,
+         rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=16)), "bfloat16", {}),
+        # dynamic NTK past a 16-token trained length, stored in f16
+        ("llama_dynamic", "LlamaForCausalLM", "LlamaConfig", dict(BASE, vocab_size=V, rope_theta=10000.0, max_position_embeddings=16,
+         rope_scaling=dict(type="dynamic", factor=2.0)), "float16", {}),
+        # biases on every projection, head_dim != hidden/heads, one KV head, linear rope scaling
+        ("llama_bias", "LlamaForCausalLM", "LlamaConfig", dict(BASE, vocab_size=V, rope_theta=10000.0, attention_bias=True, mlp_bias=True, head_dim=32,
+         num_key_value_heads=1, rope_scaling=dict(type="linear", factor=2.0)), "float32", {}),
+        # GPT-2 variants: attention scaled by 1/layer, plain GELU, n_inner set
+        ("gpt2_inv", "GPT2LMHeadModel", "GPT2Config", dict(vocab_size=V, n_positions=128, n_embd=64, n_layer=3, n_head=4, n_inner=96,
+         activation_function="gelu", scale_attn_by_inverse_layer_idx=True, bos_token_id=1, eos_token_id=2), "float32", {}),
+    ]
+
+
+def hub_style(path):
+    """Phi-3.5 / Phi-4-mini's config.json: original_max_position_embeddings at the top level,
+    rope_scaling {"type": "longrope", "long_factor", "short_factor"}."""
+    cfg = json.load(open(path))
+    sc = cfg.get("rope_scaling")
+    if isinstance(sc, dict) and sc.get("rope_type") == "longrope":
+        cfg["original_max_position_embeddings"] = sc.pop("original_max_position_embeddings", cfg.get("original_max_position_embeddings"))
+        sc.pop("factor", None)
+        sc.pop("attention_factor", None)
+        sc["type"] = sc.pop("rope_type")
+        json.dump(cfg, open(path, "w"), indent=2, sort_keys=True)
+    return True
+
+
+# Dynamic NTK rope is stateful in transformers: a model keeps the table of the longest sequence
+# it has seen, so a reference would depend on the prompts run before it. Every model's rope
+# goes back to its loaded state before each prompt and after each greedy run, so each
+# reference is what a freshly loaded model computes.
+LOADED = []
+load_ref = gf.load_ref
+
+
+def fresh_rope():
+    for m in LOADED:
+        for mod in m.modules():
+            if hasattr(mod, "original_inv_freq") and hasattr(mod, "max_seq_len_cached"):
+                mod.inv_freq = mod.original_inv_freq.clone()
+                mod.max_seq_len_cached = mod.original_max_seq_len
+
+
+def load_fresh(d):
+    m = load_ref(d)
+    LOADED.append(m)
+    return m
+
+
+greedy = gf.greedy
+
+
+def greedy_fresh(m, ids, n):
+    if m.config.model_type == "phi3" and getattr(m.config, "rope_parameters", {}).get("rope_type") == "longrope":
+        return greedy_full(m, ids, n)
+    fresh_rope()
+    out = greedy(m, ids, n)
+    fresh_rope()
+    return out
+
+
+def greedy_full(m, ids, n):
+    """Greedy decoding by whole forwards, no cache. Once a longrope sequence passes
+    original_max_position_embeddings every position takes the long factors, so the cache made
+    with the short ones is void: Phi3ForCausalLM.prepare_inputs_for_generation drops it to
+    recompute the sequence, but in transformers 5.17 generate() then runs only the newest token,
+    without its context, and the text goes astray from there. This is the recompute it means."""
+    toks, margins = [], []
+    with torch.no_grad():
+        for _ in range(n):
+            logits = m(ids).logits[0, -1].float()
+            top = logits.topk(2).values
+            t = int(logits.argmax())
+            toks.append(t)
+            margins.append(float(top[0] - top[1]))
+            ids = torch.cat([ids, torch.tensor([[t]])], 1)
+    return torch.tensor([toks]), torch.tensor(margins)
+
+
+gf.load_ref = load_fresh
+gf.greedy = greedy_fresh
+classic = gf.classic_config
+gf.classic_config = lambda path: classic(path) and hub_style(path)
+gf.specs = lambda which: [x for x in specs(which) if not ONLY or x[0] in ONLY]
+gf.main()
+
+# Say how the longrope fixtures' greedy tokens were made.
+NOTE = ("greedy tokens from whole forwards without a cache: transformers 5.17's generate() loses the context "
+        "where longrope switches to its long factors (see greedy_full in tests/tools/gen_variant_fixtures.py)")
+for name in ("phi3_longrope", "phi3_longrope_v5"):
+    path = os.path.join(OUT, name, "reference.json")
+    if os.path.exists(path):
+        meta = json.load(open(path))
+        meta["greedy_note"] = NOTE
+        json.dump(meta, open(path, "w"), indent=2)
