@@ -95,6 +95,15 @@ static void test_rope_styles(void) {
     CHECK(c.rope.type == HC_ROPE_YARN && c.rope.factor == 4 && c.rope.original_max_position_embeddings == 32768,
           "yarn via legacy 'type'");
     CHECK(c.qkv_bias && !c.o_bias, "qwen2: q/k/v bias only");
+    /* Qwen3-MoE as the Hub writes it (num_experts) and as transformers 5 does (num_local_experts) */
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"qwen3_moe\",\"num_experts\":128,\"num_experts_per_tok\":8,"
+                           "\"moe_intermediate_size\":768,\"intermediate_size\":6144,\"norm_topk_prob\":true,"
+                           "\"mlp_only_layers\":[],\"decoder_sparse_step\":1}"));
+    CHECK(c.n_experts == 128 && c.n_experts_per_tok == 8 && c.intermediate_size == 768 && c.norm_topk_prob &&
+              c.head_dim == 64 && c.n_kv_heads == 4 && c.sliding_window == 0,
+          "qwen3_moe, Hub style");
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"qwen3_moe\",\"num_local_experts\":6,\"num_experts_per_tok\":3}"));
+    CHECK(c.n_experts == 6 && c.n_experts_per_tok == 3 && !c.norm_topk_prob, "qwen3_moe, transformers 5 style");
 
     /* longrope as Phi-3.5-mini carries it: original_max_position_embeddings at the top level,
      * the factor from max_position_embeddings / it, one factor per rotary frequency. */
@@ -164,6 +173,10 @@ static void expect_refused(const char *json, hc_status want, const char *needle)
 static void test_refusals(void) {
     expect_refused("{\"model_type\":\"bert\"}", HC_ERR_UNSUPPORTED, "unsupported architecture 'bert' (supported: llama");
     expect_refused("{\"hidden_size\":3}", HC_ERR_FORMAT, "model_type");
+    expect_refused("{\"model_type\":\"qwen3_moe\",\"mlp_only_layers\":[0]}", HC_ERR_UNSUPPORTED, "dense MLP layers");
+    expect_refused("{\"model_type\":\"qwen3_moe\",\"decoder_sparse_step\":2}", HC_ERR_UNSUPPORTED, "dense MLP layers");
+    expect_refused("{\"model_type\":\"qwen3_moe\",\"num_experts\":4,\"num_experts_per_tok\":5}", HC_ERR_FORMAT,
+                   "num_experts_per_tok <= num_experts");
     expect_refused("{\"model_type\":\"llama\",\"rope_scaling\":{\"rope_type\":\"mrope\"}}", HC_ERR_UNSUPPORTED,
                    "rope_type='mrope'");
     expect_refused("{\"model_type\":\"llama\",\"rope_scaling\":{\"rope_type\":\"longrope\"}}", HC_ERR_FORMAT,

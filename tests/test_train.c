@@ -24,17 +24,27 @@ static float widen(const hc_tensor_info *t, int64_t i) {
 }
 
 /* HF's tensor (prefix "grad." or "adamw1.") for one of the checkpoint's, n elements. transformers
- * 5 holds a Mixtral layer's experts fused (mlp.experts.gate_up_proj [E, 2I, C], gate rows
- * first, and down_proj [E, C, I]) and its router as mlp.gate, where the checkpoint has
- * block_sparse_moe.experts.<e>.w1 / w3 / w2 and block_sparse_moe.gate: those map to slices. */
+ * 5 holds a Mixtral or Qwen3-MoE layer's experts fused (mlp.experts.gate_up_proj [E, 2I, C], gate
+ * rows first, and down_proj [E, C, I]) and Mixtral's router as mlp.gate, where the checkpoint has
+ * block_sparse_moe.experts.<e>.w1 / w3 / w2 (mlp.experts.<e>.gate_proj / up_proj / down_proj)
+ * and block_sparse_moe.gate: those map to slices. */
 static const float *hf_tensor(hc_safetensors *ref, const char *prefix, const char *name, int64_t n) {
     char key[600];
     snprintf(key, sizeof key, "%s%s", prefix, name);
     const hc_tensor_info *t = hc_safetensors_find(ref, key);
     if (t) return t->data;
     int layer, e, w, used = 0;
-    if (sscanf(name, "model.layers.%d.block_sparse_moe.experts.%d.w%d.weight%n", &layer, &e, &w, &used) == 3 &&
-        !name[used]) {
+    char proj[8];
+    /* Qwen3-MoE's experts.<e>.gate_proj / up_proj / down_proj are w1 / w3 / w2 of the same layout */
+    if (sscanf(name, "model.layers.%d.mlp.experts.%d.%4[a-z]_proj.weight%n", &layer, &e, proj, &used) == 3 &&
+        !name[used] && (!strcmp(proj, "gate") || !strcmp(proj, "up") || !strcmp(proj, "down"))) {
+        w = !strcmp(proj, "gate") ? 1 : !strcmp(proj, "up") ? 3 : 2;
+        used = 0;
+    } else if (!(sscanf(name, "model.layers.%d.block_sparse_moe.experts.%d.w%d.weight%n", &layer, &e, &w, &used) == 3 &&
+                 !name[used])) {
+        w = 0;
+    }
+    if (w) {
         snprintf(key, sizeof key, "%smodel.layers.%d.mlp.experts.%s", prefix, layer, w == 2 ? "down_proj" : "gate_up_proj");
         t = hc_safetensors_find(ref, key);
         if (!t) return NULL;
@@ -62,7 +72,7 @@ static void check_model(const char *dir, const char *name) {
     /* A mixture of experts in bf16: a token whose experts score within rounding of each other
      * may route to another expert, which moves that expert's whole gradient (measured on the
      * H100: up to 0.125 of the norm for mixtral, where f32 matches to 2e-6). */
-    const bool moe = strstr(name, "mixtral") != NULL;
+    const bool moe = strstr(name, "mixtral") != NULL || strstr(name, "_moe") != NULL;
     const double loss_tol = low ? 2e-3 : 1e-5, grad_tol = low ? (moe ? 0.2 : 3e-2) : 1e-4, adam_tol = low ? 2.1e-2 : 1e-5;
     hc_model *m = NULL;
     CHECK_OK(hc_model_load(dir, &mp, &m));
@@ -198,9 +208,11 @@ int main(void) {
     const char *names[] = {"llama2", "qwen3", "gemma2", "gemma", "gemma3", "gpt2", "llama3_2", "llama3_v5",
                            "llama_sharded", "mistral", "mixtral", "phi3", "qwen2",
                            /* variants: longrope past its pretrained context (16 tokens in 16: the short
-                            * factors), a window, yarn, dynamic NTK, biases, GPT-2's per-layer scale */
+                            * factors), a window, yarn, dynamic NTK, biases, GPT-2's per-layer scale,
+                            * Qwen3-MoE with and without renormalized routing, Qwen3 windows, Mistral
+                            * without one */
                            "phi3_longrope", "phi3_longrope_v5", "phi3_window", "qwen2_yarn", "llama_dynamic",
-                           "llama_bias", "gpt2_inv"};
+                           "llama_bias", "gpt2_inv", "qwen3_moe", "qwen3_moe_plain", "qwen3_window", "mistral_nowin"};
     for (int i = 0; i < (int)(sizeof names / sizeof names[0]); i++) {
         char dir[4096];
         snprintf(dir, sizeof dir, "%s/tests/fixtures/models/%s", test_source_dir(), names[i]);

@@ -1,5 +1,5 @@
 /* The Llama family: Llama 2/3.x, Mistral, Qwen2/2.5 (q/k/v bias comes from config), Qwen3
- * (per-head q/k norms) and Mixtral (experts). */
+ * (per-head q/k norms), Mixtral (experts) and Qwen3-MoE (Qwen3's attention, experts). */
 #include "model/arch.h"
 
 #define LLAMA_ATTENTION                                                                                                \
@@ -39,5 +39,17 @@ const hc_arch hc_arch_mixtral = {
               [W_EXP_DOWN] = "model.layers.%d.block_sparse_moe.experts.%d.w2.weight",
               [W_EXP_UP] = "model.layers.%d.block_sparse_moe.experts.%d.w3.weight"},
     .norm = HC_NORM_RMS,
+    .gated_mlp = true,
+};
+
+const hc_arch hc_arch_qwen3_moe = {
+    .model_type = "qwen3_moe",
+    .names = {LLAMA_ATTENTION, [W_Q_NORM] = "model.layers.%d.self_attn.q_norm.weight",
+              [W_K_NORM] = "model.layers.%d.self_attn.k_norm.weight", [W_ROUTER] = "model.layers.%d.mlp.gate.weight",
+              [W_EXP_GATE] = "model.layers.%d.mlp.experts.%d.gate_proj.weight",
+              [W_EXP_DOWN] = "model.layers.%d.mlp.experts.%d.down_proj.weight",
+              [W_EXP_UP] = "model.layers.%d.mlp.experts.%d.up_proj.weight"},
+    .norm = HC_NORM_RMS,
+    .qk_norm = true,
     .gated_mlp = true,
 };

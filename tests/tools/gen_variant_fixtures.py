@@ -46,6 +46,17 @@ def specs(which):
         # biases on every projection, head_dim != hidden/heads, one KV head, linear rope scaling
         ("llama_bias", "LlamaForCausalLM", "LlamaConfig", dict(BASE, vocab_size=V, rope_theta=10000.0, attention_bias=True, mlp_bias=True, head_dim=32,
          num_key_value_heads=1, rope_scaling=dict(type="linear", factor=2.0)), "float32", {}),
+        # Qwen3-MoE (Qwen3-30B-A3B's layout): Qwen3 attention, experts of moe_intermediate_size,
+        # routing weights renormalized over the chosen experts or not
+        ("qwen3_moe", "Qwen3MoeForCausalLM", "Qwen3MoeConfig", dict(BASE, vocab_size=V, head_dim=32, rope_theta=1000000.0, num_experts=4,
+         num_experts_per_tok=2, moe_intermediate_size=48, norm_topk_prob=True), "bfloat16", {}),
+        ("qwen3_moe_plain", "Qwen3MoeForCausalLM", "Qwen3MoeConfig", dict(BASE, vocab_size=V, rope_theta=1000000.0, num_experts=6,
+         num_experts_per_tok=3, moe_intermediate_size=32, norm_topk_prob=False, tie_word_embeddings=True), "float32", {}),
+        # Qwen3 with sliding windows above max_window_layers
+        ("qwen3_window", "Qwen3ForCausalLM", "Qwen3Config", dict(BASE, vocab_size=V, num_hidden_layers=3, head_dim=16, rope_theta=1000000.0,
+         use_sliding_window=True, sliding_window=8, max_window_layers=1), "bfloat16", {}),
+        # Mistral without a window, stored in f16
+        ("mistral_nowin", "MistralForCausalLM", "MistralConfig", dict(BASE, vocab_size=V, rope_theta=1000000.0, sliding_window=None), "float16", {}),
         # GPT-2 variants: attention scaled by 1/layer, plain GELU, n_inner set
         ("gpt2_inv", "GPT2LMHeadModel", "GPT2Config", dict(vocab_size=V, n_positions=128, n_embd=64, n_layer=3, n_head=4, n_inner=96,
          activation_function="gelu", scale_attn_by_inverse_layer_idx=True, bos_token_id=1, eos_token_id=2), "float32", {}),
