@@ -41,29 +41,58 @@ static void lora_add(hc_workspace *ws, int64_t l, int t, float *y, const float *
     be->add_scaled(be, y, ws->lora_n, ws->m->lora->scale, T * p.n);
 }
 
+/* A mixture-of-experts MLP: o[t] = sum_j w[t, j] * expert_{e[t, j]}(h[t]) over the K experts the
+ * router picks for row t. The routing is decided on the host: which expert weights each row uses.
+ * The rows are grouped by expert, so each expert's weights are read once a pass and a prompt's
+ * rows go through an expert as one matrix product (llama.cpp's mul_mat_id does the same; one
+ * matrix-vector product per row and expert read 8 experts' weights per token). An expert that
+ * one row picked reads that row in place; several rows are gathered first. Every row then adds
+ * its experts' outputs in the order it chose them, as when each ran alone. */
+static void experts_forward(hc_workspace *ws, const hc_layer *L, int64_t T) {
+    const hc_model *m = ws->m;
+    hc_backend *be = m->be;
+    const hc_model_config *c = &m->cfg;
+    const int64_t C = c->hidden_size, I = c->intermediate_size, E = c->n_experts, K = c->n_experts_per_tok, n = T * K;
+    be->matmul(be, ws->router, ws->h, &L->router, NULL, T);
+    be->topk_route(be, ws->route_w, ws->route_e, ws->router, T, E, K, c->norm_topk_prob);
+    be->download(be, ws->route_e_host, ws->route_e, sizeof(int32_t) * (size_t)n);
+    be->download(be, ws->route_w_host, ws->route_w, sizeof(float) * (size_t)n);
+    /* slots: expert by expert, rows in order within one */
+    int32_t *start = ws->expert_at_host, *cursor = ws->expert_at_host + E + 1;
+    memset(start, 0, sizeof(int32_t) * (size_t)(E + 1));
+    for (int64_t r = 0; r < n; r++) start[ws->route_e_host[r] + 1]++;
+    for (int64_t e = 0; e < E; e++) start[e + 1] += start[e];
+    memcpy(cursor, start, sizeof(int32_t) * (size_t)(E + 1));
+    for (int64_t r = 0; r < n; r++) {
+        const int32_t at = cursor[ws->route_e_host[r]]++;
+        ws->route_slot_host[r] = at;
+        ws->slot_row_host[at] = (int32_t)r;
+    }
+    static const hc_vec no_bias = {0};
+    for (int64_t e = 0; e < E; e++) {
+        const int64_t s0 = start[e], ne = start[e + 1] - s0;
+        if (!ne) continue;
+        const float *x = ws->h + (ws->slot_row_host[s0] / K) * C;
+        if (ne > 1) {
+            for (int64_t i = 0; i < ne; i++)
+                be->copy(be, ws->e_x + (s0 + i) * C, ws->h + (ws->slot_row_host[s0 + i] / K) * C, C);
+            x = ws->e_x + s0 * C;
+        }
+        be->ffn(be, ws->e_o + s0 * C, ws->e_a + s0 * I, ws->e_b + s0 * I, x, &L->exp_gate[e], &no_bias, &L->exp_up[e],
+                &no_bias, &L->exp_down[e], &no_bias, c->act, ne);
+    }
+    be->fill(be, ws->o, 0.0f, T * C);
+    for (int64_t r = 0; r < n; r++)
+        be->add_scaled(be, ws->o + (r / K) * C, ws->e_o + (int64_t)ws->route_slot_host[r] * C, ws->route_w_host[r], C);
+}
+
 static void feed_forward(hc_workspace *ws, const hc_layer *L, int64_t l, int64_t T) {
     const hc_model *m = ws->m;
     hc_backend *be = m->be;
     const hc_model_config *c = &m->cfg;
-    const int64_t C = c->hidden_size, I = c->intermediate_size;
+    const int64_t I = c->intermediate_size;
     if (c->n_experts > 0) {
-        const int64_t E = c->n_experts, K = c->n_experts_per_tok;
-        be->matmul(be, ws->router, ws->h, &L->router, NULL, T);
-        be->topk_route(be, ws->route_w, ws->route_e, ws->router, T, E, K, c->norm_topk_prob);
-        be->fill(be, ws->o, 0.0f, T * C);
-        /* The routing is decided on the host: which expert weights each token uses. */
-        be->download(be, ws->route_e_host, ws->route_e, sizeof(int32_t) * (size_t)(T * K));
-        be->download(be, ws->route_w_host, ws->route_w, sizeof(float) * (size_t)(T * K));
-        for (int64_t t = 0; t < T; t++) {
-            for (int64_t j = 0; j < K; j++) {
-                const int32_t e = ws->route_e_host[t * K + j];
-                be->matmul(be, ws->e_a, ws->h + t * C, &L->exp_gate[e], NULL, 1);
-                be->matmul(be, ws->e_b, ws->h + t * C, &L->exp_up[e], NULL, 1);
-                be->glu(be, ws->e_a, ws->e_a, ws->e_b, c->act, I);
-                be->matmul(be, ws->e_o, ws->e_a, &L->exp_down[e], NULL, 1);
-                be->add_scaled(be, ws->o + t * C, ws->e_o, ws->route_w_host[t * K + j], C);
-            }
-        }
+        experts_forward(ws, L, T);
     } else if (m->arch->gated_mlp) {
         if (hc_lora_has(m->lora, l, HC_LORA_GATE) || hc_lora_has(m->lora, l, HC_LORA_UP)) {
             be->matmul(be, ws->ff_a, ws->h, &L->gate, &L->b_gate, T);

@@ -53,12 +53,17 @@ hc_status hc_workspace_init(hc_workspace *ws, hc_model *m, int64_t rows, int64_t
         ws->router = ws_alloc(be, B * E, sizeof(float), &oom);
         ws->route_w = ws_alloc(be, B * K, sizeof(float), &oom);
         ws->route_e = ws_alloc(be, B * K, sizeof(int32_t), &oom);
-        ws->e_a = ws_alloc(be, I, sizeof(float), &oom);
-        ws->e_b = ws_alloc(be, I, sizeof(float), &oom);
-        ws->e_o = ws_alloc(be, C, sizeof(float), &oom);
+        ws->e_x = ws_alloc(be, B * K * C, sizeof(float), &oom);
+        ws->e_a = ws_alloc(be, B * K * I, sizeof(float), &oom);
+        ws->e_b = ws_alloc(be, B * K * I, sizeof(float), &oom);
+        ws->e_o = ws_alloc(be, B * K * C, sizeof(float), &oom);
         ws->route_e_host = calloc((size_t)(B * K), sizeof(int32_t));
         ws->route_w_host = calloc((size_t)(B * K), sizeof(float));
-        if (!ws->route_e_host || !ws->route_w_host) oom = true;
+        ws->route_slot_host = calloc((size_t)(B * K), sizeof(int32_t));
+        ws->slot_row_host = calloc((size_t)(B * K), sizeof(int32_t));
+        ws->expert_at_host = calloc((size_t)(2 * (E + 1)), sizeof(int32_t));
+        if (!ws->route_e_host || !ws->route_w_host || !ws->route_slot_host || !ws->slot_row_host || !ws->expert_at_host)
+            oom = true;
     } else {
         ws->ff_a = ws_alloc(be, B * I, sizeof(float), &oom);
         ws->ff_b = ws_alloc(be, B * I, sizeof(float), &oom);
@@ -74,13 +79,16 @@ void hc_workspace_free(hc_workspace *ws) {
     if (!ws || !ws->m) return;
     hc_backend *be = ws->m->be;
     void *bufs[] = {ws->x, ws->h, ws->o, ws->q, ws->att, ws->k, ws->v, ws->scores, ws->pos, ws->router,
-                    ws->route_w, ws->route_e, ws->e_a, ws->e_b, ws->e_o, ws->ff_a, ws->ff_b, ws->ids, ws->logits, ws->argmax, ws->kv_rows, ws->lora_r, ws->lora_n};
+                    ws->route_w, ws->route_e, ws->e_x, ws->e_a, ws->e_b, ws->e_o, ws->ff_a, ws->ff_b, ws->ids, ws->logits, ws->argmax, ws->kv_rows, ws->lora_r, ws->lora_n};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) be->free(be, bufs[i]);
     free(ws->pos_host);
     free(ws->kv_rows_host);
     free(ws->route_e_host);
     free(ws->route_w_host);
+    free(ws->route_slot_host);
+    free(ws->slot_row_host);
+    free(ws->expert_at_host);
     memset(ws, 0, sizeof *ws);
 }
 

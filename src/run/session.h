@@ -31,14 +31,18 @@ typedef struct {
     float *router;   /* [B, E] router logits */
     float *route_w;  /* [B, k] */
     int32_t *route_e;/* [B, k] */
-    float *e_a, *e_b;/* [I] one expert's gate and up */
-    float *e_o;      /* [C] one expert's output */
+    float *e_x;      /* [B*k, C] the rows each expert takes, gathered expert by expert */
+    float *e_a, *e_b;/* [B*k, I] their gate and up */
+    float *e_o;      /* [B*k, C] their outputs */
     int32_t *pos;    /* [B] positions of the rows */
     /* Host-side copies where the backend's memory is not the host's (CUDA): */
     int32_t *pos_host;      /* [B] */
     int32_t *ids;           /* [B] backend memory for the token ids (device backends) */
     int32_t *route_e_host;  /* [B, k] */
     float *route_w_host;    /* [B, k] */
+    int32_t *route_slot_host; /* [B, k] where each (row, chosen expert) sits in e_x / e_o */
+    int32_t *slot_row_host;   /* [B*k] the inverse: which (row, choice) a slot holds */
+    int32_t *expert_at_host;  /* [2, E + 1] where each expert's slots start; a cursor */
     float *logits;          /* [B, V] backend memory for logits (device backends) */
     int32_t *argmax;        /* [B] backend memory for greedy tokens (device backends) */
     /* Rows of several sequences: each row's layer caches, [2][L][B] pointers (k, then v). */

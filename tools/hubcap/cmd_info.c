@@ -16,8 +16,9 @@ static const char help[] =
     "  --json            print the same as one JSON object\n"
     "  --no-mmap         read files into memory instead of mapping them\n";
 
-static void human_count(char *buf, size_t cap, double v) {
-    const char *units[] = {"", "K", "M", "B", "T"};
+/* 3.11B parameters, but 6.23G bytes */
+static void human_count(char *buf, size_t cap, double v, bool bytes) {
+    const char *units[] = {"", "K", "M", bytes ? "G" : "B", "T"};
     int u = 0;
     while (v >= 1000 && u < 4) {
         v /= 1000;
@@ -115,14 +116,14 @@ int cmd_info(int argc, char **argv) {
         if (c) {
             fprintf(f, "architecture  %s (model_type %s)\n", *c->architecture ? c->architecture : "?", c->model_type);
         }
-        human_count(buf, sizeof buf, (double)params);
+        human_count(buf, sizeof buf, (double)params, false);
         fprintf(f, "parameters    %s (%lld)\n", buf, (long long)params);
         fprintf(f, "dtypes       ");
         for (int d = 0; d < HC_DTYPE_COUNT; d++)
             if (per_dtype[d]) fprintf(f, " %s (%lld)", hc_dtype_name((hc_dtype)d), (long long)per_dtype[d]);
         fprintf(f, "\ntensors       %lld\n", (long long)n);
         fprintf(f, "shards        %d\n", hc_checkpoint_n_shards(ck));
-        human_count(buf, sizeof buf, (double)bytes);
+        human_count(buf, sizeof buf, (double)bytes, true);
         fprintf(f, "on disk       %sB (%llu bytes)\n", buf, bytes);
         if (c) {
             fprintf(f, "context       %lld\n", (long long)c->max_position_embeddings);
