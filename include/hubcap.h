@@ -159,6 +159,8 @@ typedef enum { HC_ACT_SILU, HC_ACT_GELU_TANH, HC_ACT_GELU, HC_ACT_RELU } hc_acti
 
 typedef struct {
     char model_type[32];   /* as config.json says, e.g. "gemma3_text" */
+    char text_model_type[32]; /* the language model's: text_config's in a multimodal checkpoint
+                                 (gemma3 -> gemma3_text, mistral3 -> mistral), else model_type */
     char architecture[64]; /* architectures[0], e.g. "LlamaForCausalLM" ("" if absent) */
     int64_t vocab_size, hidden_size, intermediate_size, n_layers, n_heads, n_kv_heads, head_dim;
     int64_t max_position_embeddings;

@@ -95,6 +95,17 @@ static void test_rope_styles(void) {
     CHECK(c.rope.type == HC_ROPE_YARN && c.rope.factor == 4 && c.rope.original_max_position_embeddings == 32768,
           "yarn via legacy 'type'");
     CHECK(c.qkv_bias && !c.o_bias, "qwen2: q/k/v bias only");
+    /* multimodal checkpoints: the language model's config from text_config */
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"mistral3\",\"text_config\":{\"model_type\":\"mistral\",\"hidden_size\":128,"
+                           "\"num_attention_heads\":8,\"tie_word_embeddings\":false}}"));
+    CHECK(!strcmp(c.model_type, "mistral3") && !strcmp(c.text_model_type, "mistral") && c.hidden_size == 128 &&
+              !c.tie_word_embeddings && c.sliding_window == 4096 && c.n_kv_heads == 8,
+          "mistral3: a Mistral with its defaults");
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"llava\",\"tie_word_embeddings\":true,\"text_config\":{\"hidden_size\":64,"
+                           "\"num_attention_heads\":4,\"tie_word_embeddings\":false}}"));
+    CHECK(!strcmp(c.text_model_type, "llama") && c.tie_word_embeddings, "llava: Llama by default; the wrapper's tie decides");
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"qwen3\"}"));
+    CHECK(!strcmp(c.text_model_type, "qwen3"), "text_model_type of a plain checkpoint");
     /* Qwen3-MoE as the Hub writes it (num_experts) and as transformers 5 does (num_local_experts) */
     CHECK_OK(parse_cfg(&c, "{\"model_type\":\"qwen3_moe\",\"num_experts\":128,\"num_experts_per_tok\":8,"
                            "\"moe_intermediate_size\":768,\"intermediate_size\":6144,\"norm_topk_prob\":true,"
@@ -173,6 +184,11 @@ static void expect_refused(const char *json, hc_status want, const char *needle)
 static void test_refusals(void) {
     expect_refused("{\"model_type\":\"bert\"}", HC_ERR_UNSUPPORTED, "unsupported architecture 'bert' (supported: llama");
     expect_refused("{\"hidden_size\":3}", HC_ERR_FORMAT, "model_type");
+    expect_refused("{\"model_type\":\"mistral3\"}", HC_ERR_FORMAT, "mistral3 config has no 'text_config'");
+    expect_refused("{\"model_type\":\"llava\",\"text_config\":{\"model_type\":\"gemma\"}}", HC_ERR_UNSUPPORTED,
+                   "unsupported language model 'gemma' in a llava checkpoint");
+    expect_refused("{\"model_type\":\"llava\",\"text_config\":{\"model_type\":3}}", HC_ERR_FORMAT,
+                   "text_config.model_type must be a string");
     expect_refused("{\"model_type\":\"qwen3_moe\",\"mlp_only_layers\":[0]}", HC_ERR_UNSUPPORTED, "dense MLP layers");
     expect_refused("{\"model_type\":\"qwen3_moe\",\"decoder_sparse_step\":2}", HC_ERR_UNSUPPORTED, "dense MLP layers");
     expect_refused("{\"model_type\":\"qwen3_moe\",\"num_experts\":4,\"num_experts_per_tok\":5}", HC_ERR_FORMAT,

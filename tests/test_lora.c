@@ -143,6 +143,10 @@ int main(void) {
     check_arch("phi3", "all-linear", phi3, 4, "base_model.model.model.layers.0.self_attn.qkv_proj.lora_A.weight");
     const char *phi3_qkv[] = {"qkv_proj"};
     check_arch("phi3", "qkv_proj", phi3_qkv, 1, "base_model.model.model.layers.1.self_attn.qkv_proj.lora_B.weight");
+    /* a multimodal checkpoint's language model, where transformers 5 puts it */
+    const char *qv[] = {"q_proj", "v_proj"};
+    check_arch("mistral3", "q_proj,v_proj", qv, 2,
+               "base_model.model.model.language_model.layers.1.self_attn.v_proj.lora_A.weight");
     const char *gpt2[] = {"c_attn", "c_proj", "c_fc"};
     check_arch("gpt2", "c_attn,c_proj,c_fc", gpt2, 3, "base_model.model.transformer.h.1.attn.c_attn.lora_B.weight");
     const char *mixtral[] = {"q_proj", "v_proj"};

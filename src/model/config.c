@@ -34,7 +34,8 @@ static const arch_defaults defaults_table[] = {
 };
 
 const char *hc_supported_model_types(void) {
-    return "llama, mistral, mixtral, qwen2, qwen3, qwen3_moe, gemma, gemma2, gemma3, gemma3_text, phi3, gpt2";
+    return "llama, mistral, mixtral, qwen2, qwen3, qwen3_moe, gemma, gemma2, gemma3, gemma3_text, phi3, gpt2, and the "
+           "language model of mistral3 and llava";
 }
 
 const char *hc_rope_type_name(hc_rope_type t) {
@@ -252,11 +253,25 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
     const arch_defaults *d = NULL;
     const char *effective = mt;
     const hc_json *cfg = root;
-    /* Gemma 3 multimodal checkpoints keep the language model's config in text_config. */
-    if (!strcmp(mt, "gemma3")) {
+    /* Multimodal checkpoints keep the language model's config in text_config: Gemma 3, Mistral
+     * Small 3.1 and later (mistral3), and LLaVA-style ones (llava: Pixtral, LLaVA 1.5). hubcap
+     * runs their language model on text. */
+    if (!strcmp(mt, "gemma3") || !strcmp(mt, "mistral3") || !strcmp(mt, "llava")) {
         cfg = hc_json_get(root, "text_config");
-        if (!cfg || cfg->type != HC_JSON_OBJECT) return hc_fail(HC_ERR_FORMAT, "%s: gemma3 config has no 'text_config'", src);
-        effective = "gemma3_text";
+        if (!cfg || cfg->type != HC_JSON_OBJECT)
+            return hc_fail(HC_ERR_FORMAT, "%s: %s config has no 'text_config'", src, mt);
+        if (!strcmp(mt, "gemma3")) {
+            effective = "gemma3_text";
+        } else {
+            const hc_json *tt = hc_json_get(cfg, "model_type");
+            if (!hc_json_is_null(tt) && tt->type != HC_JSON_STRING)
+                return hc_fail(HC_ERR_FORMAT, "%s: text_config.model_type must be a string", src);
+            effective = tt && tt->type == HC_JSON_STRING ? tt->u.str : !strcmp(mt, "mistral3") ? "mistral" : "llama";
+            if (strcmp(effective, "llama") && strcmp(effective, "mistral") && strcmp(effective, "qwen2"))
+                return hc_fail(HC_ERR_UNSUPPORTED,
+                               "%s: unsupported language model '%s' in a %s checkpoint (supported: llama, mistral, qwen2)",
+                               src, effective, mt);
+        }
     }
     for (size_t i = 0; i < sizeof defaults_table / sizeof defaults_table[0]; i++)
         if (!strcmp(defaults_table[i].model_type, effective)) d = &defaults_table[i];
@@ -264,6 +279,7 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
         return hc_fail(HC_ERR_UNSUPPORTED, "%s: unsupported architecture '%s' (supported: %s)", src, mt,
                        hc_supported_model_types());
     snprintf(c->model_type, sizeof c->model_type, "%s", mt);
+    snprintf(c->text_model_type, sizeof c->text_model_type, "%s", effective);
     const hc_json *arch = hc_json_at(hc_json_get(root, "architectures"), 0);
     if (arch && arch->type == HC_JSON_STRING) snprintf(c->architecture, sizeof c->architecture, "%s", arch->u.str);
     const char *dt = hc_json_str(root, "dtype", NULL);
@@ -308,8 +324,10 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
     else if (!hc_json_is_null(av)) return hc_fail(HC_ERR_FORMAT, "%s: '%s' must be a string", src, act_key);
     TRY(parse_activation(act, act_key, &c->act, src));
 
-    TRY(get_bool(root, "tie_word_embeddings", d->tie, &c->tie_word_embeddings, src));
-    if (cfg != root) TRY(get_bool(cfg, "tie_word_embeddings", c->tie_word_embeddings, &c->tie_word_embeddings, src));
+    /* In a multimodal checkpoint the wrapper's own tie_word_embeddings, when it says one, decides
+     * its LM head (transformers 5 ties a mistral3 head whose text_config says false) */
+    TRY(get_bool(cfg, "tie_word_embeddings", d->tie, &c->tie_word_embeddings, src));
+    if (cfg != root) TRY(get_bool(root, "tie_word_embeddings", c->tie_word_embeddings, &c->tie_word_embeddings, src));
     bool attention_bias;
     TRY(get_bool(cfg, "attention_bias", false, &attention_bias, src));
     TRY(get_bool(cfg, "mlp_bias", false, &c->mlp_bias, src));

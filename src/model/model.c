@@ -35,7 +35,7 @@ hc_model_params hc_model_default_params(void) {
 
 typedef struct {
     hc_model *m;
-    const char *prefix_from; /* rewrite of the "model." prefix (Gemma 3 multimodal) or NULL */
+    const char *prefix_from; /* rewrite of the "model." prefix (multimodal checkpoints) or NULL */
     const char *prefix_to;
 } binder;
 
@@ -43,8 +43,13 @@ static const hc_tensor_info *lookup(binder *b, const char *name) {
     const hc_tensor_info *t = hc_checkpoint_find(b->m->ck, name);
     if (t || !b->prefix_from) return t;
     size_t n = strlen(b->prefix_from);
-    if (strncmp(name, b->prefix_from, n) != 0) return NULL;
-    char alt[512];
+    char alt[600];
+    if (strncmp(name, b->prefix_from, n) != 0) {
+        /* the LM head beside the nested model: language_model.lm_head.weight */
+        if (strcmp(b->prefix_to, "language_model.model.")) return NULL;
+        snprintf(alt, sizeof alt, "language_model.%s", name);
+        return hc_checkpoint_find(b->m->ck, alt);
+    }
     snprintf(alt, sizeof alt, "%s%s", b->prefix_to, name + n);
     return hc_checkpoint_find(b->m->ck, alt);
 }
@@ -239,7 +244,7 @@ static hc_status bind_layer(binder *b, int l) {
 static hc_status bind_all(hc_model *m) {
     const hc_model_config *c = &m->cfg;
     binder b = {.m = m};
-    /* Gemma 3 multimodal checkpoints nest the language model under another prefix. */
+    /* Multimodal checkpoints nest the language model under another prefix. */
     if (!hc_checkpoint_find(m->ck, m->arch->names[W_TOK_EMBED])) {
         static const char *alts[] = {"model.language_model.", "language_model.model."};
         for (int i = 0; i < 2; i++) {
@@ -750,7 +755,7 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
                     (long long)c->max_position_embeddings);
         goto fail;
     }
-    m->arch = hc_arch_find(c->model_type);
+    m->arch = hc_arch_find(c->text_model_type);
     if (!m->arch) {
         s = hc_fail(HC_ERR_UNSUPPORTED, "unsupported architecture '%s' (supported: %s)", c->model_type,
                     hc_supported_model_types());

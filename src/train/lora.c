@@ -49,9 +49,17 @@ static bool module_present(const hc_model *m, const hc_lora *lo, int mod) {
 /* The module's HF path in layer l ("model.layers.3.self_attn.qkv_proj"), and its last part
  * (PEFT's target name, "qkv_proj"). */
 static void module_path(const hc_model *m, int mod, int64_t l, char *out, size_t cap) {
-    snprintf(out, cap, m->arch->names[module_roles[mod]], (int)l);
-    char *w = strstr(out, ".weight");
+    char name[200]; /* arch names are short; out has room for the prefix too */
+    snprintf(name, sizeof name, m->arch->names[module_roles[mod]], (int)l);
+    char *w = strstr(name, ".weight");
     if (w) *w = 0;
+    /* A multimodal checkpoint's language model is model.language_model in transformers 5's module
+     * tree (Mistral3ForConditionalGeneration, LlavaForConditionalGeneration,
+     * Gemma3ForConditionalGeneration), which is where PEFT names its adapters. */
+    if (strcmp(m->cfg.model_type, m->cfg.text_model_type) && !strncmp(name, "model.", 6))
+        snprintf(out, cap, "model.language_model.%s", name + 6);
+    else
+        snprintf(out, cap, "%s", name);
 }
 
 static const char *module_short(const hc_model *m, int mod, char *buf, size_t cap) {

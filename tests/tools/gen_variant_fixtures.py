@@ -19,6 +19,20 @@ spec.loader.exec_module(gf)
 
 V = 320
 BASE = gf.BASE
+transformers = gf.transformers
+
+
+def with_vocab(cls):
+    """A multimodal config whose vocab_size (the text model's) gen_fixtures can read."""
+    def make(**kw):
+        c = getattr(transformers, cls)(**kw)
+        c.vocab_size = c.text_config.vocab_size
+        return c
+    return make
+
+
+transformers.HubcapMistral3Config = with_vocab("Mistral3Config")
+transformers.HubcapLlavaConfig = with_vocab("LlavaConfig")
 # LongRoPE as Phi-3.5-mini and Phi-4-mini carry it: one factor per rotary frequency, the long
 # ones used once a sequence is longer than original_max_position_embeddings. Rotary dim here is
 # 16 * 0.75 = 12 (Phi-4-mini's partial_rotary_factor), so 6 factors each.
@@ -57,6 +71,16 @@ def specs(which):
          use_sliding_window=True, sliding_window=8, max_window_layers=1), "bfloat16", {}),
         # Mistral without a window, stored in f16
         ("mistral_nowin", "MistralForCausalLM", "MistralConfig", dict(BASE, vocab_size=V, rope_theta=1000000.0, sliding_window=None), "float16", {}),
+        # multimodal checkpoints, their language model on text: Mistral Small 3.1's layout
+        # (mistral3: a Mistral and a Pixtral vision tower) and LLaVA's (a Llama and a CLIP one)
+        ("mistral3", "Mistral3ForConditionalGeneration", "HubcapMistral3Config", dict(
+            text_config=dict(BASE, model_type="mistral", vocab_size=V, rope_theta=1000000.0, head_dim=16, sliding_window=None),
+            vision_config=dict(model_type="pixtral", hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                               image_size=32, patch_size=16, head_dim=16), image_token_index=V - 1), "bfloat16", {}),
+        ("llava", "LlavaForConditionalGeneration", "HubcapLlavaConfig", dict(
+            text_config=dict(BASE, model_type="llama", vocab_size=V, rope_theta=10000.0),
+            vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                               num_attention_heads=2, image_size=32, patch_size=16, projection_dim=32), image_token_index=V - 1), "float32", {}),
         # GPT-2 variants: attention scaled by 1/layer, plain GELU, n_inner set
         ("gpt2_inv", "GPT2LMHeadModel", "GPT2Config", dict(vocab_size=V, n_positions=128, n_embd=64, n_layer=3, n_head=4, n_inner=96,
          activation_function="gelu", scale_attn_by_inverse_layer_idx=True, bos_token_id=1, eos_token_id=2), "float32", {}),
@@ -94,7 +118,11 @@ def fresh_rope():
 
 
 def load_fresh(d):
-    m = load_ref(d)
+    arch = json.load(open(os.path.join(d, "config.json")))["architectures"][0]
+    if arch.endswith("ForConditionalGeneration"):  # multimodal: its own class, text in, logits out
+        m = getattr(transformers, arch).from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
+    else:
+        m = load_ref(d)
     LOADED.append(m)
     return m
 

@@ -86,6 +86,8 @@ int cmd_info(int argc, char **argv) {
             hc_json_write_string(f, c->architecture);
             fprintf(f, ",\"model_type\":");
             hc_json_write_string(f, c->model_type);
+            fprintf(f, ",\"text_model_type\":");
+            hc_json_write_string(f, c->text_model_type);
             fprintf(f,
                     ",\"context_length\":%lld,\"vocab_size\":%lld,\"hidden_size\":%lld,\"intermediate_size\":%lld,"
                     "\"layers\":%lld,\"heads\":%lld,\"kv_heads\":%lld,\"head_dim\":%lld,\"rope_type\":\"%s\","
@@ -114,7 +116,9 @@ int cmd_info(int argc, char **argv) {
         char buf[64];
         fprintf(f, "path          %s\n", model);
         if (c) {
-            fprintf(f, "architecture  %s (model_type %s)\n", *c->architecture ? c->architecture : "?", c->model_type);
+            fprintf(f, "architecture  %s (model_type %s", *c->architecture ? c->architecture : "?", c->model_type);
+            if (strcmp(c->model_type, c->text_model_type)) fprintf(f, "; its language model: %s", c->text_model_type);
+            fprintf(f, ")\n");
         }
         human_count(buf, sizeof buf, (double)params, false);
         fprintf(f, "parameters    %s (%lld)\n", buf, (long long)params);
