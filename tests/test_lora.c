@@ -143,6 +143,9 @@ int main(void) {
     check_arch("phi3", "all-linear", phi3, 4, "base_model.model.model.layers.0.self_attn.qkv_proj.lora_A.weight");
     const char *phi3_qkv[] = {"qkv_proj"};
     check_arch("phi3", "qkv_proj", phi3_qkv, 1, "base_model.model.model.layers.1.self_attn.qkv_proj.lora_B.weight");
+    /* Phi-2: attention's output is dense, the MLP fc1 and fc2 */
+    const char *phi2[] = {"q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"};
+    check_arch("phi2", "all-linear", phi2, 6, "base_model.model.model.layers.1.mlp.fc2.lora_B.weight");
     /* a multimodal checkpoint's language model, where transformers 5 puts it */
     const char *qv[] = {"q_proj", "v_proj"};
     check_arch("mistral3", "q_proj,v_proj", qv, 2,

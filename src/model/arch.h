@@ -10,7 +10,7 @@
 /* The roles a weight plays. Per-layer names contain one %d (the layer); expert names two
  * (layer, expert). */
 typedef enum {
-    W_TOK_EMBED, W_POS_EMBED, W_FINAL_NORM, W_FINAL_NORM_B, W_LM_HEAD,
+    W_TOK_EMBED, W_POS_EMBED, W_FINAL_NORM, W_FINAL_NORM_B, W_LM_HEAD, W_LM_HEAD_B,
     W_ATTN_NORM, W_ATTN_NORM_B,
     W_Q, W_K, W_V, W_QKV, W_O,
     W_Q_B, W_K_B, W_V_B, W_QKV_B, W_O_B,
@@ -30,12 +30,14 @@ typedef struct {
     bool sandwich_norms;        /* Gemma 2/3: norms after attention and around the MLP */
     bool gated_mlp;             /* act(gate) * up; false: act(up) (GPT-2) */
     bool transposed_weights;    /* GPT-2 Conv1D stores [in, out] */
+    bool parallel_block;        /* Phi-2: attention and MLP both read the block's one input norm,
+                                   x + attn + mlp; no norm between them */
 } hc_arch;
 
 /* The table for a model_type (after gemma3 -> gemma3_text), or NULL. */
 const hc_arch *hc_arch_find(const char *model_type);
 
 extern const hc_arch hc_arch_llama, hc_arch_mixtral, hc_arch_qwen3, hc_arch_qwen3_moe, hc_arch_gemma, hc_arch_gemma2, hc_arch_gemma3,
-    hc_arch_phi3, hc_arch_gpt2;
+    hc_arch_phi3, hc_arch_phi, hc_arch_gpt2;
 
 #endif

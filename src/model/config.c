@@ -30,11 +30,12 @@ static const arch_defaults defaults_table[] = {
     {"gemma2", 256000, 2304, 9216, 26, 8, 4, 256, 8192, 1e-6, 10000.0, "gelu_pytorch_tanh", true, 4096},
     {"gemma3_text", 262208, 2304, 9216, 26, 8, 4, 256, 131072, 1e-6, 1e6, "gelu_pytorch_tanh", true, 4096},
     {"phi3", 32064, 3072, 8192, 32, 32, 0, 0, 4096, 1e-5, 10000.0, "silu", false, 0},
+    {"phi", 51200, 2048, 8192, 24, 32, 0, 0, 2048, 1e-5, 10000.0, "gelu_new", false, 0},
     {"gpt2", 50257, 768, 0, 12, 12, 0, 0, 1024, 1e-5, 0.0, "gelu_new", true, 0},
 };
 
 const char *hc_supported_model_types(void) {
-    return "llama, mistral, mixtral, qwen2, qwen3, qwen3_moe, gemma, gemma2, gemma3, gemma3_text, phi3, gpt2, and the "
+    return "llama, mistral, mixtral, qwen2, qwen3, qwen3_moe, gemma, gemma2, gemma3, gemma3_text, phi3, phi, gpt2, and the "
            "language model of mistral3 and llava";
 }
 
@@ -315,7 +316,8 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
     if (gpt2) c->head_dim = c->hidden_size / c->n_heads;
     if (c->head_dim <= 0 || (gpt2 && c->hidden_size % c->n_heads))
         return hc_fail(HC_ERR_FORMAT, "%s: head_dim must be positive (hidden_size / heads)", src);
-    TRY(get_num(cfg, gpt2 ? "layer_norm_epsilon" : "rms_norm_eps", d->eps, &c->norm_eps, src));
+    const bool phi = !strcmp(effective, "phi");
+    TRY(get_num(cfg, gpt2 ? "layer_norm_epsilon" : phi ? "layer_norm_eps" : "rms_norm_eps", d->eps, &c->norm_eps, src));
 
     const char *act = d->act;
     const char *act_key = gemma ? "hidden_activation" : gpt2 ? "activation_function" : "hidden_act";
@@ -336,14 +338,19 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
         c->qkv_bias = c->o_bias = attention_bias;
     } else if (!strcmp(effective, "qwen2")) {
         c->qkv_bias = true; /* Qwen2 always has q/k/v biases and none on o_proj */
-    } else if (gpt2) {
+    } else if (gpt2 || phi) {
         c->qkv_bias = c->o_bias = c->mlp_bias = true;
     }
-    if (strcmp(effective, "llama") && !gpt2) c->mlp_bias = false;
+    if (strcmp(effective, "llama") && !gpt2 && !phi) c->mlp_bias = false;
+    if (phi) {
+        bool qk_layernorm;
+        TRY(get_bool(cfg, "qk_layernorm", false, &qk_layernorm, src));
+        if (qk_layernorm) return hc_fail(HC_ERR_UNSUPPORTED, "%s: phi with qk_layernorm is not supported", src);
+    }
 
     /* Rope. */
-    double partial = 1.0;
-    TRY(get_num(cfg, "partial_rotary_factor", 1.0, &partial, src));
+    double partial = phi ? 0.5 : 1.0; /* PhiConfig's default */
+    TRY(get_num(cfg, "partial_rotary_factor", partial, &partial, src));
     if (gpt2) {
         c->rope.type = HC_ROPE_NONE;
     } else {
@@ -395,7 +402,7 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
     /* Sliding windows. */
     int64_t window;
     TRY(get_int(cfg, "sliding_window", d->sliding_window, &window, src));
-    if (!strcmp(effective, "llama") || !strcmp(effective, "gemma") || gpt2) window = 0;
+    if (!strcmp(effective, "llama") || !strcmp(effective, "gemma") || gpt2 || phi) window = 0;
     if (!strcmp(effective, "qwen2") || qwen3) {
         bool use;
         int64_t max_window_layers;

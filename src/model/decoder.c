@@ -219,7 +219,12 @@ static void run_forward(void *arg) {
         }
         /* the output projection, the residual add and the MLP's norm: one fused op unless an
          * adapter or a post-norm needs the projection on its own */
-        if (!hc_lora_has(m->lora, l, HC_LORA_O) && !L->attn_post_norm.data) {
+        if (m->arch->parallel_block) {
+            /* x += attention now; the MLP then reads h, the block's input norm, as attention did */
+            be->matmul(be, ws->o, ws->att, &L->wo, &L->bo, T);
+            lora_add(ws, l, HC_LORA_O, ws->o, ws->att, T);
+            be->add(be, ws->x, ws->x, ws->o, T * C);
+        } else if (!hc_lora_has(m->lora, l, HC_LORA_O) && !L->attn_post_norm.data) {
             /* the MLP reads h whole, as matmul input, unless experts take rows of it one by one */
             be->matmul_add_norm(be, ws->h, ws->x, ws->o, ws->att, &L->wo, &L->bo, &L->ffn_norm, &L->ffn_norm_b, nk, eps,
                                 c->n_experts == 0, T);
@@ -250,7 +255,7 @@ static void run_forward(void *arg) {
             be->norm(be, ws->h + g * C, ws->x + (r - 1) * C, &m->final_norm, &m->final_norm_b, nk, eps, 1, C);
         }
     }
-    be->matmul(be, f->logits, ws->h, &m->lm_head, NULL, f->n_rows);
+    be->matmul(be, f->logits, ws->h, &m->lm_head, &m->lm_head_b, f->n_rows);
     if (c->final_softcap > 0) be->softcap(be, f->logits, (float)c->final_softcap, f->n_rows * V);
 }
 

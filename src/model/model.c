@@ -199,8 +199,10 @@ static hc_status bind_layer(binder *b, int l) {
         TRY(bind_vec(b, W_ATTN_POST_NORM, l, C, true, &L->attn_post_norm));
         TRY(bind_vec(b, W_FFN_POST_NORM, l, C, true, &L->ffn_post_norm));
     }
-    TRY(bind_vec(b, W_FFN_NORM, l, C, true, &L->ffn_norm));
-    TRY(bind_vec(b, W_FFN_NORM_B, l, C, layer_norm, &L->ffn_norm_b));
+    if (!a->parallel_block) { /* a parallel block's MLP reads the attention's input norm */
+        TRY(bind_vec(b, W_FFN_NORM, l, C, true, &L->ffn_norm));
+        TRY(bind_vec(b, W_FFN_NORM_B, l, C, layer_norm, &L->ffn_norm_b));
+    }
 
     if (c->n_experts > 0) {
         const int64_t E = c->n_experts;
@@ -265,6 +267,7 @@ static hc_status bind_all(hc_model *m) {
     TRY(bind_vec(&b, W_FINAL_NORM_B, 0, C, m->arch->norm == HC_NORM_LAYER, &m->final_norm_b));
     if (c->tie_word_embeddings) m->lm_head = m->tok_embed;
     else TRY(bind_mat_as(&b, W_LM_HEAD, 0, 0, V, C, true, false, &m->lm_head));
+    TRY(bind_vec(&b, W_LM_HEAD_B, 0, V, m->arch->names[W_LM_HEAD_B] != NULL, &m->lm_head_b));
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     if (!m->layers) return hc_fail(HC_ERR_NOMEM, "out of memory");
     for (int l = 0; l < c->n_layers; l++) TRY(bind_layer(&b, l));
@@ -574,6 +577,7 @@ void hc_model_each_weight(hc_model *m, void (*fn_mat)(hc_mat *, void *), void (*
     for (size_t i = 0; i < 3; i++) fn_mat(mats[i], arg);
     fn_vec(&m->final_norm, arg);
     fn_vec(&m->final_norm_b, arg);
+    fn_vec(&m->lm_head_b, arg);
     for (int64_t l = 0; l < m->cfg.n_layers; l++) {
         hc_layer *L = &m->layers[l];
         hc_mat *lm[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down, &L->router};

@@ -30,6 +30,7 @@ struct hc_model {
     hc_mat tok_embed;   /* [V, C] */
     hc_mat pos_embed;   /* [max_pos, C] (GPT-2) */
     hc_mat lm_head;     /* [V, C] (the embedding when tied) */
+    hc_vec lm_head_b;   /* [V] Phi-2's LM head bias, or none */
     hc_vec final_norm, final_norm_b;
     hc_layer *layers;
     float embed_scale;

@@ -118,7 +118,7 @@ static void mark_lazy(hc_grads *gr, const int *refs) {
     const hc_model *m = gr->m;
     if (m->lora || getenv("HUBCAP_CLEAR_ALL_GRADS")) return;
     const hc_mat *lm[1] = {&m->lm_head};
-    lazy_group(gr, refs, lm, 1, true);
+    if (!m->lm_head_b.data) lazy_group(gr, refs, lm, 1, true); /* with a bias it goes op by op, adding */
     for (int64_t l = 0; l < m->cfg.n_layers; l++) {
         const hc_layer *Ly = &m->layers[l];
         if (qkv_fused(m, l)) {
@@ -472,7 +472,8 @@ static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *
     mm_fwd(be, m, l, HC_LORA_O, a->o_pre, a->att, &Ly->wo, &Ly->bo, T, ls, a->lu[HC_LORA_O]);
     if (Ly->attn_post_norm.data) be->norm(be, tmp, a->o_pre, &Ly->attn_post_norm, NULL, nk, eps, T, C);
     be->add(be, a->x_mid, a->x_in, Ly->attn_post_norm.data ? tmp : a->o_pre, T * C);
-    be->norm(be, a->h2, a->x_mid, &Ly->ffn_norm, &Ly->ffn_norm_b, nk, eps, T, C);
+    if (m->arch->parallel_block) be->copy(be, a->h2, a->h1, T * C); /* the MLP reads the block's input norm */
+    else be->norm(be, a->h2, a->x_mid, &Ly->ffn_norm, &Ly->ffn_norm_b, nk, eps, T, C);
     if (c->n_experts > 0) {
         moe_forward(tc, Ly, a);
     } else if (ffn_fused(m, l)) {
@@ -573,8 +574,16 @@ static void batch_compute(void *arg) {
     be->norm(be, hf, xL, &m->final_norm, &m->final_norm_b, nk, eps, T, C);
     /* ---- the loss (next-token cross entropy, mean over the batch's predicted tokens) and the
      * backward from it, through the LM head ---- */
-    be->lm_loss(be, gr ? dh : NULL, gr ? GM(&m->lm_head) : NULL, loss_rows, hit_rows, hf, &m->lm_head,
-                (float)c->final_softcap, tgt, T, 1.0 / n_total, logits, overwrites(gr, &m->lm_head));
+    if (m->lm_head_b.data) { /* Phi-2's head has a bias, which lm_loss has not: its ops one by one */
+        float *dlogits = logits + T * c->vocab_size;
+        be->matmul(be, logits, hf, &m->lm_head, &m->lm_head_b, T);
+        be->cross_entropy(be, gr ? dlogits : NULL, loss_rows, hit_rows, logits, tgt, T, c->vocab_size, 1.0 / n_total);
+        if (gr)
+            be->matmul_backward(be, dh, GM(&m->lm_head), GM(&m->lm_head_b), dlogits, hf, &m->lm_head, T);
+    } else {
+        be->lm_loss(be, gr ? dh : NULL, gr ? GM(&m->lm_head) : NULL, loss_rows, hit_rows, hf, &m->lm_head,
+                    (float)c->final_softcap, tgt, T, 1.0 / n_total, logits, overwrites(gr, &m->lm_head));
+    }
     if (!gr) return;
     be->norm_backward(be, dx, GM(&m->final_norm), m->final_norm_b.data ? GM(&m->final_norm_b) : NULL, dh, xL,
                       &m->final_norm, &m->final_norm_b, nk, eps, T, C, false);
@@ -610,8 +619,14 @@ static void batch_compute(void *arg) {
                        &ls, a->lu[HC_LORA_UP]);
             }
         }
-        be->norm_backward(be, dx, GM(&Ly->ffn_norm), Ly->ffn_norm_b.data ? GM(&Ly->ffn_norm_b) : NULL, dh, a->x_mid,
-                          &Ly->ffn_norm, &Ly->ffn_norm_b, nk, eps, T, C, true); /* d x_mid */
+        /* a parallel block's MLP read h1: its input gradient waits in dact's free tail [T, C] (these
+         * blocks take the op-by-op MLP) to join the attention's */
+        float *dh_mlp = dact + 3 * T * I;
+        if (m->arch->parallel_block)
+            be->copy(be, dh_mlp, dh, T * C); /* d x_mid is dx itself: x_out = x_mid + ff */
+        else
+            be->norm_backward(be, dx, GM(&Ly->ffn_norm), Ly->ffn_norm_b.data ? GM(&Ly->ffn_norm_b) : NULL, dh, a->x_mid,
+                              &Ly->ffn_norm, &Ly->ffn_norm_b, nk, eps, T, C, true); /* d x_mid */
         /* the attention block: x_mid = x_in + post(o_pre) */
         float *dop = dx;
         if (Ly->attn_post_norm.data) {
@@ -653,6 +668,7 @@ static void batch_compute(void *arg) {
             mm_bwd(be, m, l, HC_LORA_V, tmp, GM(&Ly->wv), GM(&Ly->bv), dv, a->h1, &Ly->wv, T, &ls, a->lu[HC_LORA_V]);
             be->add(be, dh, dh, tmp, T * C);
         }
+        if (m->arch->parallel_block) be->add(be, dh, dh, dh_mlp, T * C);
         be->norm_backward(be, dx, GM(&Ly->attn_norm), Ly->attn_norm_b.data ? GM(&Ly->attn_norm_b) : NULL, dh, a->x_in,
                           &Ly->attn_norm, &Ly->attn_norm_b, nk, eps, T, C, true); /* d x_in */
     }

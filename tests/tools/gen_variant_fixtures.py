@@ -71,6 +71,11 @@ def specs(which):
          use_sliding_window=True, sliding_window=8, max_window_layers=1), "bfloat16", {}),
         # Mistral without a window, stored in f16
         ("mistral_nowin", "MistralForCausalLM", "MistralConfig", dict(BASE, vocab_size=V, rope_theta=1000000.0, sliding_window=None), "float16", {}),
+        # Phi-2 (model_type phi): parallel blocks, LayerNorm, biases everywhere (the LM head too),
+        # partial rotary 0.4 of a 20-wide head, stored in f16
+        ("phi2", "PhiForCausalLM", "PhiConfig", dict(vocab_size=V, hidden_size=80, intermediate_size=160, num_hidden_layers=2,
+         num_attention_heads=4, max_position_embeddings=512, partial_rotary_factor=0.4, rope_theta=10000.0,
+         hidden_act="gelu_new", layer_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=0), "float16", {}),
         # multimodal checkpoints, their language model on text: Mistral Small 3.1's layout
         # (mistral3: a Mistral and a Pixtral vision tower) and LLaVA's (a Llama and a CLIP one)
         ("mistral3", "Mistral3ForConditionalGeneration", "HubcapMistral3Config", dict(
