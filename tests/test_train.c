@@ -72,9 +72,12 @@ static void check_model(const char *dir, const char *name) {
     /* A mixture of experts in bf16: a token whose experts score within rounding of each other
      * may route to another expert, which moves that expert's whole gradient (measured on the
      * H100: up to 0.125 of the norm for mixtral and 0.264 for qwen3_moe, an expert of 48 rows,
-     * where f32 matches to 1e-4). */
+     * where f32 matches to 1e-4), and the loss with it: since each expert takes its rows as one
+     * matrix product (bf16 operands where single rows were not), mixtral's loss sits 4.0e-3 from
+     * the f32 reference (f32: 1e-6). */
     const bool moe = strstr(name, "mixtral") != NULL || strstr(name, "_moe") != NULL;
-    const double loss_tol = low ? 2e-3 : 1e-5, grad_tol = low ? (moe ? 0.35 : 3e-2) : 1e-4, adam_tol = low ? 2.1e-2 : 1e-5;
+    const double loss_tol = low ? (moe ? 1e-2 : 2e-3) : 1e-5, grad_tol = low ? (moe ? 0.35 : 3e-2) : 1e-4,
+                 adam_tol = low ? 2.1e-2 : 1e-5;
     hc_model *m = NULL;
     CHECK_OK(hc_model_load(dir, &mp, &m));
     hc_grads *g = NULL;

@@ -57,17 +57,9 @@ static void experts_forward(hc_workspace *ws, const hc_layer *L, int64_t T) {
     be->topk_route(be, ws->route_w, ws->route_e, ws->router, T, E, K, c->norm_topk_prob);
     be->download(be, ws->route_e_host, ws->route_e, sizeof(int32_t) * (size_t)n);
     be->download(be, ws->route_w_host, ws->route_w, sizeof(float) * (size_t)n);
-    /* slots: expert by expert, rows in order within one */
-    int32_t *start = ws->expert_at_host, *cursor = ws->expert_at_host + E + 1;
-    memset(start, 0, sizeof(int32_t) * (size_t)(E + 1));
-    for (int64_t r = 0; r < n; r++) start[ws->route_e_host[r] + 1]++;
-    for (int64_t e = 0; e < E; e++) start[e + 1] += start[e];
-    memcpy(cursor, start, sizeof(int32_t) * (size_t)(E + 1));
-    for (int64_t r = 0; r < n; r++) {
-        const int32_t at = cursor[ws->route_e_host[r]]++;
-        ws->route_slot_host[r] = at;
-        ws->slot_row_host[at] = (int32_t)r;
-    }
+    const int32_t *start = ws->expert_at_host;
+    hc_expert_slots(ws->expert_at_host, ws->route_slot_host, ws->slot_row_host, ws->expert_at_host + E + 1,
+                    ws->route_e_host, n, E);
     static const hc_vec no_bias = {0};
     for (int64_t e = 0; e < E; e++) {
         const int64_t s0 = start[e], ne = start[e + 1] - s0;

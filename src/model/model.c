@@ -856,3 +856,16 @@ int64_t hc_model_device_weight_bytes(const hc_model *m) { return m->device_bytes
 const hc_checkpoint *hc_model_checkpoint(const hc_model *m) { return m->ck; }
 int64_t hc_model_vocab_size(const hc_model *m) { return m->cfg.vocab_size; }
 int64_t hc_model_hidden_size(const hc_model *m) { return m->cfg.hidden_size; }
+
+void hc_expert_slots(int32_t *start, int32_t *slot, int32_t *slot_row, int32_t *cursor, const int32_t *experts,
+                     int64_t n, int64_t E) {
+    memset(start, 0, sizeof(int32_t) * (size_t)(E + 1));
+    for (int64_t r = 0; r < n; r++) start[experts[r] + 1]++;
+    for (int64_t e = 0; e < E; e++) start[e + 1] += start[e];
+    memcpy(cursor, start, sizeof(int32_t) * (size_t)(E + 1));
+    for (int64_t r = 0; r < n; r++) {
+        const int32_t at = cursor[experts[r]]++;
+        slot[r] = at;
+        slot_row[at] = (int32_t)r;
+    }
+}

@@ -66,4 +66,12 @@ void hc_model_update_device(hc_model *m, const void *host, size_t bytes);
 /* Calls fn_mat / fn_vec on every weight view the model uses (absent ones too: data NULL). */
 void hc_model_each_weight(hc_model *m, void (*fn_mat)(hc_mat *, void *), void (*fn_vec)(hc_vec *, void *), void *arg);
 
+/* Mixture of experts, grouped by expert: the n = T*K routing choices experts[n] (row r = t*K + j)
+ * get slots expert by expert, rows in order within one. start[E + 1]: where each expert's slots
+ * begin (its count is start[e + 1] - start[e]); slot[n]: choice r's slot; slot_row[n]: the
+ * inverse. cursor[E + 1]: scratch. The decoder and training both run each expert once over its
+ * slots. */
+void hc_expert_slots(int32_t *start, int32_t *slot, int32_t *slot_row, int32_t *cursor, const int32_t *experts,
+                     int64_t n, int64_t E);
+
 #endif

@@ -279,18 +279,20 @@ const float *hc_grads_data(hc_grads *gr, int64_t i) {
 
 /* One layer's saved activations, [T, ...] each. A mixture-of-experts layer keeps its router's
  * logits [T, E] and choice (experts re, weights rw [T, K]; on the host too, as the decoder
- * decides there which weights each token uses), and per chosen (token, expert) row its
- * gate, up, act [T*K, I] and the expert's output ey [T*K, C]. */
+ * decides there which weights each token uses, with the choices' slots grouped by expert), and
+ * per slot its input xg (gathered when the expert took several rows), gate, up, act [T*K, I] and
+ * the expert's output ey [T*K, C]. */
 typedef struct {
     float *x_in, *h1, *q_pre, *k_pre, *q, *k, *v, *att, *o_pre, *x_mid, *h2, *ff_pre;
     float *ffk;             /* [rows, 3I]: the MLP's kept activations (ffn_train's keep) */
     float *gate, *up, *act; /* [rows, I] each, views of ffk for the op-by-op MLPs */
     float *reserve; /* [T, H]: what the attention forward keeps for its backward */
-    float *router, *rw, *ey;
+    float *router, *rw, *ey, *xg;
     float *lu[HC_LORA_N]; /* per adapted projection: u = x A^T [T, r] */
     int32_t *re;
     int32_t *re_h; /* host */
     float *rw_h;   /* host */
+    int32_t *slot_h, *slot_row_h, *start_h; /* host: [T*K], [T*K], [2 (E + 1)] (hc_expert_slots) */
 } layer_acts;
 
 /* batch_grad's buffers. With gradients they come from the hc_grads' workspace, which keeps
@@ -411,8 +413,15 @@ typedef struct {
     const lora_scratch *ls;
 } train_ctx;
 
+/* Expert input of slots [s0, s0 + ne): the one row itself, or the rows gathered into xg. */
+static const float *moe_input(const layer_acts *a, int64_t C, int64_t K, int64_t s0, int64_t ne) {
+    return ne == 1 ? a->h2 + (a->slot_row_h[s0] / K) * C : a->xg + s0 * C;
+}
+
 /* A mixture-of-experts MLP, as the decoder runs it: the router picks K experts per token
- * (softmax, top-k, renormalised or not), and ff_pre[t] = sum_j rw[t, j] * expert_j(h2[t]). */
+ * (softmax, top-k, renormalised or not), and ff_pre[t] = sum_j rw[t, j] * expert_j(h2[t]).
+ * Each expert runs once over the rows routed to it (their slots), each row then adds its
+ * experts' outputs in the order it chose them. */
 static void moe_forward(const train_ctx *tc, const hc_layer *Ly, layer_acts *a) {
     hc_backend *be = tc->be;
     const hc_model_config *c = &tc->m->cfg;
@@ -421,17 +430,21 @@ static void moe_forward(const train_ctx *tc, const hc_layer *Ly, layer_acts *a) 
     be->topk_route(be, a->rw, a->re, a->router, T, E, K, c->norm_topk_prob);
     be->download(be, a->re_h, a->re, sizeof(int32_t) * (size_t)(T * K));
     be->download(be, a->rw_h, a->rw, sizeof(float) * (size_t)(T * K));
+    hc_expert_slots(a->start_h, a->slot_h, a->slot_row_h, a->start_h + E + 1, a->re_h, T * K, E);
+    for (int64_t e = 0; e < E; e++) {
+        const int64_t s0 = a->start_h[e], ne = a->start_h[e + 1] - s0;
+        if (!ne) continue;
+        const float *x = moe_input(a, C, K, s0, ne);
+        for (int64_t i = 0; ne > 1 && i < ne; i++)
+            be->copy(be, a->xg + (s0 + i) * C, a->h2 + (a->slot_row_h[s0 + i] / K) * C, C);
+        be->matmul(be, a->gate + s0 * I, x, &Ly->exp_gate[e], NULL, ne);
+        be->matmul(be, a->up + s0 * I, x, &Ly->exp_up[e], NULL, ne);
+        be->glu(be, a->act + s0 * I, a->gate + s0 * I, a->up + s0 * I, c->act, ne * I);
+        be->matmul(be, a->ey + s0 * C, a->act + s0 * I, &Ly->exp_down[e], NULL, ne);
+    }
     be->fill(be, a->ff_pre, 0, T * C);
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t j = 0; j < K; j++) {
-            const int64_t row = t * K + j;
-            const int32_t e = a->re_h[row];
-            be->matmul(be, a->gate + row * I, a->h2 + t * C, &Ly->exp_gate[e], NULL, 1);
-            be->matmul(be, a->up + row * I, a->h2 + t * C, &Ly->exp_up[e], NULL, 1);
-            be->glu(be, a->act + row * I, a->gate + row * I, a->up + row * I, c->act, I);
-            be->matmul(be, a->ey + row * C, a->act + row * I, &Ly->exp_down[e], NULL, 1);
-            be->add_scaled(be, a->ff_pre + t * C, a->ey + row * C, a->rw_h[row], C);
-        }
+    for (int64_t r = 0; r < T * K; r++)
+        be->add_scaled(be, a->ff_pre + (r / K) * C, a->ey + (int64_t)a->slot_h[r] * C, a->rw_h[r], C);
 }
 
 /* Layer l from a->x_in, keeping every activation in a; its output goes to xo. */
@@ -494,32 +507,40 @@ static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *
 }
 
 /* moe_forward's backward: dh (=) [T, C] from dff = d ff_pre, the experts' and the router's
- * weight gradients (+=). Per chosen row: d rw = dff[t] . ey (a 1-row matmul), the expert's
- * backward on rw * dff[t]; then the routing's backward to the router's logits. work: [C] for
- * a row's output gradient, [C] for an input gradient, [T*K] d rw, [T*E] d logits; tmp [T, C];
- * dact, dgate, dup [I]. */
+ * weight gradients (+=). Per choice: d rw = dff[t] . ey (a 1-row matmul) and the expert's output
+ * gradient rw * dff[t] in its slot; then each expert's backward over its slots at once, the
+ * input gradients added back to their rows in order, and the routing's backward to the router's
+ * logits. work: dey and dxg [T*K, C], d rw [T*K], d logits [T*E], dact, dgate, dup [T*K, I];
+ * tmp [T, C]. */
 static void moe_backward(const train_ctx *tc, hc_grads *gr, const hc_layer *Ly, const layer_acts *a, const float *dff,
-                         float *dh, float *work, float *tmp, float *dact, float *dgate, float *dup) {
+                         float *dh, float *work, float *tmp) {
     hc_backend *be = tc->be;
     const hc_model_config *c = &tc->m->cfg;
     const int64_t T = tc->T, C = c->hidden_size, I = c->intermediate_size, E = c->n_experts, K = c->n_experts_per_tok;
-    float *dey = work, *dxe = work + C, *drw = work + 2 * C, *drouter = drw + T * K;
+    const int64_t n = T * K;
+    float *dey = work, *dxg = dey + n * C, *drw = dxg + n * C, *drouter = drw + n, *dact = drouter + T * E;
+    float *dgate = dact + n * I, *dup = dgate + n * I;
+    for (int64_t r = 0; r < n; r++) {
+        const int64_t t = r / K, at = a->slot_h[r];
+        const hc_mat eyr = {.data = a->ey + at * C, .dtype = HC_DTYPE_F32, .rows = 1, .cols = C, .ld = C};
+        be->matmul(be, drw + r, dff + t * C, &eyr, NULL, 1);
+        be->fill(be, dey + at * C, 0, C);
+        be->add_scaled(be, dey + at * C, dff + t * C, a->rw_h[r], C);
+    }
+    for (int64_t e = 0; e < E; e++) {
+        const int64_t s0 = a->start_h[e], ne = a->start_h[e + 1] - s0;
+        if (!ne) continue;
+        const float *x = moe_input(a, C, K, s0, ne);
+        matmul_bwd(be, dact + s0 * I, GM(&Ly->exp_down[e]), NULL, dey + s0 * C, a->act + s0 * I, &Ly->exp_down[e], ne);
+        be->glu_backward(be, dgate + s0 * I, dup + s0 * I, dact + s0 * I, a->gate + s0 * I, a->up + s0 * I, c->act, ne * I);
+        matmul_bwd(be, dxg + s0 * C, GM(&Ly->exp_gate[e]), NULL, dgate + s0 * I, x, &Ly->exp_gate[e], ne);
+        /* dey's slots are spent: up's input gradient goes there */
+        matmul_bwd(be, dey + s0 * C, GM(&Ly->exp_up[e]), NULL, dup + s0 * I, x, &Ly->exp_up[e], ne);
+        be->add(be, dxg + s0 * C, dxg + s0 * C, dey + s0 * C, ne * C);
+    }
     be->fill(be, dh, 0, T * C);
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t j = 0; j < K; j++) {
-            const int64_t row = t * K + j;
-            const int32_t e = a->re_h[row];
-            const hc_mat eyr = {.data = a->ey + row * C, .dtype = HC_DTYPE_F32, .rows = 1, .cols = C, .ld = C};
-            be->matmul(be, drw + row, dff + t * C, &eyr, NULL, 1);
-            be->fill(be, dey, 0, C);
-            be->add_scaled(be, dey, dff + t * C, a->rw_h[row], C);
-            matmul_bwd(be, dact, GM(&Ly->exp_down[e]), NULL, dey, a->act + row * I, &Ly->exp_down[e], 1);
-            be->glu_backward(be, dgate, dup, dact, a->gate + row * I, a->up + row * I, c->act, I);
-            matmul_bwd(be, dxe, GM(&Ly->exp_gate[e]), NULL, dgate, a->h2 + t * C, &Ly->exp_gate[e], 1);
-            be->add(be, dh + t * C, dh + t * C, dxe, C);
-            matmul_bwd(be, dxe, GM(&Ly->exp_up[e]), NULL, dup, a->h2 + t * C, &Ly->exp_up[e], 1);
-            be->add(be, dh + t * C, dh + t * C, dxe, C);
-        }
+    for (int64_t r = 0; r < n; r++)
+        be->add(be, dh + (r / K) * C, dh + (r / K) * C, dxg + (int64_t)a->slot_h[r] * C, C);
     be->topk_route_backward(be, drouter, drw, a->re, a->router, T, E, K, c->norm_topk_prob);
     matmul_bwd(be, tmp, GM(&Ly->router), NULL, drouter, a->h2, &Ly->router, T);
     be->add(be, dh, dh, tmp, T * C);
@@ -598,7 +619,7 @@ static void batch_compute(void *arg) {
             dff = tmp;
         }
         if (E) {
-            moe_backward(&tc, gr, Ly, a, dff, dh, moe_work, tmp + T * C, dact, dgate, dup);
+            moe_backward(&tc, gr, Ly, a, dff, dh, moe_work, tmp + T * C);
         } else if (ffn_fused(m, l)) {
             be->ffn_backward(be, dh, GM(&Ly->gate), GM(&Ly->b_gate), GM(&Ly->up), GM(&Ly->b_up), GM(&Ly->down),
                              GM(&Ly->b_down), dff, a->h2, a->ffk, &Ly->gate, &Ly->b_gate, &Ly->up, &Ly->b_up, &Ly->down,
@@ -739,13 +760,16 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
         if (a->ffk) a->gate = a->ffk, a->up = a->ffk + ff_rows * I, a->act = a->ffk + 2 * ff_rows * I;
         if (E) {
             a->router = take(&wsb, T * E, &oom), a->rw = take(&wsb, T * KE, &oom), a->ey = take(&wsb, T * KE * C, &oom);
+            a->xg = take(&wsb, T * KE * C, &oom);
             a->re = (int32_t *)take(&wsb, T * KE, &oom);
             a->re_h = malloc(sizeof(int32_t) * (size_t)(T * KE)), a->rw_h = malloc(sizeof(float) * (size_t)(T * KE));
-            if (!a->re_h || !a->rw_h) oom = true;
+            a->slot_h = malloc(sizeof(int32_t) * (size_t)(T * KE)), a->slot_row_h = malloc(sizeof(int32_t) * (size_t)(T * KE));
+            a->start_h = malloc(sizeof(int32_t) * (size_t)(2 * (E + 1)));
+            if (!a->re_h || !a->rw_h || !a->slot_h || !a->slot_row_h || !a->start_h) oom = true;
         }
         for (int t = 0; t < HC_LORA_N; t++) a->lu[t] = lora_role[t] ? take(&wsb, T * lr, &oom) : NULL;
     }
-    float *moe_work = E ? take(&wsb, 2 * C + T * KE + T * E, &oom) : NULL;
+    float *moe_work = E ? take(&wsb, 2 * T * KE * C + T * KE + T * E + 3 * T * KE * I, &oom) : NULL;
     hc_status st = HC_OK;
     if (oom) {
         st = hc_fail(HC_ERR_NOMEM, "out of memory for the activations of %lld tokens", (long long)T);
@@ -796,10 +820,10 @@ out:
         layer_acts *a = &A[l];
         give(&wsb, a->x_in);
         if (ckpt && l > 0) continue; /* shares layer 0's buffers */
-        free(a->re_h), free(a->rw_h);
+        free(a->re_h), free(a->rw_h), free(a->slot_h), free(a->slot_row_h), free(a->start_h);
         give(&wsb, a->re);
         float *bufs[] = {a->h1, a->q_pre, a->k_pre, a->q, a->k, a->v, a->att, a->o_pre, a->x_mid, a->h2, a->ffk,
-                         a->ff_pre, a->router, a->rw, a->ey, a->reserve};
+                         a->ff_pre, a->router, a->rw, a->ey, a->xg, a->reserve};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) give(&wsb, bufs[i]);
         for (int t = 0; t < HC_LORA_N; t++) give(&wsb, a->lu[t]);
     }
