@@ -130,6 +130,8 @@ static void test_rope_styles(void) {
     /* Phi3Config defaults original_max_position_embeddings to 4096; "su" is longrope's old name */
     CHECK_OK(parse_cfg(&c, "{" PHI_DIMS "\"rope_scaling\":{\"type\":\"su\"," EIGHT_SHORT "," EIGHT_LONG "}}"));
     CHECK(c.rope.type == HC_ROPE_LONGROPE && c.rope.original_max_position_embeddings == 4096, "phi3 'su', default 4096");
+    CHECK_OK(parse_cfg(&c, "{" PHI_DIMS "\"rope_scaling\":{\"type\":\"longrope\",\"factor\":null," EIGHT_SHORT "," EIGHT_LONG "}}"));
+    CHECK(c.rope.factor == 32, "longrope: a null factor is derived");
     /* elsewhere: the rope's own original_max_position_embeddings and factor; a top-level one wins */
     CHECK_OK(parse_cfg(&c, "{\"model_type\":\"llama\",\"hidden_size\":64,\"num_attention_heads\":4,"
                            "\"max_position_embeddings\":64,\"rope_scaling\":{\"rope_type\":\"longrope\",\"factor\":3,"

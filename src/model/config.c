@@ -185,7 +185,8 @@ static hc_status parse_rope(hc_rope_config *r, const hc_json *p, double dflt_the
     TRY(get_num(p, "mscale", 0.0, &r->mscale, src));
     TRY(get_num(p, "mscale_all_dim", 0.0, &r->mscale_all_dim, src));
     TRY(get_bool(p, "truncate", true, &r->truncate, src));
-    if (r->type != HC_ROPE_DEFAULT && !(r->factor > 0) && !(r->type == HC_ROPE_LONGROPE && !hc_json_get(p, "factor")))
+    if (r->type != HC_ROPE_DEFAULT && !(r->factor > 0) &&
+        !(r->type == HC_ROPE_LONGROPE && hc_json_is_null(hc_json_get(p, "factor"))))
         return hc_fail(HC_ERR_FORMAT, "%s: %s.factor must be positive", src, where);
     if (r->attention_factor < 0 || !isfinite(r->attention_factor))
         return hc_fail(HC_ERR_FORMAT, "%s: %s.attention_factor must be positive", src, where);
