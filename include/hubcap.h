@@ -177,6 +177,7 @@ typedef struct {
     double attn_softcap, final_softcap; /* 0 = none */
     double query_pre_attn_scalar;       /* 0 = head_dim */
     int64_t n_experts, n_experts_per_tok; /* 0 = dense */
+    int64_t shared_intermediate_size;     /* qwen2_moe: its shared expert's (0 = none) */
     bool norm_topk_prob;
     bool scale_attn_weights;              /* GPT-2 (true elsewhere) */
     bool scale_attn_by_inverse_layer_idx; /* GPT-2 */

@@ -113,6 +113,10 @@ static void test_rope_styles(void) {
     CHECK(c.n_experts == 128 && c.n_experts_per_tok == 8 && c.intermediate_size == 768 && c.norm_topk_prob &&
               c.head_dim == 64 && c.n_kv_heads == 4 && c.sliding_window == 0,
           "qwen3_moe, Hub style");
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"qwen2_moe\"}"));
+    CHECK(c.n_experts == 60 && c.n_experts_per_tok == 4 && c.intermediate_size == 1408 &&
+              c.shared_intermediate_size == 5632 && c.qkv_bias && !c.norm_topk_prob,
+          "qwen2_moe defaults (Qwen1.5-MoE-A2.7B)");
     CHECK_OK(parse_cfg(&c, "{\"model_type\":\"qwen3_moe\",\"num_local_experts\":6,\"num_experts_per_tok\":3}"));
     CHECK(c.n_experts == 6 && c.n_experts_per_tok == 3 && !c.norm_topk_prob, "qwen3_moe, transformers 5 style");
 

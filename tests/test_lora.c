@@ -208,5 +208,14 @@ int main(void) {
         CHECK(strstr(hc_last_error(), "qkv_proj") != NULL, "the message names qkv_proj: %s", hc_last_error());
     }
     hc_model_free(m);
+    /* a mixture of experts: its MLP (Qwen2-MoE's shared expert too) takes no adapter */
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/models/qwen2_moe", test_source_dir());
+    CHECK_OK(hc_model_load(dir, &mp, &m));
+    if (m) {
+        CHECK(hc_model_lora_init(m, 4, 8.0, "gate_proj", 1) == HC_ERR_INVALID_ARG, "qwen2_moe: gate_proj is refused");
+        CHECK(strstr(hc_last_error(), "q_proj") != NULL, "the message names what can be adapted: %s", hc_last_error());
+        CHECK_OK(hc_model_lora_init(m, 4, 8.0, "q_proj,v_proj", 1));
+    }
+    hc_model_free(m);
     return test_finish("lora");
 }

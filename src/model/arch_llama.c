@@ -1,5 +1,7 @@
 /* The Llama family: Llama 2/3.x, Mistral, Qwen2/2.5 (q/k/v bias comes from config), Qwen3
- * (per-head q/k norms), Mixtral (experts) and Qwen3-MoE (Qwen3's attention, experts). */
+ * (per-head q/k norms), Mixtral (experts), Qwen3-MoE (Qwen3's attention, experts) and Qwen2-MoE
+ * (Qwen2's attention, experts and a shared expert: the gate/up/down roles, scaled by a sigmoid
+ * gate). */
 #include "model/arch.h"
 
 #define LLAMA_ATTENTION                                                                                                \
@@ -51,5 +53,19 @@ const hc_arch hc_arch_qwen3_moe = {
               [W_EXP_UP] = "model.layers.%d.mlp.experts.%d.up_proj.weight"},
     .norm = HC_NORM_RMS,
     .qk_norm = true,
+    .gated_mlp = true,
+};
+
+const hc_arch hc_arch_qwen2_moe = {
+    .model_type = "qwen2_moe",
+    .names = {LLAMA_ATTENTION, [W_ROUTER] = "model.layers.%d.mlp.gate.weight",
+              [W_EXP_GATE] = "model.layers.%d.mlp.experts.%d.gate_proj.weight",
+              [W_EXP_DOWN] = "model.layers.%d.mlp.experts.%d.down_proj.weight",
+              [W_EXP_UP] = "model.layers.%d.mlp.experts.%d.up_proj.weight",
+              [W_GATE] = "model.layers.%d.mlp.shared_expert.gate_proj.weight",
+              [W_UP] = "model.layers.%d.mlp.shared_expert.up_proj.weight",
+              [W_DOWN] = "model.layers.%d.mlp.shared_expert.down_proj.weight",
+              [W_SHARED_GATE] = "model.layers.%d.mlp.shared_expert_gate.weight"},
+    .norm = HC_NORM_RMS,
     .gated_mlp = true,
 };

@@ -26,6 +26,7 @@ static const arch_defaults defaults_table[] = {
     {"qwen2", 151936, 4096, 22016, 32, 32, 32, 0, 32768, 1e-6, 10000.0, "silu", false, 4096},
     {"qwen3", 151936, 4096, 22016, 32, 32, 32, 128, 32768, 1e-6, 10000.0, "silu", false, 4096},
     {"qwen3_moe", 151936, 2048, 6144, 24, 32, 4, 0, 32768, 1e-6, 10000.0, "silu", false, 0},
+    {"qwen2_moe", 151936, 2048, 5632, 24, 16, 16, 0, 32768, 1e-6, 10000.0, "silu", false, 4096},
     {"gemma", 256000, 3072, 24576, 28, 16, 16, 256, 8192, 1e-6, 10000.0, "gelu_pytorch_tanh", true, 0},
     {"gemma2", 256000, 2304, 9216, 26, 8, 4, 256, 8192, 1e-6, 10000.0, "gelu_pytorch_tanh", true, 4096},
     {"gemma3_text", 262208, 2304, 9216, 26, 8, 4, 256, 131072, 1e-6, 1e6, "gelu_pytorch_tanh", true, 4096},
@@ -35,7 +36,7 @@ static const arch_defaults defaults_table[] = {
 };
 
 const char *hc_supported_model_types(void) {
-    return "llama, mistral, mixtral, qwen2, qwen3, qwen3_moe, gemma, gemma2, gemma3, gemma3_text, phi3, phi, gpt2, and the "
+    return "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, gemma, gemma2, gemma3, gemma3_text, phi3, phi, gpt2, and the "
            "language model of mistral3 and llava";
 }
 
@@ -337,7 +338,7 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
     const bool qwen3 = !strcmp(effective, "qwen3") || !strcmp(effective, "qwen3_moe");
     if (!strcmp(effective, "llama") || qwen3 || gemma) {
         c->qkv_bias = c->o_bias = attention_bias;
-    } else if (!strcmp(effective, "qwen2")) {
+    } else if (!strcmp(effective, "qwen2") || !strcmp(effective, "qwen2_moe")) {
         c->qkv_bias = true; /* Qwen2 always has q/k/v biases and none on o_proj */
     } else if (gpt2 || phi) {
         c->qkv_bias = c->o_bias = c->mlp_bias = true;
@@ -404,7 +405,7 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
     int64_t window;
     TRY(get_int(cfg, "sliding_window", d->sliding_window, &window, src));
     if (!strcmp(effective, "llama") || !strcmp(effective, "gemma") || gpt2 || phi) window = 0;
-    if (!strcmp(effective, "qwen2") || qwen3) {
+    if (!strcmp(effective, "qwen2") || !strcmp(effective, "qwen2_moe") || qwen3) {
         bool use;
         int64_t max_window_layers;
         TRY(get_bool(cfg, "use_sliding_window", false, &use, src));
@@ -446,15 +447,22 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
         c->norm_topk_prob = true;
         if (c->n_experts <= 0 || c->n_experts_per_tok <= 0 || c->n_experts_per_tok > c->n_experts)
             return hc_fail(HC_ERR_FORMAT, "%s: need 0 < num_experts_per_tok <= num_local_experts", src);
-    } else if (!strcmp(effective, "qwen3_moe")) {
+    } else if (!strcmp(effective, "qwen3_moe") || !strcmp(effective, "qwen2_moe")) {
         /* Every layer's MLP is a set of experts of moe_intermediate_size; the router's weights are
-         * renormalized over the chosen ones only with norm_topk_prob. */
+         * renormalized over the chosen ones only with norm_topk_prob. Qwen2-MoE adds a shared
+         * expert every token takes, scaled by sigmoid(shared_expert_gate . h). */
+        const bool q2 = !strcmp(effective, "qwen2_moe");
         int64_t moe_size, sparse_step;
-        TRY(get_int(cfg, "num_local_experts", 128, &c->n_experts, src)); /* what transformers 5 writes */
+        TRY(get_int(cfg, "num_local_experts", q2 ? 60 : 128, &c->n_experts, src)); /* what transformers 5 writes */
         TRY(get_int(cfg, "num_experts", c->n_experts, &c->n_experts, src));      /* what the Hub's configs say */
-        TRY(get_int(cfg, "num_experts_per_tok", 8, &c->n_experts_per_tok, src));
+        TRY(get_int(cfg, "num_experts_per_tok", q2 ? 4 : 8, &c->n_experts_per_tok, src));
         TRY(get_bool(cfg, "norm_topk_prob", false, &c->norm_topk_prob, src));
-        TRY(get_int(cfg, "moe_intermediate_size", 768, &moe_size, src));
+        TRY(get_int(cfg, "moe_intermediate_size", q2 ? 1408 : 768, &moe_size, src));
+        if (q2) {
+            TRY(get_int(cfg, "shared_expert_intermediate_size", 5632, &c->shared_intermediate_size, src));
+            if (c->shared_intermediate_size <= 0)
+                return hc_fail(HC_ERR_FORMAT, "%s: shared_expert_intermediate_size must be positive", src);
+        }
         TRY(get_int(cfg, "decoder_sparse_step", 1, &sparse_step, src));
         if (c->n_experts <= 0 || c->n_experts_per_tok <= 0 || c->n_experts_per_tok > c->n_experts)
             return hc_fail(HC_ERR_FORMAT, "%s: need 0 < num_experts_per_tok <= num_experts", src);

@@ -2,6 +2,7 @@
  * What differs between families is data (model/arch_*.c and the config), not code here.
  * Rows of several sequences go through together: every op but attention and the KV store
  * treats rows independently, so each row computes exactly what it would alone. */
+#include <math.h>
 #include <string.h>
 
 #include "model/rope.h"
@@ -76,6 +77,13 @@ static void experts_forward(hc_workspace *ws, const hc_layer *L, int64_t T) {
     be->fill(be, ws->o, 0.0f, T * C);
     for (int64_t r = 0; r < n; r++)
         be->add_scaled(be, ws->o + (r / K) * C, ws->e_o + (int64_t)ws->route_slot_host[r] * C, ws->route_w_host[r], C);
+    if (c->shared_intermediate_size > 0) { /* Qwen2-MoE: + sigmoid(shared_gate . h) * shared expert(h) */
+        be->ffn(be, ws->sh_o, ws->sh_a, ws->sh_b, ws->h, &L->gate, &no_bias, &L->up, &no_bias, &L->down, &no_bias, c->act, T);
+        be->matmul(be, ws->sh_g, ws->h, &L->shared_gate, NULL, T);
+        be->download(be, ws->sh_g_host, ws->sh_g, sizeof(float) * (size_t)T);
+        for (int64_t t = 0; t < T; t++)
+            be->add_scaled(be, ws->o + t * C, ws->sh_o + t * C, 1.0f / (1.0f + expf(-ws->sh_g_host[t])), C);
+    }
 }
 
 static void feed_forward(hc_workspace *ws, const hc_layer *L, int64_t l, int64_t T) {

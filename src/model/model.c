@@ -216,6 +216,13 @@ static hc_status bind_layer(binder *b, int l) {
             TRY(bind_mat(b, W_EXP_UP, l, e, I, C, true, &L->exp_up[e]));
             TRY(bind_mat(b, W_EXP_DOWN, l, e, C, I, true, &L->exp_down[e]));
         }
+        const int64_t IS = c->shared_intermediate_size;
+        if (IS > 0) {
+            TRY(bind_mat(b, W_GATE, l, 0, IS, C, true, &L->gate));
+            TRY(bind_mat(b, W_UP, l, 0, IS, C, true, &L->up));
+            TRY(bind_mat(b, W_DOWN, l, 0, C, IS, true, &L->down));
+            TRY(bind_mat(b, W_SHARED_GATE, l, 0, 1, C, true, &L->shared_gate));
+        }
     } else {
         if (a->names[W_GATE_UP]) {
             hc_mat gu;
@@ -580,7 +587,7 @@ void hc_model_each_weight(hc_model *m, void (*fn_mat)(hc_mat *, void *), void (*
     fn_vec(&m->lm_head_b, arg);
     for (int64_t l = 0; l < m->cfg.n_layers; l++) {
         hc_layer *L = &m->layers[l];
-        hc_mat *lm[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down, &L->router};
+        hc_mat *lm[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down, &L->router, &L->shared_gate};
         for (size_t i = 0; i < sizeof lm / sizeof lm[0]; i++) fn_mat(lm[i], arg);
         for (int64_t e = 0; e < m->cfg.n_experts; e++) {
             fn_mat(&L->exp_gate[e], arg);
@@ -830,7 +837,7 @@ int64_t hc_model_weight_bytes_per_token(const hc_model *m) {
     int64_t b = mat_bytes(&m->lm_head);
     for (int64_t l = 0; l < m->cfg.n_layers; l++) {
         const hc_layer *L = &m->layers[l];
-        const hc_mat *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down, &L->router};
+        const hc_mat *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down, &L->router, &L->shared_gate};
         for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) b += mat_bytes(mats[i]);
         /* a token reads only its experts */
         if (m->cfg.n_experts > 0)

@@ -13,10 +13,11 @@ typedef struct {
     hc_vec q_norm, k_norm;             /* [D] */
     hc_vec attn_post_norm;             /* [C] */
     hc_vec ffn_norm, ffn_norm_b, ffn_post_norm; /* [C] */
-    hc_mat gate, up, down;             /* [I, C], [I, C], [C, I] */
+    hc_mat gate, up, down;             /* [I, C], [I, C], [C, I]; Qwen2-MoE's shared expert (its size) */
     hc_vec b_gate, b_up, b_down;
     hc_mat router;                     /* [E, C] */
     hc_mat *exp_gate, *exp_up, *exp_down; /* [E] of [I, C], [I, C], [C, I] */
+    hc_mat shared_gate;                /* [1, C] Qwen2-MoE: the shared expert's sigmoid gate */
     bool sliding;
     int rope;                          /* 0: global table, 1: local (sliding) table */
     float attn_scale;

@@ -64,6 +64,14 @@ hc_status hc_workspace_init(hc_workspace *ws, hc_model *m, int64_t rows, int64_t
         ws->expert_at_host = calloc((size_t)(2 * (E + 1)), sizeof(int32_t));
         if (!ws->route_e_host || !ws->route_w_host || !ws->route_slot_host || !ws->slot_row_host || !ws->expert_at_host)
             oom = true;
+        const int64_t IS = c->shared_intermediate_size;
+        if (IS > 0) {
+            ws->sh_a = ws_alloc(be, B * IS, sizeof(float), &oom);
+            ws->sh_b = ws_alloc(be, B * IS, sizeof(float), &oom);
+            ws->sh_o = ws_alloc(be, B * C, sizeof(float), &oom);
+            ws->sh_g = ws_alloc(be, B, sizeof(float), &oom);
+            if (!(ws->sh_g_host = calloc((size_t)B, sizeof(float)))) oom = true;
+        }
     } else {
         ws->ff_a = ws_alloc(be, B * I, sizeof(float), &oom);
         ws->ff_b = ws_alloc(be, B * I, sizeof(float), &oom);
@@ -79,7 +87,7 @@ void hc_workspace_free(hc_workspace *ws) {
     if (!ws || !ws->m) return;
     hc_backend *be = ws->m->be;
     void *bufs[] = {ws->x, ws->h, ws->o, ws->q, ws->att, ws->k, ws->v, ws->scores, ws->pos, ws->router,
-                    ws->route_w, ws->route_e, ws->e_x, ws->e_a, ws->e_b, ws->e_o, ws->ff_a, ws->ff_b, ws->ids, ws->logits, ws->argmax, ws->kv_rows, ws->lora_r, ws->lora_n};
+                    ws->route_w, ws->route_e, ws->e_x, ws->e_a, ws->e_b, ws->e_o, ws->sh_a, ws->sh_b, ws->sh_o, ws->sh_g, ws->ff_a, ws->ff_b, ws->ids, ws->logits, ws->argmax, ws->kv_rows, ws->lora_r, ws->lora_n};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) be->free(be, bufs[i]);
     free(ws->pos_host);
@@ -89,6 +97,7 @@ void hc_workspace_free(hc_workspace *ws) {
     free(ws->route_slot_host);
     free(ws->slot_row_host);
     free(ws->expert_at_host);
+    free(ws->sh_g_host);
     memset(ws, 0, sizeof *ws);
 }
 

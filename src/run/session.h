@@ -43,6 +43,9 @@ typedef struct {
     int32_t *route_slot_host; /* [B, k] where each (row, chosen expert) sits in e_x / e_o */
     int32_t *slot_row_host;   /* [B*k] the inverse: which (row, choice) a slot holds */
     int32_t *expert_at_host;  /* [2, E + 1] where each expert's slots start; a cursor */
+    float *sh_a, *sh_b;       /* [B, IS] Qwen2-MoE's shared expert: gate and up */
+    float *sh_o;              /* [B, C] its output */
+    float *sh_g, *sh_g_host;  /* [B] its gate's logit (and on the host, where the sigmoid is taken) */
     float *logits;          /* [B, V] backend memory for logits (device backends) */
     int32_t *argmax;        /* [B] backend memory for greedy tokens (device backends) */
     /* Rows of several sequences: each row's layer caches, [2][L][B] pointers (k, then v). */

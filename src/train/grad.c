@@ -293,6 +293,9 @@ typedef struct {
     int32_t *re_h; /* host */
     float *rw_h;   /* host */
     int32_t *slot_h, *slot_row_h, *start_h; /* host: [T*K], [T*K], [2 (E + 1)] (hc_expert_slots) */
+    float *sh_ffk;          /* [T, 3 IS] Qwen2-MoE's shared expert: gate, up, act */
+    float *sh_y, *sh_g;     /* [T, C] its output, [T] its gate's logit */
+    float *sh_g_h, *sh_d_h; /* host [T]: the logit, and the backward's gate gradient */
 } layer_acts;
 
 /* batch_grad's buffers. With gradients they come from the hc_grads' workspace, which keeps
@@ -445,6 +448,18 @@ static void moe_forward(const train_ctx *tc, const hc_layer *Ly, layer_acts *a) 
     be->fill(be, a->ff_pre, 0, T * C);
     for (int64_t r = 0; r < T * K; r++)
         be->add_scaled(be, a->ff_pre + (r / K) * C, a->ey + (int64_t)a->slot_h[r] * C, a->rw_h[r], C);
+    const int64_t IS = c->shared_intermediate_size;
+    if (IS > 0) { /* Qwen2-MoE: + sigmoid(shared_gate . h2) * shared expert(h2) */
+        float *g = a->sh_ffk, *u = g + T * IS, *act = u + T * IS;
+        be->matmul(be, g, a->h2, &Ly->gate, NULL, T);
+        be->matmul(be, u, a->h2, &Ly->up, NULL, T);
+        be->glu(be, act, g, u, c->act, T * IS);
+        be->matmul(be, a->sh_y, act, &Ly->down, NULL, T);
+        be->matmul(be, a->sh_g, a->h2, &Ly->shared_gate, NULL, T);
+        be->download(be, a->sh_g_h, a->sh_g, sizeof(float) * (size_t)T);
+        for (int64_t t = 0; t < T; t++)
+            be->add_scaled(be, a->ff_pre + t * C, a->sh_y + t * C, 1.0f / (1.0f + expf(-a->sh_g_h[t])), C);
+    }
 }
 
 /* Layer l from a->x_in, keeping every activation in a; its output goes to xo. */
@@ -510,8 +525,9 @@ static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *
  * weight gradients (+=). Per choice: d rw = dff[t] . ey (a 1-row matmul) and the expert's output
  * gradient rw * dff[t] in its slot; then each expert's backward over its slots at once, the
  * input gradients added back to their rows in order, and the routing's backward to the router's
- * logits. work: dey and dxg [T*K, C], d rw [T*K], d logits [T*E], dact, dgate, dup [T*K, I];
- * tmp [T, C]. */
+ * logits; Qwen2-MoE's shared expert and its gate (d logit = (dff[t] . y) s (1 - s), on the host
+ * where s was taken). work: dey and dxg [T*K, C], d rw [T*K], d logits [T*E], dact, dgate, dup
+ * [T*K, I], then for the shared expert [T, C], [T] and 3 x [T, IS]; tmp [T, C]. */
 static void moe_backward(const train_ctx *tc, hc_grads *gr, const hc_layer *Ly, const layer_acts *a, const float *dff,
                          float *dh, float *work, float *tmp) {
     hc_backend *be = tc->be;
@@ -544,6 +560,32 @@ static void moe_backward(const train_ctx *tc, hc_grads *gr, const hc_layer *Ly, 
     be->topk_route_backward(be, drouter, drw, a->re, a->router, T, E, K, c->norm_topk_prob);
     matmul_bwd(be, tmp, GM(&Ly->router), NULL, drouter, a->h2, &Ly->router, T);
     be->add(be, dh, dh, tmp, T * C);
+    const int64_t IS = c->shared_intermediate_size;
+    if (IS > 0) {
+        float *dys = dup + n * I, *dsg = dys + T * C, *dact_s = dsg + T, *dgate_s = dact_s + T * IS, *dup_s = dgate_s + T * IS;
+        const float *g = a->sh_ffk, *u = g + T * IS, *act = u + T * IS;
+        for (int64_t t = 0; t < T; t++) {
+            const float s = 1.0f / (1.0f + expf(-a->sh_g_h[t]));
+            const hc_mat yr = {.data = a->sh_y + t * C, .dtype = HC_DTYPE_F32, .rows = 1, .cols = C, .ld = C};
+            be->matmul(be, dsg + t, dff + t * C, &yr, NULL, 1); /* dff[t] . y[t] */
+            be->fill(be, dys + t * C, 0, C);
+            be->add_scaled(be, dys + t * C, dff + t * C, s, C);
+        }
+        be->download(be, a->sh_d_h, dsg, sizeof(float) * (size_t)T);
+        for (int64_t t = 0; t < T; t++) {
+            const float s = 1.0f / (1.0f + expf(-a->sh_g_h[t]));
+            a->sh_d_h[t] *= s * (1.0f - s);
+        }
+        be->upload(be, dsg, a->sh_d_h, sizeof(float) * (size_t)T);
+        matmul_bwd(be, dact_s, GM(&Ly->down), NULL, dys, act, &Ly->down, T);
+        be->glu_backward(be, dgate_s, dup_s, dact_s, g, u, c->act, T * IS);
+        matmul_bwd(be, tmp, GM(&Ly->gate), NULL, dgate_s, a->h2, &Ly->gate, T);
+        be->add(be, dh, dh, tmp, T * C);
+        matmul_bwd(be, tmp, GM(&Ly->up), NULL, dup_s, a->h2, &Ly->up, T);
+        be->add(be, dh, dh, tmp, T * C);
+        matmul_bwd(be, tmp, GM(&Ly->shared_gate), NULL, dsg, a->h2, &Ly->shared_gate, T);
+        be->add(be, dh, dh, tmp, T * C);
+    }
 }
 
 /* batch_grad's device work between its uploads and its downloads: the forward, the loss and
@@ -710,7 +752,7 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
     const hc_model_config *c = &m->cfg;
     const int64_t C = c->hidden_size, H = c->n_heads, KVH = c->n_kv_heads, D = c->head_dim, V = c->vocab_size;
     const int64_t I = c->intermediate_size, L = c->n_layers, R = c->rotary_dim;
-    const int64_t E = c->n_experts, KE = c->n_experts_per_tok;
+    const int64_t E = c->n_experts, KE = c->n_experts_per_tok, IS = c->shared_intermediate_size;
     bool oom = false;
     layer_acts *A = calloc((size_t)L, sizeof *A);
     /* host: positions, rope frequencies, targets, and the per-row results */
@@ -761,6 +803,11 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
         if (E) {
             a->router = take(&wsb, T * E, &oom), a->rw = take(&wsb, T * KE, &oom), a->ey = take(&wsb, T * KE * C, &oom);
             a->xg = take(&wsb, T * KE * C, &oom);
+            if (IS > 0) {
+                a->sh_ffk = take(&wsb, 3 * T * IS, &oom), a->sh_y = take(&wsb, T * C, &oom), a->sh_g = take(&wsb, T, &oom);
+                a->sh_g_h = malloc(sizeof(float) * (size_t)T), a->sh_d_h = malloc(sizeof(float) * (size_t)T);
+                if (!a->sh_g_h || !a->sh_d_h) oom = true;
+            }
             a->re = (int32_t *)take(&wsb, T * KE, &oom);
             a->re_h = malloc(sizeof(int32_t) * (size_t)(T * KE)), a->rw_h = malloc(sizeof(float) * (size_t)(T * KE));
             a->slot_h = malloc(sizeof(int32_t) * (size_t)(T * KE)), a->slot_row_h = malloc(sizeof(int32_t) * (size_t)(T * KE));
@@ -769,7 +816,7 @@ static hc_status batch_grad(hc_model *m, hc_grads *gr, const int32_t *ids_host, 
         }
         for (int t = 0; t < HC_LORA_N; t++) a->lu[t] = lora_role[t] ? take(&wsb, T * lr, &oom) : NULL;
     }
-    float *moe_work = E ? take(&wsb, 2 * T * KE * C + T * KE + T * E + 3 * T * KE * I, &oom) : NULL;
+    float *moe_work = E ? take(&wsb, 2 * T * KE * C + T * KE + T * E + 3 * T * KE * I + T * C + T + 3 * T * IS, &oom) : NULL;
     hc_status st = HC_OK;
     if (oom) {
         st = hc_fail(HC_ERR_NOMEM, "out of memory for the activations of %lld tokens", (long long)T);
@@ -820,10 +867,10 @@ out:
         layer_acts *a = &A[l];
         give(&wsb, a->x_in);
         if (ckpt && l > 0) continue; /* shares layer 0's buffers */
-        free(a->re_h), free(a->rw_h), free(a->slot_h), free(a->slot_row_h), free(a->start_h);
+        free(a->re_h), free(a->rw_h), free(a->slot_h), free(a->slot_row_h), free(a->start_h), free(a->sh_g_h), free(a->sh_d_h);
         give(&wsb, a->re);
         float *bufs[] = {a->h1, a->q_pre, a->k_pre, a->q, a->k, a->v, a->att, a->o_pre, a->x_mid, a->h2, a->ffk,
-                         a->ff_pre, a->router, a->rw, a->ey, a->xg, a->reserve};
+                         a->ff_pre, a->router, a->rw, a->ey, a->xg, a->sh_ffk, a->sh_y, a->sh_g, a->reserve};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) give(&wsb, bufs[i]);
         for (int t = 0; t < HC_LORA_N; t++) give(&wsb, a->lu[t]);
     }

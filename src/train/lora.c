@@ -41,6 +41,10 @@ static void map_roles(const hc_model *m, hc_lora *lo) {
 
 /* A module this model has: some role maps to it and the checkpoint holds that weight. */
 static bool module_present(const hc_model *m, const hc_lora *lo, int mod) {
+    /* a mixture of experts runs its MLP without adapters (Qwen2-MoE's shared expert included) */
+    if (m->cfg.n_experts > 0 && mod != HC_LORA_Q && mod != HC_LORA_K && mod != HC_LORA_V && mod != HC_LORA_O &&
+        mod != HC_LORA_QKV)
+        return false;
     for (int t = 0; t < HC_LORA_N; t++)
         if (lo->module_of[t] == mod && layer_mat(&m->layers[0], t)->data) return true;
     return false;

@@ -66,6 +66,11 @@ def specs(which):
          num_experts_per_tok=2, moe_intermediate_size=48, norm_topk_prob=True), "bfloat16", {}),
         ("qwen3_moe_plain", "Qwen3MoeForCausalLM", "Qwen3MoeConfig", dict(BASE, vocab_size=V, rope_theta=1000000.0, num_experts=6,
          num_experts_per_tok=3, moe_intermediate_size=32, norm_topk_prob=False, tie_word_embeddings=True), "float32", {}),
+        # Qwen2-MoE (Qwen1.5-MoE, Qwen2-57B-A14B): Qwen2 attention, experts and a shared expert
+        # scaled by a sigmoid gate
+        ("qwen2_moe", "Qwen2MoeForCausalLM", "Qwen2MoeConfig", dict(BASE, vocab_size=V, rope_theta=1000000.0, num_experts=4,
+         num_experts_per_tok=2, moe_intermediate_size=48, shared_expert_intermediate_size=96, norm_topk_prob=False,
+         use_sliding_window=False), "bfloat16", {}),
         # Qwen3 with sliding windows above max_window_layers
         ("qwen3_window", "Qwen3ForCausalLM", "Qwen3Config", dict(BASE, vocab_size=V, num_hidden_layers=3, head_dim=16, rope_theta=1000000.0,
          use_sliding_window=True, sliding_window=8, max_window_layers=1), "bfloat16", {}),
