@@ -4,8 +4,9 @@
 classic-config check), with the Hub's own config layout where it differs from what
 save_pretrained writes. Run on a machine with torch + transformers:
 
-    GEN_FIXTURES=../shared/tools/gen_fixtures.py python3 tests/tools/gen_variant_fixtures.py OUTDIR
+    GEN_FIXTURES=../shared/tools/gen_fixtures.py python3 tests/tools/gen_variant_fixtures.py OUTDIR [NAME...]
     python3 bench/make_train_refs.py OUTDIR OUTDIR      # their training references
+    python3 tests/tools/drop_adamw.py OUTDIR/*/train_reference.safetensors   # gradients only
 """
 import importlib.util, json, os, sys
 
