@@ -88,7 +88,11 @@ static void test_batches(const char *dir, const char *name) {
     for (int i = 0; i < 8; i++) CHECK_OK(hc_generate_ids(m, (const int32_t *const *)&prompt[i], &len[i], 1, &p, &alone[i], NULL));
     /* HF's greedy tokens for the reference prompts (their margins are all >= 0.01); with 16-bit
      * compute, equal until the first step whose HF margin is below the noise (as conformance). */
-    const float noise = test_low_precision() ? 0.05f : 0.0f;
+    /* A mixture of experts in 16 bits: a row whose router scores two experts within rounding may
+     * take the other one in a batch (GEMM roundings against a run alone's GEMV), which moves its
+     * logits by more than rounding: qwen2_moe parted on the H100 where the run alone's margin
+     * was 0.176. */
+    const float noise = !test_low_precision() ? 0.0f : hc_model_get_config(m)->n_experts > 0 ? 0.25f : 0.05f;
     for (int i = 0; i < 3; i++) {
         char nm[16];
         snprintf(nm, sizeof nm, "greedy%d", i);
