@@ -436,6 +436,53 @@ static void test_chat(const char *stories) {
 
 /* Quantized on load, stories260K keeps its story: q8_0 greedy text equals the unquantized
  * model's, q4_0 stays close in distribution. */
+/* Quantized experts (grouped, each expert's rows as one product) and Qwen2-MoE's shared expert:
+ * a 24-token prompt's next-token distributions at q8_0 stay near the unquantized model's (mean KL
+ * measured 0.0021 for qwen3_moe, 0.0005 for qwen2_moe; bench/results/quant_quality.txt). */
+static void test_quantized_moe(const char *name) {
+    char dir[1200], path[1300];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/models/%s", test_source_dir(), name);
+    snprintf(path, sizeof path, "%s/reference.safetensors", dir);
+    hc_safetensors ref;
+    CHECK_OK(hc_safetensors_open(&ref, path, true));
+    int64_t T = 0;
+    int32_t *ids = ref_ids(&ref, "prompt0", &T);
+    hc_model_params mp = test_model_params();
+    hc_model *base = NULL, *q8 = NULL;
+    CHECK_OK(hc_model_load(dir, &mp, &base));
+    mp.weights = HC_WEIGHTS_Q8_0;
+    CHECK_OK(hc_model_load(dir, &mp, &q8));
+    if (base && q8 && ids) {
+        const int64_t V = hc_model_vocab_size(base);
+        float *a = malloc(sizeof(float) * (size_t)(T * V)), *b = malloc(sizeof(float) * (size_t)(T * V));
+        hc_session *s;
+        CHECK_OK(hc_session_new(base, T, &s));
+        CHECK_OK(hc_session_forward(s, ids, T, a, true));
+        hc_session_free(s);
+        CHECK_OK(hc_session_new(q8, T, &s));
+        CHECK_OK(hc_session_forward(s, ids, T, b, true));
+        hc_session_free(s);
+        double kl = 0;
+        for (int64_t t = 0; t < T; t++) {
+            const float *x = a + t * V, *y = b + t * V;
+            double mx = -INFINITY, my = -INFINITY, zx = 0, zy = 0;
+            for (int64_t v = 0; v < V; v++) mx = fmax(mx, x[v]), my = fmax(my, y[v]);
+            for (int64_t v = 0; v < V; v++) zx += exp(x[v] - mx), zy += exp(y[v] - my);
+            for (int64_t v = 0; v < V; v++)
+                kl += exp(x[v] - mx) / zx * ((x[v] - mx - log(zx)) - (y[v] - my - log(zy)));
+        }
+        kl /= (double)T;
+        CHECK(kl < 0.01, "%s q8_0: mean KL from the unquantized model %g", name, kl);
+        printf("  %s q8_0: mean KL %.5f over %lld positions\n", name, kl, (long long)T);
+        free(a);
+        free(b);
+    }
+    free(ids);
+    hc_model_free(base);
+    hc_model_free(q8);
+    hc_safetensors_close(&ref);
+}
+
 static void test_quantized(const char *stories) {
     hc_model_params mp = test_model_params();
     hc_model *base, *q8, *q4;
@@ -556,5 +603,7 @@ int main(void) {
     test_hidden_and_batch(dir);
     test_chat(dir);
     test_quantized(dir);
+    test_quantized_moe("qwen3_moe");
+    test_quantized_moe("qwen2_moe");
     return test_finish("generate");
 }
