@@ -57,6 +57,13 @@ int main(int argc, char **argv) {
         CHECK(ts && (int64_t)ts->len == num(d.root, "tensor_count"), "%s: tensor count", label);
         CHECK(sum == num(d.root, "parameters") && sum > 0, "%s: parameters %lld = sum of tensors %lld", label,
               (long long)num(d.root, "parameters"), (long long)sum);
+        /* a mixture of experts: a token reads K of each layer's E experts */
+        const int64_t E = num(d.root, "experts"), K = num(d.root, "experts_per_token");
+        const int64_t inactive = E > 0 ? num(d.root, "layers") * (E - K) * 3 * num(d.root, "intermediate_size") *
+                                             num(d.root, "hidden_size")
+                                       : 0;
+        CHECK(num(d.root, "active_parameters") == sum - inactive && (E <= 0 || inactive > 0),
+              "%s: active parameters %lld", label, (long long)num(d.root, "active_parameters"));
         char cfgp[1100];
         snprintf(cfgp, sizeof cfgp, "%s/config.json", dir);
         hc_json_doc cfg;

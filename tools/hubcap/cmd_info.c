@@ -67,13 +67,19 @@ int cmd_info(int argc, char **argv) {
         per_dtype[t->dtype] += t->n_elements;
     }
     const hc_model_config *c = hc_checkpoint_config(ck);
+    /* a mixture of experts: a token reads K of each layer's E experts (gate, up, down) */
+    int64_t active = params;
+    if (c && c->n_experts > 0)
+        active -= c->n_layers * (c->n_experts - c->n_experts_per_tok) * 3 * c->intermediate_size * c->hidden_size;
     const unsigned long long bytes = (unsigned long long)hc_checkpoint_bytes_on_disk(ck);
     FILE *f = stdout;
     if (json) {
         fprintf(f, "{\"path\":");
         hc_json_write_string(f, model);
-        fprintf(f, ",\"parameters\":%lld,\"tensor_count\":%lld,\"shards\":%d,\"bytes_on_disk\":%llu,\"dtypes\":{",
-                (long long)params, (long long)n, hc_checkpoint_n_shards(ck), bytes);
+        fprintf(f,
+                ",\"parameters\":%lld,\"active_parameters\":%lld,\"tensor_count\":%lld,\"shards\":%d,"
+                "\"bytes_on_disk\":%llu,\"dtypes\":{",
+                (long long)params, (long long)active, (long long)n, hc_checkpoint_n_shards(ck), bytes);
         bool first = true;
         for (int d = 0; d < HC_DTYPE_COUNT; d++) {
             if (!per_dtype[d]) continue;
@@ -91,13 +97,14 @@ int cmd_info(int argc, char **argv) {
             fprintf(f,
                     ",\"context_length\":%lld,\"vocab_size\":%lld,\"hidden_size\":%lld,\"intermediate_size\":%lld,"
                     "\"layers\":%lld,\"heads\":%lld,\"kv_heads\":%lld,\"head_dim\":%lld,\"rope_type\":\"%s\","
-                    "\"rope_theta\":%g,\"tied_embeddings\":%s,\"sliding_window\":%lld,\"experts\":%lld",
+                    "\"rope_theta\":%g,\"tied_embeddings\":%s,\"sliding_window\":%lld,\"experts\":%lld,"
+                    "\"experts_per_token\":%lld",
                     (long long)c->max_position_embeddings, (long long)c->vocab_size, (long long)c->hidden_size,
                     (long long)c->intermediate_size, (long long)c->n_layers, (long long)c->n_heads,
                     (long long)c->n_kv_heads, (long long)c->head_dim,
                     c->rope.type == HC_ROPE_NONE ? "none" : hc_rope_type_name(c->rope.type), c->rope.theta,
                     c->tie_word_embeddings ? "true" : "false", (long long)c->sliding_window,
-                    (long long)c->n_experts);
+                    (long long)c->n_experts, (long long)c->n_experts_per_tok);
         }
         if (tensors) {
             fprintf(f, ",\"tensors\":[");
@@ -121,7 +128,12 @@ int cmd_info(int argc, char **argv) {
             fprintf(f, ")\n");
         }
         human_count(buf, sizeof buf, (double)params, false);
-        fprintf(f, "parameters    %s (%lld)\n", buf, (long long)params);
+        fprintf(f, "parameters    %s (%lld)", buf, (long long)params);
+        if (active != params) {
+            human_count(buf, sizeof buf, (double)active, false);
+            fprintf(f, ", %s active a token", buf);
+        }
+        fprintf(f, "\n");
         fprintf(f, "dtypes       ");
         for (int d = 0; d < HC_DTYPE_COUNT; d++)
             if (per_dtype[d]) fprintf(f, " %s (%lld)", hc_dtype_name((hc_dtype)d), (long long)per_dtype[d]);
