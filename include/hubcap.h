@@ -174,6 +174,7 @@ typedef struct {
     bool has_rope_local;
     int64_t sliding_window;     /* 0 = none */
     bool layer_sliding[HC_MAX_LAYERS];
+    bool layer_nope[HC_MAX_LAYERS];     /* SmolLM3: layers without rope (no_rope_layers[i] == 0) */
     double attn_softcap, final_softcap; /* 0 = none */
     double query_pre_attn_scalar;       /* 0 = head_dim */
     int64_t n_experts, n_experts_per_tok; /* 0 = dense */

@@ -113,6 +113,15 @@ static void test_rope_styles(void) {
     CHECK(c.n_experts == 128 && c.n_experts_per_tok == 8 && c.intermediate_size == 768 && c.norm_topk_prob &&
               c.head_dim == 64 && c.n_kv_heads == 4 && c.sliding_window == 0,
           "qwen3_moe, Hub style");
+    /* SmolLM3: rope left out of every 4th layer, or as no_rope_layers says */
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"smollm3\",\"num_hidden_layers\":8}"));
+    CHECK(!c.layer_nope[0] && !c.layer_nope[2] && c.layer_nope[3] && c.layer_nope[7] && !c.layer_nope[4] &&
+              c.rope.theta == 2e6 && c.tie_word_embeddings && c.sliding_window == 0,
+          "smollm3 defaults");
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"smollm3\",\"num_hidden_layers\":3,\"no_rope_layers\":[0,1,1],"
+                           "\"use_sliding_window\":true,\"sliding_window\":16}"));
+    CHECK(c.layer_nope[0] && !c.layer_nope[1] && c.layer_sliding[0] && !c.layer_sliding[1] && c.sliding_window == 16,
+          "smollm3: no_rope_layers given; only rope-less layers slide");
     CHECK_OK(parse_cfg(&c, "{\"model_type\":\"qwen2_moe\"}"));
     CHECK(c.n_experts == 60 && c.n_experts_per_tok == 4 && c.intermediate_size == 1408 &&
               c.shared_intermediate_size == 5632 && c.qkv_bias && !c.norm_topk_prob,
@@ -191,6 +200,10 @@ static void test_refusals(void) {
     expect_refused("{\"model_type\":\"bert\"}", HC_ERR_UNSUPPORTED, "unsupported architecture 'bert' (supported: llama");
     expect_refused("{\"hidden_size\":3}", HC_ERR_FORMAT, "model_type");
     expect_refused("{\"model_type\":\"mistral3\"}", HC_ERR_FORMAT, "mistral3 config has no 'text_config'");
+    expect_refused("{\"model_type\":\"smollm3\",\"num_hidden_layers\":3,\"no_rope_layers\":[1,1]}", HC_ERR_FORMAT,
+                   "'no_rope_layers' must list 0 or 1 for each of the 3 layers");
+    expect_refused("{\"model_type\":\"smollm3\",\"num_hidden_layers\":2,\"no_rope_layers\":[1,2]}", HC_ERR_FORMAT,
+                   "no_rope_layers[1] must be 0 or 1");
     expect_refused("{\"model_type\":\"llava\",\"text_config\":{\"model_type\":\"gemma\"}}", HC_ERR_UNSUPPORTED,
                    "unsupported language model 'gemma' in a llava checkpoint");
     expect_refused("{\"model_type\":\"llava\",\"text_config\":{\"model_type\":3}}", HC_ERR_FORMAT,

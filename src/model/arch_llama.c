@@ -1,4 +1,5 @@
-/* The Llama family: Llama 2/3.x, Mistral, Qwen2/2.5 (q/k/v bias comes from config), Qwen3
+/* The Llama family: Llama 2/3.x, Mistral, Qwen2/2.5 (q/k/v bias comes from config), SmolLM3
+ * (Llama with rope left out of every 4th layer: config), Qwen3
  * (per-head q/k norms), Mixtral (experts), Qwen3-MoE (Qwen3's attention, experts) and Qwen2-MoE
  * (Qwen2's attention, experts and a shared expert: the gate/up/down roles, scaled by a sigmoid
  * gate). */
@@ -19,7 +20,7 @@
     [W_UP_B] = "model.layers.%d.mlp.up_proj.bias", [W_DOWN_B] = "model.layers.%d.mlp.down_proj.bias"
 
 const hc_arch hc_arch_llama = {
-    .model_type = "llama mistral qwen2",
+    .model_type = "llama mistral qwen2 smollm3",
     .names = {LLAMA_ATTENTION, LLAMA_MLP},
     .norm = HC_NORM_RMS,
     .gated_mlp = true,

@@ -32,11 +32,12 @@ static const arch_defaults defaults_table[] = {
     {"gemma3_text", 262208, 2304, 9216, 26, 8, 4, 256, 131072, 1e-6, 1e6, "gelu_pytorch_tanh", true, 4096},
     {"phi3", 32064, 3072, 8192, 32, 32, 0, 0, 4096, 1e-5, 10000.0, "silu", false, 0},
     {"phi", 51200, 2048, 8192, 24, 32, 0, 0, 2048, 1e-5, 10000.0, "gelu_new", false, 0},
+    {"smollm3", 128256, 2048, 11008, 36, 16, 4, 0, 32768, 1e-6, 2000000.0, "silu", true, 0},
     {"gpt2", 50257, 768, 0, 12, 12, 0, 0, 1024, 1e-5, 0.0, "gelu_new", true, 0},
 };
 
 const char *hc_supported_model_types(void) {
-    return "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, gemma, gemma2, gemma3, gemma3_text, phi3, phi, gpt2, and the "
+    return "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3, gemma, gemma2, gemma3, gemma3_text, phi3, phi, gpt2, and the "
            "language model of mistral3 and llava";
 }
 
@@ -336,14 +337,14 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
     TRY(get_bool(cfg, "attention_bias", false, &attention_bias, src));
     TRY(get_bool(cfg, "mlp_bias", false, &c->mlp_bias, src));
     const bool qwen3 = !strcmp(effective, "qwen3") || !strcmp(effective, "qwen3_moe");
-    if (!strcmp(effective, "llama") || qwen3 || gemma) {
+    if (!strcmp(effective, "llama") || !strcmp(effective, "smollm3") || qwen3 || gemma) {
         c->qkv_bias = c->o_bias = attention_bias;
     } else if (!strcmp(effective, "qwen2") || !strcmp(effective, "qwen2_moe")) {
         c->qkv_bias = true; /* Qwen2 always has q/k/v biases and none on o_proj */
     } else if (gpt2 || phi) {
         c->qkv_bias = c->o_bias = c->mlp_bias = true;
     }
-    if (strcmp(effective, "llama") && !gpt2 && !phi) c->mlp_bias = false;
+    if (strcmp(effective, "llama") && strcmp(effective, "smollm3") && !gpt2 && !phi) c->mlp_bias = false;
     if (phi) {
         bool qk_layernorm;
         TRY(get_bool(cfg, "qk_layernorm", false, &qk_layernorm, src));
@@ -412,6 +413,30 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
         TRY(get_int(cfg, "max_window_layers", 28, &max_window_layers, src));
         if (!use) window = 0;
         for (int64_t i = 0; i < c->n_layers; i++) c->layer_sliding[i] = window > 0 && i >= max_window_layers;
+    } else if (!strcmp(effective, "smollm3")) {
+        /* SmolLM3Config: every no_rope_layer_interval-th layer leaves rope out (no_rope_layers[i]
+         * == 0), and with use_sliding_window only those take the window */
+        bool use;
+        int64_t interval;
+        TRY(get_bool(cfg, "use_sliding_window", false, &use, src));
+        TRY(get_int(cfg, "no_rope_layer_interval", 4, &interval, src));
+        if (interval <= 0) return hc_fail(HC_ERR_FORMAT, "%s: no_rope_layer_interval must be positive", src);
+        const hc_json *nr = hc_json_get(cfg, "no_rope_layers");
+        if (!hc_json_is_null(nr) && (nr->type != HC_JSON_ARRAY || (int64_t)nr->len < c->n_layers))
+            return hc_fail(HC_ERR_FORMAT, "%s: 'no_rope_layers' must list 0 or 1 for each of the %lld layers", src,
+                           (long long)c->n_layers);
+        for (int64_t i = 0; i < c->n_layers; i++) {
+            bool roped = (i + 1) % interval != 0;
+            if (!hc_json_is_null(nr)) {
+                const hc_json *v = hc_json_at(nr, (size_t)i);
+                if (v->type != HC_JSON_NUMBER || (v->u.num.d != 0 && v->u.num.d != 1))
+                    return hc_fail(HC_ERR_FORMAT, "%s: no_rope_layers[%lld] must be 0 or 1", src, (long long)i);
+                roped = v->u.num.d == 1;
+            }
+            c->layer_nope[i] = !roped;
+            c->layer_sliding[i] = use && window > 0 && !roped;
+        }
+        if (!use) window = 0;
     } else if (!strcmp(effective, "gemma2")) {
         for (int64_t i = 0; i < c->n_layers; i++) c->layer_sliding[i] = (i + 1) % 2 != 0;
     } else if (!strcmp(effective, "gemma3_text")) {

@@ -194,7 +194,7 @@ static void run_forward(void *arg) {
         if (f->rows) {
             const hc_session *s0 = groups[0].s;
             void *const *k_rows = ws->kv_rows + l * T, *const *v_rows = ws->kv_rows + (c->n_layers + l) * T;
-            const bool roped = c->rope.type != HC_ROPE_NONE;
+            const bool roped = c->rope.type != HC_ROPE_NONE && !L->nope;
             be->rope_store_rows(be, ws->q, ws->k, ws->v, k_rows, v_rows, s0->kv_dtype, pos,
                                 roped ? s0->inv_freq[L->rope] : NULL, s0->attn_factor[L->rope], T, H, KVH, D,
                                 c->rotary_dim);
@@ -209,7 +209,7 @@ static void run_forward(void *arg) {
                 const size_t es = hc_dtype_size(s->kv_dtype);
                 void *kc = (char *)s->k_cache + (size_t)(l * S * KVH * D) * es; /* [S, KVH*D] */
                 void *vc = (char *)s->v_cache + (size_t)(l * S * KVH * D) * es;
-                const bool roped = c->rope.type != HC_ROPE_NONE;
+                const bool roped = c->rope.type != HC_ROPE_NONE && !L->nope;
                 be->rope_store(be, q, k, v, kc, vc, s->kv_dtype, pos + r0, roped ? s->inv_freq[L->rope] : NULL,
                                s->attn_factor[L->rope], n, H, KVH, D, c->rotary_dim);
                 be->attention(be, ws->att + r0 * H * D, q, kc, vc, s->kv_dtype, pos + r0, n, H, KVH, D, L->attn_scale,

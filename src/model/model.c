@@ -242,6 +242,7 @@ static hc_status bind_layer(binder *b, int l) {
     }
 
     L->sliding = c->layer_sliding[l] && c->sliding_window > 0;
+    L->nope = c->layer_nope[l];
     L->rope = (L->sliding && c->has_rope_local) ? 1 : 0;
     if (c->query_pre_attn_scalar > 0) L->attn_scale = (float)(1.0 / sqrt(c->query_pre_attn_scalar));
     else if (!c->scale_attn_weights) L->attn_scale = 1.0f;

@@ -19,6 +19,7 @@ typedef struct {
     hc_mat *exp_gate, *exp_up, *exp_down; /* [E] of [I, C], [I, C], [C, I] */
     hc_mat shared_gate;                /* [1, C] Qwen2-MoE: the shared expert's sigmoid gate */
     bool sliding;
+    bool nope;                         /* no rope in this layer (SmolLM3) */
     int rope;                          /* 0: global table, 1: local (sliding) table */
     float attn_scale;
 } hc_layer;

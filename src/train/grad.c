@@ -490,7 +490,7 @@ static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *
     }
     if (Ly->q_norm.data) be->norm(be, a->q, a->q_pre, &Ly->q_norm, NULL, nk, eps, T * H, D);
     if (Ly->k_norm.data) be->norm(be, a->k, a->k_pre, &Ly->k_norm, NULL, nk, eps, T * KVH, D);
-    if (c->rope.type != HC_ROPE_NONE) {
+    if (c->rope.type != HC_ROPE_NONE && !Ly->nope) {
         be->rope(be, a->q, pos, tc->inv[Ly->rope], tc->attn_factor[Ly->rope], T, H, D, R);
         be->rope(be, a->k, pos, tc->inv[Ly->rope], tc->attn_factor[Ly->rope], T, KVH, D, R);
     }
@@ -707,7 +707,7 @@ static void batch_compute(void *arg) {
         }
         be->attention_backward(be, dq, dk, dv, datt, a->att, a->reserve, a->q, a->k, a->v, pos, B, S, H, KVH, D,
                                Ly->attn_scale, Ly->sliding ? c->sliding_window : 0, (float)c->attn_softcap, scratch);
-        if (c->rope.type != HC_ROPE_NONE) {
+        if (c->rope.type != HC_ROPE_NONE && !Ly->nope) {
             be->rope_backward(be, dq, pos, tc.inv[Ly->rope], tc.attn_factor[Ly->rope], T, H, D, R);
             be->rope_backward(be, dk, pos, tc.inv[Ly->rope], tc.attn_factor[Ly->rope], T, KVH, D, R);
         }

@@ -72,6 +72,11 @@ def specs(which):
         ("qwen2_moe", "Qwen2MoeForCausalLM", "Qwen2MoeConfig", dict(BASE, vocab_size=V, rope_theta=1000000.0, num_experts=4,
          num_experts_per_tok=2, moe_intermediate_size=48, shared_expert_intermediate_size=96, norm_topk_prob=False,
          use_sliding_window=False), "bfloat16", {}),
+        # SmolLM3: Llama without rope in every 4th layer; and a given no_rope_layers list whose
+        # rope-less layers take a sliding window
+        ("smollm3", "SmolLM3ForCausalLM", "SmolLM3Config", dict(BASE, vocab_size=V, num_hidden_layers=4, rope_theta=2000000.0), "bfloat16", {}),
+        ("smollm3_window", "SmolLM3ForCausalLM", "SmolLM3Config", dict(BASE, vocab_size=V, num_hidden_layers=4, rope_theta=2000000.0,
+         no_rope_layers=[1, 0, 1, 0], use_sliding_window=True, sliding_window=8, tie_word_embeddings=False), "float32", {}),
         # Qwen3 with sliding windows above max_window_layers
         ("qwen3_window", "Qwen3ForCausalLM", "Qwen3Config", dict(BASE, vocab_size=V, num_hidden_layers=3, head_dim=16, rope_theta=1000000.0,
          use_sliding_window=True, sliding_window=8, max_window_layers=1), "bfloat16", {}),
