@@ -7,6 +7,7 @@ import json, os, sys
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
+import transformers
 from transformers import AutoModelForCausalLM
 
 out, fx = sys.argv[1], sys.argv[2]
@@ -16,7 +17,9 @@ for d in sorted(os.listdir(out)):
     a = os.path.join(out, d)
     base = os.path.join(fx, d.rsplit("-", 1)[0])
     targets = json.load(open(os.path.join(a, "adapter_config.json")))["target_modules"]
-    m = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="eager").eval()
+    arch = json.load(open(os.path.join(base, "config.json")))["architectures"][0]
+    cls = getattr(transformers, arch) if arch.endswith("ForConditionalGeneration") else AutoModelForCausalLM  # multimodal
+    m = cls.from_pretrained(base, dtype=torch.float32, attn_implementation="eager").eval()
     m = PeftModel.from_pretrained(m, a).eval()
     want = load_file(os.path.join(a, "logits.safetensors"))["logits"].reshape(ids.shape[1], -1)
     with torch.no_grad():
