@@ -13,6 +13,8 @@
 #define HC_HOST_DEVICE static inline
 #endif
 
+HC_HOST_DEVICE float hc_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
 HC_HOST_DEVICE float hc_act_apply(float x, hc_activation act) {
     switch (act) {
     case HC_ACT_SILU: return x / (1.0f + expf(-x));

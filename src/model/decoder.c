@@ -5,9 +5,16 @@
 #include <math.h>
 #include <string.h>
 
+#include "backend/activation.h"
 #include "model/rope.h"
 #include "run/session.h"
 #include "train/lora.h"
+
+/* Where the sequence s is being fed ends, n rows on: this pass's end, or the whole call's when
+ * a call was cut into passes (longrope treats it as one sequence). */
+static int64_t sequence_end(const hc_session *s, int64_t n) {
+    return s->rope_end > s->pos + n ? s->rope_end : s->pos + n;
+}
 
 /* Ropes whose table depends on the sequence's length, remade when the forward about to run
  * needs another, as transformers' dynamic_rope_update does:
@@ -16,13 +23,13 @@
  * - longrope takes its long factors while the sequence is longer than the pretrained context,
  *   the short ones otherwise. Keys already in the cache keep the rotation they were stored with,
  *   as in transformers' cache. */
-static void update_length_rope(hc_session *s, int64_t seq_len) {
+static void update_length_rope(hc_session *s, int64_t n) {
     const hc_rope_config *r = &s->m->cfg.rope;
+    const int64_t seq_len = s->pos + n;
     const int64_t orig = r->original_max_position_embeddings;
     int64_t want = s->rope_cached_len;
     if (r->type == HC_ROPE_LONGROPE) {
-        if (s->rope_end > seq_len) seq_len = s->rope_end;
-        want = seq_len > orig ? orig + 1 : 0;
+        want = sequence_end(s, n) > orig ? orig + 1 : 0;
     } else if (r->type == HC_ROPE_DYNAMIC) {
         if (seq_len > s->rope_cached_len) want = seq_len;
         else if (seq_len < orig && s->rope_cached_len > orig) want = orig;
@@ -82,7 +89,7 @@ static void experts_forward(hc_workspace *ws, const hc_layer *L, int64_t T) {
         be->matmul(be, ws->sh_g, ws->h, &L->shared_gate, NULL, T);
         be->download(be, ws->sh_g_host, ws->sh_g, sizeof(float) * (size_t)T);
         for (int64_t t = 0; t < T; t++)
-            be->add_scaled(be, ws->o + t * C, ws->sh_o + t * C, 1.0f / (1.0f + expf(-ws->sh_g_host[t])), C);
+            be->add_scaled(be, ws->o + t * C, ws->sh_o + t * C, hc_sigmoid(ws->sh_g_host[t]), C);
     }
 }
 
@@ -266,8 +273,7 @@ static void run_forward(void *arg) {
 static void longrope_rerun(hc_workspace *ws, hc_session *s, int64_t n) {
     const hc_rope_config *r = &s->m->cfg.rope;
     const int64_t orig = r->original_max_position_embeddings;
-    int64_t end = s->pos + n;
-    if (s->rope_end > end) end = s->rope_end;
+    const int64_t end = sequence_end(s, n);
     if (r->type != HC_ROPE_LONGROPE || s->pos == 0 || end <= orig || s->rope_cached_len == orig + 1) return;
     const int64_t cached = s->pos, outer_end = s->rope_end;
     s->rope_end = end; /* the runs below take the long factors, as the whole sequence will */
@@ -296,7 +302,7 @@ void hc_decoder_forward_groups(hc_workspace *ws, const hc_group *groups, int n_g
     for (int g = 0; g < n_groups; g++) {
         hc_session *s = groups[g].s;
         for (int64_t t = 0; t < groups[g].n; t++) ws->pos_host[T + t] = (int32_t)(s->pos + t);
-        update_length_rope(s, s->pos + groups[g].n);
+        update_length_rope(s, groups[g].n);
         T += groups[g].n;
     }
     be->upload(be, ws->pos, ws->pos_host, sizeof(int32_t) * (size_t)T);

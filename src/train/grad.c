@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/activation.h"
 #include "backend/cpu/cpu.h"
 #include "base/status.h"
 #include "model/rope.h"
@@ -458,7 +459,7 @@ static void moe_forward(const train_ctx *tc, const hc_layer *Ly, layer_acts *a) 
         be->matmul(be, a->sh_g, a->h2, &Ly->shared_gate, NULL, T);
         be->download(be, a->sh_g_h, a->sh_g, sizeof(float) * (size_t)T);
         for (int64_t t = 0; t < T; t++)
-            be->add_scaled(be, a->ff_pre + t * C, a->sh_y + t * C, 1.0f / (1.0f + expf(-a->sh_g_h[t])), C);
+            be->add_scaled(be, a->ff_pre + t * C, a->sh_y + t * C, hc_sigmoid(a->sh_g_h[t]), C);
     }
 }
 
@@ -565,7 +566,7 @@ static void moe_backward(const train_ctx *tc, hc_grads *gr, const hc_layer *Ly, 
         float *dys = dup + n * I, *dsg = dys + T * C, *dact_s = dsg + T, *dgate_s = dact_s + T * IS, *dup_s = dgate_s + T * IS;
         const float *g = a->sh_ffk, *u = g + T * IS, *act = u + T * IS;
         for (int64_t t = 0; t < T; t++) {
-            const float s = 1.0f / (1.0f + expf(-a->sh_g_h[t]));
+            const float s = hc_sigmoid(a->sh_g_h[t]);
             const hc_mat yr = {.data = a->sh_y + t * C, .dtype = HC_DTYPE_F32, .rows = 1, .cols = C, .ld = C};
             be->matmul(be, dsg + t, dff + t * C, &yr, NULL, 1); /* dff[t] . y[t] */
             be->fill(be, dys + t * C, 0, C);
@@ -573,7 +574,7 @@ static void moe_backward(const train_ctx *tc, hc_grads *gr, const hc_layer *Ly, 
         }
         be->download(be, a->sh_d_h, dsg, sizeof(float) * (size_t)T);
         for (int64_t t = 0; t < T; t++) {
-            const float s = 1.0f / (1.0f + expf(-a->sh_g_h[t]));
+            const float s = hc_sigmoid(a->sh_g_h[t]);
             a->sh_d_h[t] *= s * (1.0f - s);
         }
         be->upload(be, dsg, a->sh_d_h, sizeof(float) * (size_t)T);
