@@ -15,10 +15,11 @@
  * it was not: the two shares agreed within 0.01).
  *
  * usage: bench_decode_regime MODEL [ROUNDS=20] [TOKENS=8] [FORMAT...]
- *   FORMAT: bf16 (the weights as stored, the default), q8_0, q4_0 or q4_k; a "/rows" suffix
- *   loads the format in the CPU's row-by-row layout (HUBCAP_CPU_ROW_LAYOUT=1) instead of the
- *   interleaved one, to compare the two; "bf16/bf16-compute" runs the bf16 weights with bf16
- *   compute (`--dtype bf16`: activations rounded to bf16, vdpbf16ps).
+ *   FORMAT: bf16 (the weights as stored, with f32 activations: `--dtype f32`; the default),
+ *   q8_0, q4_0 or q4_k; a "/rows" suffix loads the format in the CPU's row-by-row layout
+ *   (HUBCAP_CPU_ROW_LAYOUT=1) instead of the interleaved one, to compare the two;
+ *   "bf16/bf16-compute" runs the bf16 weights with bf16 compute (activations rounded to bf16,
+ *   vdpbf16ps: hubcap's default for a bf16 checkpoint since session 21).
  * prints a line a round, then each format's steady shares split at 40 GB/s. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -130,7 +131,7 @@ int main(int argc, char **argv) {
             fprintf(stderr, "bench_decode_regime: unknown format '%s' (bf16, q8_0, q4_0 or q4_k, optionally /rows; bf16/bf16-compute)\n", c->name);
             return 2;
         }
-        if (bf16c) mp.compute_dtype = HC_DTYPE_BF16;
+        mp.compute_dtype = bf16c ? HC_DTYPE_BF16 : HC_DTYPE_F32;
         if (rows) setenv("HUBCAP_CPU_ROW_LAYOUT", "1", 1);
         if (hc_model_load(argv[1], &mp, &c->m) || hc_session_new(c->m, 8 + (int64_t)tokens + 8, &c->s) ||
             hc_session_forward_greedy(c->s, prompt_ids, 8, &c->next)) {

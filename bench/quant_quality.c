@@ -29,6 +29,7 @@ int main(int argc, char **argv) {
         const char *name = strrchr(argv[a], '/') ? strrchr(argv[a], '/') + 1 : argv[a];
         hc_model *base;
         hc_model_params mp = hc_model_default_params();
+        mp.compute_dtype = HC_DTYPE_F32; /* the unquantized model in f32, as HF's references */
         if (hc_model_load(argv[a], &mp, &base)) {
             fprintf(stderr, "%s\n", hc_last_error());
             continue;

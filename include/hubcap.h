@@ -215,10 +215,14 @@ typedef struct {
     hc_device device;
     hc_weight_format weights; /* quantize on load (--quantize) */
     bool mlock;               /* lock the weights in RAM (--mlock) */
-    hc_dtype compute_dtype; /* HC_DTYPE_AUTO (default): F32 on the CPU, BF16 on CUDA.
-                               CPU: F32 (transformers' f32 numerics) or BF16: matmuls on bf16
+    hc_dtype compute_dtype; /* HC_DTYPE_AUTO (default): on the CPU, BF16 for weights stored in
+                               bf16 (as transformers 5 runs a checkpoint in its stored dtype) and
+                               F32 otherwise; BF16 on CUDA.
+                               CPU: F32 (f32 activations everywhere) or BF16: matmuls on bf16
                                weights, decode and prompts, round activations to bf16 and use
-                               AVX512_BF16 where the CPU has it (llama.cpp's numerics, faster).
+                               AVX512_BF16 (llama.cpp's numerics, faster). A CPU without
+                               AVX512_BF16 computes in F32 whatever is asked.
+                               hc_model_compute_dtype says what a model got.
                                CUDA: the operand type of prompt matmuls (BF16, F16 or F32; f32
                                accumulation always). --dtype / --compute-dtype */
     hc_dtype kv_dtype;      /* KV cache: F32, F16 or BF16 (half the memory); HC_DTYPE_AUTO (default):

@@ -10,6 +10,7 @@
 
 #include "format/json.h"
 #include "format/safetensors.h"
+#include "backend/cpu/fast.h"
 #include "hubcap.h"
 #include "test_util.h"
 
@@ -222,6 +223,60 @@ static void check_model(const char *dir, const char *name) {
     hc_model_free(m);
 }
 
+/* The CPU's default compute dtype: bf16 for a checkpoint stored in bf16 (on a CPU with
+ * AVX512_BF16), f32 for one stored in f32, asked for, or quantized. The bf16 one's logits are
+ * bf16 numbers (not the f32 ones) and stay near HF's. */
+static hc_dtype loaded_compute(const char *dir, hc_dtype asked, hc_weight_format weights, float *logits,
+                               const int32_t *ids, int64_t T) {
+    hc_model_params mp = hc_model_default_params();
+    mp.compute_dtype = asked;
+    mp.weights = weights;
+    hc_model *m = NULL;
+    CHECK_OK(hc_model_load(dir, &mp, &m));
+    if (!m) return HC_DTYPE_COUNT;
+    const hc_dtype got = hc_model_compute_dtype(m);
+    hc_session *s = NULL;
+    if (logits) CHECK_OK(hc_session_new(m, T, &s));
+    if (s) CHECK_OK(hc_session_forward(s, ids, T, logits, true));
+    hc_session_free(s);
+    hc_model_free(m);
+    return got;
+}
+
+static void check_default_compute(const char *models) {
+    char dir[4400], path[4500];
+    snprintf(dir, sizeof dir, "%s/llama3_2", models); /* stored in bf16 */
+    snprintf(path, sizeof path, "%s/reference.safetensors", dir);
+    hc_safetensors ref;
+    CHECK_OK(hc_safetensors_open(&ref, path, true));
+    const hc_tensor_info *tp = ref_tensor(&ref, "prompt%d", 0), *tl = ref_tensor(&ref, "logits%d", 0);
+    if (!tp || !tl) return;
+    const int64_t T = tp->shape[1], V = tl->shape[2];
+    int32_t ids[512];
+    for (int64_t t = 0; t < T && t < 512; t++) ids[t] = (int32_t)((const int64_t *)tp->data)[t];
+    float *def = malloc(sizeof(float) * (size_t)(T * V)), *f32 = malloc(sizeof(float) * (size_t)(T * V));
+    const bool dot = hc_cpu_has_bf16_dot();
+    const hc_dtype want = dot ? HC_DTYPE_BF16 : HC_DTYPE_F32;
+    CHECK(loaded_compute(dir, HC_DTYPE_AUTO, HC_WEIGHTS_AS_STORED, def, ids, T) == want,
+          "a bf16 checkpoint computes in %s by default", hc_dtype_name(want));
+    CHECK(loaded_compute(dir, HC_DTYPE_F32, HC_WEIGHTS_AS_STORED, f32, ids, T) == HC_DTYPE_F32, "F32 when asked");
+    CHECK(loaded_compute(dir, HC_DTYPE_AUTO, HC_WEIGHTS_Q8_0, NULL, ids, T) == HC_DTYPE_F32,
+          "quantized weights report F32");
+    snprintf(path, sizeof path, "%s/gpt2", models); /* stored in f32 */
+    CHECK(loaded_compute(path, HC_DTYPE_AUTO, HC_WEIGHTS_AS_STORED, NULL, ids, 1) == HC_DTYPE_F32,
+          "an f32 checkpoint computes in F32 by default");
+    double diff = 0;
+    for (int64_t j = 0; j < T * V; j++) diff = fmax(diff, fabs((double)def[j] - (double)f32[j]));
+    const double kl = mean_kl(tl->data, def, T, V);
+    CHECK(dot ? diff > 1e-5 : diff == 0, "default against f32 compute: max |diff| %g", diff);
+    CHECK(kl < 1e-3, "default compute: mean KL from HF %g", kl);
+    printf("  default compute on the CPU: %s; llama3_2 prompt0 against f32 compute max|diff| %.2e, mean KL from HF %.2e\n",
+           hc_dtype_name(want), diff, kl);
+    free(def);
+    free(f32);
+    hc_safetensors_close(&ref);
+}
+
 int main(void) {
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/tests/fixtures/models", test_source_dir());
@@ -243,5 +298,9 @@ int main(void) {
     }
     snprintf(dir, sizeof dir, "%s/models/stories260K", test_source_dir());
     check_model(dir, "stories260K");
+    if (!getenv("HUBCAP_TEST_DEVICE")) {
+        snprintf(dir, sizeof dir, "%s/tests/fixtures/models", test_source_dir());
+        check_default_compute(dir);
+    }
     return test_finish("conformance");
 }

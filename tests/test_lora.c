@@ -120,6 +120,7 @@ static void check_arch(const char *name, const char *targets, const char *const 
     if (ck) CHECK(hc_checkpoint_find(ck, tensor) != NULL, "%s: the adapter holds %s", name, tensor);
     hc_checkpoint_free(ck);
     mp = hc_model_default_params(); /* merging writes the weights: on the CPU, in RAM */
+    mp.compute_dtype = HC_DTYPE_F32;  /* as the adapted loss above */
     mp.use_mmap = false;
     mp.lora_path = adir;
     CHECK_OK(hc_model_load(dir, &mp, &m));

@@ -327,10 +327,11 @@ hc_backend *hc_backend_cpu(void);
 hc_status hc_backend_cpu_fast_new(int n_threads, hc_backend **out);
 
 /* On a fast CPU backend: every matmul on bf16 weights (decode and prompts) rounds the activations
- * to bf16 and uses vdpbf16ps where the CPU has AVX512_BF16. About 1.45x the prompt speed and
+ * to bf16 and uses vdpbf16ps where the CPU has AVX512_BF16. About 1.7x the prompt speed and
  * faster decode, but the logits then differ from f32 by ~1e-2 (and, in the last bits, with how
- * many tokens a call carries). */
-void hc_backend_cpu_fast_bf16_compute(hc_backend *be, bool on);
+ * many tokens a call carries). Returns whether it is on: false where the CPU lacks AVX512_BF16
+ * (or HUBCAP_KERNELS turned AVX-512 off), which keeps f32 activations. */
+bool hc_backend_cpu_fast_bf16_compute(hc_backend *be, bool on);
 
 
 

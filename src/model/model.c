@@ -724,13 +724,20 @@ static hc_status open_backend(hc_model *m, hc_model_params *p) {
                                            "when it was built; rebuild with -DHUBCAP_CUDA=ON)");
 #endif
     }
-    if (p->compute_dtype == HC_DTYPE_AUTO) p->compute_dtype = HC_DTYPE_F32;
-    if (p->compute_dtype != HC_DTYPE_F32 && p->compute_dtype != HC_DTYPE_BF16)
+    if (p->compute_dtype != HC_DTYPE_AUTO && p->compute_dtype != HC_DTYPE_F32 && p->compute_dtype != HC_DTYPE_BF16)
         return hc_fail(HC_ERR_UNSUPPORTED, "compute dtype %s on the CPU: use F32 or BF16", hc_dtype_name(p->compute_dtype));
-    hc_status s = hc_backend_cpu_fast_new(p->n_threads, &m->be);
-    if (s) return s;
-    hc_backend_cpu_fast_bf16_compute(m->be, p->compute_dtype == HC_DTYPE_BF16);
-    return HC_OK;
+    return hc_backend_cpu_fast_new(p->n_threads, &m->be); /* the compute dtype once the weights are bound */
+}
+
+/* The CPU's compute dtype, once the weights are bound (and quantized): BF16 where matmuls on bf16
+ * weights round their activations to bf16 (asked, or by default on a checkpoint stored in bf16,
+ * as transformers 5 loads it in its stored dtype and llama.cpp multiplies BF16 weights), on a CPU
+ * with AVX512_BF16; else F32. */
+static hc_dtype cpu_compute_dtype(hc_model *m, hc_dtype asked) {
+    const hc_mat *w = &m->layers[0].wq, *head = &m->lm_head;
+    const bool bf16_weights = (!w->quant && w->dtype == HC_DTYPE_BF16) || (!head->quant && head->dtype == HC_DTYPE_BF16);
+    const bool on = hc_backend_cpu_fast_bf16_compute(m->be, asked != HC_DTYPE_F32 && bf16_weights);
+    return on ? HC_DTYPE_BF16 : HC_DTYPE_F32;
 }
 
 hc_status hc_model_load(const char *path, const hc_model_params *params, hc_model **out) {
@@ -790,6 +797,7 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
                                                            : HC_QUANT_Q4_K,
                             p.n_threads, p.quant_cache)))
         goto fail;
+    if (!m->be->device) m->compute_dtype = cpu_compute_dtype(m, p.compute_dtype);
     if (m->be->device && (s = upload_weights(m))) goto fail;
     if (p.lora_path && (s = hc_model_lora_load(m, p.lora_path))) goto fail;
     /* --mlock: every weight byte (mapped or read, and what quantizing made) stays resident. */

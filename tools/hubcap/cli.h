@@ -56,8 +56,8 @@ void cli_sampling_apply(const cli_sampling *cs, hc_sampler_params *p);
     "  --quantize F             quantize weights on load: q8_0, q4_0 or q4_k\n"                                            \
     "  --kv-dtype T             KV cache dtype: f32, f16 or bf16 (default: f32 on the CPU, the\n"                    \
     "                           compute dtype on CUDA)\n"                                                           \
-    "  --dtype T                matmul compute dtype: f32 (CPU default), bf16 (CUDA default) or f16\n"             \
-    "                           (CUDA); on the CPU bf16 matmuls use AVX512_BF16. Alias --compute-dtype\n"          \
+    "  --dtype T                matmul compute dtype: f32, bf16 or f16 (CUDA). CPU default: bf16 for\n"          \
+    "                           bf16 weights (AVX512_BF16), else f32; CUDA default: bf16. Alias --compute-dtype\n" \
     "  --device D               cpu (default, or $HUBCAP_DEVICE), cuda or auto\n"                                    \
     "  --no-mmap                read weights into RAM (huge pages) instead of mapping them\n"                       \
     "  --mlock                  lock the weights in RAM\n"                                                          \

@@ -135,9 +135,10 @@ bool hc_fast_own_acts(hc_fast_ctx *fx, size_t bytes) {
     return true;
 }
 
-void hc_backend_cpu_fast_bf16_compute(hc_backend *be, bool on) {
+bool hc_backend_cpu_fast_bf16_compute(hc_backend *be, bool on) {
     hc_fast_ctx *fx = be->ctx;
-    fx->bf16_compute = on;
+    fx->bf16_compute = on && hc_cpu_has_bf16_dot();
+    return fx->bf16_compute;
 }
 
 static void fast_destroy(hc_backend *be) {

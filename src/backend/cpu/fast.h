@@ -30,6 +30,10 @@ typedef struct {
     size_t own_acts_cap;
 } hc_fast_ctx;
 
+/* Whether matmuls can take vdpbf16ps: AVX512_BF16 on the CPU and the AVX-512 kernels picked
+ * (HUBCAP_KERNELS=avx2|scalar turns it off too). */
+bool hc_cpu_has_bf16_dot(void);
+
 /* Decode reads every weight once, row after row. Asking for the lines this far ahead keeps
  * enough reads in flight to reach the memory bandwidth: on the 2-core VM a q4_0 row loop went
  * from about 0.7 to 1.0 of bench_membw with it (4 KiB ahead; 1-2 KiB helped less). */

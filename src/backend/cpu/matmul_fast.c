@@ -579,8 +579,7 @@ static rows_fn pick(void) {
     return fn;
 }
 
-/* vdpbf16ps where the AVX-512 kernels were picked (so HUBCAP_KERNELS=avx2|scalar turns it off too). */
-static bool has_bf16_dot(void) {
+bool hc_cpu_has_bf16_dot(void) {
     static int v = -1;
     if (v < 0)
         v = pick() == matmul_rows__avx512 && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
@@ -590,7 +589,7 @@ static bool has_bf16_dot(void) {
 /* Products on w round their activations to bf16 for vdpbf16ps: bf16 weights, bf16 compute on,
  * and the CPU has it. */
 static bool bf16_acts(const hc_fast_ctx *fx, const hc_mat *w) {
-    return fx->bf16_compute && !w->quant && w->dtype == HC_DTYPE_BF16 && has_bf16_dot();
+    return fx->bf16_compute && !w->quant && w->dtype == HC_DTYPE_BF16 && hc_cpu_has_bf16_dot();
 }
 
 /* VNNI where the AVX-512 kernels were picked (HUBCAP_KERNELS=avx2 turns it off). */
