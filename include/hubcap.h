@@ -177,6 +177,10 @@ typedef struct {
     bool layer_nope[HC_MAX_LAYERS];     /* SmolLM3: layers without rope (no_rope_layers[i] == 0) */
     double attn_softcap, final_softcap; /* 0 = none */
     double query_pre_attn_scalar;       /* 0 = head_dim */
+    /* Granite's multipliers: embeddings times embedding_multiplier; each block's attention and MLP
+     * outputs times residual_multiplier before the residual add; attention_multiplier as the
+     * attention scale (0 = 1/sqrt(head_dim)); logits divided by logits_scaling. 1 = none. */
+    double embedding_multiplier, residual_multiplier, attention_multiplier, logits_scaling;
     int64_t n_experts, n_experts_per_tok; /* 0 = dense */
     int64_t shared_intermediate_size;     /* qwen2_moe: its shared expert's (0 = none) */
     bool norm_topk_prob;

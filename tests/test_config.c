@@ -122,6 +122,20 @@ static void test_rope_styles(void) {
                            "\"use_sliding_window\":true,\"sliding_window\":16}"));
     CHECK(c.layer_nope[0] && !c.layer_nope[1] && c.layer_sliding[0] && !c.layer_sliding[1] && c.sliding_window == 16,
           "smollm3: no_rope_layers given; only rope-less layers slide");
+    /* Granite's multipliers; 1 (and the usual attention scale) for every other family */
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"granite\",\"embedding_multiplier\":12.0,\"residual_multiplier\":0.22,"
+                           "\"attention_multiplier\":0.015625,\"logits_scaling\":8,\"mlp_bias\":true}"));
+    CHECK(c.embedding_multiplier == 12.0 && c.residual_multiplier == 0.22 && c.attention_multiplier == 0.015625 &&
+              c.logits_scaling == 8.0 && c.mlp_bias && c.norm_eps == 1e-6 && c.sliding_window == 0,
+          "granite multipliers");
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"granite\"}"));
+    CHECK(c.embedding_multiplier == 1.0 && c.attention_multiplier == 1.0 && c.logits_scaling == 1.0, "granite defaults");
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"llama\",\"embedding_multiplier\":12.0,\"logits_scaling\":8}"));
+    CHECK(c.embedding_multiplier == 1.0 && c.attention_multiplier == 0 && c.logits_scaling == 1.0,
+          "multipliers are Granite's alone");
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"olmo2\",\"attention_bias\":true}"));
+    CHECK(c.vocab_size == 50304 && c.norm_eps == 1e-5 && c.qkv_bias && c.o_bias && !c.mlp_bias && !c.tie_word_embeddings,
+          "olmo2 defaults");
     CHECK_OK(parse_cfg(&c, "{\"model_type\":\"qwen2_moe\"}"));
     CHECK(c.n_experts == 60 && c.n_experts_per_tok == 4 && c.intermediate_size == 1408 &&
               c.shared_intermediate_size == 5632 && c.qkv_bias && !c.norm_topk_prob,
@@ -200,6 +214,11 @@ static void test_refusals(void) {
     expect_refused("{\"model_type\":\"bert\"}", HC_ERR_UNSUPPORTED, "unsupported architecture 'bert' (supported: llama");
     expect_refused("{\"hidden_size\":3}", HC_ERR_FORMAT, "model_type");
     expect_refused("{\"model_type\":\"mistral3\"}", HC_ERR_FORMAT, "mistral3 config has no 'text_config'");
+    expect_refused("{\"model_type\":\"granite\",\"attention_multiplier\":0}", HC_ERR_FORMAT,
+                   "attention_multiplier and logits_scaling must be positive");
+    expect_refused("{\"model_type\":\"granite\",\"logits_scaling\":-8}", HC_ERR_FORMAT,
+                   "attention_multiplier and logits_scaling must be positive");
+    expect_refused("{\"model_type\":\"granite\",\"residual_multiplier\":\"x\"}", HC_ERR_FORMAT, "residual_multiplier");
     expect_refused("{\"model_type\":\"smollm3\",\"num_hidden_layers\":3,\"no_rope_layers\":[1,1]}", HC_ERR_FORMAT,
                    "'no_rope_layers' must list 0 or 1 for each of the 3 layers");
     expect_refused("{\"model_type\":\"smollm3\",\"num_hidden_layers\":2,\"no_rope_layers\":[1,2]}", HC_ERR_FORMAT,

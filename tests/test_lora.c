@@ -151,6 +151,9 @@ int main(void) {
     const char *qv[] = {"q_proj", "v_proj"};
     check_arch("mistral3", "q_proj,v_proj", qv, 2,
                "base_model.model.model.language_model.layers.1.self_attn.v_proj.lora_A.weight");
+    /* Granite (multipliers on the residual branches) and OLMo 2 (post norms, whole q/k norms) */
+    check_arch("granite", "all-linear", llama, 7, "base_model.model.model.layers.1.self_attn.o_proj.lora_B.weight");
+    check_arch("olmo2", "all-linear", llama, 7, "base_model.model.model.layers.0.mlp.down_proj.lora_A.weight");
     const char *gpt2[] = {"c_attn", "c_proj", "c_fc"};
     check_arch("gpt2", "c_attn,c_proj,c_fc", gpt2, 3, "base_model.model.transformer.h.1.attn.c_attn.lora_B.weight");
     const char *mixtral[] = {"q_proj", "v_proj"};

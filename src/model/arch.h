@@ -32,12 +32,16 @@ typedef struct {
     bool transposed_weights;    /* GPT-2 Conv1D stores [in, out] */
     bool parallel_block;        /* Phi-2: attention and MLP both read the block's one input norm,
                                    x + attn + mlp; no norm between them */
+    bool post_norms_only;       /* OLMo 2: norms on the attention's and the MLP's outputs (the
+                                   sandwich's post norms) and none on their inputs */
+    bool qk_norm_whole;         /* OLMo 2: q and k normalized over the whole projection (H*D,
+                                   KVH*D) before the heads split, not per head */
 } hc_arch;
 
 /* The table for a model_type (after gemma3 -> gemma3_text), or NULL. */
 const hc_arch *hc_arch_find(const char *model_type);
 
-extern const hc_arch hc_arch_llama, hc_arch_mixtral, hc_arch_qwen3, hc_arch_qwen3_moe, hc_arch_qwen2_moe, hc_arch_gemma, hc_arch_gemma2, hc_arch_gemma3,
+extern const hc_arch hc_arch_llama, hc_arch_mixtral, hc_arch_qwen3, hc_arch_qwen3_moe, hc_arch_qwen2_moe, hc_arch_olmo2, hc_arch_gemma, hc_arch_gemma2, hc_arch_gemma3,
     hc_arch_phi3, hc_arch_phi, hc_arch_gpt2;
 
 #endif

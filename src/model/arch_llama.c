@@ -1,5 +1,7 @@
 /* The Llama family: Llama 2/3.x, Mistral, Qwen2/2.5 (q/k/v bias comes from config), SmolLM3
- * (Llama with rope left out of every 4th layer: config), Qwen3
+ * (Llama with rope left out of every 4th layer: config), Granite (Llama with multipliers on the
+ * embeddings, the residual branches, the attention scale and the logits: config), OLMo 2 (norms
+ * after attention and the MLP instead of before, q/k norms over the whole projection), Qwen3
  * (per-head q/k norms), Mixtral (experts), Qwen3-MoE (Qwen3's attention, experts) and Qwen2-MoE
  * (Qwen2's attention, experts and a shared expert: the gate/up/down roles, scaled by a sigmoid
  * gate). */
@@ -20,7 +22,7 @@
     [W_UP_B] = "model.layers.%d.mlp.up_proj.bias", [W_DOWN_B] = "model.layers.%d.mlp.down_proj.bias"
 
 const hc_arch hc_arch_llama = {
-    .model_type = "llama mistral qwen2 smollm3",
+    .model_type = "llama mistral qwen2 smollm3 granite",
     .names = {LLAMA_ATTENTION, LLAMA_MLP},
     .norm = HC_NORM_RMS,
     .gated_mlp = true,
@@ -68,5 +70,24 @@ const hc_arch hc_arch_qwen2_moe = {
               [W_DOWN] = "model.layers.%d.mlp.shared_expert.down_proj.weight",
               [W_SHARED_GATE] = "model.layers.%d.mlp.shared_expert_gate.weight"},
     .norm = HC_NORM_RMS,
+    .gated_mlp = true,
+};
+
+const hc_arch hc_arch_olmo2 = {
+    .model_type = "olmo2",
+    .names = {[W_TOK_EMBED] = "model.embed_tokens.weight", [W_FINAL_NORM] = "model.norm.weight",
+              [W_LM_HEAD] = "lm_head.weight", [W_Q] = "model.layers.%d.self_attn.q_proj.weight",
+              [W_K] = "model.layers.%d.self_attn.k_proj.weight", [W_V] = "model.layers.%d.self_attn.v_proj.weight",
+              [W_O] = "model.layers.%d.self_attn.o_proj.weight", [W_Q_B] = "model.layers.%d.self_attn.q_proj.bias",
+              [W_K_B] = "model.layers.%d.self_attn.k_proj.bias", [W_V_B] = "model.layers.%d.self_attn.v_proj.bias",
+              [W_O_B] = "model.layers.%d.self_attn.o_proj.bias", [W_Q_NORM] = "model.layers.%d.self_attn.q_norm.weight",
+              [W_K_NORM] = "model.layers.%d.self_attn.k_norm.weight",
+              [W_ATTN_POST_NORM] = "model.layers.%d.post_attention_layernorm.weight",
+              [W_FFN_POST_NORM] = "model.layers.%d.post_feedforward_layernorm.weight", LLAMA_MLP},
+    .norm = HC_NORM_RMS,
+    .qk_norm = true,
+    .qk_norm_whole = true,
+    .sandwich_norms = true,
+    .post_norms_only = true,
     .gated_mlp = true,
 };

@@ -32,12 +32,14 @@ static const arch_defaults defaults_table[] = {
     {"gemma3_text", 262208, 2304, 9216, 26, 8, 4, 256, 131072, 1e-6, 1e6, "gelu_pytorch_tanh", true, 4096},
     {"phi3", 32064, 3072, 8192, 32, 32, 0, 0, 4096, 1e-5, 10000.0, "silu", false, 0},
     {"phi", 51200, 2048, 8192, 24, 32, 0, 0, 2048, 1e-5, 10000.0, "gelu_new", false, 0},
+    {"granite", 32000, 4096, 11008, 32, 32, 0, 0, 2048, 1e-6, 10000.0, "silu", false, 0},
+    {"olmo2", 50304, 4096, 11008, 32, 32, 0, 0, 2048, 1e-5, 10000.0, "silu", false, 0},
     {"smollm3", 128256, 2048, 11008, 36, 16, 4, 0, 32768, 1e-6, 2000000.0, "silu", true, 0},
     {"gpt2", 50257, 768, 0, 12, 12, 0, 0, 1024, 1e-5, 0.0, "gelu_new", true, 0},
 };
 
 const char *hc_supported_model_types(void) {
-    return "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3, gemma, gemma2, gemma3, gemma3_text, phi3, phi, gpt2, and the "
+    return "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3, granite, olmo2, gemma, gemma2, gemma3, gemma3_text, phi3, phi, gpt2, and the "
            "language model of mistral3 and llava";
 }
 
@@ -337,14 +339,15 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
     TRY(get_bool(cfg, "attention_bias", false, &attention_bias, src));
     TRY(get_bool(cfg, "mlp_bias", false, &c->mlp_bias, src));
     const bool qwen3 = !strcmp(effective, "qwen3") || !strcmp(effective, "qwen3_moe");
-    if (!strcmp(effective, "llama") || !strcmp(effective, "smollm3") || qwen3 || gemma) {
+    const bool granite = !strcmp(effective, "granite"), olmo2 = !strcmp(effective, "olmo2");
+    if (!strcmp(effective, "llama") || !strcmp(effective, "smollm3") || qwen3 || gemma || granite || olmo2) {
         c->qkv_bias = c->o_bias = attention_bias;
     } else if (!strcmp(effective, "qwen2") || !strcmp(effective, "qwen2_moe")) {
         c->qkv_bias = true; /* Qwen2 always has q/k/v biases and none on o_proj */
     } else if (gpt2 || phi) {
         c->qkv_bias = c->o_bias = c->mlp_bias = true;
     }
-    if (strcmp(effective, "llama") && strcmp(effective, "smollm3") && !gpt2 && !phi) c->mlp_bias = false;
+    if (strcmp(effective, "llama") && strcmp(effective, "smollm3") && !granite && !gpt2 && !phi) c->mlp_bias = false;
     if (phi) {
         bool qk_layernorm;
         TRY(get_bool(cfg, "qk_layernorm", false, &qk_layernorm, src));
@@ -405,7 +408,9 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
     /* Sliding windows. */
     int64_t window;
     TRY(get_int(cfg, "sliding_window", d->sliding_window, &window, src));
-    if (!strcmp(effective, "llama") || !strcmp(effective, "gemma") || gpt2 || phi) window = 0;
+    if (!strcmp(effective, "llama") || !strcmp(effective, "gemma") || !strcmp(effective, "granite") ||
+        !strcmp(effective, "olmo2") || gpt2 || phi)
+        window = 0;
     if (!strcmp(effective, "qwen2") || !strcmp(effective, "qwen2_moe") || qwen3) {
         bool use;
         int64_t max_window_layers;
@@ -499,6 +504,20 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
                            "are not supported",
                            src);
         c->intermediate_size = moe_size;
+    }
+
+    /* Granite's multipliers (muP); 1 (and an attention scale of 1/sqrt(head_dim)) elsewhere. */
+    c->embedding_multiplier = c->residual_multiplier = c->logits_scaling = 1.0;
+    c->attention_multiplier = 0;
+    if (!strcmp(effective, "granite")) {
+        TRY(get_num(cfg, "embedding_multiplier", 1.0, &c->embedding_multiplier, src));
+        TRY(get_num(cfg, "residual_multiplier", 1.0, &c->residual_multiplier, src));
+        TRY(get_num(cfg, "attention_multiplier", 1.0, &c->attention_multiplier, src));
+        TRY(get_num(cfg, "logits_scaling", 1.0, &c->logits_scaling, src));
+        if (!(c->attention_multiplier > 0) || !(c->logits_scaling > 0) || !isfinite(c->embedding_multiplier) ||
+            !isfinite(c->residual_multiplier) || !isfinite(c->attention_multiplier) || !isfinite(c->logits_scaling))
+            return hc_fail(HC_ERR_FORMAT, "%s: attention_multiplier and logits_scaling must be positive, and every "
+                                          "multiplier finite", src);
     }
 
     c->scale_attn_weights = true;

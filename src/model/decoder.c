@@ -125,6 +125,30 @@ static void feed_forward(hc_workspace *ws, const hc_layer *L, int64_t l, int64_t
     }
 }
 
+/* A block's input norm of x into h; OLMo 2's blocks have none, and read x as it is. */
+static void input_norm(hc_workspace *ws, float *h, const float *x, const hc_vec *w, const hc_vec *b, int64_t T) {
+    const hc_model *m = ws->m;
+    const int64_t C = m->cfg.hidden_size;
+    if (w->data) m->be->norm(m->be, h, x, w, b, m->arch->norm, (float)m->cfg.norm_eps, T, C);
+    else m->be->copy(m->be, h, x, T * C);
+}
+
+/* x += r o, r being Granite's residual_multiplier (1 elsewhere), then the next input norm into h
+ * (none when h is NULL: after the last block). */
+static void residual_add(hc_workspace *ws, float *h, const float *o, const hc_vec *w, const hc_vec *b, int64_t T) {
+    const hc_model *m = ws->m;
+    hc_backend *be = m->be;
+    const int64_t C = m->cfg.hidden_size;
+    const double r = m->cfg.residual_multiplier;
+    if (r == 1.0 && h && w->data) {
+        be->add_norm(be, h, ws->x, o, w, b, m->arch->norm, (float)m->cfg.norm_eps, T, C);
+        return;
+    }
+    if (r == 1.0) be->add(be, ws->x, ws->x, o, T * C);
+    else be->add_scaled(be, ws->x, o, (float)r, T * C);
+    if (h) input_norm(ws, h, ws->x, w, b, T);
+}
+
 /* The block's MLP, its residual add into x, and the next block's input norm into h (none after
  * the last block: next is NULL). A plain gated MLP goes to the backend as one fused op, which
  * a GPU may compute without writing the MLP's output apart from x. */
@@ -137,6 +161,7 @@ static void feed_forward_residual(hc_workspace *ws, const hc_layer *L, int64_t l
     float *const h = next ? ws->h : NULL;
     const hc_vec *const nw = next ? &next->attn_norm : NULL, *const nb = next ? &next->attn_norm_b : NULL;
     const bool plain = c->n_experts == 0 && m->arch->gated_mlp && !L->ffn_post_norm.data &&
+                       c->residual_multiplier == 1.0 && (!next || next->attn_norm.data) &&
                        !hc_lora_has(m->lora, l, HC_LORA_GATE) && !hc_lora_has(m->lora, l, HC_LORA_UP) &&
                        !hc_lora_has(m->lora, l, HC_LORA_DOWN);
     if (plain) {
@@ -147,8 +172,7 @@ static void feed_forward_residual(hc_workspace *ws, const hc_layer *L, int64_t l
     }
     feed_forward(ws, L, l, T);
     if (L->ffn_post_norm.data) be->norm(be, ws->o, ws->o, &L->ffn_post_norm, NULL, nk, eps, T, c->hidden_size);
-    if (h) be->add_norm(be, h, ws->x, ws->o, nw, nb, nk, eps, T, c->hidden_size);
-    else be->add(be, ws->x, ws->x, ws->o, T * c->hidden_size);
+    residual_add(ws, h, ws->o, nw, nb, T);
 }
 
 /* One forward pass over rows already staged in backend memory (ids, positions). */
@@ -184,7 +208,7 @@ static void run_forward(void *arg) {
     if (m->pos_embed.data) be->embedding(be, ws->x, &m->pos_embed, pos, T, 1.0f, true);
 
     /* Each block's input norm comes fused with the residual add that ends the block before. */
-    be->norm(be, ws->h, ws->x, &m->layers[0].attn_norm, &m->layers[0].attn_norm_b, nk, eps, T, C);
+    input_norm(ws, ws->h, ws->x, &m->layers[0].attn_norm, &m->layers[0].attn_norm_b, T);
     for (int64_t l = 0; l < c->n_layers; l++) {
         const hc_layer *L = &m->layers[l];
         float *const qkv_out[3] = {ws->q, ws->k, ws->v};
@@ -194,8 +218,10 @@ static void run_forward(void *arg) {
         lora_add(ws, l, HC_LORA_Q, ws->q, ws->h, T);
         lora_add(ws, l, HC_LORA_K, ws->k, ws->h, T);
         lora_add(ws, l, HC_LORA_V, ws->v, ws->h, T);
-        if (L->q_norm.data) be->norm(be, ws->q, ws->q, &L->q_norm, NULL, nk, eps, T * H, D);
-        if (L->k_norm.data) be->norm(be, ws->k, ws->k, &L->k_norm, NULL, nk, eps, T * KVH, D);
+        /* per head, or (OLMo 2) over the whole projection */
+        const bool whole = m->arch->qk_norm_whole;
+        if (L->q_norm.data) be->norm(be, ws->q, ws->q, &L->q_norm, NULL, nk, eps, whole ? T : T * H, whole ? H * D : D);
+        if (L->k_norm.data) be->norm(be, ws->k, ws->k, &L->k_norm, NULL, nk, eps, whole ? T : T * KVH, whole ? KVH * D : D);
         /* Rope, KV store and attention are per sequence: each has its cache and rope state.
          * Several sequences go through together, row by row, when they share rope tables. */
         if (f->rows) {
@@ -231,7 +257,8 @@ static void run_forward(void *arg) {
             be->matmul(be, ws->o, ws->att, &L->wo, &L->bo, T);
             lora_add(ws, l, HC_LORA_O, ws->o, ws->att, T);
             be->add(be, ws->x, ws->x, ws->o, T * C);
-        } else if (!hc_lora_has(m->lora, l, HC_LORA_O) && !L->attn_post_norm.data) {
+        } else if (!hc_lora_has(m->lora, l, HC_LORA_O) && !L->attn_post_norm.data && c->residual_multiplier == 1.0 &&
+                   L->ffn_norm.data) {
             /* the MLP reads h whole, as matmul input, unless experts take rows of it one by one */
             be->matmul_add_norm(be, ws->h, ws->x, ws->o, ws->att, &L->wo, &L->bo, &L->ffn_norm, &L->ffn_norm_b, nk, eps,
                                 c->n_experts == 0, T);
@@ -239,7 +266,7 @@ static void run_forward(void *arg) {
             be->matmul(be, ws->o, ws->att, &L->wo, &L->bo, T);
             lora_add(ws, l, HC_LORA_O, ws->o, ws->att, T);
             if (L->attn_post_norm.data) be->norm(be, ws->o, ws->o, &L->attn_post_norm, NULL, nk, eps, T, C);
-            be->add_norm(be, ws->h, ws->x, ws->o, &L->ffn_norm, &L->ffn_norm_b, nk, eps, T, C);
+            residual_add(ws, ws->h, ws->o, &L->ffn_norm, &L->ffn_norm_b, T);
         }
         feed_forward_residual(ws, L, l, T, l + 1 < c->n_layers ? L + 1 : NULL);
     }
@@ -262,7 +289,13 @@ static void run_forward(void *arg) {
             be->norm(be, ws->h + g * C, ws->x + (r - 1) * C, &m->final_norm, &m->final_norm_b, nk, eps, 1, C);
         }
     }
-    be->matmul(be, f->logits, ws->h, &m->lm_head, &m->lm_head_b, f->n_rows);
+    const float *head_in = ws->h;
+    if (c->logits_scaling != 1.0) { /* Granite: logits / logits_scaling, as the head's input scaled */
+        be->fill(be, ws->o, 0.0f, f->n_rows * C);
+        be->add_scaled(be, ws->o, ws->h, (float)(1.0 / c->logits_scaling), f->n_rows * C);
+        head_in = ws->o;
+    }
+    be->matmul(be, f->logits, head_in, &m->lm_head, &m->lm_head_b, f->n_rows);
     if (c->final_softcap > 0) be->softcap(be, f->logits, (float)c->final_softcap, f->n_rows * V);
 }
 

@@ -166,7 +166,7 @@ static hc_status bind_layer(binder *b, int l) {
     const int64_t C = c->hidden_size, H = c->n_heads, KVH = c->n_kv_heads, D = c->head_dim, I = c->intermediate_size;
     const bool layer_norm = a->norm == HC_NORM_LAYER;
 
-    TRY(bind_vec(b, W_ATTN_NORM, l, C, true, &L->attn_norm));
+    TRY(bind_vec(b, W_ATTN_NORM, l, C, !a->post_norms_only, &L->attn_norm));
     TRY(bind_vec(b, W_ATTN_NORM_B, l, C, layer_norm, &L->attn_norm_b));
     if (a->names[W_QKV]) {
         hc_mat qkv;
@@ -192,15 +192,15 @@ static hc_status bind_layer(binder *b, int l) {
     TRY(bind_mat(b, W_O, l, 0, C, H * D, true, &L->wo));
     if (c->o_bias) TRY(bind_vec(b, W_O_B, l, C, true, &L->bo));
     if (a->qk_norm) {
-        TRY(bind_vec(b, W_Q_NORM, l, D, true, &L->q_norm));
-        TRY(bind_vec(b, W_K_NORM, l, D, true, &L->k_norm));
+        TRY(bind_vec(b, W_Q_NORM, l, a->qk_norm_whole ? H * D : D, true, &L->q_norm));
+        TRY(bind_vec(b, W_K_NORM, l, a->qk_norm_whole ? KVH * D : D, true, &L->k_norm));
     }
     if (a->sandwich_norms) {
         TRY(bind_vec(b, W_ATTN_POST_NORM, l, C, true, &L->attn_post_norm));
         TRY(bind_vec(b, W_FFN_POST_NORM, l, C, true, &L->ffn_post_norm));
     }
     if (!a->parallel_block) { /* a parallel block's MLP reads the attention's input norm */
-        TRY(bind_vec(b, W_FFN_NORM, l, C, true, &L->ffn_norm));
+        TRY(bind_vec(b, W_FFN_NORM, l, C, !a->post_norms_only, &L->ffn_norm));
         TRY(bind_vec(b, W_FFN_NORM_B, l, C, layer_norm, &L->ffn_norm_b));
     }
 
@@ -244,7 +244,8 @@ static hc_status bind_layer(binder *b, int l) {
     L->sliding = c->layer_sliding[l] && c->sliding_window > 0;
     L->nope = c->layer_nope[l];
     L->rope = (L->sliding && c->has_rope_local) ? 1 : 0;
-    if (c->query_pre_attn_scalar > 0) L->attn_scale = (float)(1.0 / sqrt(c->query_pre_attn_scalar));
+    if (c->attention_multiplier > 0) L->attn_scale = (float)c->attention_multiplier; /* Granite */
+    else if (c->query_pre_attn_scalar > 0) L->attn_scale = (float)(1.0 / sqrt(c->query_pre_attn_scalar));
     else if (!c->scale_attn_weights) L->attn_scale = 1.0f;
     else L->attn_scale = (float)(1.0 / sqrt((double)D));
     if (c->scale_attn_by_inverse_layer_idx) L->attn_scale /= (float)(l + 1);
@@ -786,7 +787,7 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
     /* The KV cache follows the compute dtype unless asked: f32 on the CPU, 16-bit on a GPU
      * computing in 16 bits (as transformers' cache is in a bf16 model). */
     m->kv_dtype = p.kv_dtype != HC_DTYPE_AUTO ? p.kv_dtype : m->be->device ? p.compute_dtype : HC_DTYPE_F32;
-    m->embed_scale = m->arch->embed_scale_sqrt ? (float)sqrt((double)c->hidden_size) : 1.0f;
+    m->embed_scale = m->arch->embed_scale_sqrt ? (float)sqrt((double)c->hidden_size) : (float)c->embedding_multiplier;
     m->rope[0] = c->rope;
     m->rope[1] = c->has_rope_local ? c->rope_local : c->rope;
     if ((s = bind_all(m))) goto fail;

@@ -463,6 +463,37 @@ static void moe_forward(const train_ctx *tc, const hc_layer *Ly, layer_acts *a) 
     }
 }
 
+/* A block's input norm of x into h, or (OLMo 2) x as it is. */
+static void train_input_norm(hc_backend *be, const hc_model *m, float *h, const float *x, const hc_vec *w,
+                             const hc_vec *b, int64_t T) {
+    const int64_t C = m->cfg.hidden_size;
+    if (w->data) be->norm(be, h, x, w, b, m->arch->norm, (float)m->cfg.norm_eps, T, C);
+    else be->copy(be, h, x, T * C);
+}
+
+/* out = x + r o, r being Granite's residual_multiplier (1 elsewhere). */
+static void train_residual(hc_backend *be, const hc_model *m, float *out, const float *x, const float *o, int64_t T) {
+    const int64_t n = T * m->cfg.hidden_size;
+    const double r = m->cfg.residual_multiplier;
+    if (r == 1.0) {
+        be->add(be, out, x, o, n);
+    } else {
+        be->copy(be, out, x, n);
+        be->add_scaled(be, out, o, (float)r, n);
+    }
+}
+
+/* The input norm's backward: d x (+=) from dh through norm(x), or dh itself where there is none. */
+static void train_input_norm_backward(hc_backend *be, hc_grads *gr, const hc_model *m, float *dx, const float *dh,
+                                      const float *x, const hc_vec *w, const hc_vec *b, int64_t T) {
+    const int64_t C = m->cfg.hidden_size;
+    if (w->data)
+        be->norm_backward(be, dx, GM(w), b->data ? GM(b) : NULL, dh, x, w, b, m->arch->norm, (float)m->cfg.norm_eps, T,
+                          C, true);
+    else
+        be->add(be, dx, dx, dh, T * C);
+}
+
 /* Layer l from a->x_in, keeping every activation in a; its output goes to xo. */
 static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *xo) {
     hc_backend *be = tc->be;
@@ -476,7 +507,7 @@ static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *
     const int32_t *pos = tc->pos;
     float *tmp = tc->tmp, *scratch = tc->scratch;
     const lora_scratch *ls = tc->ls;
-    be->norm(be, a->h1, a->x_in, &Ly->attn_norm, &Ly->attn_norm_b, nk, eps, T, C);
+    train_input_norm(be, m, a->h1, a->x_in, &Ly->attn_norm, &Ly->attn_norm_b, T);
     /* q and k before their norms are kept only where a norm's backward needs them */
     float *q_out = Ly->q_norm.data ? a->q_pre : a->q, *k_out = Ly->k_norm.data ? a->k_pre : a->k;
     if (qkv_fused(m, l)) {
@@ -489,8 +520,9 @@ static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *
         mm_fwd(be, m, l, HC_LORA_K, k_out, a->h1, &Ly->wk, &Ly->bk, T, ls, a->lu[HC_LORA_K]);
         mm_fwd(be, m, l, HC_LORA_V, a->v, a->h1, &Ly->wv, &Ly->bv, T, ls, a->lu[HC_LORA_V]);
     }
-    if (Ly->q_norm.data) be->norm(be, a->q, a->q_pre, &Ly->q_norm, NULL, nk, eps, T * H, D);
-    if (Ly->k_norm.data) be->norm(be, a->k, a->k_pre, &Ly->k_norm, NULL, nk, eps, T * KVH, D);
+    const bool whole = m->arch->qk_norm_whole; /* OLMo 2: over the whole projection */
+    if (Ly->q_norm.data) be->norm(be, a->q, a->q_pre, &Ly->q_norm, NULL, nk, eps, whole ? T : T * H, whole ? H * D : D);
+    if (Ly->k_norm.data) be->norm(be, a->k, a->k_pre, &Ly->k_norm, NULL, nk, eps, whole ? T : T * KVH, whole ? KVH * D : D);
     if (c->rope.type != HC_ROPE_NONE && !Ly->nope) {
         be->rope(be, a->q, pos, tc->inv[Ly->rope], tc->attn_factor[Ly->rope], T, H, D, R);
         be->rope(be, a->k, pos, tc->inv[Ly->rope], tc->attn_factor[Ly->rope], T, KVH, D, R);
@@ -500,9 +532,9 @@ static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *
                         Ly->sliding ? c->sliding_window : 0, (float)c->attn_softcap, scratch);
     mm_fwd(be, m, l, HC_LORA_O, a->o_pre, a->att, &Ly->wo, &Ly->bo, T, ls, a->lu[HC_LORA_O]);
     if (Ly->attn_post_norm.data) be->norm(be, tmp, a->o_pre, &Ly->attn_post_norm, NULL, nk, eps, T, C);
-    be->add(be, a->x_mid, a->x_in, Ly->attn_post_norm.data ? tmp : a->o_pre, T * C);
+    train_residual(be, m, a->x_mid, a->x_in, Ly->attn_post_norm.data ? tmp : a->o_pre, T);
     if (m->arch->parallel_block) be->copy(be, a->h2, a->h1, T * C); /* the MLP reads the block's input norm */
-    else be->norm(be, a->h2, a->x_mid, &Ly->ffn_norm, &Ly->ffn_norm_b, nk, eps, T, C);
+    else train_input_norm(be, m, a->h2, a->x_mid, &Ly->ffn_norm, &Ly->ffn_norm_b, T);
     if (c->n_experts > 0) {
         moe_forward(tc, Ly, a);
     } else if (ffn_fused(m, l)) {
@@ -519,7 +551,7 @@ static void layer_forward(const train_ctx *tc, int64_t l, layer_acts *a, float *
     }
     if (!c->n_experts && !ffn_fused(m, l)) mm_fwd(be, m, l, HC_LORA_DOWN, a->ff_pre, a->act, &Ly->down, &Ly->b_down, T, ls, a->lu[HC_LORA_DOWN]);
     if (Ly->ffn_post_norm.data) be->norm(be, tmp, a->ff_pre, &Ly->ffn_post_norm, NULL, nk, eps, T, C);
-    be->add(be, xo, a->x_mid, Ly->ffn_post_norm.data ? tmp : a->ff_pre, T * C);
+    train_residual(be, m, xo, a->x_mid, Ly->ffn_post_norm.data ? tmp : a->ff_pre, T);
 }
 
 /* moe_forward's backward: dh (=) [T, C] from dff = d ff_pre, the experts' and the router's
@@ -636,29 +668,49 @@ static void batch_compute(void *arg) {
         layer_forward(&tc, l, &A[l], xo);
     }
     be->norm(be, hf, xL, &m->final_norm, &m->final_norm_b, nk, eps, T, C);
+    /* Granite divides the logits by logits_scaling: the head reads hf scaled (in tmp), and its input
+     * gradient is scaled back before the final norm's backward */
+    const double lsc = c->logits_scaling;
+    float *head_in = hf;
+    if (lsc != 1.0) {
+        be->fill(be, tmp, 0.0f, T * C);
+        be->add_scaled(be, tmp, hf, (float)(1.0 / lsc), T * C);
+        head_in = tmp;
+    }
     /* ---- the loss (next-token cross entropy, mean over the batch's predicted tokens) and the
      * backward from it, through the LM head ---- */
     if (m->lm_head_b.data) { /* Phi-2's head has a bias, which lm_loss has not: its ops one by one */
         float *dlogits = logits + T * c->vocab_size;
-        be->matmul(be, logits, hf, &m->lm_head, &m->lm_head_b, T);
+        be->matmul(be, logits, head_in, &m->lm_head, &m->lm_head_b, T);
         be->cross_entropy(be, gr ? dlogits : NULL, loss_rows, hit_rows, logits, tgt, T, c->vocab_size, 1.0 / n_total);
         if (gr)
-            be->matmul_backward(be, dh, GM(&m->lm_head), GM(&m->lm_head_b), dlogits, hf, &m->lm_head, T);
+            be->matmul_backward(be, dh, GM(&m->lm_head), GM(&m->lm_head_b), dlogits, head_in, &m->lm_head, T);
     } else {
-        be->lm_loss(be, gr ? dh : NULL, gr ? GM(&m->lm_head) : NULL, loss_rows, hit_rows, hf, &m->lm_head,
+        be->lm_loss(be, gr ? dh : NULL, gr ? GM(&m->lm_head) : NULL, loss_rows, hit_rows, head_in, &m->lm_head,
                     (float)c->final_softcap, tgt, T, 1.0 / n_total, logits, overwrites(gr, &m->lm_head));
     }
     if (!gr) return;
-    be->norm_backward(be, dx, GM(&m->final_norm), m->final_norm_b.data ? GM(&m->final_norm_b) : NULL, dh, xL,
+    float *dhf = dh;
+    if (lsc != 1.0) { /* d hf = d head_in / logits_scaling, in dact (free until the last layer's MLP) */
+        be->fill(be, dact, 0.0f, T * C);
+        be->add_scaled(be, dact, dh, (float)(1.0 / lsc), T * C);
+        dhf = dact;
+    }
+    be->norm_backward(be, dx, GM(&m->final_norm), m->final_norm_b.data ? GM(&m->final_norm_b) : NULL, dhf, xL,
                       &m->final_norm, &m->final_norm_b, nk, eps, T, C, false);
     for (int64_t l = L - 1; l >= 0; l--) {
         const hc_layer *Ly = &m->layers[l];
         layer_acts *a = &A[l];
         if (ckpt) layer_forward(&tc, l, a, x_ckpt_out); /* the same numbers again */
-        /* the MLP block: x_out = x_mid + post(ff_pre) */
+        /* the MLP block: x_out = x_mid + r post(ff_pre) (r: Granite's residual_multiplier, which
+         * config.c gives only to blocks without post norms) */
         float *dff = dx;
         if (Ly->ffn_post_norm.data) {
             be->norm_backward(be, tmp, GM(&Ly->ffn_post_norm), NULL, dx, a->ff_pre, &Ly->ffn_post_norm, NULL, nk, eps, T, C, false);
+            dff = tmp;
+        } else if (c->residual_multiplier != 1.0) {
+            be->fill(be, tmp, 0.0f, T * C);
+            be->add_scaled(be, tmp, dx, (float)c->residual_multiplier, T * C);
             dff = tmp;
         }
         if (E) {
@@ -689,12 +741,15 @@ static void batch_compute(void *arg) {
         if (m->arch->parallel_block)
             be->copy(be, dh_mlp, dh, T * C); /* d x_mid is dx itself: x_out = x_mid + ff */
         else
-            be->norm_backward(be, dx, GM(&Ly->ffn_norm), Ly->ffn_norm_b.data ? GM(&Ly->ffn_norm_b) : NULL, dh, a->x_mid,
-                              &Ly->ffn_norm, &Ly->ffn_norm_b, nk, eps, T, C, true); /* d x_mid */
-        /* the attention block: x_mid = x_in + post(o_pre) */
+            train_input_norm_backward(be, gr, m, dx, dh, a->x_mid, &Ly->ffn_norm, &Ly->ffn_norm_b, T); /* d x_mid */
+        /* the attention block: x_mid = x_in + r post(o_pre) */
         float *dop = dx;
         if (Ly->attn_post_norm.data) {
             be->norm_backward(be, tmp, GM(&Ly->attn_post_norm), NULL, dx, a->o_pre, &Ly->attn_post_norm, NULL, nk, eps, T, C, false);
+            dop = tmp;
+        } else if (c->residual_multiplier != 1.0) {
+            be->fill(be, tmp, 0.0f, T * C);
+            be->add_scaled(be, tmp, dx, (float)c->residual_multiplier, T * C);
             dop = tmp;
         }
         float *datt = tmp + T * (C > I ? C : I) * 2; /* [T, H*D], the tail of tmp */
@@ -712,12 +767,15 @@ static void batch_compute(void *arg) {
             be->rope_backward(be, dq, pos, tc.inv[Ly->rope], tc.attn_factor[Ly->rope], T, H, D, R);
             be->rope_backward(be, dk, pos, tc.inv[Ly->rope], tc.attn_factor[Ly->rope], T, KVH, D, R);
         }
+        const bool whole = m->arch->qk_norm_whole;
         if (Ly->q_norm.data) {
-            be->norm_backward(be, datt, GM(&Ly->q_norm), NULL, dq, a->q_pre, &Ly->q_norm, NULL, nk, eps, T * H, D, false);
+            be->norm_backward(be, datt, GM(&Ly->q_norm), NULL, dq, a->q_pre, &Ly->q_norm, NULL, nk, eps, whole ? T : T * H,
+                              whole ? H * D : D, false);
             be->copy(be, dq, datt, T * H * D);
         }
         if (Ly->k_norm.data) {
-            be->norm_backward(be, datt, GM(&Ly->k_norm), NULL, dk, a->k_pre, &Ly->k_norm, NULL, nk, eps, T * KVH, D, false);
+            be->norm_backward(be, datt, GM(&Ly->k_norm), NULL, dk, a->k_pre, &Ly->k_norm, NULL, nk, eps,
+                              whole ? T : T * KVH, whole ? KVH * D : D, false);
             be->copy(be, dk, datt, T * KVH * D);
         }
         if (qkv_fused(m, l)) {
@@ -733,8 +791,7 @@ static void batch_compute(void *arg) {
             be->add(be, dh, dh, tmp, T * C);
         }
         if (m->arch->parallel_block) be->add(be, dh, dh, dh_mlp, T * C);
-        be->norm_backward(be, dx, GM(&Ly->attn_norm), Ly->attn_norm_b.data ? GM(&Ly->attn_norm_b) : NULL, dh, a->x_in,
-                          &Ly->attn_norm, &Ly->attn_norm_b, nk, eps, T, C, true); /* d x_in */
+        train_input_norm_backward(be, gr, m, dx, dh, a->x_in, &Ly->attn_norm, &Ly->attn_norm_b, T); /* d x_in */
     }
     if (GM(&m->tok_embed)) be->embedding_backward(be, GM(&m->tok_embed), &m->tok_embed, dx, ids, T, m->embed_scale);
     if (m->pos_embed.data && GM(&m->pos_embed))

@@ -97,6 +97,15 @@ def specs(which):
             text_config=dict(BASE, model_type="llama", vocab_size=V, rope_theta=10000.0),
             vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                num_attention_heads=2, image_size=32, patch_size=16, projection_dim=32), image_token_index=V - 1), "float32", {}),
+        # Granite 3.x: Llama with multipliers on the embeddings, the residual branches, the
+        # attention scale (1/head_dim here, not 1/sqrt) and the logits; tied head
+        ("granite", "GraniteForCausalLM", "GraniteConfig", dict(BASE, vocab_size=V, rope_theta=10000.0, embedding_multiplier=12.0,
+         residual_multiplier=0.22, attention_multiplier=0.0625, logits_scaling=4.0, tie_word_embeddings=True), "bfloat16", {}),
+        # OLMo 2: norms after attention and the MLP instead of before, q/k norms over the whole
+        # projection; and one with biases on the attention's projections, stored in f32
+        ("olmo2", "Olmo2ForCausalLM", "Olmo2Config", dict(BASE, vocab_size=V, rope_theta=500000.0), "bfloat16", {}),
+        ("olmo2_bias", "Olmo2ForCausalLM", "Olmo2Config", dict(BASE, vocab_size=V, num_hidden_layers=3, rope_theta=10000.0,
+         attention_bias=True, tie_word_embeddings=True), "float32", {}),
         # GPT-2 variants: attention scaled by 1/layer, plain GELU, n_inner set
         ("gpt2_inv", "GPT2LMHeadModel", "GPT2Config", dict(vocab_size=V, n_positions=128, n_embd=64, n_layer=3, n_head=4, n_inner=96,
          activation_function="gelu", scale_attn_by_inverse_layer_idx=True, bos_token_id=1, eos_token_id=2), "float32", {}),

@@ -1,4 +1,5 @@
 /* hubcap info: what a checkpoint holds. */
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -156,6 +157,11 @@ int cmd_info(int argc, char **argv) {
                         c->has_rope_local ? ", local layers differ" : "");
             if (c->sliding_window) fprintf(f, "sliding       window %lld\n", (long long)c->sliding_window);
             if (c->n_experts) fprintf(f, "experts       %lld (top %lld)\n", (long long)c->n_experts, (long long)c->n_experts_per_tok);
+            if (c->embedding_multiplier != 1 || c->residual_multiplier != 1 || c->attention_multiplier > 0 ||
+                c->logits_scaling != 1)
+                fprintf(f, "multipliers   embedding %g, residual %g, attention %g, logits / %g\n", c->embedding_multiplier,
+                        c->residual_multiplier, c->attention_multiplier > 0 ? c->attention_multiplier : 1.0 / sqrt((double)c->head_dim),
+                        c->logits_scaling);
             fprintf(f, "tied          %s\n", c->tie_word_embeddings ? "yes" : "no");
         }
         if (tensors) {
