@@ -136,6 +136,20 @@ static void test_rope_styles(void) {
     CHECK_OK(parse_cfg(&c, "{\"model_type\":\"olmo2\",\"attention_bias\":true}"));
     CHECK(c.vocab_size == 50304 && c.norm_eps == 1e-5 && c.qkv_bias && c.o_bias && !c.mlp_bias && !c.tie_word_embeddings,
           "olmo2 defaults");
+    /* Qwen-VL language models: the Hub's top-level keys with rope_scaling mrope, or text_config */
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"qwen2_5_vl\",\"hidden_size\":2048,\"num_attention_heads\":16,"
+                           "\"num_key_value_heads\":2,\"rope_scaling\":{\"type\":\"mrope\",\"mrope_section\":[16,24,24]},\"rope_theta\":1e6,"
+                           "\"vision_config\":{\"depth\":32}}"));
+    CHECK(!strcmp(c.text_model_type, "qwen2") && c.rope.type == HC_ROPE_DEFAULT && c.rope.theta == 1e6 && c.qkv_bias &&
+              c.head_dim == 128,
+          "qwen2_5_vl, Hub layout");
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"qwen3_vl\",\"tie_word_embeddings\":false,\"text_config\":{"
+                           "\"model_type\":\"qwen3_vl_text\",\"hidden_size\":2560,\"head_dim\":128,\"tie_word_embeddings\":true,"
+                           "\"rope_scaling\":{\"rope_type\":\"default\",\"mrope_interleaved\":true,\"mrope_section\":[24,20,20]},"
+                           "\"rope_theta\":5000000}}"));
+    CHECK(!strcmp(c.text_model_type, "qwen3") && c.hidden_size == 2560 && c.rope.theta == 5e6 && !c.qkv_bias &&
+              !c.tie_word_embeddings,
+          "qwen3_vl, text_config (the wrapper's tie_word_embeddings wins)");
     CHECK_OK(parse_cfg(&c, "{\"model_type\":\"qwen2_moe\"}"));
     CHECK(c.n_experts == 60 && c.n_experts_per_tok == 4 && c.intermediate_size == 1408 &&
               c.shared_intermediate_size == 5632 && c.qkv_bias && !c.norm_topk_prob,
@@ -214,6 +228,7 @@ static void test_refusals(void) {
     expect_refused("{\"model_type\":\"bert\"}", HC_ERR_UNSUPPORTED, "unsupported architecture 'bert' (supported: llama");
     expect_refused("{\"hidden_size\":3}", HC_ERR_FORMAT, "model_type");
     expect_refused("{\"model_type\":\"mistral3\"}", HC_ERR_FORMAT, "mistral3 config has no 'text_config'");
+    expect_refused("{\"model_type\":\"qwen2_vl\",\"text_config\":7}", HC_ERR_FORMAT, "'text_config' must be an object");
     expect_refused("{\"model_type\":\"granite\",\"attention_multiplier\":0}", HC_ERR_FORMAT,
                    "attention_multiplier and logits_scaling must be positive");
     expect_refused("{\"model_type\":\"granite\",\"logits_scaling\":-8}", HC_ERR_FORMAT,

@@ -154,6 +154,11 @@ int main(void) {
     /* Granite (multipliers on the residual branches) and OLMo 2 (post norms, whole q/k norms) */
     check_arch("granite", "all-linear", llama, 7, "base_model.model.model.layers.1.self_attn.o_proj.lora_B.weight");
     check_arch("olmo2", "all-linear", llama, 7, "base_model.model.model.layers.0.mlp.down_proj.lora_A.weight");
+    /* Qwen2.5-VL as the Hub stores it (model.layers) and Qwen3-VL (model.language_model.layers):
+     * transformers 5 puts both language models at model.language_model */
+    check_arch("qwen2_5_vl", "q_proj,v_proj", qv, 2,
+               "base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_B.weight");
+    check_arch("qwen3_vl", "all-linear", llama, 7, "base_model.model.model.language_model.layers.1.mlp.gate_proj.lora_A.weight");
     const char *gpt2[] = {"c_attn", "c_proj", "c_fc"};
     check_arch("gpt2", "c_attn,c_proj,c_fc", gpt2, 3, "base_model.model.transformer.h.1.attn.c_attn.lora_B.weight");
     const char *mixtral[] = {"q_proj", "v_proj"};

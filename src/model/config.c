@@ -40,7 +40,7 @@ static const arch_defaults defaults_table[] = {
 
 const char *hc_supported_model_types(void) {
     return "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3, granite, olmo2, gemma, gemma2, gemma3, gemma3_text, phi3, phi, gpt2, and the "
-           "language model of mistral3 and llava";
+           "language model of mistral3, llava, qwen2_vl, qwen2_5_vl and qwen3_vl";
 }
 
 const char *hc_rope_type_name(hc_rope_type t) {
@@ -154,7 +154,9 @@ static hc_status get_factors(const hc_json *p, const char *key, float *out, int 
  * p.rope_theta when present (the v5 rope_parameters style), else from dflt_theta. */
 static hc_status parse_rope(hc_rope_config *r, const hc_json *p, double dflt_theta, int64_t max_pos, const char *src,
                             const char *where) {
+    const bool mrope_ok = r->mrope_ok; /* the caller's, for a Qwen-VL language model */
     memset(r, 0, sizeof *r);
+    r->mrope_ok = mrope_ok;
     r->type = HC_ROPE_DEFAULT;
     r->theta = dflt_theta;
     r->factor = 1.0;
@@ -172,6 +174,7 @@ static hc_status parse_rope(hc_rope_config *r, const hc_json *p, double dflt_the
     else if (!strcmp(type, "yarn")) r->type = HC_ROPE_YARN;
     else if (!strcmp(type, "llama3")) r->type = HC_ROPE_LLAMA3;
     else if (!strcmp(type, "longrope") || !strcmp(type, "su")) r->type = HC_ROPE_LONGROPE; /* "su": early Phi-3 */
+    else if (!strcmp(type, "mrope") && r->mrope_ok) r->type = HC_ROPE_DEFAULT; /* Qwen2-VL's, on text: see qwen_vl */
     else
         return hc_fail(HC_ERR_UNSUPPORTED,
                        "%s: unsupported %s.rope_type='%s' (supported: default, linear, dynamic, yarn, llama3, longrope)",
@@ -262,7 +265,19 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
     /* Multimodal checkpoints keep the language model's config in text_config: Gemma 3, Mistral
      * Small 3.1 and later (mistral3), and LLaVA-style ones (llava: Pixtral, LLaVA 1.5). hubcap
      * runs their language model on text. */
-    if (!strcmp(mt, "gemma3") || !strcmp(mt, "mistral3") || !strcmp(mt, "llava")) {
+    /* Qwen2-VL, Qwen2.5-VL and Qwen3-VL: their language model is a Qwen2 (Qwen3), configured in
+     * text_config or, in the Hub's older configs, at the top level beside vision_config. On text
+     * alone their multimodal rope (mrope) rotates every section by the same position, which is the
+     * default rope. */
+    const bool qwen_vl = !strcmp(mt, "qwen2_vl") || !strcmp(mt, "qwen2_5_vl") || !strcmp(mt, "qwen3_vl");
+    if (qwen_vl) {
+        const hc_json *tc = hc_json_get(root, "text_config");
+        if (!hc_json_is_null(tc) && tc->type != HC_JSON_OBJECT)
+            return hc_fail(HC_ERR_FORMAT, "%s: 'text_config' must be an object", src);
+        if (tc) cfg = tc;
+        effective = !strcmp(mt, "qwen3_vl") ? "qwen3" : "qwen2";
+        c->rope.mrope_ok = true;
+    } else if (!strcmp(mt, "gemma3") || !strcmp(mt, "mistral3") || !strcmp(mt, "llava")) {
         cfg = hc_json_get(root, "text_config");
         if (!cfg || cfg->type != HC_JSON_OBJECT)
             return hc_fail(HC_ERR_FORMAT, "%s: %s config has no 'text_config'", src, mt);

@@ -34,6 +34,9 @@ def with_vocab(cls):
 
 transformers.HubcapMistral3Config = with_vocab("Mistral3Config")
 transformers.HubcapLlavaConfig = with_vocab("LlavaConfig")
+transformers.HubcapQwen2VLConfig = with_vocab("Qwen2VLConfig")
+transformers.HubcapQwen2_5_VLConfig = with_vocab("Qwen2_5_VLConfig")
+transformers.HubcapQwen3VLConfig = with_vocab("Qwen3VLConfig")
 # LongRoPE as Phi-3.5-mini and Phi-4-mini carry it: one factor per rotary frequency, the long
 # ones used once a sequence is longer than original_max_position_embeddings. Rotary dim here is
 # 16 * 0.75 = 12 (Phi-4-mini's partial_rotary_factor), so 6 factors each.
@@ -106,6 +109,29 @@ def specs(which):
         ("olmo2", "Olmo2ForCausalLM", "Olmo2Config", dict(BASE, vocab_size=V, rope_theta=500000.0), "bfloat16", {}),
         ("olmo2_bias", "Olmo2ForCausalLM", "Olmo2Config", dict(BASE, vocab_size=V, num_hidden_layers=3, rope_theta=10000.0,
          attention_bias=True, tie_word_embeddings=True), "float32", {}),
+        # Qwen2-VL, Qwen2.5-VL (the Hub's layout: text keys at the top, rope_scaling type mrope,
+        # weights under model. and visual.) and Qwen3-VL (text_config, model.language_model.):
+        # their language model on text, where mrope is the default rope. head_dim 16: sections of 8.
+        ("qwen2_vl", "Qwen2VLForConditionalGeneration", "HubcapQwen2VLConfig", dict(
+            text_config=dict(BASE, vocab_size=V, tie_word_embeddings=True,
+                             rope_parameters=dict(rope_type="default", rope_theta=1000000.0, mrope_section=[2, 3, 3])),
+            vision_config=dict(depth=1, embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=2, patch_size=14,
+                               spatial_merge_size=2, temporal_patch_size=2),
+            image_token_id=V - 1, video_token_id=V - 2, vision_start_token_id=V - 3), "bfloat16", {}),
+        ("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "HubcapQwen2_5_VLConfig", dict(
+            text_config=dict(BASE, vocab_size=V, tie_word_embeddings=False,
+                             rope_parameters=dict(rope_type="default", rope_theta=1000000.0, mrope_section=[2, 3, 3])),
+            vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
+                               spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[0]),
+            image_token_id=V - 1, video_token_id=V - 2, vision_start_token_id=V - 3), "bfloat16", {}),
+        ("qwen3_vl", "Qwen3VLForConditionalGeneration", "HubcapQwen3VLConfig", dict(
+            text_config=dict(BASE, vocab_size=V, head_dim=16, tie_word_embeddings=True,
+                             rope_parameters=dict(rope_type="default", rope_theta=5000000.0, mrope_section=[3, 3, 2],
+                                                  mrope_interleaved=True)),
+            vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16,
+                               spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=16,
+                               deepstack_visual_indexes=[0]),
+            image_token_id=V - 1, video_token_id=V - 2, vision_start_token_id=V - 3), "bfloat16", {}),
         # GPT-2 variants: attention scaled by 1/layer, plain GELU, n_inner set
         ("gpt2_inv", "GPT2LMHeadModel", "GPT2Config", dict(vocab_size=V, n_positions=128, n_embd=64, n_layer=3, n_head=4, n_inner=96,
          activation_function="gelu", scale_attn_by_inverse_layer_idx=True, bos_token_id=1, eos_token_id=2), "float32", {}),
@@ -182,10 +208,39 @@ def greedy_full(m, ids, n):
     return torch.tensor([toks]), torch.tensor(margins)
 
 
+def qwen_vl_hub(path):
+    """Qwen2-VL / Qwen2.5-VL as their Hub checkpoints carry them (transformers 4.4x): the text
+    model's keys at the top of config.json beside vision_config, rope_scaling {"type": "mrope"},
+    and weights under model. (the language model) and visual. Returns True if it rewrote."""
+    cfg = json.load(open(path))
+    if cfg.get("model_type") not in ("qwen2_vl", "qwen2_5_vl"):
+        return False
+    tc = cfg.pop("text_config")
+    for k, v in tc.items():
+        if k not in ("model_type", "architectures", "transformers_version"):
+            cfg[k] = v
+    rp = cfg.pop("rope_parameters")
+    cfg["rope_theta"] = rp["rope_theta"]
+    cfg["rope_scaling"] = {"type": "mrope", "mrope_section": rp["mrope_section"]}
+    json.dump(cfg, open(path, "w"), indent=2, sort_keys=True)
+    from safetensors.torch import load_file, save_file
+    st = os.path.join(os.path.dirname(path), "model.safetensors")
+    t = load_file(st)
+    ren = {}
+    for k, v in t.items():
+        if k.startswith("model.language_model."):
+            k = "model." + k[len("model.language_model."):]
+        elif k.startswith("model.visual."):
+            k = "visual." + k[len("model.visual."):]
+        ren[k] = v.contiguous()
+    save_file(ren, st, metadata={"format": "pt"})
+    return True
+
+
 gf.load_ref = load_fresh
 gf.greedy = greedy_fresh
 classic = gf.classic_config
-gf.classic_config = lambda path: classic(path) and hub_style(path)
+gf.classic_config = lambda path: qwen_vl_hub(path) or (classic(path) and hub_style(path))
 gf.specs = lambda which: [x for x in specs(which) if not ONLY or x[0] in ONLY]
 gf.main()
 
