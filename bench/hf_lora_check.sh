@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # peft reads hubcap's LoRA adapters on every kind of projection (separate, Phi-3's fused
 # qkv_proj / gate_up_proj, GPT-2's fused and transposed c_attn): test_lora saves its random
-# adapters, `hubcap logits --lora` computes with each, and peft must give the same logits.
+# adapters, `hubcap logits --lora --dtype f32` computes with each (f32 activations, as peft runs
+# here), and peft must give the same logits.
 #   bash bench/hf_lora_check.sh [OUT_DIR]      (BUILD=build by default; needs torch, transformers, peft)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,6 @@ HUBCAP_LORA_EXPORT="$OUT" "$B/tests/test_lora" >/dev/null
 for a in "$OUT"/*/; do
     a=${a%/}
     name=$(basename "$a")
-    "$B/hubcap" logits -m "$FX/${name%-*}" --lora "$a" --ids "1 5 9 13 17 21 25 29" --out "$a/logits.safetensors"
+    "$B/hubcap" logits -m "$FX/${name%-*}" --lora "$a" --dtype f32 --ids "1 5 9 13 17 21 25 29" --out "$a/logits.safetensors"
 done
 python3 bench/hf_lora_check.py "$OUT" "$FX"
