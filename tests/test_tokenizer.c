@@ -202,6 +202,11 @@ static void test_bad_input(const char *tmp) {
     expect_load_error(tmp, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a b\"]}}", HC_ERR_FORMAT,
                       "merges[0]");
     expect_load_error(tmp, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0", HC_ERR_FORMAT, "tokenizer.json:1:");
+    /* an id far past the vocabulary's size would size the id table by it (a fuzzer's 666666665: 8 GB) */
+    expect_load_error(tmp, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 666666665}, \"merges\": []}}",
+                      HC_ERR_FORMAT, "vocab entry 'b' has no valid id (0 to about the vocabulary's 2 entries)");
+    expect_load_error(tmp, "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {\"a\": 4294967296}}}", HC_ERR_FORMAT,
+                      "vocab entry 'a' has no valid id");
     expect_load_error(tmp, "{\"model\": {\"type\": \"BPE\", \"vocab\": {}}, \"pre_tokenizer\": {\"type\": \"Split\", "
                            "\"pattern\": {\"Regex\": \"(unclosed\"}, \"behavior\": \"Isolated\"}}",
                       HC_ERR_UNSUPPORTED, "does not compile");

@@ -95,8 +95,9 @@ hc_status hc_bpe_parse(hc_tok_model *m, const hc_json *j, const char *src) {
     if (!hc_vocab_init(&m->vocab, (int64_t)vocab->len)) return hc_fail(HC_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < vocab->len; i++) {
         const hc_json_member *e = &vocab->u.members[i];
-        if (e->value.type != HC_JSON_NUMBER || !e->value.is_int || e->value.u.num.i < 0 || e->value.u.num.i > INT32_MAX)
-            return hc_fail(HC_ERR_FORMAT, "%s: vocab entry '%s' has no valid id", src, e->key);
+        if (e->value.type != HC_JSON_NUMBER || !e->value.is_int || !hc_vocab_id_ok(e->value.u.num.i, vocab->len))
+            return hc_fail(HC_ERR_FORMAT, "%s: vocab entry '%s' has no valid id (0 to about the vocabulary's %zu entries)",
+                           src, e->key, vocab->len);
         if (!hc_vocab_add(&m->vocab, e->key, e->key_len, (int32_t)e->value.u.num.i))
             return hc_fail(HC_ERR_NOMEM, "out of memory");
     }
@@ -363,8 +364,9 @@ hc_status hc_wordpiece_parse(hc_tok_model *m, const hc_json *j, const char *src)
     if (!hc_vocab_init(&m->vocab, (int64_t)vocab->len)) return hc_fail(HC_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < vocab->len; i++) {
         const hc_json_member *e = &vocab->u.members[i];
-        if (e->value.type != HC_JSON_NUMBER || !e->value.is_int || e->value.u.num.i < 0)
-            return hc_fail(HC_ERR_FORMAT, "%s: vocab entry '%s' has no valid id", src, e->key);
+        if (e->value.type != HC_JSON_NUMBER || !e->value.is_int || !hc_vocab_id_ok(e->value.u.num.i, vocab->len))
+            return hc_fail(HC_ERR_FORMAT, "%s: vocab entry '%s' has no valid id (0 to about the vocabulary's %zu entries)",
+                           src, e->key, vocab->len);
         if (!hc_vocab_add(&m->vocab, e->key, e->key_len, (int32_t)e->value.u.num.i)) return hc_fail(HC_ERR_NOMEM, "out of memory");
     }
     const char *unk = hc_json_str(j, "unk_token", "[UNK]");

@@ -19,6 +19,13 @@ typedef struct {
 } hc_vocab;
 
 bool hc_vocab_init(hc_vocab *v, int64_t expected);
+/* Whether a vocabulary of `entries` tokens may hold `id`. Ids run from 0 to about the number of
+ * tokens (a few gaps at most), and the id table is indexed by them, so an id far past that is a
+ * corrupt or lying tokenizer.json (a fuzzer's 2^31 asked for an 8 GB table), refused instead. */
+static inline bool hc_vocab_id_ok(int64_t id, size_t entries) {
+    return id >= 0 && id <= INT32_MAX && id < (int64_t)entries * 2 + 65536;
+}
+
 /* Adds (token, id); an existing id or token is replaced. false when out of memory. */
 bool hc_vocab_add(hc_vocab *v, const char *s, size_t n, int32_t id);
 /* The id of a token, or -1. */
