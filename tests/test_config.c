@@ -150,6 +150,14 @@ static void test_rope_styles(void) {
     CHECK(!strcmp(c.text_model_type, "qwen3") && c.hidden_size == 2560 && c.rope.theta == 5e6 && !c.qkv_bias &&
               !c.tie_word_embeddings,
           "qwen3_vl, text_config (the wrapper's tie_word_embeddings wins)");
+    /* OLMo 3: windows on three layers of four; yarn on the full layers, the plain rope on the others */
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"olmo3\",\"num_hidden_layers\":8,\"rope_theta\":500000,"
+                           "\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":8,\"original_max_position_embeddings\":8192},"
+                           "\"max_position_embeddings\":65536}"));
+    CHECK(c.sliding_window == 4096 && c.layer_sliding[0] && c.layer_sliding[2] && !c.layer_sliding[3] && !c.layer_sliding[7] &&
+              c.rope.type == HC_ROPE_YARN && c.has_rope_local && c.rope_local.type == HC_ROPE_DEFAULT &&
+              c.rope_local.theta == 500000,
+          "olmo3 defaults, yarn on full layers");
     CHECK_OK(parse_cfg(&c, "{\"model_type\":\"qwen2_moe\"}"));
     CHECK(c.n_experts == 60 && c.n_experts_per_tok == 4 && c.intermediate_size == 1408 &&
               c.shared_intermediate_size == 5632 && c.qkv_bias && !c.norm_topk_prob,

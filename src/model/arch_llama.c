@@ -74,7 +74,7 @@ const hc_arch hc_arch_qwen2_moe = {
 };
 
 const hc_arch hc_arch_olmo2 = {
-    .model_type = "olmo2",
+    .model_type = "olmo2 olmo3", /* OLMo 3: OLMo 2 with sliding windows on three layers of four (config) */
     .names = {[W_TOK_EMBED] = "model.embed_tokens.weight", [W_FINAL_NORM] = "model.norm.weight",
               [W_LM_HEAD] = "lm_head.weight", [W_Q] = "model.layers.%d.self_attn.q_proj.weight",
               [W_K] = "model.layers.%d.self_attn.k_proj.weight", [W_V] = "model.layers.%d.self_attn.v_proj.weight",

@@ -34,12 +34,13 @@ static const arch_defaults defaults_table[] = {
     {"phi", 51200, 2048, 8192, 24, 32, 0, 0, 2048, 1e-5, 10000.0, "gelu_new", false, 0},
     {"granite", 32000, 4096, 11008, 32, 32, 0, 0, 2048, 1e-6, 10000.0, "silu", false, 0},
     {"olmo2", 50304, 4096, 11008, 32, 32, 0, 0, 2048, 1e-5, 10000.0, "silu", false, 0},
+    {"olmo3", 50304, 4096, 11008, 32, 32, 0, 0, 2048, 1e-5, 10000.0, "silu", false, 4096},
     {"smollm3", 128256, 2048, 11008, 36, 16, 4, 0, 32768, 1e-6, 2000000.0, "silu", true, 0},
     {"gpt2", 50257, 768, 0, 12, 12, 0, 0, 1024, 1e-5, 0.0, "gelu_new", true, 0},
 };
 
 const char *hc_supported_model_types(void) {
-    return "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3, granite, olmo2, gemma, gemma2, gemma3, gemma3_text, phi3, phi, gpt2, and the "
+    return "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3, granite, olmo2, olmo3, gemma, gemma2, gemma3, gemma3_text, phi3, phi, gpt2, and the "
            "language model of mistral3, llava, qwen2_vl, qwen2_5_vl and qwen3_vl";
 }
 
@@ -354,7 +355,7 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
     TRY(get_bool(cfg, "attention_bias", false, &attention_bias, src));
     TRY(get_bool(cfg, "mlp_bias", false, &c->mlp_bias, src));
     const bool qwen3 = !strcmp(effective, "qwen3") || !strcmp(effective, "qwen3_moe");
-    const bool granite = !strcmp(effective, "granite"), olmo2 = !strcmp(effective, "olmo2");
+    const bool granite = !strcmp(effective, "granite"), olmo2 = !strcmp(effective, "olmo2") || !strcmp(effective, "olmo3");
     if (!strcmp(effective, "llama") || !strcmp(effective, "smollm3") || qwen3 || gemma || granite || olmo2) {
         c->qkv_bias = c->o_bias = attention_bias;
     } else if (!strcmp(effective, "qwen2") || !strcmp(effective, "qwen2_moe")) {
@@ -401,9 +402,12 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
             }
             TRY(pretrained_context(&c->rope, cfg, !strcmp(effective, "phi3"), c->max_position_embeddings, src));
         }
-        if (!strcmp(effective, "gemma3_text") && !c->has_rope_local) {
+        /* Gemma 3's sliding layers rotate with their own base; OLMo 3's take the plain rope, its
+         * scaling (yarn) going to the full-attention layers alone, as transformers 5 reads it */
+        const bool olmo3 = !strcmp(effective, "olmo3");
+        if ((!strcmp(effective, "gemma3_text") || olmo3) && !c->has_rope_local) {
             double local;
-            TRY(get_num(cfg, "rope_local_base_freq", 10000.0, &local, src));
+            TRY(get_num(cfg, "rope_local_base_freq", olmo3 ? theta : 10000.0, &local, src));
             TRY(parse_rope(&c->rope_local, NULL, local, c->max_position_embeddings, src, "rope_local_base_freq"));
             c->has_rope_local = true;
         }
@@ -459,6 +463,8 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
         if (!use) window = 0;
     } else if (!strcmp(effective, "gemma2")) {
         for (int64_t i = 0; i < c->n_layers; i++) c->layer_sliding[i] = (i + 1) % 2 != 0;
+    } else if (!strcmp(effective, "olmo3")) { /* Olmo3Config: three sliding layers, then a full one */
+        for (int64_t i = 0; i < c->n_layers; i++) c->layer_sliding[i] = (i + 1) % 4 != 0;
     } else if (!strcmp(effective, "gemma3_text")) {
         int64_t pattern;
         TRY(get_int(cfg, "sliding_window_pattern", 6, &pattern, src));

@@ -132,6 +132,13 @@ def specs(which):
                                spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=16,
                                deepstack_visual_indexes=[0]),
             image_token_id=V - 1, video_token_id=V - 2, vision_start_token_id=V - 3), "bfloat16", {}),
+        # OLMo 3: OLMo 2 with a sliding window on three layers of four; and with yarn, as its
+        # long-context checkpoints carry it
+        ("olmo3", "Olmo3ForCausalLM", "Olmo3Config", dict(BASE, vocab_size=V, num_hidden_layers=4, rope_theta=500000.0,
+         sliding_window=8), "bfloat16", {}),
+        ("olmo3_yarn", "Olmo3ForCausalLM", "Olmo3Config", dict(BASE, vocab_size=V, num_hidden_layers=4, rope_theta=500000.0,
+         sliding_window=8, max_position_embeddings=64, rope_scaling=dict(rope_type="yarn", factor=4.0,
+         original_max_position_embeddings=16, attention_factor=1.2, beta_fast=32.0, beta_slow=1.0)), "float32", {}),
         # GPT-2 variants: attention scaled by 1/layer, plain GELU, n_inner set
         ("gpt2_inv", "GPT2LMHeadModel", "GPT2Config", dict(vocab_size=V, n_positions=128, n_embd=64, n_layer=3, n_head=4, n_inner=96,
          activation_function="gelu", scale_attn_by_inverse_layer_idx=True, bos_token_id=1, eos_token_id=2), "float32", {}),
