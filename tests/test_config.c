@@ -158,6 +158,20 @@ static void test_rope_styles(void) {
               c.rope.type == HC_ROPE_YARN && c.has_rope_local && c.rope_local.type == HC_ROPE_DEFAULT &&
               c.rope_local.theta == 500000,
           "olmo3 defaults, yarn on full layers");
+    /* sliding_window: null is none (Mistral 7B v0.2 and later); a missing key the class default */
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"mistral\",\"sliding_window\":null}"));
+    CHECK(c.sliding_window == 0 && !c.layer_sliding[0], "mistral: sliding_window null");
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"mistral\"}"));
+    CHECK(c.sliding_window == 4096 && c.layer_sliding[0], "mistral: MistralConfig's window");
+    /* EXAONE 4: windows by an L/G pattern, no rope on the global layers; none without a window */
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"exaone4\",\"num_hidden_layers\":6,\"sliding_window\":4096,"
+                           "\"sliding_window_pattern\":\"LLG\"}"));
+    CHECK(c.layer_sliding[0] && c.layer_sliding[1] && !c.layer_sliding[2] && c.layer_sliding[3] && !c.layer_sliding[5] &&
+              !c.layer_nope[0] && c.layer_nope[2] && c.layer_nope[5] && c.n_kv_heads == 32,
+          "exaone4: LLG");
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"exaone4\",\"num_hidden_layers\":4,\"sliding_window\":null,"
+                           "\"sliding_window_pattern\":0}"));
+    CHECK(c.sliding_window == 0 && !c.layer_sliding[0] && !c.layer_nope[3], "exaone4 without a window: rope everywhere");
     CHECK_OK(parse_cfg(&c, "{\"model_type\":\"qwen2_moe\"}"));
     CHECK(c.n_experts == 60 && c.n_experts_per_tok == 4 && c.intermediate_size == 1408 &&
               c.shared_intermediate_size == 5632 && c.qkv_bias && !c.norm_topk_prob,
@@ -237,6 +251,10 @@ static void test_refusals(void) {
     expect_refused("{\"hidden_size\":3}", HC_ERR_FORMAT, "model_type");
     expect_refused("{\"model_type\":\"mistral3\"}", HC_ERR_FORMAT, "mistral3 config has no 'text_config'");
     expect_refused("{\"model_type\":\"qwen2_vl\",\"text_config\":7}", HC_ERR_FORMAT, "'text_config' must be an object");
+    expect_refused("{\"model_type\":\"exaone4\",\"sliding_window_pattern\":\"LLX\"}", HC_ERR_FORMAT,
+                   "sliding_window_pattern 'LLX' must be L and G letters");
+    expect_refused("{\"model_type\":\"exaone4\",\"sliding_window_pattern\":0}", HC_ERR_FORMAT,
+                   "sliding_window_pattern must be positive");
     expect_refused("{\"model_type\":\"granite\",\"attention_multiplier\":0}", HC_ERR_FORMAT,
                    "attention_multiplier and logits_scaling must be positive");
     expect_refused("{\"model_type\":\"granite\",\"logits_scaling\":-8}", HC_ERR_FORMAT,

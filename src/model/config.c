@@ -35,12 +35,13 @@ static const arch_defaults defaults_table[] = {
     {"granite", 32000, 4096, 11008, 32, 32, 0, 0, 2048, 1e-6, 10000.0, "silu", false, 0},
     {"olmo2", 50304, 4096, 11008, 32, 32, 0, 0, 2048, 1e-5, 10000.0, "silu", false, 0},
     {"olmo3", 50304, 4096, 11008, 32, 32, 0, 0, 2048, 1e-5, 10000.0, "silu", false, 4096},
+    {"exaone4", 102400, 4096, 16384, 32, 32, 32, 0, 2048, 1e-5, 10000.0, "silu", false, 4096},
     {"smollm3", 128256, 2048, 11008, 36, 16, 4, 0, 32768, 1e-6, 2000000.0, "silu", true, 0},
     {"gpt2", 50257, 768, 0, 12, 12, 0, 0, 1024, 1e-5, 0.0, "gelu_new", true, 0},
 };
 
 const char *hc_supported_model_types(void) {
-    return "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3, granite, olmo2, olmo3, gemma, gemma2, gemma3, gemma3_text, phi3, phi, gpt2, and the "
+    return "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3, granite, olmo2, olmo3, exaone4, gemma, gemma2, gemma3, gemma3_text, phi3, phi, gpt2, and the "
            "language model of mistral3, llava, qwen2_vl, qwen2_5_vl and qwen3_vl";
 }
 
@@ -355,7 +356,8 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
     TRY(get_bool(cfg, "attention_bias", false, &attention_bias, src));
     TRY(get_bool(cfg, "mlp_bias", false, &c->mlp_bias, src));
     const bool qwen3 = !strcmp(effective, "qwen3") || !strcmp(effective, "qwen3_moe");
-    const bool granite = !strcmp(effective, "granite"), olmo2 = !strcmp(effective, "olmo2") || !strcmp(effective, "olmo3");
+    const bool granite = !strcmp(effective, "granite"), olmo2 = !strcmp(effective, "olmo2") ||
+                                                                !strcmp(effective, "olmo3") || !strcmp(effective, "exaone4");
     if (!strcmp(effective, "llama") || !strcmp(effective, "smollm3") || qwen3 || gemma || granite || olmo2) {
         c->qkv_bias = c->o_bias = attention_bias;
     } else if (!strcmp(effective, "qwen2") || !strcmp(effective, "qwen2_moe")) {
@@ -427,6 +429,10 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
     /* Sliding windows. */
     int64_t window;
     TRY(get_int(cfg, "sliding_window", d->sliding_window, &window, src));
+    /* an explicit null is no window (Mistral 7B v0.2 and later, Mistral Nemo); only a missing key
+     * takes the config class's default */
+    const hc_json *wv = hc_json_get(cfg, "sliding_window");
+    if (wv && wv->type == HC_JSON_NULL) window = 0;
     if (!strcmp(effective, "llama") || !strcmp(effective, "gemma") || !strcmp(effective, "granite") ||
         !strcmp(effective, "olmo2") || gpt2 || phi)
         window = 0;
@@ -465,6 +471,20 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
         for (int64_t i = 0; i < c->n_layers; i++) c->layer_sliding[i] = (i + 1) % 2 != 0;
     } else if (!strcmp(effective, "olmo3")) { /* Olmo3Config: three sliding layers, then a full one */
         for (int64_t i = 0; i < c->n_layers; i++) c->layer_sliding[i] = (i + 1) % 4 != 0;
+    } else if (!strcmp(effective, "exaone4")) {
+        /* Exaone4Config: sliding_window_pattern 4 (three sliding layers, a full one), or as a
+         * string of L (local) and G (global) repeated, "LLLG" */
+        const hc_json *pv = hc_json_get(cfg, "sliding_window_pattern");
+        if (pv && pv->type == HC_JSON_STRING) {
+            if (!pv->len || strspn(pv->u.str, "LG") != pv->len)
+                return hc_fail(HC_ERR_FORMAT, "%s: sliding_window_pattern '%s' must be L and G letters", src, pv->u.str);
+            for (int64_t i = 0; i < c->n_layers; i++) c->layer_sliding[i] = pv->u.str[i % (int64_t)pv->len] == 'L';
+        } else if (window > 0) { /* without a window the pattern is moot (Exaone4Config sets it to 0) */
+            int64_t pattern;
+            TRY(get_int(cfg, "sliding_window_pattern", 4, &pattern, src));
+            if (pattern <= 0) return hc_fail(HC_ERR_FORMAT, "%s: sliding_window_pattern must be positive", src);
+            for (int64_t i = 0; i < c->n_layers; i++) c->layer_sliding[i] = (i + 1) % pattern != 0;
+        }
     } else if (!strcmp(effective, "gemma3_text")) {
         int64_t pattern;
         TRY(get_int(cfg, "sliding_window_pattern", 6, &pattern, src));
@@ -479,6 +499,8 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
     c->sliding_window = window;
     if (!window)
         for (int64_t i = 0; i < c->n_layers; i++) c->layer_sliding[i] = false;
+    if (!strcmp(effective, "exaone4")) /* with windows, the global layers go without rope (NoPE) */
+        for (int64_t i = 0; i < c->n_layers; i++) c->layer_nope[i] = window > 0 && !c->layer_sliding[i];
 
     /* Gemma 2/3 quirks. */
     if (!strcmp(effective, "gemma2") || !strcmp(effective, "gemma3_text")) {

@@ -139,6 +139,13 @@ def specs(which):
         ("olmo3_yarn", "Olmo3ForCausalLM", "Olmo3Config", dict(BASE, vocab_size=V, num_hidden_layers=4, rope_theta=500000.0,
          sliding_window=8, max_position_embeddings=64, rope_scaling=dict(rope_type="yarn", factor=4.0,
          original_max_position_embeddings=16, attention_factor=1.2, beta_fast=32.0, beta_slow=1.0)), "float32", {}),
+        # EXAONE 4: OLMo 2's blocks, per-head q/k norms, windows on three layers of four and no rope
+        # on the others; and without windows (rope everywhere), tied, as EXAONE-4.0-1.2B
+        ("exaone4", "Exaone4ForCausalLM", "Exaone4Config", dict(BASE, vocab_size=V, num_hidden_layers=4, num_key_value_heads=2,
+         rope_theta=1000000.0, sliding_window=8, sliding_window_pattern=4), "bfloat16", {}),
+        ("exaone4_global", "Exaone4ForCausalLM", "Exaone4Config", dict(BASE, vocab_size=V, num_key_value_heads=2,
+         rope_theta=1000000.0, sliding_window=None, layer_types=["full_attention", "full_attention"], tie_word_embeddings=True),
+         "float32", {}),
         # GPT-2 variants: attention scaled by 1/layer, plain GELU, n_inner set
         ("gpt2_inv", "GPT2LMHeadModel", "GPT2Config", dict(vocab_size=V, n_positions=128, n_embd=64, n_layer=3, n_head=4, n_inner=96,
          activation_function="gelu", scale_attn_by_inverse_layer_idx=True, bos_token_id=1, eos_token_id=2), "float32", {}),
