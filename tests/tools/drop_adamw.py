@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Rewrites train_reference.safetensors files without their adamw1.* tensors (the weights after
-one AdamW step). The variant fixtures keep only the loss and the gradients: AdamW is elementwise,
-and the 13 base fixtures test it; this halves what the variants add to the repository.
+one AdamW step). The variant fixtures, and the base fixtures but llama2, qwen3, gemma2 (as they
+came), gpt2 (biases, a tied Conv1D model) and mixtral (experts), keep only the loss and the
+gradients: AdamW is elementwise, and those five test it. This halves what each adds to the
+repository, which a GPU run's tree (tracked files and binaries) must keep under 64 MiB.
     python3 tests/tools/drop_adamw.py FILE...
 Plain Python (no torch, no safetensors package): the format is an 8-byte header length, a JSON
 header of name -> {dtype, shape, data_offsets}, then the data."""
