@@ -172,6 +172,12 @@ static void test_rope_styles(void) {
     CHECK_OK(parse_cfg(&c, "{\"model_type\":\"exaone4\",\"num_hidden_layers\":4,\"sliding_window\":null,"
                            "\"sliding_window_pattern\":0}"));
     CHECK(c.sliding_window == 0 && !c.layer_sliding[0] && !c.layer_nope[3], "exaone4 without a window: rope everywhere");
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"starcoder2\",\"norm_epsilon\":1e-3,\"sliding_window\":4096}"));
+    CHECK(c.norm_eps == 1e-3 && c.qkv_bias && c.o_bias && c.mlp_bias && c.act == HC_ACT_GELU_TANH && c.tie_word_embeddings &&
+              c.sliding_window == 4096 && c.layer_sliding[29],
+          "starcoder2 defaults");
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"starcoder2\",\"use_bias\":false}"));
+    CHECK(!c.qkv_bias && !c.o_bias && !c.mlp_bias && c.sliding_window == 0, "starcoder2 without biases");
     CHECK_OK(parse_cfg(&c, "{\"model_type\":\"qwen2_moe\"}"));
     CHECK(c.n_experts == 60 && c.n_experts_per_tok == 4 && c.intermediate_size == 1408 &&
               c.shared_intermediate_size == 5632 && c.qkv_bias && !c.norm_topk_prob,

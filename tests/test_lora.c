@@ -159,6 +159,9 @@ int main(void) {
     check_arch("qwen2_5_vl", "q_proj,v_proj", qv, 2,
                "base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_B.weight");
     check_arch("qwen3_vl", "all-linear", llama, 7, "base_model.model.model.language_model.layers.1.mlp.gate_proj.lora_A.weight");
+    /* StarCoder2: Llama's attention, the MLP as c_fc and c_proj */
+    const char *starcoder2[] = {"q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj"};
+    check_arch("starcoder2", "all-linear", starcoder2, 6, "base_model.model.model.layers.1.mlp.c_fc.lora_A.weight");
     const char *gpt2[] = {"c_attn", "c_proj", "c_fc"};
     check_arch("gpt2", "c_attn,c_proj,c_fc", gpt2, 3, "base_model.model.transformer.h.1.attn.c_attn.lora_B.weight");
     const char *mixtral[] = {"q_proj", "v_proj"};

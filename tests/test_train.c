@@ -215,11 +215,12 @@ int main(void) {
                             * factors), a window, yarn, dynamic NTK, biases, GPT-2's per-layer scale,
                             * Qwen3-MoE with and without renormalized routing, Qwen3 windows, Mistral
                             * without one, Phi-2, SmolLM3, Granite's multipliers, OLMo 2's post norms, OLMo 3's windows
-                            * (and yarn on its full layers alone), EXAONE 4's rope-less global layers */
+                            * (and yarn on its full layers alone), EXAONE 4's rope-less global layers,
+                            * StarCoder2's LayerNorm and plain MLP */
                            "phi3_longrope", "phi3_longrope_v5", "phi3_window", "qwen2_yarn", "llama_dynamic",
                            "llama_bias", "gpt2_inv", "qwen3_moe", "qwen3_moe_plain", "qwen3_window", "mistral_nowin", "phi2", "qwen2_moe",
                            "smollm3", "smollm3_window", "granite", "olmo2", "olmo2_bias", "olmo3", "olmo3_yarn", "exaone4",
-                           "exaone4_global"};
+                           "exaone4_global", "starcoder2", "starcoder2_nobias"};
     for (int i = 0; i < (int)(sizeof names / sizeof names[0]); i++) {
         char dir[4096];
         snprintf(dir, sizeof dir, "%s/tests/fixtures/models/%s", test_source_dir(), names[i]);

@@ -42,6 +42,6 @@ typedef struct {
 const hc_arch *hc_arch_find(const char *model_type);
 
 extern const hc_arch hc_arch_llama, hc_arch_mixtral, hc_arch_qwen3, hc_arch_qwen3_moe, hc_arch_qwen2_moe, hc_arch_olmo2, hc_arch_exaone4, hc_arch_gemma, hc_arch_gemma2, hc_arch_gemma3,
-    hc_arch_phi3, hc_arch_phi, hc_arch_gpt2;
+    hc_arch_phi3, hc_arch_phi, hc_arch_gpt2, hc_arch_starcoder2;
 
 #endif

@@ -37,11 +37,12 @@ static const arch_defaults defaults_table[] = {
     {"olmo3", 50304, 4096, 11008, 32, 32, 0, 0, 2048, 1e-5, 10000.0, "silu", false, 4096},
     {"exaone4", 102400, 4096, 16384, 32, 32, 32, 0, 2048, 1e-5, 10000.0, "silu", false, 4096},
     {"smollm3", 128256, 2048, 11008, 36, 16, 4, 0, 32768, 1e-6, 2000000.0, "silu", true, 0},
+    {"starcoder2", 49152, 3072, 12288, 30, 24, 2, 0, 4096, 1e-5, 10000.0, "gelu_pytorch_tanh", true, 0},
     {"gpt2", 50257, 768, 0, 12, 12, 0, 0, 1024, 1e-5, 0.0, "gelu_new", true, 0},
 };
 
 const char *hc_supported_model_types(void) {
-    return "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3, granite, olmo2, olmo3, exaone4, gemma, gemma2, gemma3, gemma3_text, phi3, phi, gpt2, and the "
+    return "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3, granite, olmo2, olmo3, exaone4, starcoder2, gemma, gemma2, gemma3, gemma3_text, phi3, phi, gpt2, and the "
            "language model of mistral3, llava, qwen2_vl, qwen2_5_vl and qwen3_vl";
 }
 
@@ -339,7 +340,9 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
     if (c->head_dim <= 0 || (gpt2 && c->hidden_size % c->n_heads))
         return hc_fail(HC_ERR_FORMAT, "%s: head_dim must be positive (hidden_size / heads)", src);
     const bool phi = !strcmp(effective, "phi");
-    TRY(get_num(cfg, gpt2 ? "layer_norm_epsilon" : phi ? "layer_norm_eps" : "rms_norm_eps", d->eps, &c->norm_eps, src));
+    const bool starcoder2 = !strcmp(effective, "starcoder2");
+    TRY(get_num(cfg, gpt2 ? "layer_norm_epsilon" : phi ? "layer_norm_eps" : starcoder2 ? "norm_epsilon" : "rms_norm_eps", d->eps,
+                &c->norm_eps, src));
 
     const char *act = d->act;
     const char *act_key = gemma ? "hidden_activation" : gpt2 ? "activation_function" : "hidden_act";
@@ -364,8 +367,13 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
         c->qkv_bias = true; /* Qwen2 always has q/k/v biases and none on o_proj */
     } else if (gpt2 || phi) {
         c->qkv_bias = c->o_bias = c->mlp_bias = true;
+    } else if (starcoder2) {
+        bool use_bias;
+        TRY(get_bool(cfg, "use_bias", true, &use_bias, src));
+        c->qkv_bias = c->o_bias = c->mlp_bias = use_bias;
     }
-    if (strcmp(effective, "llama") && strcmp(effective, "smollm3") && !granite && !gpt2 && !phi) c->mlp_bias = false;
+    if (strcmp(effective, "llama") && strcmp(effective, "smollm3") && !granite && !gpt2 && !phi && !starcoder2)
+        c->mlp_bias = false;
     if (phi) {
         bool qk_layernorm;
         TRY(get_bool(cfg, "qk_layernorm", false, &qk_layernorm, src));

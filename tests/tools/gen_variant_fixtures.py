@@ -146,6 +146,15 @@ def specs(which):
         ("exaone4_global", "Exaone4ForCausalLM", "Exaone4Config", dict(BASE, vocab_size=V, num_key_value_heads=2,
          rope_theta=1000000.0, sliding_window=None, layer_types=["full_attention", "full_attention"], tie_word_embeddings=True),
          "float32", {}),
+        # StarCoder2: LayerNorm with biases, a plain GELU MLP (c_fc, c_proj), biases everywhere and
+        # a window on every layer, tied; and without biases or a window, untied, in f32
+        ("starcoder2", "Starcoder2ForCausalLM", "Starcoder2Config", dict(vocab_size=V, hidden_size=64, intermediate_size=160,
+         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, norm_epsilon=1e-5,
+         rope_theta=100000.0, sliding_window=8, use_bias=True, bos_token_id=1, eos_token_id=2, pad_token_id=0), "bfloat16", {}),
+        ("starcoder2_nobias", "Starcoder2ForCausalLM", "Starcoder2Config", dict(vocab_size=V, hidden_size=64, intermediate_size=96,
+         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=512, norm_epsilon=1e-5,
+         rope_theta=10000.0, sliding_window=None, use_bias=False, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+         pad_token_id=0), "float32", {}),
         # GPT-2 variants: attention scaled by 1/layer, plain GELU, n_inner set
         ("gpt2_inv", "GPT2LMHeadModel", "GPT2Config", dict(vocab_size=V, n_positions=128, n_embd=64, n_layer=3, n_head=4, n_inner=96,
          activation_function="gelu", scale_attn_by_inverse_layer_idx=True, bos_token_id=1, eos_token_id=2), "float32", {}),
