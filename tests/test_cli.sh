@@ -265,6 +265,14 @@ else
     echo "FAIL: the merged checkpoint generates other ids than the adapter"; fail=$((fail + 1))
 fi
 expect 1 "adapter_config.json" -- "$HUBCAP" generate --lora "$TMP/nothing-here" --ids 1
+# a lying adapter_config.json: a rank past any int64, a rank of 4097, an infinite alpha
+mkdir -p "$TMP/badlora" && cp "$TMP/adapter/adapter_model.safetensors" "$TMP/badlora/"
+printf '{"peft_type":"LORA","r":6.7e27,"lora_alpha":8,"target_modules":["q_proj"]}' > "$TMP/badlora/adapter_config.json"
+expect 1 "adapter_config.json: r = 6.7e.27 .an integer from 1 to 4096" -- "$HUBCAP" generate --lora "$TMP/badlora" --ids 1
+printf '{"peft_type":"LORA","r":4097,"lora_alpha":8,"target_modules":["q_proj"]}' > "$TMP/badlora/adapter_config.json"
+expect 1 "r = 4097" -- "$HUBCAP" generate --lora "$TMP/badlora" --ids 1
+printf '{"peft_type":"LORA","r":4,"lora_alpha":1e999,"target_modules":["q_proj"]}' > "$TMP/badlora/adapter_config.json"
+expect 1 "" -- "$HUBCAP" generate --lora "$TMP/badlora" --ids 1
 expect 2 "--lora-rank must be" -- "$HUBCAP" finetune --data x --out y --lora-rank 0
 expect 1 "no LoRA targets given" -- "$HUBCAP" finetune --data "$SRC/tests/data/stories.txt" --out "$TMP/lt" --lora-rank 4 --lora-targets ""
 expect 1 "llama has q_proj" -- "$HUBCAP" finetune --data "$SRC/tests/data/stories.txt" --out "$TMP/lt" --lora-rank 4 --lora-targets qkv_proj

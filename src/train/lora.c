@@ -171,7 +171,7 @@ static hc_status lora_new(hc_model *m) {
 /* Allocates every module of the targets (A and B zero); hc_lora_sync makes their backend copies. */
 static hc_status lora_alloc(hc_model *m, int64_t r, double alpha, unsigned targets) {
     hc_lora *lo = m->lora;
-    if (r < 1) return hc_fail(HC_ERR_INVALID_ARG, "LoRA rank must be at least 1");
+    if (r < 1 || r > HC_LORA_MAX_RANK) return hc_fail(HC_ERR_INVALID_ARG, "LoRA rank %lld (from 1 to %d)", (long long)r, HC_LORA_MAX_RANK);
     lo->r = r;
     lo->alpha = alpha;
     lo->scale = (float)(alpha / (double)r);
@@ -267,6 +267,10 @@ hc_status hc_model_lora_load(hc_model *m, const char *dir) {
         bits |= b;
     }
     if (!st && tm->type == HC_JSON_STRING) st = parse_targets(m, m->lora, tm->u.str, &bits);
+    /* checked before the conversion: a fuzzed 6.7e27 does not fit an int64 */
+    if (!st && !(r->u.num.d >= 1 && r->u.num.d <= HC_LORA_MAX_RANK && r->u.num.d == floor(r->u.num.d)))
+        st = hc_fail(HC_ERR_FORMAT, "%s: r = %g (an integer from 1 to %d)", path, r->u.num.d, HC_LORA_MAX_RANK);
+    if (!st && !isfinite(alpha->u.num.d)) st = hc_fail(HC_ERR_FORMAT, "%s: lora_alpha must be a finite number", path);
     if (!st) st = lora_alloc(m, (int64_t)r->u.num.d, alpha->u.num.d, bits);
     hc_json_free(&cfg);
     hc_safetensors f;

@@ -6,6 +6,9 @@
 
 #include "backend/backend.h"
 
+/* The largest rank an adapter may have (hubcap finetune --lora-rank's bound too). */
+#define HC_LORA_MAX_RANK 4096
+
 /* The projections the decoder computes (roles), then the fused modules some checkpoints store
  * them in: one adapter over q, k and v (Phi-3's qkv_proj, GPT-2's c_attn) or over gate and up
  * (Phi-3's gate_up_proj), as PEFT adapts those modules whole. */
