@@ -1,8 +1,7 @@
 #!/usr/bin/env python3
 """Rewrites train_reference.safetensors files without their adamw1.* tensors (the weights after
-one AdamW step). The variant fixtures, and the base fixtures but llama2, qwen3, gemma2 (as they
-came), gpt2 (biases, a tied Conv1D model) and mixtral (experts), keep only the loss and the
-gradients: AdamW is elementwise, and those five test it. This halves what each adds to the
+one AdamW step). The variant fixtures, and the base fixtures but llama2, qwen3 and gemma2 (as they
+came), keep only the loss and the gradients: AdamW is elementwise, and those three test it. This halves what each adds to the
 repository, which a GPU run's tree (tracked files and binaries) must keep under 64 MiB.
     python3 tests/tools/drop_adamw.py FILE...
 Plain Python (no torch, no safetensors package): the format is an 8-byte header length, a JSON
