@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """transformers' loss, gradients and one AdamW step for fixtures that have none yet (or those
 named), made as ../shared/tools/gen_fixtures.py makes train_reference.safetensors (same batch
-seed, f32, eager attention), with every dropout off (GPT-2 has 0.1 by default, which would
-make the reference random): python3 bench/make_train_refs.py FIXTURES_DIR OUT_DIR [NAME ...]
+seed, f32, eager attention), with every dropout off, modules' and functional ones (GPT-2 has 0.1
+by default, Seed-OSS 0.1 on its residual branches, which would make the reference random): python3 bench/make_train_refs.py FIXTURES_DIR OUT_DIR [NAME ...]
 OUT_DIR/<name>/train_reference.safetensors is written for each."""
 import os, sys
 
@@ -23,6 +23,9 @@ for name in names:
     for mod in m.modules():
         if isinstance(mod, torch.nn.Dropout):
             mod.p = 0.0
+        for k, v in list(vars(mod).items()):  # functional dropouts (Seed-OSS's residual_dropout)
+            if "dropout" in k and isinstance(v, float):
+                setattr(mod, k, 0.0)
     V = m.config.vocab_size
     g = torch.Generator().manual_seed(seed + 99)
     ids = torch.randint(3, V, (2, 16), generator=g)

@@ -178,6 +178,11 @@ static void test_rope_styles(void) {
           "starcoder2 defaults");
     CHECK_OK(parse_cfg(&c, "{\"model_type\":\"starcoder2\",\"use_bias\":false}"));
     CHECK(!c.qkv_bias && !c.o_bias && !c.mlp_bias && c.sliding_window == 0, "starcoder2 without biases");
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"seed_oss\"}"));
+    CHECK(c.qkv_bias && !c.o_bias && !c.mlp_bias && c.head_dim == 128 && c.rope.theta == 1e7 && c.sliding_window == 0,
+          "seed_oss defaults");
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"seed_oss\",\"attention_bias\":false,\"attention_out_bias\":true,\"mlp_bias\":true}"));
+    CHECK(!c.qkv_bias && c.o_bias && c.mlp_bias, "seed_oss biases");
     CHECK_OK(parse_cfg(&c, "{\"model_type\":\"qwen2_moe\"}"));
     CHECK(c.n_experts == 60 && c.n_experts_per_tok == 4 && c.intermediate_size == 1408 &&
               c.shared_intermediate_size == 5632 && c.qkv_bias && !c.norm_topk_prob,

@@ -220,7 +220,7 @@ int main(void) {
                            "phi3_longrope", "phi3_longrope_v5", "phi3_window", "qwen2_yarn", "llama_dynamic",
                            "llama_bias", "gpt2_inv", "qwen3_moe", "qwen3_moe_plain", "qwen3_window", "mistral_nowin", "phi2", "qwen2_moe",
                            "smollm3", "smollm3_window", "granite", "olmo2", "olmo2_bias", "olmo3", "olmo3_yarn", "exaone4",
-                           "exaone4_global", "starcoder2", "starcoder2_nobias"};
+                           "exaone4_global", "starcoder2", "starcoder2_nobias", "seed_oss"};
     for (int i = 0; i < (int)(sizeof names / sizeof names[0]); i++) {
         char dir[4096];
         snprintf(dir, sizeof dir, "%s/tests/fixtures/models/%s", test_source_dir(), names[i]);

@@ -1,8 +1,8 @@
 /* The Llama family: Llama 2/3.x, Mistral, Qwen2/2.5 (q/k/v bias comes from config), SmolLM3
  * (Llama with rope left out of every 4th layer: config), Granite (Llama with multipliers on the
- * embeddings, the residual branches, the attention scale and the logits: config), OLMo 2 (norms
- * after attention and the MLP instead of before, q/k norms over the whole projection), Qwen3
- * (per-head q/k norms), Mixtral (experts), Qwen3-MoE (Qwen3's attention, experts) and Qwen2-MoE
+ * embeddings, the residual branches, the attention scale and the logits: config), Seed-OSS
+ * (biases by config), OLMo 2 and 3 and EXAONE 4 (norms after attention and the MLP instead of
+ * before; q/k norms over the whole projection, or per head), Qwen3 (per-head q/k norms), Mixtral (experts), Qwen3-MoE (Qwen3's attention, experts) and Qwen2-MoE
  * (Qwen2's attention, experts and a shared expert: the gate/up/down roles, scaled by a sigmoid
  * gate). */
 #include "model/arch.h"
@@ -22,7 +22,7 @@
     [W_UP_B] = "model.layers.%d.mlp.up_proj.bias", [W_DOWN_B] = "model.layers.%d.mlp.down_proj.bias"
 
 const hc_arch hc_arch_llama = {
-    .model_type = "llama mistral qwen2 smollm3 granite",
+    .model_type = "llama mistral qwen2 smollm3 granite seed_oss",
     .names = {LLAMA_ATTENTION, LLAMA_MLP},
     .norm = HC_NORM_RMS,
     .gated_mlp = true,

@@ -37,12 +37,13 @@ static const arch_defaults defaults_table[] = {
     {"olmo3", 50304, 4096, 11008, 32, 32, 0, 0, 2048, 1e-5, 10000.0, "silu", false, 4096},
     {"exaone4", 102400, 4096, 16384, 32, 32, 32, 0, 2048, 1e-5, 10000.0, "silu", false, 4096},
     {"smollm3", 128256, 2048, 11008, 36, 16, 4, 0, 32768, 1e-6, 2000000.0, "silu", true, 0},
+    {"seed_oss", 155136, 4096, 27648, 64, 80, 8, 128, 524288, 1e-6, 1e7, "silu", false, 0},
     {"starcoder2", 49152, 3072, 12288, 30, 24, 2, 0, 4096, 1e-5, 10000.0, "gelu_pytorch_tanh", true, 0},
     {"gpt2", 50257, 768, 0, 12, 12, 0, 0, 1024, 1e-5, 0.0, "gelu_new", true, 0},
 };
 
 const char *hc_supported_model_types(void) {
-    return "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3, granite, olmo2, olmo3, exaone4, starcoder2, gemma, gemma2, gemma3, gemma3_text, phi3, phi, gpt2, and the "
+    return "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3, granite, olmo2, olmo3, exaone4, starcoder2, seed_oss, gemma, gemma2, gemma3, gemma3_text, phi3, phi, gpt2, and the "
            "language model of mistral3, llava, qwen2_vl, qwen2_5_vl and qwen3_vl";
 }
 
@@ -367,12 +368,16 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
         c->qkv_bias = true; /* Qwen2 always has q/k/v biases and none on o_proj */
     } else if (gpt2 || phi) {
         c->qkv_bias = c->o_bias = c->mlp_bias = true;
+    } else if (!strcmp(effective, "seed_oss")) { /* q/k/v biases by default; o's on its own switch */
+        TRY(get_bool(cfg, "attention_bias", true, &c->qkv_bias, src));
+        TRY(get_bool(cfg, "attention_out_bias", false, &c->o_bias, src));
     } else if (starcoder2) {
         bool use_bias;
         TRY(get_bool(cfg, "use_bias", true, &use_bias, src));
         c->qkv_bias = c->o_bias = c->mlp_bias = use_bias;
     }
-    if (strcmp(effective, "llama") && strcmp(effective, "smollm3") && !granite && !gpt2 && !phi && !starcoder2)
+    if (strcmp(effective, "llama") && strcmp(effective, "smollm3") && strcmp(effective, "seed_oss") && !granite && !gpt2 &&
+        !phi && !starcoder2)
         c->mlp_bias = false;
     if (phi) {
         bool qk_layernorm;
@@ -442,6 +447,7 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
     const hc_json *wv = hc_json_get(cfg, "sliding_window");
     if (wv && wv->type == HC_JSON_NULL) window = 0;
     if (!strcmp(effective, "llama") || !strcmp(effective, "gemma") || !strcmp(effective, "granite") ||
+        !strcmp(effective, "seed_oss") ||
         !strcmp(effective, "olmo2") || gpt2 || phi)
         window = 0;
     if (!strcmp(effective, "qwen2") || !strcmp(effective, "qwen2_moe") || qwen3) {

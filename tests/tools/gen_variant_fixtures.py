@@ -155,6 +155,9 @@ def specs(which):
          num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=512, norm_epsilon=1e-5,
          rope_theta=10000.0, sliding_window=None, use_bias=False, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
          pad_token_id=0), "float32", {}),
+        # Seed-OSS: Llama with q/k/v biases and, switched on here, o_proj's
+        ("seed_oss", "SeedOssForCausalLM", "SeedOssConfig", dict(BASE, vocab_size=V, head_dim=16, rope_theta=10000000.0,
+         attention_bias=True, attention_out_bias=True, mlp_bias=False), "bfloat16", {}),
         # GPT-2 variants: attention scaled by 1/layer, plain GELU, n_inner set
         ("gpt2_inv", "GPT2LMHeadModel", "GPT2Config", dict(vocab_size=V, n_positions=128, n_embd=64, n_layer=3, n_head=4, n_inner=96,
          activation_function="gelu", scale_attn_by_inverse_layer_idx=True, bos_token_id=1, eos_token_id=2), "float32", {}),
