@@ -151,7 +151,6 @@ typedef struct {
     int n_factors;                                /* longrope: rotary_dim / 2 */
     float short_factor[HC_MAX_ROPE_FACTORS];      /* longrope: sequences up to original_max_position_embeddings */
     float long_factor[HC_MAX_ROPE_FACTORS];       /* longrope: longer ones */
-    bool mrope_ok;                                /* Qwen-VL: rope_scaling type "mrope" reads as default */
 } hc_rope_config;
 
 typedef enum { HC_ACT_SILU, HC_ACT_GELU_TANH, HC_ACT_GELU, HC_ACT_RELU } hc_activation;

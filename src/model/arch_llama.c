@@ -73,38 +73,37 @@ const hc_arch hc_arch_qwen2_moe = {
     .gated_mlp = true,
 };
 
-/* EXAONE 4: OLMo 2's blocks (norms after attention and the MLP) with per-head q/k norms; with a
- * window, rope only on the sliding layers (config) */
-const hc_arch hc_arch_exaone4 = {
-    .model_type = "exaone4",
-    .names = {[W_TOK_EMBED] = "model.embed_tokens.weight", [W_FINAL_NORM] = "model.norm.weight",
-              [W_LM_HEAD] = "lm_head.weight", [W_Q] = "model.layers.%d.self_attn.q_proj.weight",
-              [W_K] = "model.layers.%d.self_attn.k_proj.weight", [W_V] = "model.layers.%d.self_attn.v_proj.weight",
-              [W_O] = "model.layers.%d.self_attn.o_proj.weight", [W_Q_NORM] = "model.layers.%d.self_attn.q_norm.weight",
-              [W_K_NORM] = "model.layers.%d.self_attn.k_norm.weight",
-              [W_ATTN_POST_NORM] = "model.layers.%d.post_attention_layernorm.weight",
-              [W_FFN_POST_NORM] = "model.layers.%d.post_feedforward_layernorm.weight", LLAMA_MLP},
+/* OLMo 2's blocks: Llama's weights without the input norms; norms on the attention's and the
+ * MLP's outputs, q and k norms. EXAONE 4 stores its blocks the same way (no biases). */
+#define POST_NORM_BLOCK                                                                                                \
+    [W_TOK_EMBED] = "model.embed_tokens.weight", [W_FINAL_NORM] = "model.norm.weight",                                 \
+    [W_LM_HEAD] = "lm_head.weight", [W_Q] = "model.layers.%d.self_attn.q_proj.weight",                                \
+    [W_K] = "model.layers.%d.self_attn.k_proj.weight", [W_V] = "model.layers.%d.self_attn.v_proj.weight",             \
+    [W_O] = "model.layers.%d.self_attn.o_proj.weight", [W_Q_NORM] = "model.layers.%d.self_attn.q_norm.weight",        \
+    [W_K_NORM] = "model.layers.%d.self_attn.k_norm.weight",                                                            \
+    [W_ATTN_POST_NORM] = "model.layers.%d.post_attention_layernorm.weight",                                            \
+    [W_FFN_POST_NORM] = "model.layers.%d.post_feedforward_layernorm.weight", LLAMA_MLP
+
+const hc_arch hc_arch_olmo2 = {
+    .model_type = "olmo2 olmo3", /* OLMo 3: OLMo 2 with sliding windows on three layers of four (config) */
+    .names = {POST_NORM_BLOCK, [W_Q_B] = "model.layers.%d.self_attn.q_proj.bias",
+              [W_K_B] = "model.layers.%d.self_attn.k_proj.bias", [W_V_B] = "model.layers.%d.self_attn.v_proj.bias",
+              [W_O_B] = "model.layers.%d.self_attn.o_proj.bias"},
     .norm = HC_NORM_RMS,
     .qk_norm = true,
+    .qk_norm_whole = true,
     .sandwich_norms = true,
     .post_norms_only = true,
     .gated_mlp = true,
 };
 
-const hc_arch hc_arch_olmo2 = {
-    .model_type = "olmo2 olmo3", /* OLMo 3: OLMo 2 with sliding windows on three layers of four (config) */
-    .names = {[W_TOK_EMBED] = "model.embed_tokens.weight", [W_FINAL_NORM] = "model.norm.weight",
-              [W_LM_HEAD] = "lm_head.weight", [W_Q] = "model.layers.%d.self_attn.q_proj.weight",
-              [W_K] = "model.layers.%d.self_attn.k_proj.weight", [W_V] = "model.layers.%d.self_attn.v_proj.weight",
-              [W_O] = "model.layers.%d.self_attn.o_proj.weight", [W_Q_B] = "model.layers.%d.self_attn.q_proj.bias",
-              [W_K_B] = "model.layers.%d.self_attn.k_proj.bias", [W_V_B] = "model.layers.%d.self_attn.v_proj.bias",
-              [W_O_B] = "model.layers.%d.self_attn.o_proj.bias", [W_Q_NORM] = "model.layers.%d.self_attn.q_norm.weight",
-              [W_K_NORM] = "model.layers.%d.self_attn.k_norm.weight",
-              [W_ATTN_POST_NORM] = "model.layers.%d.post_attention_layernorm.weight",
-              [W_FFN_POST_NORM] = "model.layers.%d.post_feedforward_layernorm.weight", LLAMA_MLP},
+/* EXAONE 4: OLMo 2's blocks with per-head q/k norms; with a window, rope only on the sliding
+ * layers (config) */
+const hc_arch hc_arch_exaone4 = {
+    .model_type = "exaone4",
+    .names = {POST_NORM_BLOCK},
     .norm = HC_NORM_RMS,
     .qk_norm = true,
-    .qk_norm_whole = true,
     .sandwich_norms = true,
     .post_norms_only = true,
     .gated_mlp = true,

@@ -155,12 +155,11 @@ static hc_status get_factors(const hc_json *p, const char *key, float *out, int 
 }
 
 /* Reads one rope description: `p` holds rope_type/type, factor and the rest; `theta` comes from
- * p.rope_theta when present (the v5 rope_parameters style), else from dflt_theta. */
-static hc_status parse_rope(hc_rope_config *r, const hc_json *p, double dflt_theta, int64_t max_pos, const char *src,
-                            const char *where) {
-    const bool mrope_ok = r->mrope_ok; /* the caller's, for a Qwen-VL language model */
+ * p.rope_theta when present (the v5 rope_parameters style), else from dflt_theta. mrope: a Qwen-VL
+ * language model, whose rope_scaling type "mrope" is the default rope on text. */
+static hc_status parse_rope(hc_rope_config *r, const hc_json *p, double dflt_theta, int64_t max_pos, bool mrope,
+                            const char *src, const char *where) {
     memset(r, 0, sizeof *r);
-    r->mrope_ok = mrope_ok;
     r->type = HC_ROPE_DEFAULT;
     r->theta = dflt_theta;
     r->factor = 1.0;
@@ -178,7 +177,7 @@ static hc_status parse_rope(hc_rope_config *r, const hc_json *p, double dflt_the
     else if (!strcmp(type, "yarn")) r->type = HC_ROPE_YARN;
     else if (!strcmp(type, "llama3")) r->type = HC_ROPE_LLAMA3;
     else if (!strcmp(type, "longrope") || !strcmp(type, "su")) r->type = HC_ROPE_LONGROPE; /* "su": early Phi-3 */
-    else if (!strcmp(type, "mrope") && r->mrope_ok) r->type = HC_ROPE_DEFAULT; /* Qwen2-VL's, on text: see qwen_vl */
+    else if (!strcmp(type, "mrope") && mrope) r->type = HC_ROPE_DEFAULT; /* Qwen2-VL's, on text: qwen_vl */
     else
         return hc_fail(HC_ERR_UNSUPPORTED,
                        "%s: unsupported %s.rope_type='%s' (supported: default, linear, dynamic, yarn, llama3, longrope)",
@@ -280,7 +279,6 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
             return hc_fail(HC_ERR_FORMAT, "%s: 'text_config' must be an object", src);
         if (tc) cfg = tc;
         effective = !strcmp(mt, "qwen3_vl") ? "qwen3" : "qwen2";
-        c->rope.mrope_ok = true;
     } else if (!strcmp(mt, "gemma3") || !strcmp(mt, "mistral3") || !strcmp(mt, "llava")) {
         cfg = hc_json_get(root, "text_config");
         if (!cfg || cfg->type != HC_JSON_OBJECT)
@@ -397,11 +395,11 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
         const hc_json *rs = hc_json_get(cfg, "rope_scaling");
         if (!hc_json_is_null(rp) && rp->type == HC_JSON_OBJECT && hc_json_get(rp, "full_attention")) {
             /* v5 per-layer-type style: {"full_attention": {...}, "sliding_attention": {...}} */
-            TRY(parse_rope(&c->rope, hc_json_get(rp, "full_attention"), theta, c->max_position_embeddings, src,
+            TRY(parse_rope(&c->rope, hc_json_get(rp, "full_attention"), theta, c->max_position_embeddings, qwen_vl, src,
                            "rope_parameters.full_attention"));
             const hc_json *sl = hc_json_get(rp, "sliding_attention");
             if (sl) {
-                TRY(parse_rope(&c->rope_local, sl, theta, c->max_position_embeddings, src,
+                TRY(parse_rope(&c->rope_local, sl, theta, c->max_position_embeddings, qwen_vl, src,
                                "rope_parameters.sliding_attention"));
                 c->has_rope_local = true;
             }
@@ -410,10 +408,10 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
             if (c->has_rope_local) TRY(pretrained_context(&c->rope_local, NULL, false, c->max_position_embeddings, src));
         } else {
             if (!hc_json_is_null(rp)) {
-                TRY(parse_rope(&c->rope, rp, theta, c->max_position_embeddings, src, "rope_parameters"));
+                TRY(parse_rope(&c->rope, rp, theta, c->max_position_embeddings, qwen_vl, src, "rope_parameters"));
                 TRY(get_num(rp, "partial_rotary_factor", partial, &partial, src));
             } else {
-                TRY(parse_rope(&c->rope, rs, theta, c->max_position_embeddings, src, "rope_scaling"));
+                TRY(parse_rope(&c->rope, rs, theta, c->max_position_embeddings, qwen_vl, src, "rope_scaling"));
             }
             TRY(pretrained_context(&c->rope, cfg, !strcmp(effective, "phi3"), c->max_position_embeddings, src));
         }
@@ -423,7 +421,7 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
         if ((!strcmp(effective, "gemma3_text") || olmo3) && !c->has_rope_local) {
             double local;
             TRY(get_num(cfg, "rope_local_base_freq", olmo3 ? theta : 10000.0, &local, src));
-            TRY(parse_rope(&c->rope_local, NULL, local, c->max_position_embeddings, src, "rope_local_base_freq"));
+            TRY(parse_rope(&c->rope_local, NULL, local, c->max_position_embeddings, qwen_vl, src, "rope_local_base_freq"));
             c->has_rope_local = true;
         }
     }
