@@ -178,6 +178,11 @@ static void test_rope_styles(void) {
           "starcoder2 defaults");
     CHECK_OK(parse_cfg(&c, "{\"model_type\":\"starcoder2\",\"use_bias\":false}"));
     CHECK(!c.qkv_bias && !c.o_bias && !c.mlp_bias && c.sliding_window == 0, "starcoder2 without biases");
+    CHECK_OK(parse_cfg(&c, "{\"model_type\":\"granitemoe\",\"num_local_experts\":40,\"num_experts_per_tok\":8,"
+                           "\"intermediate_size\":512,\"residual_multiplier\":0.22,\"logits_scaling\":6}"));
+    CHECK(c.n_experts == 40 && c.n_experts_per_tok == 8 && c.norm_topk_prob && c.intermediate_size == 512 &&
+              c.residual_multiplier == 0.22 && c.logits_scaling == 6.0,
+          "granitemoe: experts and multipliers");
     CHECK_OK(parse_cfg(&c, "{\"model_type\":\"seed_oss\"}"));
     CHECK(c.qkv_bias && !c.o_bias && !c.mlp_bias && c.head_dim == 128 && c.rope.theta == 1e7 && c.sliding_window == 0,
           "seed_oss defaults");

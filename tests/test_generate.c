@@ -590,7 +590,8 @@ int main(void) {
     char dir[1024];
     static const char *models[] = {"llama2", "llama3_2", "mistral", "qwen3", "gemma2", "gemma3", "phi3", "mixtral", "gpt2",
                                    "phi3_longrope", "llama_dynamic", "llama_bias", "qwen3_moe_plain", "phi2", "qwen2_moe",
-                                   "smollm3_window", "granite", "olmo2", "qwen2_5_vl"};
+                                   "smollm3_window", "granite", "olmo2", "qwen2_5_vl",
+                                   "granitemoe"};
     for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
         snprintf(dir, sizeof dir, "%s/tests/fixtures/models/%s", test_source_dir(), models[i]);
         test_batches(dir, models[i]);

@@ -2,7 +2,7 @@
 
 #include <string.h>
 
-static const hc_arch *const all_archs[] = {&hc_arch_llama,  &hc_arch_qwen3,  &hc_arch_mixtral, &hc_arch_qwen3_moe, &hc_arch_qwen2_moe, &hc_arch_olmo2, &hc_arch_exaone4,
+static const hc_arch *const all_archs[] = {&hc_arch_llama,  &hc_arch_qwen3,  &hc_arch_mixtral, &hc_arch_granitemoe, &hc_arch_qwen3_moe, &hc_arch_qwen2_moe, &hc_arch_olmo2, &hc_arch_exaone4,
                                            &hc_arch_gemma,  &hc_arch_gemma2, &hc_arch_gemma3,  &hc_arch_phi3,
                                            &hc_arch_phi,    &hc_arch_gpt2, &hc_arch_starcoder2};
 

@@ -18,6 +18,7 @@ typedef enum {
     W_FFN_NORM, W_FFN_NORM_B, W_FFN_POST_NORM,
     W_GATE, W_UP, W_GATE_UP, W_DOWN, W_GATE_B, W_UP_B, W_DOWN_B,
     W_ROUTER, W_EXP_GATE, W_EXP_UP, W_EXP_DOWN, W_SHARED_GATE,
+    W_EXPS_GATE_UP, W_EXPS_DOWN, /* every expert in one tensor: [E, 2I, C] (gate rows, then up), [E, C, I] */
     W_ROLE_COUNT
 } hc_weight_role;
 
@@ -42,6 +43,6 @@ typedef struct {
 const hc_arch *hc_arch_find(const char *model_type);
 
 extern const hc_arch hc_arch_llama, hc_arch_mixtral, hc_arch_qwen3, hc_arch_qwen3_moe, hc_arch_qwen2_moe, hc_arch_olmo2, hc_arch_exaone4, hc_arch_gemma, hc_arch_gemma2, hc_arch_gemma3,
-    hc_arch_phi3, hc_arch_phi, hc_arch_gpt2, hc_arch_starcoder2;
+    hc_arch_phi3, hc_arch_phi, hc_arch_gpt2, hc_arch_starcoder2, hc_arch_granitemoe;
 
 #endif

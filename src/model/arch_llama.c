@@ -47,6 +47,18 @@ const hc_arch hc_arch_mixtral = {
     .gated_mlp = true,
 };
 
+/* Granite MoE (granite-3.x-*-a*m): Granite's attention and multipliers, and experts stored as two
+ * tensors for all of them (block_sparse_moe.input_linear [E, 2I, C], output_linear [E, C, I]),
+ * routed by softmax over the top-k logits */
+const hc_arch hc_arch_granitemoe = {
+    .model_type = "granitemoe",
+    .names = {LLAMA_ATTENTION, [W_ROUTER] = "model.layers.%d.block_sparse_moe.router.layer.weight",
+              [W_EXPS_GATE_UP] = "model.layers.%d.block_sparse_moe.input_linear.weight",
+              [W_EXPS_DOWN] = "model.layers.%d.block_sparse_moe.output_linear.weight"},
+    .norm = HC_NORM_RMS,
+    .gated_mlp = true,
+};
+
 const hc_arch hc_arch_qwen3_moe = {
     .model_type = "qwen3_moe",
     .names = {LLAMA_ATTENTION, [W_Q_NORM] = "model.layers.%d.self_attn.q_norm.weight",

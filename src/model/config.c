@@ -32,6 +32,7 @@ static const arch_defaults defaults_table[] = {
     {"gemma3_text", 262208, 2304, 9216, 26, 8, 4, 256, 131072, 1e-6, 1e6, "gelu_pytorch_tanh", true, 4096},
     {"phi3", 32064, 3072, 8192, 32, 32, 0, 0, 4096, 1e-5, 10000.0, "silu", false, 0},
     {"phi", 51200, 2048, 8192, 24, 32, 0, 0, 2048, 1e-5, 10000.0, "gelu_new", false, 0},
+    {"granitemoe", 32000, 4096, 11008, 32, 32, 0, 0, 2048, 1e-6, 10000.0, "silu", false, 0},
     {"granite", 32000, 4096, 11008, 32, 32, 0, 0, 2048, 1e-6, 10000.0, "silu", false, 0},
     {"olmo2", 50304, 4096, 11008, 32, 32, 0, 0, 2048, 1e-5, 10000.0, "silu", false, 0},
     {"olmo3", 50304, 4096, 11008, 32, 32, 0, 0, 2048, 1e-5, 10000.0, "silu", false, 4096},
@@ -43,7 +44,7 @@ static const arch_defaults defaults_table[] = {
 };
 
 const char *hc_supported_model_types(void) {
-    return "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3, granite, olmo2, olmo3, exaone4, starcoder2, seed_oss, gemma, gemma2, gemma3, gemma3_text, phi3, phi, gpt2, and the "
+    return "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3, granite, granitemoe, olmo2, olmo3, exaone4, starcoder2, seed_oss, gemma, gemma2, gemma3, gemma3_text, phi3, phi, gpt2, and the "
            "language model of mistral3, llava, qwen2_vl, qwen2_5_vl and qwen3_vl";
 }
 
@@ -358,7 +359,7 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
     TRY(get_bool(cfg, "attention_bias", false, &attention_bias, src));
     TRY(get_bool(cfg, "mlp_bias", false, &c->mlp_bias, src));
     const bool qwen3 = !strcmp(effective, "qwen3") || !strcmp(effective, "qwen3_moe");
-    const bool granite = !strcmp(effective, "granite"), olmo2 = !strcmp(effective, "olmo2") ||
+    const bool granite = !strcmp(effective, "granite") || !strcmp(effective, "granitemoe"), olmo2 = !strcmp(effective, "olmo2") ||
                                                                 !strcmp(effective, "olmo3") || !strcmp(effective, "exaone4");
     if (!strcmp(effective, "llama") || !strcmp(effective, "smollm3") || qwen3 || gemma || granite || olmo2) {
         c->qkv_bias = c->o_bias = attention_bias;
@@ -444,7 +445,7 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
      * takes the config class's default */
     const hc_json *wv = hc_json_get(cfg, "sliding_window");
     if (wv && wv->type == HC_JSON_NULL) window = 0;
-    if (!strcmp(effective, "llama") || !strcmp(effective, "gemma") || !strcmp(effective, "granite") ||
+    if (!strcmp(effective, "llama") || !strcmp(effective, "gemma") || !strncmp(effective, "granite", 7) ||
         !strcmp(effective, "seed_oss") ||
         !strcmp(effective, "olmo2") || gpt2 || phi)
         window = 0;
@@ -526,7 +527,7 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
     }
 
     /* Mixture of experts. */
-    if (!strcmp(effective, "mixtral")) {
+    if (!strcmp(effective, "mixtral") || !strcmp(effective, "granitemoe")) { /* both: softmax over the top-k */
         TRY(get_int(cfg, "num_local_experts", 8, &c->n_experts, src));
         TRY(get_int(cfg, "num_experts_per_tok", 2, &c->n_experts_per_tok, src));
         c->norm_topk_prob = true;
@@ -564,7 +565,7 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
     /* Granite's multipliers (muP); 1 (and an attention scale of 1/sqrt(head_dim)) elsewhere. */
     c->embedding_multiplier = c->residual_multiplier = c->logits_scaling = 1.0;
     c->attention_multiplier = 0;
-    if (!strcmp(effective, "granite")) {
+    if (!strncmp(effective, "granite", 7)) {
         TRY(get_num(cfg, "embedding_multiplier", 1.0, &c->embedding_multiplier, src));
         TRY(get_num(cfg, "residual_multiplier", 1.0, &c->residual_multiplier, src));
         TRY(get_num(cfg, "attention_multiplier", 1.0, &c->attention_multiplier, src));

@@ -77,8 +77,15 @@ static void shape_str(char *buf, size_t cap, const int64_t *shape, int n) {
 
 /* Finds the tensor for `role` and checks dtype and shape (d0[, d1]). A missing required
  * tensor is an error naming it; a missing optional one leaves *out NULL. */
+static hc_status bind3(binder *b, hc_weight_role role, int layer, int expert, int n_dims, int64_t d0, int64_t d1,
+                       int64_t d2, bool required, const hc_tensor_info **out, const void **data);
 static hc_status bind(binder *b, hc_weight_role role, int layer, int expert, int n_dims, int64_t d0, int64_t d1,
                       bool required, const hc_tensor_info **out, const void **data) {
+    return bind3(b, role, layer, expert, n_dims, d0, d1, 0, required, out, data);
+}
+
+static hc_status bind3(binder *b, hc_weight_role role, int layer, int expert, int n_dims, int64_t d0, int64_t d1,
+                       int64_t d2, bool required, const hc_tensor_info **out, const void **data) {
     *out = NULL;
     const char *pattern = b->m->arch->names[role];
     if (!pattern) {
@@ -95,7 +102,7 @@ static hc_status bind(binder *b, hc_weight_role role, int layer, int expert, int
     if (t->dtype != HC_DTYPE_F32 && t->dtype != HC_DTYPE_BF16 && t->dtype != HC_DTYPE_F16)
         return hc_fail(HC_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s (hubcap computes with F32, BF16 or F16 weights)",
                        hc_checkpoint_path(b->m->ck), t->name, hc_dtype_name(t->dtype));
-    int64_t want[2] = {d0, d1};
+    int64_t want[3] = {d0, d1, d2};
     bool ok = t->n_dims == n_dims;
     for (int i = 0; ok && i < n_dims; i++) ok = t->shape[i] == want[i];
     if (!ok) {
@@ -211,7 +218,20 @@ static hc_status bind_layer(binder *b, int l) {
         if (!L->exp_gate) return hc_fail(HC_ERR_NOMEM, "out of memory");
         L->exp_up = L->exp_gate + E;
         L->exp_down = L->exp_gate + 2 * E;
-        for (int e = 0; e < E; e++) {
+        if (a->names[W_EXPS_GATE_UP]) { /* one tensor for all experts: each expert's rows are views */
+            const hc_tensor_info *t;
+            const void *data;
+            TRY(bind3(b, W_EXPS_GATE_UP, l, 0, 3, E, 2 * I, C, true, &t, &data));
+            const hc_mat gu = {.data = data, .dtype = t->dtype, .rows = E * 2 * I, .cols = C, .ld = C};
+            TRY(bind3(b, W_EXPS_DOWN, l, 0, 3, E, C, I, true, &t, &data));
+            const hc_mat dn = {.data = data, .dtype = t->dtype, .rows = E * C, .cols = I, .ld = I};
+            for (int e = 0; e < E; e++) {
+                L->exp_gate[e] = mat_slice(&gu, (int64_t)e * 2 * I, I);
+                L->exp_up[e] = mat_slice(&gu, (int64_t)e * 2 * I + I, I);
+                L->exp_down[e] = mat_slice(&dn, (int64_t)e * C, C);
+            }
+        }
+        for (int e = 0; !a->names[W_EXPS_GATE_UP] && e < E; e++) {
             TRY(bind_mat(b, W_EXP_GATE, l, e, I, C, true, &L->exp_gate[e]));
             TRY(bind_mat(b, W_EXP_UP, l, e, I, C, true, &L->exp_up[e]));
             TRY(bind_mat(b, W_EXP_DOWN, l, e, C, I, true, &L->exp_down[e]));

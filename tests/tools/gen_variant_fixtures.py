@@ -155,6 +155,10 @@ def specs(which):
          num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=512, norm_epsilon=1e-5,
          rope_theta=10000.0, sliding_window=None, use_bias=False, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
          pad_token_id=0), "float32", {}),
+        # Granite MoE: Granite's multipliers, and experts in two tensors for all of them
+        ("granitemoe", "GraniteMoeForCausalLM", "GraniteMoeConfig", dict(BASE, vocab_size=V, rope_theta=10000.0, num_local_experts=4,
+         num_experts_per_tok=2, intermediate_size=48, embedding_multiplier=12.0, residual_multiplier=0.22,
+         attention_multiplier=0.0625, logits_scaling=4.0, tie_word_embeddings=True), "bfloat16", {}),
         # Seed-OSS: Llama with q/k/v biases and, switched on here, o_proj's
         ("seed_oss", "SeedOssForCausalLM", "SeedOssConfig", dict(BASE, vocab_size=V, head_dim=16, rope_theta=10000000.0,
          attention_bias=True, attention_out_bias=True, mlp_bias=False), "bfloat16", {}),
