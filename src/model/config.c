@@ -359,9 +359,9 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
     TRY(get_bool(cfg, "attention_bias", false, &attention_bias, src));
     TRY(get_bool(cfg, "mlp_bias", false, &c->mlp_bias, src));
     const bool qwen3 = !strcmp(effective, "qwen3") || !strcmp(effective, "qwen3_moe");
-    const bool granite = !strcmp(effective, "granite") || !strcmp(effective, "granitemoe"), olmo2 = !strcmp(effective, "olmo2") ||
-                                                                !strcmp(effective, "olmo3") || !strcmp(effective, "exaone4");
-    if (!strcmp(effective, "llama") || !strcmp(effective, "smollm3") || qwen3 || gemma || granite || olmo2) {
+    const bool granite = !strcmp(effective, "granite") || !strcmp(effective, "granitemoe");
+    const bool post_norm_blocks = !strcmp(effective, "olmo2") || !strcmp(effective, "olmo3") || !strcmp(effective, "exaone4");
+    if (!strcmp(effective, "llama") || !strcmp(effective, "smollm3") || qwen3 || gemma || granite || post_norm_blocks) {
         c->qkv_bias = c->o_bias = attention_bias;
     } else if (!strcmp(effective, "qwen2") || !strcmp(effective, "qwen2_moe")) {
         c->qkv_bias = true; /* Qwen2 always has q/k/v biases and none on o_proj */
@@ -445,7 +445,7 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
      * takes the config class's default */
     const hc_json *wv = hc_json_get(cfg, "sliding_window");
     if (wv && wv->type == HC_JSON_NULL) window = 0;
-    if (!strcmp(effective, "llama") || !strcmp(effective, "gemma") || !strncmp(effective, "granite", 7) ||
+    if (!strcmp(effective, "llama") || !strcmp(effective, "gemma") || granite ||
         !strcmp(effective, "seed_oss") ||
         !strcmp(effective, "olmo2") || gpt2 || phi)
         window = 0;
@@ -565,7 +565,7 @@ hc_status hc_config_parse(hc_model_config *c, const hc_json *root, const char *s
     /* Granite's multipliers (muP); 1 (and an attention scale of 1/sqrt(head_dim)) elsewhere. */
     c->embedding_multiplier = c->residual_multiplier = c->logits_scaling = 1.0;
     c->attention_multiplier = 0;
-    if (!strncmp(effective, "granite", 7)) {
+    if (granite) {
         TRY(get_num(cfg, "embedding_multiplier", 1.0, &c->embedding_multiplier, src));
         TRY(get_num(cfg, "residual_multiplier", 1.0, &c->residual_multiplier, src));
         TRY(get_num(cfg, "attention_multiplier", 1.0, &c->attention_multiplier, src));

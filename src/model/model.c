@@ -75,15 +75,8 @@ static void shape_str(char *buf, size_t cap, const int64_t *shape, int n) {
     if (off < cap) snprintf(buf + off, cap - off, "]");
 }
 
-/* Finds the tensor for `role` and checks dtype and shape (d0[, d1]). A missing required
+/* Finds the tensor for `role` and checks dtype and shape (d0[, d1[, d2]]). A missing required
  * tensor is an error naming it; a missing optional one leaves *out NULL. */
-static hc_status bind3(binder *b, hc_weight_role role, int layer, int expert, int n_dims, int64_t d0, int64_t d1,
-                       int64_t d2, bool required, const hc_tensor_info **out, const void **data);
-static hc_status bind(binder *b, hc_weight_role role, int layer, int expert, int n_dims, int64_t d0, int64_t d1,
-                      bool required, const hc_tensor_info **out, const void **data) {
-    return bind3(b, role, layer, expert, n_dims, d0, d1, 0, required, out, data);
-}
-
 static hc_status bind3(binder *b, hc_weight_role role, int layer, int expert, int n_dims, int64_t d0, int64_t d1,
                        int64_t d2, bool required, const hc_tensor_info **out, const void **data) {
     *out = NULL;
@@ -114,6 +107,12 @@ static hc_status bind3(binder *b, hc_weight_role role, int layer, int expert, in
     }
     *out = t;
     return keep_aligned(b->m, t, data);
+}
+
+/* bind3 for vectors and matrices (d0[, d1]). */
+static hc_status bind(binder *b, hc_weight_role role, int layer, int expert, int n_dims, int64_t d0, int64_t d1,
+                      bool required, const hc_tensor_info **out, const void **data) {
+    return bind3(b, role, layer, expert, n_dims, d0, d1, 0, required, out, data);
 }
 
 /* A matrix of logical shape [N, K]; stored [K, N] when `tr` (GPT-2 Conv1D). */
@@ -230,11 +229,12 @@ static hc_status bind_layer(binder *b, int l) {
                 L->exp_up[e] = mat_slice(&gu, (int64_t)e * 2 * I + I, I);
                 L->exp_down[e] = mat_slice(&dn, (int64_t)e * C, C);
             }
-        }
-        for (int e = 0; !a->names[W_EXPS_GATE_UP] && e < E; e++) {
-            TRY(bind_mat(b, W_EXP_GATE, l, e, I, C, true, &L->exp_gate[e]));
-            TRY(bind_mat(b, W_EXP_UP, l, e, I, C, true, &L->exp_up[e]));
-            TRY(bind_mat(b, W_EXP_DOWN, l, e, C, I, true, &L->exp_down[e]));
+        } else {
+            for (int e = 0; e < E; e++) {
+                TRY(bind_mat(b, W_EXP_GATE, l, e, I, C, true, &L->exp_gate[e]));
+                TRY(bind_mat(b, W_EXP_UP, l, e, I, C, true, &L->exp_up[e]));
+                TRY(bind_mat(b, W_EXP_DOWN, l, e, C, I, true, &L->exp_down[e]));
+            }
         }
         const int64_t IS = c->shared_intermediate_size;
         if (IS > 0) {
