@@ -238,6 +238,11 @@ typedef struct {
     bool quant_cache;       /* with `weights` quantized: keep them in a file beside the snapshot
                                (hubcap-<format>-<key>.qcache, keyed by the shards' names, sizes and
                                times) and load that instead of quantizing again (--quant-cache) */
+    bool repack;            /* default true. On the CPU, with the weights read into RAM (use_mmap
+                               false) and computed in bf16: bf16 matrices are interleaved 16 rows
+                               at a time (the same values), so a decode reads each activation once
+                               for 16 rows. Training, LoRA merging and saving need the stored
+                               layout: set it false for those (--no-repack). */
 } hc_model_params;
 
 hc_model_params hc_model_default_params(void);
@@ -273,6 +278,8 @@ int64_t hc_model_hidden_size(const hc_model *m);
  * the CPU). */
 const char *hc_model_device_name(const hc_model *m);
 hc_dtype hc_model_compute_dtype(const hc_model *m);
+/* Whether the bf16 matrices were repacked for the CPU's bf16 kernels (hc_model_params.repack). */
+bool hc_model_repacked(const hc_model *m);
 int64_t hc_model_device_weight_bytes(const hc_model *m);
 /* Weight bytes one decoded token reads (every matrix once, the selected experts only). */
 int64_t hc_model_weight_bytes_per_token(const hc_model *m);

@@ -277,6 +277,91 @@ static void check_default_compute(const char *models) {
     hc_safetensors_close(&ref);
 }
 
+/* A model loaded with these params: whether it was repacked, and (logits non-NULL) the logits of
+ * ids as one prompt and then fed one token at a time (decode's kernels), [T, V] each. */
+static bool loaded_repacked(const char *dir, hc_model_params mp, float *logits, float *stepped, const int32_t *ids,
+                            int64_t T, int64_t V) {
+    hc_model *m = NULL;
+    CHECK_OK(hc_model_load(dir, &mp, &m));
+    if (!m) return false;
+    const bool got = hc_model_repacked(m);
+    hc_session *s = NULL;
+    if (logits) CHECK_OK(hc_session_new(m, T, &s));
+    if (s) CHECK_OK(hc_session_forward(s, ids, T, logits, true));
+    if (s) hc_session_reset(s);
+    for (int64_t t = 0; s && t < T; t++) CHECK_OK(hc_session_forward(s, ids + t, 1, stepped + t * V, true));
+    hc_session_free(s);
+    hc_model_free(m);
+    return got;
+}
+
+/* bf16 weights read into RAM and computed in bf16 are repacked (bf16r16) where the CPU has
+ * vdpbf16ps, and give the logits of the stored layout; a mapping, f32 compute, --no-repack and
+ * an f32 checkpoint keep the stored layout; a repacked model refuses to train or save. */
+static void check_repack(const char *models) {
+    char dir[4400], path[4500];
+    snprintf(dir, sizeof dir, "%s/llama3_2", models); /* stored in bf16 */
+    snprintf(path, sizeof path, "%s/reference.safetensors", dir);
+    hc_safetensors ref;
+    CHECK_OK(hc_safetensors_open(&ref, path, true));
+    const hc_tensor_info *tp = ref_tensor(&ref, "prompt%d", 0), *tl = ref_tensor(&ref, "logits%d", 0);
+    if (!tp || !tl) return;
+    const int64_t T = tp->shape[1], V = tl->shape[2];
+    int32_t ids[512];
+    for (int64_t t = 0; t < T && t < 512; t++) ids[t] = (int32_t)((const int64_t *)tp->data)[t];
+    const size_t bytes = sizeof(float) * (size_t)(T * V);
+    float *rp = malloc(bytes), *rs = malloc(bytes), *sp = malloc(bytes), *ss = malloc(bytes);
+    const bool dot = hc_cpu_has_bf16_dot();
+    hc_model_params mp = hc_model_default_params();
+    mp.use_mmap = false;
+    CHECK(loaded_repacked(dir, mp, rp, rs, ids, T, V) == dot, "bf16 in RAM with bf16 compute: repacked %s", dot ? "yes" : "no");
+    mp.repack = false;
+    CHECK(!loaded_repacked(dir, mp, sp, ss, ids, T, V), "repack off: the stored layout");
+    mp = hc_model_default_params();
+    CHECK(!loaded_repacked(dir, mp, NULL, NULL, ids, T, V), "mapped: the stored layout");
+    mp.use_mmap = false;
+    mp.compute_dtype = HC_DTYPE_F32;
+    CHECK(!loaded_repacked(dir, mp, NULL, NULL, ids, T, V), "f32 compute: the stored layout");
+    mp.compute_dtype = HC_DTYPE_AUTO;
+    snprintf(path, sizeof path, "%s/gpt2", models); /* stored in f32 */
+    CHECK(!loaded_repacked(path, mp, NULL, NULL, ids, T, V), "an f32 checkpoint: the stored layout");
+    /* the same bf16 products summed in another order: a sum that rounds differently rounds the
+     * next layer's bf16 activations differently, so the logits move as far as the stored layout's
+     * own decode is from its prompt (1.1e-2 here) */
+    double dp = 0, ds = 0, own = 0, rown = 0;
+    for (int64_t j = 0; j < T * V; j++) {
+        dp = fmax(dp, fabs((double)rp[j] - sp[j])), ds = fmax(ds, fabs((double)rs[j] - ss[j]));
+        own = fmax(own, fabs((double)ss[j] - sp[j])), rown = fmax(rown, fabs((double)rs[j] - rp[j]));
+    }
+    CHECK(dp <= 2 * own + 1e-4 && ds <= 2 * own + 1e-4 && rown <= 2 * own + 1e-4,
+          "repacked against stored layout: prompt %g, decode %g (decode against prompt: stored %g, repacked %g)", dp, ds, own, rown);
+    CHECK(mean_kl(tl->data, rp, T, V) < 1e-3, "repacked: mean KL from HF %g", mean_kl(tl->data, rp, T, V));
+    printf("  repacked bf16 (%s): against the stored layout max|diff| prompt %.2e, decode %.2e; decode against prompt %.2e (stored %.2e)\n",
+           dot ? "bf16r16" : "no vdpbf16ps: not repacked", dp, ds, rown, own);
+    if (dot) {
+        hc_model *m = NULL;
+        mp = hc_model_default_params();
+        mp.use_mmap = false;
+        CHECK_OK(hc_model_load(dir, &mp, &m));
+        hc_grads *g = NULL;
+        hc_status st = m ? hc_grads_new(m, &g) : HC_ERR_INVALID_ARG;
+        if (!st) {
+            uint8_t mask[512];
+            memset(mask, 1, sizeof mask);
+            double loss, acc;
+            st = hc_model_loss_grad(m, ids, mask, 1, T, g, &loss, &acc);
+        }
+        CHECK(st == HC_ERR_UNSUPPORTED && strstr(hc_last_error(), "--no-repack"), "training a repacked model: %s", hc_last_error());
+        hc_grads_free(g);
+        snprintf(path, sizeof path, "/tmp/hubcap-test-repacked-%ld", (long)getpid());
+        st = m ? hc_checkpoint_save(hc_model_checkpoint(m), path, NULL) : HC_ERR_INVALID_ARG;
+        CHECK(st == HC_ERR_UNSUPPORTED && strstr(hc_last_error(), "--no-repack"), "saving a repacked model: %s", hc_last_error());
+        hc_model_free(m);
+    }
+    free(rp), free(rs), free(sp), free(ss);
+    hc_safetensors_close(&ref);
+}
+
 int main(void) {
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/tests/fixtures/models", test_source_dir());
@@ -301,6 +386,7 @@ int main(void) {
     if (!getenv("HUBCAP_TEST_DEVICE")) {
         snprintf(dir, sizeof dir, "%s/tests/fixtures/models", test_source_dir());
         check_default_compute(dir);
+        check_repack(dir);
     }
     return test_finish("conformance");
 }

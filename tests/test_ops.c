@@ -352,7 +352,9 @@ static void test_fast_matmul(hc_backend *ref) {
                                  /* q4_kr16: super-blocks of 256, whole groups and tails, every token path */
                                  {1, 512, 32}, {3, 768, 35}, {12, 256, 48}, {1, 2048, 17},
                                  /* decode in chunks of rows that a thread done with its slice takes from the other's */
-                                 {1, 4096, 200}};
+                                 {1, 4096, 200},
+                                 /* bf16r16: whole groups and tails, K not a multiple of 32, prompts past 16 tokens */
+                                 {1, 70, 35}, {17, 70, 35}, {24, 2048, 80}, {1, 2048, 1043}, {5, 22, 16}};
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const int64_t T = shapes[si][0], K = shapes[si][1], N = shapes[si][2];
         float *q4_ref = malloc(sizeof(float) * (size_t)(T * N)); /* [T, N] the reference on plain q4_0 */
@@ -361,7 +363,7 @@ static void test_fast_matmul(hc_backend *ref) {
         float *x = malloc(sizeof(float) * (size_t)(T * K)), *wf = malloc(sizeof(float) * (size_t)(N * K));
         uint16_t *wb = malloc(2 * (size_t)(N * K)), *wh = malloc(2 * (size_t)(N * K));
         float *a = malloc(sizeof(float) * (size_t)(T * N)), *b = malloc(sizeof(float) * (size_t)(T * N)),
-              *c = malloc(sizeof(float) * (size_t)(T * N)), bias[300];
+              *c = malloc(sizeof(float) * (size_t)(T * N)), bias[4200];
         fill(x, T * K);
         fill(wf, N * K);
         fill(bias, N);
@@ -458,6 +460,34 @@ static void test_fast_matmul(hc_backend *ref) {
                 for (int64_t i = 0; i < T * N; i++) eb = fmax(eb, fabs((double)a[i] - c[i]));
                 CHECK(eb < 1e-4, "bf16 compute T=%lld K=%lld N=%lld (%s): %g", (long long)T, (long long)K, (long long)N,
                       dot16 ? "vdpbf16ps = reference on bf16 activations" : "f32 = reference", eb);
+                if (K % 2 == 0) {
+                    /* The same weights repacked into bf16r16 (16 rows interleaved by pairs, the
+                     * rows past the last whole group plain), as the CPU repacks bf16 weights read
+                     * into RAM when it computes in bf16. */
+                    uint16_t *w16 = malloc(2 * (size_t)(N * K));
+                    for (int64_t n = 0; n < N; n++) hc_quantize_mat_row(HC_QUANT_BF16R16, w16, N, K, n, wf + n * K);
+                    hc_mat wr = {.data = w16, .rows = N, .cols = K, .ld = K, .dtype = HC_DTYPE_BF16, .quant = HC_QUANT_BF16R16};
+                    float *r1 = malloc(sizeof(float) * (size_t)(T * N)), *r2 = malloc(sizeof(float) * (size_t)(T * N));
+                    fastbf1->matmul(fastbf1, r1, x, &wr, &bv, T);
+                    fastbf->matmul(fastbf, r2, x, &wr, &bv, T);
+                    CHECK(!memcmp(r1, r2, sizeof(float) * (size_t)(T * N)), "bf16r16: 1 and 2 threads give the same bits (T=%lld K=%lld N=%lld)",
+                          (long long)T, (long long)K, (long long)N);
+                    double er = 0;
+                    for (int64_t i = 0; i < T * N; i++) er = fmax(er, fabs((double)a[i] - r2[i]));
+                    CHECK(er < 1e-4, "bf16r16 T=%lld K=%lld N=%lld: %g", (long long)T, (long long)K, (long long)N, er);
+                    /* a prompt's rows in whole groups are the packed GEMM's sums, pair by pair */
+                    if (dot16 && T >= 16)
+                        for (int64_t t = 0; t < T; t++)
+                            CHECK(!memcmp(r2 + t * N, c + t * N, sizeof(float) * (size_t)(N / 16 * 16)),
+                                  "bf16r16 prompt = the packed GEMM's bits (T=%lld K=%lld N=%lld)", (long long)T, (long long)K, (long long)N);
+                    /* the reference reads the layout too (f32 activations) */
+                    ref->matmul(ref, r1, x, &wr, &bv, T);
+                    ref->matmul(ref, r2, x, &w, &bv, T);
+                    double e2 = 0;
+                    for (int64_t i = 0; i < T * N; i++) e2 = fmax(e2, fabs((double)r1[i] - r2[i]));
+                    CHECK(e2 < 1e-4, "bf16r16 reference T=%lld K=%lld N=%lld: %g", (long long)T, (long long)K, (long long)N, e2);
+                    free(w16), free(r1), free(r2);
+                }
             }
             free(qbuf);
         }

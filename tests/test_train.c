@@ -81,6 +81,7 @@ static void check_model(const char *dir, const char *name) {
     /* HUBCAP_TEST_DEVICE=cuda runs it on the GPU; HUBCAP_TEST_DTYPE=bf16 with bf16 matmul
      * operands there (the tolerances below say how far each may be). */
     hc_model_params mp = test_model_params();
+    mp.repack = false; /* training reads the weights in their stored layout */
     const bool low = test_low_precision();
     /* A mixture of experts in bf16: a token whose experts score within rounding of each other
      * may route to another expert, which moves that expert's whole gradient (measured on the

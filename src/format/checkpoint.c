@@ -231,3 +231,5 @@ void hc_checkpoint_release(hc_checkpoint *ck, const void *p, size_t n) {
 }
 
 bool hc_checkpoint_released(const hc_checkpoint *ck) { return ck->released; }
+
+bool hc_checkpoint_mapped(const hc_checkpoint *ck) { return ck->n_shards > 0 && ck->shards[0].map.mapped; }

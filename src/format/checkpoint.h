@@ -12,5 +12,8 @@
  * saving it would write what is no longer there, so hc_checkpoint_save refuses it. */
 void hc_checkpoint_release(hc_checkpoint *ck, const void *p, size_t n);
 bool hc_checkpoint_released(const hc_checkpoint *ck);
+/* Whether the shards are mapped (else read into RAM): a mapped page given back comes again from
+ * the file when read. */
+bool hc_checkpoint_mapped(const hc_checkpoint *ck);
 
 #endif

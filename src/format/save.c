@@ -156,7 +156,7 @@ hc_status hc_checkpoint_save(const hc_checkpoint *ck, const char *out_dir, const
     const char *src = hc_checkpoint_path(ck);
     if (!hc_path_is_dir(src)) return hc_fail(HC_ERR_INVALID_ARG, "%s: not a checkpoint folder", src);
     if (hc_checkpoint_released(ck))
-        return hc_fail(HC_ERR_UNSUPPORTED, "%s: its weights were quantized on load and not kept; load it without --quantize to save it",
+        return hc_fail(HC_ERR_UNSUPPORTED, "%s: its weights were quantized or repacked on load and not kept; load it without --quantize and with --no-repack to save it",
                        src);
     char tmp[4096], path[4096], from[4096];
     hc_status st = hc_dir_stage(out_dir, tmp, sizeof tmp);

@@ -14,6 +14,7 @@
 
 #include "base/status.h"
 #include "backend/cpu/cpu.h"
+#include "backend/cpu/fast.h"
 #include "backend/cpu/quant.h"
 #include "base/file.h"
 #include "base/half.h"
@@ -29,7 +30,7 @@
 
 hc_model_params hc_model_default_params(void) {
     hc_model_params p = {.device = HC_DEVICE_CPU, .compute_dtype = HC_DTYPE_AUTO, .kv_dtype = HC_DTYPE_AUTO, .n_threads = 0, .n_ctx = 0,
-                         .use_mmap = true};
+                         .use_mmap = true, .repack = true};
     return p;
 }
 
@@ -328,6 +329,23 @@ typedef struct {
 
 #define QUANT_ROWS_PER_TASK 64
 
+/* Rows [n0, n1) of bf16 w into bf16r16 (quant.h) at dst: the same 16-bit values moved, a group's
+ * 64-byte vectors written one after another (hc_quantize_mat_row's path through floats took a
+ * 1B model 10 s). n0 is a multiple of 16. */
+static void repack_bf16r16(uint8_t *dst, const hc_mat *w, int64_t n0, int64_t n1) {
+    const int64_t K = w->cols, whole = w->rows / 16 * 16;
+    const uint16_t *src = w->data;
+    int64_t n = n0;
+    for (; n + 16 <= n1 && n + 16 <= whole; n += 16) {
+        uint32_t *g = (uint32_t *)(void *)(dst + (size_t)n * (size_t)K * 2); /* [K/2][16] pairs */
+        for (int r = 0; r < 16; r++) {
+            const uint16_t *row = src + (size_t)(n + r) * (size_t)w->ld;
+            for (int64_t p = 0; p < K / 2; p++) memcpy(&g[p * 16 + r], row + 2 * p, 4);
+        }
+    }
+    for (; n < n1; n++) memcpy(dst + (size_t)n * (size_t)K * 2, src + (size_t)n * (size_t)w->ld, (size_t)K * 2);
+}
+
 static void quantize_part(void *ctx, int ith, int nth) {
     quant_job *j = ctx;
     float *row = malloc(sizeof(float) * (size_t)j->max_k); /* [K] */
@@ -342,10 +360,12 @@ static void quantize_part(void *ctx, int ith, int nth) {
         for (int64_t n0 = 0; n0 < w->rows; n0 += QUANT_ROWS_PER_TASK, task++) {
             if (task % nth != ith) continue;
             const int64_t n1 = n0 + QUANT_ROWS_PER_TASK < w->rows ? n0 + QUANT_ROWS_PER_TASK : w->rows;
-            for (int64_t n = n0; n < n1; n++) {
-                for (int64_t k = 0; k < w->cols; k++) row[k] = hc_load_f32(w->data, w->dtype, n * w->ld + k);
-                hc_quantize_mat_row(quant, j->arena + j->items[i].off, w->rows, w->cols, n, row);
-            }
+            if (quant == HC_QUANT_BF16R16) repack_bf16r16(j->arena + j->items[i].off, w, n0, n1);
+            else
+                for (int64_t n = n0; n < n1; n++) {
+                    for (int64_t k = 0; k < w->cols; k++) row[k] = hc_load_f32(w->data, w->dtype, n * w->ld + k);
+                    hc_quantize_mat_row(quant, j->arena + j->items[i].off, w->rows, w->cols, n, row);
+                }
             if (j->items[i].release) { /* these rows' whole pages: the next task's rows start past them */
                 const size_t es = hc_dtype_size(w->dtype);
                 hc_checkpoint_release(j->ck, (const char *)w->data + (size_t)(n0 * w->ld) * es,
@@ -359,6 +379,7 @@ static void quantize_part(void *ctx, int ith, int nth) {
 /* Adds w to the list when it can be quantized. Rows too short for q4_k's 256-wide super-blocks
  * fall back to q4_0, as llama.cpp falls back. */
 static hc_status plan_quant(quant_job *j, int *cap, size_t *total, hc_mat *w, int quant) {
+    if (quant == HC_QUANT_BF16R16 && w->dtype != HC_DTYPE_BF16) return HC_OK; /* repacks bf16 only */
     if (quant == HC_QUANT_Q4_K && w->cols % HC_QKK) quant = HC_QUANT_Q4_0;
     if (j->be->quant_layout) quant = j->be->quant_layout(j->be, quant);
     if (!w->data || w->quant || w->transposed || w->cols % hc_quant_block_elems(quant)) return HC_OK;
@@ -536,15 +557,18 @@ static hc_status plan_release(hc_model *m, quant_job *j) {
         const uintptr_t lo = (uintptr_t)w->data, hi = lo + mat_span(w);
         bool shared = false;
         for (int r = 0; r < kept.n && !shared; r++) shared = kept.r[r].lo < hi && lo < kept.r[r].hi;
-        /* rows back to back only: a column slice's rows interleave with another view's */
-        j->items[i].release = !shared && w->ld == w->cols;
+        /* rows back to back only: a column slice's rows interleave with another view's. A page
+         * another weight reads (tied embeddings) may go back only from a mapping, whence it comes
+         * again when read: the embeddings' few rows a token then fault in from the page cache. */
+        j->items[i].release = (!shared || hc_checkpoint_mapped(m->ck)) && w->ld == w->cols;
     }
     free(kept.r);
     return HC_OK;
 }
 
-/* n_threads: as the model was asked for (0: every core). use_cache: --quant-cache. */
-static hc_status quantize_model(hc_model *m, int quant, int n_threads, bool use_cache) {
+/* head_quant: the LM head's format. n_threads: as the model was asked for (0: every core).
+ * use_cache: --quant-cache. */
+static hc_status quantize_model(hc_model *m, int quant, int head_quant, int n_threads, bool use_cache) {
     quant_job j = {.be = m->be};
     int cap = 0;
     size_t total = 0;
@@ -564,7 +588,7 @@ static hc_status quantize_model(hc_model *m, int quant, int n_threads, bool use_
      * (1B q4_0 decode on the CPU 25-28 -> 32-35 tok/s; on an H100, since its q8_0 GEMV takes int8
      * activations, 0.90 -> 0.85 ms a token). Tied to the embeddings, only the head's view
      * changes; the lookup reads the table as stored. */
-    if (!s) s = plan_quant(&j, &cap, &total, &m->lm_head, HC_QUANT_Q8_0);
+    if (!s) s = plan_quant(&j, &cap, &total, &m->lm_head, head_quant);
     void **owned = s || !j.n ? NULL : realloc(m->owned, (size_t)(m->n_owned + 1) * sizeof *owned);
     if (!s && j.n && !owned) s = hc_fail(HC_ERR_NOMEM, "out of memory");
     if (!s && j.n) {
@@ -761,6 +785,17 @@ static hc_dtype cpu_compute_dtype(hc_model *m, hc_dtype asked) {
     return on ? HC_DTYPE_BF16 : HC_DTYPE_F32;
 }
 
+/* Whether most of the checkpoint's bytes are stored in bf16. */
+static bool mostly_bf16(const hc_checkpoint *ck) {
+    uint64_t bf16 = 0, all = 0;
+    for (int64_t i = 0; i < hc_checkpoint_n_tensors(ck); i++) {
+        const hc_tensor_info *t = hc_checkpoint_tensor(ck, i);
+        all += t->n_bytes;
+        if (t->dtype == HC_DTYPE_BF16) bf16 += t->n_bytes;
+    }
+    return all && bf16 * 2 > all;
+}
+
 hc_status hc_model_load(const char *path, const hc_model_params *params, hc_model **out) {
     *out = NULL;
     hc_model_params p = params ? *params : hc_model_default_params();
@@ -781,7 +816,21 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
     hc_status s = hc_resolve_model_path(path, &local); /* hf:// handles become snapshot folders */
     if (s) goto fail;
     path = local;
+    /* Repacking bf16 weights for the CPU's bf16 kernels (below) reads each weight once: from a
+     * mapping whose pages go back as each part is done, as quantizing reads them. Read into RAM
+     * first and then copied, twice the memory was faulted in (a 1B load took 8.6 s, most of it
+     * the kernel zeroing pages). Whether it will happen is decided once the weights are bound;
+     * here it is expected when most of the stored bytes are bf16. */
+    const bool may_repack = !cp.use_mmap && p.repack && p.device == HC_DEVICE_CPU && p.weights == HC_WEIGHTS_AS_STORED &&
+                            p.compute_dtype != HC_DTYPE_F32 && p.compute_dtype != HC_DTYPE_F16 && hc_cpu_has_bf16_dot();
+    cp.use_mmap = cp.use_mmap || may_repack;
     s = hc_checkpoint_open(path, &cp, &m->ck);
+    if (!s && may_repack && !mostly_bf16(m->ck)) { /* read into RAM after all */
+        hc_checkpoint_free(m->ck);
+        m->ck = NULL;
+        cp.use_mmap = false;
+        s = hc_checkpoint_open(path, &cp, &m->ck);
+    }
     if (s) goto fail;
     const hc_model_config *c = hc_checkpoint_config(m->ck);
     if (!c) {
@@ -816,9 +865,18 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
                             p.weights == HC_WEIGHTS_Q8_0   ? HC_QUANT_Q8_0
                             : p.weights == HC_WEIGHTS_Q4_0 ? HC_QUANT_Q4_0
                                                            : HC_QUANT_Q4_K,
-                            p.n_threads, p.quant_cache)))
+                            HC_QUANT_Q8_0, p.n_threads, p.quant_cache)))
         goto fail;
     if (!m->be->device) m->compute_dtype = cpu_compute_dtype(m, p.compute_dtype);
+    /* bf16 weights in RAM computed in bf16 on the CPU: repacked for the vdpbf16ps kernels, with
+     * the stored pages given back as each part is done (as quantizing does). In this VM's fast
+     * memory regime a 1B decode read more of the bandwidth (bench/README, session 22). Not from a
+     * mapping: mmap is the quick start, and repacking reads every weight at load. */
+    if (!m->be->device && p.repack && !p.use_mmap && p.weights == HC_WEIGHTS_AS_STORED &&
+        m->compute_dtype == HC_DTYPE_BF16) {
+        if ((s = quantize_model(m, HC_QUANT_BF16R16, HC_QUANT_BF16R16, p.n_threads, false))) goto fail;
+        m->repacked = true;
+    }
     if (m->be->device && (s = upload_weights(m))) goto fail;
     if (p.lora_path && (s = hc_model_lora_load(m, p.lora_path))) goto fail;
     /* --mlock: every weight byte (mapped or read, and what quantizing made) stays resident. */
@@ -889,6 +947,7 @@ int64_t hc_model_kv_bytes_per_token(const hc_model *m, int64_t n_pos) {
 const hc_model_config *hc_model_get_config(const hc_model *m) { return &m->cfg; }
 const char *hc_model_device_name(const hc_model *m) { return m->be->name; }
 hc_dtype hc_model_compute_dtype(const hc_model *m) { return m->compute_dtype; }
+bool hc_model_repacked(const hc_model *m) { return m->repacked; }
 int64_t hc_model_device_weight_bytes(const hc_model *m) { return m->device_bytes; }
 const hc_checkpoint *hc_model_checkpoint(const hc_model *m) { return m->ck; }
 int64_t hc_model_vocab_size(const hc_model *m) { return m->cfg.vocab_size; }

@@ -43,6 +43,7 @@ struct hc_model {
     char tokenizer_error[256];/* why there is none */
     hc_dtype compute_dtype; /* resolved: F32, BF16 or F16 */
     bool use_mmap;          /* weights mapped read-only (else read into writable RAM) */
+    bool repacked;      /* bf16 weights interleaved for the CPU's bf16 kernels (hc_model_params.repack) */
     void *device_weights;   /* the one device block every view points into (device backends) */
     int64_t device_bytes;   /* its size */
     struct hc_device_range *device_ranges; /* which host bytes went where in it, by host address */

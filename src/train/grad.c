@@ -169,6 +169,9 @@ hc_status hc_grads_new(hc_model *m, hc_grads **out) {
     if (used_flags && m->lora) memset(used_flags, 0, (size_t)n * sizeof *used_flags);
     hc_status st = HC_OK;
     if (!used_flags) st = hc_fail(HC_ERR_NOMEM, "out of memory");
+    else if (mc.used_missing && m->repacked)
+        st = hc_fail(HC_ERR_UNSUPPORTED, "training: the bf16 weights were repacked for the CPU's bf16 kernels when the model "
+                                         "loaded; load it with repack off (hc_model_params.repack, --no-repack) to train");
     else if (mc.used_missing)
         st = hc_fail(HC_ERR_UNSUPPORTED, "training: some weights are quantized or copied (train on weights as stored)");
     /* One arena for every gradient: clearing it and taking its norm are one pass each (the

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/cpu/quant.h"
 #include "base/file.h"
 #include "base/half.h"
 #include "base/status.h"
@@ -378,6 +379,9 @@ hc_status hc_model_lora_merge(hc_model *m) {
             hc_lora_view view; /* on the CPU its A and B are the host arrays */
             const hc_mat *w = layer_mat(&m->layers[l], t);
             if (!hc_lora_get(lo, l, t, &view)) continue;
+            if (w->quant == HC_QUANT_BF16R16)
+                return hc_fail(HC_ERR_UNSUPPORTED, "cannot merge a LoRA adapter into weights repacked for the CPU's bf16 "
+                                                   "kernels: load the model with repack off (--no-repack)");
             if (w->quant) return hc_fail(HC_ERR_UNSUPPORTED, "cannot merge a LoRA adapter into quantized weights");
             const float *A = view.A.data, *B = view.B.data; /* [r, K], [n, r] */
             /* W[n, k] += scale * sum_j B[n, j] A[j, k], rounded to the stored dtype (element (n, k)

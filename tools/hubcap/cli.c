@@ -125,6 +125,10 @@ int cli_model_flag(int argc, char **argv, int *i, const char *cmd, hc_model_para
         mp->use_mmap = true;
         return 1;
     }
+    if (!strcmp(a, "--no-repack")) {
+        mp->repack = false;
+        return 1;
+    }
     if (!strcmp(a, "--mlock")) {
         mp->mlock = true;
         return 1;

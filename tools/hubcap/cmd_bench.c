@@ -11,7 +11,7 @@
 
 static const char help[] =
     "usage: hubcap bench [-m MODEL] [--prompt N] [--gen N] [--batch N] [--device cpu|cuda] [--threads N]\n"
-    "                    [--quantize q8_0|q4_0|q4_k] [--mmap] [--json]\n"
+    "                    [--quantize q8_0|q4_0|q4_k] [--mmap] [--no-repack] [--json]\n"
     "\n"
     "Runs a prompt of N random tokens, then decodes --gen tokens greedily, and prints prompt\n"
     "tok/s, decode tok/s, peak RSS and the weight bytes read per decoded token. The weights are\n"
@@ -25,7 +25,8 @@ static const char help[] =
     "                     N-token prompt; greedy ids are picked on a GPU) and report their\n"
     "                     total decode tok/s; without it, one session's raw forward loop\n"
     "  --json             print one JSON object\n" CLI_MODEL_FLAGS_HELP
-    "  --mmap             map the weights instead of reading them\n";
+    "  --mmap             map the weights instead of reading them\n"
+    "  --no-repack        keep bf16 weights in their stored layout (bf16 compute repacks them)\n";
 
 static double now_s(void) {
     struct timespec ts;
@@ -155,6 +156,7 @@ int cmd_bench(int argc, char **argv) {
         fprintf(stderr, "hubcap bench: %s, weights %s, %s kernels\n", model,
                 mp.weights != HC_WEIGHTS_AS_STORED ? "quantized into RAM (read from a mapping, which is given back)"
                 : mp.use_mmap                      ? "mapped"
+                : hc_model_repacked(m)             ? "read into RAM, bf16 rows interleaved in 16s"
                                                    : "read into RAM",
                 hc_cpu_kernels());
     /* Warm-up, untimed: on a GPU the first prompt also loads kernels and picks GEMM algorithms,
@@ -215,11 +217,11 @@ int cmd_bench(int argc, char **argv) {
         return EXIT_ERROR;
     }
     if (json)
-        printf("{\"model\":%s,\"device\":\"%s\",\"weights\":\"%s\",\"kernels\":\"%s\",\"compute_dtype\":\"%s\",\"mmap\":%s,\"load_s\":%.3f,\"prompt_tokens\":%lld,"
+        printf("{\"model\":%s,\"device\":\"%s\",\"weights\":\"%s\",\"kernels\":\"%s\",\"compute_dtype\":\"%s\",\"mmap\":%s,\"repacked\":%s,\"load_s\":%.3f,\"prompt_tokens\":%lld,"
                "\"gen_tokens\":%lld,\"prompt_tok_s\":%.2f,\"decode_tok_s\":%.2f,\"peak_rss_bytes\":%lld,"
                "\"bytes_per_token\":%lld,\"decode_read_gb_s\":%.2f,\"kv_bytes_per_token\":%lld,\"decode_read_with_kv_gb_s\":%.2f}\n",
                model_json.data, hc_model_device_name(m), fmt, on_gpu ? "cuda" : hc_cpu_kernels(),
-               dtype_lower(hc_model_compute_dtype(m)), mp.use_mmap ? "true" : "false", load_s, (long long)n_prompt,
+               dtype_lower(hc_model_compute_dtype(m)), mp.use_mmap ? "true" : "false", hc_model_repacked(m) ? "true" : "false", load_s, (long long)n_prompt,
                (long long)n_gen, ptps, dtps, rss, bpt, dtps * (double)bpt / 1e9, kvpt, dtps * (double)(bpt + kvpt) / 1e9);
     else
         printf("load %.2f s | prompt %lld tokens: %.1f tok/s | decode %lld tokens: %.2f tok/s | peak RSS %.2f GB | "

@@ -169,6 +169,7 @@ int cmd_finetune(int argc, char **argv) {
     }
     if (!model) model = cli_default_model();
     mp.use_mmap = lora_rank > 0; /* full fine-tuning updates the weights in place */
+    mp.repack = false;           /* training reads the weights in their stored layout */
     mp.compute_dtype = compute != HC_DTYPE_AUTO ? compute : mp.device == HC_DEVICE_CPU ? HC_DTYPE_F32 : HC_DTYPE_AUTO;
     fp.on_progress = progress;
     fp.stop = &stop_requested;

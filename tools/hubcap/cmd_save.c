@@ -56,6 +56,7 @@ int cmd_save(int argc, char **argv) {
     if (merge) { /* the model with its adapter, merged in RAM, then written */
         hc_model_params mp = hc_model_default_params();
         mp.use_mmap = false;
+        mp.repack = false; /* merging writes the weights in their stored layout */
         mp.lora_path = merge;
         hc_model *m = NULL;
         hc_status st = hc_model_load(model, &mp, &m);

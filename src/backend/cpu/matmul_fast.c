@@ -269,16 +269,19 @@ static void bfp_pack(void *panel, const hc_mat *w, int64_t n, int64_t nr, int64_
     }
 }
 
-/* The bf16 tile: np pairs of P against each token's pairs (x rows ldx apart). */
+/* The bf16 tile: np pairs of a panel against each token's pairs (x rows ldx apart). G[j]: the
+ * first pair of the panel's vector j (16 rows), pairs ps uint32 apart: the packed panel P
+ * (G[j] = P + 16 j, ps = BFP_NR), or four groups of bf16r16 weights read where they are
+ * (ps = 16). */
 __attribute__((target("avx512f,avx512bf16,avx512bw"), always_inline)) static inline void
-bfp_kernel(float *out, int64_t ldo, const uint16_t *x, int64_t ldx, const uint32_t *P, int64_t np, int nv,
-           __mmask16 mask, bool first, const int mr) {
+bfp_kernel(float *out, int64_t ldo, const uint16_t *x, int64_t ldx, const uint32_t *const *G, int64_t ps, int64_t np,
+           int nv, __mmask16 mask, bool first, const int mr) {
     __m512 acc[BFP_MR][4];
     for (int t = 0; t < BFP_MR; t++) /* the rows past mr are never read (set for the compiler's sake) */
         for (int j = 0; j < 4; j++) acc[t][j] = _mm512_setzero_ps();
     for (int64_t p = 0; p < np; p++) {
         __m512bh wv[4];
-        for (int j = 0; j < 4; j++) wv[j] = (__m512bh)_mm512_loadu_si512((const void *)(P + p * BFP_NR + 16 * j));
+        for (int j = 0; j < 4; j++) wv[j] = (__m512bh)_mm512_loadu_si512((const void *)(G[j] + p * ps));
         for (int t = 0; t < mr; t++) {
             int32_t pair;
             memcpy(&pair, x + t * ldx + 2 * p, sizeof pair);
@@ -293,7 +296,79 @@ __attribute__((target("avx512f,avx512bf16,avx512bw"))) static void bfp_tile(floa
                                                                                 int64_t ldx, const void *P, int64_t kc,
                                                                                 int mr, int nv, __mmask16 mask,
                                                                                 bool first) {
-    PANEL_BY_MR(mr, bfp_kernel, out, ldo, x, ldx, P, kc / 2, nv, mask, first)
+    const uint32_t *p = P, *G[4] = {p, p + 16, p + 32, p + 48};
+    PANEL_BY_MR(mr, bfp_kernel, out, ldo, x, ldx, G, BFP_NR, kc / 2, nv, mask, first)
+}
+
+/* ---- bf16r16 (quant.h): bf16 weights repacked on load, 16 rows interleaved by pairs of k --------
+ * Decode: one 64-byte load of a group and a vdpbf16ps against x's pair broadcast adds into 16
+ * rows' sums; against decode_bf16dot there is no 64-byte load of x per load of weights and no
+ * horizontal sum per row, and each thread still reads one stream. Prompts run bfp_kernel on the
+ * groups where they are, 4 groups (64 rows) a tile: the layout is the packed panel's, so nothing
+ * is packed. A row's sum in a prompt is the packed GEMM's, pair by pair in one lane. Rows past
+ * the last whole group are plain bf16 rows (the row kernels). */
+
+/* The plain rows of a bf16r16 matrix (those past its last whole group) as a bf16 matrix. */
+static hc_mat bf16r16_plain(const hc_mat *w) {
+    hc_mat p = *w;
+    p.quant = HC_QUANT_NONE;
+    p.ld = w->cols;
+    return p;
+}
+
+/* out[n] for rows [n0, n1) (n0 a multiple of 16) of a decode with bf16 activations xb[K]. */
+__attribute__((target("avx512f,avx512bf16,avx512bw"))) static void decode_bf16r16(float *out, const uint16_t *xb,
+                                                                                 const hc_mat *w, int64_t n0, int64_t n1) {
+    const int64_t K = w->cols, np = K / 2, whole = w->rows / 16 * 16, g1 = n1 < whole ? n1 : whole;
+    for (int64_t g = n0; g < g1; g += 16) {
+        const char *G = (const char *)w->data + (size_t)g * (size_t)K * sizeof(uint16_t); /* [np][16 rows][2] */
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        int64_t p = 0;
+        for (; p + 4 <= np; p += 4) {
+            int32_t x4[4];
+            memcpy(x4, xb + 2 * p, sizeof x4);
+            a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512((const void *)(G + 64 * p)), (__m512bh)_mm512_set1_epi32(x4[0]));
+            a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_loadu_si512((const void *)(G + 64 * p + 64)), (__m512bh)_mm512_set1_epi32(x4[1]));
+            a2 = _mm512_dpbf16_ps(a2, (__m512bh)_mm512_loadu_si512((const void *)(G + 64 * p + 128)), (__m512bh)_mm512_set1_epi32(x4[2]));
+            a3 = _mm512_dpbf16_ps(a3, (__m512bh)_mm512_loadu_si512((const void *)(G + 64 * p + 192)), (__m512bh)_mm512_set1_epi32(x4[3]));
+        }
+        for (; p < np; p++) {
+            int32_t x1;
+            memcpy(&x1, xb + 2 * p, sizeof x1);
+            a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512((const void *)(G + 64 * p)), (__m512bh)_mm512_set1_epi32(x1));
+        }
+        _mm512_storeu_ps(out + g, _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    }
+    if (g1 < n1) {
+        const hc_mat plain = bf16r16_plain(w);
+        decode_bf16dot(out, xb, &plain, g1 > n0 ? g1 : n0, n1);
+    }
+}
+
+/* Rows [n0, n1) (n0 a multiple of 16) of out[T, N] = xb[T, K] @ W^T for bf16r16 W. */
+__attribute__((target("avx512f,avx512bf16,avx512bw"))) static void matmul_rows_bf16r16(float *out, const uint16_t *xb,
+                                                                                      const hc_mat *w, int64_t T,
+                                                                                      int64_t n0, int64_t n1) {
+    const int64_t N = w->rows, K = w->cols, whole = N / 16 * 16, g1 = n1 < whole ? n1 : whole;
+    const uint32_t *base = w->data;
+    const size_t group = (size_t)K / 2 * 16; /* uint32 pairs in a group */
+    for (int64_t n = n0; n < g1; n += BFP_NR) {
+        const int nv = (int)((g1 - n < BFP_NR ? g1 - n : BFP_NR) / 16);
+        const uint32_t *G[4];
+        for (int j = 0; j < 4; j++) G[j] = base + (size_t)(n / 16 + (j < nv ? j : nv - 1)) * group; /* a missing one repeats the last */
+        for (int64_t k0 = 0; k0 < K; k0 += BFP_KC) {
+            const int64_t kc = K - k0 < BFP_KC ? K - k0 : BFP_KC;
+            const uint32_t *Gk[4] = {G[0] + k0 / 2 * 16, G[1] + k0 / 2 * 16, G[2] + k0 / 2 * 16, G[3] + k0 / 2 * 16};
+            for (int64_t t = 0; t < T; t += BFP_MR) {
+                const int mr = (int)(T - t < BFP_MR ? T - t : BFP_MR);
+                PANEL_BY_MR(mr, bfp_kernel, out + t * N + n, N, xb + t * K + k0, K, Gk, 16, kc / 2, nv, 0xffff, k0 == 0)
+            }
+        }
+    }
+    if (g1 < n1) {
+        const hc_mat plain = bf16r16_plain(w);
+        matmul_rows_bf16dot(out, xb, &plain, T, g1 > n0 ? g1 : n0, n1);
+    }
 }
 
 /* The same packed GEMM in f32 (the default compute) for float weights of any dtype: the panel
@@ -586,11 +661,15 @@ bool hc_cpu_has_bf16_dot(void) {
     return v;
 }
 
-/* Products on w round their activations to bf16 for vdpbf16ps: bf16 weights, bf16 compute on,
- * and the CPU has it. */
+/* Products on w round their activations to bf16 for vdpbf16ps: bf16 weights (as stored, or
+ * repacked into bf16r16), bf16 compute on, and the CPU has it. */
 static bool bf16_acts(const hc_fast_ctx *fx, const hc_mat *w) {
-    return fx->bf16_compute && !w->quant && w->dtype == HC_DTYPE_BF16 && hc_cpu_has_bf16_dot();
+    return fx->bf16_compute && ((!w->quant && w->dtype == HC_DTYPE_BF16) || w->quant == HC_QUANT_BF16R16) &&
+           hc_cpu_has_bf16_dot();
 }
+
+/* Weights whose products take quantized activations: every format but bf16r16 (bf16 values). */
+static bool int_quant(const hc_mat *w) { return w->quant && w->quant != HC_QUANT_BF16R16; }
 
 /* VNNI where the AVX-512 kernels were picked (HUBCAP_KERNELS=avx2 turns it off). */
 static bool has_vnni(void) {
@@ -649,7 +728,9 @@ typedef struct {
 /* Rows [n0, n1) of the product, whatever path the job takes. */
 static void mm_rows(const mm_job *j, int ith, int64_t n0, int64_t n1) {
     const int64_t N = j->w->rows;
-    if (j->xdec) decode_bf16dot(j->out, j->xdec, j->w, n0, n1);
+    if (j->xdec && j->w->quant == HC_QUANT_BF16R16) decode_bf16r16(j->out, j->xdec, j->w, n0, n1);
+    else if (j->xdec) decode_bf16dot(j->out, j->xdec, j->w, n0, n1);
+    else if (j->xb && j->w->quant == HC_QUANT_BF16R16) matmul_rows_bf16r16(j->out, j->xb, j->w, j->T, n0, n1);
     else if (j->xb && j->fx)
         matmul_rows_packed(j->out, j->xb, sizeof(uint16_t), j->w, j->T, n0, n1, j->fx->scratch[ith], BFP_KC, bfp_pack, bfp_tile);
     else if (j->xb) matmul_rows_bf16dot(j->out, j->xb, j->w, j->T, n0, n1);
@@ -709,7 +790,7 @@ static void mm_own(mm_job *own, const mm_job *j, int ith) {
     own->own = NULL;
     const int64_t K = j->w->cols, n = j->T * K;
     char *buf = j->own[ith];
-    if (j->w->quant) {
+    if (int_quant(j->w)) {
         const size_t bs = own_span((size_t)(n / HC_QK + 1) * 4);
         int8_t *qx = (int8_t *)buf;
         float *dx = (float *)(void *)(buf + own_span((size_t)n)), *sx = (float *)(void *)((char *)dx + bs);
@@ -860,11 +941,13 @@ static bool mm_decode_job(hc_fast_ctx *fx, rows_fn fn, mm_job *j, mm_cursor *cur
     const int64_t K = w->cols, pair_vl = fn == matmul_rows__avx512 ? 32 : 16;
     if (!fn || !fx->pool || nth < 2 || nth > 16 || w->transposed || w->rows * K < MIN_POOL_PRODUCT) return false;
     *j = (mm_job){.out = out, .x = x, .w = w, .bias = bias, .T = 1, .fn = fn};
-    if (w->quant) {
+    if (int_quant(w)) {
         j->vnni = has_vnni();
         if ((w->quant == HC_QUANT_Q4_0X4 || hc_quant_is_r16(w->quant)) && !j->vnni) return false;
     } else if (bf16_acts(fx, w)) {
         j->dot16 = true;
+    } else if (w->quant) { /* bf16r16 without bf16 compute: the reference */
+        return false;
     } else if (w->dtype == HC_DTYPE_BF16 && K % pair_vl == 0) {
         j->pairs = fn == matmul_rows__avx512 ? decode_bf16_pairs_avx512 : decode_bf16_pairs_avx2;
     }
@@ -930,7 +1013,7 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
         }
     }
     mm_job j = {.out = out, .x = x, .w = w, .bias = bias, .T = T, .fn = fn};
-    if (w->quant && hc_fast_acts(fx, (size_t)(T * w->cols))) {
+    if (int_quant(w) && hc_fast_acts(fx, (size_t)(T * w->cols))) {
         quantize_x(fn, fx->qx, fx->dx, fx->sx, fx->isx, x, T, w);
         j.qx = fx->qx;
         j.dx = fx->dx;
@@ -948,9 +1031,11 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
                hc_fast_scratch(fx, (size_t)(BFP_NR * FPP_KC))) {
         j.fx = fx; /* f32 prompts as the packed GEMM */
     }
-    /* q4_k without activation buffers, and the VNNI layouts (q4_0x4, r16) without VNNI, take the reference */
+    /* q4_k without activation buffers, the VNNI layouts (q4_0x4, r16) without VNNI, and bf16r16
+     * without bf16 activations take the reference */
     if ((!j.qx && !j.xb && w->quant == HC_QUANT_Q4_K) ||
-        ((w->quant == HC_QUANT_Q4_0X4 || hc_quant_is_r16(w->quant)) && !j.vnni)) {
+        ((w->quant == HC_QUANT_Q4_0X4 || hc_quant_is_r16(w->quant)) && !j.vnni) ||
+        (w->quant == HC_QUANT_BF16R16 && !j.xb && !j.xdec)) {
         hc_cpu_matmul(be, out, x, w, bias, T);
         return;
     }
@@ -990,8 +1075,8 @@ typedef struct {
 } mm_group;
 
 static bool mm_same_x(const mm_job *a, const mm_job *b) {
-    return a->w->cols == b->w->cols && !a->w->quant == !b->w->quant &&
-           (!a->w->quant || acts_group(a->w) == acts_group(b->w)) && !a->pairs == !b->pairs && a->dot16 == b->dot16;
+    return a->w->cols == b->w->cols && int_quant(a->w) == int_quant(b->w) &&
+           (!int_quant(a->w) || acts_group(a->w) == acts_group(b->w)) && !a->pairs == !b->pairs && a->dot16 == b->dot16;
 }
 
 static void mm_group_part(void *ctx, int ith, int nth) {

@@ -77,7 +77,7 @@ void hc_cpu_matmul(hc_backend *be, float *out, const float *x, const hc_mat *w, 
     const int64_t N = w->rows, K = w->cols;
     if (w->quant) {
         const size_t rb = hc_quant_row_bytes(w->quant, K);
-        const int64_t grouped = hc_quant_is_r16(w->quant) ? N / 16 * 16 : 0; /* rows interleaved in 16s */
+        const int64_t grouped = hc_quant_is_grouped(w->quant) ? N / 16 * 16 : 0; /* rows interleaved in 16s */
         for (int64_t n = 0; n < N; n++)
             for (int64_t t = 0; t < T; t++)
                 out[t * N + n] = n < grouped ? dot_r16(x + t * K, w->data, w->quant, K, n)

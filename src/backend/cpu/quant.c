@@ -5,10 +5,13 @@
 
 #include "base/half.h"
 
-int64_t hc_quant_block_elems(int quant) { return quant == HC_QUANT_Q4_K || quant == HC_QUANT_Q4_KR16 ? HC_QKK : HC_QK; }
+int64_t hc_quant_block_elems(int quant) {
+    return quant == HC_QUANT_BF16R16 ? 2 : quant == HC_QUANT_Q4_K || quant == HC_QUANT_Q4_KR16 ? HC_QKK : HC_QK;
+}
 
 size_t hc_quant_block_bytes(int quant) {
-    return quant == HC_QUANT_Q8_0 || quant == HC_QUANT_Q8_0R16 ? sizeof(hc_block_q8_0)
+    return quant == HC_QUANT_BF16R16 ? 4
+           : quant == HC_QUANT_Q8_0 || quant == HC_QUANT_Q8_0R16 ? sizeof(hc_block_q8_0)
            : quant == HC_QUANT_Q4_K || quant == HC_QUANT_Q4_KR16 ? sizeof(hc_block_q4_k)
                                                              : sizeof(hc_block_q4_0);
 }
@@ -16,6 +19,8 @@ size_t hc_quant_block_bytes(int quant) {
 bool hc_quant_is_r16(int quant) {
     return quant == HC_QUANT_Q4_0R16 || quant == HC_QUANT_Q8_0R16 || quant == HC_QUANT_Q4_KR16;
 }
+
+bool hc_quant_is_grouped(int quant) { return hc_quant_is_r16(quant) || quant == HC_QUANT_BF16R16; }
 
 int hc_quant_tail_layout(int quant) {
     return quant == HC_QUANT_Q4_0R16   ? HC_QUANT_Q4_0X4
@@ -105,6 +110,10 @@ static void x4_to_q4_0(hc_block_q4_0 *b, const void *group) {
 }
 
 void hc_quantize_row(int quant, void *dst, const float *src, int64_t K) {
+    if (quant == HC_QUANT_BF16R16) { /* a row past bf16r16's last whole group: plain bf16 */
+        for (int64_t k = 0; k < K; k++) ((uint16_t *)dst)[k] = hc_f32_to_bf16(src[k]);
+        return;
+    }
     if (quant == HC_QUANT_Q4_0X4) {
         hc_quantize_row(HC_QUANT_Q4_0, dst, src, K);
         for (int64_t b = 0; b + HC_Q4_0X4_GROUP <= K / HC_QK; b += HC_Q4_0X4_GROUP)
@@ -143,6 +152,10 @@ void hc_quantize_row(int quant, void *dst, const float *src, int64_t K) {
 }
 
 void hc_dequantize_row(int quant, float *dst, const void *src, int64_t K) {
+    if (quant == HC_QUANT_BF16R16) {
+        for (int64_t k = 0; k < K; k++) dst[k] = hc_bf16_to_f32(((const uint16_t *)src)[k]);
+        return;
+    }
     if (quant == HC_QUANT_Q4_0X4) {
         int64_t b = 0;
         for (; b + HC_Q4_0X4_GROUP <= K / HC_QK; b += HC_Q4_0X4_GROUP) {
@@ -188,13 +201,20 @@ void hc_dequantize_row(int quant, float *dst, const void *src, int64_t K) {
 
 void hc_quantize_mat_row(int quant, void *mat, int64_t N, int64_t K, int64_t n, const float *src) {
     const size_t rb = hc_quant_row_bytes(quant, K);
-    if (!hc_quant_is_r16(quant) || n >= N / 16 * 16) {
+    if (!hc_quant_is_grouped(quant) || n >= N / 16 * 16) {
         hc_quantize_row(hc_quant_tail_layout(quant), (uint8_t *)mat + rb * (size_t)n, src, K);
         return;
     }
     const int64_t nb = K / HC_QK;
     const int r = (int)(n % 16);
     uint8_t *group = (uint8_t *)mat + rb * (size_t)(n - r);
+    if (quant == HC_QUANT_BF16R16) {
+        for (int64_t p = 0; p < K / 2; p++) {
+            const uint16_t pair[2] = {hc_f32_to_bf16(src[2 * p]), hc_f32_to_bf16(src[2 * p + 1])};
+            memcpy(group + 64 * (size_t)p + 4 * r, pair, 4);
+        }
+        return;
+    }
     if (quant == HC_QUANT_Q4_KR16) {
         for (int64_t sb = 0; sb < K / HC_QKK; sb++) {
             hc_block_q4_k blk;
@@ -238,6 +258,12 @@ void hc_quantize_mat_row(int quant, void *mat, int64_t N, int64_t K, int64_t n, 
 
 void hc_dequantize_r16_block(int quant, float *dst, const void *mat, int64_t K, int64_t n, int64_t b) {
     const int r = (int)(n % 16);
+    if (quant == HC_QUANT_BF16R16) {
+        uint16_t pair[2];
+        memcpy(pair, (const uint8_t *)mat + hc_quant_row_bytes(quant, K) * (size_t)(n - r) + 64 * (size_t)b + 4 * r, 4);
+        dst[0] = hc_bf16_to_f32(pair[0]), dst[1] = hc_bf16_to_f32(pair[1]);
+        return;
+    }
     if (quant == HC_QUANT_Q4_KR16) { /* back to a plain q4_k block, then as q4_k */
         const uint8_t *o = (const uint8_t *)mat + hc_quant_row_bytes(quant, K) * (size_t)(n - r) +
                            (size_t)b * 16 * sizeof(hc_block_q4_k);

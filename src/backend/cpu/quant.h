@@ -29,7 +29,13 @@
  *         where u0, u1, u2 are the three 32-bit words of each row's 12 packed scale bytes, and a
  *         sub-block's data is q4_0r16's 4 vectors (q 0..15).
  *         Rows past the last whole group are stored one by one at 16g x row bytes + ..., as
- *         q4_0x4, q8_0 and q4_k rows. */
+ *         q4_0x4, q8_0 and q4_k rows.
+ *   bf16r16: not a quantization: bf16 weights as stored, 16 rows interleaved by pairs of k, for
+ *         the vdpbf16ps kernels (the CPU repacks bf16 weights read into RAM when it computes in
+ *         bf16). Group g (rows 16g..16g+15) is K/2 vectors of 64 bytes; vector p holds
+ *         W[16g + r][2p], W[16g + r][2p + 1] at bytes 4r, 4r + 2. So one load serves 16 rows and x
+ *         is a broadcast pair, with no horizontal sums. Rows past the last whole group are plain
+ *         bf16 rows. A "block" is one pair. */
 #ifndef HC_BACKEND_CPU_QUANT_H
 #define HC_BACKEND_CPU_QUANT_H
 
@@ -59,11 +65,12 @@ typedef struct {
 } hc_block_q4_k;
 
 enum { HC_QUANT_NONE = 0, HC_QUANT_Q8_0 = 1, HC_QUANT_Q4_0 = 2, HC_QUANT_Q4_K = 3, HC_QUANT_Q4_0X4 = 4,
-       HC_QUANT_Q4_0R16 = 5, HC_QUANT_Q8_0R16 = 6, HC_QUANT_Q4_KR16 = 7 };
+       HC_QUANT_Q4_0R16 = 5, HC_QUANT_Q8_0R16 = 6, HC_QUANT_Q4_KR16 = 7,
+       HC_QUANT_BF16R16 = 8 };
 
 #define HC_Q4_0X4_GROUP 4 /* blocks per group */
 
-/* Weights a block holds (32, or 256 for q4_k), and its bytes. */
+/* Weights a block holds (32, 256 for q4_k, 2 for bf16r16), and its bytes. */
 int64_t hc_quant_block_elems(int quant);
 size_t hc_quant_block_bytes(int quant);
 size_t hc_quant_row_bytes(int quant, int64_t K);
@@ -80,20 +87,23 @@ static inline void hc_q4_k_unpack_scales(const uint8_t *packed, uint32_t sc[2], 
     m[0] = u[1] & low6;
     m[1] = ((u[2] >> 4) & low4) | (((u[1] >> 6) & top2) << 4);
 }
-/* Quantizes one row of K floats (K a multiple of the block). */
+/* Quantizes one row of K floats (K a multiple of the block; bf16r16: a plain bf16 row). */
 void hc_quantize_row(int quant, void *dst, const float *src, int64_t K);
 /* Widens one quantized row back to floats (not the r16 layouts: their rows are interleaved). */
 void hc_dequantize_row(int quant, float *dst, const void *src, int64_t K);
 
-/* r16 layouts: whether quant is one, and the layout of its rows past the last whole group of 16
- * (q4_0x4 or q8_0); quant itself for every other format. */
+/* r16 layouts: whether quant is one of the VNNI ones (q4_0r16, q8_0r16, q4_kr16), whether its
+ * rows are interleaved in 16s at all (those and bf16r16), and the layout of its rows past the
+ * last whole group of 16 (q4_0x4, q8_0, q4_k; bf16r16's plain rows); quant itself for every
+ * other format. */
 bool hc_quant_is_r16(int quant);
+bool hc_quant_is_grouped(int quant);
 int hc_quant_tail_layout(int quant);
 /* Quantizes src (K floats) into row n of the [N, K] matrix mat in any layout (the r16 layouts
  * scatter it into its group). Rows of one group may be written by different threads. */
 void hc_quantize_mat_row(int quant, void *mat, int64_t N, int64_t K, int64_t n, const float *src);
-/* Widens block b (32 weights, or 256 for q4_kr16) of row n of an r16 matrix, n inside a whole
- * group. */
+/* Widens block b (32 weights, 256 for q4_kr16, 2 for bf16r16) of row n of a grouped matrix, n
+ * inside a whole group. */
 void hc_dequantize_r16_block(int quant, float *dst, const void *mat, int64_t K, int64_t n, int64_t b);
 /* Where in a group block b keeps its 16 scales and its data (nb blocks a row; q4_0r16 and
  * q8_0r16): byte offsets. Inline, since the decode kernels ask for every block. */
