@@ -238,11 +238,13 @@ typedef struct {
     bool quant_cache;       /* with `weights` quantized: keep them in a file beside the snapshot
                                (hubcap-<format>-<key>.qcache, keyed by the shards' names, sizes and
                                times) and load that instead of quantizing again (--quant-cache) */
-    bool repack;            /* default true. On the CPU, with the weights read into RAM (use_mmap
-                               false) and computed in bf16: bf16 matrices are interleaved 16 rows
-                               at a time (the same values), so a decode reads each activation once
-                               for 16 rows. Training, LoRA merging and saving need the stored
-                               layout: set it false for those (--no-repack). */
+    bool repack;            /* for inference: on a CPU with the AVX-512 kernels, with the weights
+                               read into RAM (use_mmap false), bf16 matrices are interleaved 16
+                               rows at a time (the same values), so a decode reads each
+                               activation once for 16 rows. Such a model cannot train, merge a
+                               LoRA adapter or save its checkpoint (the stored layout is gone).
+                               Default false; the CLI's inference commands turn it on
+                               (--no-repack turns it off). */
 } hc_model_params;
 
 hc_model_params hc_model_default_params(void);

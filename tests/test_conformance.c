@@ -295,9 +295,9 @@ static bool loaded_repacked(const char *dir, hc_model_params mp, float *logits, 
     return got;
 }
 
-/* bf16 weights read into RAM and computed in bf16 are repacked (bf16r16) where the CPU has
- * vdpbf16ps, and give the logits of the stored layout; a mapping, f32 compute, --no-repack and
- * an f32 checkpoint keep the stored layout; a repacked model refuses to train or save. */
+/* bf16 weights read into RAM are repacked (bf16r16) where the CPU runs the AVX-512 kernels, and
+ * give the logits of the stored layout, in bf16 and f32 compute; a mapping, --no-repack and an
+ * f32 checkpoint keep the stored layout; a repacked model refuses to train or save. */
 static void check_repack(const char *models) {
     char dir[4400], path[4500];
     snprintf(dir, sizeof dir, "%s/llama3_2", models); /* stored in bf16 */
@@ -311,17 +311,30 @@ static void check_repack(const char *models) {
     for (int64_t t = 0; t < T && t < 512; t++) ids[t] = (int32_t)((const int64_t *)tp->data)[t];
     const size_t bytes = sizeof(float) * (size_t)(T * V);
     float *rp = malloc(bytes), *rs = malloc(bytes), *sp = malloc(bytes), *ss = malloc(bytes);
-    const bool dot = hc_cpu_has_bf16_dot();
+    const bool dot = hc_cpu_has_bf16_dot(), avx512 = !strcmp(hc_cpu_kernels(), "avx512");
     hc_model_params mp = hc_model_default_params();
     mp.use_mmap = false;
-    CHECK(loaded_repacked(dir, mp, rp, rs, ids, T, V) == dot, "bf16 in RAM with bf16 compute: repacked %s", dot ? "yes" : "no");
+    CHECK(!loaded_repacked(dir, mp, NULL, NULL, ids, T, V), "the library's default: the stored layout");
+    mp.repack = true;
+    CHECK(loaded_repacked(dir, mp, rp, rs, ids, T, V) == avx512, "bf16 in RAM: repacked %s", avx512 ? "yes" : "no");
     mp.repack = false;
     CHECK(!loaded_repacked(dir, mp, sp, ss, ids, T, V), "repack off: the stored layout");
     mp = hc_model_default_params();
+    mp.repack = true;
     CHECK(!loaded_repacked(dir, mp, NULL, NULL, ids, T, V), "mapped: the stored layout");
+    /* f32 compute repacks too where the AVX-512 kernels run; the same f32 sums in another order */
+    float *fp = malloc(bytes), *fs = malloc(bytes), *gp = malloc(bytes), *gs = malloc(bytes);
     mp.use_mmap = false;
     mp.compute_dtype = HC_DTYPE_F32;
-    CHECK(!loaded_repacked(dir, mp, NULL, NULL, ids, T, V), "f32 compute: the stored layout");
+    CHECK(loaded_repacked(dir, mp, fp, fs, ids, T, V) == avx512, "f32 compute in RAM: repacked %s", avx512 ? "yes" : "no");
+    mp.repack = false;
+    CHECK(!loaded_repacked(dir, mp, gp, gs, ids, T, V), "f32 compute, repack off: the stored layout");
+    double df = 0;
+    for (int64_t j = 0; j < T * V; j++) df = fmax(df, fmax(fabs((double)fp[j] - gp[j]), fabs((double)fs[j] - gs[j])));
+    CHECK(df < 1e-4, "f32 compute: repacked against the stored layout %g", df);
+    printf("  repacked bf16, f32 compute: against the stored layout max|diff| %.2e\n", df);
+    free(fp), free(fs), free(gp), free(gs);
+    mp.repack = true;
     mp.compute_dtype = HC_DTYPE_AUTO;
     snprintf(path, sizeof path, "%s/gpt2", models); /* stored in f32 */
     CHECK(!loaded_repacked(path, mp, NULL, NULL, ids, T, V), "an f32 checkpoint: the stored layout");
@@ -337,11 +350,12 @@ static void check_repack(const char *models) {
           "repacked against stored layout: prompt %g, decode %g (decode against prompt: stored %g, repacked %g)", dp, ds, own, rown);
     CHECK(mean_kl(tl->data, rp, T, V) < 1e-3, "repacked: mean KL from HF %g", mean_kl(tl->data, rp, T, V));
     printf("  repacked bf16 (%s): against the stored layout max|diff| prompt %.2e, decode %.2e; decode against prompt %.2e (stored %.2e)\n",
-           dot ? "bf16r16" : "no vdpbf16ps: not repacked", dp, ds, rown, own);
-    if (dot) {
+           dot ? "bf16r16, vdpbf16ps" : avx512 ? "bf16r16, f32 compute" : "not repacked", dp, ds, rown, own);
+    if (avx512) {
         hc_model *m = NULL;
         mp = hc_model_default_params();
         mp.use_mmap = false;
+        mp.repack = true;
         CHECK_OK(hc_model_load(dir, &mp, &m));
         hc_grads *g = NULL;
         hc_status st = m ? hc_grads_new(m, &g) : HC_ERR_INVALID_ARG;

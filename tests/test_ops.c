@@ -486,6 +486,24 @@ static void test_fast_matmul(hc_backend *ref) {
                     double e2 = 0;
                     for (int64_t i = 0; i < T * N; i++) e2 = fmax(e2, fabs((double)r1[i] - r2[i]));
                     CHECK(e2 < 1e-4, "bf16r16 reference T=%lld K=%lld N=%lld: %g", (long long)T, (long long)K, (long long)N, e2);
+                    /* f32 compute on bf16r16 (AVX-512: FMAs on the widened pairs; else the
+                     * reference): the reference's numbers, the same bits on 1 and 2 threads, and
+                     * for prompts the packed f32 GEMM's bits on the stored layout */
+                    float *f1 = malloc(sizeof(float) * (size_t)(T * N)), *f2 = malloc(sizeof(float) * (size_t)(T * N));
+                    fast1->matmul(fast1, f1, x, &wr, &bv, T);
+                    fast2->matmul(fast2, f2, x, &wr, &bv, T);
+                    CHECK(!memcmp(f1, f2, sizeof(float) * (size_t)(T * N)), "bf16r16 f32: 1 and 2 threads give the same bits (T=%lld K=%lld N=%lld)",
+                          (long long)T, (long long)K, (long long)N);
+                    double ef = 0;
+                    for (int64_t i = 0; i < T * N; i++) ef = fmax(ef, fabs((double)r2[i] - f2[i]));
+                    CHECK(ef < 1e-4, "bf16r16 f32 T=%lld K=%lld N=%lld: %g", (long long)T, (long long)K, (long long)N, ef);
+                    if (!strcmp(hc_cpu_kernels(), "avx512") && T >= 16) {
+                        fast2->matmul(fast2, f1, x, &w, &bv, T);
+                        for (int64_t t = 0; t < T; t++)
+                            CHECK(!memcmp(f1 + t * N, f2 + t * N, sizeof(float) * (size_t)(N / 16 * 16)),
+                                  "bf16r16 f32 prompt = the packed GEMM's bits (T=%lld K=%lld N=%lld)", (long long)T, (long long)K, (long long)N);
+                    }
+                    free(f1), free(f2);
                     free(w16), free(r1), free(r2);
                 }
             }

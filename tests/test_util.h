@@ -56,7 +56,7 @@ static inline hc_model_params test_model_params(void) {
     if (dev && !strcmp(dev, "cuda")) mp.device = HC_DEVICE_CUDA;
     mp.compute_dtype = HC_DTYPE_F32;
     if (dt && !strcmp(dt, "bf16")) mp.compute_dtype = HC_DTYPE_BF16;
-    if (dt && !strcmp(dt, "bf16") && mp.device == HC_DEVICE_CPU) mp.use_mmap = false;
+    if (dt && !strcmp(dt, "bf16") && mp.device == HC_DEVICE_CPU) mp.use_mmap = false, mp.repack = true;
     if (dt && !strcmp(dt, "f16")) mp.compute_dtype = HC_DTYPE_F16;
     return mp;
 }

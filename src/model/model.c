@@ -30,7 +30,7 @@
 
 hc_model_params hc_model_default_params(void) {
     hc_model_params p = {.device = HC_DEVICE_CPU, .compute_dtype = HC_DTYPE_AUTO, .kv_dtype = HC_DTYPE_AUTO, .n_threads = 0, .n_ctx = 0,
-                         .use_mmap = true, .repack = true};
+                         .use_mmap = true};
     return p;
 }
 
@@ -816,13 +816,13 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
     hc_status s = hc_resolve_model_path(path, &local); /* hf:// handles become snapshot folders */
     if (s) goto fail;
     path = local;
-    /* Repacking bf16 weights for the CPU's bf16 kernels (below) reads each weight once: from a
+    /* Repacking bf16 weights for the CPU's AVX-512 kernels (below) reads each weight once: from a
      * mapping whose pages go back as each part is done, as quantizing reads them. Read into RAM
      * first and then copied, twice the memory was faulted in (a 1B load took 8.6 s, most of it
      * the kernel zeroing pages). Whether it will happen is decided once the weights are bound;
      * here it is expected when most of the stored bytes are bf16. */
     const bool may_repack = !cp.use_mmap && p.repack && p.device == HC_DEVICE_CPU && p.weights == HC_WEIGHTS_AS_STORED &&
-                            p.compute_dtype != HC_DTYPE_F32 && p.compute_dtype != HC_DTYPE_F16 && hc_cpu_has_bf16_dot();
+                            p.compute_dtype != HC_DTYPE_F16 && !strcmp(hc_cpu_kernels(), "avx512");
     cp.use_mmap = cp.use_mmap || may_repack;
     s = hc_checkpoint_open(path, &cp, &m->ck);
     if (!s && may_repack && !mostly_bf16(m->ck)) { /* read into RAM after all */
@@ -868,14 +868,15 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
                             HC_QUANT_Q8_0, p.n_threads, p.quant_cache)))
         goto fail;
     if (!m->be->device) m->compute_dtype = cpu_compute_dtype(m, p.compute_dtype);
-    /* bf16 weights in RAM computed in bf16 on the CPU: repacked for the vdpbf16ps kernels, with
-     * the stored pages given back as each part is done (as quantizing does). In this VM's fast
-     * memory regime a 1B decode read more of the bandwidth (bench/README, session 22). Not from a
-     * mapping: mmap is the quick start, and repacking reads every weight at load. */
+    /* bf16 weights in RAM on a CPU with the AVX-512 kernels: repacked into bf16r16 for its
+     * kernels (vdpbf16ps in bf16 compute, FMAs on the widened pairs in f32), with the stored pages
+     * given back as each part is done (as quantizing does). In this VM's fast memory regime a 1B
+     * decode read more of the bandwidth (bench/README, session 22). Not from a mapping: mmap is
+     * the quick start, and repacking reads every weight at load. */
     if (!m->be->device && p.repack && !p.use_mmap && p.weights == HC_WEIGHTS_AS_STORED &&
-        m->compute_dtype == HC_DTYPE_BF16) {
+        !strcmp(hc_cpu_kernels(), "avx512")) {
         if ((s = quantize_model(m, HC_QUANT_BF16R16, HC_QUANT_BF16R16, p.n_threads, false))) goto fail;
-        m->repacked = true;
+        m->repacked = m->lm_head.quant == HC_QUANT_BF16R16 || m->layers[0].wq.quant == HC_QUANT_BF16R16;
     }
     if (m->be->device && (s = upload_weights(m))) goto fail;
     if (p.lora_path && (s = hc_model_lora_load(m, p.lora_path))) goto fail;

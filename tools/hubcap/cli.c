@@ -107,6 +107,7 @@ bool cli_parse_ids(const char *text, int32_t **ids, int64_t *n, const char *cmd)
 
 bool cli_model_defaults(hc_model_params *mp, const char *cmd) {
     *mp = hc_model_default_params();
+    mp->repack = true; /* inference: bf16 weights read into RAM are repacked (finetune turns it off) */
     const char *env = getenv("HUBCAP_DEVICE");
     if (env && *env && !cli_parse_device(env, &mp->device)) {
         cli_usage_error(cmd, "HUBCAP_DEVICE='%s': use cpu, cuda or auto", env);

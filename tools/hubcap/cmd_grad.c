@@ -28,6 +28,7 @@ int cmd_grad(int argc, char **argv) {
     if (!cli_model_defaults(&mp, "grad")) return EXIT_USAGE;
     if (!getenv("HUBCAP_DEVICE")) mp.device = HC_DEVICE_CPU;
     mp.compute_dtype = HC_DTYPE_F32;
+    mp.repack = false; /* gradients read the weights in their stored layout */
     for (int i = 1; i < argc; i++) {
         const int mf = cli_model_flag(argc, argv, &i, "grad", &mp);
         if (mf < 0) return EXIT_USAGE;

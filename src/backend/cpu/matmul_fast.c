@@ -12,6 +12,9 @@
 #include "backend/cpu/fast.h"
 #include "base/threadpool.h"
 
+/* Rows [n0, n1) of out[T, N] = x[T, K] @ W^T: the row kernels of one ISA. */
+typedef void (*rows_fn)(float *out, const float *x, const hc_mat *w, int64_t T, int64_t n0, int64_t n1);
+
 /* ---- AVX2 + FMA + F16C: 8 floats, blocks of 4 tokens x 2 rows -------------------------------- */
 /* Products of fewer multiply-adds than this run on the calling thread: waking the pool costs more. */
 #define MIN_POOL_PRODUCT 32768
@@ -467,6 +470,82 @@ __attribute__((target("avx512f"))) static void fpp_tile(float *out, int64_t ldo,
     PANEL_BY_MR(mr, fpp_kernel, out, ldo, x, ldx, P, kc, nv, mask, first)
 }
 
+#define VPAIR_EVEN512(v) _mm512_castsi512_ps(_mm512_slli_epi32(v, 16))
+#define VPAIR_ODD512(v) _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xFFFF0000u)))
+
+/* ---- bf16r16 with f32 activations (--dtype f32): a vector of 16 rows' pairs widens to their
+ * even and odd elements (a shift, an and), each multiplied by a broadcast x. A prompt's row sums
+ * run over k in order in one lane, in chunks of FPP_KC: the packed f32 GEMM's bits. */
+
+/* The f32 tile on four groups G[j] (a missing one repeats the last; nv of them stored). */
+__attribute__((target("avx512f"), always_inline)) static inline void r16f_kernel(float *out, int64_t ldo, const float *x,
+                                                                                int64_t ldx, const uint32_t *const *G,
+                                                                                int64_t np, int nv, bool first,
+                                                                                const int mr) {
+    __m512 acc[BFP_MR][4];
+    for (int t = 0; t < BFP_MR; t++)
+        for (int j = 0; j < 4; j++) acc[t][j] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < np; p++) {
+        __m512 we[4], wo[4];
+        for (int j = 0; j < 4; j++) {
+            const __m512i v = _mm512_loadu_si512((const void *)(G[j] + 16 * p));
+            we[j] = VPAIR_EVEN512(v), wo[j] = VPAIR_ODD512(v);
+        }
+        for (int t = 0; t < mr; t++) {
+            const __m512 xe = _mm512_set1_ps(x[t * ldx + 2 * p]), xo = _mm512_set1_ps(x[t * ldx + 2 * p + 1]);
+            for (int j = 0; j < 4; j++) acc[t][j] = _mm512_fmadd_ps(xe, we[j], acc[t][j]);
+            for (int j = 0; j < 4; j++) acc[t][j] = _mm512_fmadd_ps(xo, wo[j], acc[t][j]);
+        }
+    }
+    panel_store(out, ldo, acc, mr, nv, (__mmask16)0xffff, first);
+}
+
+/* Rows [n0, n1) (n0 a multiple of 16) of out[T, N] = x[T, K] @ W^T for bf16r16 W, f32 x; the plain
+ * rows past the last group through plain_rows. */
+__attribute__((target("avx512f"))) static void matmul_rows_bf16r16_f32(float *out, const float *x, const hc_mat *w,
+                                                                      int64_t T, int64_t n0, int64_t n1,
+                                                                      rows_fn plain_rows) {
+    const int64_t N = w->rows, K = w->cols, whole = N / 16 * 16, g1 = n1 < whole ? n1 : whole;
+    const uint32_t *base = w->data;
+    const size_t group = (size_t)K / 2 * 16;
+    if (T == 1) /* decode: one group at a time, four sums so the FMA latency hides */
+        for (int64_t g = n0; g < g1; g += 16) {
+            const uint32_t *G = base + (size_t)(g / 16) * group;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            int64_t p = 0;
+            for (; p + 2 <= K / 2; p += 2) {
+                const __m512i v0 = _mm512_loadu_si512((const void *)(G + 16 * p)), v1 = _mm512_loadu_si512((const void *)(G + 16 * p + 16));
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(x[2 * p]), VPAIR_EVEN512(v0), a0);
+                a1 = _mm512_fmadd_ps(_mm512_set1_ps(x[2 * p + 1]), VPAIR_ODD512(v0), a1);
+                a2 = _mm512_fmadd_ps(_mm512_set1_ps(x[2 * p + 2]), VPAIR_EVEN512(v1), a2);
+                a3 = _mm512_fmadd_ps(_mm512_set1_ps(x[2 * p + 3]), VPAIR_ODD512(v1), a3);
+            }
+            if (p < K / 2) {
+                const __m512i v0 = _mm512_loadu_si512((const void *)(G + 16 * p));
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(x[2 * p]), VPAIR_EVEN512(v0), a0);
+                a1 = _mm512_fmadd_ps(_mm512_set1_ps(x[2 * p + 1]), VPAIR_ODD512(v0), a1);
+            }
+            _mm512_storeu_ps(out + g, _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+        }
+    else
+        for (int64_t n = n0; n < g1; n += BFP_NR) {
+            const int nv = (int)((g1 - n < BFP_NR ? g1 - n : BFP_NR) / 16);
+            for (int64_t k0 = 0; k0 < K; k0 += FPP_KC) {
+                const int64_t kc = K - k0 < FPP_KC ? K - k0 : FPP_KC;
+                const uint32_t *G[4];
+                for (int j = 0; j < 4; j++) G[j] = base + (size_t)(n / 16 + (j < nv ? j : nv - 1)) * group + k0 / 2 * 16;
+                for (int64_t t = 0; t < T; t += BFP_MR) {
+                    const int mr = (int)(T - t < BFP_MR ? T - t : BFP_MR);
+                    PANEL_BY_MR(mr, r16f_kernel, out + t * N + n, N, x + t * K + k0, K, G, kc / 2, nv, k0 == 0)
+                }
+            }
+        }
+    if (g1 < n1) {
+        const hc_mat plain = bf16r16_plain(w);
+        plain_rows(out, x, &plain, T, g1 > n0 ? g1 : n0, n1);
+    }
+}
+
 /* ---- quantized weights: int8 dot products with activations quantized to q8 (per block of 32,
  * per 256 for q4_k, as llama.cpp does), so a block costs a few integer instructions instead of widening 32
  * weights to float. Both ISAs use these AVX2 kernels. ------------------------------------------ */
@@ -638,7 +717,6 @@ __attribute__((target("avx2,fma,f16c"))) static void qmatmul_rows_avx2(float *ou
 
 /* ---- dispatch --------------------------------------------------------------------------------- */
 
-typedef void (*rows_fn)(float *out, const float *x, const hc_mat *w, int64_t T, int64_t n0, int64_t n1);
 
 static rows_fn pick(void) {
     static rows_fn fn;
@@ -731,6 +809,7 @@ static void mm_rows(const mm_job *j, int ith, int64_t n0, int64_t n1) {
     if (j->xdec && j->w->quant == HC_QUANT_BF16R16) decode_bf16r16(j->out, j->xdec, j->w, n0, n1);
     else if (j->xdec) decode_bf16dot(j->out, j->xdec, j->w, n0, n1);
     else if (j->xb && j->w->quant == HC_QUANT_BF16R16) matmul_rows_bf16r16(j->out, j->xb, j->w, j->T, n0, n1);
+    else if (j->w->quant == HC_QUANT_BF16R16) matmul_rows_bf16r16_f32(j->out, j->x, j->w, j->T, n0, n1, j->fn);
     else if (j->xb && j->fx)
         matmul_rows_packed(j->out, j->xb, sizeof(uint16_t), j->w, j->T, n0, n1, j->fx->scratch[ith], BFP_KC, bfp_pack, bfp_tile);
     else if (j->xb) matmul_rows_bf16dot(j->out, j->xb, j->w, j->T, n0, n1);
@@ -946,12 +1025,12 @@ static bool mm_decode_job(hc_fast_ctx *fx, rows_fn fn, mm_job *j, mm_cursor *cur
         if ((w->quant == HC_QUANT_Q4_0X4 || hc_quant_is_r16(w->quant)) && !j->vnni) return false;
     } else if (bf16_acts(fx, w)) {
         j->dot16 = true;
-    } else if (w->quant) { /* bf16r16 without bf16 compute: the reference */
-        return false;
+    } else if (w->quant) { /* bf16r16 with f32 activations: AVX-512, else the reference */
+        if (fn != matmul_rows__avx512) return false;
     } else if (w->dtype == HC_DTYPE_BF16 && K % pair_vl == 0) {
         j->pairs = fn == matmul_rows__avx512 ? decode_bf16_pairs_avx512 : decode_bf16_pairs_avx2;
     }
-    if (w->quant || j->pairs || j->dot16) {
+    if (int_quant(w) || j->pairs || j->dot16) {
         if (!hc_fast_own_acts(fx, own_bytes(K))) return false;
         j->own = fx->own_acts;
     }
@@ -1035,7 +1114,7 @@ void hc_cpu_matmul_fast(hc_backend *be, float *out, const float *x, const hc_mat
      * without bf16 activations take the reference */
     if ((!j.qx && !j.xb && w->quant == HC_QUANT_Q4_K) ||
         ((w->quant == HC_QUANT_Q4_0X4 || hc_quant_is_r16(w->quant)) && !j.vnni) ||
-        (w->quant == HC_QUANT_BF16R16 && !j.xb && !j.xdec)) {
+        (w->quant == HC_QUANT_BF16R16 && !j.xb && !j.xdec && fn != matmul_rows__avx512)) {
         hc_cpu_matmul(be, out, x, w, bias, T);
         return;
     }
