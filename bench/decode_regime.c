@@ -15,13 +15,13 @@
  * it was not: the two shares agreed within 0.01).
  *
  * usage: bench_decode_regime MODEL [ROUNDS=20] [TOKENS=8] [FORMAT...]
- *   FORMAT: bf16 (the weights as stored, with f32 activations: `--dtype f32`; the default),
+ *   FORMAT: bf16 (the bf16 weights with f32 activations: `--dtype f32`; the default),
  *   q8_0, q4_0 or q4_k; a "/rows" suffix loads the format in the CPU's row-by-row layout
  *   (HUBCAP_CPU_ROW_LAYOUT=1) instead of the interleaved one, to compare the two;
  *   "bf16/bf16-compute" runs the bf16 weights with bf16 compute (activations rounded to bf16,
  *   vdpbf16ps: hubcap's default for a bf16 checkpoint since session 21), repacked into bf16r16 as
- *   weights read into RAM are since session 22; "bf16/bf16-stored" the same in the stored layout
- *   (--no-repack).
+ *   weights read into RAM are since session 22 (bf16 too); "bf16/stored" and "bf16/bf16-stored"
+ *   the same in the stored layout (--no-repack).
  * prints a line a round, then each format's steady shares split at 40 GB/s. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,19 +123,21 @@ int main(int argc, char **argv) {
         char fmt[32];
         snprintf(fmt, sizeof fmt, "%s", c->name);
         char *slash = strchr(fmt, '/');
-        const bool rows = slash && !strcmp(slash, "/rows"), stored = slash && !strcmp(slash, "/bf16-stored"),
-                   bf16c = (slash && !strcmp(slash, "/bf16-compute")) || stored;
+        const bool rows = slash && !strcmp(slash, "/rows"), stored16 = slash && !strcmp(slash, "/bf16-stored"),
+                   stored32 = slash && !strcmp(slash, "/stored"),
+                   bf16c = (slash && !strcmp(slash, "/bf16-compute")) || stored16;
         if (slash) *slash = 0;
         const bool bf16 = !strcmp(fmt, "bf16");
         if (!strcmp(fmt, "q8_0")) mp.weights = HC_WEIGHTS_Q8_0;
         else if (!strcmp(fmt, "q4_0")) mp.weights = HC_WEIGHTS_Q4_0;
         else if (!strcmp(fmt, "q4_k")) mp.weights = HC_WEIGHTS_Q4_K;
-        if ((!bf16 && !mp.weights) || (slash && !rows && !bf16c) || (rows && bf16) || (bf16c && !bf16)) {
-            fprintf(stderr, "bench_decode_regime: unknown format '%s' (bf16, q8_0, q4_0 or q4_k, optionally /rows; bf16/bf16-compute, bf16/bf16-stored)\n", c->name);
+        if ((!bf16 && !mp.weights) || (slash && !rows && !bf16c && !stored32) || (rows && bf16) ||
+            ((bf16c || stored32) && !bf16)) {
+            fprintf(stderr, "bench_decode_regime: unknown format '%s' (bf16, q8_0, q4_0 or q4_k, optionally /rows; bf16/stored, bf16/bf16-compute, bf16/bf16-stored)\n", c->name);
             return 2;
         }
         mp.compute_dtype = bf16c ? HC_DTYPE_BF16 : HC_DTYPE_F32;
-        mp.repack = !stored;
+        mp.repack = !stored16 && !stored32; /* as the CLI loads for inference */
         if (rows) setenv("HUBCAP_CPU_ROW_LAYOUT", "1", 1);
         if (hc_model_load(argv[1], &mp, &c->m) || hc_session_new(c->m, 8 + (int64_t)tokens + 8, &c->s) ||
             hc_session_forward_greedy(c->s, prompt_ids, 8, &c->next)) {

@@ -234,6 +234,13 @@ cp -r "$SRC/models/stories260K" "$TMP/a \"quoted\" model"
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["model"].endswith("a \"quoted\" model"); assert all(d[k] > 0 for k in ("prompt_tok_s","decode_tok_s","peak_rss_bytes","bytes_per_token","kv_bytes_per_token"))' "$TMP/out" &&
     pass=$((pass + 1)) || { echo "FAIL: bench --json: $(cat "$TMP/out")"; fail=$((fail + 1)); }
 
+# bench reads a bf16 checkpoint into RAM and repacks it where the AVX-512 kernels run; --no-repack keeps the stored layout.
+for flag in "" --no-repack; do
+    "$HUBCAP" bench -m "$SRC/tests/fixtures/models/llama3_2" --prompt 8 --gen 2 --json $flag >"$TMP/out" 2>"$TMP/err"
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["repacked"] == (d["kernels"] == "avx512" and sys.argv[2] == ""), d' "$TMP/out" "$flag" &&
+        pass=$((pass + 1)) || { echo "FAIL: bench repacked ($flag): $(cat "$TMP/out" "$TMP/err")"; fail=$((fail + 1)); }
+done
+
 # save: usage errors, then a bf16 copy of stories260K that generates the same greedy story.
 expect 2 "give the output folder" -- "$HUBCAP" save
 expect 2 "--dtype must be bf16, f16 or f32" -- "$HUBCAP" save "$TMP/s1" --dtype int8
