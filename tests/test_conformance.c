@@ -223,6 +223,28 @@ static void check_model(const char *dir, const char *name) {
     hc_model_free(m);
 }
 
+/* A model loaded with mp: its compute dtype (HC_DTYPE_COUNT when it failed to load), whether it
+ * was repacked, and (logits non-NULL) the logits of ids as one prompt, then (stepped non-NULL)
+ * fed one token at a time (decode's kernels), [T, V] each. */
+static hc_dtype run_loaded(const char *dir, hc_model_params mp, float *logits, float *stepped, const int32_t *ids,
+                           int64_t T, int64_t V, bool *repacked) {
+    hc_model *m = NULL;
+    CHECK_OK(hc_model_load(dir, &mp, &m));
+    if (!m) return HC_DTYPE_COUNT;
+    const hc_dtype got = hc_model_compute_dtype(m);
+    if (repacked) *repacked = hc_model_repacked(m);
+    hc_session *s = NULL;
+    if (logits) CHECK_OK(hc_session_new(m, T, &s));
+    if (s) CHECK_OK(hc_session_forward(s, ids, T, logits, true));
+    if (s && stepped) {
+        hc_session_reset(s);
+        for (int64_t t = 0; t < T; t++) CHECK_OK(hc_session_forward(s, ids + t, 1, stepped + t * V, true));
+    }
+    hc_session_free(s);
+    hc_model_free(m);
+    return got;
+}
+
 /* The CPU's default compute dtype: bf16 for a checkpoint stored in bf16 (on a CPU with
  * AVX512_BF16), f32 for one stored in f32, asked for, or quantized. The bf16 one's logits are
  * bf16 numbers (not the f32 ones) and stay near HF's. */
@@ -231,29 +253,38 @@ static hc_dtype loaded_compute(const char *dir, hc_dtype asked, hc_weight_format
     hc_model_params mp = hc_model_default_params();
     mp.compute_dtype = asked;
     mp.weights = weights;
-    hc_model *m = NULL;
-    CHECK_OK(hc_model_load(dir, &mp, &m));
-    if (!m) return HC_DTYPE_COUNT;
-    const hc_dtype got = hc_model_compute_dtype(m);
-    hc_session *s = NULL;
-    if (logits) CHECK_OK(hc_session_new(m, T, &s));
-    if (s) CHECK_OK(hc_session_forward(s, ids, T, logits, true));
-    hc_session_free(s);
-    hc_model_free(m);
-    return got;
+    return run_loaded(dir, mp, logits, NULL, ids, T, 0, NULL);
+}
+
+/* llama3_2 (stored in bf16) and its first reference prompt: ids [T], HF's logits [T, V]. */
+typedef struct {
+    char dir[4400];
+    hc_safetensors ref;
+    const float *hf;
+    int32_t ids[512];
+    int64_t T, V;
+} bf16_prompt;
+
+static bool bf16_prompt_open(bf16_prompt *c, const char *models) {
+    char path[4500];
+    snprintf(c->dir, sizeof c->dir, "%s/llama3_2", models);
+    snprintf(path, sizeof path, "%s/reference.safetensors", c->dir);
+    CHECK_OK(hc_safetensors_open(&c->ref, path, true));
+    const hc_tensor_info *tp = ref_tensor(&c->ref, "prompt%d", 0), *tl = ref_tensor(&c->ref, "logits%d", 0);
+    if (!tp || !tl) return false;
+    c->T = tp->shape[1] < 512 ? tp->shape[1] : 512, c->V = tl->shape[2];
+    c->hf = tl->data;
+    for (int64_t t = 0; t < c->T; t++) c->ids[t] = (int32_t)((const int64_t *)tp->data)[t];
+    return true;
 }
 
 static void check_default_compute(const char *models) {
-    char dir[4400], path[4500];
-    snprintf(dir, sizeof dir, "%s/llama3_2", models); /* stored in bf16 */
-    snprintf(path, sizeof path, "%s/reference.safetensors", dir);
-    hc_safetensors ref;
-    CHECK_OK(hc_safetensors_open(&ref, path, true));
-    const hc_tensor_info *tp = ref_tensor(&ref, "prompt%d", 0), *tl = ref_tensor(&ref, "logits%d", 0);
-    if (!tp || !tl) return;
-    const int64_t T = tp->shape[1], V = tl->shape[2];
-    int32_t ids[512];
-    for (int64_t t = 0; t < T && t < 512; t++) ids[t] = (int32_t)((const int64_t *)tp->data)[t];
+    char path[4500];
+    static bf16_prompt c;
+    if (!bf16_prompt_open(&c, models)) return;
+    const char *dir = c.dir;
+    const int32_t *ids = c.ids;
+    const int64_t T = c.T, V = c.V;
     float *def = malloc(sizeof(float) * (size_t)(T * V)), *f32 = malloc(sizeof(float) * (size_t)(T * V));
     const bool dot = hc_cpu_has_bf16_dot();
     const hc_dtype want = dot ? HC_DTYPE_BF16 : HC_DTYPE_F32;
@@ -267,48 +298,34 @@ static void check_default_compute(const char *models) {
           "an f32 checkpoint computes in F32 by default");
     double diff = 0;
     for (int64_t j = 0; j < T * V; j++) diff = fmax(diff, fabs((double)def[j] - (double)f32[j]));
-    const double kl = mean_kl(tl->data, def, T, V);
+    const double kl = mean_kl(c.hf, def, T, V);
     CHECK(dot ? diff > 1e-5 : diff == 0, "default against f32 compute: max |diff| %g", diff);
     CHECK(kl < 1e-3, "default compute: mean KL from HF %g", kl);
     printf("  default compute on the CPU: %s; llama3_2 prompt0 against f32 compute max|diff| %.2e, mean KL from HF %.2e\n",
            hc_dtype_name(want), diff, kl);
     free(def);
     free(f32);
-    hc_safetensors_close(&ref);
+    hc_safetensors_close(&c.ref);
 }
 
-/* A model loaded with these params: whether it was repacked, and (logits non-NULL) the logits of
- * ids as one prompt and then fed one token at a time (decode's kernels), [T, V] each. */
+/* Whether a model loaded with mp was repacked (and its logits, as run_loaded). */
 static bool loaded_repacked(const char *dir, hc_model_params mp, float *logits, float *stepped, const int32_t *ids,
                             int64_t T, int64_t V) {
-    hc_model *m = NULL;
-    CHECK_OK(hc_model_load(dir, &mp, &m));
-    if (!m) return false;
-    const bool got = hc_model_repacked(m);
-    hc_session *s = NULL;
-    if (logits) CHECK_OK(hc_session_new(m, T, &s));
-    if (s) CHECK_OK(hc_session_forward(s, ids, T, logits, true));
-    if (s) hc_session_reset(s);
-    for (int64_t t = 0; s && t < T; t++) CHECK_OK(hc_session_forward(s, ids + t, 1, stepped + t * V, true));
-    hc_session_free(s);
-    hc_model_free(m);
-    return got;
+    bool repacked = false;
+    run_loaded(dir, mp, logits, stepped, ids, T, V, &repacked);
+    return repacked;
 }
 
 /* bf16 weights read into RAM are repacked (bf16r16) where the CPU runs the AVX-512 kernels, and
  * give the logits of the stored layout, in bf16 and f32 compute; a mapping, --no-repack and an
  * f32 checkpoint keep the stored layout; a repacked model refuses to train or save. */
 static void check_repack(const char *models) {
-    char dir[4400], path[4500];
-    snprintf(dir, sizeof dir, "%s/llama3_2", models); /* stored in bf16 */
-    snprintf(path, sizeof path, "%s/reference.safetensors", dir);
-    hc_safetensors ref;
-    CHECK_OK(hc_safetensors_open(&ref, path, true));
-    const hc_tensor_info *tp = ref_tensor(&ref, "prompt%d", 0), *tl = ref_tensor(&ref, "logits%d", 0);
-    if (!tp || !tl) return;
-    const int64_t T = tp->shape[1], V = tl->shape[2];
-    int32_t ids[512];
-    for (int64_t t = 0; t < T && t < 512; t++) ids[t] = (int32_t)((const int64_t *)tp->data)[t];
+    char path[4500];
+    static bf16_prompt c;
+    if (!bf16_prompt_open(&c, models)) return;
+    const char *dir = c.dir;
+    const int32_t *ids = c.ids;
+    const int64_t T = c.T, V = c.V;
     const size_t bytes = sizeof(float) * (size_t)(T * V);
     float *rp = malloc(bytes), *rs = malloc(bytes), *sp = malloc(bytes), *ss = malloc(bytes);
     const bool dot = hc_cpu_has_bf16_dot(), avx512 = !strcmp(hc_cpu_kernels(), "avx512");
@@ -348,7 +365,7 @@ static void check_repack(const char *models) {
     }
     CHECK(dp <= 2 * own + 1e-4 && ds <= 2 * own + 1e-4 && rown <= 2 * own + 1e-4,
           "repacked against stored layout: prompt %g, decode %g (decode against prompt: stored %g, repacked %g)", dp, ds, own, rown);
-    CHECK(mean_kl(tl->data, rp, T, V) < 1e-3, "repacked: mean KL from HF %g", mean_kl(tl->data, rp, T, V));
+    CHECK(mean_kl(c.hf, rp, T, V) < 1e-3, "repacked: mean KL from HF %g", mean_kl(c.hf, rp, T, V));
     printf("  repacked bf16 (%s): against the stored layout max|diff| prompt %.2e, decode %.2e; decode against prompt %.2e (stored %.2e)\n",
            dot ? "bf16r16, vdpbf16ps" : avx512 ? "bf16r16, f32 compute" : "not repacked", dp, ds, rown, own);
     if (avx512) {
@@ -373,7 +390,7 @@ static void check_repack(const char *models) {
         hc_model_free(m);
     }
     free(rp), free(rs), free(sp), free(ss);
-    hc_safetensors_close(&ref);
+    hc_safetensors_close(&c.ref);
 }
 
 int main(void) {

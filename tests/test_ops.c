@@ -463,47 +463,41 @@ static void test_fast_matmul(hc_backend *ref) {
                 if (K % 2 == 0) {
                     /* The same weights repacked into bf16r16 (16 rows interleaved by pairs, the
                      * rows past the last whole group plain), as the CPU repacks bf16 weights read
-                     * into RAM when it computes in bf16. */
+                     * into RAM for inference. */
                     uint16_t *w16 = malloc(2 * (size_t)(N * K));
                     for (int64_t n = 0; n < N; n++) hc_quantize_mat_row(HC_QUANT_BF16R16, w16, N, K, n, wf + n * K);
                     hc_mat wr = {.data = w16, .rows = N, .cols = K, .ld = K, .dtype = HC_DTYPE_BF16, .quant = HC_QUANT_BF16R16};
-                    float *r1 = malloc(sizeof(float) * (size_t)(T * N)), *r2 = malloc(sizeof(float) * (size_t)(T * N));
-                    fastbf1->matmul(fastbf1, r1, x, &wr, &bv, T);
-                    fastbf->matmul(fastbf, r2, x, &wr, &bv, T);
-                    CHECK(!memcmp(r1, r2, sizeof(float) * (size_t)(T * N)), "bf16r16: 1 and 2 threads give the same bits (T=%lld K=%lld N=%lld)",
-                          (long long)T, (long long)K, (long long)N);
-                    double er = 0;
-                    for (int64_t i = 0; i < T * N; i++) er = fmax(er, fabs((double)a[i] - r2[i]));
-                    CHECK(er < 1e-4, "bf16r16 T=%lld K=%lld N=%lld: %g", (long long)T, (long long)K, (long long)N, er);
-                    /* a prompt's rows in whole groups are the packed GEMM's sums, pair by pair */
-                    if (dot16 && T >= 16)
-                        for (int64_t t = 0; t < T; t++)
-                            CHECK(!memcmp(r2 + t * N, c + t * N, sizeof(float) * (size_t)(N / 16 * 16)),
-                                  "bf16r16 prompt = the packed GEMM's bits (T=%lld K=%lld N=%lld)", (long long)T, (long long)K, (long long)N);
+                    float *r1 = malloc(sizeof(float) * (size_t)(T * N)), *r2 = malloc(sizeof(float) * (size_t)(T * N)),
+                          *fref = malloc(sizeof(float) * (size_t)(T * N)); /* [T, N] each */
                     /* the reference reads the layout too (f32 activations) */
                     ref->matmul(ref, r1, x, &wr, &bv, T);
-                    ref->matmul(ref, r2, x, &w, &bv, T);
+                    ref->matmul(ref, fref, x, &w, &bv, T);
                     double e2 = 0;
-                    for (int64_t i = 0; i < T * N; i++) e2 = fmax(e2, fabs((double)r1[i] - r2[i]));
+                    for (int64_t i = 0; i < T * N; i++) e2 = fmax(e2, fabs((double)r1[i] - fref[i]));
                     CHECK(e2 < 1e-4, "bf16r16 reference T=%lld K=%lld N=%lld: %g", (long long)T, (long long)K, (long long)N, e2);
-                    /* f32 compute on bf16r16 (AVX-512: FMAs on the widened pairs; else the
-                     * reference): the reference's numbers, the same bits on 1 and 2 threads, and
-                     * for prompts the packed f32 GEMM's bits on the stored layout */
-                    float *f1 = malloc(sizeof(float) * (size_t)(T * N)), *f2 = malloc(sizeof(float) * (size_t)(T * N));
-                    fast1->matmul(fast1, f1, x, &wr, &bv, T);
-                    fast2->matmul(fast2, f2, x, &wr, &bv, T);
-                    CHECK(!memcmp(f1, f2, sizeof(float) * (size_t)(T * N)), "bf16r16 f32: 1 and 2 threads give the same bits (T=%lld K=%lld N=%lld)",
-                          (long long)T, (long long)K, (long long)N);
-                    double ef = 0;
-                    for (int64_t i = 0; i < T * N; i++) ef = fmax(ef, fabs((double)r2[i] - f2[i]));
-                    CHECK(ef < 1e-4, "bf16r16 f32 T=%lld K=%lld N=%lld: %g", (long long)T, (long long)K, (long long)N, ef);
-                    if (!strcmp(hc_cpu_kernels(), "avx512") && T >= 16) {
-                        fast2->matmul(fast2, f1, x, &w, &bv, T);
-                        for (int64_t t = 0; t < T; t++)
-                            CHECK(!memcmp(f1 + t * N, f2 + t * N, sizeof(float) * (size_t)(N / 16 * 16)),
-                                  "bf16r16 f32 prompt = the packed GEMM's bits (T=%lld K=%lld N=%lld)", (long long)T, (long long)K, (long long)N);
+                    /* f32 and bf16 compute (AVX-512: FMAs on the widened pairs, vdpbf16ps; else the
+                     * reference): the same bits on 1 and 2 threads, the reference's numbers (on
+                     * bf16-rounded activations for vdpbf16ps), and for prompts the packed GEMM's
+                     * bits on the stored layout, pair by pair */
+                    for (int bf = 0; bf < 2; bf++) {
+                        hc_backend *one = bf ? fastbf1 : fast1, *two = bf ? fastbf : fast2;
+                        const float *want = bf ? a : fref;
+                        one->matmul(one, r1, x, &wr, &bv, T);
+                        two->matmul(two, r2, x, &wr, &bv, T);
+                        CHECK(!memcmp(r1, r2, sizeof(float) * (size_t)(T * N)), "bf16r16 (%s): 1 and 2 threads give the same bits (T=%lld K=%lld N=%lld)",
+                              bf ? "bf16" : "f32", (long long)T, (long long)K, (long long)N);
+                        double er = 0;
+                        for (int64_t i = 0; i < T * N; i++) er = fmax(er, fabs((double)want[i] - r2[i]));
+                        CHECK(er < 1e-4, "bf16r16 (%s) T=%lld K=%lld N=%lld: %g", bf ? "bf16" : "f32", (long long)T, (long long)K, (long long)N, er);
+                        if (T >= 16 && (bf ? dot16 : !strcmp(hc_cpu_kernels(), "avx512"))) {
+                            two->matmul(two, r1, x, &w, &bv, T);
+                            for (int64_t t = 0; t < T; t++)
+                                CHECK(!memcmp(r1 + t * N, r2 + t * N, sizeof(float) * (size_t)(N / 16 * 16)),
+                                      "bf16r16 (%s) prompt = the packed GEMM's bits (T=%lld K=%lld N=%lld)", bf ? "bf16" : "f32", (long long)T,
+                                      (long long)K, (long long)N);
+                        }
                     }
-                    free(f1), free(f2);
+                    free(fref);
                     free(w16), free(r1), free(r2);
                 }
             }
