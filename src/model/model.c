@@ -785,6 +785,14 @@ static hc_dtype cpu_compute_dtype(hc_model *m, hc_dtype asked) {
     return on ? HC_DTYPE_BF16 : HC_DTYPE_F32;
 }
 
+/* Whether bf16 weights are to be repacked for the CPU's AVX-512 kernels: asked for (an inference
+ * load, hc_model_params.repack), into RAM (not mapped: mmap is the quick start, and repacking reads
+ * every weight at load), as stored, on the CPU (device: the backend is a device, or is to be). */
+static bool repack_wanted(const hc_model_params *p, bool device) {
+    return p->repack && !p->use_mmap && p->weights == HC_WEIGHTS_AS_STORED && !device &&
+           !strcmp(hc_cpu_kernels(), "avx512");
+}
+
 /* Whether most of the checkpoint's bytes are stored in bf16. */
 static bool mostly_bf16(const hc_checkpoint *ck) {
     uint64_t bf16 = 0, all = 0;
@@ -819,10 +827,10 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
     /* Repacking bf16 weights for the CPU's AVX-512 kernels (below) reads each weight once: from a
      * mapping whose pages go back as each part is done, as quantizing reads them. Read into RAM
      * first and then copied, twice the memory was faulted in (a 1B load took 8.6 s, most of it
-     * the kernel zeroing pages). Whether it will happen is decided once the weights are bound;
-     * here it is expected when most of the stored bytes are bf16. */
-    const bool may_repack = !cp.use_mmap && p.repack && p.device == HC_DEVICE_CPU && p.weights == HC_WEIGHTS_AS_STORED &&
-                            p.compute_dtype != HC_DTYPE_F16 && !strcmp(hc_cpu_kernels(), "avx512");
+     * the kernel zeroing pages). What is not repacked (embeddings, norms) stays mapped. Whether
+     * it will happen is decided once the weights are bound; here it is expected when most of the
+     * stored bytes are bf16. */
+    const bool may_repack = repack_wanted(&p, p.device == HC_DEVICE_CUDA);
     cp.use_mmap = cp.use_mmap || may_repack;
     s = hc_checkpoint_open(path, &cp, &m->ck);
     if (!s && may_repack && !mostly_bf16(m->ck)) { /* read into RAM after all */
@@ -868,13 +876,11 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
                             HC_QUANT_Q8_0, p.n_threads, p.quant_cache)))
         goto fail;
     if (!m->be->device) m->compute_dtype = cpu_compute_dtype(m, p.compute_dtype);
-    /* bf16 weights in RAM on a CPU with the AVX-512 kernels: repacked into bf16r16 for its
-     * kernels (vdpbf16ps in bf16 compute, FMAs on the widened pairs in f32), with the stored pages
-     * given back as each part is done (as quantizing does). In this VM's fast memory regime a 1B
-     * decode read more of the bandwidth (bench/README, session 22). Not from a mapping: mmap is
-     * the quick start, and repacking reads every weight at load. */
-    if (!m->be->device && p.repack && !p.use_mmap && p.weights == HC_WEIGHTS_AS_STORED &&
-        !strcmp(hc_cpu_kernels(), "avx512")) {
+    /* bf16 weights repacked into bf16r16 for the AVX-512 kernels (vdpbf16ps in bf16 compute, FMAs
+     * on the widened pairs in f32), the stored pages given back as each part is done (as
+     * quantizing does). In this VM's fast memory regime a 1B decode read 10% more of the
+     * bandwidth (bench/README, session 22). */
+    if (repack_wanted(&p, m->be->device)) {
         if ((s = quantize_model(m, HC_QUANT_BF16R16, HC_QUANT_BF16R16, p.n_threads, false))) goto fail;
         m->repacked = m->lm_head.quant == HC_QUANT_BF16R16 || m->layers[0].wq.quant == HC_QUANT_BF16R16;
     }
