@@ -884,6 +884,9 @@ hc_status hc_model_load(const char *path, const hc_model_params *params, hc_mode
         if ((s = quantize_model(m, HC_QUANT_BF16R16, HC_QUANT_BF16R16, p.n_threads, false))) goto fail;
         m->repacked = m->lm_head.quant == HC_QUANT_BF16R16 || m->layers[0].wq.quant == HC_QUANT_BF16R16;
     }
+    /* a repack expected but not made (a checkpoint mostly in bf16 whose head and projections are
+     * not) leaves the weights mapped: read-only, as a mapped model's */
+    if (!m->repacked && p.weights == HC_WEIGHTS_AS_STORED && hc_checkpoint_mapped(m->ck)) m->use_mmap = true;
     if (m->be->device && (s = upload_weights(m))) goto fail;
     if (p.lora_path && (s = hc_model_lora_load(m, p.lora_path))) goto fail;
     /* --mlock: every weight byte (mapped or read, and what quantizing made) stays resident. */
