@@ -278,13 +278,11 @@ static bool bf16_prompt_open(bf16_prompt *c, const char *models) {
     return true;
 }
 
-static void check_default_compute(const char *models) {
+static void check_default_compute(const bf16_prompt *c, const char *models) {
     char path[4500];
-    static bf16_prompt c;
-    if (!bf16_prompt_open(&c, models)) return;
-    const char *dir = c.dir;
-    const int32_t *ids = c.ids;
-    const int64_t T = c.T, V = c.V;
+    const char *dir = c->dir;
+    const int32_t *ids = c->ids;
+    const int64_t T = c->T, V = c->V;
     float *def = malloc(sizeof(float) * (size_t)(T * V)), *f32 = malloc(sizeof(float) * (size_t)(T * V));
     const bool dot = hc_cpu_has_bf16_dot();
     const hc_dtype want = dot ? HC_DTYPE_BF16 : HC_DTYPE_F32;
@@ -298,14 +296,13 @@ static void check_default_compute(const char *models) {
           "an f32 checkpoint computes in F32 by default");
     double diff = 0;
     for (int64_t j = 0; j < T * V; j++) diff = fmax(diff, fabs((double)def[j] - (double)f32[j]));
-    const double kl = mean_kl(c.hf, def, T, V);
+    const double kl = mean_kl(c->hf, def, T, V);
     CHECK(dot ? diff > 1e-5 : diff == 0, "default against f32 compute: max |diff| %g", diff);
     CHECK(kl < 1e-3, "default compute: mean KL from HF %g", kl);
     printf("  default compute on the CPU: %s; llama3_2 prompt0 against f32 compute max|diff| %.2e, mean KL from HF %.2e\n",
            hc_dtype_name(want), diff, kl);
     free(def);
     free(f32);
-    hc_safetensors_close(&c.ref);
 }
 
 /* Whether a model loaded with mp was repacked (and its logits, as run_loaded). */
@@ -319,13 +316,11 @@ static bool loaded_repacked(const char *dir, hc_model_params mp, float *logits, 
 /* bf16 weights read into RAM are repacked (bf16r16) where the CPU runs the AVX-512 kernels, and
  * give the logits of the stored layout, in bf16 and f32 compute; a mapping, --no-repack and an
  * f32 checkpoint keep the stored layout; a repacked model refuses to train or save. */
-static void check_repack(const char *models) {
+static void check_repack(const bf16_prompt *c, const char *models) {
     char path[4500];
-    static bf16_prompt c;
-    if (!bf16_prompt_open(&c, models)) return;
-    const char *dir = c.dir;
-    const int32_t *ids = c.ids;
-    const int64_t T = c.T, V = c.V;
+    const char *dir = c->dir;
+    const int32_t *ids = c->ids;
+    const int64_t T = c->T, V = c->V;
     const size_t bytes = sizeof(float) * (size_t)(T * V);
     float *rp = malloc(bytes), *rs = malloc(bytes), *sp = malloc(bytes), *ss = malloc(bytes);
     const bool dot = hc_cpu_has_bf16_dot(), avx512 = !strcmp(hc_cpu_kernels(), "avx512");
@@ -365,7 +360,7 @@ static void check_repack(const char *models) {
     }
     CHECK(dp <= 2 * own + 1e-4 && ds <= 2 * own + 1e-4 && rown <= 2 * own + 1e-4,
           "repacked against stored layout: prompt %g, decode %g (decode against prompt: stored %g, repacked %g)", dp, ds, own, rown);
-    CHECK(mean_kl(c.hf, rp, T, V) < 1e-3, "repacked: mean KL from HF %g", mean_kl(c.hf, rp, T, V));
+    CHECK(mean_kl(c->hf, rp, T, V) < 1e-3, "repacked: mean KL from HF %g", mean_kl(c->hf, rp, T, V));
     printf("  repacked bf16 (%s): against the stored layout max|diff| prompt %.2e, decode %.2e; decode against prompt %.2e (stored %.2e)\n",
            dot ? "bf16r16, vdpbf16ps" : avx512 ? "bf16r16, f32 compute" : "not repacked", dp, ds, rown, own);
     if (avx512) {
@@ -390,7 +385,6 @@ static void check_repack(const char *models) {
         hc_model_free(m);
     }
     free(rp), free(rs), free(sp), free(ss);
-    hc_safetensors_close(&c.ref);
 }
 
 int main(void) {
@@ -416,8 +410,12 @@ int main(void) {
     check_model(dir, "stories260K");
     if (!getenv("HUBCAP_TEST_DEVICE")) {
         snprintf(dir, sizeof dir, "%s/tests/fixtures/models", test_source_dir());
-        check_default_compute(dir);
-        check_repack(dir);
+        static bf16_prompt c; /* llama3_2's first prompt, for both */
+        if (bf16_prompt_open(&c, dir)) {
+            check_default_compute(&c, dir);
+            check_repack(&c, dir);
+        }
+        hc_safetensors_close(&c.ref);
     }
     return test_finish("conformance");
 }

@@ -59,7 +59,9 @@ void cli_sampling_apply(const cli_sampling *cs, hc_sampler_params *p);
     "  --dtype T                matmul compute dtype: f32, bf16 or f16 (CUDA). CPU default: bf16 for\n"          \
     "                           bf16 weights (AVX512_BF16), else f32; CUDA default: bf16. Alias --compute-dtype\n" \
     "  --device D               cpu (default, or $HUBCAP_DEVICE), cuda or auto\n"                                    \
-    "  --no-mmap                read weights into RAM (huge pages) instead of mapping them\n"                       \
+    "  --no-mmap                read weights into RAM (huge pages) instead of mapping them; on a CPU\n"           \
+    "                           with AVX-512 bf16 matrices are then repacked, 16 rows interleaved\n"              \
+    "  --no-repack              keep the stored layout in RAM\n"                                                   \
     "  --mlock                  lock the weights in RAM\n"                                                          \
     "  --lora DIR               apply a LoRA adapter (PEFT's adapter_config.json + adapter_model.safetensors)\n"
 

@@ -25,8 +25,7 @@ static const char help[] =
     "                     N-token prompt; greedy ids are picked on a GPU) and report their\n"
     "                     total decode tok/s; without it, one session's raw forward loop\n"
     "  --json             print one JSON object\n" CLI_MODEL_FLAGS_HELP
-    "  --mmap             map the weights instead of reading them\n"
-    "  --no-repack        keep bf16 weights in their stored layout (bf16 compute repacks them)\n";
+    "  --mmap             map the weights instead of reading them\n";
 
 static double now_s(void) {
     struct timespec ts;

@@ -311,6 +311,13 @@ __attribute__((target("avx512f,avx512bf16,avx512bw"))) static void bfp_tile(floa
  * is packed. A row's sum in a prompt is the packed GEMM's, pair by pair in one lane. Rows past
  * the last whole group are plain bf16 rows (the row kernels). */
 
+/* The four groups a tile of rows [n, n + 16 nv) reads (nv 1..4; a missing one repeats the last,
+ * whose sums are not stored), each from pair p0 on. */
+static void bf16r16_tile_groups(const uint32_t *G[4], const hc_mat *w, int64_t n, int nv, int64_t p0) {
+    const size_t group = (size_t)w->cols / 2 * 16; /* uint32 pairs in a group */
+    for (int j = 0; j < 4; j++) G[j] = (const uint32_t *)w->data + (size_t)(n / 16 + (j < nv ? j : nv - 1)) * group + p0 * 16;
+}
+
 /* The plain rows of a bf16r16 matrix (those past its last whole group) as a bf16 matrix. */
 static hc_mat bf16r16_plain(const hc_mat *w) {
     hc_mat p = *w;
@@ -353,18 +360,15 @@ __attribute__((target("avx512f,avx512bf16,avx512bw"))) static void matmul_rows_b
                                                                                       const hc_mat *w, int64_t T,
                                                                                       int64_t n0, int64_t n1) {
     const int64_t N = w->rows, K = w->cols, whole = N / 16 * 16, g1 = n1 < whole ? n1 : whole;
-    const uint32_t *base = w->data;
-    const size_t group = (size_t)K / 2 * 16; /* uint32 pairs in a group */
     for (int64_t n = n0; n < g1; n += BFP_NR) {
         const int nv = (int)((g1 - n < BFP_NR ? g1 - n : BFP_NR) / 16);
-        const uint32_t *G[4];
-        for (int j = 0; j < 4; j++) G[j] = base + (size_t)(n / 16 + (j < nv ? j : nv - 1)) * group; /* a missing one repeats the last */
         for (int64_t k0 = 0; k0 < K; k0 += BFP_KC) {
             const int64_t kc = K - k0 < BFP_KC ? K - k0 : BFP_KC;
-            const uint32_t *Gk[4] = {G[0] + k0 / 2 * 16, G[1] + k0 / 2 * 16, G[2] + k0 / 2 * 16, G[3] + k0 / 2 * 16};
+            const uint32_t *G[4];
+            bf16r16_tile_groups(G, w, n, nv, k0 / 2);
             for (int64_t t = 0; t < T; t += BFP_MR) {
                 const int mr = (int)(T - t < BFP_MR ? T - t : BFP_MR);
-                PANEL_BY_MR(mr, bfp_kernel, out + t * N + n, N, xb + t * K + k0, K, Gk, 16, kc / 2, nv, 0xffff, k0 == 0)
+                PANEL_BY_MR(mr, bfp_kernel, out + t * N + n, N, xb + t * K + k0, K, G, 16, kc / 2, nv, 0xffff, k0 == 0)
             }
         }
     }
@@ -506,11 +510,9 @@ __attribute__((target("avx512f"))) static void matmul_rows_bf16r16_f32(float *ou
                                                                       int64_t T, int64_t n0, int64_t n1,
                                                                       rows_fn plain_rows) {
     const int64_t N = w->rows, K = w->cols, whole = N / 16 * 16, g1 = n1 < whole ? n1 : whole;
-    const uint32_t *base = w->data;
-    const size_t group = (size_t)K / 2 * 16;
     if (T == 1) /* decode: one group at a time, four sums so the FMA latency hides */
         for (int64_t g = n0; g < g1; g += 16) {
-            const uint32_t *G = base + (size_t)(g / 16) * group;
+            const uint32_t *G = (const uint32_t *)w->data + (size_t)g * (size_t)K / 2; /* [K/2][16] pairs */
             __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             int64_t p = 0;
             for (; p + 2 <= K / 2; p += 2) {
@@ -533,7 +535,7 @@ __attribute__((target("avx512f"))) static void matmul_rows_bf16r16_f32(float *ou
             for (int64_t k0 = 0; k0 < K; k0 += FPP_KC) {
                 const int64_t kc = K - k0 < FPP_KC ? K - k0 : FPP_KC;
                 const uint32_t *G[4];
-                for (int j = 0; j < 4; j++) G[j] = base + (size_t)(n / 16 + (j < nv ? j : nv - 1)) * group + k0 / 2 * 16;
+                bf16r16_tile_groups(G, w, n, nv, k0 / 2);
                 for (int64_t t = 0; t < T; t += BFP_MR) {
                     const int mr = (int)(T - t < BFP_MR ? T - t : BFP_MR);
                     PANEL_BY_MR(mr, r16f_kernel, out + t * N + n, N, x + t * K + k0, K, G, kc / 2, nv, k0 == 0)
@@ -545,6 +547,8 @@ __attribute__((target("avx512f"))) static void matmul_rows_bf16r16_f32(float *ou
         plain_rows(out, x, &plain, T, g1 > n0 ? g1 : n0, n1);
     }
 }
+#undef VPAIR_EVEN512
+#undef VPAIR_ODD512
 
 /* ---- quantized weights: int8 dot products with activations quantized to q8 (per block of 32,
  * per 256 for q4_k, as llama.cpp does), so a block costs a few integer instructions instead of widening 32
